@@ -1,0 +1,1 @@
+//! Key pairs, Diffie-Hellman and XEdDSA signatures.

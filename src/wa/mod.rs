@@ -1,0 +1,8 @@
+//! The WhatsApp Web protocol core, sans-IO: bytes, time and randomness in;
+//! frames, events and state to persist out. Must not import tokio, the store,
+//! the clock or `sim`.
+
+pub mod binary;
+pub mod crypto;
+pub mod jid;
+pub mod noise;

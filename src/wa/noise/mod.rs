@@ -1,0 +1,1 @@
+//! Noise handshake and frame cipher.
