@@ -1,8 +1,12 @@
 //! wagate: a gRPC gateway running many WhatsApp Web multi-device sessions.
 //!
-//! Layers (arrow = may import): `wa` ← `store` ← `runtime` ← `api` ← binary;
-//! `sim` → `wa` only.
+//! Layers (arrow = may import): `wa` ← `store` ← `runtime` ← `api` ← `app` ←
+//! binary; `sim` → `wa` only.
 
+pub mod api;
+pub mod app;
 pub mod proto;
+pub mod runtime;
 pub mod sim;
+pub mod store;
 pub mod wa;

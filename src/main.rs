@@ -1,3 +1,146 @@
-fn main() {
-    println!("wagate");
+//! `wagate` command line: `serve` (the gateway) and `sim` (the simulator).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "wagate", version, about = "gRPC gateway for WhatsApp Web multi-device sessions")]
+struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, env = "WAGATE_LOG_FORMAT", default_value = "pretty")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Run the WhatsApp chat-server simulator alone.
+    Sim(wagate::sim::cli::SimArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "WAGATE_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Directory for the embedded store (SQLite) and the generated store key.
+    #[arg(long, env = "WAGATE_DATA_DIR", default_value = "./wagate-data")]
+    data_dir: PathBuf,
+    /// Comma-separated API keys. Required unless listening on loopback.
+    #[arg(long, env = "WAGATE_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    api_keys: Vec<String>,
+    /// Sessions that may be online at once.
+    #[arg(long, env = "WAGATE_MAX_SESSIONS", default_value_t = 1000)]
+    max_sessions: usize,
+    /// Consecutive failed reconnects before a session gives up.
+    #[arg(long, env = "WAGATE_MAX_RECONNECT_ATTEMPTS", default_value_t = 10)]
+    max_reconnect_attempts: u32,
+    /// Handshakes per second across all sessions (reconnect storm guard).
+    #[arg(long, env = "WAGATE_HANDSHAKES_PER_SECOND", default_value_t = 50)]
+    handshakes_per_second: u32,
+    /// Chat server websocket URL (default: WhatsApp; the sandbox with --sim).
+    #[arg(long, env = "WAGATE_WA_URL")]
+    wa_url: Option<String>,
+    /// Hex root public key the server certificates must chain to (default: WhatsApp's).
+    #[arg(long, env = "WAGATE_WA_ROOT_KEY")]
+    wa_root_key: Option<String>,
+    /// Sandbox: run the simulator in-process, point sessions at it and serve
+    /// wagate.sim.v1.Simulator on the same port.
+    #[arg(long, env = "WAGATE_SIM")]
+    sim: bool,
+    /// Key file for encryption at rest, used when WAGATE_STORE_KEY is unset
+    /// (default: DATA_DIR/store.key, created if absent).
+    #[arg(long, env = "WAGATE_STORE_KEY_FILE")]
+    store_key_file: Option<PathBuf>,
+    /// Event log retention: maximum age in hours (0 = keep forever).
+    #[arg(long, env = "WAGATE_EVENT_RETENTION_HOURS", default_value_t = 168)]
+    event_retention_hours: u64,
+    /// Event log retention: maximum events kept per session (0 = unlimited).
+    #[arg(long, env = "WAGATE_EVENT_RETENTION_COUNT", default_value_t = 100_000)]
+    event_retention_count: u64,
+    /// Seconds between health turning NOT_SERVING and the listener closing on shutdown.
+    #[arg(long, env = "WAGATE_DRAIN_SECONDS", default_value_t = 5)]
+    drain_seconds: u64,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn parse_root_key(hex_key: &str) -> Result<[u8; 32], String> {
+    let bytes = hex::decode(hex_key.trim())
+        .map_err(|e| format!("WAGATE_WA_ROOT_KEY is not hex: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| "WAGATE_WA_ROOT_KEY must be 32 bytes (64 hex digits)".to_owned())
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut opts = wagate::app::ServeOptions::local(args.data_dir);
+    opts.listen = args.listen;
+    opts.api_keys = args.api_keys;
+    opts.max_sessions = args.max_sessions;
+    opts.max_reconnect_attempts = args.max_reconnect_attempts;
+    opts.handshakes_per_second = args.handshakes_per_second;
+    opts.wa_url = args.wa_url;
+    opts.wa_root_key = args.wa_root_key.as_deref().map(parse_root_key).transpose()?;
+    opts.sim = args.sim;
+    opts.store_key = std::env::var("WAGATE_STORE_KEY").ok().filter(|k| !k.is_empty());
+    opts.store_key_file = args.store_key_file;
+    opts.retention.max_age_ms =
+        (args.event_retention_hours > 0).then(|| args.event_retention_hours as i64 * 3_600_000);
+    opts.retention.max_per_session =
+        (args.event_retention_count > 0).then_some(args.event_retention_count);
+    opts.drain_delay = Duration::from_secs(args.drain_seconds);
+    let running = wagate::app::start(opts).await.map_err(|e| e.to_string())?;
+    println!("wagate listening on {}", running.addr);
+    if let Some(sim) = &running.sim {
+        println!("sandbox simulator at {} (control: wagate.sim.v1.Simulator on {})", sim.ws_url(), running.addr);
+    }
+    running.run_until_signal().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wagate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Sim(args) => wagate::sim::cli::run(args).await.map_err(|e| e.to_string()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wagate: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -2,7 +2,13 @@
 //! frames, events and state to persist out. Must not import tokio, the store,
 //! the clock or `sim`.
 
+pub mod adv;
 pub mod binary;
+pub mod conn;
+pub mod creds;
 pub mod crypto;
 pub mod jid;
 pub mod noise;
+pub mod pairing;
+pub mod payload;
+pub mod qr;

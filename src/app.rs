@@ -1,0 +1,280 @@
+//! Assembles the gateway process: store, keys, optional in-process simulator,
+//! session runtime and the gRPC server; runs it until shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiKeys};
+use crate::runtime::{Backoff, EventLog, Manager, RuntimeConfig};
+use crate::sim::{SimConfig, Simulator};
+use crate::store::{Keyring, Retention, SqliteStore, Store};
+use crate::wa::conn::ClientConfig;
+
+/// Everything `wagate serve` can be told.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub api_keys: Vec<String>,
+    pub max_sessions: usize,
+    pub max_reconnect_attempts: u32,
+    pub handshakes_per_second: u32,
+    /// Chat server websocket URL; `None` = WhatsApp (or the sandbox with `sim`).
+    pub wa_url: Option<String>,
+    /// Root key the server certificates must chain to; `None` = WhatsApp's.
+    pub wa_root_key: Option<[u8; 32]>,
+    /// Run the simulator in-process and point sessions at it.
+    pub sim: bool,
+    /// `WAGATE_STORE_KEY` value, if set.
+    pub store_key: Option<String>,
+    /// Key file used when `store_key` is unset (created if absent).
+    pub store_key_file: Option<PathBuf>,
+    pub retention: Retention,
+    /// Time between health turning NOT_SERVING and the listener closing.
+    pub drain_delay: Duration,
+    pub backoff: Backoff,
+}
+
+impl ServeOptions {
+    /// Defaults suited to tests and local use, with the given data dir.
+    pub fn local(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir,
+            api_keys: Vec::new(),
+            max_sessions: 1000,
+            max_reconnect_attempts: 10,
+            handshakes_per_second: 50,
+            wa_url: None,
+            wa_root_key: None,
+            sim: false,
+            store_key: None,
+            store_key_file: None,
+            retention: Retention {
+                max_age_ms: Some(7 * 24 * 3600 * 1000),
+                max_per_session: Some(100_000),
+            },
+            drain_delay: Duration::ZERO,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("refusing to listen on {0} without API keys: set WAGATE_API_KEYS (or listen on 127.0.0.1)")]
+    NoKeysOnPublicAddress(SocketAddr),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("data dir {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("simulator: {0}")]
+    Sim(String),
+    #[error("runtime: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
+}
+
+/// A running gateway.
+pub struct Running {
+    /// Address the gRPC server listens on.
+    pub addr: SocketAddr,
+    /// The in-process simulator (sandbox mode).
+    pub sim: Option<Simulator>,
+    pub manager: Arc<Manager>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Graceful stop: health NOT_SERVING, stop accepting, close every session
+    /// cleanly, flush, return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.task.await;
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        info!("shutdown requested");
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn open_keyring(opts: &ServeOptions) -> Result<Keyring, StartError> {
+    if let Some(value) = &opts.store_key {
+        return Ok(Keyring::from_env_value(value)?);
+    }
+    let path = opts
+        .store_key_file
+        .clone()
+        .unwrap_or_else(|| opts.data_dir.join("store.key"));
+    let (keyring, created) = Keyring::load_or_create_file(&path)?;
+    if created {
+        warn!(
+            path = %path.display(),
+            "no WAGATE_STORE_KEY set: generated a store key file; back it up, or the stored sessions cannot be read"
+        );
+    }
+    Ok(keyring)
+}
+
+/// Starts the gateway.
+pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
+    let keys = ApiKeys::new(opts.api_keys.clone());
+    if keys.is_empty() {
+        if !opts.listen.ip().is_loopback() {
+            return Err(StartError::NoKeysOnPublicAddress(opts.listen));
+        }
+        warn!("no API keys configured: every caller on this host is allowed");
+    }
+    std::fs::create_dir_all(&opts.data_dir)
+        .map_err(|e| StartError::DataDir(opts.data_dir.clone(), e))?;
+    let keyring = open_keyring(&opts)?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
+        &opts.data_dir.join("wagate.db"),
+        keyring,
+    )?);
+
+    let sim = if opts.sim {
+        let sim = Simulator::start(SimConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            seed: None,
+        })
+        .await
+        .map_err(|e| StartError::Sim(e.to_string()))?;
+        info!(ws_url = %sim.ws_url(), "sandbox simulator started");
+        Some(sim)
+    } else {
+        None
+    };
+
+    let mut client = ClientConfig::default();
+    let mut wa_url = "wss://web.whatsapp.com/ws/chat".to_owned();
+    if let Some(sim) = &sim {
+        wa_url = sim.ws_url();
+        client.root_key = sim.root_public_key();
+    }
+    if let Some(url) = &opts.wa_url {
+        wa_url = url.clone();
+    }
+    if let Some(root) = opts.wa_root_key {
+        client.root_key = root;
+    }
+    let config = RuntimeConfig {
+        wa_url,
+        client,
+        max_sessions: opts.max_sessions,
+        max_reconnect_attempts: opts.max_reconnect_attempts,
+        backoff: opts.backoff,
+        handshakes_per_second: opts.handshakes_per_second,
+    };
+    let events = EventLog::new(store.clone())?;
+    let manager = Arc::new(Manager::new(config, events));
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| StartError::Bind(opts.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(opts.listen, e))?;
+
+    let (health, health_service) = api::health().await;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (close_tx, close_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(
+        listener,
+        manager.clone(),
+        keys,
+        sim.clone(),
+        health_service,
+        async move {
+            let _ = close_rx.await;
+        },
+    ));
+    manager.restore().await?;
+    health.set(true).await;
+    info!(%addr, "gateway listening");
+
+    let retention_store = store.clone();
+    let retention = opts.retention.clone();
+    let pruner = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let store = retention_store.clone();
+            let retention = retention.clone();
+            let now = crate::runtime::now_ms() as i64;
+            match tokio::task::spawn_blocking(move || store.prune_events(&retention, now)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => info!(pruned = n, "event log retention applied"),
+                Ok(Err(e)) => warn!("event retention: {e}"),
+                Err(e) => warn!("event retention task: {e}"),
+            }
+        }
+    });
+
+    let mgr = manager.clone();
+    let sim_for_stop = sim.clone();
+    let drain_delay = opts.drain_delay;
+    let task = tokio::spawn(async move {
+        let _ = stop_rx.await;
+        health.set(false).await;
+        if !drain_delay.is_zero() {
+            tokio::time::sleep(drain_delay).await;
+        }
+        let _ = close_tx.send(());
+        mgr.shutdown().await;
+        pruner.abort();
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("server: {e}"),
+            Err(e) => warn!("server task: {e}"),
+        }
+        if let Some(sim) = sim_for_stop {
+            sim.shutdown().await;
+        }
+        info!("gateway stopped");
+    });
+    Ok(Running {
+        addr,
+        sim,
+        manager,
+        stop: Some(stop_tx),
+        task,
+    })
+}

@@ -1,0 +1,22 @@
+//! Session runtime: one task per session owning its websocket and driving the
+//! protocol core; the registry that starts, limits, restores and stops them;
+//! the event log writer. May import `wa` and `store`, never `api` or `sim`.
+
+mod backoff;
+mod events;
+mod manager;
+mod session;
+mod socket;
+
+pub use backoff::Backoff;
+pub use events::{timestamp as timestamp_ms, EventKind, EventLog};
+pub use manager::{Manager, RuntimeConfig, RuntimeError};
+pub use session::{QrInfo, SessionState, SessionStatus};
+
+/// Milliseconds since the Unix epoch: the one place the runtime reads the clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

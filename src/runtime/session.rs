@@ -1,0 +1,608 @@
+//! One session: an actor task that owns its websocket and protocol
+//! connection, persists what the core asks before sending, and reconnects or
+//! stops according to how each connection ended.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tracing::{debug, info, warn};
+
+use crate::proto::gateway::event::Payload;
+use crate::proto::gateway::{ConnectionEvent, QrEvent, SessionState as ApiState};
+use crate::store::{Batch, SecretOp, SessionId, SessionRecord, StoreError};
+use crate::wa::conn::{CloseReason, Connection, Event, Recovery};
+use crate::wa::creds::Credentials;
+
+use super::events::{timestamp, EventLog};
+use super::manager::Shared;
+use super::{now_ms, socket};
+
+/// Secret key under which a session's credentials are stored.
+pub(crate) const CREDS_KEY: &str = "creds";
+
+/// Lifecycle state, as the API reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    Disconnected,
+    Connecting,
+    QrReady,
+    Connected,
+    LoggedOut,
+}
+
+impl SessionState {
+    pub fn to_api(self) -> ApiState {
+        match self {
+            SessionState::Disconnected => ApiState::Disconnected,
+            SessionState::Connecting => ApiState::Connecting,
+            SessionState::QrReady => ApiState::QrReady,
+            SessionState::Connected => ApiState::Connected,
+            SessionState::LoggedOut => ApiState::LoggedOut,
+        }
+    }
+}
+
+/// The QR code currently shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QrInfo {
+    pub code: String,
+    pub expires_at_ms: u64,
+}
+
+/// Everything `Status` reports; published by the actor on every change.
+#[derive(Clone, Debug)]
+pub struct SessionStatus {
+    pub id: SessionId,
+    pub state: SessionState,
+    pub jid: Option<String>,
+    pub phone: Option<String>,
+    pub push_name: Option<String>,
+    pub platform: Option<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub created_at_ms: i64,
+    pub last_connected_at_ms: Option<i64>,
+    pub reconnect_attempts: u32,
+    pub last_disconnect_reason: Option<String>,
+    pub qr: Option<QrInfo>,
+}
+
+impl SessionStatus {
+    pub(crate) fn from_record(record: &SessionRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            state: if record.logged_out {
+                SessionState::LoggedOut
+            } else {
+                SessionState::Disconnected
+            },
+            jid: record.jid.clone(),
+            phone: record.jid.as_deref().and_then(phone_of),
+            push_name: record.push_name.clone(),
+            platform: record.platform.clone(),
+            metadata: record.metadata.clone(),
+            created_at_ms: record.created_at_ms,
+            last_connected_at_ms: record.last_connected_at_ms,
+            reconnect_attempts: 0,
+            last_disconnect_reason: None,
+            qr: None,
+        }
+    }
+}
+
+/// The phone number of a user JID, if it has one.
+fn phone_of(jid: &str) -> Option<String> {
+    let user = jid.split('@').next()?.split([':', '.']).next()?;
+    (!user.is_empty() && user.bytes().all(|b| b.is_ascii_digit())).then(|| user.to_owned())
+}
+
+/// Requests to a session actor.
+pub(crate) enum Command {
+    /// Start (or keep) connecting.
+    Connect,
+    /// Close the connection; with `logout`, unlink the device and erase keys.
+    Disconnect {
+        logout: bool,
+        done: oneshot::Sender<()>,
+    },
+    /// Process shutdown: close cleanly and exit the task.
+    Shutdown,
+}
+
+/// Handle kept in the registry.
+#[derive(Clone)]
+pub(crate) struct SessionHandle {
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) status: watch::Receiver<SessionStatus>,
+}
+
+/// What ended a drive of one connection.
+enum Ended {
+    Closed(CloseReason),
+    /// Disconnect was requested (with logout or not).
+    Requested {
+        logout: bool,
+        done: Option<oneshot::Sender<()>>,
+        reason: CloseReason,
+    },
+    Shutdown,
+}
+
+pub(crate) struct SessionActor {
+    id: SessionId,
+    shared: Arc<Shared>,
+    events: EventLog,
+    commands: mpsc::Receiver<Command>,
+    status: watch::Sender<SessionStatus>,
+    record: SessionRecord,
+    rng: StdRng,
+}
+
+impl SessionActor {
+    pub(crate) fn spawn(
+        shared: Arc<Shared>,
+        events: EventLog,
+        record: SessionRecord,
+    ) -> SessionHandle {
+        let (tx, rx) = mpsc::channel(16);
+        let (status_tx, status_rx) = watch::channel(SessionStatus::from_record(&record));
+        let actor = SessionActor {
+            id: record.id.clone(),
+            shared,
+            events,
+            commands: rx,
+            status: status_tx,
+            record,
+            rng: StdRng::from_entropy(),
+        };
+        tokio::spawn(actor.run());
+        SessionHandle {
+            commands: tx,
+            status: status_rx,
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            // Idle: wait for a reason to connect.
+            match self.commands.recv().await {
+                None | Some(Command::Shutdown) => return,
+                Some(Command::Disconnect { done, .. }) => {
+                    let _ = done.send(());
+                    continue;
+                }
+                Some(Command::Connect) => {}
+            }
+            if self.online_loop().await {
+                return;
+            }
+        }
+    }
+
+    /// Connects and reconnects until told to stop. Returns true on shutdown.
+    async fn online_loop(&mut self) -> bool {
+        let mut attempts: u32 = 0;
+        loop {
+            self.set_state(SessionState::Connecting, |_| {});
+            let ended = self.connect_once().await;
+            match ended {
+                Ended::Shutdown => return true,
+                Ended::Requested {
+                    logout,
+                    done,
+                    reason,
+                } => {
+                    if logout {
+                        self.logged_out(&reason).await;
+                    } else {
+                        self.stopped(&reason, false).await;
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    return false;
+                }
+                Ended::Closed(reason) => {
+                    let recovery = reason.recovery();
+                    info!(session = %self.id, %reason, ?recovery, "connection ended");
+                    match recovery {
+                        Recovery::LoggedOut => {
+                            self.logged_out(&reason).await;
+                            return false;
+                        }
+                        Recovery::Stop => {
+                            self.stopped(&reason, false).await;
+                            return false;
+                        }
+                        Recovery::ReconnectNow => {
+                            self.note_disconnect(&reason, attempts).await;
+                        }
+                        Recovery::Reconnect => {
+                            attempts += 1;
+                            if attempts > self.shared.config.max_reconnect_attempts {
+                                let reason = CloseReason::SocketClosed(format!(
+                                    "{reason}; gave up after {} reconnect attempts",
+                                    attempts - 1
+                                ));
+                                self.stopped(&reason, true).await;
+                                return false;
+                            }
+                            self.note_disconnect(&reason, attempts).await;
+                            let delay = self.shared.config.backoff.delay(attempts - 1, &mut self.rng);
+                            if let Some(stop) = self.wait_or_command(delay).await {
+                                return stop;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps for the backoff while still answering commands. `Some(shutdown)`
+    /// when a command ended the online loop.
+    async fn wait_or_command(&mut self, delay: Duration) -> Option<bool> {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return None,
+                cmd = self.commands.recv() => match cmd {
+                    None | Some(Command::Shutdown) => return Some(true),
+                    Some(Command::Connect) => return None,
+                    Some(Command::Disconnect { logout, done }) => {
+                        let reason = CloseReason::ClientClosed;
+                        if logout {
+                            // Offline: the server cannot be told; keys are erased locally.
+                            self.logged_out(&CloseReason::LoggedOut("logout requested while offline".into())).await;
+                        } else {
+                            self.stopped(&reason, false).await;
+                        }
+                        let _ = done.send(());
+                        return Some(false);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn load_credentials(&mut self) -> Result<Credentials, String> {
+        let store = self.events.store().clone();
+        let id = self.id.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.secret(&id, CREDS_KEY))
+            .await
+            .map_err(|e| format!("store task: {e}"))?;
+        match loaded {
+            Ok(Some(bytes)) => Credentials::decode(&bytes).map_err(|e| {
+                format!("stored credentials are unreadable ({e}); quarantine them or log out")
+            }),
+            Ok(None) => {
+                let mut creds = Credentials::generate(&mut self.rng);
+                creds.push_name = self.record.push_name.clone().unwrap_or_default();
+                self.persist_credentials(&creds, Vec::new())
+                    .await
+                    .map_err(|e| format!("cannot store new credentials: {e}"))?;
+                Ok(creds)
+            }
+            Err(e) => Err(format!("credentials: {e}")),
+        }
+    }
+
+    async fn persist_credentials(
+        &mut self,
+        creds: &Credentials,
+        events: Vec<Payload>,
+    ) -> Result<(), StoreError> {
+        let mut batch = Batch::default();
+        batch.secrets.push(SecretOp::Put {
+            key: CREDS_KEY.to_owned(),
+            value: creds.encode(),
+        });
+        if let Some(account) = &creds.account {
+            self.record.jid = Some(account.jid.to_string());
+            self.record.platform = Some(account.platform.clone()).filter(|p| !p.is_empty());
+        }
+        batch.session = Some(self.record.clone());
+        self.events.commit(&self.id, batch, events, now_ms()).await?;
+        Ok(())
+    }
+
+    async fn connect_once(&mut self) -> Ended {
+        let creds = match self.load_credentials().await {
+            Ok(c) => c,
+            Err(why) => {
+                warn!(session = %self.id, "{why}");
+                return Ended::Closed(CloseReason::Protocol(why));
+            }
+        };
+        // Global pacing of handshakes; commands still get through.
+        tokio::select! {
+            _ = self.shared.pacer.acquire() => {}
+            cmd = self.commands.recv() => return self.command_while_offline(cmd),
+        }
+        let url = self.shared.config.wa_url.clone();
+        let socket = tokio::select! {
+            s = tokio::time::timeout(Duration::from_secs(20), socket::connect(&url)) => s,
+            cmd = self.commands.recv() => return self.command_while_offline(cmd),
+        };
+        let socket = match socket {
+            Ok(Ok(s)) => s,
+            Ok(Err(why)) => return Ended::Closed(CloseReason::SocketClosed(why)),
+            Err(_) => return Ended::Closed(CloseReason::Timeout("websocket connect")),
+        };
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let conn = Connection::new(self.shared.config.client.clone(), creds, seed, now_ms());
+        self.drive(socket, conn).await
+    }
+
+    fn command_while_offline(&mut self, cmd: Option<Command>) -> Ended {
+        match cmd {
+            None | Some(Command::Shutdown) => Ended::Shutdown,
+            Some(Command::Connect) => Ended::Closed(CloseReason::SocketClosed("reconnect requested".into())),
+            Some(Command::Disconnect { logout, done }) => Ended::Requested {
+                logout,
+                done: Some(done),
+                reason: if logout {
+                    CloseReason::LoggedOut("logout requested while offline".into())
+                } else {
+                    CloseReason::ClientClosed
+                },
+            },
+        }
+    }
+
+    async fn drive(&mut self, socket: socket::Socket, mut conn: Connection) -> Ended {
+        let (mut sink, mut stream) = socket.split();
+        let mut pending_disconnect: Option<(bool, oneshot::Sender<()>)> = None;
+        let mut shutting_down = false;
+        let ended = loop {
+            // Events first: persistence must precede the frames queued with them.
+            let mut failed = None;
+            while let Some(event) = conn.poll_event() {
+                if let Err(e) = self.handle_event(event, &conn).await {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if let Some(reason) = failed {
+                warn!(session = %self.id, "closing: {reason}");
+                conn.shutdown();
+                break CloseReason::Protocol(reason);
+            }
+            let mut socket_error = None;
+            while let Some(frame) = conn.poll_transmit() {
+                if let Err(e) = sink.send(WsMessage::Binary(frame.into())).await {
+                    socket_error = Some(e.to_string());
+                    break;
+                }
+            }
+            if let Some(e) = socket_error {
+                conn.handle_socket_closed(&e);
+            }
+            if let Some(reason) = closed_reason(&mut conn) {
+                break reason;
+            }
+            let deadline = conn.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => {
+                        let wait = at.saturating_sub(now_ms());
+                        tokio::time::sleep(Duration::from_millis(wait)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(Ok(WsMessage::Binary(data))) => conn.handle_data(&data, now_ms()),
+                    Some(Ok(WsMessage::Close(_))) | None => conn.handle_socket_closed("closed by server"),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => conn.handle_socket_closed(&e.to_string()),
+                },
+                _ = sleep => conn.handle_timeout(now_ms()),
+                cmd = self.commands.recv(), if pending_disconnect.is_none() && !shutting_down => match cmd {
+                    None | Some(Command::Shutdown) => {
+                        shutting_down = true;
+                        conn.shutdown();
+                    }
+                    Some(Command::Connect) => {}
+                    Some(Command::Disconnect { logout, done }) => {
+                        if logout && conn.logout(now_ms()).is_ok() {
+                            pending_disconnect = Some((true, done));
+                        } else {
+                            pending_disconnect = Some((logout, done));
+                            conn.shutdown();
+                        }
+                    }
+                },
+            }
+        };
+        // Close the websocket cleanly; the server may already be gone.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = sink.send(WsMessage::Close(None)).await;
+            let _ = sink.close().await;
+        })
+        .await;
+        if shutting_down {
+            self.set_state(SessionState::Disconnected, |s| {
+                s.last_disconnect_reason = Some("gateway shutting down".into())
+            });
+            return Ended::Shutdown;
+        }
+        match pending_disconnect {
+            Some((logout, done)) => Ended::Requested {
+                logout: logout || matches!(ended, CloseReason::LoggedOut(_)),
+                done: Some(done),
+                reason: ended,
+            },
+            None => Ended::Closed(ended),
+        }
+    }
+
+    async fn handle_event(&mut self, event: Event, conn: &Connection) -> Result<(), String> {
+        match event {
+            Event::Qr {
+                code,
+                expires_at_ms,
+            } => {
+                let qr = QrInfo {
+                    code: code.clone(),
+                    expires_at_ms,
+                };
+                self.commit_events(vec![Payload::Qr(QrEvent {
+                    qr: code,
+                    expires_at: Some(timestamp(expires_at_ms as i64)),
+                })])
+                .await?;
+                self.set_state(SessionState::QrReady, |s| s.qr = Some(qr));
+            }
+            Event::CredentialsChanged => {
+                let creds = conn.credentials().clone();
+                self.persist_credentials(&creds, Vec::new())
+                    .await
+                    .map_err(|e| format!("cannot persist credentials: {e}"))?;
+            }
+            Event::Paired { jid, platform, .. } => {
+                info!(session = %self.id, "paired");
+                let jid = jid.to_string();
+                self.set_state(SessionState::Connecting, |s| {
+                    s.qr = None;
+                    s.phone = phone_of(&jid);
+                    s.jid = Some(jid);
+                    s.platform = Some(platform).filter(|p| !p.is_empty());
+                });
+            }
+            Event::PairError(e) => warn!(session = %self.id, "pairing refused: {e}"),
+            Event::Connected { jid, .. } => {
+                let now = now_ms() as i64;
+                let jid = jid.to_string();
+                self.record.desired_online = true;
+                self.record.logged_out = false;
+                self.record.jid = Some(jid.clone());
+                self.record.last_connected_at_ms = Some(now);
+                let record = self.record.clone();
+                let batch = Batch {
+                    session: Some(record),
+                    ..Batch::default()
+                };
+                self.events
+                    .commit(
+                        &self.id,
+                        batch,
+                        vec![Payload::Connection(ConnectionEvent {
+                            state: ApiState::Connected as i32,
+                            reason: String::new(),
+                            jid: jid.clone(),
+                        })],
+                        now as u64,
+                    )
+                    .await
+                    .map_err(|e| format!("cannot record connection: {e}"))?;
+                info!(session = %self.id, "connected");
+                self.set_state(SessionState::Connected, |s| {
+                    s.qr = None;
+                    s.phone = phone_of(&jid);
+                    s.jid = Some(jid);
+                    s.last_connected_at_ms = Some(now);
+                    s.reconnect_attempts = 0;
+                });
+            }
+            Event::Stanza(node) => debug!(session = %self.id, tag = node.tag(), "stanza"),
+            Event::Closed(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn commit_events(&mut self, events: Vec<Payload>) -> Result<(), String> {
+        self.events
+            .commit(&self.id, Batch::default(), events, now_ms())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot record event: {e}"))
+    }
+
+    /// A retryable end: report it and keep the session online.
+    async fn note_disconnect(&mut self, reason: &CloseReason, attempts: u32) {
+        let text = reason.to_string();
+        let _ = self
+            .commit_events(vec![Payload::Connection(ConnectionEvent {
+                state: ApiState::Connecting as i32,
+                reason: text.clone(),
+                jid: self.record.jid.clone().unwrap_or_default(),
+            })])
+            .await;
+        self.set_state(SessionState::Connecting, |s| {
+            s.qr = None;
+            s.reconnect_attempts = attempts;
+            s.last_disconnect_reason = Some(text);
+        });
+    }
+
+    /// The session stops trying; credentials are kept. `keep_online` leaves
+    /// it marked for restoration at the next boot.
+    async fn stopped(&mut self, reason: &CloseReason, keep_online: bool) {
+        let text = reason.to_string();
+        self.record.desired_online = keep_online;
+        let batch = Batch {
+            session: Some(self.record.clone()),
+            ..Batch::default()
+        };
+        let event = Payload::Connection(ConnectionEvent {
+            state: ApiState::Disconnected as i32,
+            reason: text.clone(),
+            jid: self.record.jid.clone().unwrap_or_default(),
+        });
+        if let Err(e) = self.events.commit(&self.id, batch, vec![event], now_ms()).await {
+            warn!(session = %self.id, "cannot record disconnect: {e}");
+        }
+        self.set_state(SessionState::Disconnected, |s| {
+            s.qr = None;
+            s.last_disconnect_reason = Some(text);
+        });
+    }
+
+    /// The device is unlinked: erase every secret and report it.
+    async fn logged_out(&mut self, reason: &CloseReason) {
+        let text = reason.to_string();
+        self.record.desired_online = false;
+        self.record.logged_out = true;
+        let batch = Batch {
+            secrets: vec![SecretOp::DeleteAll],
+            session: Some(self.record.clone()),
+            ..Batch::default()
+        };
+        let event = Payload::Connection(ConnectionEvent {
+            state: ApiState::LoggedOut as i32,
+            reason: text.clone(),
+            jid: self.record.jid.clone().unwrap_or_default(),
+        });
+        if let Err(e) = self.events.commit(&self.id, batch, vec![event], now_ms()).await {
+            warn!(session = %self.id, "cannot erase keys after logout: {e}");
+        }
+        info!(session = %self.id, "logged out: {text}");
+        self.set_state(SessionState::LoggedOut, |s| {
+            s.qr = None;
+            s.last_disconnect_reason = Some(text);
+        });
+    }
+
+    fn set_state(&self, state: SessionState, update: impl FnOnce(&mut SessionStatus)) {
+        self.status.send_modify(|s| {
+            s.state = state;
+            update(s);
+        });
+    }
+}
+
+fn closed_reason(conn: &mut Connection) -> Option<CloseReason> {
+    if !conn.is_closed() {
+        return None;
+    }
+    // The Closed event was already drained by the caller; recover its reason.
+    conn.close_reason().cloned()
+}
