@@ -1,0 +1,150 @@
+//! Shared harness for end-to-end tests: a simulator with its control service,
+//! gateways on loopback port 0 in temp dirs, and waiting on event streams.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+use wagate::app::{Running, ServeOptions};
+use wagate::proto::gateway::gateway_client::GatewayClient;
+use wagate::proto::gateway::{event, ConnectionEvent, Event, EventsRequest, SessionState};
+use wagate::proto::sim::simulator_client::SimulatorClient;
+use wagate::runtime::Backoff;
+use wagate::sim::{SimConfig, Simulator};
+
+/// How long any single expected thing may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Sim {
+    pub sim: Simulator,
+    pub control: SimulatorClient<Channel>,
+    pub control_addr: SocketAddr,
+}
+
+/// A simulator on loopback with its control API served on another port.
+pub async fn start_sim() -> Sim {
+    let sim = Simulator::start(SimConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        seed: Some(7),
+    })
+    .await
+    .expect("simulator starts");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind control");
+    let control_addr = listener.local_addr().expect("control addr");
+    let service = sim.control();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+    });
+    let control = SimulatorClient::connect(format!("http://{control_addr}"))
+        .await
+        .expect("control connects");
+    Sim {
+        sim,
+        control,
+        control_addr,
+    }
+}
+
+/// Gateway options pointing at `sim`, storing in `dir`, fast reconnects.
+pub fn options(dir: &Path, sim: &Simulator) -> ServeOptions {
+    let mut opts = ServeOptions::local(dir.to_path_buf());
+    opts.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    opts.wa_url = Some(sim.ws_url());
+    opts.wa_root_key = Some(sim.root_public_key());
+    opts.store_key = Some(
+        "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned(),
+    );
+    opts.backoff = Backoff {
+        base: Duration::from_millis(50),
+        cap: Duration::from_millis(500),
+    };
+    opts.handshakes_per_second = 1000;
+    opts
+}
+
+pub async fn start_gateway(opts: ServeOptions) -> Running {
+    wagate::app::start(opts).await.expect("gateway starts")
+}
+
+pub async fn client(addr: SocketAddr) -> GatewayClient<Channel> {
+    GatewayClient::connect(format!("http://{addr}"))
+        .await
+        .expect("gateway connects")
+}
+
+/// Opens an event stream for one session from a cursor (0 = from the beginning).
+pub async fn events_after(
+    client: &mut GatewayClient<Channel>,
+    session: &str,
+    cursor: u64,
+) -> Streaming<Event> {
+    let start = if cursor == 0 {
+        wagate::proto::gateway::events_request::Start::FromBeginning(true)
+    } else {
+        wagate::proto::gateway::events_request::Start::AfterCursor(cursor)
+    };
+    client
+        .events(EventsRequest {
+            session_ids: vec![session.to_owned()],
+            types: Vec::new(),
+            start: Some(start),
+        })
+        .await
+        .expect("events stream opens")
+        .into_inner()
+}
+
+/// Reads events until one matches; returns it and everything seen before it.
+pub async fn wait_for(
+    stream: &mut Streaming<Event>,
+    what: &str,
+    mut matches: impl FnMut(&Event) -> bool,
+) -> (Event, Vec<Event>) {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let event = stream
+                .message()
+                .await
+                .expect("event stream healthy")
+                .expect("event stream open");
+            if matches(&event) {
+                return event;
+            }
+            seen.push(event);
+        }
+    })
+    .await;
+    match found {
+        Ok(event) => (event, seen),
+        Err(_) => panic!("timed out waiting for {what}; saw {seen:#?}"),
+    }
+}
+
+pub fn connection(event: &Event) -> Option<&ConnectionEvent> {
+    match &event.payload {
+        Some(event::Payload::Connection(c)) => Some(c),
+        _ => None,
+    }
+}
+
+pub fn is_state(event: &Event, state: SessionState) -> bool {
+    connection(event).is_some_and(|c| c.state == state as i32)
+}
+
+pub fn qr_of(event: &Event) -> Option<&str> {
+    match &event.payload {
+        Some(event::Payload::Qr(q)) => Some(&q.qr),
+        _ => None,
+    }
+}

@@ -1,0 +1,296 @@
+//! The gateway end to end against the simulator, over gRPC on loopback:
+//! pairing by QR, restart from stored credentials, kicks and reconnects,
+//! disconnect, logout, replaced connections, unlinking by the phone, and a
+//! server whose certificate chain does not verify.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use wagate::proto::gateway::{
+    DisconnectRequest, InitRequest, QrCodeRequest, SessionState, StatusRequest,
+};
+use wagate::proto::sim::{KickRequest, ListAccountsRequest, RemoveDeviceRequest, ScanQrRequest};
+
+/// Decodes a `data:image/png;base64,` QR image back to its text.
+fn decode_qr_png(data_url: &str) -> String {
+    let b64 = data_url
+        .strip_prefix("data:image/png;base64,")
+        .expect("png data url");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().expect("png header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
+    let info = reader.next_frame(&mut buf).expect("png frame");
+    assert_eq!(info.color_type, png::ColorType::Grayscale);
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| buf[y * w + x]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "exactly one QR code in the image");
+    let (_meta, text) = grids[0].decode().expect("QR decodes");
+    text
+}
+
+async fn pair(
+    sim: &mut Sim,
+    client: &mut wagate::proto::gateway::gateway_client::GatewayClient<tonic::transport::Channel>,
+    session: &str,
+    phone: &str,
+) -> (String, u64) {
+    let mut events = events_after(client, session, 0).await;
+    client
+        .init(InitRequest {
+            session_id: session.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("init");
+    let (qr_event, _) = wait_for(&mut events, "a QR event", |e| qr_of(e).is_some()).await;
+    let qr = qr_of(&qr_event).expect("qr").to_owned();
+    assert!(qr.starts_with("https://wa.me/settings/linked_devices#"), "{qr}");
+    let reply = client
+        .qr_code(QrCodeRequest {
+            session_id: session.into(),
+        })
+        .await
+        .expect("QrCode")
+        .into_inner();
+    assert_eq!(reply.qr, qr);
+    assert_eq!(decode_qr_png(&reply.png_data_url), qr);
+    assert!(reply.expires_at.is_some());
+    let device = sim
+        .control
+        .scan_qr(ScanQrRequest {
+            phone: phone.into(),
+            qr,
+            push_name: "Test Phone".into(),
+        })
+        .await
+        .expect("ScanQr")
+        .into_inner()
+        .device_jid;
+    let (connected, _) = wait_for(&mut events, "CONNECTED", |e| {
+        is_state(e, SessionState::Connected)
+    })
+    .await;
+    assert_eq!(connection(&connected).expect("connection").jid, device);
+    (device, connected.cursor)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_restart_kick_disconnect_logout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = start_sim().await;
+    let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
+    let mut client = client(gateway.addr).await;
+
+    let (device, cursor) = pair(&mut sim, &mut client, "alice", "+1 555 000 1111").await;
+    assert!(device.starts_with("15550001111:"), "{device}");
+    let status = client
+        .status(StatusRequest {
+            session_id: "alice".into(),
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.state, SessionState::Connected as i32);
+    assert_eq!(status.phone, "15550001111");
+    assert_eq!(status.jid, device);
+    assert!(status.last_connected_at.is_some());
+
+    // QrCode once connected is a precondition failure.
+    let err = client
+        .qr_code(QrCodeRequest {
+            session_id: "alice".into(),
+        })
+        .await
+        .expect_err("no QR when connected");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    // A stream error 503 and a silent drop: both reconnect on their own.
+    let mut events = events_after(&mut client, "alice", cursor).await;
+    for code in [503, 0] {
+        let kicked = sim
+            .control
+            .kick(KickRequest {
+                jid: device.clone(),
+                code,
+            })
+            .await
+            .expect("kick")
+            .into_inner();
+        assert_eq!(kicked.connections, 1);
+        let (_, before) = wait_for(&mut events, "reconnected", |e| {
+            is_state(e, SessionState::Connected)
+        })
+        .await;
+        assert!(
+            before.iter().any(|e| is_state(e, SessionState::Connecting)),
+            "a CONNECTING event with the reason precedes the reconnect: {before:#?}"
+        );
+        assert!(before.iter().all(|e| qr_of(e).is_none()), "no new QR");
+    }
+
+    // Restart the gateway on the same data dir: the session comes back
+    // connected without a QR.
+    let before_restart = gateway.manager.events().last_cursor();
+    gateway.shutdown().await;
+    let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
+    let mut client = common::client(gateway.addr).await;
+    let mut events = events_after(&mut client, "alice", before_restart).await;
+    let (last_before_restart, between) =
+        wait_for(&mut events, "a post-restart CONNECTED", |e| {
+            is_state(e, SessionState::Connected)
+        })
+        .await;
+    assert!(between.iter().all(|e| qr_of(e).is_none()), "no QR: {between:#?}");
+    assert_eq!(
+        connection(&last_before_restart).expect("connection").jid,
+        device
+    );
+    let status = client
+        .status(StatusRequest {
+            session_id: "alice".into(),
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.state, SessionState::Connected as i32);
+
+    // Disconnect keeps credentials; Init reconnects without a QR.
+    let after = client
+        .disconnect(DisconnectRequest {
+            session_id: "alice".into(),
+            logout: false,
+        })
+        .await
+        .expect("disconnect")
+        .into_inner();
+    assert_eq!(after.state, SessionState::Disconnected as i32);
+    client
+        .init(InitRequest {
+            session_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("init again");
+    let (_, between) = wait_for(&mut events, "CONNECTED after Init", |e| {
+        is_state(e, SessionState::Connected) && e.cursor > last_before_restart.cursor
+    })
+    .await;
+    assert!(between.iter().all(|e| qr_of(e).is_none()), "no QR: {between:#?}");
+
+    // Logout: LOGGED_OUT, keys erased, device gone from the account.
+    let after = client
+        .disconnect(DisconnectRequest {
+            session_id: "alice".into(),
+            logout: true,
+        })
+        .await
+        .expect("logout")
+        .into_inner();
+    assert_eq!(after.state, SessionState::LoggedOut as i32);
+    let accounts = sim
+        .control
+        .list_accounts(ListAccountsRequest {})
+        .await
+        .expect("accounts")
+        .into_inner()
+        .accounts;
+    let account = accounts
+        .iter()
+        .find(|a| a.phone.trim_start_matches('+') == "15550001111")
+        .expect("account exists");
+    assert!(
+        account.devices.iter().all(|d| d.jid != device),
+        "device removed: {account:#?}"
+    );
+    let store = gateway.manager.events().store().clone();
+    let id = "alice".parse().expect("id");
+    assert!(store.secret(&id, "creds").expect("store readable").is_none());
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_stops_and_removed_device_logs_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = start_sim().await;
+    let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
+    let mut client = client(gateway.addr).await;
+
+    let (bob, bob_cursor) = pair(&mut sim, &mut client, "bob", "+15550002222").await;
+    let mut events = events_after(&mut client, "bob", bob_cursor).await;
+    sim.control
+        .replace(KickRequest {
+            jid: bob.clone(),
+            code: 0,
+        })
+        .await
+        .expect("replace");
+    let (ev, before) = wait_for(&mut events, "DISCONNECTED (replaced)", |e| {
+        is_state(e, SessionState::Disconnected)
+    })
+    .await;
+    assert!(
+        connection(&ev).expect("conn").reason.contains("replaced"),
+        "{ev:?}"
+    );
+    assert!(before.iter().all(|e| !is_state(e, SessionState::Connecting)), "no reconnect: {before:#?}");
+
+    let (carol, carol_cursor) = pair(&mut sim, &mut client, "carol", "+15550003333").await;
+    let mut events = events_after(&mut client, "carol", carol_cursor).await;
+    sim.control
+        .remove_device(RemoveDeviceRequest { jid: carol })
+        .await
+        .expect("remove device");
+    wait_for(&mut events, "LOGGED_OUT (device removed)", |e| {
+        is_state(e, SessionState::LoggedOut)
+    })
+    .await;
+
+    let (dave, dave_cursor) = pair(&mut sim, &mut client, "dave", "+15550004444").await;
+    let mut events = events_after(&mut client, "dave", dave_cursor).await;
+    sim.control
+        .kick(KickRequest {
+            jid: dave,
+            code: 401,
+        })
+        .await
+        .expect("kick 401");
+    wait_for(&mut events, "LOGGED_OUT (401)", |e| {
+        is_state(e, SessionState::LoggedOut)
+    })
+    .await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_server_with_untrusted_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim().await;
+    let mut opts = options(dir.path(), &sim.sim);
+    // Any other root: the simulator's chain does not verify against it.
+    opts.wa_root_key = Some(wagate::wa::noise::WA_ROOT_PUBLIC_KEY);
+    let gateway = start_gateway(opts).await;
+    let mut client = client(gateway.addr).await;
+    let mut events = events_after(&mut client, "eve", 0).await;
+    client
+        .init(InitRequest {
+            session_id: "eve".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("init");
+    let (ev, before) = wait_for(&mut events, "DISCONNECTED (certificate)", |e| {
+        is_state(e, SessionState::Disconnected)
+    })
+    .await;
+    assert!(
+        connection(&ev).expect("conn").reason.contains("certificate"),
+        "{ev:?}"
+    );
+    assert!(before.iter().all(|e| qr_of(e).is_none()), "never got to pairing");
+    gateway.shutdown().await;
+}
