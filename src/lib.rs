@@ -9,4 +9,5 @@ pub mod proto;
 pub mod runtime;
 pub mod sim;
 pub mod store;
+pub mod telemetry;
 pub mod wa;

@@ -76,16 +76,6 @@ struct ServeArgs {
     drain_seconds: u64,
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn parse_root_key(hex_key: &str) -> Result<[u8; 32], String> {
     let bytes = hex::decode(hex_key.trim())
         .map_err(|e| format!("WAGATE_WA_ROOT_KEY is not hex: {e}"))?;
@@ -122,7 +112,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -130,7 +119,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let format = match cli.log_format {
+        LogFormat::Pretty => wagate::telemetry::LogFormat::Pretty,
+        LogFormat::Json => wagate::telemetry::LogFormat::Json,
+    };
     let result = runtime.block_on(async {
+        let _telemetry = wagate::telemetry::init(format, "wagate");
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Sim(args) => wagate::sim::cli::run(args).await.map_err(|e| e.to_string()),
