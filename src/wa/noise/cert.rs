@@ -39,7 +39,7 @@ pub enum CertError {
     /// The chain or a certificate's details are not valid protobuf.
     #[error("{what} does not decode: {source}")]
     Decode {
-        /// "certificate chain" or "<role> details".
+        /// `"certificate chain"`, `"intermediate details"` or `"leaf details"`.
         what: &'static str,
         /// The protobuf error.
         source: prost::DecodeError,

@@ -3,10 +3,10 @@
 //! Called by the property tests below and by cargo-fuzz targets. Must not
 //! import I/O.
 
-use super::{issue_cert_chain, verify_cert_chain, ClientHandshake, FrameDecoder, ServerHandshake};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use super::{issue_cert_chain, verify_cert_chain, ClientHandshake, FrameDecoder, ServerHandshake};
 use crate::wa::crypto::KeyPair;
 
 /// Fixed keys so a crash reproduces from the input bytes alone.
