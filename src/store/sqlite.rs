@@ -1006,14 +1006,6 @@ mod tests {
                 )
                 .expect("commit");
         }
-        assert_eq!(
-            store
-                .secret(&s, "identity")
-                .expect("read")
-                .as_deref()
-                .map(Vec::as_slice),
-            Some(private_key.as_slice())
-        );
         let store_key_bytes = {
             let text = store_key.split_once(':').expect("id:key").1.to_owned();
             base64::engine::general_purpose::STANDARD
@@ -1044,6 +1036,15 @@ mod tests {
             names
         };
         let open_names = scan("while open");
+        // Still readable through the store.
+        assert_eq!(
+            store
+                .secret(&s, "identity")
+                .expect("read")
+                .as_deref()
+                .map(Vec::as_slice),
+            Some(private_key.as_slice())
+        );
         assert!(
             open_names.iter().any(|n| n.ends_with("-wal")),
             "WAL present while open: {open_names:?}"
