@@ -3,6 +3,7 @@
 //! divan prints the rate as items/s next to the timings.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use divan::counter::ItemsCount;
 use divan::Bencher;
@@ -64,6 +65,30 @@ fn commit_one(bencher: Bencher, store: &dyn Store) {
 fn commit_event_and_secret_sqlite(bencher: Bencher) {
     let (_dir, store) = sqlite();
     commit_one(bencher, &store);
+}
+
+/// The same commit from several threads (sessions) at once: group commit shares the fsync.
+#[divan::bench(threads = [4, 16], sample_count = 50, sample_size = 4)]
+fn commit_event_and_secret_sqlite_concurrent(bencher: Bencher) {
+    let (_dir, store) = sqlite();
+    let ids: Vec<SessionId> = (0..16)
+        .map(|i| {
+            let id: SessionId = format!("s{i}").parse().expect("valid session id");
+            store
+                .put_session(&SessionRecord::new(id.clone(), 0))
+                .expect("put session");
+            id
+        })
+        .collect();
+    let n = AtomicU32::new(0);
+    bencher.counter(ItemsCount::new(1usize)).bench(|| {
+        let i = n.fetch_add(1, Ordering::Relaxed);
+        let id = &ids[i as usize % ids.len()];
+        let batch = Batch::new()
+            .put_secret(format!("session/{}", i % 64), vec![0x5a; 1_500])
+            .event(1, i64::from(i), vec![0xa5; 300]);
+        store.commit(id, batch).expect("commit")
+    });
 }
 
 #[divan::bench]

@@ -337,12 +337,12 @@ impl Keyring {
         let header = record
             .get(..2 + usize::from(id_len))
             .ok_or_else(truncated)?;
-        let index = self
+        let (index, entry) = self
             .keys
             .iter()
-            .position(|k| k.id.as_bytes() == id)
+            .enumerate()
+            .find(|(_, k)| k.id.as_bytes() == id)
             .ok_or_else(|| Unreadable::UnknownKeyId(String::from_utf8_lossy(id).into_owned()))?;
-        let entry = self.keys.get(index).ok_or_else(truncated)?;
         let aad = associated_data(header, session, key);
         let mut plaintext = Zeroizing::new(body.to_vec());
         entry

@@ -1,4 +1,5 @@
-//! The store layer's one error type and its retry classification.
+//! The store layer's one error type and its retry classification. Must not import `runtime`,
+//! `api` or `sim`.
 
 use std::io;
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! The store's data model: session ids and rows, secret operations, batches, events, filters and
-//! retention. Plain data with validation; no I/O.
+//! retention. Plain data with validation; no I/O. Must not import `runtime`, `api` or `sim`.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -2,21 +2,22 @@
 //! commit, secrets sealed before they reach SQLite, schema migrations keyed on
 //! `PRAGMA user_version`. Must not import `runtime`, `api` or `sim`.
 //!
-//! One connection behind a mutex serves every caller. Commits are short (the AES work happens
-//! before the lock is taken) and SQLite allows one writer at a time anyway, so a pool would only
-//! add readers; the mutex keeps the statement cache simple and makes seq/cursor assignment
-//! trivially race-free.
+//! One connection behind a mutex serves every caller (SQLite allows one writer at a time anyway,
+//! and it keeps seq/cursor assignment trivially race-free). Commits are grouped: batches that
+//! arrive while a transaction is being written are committed together in the next one, each in
+//! its own savepoint, so concurrent sessions share one fsync instead of queueing for one each.
+//! The AES work happens before the lock is taken.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rand::rngs::OsRng;
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use zeroize::Zeroizing;
 
 use super::crypt::Keyring;
@@ -114,6 +115,13 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Whether `store_keys` already lists the current key (recorded with the first write).
     key_recorded: AtomicBool,
+    /// Batches waiting for the next group commit; see `commit`.
+    group: Mutex<GroupState>,
+    /// Signalled whenever a group commit ends.
+    group_done: Condvar,
+    /// Transactions run by `commit_group`, to observe grouping in tests.
+    #[cfg(test)]
+    groups: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -158,6 +166,8 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.pragma_update(None, "secure_delete", "FAST")?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // Truncate the WAL after checkpoints instead of letting it keep its peak size.
+        conn.pragma_update(None, "journal_size_limit", 0x400_0000)?;
         conn.pragma_update(None, "trusted_schema", false)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate(&mut conn)?;
@@ -167,6 +177,10 @@ impl SqliteStore {
             keys,
             path: path.to_owned(),
             key_recorded: AtomicBool::new(false),
+            group: Mutex::default(),
+            group_done: Condvar::new(),
+            #[cfg(test)]
+            groups: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -239,6 +253,76 @@ impl SqliteStore {
         &self.path
     }
 
+    fn group(&self) -> MutexGuard<'_, GroupState> {
+        // Only pushes, drains and flag flips happen under this lock: never half-done.
+        self.group.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits `group` in one transaction, each batch inside its own savepoint so a failing
+    /// batch rolls back alone; every batch's outcome is set before the connection is released.
+    fn commit_group(&self, conn: &mut Connection, group: Vec<Pending>) {
+        #[cfg(test)]
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                for pending in group {
+                    pending.outcome.set(Err(replicate(&e)));
+                }
+                return;
+            }
+        };
+        let mut results = Vec::with_capacity(group.len());
+        let mut any_put = false;
+        for Pending { work, outcome } in group {
+            let has_put = work.has_put;
+            let result = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                // An error drops `sp`, which rolls back this batch alone.
+                let events = self.apply_batch(&sp, work)?;
+                sp.commit()?;
+                Ok(events)
+            });
+            any_put |= has_put && result.is_ok();
+            results.push((outcome, result));
+        }
+        match tx.commit() {
+            Ok(()) => {
+                if any_put {
+                    self.key_recorded.store(true, Ordering::Relaxed);
+                }
+                for (outcome, result) in results {
+                    outcome.set(result);
+                }
+            }
+            Err(e) => {
+                for (outcome, result) in results {
+                    outcome.set(result.and_then(|_| Err(replicate(&e))));
+                }
+            }
+        }
+    }
+
+    /// One batch, in the order the trait documents: row, secret ops, events.
+    fn apply_batch(&self, conn: &Connection, work: Work) -> Result<Vec<EventRecord>, StoreError> {
+        let id = &work.id;
+        if let Some(record) = &work.session {
+            upsert_session(conn, record)?;
+        }
+        if work.has_put {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
+                .exists([id.as_str()])?;
+            if !exists {
+                return Err(StoreError::UnknownSession(id.clone()));
+            }
+            self.record_current_key(conn)?;
+        }
+        for op in work.ops {
+            apply_secret_op(conn, id, op)?;
+        }
+        append_events(conn, id, work.events)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock drops any open `Transaction`, which rolls back, so
         // the connection behind a poisoned lock is still in a clean state.
@@ -291,6 +375,52 @@ impl SqliteStore {
                 ),
             }
         }
+    }
+}
+
+/// Batches waiting for a writer, and whether a group is being written right now.
+#[derive(Default)]
+struct GroupState {
+    queue: Vec<Pending>,
+    writing: bool,
+}
+
+/// Ends a group commit on drop: clears the flag and wakes every waiting caller.
+struct GroupEnd<'a>(&'a SqliteStore);
+
+impl Drop for GroupEnd<'_> {
+    fn drop(&mut self) {
+        self.0.group().writing = false;
+        self.0.group_done.notify_all();
+    }
+}
+
+/// A batch waiting for the next group commit.
+struct Pending {
+    work: Work,
+    outcome: Arc<Outcome>,
+}
+
+/// A validated batch with its secrets sealed.
+struct Work {
+    id: SessionId,
+    session: Option<SessionRecord>,
+    ops: Vec<SealedOp>,
+    has_put: bool,
+    events: Vec<NewEvent>,
+}
+
+/// Where the writer that commits a batch leaves its result for the caller.
+#[derive(Default)]
+struct Outcome(Mutex<Option<Result<Vec<EventRecord>, StoreError>>>);
+
+impl Outcome {
+    fn set(&self, result: Result<Vec<EventRecord>, StoreError>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+    }
+
+    fn take(&self) -> Option<Result<Vec<EventRecord>, StoreError>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 
@@ -469,33 +599,48 @@ impl Store for SqliteStore {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let outcome: Arc<Outcome> = Arc::default();
+        let mut state = self.group();
+        state.queue.push(Pending {
+            work: Work {
+                id: id.clone(),
+                session: batch.session,
+                ops,
+                has_put,
+                events: batch.events,
+            },
+            outcome: Arc::clone(&outcome),
+        });
 
-        let mut conn = self.lock();
-        // Dropping `tx` on any early return rolls the whole batch back.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some(record) = &batch.session {
-            upsert_session(&tx, record)?;
-        }
-        if has_put {
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
-                .exists([id.as_str()])?;
-            if !exists {
-                return Err(StoreError::UnknownSession(id.clone()));
+        // Group commit: when no group is being written, the caller becomes the writer and
+        // commits every queued batch in one transaction (one fsync); otherwise it waits for the
+        // current group to end and then either finds its outcome or writes the next group.
+        loop {
+            if let Some(result) = outcome.take() {
+                return result;
             }
+            if !state.writing {
+                state.writing = true;
+                let group = std::mem::take(&mut state.queue);
+                drop(state);
+                {
+                    // Clears `writing` and wakes the waiters even if the commit panics.
+                    let _end = GroupEnd(self);
+                    let mut conn = self.lock();
+                    self.commit_group(&mut conn, group);
+                }
+                // Our batch was queued before we took over, so this group decided it.
+                return outcome.take().unwrap_or_else(|| {
+                    Err(StoreError::Unavailable(
+                        "the commit was lost by a writer that panicked".into(),
+                    ))
+                });
+            }
+            state = self
+                .group_done
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
-        if has_put {
-            self.record_current_key(&tx)?;
-        }
-        for op in ops {
-            apply_secret_op(&tx, id, op)?;
-        }
-        let events = append_events(&tx, id, batch.events)?;
-        tx.commit()?;
-        if has_put {
-            self.key_recorded.store(true, Ordering::Relaxed);
-        }
-        Ok(events)
     }
 
     fn events_after(
@@ -515,35 +660,34 @@ impl Store for SqliteStore {
         // Lists travel as one JSON parameter so the SQL text (and its cached statement) does not
         // depend on their length. Session ids are [A-Za-z0-9_-] and kinds are numbers, so
         // plain quoting is exact JSON.
-        let sessions = (!filter.sessions.is_empty()).then(|| {
-            let quoted: Vec<String> = filter
-                .sessions
-                .iter()
-                .map(|s| format!("\"{}\"", s.as_str()))
-                .collect();
-            format!("[{}]", quoted.join(","))
-        });
-        let kinds = (!filter.kinds.is_empty()).then(|| {
-            let list: Vec<String> = filter.kinds.iter().map(u8::to_string).collect();
-            format!("[{}]", list.join(","))
-        });
-        let sql = match (&sessions, &kinds) {
-            (None, None) => {
-                format!("{SELECT_EVENTS} AND ?2 IS NULL AND ?3 IS NULL ORDER BY cursor LIMIT ?4")
+        let (session_clause, sessions) = match filter.sessions.as_slice() {
+            [] => ("?2 IS NULL", None),
+            // One session: its index range is already in cursor order.
+            [one] => ("session_id = ?2", Some(one.as_str().to_owned())),
+            // Several: walk the log in cursor order and test membership (the unary `+` keeps
+            // the planner off the session index, whose per-session ranges would need a sort
+            // of every remaining match on each page).
+            many => {
+                let quoted: Vec<String> =
+                    many.iter().map(|s| format!("\"{}\"", s.as_str())).collect();
+                (
+                    "+session_id IN (SELECT value FROM json_each(?2))",
+                    Some(format!("[{}]", quoted.join(","))),
+                )
             }
-            (Some(_), None) => format!(
-                "{SELECT_EVENTS} AND session_id IN (SELECT value FROM json_each(?2)) \
-                 AND ?3 IS NULL ORDER BY cursor LIMIT ?4"
-            ),
-            (None, Some(_)) => format!(
-                "{SELECT_EVENTS} AND ?2 IS NULL AND kind IN (SELECT value FROM json_each(?3)) \
-                 ORDER BY cursor LIMIT ?4"
-            ),
-            (Some(_), Some(_)) => format!(
-                "{SELECT_EVENTS} AND session_id IN (SELECT value FROM json_each(?2)) \
-                 AND kind IN (SELECT value FROM json_each(?3)) ORDER BY cursor LIMIT ?4"
-            ),
         };
+        let (kind_clause, kinds) = if filter.kinds.is_empty() {
+            ("?3 IS NULL", None)
+        } else {
+            let list: Vec<String> = filter.kinds.iter().map(u8::to_string).collect();
+            (
+                "kind IN (SELECT value FROM json_each(?3))",
+                Some(format!("[{}]", list.join(","))),
+            )
+        };
+        let sql = format!(
+            "{SELECT_EVENTS} AND {session_clause} AND {kind_clause} ORDER BY cursor LIMIT ?4"
+        );
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![after, sessions, kinds, limit], event_from_row)?;
@@ -693,7 +837,7 @@ fn move_to_quarantine(
     Ok(())
 }
 
-fn upsert_session(tx: &Transaction<'_>, record: &SessionRecord) -> Result<(), StoreError> {
+fn upsert_session(tx: &Connection, record: &SessionRecord) -> Result<(), StoreError> {
     // An upsert, never INSERT OR REPLACE: replacing deletes the row and would cascade to the
     // session's secrets.
     tx.prepare_cached(
@@ -725,7 +869,7 @@ fn upsert_session(tx: &Transaction<'_>, record: &SessionRecord) -> Result<(), St
     Ok(())
 }
 
-fn apply_secret_op(tx: &Transaction<'_>, id: &SessionId, op: SealedOp) -> Result<(), StoreError> {
+fn apply_secret_op(tx: &Connection, id: &SessionId, op: SealedOp) -> Result<(), StoreError> {
     let session = id.as_str();
     match op {
         SealedOp::Put { key, record } => {
@@ -760,7 +904,7 @@ fn apply_secret_op(tx: &Transaction<'_>, id: &SessionId, op: SealedOp) -> Result
 }
 
 fn append_events(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     id: &SessionId,
     events: Vec<NewEvent>,
 ) -> Result<Vec<EventRecord>, StoreError> {
@@ -811,6 +955,17 @@ fn append_events(
     tx.prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'last_cursor'")?
         .execute([to_i64(cursor)?])?;
     Ok(appended)
+}
+
+/// A copy of a SQLite error for every batch of a failed group (rusqlite errors are not Clone);
+/// keeps the error code, so retry classification is unchanged.
+fn replicate(e: &rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(*code, message.clone()))
+        }
+        other => StoreError::Unavailable(format!("group commit failed: {other}")),
+    }
 }
 
 fn read_counter(conn: &Connection) -> Result<u64, StoreError> {
@@ -1181,13 +1336,73 @@ mod tests {
     }
 
     #[test]
+    fn waiting_batches_share_one_transaction_and_fail_alone() {
+        let mut b = Sqlite::new();
+        let store = b.open(keyring(&[("k1", 1)]), None);
+        b.fail_event_kind(&store, 0xee);
+        let ids: Vec<SessionId> = ["a", "b", "c", "d"].map(sid).to_vec();
+        for id in &ids {
+            store
+                .put_session(&SessionRecord::new(id.clone(), 1))
+                .expect("put");
+        }
+        let before = store.groups.load(Ordering::Relaxed);
+        let results = std::thread::scope(|scope| {
+            // Pretend a group is being written so every commit queues up behind it.
+            store.group().writing = true;
+            let mut handles = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                let store = &store;
+                handles.push(scope.spawn(move || {
+                    store.commit(
+                        id,
+                        Batch::new()
+                            .put_secret("k", vec![1; 8])
+                            .event(1, 1, vec![])
+                            .event(if i == 1 { 0xee } else { 2 }, 2, vec![]),
+                    )
+                }));
+            }
+            while store.group().queue.len() < ids.len() {
+                std::thread::yield_now();
+            }
+            drop(GroupEnd(&store));
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(
+            store.groups.load(Ordering::Relaxed) - before,
+            1,
+            "one transaction"
+        );
+        for (i, result) in results.iter().enumerate() {
+            if i == 1 {
+                assert!(result.is_err(), "the faulty batch fails");
+            } else {
+                let events = result.as_ref().expect("the others commit");
+                assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+            }
+        }
+        // The failed batch left nothing behind, the others are durable.
+        assert_eq!(store.secret(&ids[1], "k").expect("read"), None);
+        let store = b.open(keyring(&[("k1", 1)]), Some(store));
+        assert_eq!(store.last_cursor().expect("cursor"), 6);
+        for (i, id) in ids.iter().enumerate() {
+            let found = store.secret(id, "k").expect("read").is_some();
+            assert_eq!(found, i != 1, "{id}");
+        }
+    }
+
+    #[test]
     fn object_safe_and_shareable() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<SqliteStore>();
         assert_send_sync::<crate::store::MemoryStore>();
         let b = Sqlite::new();
-        let store: std::sync::Arc<dyn Store> =
-            std::sync::Arc::new(SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open"));
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open"));
         assert_eq!(store.last_cursor().expect("cursor"), 0);
     }
 }
