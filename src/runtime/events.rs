@@ -72,7 +72,7 @@ impl EventLog {
         let id = session.clone();
         let records = tokio::task::spawn_blocking(move || store.commit(&id, batch))
             .await
-            .map_err(|e| StoreError::Internal(format!("store task failed: {e}")))??;
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))??;
         if let Some(last) = records.last() {
             self.last.send_if_modified(|c| {
                 let changed = last.cursor > *c;
@@ -103,7 +103,7 @@ impl EventLog {
         let store = self.store.clone();
         let records = tokio::task::spawn_blocking(move || store.events_after(cursor, &filter, limit))
             .await
-            .map_err(|e| StoreError::Internal(format!("store task failed: {e}")))??;
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))??;
         Ok(records.into_iter().map(to_api_event).collect())
     }
 }
