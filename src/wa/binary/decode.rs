@@ -1,0 +1,347 @@
+//! Bytes → node. Never panics: every read is bounds-checked, nesting is
+//! capped at [`MAX_DEPTH`], and no list or buffer is sized from a length
+//! field before the input is known to be long enough to fill it.
+
+use std::borrow::Cow;
+
+use super::encode::{DOMAIN_HOSTED, DOMAIN_HOSTED_LID, DOMAIN_LID};
+use super::node::{AttrValue, Content, Node};
+use super::token::{tag, TokenDict};
+use super::DecodeError;
+use crate::wa::jid::{
+    Jid, DEFAULT_USER_SERVER, HOSTED_LID_SERVER, HOSTED_SERVER, INTEROP_SERVER, LID_SERVER,
+    MESSENGER_SERVER,
+};
+
+/// Deepest nesting accepted; real stanzas stay under 10 levels.
+pub const MAX_DEPTH: usize = 64;
+
+/// Smallest encoded node (`F8 01 <token>`), to bound child counts.
+const MIN_NODE_LEN: usize = 3;
+/// Smallest encoded attribute (two single-byte tokens).
+const MIN_ATTR_LEN: usize = 2;
+
+pub(super) fn decode_node(dict: TokenDict, data: &[u8]) -> Result<Node, DecodeError> {
+    let mut d = Decoder { dict, data, pos: 0 };
+    let node = d.node(0)?;
+    match data.len() - d.pos {
+        0 => Ok(node),
+        count => Err(DecodeError::TrailingBytes { count }),
+    }
+}
+
+struct Decoder<'a> {
+    dict: TokenDict,
+    data: &'a [u8],
+    pos: usize,
+}
+
+/// A string as it sits on the wire, converted only once its use is known.
+enum Text<'a> {
+    Token(&'static str),
+    Packed(String),
+    Raw(&'a [u8]),
+}
+
+/// Whatever a tag byte in value position introduces.
+enum Value<'a> {
+    Text(Text<'a>),
+    Jid(Jid),
+    /// LIST_8 / LIST_16; LIST_EMPTY reads as an empty string.
+    List,
+}
+
+impl<'a> Decoder<'a> {
+    fn truncated(&self) -> DecodeError {
+        DecodeError::Truncated { at: self.pos }
+    }
+
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        let b = *self.data.get(self.pos).ok_or_else(|| self.truncated())?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.data.len())
+            .ok_or_else(|| self.truncated())?;
+        let s = self
+            .data
+            .get(self.pos..end)
+            .ok_or_else(|| self.truncated())?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let s = self.take(N)?;
+        s.try_into().map_err(|_| self.truncated())
+    }
+
+    fn remaining(&self) -> usize {
+        self.data.len() - self.pos
+    }
+
+    fn list_size(&mut self, tag: u8) -> Result<usize, DecodeError> {
+        match tag {
+            tag::LIST_EMPTY => Ok(0),
+            tag::LIST_8 => Ok(usize::from(self.byte()?)),
+            tag::LIST_16 => Ok(usize::from(u16::from_be_bytes(self.array()?))),
+            other => Err(DecodeError::UnexpectedTag {
+                tag: other,
+                at: self.pos - 1,
+                expected: "a list",
+            }),
+        }
+    }
+
+    fn binary_len(&mut self, tag: u8) -> Result<Option<usize>, DecodeError> {
+        Ok(Some(match tag {
+            tag::BINARY_8 => usize::from(self.byte()?),
+            tag::BINARY_20 => {
+                let [a, b, c] = self.array()?;
+                (usize::from(a & 0x0F) << 16) | (usize::from(b) << 8) | usize::from(c)
+            }
+            tag::BINARY_32 => {
+                let n = u32::from_be_bytes(self.array()?);
+                usize::try_from(n).map_err(|_| self.truncated())?
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    fn node(&mut self, depth: usize) -> Result<Node, DecodeError> {
+        if depth >= MAX_DEPTH {
+            return Err(DecodeError::TooDeep { limit: MAX_DEPTH });
+        }
+        let start = self.pos;
+        let list_tag = self.byte()?;
+        let size = self.list_size(list_tag)?;
+        if size == 0 {
+            return Err(DecodeError::EmptyNode { at: start });
+        }
+        let node_tag = self.key()?;
+        if node_tag.is_empty() {
+            return Err(DecodeError::EmptyTag { at: start });
+        }
+        let nattrs = (size - 1) / 2;
+        if nattrs > self.remaining() / MIN_ATTR_LEN {
+            return Err(self.truncated());
+        }
+        let mut attrs = Vec::with_capacity(nattrs);
+        for _ in 0..nattrs {
+            let key = self.key()?;
+            let value = self.attr_value()?;
+            attrs.push((key, value));
+        }
+        let content = if size % 2 == 0 {
+            self.content(depth)?
+        } else {
+            Content::None
+        };
+        Ok(Node {
+            tag: node_tag,
+            attrs,
+            content,
+        })
+    }
+
+    fn content(&mut self, depth: usize) -> Result<Content, DecodeError> {
+        let t = self.byte()?;
+        match t {
+            tag::LIST_EMPTY | tag::LIST_8 | tag::LIST_16 => {
+                let n = self.list_size(t)?;
+                if n > self.remaining() / MIN_NODE_LEN {
+                    return Err(self.truncated());
+                }
+                let mut children = Vec::with_capacity(n);
+                for _ in 0..n {
+                    children.push(self.node(depth + 1)?);
+                }
+                Ok(Content::Nodes(children))
+            }
+            _ => {
+                if let Some(len) = self.binary_len(t)? {
+                    return Ok(Content::Bytes(self.take(len)?.to_vec()));
+                }
+                match self.value_after(t)? {
+                    Value::Text(text) => Ok(Content::Str(self.owned(text)?)),
+                    Value::Jid(jid) => Ok(Content::Jid(jid)),
+                    Value::List => Err(self.list_not_allowed(t)),
+                }
+            }
+        }
+    }
+
+    fn list_not_allowed(&self, t: u8) -> DecodeError {
+        DecodeError::UnexpectedTag {
+            tag: t,
+            at: self.pos - 1,
+            expected: "a string or JID",
+        }
+    }
+
+    fn value(&mut self) -> Result<Value<'a>, DecodeError> {
+        let t = self.byte()?;
+        self.value_after(t)
+    }
+
+    fn value_after(&mut self, t: u8) -> Result<Value<'a>, DecodeError> {
+        let at = self.pos - 1;
+        Ok(match t {
+            tag::LIST_EMPTY => Value::Text(Text::Token("")),
+            tag::LIST_8 | tag::LIST_16 => Value::List,
+            tag::DICTIONARY_0..=tag::DICTIONARY_3 => {
+                let index = self.byte()?;
+                let token = self
+                    .dict
+                    .double(t - tag::DICTIONARY_0, index)
+                    .ok_or(DecodeError::UnknownToken { tag: t, at })?;
+                Value::Text(Text::Token(token))
+            }
+            tag::BINARY_8 | tag::BINARY_20 | tag::BINARY_32 => {
+                let len = self.binary_len(t)?.unwrap_or(0);
+                Value::Text(Text::Raw(self.take(len)?))
+            }
+            tag::NIBBLE_8 => Value::Text(Text::Packed(self.packed(t, unpack_nibble)?)),
+            tag::HEX_8 => Value::Text(Text::Packed(self.packed(t, unpack_hex)?)),
+            tag::JID_PAIR => {
+                let user = self.jid_part()?;
+                let server = self.jid_part()?;
+                if server.is_empty() {
+                    return Err(DecodeError::EmptyServer { at });
+                }
+                Value::Jid(Jid::new(user, server))
+            }
+            tag::AD_JID => {
+                let [domain, device] = self.array()?;
+                let user = self.jid_part()?;
+                let (server, agent) = match domain {
+                    DOMAIN_LID => (LID_SERVER, 0),
+                    DOMAIN_HOSTED => (HOSTED_SERVER, 0),
+                    DOMAIN_HOSTED_LID => (HOSTED_LID_SERVER, 0),
+                    agent => (DEFAULT_USER_SERVER, agent),
+                };
+                let mut jid = Jid::with_device(user, u16::from(device), server);
+                jid.agent = agent;
+                Value::Jid(jid)
+            }
+            tag::FB_JID => {
+                let user = self.jid_part()?;
+                let device = u16::from_be_bytes(self.array()?);
+                self.expect_server(MESSENGER_SERVER, at)?;
+                Value::Jid(Jid::with_device(user, device, MESSENGER_SERVER))
+            }
+            tag::INTEROP_JID => {
+                let user = self.jid_part()?;
+                let device = u16::from_be_bytes(self.array()?);
+                let integrator = u16::from_be_bytes(self.array()?);
+                self.expect_server(INTEROP_SERVER, at)?;
+                let mut jid = Jid::with_device(user, device, INTEROP_SERVER);
+                jid.integrator = integrator;
+                Value::Jid(jid)
+            }
+            single => Value::Text(Text::Token(
+                self.dict
+                    .single(single)
+                    .ok_or(DecodeError::UnknownToken { tag: single, at })?,
+            )),
+        })
+    }
+
+    fn packed(&mut self, t: u8, unpack: fn(u8) -> Option<u8>) -> Result<String, DecodeError> {
+        let at = self.pos - 1;
+        let header = self.byte()?;
+        let bytes = self.take(usize::from(header & 0x7F))?;
+        let odd = header & 0x80 != 0;
+        if odd && bytes.is_empty() {
+            return Err(DecodeError::BadPacked { tag: t, at });
+        }
+        let mut s = String::with_capacity(bytes.len() * 2);
+        let last = bytes.len().wrapping_sub(1);
+        for (i, &b) in bytes.iter().enumerate() {
+            let hi = unpack(b >> 4).ok_or(DecodeError::BadPacked { tag: t, at })?;
+            s.push(char::from(hi));
+            // The final nibble of an odd-length string is filler.
+            if !(odd && i == last) {
+                let lo = unpack(b & 0x0F).ok_or(DecodeError::BadPacked { tag: t, at })?;
+                s.push(char::from(lo));
+            }
+        }
+        Ok(s)
+    }
+
+    /// A string that must not be a JID or list: tags, keys.
+    fn key(&mut self) -> Result<Cow<'static, str>, DecodeError> {
+        let at = self.pos;
+        match self.value()? {
+            Value::Text(Text::Token(s)) => Ok(Cow::Borrowed(s)),
+            Value::Text(text) => self.owned(text).map(Cow::Owned),
+            Value::Jid(_) | Value::List => Err(DecodeError::NotAString { at }),
+        }
+    }
+
+    fn jid_part(&mut self) -> Result<String, DecodeError> {
+        let at = self.pos;
+        match self.value()? {
+            Value::Text(text) => self.owned(text),
+            Value::Jid(_) | Value::List => Err(DecodeError::NotAString { at }),
+        }
+    }
+
+    fn expect_server(&mut self, expected: &'static str, at: usize) -> Result<(), DecodeError> {
+        let server = self.jid_part()?;
+        if server == expected {
+            Ok(())
+        } else {
+            Err(DecodeError::WrongServer {
+                expected,
+                found: server,
+                at,
+            })
+        }
+    }
+
+    fn attr_value(&mut self) -> Result<AttrValue, DecodeError> {
+        let at = self.pos;
+        match self.value()? {
+            Value::Text(text) => self.owned(text).map(AttrValue::Str),
+            Value::Jid(jid) => Ok(AttrValue::Jid(jid)),
+            Value::List => Err(DecodeError::NotAString { at }),
+        }
+    }
+
+    fn owned(&self, text: Text<'_>) -> Result<String, DecodeError> {
+        match text {
+            Text::Token(s) => Ok(s.to_owned()),
+            Text::Packed(s) => Ok(s),
+            Text::Raw(b) => {
+                std::str::from_utf8(b)
+                    .map(str::to_owned)
+                    .map_err(|_| DecodeError::InvalidUtf8 {
+                        at: self.pos - b.len(),
+                    })
+            }
+        }
+    }
+}
+
+fn unpack_nibble(v: u8) -> Option<u8> {
+    match v {
+        0x0..=0x9 => Some(b'0' + v),
+        0xA => Some(b'-'),
+        0xB => Some(b'.'),
+        _ => None,
+    }
+}
+
+fn unpack_hex(v: u8) -> Option<u8> {
+    match v {
+        0x0..=0x9 => Some(b'0' + v),
+        0xA..=0xF => Some(b'A' + v - 0xA),
+        _ => None,
+    }
+}
