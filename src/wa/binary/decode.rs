@@ -56,6 +56,7 @@ impl<'a> Decoder<'a> {
         DecodeError::Truncated { at: self.pos }
     }
 
+    #[inline]
     fn byte(&mut self) -> Result<u8, DecodeError> {
         let b = *self.data.get(self.pos).ok_or_else(|| self.truncated())?;
         self.pos += 1;
@@ -206,8 +207,8 @@ impl<'a> Decoder<'a> {
                 let len = self.binary_len(t)?.unwrap_or(0);
                 Value::Text(Text::Raw(self.take(len)?))
             }
-            tag::NIBBLE_8 => Value::Text(Text::Packed(self.packed(t, unpack_nibble)?)),
-            tag::HEX_8 => Value::Text(Text::Packed(self.packed(t, unpack_hex)?)),
+            tag::NIBBLE_8 => Value::Text(Text::Packed(self.packed(t, &NIBBLE_ALPHABET)?)),
+            tag::HEX_8 => Value::Text(Text::Packed(self.packed(t, &HEX_ALPHABET)?)),
             tag::JID_PAIR => {
                 let user = self.jid_part()?;
                 let server = self.jid_part()?;
@@ -252,32 +253,49 @@ impl<'a> Decoder<'a> {
         })
     }
 
-    fn packed(&mut self, t: u8, unpack: fn(u8) -> Option<u8>) -> Result<String, DecodeError> {
+    fn packed(&mut self, t: u8, alphabet: &[u8; 16]) -> Result<String, DecodeError> {
         let at = self.pos - 1;
+        let bad = DecodeError::BadPacked { tag: t, at };
         let header = self.byte()?;
         let bytes = self.take(usize::from(header & 0x7F))?;
         let odd = header & 0x80 != 0;
-        if odd && bytes.is_empty() {
-            return Err(DecodeError::BadPacked { tag: t, at });
+        let (&last, pairs) = match bytes.split_last() {
+            Some(split) => split,
+            None if odd => return Err(bad),
+            None => return Ok(String::new()),
+        };
+        let char_of = |v: u8| match alphabet.get(usize::from(v)) {
+            Some(&c) if c != 0 => Ok(c),
+            _ => Err(bad.clone()),
+        };
+        let mut buf = [0u8; 2 * 0x7F];
+        let mut out = buf.chunks_exact_mut(2);
+        for (&b, slot) in pairs.iter().zip(&mut out) {
+            slot.copy_from_slice(&[char_of(b >> 4)?, char_of(b & 0x0F)?]);
         }
-        let mut s = String::with_capacity(bytes.len() * 2);
-        let last = bytes.len().wrapping_sub(1);
-        for (i, &b) in bytes.iter().enumerate() {
-            let hi = unpack(b >> 4).ok_or(DecodeError::BadPacked { tag: t, at })?;
-            s.push(char::from(hi));
-            // The final nibble of an odd-length string is filler.
-            if !(odd && i == last) {
-                let lo = unpack(b & 0x0F).ok_or(DecodeError::BadPacked { tag: t, at })?;
-                s.push(char::from(lo));
-            }
+        let mut len = 2 * pairs.len();
+        if let Some(slot) = out.next() {
+            // The low nibble of an odd-length string's last byte is filler.
+            let lo = if odd { 0 } else { char_of(last & 0x0F)? };
+            slot.copy_from_slice(&[char_of(last >> 4)?, lo]);
+            len += if odd { 1 } else { 2 };
         }
-        Ok(s)
+        let text = buf.get(..len).unwrap_or_default();
+        // Both alphabets are ASCII, so this cannot fail.
+        std::str::from_utf8(text)
+            .map(str::to_owned)
+            .map_err(|_| bad)
     }
 
     /// A string that must not be a JID or list: tags, keys.
     fn key(&mut self) -> Result<Cow<'static, str>, DecodeError> {
         let at = self.pos;
-        match self.value()? {
+        let t = self.byte()?;
+        // Nearly every tag and key is a single-byte token.
+        if let Some(s) = self.dict.single(t) {
+            return Ok(Cow::Borrowed(s));
+        }
+        match self.value_after(t)? {
             Value::Text(Text::Token(s)) => Ok(Cow::Borrowed(s)),
             Value::Text(text) => self.owned(text).map(Cow::Owned),
             Value::Jid(_) | Value::List => Err(DecodeError::NotAString { at }),
@@ -307,7 +325,11 @@ impl<'a> Decoder<'a> {
 
     fn attr_value(&mut self) -> Result<AttrValue, DecodeError> {
         let at = self.pos;
-        match self.value()? {
+        let t = self.byte()?;
+        if let Some(s) = self.dict.single(t) {
+            return Ok(AttrValue::Str(s.to_owned()));
+        }
+        match self.value_after(t)? {
             Value::Text(text) => self.owned(text).map(AttrValue::Str),
             Value::Jid(jid) => Ok(AttrValue::Jid(jid)),
             Value::List => Err(DecodeError::NotAString { at }),
@@ -329,19 +351,7 @@ impl<'a> Decoder<'a> {
     }
 }
 
-fn unpack_nibble(v: u8) -> Option<u8> {
-    match v {
-        0x0..=0x9 => Some(b'0' + v),
-        0xA => Some(b'-'),
-        0xB => Some(b'.'),
-        _ => None,
-    }
-}
-
-fn unpack_hex(v: u8) -> Option<u8> {
-    match v {
-        0x0..=0x9 => Some(b'0' + v),
-        0xA..=0xF => Some(b'A' + v - 0xA),
-        _ => None,
-    }
-}
+/// Nibble value → character; 0 marks the values 0xC..=0xF, which are not
+/// characters (0xF is only valid as the filler of an odd-length string).
+const NIBBLE_ALPHABET: [u8; 16] = *b"0123456789-.\0\0\0\0";
+const HEX_ALPHABET: [u8; 16] = *b"0123456789ABCDEF";

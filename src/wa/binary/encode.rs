@@ -85,11 +85,19 @@ impl Encoder<'_> {
             None => {
                 let bytes = s.as_bytes();
                 if bytes.len() <= PACKED_MAX {
-                    if bytes.iter().all(|&b| nibble(b).is_some()) {
-                        return self.packed(tag::NIBBLE_8, bytes, nibble);
+                    // One pass decides both alphabets.
+                    let mut class = NIBBLE | HEX;
+                    for &b in bytes {
+                        class &= CLASS[usize::from(b)];
+                        if class == 0 {
+                            break;
+                        }
                     }
-                    if bytes.iter().all(|&b| hex(b).is_some()) {
-                        return self.packed(tag::HEX_8, bytes, hex);
+                    if class & NIBBLE != 0 {
+                        return self.packed(tag::NIBBLE_8, bytes, &NIBBLE_VALUE);
+                    }
+                    if class & HEX != 0 {
+                        return self.packed(tag::HEX_8, bytes, &HEX_VALUE);
                     }
                 }
                 self.binary(bytes);
@@ -97,24 +105,27 @@ impl Encoder<'_> {
         }
     }
 
-    fn packed(&mut self, kind: u8, s: &[u8], pack: fn(u8) -> Option<u8>) {
-        // Callers checked that every byte packs; 0xF is the filler nibble of
-        // an odd-length string.
-        let value = |b: u8| pack(b).unwrap_or(0x0F);
+    /// `s` is at most [`PACKED_MAX`] bytes, all in `values`' alphabet.
+    fn packed(&mut self, kind: u8, s: &[u8], values: &[u8; 256]) {
+        let value = |b: u8| values[usize::from(b)];
         let odd = s.len() % 2;
-        let header = (s.len().div_ceil(2) as u8) | ((odd as u8) << 7);
-        self.out.reserve(2 + s.len().div_ceil(2));
-        self.out.push(kind);
-        self.out.push(header);
+        let mut buf = [0u8; 2 + PACKED_MAX.div_ceil(2)];
+        let len = 2 + s.len().div_ceil(2);
+        let (head, body) = buf.split_at_mut(2);
+        head.copy_from_slice(&[kind, (s.len().div_ceil(2) as u8) | ((odd as u8) << 7)]);
         let mut pairs = s.chunks_exact(2);
-        for pair in &mut pairs {
+        let mut out = body.iter_mut();
+        // `pairs` first: zip stops on it without taking a slot from `out`.
+        for (pair, slot) in (&mut pairs).zip(&mut out) {
             if let [a, b] = pair {
-                self.out.push((value(*a) << 4) | value(*b));
+                *slot = (value(*a) << 4) | value(*b);
             }
         }
-        if let [last] = pairs.remainder() {
-            self.out.push((value(*last) << 4) | 0x0F);
+        // 0xF is the filler nibble of an odd-length string.
+        if let ([last], Some(slot)) = (pairs.remainder(), out.next()) {
+            *slot = (value(*last) << 4) | 0x0F;
         }
+        self.out.extend_from_slice(buf.get(..len).unwrap_or(&buf));
     }
 
     fn binary(&mut self, b: &[u8]) {
@@ -183,22 +194,52 @@ impl Encoder<'_> {
     }
 }
 
-/// Nibble alphabet: digits, '-' = 0xA, '.' = 0xB.
-pub(super) fn nibble(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'-' => Some(0x0A),
-        b'.' => Some(0x0B),
-        _ => None,
+const INVALID: u8 = 0xFF;
+const NIBBLE: u8 = 0x01;
+const HEX: u8 = 0x02;
+
+/// Which packed alphabets each byte belongs to.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        if NIBBLE_VALUE[b] != INVALID {
+            t[b] |= NIBBLE;
+        }
+        if HEX_VALUE[b] != INVALID {
+            t[b] |= HEX;
+        }
+        b += 1;
     }
-}
+    t
+};
+
+/// Nibble alphabet: digits, '-' = 0xA, '.' = 0xB; [`INVALID`] elsewhere.
+pub(super) static NIBBLE_VALUE: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut d = 0;
+    while d < 10 {
+        t[b'0' as usize + d] = d as u8;
+        d += 1;
+    }
+    t[b'-' as usize] = 0x0A;
+    t[b'.' as usize] = 0x0B;
+    t
+};
 
 /// Hex alphabet: digits and upper-case A-F only (lower case would not come
-/// back the same).
-pub(super) fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'A'..=b'F' => Some(b - b'A' + 0x0A),
-        _ => None,
+/// back the same); [`INVALID`] elsewhere.
+pub(super) static HEX_VALUE: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut d = 0;
+    while d < 16 {
+        let c = if d < 10 {
+            b'0' + d as u8
+        } else {
+            b'A' + d as u8 - 10
+        };
+        t[c as usize] = d as u8;
+        d += 1;
     }
-}
+    t
+};
