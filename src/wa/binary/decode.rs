@@ -207,8 +207,8 @@ impl<'a> Decoder<'a> {
                 let len = self.binary_len(t)?.unwrap_or(0);
                 Value::Text(Text::Raw(self.take(len)?))
             }
-            tag::NIBBLE_8 => Value::Text(Text::Packed(self.packed(t, &NIBBLE_ALPHABET)?)),
-            tag::HEX_8 => Value::Text(Text::Packed(self.packed(t, &HEX_ALPHABET)?)),
+            tag::NIBBLE_8 => Value::Text(Text::Packed(self.packed(t, &NIBBLE_PAIRS)?)),
+            tag::HEX_8 => Value::Text(Text::Packed(self.packed(t, &HEX_PAIRS)?)),
             tag::JID_PAIR => {
                 let user = self.jid_part()?;
                 let server = self.jid_part()?;
@@ -253,38 +253,38 @@ impl<'a> Decoder<'a> {
         })
     }
 
-    fn packed(&mut self, t: u8, alphabet: &[u8; 16]) -> Result<String, DecodeError> {
+    fn packed(&mut self, t: u8, pairs_of: &[[u8; 2]; 256]) -> Result<String, DecodeError> {
         let at = self.pos - 1;
-        let bad = DecodeError::BadPacked { tag: t, at };
         let header = self.byte()?;
         let bytes = self.take(usize::from(header & 0x7F))?;
         let odd = header & 0x80 != 0;
-        let (&last, pairs) = match bytes.split_last() {
-            Some(split) => split,
-            None if odd => return Err(bad),
-            None => return Ok(String::new()),
-        };
-        let char_of = |v: u8| match alphabet.get(usize::from(v)) {
-            Some(&c) if c != 0 => Ok(c),
-            _ => Err(bad.clone()),
+        let bad = || DecodeError::BadPacked { tag: t, at };
+        let Some((&last, body)) = bytes.split_last() else {
+            return if odd { Err(bad()) } else { Ok(String::new()) };
         };
         let mut buf = [0u8; 2 * 0x7F];
-        let mut out = buf.chunks_exact_mut(2);
-        for (&b, slot) in pairs.iter().zip(&mut out) {
-            slot.copy_from_slice(&[char_of(b >> 4)?, char_of(b & 0x0F)?]);
+        let mut valid = true;
+        let mut slots = buf.chunks_exact_mut(2);
+        for (&b, slot) in body.iter().zip(&mut slots) {
+            let pair = pairs_of[usize::from(b)];
+            valid &= pair[0] != 0 && pair[1] != 0;
+            slot.copy_from_slice(&pair);
         }
-        let mut len = 2 * pairs.len();
-        if let Some(slot) = out.next() {
-            // The low nibble of an odd-length string's last byte is filler.
-            let lo = if odd { 0 } else { char_of(last & 0x0F)? };
-            slot.copy_from_slice(&[char_of(last >> 4)?, lo]);
-            len += if odd { 1 } else { 2 };
+        let pair = pairs_of[usize::from(last)];
+        // The low nibble of an odd-length string's last byte is filler.
+        valid &= pair[0] != 0 && (odd || pair[1] != 0);
+        if let Some(slot) = slots.next() {
+            slot.copy_from_slice(&pair);
         }
+        if !valid {
+            return Err(bad());
+        }
+        let len = 2 * bytes.len() - usize::from(odd);
         let text = buf.get(..len).unwrap_or_default();
         // Both alphabets are ASCII, so this cannot fail.
         std::str::from_utf8(text)
             .map(str::to_owned)
-            .map_err(|_| bad)
+            .map_err(|_| bad())
     }
 
     /// A string that must not be a JID or list: tags, keys.
@@ -351,7 +351,17 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// Nibble value → character; 0 marks the values 0xC..=0xF, which are not
-/// characters (0xF is only valid as the filler of an odd-length string).
-const NIBBLE_ALPHABET: [u8; 16] = *b"0123456789-.\0\0\0\0";
-const HEX_ALPHABET: [u8; 16] = *b"0123456789ABCDEF";
+/// Packed byte → its two characters; 0 marks a nibble that is not a
+/// character (nibble values 0xC..=0xF).
+static NIBBLE_PAIRS: [[u8; 2]; 256] = pairs(b"0123456789-.\0\0\0\0");
+static HEX_PAIRS: [[u8; 2]; 256] = pairs(b"0123456789ABCDEF");
+
+const fn pairs(alphabet: &[u8; 16]) -> [[u8; 2]; 256] {
+    let mut t = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = [alphabet[b >> 4], alphabet[b & 0x0F]];
+        b += 1;
+    }
+    t
+}
