@@ -20,6 +20,10 @@ pub const MAX_DEPTH: usize = 64;
 const MIN_NODE_LEN: usize = 3;
 /// Smallest encoded attribute (two single-byte tokens).
 const MIN_ATTR_LEN: usize = 2;
+/// Most list entries reserved up front. Counts are checked against the
+/// remaining input, but nested lists could each claim most of it before any
+/// entry is read; past this, vectors grow as entries actually decode.
+const PREALLOC_MAX: usize = 64;
 
 pub(super) fn decode_node(dict: TokenDict, data: &[u8]) -> Result<Node, DecodeError> {
     let mut d = Decoder { dict, data, pos: 0 };
@@ -132,7 +136,7 @@ impl<'a> Decoder<'a> {
         if nattrs > self.remaining() / MIN_ATTR_LEN {
             return Err(self.truncated());
         }
-        let mut attrs = Vec::with_capacity(nattrs);
+        let mut attrs = Vec::with_capacity(nattrs.min(PREALLOC_MAX));
         for _ in 0..nattrs {
             let key = self.key()?;
             let value = self.attr_value()?;
@@ -158,7 +162,7 @@ impl<'a> Decoder<'a> {
                 if n > self.remaining() / MIN_NODE_LEN {
                     return Err(self.truncated());
                 }
-                let mut children = Vec::with_capacity(n);
+                let mut children = Vec::with_capacity(n.min(PREALLOC_MAX));
                 for _ in 0..n {
                     children.push(self.node(depth + 1)?);
                 }
