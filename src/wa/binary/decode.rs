@@ -189,30 +189,11 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    fn value(&mut self) -> Result<Value<'a>, DecodeError> {
-        let t = self.byte()?;
-        self.value_after(t)
-    }
-
+    /// A string, JID or list header after tag byte `t`.
     fn value_after(&mut self, t: u8) -> Result<Value<'a>, DecodeError> {
         let at = self.pos - 1;
         Ok(match t {
-            tag::LIST_EMPTY => Value::Text(Text::Token("")),
             tag::LIST_8 | tag::LIST_16 => Value::List,
-            tag::DICTIONARY_0..=tag::DICTIONARY_3 => {
-                let index = self.byte()?;
-                let token = self
-                    .dict
-                    .double(t - tag::DICTIONARY_0, index)
-                    .ok_or(DecodeError::UnknownToken { tag: t, at })?;
-                Value::Text(Text::Token(token))
-            }
-            tag::BINARY_8 | tag::BINARY_20 | tag::BINARY_32 => {
-                let len = self.binary_len(t)?.unwrap_or(0);
-                Value::Text(Text::Raw(self.take(len)?))
-            }
-            tag::NIBBLE_8 => Value::Text(Text::Packed(self.packed(t, &NIBBLE_PAIRS)?)),
-            tag::HEX_8 => Value::Text(Text::Packed(self.packed(t, &HEX_PAIRS)?)),
             tag::JID_PAIR => {
                 let user = self.jid_part()?;
                 let server = self.jid_part()?;
@@ -249,11 +230,42 @@ impl<'a> Decoder<'a> {
                 jid.integrator = integrator;
                 Value::Jid(jid)
             }
-            single => Value::Text(Text::Token(
+            _ => Value::Text(self.text_after(t)?),
+        })
+    }
+
+    /// A plain string after tag byte `t`. JID and list tags are refused
+    /// before anything after them is read: JID parts are strings, so JIDs
+    /// never nest and this recursion stays one level deep.
+    fn text_after(&mut self, t: u8) -> Result<Text<'a>, DecodeError> {
+        let at = self.pos - 1;
+        Ok(match t {
+            tag::LIST_EMPTY => Text::Token(""),
+            tag::DICTIONARY_0..=tag::DICTIONARY_3 => {
+                let index = self.byte()?;
+                let token = self
+                    .dict
+                    .double(t - tag::DICTIONARY_0, index)
+                    .ok_or(DecodeError::UnknownToken { tag: t, at })?;
+                Text::Token(token)
+            }
+            tag::BINARY_8 | tag::BINARY_20 | tag::BINARY_32 => {
+                let len = self.binary_len(t)?.unwrap_or(0);
+                Text::Raw(self.take(len)?)
+            }
+            tag::NIBBLE_8 => Text::Packed(self.packed(t, &NIBBLE_PAIRS)?),
+            tag::HEX_8 => Text::Packed(self.packed(t, &HEX_PAIRS)?),
+            tag::LIST_8
+            | tag::LIST_16
+            | tag::JID_PAIR
+            | tag::AD_JID
+            | tag::FB_JID
+            | tag::INTEROP_JID => return Err(DecodeError::NotAString { at }),
+            single => Text::Token(
                 self.dict
                     .single(single)
                     .ok_or(DecodeError::UnknownToken { tag: single, at })?,
-            )),
+            ),
         })
     }
 
@@ -293,25 +305,21 @@ impl<'a> Decoder<'a> {
 
     /// A string that must not be a JID or list: tags, keys.
     fn key(&mut self) -> Result<Cow<'static, str>, DecodeError> {
-        let at = self.pos;
         let t = self.byte()?;
         // Nearly every tag and key is a single-byte token.
         if let Some(s) = self.dict.single(t) {
             return Ok(Cow::Borrowed(s));
         }
-        match self.value_after(t)? {
-            Value::Text(Text::Token(s)) => Ok(Cow::Borrowed(s)),
-            Value::Text(text) => self.owned(text).map(Cow::Owned),
-            Value::Jid(_) | Value::List => Err(DecodeError::NotAString { at }),
+        match self.text_after(t)? {
+            Text::Token(s) => Ok(Cow::Borrowed(s)),
+            text => self.owned(text).map(Cow::Owned),
         }
     }
 
     fn jid_part(&mut self) -> Result<String, DecodeError> {
-        let at = self.pos;
-        match self.value()? {
-            Value::Text(text) => self.owned(text),
-            Value::Jid(_) | Value::List => Err(DecodeError::NotAString { at }),
-        }
+        let t = self.byte()?;
+        let text = self.text_after(t)?;
+        self.owned(text)
     }
 
     fn expect_server(&mut self, expected: &'static str, at: usize) -> Result<(), DecodeError> {

@@ -22,8 +22,10 @@
 //! `decode(encode(n)) == n` holds for every node with a non-empty tag, except
 //! for these canonicalisations: string content that is neither a token nor
 //! packable comes back as [`Content::Bytes`] (raw strings and binary data
-//! share BINARY_x on the wire; [`Node::content_str`] reads either); empty
-//! attribute values disappear; a JID's `agent` survives only on
+//! share BINARY_x on the wire; [`Node::content_str`] reads either), which
+//! includes decoded packed strings of 128 to 254 characters (valid on the
+//! wire, never produced by WhatsApp's encoders, which pack at most 127);
+//! empty attribute values disappear; a JID's `agent` survives only on
 //! `s.whatsapp.net` (and not when it equals a domain byte, 0x01/0x80/0x81),
 //! its `device` only up to 255 in AD_JID form and only where the server has
 //! a device form; `integrator` only on `interop`; and absurd sizes (over

@@ -332,6 +332,27 @@ fn malformed_input_is_rejected() {
 }
 
 #[test]
+fn jids_inside_jids_are_refused_without_recursing() {
+    // A JID part must be a plain string; checking that before reading on
+    // keeps a long run of JID tags from recursing once per byte.
+    for jid_tag in [0xFA, 0xF7, 0xF6, 0xF5] {
+        let mut attr = vec![0xF8, 0x03, 0x19, 0x11];
+        let mut content = vec![0xF8, 0x02, 0x19];
+        for input in [&mut attr, &mut content] {
+            input.push(0xFA);
+            input.resize(1 << 20, jid_tag);
+            assert!(
+                matches!(
+                    decode(input),
+                    Err(DecodeError::NotAString { .. } | DecodeError::Truncated { .. })
+                ),
+                "tag {jid_tag:#x}"
+            );
+        }
+    }
+}
+
+#[test]
 fn every_prefix_of_a_stanza_is_rejected() {
     let node = sample_message();
     let bytes = encode(&node);
@@ -376,24 +397,39 @@ fn sample_message() -> Node {
 // ---- properties ----
 
 /// Whatever the decoder accepts encodes back to itself, less the empty
-/// attribute values the encoder leaves out.
+/// attribute values the encoder leaves out and with long packed content
+/// turned into bytes (see [`reencoded`]).
 fn stable_if_decodes(dict: TokenDict, data: &[u8]) -> Result<(), TestCaseError> {
     if let Ok(node) = dict.decode(data) {
-        prop_assert_eq!(
-            dict.decode(&dict.encode(&node)),
-            Ok(without_empty_attrs(node))
-        );
+        prop_assert_eq!(dict.decode(&dict.encode(&node)), Ok(reencoded(node)));
     }
     Ok(())
 }
 
-fn without_empty_attrs(mut node: Node) -> Node {
+/// `decode(encode(n))` for a decoded `n`: empty attribute values are left
+/// out, and packed string content longer than the encoder packs (the wire
+/// allows 254 characters, the encoder packs 127) is written raw, so it comes
+/// back as bytes.
+fn reencoded(mut node: Node) -> Node {
     node.attrs
         .retain(|(_, v)| !matches!(v, AttrValue::Str(s) if s.is_empty()));
-    if let Content::Nodes(children) = node.content {
-        node.content = Content::Nodes(children.into_iter().map(without_empty_attrs).collect());
-    }
+    node.content = match node.content {
+        Content::Nodes(children) => Content::Nodes(children.into_iter().map(reencoded).collect()),
+        Content::Str(s) if s.len() > token::PACKED_MAX => Content::Bytes(s.into_bytes()),
+        other => other,
+    };
     node
+}
+
+#[test]
+fn long_packed_content_is_reencoded_raw() {
+    // HEX_8 with 0x7F bytes: 254 characters, more than any encoder packs.
+    let mut wire = vec![0xF8, 0x02, 0xFC, 0x01, b'x', 0xFB, 0x7F];
+    wire.extend_from_slice(&[0xAB; 0x7F]);
+    let node = decode(&wire).expect("valid packed content");
+    assert_eq!(node.content_str().map(str::len), Some(254));
+    assert_eq!(decode(&encode(&node)), Ok(reencoded(node.clone())));
+    assert!(matches!(reencoded(node).content, Content::Bytes(_)));
 }
 
 /// Strings that exercise every string form: tokens, packed digits and hex,
