@@ -2,7 +2,9 @@
 //! frames, events and state to persist out. Must not import tokio, the store,
 //! the clock or `sim`.
 
+pub mod adv;
 pub mod binary;
 pub mod crypto;
 pub mod jid;
 pub mod noise;
+pub mod qr;
