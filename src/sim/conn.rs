@@ -90,13 +90,17 @@ pub(crate) async fn serve(
     inner: Arc<Inner>,
     tcp: TcpStream,
     peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(config));
-    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
+    let upgrade = tokio::select! {
+        upgrade = tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade) => upgrade,
+        _ = shutdown.changed() => return,
+    };
+    let ws = match upgrade {
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
             debug!(%peer, %err, "websocket upgrade refused");

@@ -129,6 +129,7 @@ impl SimulatorService for Control {
                         jid: d.jid.to_string(),
                         platform: d.platform,
                         connected: d.connected,
+                        prekeys: u32::try_from(d.prekeys).unwrap_or(u32::MAX),
                     })
                     .collect(),
             })

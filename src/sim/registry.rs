@@ -17,6 +17,9 @@ use crate::wa::binary::Node;
 use crate::wa::crypto::KeyPair;
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 
+/// Most one-time prekeys kept per device.
+const MAX_STORED_PREKEYS: usize = 10_000;
+
 /// Identifies one websocket connection for the lifetime of the simulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ConnId(pub(crate) u64);
@@ -182,6 +185,8 @@ pub struct DeviceInfo {
     pub connected: bool,
     /// `ADVDeviceIdentity.key_index` the phone gave the device; 0 for the phone.
     pub key_index: u32,
+    /// One-time prekeys the server holds for the device; 0 for the phone.
+    pub prekeys: usize,
 }
 
 #[derive(Default)]
@@ -427,7 +432,13 @@ impl Registry {
         else {
             return false;
         };
-        device.prekeys.extend(keys.iter().copied());
+        for (id, key) in keys {
+            // Bounded per device; real clients keep well under this.
+            if device.prekeys.len() >= MAX_STORED_PREKEYS && !device.prekeys.contains_key(id) {
+                break;
+            }
+            device.prekeys.insert(*id, *key);
+        }
         if let Some(signed) = signed {
             device.bundle.signed_prekey = signed;
         }
@@ -470,6 +481,7 @@ impl Registry {
                     platform: String::new(),
                     connected: true,
                     key_index: 0,
+                    prekeys: 0,
                 };
                 let companions = account.devices.values().map(|d| {
                     let jid = Jid::with_device(account.phone.as_str(), d.id, DEFAULT_USER_SERVER);
@@ -482,6 +494,7 @@ impl Registry {
                         platform: d.platform.clone(),
                         connected,
                         key_index: d.key_index,
+                        prekeys: d.prekeys.len(),
                     }
                 });
                 AccountInfo {
