@@ -1,5 +1,6 @@
 //! `wagate sim`: runs the simulator with its gRPC control service (plus
-//! health and reflection) until SIGINT or SIGTERM.
+//! health and reflection) until SIGINT or SIGTERM. Imports `sim` and the
+//! generated protobuf code only.
 
 use std::future::Future;
 use std::net::SocketAddr;

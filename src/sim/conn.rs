@@ -6,7 +6,7 @@
 //! futures: the session (reads frames, answers stanzas, obeys commands from
 //! the control side on a bounded channel) and the writer (sends the frames
 //! the session queues, after the configured delay, so a delay never stalls
-//! reading).
+//! reading). Part of `sim`: imports `wa` only, never the gateway layers.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -33,13 +33,15 @@ use crate::wa::binary::{DecodeError, Node, TokenDict};
 use crate::wa::crypto::KeyPair;
 use crate::wa::jid::{Jid, DEFAULT_USER_SERVER};
 use crate::wa::noise::{
-    encode_frame, FrameDecoder, NoiseError, RecvCipher, SendCipher, ServerHandshake, WA_HEADER,
+    encode_frame, FrameDecoder, NoiseError, RecvCipher, SendCipher, ServerHandshake, MAX_FRAME,
+    WA_HEADER,
 };
 
 /// The only websocket path served.
 pub(crate) const CHAT_PATH: &str = "/ws/chat";
-/// Largest websocket message accepted (one full frame plus slack).
-const MAX_MESSAGE: usize = 16 << 20;
+/// Largest websocket message accepted: one frame of the largest size with
+/// its length prefix, plus room for the connection intro.
+const MAX_MESSAGE: usize = MAX_FRAME + 3 + 0x400;
 /// Time allowed for the websocket upgrade and the Noise handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Frames queued for the writer before the session waits.

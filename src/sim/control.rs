@@ -1,6 +1,7 @@
 //! The simulator's gRPC control service (`wagate.sim.v1.Simulator`): thin
 //! adapters from requests to [`Simulator`] calls, and the one place where a
-//! [`SimError`] becomes a gRPC status.
+//! [`SimError`] becomes a gRPC status. Imports `wa` and the generated
+//! protobuf code only.
 
 use tonic::{Request, Response, Status};
 

@@ -1,6 +1,6 @@
 //! The simulated server's long-term keys: a test root key, an intermediate
 //! key, the Noise static key and the certificate chain that ties them
-//! together, as WhatsApp's real servers present them.
+//! together, as WhatsApp's real servers present them. Imports `wa` only.
 
 use rand::{CryptoRng, RngCore};
 

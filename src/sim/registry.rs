@@ -6,6 +6,7 @@
 //! map lookup or insert with no I/O, so a lock is simpler than an actor and
 //! never contended for long; the lock is never held across an `.await`
 //! (callers copy out what they need, e.g. a connection's sender, then await).
+//! No I/O here; imports `wa` only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};

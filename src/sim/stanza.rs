@@ -1,5 +1,6 @@
 //! Stanzas the simulated server sends, and parsers for the client stanzas
-//! and registration data it reads. Pure functions over nodes and bytes.
+//! and registration data it reads. Pure functions over nodes and bytes; no
+//! I/O, imports `wa` only.
 
 use prost::Message as _;
 
