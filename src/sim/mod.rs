@@ -1,1 +1,430 @@
-//! Chat-server simulator.
+//! A simulator of WhatsApp's chat server: the websocket endpoint WhatsApp
+//! Web clients connect to (Noise handshake, QR pairing, login, prekeys,
+//! keepalive), virtual phones that scan QR codes, and a control API for
+//! tests and demos (faults, delays, listings). May import `wa` only.
+
+pub mod cli;
+mod conn;
+mod control;
+mod keys;
+mod registry;
+mod stanza;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, warn};
+
+use crate::proto::sim::simulator_server::SimulatorServer;
+use crate::proto::wa::{AdvDeviceIdentity, AdvSignedDeviceIdentity, AdvSignedDeviceIdentityHmac};
+use crate::wa::adv::{account_signature_message, details_hmac};
+use crate::wa::crypto::KeyPair;
+use crate::wa::jid::{Jid, PhoneNumber};
+use crate::wa::qr::{QrData, QrError};
+
+pub use control::Control;
+pub use registry::{AccountInfo, DeviceInfo};
+use registry::{Command, Device, PairRefusal, Registry, ReserveError, Termination};
+
+/// How long a phone waits for the companion to countersign its identity.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where and how the simulator runs.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Address of the chat websocket (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Seed for every key the simulator makes (root key included); random
+    /// when `None`.
+    pub seed: Option<u64>,
+}
+
+/// Errors of the simulator's in-process and control APIs.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid QR code: {0}")]
+    InvalidQr(#[from] QrError),
+    #[error("invalid phone number: {0}")]
+    InvalidPhone(String),
+    #[error("invalid JID: {0}")]
+    InvalidJid(String),
+    #[error("no companion is waiting to pair with this QR code's noise key (expired, already paired, or never connected)")]
+    NoPendingPairing,
+    #[error("the QR code's ref was not issued to this companion")]
+    UnknownRef,
+    #[error("the QR code's identity key is not the one the companion registered")]
+    IdentityMismatch,
+    #[error("account has no free device ids left")]
+    DevicesExhausted,
+    #[error("the companion disconnected before confirming the pairing")]
+    CompanionGone,
+    #[error("the companion did not confirm the pairing within {0:?}")]
+    PairTimeout(Duration),
+    #[error("the companion refused the pairing: code {code} {text}")]
+    PairRefused { code: String, text: String },
+    #[error("the companion's pairing confirmation is invalid: {0}")]
+    InvalidPairConfirmation(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+/// The running simulator; cheap to clone (shared inside).
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    registry: Registry,
+    keys: keys::ServerKeys,
+    /// Randomness for keys, refs and ids. Locked briefly, never across an
+    /// `.await`, and never while the registry lock is held.
+    rng: Mutex<StdRng>,
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    pub(crate) fn with_rng<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
+        let mut rng = lock(&self.rng);
+        f(&mut rng)
+    }
+
+    /// A QR ref as WhatsApp issues them: `2@` and random base64.
+    pub(crate) fn new_ref(&self) -> String {
+        let bytes: [u8; 24] = self.with_rng(|rng| {
+            let mut b = [0u8; 24];
+            rng.fill_bytes(&mut b);
+            b
+        });
+        format!("2@{}", STANDARD.encode(bytes))
+    }
+
+    /// An id for an iq the server sends.
+    pub(crate) fn new_iq_id(&self) -> String {
+        let n = self.with_rng(|rng| rng.next_u64());
+        format!("{n:016x}")
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values stay valid even if a holder panicked.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Seconds since the Unix epoch by the host clock.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Simulator {
+    /// Binds the chat websocket and starts accepting connections.
+    pub async fn start(config: SimConfig) -> Result<Self, SimError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| SimError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let mut rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        let keys = keys::ServerKeys::generate(&mut rng, unix_now());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            registry: Registry::default(),
+            keys,
+            rng: Mutex::new(rng),
+            addr,
+            shutdown,
+            accept_task: Mutex::new(None),
+        });
+        let task = tokio::spawn(accept_loop(Arc::clone(&inner), listener, shutdown_rx));
+        *lock(&inner.accept_task) = Some(task);
+        Ok(Self { inner })
+    }
+
+    /// The chat endpoint, `ws://127.0.0.1:PORT/ws/chat`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}{}", self.inner.addr, conn::CHAT_PATH)
+    }
+
+    /// The address the chat websocket listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The root key that signs the server's certificate chain; clients
+    /// must trust it instead of WhatsApp's.
+    pub fn root_public_key(&self) -> [u8; 32] {
+        self.inner.keys.root.public
+    }
+
+    /// The gRPC control service, to mount on any tonic server.
+    pub fn control(&self) -> SimulatorServer<Control> {
+        SimulatorServer::new(Control::new(self.clone()))
+    }
+
+    /// The phone `phone` scans `qr`: the waiting companion is paired to the
+    /// account (created with `push_name` if new). Returns the device JID once
+    /// the companion confirmed; the companion is then told to reconnect (515).
+    pub async fn scan_qr(
+        &self,
+        phone: &PhoneNumber,
+        qr: &str,
+        push_name: &str,
+    ) -> Result<Jid, SimError> {
+        let qr = QrData::parse(qr)?;
+        let now = unix_now();
+        let inner = &self.inner;
+        // Made before taking the registry lock (the two locks never nest);
+        // used only if the account is new.
+        let new_account = inner.with_rng(|rng| (KeyPair::generate(rng), rng.next_u32()));
+        let reservation = inner
+            .registry
+            .reserve_device(
+                phone,
+                push_name,
+                &qr.noise_public,
+                &qr.reference,
+                now,
+                new_account,
+            )
+            .map_err(|err| match err {
+                ReserveError::NoPending => SimError::NoPendingPairing,
+                ReserveError::UnknownRef => SimError::UnknownRef,
+                ReserveError::DevicesExhausted => SimError::DevicesExhausted,
+            })?;
+        let pending = reservation.pending;
+        let companion_identity = pending.bundle.identity;
+        if companion_identity != qr.identity_public {
+            inner.registry.restore_pending(qr.noise_public, pending);
+            return Err(SimError::IdentityMismatch);
+        }
+
+        let details = AdvDeviceIdentity {
+            raw_id: Some(reservation.raw_id),
+            timestamp: Some(now),
+            key_index: Some(reservation.key_index),
+            account_type: None,
+            device_type: None,
+        }
+        .encode_to_vec();
+        let phone_identity = &reservation.account_identity;
+        let account_signature = inner.with_rng(|rng| {
+            phone_identity.sign(
+                &account_signature_message(&details, &companion_identity, false),
+                rng,
+            )
+        });
+        let signed = AdvSignedDeviceIdentity {
+            details: Some(details.clone()),
+            account_signature_key: Some(phone_identity.public.to_vec()),
+            account_signature: Some(account_signature.to_vec()),
+            device_signature: None,
+        }
+        .encode_to_vec();
+        let container = AdvSignedDeviceIdentityHmac {
+            hmac: Some(details_hmac(&qr.adv_secret, &signed, false).to_vec()),
+            details: Some(signed),
+            account_type: None,
+        }
+        .encode_to_vec();
+        let jid = reservation.jid;
+        let iq = stanza::pair_success(
+            &inner.new_iq_id(),
+            now,
+            reservation.key_index,
+            container,
+            &jid,
+        );
+
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let sent = pending
+            .commands
+            .send(Command::PairSuccess {
+                iq,
+                reply: reply_tx,
+            })
+            .await;
+        if sent.is_err() {
+            return Err(SimError::CompanionGone);
+        }
+        let reply = match tokio::time::timeout(PAIR_TIMEOUT, reply_rx).await {
+            Err(_) => Err(SimError::PairTimeout(PAIR_TIMEOUT)),
+            Ok(Err(_)) => Err(SimError::CompanionGone),
+            Ok(Ok(Err(PairRefusal { code, text }))) => Err(SimError::PairRefused { code, text }),
+            Ok(Ok(Ok(node))) => Ok(node),
+        };
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(err) => {
+                inner.registry.restore_pending(qr.noise_public, pending);
+                return Err(err);
+            }
+        };
+        let expected = stanza::PairExpectation {
+            details: &details,
+            key_index: reservation.key_index,
+            companion_identity: &companion_identity,
+            account_signature_key: &phone_identity.public,
+        };
+        let signed_identity = match stanza::check_pair_sign(&reply, &expected) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                // The companion believes it is paired; it is not.
+                let _ = pending
+                    .commands
+                    .send(Command::Terminate(Termination::DeviceRemoved))
+                    .await;
+                return Err(SimError::InvalidPairConfirmation(err.to_string()));
+            }
+        };
+        let device = Device {
+            id: jid.device,
+            noise_key: qr.noise_public,
+            bundle: pending.bundle.clone(),
+            platform: pending.platform.clone(),
+            key_index: reservation.key_index,
+            signed_identity,
+            prekeys: Default::default(),
+        };
+        inner.registry.add_device(device, &jid);
+        debug!(%jid, "companion paired");
+        // Paired: the companion must reconnect and log in.
+        let _ = pending
+            .commands
+            .send(Command::Terminate(Termination::StreamError(515)))
+            .await;
+        Ok(jid)
+    }
+
+    /// Every account with its devices.
+    pub fn accounts(&self) -> Vec<AccountInfo> {
+        self.inner.registry.accounts()
+    }
+
+    /// Whether the JID names a known account (device 0) or companion device.
+    pub fn knows(&self, jid: &Jid) -> bool {
+        self.inner.registry.knows(jid)
+    }
+
+    /// Ends the live connections of a device (or of every device of an
+    /// account when `jid` has device 0) with `<stream:error code=CODE/>`, or
+    /// drops them silently when `code` is 0. Returns how many were ended.
+    pub async fn kick(&self, jid: &Jid, code: u32) -> usize {
+        self.terminate(jid, Termination::StreamError(code)).await
+    }
+
+    /// Tells the live connections of a device (or account) that another
+    /// connection replaced them.
+    pub async fn replace(&self, jid: &Jid) -> usize {
+        self.terminate(jid, Termination::Replaced).await
+    }
+
+    /// Unlinks a companion device: its live connections are told it was
+    /// removed, and later logins are refused.
+    pub async fn remove_device(&self, jid: &Jid) -> Result<usize, SimError> {
+        let connections = self.inner.registry.connections_of(jid);
+        if !self.inner.registry.remove_device(jid) {
+            return Err(SimError::NotFound(format!("no companion device {jid}")));
+        }
+        Ok(send_all(connections, Termination::DeviceRemoved).await)
+    }
+
+    /// Delays every frame sent to a device (`Some`) or to every connection
+    /// (`None`) by `delay_ms`; 0 removes the delay.
+    pub fn set_delay(&self, jid: Option<&Jid>, delay_ms: u32) {
+        self.inner.registry.set_delay(jid, delay_ms);
+    }
+
+    /// Sends a stanza to every live connection of a device (the outbound
+    /// path message routing builds on). Returns how many received it.
+    pub async fn deliver(&self, jid: &Jid, node: crate::wa::binary::Node) -> usize {
+        let mut delivered = 0;
+        for conn in self.inner.registry.connections_of(jid) {
+            if conn.send(Command::Deliver(node.clone())).await.is_ok() {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Stops accepting, closes every connection and waits for them to end.
+    pub async fn shutdown(&self) {
+        // Nobody listening only means every task already ended.
+        let _ = self.inner.shutdown.send(true);
+        let task = lock(&self.inner.accept_task).take();
+        if let Some(task) = task {
+            if let Err(err) = task.await {
+                warn!(%err, "simulator accept loop failed");
+            }
+        }
+    }
+
+    async fn terminate(&self, jid: &Jid, how: Termination) -> usize {
+        send_all(self.inner.registry.connections_of(jid), how).await
+    }
+}
+
+async fn send_all(connections: Vec<mpsc::Sender<Command>>, how: Termination) -> usize {
+    let mut ended = 0;
+    for conn in connections {
+        if conn.send(Command::Terminate(how)).await.is_ok() {
+            ended += 1;
+        }
+    }
+    ended
+}
+
+async fn accept_loop(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    // Small stanzas must not wait for Nagle.
+                    let _ = tcp.set_nodelay(true);
+                    connections.spawn(conn::serve(Arc::clone(&inner), tcp, peer, shutdown.clone()));
+                }
+                Err(err) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}

@@ -1,0 +1,649 @@
+//! One websocket connection of the simulated chat server: the Noise
+//! responder handshake, then either a registration (QR pairing) or a login
+//! session answering the client's stanzas.
+//!
+//! Each connection is one tokio task. It owns its state and joins two
+//! futures: the session (reads frames, answers stanzas, obeys commands from
+//! the control side on a bounded channel) and the writer (sends the frames
+//! the session queues, after the configured delay, so a delay never stalls
+//! reading). Part of `sim`: imports `wa` only, never the gateway layers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info};
+
+use super::registry::{Command, ConnId, ConnKind, LoginCheck, PairReply, Pending, Termination};
+use super::{stanza, unix_now, Inner};
+use crate::proto::wa::client_payload::DevicePairingRegistrationData;
+use crate::proto::wa::ClientPayload;
+use crate::wa::binary::{DecodeError, Node, TokenDict};
+use crate::wa::crypto::KeyPair;
+use crate::wa::jid::{Jid, DEFAULT_USER_SERVER};
+use crate::wa::noise::{
+    encode_frame, FrameDecoder, NoiseError, RecvCipher, SendCipher, ServerHandshake, MAX_FRAME,
+    WA_HEADER,
+};
+
+/// The only websocket path served.
+pub(crate) const CHAT_PATH: &str = "/ws/chat";
+/// Largest websocket message accepted: one frame of the largest size with
+/// its length prefix, plus room for the connection intro.
+const MAX_MESSAGE: usize = MAX_FRAME + 3 + 0x400;
+/// Time allowed for the websocket upgrade and the Noise handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Frames queued for the writer before the session waits.
+const OUTGOING_QUEUE: usize = 64;
+/// Commands queued from the control side before senders wait.
+const COMMAND_QUEUE: usize = 16;
+/// QR refs issued per registration (the first lives 60 s, the others 20 s).
+const REFS_PER_REGISTRATION: usize = 6;
+/// Pause between the client's handshake finish and the server's first
+/// stanza. The real server is at least a network round trip away, and
+/// clients rely on it: Baileys 6 derives its transport keys asynchronously
+/// after sending ClientFinish and drops (then fails to decrypt after) any
+/// frame that arrives before they are ready.
+const FIRST_STANZA_PAUSE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnError {
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("noise: {0}")]
+    Noise(#[from] NoiseError),
+    #[error("stanza does not decode: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("client payload does not decode: {0}")]
+    Payload(#[from] prost::DecodeError),
+    #[error("text websocket message; only binary is used")]
+    TextMessage,
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    #[error("writer stopped")]
+    WriterGone,
+}
+
+/// What the session hands the writer.
+enum Outgoing {
+    /// A complete frame (length prefix included).
+    Frame(Vec<u8>),
+    /// Send a websocket close and stop.
+    Close,
+    /// Stop without a word: the socket is dropped.
+    Drop,
+}
+
+/// Serves one accepted TCP connection until it ends.
+pub(crate) async fn serve(
+    inner: Arc<Inner>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(config));
+    let upgrade = tokio::select! {
+        upgrade = tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade) => upgrade,
+        _ = shutdown.changed() => return,
+    };
+    let ws = match upgrade {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(err)) => {
+            debug!(%peer, %err, "websocket upgrade refused");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "websocket upgrade timed out");
+            return;
+        }
+    };
+    let (sink, stream) = ws.split();
+    let (id, delay) = inner.registry.open_connection();
+    let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+    let session = Session {
+        inner: Arc::clone(&inner),
+        id,
+        delay: Arc::clone(&delay),
+        out: out_tx,
+        shutdown,
+    };
+    let (result, ()) = tokio::join!(session.run(stream), write_frames(sink, out_rx, delay));
+    inner.registry.close_connection(id);
+    match result {
+        Ok(()) => debug!(%peer, "connection ended"),
+        Err(err) => debug!(%peer, %err, "connection ended with an error"),
+    }
+}
+
+/// Upgrade callback: only `/ws/chat` is a chat endpoint.
+#[allow(clippy::result_large_err)] // the signature is tungstenite's
+fn check_path(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+    if request.uri().path() == CHAT_PATH {
+        Ok(response)
+    } else {
+        let mut refusal = ErrorResponse::new(Some("not found".to_owned()));
+        *refusal.status_mut() = StatusCode::NOT_FOUND;
+        Err(refusal)
+    }
+}
+
+async fn write_frames(
+    mut sink: SplitSink<WebSocketStream<TcpStream>, Message>,
+    mut frames: mpsc::Receiver<Outgoing>,
+    delay: Arc<AtomicU32>,
+) {
+    while let Some(out) = frames.recv().await {
+        match out {
+            Outgoing::Frame(frame) => {
+                let ms = delay.load(Ordering::Relaxed);
+                if ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+                }
+                if sink.send(Message::Binary(frame.into())).await.is_err() {
+                    return;
+                }
+            }
+            Outgoing::Close => {
+                // The peer may already be gone; closing is best effort.
+                let _ = sink.close().await;
+                return;
+            }
+            Outgoing::Drop => return,
+        }
+    }
+}
+
+/// Reads Noise frames out of websocket messages.
+struct FrameReader {
+    stream: SplitStream<WebSocketStream<TcpStream>>,
+    decoder: FrameDecoder,
+}
+
+impl FrameReader {
+    /// The next complete frame, or `None` once the peer closed. Cancel-safe:
+    /// bytes already received stay buffered in the decoder.
+    async fn next(&mut self) -> Result<Option<Vec<u8>>, ConnError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(Some(frame));
+            }
+            match self.stream.next().await {
+                None | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(Message::Binary(data))) => self.decoder.push(&data),
+                Some(Ok(Message::Text(_))) => return Err(ConnError::TextMessage),
+                // Pings are answered by tungstenite itself.
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err.into()),
+            }
+        }
+    }
+}
+
+/// The encrypted, framed stanza pipe after the handshake.
+struct Link {
+    reader: FrameReader,
+    /// The token dictionary the client announced in its intro.
+    dict: TokenDict,
+    send: SendCipher,
+    recv: RecvCipher,
+    out: mpsc::Sender<Outgoing>,
+}
+
+impl Link {
+    async fn send_node(&mut self, node: &Node) -> Result<(), ConnError> {
+        let ciphertext = self.send.encrypt(&self.dict.marshal(node))?;
+        queue_frame(&self.out, &ciphertext).await
+    }
+
+    /// The next stanza, or `None` once the peer closed. Cancel-safe.
+    async fn next_node(&mut self) -> Result<Option<Node>, ConnError> {
+        let Some(frame) = self.reader.next().await? else {
+            return Ok(None);
+        };
+        let plaintext = self.recv.decrypt(&frame)?;
+        Ok(Some(self.dict.unmarshal(&plaintext)?))
+    }
+
+    /// Ends the connection the way `how` says.
+    async fn terminate(&mut self, how: Termination) -> Result<(), ConnError> {
+        let notice = match how {
+            Termination::StreamError(0) => {
+                return send_out(&self.out, Outgoing::Drop).await;
+            }
+            Termination::StreamError(code) => Some(stanza::stream_error(code)),
+            Termination::Replaced => Some(stanza::stream_replaced()),
+            Termination::DeviceRemoved => Some(stanza::stream_device_removed()),
+            Termination::Shutdown => None,
+        };
+        if let Some(notice) = notice {
+            self.send_node(&notice).await?;
+            self.send_node(&stanza::stream_end()).await?;
+        }
+        send_out(&self.out, Outgoing::Close).await
+    }
+}
+
+async fn send_out(out: &mpsc::Sender<Outgoing>, item: Outgoing) -> Result<(), ConnError> {
+    out.send(item).await.map_err(|_| ConnError::WriterGone)
+}
+
+async fn queue_frame(out: &mpsc::Sender<Outgoing>, payload: &[u8]) -> Result<(), ConnError> {
+    let mut frame = Vec::with_capacity(payload.len() + 3);
+    encode_frame(payload, &mut frame)?;
+    send_out(out, Outgoing::Frame(frame)).await
+}
+
+/// A connection before it knows what it is.
+struct Session {
+    inner: Arc<Inner>,
+    id: ConnId,
+    delay: Arc<AtomicU32>,
+    out: mpsc::Sender<Outgoing>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Whether the session loop goes on after a stanza or command.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// What a connection turned out to be, with its per-role state.
+enum Role {
+    Registration {
+        /// The pair-success iq in flight: its id and who awaits the answer.
+        awaiting: Option<(String, oneshot::Sender<PairReply>)>,
+    },
+    Device {
+        jid: Jid,
+        /// A passive login gets the offline marker after its `active` iq.
+        offline_pending: bool,
+    },
+}
+
+impl Session {
+    async fn run(self, stream: SplitStream<WebSocketStream<TcpStream>>) -> Result<(), ConnError> {
+        let mut reader = FrameReader {
+            stream,
+            decoder: FrameDecoder::server(),
+        };
+        let mut shutdown = self.shutdown.clone();
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut reader));
+        let (dict, client_static, payload, send, recv) = tokio::select! {
+            done = handshake => done.map_err(|_| ConnError::HandshakeTimeout)??,
+            _ = shutdown.changed() => return send_out(&self.out, Outgoing::Drop).await,
+        };
+        let mut link = Link {
+            reader,
+            dict,
+            send,
+            recv,
+            out: self.out.clone(),
+        };
+        let payload = ClientPayload::decode(payload.as_slice())?;
+        tokio::time::sleep(FIRST_STANZA_PAUSE).await;
+        let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let role = if let Some(data) = payload.device_pairing_data.as_ref() {
+            match self
+                .register(&mut link, data, client_static, commands_tx)
+                .await?
+            {
+                Some(role) => role,
+                None => return Ok(()),
+            }
+        } else {
+            match self
+                .login(&mut link, &payload, client_static, commands_tx)
+                .await?
+            {
+                Some(role) => role,
+                None => return Ok(()),
+            }
+        };
+        self.serve_stanzas(link, role, commands).await
+    }
+
+    async fn handshake(
+        &self,
+        reader: &mut FrameReader,
+    ) -> Result<(TokenDict, [u8; 32], Vec<u8>, SendCipher, RecvCipher), ConnError> {
+        let hello = reader.next().await?.ok_or(ConnError::Closed)?;
+        let ephemeral = self.inner.with_rng(KeyPair::generate);
+        // The prologue is the intro the client sent, and its last byte picks
+        // the token dictionary: Baileys 6 announces 2, current clients 3.
+        let header = reader.decoder.header().copied().unwrap_or(WA_HEADER);
+        let dict = TokenDict::from_version(header[3]).unwrap_or(TokenDict::CURRENT);
+        let (handshake, server_hello) = ServerHandshake::respond_with_header(
+            header,
+            &hello,
+            ephemeral,
+            &self.inner.keys.static_key,
+            &self.inner.keys.cert_chain,
+        )?;
+        queue_frame(&self.out, &server_hello).await?;
+        let finish = reader.next().await?.ok_or(ConnError::Closed)?;
+        let (client_static, payload, transport) = handshake.finish(&finish)?;
+        let (send, recv) = transport.split();
+        Ok((dict, client_static, payload, send, recv))
+    }
+
+    /// A new companion: keep its keys, hand out QR refs, await a scan.
+    async fn register(
+        &self,
+        link: &mut Link,
+        data: &DevicePairingRegistrationData,
+        noise_key: [u8; 32],
+        commands: mpsc::Sender<Command>,
+    ) -> Result<Option<Role>, ConnError> {
+        let bundle = match stanza::registration_bundle(data) {
+            Ok(bundle) => bundle,
+            Err(err) => {
+                info!(%err, "registration refused");
+                link.send_node(&stanza::failure(400)).await?;
+                send_out(&link.out, Outgoing::Close).await?;
+                return Ok(None);
+            }
+        };
+        let registry = &self.inner.registry;
+        registry.attach(
+            self.id,
+            ConnKind::Registration(noise_key),
+            commands.clone(),
+            Arc::clone(&self.delay),
+        );
+        let refs: Vec<String> = (0..REFS_PER_REGISTRATION)
+            .map(|_| self.inner.new_ref())
+            .collect();
+        registry.add_pending(
+            noise_key,
+            Pending {
+                conn: self.id,
+                refs: refs.clone(),
+                bundle,
+                platform: stanza::platform_name(data),
+                commands,
+            },
+        );
+        debug!(conn = self.id.0, "registration waiting for a QR scan");
+        link.send_node(&stanza::pair_device(&self.inner.new_iq_id(), &refs))
+            .await?;
+        Ok(Some(Role::Registration { awaiting: None }))
+    }
+
+    /// A returning companion: check its device and noise key, then greet it.
+    async fn login(
+        &self,
+        link: &mut Link,
+        payload: &ClientPayload,
+        noise_key: [u8; 32],
+        commands: mpsc::Sender<Command>,
+    ) -> Result<Option<Role>, ConnError> {
+        let device = payload.device.and_then(|d| u16::try_from(d).ok());
+        let check = match (payload.username, device) {
+            (Some(user), Some(device)) => {
+                let jid = Jid::with_device(user.to_string(), device, DEFAULT_USER_SERVER);
+                let check = self.inner.registry.check_login(&jid, &noise_key);
+                (jid, check)
+            }
+            _ => (
+                Jid::server_jid(),
+                LoginCheck::Refused("no username or device"),
+            ),
+        };
+        let (jid, created, replaced) = match check {
+            (jid, LoginCheck::Accepted { created, replaced }) => (jid, created, replaced),
+            (_, LoginCheck::Refused(reason)) => {
+                info!(reason, "login refused");
+                link.send_node(&stanza::failure(401)).await?;
+                send_out(&link.out, Outgoing::Close).await?;
+                return Ok(None);
+            }
+        };
+        for other in replaced {
+            // A connection that already ended has dropped its receiver.
+            let _ = other.send(Command::Terminate(Termination::Replaced)).await;
+        }
+        self.inner.registry.attach(
+            self.id,
+            ConnKind::Device(jid.clone()),
+            commands,
+            Arc::clone(&self.delay),
+        );
+        debug!(conn = self.id.0, %jid, "logged in");
+        link.send_node(&stanza::success(unix_now(), created))
+            .await?;
+        let passive = payload.passive.unwrap_or(false);
+        if !passive {
+            link.send_node(&stanza::offline_marker(0)).await?;
+        }
+        Ok(Some(Role::Device {
+            jid,
+            offline_pending: passive,
+        }))
+    }
+
+    async fn serve_stanzas(
+        mut self,
+        mut link: Link,
+        mut role: Role,
+        mut commands: mpsc::Receiver<Command>,
+    ) -> Result<(), ConnError> {
+        loop {
+            let flow = tokio::select! {
+                node = link.next_node() => match node? {
+                    Some(node) => self.on_stanza(&mut link, &mut role, node).await?,
+                    None => Flow::Stop,
+                },
+                command = commands.recv() => match command {
+                    Some(command) => on_command(&mut link, &mut role, command).await?,
+                    None => Flow::Stop,
+                },
+                _ = self.shutdown.changed() => {
+                    link.terminate(Termination::Shutdown).await?;
+                    Flow::Stop
+                }
+            };
+            if let Flow::Stop = flow {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn on_stanza(
+        &self,
+        link: &mut Link,
+        role: &mut Role,
+        node: Node,
+    ) -> Result<Flow, ConnError> {
+        if node.tag() != "iq" {
+            // Presence, acks, receipts and messages belong to message
+            // routing, which this server does not do yet.
+            debug!(tag = node.tag(), "stanza ignored");
+            return Ok(Flow::Continue);
+        }
+        let id = node.attr_string("id").unwrap_or_default();
+        match node.attr_str("type") {
+            Some("result") | Some("error") => {
+                if let Role::Registration { awaiting } = role {
+                    if awaiting.as_ref().is_some_and(|(want, _)| *want == id) {
+                        if let Some((_, reply)) = awaiting.take() {
+                            let answer = if node.attr_str("type") == Some("result") {
+                                Ok(node)
+                            } else {
+                                Err(stanza::refusal(&node))
+                            };
+                            // ScanQr may have timed out and gone away.
+                            let _ = reply.send(answer);
+                        }
+                    }
+                }
+                Ok(Flow::Continue)
+            }
+            _ => match role {
+                Role::Registration { .. } => {
+                    // Pings and anything else a companion asks before it is
+                    // paired get an empty result.
+                    link.send_node(&stanza::iq_result(&id, Vec::new())).await?;
+                    Ok(Flow::Continue)
+                }
+                Role::Device {
+                    jid,
+                    offline_pending,
+                } => {
+                    self.on_device_iq(link, jid, offline_pending, &id, &node)
+                        .await
+                }
+            },
+        }
+    }
+
+    async fn on_device_iq(
+        &self,
+        link: &mut Link,
+        jid: &Jid,
+        offline_pending: &mut bool,
+        id: &str,
+        iq: &Node,
+    ) -> Result<Flow, ConnError> {
+        let registry = &self.inner.registry;
+        let xmlns = iq.attr_str("xmlns").unwrap_or_default();
+        let kind = iq.attr_str("type").unwrap_or_default();
+        let first = iq.child_nodes().first().map(Node::tag);
+        let reply = match (xmlns, kind, first) {
+            ("encrypt", "get", Some("count")) => {
+                let count = registry.prekey_count(jid);
+                stanza::iq_result(
+                    id,
+                    vec![Node::new("count").attr("value", count.to_string())],
+                )
+            }
+            ("encrypt", "get", Some("digest")) => match registry.prekey_digest(jid) {
+                Some((bundle, ids)) => {
+                    stanza::iq_result(id, vec![stanza::prekey_digest(&bundle, &ids)])
+                }
+                None => stanza::iq_error(id, 404, "item-not-found"),
+            },
+            ("encrypt", "set", _) => {
+                let identity = registry.prekey_digest(jid).map(|(b, _)| b.identity);
+                match identity.map(|identity| stanza::prekey_upload(iq, &identity)) {
+                    Some(Ok(upload)) => {
+                        registry.store_prekeys(jid, &upload.keys, Some(upload.signed));
+                        debug!(count = upload.keys.len(), "prekeys stored");
+                        stanza::iq_result(id, Vec::new())
+                    }
+                    Some(Err(err)) => {
+                        info!(%err, "prekey upload refused");
+                        stanza::iq_error(id, 400, "bad-request")
+                    }
+                    None => stanza::iq_error(id, 404, "item-not-found"),
+                }
+            }
+            ("passive", "set", _) => {
+                link.send_node(&stanza::iq_result(id, Vec::new())).await?;
+                if first == Some("active") && std::mem::take(offline_pending) {
+                    link.send_node(&stanza::offline_marker(0)).await?;
+                }
+                return Ok(Flow::Continue);
+            }
+            ("w", "get", Some("props")) => stanza::iq_result(
+                id,
+                vec![Node::new("props").attr("protocol", "2").attr("hash", "0")],
+            ),
+            ("blocklist", "get", _) => stanza::iq_result(id, vec![Node::new("list")]),
+            ("privacy", "get", Some("privacy")) => {
+                stanza::iq_result(id, vec![stanza::privacy_settings()])
+            }
+            ("md", "set", Some("remove-companion-device")) => {
+                return self.on_remove_companion(link, jid, id, iq).await;
+            }
+            // Keepalive (`w:p`), `urn:xmpp:whatsapp:dirty` and everything
+            // else this server does not model: an empty result.
+            _ => {
+                debug!(
+                    xmlns,
+                    kind,
+                    child = first.unwrap_or(""),
+                    "iq answered with an empty result"
+                );
+                stanza::iq_result(id, Vec::new())
+            }
+        };
+        link.send_node(&reply).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Logout: the companion unlinks itself (or another device of its account).
+    async fn on_remove_companion(
+        &self,
+        link: &mut Link,
+        jid: &Jid,
+        id: &str,
+        iq: &Node,
+    ) -> Result<Flow, ConnError> {
+        let target = iq
+            .child("remove-companion-device")
+            .and_then(|n| n.attr_jid("jid"))
+            .unwrap_or_else(|| jid.clone());
+        if target.user != jid.user || target.device == 0 {
+            link.send_node(&stanza::iq_error(id, 403, "forbidden"))
+                .await?;
+            return Ok(Flow::Continue);
+        }
+        let target = Jid::with_device(target.user.clone(), target.device, DEFAULT_USER_SERVER);
+        if !self.inner.registry.remove_device(&target) {
+            link.send_node(&stanza::iq_error(id, 404, "item-not-found"))
+                .await?;
+            return Ok(Flow::Continue);
+        }
+        link.send_node(&stanza::iq_result(id, Vec::new())).await?;
+        if target == *jid {
+            link.terminate(Termination::DeviceRemoved).await?;
+            return Ok(Flow::Stop);
+        }
+        for other in self.inner.registry.connections_of(&target) {
+            let _ = other
+                .send(Command::Terminate(Termination::DeviceRemoved))
+                .await;
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+async fn on_command(link: &mut Link, role: &mut Role, command: Command) -> Result<Flow, ConnError> {
+    match command {
+        Command::PairSuccess { iq, reply } => {
+            if let Role::Registration { awaiting } = role {
+                let id = iq.attr_string("id").unwrap_or_default();
+                link.send_node(&iq).await?;
+                *awaiting = Some((id, reply));
+            }
+            // A logged-in device cannot be paired again: dropping `reply`
+            // tells the scanner the companion is gone.
+            Ok(Flow::Continue)
+        }
+        Command::Deliver(node) => {
+            link.send_node(&node).await?;
+            Ok(Flow::Continue)
+        }
+        Command::Terminate(how) => {
+            link.terminate(how).await?;
+            Ok(Flow::Stop)
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The simulator's gRPC control service (`wagate.sim.v1.Simulator`): thin
+//! adapters from requests to [`Simulator`] calls, and the one place where a
+//! [`SimError`] becomes a gRPC status. Imports `wa` and the generated
+//! protobuf code only.
+
+use tonic::{Request, Response, Status};
+
+use super::{SimError, Simulator};
+use crate::proto::sim::simulator_server::Simulator as SimulatorService;
+use crate::proto::sim::{
+    Account, Device, InfoRequest, InfoResponse, KickRequest, KickResponse, ListAccountsRequest,
+    ListAccountsResponse, RemoveDeviceRequest, RemoveDeviceResponse, ScanQrRequest, ScanQrResponse,
+    SetDelayRequest, SetDelayResponse,
+};
+use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
+
+/// Implementation of the control service over a running [`Simulator`].
+#[derive(Clone)]
+pub struct Control {
+    sim: Simulator,
+}
+
+impl Control {
+    pub fn new(sim: Simulator) -> Self {
+        Self { sim }
+    }
+
+    /// A request's target: a device or account JID, or a phone number.
+    fn target(&self, text: &str) -> Result<Jid, SimError> {
+        let jid = parse_target(text)?;
+        if self.sim.knows(&jid) {
+            Ok(jid)
+        } else if jid.device == 0 {
+            Err(SimError::NotFound(format!("no account {}", jid.user)))
+        } else {
+            Err(SimError::NotFound(format!("no device {jid}")))
+        }
+    }
+}
+
+/// Parses `phone`, `phone@s.whatsapp.net` or `phone:device@s.whatsapp.net`.
+fn parse_target(text: &str) -> Result<Jid, SimError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(SimError::InvalidJid(
+            "empty; give a device JID, account JID or phone number".into(),
+        ));
+    }
+    if !text.contains('@') {
+        let phone: PhoneNumber = text
+            .parse()
+            .map_err(|err| SimError::InvalidPhone(format!("{text:?}: {err}")))?;
+        return Ok(phone.to_jid());
+    }
+    let jid: Jid = text
+        .parse()
+        .map_err(|err| SimError::InvalidJid(format!("{text:?}: {err}")))?;
+    if jid.server != DEFAULT_USER_SERVER || jid.user.is_empty() {
+        return Err(SimError::InvalidJid(format!(
+            "{text:?}: expected a phone-number JID on {DEFAULT_USER_SERVER}"
+        )));
+    }
+    Ok(Jid::with_device(jid.user, jid.device, DEFAULT_USER_SERVER))
+}
+
+impl From<SimError> for Status {
+    fn from(err: SimError) -> Self {
+        let message = err.to_string();
+        match err {
+            SimError::InvalidQr(_) | SimError::InvalidPhone(_) | SimError::InvalidJid(_) => {
+                Status::invalid_argument(message)
+            }
+            SimError::NoPendingPairing | SimError::UnknownRef | SimError::NotFound(_) => {
+                Status::not_found(message)
+            }
+            SimError::IdentityMismatch
+            | SimError::PairRefused { .. }
+            | SimError::InvalidPairConfirmation(_) => Status::failed_precondition(message),
+            SimError::DevicesExhausted => Status::resource_exhausted(message),
+            SimError::CompanionGone => Status::unavailable(message),
+            SimError::PairTimeout(_) => Status::deadline_exceeded(message),
+            SimError::Bind { .. } => Status::internal(message),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl SimulatorService for Control {
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Ok(Response::new(InfoResponse {
+            ws_url: self.sim.ws_url(),
+            root_public_key: hex::encode(self.sim.root_public_key()),
+        }))
+    }
+
+    async fn scan_qr(
+        &self,
+        request: Request<ScanQrRequest>,
+    ) -> Result<Response<ScanQrResponse>, Status> {
+        let request = request.into_inner();
+        let phone: PhoneNumber = request
+            .phone
+            .parse()
+            .map_err(|err| SimError::InvalidPhone(format!("{:?}: {err}", request.phone)))?;
+        let jid = self
+            .sim
+            .scan_qr(&phone, &request.qr, &request.push_name)
+            .await?;
+        Ok(Response::new(ScanQrResponse {
+            device_jid: jid.to_string(),
+        }))
+    }
+
+    async fn list_accounts(
+        &self,
+        _: Request<ListAccountsRequest>,
+    ) -> Result<Response<ListAccountsResponse>, Status> {
+        let accounts = self
+            .sim
+            .accounts()
+            .into_iter()
+            .map(|a| Account {
+                phone: a.phone.to_string(),
+                jid: a.jid.to_string(),
+                push_name: a.push_name,
+                devices: a
+                    .devices
+                    .into_iter()
+                    .map(|d| Device {
+                        jid: d.jid.to_string(),
+                        platform: d.platform,
+                        connected: d.connected,
+                        prekeys: u32::try_from(d.prekeys).unwrap_or(u32::MAX),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(ListAccountsResponse { accounts }))
+    }
+
+    async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
+        let request = request.into_inner();
+        let jid = self.target(&request.jid)?;
+        let ended = self.sim.kick(&jid, request.code).await;
+        Ok(Response::new(KickResponse {
+            connections: u32::try_from(ended).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn replace(
+        &self,
+        request: Request<KickRequest>,
+    ) -> Result<Response<KickResponse>, Status> {
+        let jid = self.target(&request.into_inner().jid)?;
+        let ended = self.sim.replace(&jid).await;
+        Ok(Response::new(KickResponse {
+            connections: u32::try_from(ended).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn remove_device(
+        &self,
+        request: Request<RemoveDeviceRequest>,
+    ) -> Result<Response<RemoveDeviceResponse>, Status> {
+        let jid = parse_target(&request.into_inner().jid)?;
+        if jid.device == 0 {
+            return Err(SimError::InvalidJid(format!(
+                "{jid} is an account (device 0 is the phone); give a companion device JID"
+            ))
+            .into());
+        }
+        self.sim.remove_device(&jid).await?;
+        Ok(Response::new(RemoveDeviceResponse {}))
+    }
+
+    async fn set_delay(
+        &self,
+        request: Request<SetDelayRequest>,
+    ) -> Result<Response<SetDelayResponse>, Status> {
+        let request = request.into_inner();
+        if request.jid.trim().is_empty() {
+            self.sim.set_delay(None, request.delay_ms);
+        } else {
+            let jid = self.target(&request.jid)?;
+            self.sim.set_delay(Some(&jid), request.delay_ms);
+        }
+        Ok(Response::new(SetDelayResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimConfig;
+    use tonic::Code;
+
+    #[test]
+    fn targets_parse() {
+        let jid = parse_target("+1 555 123 4567").expect("phone");
+        assert_eq!(jid.to_string(), "15551234567@s.whatsapp.net");
+        let jid = parse_target("15551234567:3@s.whatsapp.net").expect("device jid");
+        assert_eq!(jid.device, 3);
+        assert!(matches!(parse_target(""), Err(SimError::InvalidJid(_))));
+        assert!(matches!(
+            parse_target("12ab"),
+            Err(SimError::InvalidPhone(_))
+        ));
+        assert!(matches!(
+            parse_target("123@g.us"),
+            Err(SimError::InvalidJid(_))
+        ));
+    }
+
+    async fn control() -> (Simulator, Control) {
+        let sim = Simulator::start(SimConfig {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            seed: Some(5),
+        })
+        .await
+        .expect("simulator starts");
+        let control = Control::new(sim.clone());
+        (sim, control)
+    }
+
+    fn code_and_message<T>(result: Result<Response<T>, Status>) -> (Code, String) {
+        match result {
+            Ok(_) => (Code::Ok, String::new()),
+            Err(status) => (status.code(), status.message().to_owned()),
+        }
+    }
+
+    #[tokio::test]
+    async fn scan_qr_errors() {
+        let (sim, control) = control().await;
+        let scan = |phone: &str, qr: &str| {
+            Request::new(ScanQrRequest {
+                phone: phone.into(),
+                qr: qr.into(),
+                push_name: "Alice".into(),
+            })
+        };
+        let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let good_qr = format!("2@x,{key},{key},{key}");
+
+        let (code, message) = code_and_message(control.scan_qr(scan("12ab", &good_qr)).await);
+        assert_eq!(code, Code::InvalidArgument);
+        assert!(message.starts_with("invalid phone number"), "{message}");
+
+        let (code, message) = code_and_message(control.scan_qr(scan("+15551234567", "a,b")).await);
+        assert_eq!(code, Code::InvalidArgument);
+        assert!(message.contains("2 comma-separated parts"), "{message}");
+
+        let (code, message) =
+            code_and_message(control.scan_qr(scan("+15551234567", &good_qr)).await);
+        assert_eq!(code, Code::NotFound);
+        assert!(message.contains("no companion is waiting"), "{message}");
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn unknown_targets_are_not_found() {
+        let (sim, control) = control().await;
+        let kick = |jid: &str| {
+            Request::new(KickRequest {
+                jid: jid.into(),
+                code: 503,
+            })
+        };
+
+        let (code, message) = code_and_message(control.kick(kick("15551234567")).await);
+        assert_eq!(code, Code::NotFound);
+        assert_eq!(message, "not found: no account 15551234567");
+
+        let (code, message) =
+            code_and_message(control.replace(kick("15551234567:2@s.whatsapp.net")).await);
+        assert_eq!(code, Code::NotFound);
+        assert_eq!(message, "not found: no device 15551234567:2@s.whatsapp.net");
+
+        let (code, _) = code_and_message(control.kick(kick("not a jid@")).await);
+        assert_eq!(code, Code::InvalidArgument);
+
+        let remove = |jid: &str| Request::new(RemoveDeviceRequest { jid: jid.into() });
+        let (code, message) = code_and_message(control.remove_device(remove("15551234567")).await);
+        assert_eq!(code, Code::InvalidArgument);
+        assert!(message.contains("device 0 is the phone"), "{message}");
+        let (code, message) = code_and_message(
+            control
+                .remove_device(remove("15551234567:1@s.whatsapp.net"))
+                .await,
+        );
+        assert_eq!(code, Code::NotFound);
+        assert!(message.contains("no companion device"), "{message}");
+
+        let delay = |jid: &str| {
+            Request::new(SetDelayRequest {
+                jid: jid.into(),
+                delay_ms: 10,
+            })
+        };
+        assert_eq!(
+            code_and_message(control.set_delay(delay("")).await).0,
+            Code::Ok
+        );
+        assert_eq!(
+            code_and_message(control.set_delay(delay("+15551234567")).await).0,
+            Code::NotFound
+        );
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn info_reports_url_and_root_key() {
+        let (sim, control) = control().await;
+        let info = control
+            .info(Request::new(InfoRequest {}))
+            .await
+            .expect("info")
+            .into_inner();
+        assert_eq!(info.ws_url, sim.ws_url());
+        assert!(info.ws_url.starts_with("ws://127.0.0.1:") && info.ws_url.ends_with("/ws/chat"));
+        assert_eq!(info.root_public_key, hex::encode(sim.root_public_key()));
+        sim.shutdown().await;
+    }
+}
