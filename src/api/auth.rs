@@ -72,7 +72,7 @@ impl ApiKeys {
 mod tests {
     use super::*;
 
-    fn request(header: &str, value: &str) -> Request<()> {
+    fn request(header: &'static str, value: &str) -> Request<()> {
         let mut r = Request::new(());
         r.metadata_mut()
             .insert(header, value.parse().expect("ascii metadata"));

@@ -204,10 +204,19 @@ impl Gateway for GatewayService {
         };
         let filter = EventFilter { sessions, kinds };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let mut closing = self.manager.closing();
         tokio::spawn(async move {
             let mut cursor = start;
             let mut changes = log.watch();
             loop {
+                if *closing.borrow_and_update() {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "the gateway is shutting down; resume from your last cursor",
+                        )))
+                        .await;
+                    return;
+                }
                 changes.borrow_and_update();
                 let batch = match log.read(cursor, filter.clone(), REPLAY_BATCH).await {
                     Ok(b) => b,
@@ -228,6 +237,7 @@ impl Gateway for GatewayService {
                 }
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
+                    _ = closing.changed() => {}
                     _ = tx.closed() => return,
                 }
             }

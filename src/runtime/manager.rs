@@ -69,6 +69,7 @@ pub struct Manager {
     events: EventLog,
     sessions: Mutex<HashMap<SessionId, SessionHandle>>,
     closing: std::sync::atomic::AtomicBool,
+    closing_signal: tokio::sync::watch::Sender<bool>,
 }
 
 impl Manager {
@@ -79,7 +80,14 @@ impl Manager {
             events,
             sessions: Mutex::new(HashMap::new()),
             closing: std::sync::atomic::AtomicBool::new(false),
+            closing_signal: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Becomes true when the gateway starts shutting down; long-lived streams
+    /// end on it so the server can finish.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing_signal.subscribe()
     }
 
     pub fn events(&self) -> &EventLog {
@@ -251,12 +259,14 @@ impl Manager {
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
         let _ = wait.await;
-        Ok(handle.status.borrow().clone())
+        let status = handle.status.borrow().clone();
+        Ok(status)
     }
 
     /// Stops every session cleanly (sockets closed, state flushed).
     pub async fn shutdown(&self) {
         self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closing_signal.send_replace(true);
         let handles: Vec<SessionHandle> = self.lock().values().cloned().collect();
         for h in &handles {
             let _ = h.commands.send(Command::Shutdown).await;

@@ -577,7 +577,7 @@ impl Connection {
                 self.phase = Phase::Open { transport, stage };
             }
             Err(e) => {
-                let reason = if e.is_certificate() {
+                let reason = if matches!(e, noise::NoiseError::Certificate(_)) {
                     CloseReason::CertificateRejected(e.to_string())
                 } else {
                     CloseReason::Protocol(format!("handshake: {e}"))

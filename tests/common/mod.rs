@@ -1,7 +1,7 @@
 //! Shared harness for end-to-end tests: a simulator with its control service,
 //! gateways on loopback port 0 in temp dirs, and waiting on event streams.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,6 +30,10 @@ pub struct Sim {
 
 /// A simulator on loopback with its control API served on another port.
 pub async fn start_sim() -> Sim {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let sim = Simulator::start(SimConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         seed: Some(7),
