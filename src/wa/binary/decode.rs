@@ -278,29 +278,22 @@ impl<'a> Decoder<'a> {
         let Some((&last, body)) = bytes.split_last() else {
             return if odd { Err(bad()) } else { Ok(String::new()) };
         };
-        let mut buf = [0u8; 2 * 0x7F];
+        let mut text = Vec::with_capacity(2 * bytes.len());
         let mut valid = true;
-        let mut slots = buf.chunks_exact_mut(2);
-        for (&b, slot) in body.iter().zip(&mut slots) {
+        for &b in body {
             let pair = pairs_of[usize::from(b)];
-            valid &= pair[0] != 0 && pair[1] != 0;
-            slot.copy_from_slice(&pair);
+            valid &= (pair[0] != 0) & (pair[1] != 0);
+            text.extend_from_slice(&pair);
         }
         let pair = pairs_of[usize::from(last)];
         // The low nibble of an odd-length string's last byte is filler.
         valid &= pair[0] != 0 && (odd || pair[1] != 0);
-        if let Some(slot) = slots.next() {
-            slot.copy_from_slice(&pair);
-        }
+        text.extend_from_slice(if odd { &pair[..1] } else { &pair });
         if !valid {
             return Err(bad());
         }
-        let len = 2 * bytes.len() - usize::from(odd);
-        let text = buf.get(..len).unwrap_or_default();
         // Both alphabets are ASCII, so this cannot fail.
-        std::str::from_utf8(text)
-            .map(str::to_owned)
-            .map_err(|_| bad())
+        String::from_utf8(text).map_err(|_| bad())
     }
 
     /// A string that must not be a JID or list: tags, keys.
