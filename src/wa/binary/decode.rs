@@ -47,12 +47,10 @@ enum Text<'a> {
     Raw(&'a [u8]),
 }
 
-/// Whatever a tag byte in value position introduces.
+/// A string or JID: what may stand as an attribute value or as content.
 enum Value<'a> {
     Text(Text<'a>),
     Jid(Jid),
-    /// LIST_8 / LIST_16; LIST_EMPTY reads as an empty string.
-    List,
 }
 
 impl<'a> Decoder<'a> {
@@ -175,25 +173,15 @@ impl<'a> Decoder<'a> {
                 match self.value_after(t)? {
                     Value::Text(text) => Ok(Content::Str(self.owned(text)?)),
                     Value::Jid(jid) => Ok(Content::Jid(jid)),
-                    Value::List => Err(self.list_not_allowed(t)),
                 }
             }
         }
     }
 
-    fn list_not_allowed(&self, t: u8) -> DecodeError {
-        DecodeError::UnexpectedTag {
-            tag: t,
-            at: self.pos - 1,
-            expected: "a string or JID",
-        }
-    }
-
-    /// A string, JID or list header after tag byte `t`.
+    /// A string or JID after tag byte `t`.
     fn value_after(&mut self, t: u8) -> Result<Value<'a>, DecodeError> {
         let at = self.pos - 1;
         Ok(match t {
-            tag::LIST_8 | tag::LIST_16 => Value::List,
             tag::JID_PAIR => {
                 let user = self.jid_part()?;
                 let server = self.jid_part()?;
@@ -329,7 +317,6 @@ impl<'a> Decoder<'a> {
     }
 
     fn attr_value(&mut self) -> Result<AttrValue, DecodeError> {
-        let at = self.pos;
         let t = self.byte()?;
         if let Some(s) = self.dict.single(t) {
             return Ok(AttrValue::Str(s.to_owned()));
@@ -337,7 +324,6 @@ impl<'a> Decoder<'a> {
         match self.value_after(t)? {
             Value::Text(text) => self.owned(text).map(AttrValue::Str),
             Value::Jid(jid) => Ok(AttrValue::Jid(jid)),
-            Value::List => Err(DecodeError::NotAString { at }),
         }
     }
 
