@@ -212,8 +212,7 @@ pub fn decrypt_prekey_message(
 }
 
 /// Decrypts a `msg` with the current session or, failing that, an archived
-/// one (which then becomes current, as in libsignal). `record` changes only
-/// on success. The error reported is the one from the session that knows the
+/// one (which stays archived). `record` changes only on success. The error reported is the one from the session that knows the
 /// message's ratchet key, else the current session's.
 pub fn decrypt_message(
     record: &mut SessionRecord,
@@ -305,14 +304,17 @@ fn slot_state(record: &SessionRecord, slot: usize) -> Option<&SessionState> {
     }
 }
 
-/// Stores an updated state back in its slot; an archived state that was used
-/// becomes current.
+/// Stores an updated state back in its slot. An archived state stays
+/// archived, as in libsignal-node: the peer has moved on to the current
+/// session, and answering on an old one makes libsignal-node try (and, on
+/// failure, corrupt) its open session first.
 fn put_back(record: &mut SessionRecord, slot: usize, state: SessionState) {
     match slot.checked_sub(1) {
         None => record.current = Some(state),
         Some(archived) => {
-            record.previous.remove(archived);
-            record.promote(state);
+            if let Some(entry) = record.previous.get_mut(archived) {
+                *entry = state;
+            }
         }
     }
 }
@@ -861,6 +863,20 @@ mod tests {
             .expect("archived session decrypts"),
             b"late"
         );
+        // The new session stays current on both sides.
+        assert_eq!(bob_record.archived_count(), 1);
+        let reply = encrypt(&mut bob_record, &bob.identity, b"on new").expect("encrypt");
+        assert_eq!(
+            decrypt_message(
+                &mut alice_record,
+                &alice.identity.public,
+                reply.bytes(),
+                &mut rng
+            )
+            .expect("current session"),
+            b"on new"
+        );
+        assert!(!alice_record.has_unacknowledged_pre_key());
     }
 
     #[test]
