@@ -7,7 +7,7 @@ use rand::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
 use super::keys::{PreKey, PreKeyBundle, SignedPreKey};
-use super::ratchet::{agree, derive_initial, root_step};
+use super::ratchet::{agree, derive_initial, root_step, RatchetKey};
 use super::session::{PendingPreKey, SessionRecord, SessionState};
 use super::wire::{PreKeySignalMessage, SignalMessage};
 use super::SignalError;
@@ -117,7 +117,7 @@ pub fn process_bundle(
     // root key and leaves the X3DH chain key unused; so does this.
     let (root, _) = derive_initial(&secret);
 
-    let ratchet = KeyPair::generate(rng);
+    let ratchet = RatchetKey::generate(rng);
     let (root, sending) = root_step(&root, &ratchet, signed_pre_key)?;
     let state = SessionState {
         local_registration_id: our_registration_id,
@@ -287,7 +287,7 @@ fn respond(
         base_key: message.base_key,
         initiator: false,
         root_key: root,
-        ratchet: signed.key.clone(),
+        ratchet: RatchetKey::from(&signed.key),
         remote_ratchet: message.base_key,
         previous_counter: 0,
         sending: None,

@@ -5,6 +5,8 @@
 use aes::Aes256;
 use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use rand::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
 use super::SignalError;
@@ -97,14 +99,51 @@ pub(super) fn derive_initial(secret: &[u8]) -> (Zeroizing<[u8; 32]>, Zeroizing<[
     (split32(&okm[..32]), split32(&okm[32..]))
 }
 
+/// Our ratchet key pair with both halves stored, so that loading a session
+/// costs no scalar multiplication (a [`KeyPair`] derives its public half).
+/// Every session load pays this, so it matters more than the key's few uses.
+#[derive(Clone)]
+pub(super) struct RatchetKey {
+    pub(super) public: [u8; 32],
+    pub(super) private: Zeroizing<[u8; 32]>,
+}
+
+impl RatchetKey {
+    pub(super) fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
+        Self::from(&KeyPair::generate(rng))
+    }
+
+    /// X25519 with `theirs`, refusing low-order points like [`agree`].
+    fn agree(&self, theirs: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, SignalError> {
+        let shared = Zeroizing::new(
+            MontgomeryPoint(*theirs)
+                .mul_clamped(*self.private)
+                .to_bytes(),
+        );
+        if shared.iter().all(|&b| b == 0) {
+            return Err(SignalError::WeakKey);
+        }
+        Ok(shared)
+    }
+}
+
+impl From<&KeyPair> for RatchetKey {
+    fn from(pair: &KeyPair) -> Self {
+        Self {
+            public: pair.public,
+            private: Zeroizing::new(*pair.private_bytes()),
+        }
+    }
+}
+
 /// One DH ratchet step: the agreement of `ours` with `theirs`, salted with
 /// the current root key, gives the next root key and a chain key.
 pub(super) fn root_step(
     root: &[u8; 32],
-    ours: &KeyPair,
+    ours: &RatchetKey,
     theirs: &[u8; 32],
 ) -> Result<(Zeroizing<[u8; 32]>, ChainKey), SignalError> {
-    let shared = agree(ours, theirs)?;
+    let shared = ours.agree(theirs)?;
     let mut okm = Zeroizing::new([0u8; 64]);
     hkdf_sha256(shared.as_ref(), root, INFO_RATCHET, okm.as_mut());
     let chain = ChainKey {
@@ -220,5 +259,21 @@ mod tests {
         one[0] = 1;
         assert!(matches!(agree(&ours, &one), Err(SignalError::WeakKey)));
         assert!(agree(&ours, &KeyPair::from_private([0x22; 32]).public).is_ok());
+        assert!(matches!(
+            RatchetKey::from(&ours).agree(&one),
+            Err(SignalError::WeakKey)
+        ));
+    }
+
+    #[test]
+    fn ratchet_key_agrees_like_the_key_pair() {
+        let ours = KeyPair::from_private([0x33; 32]);
+        let theirs = KeyPair::from_private([0x44; 32]).public;
+        let ratchet = RatchetKey::from(&ours);
+        assert_eq!(ratchet.public, ours.public);
+        assert_eq!(
+            *ratchet.agree(&theirs).expect("valid point"),
+            *ours.dh(&theirs)
+        );
     }
 }

@@ -9,10 +9,11 @@ use prost::Message;
 use rand::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
-use super::ratchet::{aes_cbc_decrypt, aes_cbc_encrypt, root_step, ChainKey, MessageKeys};
+use super::ratchet::{
+    aes_cbc_decrypt, aes_cbc_encrypt, root_step, ChainKey, MessageKeys, RatchetKey,
+};
 use super::wire::SignalMessage;
 use super::{SignalError, MAX_ARCHIVED_STATES, MAX_RECEIVING_CHAINS, MAX_SKIPPED_KEYS};
-use crate::wa::crypto::KeyPair;
 
 /// Format version written by [`SessionRecord::serialize`].
 const RECORD_VERSION: u32 = 1;
@@ -124,7 +125,7 @@ pub(super) struct SessionState {
     pub(super) initiator: bool,
     pub(super) root_key: Zeroizing<[u8; 32]>,
     /// Our current ratchet key pair; the sending chain belongs to it.
-    pub(super) ratchet: KeyPair,
+    pub(super) ratchet: RatchetKey,
     /// The peer's latest ratchet key.
     pub(super) remote_ratchet: [u8; 32],
     /// Last counter used on our previous sending chain.
@@ -215,7 +216,7 @@ impl SessionState {
             old.close(previous_counter)?;
         }
         let (root, receiving) = root_step(&self.root_key, &self.ratchet, their_ratchet)?;
-        let ratchet = KeyPair::generate(rng);
+        let ratchet = RatchetKey::generate(rng);
         let (root, sending) = root_step(&root, &ratchet, their_ratchet)?;
 
         self.receiving
@@ -392,6 +393,8 @@ mod pb {
         pub(super) receiving: Vec<Receiving>,
         #[prost(message, optional, tag = "12")]
         pub(super) pending: Option<Pending>,
+        #[prost(bytes = "vec", tag = "13")]
+        pub(super) ratchet_public: Vec<u8>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -433,7 +436,8 @@ fn state_to_pb(state: &SessionState) -> pb::State {
         base_key: state.base_key.to_vec(),
         initiator: state.initiator,
         root_key: state.root_key.to_vec(),
-        ratchet_private: state.ratchet.private_bytes().to_vec(),
+        ratchet_private: state.ratchet.private.to_vec(),
+        ratchet_public: state.ratchet.public.to_vec(),
         remote_ratchet: state.remote_ratchet.to_vec(),
         previous_counter: state.previous_counter,
         sending: state.sending.as_ref().map(|chain| pb::Chain {
@@ -498,7 +502,10 @@ fn state_from_pb(state: pb::State) -> Result<SessionState, SignalError> {
         base_key: key32(&state.base_key)?,
         initiator: state.initiator,
         root_key: Zeroizing::new(key32(&state.root_key)?),
-        ratchet: KeyPair::from_private(key32(&state.ratchet_private)?),
+        ratchet: RatchetKey {
+            public: key32(&state.ratchet_public)?,
+            private: Zeroizing::new(key32(&state.ratchet_private)?),
+        },
         remote_ratchet: key32(&state.remote_ratchet)?,
         previous_counter: state.previous_counter,
         sending: state
