@@ -255,6 +255,191 @@ mod tests {
         assert_eq!(VERSION_BYTE, (3 << 4) | 3);
     }
 
+    /// Messages made by libsignal-node and Baileys' sender key code for a
+    /// receiver with fixed keys (`tests/interop/signal-gen-vectors.js`).
+    mod libsignal_vectors {
+        use super::*;
+        use crate::wa::crypto::KeyPair;
+        use rand::rngs::StdRng;
+        use rand::SeedableRng;
+        use serde_json::Value;
+
+        const VECTORS: &str = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/vectors/signal/libsignal.json"
+        ));
+
+        fn vectors() -> Value {
+            serde_json::from_str(VECTORS).expect("vector file is valid JSON")
+        }
+
+        fn bytes(value: &Value) -> Vec<u8> {
+            hex::decode(value.as_str().expect("hex string")).expect("valid hex")
+        }
+
+        fn key(value: &Value) -> KeyPair {
+            KeyPair::from_private(bytes(value).try_into().expect("32 bytes"))
+        }
+
+        fn number(value: &Value) -> u32 {
+            value
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .expect("u32")
+        }
+
+        struct Receiver {
+            identity: KeyPair,
+            registration_id: u32,
+            signed: SignedPreKey,
+            pre_key: PreKey,
+        }
+
+        fn receiver(v: &Value) -> Receiver {
+            let r = &v["receiver"];
+            Receiver {
+                identity: key(&r["identity_private"]),
+                registration_id: number(&r["registration_id"]),
+                signed: SignedPreKey {
+                    id: number(&r["signed_pre_key"]["id"]),
+                    key: key(&r["signed_pre_key"]["private"]),
+                    // libsignal-node does not check it; neither does the receiver.
+                    signature: [0; 64],
+                },
+                pre_key: PreKey::new(number(&r["pre_key"]["id"]), key(&r["pre_key"]["private"]))
+                    .expect("24-bit id"),
+            }
+        }
+
+        /// Decrypts a vector session's pkmsgs in the order given, returning
+        /// the prekey ids each consumed.
+        fn decrypt_session(v: &Value, name: &str, order: &[usize]) -> Vec<Option<u32>> {
+            let us = receiver(v);
+            let keys = LocalKeys {
+                identity: &us.identity,
+                registration_id: us.registration_id,
+                signed_pre_keys: std::slice::from_ref(&us.signed),
+                pre_keys: std::slice::from_ref(&us.pre_key),
+            };
+            let session = &v[name];
+            let messages = session["messages"].as_array().expect("list");
+            let mut rng = StdRng::seed_from_u64(0x7EC);
+            let mut record: Option<SessionRecord> = None;
+            let mut used = Vec::new();
+            for &i in order {
+                let body = bytes(&messages[i]["body"]);
+                let decrypted = decrypt_prekey_message(record.as_ref(), &keys, &body, &mut rng)
+                    .expect("libsignal's pkmsg decrypts");
+                assert_eq!(decrypted.plaintext, bytes(&messages[i]["plaintext"]));
+                assert_eq!(
+                    decrypted.remote_identity[..],
+                    bytes(&session["sender_identity"])[..]
+                );
+                assert_eq!(
+                    decrypted.record.remote_registration_id(),
+                    Some(number(&session["sender_registration_id"]))
+                );
+                // Every prefix is also a valid record to store.
+                let stored = decrypted.record.serialize();
+                record = Some(SessionRecord::deserialize(&stored).expect("round trip"));
+                used.push(decrypted.used_prekey_id);
+            }
+            used
+        }
+
+        #[test]
+        fn pkmsgs_with_one_time_prekey() {
+            let v = vectors();
+            assert_eq!(
+                decrypt_session(&v, "with_pre_key", &[0, 2, 1]),
+                vec![Some(300), None, None]
+            );
+            assert_eq!(
+                decrypt_session(&v, "with_pre_key", &[1, 0]),
+                vec![Some(300), None]
+            );
+        }
+
+        #[test]
+        fn pkmsgs_without_one_time_prekey() {
+            let v = vectors();
+            let header =
+                PreKeySignalMessage::decode(&bytes(&v["without_pre_key"]["messages"][0]["body"]))
+                    .expect("decodes");
+            assert_eq!(header.pre_key_id, None);
+            assert_eq!(header.signed_pre_key_id, 7);
+            assert_eq!(
+                decrypt_session(&v, "without_pre_key", &[0, 1]),
+                vec![None, None]
+            );
+        }
+
+        #[test]
+        fn tampered_vector_is_rejected() {
+            let v = vectors();
+            let us = receiver(&v);
+            let keys = LocalKeys {
+                identity: &us.identity,
+                registration_id: us.registration_id,
+                signed_pre_keys: std::slice::from_ref(&us.signed),
+                pre_keys: std::slice::from_ref(&us.pre_key),
+            };
+            let body = bytes(&v["with_pre_key"]["messages"][0]["body"]);
+            let mut rng = StdRng::seed_from_u64(1);
+            // Its last bytes are the signed prekey id: a wrong one is missing.
+            let mut wrong_id = body.clone();
+            let last = wrong_id.len() - 1;
+            wrong_id[last] ^= 1;
+            assert!(matches!(
+                decrypt_prekey_message(None, &keys, &wrong_id, &mut rng),
+                Err(SignalError::MissingSignedPreKey(6))
+            ));
+            // A flipped MAC bit in the inner message.
+            let header = PreKeySignalMessage::decode(&body).expect("decodes");
+            let mut inner = header.message_bytes().to_vec();
+            let last = inner.len() - 1;
+            inner[last] ^= 1;
+            let tampered = PreKeySignalMessage::encode(
+                header.registration_id.unwrap_or_default(),
+                header.pre_key_id,
+                header.signed_pre_key_id,
+                &header.base_key,
+                &header.identity_key,
+                inner,
+            );
+            assert!(matches!(
+                decrypt_prekey_message(None, &keys, &tampered, &mut rng),
+                Err(SignalError::BadMac)
+            ));
+        }
+
+        #[test]
+        fn baileys_sender_key_messages() {
+            let v = vectors();
+            let group = &v["group"];
+            let mut record = SenderKeyRecord::new();
+            process_distribution_message(&mut record, &bytes(&group["distribution"]))
+                .expect("Baileys' distribution message");
+            let messages = group["messages"].as_array().expect("list");
+            // Baileys advances its chain by two per message.
+            let iterations: Vec<u32> = messages
+                .iter()
+                .map(|m| {
+                    SenderKeyMessage::decode(&bytes(&m["body"]))
+                        .expect("decodes")
+                        .iteration
+                })
+                .collect();
+            assert_eq!(iterations, vec![0, 2, 4, 6]);
+            for i in [1, 0, 3, 2] {
+                assert_eq!(
+                    group_decrypt(&mut record, &bytes(&messages[i]["body"])).expect("decrypts"),
+                    bytes(&messages[i]["plaintext"])
+                );
+            }
+        }
+    }
+
     #[test]
     fn only_duplicates_are_duplicates() {
         assert!(SignalError::DuplicateMessage { counter: 4 }.is_duplicate());
