@@ -6,14 +6,12 @@
 use rand::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
-use super::keys::{PreKey, PreKeyBundle, SignedPreKey};
+use super::keys::{encode_public_key, PreKey, PreKeyBundle, SignedPreKey};
 use super::ratchet::{agree, derive_initial, root_step, RatchetKey};
 use super::session::{PendingPreKey, SessionRecord, SessionState};
 use super::wire::{PreKeySignalMessage, SignalMessage};
 use super::SignalError;
 use crate::wa::crypto::{verify, KeyPair};
-
-use super::keys::encode_public_key;
 
 /// An encrypted pairwise message, tagged as WhatsApp's `<enc type>` needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,7 +64,6 @@ pub struct LocalKeys<'a> {
 
 /// The result of decrypting a `pkmsg`: the plaintext and the record to
 /// commit together with whatever the caller does with the plaintext.
-#[derive(Debug)]
 pub struct Decrypted {
     /// The decrypted (still padded) plaintext.
     pub plaintext: Vec<u8>,
@@ -82,6 +79,19 @@ pub struct Decrypted {
     /// session (a reinstall, or someone else). Trusted anyway, as WhatsApp
     /// does; the caller may tell the user.
     pub identity_changed: bool,
+}
+
+impl std::fmt::Debug for Decrypted {
+    /// Shows the plaintext's length only: message text stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decrypted")
+            .field("plaintext_len", &self.plaintext.len())
+            .field("record", &self.record)
+            .field("used_prekey_id", &self.used_prekey_id)
+            .field("remote_identity", &hex::encode(self.remote_identity))
+            .field("identity_changed", &self.identity_changed)
+            .finish()
+    }
 }
 
 /// Builds a session to a peer from its prekey bundle (X3DH as initiator).
@@ -105,6 +115,8 @@ pub fn process_bundle(
     }
     let base = KeyPair::generate(rng);
 
+    // 32 0xFF bytes first (Signal's separator from any Ed25519 use of the
+    // keys), then DH(IKa, SPKb) ‖ DH(EKa, IKb) ‖ DH(EKa, SPKb) [‖ DH(EKa, OPKb)].
     let mut secret = Zeroizing::new(Vec::with_capacity(32 * 5));
     secret.extend_from_slice(&[0xFF; 32]);
     secret.extend_from_slice(agree(our_identity, signed_pre_key)?.as_ref());
@@ -268,6 +280,7 @@ fn respond(
         "prekey message has no registration id",
     ))?;
 
+    // The initiator's order, seen from this side.
     let mut secret = Zeroizing::new(Vec::with_capacity(32 * 5));
     secret.extend_from_slice(&[0xFF; 32]);
     secret.extend_from_slice(agree(&signed.key, &message.identity_key)?.as_ref());

@@ -44,9 +44,11 @@ pub use wire::{
 /// nibble, highest supported version 3 in the low nibble.
 pub const VERSION_BYTE: u8 = 0x33;
 
-/// Most message keys one message may make a chain skip over (libsignal's
-/// limit); a message further ahead is rejected. Also the most skipped keys
-/// kept per chain, oldest dropped first.
+/// How far ahead of its chain a message may be. Pairwise, as libsignal-node:
+/// at most 2000 keys derived for one message (so at most 1999 skipped);
+/// sender keys, as Baileys: at most 2000 iterations skipped. A message
+/// further ahead is rejected. Also the most skipped keys kept per chain,
+/// oldest dropped first.
 pub const MAX_SKIPPED_KEYS: u32 = 2000;
 
 /// Receiving chains kept per session state; older ones are dropped with their
@@ -157,8 +159,9 @@ pub enum SignalError {
         /// The message's counter (or sender key iteration).
         counter: u32,
     },
-    /// The message would make the chain skip more keys than allowed.
-    #[error("message skips {skip} keys, more than {MAX_SKIPPED_KEYS}")]
+    /// The message is further ahead of its chain than
+    /// [`MAX_SKIPPED_KEYS`] allows.
+    #[error("message is {skip} keys ahead of its chain, beyond the limit")]
     TooFarAhead {
         /// How many keys would be skipped.
         skip: u32,
