@@ -5,4 +5,5 @@
 
 pub mod proto;
 pub mod sim;
+pub mod store;
 pub mod wa;

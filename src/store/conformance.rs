@@ -1,0 +1,785 @@
+//! Behaviour every [`Store`] backend must show, written once and run against each backend
+//! through [`behaviour_tests!`]. Test-only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::{
+    Batch, EventFilter, EventRecord, Keyring, Retention, SessionId, SessionRecord, Store,
+    StoreError,
+};
+
+/// What the shared tests need from a backend beyond the [`Store`] trait.
+pub(super) trait Backend {
+    type S: Store + 'static;
+
+    /// Opens the store under `keys`. With `previous`, closes it and reopens the same data.
+    fn open(&mut self, keys: Keyring, previous: Option<Self::S>) -> Self::S;
+
+    /// The sealed record of a secret as stored, bypassing the store's API.
+    fn raw_secret(&self, store: &Self::S, id: &SessionId, key: &str) -> Option<Vec<u8>>;
+
+    /// Writes a sealed record directly, bypassing encryption.
+    fn set_raw_secret(&self, store: &Self::S, id: &SessionId, key: &str, record: Vec<u8>);
+
+    /// Makes the storage itself fail whenever an event of `kind` is appended.
+    fn fail_event_kind(&self, store: &Self::S, kind: u8);
+}
+
+/// Instantiates every shared behaviour test for the backend built by `$backend`.
+macro_rules! behaviour_tests {
+    ($backend:expr) => {
+        mod behaviour {
+            use super::*;
+            use $crate::store::conformance as c;
+
+            #[test]
+            fn sessions_round_trip() {
+                c::sessions_round_trip($backend);
+            }
+            #[test]
+            fn secrets_and_prefixes() {
+                c::secrets_and_prefixes($backend);
+            }
+            #[test]
+            fn secret_needs_a_session_row() {
+                c::secret_needs_a_session_row($backend);
+            }
+            #[test]
+            fn commit_is_atomic() {
+                c::commit_is_atomic($backend);
+            }
+            #[test]
+            fn seqs_and_cursors_survive_reopen() {
+                c::seqs_and_cursors_survive_reopen($backend);
+            }
+            #[test]
+            fn events_after_filters_and_limits() {
+                c::events_after_filters_and_limits($backend);
+            }
+            #[test]
+            fn prune_by_age_and_count() {
+                c::prune_by_age_and_count($backend);
+            }
+            #[test]
+            fn corrupt_record_is_quarantined() {
+                c::corrupt_record_is_quarantined($backend);
+            }
+            #[test]
+            fn record_moved_to_another_row_is_quarantined() {
+                c::record_moved_to_another_row_is_quarantined($backend);
+            }
+            #[test]
+            fn rotation_reads_old_keys_and_reseals() {
+                c::rotation_reads_old_keys_and_reseals($backend);
+            }
+            #[test]
+            fn concurrent_commits_keep_seqs_gap_free() {
+                c::concurrent_commits_keep_seqs_gap_free($backend);
+            }
+        }
+    };
+}
+pub(super) use behaviour_tests;
+
+const FAULT_KIND: u8 = 0xee;
+
+pub(super) fn keyring(spec: &[(&str, u8)]) -> Keyring {
+    let value: Vec<String> = spec
+        .iter()
+        .map(|(id, byte)| format!("{id}:{}", hex::encode([*byte; 32])))
+        .collect();
+    Keyring::from_env_value(&value.join(",")).expect("test keyring")
+}
+
+fn k1() -> Keyring {
+    keyring(&[("k1", 1)])
+}
+
+fn sid(s: &str) -> SessionId {
+    s.parse().expect("valid session id")
+}
+
+fn record(id: &str) -> SessionRecord {
+    SessionRecord::new(sid(id), 1_000)
+}
+
+fn new_session(store: &dyn Store, id: &str) -> SessionId {
+    store.put_session(&record(id)).expect("put_session");
+    sid(id)
+}
+
+fn value(store: &dyn Store, id: &SessionId, key: &str) -> Option<Vec<u8>> {
+    store
+        .secret(id, key)
+        .expect("secret readable")
+        .map(|v| v.to_vec())
+}
+
+fn all_events(store: &dyn Store) -> Vec<EventRecord> {
+    store
+        .events_after(0, &EventFilter::all(), usize::MAX)
+        .expect("events_after")
+}
+
+fn one_event(store: &dyn Store, id: &SessionId, kind: u8, ts: i64) -> EventRecord {
+    let mut events = store
+        .commit(id, Batch::new().event(kind, ts, format!("{id}@{ts}")))
+        .expect("commit");
+    assert_eq!(events.len(), 1);
+    events.remove(0)
+}
+
+/// Cursors strictly increase and each session's seqs run 1, 2, 3, ... in cursor order.
+fn assert_log_consistent(events: &[EventRecord]) {
+    for pair in events.windows(2) {
+        assert!(pair[0].cursor < pair[1].cursor, "cursor order: {pair:?}");
+    }
+    let mut next: HashMap<&SessionId, u64> = HashMap::new();
+    for e in events {
+        let expected = next.entry(&e.session_id).or_insert(1);
+        assert_eq!(e.seq, *expected, "seq gap in {}", e.session_id);
+        *expected += 1;
+    }
+}
+
+pub(super) fn sessions_round_trip(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let mut a = record("alpha");
+    a.metadata = BTreeMap::from([("user".into(), "u1".into()), ("bot".into(), "b1".into())]);
+    a.jid = Some("15550001111.0:3@s.whatsapp.net".into());
+    a.push_name = Some("Alpha".into());
+    a.platform = Some("android".into());
+    a.last_connected_at_ms = Some(2_000);
+    let z = record("zulu");
+    store.put_session(&z).expect("put zulu");
+    store.put_session(&a).expect("put alpha");
+    assert_eq!(store.session(&a.id).expect("get"), Some(a.clone()));
+    assert_eq!(store.sessions().expect("list"), vec![a.clone(), z.clone()]);
+    assert_eq!(store.session(&sid("nobody")).expect("get"), None);
+
+    // An update replaces every column and the whole metadata map, and keeps the secrets.
+    store
+        .commit(&a.id, Batch::new().put_secret("creds", b"c".to_vec()))
+        .expect("commit");
+    a.metadata = BTreeMap::from([("user".into(), "u2".into())]);
+    a.desired_online = false;
+    a.logged_out = true;
+    a.jid = None;
+    store.put_session(&a).expect("update");
+    assert_eq!(store.session(&a.id).expect("get"), Some(a.clone()));
+    assert_eq!(value(&store, &a.id, "creds"), Some(b"c".to_vec()));
+
+    let store = b.open(k1(), Some(store));
+    assert_eq!(store.sessions().expect("list"), vec![a.clone(), z.clone()]);
+
+    // Deleting drops the row and the secrets, not the events.
+    one_event(&store, &a.id, 1, 10);
+    store.delete_session(&a.id).expect("delete");
+    assert_eq!(store.session(&a.id).expect("get"), None);
+    assert_eq!(store.sessions().expect("list"), vec![z]);
+    assert_eq!(
+        store
+            .events_after(0, &EventFilter::all(), 10)
+            .expect("events")
+            .len(),
+        1
+    );
+    store.put_session(&a).expect("recreate");
+    assert_eq!(value(&store, &a.id, "creds"), None);
+    // The recreated session continues its seq.
+    assert_eq!(one_event(&store, &a.id, 1, 11).seq, 2);
+    // Deleting an unknown session is not an error.
+    store
+        .delete_session(&sid("nobody"))
+        .expect("delete unknown");
+}
+
+pub(super) fn secrets_and_prefixes(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let s = new_session(&store, "s");
+    let keys = ["a", "a/", "a/1", "a/2", "ab", "b", "é/1"];
+    let mut batch = Batch::new();
+    for k in keys {
+        batch = batch.put_secret(k, k.as_bytes().to_vec());
+    }
+    store
+        .commit(&s, batch.put_secret("empty", Vec::new()))
+        .expect("commit");
+    assert_eq!(value(&store, &s, "a/1"), Some(b"a/1".to_vec()));
+    assert_eq!(value(&store, &s, "empty"), Some(Vec::new()));
+    assert_eq!(value(&store, &s, "missing"), None);
+    assert_eq!(value(&store, &sid("other"), "a"), None);
+
+    let listed = |prefix: &str| -> Vec<String> {
+        let found = store.secrets_with_prefix(&s, prefix).expect("prefix");
+        for (k, v) in &found {
+            let expected: &[u8] = if k == "empty" { b"" } else { k.as_bytes() };
+            assert_eq!(v.as_slice(), expected, "value of {k}");
+        }
+        found.into_iter().map(|(k, _)| k).collect()
+    };
+    assert_eq!(listed("a/"), ["a/", "a/1", "a/2"]);
+    assert_eq!(listed("a"), ["a", "a/", "a/1", "a/2", "ab"]);
+    assert_eq!(listed("é"), ["é/1"]);
+    assert_eq!(
+        listed(""),
+        ["a", "a/", "a/1", "a/2", "ab", "b", "empty", "é/1"]
+    );
+    assert!(listed("c").is_empty());
+
+    store
+        .commit(
+            &s,
+            Batch::new()
+                .put_secret("a/1", b"new".to_vec())
+                .delete_secret("b")
+                .delete_secret("never-existed"),
+        )
+        .expect("commit");
+    assert_eq!(value(&store, &s, "a/1"), Some(b"new".to_vec()));
+    assert_eq!(value(&store, &s, "b"), None);
+
+    store
+        .commit(&s, Batch::new().delete_secret_prefix("a/"))
+        .expect("delete prefix");
+    let left: Vec<String> = store
+        .secrets_with_prefix(&s, "")
+        .expect("prefix")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(left, ["a", "ab", "empty", "é/1"]);
+
+    // Ops apply in order: a put after DeleteAll survives it.
+    store
+        .commit(
+            &s,
+            Batch::new()
+                .delete_all_secrets()
+                .put_secret("fresh", b"f".to_vec()),
+        )
+        .expect("delete all");
+    let left: Vec<String> = store
+        .secrets_with_prefix(&s, "")
+        .expect("prefix")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(left, ["fresh"]);
+}
+
+pub(super) fn secret_needs_a_session_row(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let ghost = sid("ghost");
+    let err = store
+        .commit(
+            &ghost,
+            Batch::new()
+                .put_secret("creds", b"c".to_vec())
+                .event(1, 1, vec![]),
+        )
+        .expect_err("no session row");
+    assert!(
+        matches!(err, StoreError::UnknownSession(ref id) if *id == ghost),
+        "{err}"
+    );
+    assert!(all_events(&store).is_empty());
+    assert_eq!(store.last_cursor().expect("cursor"), 0);
+
+    // The row may travel in the same batch.
+    store
+        .commit(
+            &ghost,
+            Batch::new()
+                .session(record("ghost"))
+                .put_secret("creds", b"c".to_vec()),
+        )
+        .expect("row in batch");
+    assert_eq!(value(&store, &ghost, "creds"), Some(b"c".to_vec()));
+
+    // Events alone do not need a row (e.g. after the session was deleted).
+    let orphan = sid("orphan");
+    assert_eq!(one_event(&store, &orphan, 1, 5).seq, 1);
+
+    let err = store
+        .commit(&ghost, Batch::new().session(record("other")))
+        .expect_err("mismatch");
+    assert!(matches!(err, StoreError::SessionMismatch { .. }), "{err}");
+}
+
+pub(super) fn commit_is_atomic(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let s = new_session(&store, "s");
+    store
+        .commit(
+            &s,
+            Batch::new()
+                .put_secret("creds", b"v1".to_vec())
+                .put_secret("old", b"x".to_vec())
+                .event(1, 10, vec![1])
+                .event(1, 11, vec![2]),
+        )
+        .expect("setup");
+    let before_events = all_events(&store);
+    let before_cursor = store.last_cursor().expect("cursor");
+    let before_row = store.session(&s).expect("row");
+
+    b.fail_event_kind(&store, FAULT_KIND);
+    let mut changed = record("s");
+    changed.push_name = Some("changed".into());
+    let err = store
+        .commit(
+            &s,
+            Batch::new()
+                .session(changed)
+                .put_secret("creds", b"v2".to_vec())
+                .put_secret("new", b"n".to_vec())
+                .delete_secret("old")
+                .delete_secret_prefix("")
+                .event(1, 12, vec![3])
+                .event(FAULT_KIND, 13, vec![4]),
+        )
+        .expect_err("injected fault");
+    assert!(!matches!(err, StoreError::Quarantined { .. }), "{err}");
+
+    assert_eq!(value(&store, &s, "creds"), Some(b"v1".to_vec()));
+    assert_eq!(value(&store, &s, "old"), Some(b"x".to_vec()));
+    assert_eq!(value(&store, &s, "new"), None);
+    assert_eq!(store.session(&s).expect("row"), before_row);
+    assert_eq!(all_events(&store), before_events);
+    assert_eq!(store.last_cursor().expect("cursor"), before_cursor);
+
+    // A new session created by a failing batch does not appear either.
+    let t = sid("t");
+    store
+        .commit(
+            &t,
+            Batch::new()
+                .session(record("t"))
+                .put_secret("creds", b"t".to_vec())
+                .event(FAULT_KIND, 1, vec![]),
+        )
+        .expect_err("injected fault");
+    assert_eq!(store.session(&t).expect("row"), None);
+    assert_eq!(value(&store, &t, "creds"), None);
+
+    // The next good commit continues without a gap.
+    let next = one_event(&store, &s, 2, 14);
+    assert_eq!(next.seq, 3);
+    assert_eq!(next.cursor, before_cursor + 1);
+    assert_eq!(one_event(&store, &t, 2, 15).seq, 1);
+    assert_log_consistent(&all_events(&store));
+}
+
+pub(super) fn seqs_and_cursors_survive_reopen(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let (a, bb, c) = (sid("a"), sid("b"), sid("c"));
+    let mut got = Vec::new();
+    got.extend(
+        store
+            .commit(&a, Batch::new().event(1, 1, vec![]))
+            .expect("a"),
+    );
+    got.extend(
+        store
+            .commit(&bb, Batch::new().event(1, 2, vec![]).event(2, 3, vec![]))
+            .expect("b"),
+    );
+    got.extend(
+        store
+            .commit(
+                &a,
+                Batch::new()
+                    .event(1, 4, vec![])
+                    .event(1, 5, vec![])
+                    .event(1, 6, vec![]),
+            )
+            .expect("a"),
+    );
+    // A commit without events assigns nothing.
+    new_session(&store, "c");
+    assert!(store
+        .commit(&c, Batch::new().put_secret("k", b"v".to_vec()))
+        .expect("c")
+        .is_empty());
+    got.extend(
+        store
+            .commit(&bb, Batch::new().event(3, 7, vec![]))
+            .expect("b"),
+    );
+
+    let seqs: Vec<(String, u64)> = got
+        .iter()
+        .map(|e| (e.session_id.to_string(), e.seq))
+        .collect();
+    let expected = [
+        ("a", 1),
+        ("b", 1),
+        ("b", 2),
+        ("a", 2),
+        ("a", 3),
+        ("a", 4),
+        ("b", 3),
+    ];
+    assert_eq!(seqs, expected.map(|(s, n)| (s.to_owned(), n)).to_vec());
+    assert_eq!(
+        got.iter().map(|e| e.cursor).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
+    assert_eq!(store.last_cursor().expect("cursor"), 7);
+    assert_eq!(all_events(&store), got);
+
+    let store = b.open(k1(), Some(store));
+    assert_eq!(store.last_cursor().expect("cursor"), 7);
+    assert_eq!(all_events(&store), got);
+    let next = one_event(&store, &a, 1, 8);
+    assert_eq!((next.seq, next.cursor), (5, 8));
+    let next = one_event(&store, &c, 1, 9);
+    assert_eq!((next.seq, next.cursor), (1, 9));
+    assert_log_consistent(&all_events(&store));
+}
+
+pub(super) fn events_after_filters_and_limits(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let (a, bb, c) = (sid("a"), sid("b"), sid("c"));
+    let plan = [(&a, 1), (&bb, 2), (&a, 2), (&c, 1), (&bb, 3), (&a, 1)];
+    let mut all = Vec::new();
+    for (i, (id, kind)) in plan.iter().enumerate() {
+        let ts = 100 + i64::try_from(i).expect("small");
+        all.push(one_event(&store, id, *kind, ts));
+    }
+    assert_eq!(all[0].payload, b"a@100");
+    assert_eq!(all[0].timestamp_ms, 100);
+    let every = EventFilter::all();
+    assert_eq!(store.events_after(0, &every, 100).expect("all"), all);
+
+    // Paging with the last cursor of each page visits everything once.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.events_after(after, &every, 4).expect("page");
+        assert!(page.len() <= 4);
+        let Some(last) = page.last() else { break };
+        after = last.cursor;
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+
+    let select = |sessions: &[&SessionId], kinds: &[u8], after: u64, limit: usize| {
+        let filter = EventFilter {
+            sessions: sessions.iter().map(|s| (*s).clone()).collect(),
+            kinds: kinds.to_vec(),
+        };
+        let got = store.events_after(after, &filter, limit).expect("filtered");
+        let expected: Vec<EventRecord> = all
+            .iter()
+            .filter(|e| e.cursor > after && filter.matches(e))
+            .take(limit)
+            .cloned()
+            .collect();
+        assert_eq!(got, expected, "sessions {sessions:?} kinds {kinds:?}");
+        got.len()
+    };
+    assert_eq!(select(&[&a], &[], 0, 100), 3);
+    assert_eq!(select(&[&a, &c], &[], 0, 100), 4);
+    assert_eq!(select(&[], &[1], 0, 100), 3);
+    assert_eq!(select(&[], &[2, 3], 0, 100), 3);
+    assert_eq!(select(&[&bb], &[2], 0, 100), 1);
+    assert_eq!(select(&[&a], &[1], 0, 1), 1);
+    assert_eq!(select(&[&a], &[1], all[0].cursor, 100), 1);
+    assert_eq!(select(&[&sid("nobody")], &[], 0, 100), 0);
+    assert_eq!(select(&[], &[9], 0, 100), 0);
+    assert_eq!(select(&[], &[], 0, 0), 0);
+    assert_eq!(select(&[], &[], all[5].cursor, 100), 0);
+    assert!(store
+        .events_after(u64::MAX, &every, 10)
+        .expect("beyond")
+        .is_empty());
+}
+
+pub(super) fn prune_by_age_and_count(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let (a, bb) = (sid("a"), sid("b"));
+    for (id, ts) in [
+        (&a, 100),
+        (&bb, 150),
+        (&a, 200),
+        (&a, 300),
+        (&bb, 350),
+        (&a, 400),
+    ] {
+        one_event(&store, id, 1, ts);
+    }
+    let timestamps = |store: &dyn Store| -> Vec<(String, i64)> {
+        all_events(store)
+            .into_iter()
+            .map(|e| (e.session_id.to_string(), e.timestamp_ms))
+            .collect()
+    };
+    assert_eq!(
+        store
+            .prune_events(&Retention::default(), 1_000)
+            .expect("none"),
+        0
+    );
+
+    let by_age = Retention {
+        max_age_ms: Some(200),
+        max_per_session: None,
+    };
+    // Cutoff 300: strictly older events go, the one at exactly 300 stays.
+    assert_eq!(store.prune_events(&by_age, 500).expect("age"), 3);
+    assert_eq!(
+        timestamps(&store),
+        [("a".into(), 300), ("b".into(), 350), ("a".into(), 400)]
+    );
+
+    let by_count = Retention {
+        max_age_ms: None,
+        max_per_session: Some(1),
+    };
+    assert_eq!(store.prune_events(&by_count, 500).expect("count"), 1);
+    assert_eq!(timestamps(&store), [("b".into(), 350), ("a".into(), 400)]);
+    assert_eq!(store.prune_events(&by_count, 500).expect("again"), 0);
+    assert_eq!(store.last_cursor().expect("cursor"), 6);
+
+    let store = b.open(k1(), Some(store));
+    assert_eq!(store.last_cursor().expect("cursor"), 6);
+    let next = one_event(&store, &a, 1, 600);
+    assert_eq!((next.seq, next.cursor), (5, 7));
+
+    // Both bounds at once, and a zero count empties the log; cursors still never go back.
+    for ts in [610, 620, 630] {
+        one_event(&store, &bb, 1, ts);
+    }
+    let both = Retention {
+        max_age_ms: Some(100),
+        max_per_session: Some(2),
+    };
+    // Age (cutoff 540) drops b@350 and a@400; count then drops b@610.
+    assert_eq!(store.prune_events(&both, 640).expect("both"), 3);
+    assert_eq!(
+        timestamps(&store),
+        [("a".into(), 600), ("b".into(), 620), ("b".into(), 630)]
+    );
+    let zero = Retention {
+        max_age_ms: None,
+        max_per_session: Some(0),
+    };
+    assert_eq!(store.prune_events(&zero, 0).expect("zero"), 3);
+    assert!(all_events(&store).is_empty());
+    assert_eq!(store.last_cursor().expect("cursor"), 10);
+    let store = b.open(k1(), Some(store));
+    assert_eq!(store.last_cursor().expect("cursor"), 10);
+    let next = one_event(&store, &bb, 1, 700);
+    assert_eq!((next.seq, next.cursor), (6, 11));
+}
+
+pub(super) fn corrupt_record_is_quarantined(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let s = new_session(&store, "s");
+    store
+        .commit(
+            &s,
+            Batch::new()
+                .put_secret("creds", vec![0x42; 64])
+                .put_secret("other", b"w".to_vec())
+                .put_secret("pre/1", b"p1".to_vec())
+                .put_secret("pre/2", b"p2".to_vec()),
+        )
+        .expect("commit");
+
+    let mut raw = b.raw_secret(&store, &s, "creds").expect("stored");
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x01;
+    b.set_raw_secret(&store, &s, "creds", raw);
+
+    match store.secret(&s, "creds") {
+        Err(StoreError::Quarantined {
+            session,
+            key,
+            reason,
+        }) => {
+            assert_eq!(session, s);
+            assert_eq!(key, "creds");
+            assert!(reason.contains("authentication failed"), "{reason}");
+        }
+        other => panic!("expected quarantine, got {other:?}"),
+    }
+    assert_eq!(
+        b.raw_secret(&store, &s, "creds"),
+        None,
+        "moved out of secrets"
+    );
+    let listed = store.quarantined().expect("quarantined");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].session_id.as_str(), listed[0].key.as_str()),
+        ("s", "creds")
+    );
+    assert!(listed[0].reason.contains("authentication failed"));
+    assert!(listed[0].quarantined_at_ms > 0);
+
+    // Later reads see nothing (never the corrupt data); the quarantine entry stays.
+    assert_eq!(value(&store, &s, "creds"), None);
+    assert_eq!(store.quarantined().expect("quarantined"), listed);
+    assert_eq!(value(&store, &s, "other"), Some(b"w".to_vec()));
+
+    // In a prefix read: reported, quarantined, then the rest reads normally.
+    let raw = b.raw_secret(&store, &s, "pre/2").expect("stored");
+    b.set_raw_secret(&store, &s, "pre/2", raw[..5].to_vec());
+    match store.secrets_with_prefix(&s, "pre/") {
+        Err(StoreError::Quarantined { key, reason, .. }) => {
+            assert_eq!(key, "pre/2");
+            assert!(reason.contains("truncated"), "{reason}");
+        }
+        other => panic!("expected quarantine, got {:?}", other.map(|v| v.len())),
+    }
+    let rest = store.secrets_with_prefix(&s, "pre/").expect("rest");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].0, "pre/1");
+
+    // Writing the key again works and does not touch the quarantine.
+    store
+        .commit(&s, Batch::new().put_secret("creds", b"re-paired".to_vec()))
+        .expect("rewrite");
+    assert_eq!(value(&store, &s, "creds"), Some(b"re-paired".to_vec()));
+
+    let store = b.open(k1(), Some(store));
+    let keys: Vec<String> = store
+        .quarantined()
+        .expect("quarantined")
+        .into_iter()
+        .map(|q| q.key)
+        .collect();
+    assert_eq!(keys, ["creds", "pre/2"]);
+    // Deleting the session keeps the quarantine for operators.
+    store.delete_session(&s).expect("delete");
+    assert_eq!(store.quarantined().expect("quarantined").len(), 2);
+}
+
+pub(super) fn record_moved_to_another_row_is_quarantined(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let s = new_session(&store, "s");
+    let t = new_session(&store, "t");
+    store
+        .commit(&s, Batch::new().put_secret("identity", b"private".to_vec()))
+        .expect("commit");
+    let raw = b.raw_secret(&store, &s, "identity").expect("stored");
+
+    b.set_raw_secret(&store, &s, "copied", raw.clone());
+    assert!(matches!(
+        store.secret(&s, "copied"),
+        Err(StoreError::Quarantined { .. })
+    ));
+    b.set_raw_secret(&store, &t, "identity", raw);
+    assert!(matches!(
+        store.secret(&t, "identity"),
+        Err(StoreError::Quarantined { .. })
+    ));
+    assert_eq!(value(&store, &s, "identity"), Some(b"private".to_vec()));
+    assert_eq!(store.quarantined().expect("quarantined").len(), 2);
+}
+
+pub(super) fn rotation_reads_old_keys_and_reseals(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let s = new_session(&store, "s");
+    store
+        .commit(
+            &s,
+            Batch::new()
+                .put_secret("one", b"1".to_vec())
+                .put_secret("two", b"2".to_vec())
+                .put_secret("p/three", b"3".to_vec()),
+        )
+        .expect("commit");
+    let key_id = |b: &dyn Fn(&str) -> Option<Vec<u8>>, key: &str| -> Vec<u8> {
+        let raw = b(key).expect("stored");
+        raw[2..2 + usize::from(raw[1])].to_vec()
+    };
+
+    let rotated = keyring(&[("k2", 2), ("k1", 1)]);
+    let store = b.open(rotated, Some(store));
+    assert_eq!(value(&store, &s, "one"), Some(b"1".to_vec()));
+    let p: Vec<_> = store.secrets_with_prefix(&s, "p/").expect("prefix");
+    assert_eq!(p[0].1.as_slice(), b"3");
+    {
+        let raw = |key: &str| b.raw_secret(&store, &s, key);
+        assert_eq!(key_id(&raw, "one"), b"k2", "re-sealed on read");
+        assert_eq!(key_id(&raw, "p/three"), b"k2", "re-sealed on prefix read");
+        assert_eq!(key_id(&raw, "two"), b"k1", "untouched until read");
+    }
+    // New writes use the current key.
+    store
+        .commit(&s, Batch::new().put_secret("four", b"4".to_vec()))
+        .expect("commit");
+
+    assert_eq!(value(&store, &s, "four"), Some(b"4".to_vec()));
+    assert_eq!(
+        key_id(&|key: &str| b.raw_secret(&store, &s, key), "four"),
+        b"k2"
+    );
+
+    // A record labelled with a key id the keyring does not hold is quarantined, not dropped.
+    let mut raw = b.raw_secret(&store, &s, "two").expect("stored");
+    raw[3] = b'9';
+    b.set_raw_secret(&store, &s, "two", raw);
+    match store.secret(&s, "two") {
+        Err(StoreError::Quarantined { reason, .. }) => {
+            assert!(reason.contains("unknown key id \"k9\""), "{reason}");
+        }
+        other => panic!("expected quarantine, got {other:?}"),
+    }
+    assert_eq!(store.quarantined().expect("quarantined").len(), 1);
+}
+
+pub(super) fn concurrent_commits_keep_seqs_gap_free(mut b: impl Backend) {
+    const PER_THREAD: usize = 40;
+    let store = Arc::new(b.open(k1(), None));
+    let own: Vec<SessionId> = (0..4)
+        .map(|i| new_session(&*store, &format!("own{i}")))
+        .collect();
+    let shared = new_session(&*store, "shared");
+    // The store is shared the way the runtime shares it.
+    let dynamic: Arc<dyn Store> = store.clone();
+    std::thread::scope(|scope| {
+        for id in &own {
+            let store = Arc::clone(&dynamic);
+            let shared = shared.clone();
+            scope.spawn(move || {
+                for i in 0..PER_THREAD {
+                    let ts = i64::try_from(i).expect("small");
+                    let appended = store
+                        .commit(
+                            id,
+                            Batch::new()
+                                .put_secret(format!("k{}", i % 5), vec![0u8; 32])
+                                .event(1, ts, vec![]),
+                        )
+                        .expect("own commit");
+                    assert_eq!(appended[0].seq, u64::try_from(i + 1).expect("small"));
+                    store
+                        .commit(&shared, Batch::new().event(2, ts, vec![]))
+                        .expect("shared commit");
+                }
+            });
+        }
+    });
+    let events = all_events(&*store);
+    assert_eq!(events.len(), 8 * PER_THREAD);
+    assert_log_consistent(&events);
+    let last = events.last().expect("events").cursor;
+    assert_eq!(store.last_cursor().expect("cursor"), last);
+    let shared_count = events.iter().filter(|e| e.session_id == shared).count();
+    assert_eq!(shared_count, 4 * PER_THREAD);
+    for id in &own {
+        let mine: Vec<u64> = events
+            .iter()
+            .filter(|e| e.session_id == *id)
+            .map(|e| e.seq)
+            .collect();
+        let expected: Vec<u64> = (1..=u64::try_from(PER_THREAD).expect("small")).collect();
+        assert_eq!(mine, expected);
+    }
+}

@@ -1,0 +1,449 @@
+//! In-memory backend with the same semantics as SQLite — sealed secrets, quarantine, atomic
+//! commits, gap-free seqs — but no durability; for tests of the layers above. Must not import
+//! `runtime`, `api` or `sim`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rand::rngs::OsRng;
+use zeroize::Zeroizing;
+
+use super::crypt::Keyring;
+use super::{
+    now_ms, Batch, EventFilter, EventRecord, QuarantineEntry, Retention, SecretOp, SessionId,
+    SessionRecord, Store, StoreError,
+};
+
+/// A [`Store`] held in process memory. Secrets are still sealed with a keyring (a random one by
+/// default) so that quarantine and key rotation behave exactly as in the durable backend.
+pub struct MemoryStore {
+    keys: Keyring,
+    // Shared so a test can "reopen" the same data under another keyring.
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: BTreeMap<SessionId, SessionRecord>,
+    secrets: HashMap<SessionId, BTreeMap<String, Vec<u8>>>,
+    events: BTreeMap<u64, EventRecord>,
+    last_seq: HashMap<SessionId, u64>,
+    last_cursor: u64,
+    quarantine: Vec<(QuarantineEntry, Vec<u8>)>,
+    fail_event_kind: Option<u8>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with a fresh random keyring.
+    pub fn new() -> Self {
+        Self::with_keyring(Keyring::generate(&mut OsRng))
+    }
+
+    /// An empty store sealing secrets with `keys`.
+    pub fn with_keyring(keys: Keyring) -> Self {
+        MemoryStore {
+            keys,
+            state: Arc::default(),
+        }
+    }
+
+    /// Fault injection for tests of the callers' durability rules: while set, every `commit`
+    /// whose batch appends an event of this kind fails with [`StoreError::Unavailable`] after
+    /// applying part of the batch, and is rolled back like a failed transaction.
+    pub fn fail_commits_with_event_kind(&self, kind: Option<u8>) {
+        self.lock().fail_event_kind = kind;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic cannot leave a half-applied batch behind (commit rolls back on error and
+        // nothing in it panics), so the data behind a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn quarantine(state: &mut State, id: &SessionId, key: &str, reason: String) -> StoreError {
+        let record = state
+            .secrets
+            .get_mut(id)
+            .and_then(|m| m.remove(key))
+            .unwrap_or_default();
+        let entry = QuarantineEntry {
+            session_id: id.clone(),
+            key: key.to_owned(),
+            reason: reason.clone(),
+            quarantined_at_ms: now_ms(),
+        };
+        state.quarantine.push((entry, record));
+        StoreError::Quarantined {
+            session: id.clone(),
+            key: key.to_owned(),
+            reason,
+        }
+    }
+
+    fn apply(
+        &self,
+        state: &mut State,
+        id: &SessionId,
+        batch: Batch,
+        undo: &mut Undo,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        if let Some(record) = batch.session {
+            undo.session = Some(state.sessions.insert(id.clone(), record));
+        }
+        let has_row = state.sessions.contains_key(id);
+        let secrets = state.secrets.entry(id.clone()).or_default();
+        for op in batch.secrets {
+            match op {
+                SecretOp::Put { key, value } => {
+                    if !has_row {
+                        return Err(StoreError::UnknownSession(id.clone()));
+                    }
+                    let sealed = self.keys.seal(&mut OsRng, id, &key, &value)?;
+                    let previous = secrets.insert(key.clone(), sealed);
+                    undo.secrets.push((key, previous));
+                }
+                SecretOp::Delete { key } => {
+                    if let Some(previous) = secrets.remove(&key) {
+                        undo.secrets.push((key, Some(previous)));
+                    }
+                }
+                SecretOp::DeletePrefix { prefix } => {
+                    let doomed: Vec<String> = secrets
+                        .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+                        .map(|(k, _)| k)
+                        .take_while(|k| k.starts_with(&prefix))
+                        .cloned()
+                        .collect();
+                    for key in doomed {
+                        let previous = secrets.remove(&key);
+                        undo.secrets.push((key, previous));
+                    }
+                }
+                SecretOp::DeleteAll => {
+                    for (key, previous) in std::mem::take(secrets) {
+                        undo.secrets.push((key, Some(previous)));
+                    }
+                }
+            }
+        }
+
+        let mut appended = Vec::with_capacity(batch.events.len());
+        let mut seq = state.last_seq.get(id).copied().unwrap_or(0);
+        for event in batch.events {
+            if state.fail_event_kind == Some(event.kind) {
+                return Err(StoreError::Unavailable(format!(
+                    "injected fault on event kind {}",
+                    event.kind
+                )));
+            }
+            seq = seq
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Corrupt(format!("seq of {id} overflows")))?;
+            let cursor = state
+                .last_cursor
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Corrupt("cursor overflows".into()))?;
+            let record = EventRecord {
+                cursor,
+                session_id: id.clone(),
+                seq,
+                timestamp_ms: event.timestamp_ms,
+                kind: event.kind,
+                payload: event.payload,
+            };
+            state.events.insert(cursor, record.clone());
+            state.last_cursor = cursor;
+            state.last_seq.insert(id.clone(), seq);
+            undo.appended.push(cursor);
+            appended.push(record);
+        }
+        Ok(appended)
+    }
+
+    /// The same data seen through another keyring, as if the store were reopened with it.
+    #[cfg(test)]
+    pub(super) fn reopened(&self, keys: Keyring) -> Self {
+        MemoryStore {
+            keys,
+            state: Arc::clone(&self.state),
+        }
+    }
+
+    /// The sealed record of a secret, as stored.
+    #[cfg(test)]
+    pub(super) fn raw_secret(&self, id: &SessionId, key: &str) -> Option<Vec<u8>> {
+        self.lock().secrets.get(id)?.get(key).cloned()
+    }
+
+    /// Overwrites the sealed record of a secret, bypassing encryption.
+    #[cfg(test)]
+    pub(super) fn set_raw_secret(&self, id: &SessionId, key: &str, record: Vec<u8>) {
+        self.lock()
+            .secrets
+            .entry(id.clone())
+            .or_default()
+            .insert(key.to_owned(), record);
+    }
+}
+
+/// What a failing commit must restore.
+struct Undo {
+    /// `Some(previous row)` once the batch replaced the row.
+    session: Option<Option<SessionRecord>>,
+    /// Previous sealed values, in the order they were overwritten.
+    secrets: Vec<(String, Option<Vec<u8>>)>,
+    last_seq: Option<u64>,
+    last_cursor: u64,
+    appended: Vec<u64>,
+}
+
+impl Undo {
+    fn new(state: &State, id: &SessionId) -> Self {
+        Undo {
+            session: None,
+            secrets: Vec::new(),
+            last_seq: state.last_seq.get(id).copied(),
+            last_cursor: state.last_cursor,
+            appended: Vec::new(),
+        }
+    }
+
+    fn rollback(self, state: &mut State, id: &SessionId) {
+        match self.session {
+            Some(Some(previous)) => {
+                state.sessions.insert(id.clone(), previous);
+            }
+            Some(None) => {
+                state.sessions.remove(id);
+            }
+            None => {}
+        }
+        let secrets = state.secrets.entry(id.clone()).or_default();
+        for (key, previous) in self.secrets.into_iter().rev() {
+            match previous {
+                Some(value) => secrets.insert(key, value),
+                None => secrets.remove(&key),
+            };
+        }
+        for cursor in self.appended {
+            state.events.remove(&cursor);
+        }
+        match self.last_seq {
+            Some(seq) => state.last_seq.insert(id.clone(), seq),
+            None => state.last_seq.remove(id),
+        };
+        state.last_cursor = self.last_cursor;
+    }
+}
+
+impl Store for MemoryStore {
+    fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.lock()
+            .sessions
+            .insert(record.id.clone(), record.clone());
+        Ok(())
+    }
+
+    fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self.lock().sessions.get(id).cloned())
+    }
+
+    fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(self.lock().sessions.values().cloned().collect())
+    }
+
+    fn delete_session(&self, id: &SessionId) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.sessions.remove(id);
+        state.secrets.remove(id);
+        Ok(())
+    }
+
+    fn secret(&self, id: &SessionId, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let mut state = self.lock();
+        let Some(record) = state.secrets.get(id).and_then(|m| m.get(key)) else {
+            return Ok(None);
+        };
+        match self.keys.open(id, key, record) {
+            Ok(opened) => {
+                if opened.stale {
+                    let fresh = self.keys.seal(&mut OsRng, id, key, &opened.plaintext)?;
+                    if let Some(slot) = state.secrets.get_mut(id).and_then(|m| m.get_mut(key)) {
+                        *slot = fresh;
+                    }
+                }
+                Ok(Some(opened.plaintext))
+            }
+            Err(why) => Err(Self::quarantine(&mut state, id, key, why.to_string())),
+        }
+    }
+
+    fn secrets_with_prefix(
+        &self,
+        id: &SessionId,
+        prefix: &str,
+    ) -> Result<Vec<(String, Zeroizing<Vec<u8>>)>, StoreError> {
+        let mut state = self.lock();
+        let mut found = Vec::new();
+        let mut unreadable = Vec::new();
+        let mut stale = Vec::new();
+        if let Some(secrets) = state.secrets.get(id) {
+            for (key, record) in secrets
+                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+            {
+                match self.keys.open(id, key, record) {
+                    Ok(opened) => {
+                        if opened.stale {
+                            stale.push(found.len());
+                        }
+                        found.push((key.clone(), opened.plaintext));
+                    }
+                    Err(why) => unreadable.push((key.clone(), why.to_string())),
+                }
+            }
+        }
+        let mut first_error = None;
+        for (key, reason) in unreadable {
+            let err = Self::quarantine(&mut state, id, &key, reason);
+            first_error.get_or_insert(err);
+        }
+        if let Some(err) = first_error {
+            return Err(err);
+        }
+        for (key, value) in stale.into_iter().filter_map(|i| found.get(i)) {
+            let fresh = self.keys.seal(&mut OsRng, id, key, value)?;
+            if let Some(slot) = state.secrets.get_mut(id).and_then(|m| m.get_mut(key)) {
+                *slot = fresh;
+            }
+        }
+        Ok(found)
+    }
+
+    fn commit(&self, id: &SessionId, batch: Batch) -> Result<Vec<EventRecord>, StoreError> {
+        batch.validate(id)?;
+        let mut state = self.lock();
+        let mut undo = Undo::new(&state, id);
+        match self.apply(&mut state, id, batch, &mut undo) {
+            Ok(events) => Ok(events),
+            Err(e) => {
+                undo.rollback(&mut state, id);
+                Err(e)
+            }
+        }
+    }
+
+    fn events_after(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .events
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .map(|(_, e)| e)
+            .filter(|e| filter.matches(e))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn last_cursor(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().last_cursor)
+    }
+
+    fn prune_events(&self, retention: &Retention, now_ms: i64) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let before = state.events.len();
+        if let Some(cutoff) = retention.cutoff_ms(now_ms) {
+            state.events.retain(|_, e| e.timestamp_ms >= cutoff);
+        }
+        if let Some(max) = retention.max_per_session {
+            let max = usize::try_from(max).unwrap_or(usize::MAX);
+            let mut per_session: HashMap<&SessionId, Vec<u64>> = HashMap::new();
+            for (cursor, event) in &state.events {
+                per_session
+                    .entry(&event.session_id)
+                    .or_default()
+                    .push(*cursor);
+            }
+            let doomed: Vec<u64> = per_session
+                .into_values()
+                .flat_map(|cursors| {
+                    let excess = cursors.len().saturating_sub(max);
+                    cursors.into_iter().take(excess)
+                })
+                .collect();
+            for cursor in doomed {
+                state.events.remove(&cursor);
+            }
+        }
+        Ok(u64::try_from(before - state.events.len()).unwrap_or(u64::MAX))
+    }
+
+    fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError> {
+        Ok(self
+            .lock()
+            .quarantine
+            .iter()
+            .map(|(entry, _)| entry.clone())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::{self, Backend};
+    use crate::store::model::check_secret_key;
+
+    struct Memory;
+
+    impl Backend for Memory {
+        type S = MemoryStore;
+
+        fn open(&mut self, keys: Keyring, previous: Option<Self::S>) -> MemoryStore {
+            match previous {
+                Some(store) => store.reopened(keys),
+                None => MemoryStore::with_keyring(keys),
+            }
+        }
+
+        fn raw_secret(&self, store: &MemoryStore, id: &SessionId, key: &str) -> Option<Vec<u8>> {
+            store.raw_secret(id, key)
+        }
+
+        fn set_raw_secret(&self, store: &MemoryStore, id: &SessionId, key: &str, record: Vec<u8>) {
+            store.set_raw_secret(id, key, record);
+        }
+
+        fn fail_event_kind(&self, store: &MemoryStore, kind: u8) {
+            store.fail_commits_with_event_kind(Some(kind));
+        }
+    }
+
+    conformance::behaviour_tests!(Memory);
+
+    #[test]
+    fn check_secret_key_is_enforced_by_commit() {
+        let store = MemoryStore::new();
+        let id: SessionId = "a".parse().expect("valid id");
+        store
+            .put_session(&SessionRecord::new(id.clone(), 1))
+            .expect("put");
+        assert!(check_secret_key("").is_err());
+        let err = store
+            .commit(&id, Batch::new().put_secret("", vec![1]))
+            .expect_err("empty key");
+        assert!(matches!(err, StoreError::InvalidSecretKey(_)), "{err}");
+    }
+}

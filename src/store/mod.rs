@@ -1,0 +1,99 @@
+//! Durable state of every session: session rows, encrypted secrets (credentials, Signal keys, ...)
+//! and the event log, behind one object-safe, synchronous [`Store`] trait with SQLite and
+//! in-memory backends. Must not import `runtime`, `api` or `sim`.
+//!
+//! The trait is synchronous on purpose: SQLite calls block, so async callers run them on
+//! `tokio::task::spawn_blocking` or a dedicated writer thread. Every backend is `Send + Sync` and
+//! shared as `Arc<dyn Store>`.
+
+pub mod crypt;
+mod error;
+mod memory;
+mod model;
+mod sqlite;
+
+#[cfg(test)]
+mod conformance;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use zeroize::Zeroizing;
+
+pub use crypt::Keyring;
+pub use error::StoreError;
+pub use memory::MemoryStore;
+pub use model::{
+    Batch, EventFilter, EventRecord, NewEvent, QuarantineEntry, Retention, SecretOp, SessionId,
+    SessionIdError, SessionRecord, MAX_SECRET_KEY_LEN, MAX_SESSION_ID_LEN,
+};
+pub use sqlite::SqliteStore;
+
+/// Storage of sessions, their secrets and the event log.
+///
+/// All methods are blocking. Implementations serialise writes so that `commit` is atomic and the
+/// sequence numbers and cursors it hands out are gap-free and strictly increasing.
+pub trait Store: Send + Sync {
+    /// Inserts or updates the session row (secrets and events are untouched).
+    fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError>;
+
+    /// The session row, if the session exists.
+    fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Every session row, ordered by id.
+    fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Removes the session row and all its secrets (events stay until retention drops them).
+    fn delete_session(&self, id: &SessionId) -> Result<(), StoreError>;
+
+    /// Decrypted secret (credentials, Signal keys, ...). Unreadable record → it is moved to
+    /// quarantine and `Err(StoreError::Quarantined{..})` is returned; it is never silently
+    /// replaced or dropped.
+    fn secret(&self, id: &SessionId, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
+
+    /// Secrets whose key starts with `prefix` as `(key, value)`, ordered by key. Unreadable
+    /// records in the range are all quarantined and the first one is reported as
+    /// `Err(StoreError::Quarantined{..})`; a retry then returns the readable rest.
+    #[expect(
+        clippy::type_complexity,
+        reason = "the (key, value) pairs are the contract callers code against"
+    )]
+    fn secrets_with_prefix(
+        &self,
+        id: &SessionId,
+        prefix: &str,
+    ) -> Result<Vec<(String, Zeroizing<Vec<u8>>)>, StoreError>;
+
+    /// Applies everything in one atomic transaction: the session row upsert first, then the
+    /// secret ops in order, then the event appends. Events get the next per-session seq
+    /// (gap-free, starting at 1, never reused even after pruning or deletion) and a global cursor
+    /// (strictly increasing across all sessions). Returns the appended events in order.
+    ///
+    /// Putting a secret requires the session row (already stored or carried by the batch).
+    fn commit(&self, id: &SessionId, batch: Batch) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Events with cursor > `after`, in cursor order, matching `filter`, at most `limit`.
+    fn events_after(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// The highest cursor ever assigned (0 if none) — survives restarts and pruning.
+    fn last_cursor(&self) -> Result<u64, StoreError>;
+
+    /// Deletes events with `timestamp_ms` older than `now_ms - max_age_ms` and, per session, all
+    /// but the newest `max_per_session`; returns how many were deleted.
+    fn prune_events(&self, retention: &Retention, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Records moved to quarantine (session, key, reason, when), oldest first, for operators.
+    fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError>;
+}
+
+/// Wall-clock milliseconds for bookkeeping stamps (quarantine time). A clock before 1970 yields 0:
+/// the stamp is informational and must not make a read fail.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,1408 @@
+//! SQLite backend, the embedded default: one database file in WAL mode with full fsync on every
+//! commit, secrets sealed before they reach SQLite, schema migrations keyed on
+//! `PRAGMA user_version`. Must not import `runtime`, `api` or `sim`.
+//!
+//! One connection behind a mutex serves every caller (SQLite allows one writer at a time anyway,
+//! and it keeps seq/cursor assignment trivially race-free). Commits are grouped: batches that
+//! arrive while a transaction is being written are committed together in the next one, each in
+//! its own savepoint, so concurrent sessions share one fsync instead of queueing for one each.
+//! The AES work happens before the lock is taken.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rand::rngs::OsRng;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use zeroize::Zeroizing;
+
+use super::crypt::Keyring;
+use super::model::prefix_upper_bound;
+use super::{
+    now_ms, Batch, EventFilter, EventRecord, NewEvent, QuarantineEntry, Retention, SecretOp,
+    SessionId, SessionRecord, Store, StoreError,
+};
+
+/// Schema version this build writes; `MIGRATIONS[v]` upgrades version `v` to `v + 1`.
+const SCHEMA_VERSION: i64 = 1;
+const MIGRATIONS: [&str; 1] = [SCHEMA_V1];
+
+const SCHEMA_V1: &str = "
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    desired_online INTEGER NOT NULL,
+    jid TEXT,
+    push_name TEXT,
+    platform TEXT,
+    last_connected_at_ms INTEGER,
+    logged_out INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE session_metadata (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (session_id, key)
+) STRICT, WITHOUT ROWID;
+
+-- Values are sealed records (see crypt.rs); plaintext never reaches this file.
+CREATE TABLE secrets (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    record BLOB NOT NULL,
+    PRIMARY KEY (session_id, key)
+) STRICT;
+
+-- No foreign key: quarantined records outlive their session for operators to inspect.
+CREATE TABLE quarantine (
+    id INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_at_ms INTEGER NOT NULL,
+    record BLOB NOT NULL
+) STRICT;
+
+-- No foreign key either: events stay after their session is deleted, until retention.
+CREATE TABLE events (
+    cursor INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    payload BLOB NOT NULL
+) STRICT;
+CREATE INDEX events_by_session ON events (session_id, cursor);
+CREATE INDEX events_by_time ON events (timestamp_ms);
+
+-- Kept apart from events so seqs and the cursor never go back when events are pruned.
+CREATE TABLE event_seqs (
+    session_id TEXT PRIMARY KEY NOT NULL,
+    last_seq INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE counters (
+    name TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT INTO counters (name, value) VALUES ('last_cursor', 0);
+
+-- Which key bytes wrote this database, as HMAC check values (see Keyring::key_checks).
+CREATE TABLE store_keys (
+    key_id TEXT PRIMARY KEY NOT NULL,
+    key_check BLOB NOT NULL,
+    first_used_at_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+";
+
+/// Rows deleted per transaction when pruning, so a large prune never holds the lock for long.
+const PRUNE_CHUNK: i64 = 5_000;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const STATEMENT_CACHE: usize = 64;
+
+const SELECT_EVENTS: &str = "SELECT cursor, session_id, seq, timestamp_ms, kind, payload \
+                             FROM events WHERE cursor > ?1";
+
+/// A [`Store`] in one SQLite file.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    keys: Keyring,
+    path: PathBuf,
+    /// Whether `store_keys` already lists the current key (recorded with the first write).
+    key_recorded: AtomicBool,
+    /// Batches waiting for the next group commit; see `commit`.
+    group: Mutex<GroupState>,
+    /// Signalled whenever a group commit ends.
+    group_done: Condvar,
+    /// Transactions run by `commit_group`, to observe grouping in tests.
+    #[cfg(test)]
+    groups: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it with mode 0600 if needed) the database at `path`, migrates its schema
+    /// and checks that `keys` agree with the keys it was written with.
+    pub fn open(path: &Path, keys: Keyring) -> Result<Self, StoreError> {
+        // Created by us first so the mode is 0600; SQLite gives the -wal and -shm files the
+        // mode of the database file.
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| StoreError::Io {
+                action: "create database",
+                path: path.to_owned(),
+                source,
+            })?;
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt(format!(
+                "database refused WAL mode (journal_mode is {mode})"
+            )));
+        }
+        // FULL: a commit is on disk (WAL fsynced) before commit() returns — the durability
+        // rules ack to WhatsApp only after that.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update(None, "secure_delete", "FAST")?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // Truncate the WAL after checkpoints instead of letting it keep its peak size.
+        conn.pragma_update(None, "journal_size_limit", 0x400_0000)?;
+        conn.pragma_update(None, "trusted_schema", false)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        migrate(&mut conn)?;
+        check_keys(&mut conn, &keys)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            keys,
+            path: path.to_owned(),
+            key_recorded: AtomicBool::new(false),
+            group: Mutex::default(),
+            group_done: Condvar::new(),
+            #[cfg(test)]
+            groups: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Re-seals every secret not sealed with the current key (quarantining unreadable ones),
+    /// then forgets the older keys, so they can be dropped from the keyring. Returns how many
+    /// records were re-sealed. Works in chunks; other calls proceed in between.
+    pub fn reseal_all(&self) -> Result<u64, StoreError> {
+        const CHUNK: i64 = 500;
+        let mut resealed: u64 = 0;
+        let mut after: i64 = 0;
+        loop {
+            let mut conn = self.lock();
+            let rows: Vec<(i64, String, String, Vec<u8>)> = {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT rowid, session_id, key, record FROM secrets \
+                     WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                )?;
+                let mapped = stmt.query_map(params![after, CHUNK], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
+                mapped.collect::<Result<_, _>>()?
+            };
+            let Some((last, ..)) = rows.last() else {
+                break;
+            };
+            after = *last;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            self.record_current_key(&tx)?;
+            for (rowid, session, key, record) in rows {
+                let id = parse_session_id(session)?;
+                match self.keys.open(&id, &key, &record) {
+                    Ok(opened) if opened.stale => {
+                        let fresh = self.keys.seal(&mut OsRng, &id, &key, &opened.plaintext)?;
+                        tx.prepare_cached("UPDATE secrets SET record = ?2 WHERE rowid = ?1")?
+                            .execute(params![rowid, fresh])?;
+                        resealed += 1;
+                    }
+                    Ok(_) => {}
+                    Err(why) => move_to_quarantine(&tx, &id, &key, &why.to_string(), now_ms())?,
+                }
+            }
+            tx.commit()?;
+            self.key_recorded.store(true, Ordering::Relaxed);
+        }
+        let conn = self.lock();
+        conn.execute(
+            "DELETE FROM store_keys WHERE key_id != ?1",
+            [self.keys.current_id()],
+        )?;
+        Ok(resealed)
+    }
+
+    /// Lists the current key in `store_keys` within the caller's write, once per process.
+    fn record_current_key(&self, conn: &Connection) -> Result<(), StoreError> {
+        if self.key_recorded.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if let Some((key_id, check)) = self.keys.key_checks().into_iter().next() {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO store_keys (key_id, key_check, first_used_at_ms) \
+                 VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key_id, check, now_ms()])?;
+        }
+        Ok(())
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn group(&self) -> MutexGuard<'_, GroupState> {
+        // Only pushes, drains and flag flips happen under this lock: never half-done.
+        self.group.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits `group` in one transaction, each batch inside its own savepoint so a failing
+    /// batch rolls back alone; every batch's outcome is set before the connection is released.
+    fn commit_group(&self, conn: &mut Connection, group: Vec<Pending>) {
+        #[cfg(test)]
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                for pending in group {
+                    pending.outcome.set(Err(replicate(&e)));
+                }
+                return;
+            }
+        };
+        let mut results = Vec::with_capacity(group.len());
+        let mut any_put = false;
+        for Pending { work, outcome } in group {
+            let has_put = work.has_put;
+            let result = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                // An error drops `sp`, which rolls back this batch alone.
+                let events = self.apply_batch(&sp, work)?;
+                sp.commit()?;
+                Ok(events)
+            });
+            any_put |= has_put && result.is_ok();
+            results.push((outcome, result));
+        }
+        match tx.commit() {
+            Ok(()) => {
+                if any_put {
+                    self.key_recorded.store(true, Ordering::Relaxed);
+                }
+                for (outcome, result) in results {
+                    outcome.set(result);
+                }
+            }
+            Err(e) => {
+                for (outcome, result) in results {
+                    outcome.set(result.and_then(|_| Err(replicate(&e))));
+                }
+            }
+        }
+    }
+
+    /// One batch, in the order the trait documents: row, secret ops, events.
+    fn apply_batch(&self, conn: &Connection, work: Work) -> Result<Vec<EventRecord>, StoreError> {
+        let id = &work.id;
+        if let Some(record) = &work.session {
+            upsert_session(conn, record)?;
+        }
+        if work.has_put {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
+                .exists([id.as_str()])?;
+            if !exists {
+                return Err(StoreError::UnknownSession(id.clone()));
+            }
+            self.record_current_key(conn)?;
+        }
+        for op in work.ops {
+            apply_secret_op(conn, id, op)?;
+        }
+        append_events(conn, id, work.events)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock drops any open `Transaction`, which rolls back, so
+        // the connection behind a poisoned lock is still in a clean state.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves unreadable records to quarantine in one transaction; returns the error for the
+    /// first one.
+    fn quarantine(
+        &self,
+        conn: &mut Connection,
+        id: &SessionId,
+        bad: Vec<(String, String)>,
+    ) -> Result<StoreError, StoreError> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let at = now_ms();
+        for (key, reason) in &bad {
+            move_to_quarantine(&tx, id, key, reason, at)?;
+        }
+        tx.commit()?;
+        let (key, reason) = bad.into_iter().next().unwrap_or_default();
+        Ok(StoreError::Quarantined {
+            session: id.clone(),
+            key,
+            reason,
+        })
+    }
+
+    /// Re-seals records read with an older key under the current one. Best effort: a failure
+    /// leaves the old (still readable) record in place.
+    fn reseal(&self, conn: &Connection, id: &SessionId, stale: &[(&str, &[u8], &[u8])]) {
+        for (key, old, plaintext) in stale {
+            let result = self
+                .record_current_key(conn)
+                .and_then(|()| self.keys.seal(&mut OsRng, id, key, plaintext))
+                .and_then(|fresh| {
+                    conn.prepare_cached(
+                        "UPDATE secrets SET record = ?4 \
+                         WHERE session_id = ?1 AND key = ?2 AND record = ?3",
+                    )?
+                    .execute(params![id.as_str(), key, old, fresh])?;
+                    Ok(())
+                });
+            match result {
+                Ok(()) => self.key_recorded.store(true, Ordering::Relaxed),
+                Err(e) => tracing::warn!(
+                    session = %id,
+                    error = %e,
+                    "could not re-seal a secret under the current key"
+                ),
+            }
+        }
+    }
+}
+
+/// Batches waiting for a writer, and whether a group is being written right now.
+#[derive(Default)]
+struct GroupState {
+    queue: Vec<Pending>,
+    writing: bool,
+}
+
+/// Ends a group commit on drop: clears the flag and wakes every waiting caller.
+struct GroupEnd<'a>(&'a SqliteStore);
+
+impl Drop for GroupEnd<'_> {
+    fn drop(&mut self) {
+        self.0.group().writing = false;
+        self.0.group_done.notify_all();
+    }
+}
+
+/// A batch waiting for the next group commit.
+struct Pending {
+    work: Work,
+    outcome: Arc<Outcome>,
+}
+
+/// A validated batch with its secrets sealed.
+struct Work {
+    id: SessionId,
+    session: Option<SessionRecord>,
+    ops: Vec<SealedOp>,
+    has_put: bool,
+    events: Vec<NewEvent>,
+}
+
+/// Where the writer that commits a batch leaves its result for the caller.
+#[derive(Default)]
+struct Outcome(Mutex<Option<Result<Vec<EventRecord>, StoreError>>>);
+
+impl Outcome {
+    fn set(&self, result: Result<Vec<EventRecord>, StoreError>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+    }
+
+    fn take(&self) -> Option<Result<Vec<EventRecord>, StoreError>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// A secret op with its value already sealed, ready for SQL.
+enum SealedOp {
+    Put { key: String, record: Vec<u8> },
+    Delete { key: String },
+    DeletePrefix { prefix: String },
+    DeleteAll,
+}
+
+impl Store for SqliteStore {
+    fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        upsert_session(&tx, record)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let conn = self.lock();
+        let record = conn
+            .prepare_cached(
+                "SELECT id, created_at_ms, desired_online, jid, push_name, platform, \
+                 last_connected_at_ms, logged_out FROM sessions WHERE id = ?1",
+            )?
+            .query_row([id.as_str()], session_from_row)
+            .optional()?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let mut record = record?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT key, value FROM session_metadata WHERE session_id = ?1 ORDER BY key",
+        )?;
+        let rows = stmt.query_map([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        for row in rows {
+            let (k, v) = row?;
+            record.metadata.insert(k, v);
+        }
+        Ok(Some(record))
+    }
+
+    fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let conn = self.lock();
+        let mut records = BTreeMap::new();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, created_at_ms, desired_online, jid, push_name, platform, \
+             last_connected_at_ms, logged_out FROM sessions ORDER BY id",
+        )?;
+        for row in stmt.query_map([], session_from_row)? {
+            let record = row??;
+            records.insert(record.id.as_str().to_owned(), record);
+        }
+        let mut stmt =
+            conn.prepare_cached("SELECT session_id, key, value FROM session_metadata")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
+        for row in rows {
+            let (session, k, v) = row?;
+            if let Some(record) = records.get_mut(&session) {
+                record.metadata.insert(k, v);
+            }
+        }
+        Ok(records.into_values().collect())
+    }
+
+    fn delete_session(&self, id: &SessionId) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Explicit rather than relying on the cascade alone: secrets must go even if a
+        // connection was opened without foreign keys.
+        tx.prepare_cached("DELETE FROM secrets WHERE session_id = ?1")?
+            .execute([id.as_str()])?;
+        tx.prepare_cached("DELETE FROM session_metadata WHERE session_id = ?1")?
+            .execute([id.as_str()])?;
+        tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+            .execute([id.as_str()])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn secret(&self, id: &SessionId, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let mut conn = self.lock();
+        let record: Option<Vec<u8>> = conn
+            .prepare_cached("SELECT record FROM secrets WHERE session_id = ?1 AND key = ?2")?
+            .query_row(params![id.as_str(), key], |r| r.get(0))
+            .optional()?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        match self.keys.open(id, key, &record) {
+            Ok(opened) => {
+                if opened.stale {
+                    self.reseal(&conn, id, &[(key, &record, &opened.plaintext)]);
+                }
+                Ok(Some(opened.plaintext))
+            }
+            Err(why) => {
+                Err(self.quarantine(&mut conn, id, vec![(key.to_owned(), why.to_string())])?)
+            }
+        }
+    }
+
+    fn secrets_with_prefix(
+        &self,
+        id: &SessionId,
+        prefix: &str,
+    ) -> Result<Vec<(String, Zeroizing<Vec<u8>>)>, StoreError> {
+        let mut conn = self.lock();
+        let rows: Vec<(String, Vec<u8>)> = {
+            let upper = prefix_upper_bound(prefix);
+            let mut stmt = match upper {
+                Some(_) => conn.prepare_cached(
+                    "SELECT key, record FROM secrets \
+                     WHERE session_id = ?1 AND key >= ?2 AND key < ?3 ORDER BY key",
+                )?,
+                None => conn.prepare_cached(
+                    "SELECT key, record FROM secrets \
+                     WHERE session_id = ?1 AND key >= ?2 AND ?3 IS NULL ORDER BY key",
+                )?,
+            };
+            let mapped = stmt.query_map(params![id.as_str(), prefix, upper], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            mapped.collect::<Result<_, _>>()?
+        };
+        let mut found = Vec::with_capacity(rows.len());
+        let mut stale = Vec::new();
+        let mut unreadable = Vec::new();
+        for (key, record) in &rows {
+            match self.keys.open(id, key, record) {
+                Ok(opened) => {
+                    if opened.stale {
+                        stale.push(found.len());
+                    }
+                    found.push((key.clone(), opened.plaintext));
+                }
+                Err(why) => unreadable.push((key.clone(), why.to_string())),
+            }
+        }
+        if !unreadable.is_empty() {
+            return Err(self.quarantine(&mut conn, id, unreadable)?);
+        }
+        if !stale.is_empty() {
+            let stale: Vec<(&str, &[u8], &[u8])> = stale
+                .into_iter()
+                .filter_map(|i| {
+                    let (key, value) = found.get(i)?;
+                    let (_, record) = rows.get(i)?;
+                    Some((key.as_str(), record.as_slice(), value.as_slice()))
+                })
+                .collect();
+            self.reseal(&conn, id, &stale);
+        }
+        Ok(found)
+    }
+
+    fn commit(&self, id: &SessionId, batch: Batch) -> Result<Vec<EventRecord>, StoreError> {
+        batch.validate(id)?;
+        // Seal before taking the lock: the AES work needs no database state.
+        let mut has_put = false;
+        let ops = batch
+            .secrets
+            .into_iter()
+            .map(|op| {
+                Ok(match op {
+                    SecretOp::Put { key, value } => {
+                        has_put = true;
+                        let record = self.keys.seal(&mut OsRng, id, &key, &value)?;
+                        SealedOp::Put { key, record }
+                    }
+                    SecretOp::Delete { key } => SealedOp::Delete { key },
+                    SecretOp::DeletePrefix { prefix } => SealedOp::DeletePrefix { prefix },
+                    SecretOp::DeleteAll => SealedOp::DeleteAll,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let outcome: Arc<Outcome> = Arc::default();
+        let mut state = self.group();
+        state.queue.push(Pending {
+            work: Work {
+                id: id.clone(),
+                session: batch.session,
+                ops,
+                has_put,
+                events: batch.events,
+            },
+            outcome: Arc::clone(&outcome),
+        });
+
+        // Group commit: when no group is being written, the caller becomes the writer and
+        // commits every queued batch in one transaction (one fsync); otherwise it waits for the
+        // current group to end and then either finds its outcome or writes the next group.
+        loop {
+            if let Some(result) = outcome.take() {
+                return result;
+            }
+            if !state.writing {
+                state.writing = true;
+                let group = std::mem::take(&mut state.queue);
+                drop(state);
+                {
+                    // Clears `writing` and wakes the waiters even if the commit panics.
+                    let _end = GroupEnd(self);
+                    let mut conn = self.lock();
+                    self.commit_group(&mut conn, group);
+                }
+                // Our batch was queued before we took over, so this group decided it.
+                return outcome.take().unwrap_or_else(|| {
+                    Err(StoreError::Unavailable(
+                        "the commit was lost by a writer that panicked".into(),
+                    ))
+                });
+            }
+            state = self
+                .group_done
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn events_after(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // `after` beyond i64 cannot precede any stored cursor.
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Lists travel as one JSON parameter so the SQL text (and its cached statement) does not
+        // depend on their length. Session ids are [A-Za-z0-9_-] and kinds are numbers, so
+        // plain quoting is exact JSON.
+        let (session_clause, sessions) = match filter.sessions.as_slice() {
+            [] => ("?2 IS NULL", None),
+            // One session: its index range is already in cursor order.
+            [one] => ("session_id = ?2", Some(one.as_str().to_owned())),
+            // Several: walk the log in cursor order and test membership (the unary `+` keeps
+            // the planner off the session index, whose per-session ranges would need a sort
+            // of every remaining match on each page).
+            many => {
+                let quoted: Vec<String> =
+                    many.iter().map(|s| format!("\"{}\"", s.as_str())).collect();
+                (
+                    "+session_id IN (SELECT value FROM json_each(?2))",
+                    Some(format!("[{}]", quoted.join(","))),
+                )
+            }
+        };
+        let (kind_clause, kinds) = if filter.kinds.is_empty() {
+            ("?3 IS NULL", None)
+        } else {
+            let list: Vec<String> = filter.kinds.iter().map(u8::to_string).collect();
+            (
+                "kind IN (SELECT value FROM json_each(?3))",
+                Some(format!("[{}]", list.join(","))),
+            )
+        };
+        let sql = format!(
+            "{SELECT_EVENTS} AND {session_clause} AND {kind_clause} ORDER BY cursor LIMIT ?4"
+        );
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![after, sessions, kinds, limit], event_from_row)?;
+        let mut events = Vec::new();
+        for row in rows {
+            events.push(row??);
+        }
+        Ok(events)
+    }
+
+    fn last_cursor(&self) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        read_counter(&conn)
+    }
+
+    fn prune_events(&self, retention: &Retention, now_ms: i64) -> Result<u64, StoreError> {
+        let mut total: u64 = 0;
+        if let Some(cutoff) = retention.cutoff_ms(now_ms) {
+            loop {
+                // Lock per chunk so sessions can commit between chunks.
+                let conn = self.lock();
+                let n = conn
+                    .prepare_cached(
+                        "DELETE FROM events WHERE cursor IN \
+                         (SELECT cursor FROM events WHERE timestamp_ms < ?1 LIMIT ?2)",
+                    )?
+                    .execute(params![cutoff, PRUNE_CHUNK])?;
+                total = total.saturating_add(count(n));
+                if count(n) < PRUNE_CHUNK.unsigned_abs() {
+                    break;
+                }
+            }
+        }
+        if let Some(max) = retention.max_per_session {
+            let max = i64::try_from(max).unwrap_or(i64::MAX);
+            let over: Vec<String> = {
+                let conn = self.lock();
+                let mut stmt = conn.prepare_cached(
+                    "SELECT session_id FROM events GROUP BY session_id HAVING COUNT(*) > ?1",
+                )?;
+                let rows = stmt.query_map([max], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for session in over {
+                let conn = self.lock();
+                // The (max+1)-th newest cursor and everything before it go.
+                let n = conn
+                    .prepare_cached(
+                        "DELETE FROM events WHERE session_id = ?1 AND cursor <= \
+                         (SELECT cursor FROM events WHERE session_id = ?1 \
+                          ORDER BY cursor DESC LIMIT 1 OFFSET ?2)",
+                    )?
+                    .execute(params![session, max])?;
+                total = total.saturating_add(count(n));
+            }
+        }
+        Ok(total)
+    }
+
+    fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT session_id, key, reason, quarantined_at_ms FROM quarantine ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let (session, key, reason, at) = row?;
+            entries.push(QuarantineEntry {
+                session_id: parse_session_id(session)?,
+                key,
+                reason,
+                quarantined_at_ms: at,
+            });
+        }
+        Ok(entries)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Read inside the write transaction: another process may have migrated meanwhile.
+    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < 0 {
+        return Err(StoreError::Corrupt(format!(
+            "negative schema version {found}"
+        )));
+    }
+    let from = usize::try_from(found).unwrap_or(usize::MAX);
+    for step in MIGRATIONS.iter().skip(from) {
+        tx.execute_batch(step)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Refuses a keyring that cannot read what this database holds: a key id it knows with other
+/// bytes (a lost or regenerated key), or a missing key id (a rotation that dropped the old key
+/// too early). Either would otherwise quarantine secrets on first read.
+fn check_keys(conn: &mut Connection, keys: &Keyring) -> Result<(), StoreError> {
+    let known: Vec<(String, Vec<u8>)> = {
+        let mut stmt = conn.prepare("SELECT key_id, key_check FROM store_keys ORDER BY key_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let ours = keys.key_checks();
+    for (key_id, stored) in known {
+        match ours.iter().find(|(id, _)| *id == key_id) {
+            Some((_, check)) if check.as_slice() == stored.as_slice() => {}
+            Some(_) => return Err(StoreError::KeyMismatch { key_id }),
+            None => return Err(StoreError::KeyMissing { key_id }),
+        }
+    }
+    Ok(())
+}
+
+/// Copies a secret row into quarantine with its reason, then deletes it.
+fn move_to_quarantine(
+    tx: &Connection,
+    id: &SessionId,
+    key: &str,
+    reason: &str,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO quarantine (session_id, key, reason, quarantined_at_ms, record) \
+         SELECT session_id, key, ?3, ?4, record FROM secrets \
+         WHERE session_id = ?1 AND key = ?2",
+    )?
+    .execute(params![id.as_str(), key, reason, at_ms])?;
+    tx.prepare_cached("DELETE FROM secrets WHERE session_id = ?1 AND key = ?2")?
+        .execute(params![id.as_str(), key])?;
+    Ok(())
+}
+
+fn upsert_session(tx: &Connection, record: &SessionRecord) -> Result<(), StoreError> {
+    // An upsert, never INSERT OR REPLACE: replacing deletes the row and would cascade to the
+    // session's secrets.
+    tx.prepare_cached(
+        "INSERT INTO sessions (id, created_at_ms, desired_online, jid, push_name, platform, \
+         last_connected_at_ms, logged_out) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (id) DO UPDATE SET created_at_ms = excluded.created_at_ms, \
+         desired_online = excluded.desired_online, jid = excluded.jid, \
+         push_name = excluded.push_name, platform = excluded.platform, \
+         last_connected_at_ms = excluded.last_connected_at_ms, logged_out = excluded.logged_out",
+    )?
+    .execute(params![
+        record.id.as_str(),
+        record.created_at_ms,
+        record.desired_online,
+        record.jid,
+        record.push_name,
+        record.platform,
+        record.last_connected_at_ms,
+        record.logged_out,
+    ])?;
+    tx.prepare_cached("DELETE FROM session_metadata WHERE session_id = ?1")?
+        .execute([record.id.as_str()])?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO session_metadata (session_id, key, value) VALUES (?1, ?2, ?3)",
+    )?;
+    for (k, v) in &record.metadata {
+        insert.execute(params![record.id.as_str(), k, v])?;
+    }
+    Ok(())
+}
+
+fn apply_secret_op(tx: &Connection, id: &SessionId, op: SealedOp) -> Result<(), StoreError> {
+    let session = id.as_str();
+    match op {
+        SealedOp::Put { key, record } => {
+            tx.prepare_cached(
+                "INSERT INTO secrets (session_id, key, record) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (session_id, key) DO UPDATE SET record = excluded.record",
+            )?
+            .execute(params![session, key, record])?;
+        }
+        SealedOp::Delete { key } => {
+            tx.prepare_cached("DELETE FROM secrets WHERE session_id = ?1 AND key = ?2")?
+                .execute(params![session, key])?;
+        }
+        SealedOp::DeletePrefix { prefix } => match prefix_upper_bound(&prefix) {
+            Some(upper) => {
+                tx.prepare_cached(
+                    "DELETE FROM secrets WHERE session_id = ?1 AND key >= ?2 AND key < ?3",
+                )?
+                .execute(params![session, prefix, upper])?;
+            }
+            None => {
+                tx.prepare_cached("DELETE FROM secrets WHERE session_id = ?1 AND key >= ?2")?
+                    .execute(params![session, prefix])?;
+            }
+        },
+        SealedOp::DeleteAll => {
+            tx.prepare_cached("DELETE FROM secrets WHERE session_id = ?1")?
+                .execute([session])?;
+        }
+    }
+    Ok(())
+}
+
+fn append_events(
+    tx: &Connection,
+    id: &SessionId,
+    events: Vec<NewEvent>,
+) -> Result<Vec<EventRecord>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last_seq: i64 = tx
+        .prepare_cached("SELECT last_seq FROM event_seqs WHERE session_id = ?1")?
+        .query_row([id.as_str()], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let mut seq = to_u64(last_seq, "seq")?;
+    let mut cursor = read_counter(tx)?;
+    let mut appended = Vec::with_capacity(events.len());
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO events (cursor, session_id, seq, timestamp_ms, kind, payload) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for event in events {
+        seq = seq
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt(format!("seq of {id} overflows")))?;
+        cursor = cursor
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt("cursor overflows".into()))?;
+        insert.execute(params![
+            to_i64(cursor)?,
+            id.as_str(),
+            to_i64(seq)?,
+            event.timestamp_ms,
+            event.kind,
+            event.payload,
+        ])?;
+        appended.push(EventRecord {
+            cursor,
+            session_id: id.clone(),
+            seq,
+            timestamp_ms: event.timestamp_ms,
+            kind: event.kind,
+            payload: event.payload,
+        });
+    }
+    tx.prepare_cached(
+        "INSERT INTO event_seqs (session_id, last_seq) VALUES (?1, ?2) \
+         ON CONFLICT (session_id) DO UPDATE SET last_seq = excluded.last_seq",
+    )?
+    .execute(params![id.as_str(), to_i64(seq)?])?;
+    tx.prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'last_cursor'")?
+        .execute([to_i64(cursor)?])?;
+    Ok(appended)
+}
+
+/// A copy of a SQLite error for every batch of a failed group (rusqlite errors are not Clone);
+/// keeps the error code, so retry classification is unchanged.
+fn replicate(e: &rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(*code, message.clone()))
+        }
+        other => StoreError::Unavailable(format!("group commit failed: {other}")),
+    }
+}
+
+fn read_counter(conn: &Connection) -> Result<u64, StoreError> {
+    let value: i64 = conn
+        .prepare_cached("SELECT value FROM counters WHERE name = 'last_cursor'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt("the last_cursor counter is missing".into()))?;
+    to_u64(value, "cursor")
+}
+
+fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Result<SessionRecord, StoreError>> {
+    let id: String = r.get(0)?;
+    let created_at_ms = r.get(1)?;
+    let desired_online = r.get(2)?;
+    let jid = r.get(3)?;
+    let push_name = r.get(4)?;
+    let platform = r.get(5)?;
+    let last_connected_at_ms = r.get(6)?;
+    let logged_out = r.get(7)?;
+    Ok(parse_session_id(id).map(|id| SessionRecord {
+        id,
+        metadata: BTreeMap::new(),
+        created_at_ms,
+        desired_online,
+        jid,
+        push_name,
+        platform,
+        last_connected_at_ms,
+        logged_out,
+    }))
+}
+
+fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Result<EventRecord, StoreError>> {
+    let cursor: i64 = r.get(0)?;
+    let session: String = r.get(1)?;
+    let seq: i64 = r.get(2)?;
+    let timestamp_ms: i64 = r.get(3)?;
+    let kind: u8 = r.get(4)?;
+    let payload: Vec<u8> = r.get(5)?;
+    Ok((|| {
+        Ok(EventRecord {
+            cursor: to_u64(cursor, "cursor")?,
+            session_id: parse_session_id(session)?,
+            seq: to_u64(seq, "seq")?,
+            timestamp_ms,
+            kind,
+            payload,
+        })
+    })())
+}
+
+fn parse_session_id(s: String) -> Result<SessionId, StoreError> {
+    SessionId::try_from(s).map_err(|e| StoreError::Corrupt(format!("stored {e}")))
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {what} {v}")))
+}
+
+fn count(rows: usize) -> u64 {
+    u64::try_from(rows).unwrap_or(u64::MAX)
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("counter {v} exceeds i64")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::{self, keyring, Backend};
+    use base64::Engine;
+    use rand::rngs::StdRng;
+    use rand::{RngCore, SeedableRng};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use tempfile::TempDir;
+
+    struct Sqlite {
+        dir: TempDir,
+    }
+
+    impl Sqlite {
+        fn new() -> Self {
+            Sqlite {
+                dir: tempfile::tempdir().expect("tempdir"),
+            }
+        }
+
+        fn path(&self) -> PathBuf {
+            self.dir.path().join("wagate.db")
+        }
+
+        /// A second, plain connection to the same file, as an operator's sqlite3 would be.
+        fn raw(&self) -> Connection {
+            let conn = Connection::open(self.path()).expect("raw connection");
+            conn.busy_timeout(BUSY_TIMEOUT).expect("busy timeout");
+            conn
+        }
+    }
+
+    impl Backend for Sqlite {
+        type S = SqliteStore;
+
+        fn open(&mut self, keys: Keyring, previous: Option<SqliteStore>) -> SqliteStore {
+            drop(previous);
+            SqliteStore::open(&self.path(), keys).expect("open")
+        }
+
+        fn raw_secret(&self, _: &SqliteStore, id: &SessionId, key: &str) -> Option<Vec<u8>> {
+            self.raw()
+                .query_row(
+                    "SELECT record FROM secrets WHERE session_id = ?1 AND key = ?2",
+                    params![id.as_str(), key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .expect("select")
+        }
+
+        fn set_raw_secret(&self, _: &SqliteStore, id: &SessionId, key: &str, record: Vec<u8>) {
+            self.raw()
+                .execute(
+                    "INSERT INTO secrets (session_id, key, record) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (session_id, key) DO UPDATE SET record = excluded.record",
+                    params![id.as_str(), key, record],
+                )
+                .expect("raw write");
+        }
+
+        fn fail_event_kind(&self, _: &SqliteStore, kind: u8) {
+            // A real storage-level failure in the middle of the transaction.
+            self.raw()
+                .execute_batch(&format!(
+                    "CREATE TRIGGER inject_fault BEFORE INSERT ON events WHEN NEW.kind = {kind} \
+                     BEGIN SELECT RAISE(ABORT, 'injected fault'); END;"
+                ))
+                .expect("create trigger");
+        }
+    }
+
+    conformance::behaviour_tests!(Sqlite::new());
+
+    fn sid(s: &str) -> SessionId {
+        s.parse().expect("valid session id")
+    }
+
+    fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+        let mut hits = Vec::new();
+        for entry in fs::read_dir(dir).expect("list dir") {
+            let path = entry.expect("entry").path();
+            let bytes = fs::read(&path).expect("read file");
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(
+                    path.file_name()
+                        .expect("name")
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+        hits.sort();
+        hits
+    }
+
+    #[test]
+    fn secrets_never_reach_the_disk_in_plaintext() {
+        let mut rng = StdRng::seed_from_u64(0x5eed);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wagate.db");
+        let keys = Keyring::generate(&mut rng);
+        let store_key = keys.to_env_value();
+        let mut private_key = [0u8; 32];
+        rng.fill_bytes(&mut private_key);
+        let s = sid("victim");
+        let store = SqliteStore::open(&path, keys.clone()).expect("open");
+        store
+            .put_session(&SessionRecord::new(s.clone(), 1))
+            .expect("put");
+        // Several transactions so the WAL holds many frames, including overwritten values.
+        let mut creds = b"{\"noise\":".to_vec();
+        creds.extend_from_slice(&private_key);
+        for round in 0..10u8 {
+            store
+                .commit(
+                    &s,
+                    Batch::new()
+                        .put_secret("identity", private_key.to_vec())
+                        .put_secret(format!("prekey/{round}"), private_key.to_vec())
+                        .put_secret("creds", creds.clone())
+                        .event(1, 1, b"plain-event-marker".to_vec()),
+                )
+                .expect("commit");
+        }
+        let store_key_bytes = {
+            let text = store_key.split_once(':').expect("id:key").1.to_owned();
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .expect("base64")
+        };
+
+        let scan = |when: &str| {
+            let names: Vec<String> = fs::read_dir(dir.path())
+                .expect("list")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            // The scanner works: non-secret data is found in plaintext.
+            assert!(
+                !files_containing(dir.path(), b"plain-event-marker").is_empty(),
+                "{when}: marker not found in {names:?}"
+            );
+            assert_eq!(
+                files_containing(dir.path(), &private_key),
+                Vec::<String>::new(),
+                "{when}: private key found on disk"
+            );
+            assert_eq!(
+                files_containing(dir.path(), &store_key_bytes),
+                Vec::<String>::new(),
+                "{when}: store key found on disk"
+            );
+            names
+        };
+        let open_names = scan("while open");
+        // Still readable through the store.
+        assert_eq!(
+            store
+                .secret(&s, "identity")
+                .expect("read")
+                .as_deref()
+                .map(Vec::as_slice),
+            Some(private_key.as_slice())
+        );
+        assert!(
+            open_names.iter().any(|n| n.ends_with("-wal")),
+            "WAL present while open: {open_names:?}"
+        );
+        drop(store);
+        scan("after close");
+    }
+
+    #[test]
+    fn files_are_private_and_pragmas_are_set() {
+        let b = Sqlite::new();
+        let store = SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open");
+        let s = sid("s");
+        store
+            .commit(
+                &s,
+                Batch::new()
+                    .session(SessionRecord::new(s.clone(), 1))
+                    .put_secret("k", b"v".to_vec()),
+            )
+            .expect("commit");
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", b.path().display()));
+            let mode = fs::metadata(&file).expect("stat").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
+        let conn = store.lock();
+        let pragma = |name: &str| -> String {
+            conn.pragma_query_value(None, name, |r| {
+                r.get::<_, rusqlite::types::Value>(0).map(|v| match v {
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Text(t) => t,
+                    other => format!("{other:?}"),
+                })
+            })
+            .expect("pragma")
+        };
+        assert_eq!(pragma("journal_mode"), "wal");
+        assert_eq!(pragma("synchronous"), "2", "FULL");
+        assert_eq!(pragma("foreign_keys"), "1");
+        assert_eq!(pragma("user_version"), SCHEMA_VERSION.to_string());
+        assert!(pragma("busy_timeout").parse::<u64>().expect("number") >= 1000);
+    }
+
+    #[test]
+    fn refuses_a_database_from_a_newer_build() {
+        let b = Sqlite::new();
+        drop(SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open"));
+        b.raw()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("bump");
+        let err = SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect_err("too new");
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found, supported } if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_replaced_or_missing_key_instead_of_quarantining_everything() {
+        let b = Sqlite::new();
+        let s = sid("s");
+        let store = SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open");
+        // Opening alone records nothing: a key that never sealed anything may be replaced.
+        drop(store);
+        let store = SqliteStore::open(&b.path(), keyring(&[("k1", 9)])).expect("unused key");
+        drop(store);
+
+        let store = SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open");
+        store
+            .commit(
+                &s,
+                Batch::new()
+                    .session(SessionRecord::new(s.clone(), 1))
+                    .put_secret("creds", b"c".to_vec()),
+            )
+            .expect("commit");
+        drop(store);
+
+        // Same id, other bytes: a regenerated key.
+        let err = SqliteStore::open(&b.path(), keyring(&[("k1", 9)])).expect_err("mismatch");
+        assert!(
+            matches!(err, StoreError::KeyMismatch { ref key_id } if key_id == "k1"),
+            "{err}"
+        );
+        // New key without the old one.
+        let err = SqliteStore::open(&b.path(), keyring(&[("k2", 2)])).expect_err("missing");
+        assert!(
+            matches!(err, StoreError::KeyMissing { ref key_id } if key_id == "k1"),
+            "{err}"
+        );
+        // Nothing was quarantined by the refused opens.
+        let store = SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open");
+        assert!(store.quarantined().expect("quarantined").is_empty());
+        assert_eq!(
+            store
+                .secret(&s, "creds")
+                .expect("read")
+                .as_deref()
+                .map(Vec::as_slice),
+            Some(b"c".as_slice())
+        );
+    }
+
+    #[test]
+    fn reseal_all_completes_a_rotation() {
+        let b = Sqlite::new();
+        let store = SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open");
+        let (s, t) = (sid("s"), sid("t"));
+        for id in [&s, &t] {
+            let mut batch = Batch::new().session(SessionRecord::new(id.clone(), 1));
+            for i in 0..600 {
+                batch = batch.put_secret(format!("prekey/{i:04}"), format!("{id}{i}").into_bytes());
+            }
+            store.commit(id, batch).expect("commit");
+        }
+        drop(store);
+
+        let store =
+            SqliteStore::open(&b.path(), keyring(&[("k2", 2), ("k1", 1)])).expect("rotated");
+        // One read re-seals on the fly; reseal_all does the rest.
+        assert!(store.secret(&s, "prekey/0000").expect("read").is_some());
+        assert_eq!(store.reseal_all().expect("reseal"), 1199);
+        assert_eq!(store.reseal_all().expect("again"), 0);
+        drop(store);
+
+        let store = SqliteStore::open(&b.path(), keyring(&[("k2", 2)])).expect("old key retired");
+        for id in [&s, &t] {
+            let all = store.secrets_with_prefix(id, "prekey/").expect("read");
+            assert_eq!(all.len(), 600);
+            assert_eq!(all[599].1.as_slice(), format!("{id}599").as_bytes());
+        }
+        assert!(store.quarantined().expect("quarantined").is_empty());
+    }
+
+    #[test]
+    fn waiting_batches_share_one_transaction_and_fail_alone() {
+        let mut b = Sqlite::new();
+        let store = b.open(keyring(&[("k1", 1)]), None);
+        b.fail_event_kind(&store, 0xee);
+        let ids: Vec<SessionId> = ["a", "b", "c", "d"].map(sid).to_vec();
+        for id in &ids {
+            store
+                .put_session(&SessionRecord::new(id.clone(), 1))
+                .expect("put");
+        }
+        let before = store.groups.load(Ordering::Relaxed);
+        let results = std::thread::scope(|scope| {
+            // Pretend a group is being written so every commit queues up behind it.
+            store.group().writing = true;
+            let mut handles = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                let store = &store;
+                handles.push(scope.spawn(move || {
+                    store.commit(
+                        id,
+                        Batch::new()
+                            .put_secret("k", vec![1; 8])
+                            .event(1, 1, vec![])
+                            .event(if i == 1 { 0xee } else { 2 }, 2, vec![]),
+                    )
+                }));
+            }
+            while store.group().queue.len() < ids.len() {
+                std::thread::yield_now();
+            }
+            drop(GroupEnd(&store));
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(
+            store.groups.load(Ordering::Relaxed) - before,
+            1,
+            "one transaction"
+        );
+        for (i, result) in results.iter().enumerate() {
+            if i == 1 {
+                assert!(result.is_err(), "the faulty batch fails");
+            } else {
+                let events = result.as_ref().expect("the others commit");
+                assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+            }
+        }
+        // The failed batch left nothing behind, the others are durable.
+        assert_eq!(store.secret(&ids[1], "k").expect("read"), None);
+        let store = b.open(keyring(&[("k1", 1)]), Some(store));
+        assert_eq!(store.last_cursor().expect("cursor"), 6);
+        for (i, id) in ids.iter().enumerate() {
+            let found = store.secret(id, "k").expect("read").is_some();
+            assert_eq!(found, i != 1, "{id}");
+        }
+    }
+
+    #[test]
+    fn object_safe_and_shareable() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<SqliteStore>();
+        assert_send_sync::<crate::store::MemoryStore>();
+        let b = Sqlite::new();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open"));
+        assert_eq!(store.last_cursor().expect("cursor"), 0);
+    }
+}
