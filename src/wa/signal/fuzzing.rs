@@ -79,8 +79,8 @@ fn build() -> Result<Fixture, super::SignalError> {
         next.into_bytes(),
         distribution,
         group,
-        alice.serialize(),
-        receiver.serialize(),
+        alice.serialize().to_vec(),
+        receiver.serialize().to_vec(),
     ];
     Ok(Fixture {
         alice_identity,

@@ -98,10 +98,11 @@ impl SenderKeyRecord {
         self.states.is_empty()
     }
 
-    /// The versioned protobuf encoding. Contains the chain keys (and our
-    /// signing private key): store it encrypted.
-    pub fn serialize(&self) -> Vec<u8> {
-        pb::Record {
+    /// The versioned protobuf encoding, wiped from memory when dropped.
+    /// Contains the chain keys (and our signing private key): store it
+    /// encrypted.
+    pub fn serialize(&self) -> Zeroizing<Vec<u8>> {
+        let record = pb::Record {
             version: RECORD_VERSION,
             states: self
                 .states
@@ -125,8 +126,8 @@ impl SenderKeyRecord {
                         .collect(),
                 })
                 .collect(),
-        }
-        .encode_to_vec()
+        };
+        Zeroizing::new(record.encode_to_vec())
     }
 
     /// Reads a record written by [`serialize`](Self::serialize).
@@ -141,14 +142,15 @@ impl SenderKeyRecord {
         }
         let states = record
             .states
-            .into_iter()
+            .iter()
             .map(|state| {
                 if state.skipped.len() > MAX_SKIPPED_KEYS as usize {
                     return Err(SignalError::CorruptRecord("too many skipped sender keys"));
                 }
                 let signing_private = state
                     .signing_private
-                    .map(|private| key32(&private).map(KeyPair::from_private))
+                    .as_deref()
+                    .map(|private| key32(private).map(KeyPair::from_private))
                     .transpose()?;
                 let signing_public = key32(&state.signing_public)?;
                 if signing_private
@@ -164,7 +166,7 @@ impl SenderKeyRecord {
                     signing_private,
                     skipped: state
                         .skipped
-                        .into_iter()
+                        .iter()
                         .map(|skipped| {
                             Ok((skipped.iteration, Zeroizing::new(key32(&skipped.seed)?)))
                         })
@@ -304,8 +306,24 @@ pub fn group_decrypt(record: &mut SenderKeyRecord, message: &[u8]) -> Result<Vec
     Ok(plaintext)
 }
 
-/// Storage shapes of the record; only this crate reads them.
+/// Storage shapes of the record; only this crate reads them. Types holding
+/// secrets wipe them on drop.
 mod pb {
+    use zeroize::Zeroize;
+
+    impl Drop for State {
+        fn drop(&mut self) {
+            self.chain_key.zeroize();
+            self.signing_private.zeroize();
+        }
+    }
+
+    impl Drop for Skipped {
+        fn drop(&mut self) {
+            self.seed.zeroize();
+        }
+    }
+
     #[derive(Clone, PartialEq, prost::Message)]
     pub(super) struct Record {
         #[prost(uint32, tag = "1")]

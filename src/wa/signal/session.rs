@@ -313,14 +313,17 @@ impl SessionRecord {
         self.previous.len()
     }
 
-    /// The versioned protobuf encoding of the whole record.
-    pub fn serialize(&self) -> Vec<u8> {
-        pb::Record {
-            version: RECORD_VERSION,
-            current: self.current.as_ref().map(state_to_pb),
-            previous: self.previous.iter().map(state_to_pb).collect(),
-        }
-        .encode_to_vec()
+    /// The versioned protobuf encoding of the whole record, wiped from
+    /// memory when dropped.
+    pub fn serialize(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(
+            pb::Record {
+                version: RECORD_VERSION,
+                current: self.current.as_ref().map(state_to_pb),
+                previous: self.previous.iter().map(state_to_pb).collect(),
+            }
+            .encode_to_vec(),
+        )
     }
 
     /// Reads a record written by [`serialize`](Self::serialize), checking
@@ -335,10 +338,10 @@ impl SessionRecord {
             return Err(SignalError::CorruptRecord("too many archived sessions"));
         }
         Ok(Self {
-            current: record.current.map(state_from_pb).transpose()?,
+            current: record.current.as_ref().map(state_from_pb).transpose()?,
             previous: record
                 .previous
-                .into_iter()
+                .iter()
                 .map(state_from_pb)
                 .collect::<Result<_, _>>()?,
         })
@@ -355,8 +358,29 @@ impl fmt::Debug for SessionRecord {
 }
 
 /// Storage shapes of the record (not a wire format: only this crate reads
-/// them, through the version check).
+/// them, through the version check). Types holding secrets wipe them on drop.
 mod pb {
+    use zeroize::Zeroize;
+
+    impl Drop for State {
+        fn drop(&mut self) {
+            self.root_key.zeroize();
+            self.ratchet_private.zeroize();
+        }
+    }
+
+    impl Drop for Chain {
+        fn drop(&mut self) {
+            self.key.zeroize();
+        }
+    }
+
+    impl Drop for Receiving {
+        fn drop(&mut self) {
+            self.key.zeroize();
+        }
+    }
+
     #[derive(Clone, PartialEq, prost::Message)]
     pub(super) struct Record {
         #[prost(uint32, tag = "1")]
@@ -469,13 +493,13 @@ fn state_to_pb(state: &SessionState) -> pb::State {
     }
 }
 
-fn state_from_pb(state: pb::State) -> Result<SessionState, SignalError> {
+fn state_from_pb(state: &pb::State) -> Result<SessionState, SignalError> {
     if state.receiving.len() > MAX_RECEIVING_CHAINS {
         return Err(SignalError::CorruptRecord("too many receiving chains"));
     }
     let receiving = state
         .receiving
-        .into_iter()
+        .iter()
         .map(|chain| {
             if chain.skipped.len() > MAX_SKIPPED_KEYS as usize {
                 return Err(SignalError::CorruptRecord("too many skipped keys"));
@@ -485,11 +509,12 @@ fn state_from_pb(state: pb::State) -> Result<SessionState, SignalError> {
                 index: chain.index,
                 key: chain
                     .key
-                    .map(|key| key32(&key).map(Zeroizing::new))
+                    .as_deref()
+                    .map(|key| key32(key).map(Zeroizing::new))
                     .transpose()?,
                 skipped: chain
                     .skipped
-                    .into_iter()
+                    .iter()
                     .map(|skipped| Ok((skipped.index, Zeroizing::new(key32(&skipped.key)?))))
                     .collect::<Result<_, SignalError>>()?,
             })
@@ -510,11 +535,13 @@ fn state_from_pb(state: pb::State) -> Result<SessionState, SignalError> {
         previous_counter: state.previous_counter,
         sending: state
             .sending
+            .as_ref()
             .map(|chain| Ok::<_, SignalError>(ChainKey::new(key32(&chain.key)?, chain.index)))
             .transpose()?,
         receiving,
         pending_pre_key: state
             .pending
+            .as_ref()
             .map(|pending| {
                 Ok::<_, SignalError>(PendingPreKey {
                     pre_key_id: pending.pre_key_id,
