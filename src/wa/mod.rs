@@ -6,3 +6,4 @@ pub mod binary;
 pub mod crypto;
 pub mod jid;
 pub mod noise;
+pub mod signal;
