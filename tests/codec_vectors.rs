@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 use wagate::wa::binary::{AttrValue, Content, Node, TokenDict};
@@ -131,15 +132,20 @@ fn interop_dir() -> PathBuf {
     root().join("tests/interop")
 }
 
+/// Runs tests/interop/ensure.sh once per test process (the script itself
+/// serialises concurrent installs across processes).
 fn ensure_node_modules() {
-    let status = Command::new("sh")
-        .arg(interop_dir().join("ensure.sh"))
-        .status()
-        .expect("sh runs");
-    assert!(
-        status.success(),
-        "tests/interop/ensure.sh failed (is node installed?)"
-    );
+    static ENSURED: OnceLock<()> = OnceLock::new();
+    ENSURED.get_or_init(|| {
+        let status = Command::new("sh")
+            .arg(interop_dir().join("ensure.sh"))
+            .status()
+            .expect("sh runs");
+        assert!(
+            status.success(),
+            "tests/interop/ensure.sh failed (is node installed?)"
+        );
+    });
 }
 
 fn node_script(script: &str, arg: &Path) -> Vec<u8> {

@@ -12,3 +12,4 @@ pub mod noise;
 pub mod pairing;
 pub mod payload;
 pub mod qr;
+pub mod signal;

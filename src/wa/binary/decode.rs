@@ -47,12 +47,10 @@ enum Text<'a> {
     Raw(&'a [u8]),
 }
 
-/// Whatever a tag byte in value position introduces.
+/// A string or JID: what may stand as an attribute value or as content.
 enum Value<'a> {
     Text(Text<'a>),
     Jid(Jid),
-    /// LIST_8 / LIST_16; LIST_EMPTY reads as an empty string.
-    List,
 }
 
 impl<'a> Decoder<'a> {
@@ -175,25 +173,15 @@ impl<'a> Decoder<'a> {
                 match self.value_after(t)? {
                     Value::Text(text) => Ok(Content::Str(self.owned(text)?)),
                     Value::Jid(jid) => Ok(Content::Jid(jid)),
-                    Value::List => Err(self.list_not_allowed(t)),
                 }
             }
         }
     }
 
-    fn list_not_allowed(&self, t: u8) -> DecodeError {
-        DecodeError::UnexpectedTag {
-            tag: t,
-            at: self.pos - 1,
-            expected: "a string or JID",
-        }
-    }
-
-    /// A string, JID or list header after tag byte `t`.
+    /// A string or JID after tag byte `t`.
     fn value_after(&mut self, t: u8) -> Result<Value<'a>, DecodeError> {
         let at = self.pos - 1;
         Ok(match t {
-            tag::LIST_8 | tag::LIST_16 => Value::List,
             tag::JID_PAIR => {
                 let user = self.jid_part()?;
                 let server = self.jid_part()?;
@@ -278,29 +266,22 @@ impl<'a> Decoder<'a> {
         let Some((&last, body)) = bytes.split_last() else {
             return if odd { Err(bad()) } else { Ok(String::new()) };
         };
-        let mut buf = [0u8; 2 * 0x7F];
+        let mut text = Vec::with_capacity(2 * bytes.len());
         let mut valid = true;
-        let mut slots = buf.chunks_exact_mut(2);
-        for (&b, slot) in body.iter().zip(&mut slots) {
+        for &b in body {
             let pair = pairs_of[usize::from(b)];
-            valid &= pair[0] != 0 && pair[1] != 0;
-            slot.copy_from_slice(&pair);
+            valid &= (pair[0] != 0) & (pair[1] != 0);
+            text.extend_from_slice(&pair);
         }
         let pair = pairs_of[usize::from(last)];
         // The low nibble of an odd-length string's last byte is filler.
         valid &= pair[0] != 0 && (odd || pair[1] != 0);
-        if let Some(slot) = slots.next() {
-            slot.copy_from_slice(&pair);
-        }
+        text.extend_from_slice(if odd { &pair[..1] } else { &pair });
         if !valid {
             return Err(bad());
         }
-        let len = 2 * bytes.len() - usize::from(odd);
-        let text = buf.get(..len).unwrap_or_default();
         // Both alphabets are ASCII, so this cannot fail.
-        std::str::from_utf8(text)
-            .map(str::to_owned)
-            .map_err(|_| bad())
+        String::from_utf8(text).map_err(|_| bad())
     }
 
     /// A string that must not be a JID or list: tags, keys.
@@ -336,7 +317,6 @@ impl<'a> Decoder<'a> {
     }
 
     fn attr_value(&mut self) -> Result<AttrValue, DecodeError> {
-        let at = self.pos;
         let t = self.byte()?;
         if let Some(s) = self.dict.single(t) {
             return Ok(AttrValue::Str(s.to_owned()));
@@ -344,7 +324,6 @@ impl<'a> Decoder<'a> {
         match self.value_after(t)? {
             Value::Text(text) => self.owned(text).map(AttrValue::Str),
             Value::Jid(jid) => Ok(AttrValue::Jid(jid)),
-            Value::List => Err(DecodeError::NotAString { at }),
         }
     }
 

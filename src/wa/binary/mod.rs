@@ -16,7 +16,7 @@
 //! - attributes whose value is an empty string are left out.
 //!
 //! Decoding turns tokens, packed strings and raw strings in attributes into
-//! [`AttrValue::Str`], every JID form into a [`Jid`], BINARY content into
+//! [`AttrValue::Str`], every JID form into a [`Jid`](crate::wa::jid::Jid), BINARY content into
 //! [`Content::Bytes`] and an empty child list into `Content::Nodes(vec![])`.
 //!
 //! `decode(encode(n)) == n` holds for every node with a non-empty tag, except

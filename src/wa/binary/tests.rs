@@ -267,7 +267,12 @@ fn nesting_is_bounded() {
 
 #[test]
 fn malformed_input_is_rejected() {
-    let cases: [(&[u8], DecodeError); 11] = [
+    let cases: [(&[u8], DecodeError); 12] = [
+        // A list where an attribute value belongs.
+        (
+            &[0xF8, 0x03, 0x19, 0x11, 0xF8, 0x01, 0x19],
+            DecodeError::NotAString { at: 4 },
+        ),
         (&[], DecodeError::Truncated { at: 0 }),
         (&[0x00], DecodeError::EmptyNode { at: 0 }),
         (&[0xF8, 0x00], DecodeError::EmptyNode { at: 0 }),

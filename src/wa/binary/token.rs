@@ -100,7 +100,9 @@ impl TokenDict {
             if code == 0 {
                 return None;
             }
-            if t.string_of(code) == Some(s) {
+            if t.string_of(code)
+                .is_some_and(|token| same_bytes(token.as_bytes(), bytes))
+            {
                 return Some(Token::from_code(code));
             }
             slot = (slot + 1) & (INDEX_LEN - 1);
@@ -219,6 +221,27 @@ const fn le1(s: &[u8], at: usize) -> u64 {
     match s.split_at_checked(at) {
         Some((_, [b, ..])) => *b as u64,
         _ => 0,
+    }
+}
+
+/// Equality with whole-word loads for the short strings tokens are, so a
+/// lookup needs no `memcmp` call.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        0 => true,
+        1..=3 => {
+            le1(a, 0) == le1(b, 0)
+                && le1(a, n / 2) == le1(b, n / 2)
+                && le1(a, n - 1) == le1(b, n - 1)
+        }
+        4..=8 => le4(a, 0) == le4(b, 0) && le4(a, n - 4) == le4(b, n - 4),
+        9..=16 => le8(a, 0) == le8(b, 0) && le8(a, n - 8) == le8(b, n - 8),
+        _ => a == b,
     }
 }
 
@@ -384,6 +407,29 @@ mod tests {
         assert_eq!(TokenDict::from_version(0x03), Some(v3));
         assert_eq!(TokenDict::from_version(0x04), None);
         assert_eq!(TokenDict::CURRENT.version(), 0x03);
+    }
+
+    #[test]
+    fn short_equality_matches_slice_equality() {
+        let words = [
+            "", "a", "b", "ab", "ba", "abc", "acc", "abcd", "abce", "abcdefgh", "abcdefgi",
+        ];
+        let longer = [
+            "abcdefghij",
+            "abcdefghik",
+            "xbcdefghij",
+            "abcdefghijklmnop",
+            "abcdefghijklmnoq",
+        ];
+        let all: Vec<&str> = words.iter().chain(&longer).copied().collect();
+        for a in &all {
+            for b in &all {
+                assert_eq!(same_bytes(a.as_bytes(), b.as_bytes()), a == b, "{a} {b}");
+            }
+        }
+        let long = "x".repeat(40);
+        assert!(same_bytes(long.as_bytes(), long.clone().as_bytes()));
+        assert!(!same_bytes(long.as_bytes(), "y".repeat(40).as_bytes()));
     }
 
     #[test]
