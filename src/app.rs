@@ -70,7 +70,9 @@ impl ServeOptions {
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("refusing to listen on {0} without API keys: set WAGATE_API_KEYS (or listen on 127.0.0.1)")]
+    #[error(
+        "refusing to listen on {0} without API keys: set WAGATE_API_KEYS (or listen on 127.0.0.1)"
+    )]
     NoKeysOnPublicAddress(SocketAddr),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
@@ -231,13 +233,13 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     info!(%addr, "gateway listening");
 
     let retention_store = store.clone();
-    let retention = opts.retention.clone();
+    let retention = opts.retention;
     let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
             let store = retention_store.clone();
-            let retention = retention.clone();
+
             let now = crate::runtime::now_ms() as i64;
             match tokio::task::spawn_blocking(move || store.prune_events(&retention, now)).await {
                 Ok(Ok(0)) => {}

@@ -8,10 +8,19 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "wagate", version, about = "gRPC gateway for WhatsApp Web multi-device sessions")]
+#[command(
+    name = "wagate",
+    version,
+    about = "gRPC gateway for WhatsApp Web multi-device sessions"
+)]
 struct Cli {
     /// Log output format.
-    #[arg(long, global = true, env = "WAGATE_LOG_FORMAT", default_value = "pretty")]
+    #[arg(
+        long,
+        global = true,
+        env = "WAGATE_LOG_FORMAT",
+        default_value = "pretty"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -40,7 +49,12 @@ struct ServeArgs {
     #[arg(long, env = "WAGATE_DATA_DIR", default_value = "./wagate-data")]
     data_dir: PathBuf,
     /// Comma-separated API keys. Required unless listening on loopback.
-    #[arg(long, env = "WAGATE_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WAGATE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     api_keys: Vec<String>,
     /// Sessions that may be online at once.
     #[arg(long, env = "WAGATE_MAX_SESSIONS", default_value_t = 1000)]
@@ -77,8 +91,8 @@ struct ServeArgs {
 }
 
 fn parse_root_key(hex_key: &str) -> Result<[u8; 32], String> {
-    let bytes = hex::decode(hex_key.trim())
-        .map_err(|e| format!("WAGATE_WA_ROOT_KEY is not hex: {e}"))?;
+    let bytes =
+        hex::decode(hex_key.trim()).map_err(|e| format!("WAGATE_WA_ROOT_KEY is not hex: {e}"))?;
     bytes
         .try_into()
         .map_err(|_| "WAGATE_WA_ROOT_KEY must be 32 bytes (64 hex digits)".to_owned())
@@ -92,9 +106,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     opts.max_reconnect_attempts = args.max_reconnect_attempts;
     opts.handshakes_per_second = args.handshakes_per_second;
     opts.wa_url = args.wa_url;
-    opts.wa_root_key = args.wa_root_key.as_deref().map(parse_root_key).transpose()?;
+    opts.wa_root_key = args
+        .wa_root_key
+        .as_deref()
+        .map(parse_root_key)
+        .transpose()?;
     opts.sim = args.sim;
-    opts.store_key = std::env::var("WAGATE_STORE_KEY").ok().filter(|k| !k.is_empty());
+    opts.store_key = std::env::var("WAGATE_STORE_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
     opts.store_key_file = args.store_key_file;
     opts.retention.max_age_ms =
         (args.event_retention_hours > 0).then(|| args.event_retention_hours as i64 * 3_600_000);
@@ -104,7 +124,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let running = wagate::app::start(opts).await.map_err(|e| e.to_string())?;
     println!("wagate listening on {}", running.addr);
     if let Some(sim) = &running.sim {
-        println!("sandbox simulator at {} (control: wagate.sim.v1.Simulator on {})", sim.ws_url(), running.addr);
+        println!(
+            "sandbox simulator at {} (control: wagate.sim.v1.Simulator on {})",
+            sim.ws_url(),
+            running.addr
+        );
     }
     running.run_until_signal().await;
     Ok(())
@@ -112,7 +136,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wagate: cannot start the async runtime: {e}");

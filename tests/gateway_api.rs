@@ -16,7 +16,12 @@ use wagate::proto::gateway::{
 use wagate::proto::sim::{KickRequest, ScanQrRequest};
 use wagate::wa::creds::Credentials;
 
-async fn pair_session(sim: &mut Sim, client: &mut GatewayClient<tonic::transport::Channel>, id: &str, phone: &str) -> String {
+async fn pair_session(
+    sim: &mut Sim,
+    client: &mut GatewayClient<tonic::transport::Channel>,
+    id: &str,
+    phone: &str,
+) -> String {
     let mut events = events_after(client, id, 0).await;
     client
         .init(InitRequest {
@@ -37,7 +42,10 @@ async fn pair_session(sim: &mut Sim, client: &mut GatewayClient<tonic::transport
         .expect("scan")
         .into_inner()
         .device_jid;
-    wait_for(&mut events, "CONNECTED", |e| is_state(e, SessionState::Connected)).await;
+    wait_for(&mut events, "CONNECTED", |e| {
+        is_state(e, SessionState::Connected)
+    })
+    .await;
     device
 }
 
@@ -71,35 +79,78 @@ async fn api_keys_guard_every_rpc_but_health() {
     }
 
     for key in [None, Some("wrong"), Some("s3cret-key ")] {
-        let mut client = GatewayClient::with_interceptor(channel.clone(), move |mut req: tonic::Request<()>| {
-            if let Some(k) = key {
-                req.metadata_mut().insert("x-api-key", k.parse().expect("ascii"));
-            }
-            Ok(req)
-        });
+        let mut client =
+            GatewayClient::with_interceptor(channel.clone(), move |mut req: tonic::Request<()>| {
+                if let Some(k) = key {
+                    req.metadata_mut()
+                        .insert("x-api-key", k.parse().expect("ascii"));
+                }
+                Ok(req)
+            });
         let id = || "s1".to_owned();
         let codes = vec![
-            client.init(InitRequest { session_id: id(), ..Default::default() }).await.map(|_| ()),
-            client.qr_code(QrCodeRequest { session_id: id() }).await.map(|_| ()),
-            client.status(StatusRequest { session_id: id() }).await.map(|_| ()),
-            client.send(SendRequest { session_id: id(), to: "+15550001234".into(), text: "x".into(), ..Default::default() }).await.map(|_| ()),
-            client.disconnect(DisconnectRequest { session_id: id(), logout: false }).await.map(|_| ()),
-            client.list_sessions(ListSessionsRequest {}).await.map(|_| ()),
+            client
+                .init(InitRequest {
+                    session_id: id(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            client
+                .qr_code(QrCodeRequest { session_id: id() })
+                .await
+                .map(|_| ()),
+            client
+                .status(StatusRequest { session_id: id() })
+                .await
+                .map(|_| ()),
+            client
+                .send(SendRequest {
+                    session_id: id(),
+                    to: "+15550001234".into(),
+                    text: "x".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            client
+                .disconnect(DisconnectRequest {
+                    session_id: id(),
+                    logout: false,
+                })
+                .await
+                .map(|_| ()),
+            client
+                .list_sessions(ListSessionsRequest {})
+                .await
+                .map(|_| ()),
             client.events(EventsRequest::default()).await.map(|_| ()),
         ];
         for (i, result) in codes.into_iter().enumerate() {
             let err = result.expect_err("must be refused");
-            assert_eq!(err.code(), Code::Unauthenticated, "rpc #{i} with key {key:?}: {err}");
+            assert_eq!(
+                err.code(),
+                Code::Unauthenticated,
+                "rpc #{i} with key {key:?}: {err}"
+            );
         }
     }
 
     // Both header forms work with a valid key.
-    for (header, value) in [("x-api-key", "s3cret-key"), ("authorization", "Bearer other-key")] {
-        let mut client = GatewayClient::with_interceptor(channel.clone(), move |mut req: tonic::Request<()>| {
-            req.metadata_mut().insert(header, value.parse().expect("ascii"));
-            Ok(req)
-        });
-        client.list_sessions(ListSessionsRequest {}).await.expect("allowed");
+    for (header, value) in [
+        ("x-api-key", "s3cret-key"),
+        ("authorization", "Bearer other-key"),
+    ] {
+        let mut client =
+            GatewayClient::with_interceptor(channel.clone(), move |mut req: tonic::Request<()>| {
+                req.metadata_mut()
+                    .insert(header, value.parse().expect("ascii"));
+                Ok(req)
+            });
+        client
+            .list_sessions(ListSessionsRequest {})
+            .await
+            .expect("allowed");
     }
     gateway.shutdown().await;
 }
@@ -114,31 +165,69 @@ async fn bad_input_gets_clear_statuses() {
     let mut client = client(gateway.addr).await;
 
     let long = "x".repeat(65);
-    for (bad, needle) in [("", "empty"), (long.as_str(), "64"), ("a b", "' '"), ("ünï", "'ü'"), ("a/b", "'/'")] {
+    for (bad, needle) in [
+        ("", "empty"),
+        (long.as_str(), "64"),
+        ("a b", "' '"),
+        ("ünï", "'ü'"),
+        ("a/b", "'/'"),
+    ] {
         let err = client
-            .status(StatusRequest { session_id: bad.into() })
+            .status(StatusRequest {
+                session_id: bad.into(),
+            })
             .await
             .expect_err("invalid id");
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
         assert!(err.message().contains("session_id"), "{}", err.message());
         assert!(err.message().contains(needle), "{bad:?}: {}", err.message());
         let err = client
-            .init(InitRequest { session_id: bad.into(), ..Default::default() })
+            .init(InitRequest {
+                session_id: bad.into(),
+                ..Default::default()
+            })
             .await
             .expect_err("invalid id");
         assert_eq!(err.code(), Code::InvalidArgument);
     }
     let max = "a".repeat(64);
-    let err = client.status(StatusRequest { session_id: max }).await.expect_err("unknown");
-    assert_eq!(err.code(), Code::NotFound, "64 chars is valid, just unknown");
+    let err = client
+        .status(StatusRequest { session_id: max })
+        .await
+        .expect_err("unknown");
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "64 chars is valid, just unknown"
+    );
 
     for rpc in ["status", "qr", "send", "disconnect"] {
         let id = "nobody".to_owned();
         let err = match rpc {
-            "status" => client.status(StatusRequest { session_id: id }).await.map(|_| ()),
-            "qr" => client.qr_code(QrCodeRequest { session_id: id }).await.map(|_| ()),
-            "send" => client.send(SendRequest { session_id: id, to: "+15550001234".into(), text: "hi".into(), ..Default::default() }).await.map(|_| ()),
-            _ => client.disconnect(DisconnectRequest { session_id: id, logout: false }).await.map(|_| ()),
+            "status" => client
+                .status(StatusRequest { session_id: id })
+                .await
+                .map(|_| ()),
+            "qr" => client
+                .qr_code(QrCodeRequest { session_id: id })
+                .await
+                .map(|_| ()),
+            "send" => client
+                .send(SendRequest {
+                    session_id: id,
+                    to: "+15550001234".into(),
+                    text: "hi".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            _ => client
+                .disconnect(DisconnectRequest {
+                    session_id: id,
+                    logout: false,
+                })
+                .await
+                .map(|_| ()),
         }
         .expect_err("unknown session");
         assert_eq!(err.code(), Code::NotFound, "{rpc}: {err}");
@@ -147,18 +236,34 @@ async fn bad_input_gets_clear_statuses() {
 
     // A session waiting for its QR: not connected.
     let mut events = events_after(&mut client, "first", 0).await;
-    client.init(InitRequest { session_id: "first".into(), ..Default::default() }).await.expect("init");
+    client
+        .init(InitRequest {
+            session_id: "first".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("init");
     wait_for(&mut events, "QR", |e| qr_of(e).is_some()).await;
     for to in ["", "12", "+0123456789", "abc", "1555@@x"] {
         let err = client
-            .send(SendRequest { session_id: "first".into(), to: to.into(), text: "hi".into(), ..Default::default() })
+            .send(SendRequest {
+                session_id: "first".into(),
+                to: to.into(),
+                text: "hi".into(),
+                ..Default::default()
+            })
             .await
             .expect_err("bad recipient");
         assert_eq!(err.code(), Code::InvalidArgument, "{to:?}: {err}");
         assert!(err.message().starts_with("to:"), "{}", err.message());
     }
     let err = client
-        .send(SendRequest { session_id: "first".into(), to: "+15550001234".into(), text: "hi".into(), ..Default::default() })
+        .send(SendRequest {
+            session_id: "first".into(),
+            to: "+15550001234".into(),
+            text: "hi".into(),
+            ..Default::default()
+        })
         .await
         .expect_err("not connected");
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -166,13 +271,19 @@ async fn bad_input_gets_clear_statuses() {
 
     // Session limit (1): a second online session is refused.
     let err = client
-        .init(InitRequest { session_id: "second".into(), ..Default::default() })
+        .init(InitRequest {
+            session_id: "second".into(),
+            ..Default::default()
+        })
         .await
         .expect_err("over the limit");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     // Init of the existing one stays idempotent.
     let again = client
-        .init(InitRequest { session_id: "first".into(), ..Default::default() })
+        .init(InitRequest {
+            session_id: "first".into(),
+            ..Default::default()
+        })
         .await
         .expect("idempotent")
         .into_inner();
@@ -195,8 +306,17 @@ async fn events_resume_exactly_once_across_restart() {
     // Generate more events: each kick adds CONNECTING and CONNECTED.
     let mut follow = events_after(&mut client, "res", gateway.manager.events().last_cursor()).await;
     for _ in 0..3 {
-        sim.control.kick(KickRequest { jid: device.clone(), code: 503 }).await.expect("kick");
-        wait_for(&mut follow, "reconnect", |e| is_state(e, SessionState::Connected)).await;
+        sim.control
+            .kick(KickRequest {
+                jid: device.clone(),
+                code: 503,
+            })
+            .await
+            .expect("kick");
+        wait_for(&mut follow, "reconnect", |e| {
+            is_state(e, SessionState::Connected)
+        })
+        .await;
     }
     let end = gateway.manager.events().last_cursor();
 
@@ -204,7 +324,13 @@ async fn events_resume_exactly_once_across_restart() {
     let mut all = Vec::new();
     let mut stream = events_after(&mut client, "res", 0).await;
     while all.last().map(|e: &Event| e.cursor) != Some(end) {
-        all.push(tokio::time::timeout(WAIT, stream.message()).await.expect("in time").expect("ok").expect("open"));
+        all.push(
+            tokio::time::timeout(WAIT, stream.message())
+                .await
+                .expect("in time")
+                .expect("ok")
+                .expect("open"),
+        );
     }
     drop(stream);
     assert!(all.len() >= 8, "{}", all.len());
@@ -222,12 +348,19 @@ async fn events_resume_exactly_once_across_restart() {
             if cursor == end {
                 break;
             }
-            let e = tokio::time::timeout(WAIT, s.message()).await.expect("in time").expect("ok").expect("open");
+            let e = tokio::time::timeout(WAIT, s.message())
+                .await
+                .expect("in time")
+                .expect("ok")
+                .expect("open");
             cursor = e.cursor;
             got.push(e);
         }
     }
-    assert_eq!(got.iter().map(key_of).collect::<Vec<_>>(), all.iter().map(key_of).collect::<Vec<_>>());
+    assert_eq!(
+        got.iter().map(key_of).collect::<Vec<_>>(),
+        all.iter().map(key_of).collect::<Vec<_>>()
+    );
 
     // Across a restart: resume from the middle; the restart's own events follow.
     let middle = all[all.len() / 2].cursor;
@@ -235,9 +368,20 @@ async fn events_resume_exactly_once_across_restart() {
     let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
     let mut client = common::client(gateway.addr).await;
     let mut s = events_after(&mut client, "res", middle).await;
-    let (_, before) = wait_for(&mut s, "post-restart CONNECTED", |e| e.cursor > end && is_state(e, SessionState::Connected)).await;
-    let replayed: Vec<_> = before.iter().filter(|e| e.cursor <= end).map(key_of).collect();
-    let expected: Vec<_> = all.iter().filter(|e| e.cursor > middle).map(key_of).collect();
+    let (_, before) = wait_for(&mut s, "post-restart CONNECTED", |e| {
+        e.cursor > end && is_state(e, SessionState::Connected)
+    })
+    .await;
+    let replayed: Vec<_> = before
+        .iter()
+        .filter(|e| e.cursor <= end)
+        .map(key_of)
+        .collect();
+    let expected: Vec<_> = all
+        .iter()
+        .filter(|e| e.cursor > middle)
+        .map(key_of)
+        .collect();
     assert_eq!(replayed, expected);
     let unique: BTreeSet<u64> = before.iter().map(|e| e.cursor).collect();
     assert_eq!(unique.len(), before.len(), "no duplicates");
@@ -273,9 +417,18 @@ async fn no_private_key_in_plaintext_on_disk() {
     gateway.shutdown().await;
 
     let secrets: Vec<(&str, Vec<u8>)> = vec![
-        ("noise private key", creds.noise_key.private_bytes().to_vec()),
-        ("identity private key", creds.identity_key.private_bytes().to_vec()),
-        ("signed prekey private key", creds.signed_prekey.key.private_bytes().to_vec()),
+        (
+            "noise private key",
+            creds.noise_key.private_bytes().to_vec(),
+        ),
+        (
+            "identity private key",
+            creds.identity_key.private_bytes().to_vec(),
+        ),
+        (
+            "signed prekey private key",
+            creds.signed_prekey.key.private_bytes().to_vec(),
+        ),
         ("adv secret", creds.adv_secret.to_vec()),
     ];
     let files = files_under(dir.path());

@@ -49,7 +49,10 @@ async fn pair(
         .expect("init");
     let (qr_event, _) = wait_for(&mut events, "a QR event", |e| qr_of(e).is_some()).await;
     let qr = qr_of(&qr_event).expect("qr").to_owned();
-    assert!(qr.starts_with("https://wa.me/settings/linked_devices#"), "{qr}");
+    assert!(
+        qr.starts_with("https://wa.me/settings/linked_devices#"),
+        "{qr}"
+    );
     let reply = client
         .qr_code(QrCodeRequest {
             session_id: session.into(),
@@ -140,12 +143,14 @@ async fn pair_restart_kick_disconnect_logout() {
     let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
     let mut client = common::client(gateway.addr).await;
     let mut events = events_after(&mut client, "alice", before_restart).await;
-    let (last_before_restart, between) =
-        wait_for(&mut events, "a post-restart CONNECTED", |e| {
-            is_state(e, SessionState::Connected)
-        })
-        .await;
-    assert!(between.iter().all(|e| qr_of(e).is_none()), "no QR: {between:#?}");
+    let (last_before_restart, between) = wait_for(&mut events, "a post-restart CONNECTED", |e| {
+        is_state(e, SessionState::Connected)
+    })
+    .await;
+    assert!(
+        between.iter().all(|e| qr_of(e).is_none()),
+        "no QR: {between:#?}"
+    );
     assert_eq!(
         connection(&last_before_restart).expect("connection").jid,
         device
@@ -180,7 +185,10 @@ async fn pair_restart_kick_disconnect_logout() {
         is_state(e, SessionState::Connected) && e.cursor > last_before_restart.cursor
     })
     .await;
-    assert!(between.iter().all(|e| qr_of(e).is_none()), "no QR: {between:#?}");
+    assert!(
+        between.iter().all(|e| qr_of(e).is_none()),
+        "no QR: {between:#?}"
+    );
 
     // Logout: LOGGED_OUT, keys erased, device gone from the account.
     let after = client
@@ -209,7 +217,10 @@ async fn pair_restart_kick_disconnect_logout() {
     );
     let store = gateway.manager.events().store().clone();
     let id = "alice".parse().expect("id");
-    assert!(store.secret(&id, "creds").expect("store readable").is_none());
+    assert!(store
+        .secret(&id, "creds")
+        .expect("store readable")
+        .is_none());
     gateway.shutdown().await;
 }
 
@@ -237,7 +248,12 @@ async fn replaced_stops_and_removed_device_logs_out() {
         connection(&ev).expect("conn").reason.contains("replaced"),
         "{ev:?}"
     );
-    assert!(before.iter().all(|e| !is_state(e, SessionState::Connecting)), "no reconnect: {before:#?}");
+    assert!(
+        before
+            .iter()
+            .all(|e| !is_state(e, SessionState::Connecting)),
+        "no reconnect: {before:#?}"
+    );
 
     let (carol, carol_cursor) = pair(&mut sim, &mut client, "carol", "+15550003333").await;
     let mut events = events_after(&mut client, "carol", carol_cursor).await;
@@ -288,9 +304,15 @@ async fn refuses_server_with_untrusted_certificate() {
     })
     .await;
     assert!(
-        connection(&ev).expect("conn").reason.contains("certificate"),
+        connection(&ev)
+            .expect("conn")
+            .reason
+            .contains("certificate"),
         "{ev:?}"
     );
-    assert!(before.iter().all(|e| qr_of(e).is_none()), "never got to pairing");
+    assert!(
+        before.iter().all(|e| qr_of(e).is_none()),
+        "never got to pairing"
+    );
     gateway.shutdown().await;
 }

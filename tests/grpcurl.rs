@@ -6,11 +6,21 @@ use std::process::Command;
 
 fn grpcurl() -> String {
     let out = Command::new("sh")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ensure-grpcurl.sh"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/ensure-grpcurl.sh"
+        ))
         .output()
         .expect("run ensure-grpcurl.sh");
-    assert!(out.status.success(), "grpcurl unavailable: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+    assert!(
+        out.status.success(),
+        "grpcurl unavailable: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
 }
 
 fn call(bin: &str, args: &[&str]) -> String {
@@ -40,13 +50,29 @@ async fn reflection_lists_services_and_calls_work() {
     let listed = tokio::task::spawn_blocking(move || call(&b, &["-plaintext", &a, "list"]))
         .await
         .expect("join");
-    for service in ["wagate.v1.Gateway", "wagate.sim.v1.Simulator", "grpc.health.v1.Health"] {
-        assert!(listed.lines().any(|l| l.trim() == service), "{service} in {listed}");
+    for service in [
+        "wagate.v1.Gateway",
+        "wagate.sim.v1.Simulator",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            listed.lines().any(|l| l.trim() == service),
+            "{service} in {listed}"
+        );
     }
     let b = bin.clone();
     let a = addr.clone();
     let init = tokio::task::spawn_blocking(move || {
-        call(&b, &["-plaintext", "-d", r#"{"session_id":"demo"}"#, &a, "wagate.v1.Gateway/Init"])
+        call(
+            &b,
+            &[
+                "-plaintext",
+                "-d",
+                r#"{"session_id":"demo"}"#,
+                &a,
+                "wagate.v1.Gateway/Init",
+            ],
+        )
     })
     .await
     .expect("join");
@@ -54,7 +80,16 @@ async fn reflection_lists_services_and_calls_work() {
     let b = bin.clone();
     let a = addr.clone();
     let status = tokio::task::spawn_blocking(move || {
-        call(&b, &["-plaintext", "-d", r#"{"session_id":"demo"}"#, &a, "wagate.v1.Gateway/Status"])
+        call(
+            &b,
+            &[
+                "-plaintext",
+                "-d",
+                r#"{"session_id":"demo"}"#,
+                &a,
+                "wagate.v1.Gateway/Status",
+            ],
+        )
     })
     .await
     .expect("join");

@@ -36,9 +36,9 @@ impl ApiKeys {
 
     fn accepts(&self, presented: &[u8]) -> bool {
         // Check every key so timing does not reveal which one matched.
-        self.keys
-            .iter()
-            .fold(false, |ok, key| ok | bool::from(key.as_slice().ct_eq(presented)))
+        self.keys.iter().fold(false, |ok, key| {
+            ok | bool::from(key.as_slice().ct_eq(presented))
+        })
     }
 
     /// Tonic interceptor body.
@@ -83,9 +83,15 @@ mod tests {
     fn accepts_both_header_forms_and_rejects_others() {
         let keys = ApiKeys::new(["k1".to_owned(), "secret-2".to_owned()]);
         assert!(keys.check(request("x-api-key", "k1")).is_ok());
-        assert!(keys.check(request("authorization", "Bearer secret-2")).is_ok());
-        assert!(keys.check(request("authorization", "bearer secret-2")).is_ok());
-        let wrong = keys.check(request("x-api-key", "k2")).expect_err("wrong key");
+        assert!(keys
+            .check(request("authorization", "Bearer secret-2"))
+            .is_ok());
+        assert!(keys
+            .check(request("authorization", "bearer secret-2"))
+            .is_ok());
+        let wrong = keys
+            .check(request("x-api-key", "k2"))
+            .expect_err("wrong key");
         assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
         let missing = keys.check(Request::new(())).expect_err("no key");
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);

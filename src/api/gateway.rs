@@ -194,7 +194,10 @@ impl Gateway for GatewayService {
                 if c > log.last_cursor() {
                     return Err(invalid(
                         "after_cursor",
-                        format!("cursor {c} is beyond the end of the log ({})", log.last_cursor()),
+                        format!(
+                            "cursor {c} is beyond the end of the log ({})",
+                            log.last_cursor()
+                        ),
                     ));
                 }
                 c
@@ -221,7 +224,9 @@ impl Gateway for GatewayService {
                 let batch = match log.read(cursor, filter.clone(), REPLAY_BATCH).await {
                     Ok(b) => b,
                     Err(e) => {
-                        let _ = tx.send(Err(Status::unavailable(format!("event log: {e}")))).await;
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!("event log: {e}"))))
+                            .await;
                         return;
                     }
                 };

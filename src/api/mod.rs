@@ -41,9 +41,7 @@ impl Health {
         } else {
             ServingStatus::NotServing
         };
-        self.reporter
-            .set_service_status("", status)
-            .await;
+        self.reporter.set_service_status("", status).await;
         self.reporter
             .set_service_status(GATEWAY_SERVICE, status)
             .await;
@@ -54,7 +52,10 @@ impl Health {
 pub const GATEWAY_SERVICE: &str = "wagate.v1.Gateway";
 
 /// Creates the health service; it starts NOT_SERVING until [`Health::set`].
-pub async fn health() -> (Health, HealthServer<impl tonic_health::pb::health_server::Health>) {
+pub async fn health() -> (
+    Health,
+    HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
     let (reporter, service) = tonic_health::server::health_reporter();
     let health = Health { reporter };
     health.set(false).await;
@@ -85,8 +86,8 @@ pub async fn serve(
         .build_v1alpha();
 
     let auth = move |k: ApiKeys| move |req| k.check(req);
-    let gateway = GatewayServer::new(GatewayService::new(manager))
-        .max_decoding_message_size(MAX_REQUEST);
+    let gateway =
+        GatewayServer::new(GatewayService::new(manager)).max_decoding_message_size(MAX_REQUEST);
     let mut router = Server::builder()
         .add_service(health_service)
         .add_service(InterceptedService::new(gateway, auth(keys.clone())));

@@ -101,9 +101,10 @@ impl EventLog {
         limit: usize,
     ) -> Result<Vec<gateway::Event>, StoreError> {
         let store = self.store.clone();
-        let records = tokio::task::spawn_blocking(move || store.events_after(cursor, &filter, limit))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))??;
+        let records =
+            tokio::task::spawn_blocking(move || store.events_after(cursor, &filter, limit))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))??;
         Ok(records.into_iter().map(to_api_event).collect())
     }
 }

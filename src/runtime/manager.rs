@@ -238,14 +238,21 @@ impl Manager {
     }
 
     pub fn list(&self) -> Vec<SessionStatus> {
-        let mut all: Vec<SessionStatus> =
-            self.lock().values().map(|h| h.status.borrow().clone()).collect();
+        let mut all: Vec<SessionStatus> = self
+            .lock()
+            .values()
+            .map(|h| h.status.borrow().clone())
+            .collect();
         all.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
         all
     }
 
     /// Closes the connection (keeping credentials) or logs out.
-    pub async fn disconnect(&self, id: &SessionId, logout: bool) -> Result<SessionStatus, RuntimeError> {
+    pub async fn disconnect(
+        &self,
+        id: &SessionId,
+        logout: bool,
+    ) -> Result<SessionStatus, RuntimeError> {
         self.check_open()?;
         let handle = self.handle(id)?;
         let state = handle.status.borrow().state;
@@ -265,7 +272,8 @@ impl Manager {
 
     /// Stops every session cleanly (sockets closed, state flushed).
     pub async fn shutdown(&self) {
-        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.closing_signal.send_replace(true);
         let handles: Vec<SessionHandle> = self.lock().values().cloned().collect();
         for h in &handles {

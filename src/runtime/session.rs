@@ -232,7 +232,11 @@ impl SessionActor {
                                 return false;
                             }
                             self.note_disconnect(&reason, attempts).await;
-                            let delay = self.shared.config.backoff.delay(attempts - 1, &mut self.rng);
+                            let delay = self
+                                .shared
+                                .config
+                                .backoff
+                                .delay(attempts - 1, &mut self.rng);
                             if let Some(stop) = self.wait_or_command(delay).await {
                                 return stop;
                             }
@@ -246,25 +250,21 @@ impl SessionActor {
     /// Sleeps for the backoff while still answering commands. `Some(shutdown)`
     /// when a command ended the online loop.
     async fn wait_or_command(&mut self, delay: Duration) -> Option<bool> {
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => return None,
-                cmd = self.commands.recv() => match cmd {
-                    None | Some(Command::Shutdown) => return Some(true),
-                    Some(Command::Connect) => return None,
-                    Some(Command::Disconnect { logout, done }) => {
-                        let reason = CloseReason::ClientClosed;
-                        if logout {
-                            // Offline: the server cannot be told; keys are erased locally.
-                            self.logged_out(&CloseReason::LoggedOut("logout requested while offline".into())).await;
-                        } else {
-                            self.stopped(&reason, false).await;
-                        }
-                        let _ = done.send(());
-                        return Some(false);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => None,
+            cmd = self.commands.recv() => match cmd {
+                None | Some(Command::Shutdown) => Some(true),
+                Some(Command::Connect) => None,
+                Some(Command::Disconnect { logout, done }) => {
+                    if logout {
+                        // Offline: the server cannot be told; keys are erased locally.
+                        let reason = CloseReason::LoggedOut("logout requested while offline".into());
+                        self.logged_out(&reason).await;
+                    } else {
+                        self.stopped(&CloseReason::ClientClosed, false).await;
                     }
+                    let _ = done.send(());
+                    Some(false)
                 }
             }
         }
@@ -307,7 +307,9 @@ impl SessionActor {
             self.record.platform = Some(account.platform.clone()).filter(|p| !p.is_empty());
         }
         batch.session = Some(self.record.clone());
-        self.events.commit(&self.id, batch, events, now_ms()).await?;
+        self.events
+            .commit(&self.id, batch, events, now_ms())
+            .await?;
         Ok(())
     }
 
@@ -343,7 +345,9 @@ impl SessionActor {
     fn command_while_offline(&mut self, cmd: Option<Command>) -> Ended {
         match cmd {
             None | Some(Command::Shutdown) => Ended::Shutdown,
-            Some(Command::Connect) => Ended::Closed(CloseReason::SocketClosed("reconnect requested".into())),
+            Some(Command::Connect) => {
+                Ended::Closed(CloseReason::SocketClosed("reconnect requested".into()))
+            }
             Some(Command::Disconnect { logout, done }) => Ended::Requested {
                 logout,
                 done: Some(done),
@@ -557,7 +561,11 @@ impl SessionActor {
             reason: text.clone(),
             jid: self.record.jid.clone().unwrap_or_default(),
         });
-        if let Err(e) = self.events.commit(&self.id, batch, vec![event], now_ms()).await {
+        if let Err(e) = self
+            .events
+            .commit(&self.id, batch, vec![event], now_ms())
+            .await
+        {
             warn!(session = %self.id, "cannot record disconnect: {e}");
         }
         self.set_state(SessionState::Disconnected, |s| {
@@ -581,7 +589,11 @@ impl SessionActor {
             reason: text.clone(),
             jid: self.record.jid.clone().unwrap_or_default(),
         });
-        if let Err(e) = self.events.commit(&self.id, batch, vec![event], now_ms()).await {
+        if let Err(e) = self
+            .events
+            .commit(&self.id, batch, vec![event], now_ms())
+            .await
+        {
             warn!(session = %self.id, "cannot erase keys after logout: {e}");
         }
         info!(session = %self.id, "logged out: {text}");

@@ -16,7 +16,10 @@ pub(crate) async fn connect(url: &str) -> Result<Socket, String> {
         .into_client_request()
         .map_err(|e| format!("bad chat server URL {url}: {e}"))?;
     let headers = request.headers_mut();
-    headers.insert("Origin", HeaderValue::from_static("https://web.whatsapp.com"));
+    headers.insert(
+        "Origin",
+        HeaderValue::from_static("https://web.whatsapp.com"),
+    );
     headers.insert("Cache-Control", HeaderValue::from_static("no-cache"));
     headers.insert("Pragma", HeaderValue::from_static("no-cache"));
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()

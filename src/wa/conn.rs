@@ -211,31 +211,39 @@ enum OwnIq {
 
 enum Stage {
     /// Paired device: waiting for `success` or `failure`.
-    AwaitingLogin { deadline: u64 },
+    AwaitingLogin {
+        deadline: u64,
+    },
     /// New device: waiting for the server's refs.
-    AwaitingPairDevice { deadline: u64 },
+    AwaitingPairDevice {
+        deadline: u64,
+    },
     ShowingQr {
         refs: Vec<String>,
         index: usize,
         expires_at: u64,
     },
     /// Pairing answered; waiting for the server's restart request.
-    Paired { deadline: u64 },
+    Paired {
+        deadline: u64,
+    },
     Connected {
         last_recv: u64,
         next_ping: u64,
         ping_deadline: Option<u64>,
     },
-    LoggingOut { deadline: u64 },
+    LoggingOut {
+        deadline: u64,
+    },
 }
 
 enum Phase {
     Handshake {
-        handshake: ClientHandshake,
+        handshake: Box<ClientHandshake>,
         deadline: u64,
     },
     Open {
-        transport: Transport,
+        transport: Box<Transport>,
         stage: Stage,
     },
     Closed(CloseReason),
@@ -268,7 +276,7 @@ impl Connection {
             Ok(()) => {
                 transmits.push_back(first);
                 Phase::Handshake {
-                    handshake,
+                    handshake: Box::new(handshake),
                     deadline: now_ms + config.timeouts.handshake_ms,
                 }
             }
@@ -423,9 +431,10 @@ impl Connection {
             self.advance_qr(now_ms);
         }
         if send_ping {
-            let interval = self
-                .rng
-                .gen_range(timeouts.keepalive_min_ms..=timeouts.keepalive_max_ms.max(timeouts.keepalive_min_ms));
+            let interval = self.rng.gen_range(
+                timeouts.keepalive_min_ms
+                    ..=timeouts.keepalive_max_ms.max(timeouts.keepalive_min_ms),
+            );
             if let Phase::Open {
                 stage:
                     Stage::Connected {
@@ -523,7 +532,7 @@ impl Connection {
 
     fn handle_frame(&mut self, frame: &[u8], now_ms: u64) {
         match std::mem::replace(&mut self.phase, Phase::Closed(CloseReason::ClientClosed)) {
-            Phase::Handshake { handshake, .. } => self.finish_handshake(handshake, frame, now_ms),
+            Phase::Handshake { handshake, .. } => self.finish_handshake(*handshake, frame, now_ms),
             Phase::Open {
                 mut transport,
                 stage,
@@ -574,7 +583,10 @@ impl Connection {
                 } else {
                     Stage::AwaitingPairDevice { deadline }
                 };
-                self.phase = Phase::Open { transport, stage };
+                self.phase = Phase::Open {
+                    transport: Box::new(transport),
+                    stage,
+                };
             }
             Err(e) => {
                 let reason = if matches!(e, noise::NoiseError::Certificate(_)) {

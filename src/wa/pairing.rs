@@ -78,8 +78,14 @@ pub fn handle_pair_success(
     let container = AdvSignedDeviceIdentityHmac::decode(container_bytes)
         .map_err(|_| PairError::Malformed("ADVSignedDeviceIdentityHMAC"))?;
     let hosted = container.account_type == Some(AdvEncryptionType::Hosted as i32);
-    let details = container.details.as_deref().ok_or(PairError::Missing("hmac details"))?;
-    let mac = container.hmac.as_deref().ok_or(PairError::Missing("hmac"))?;
+    let details = container
+        .details
+        .as_deref()
+        .ok_or(PairError::Missing("hmac details"))?;
+    let mac = container
+        .hmac
+        .as_deref()
+        .ok_or(PairError::Missing("hmac"))?;
     let expected = details_hmac(creds.adv_secret.as_ref(), details, hosted);
     if !bool::from(expected.as_slice().ct_eq(mac)) {
         return Err(PairError::HmacMismatch);
@@ -123,11 +129,11 @@ pub fn handle_pair_success(
         .attr("to", Jid::server_jid())
         .attr("type", "result")
         .attr("id", iq_id)
-        .children(vec![Node::new("pair-device-sign").children(vec![Node::new(
-            "device-identity",
-        )
-        .attr("key-index", key_index.to_string())
-        .bytes(signed.encode_to_vec())])]);
+        .children(vec![Node::new("pair-device-sign").children(vec![
+            Node::new("device-identity")
+                .attr("key-index", key_index.to_string())
+                .bytes(signed.encode_to_vec()),
+        ])]);
     Ok(Paired {
         reply,
         account: Account {
@@ -161,7 +167,12 @@ mod tests {
     use rand::SeedableRng;
 
     /// Builds what a phone sends, signed with `phone` for `creds`.
-    fn pair_success(creds: &Credentials, phone: &KeyPair, adv_secret: &[u8], rng: &mut rand::rngs::StdRng) -> Node {
+    fn pair_success(
+        creds: &Credentials,
+        phone: &KeyPair,
+        adv_secret: &[u8],
+        rng: &mut rand::rngs::StdRng,
+    ) -> Node {
         let details = AdvDeviceIdentity {
             raw_id: Some(77),
             timestamp: Some(1_700_000_000),
@@ -186,7 +197,9 @@ mod tests {
         }
         .encode_to_vec();
         Node::new("pair-success").children(vec![
-            Node::new("device-identity").attr("key-index", "3").bytes(container),
+            Node::new("device-identity")
+                .attr("key-index", "3")
+                .bytes(container),
             Node::new("platform").attr("name", "android"),
             Node::new("device").attr(
                 "jid",
@@ -202,15 +215,24 @@ mod tests {
         let phone = KeyPair::generate(&mut rng);
         let node = pair_success(&creds, &phone, creds.adv_secret.as_ref(), &mut rng);
         let paired = handle_pair_success("42", &node, &creds, &mut rng).expect("pairs");
-        assert_eq!(paired.account.jid.to_string(), "15551234567:4@s.whatsapp.net");
+        assert_eq!(
+            paired.account.jid.to_string(),
+            "15551234567:4@s.whatsapp.net"
+        );
         assert_eq!(paired.account.key_index, 3);
         assert_eq!(paired.account.platform, "android");
         let sign = paired.reply.child("pair-device-sign").expect("sign node");
         let ident = sign.child("device-identity").expect("identity");
         assert_eq!(ident.attr_str("key-index"), Some("3"));
-        let sent = AdvSignedDeviceIdentity::decode(ident.content_bytes().expect("bytes")).expect("decodes");
+        let sent = AdvSignedDeviceIdentity::decode(ident.content_bytes().expect("bytes"))
+            .expect("decodes");
         assert!(sent.account_signature_key.is_none());
-        let dsig: [u8; 64] = sent.device_signature.as_deref().expect("sig").try_into().expect("64");
+        let dsig: [u8; 64] = sent
+            .device_signature
+            .as_deref()
+            .expect("sig")
+            .try_into()
+            .expect("64");
         let msg = device_signature_message(
             sent.details.as_deref().expect("details"),
             &creds.identity_key.public,

@@ -145,10 +145,14 @@ mod tests {
     fn registration_carries_keys() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let creds = Credentials::generate(&mut rng);
-        let p = ClientPayload::decode(registration_payload(&creds, &DeviceInfo::default()).as_slice())
-            .expect("decodes");
+        let p =
+            ClientPayload::decode(registration_payload(&creds, &DeviceInfo::default()).as_slice())
+                .expect("decodes");
         let reg = p.device_pairing_data.expect("pairing data");
-        assert_eq!(reg.e_regid.as_deref(), Some(&creds.registration_id.to_be_bytes()[..]));
+        assert_eq!(
+            reg.e_regid.as_deref(),
+            Some(&creds.registration_id.to_be_bytes()[..])
+        );
         assert_eq!(reg.e_keytype.as_deref(), Some(&[5u8][..]));
         assert_eq!(reg.e_skey_id.as_deref(), Some(&[0u8, 0, 1][..]));
         assert_eq!(reg.e_ident.as_deref(), Some(&creds.identity_key.public[..]));

@@ -40,7 +40,9 @@ pub async fn start_sim() -> Sim {
     })
     .await
     .expect("simulator starts");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind control");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind control");
     let control_addr = listener.local_addr().expect("control addr");
     let service = sim.control();
     tokio::spawn(async move {
@@ -65,9 +67,7 @@ pub fn options(dir: &Path, sim: &Simulator) -> ServeOptions {
     opts.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     opts.wa_url = Some(sim.ws_url());
     opts.wa_root_key = Some(sim.root_public_key());
-    opts.store_key = Some(
-        "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned(),
-    );
+    opts.store_key = Some("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned());
     opts.backoff = Backoff {
         base: Duration::from_millis(50),
         cap: Duration::from_millis(500),
