@@ -278,12 +278,13 @@ mod tests {
     #[test]
     fn rejects_garbage_and_short_keys() {
         assert_eq!(
-            Credentials::decode(&[0xff, 0xff]).err(),
+            Credentials::decode(&[0x12, 0x05, 0x01]).err(),
             Some(CredentialsError::Malformed)
         );
         let bad = StoredCredentials {
             version: 1,
             noise_private: vec![1; 5],
+            signed_prekey_signature: vec![0; 64],
             ..Default::default()
         };
         assert_eq!(
