@@ -15,7 +15,7 @@ use crate::api::{self, ApiKeys};
 use crate::runtime::{Backoff, EventLog, Manager, RuntimeConfig};
 use crate::sim::{SimConfig, Simulator};
 use crate::store::{Keyring, Retention, SqliteStore, Store};
-use crate::wa::conn::ClientConfig;
+use crate::wa::conn::{ClientConfig, Timeouts};
 
 /// Everything `wagate serve` can be told.
 #[derive(Clone, Debug)]
@@ -40,6 +40,8 @@ pub struct ServeOptions {
     /// Time between health turning NOT_SERVING and the listener closing.
     pub drain_delay: Duration,
     pub backoff: Backoff,
+    /// Protocol timers (handshake, keepalive, QR lifetimes).
+    pub timeouts: Timeouts,
 }
 
 impl ServeOptions {
@@ -63,6 +65,7 @@ impl ServeOptions {
             },
             drain_delay: Duration::ZERO,
             backoff: Backoff::default(),
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -185,7 +188,10 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         None
     };
 
-    let mut client = ClientConfig::default();
+    let mut client = ClientConfig {
+        timeouts: opts.timeouts.clone(),
+        ..ClientConfig::default()
+    };
     let mut wa_url = "wss://web.whatsapp.com/ws/chat".to_owned();
     if let Some(sim) = &sim {
         wa_url = sim.ws_url();

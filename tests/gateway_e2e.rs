@@ -316,3 +316,113 @@ async fn refuses_server_with_untrusted_certificate() {
     );
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_codes_rotate_then_time_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim().await;
+    let mut opts = options(dir.path(), &sim.sim);
+    // The real schedule is 60 s then 20 s per code; shortened, same shape.
+    opts.timeouts.qr_first_ms = 600;
+    opts.timeouts.qr_next_ms = 200;
+    let gateway = start_gateway(opts).await;
+    let mut client = client(gateway.addr).await;
+    let mut events = events_after(&mut client, "rot", 0).await;
+    client
+        .init(InitRequest {
+            session_id: "rot".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("init");
+    let (ev, before) = wait_for(&mut events, "DISCONNECTED (QR timeout)", |e| {
+        is_state(e, SessionState::Disconnected)
+    })
+    .await;
+    assert!(
+        connection(&ev).expect("conn").reason.contains("QR"),
+        "{ev:?}"
+    );
+    let qrs: Vec<(String, prost_types::Timestamp)> = before
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Some(wagate::proto::gateway::event::Payload::Qr(q)) => {
+                Some((q.qr.clone(), q.expires_at.clone().expect("expiry")))
+            }
+            _ => None,
+        })
+        .collect();
+    // One code per ref the server sent (six), each different, each expiring
+    // after the previous one: the first lives 600 ms, the others 200 ms.
+    assert_eq!(qrs.len(), 6, "{qrs:#?}");
+    let distinct: std::collections::BTreeSet<_> = qrs.iter().map(|(q, _)| q.clone()).collect();
+    assert_eq!(distinct.len(), 6);
+    let ms = |t: &prost_types::Timestamp| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000;
+    let first_event = before
+        .iter()
+        .find(|e| qr_of(e).is_some())
+        .expect("first qr");
+    let first_lifetime = ms(&qrs[0].1) - ms(first_event.timestamp.as_ref().expect("ts"));
+    assert!(
+        (550..=700).contains(&first_lifetime),
+        "first QR lives {first_lifetime} ms"
+    );
+    for pair in qrs.windows(2) {
+        let gap = ms(&pair[1].1) - ms(&pair[0].1);
+        assert!(
+            (150..=400).contains(&gap),
+            "later QRs live ~200 ms, got {gap}"
+        );
+    }
+    let status = client
+        .status(StatusRequest {
+            session_id: "rot".into(),
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.state, SessionState::Disconnected as i32);
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_keepalive_reconnects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = start_sim().await;
+    let mut opts = options(dir.path(), &sim.sim);
+    opts.timeouts.keepalive_min_ms = 100;
+    opts.timeouts.keepalive_max_ms = 150;
+    opts.timeouts.keepalive_deadline_ms = 300;
+    let gateway = start_gateway(opts).await;
+    let mut client = client(gateway.addr).await;
+    let (device, cursor) = pair(&mut sim, &mut client, "ka", "+15550005555").await;
+    let mut events = events_after(&mut client, "ka", cursor).await;
+    // The server goes quiet: every frame to the device is held back 2 s.
+    sim.control
+        .set_delay(wagate::proto::sim::SetDelayRequest {
+            jid: device.clone(),
+            delay_ms: 2000,
+        })
+        .await
+        .expect("set delay");
+    let (ev, _) = wait_for(&mut events, "keepalive timeout", |e| {
+        is_state(e, SessionState::Connecting)
+    })
+    .await;
+    assert!(
+        connection(&ev).expect("conn").reason.contains("keepalive"),
+        "{ev:?}"
+    );
+    sim.control
+        .set_delay(wagate::proto::sim::SetDelayRequest {
+            jid: device,
+            delay_ms: 0,
+        })
+        .await
+        .expect("clear delay");
+    wait_for(&mut events, "reconnected", |e| {
+        is_state(e, SessionState::Connected)
+    })
+    .await;
+    gateway.shutdown().await;
+}
