@@ -39,6 +39,9 @@ pub struct ServeOptions {
     pub retention: Retention,
     /// Time between health turning NOT_SERVING and the listener closing.
     pub drain_delay: Duration,
+    /// How long calls still in flight (e.g. health watches) may run after
+    /// the listener closed before they are cut.
+    pub shutdown_grace: Duration,
     pub backoff: Backoff,
     /// Protocol timers (handshake, keepalive, QR lifetimes).
     pub timeouts: Timeouts,
@@ -64,6 +67,7 @@ impl ServeOptions {
                 max_per_session: Some(100_000),
             },
             drain_delay: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(10),
             backoff: Backoff::default(),
             timeouts: Timeouts::default(),
         }
@@ -259,6 +263,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     let mgr = manager.clone();
     let sim_for_stop = sim.clone();
     let drain_delay = opts.drain_delay;
+    let grace = opts.shutdown_grace;
     let task = tokio::spawn(async move {
         let _ = stop_rx.await;
         health.set(false).await;
@@ -268,10 +273,15 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         let _ = close_tx.send(());
         mgr.shutdown().await;
         pruner.abort();
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!("server: {e}"),
-            Err(e) => warn!("server task: {e}"),
+        let mut server = server;
+        match tokio::time::timeout(grace, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!("server: {e}"),
+            Ok(Err(e)) => warn!("server task: {e}"),
+            Err(_) => {
+                warn!("calls still open after {grace:?}; cutting them");
+                server.abort();
+            }
         }
         if let Some(sim) = sim_for_stop {
             sim.shutdown().await;

@@ -444,3 +444,40 @@ async fn no_private_key_in_plaintext_on_disk() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_not_serving_before_the_listener_closes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim().await;
+    let mut opts = options(dir.path(), &sim.sim);
+    opts.drain_delay = std::time::Duration::from_millis(500);
+    let gateway = start_gateway(opts).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "wagate.v1.Gateway".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let first = watch.message().await.expect("ok").expect("status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let stopping = tokio::spawn(gateway.shutdown());
+    let next = tokio::time::timeout(WAIT, watch.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("status");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    drop(watch);
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("shutdown completes")
+        .expect("join");
+}
