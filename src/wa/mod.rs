@@ -8,3 +8,4 @@ pub mod crypto;
 pub mod jid;
 pub mod noise;
 pub mod qr;
+pub mod signal;
