@@ -347,7 +347,7 @@ async fn qr_codes_rotate_then_time_out() {
         .iter()
         .filter_map(|e| match &e.payload {
             Some(wagate::proto::gateway::event::Payload::Qr(q)) => {
-                Some((q.qr.clone(), q.expires_at.clone().expect("expiry")))
+                Some((q.qr.clone(), q.expires_at.expect("expiry")))
             }
             _ => None,
         })
