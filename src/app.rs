@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub backoff: Backoff,
     /// Protocol timers (handshake, keepalive, QR lifetimes).
     pub timeouts: Timeouts,
+    /// Address of the Prometheus scrape endpoint (`GET /metrics`), if any.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeOptions {
@@ -70,6 +72,7 @@ impl ServeOptions {
             shutdown_grace: Duration::from_secs(10),
             backoff: Backoff::default(),
             timeouts: Timeouts::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -97,6 +100,8 @@ pub enum StartError {
 pub struct Running {
     /// Address the gRPC server listens on.
     pub addr: SocketAddr,
+    /// Address of the Prometheus endpoint, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// The in-process simulator (sandbox mode).
     pub sim: Option<Simulator>,
     pub manager: Arc<Manager>,
@@ -225,6 +230,15 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|e| StartError::Bind(opts.listen, e))?;
 
+    let metrics_addr = match opts.metrics_listen {
+        Some(addr) => Some(
+            crate::metrics::start_prometheus(addr)
+                .await
+                .map_err(|e| StartError::Bind(addr, e))?,
+        ),
+        None => None,
+    };
+
     let (health, health_service) = api::health().await;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (close_tx, close_rx) = oneshot::channel::<()>();
@@ -290,6 +304,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     });
     Ok(Running {
         addr,
+        metrics_addr,
         sim,
         manager,
         stop: Some(stop_tx),

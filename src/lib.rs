@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod app;
+pub mod metrics;
 pub mod proto;
 pub mod runtime;
 pub mod sim;

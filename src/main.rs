@@ -85,6 +85,9 @@ struct ServeArgs {
     /// Event log retention: maximum events kept per session (0 = unlimited).
     #[arg(long, env = "WAGATE_EVENT_RETENTION_COUNT", default_value_t = 100_000)]
     event_retention_count: u64,
+    /// Prometheus scrape endpoint (GET /metrics), e.g. 0.0.0.0:9090; off when unset.
+    #[arg(long, env = "WAGATE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Seconds between health turning NOT_SERVING and the listener closing on shutdown.
     #[arg(long, env = "WAGATE_DRAIN_SECONDS", default_value_t = 5)]
     drain_seconds: u64,
@@ -121,8 +124,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     opts.retention.max_per_session =
         (args.event_retention_count > 0).then_some(args.event_retention_count);
     opts.drain_delay = Duration::from_secs(args.drain_seconds);
+    opts.metrics_listen = args.metrics_listen;
     let running = wagate::app::start(opts).await.map_err(|e| e.to_string())?;
     println!("wagate listening on {}", running.addr);
+    if let Some(addr) = running.metrics_addr {
+        println!("metrics at http://{addr}/metrics");
+    }
     if let Some(sim) = &running.sim {
         println!(
             "sandbox simulator at {} (control: wagate.sim.v1.Simulator on {})",

@@ -2,7 +2,9 @@
 //! `tracing`, plus OpenTelemetry trace export over OTLP/gRPC when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
+use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
@@ -16,9 +18,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Keeps the trace exporter alive; flushes it on drop.
+/// Keeps the trace and metric exporters alive; flushes them on drop.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Drop for Telemetry {
@@ -26,6 +29,11 @@ impl Drop for Telemetry {
         if let Some(provider) = self.provider.take() {
             if let Err(e) = provider.shutdown() {
                 eprintln!("wagate: flushing traces failed: {e}");
+            }
+        }
+        if let Some(meters) = self.meters.take() {
+            if let Err(e) = meters.shutdown() {
+                eprintln!("wagate: flushing metrics failed: {e}");
             }
         }
     }
@@ -76,10 +84,27 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
         .with(fmt)
         .with(otel)
         .init();
+    let mut meters = None;
+    if endpoint_set {
+        match opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => {
+                let m = SdkMeterProvider::builder()
+                    .with_periodic_exporter(exporter)
+                    .with_resource(Resource::builder().with_service_name(service).build())
+                    .build();
+                crate::metrics::register_otel(&m.meter(service));
+                meters = Some(m);
+            }
+            Err(e) => tracing::warn!("OpenTelemetry metrics export disabled: {e}"),
+        }
+    }
     if let Some(e) = export_error {
         tracing::warn!("OpenTelemetry export disabled: {e}");
     } else if provider.is_some() {
-        tracing::info!("exporting traces over OTLP");
+        tracing::info!("exporting traces and metrics over OTLP");
     }
-    Telemetry { provider }
+    Telemetry { provider, meters }
 }

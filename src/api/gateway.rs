@@ -233,9 +233,15 @@ impl Gateway for GatewayService {
                 let full = batch.len() == REPLAY_BATCH;
                 for event in batch {
                     cursor = event.cursor;
+                    let written_ms = event
+                        .timestamp
+                        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
                     if tx.send(Ok(event)).await.is_err() {
                         return;
                     }
+                    let lag_ms = (crate::runtime::now_ms() as i64 - written_ms).max(0);
+                    crate::metrics::global()
+                        .event_delivered(std::time::Duration::from_millis(lag_ms as u64));
                 }
                 if full {
                     continue;

@@ -73,6 +73,9 @@ impl EventLog {
         let records = tokio::task::spawn_blocking(move || store.commit(&id, batch))
             .await
             .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))??;
+        crate::metrics::global()
+            .events_written
+            .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if let Some(last) = records.last() {
             self.last.send_if_modified(|c| {
                 let changed = last.cursor > *c;

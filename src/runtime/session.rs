@@ -36,6 +36,17 @@ pub enum SessionState {
 }
 
 impl SessionState {
+    /// Index into [`crate::metrics::STATES`].
+    pub fn metric_index(self) -> usize {
+        match self {
+            SessionState::Disconnected => 0,
+            SessionState::Connecting => 1,
+            SessionState::QrReady => 2,
+            SessionState::Connected => 3,
+            SessionState::LoggedOut => 4,
+        }
+    }
+
     pub fn to_api(self) -> ApiState {
         match self {
             SessionState::Disconnected => ApiState::Disconnected,
@@ -140,6 +151,8 @@ pub(crate) struct SessionActor {
     status: watch::Sender<SessionStatus>,
     record: SessionRecord,
     rng: StdRng,
+    /// When the current connection attempt opened its socket.
+    connect_started: Option<std::time::Instant>,
 }
 
 impl SessionActor {
@@ -149,7 +162,9 @@ impl SessionActor {
         record: SessionRecord,
     ) -> SessionHandle {
         let (tx, rx) = mpsc::channel(16);
-        let (status_tx, status_rx) = watch::channel(SessionStatus::from_record(&record));
+        let initial = SessionStatus::from_record(&record);
+        crate::metrics::global().session_moved(None, initial.state.metric_index());
+        let (status_tx, status_rx) = watch::channel(initial);
         let actor = SessionActor {
             id: record.id.clone(),
             shared,
@@ -158,6 +173,7 @@ impl SessionActor {
             status: status_tx,
             record,
             rng: StdRng::from_entropy(),
+            connect_started: None,
         };
         tokio::spawn(actor.run());
         SessionHandle {
@@ -219,9 +235,15 @@ impl SessionActor {
                             return false;
                         }
                         Recovery::ReconnectNow => {
+                            crate::metrics::global()
+                                .reconnects
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.note_disconnect(&reason, attempts).await;
                         }
                         Recovery::Reconnect => {
+                            crate::metrics::global()
+                                .reconnects
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             attempts += 1;
                             if attempts > self.shared.config.max_reconnect_attempts {
                                 let reason = CloseReason::SocketClosed(format!(
@@ -327,6 +349,7 @@ impl SessionActor {
             cmd = self.commands.recv() => return self.command_while_offline(cmd),
         }
         let url = self.shared.config.wa_url.clone();
+        self.connect_started = Some(std::time::Instant::now());
         let socket = tokio::select! {
             s = tokio::time::timeout(Duration::from_secs(20), socket::connect(&url)) => s,
             cmd = self.commands.recv() => return self.command_while_offline(cmd),
@@ -483,6 +506,11 @@ impl SessionActor {
             }
             Event::PairError(e) => warn!(session = %self.id, "pairing refused: {e}"),
             Event::Connected { jid, .. } => {
+                if let Some(started) = self.connect_started.take() {
+                    crate::metrics::global()
+                        .handshake
+                        .observe(started.elapsed());
+                }
                 let now = now_ms() as i64;
                 let jid = jid.to_string();
                 self.record.desired_online = true;
@@ -593,6 +621,8 @@ impl SessionActor {
 
     fn set_state(&self, state: SessionState, update: impl FnOnce(&mut SessionStatus)) {
         self.status.send_modify(|s| {
+            crate::metrics::global()
+                .session_moved(Some(s.state.metric_index()), state.metric_index());
             s.state = state;
             update(s);
         });
