@@ -3,4 +3,4 @@
 set -eu
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo test --locked
+cargo test --workspace --locked

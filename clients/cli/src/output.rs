@@ -1,0 +1,218 @@
+//! How results are printed: human-readable text by default, or one JSON
+//! object per line for scripts.
+
+use serde_json::{json, Map, Value};
+
+use crate::proto::gateway::{event::Payload, Event, SendResponse, Session, SessionState};
+
+/// `CONNECTED`, `QR_READY`, ... as the API documents the states.
+pub fn state_name(state: i32) -> &'static str {
+    SessionState::try_from(state).map_or("UNKNOWN", |s| s.as_str_name())
+}
+
+/// RFC 3339 in UTC with millisecond precision, e.g. `2024-05-01T12:00:00.000Z`.
+pub fn rfc3339(ts: &prost_types::Timestamp) -> String {
+    let secs = ts.seconds;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let millis = ts.nanos.clamp(0, 999_999_999) / 1_000_000;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`), so no date library is needed for printing.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn opt_ts(ts: Option<&prost_types::Timestamp>) -> Value {
+    ts.map_or(Value::Null, |t| Value::String(rfc3339(t)))
+}
+
+fn labels(map: &std::collections::HashMap<String, String>) -> Value {
+    let mut sorted: Vec<_> = map.iter().collect();
+    sorted.sort();
+    Value::Object(
+        sorted
+            .into_iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+pub fn session_json(s: &Session) -> Value {
+    json!({
+        "session_id": s.session_id,
+        "state": state_name(s.state),
+        "jid": s.jid,
+        "phone": s.phone,
+        "push_name": s.push_name,
+        "platform": s.platform,
+        "created_at": opt_ts(s.created_at.as_ref()),
+        "last_connected_at": opt_ts(s.last_connected_at.as_ref()),
+        "reconnect_attempts": s.reconnect_attempts,
+        "last_disconnect_reason": s.last_disconnect_reason,
+        "metadata": labels(&s.metadata),
+    })
+}
+
+/// `key: value` lines, skipping what is unset.
+pub fn session_text(s: &Session) -> String {
+    let mut out = format!(
+        "session:  {}\nstate:    {}\n",
+        s.session_id,
+        state_name(s.state)
+    );
+    let mut field = |name: &str, value: &str| {
+        if !value.is_empty() {
+            out.push_str(&format!("{name:<9} {value}\n"));
+        }
+    };
+    field("jid:", &s.jid);
+    field("phone:", &s.phone);
+    field("name:", &s.push_name);
+    field("platform:", &s.platform);
+    let created = s.created_at.as_ref().map(rfc3339).unwrap_or_default();
+    field("created:", &created);
+    let connected = s
+        .last_connected_at
+        .as_ref()
+        .map(rfc3339)
+        .unwrap_or_default();
+    field("last up:", &connected);
+    if s.reconnect_attempts > 0 {
+        field("retries:", &s.reconnect_attempts.to_string());
+    }
+    field("reason:", &s.last_disconnect_reason);
+    let mut meta: Vec<_> = s.metadata.iter().collect();
+    meta.sort();
+    for (k, v) in meta {
+        field("meta:", &format!("{k}={v}"));
+    }
+    out
+}
+
+/// One row per session: id, state, JID.
+pub fn session_table(sessions: &[Session]) -> String {
+    let width = sessions
+        .iter()
+        .map(|s| s.session_id.len())
+        .max()
+        .unwrap_or(0)
+        .max("SESSION".len());
+    let mut out = format!("{:<width$}  {:<12}  JID\n", "SESSION", "STATE");
+    for s in sessions {
+        out.push_str(&format!(
+            "{:<width$}  {:<12}  {}\n",
+            s.session_id,
+            state_name(s.state),
+            s.jid
+        ));
+    }
+    out
+}
+
+pub fn send_json(r: &SendResponse) -> Value {
+    json!({ "message_id": r.message_id, "timestamp": opt_ts(r.timestamp.as_ref()) })
+}
+
+pub fn event_json(e: &Event) -> Value {
+    let mut v = json!({
+        "cursor": e.cursor,
+        "session_id": e.session_id,
+        "seq": e.seq,
+        "timestamp": opt_ts(e.timestamp.as_ref()),
+    });
+    let (kind, body) = match &e.payload {
+        Some(Payload::Qr(q)) => (
+            "qr",
+            json!({ "qr": q.qr, "expires_at": opt_ts(q.expires_at.as_ref()) }),
+        ),
+        Some(Payload::Connection(c)) => (
+            "connection",
+            json!({ "state": state_name(c.state), "reason": c.reason, "jid": c.jid }),
+        ),
+        None => ("unknown", Value::Null),
+    };
+    if let Value::Object(map) = &mut v {
+        map.insert("type".into(), Value::String(kind.into()));
+        map.insert(kind.into(), body);
+    }
+    v
+}
+
+/// `CURSOR TIME SESSION#SEQ TYPE details`.
+pub fn event_text(e: &Event) -> String {
+    let time = e.timestamp.as_ref().map(rfc3339).unwrap_or_default();
+    let detail = match &e.payload {
+        Some(Payload::Qr(q)) => format!("qr {}", q.qr),
+        Some(Payload::Connection(c)) => {
+            let mut d = format!("connection {}", state_name(c.state));
+            if !c.jid.is_empty() {
+                d.push_str(&format!(" jid={}", c.jid));
+            }
+            if !c.reason.is_empty() {
+                d.push_str(&format!(" reason={:?}", c.reason));
+            }
+            d
+        }
+        None => "unknown event".to_owned(),
+    };
+    format!("{} {time} {}#{} {detail}", e.cursor, e.session_id, e.seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::gateway::ConnectionEvent;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let ts = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        assert_eq!(rfc3339(&ts(0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(&ts(951_782_400, 5_000_000)),
+            "2000-02-29T00:00:00.005Z"
+        );
+        assert_eq!(rfc3339(&ts(1_714_564_800, 0)), "2024-05-01T12:00:00.000Z");
+        assert_eq!(rfc3339(&ts(-1, 0)), "1969-12-31T23:59:59.000Z");
+    }
+
+    #[test]
+    fn events_carry_their_type_and_payload() {
+        let e = Event {
+            cursor: 7,
+            session_id: "a".into(),
+            seq: 2,
+            timestamp: None,
+            payload: Some(Payload::Connection(ConnectionEvent {
+                state: SessionState::Connected as i32,
+                reason: String::new(),
+                jid: "1:2@s.whatsapp.net".into(),
+            })),
+        };
+        let v = event_json(&e);
+        assert_eq!(v["type"], "connection");
+        assert_eq!(v["connection"]["state"], "CONNECTED");
+        assert_eq!(v["cursor"], 7);
+        assert_eq!(
+            event_text(&e),
+            "7  a#2 connection CONNECTED jid=1:2@s.whatsapp.net"
+        );
+    }
+}
