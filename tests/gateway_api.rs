@@ -481,3 +481,18 @@ async fn health_turns_not_serving_before_the_listener_closes() {
         .expect("shutdown completes")
         .expect("join");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_public_address_without_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim().await;
+    let mut opts = options(dir.path(), &sim.sim);
+    opts.listen = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    match wagate::app::start(opts).await {
+        Err(e @ wagate::app::StartError::NoKeysOnPublicAddress(_)) => {
+            assert!(e.to_string().contains("WAGATE_API_KEYS"), "{e}")
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("must refuse 0.0.0.0 without API keys"),
+    }
+}

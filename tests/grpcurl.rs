@@ -45,9 +45,15 @@ async fn reflection_lists_services_and_calls_work() {
     let gateway = wagate::app::start(opts).await.expect("gateway starts");
     let addr = gateway.addr.to_string();
 
-    let b = bin.clone();
-    let a = addr.clone();
-    let listed = tokio::task::spawn_blocking(move || call(&b, &["-plaintext", &a, "list"]))
+    // grpcurl blocks: run it off the async runtime the gateway is serving on.
+    let run = |args: Vec<String>| {
+        let bin = bin.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            call(&bin, &args)
+        })
+    };
+    let listed = run(vec!["-plaintext".into(), addr.clone(), "list".into()])
         .await
         .expect("join");
     for service in [
@@ -60,39 +66,18 @@ async fn reflection_lists_services_and_calls_work() {
             "{service} in {listed}"
         );
     }
-    let b = bin.clone();
-    let a = addr.clone();
-    let init = tokio::task::spawn_blocking(move || {
-        call(
-            &b,
-            &[
-                "-plaintext",
-                "-d",
-                r#"{"session_id":"demo"}"#,
-                &a,
-                "wagate.v1.Gateway/Init",
-            ],
-        )
-    })
-    .await
-    .expect("join");
+    let rpc = |method: &str| {
+        run(vec![
+            "-plaintext".into(),
+            "-d".into(),
+            r#"{"session_id":"demo"}"#.into(),
+            addr.clone(),
+            format!("wagate.v1.Gateway/{method}"),
+        ])
+    };
+    let init = rpc("Init").await.expect("join");
     assert!(init.contains(r#""sessionId": "demo""#), "{init}");
-    let b = bin.clone();
-    let a = addr.clone();
-    let status = tokio::task::spawn_blocking(move || {
-        call(
-            &b,
-            &[
-                "-plaintext",
-                "-d",
-                r#"{"session_id":"demo"}"#,
-                &a,
-                "wagate.v1.Gateway/Status",
-            ],
-        )
-    })
-    .await
-    .expect("join");
+    let status = rpc("Status").await.expect("join");
     assert!(status.contains(r#""sessionId": "demo""#), "{status}");
     assert!(
         status.contains("CONNECTING") || status.contains("QR_READY"),

@@ -178,17 +178,8 @@ impl Manager {
                 if self.online_count() >= self.shared.config.max_sessions {
                     return Err(RuntimeError::SessionLimit(self.shared.config.max_sessions));
                 }
-                let record = SessionRecord {
-                    id: id.clone(),
-                    metadata,
-                    created_at_ms: now_ms() as i64,
-                    desired_online: true,
-                    jid: None,
-                    push_name: None,
-                    platform: None,
-                    last_connected_at_ms: None,
-                    logged_out: false,
-                };
+                let mut record = SessionRecord::new(id.clone(), now_ms() as i64);
+                record.metadata = metadata;
                 let store = self.events.store().clone();
                 let rec = record.clone();
                 tokio::task::spawn_blocking(move || store.put_session(&rec))

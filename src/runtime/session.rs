@@ -550,42 +550,31 @@ impl SessionActor {
     /// The session stops trying; credentials are kept. `keep_online` leaves
     /// it marked for restoration at the next boot.
     async fn stopped(&mut self, reason: &CloseReason, keep_online: bool) {
-        let text = reason.to_string();
         self.record.desired_online = keep_online;
-        let batch = Batch {
-            session: Some(self.record.clone()),
-            ..Batch::default()
-        };
-        let event = Payload::Connection(ConnectionEvent {
-            state: ApiState::Disconnected as i32,
-            reason: text.clone(),
-            jid: self.record.jid.clone().unwrap_or_default(),
-        });
-        if let Err(e) = self
-            .events
-            .commit(&self.id, batch, vec![event], now_ms())
-            .await
-        {
-            warn!(session = %self.id, "cannot record disconnect: {e}");
-        }
-        self.set_state(SessionState::Disconnected, |s| {
-            s.qr = None;
-            s.last_disconnect_reason = Some(text);
-        });
+        self.settle(SessionState::Disconnected, reason, Vec::new())
+            .await;
     }
 
     /// The device is unlinked: erase every secret and report it.
     async fn logged_out(&mut self, reason: &CloseReason) {
-        let text = reason.to_string();
         self.record.desired_online = false;
         self.record.logged_out = true;
+        self.settle(SessionState::LoggedOut, reason, vec![SecretOp::DeleteAll])
+            .await;
+        info!(session = %self.id, "logged out: {reason}");
+    }
+
+    /// Records a final state (session row, secret changes and the connection
+    /// event in one commit) and publishes it.
+    async fn settle(&mut self, state: SessionState, reason: &CloseReason, secrets: Vec<SecretOp>) {
+        let text = reason.to_string();
         let batch = Batch {
-            secrets: vec![SecretOp::DeleteAll],
+            secrets,
             session: Some(self.record.clone()),
             ..Batch::default()
         };
         let event = Payload::Connection(ConnectionEvent {
-            state: ApiState::LoggedOut as i32,
+            state: state.to_api() as i32,
             reason: text.clone(),
             jid: self.record.jid.clone().unwrap_or_default(),
         });
@@ -594,10 +583,9 @@ impl SessionActor {
             .commit(&self.id, batch, vec![event], now_ms())
             .await
         {
-            warn!(session = %self.id, "cannot erase keys after logout: {e}");
+            warn!(session = %self.id, ?state, "cannot record the session's state: {e}");
         }
-        info!(session = %self.id, "logged out: {text}");
-        self.set_state(SessionState::LoggedOut, |s| {
+        self.set_state(state, |s| {
             s.qr = None;
             s.last_disconnect_reason = Some(text);
         });

@@ -9,13 +9,7 @@ use zeroize::Zeroizing;
 use crate::wa::crypto::KeyPair;
 use crate::wa::jid::Jid;
 
-/// Signal signed prekey: a key pair the identity key vouches for.
-#[derive(Clone)]
-pub struct SignedPreKey {
-    pub id: u32,
-    pub key: KeyPair,
-    pub signature: [u8; 64],
-}
+pub use crate::wa::signal::SignedPreKey;
 
 /// What pairing taught us about the account this device belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,23 +62,15 @@ impl Credentials {
     pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
         let noise_key = KeyPair::generate(rng);
         let identity_key = KeyPair::generate(rng);
-        let spk = KeyPair::generate(rng);
-        let mut signed = [0u8; 33];
-        signed[0] = DJB_KEY_TYPE;
-        signed[1..].copy_from_slice(&spk.public);
-        let signature = identity_key.sign(&signed, rng);
+        let signed_prekey = SignedPreKey::generate(1, &identity_key, rng)
+            .expect("1 is a valid 24-bit signed prekey id");
         let mut adv_secret = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(adv_secret.as_mut());
-        // Registration ids are 14-bit on WhatsApp Web; 0 is avoided.
-        let registration_id = (rng.next_u32() & 0x3fff).max(1);
+        let registration_id = crate::wa::signal::generate_registration_id(rng);
         Self {
             noise_key,
             identity_key,
-            signed_prekey: SignedPreKey {
-                id: 1,
-                key: spk,
-                signature,
-            },
+            signed_prekey,
             registration_id,
             adv_secret,
             push_name: String::new(),

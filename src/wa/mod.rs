@@ -11,5 +11,7 @@ pub mod jid;
 pub mod noise;
 pub mod pairing;
 pub mod payload;
+pub mod prekeys;
 pub mod qr;
 pub mod signal;
+pub mod usync;
