@@ -25,8 +25,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
-use super::registry::{Command, ConnId, ConnKind, LoginCheck, PairReply, Pending, Termination};
-use super::{stanza, unix_now, Inner};
+use super::registry::{
+    Command, ConnId, ConnKind, LoginCheck, PairReply, Pending, QueueClass, Termination,
+};
+use super::routing::{self, ClientMessage, ClientReceipt};
+use super::{stanza, unix_now, usync, Inner};
 use crate::proto::wa::client_payload::DevicePairingRegistrationData;
 use crate::proto::wa::ClientPayload;
 use crate::wa::binary::{DecodeError, Node, TokenDict};
@@ -272,9 +275,37 @@ enum Role {
     },
     Device {
         jid: Jid,
-        /// A passive login gets the offline marker after its `active` iq.
-        offline_pending: bool,
+        /// A passive login gets its offline queue and the offline marker
+        /// after its `active` iq.
+        offline_pending: Option<Vec<Node>>,
+        /// Hands what the device sends to its routing task, which delivers
+        /// in order without ever stalling this connection's reads.
+        router: mpsc::UnboundedSender<Routed>,
     },
+}
+
+/// A stanza from a device, for its routing task.
+enum Routed {
+    Message(ClientMessage),
+    Receipt(ClientReceipt),
+}
+
+async fn route_loop(inner: Arc<Inner>, sender: Jid, mut jobs: mpsc::UnboundedReceiver<Routed>) {
+    while let Some(job) = jobs.recv().await {
+        match job {
+            Routed::Message(message) => inner.route_message(&sender, message).await,
+            Routed::Receipt(receipt) => inner.route_receipt(&sender, receipt).await,
+        }
+    }
+}
+
+/// Sends the queued stanzas (already marked `offline`), then the marker.
+async fn send_offline(link: &mut Link, queued: Vec<Node>) -> Result<(), ConnError> {
+    let count = queued.len();
+    for node in &queued {
+        link.send_node(node).await?;
+    }
+    link.send_node(&stanza::offline_marker(count)).await
 }
 
 impl Session {
@@ -419,22 +450,26 @@ impl Session {
             // A connection that already ended has dropped its receiver.
             let _ = other.send(Command::Terminate(Termination::Replaced)).await;
         }
-        self.inner.registry.attach(
-            self.id,
-            ConnKind::Device(jid.clone()),
-            commands,
-            Arc::clone(&self.delay),
-        );
-        debug!(conn = self.id.0, %jid, "logged in");
+        let queued =
+            self.inner
+                .registry
+                .attach_device(self.id, &jid, commands, Arc::clone(&self.delay));
+        debug!(conn = self.id.0, %jid, queued = queued.len(), "logged in");
         link.send_node(&stanza::success(unix_now(), created))
             .await?;
         let passive = payload.passive.unwrap_or(false);
-        if !passive {
-            link.send_node(&stanza::offline_marker(0)).await?;
-        }
+        let offline_pending = if passive {
+            Some(queued)
+        } else {
+            send_offline(link, queued).await?;
+            None
+        };
+        let (router, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(route_loop(Arc::clone(&self.inner), jid.clone(), jobs));
         Ok(Some(Role::Device {
             jid,
-            offline_pending: passive,
+            offline_pending,
+            router,
         }))
     }
 
@@ -472,9 +507,11 @@ impl Session {
         node: Node,
     ) -> Result<Flow, ConnError> {
         if node.tag() != "iq" {
-            // Presence, acks, receipts and messages belong to message
-            // routing, which this server does not do yet.
-            debug!(tag = node.tag(), "stanza ignored");
+            if let Role::Device { jid, router, .. } = role {
+                self.on_device_stanza(link, jid, router, &node).await?;
+            } else {
+                debug!(tag = node.tag(), "stanza ignored before pairing");
+            }
             return Ok(Flow::Continue);
         }
         let id = node.attr_string("id").unwrap_or_default();
@@ -505,6 +542,7 @@ impl Session {
                 Role::Device {
                     jid,
                     offline_pending,
+                    ..
                 } => {
                     self.on_device_iq(link, jid, offline_pending, &id, &node)
                         .await
@@ -517,7 +555,7 @@ impl Session {
         &self,
         link: &mut Link,
         jid: &Jid,
-        offline_pending: &mut bool,
+        offline_pending: &mut Option<Vec<Node>>,
         id: &str,
         iq: &Node,
     ) -> Result<Flow, ConnError> {
@@ -533,6 +571,30 @@ impl Session {
                     vec![Node::new("count").attr("value", count.to_string())],
                 )
             }
+            ("encrypt", "get", Some("key")) => match usync::parse_key_request(iq) {
+                Ok(wanted) => usync::key_result(id, &registry.take_bundles(wanted)),
+                Err(err) => {
+                    info!(%err, "bundle request refused");
+                    stanza::iq_error(id, 400, "bad-request")
+                }
+            },
+            ("usync", "get", _) => match usync::parse_query(iq) {
+                Ok(query) => {
+                    let answers: Vec<usync::UserDevices> = query
+                        .users
+                        .iter()
+                        .map(|user| usync::UserDevices {
+                            user: user.clone(),
+                            devices: registry.user_devices(&user.user),
+                        })
+                        .collect();
+                    usync::query_result(id, &query, &answers)
+                }
+                Err(err) => {
+                    info!(%err, "usync query refused");
+                    stanza::iq_error(id, 400, "bad-request")
+                }
+            },
             ("encrypt", "get", Some("digest")) => match registry.prekey_digest(jid) {
                 Some((bundle, ids)) => {
                     stanza::iq_result(id, vec![stanza::prekey_digest(&bundle, &ids)])
@@ -556,8 +618,10 @@ impl Session {
             }
             ("passive", "set", _) => {
                 link.send_node(&stanza::iq_result(id, Vec::new())).await?;
-                if first == Some("active") && std::mem::take(offline_pending) {
-                    link.send_node(&stanza::offline_marker(0)).await?;
+                if first == Some("active") {
+                    if let Some(queued) = offline_pending.take() {
+                        send_offline(link, queued).await?;
+                    }
                 }
                 return Ok(Flow::Continue);
             }
@@ -586,6 +650,54 @@ impl Session {
         };
         link.send_node(&reply).await?;
         Ok(Flow::Continue)
+    }
+
+    /// Messages, receipts and acks of a logged-in device.
+    async fn on_device_stanza(
+        &self,
+        link: &mut Link,
+        jid: &Jid,
+        router: &mpsc::UnboundedSender<Routed>,
+        node: &Node,
+    ) -> Result<(), ConnError> {
+        let registry = &self.inner.registry;
+        match node.tag() {
+            "message" => match routing::parse_message(node) {
+                Ok(message) => {
+                    link.send_node(&routing::message_ack(&message.id, &message.to, unix_now()))
+                        .await?;
+                    // The routing task ends only after this session.
+                    let _ = router.send(Routed::Message(message));
+                }
+                Err(err) => {
+                    info!(%err, "message refused");
+                    if let (Some(id), Some(to)) = (node.attr_string("id"), node.attr_jid("to")) {
+                        let ack = routing::message_ack(&id, &to, unix_now()).attr("error", "400");
+                        link.send_node(&ack).await?;
+                    }
+                }
+            },
+            "receipt" => match routing::parse_receipt(node) {
+                Ok(receipt) => {
+                    registry.acknowledge(jid, QueueClass::Message, &receipt.ids);
+                    link.send_node(&routing::receipt_ack(&receipt)).await?;
+                    let _ = router.send(Routed::Receipt(receipt));
+                }
+                Err(err) => info!(%err, "receipt refused"),
+            },
+            "ack" => match routing::parse_ack(node) {
+                Some((class, id)) if class == "message" => {
+                    registry.acknowledge(jid, QueueClass::Message, &[id]);
+                }
+                Some((class, id)) if class == "receipt" => {
+                    registry.acknowledge(jid, QueueClass::Receipt, &[id]);
+                }
+                _ => {}
+            },
+            // Presence, chat states, notifications' acks: not modelled.
+            tag => debug!(tag, "stanza ignored"),
+        }
+        Ok(())
     }
 
     /// Logout: the companion unlinks itself (or another device of its account).

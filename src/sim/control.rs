@@ -8,9 +8,10 @@ use tonic::{Request, Response, Status};
 use super::{SimError, Simulator};
 use crate::proto::sim::simulator_server::Simulator as SimulatorService;
 use crate::proto::sim::{
-    Account, Device, InfoRequest, InfoResponse, KickRequest, KickResponse, ListAccountsRequest,
+    Account, CreateAccountRequest, CreateAccountResponse, Device, InboxMessage, InboxRequest,
+    InboxResponse, InfoRequest, InfoResponse, KickRequest, KickResponse, ListAccountsRequest,
     ListAccountsResponse, RemoveDeviceRequest, RemoveDeviceResponse, ScanQrRequest, ScanQrResponse,
-    SetDelayRequest, SetDelayResponse,
+    SendTextRequest, SendTextResponse, SetDelayRequest, SetDelayResponse,
 };
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 
@@ -36,6 +37,11 @@ impl Control {
             Err(SimError::NotFound(format!("no device {jid}")))
         }
     }
+}
+
+fn parse_phone(text: &str) -> Result<PhoneNumber, SimError> {
+    text.parse()
+        .map_err(|err| SimError::InvalidPhone(format!("{text:?}: {err}")))
 }
 
 /// Parses `phone`, `phone@s.whatsapp.net` or `phone:device@s.whatsapp.net`.
@@ -77,6 +83,8 @@ impl From<SimError> for Status {
             | SimError::PairRefused { .. }
             | SimError::InvalidPairConfirmation(_) => Status::failed_precondition(message),
             SimError::DevicesExhausted => Status::resource_exhausted(message),
+            SimError::AccountExists(_) => Status::already_exists(message),
+            SimError::Encryption(_) => Status::internal(message),
             SimError::CompanionGone => Status::unavailable(message),
             SimError::PairTimeout(_) => Status::deadline_exceeded(message),
             SimError::Bind { .. } => Status::internal(message),
@@ -185,6 +193,51 @@ impl SimulatorService for Control {
             self.sim.set_delay(Some(&jid), request.delay_ms);
         }
         Ok(Response::new(SetDelayResponse {}))
+    }
+
+    async fn create_account(
+        &self,
+        request: Request<CreateAccountRequest>,
+    ) -> Result<Response<CreateAccountResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.phone)?;
+        let jid = self.sim.create_account(&phone, &request.push_name)?;
+        Ok(Response::new(CreateAccountResponse {
+            jid: jid.to_string(),
+        }))
+    }
+
+    async fn send_text(
+        &self,
+        request: Request<SendTextRequest>,
+    ) -> Result<Response<SendTextResponse>, Status> {
+        let request = request.into_inner();
+        let from = parse_phone(&request.from_phone)?;
+        let to = self.target(&request.to)?;
+        let message_id = self
+            .sim
+            .send_text(&from, &to.to_non_ad(), &request.text)
+            .await?;
+        Ok(Response::new(SendTextResponse { message_id }))
+    }
+
+    async fn inbox(
+        &self,
+        request: Request<InboxRequest>,
+    ) -> Result<Response<InboxResponse>, Status> {
+        let phone = parse_phone(&request.into_inner().phone)?;
+        let messages = self
+            .sim
+            .inbox(&phone)?
+            .into_iter()
+            .map(|m| InboxMessage {
+                from: m.from,
+                id: m.id,
+                text: m.text,
+                timestamp: m.timestamp,
+            })
+            .collect();
+        Ok(Response::new(InboxResponse { messages }))
     }
 }
 

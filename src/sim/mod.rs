@@ -7,8 +7,12 @@ pub mod cli;
 mod conn;
 mod control;
 mod keys;
+mod messaging;
+mod phone;
 mod registry;
+mod routing;
 mod stanza;
+mod usync;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,13 +31,13 @@ use tracing::{debug, warn};
 use crate::proto::sim::simulator_server::SimulatorServer;
 use crate::proto::wa::{AdvDeviceIdentity, AdvSignedDeviceIdentity, AdvSignedDeviceIdentityHmac};
 use crate::wa::adv::{account_signature_message, details_hmac};
-use crate::wa::crypto::KeyPair;
 use crate::wa::jid::{Jid, PhoneNumber};
 use crate::wa::qr::{QrData, QrError};
 
 pub use control::Control;
+pub use phone::InboxMessage;
 pub use registry::{AccountInfo, DeviceInfo};
-use registry::{Command, Device, PairRefusal, Registry, ReserveError, Termination};
+use registry::{Command, Device, NewAccount, PairRefusal, Registry, ReserveError, Termination};
 
 /// How long a phone waits for the companion to countersign its identity.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(20);
@@ -80,6 +84,10 @@ pub enum SimError {
     InvalidPairConfirmation(String),
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("account {0} already exists")]
+    AccountExists(String),
+    #[error("the phone cannot encrypt: {0}")]
+    Encryption(String),
 }
 
 /// The running simulator; cheap to clone (shared inside).
@@ -203,7 +211,7 @@ impl Simulator {
         let inner = &self.inner;
         // Made before taking the registry lock (the two locks never nest);
         // used only if the account is new.
-        let new_account = inner.with_rng(|rng| (KeyPair::generate(rng), rng.next_u32()));
+        let new_account = inner.with_rng(NewAccount::generate);
         let reservation = inner
             .registry
             .reserve_device(
@@ -321,6 +329,41 @@ impl Simulator {
             .send(Command::Terminate(Termination::StreamError(515)))
             .await;
         Ok(jid)
+    }
+
+    /// Creates an account whose virtual phone (device 0) has fresh Signal
+    /// keys. Returns the account JID.
+    pub fn create_account(&self, phone: &PhoneNumber, push_name: &str) -> Result<Jid, SimError> {
+        let keys = self.inner.with_rng(NewAccount::generate);
+        if self
+            .inner
+            .registry
+            .create_account(phone, push_name, unix_now(), keys)
+        {
+            Ok(phone.to_jid())
+        } else {
+            Err(SimError::AccountExists(phone.to_string()))
+        }
+    }
+
+    /// The virtual phone of `from` sends a text to the account `to` (every
+    /// device of it, and a sent copy to `from`'s companions). Returns the
+    /// message id.
+    pub async fn send_text(
+        &self,
+        from: &PhoneNumber,
+        to: &Jid,
+        text: &str,
+    ) -> Result<String, SimError> {
+        self.inner.phone_send(from.as_str(), &to.user, text).await
+    }
+
+    /// The texts a virtual phone received and decrypted, oldest first.
+    pub fn inbox(&self, phone: &PhoneNumber) -> Result<Vec<InboxMessage>, SimError> {
+        self.inner
+            .registry
+            .with_handset(phone.as_str(), |handset| handset.inbox().to_vec())
+            .ok_or_else(|| SimError::NotFound(format!("no account {}", phone.as_str())))
     }
 
     /// Every account with its devices.

@@ -8,18 +8,25 @@
 //! (callers copy out what they need, e.g. a connection's sender, then await).
 //! No I/O here; imports `wa` only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot};
 
+use rand::{CryptoRng, RngCore};
+
+use super::phone::Phone;
+use super::usync::BundleKeys;
 use crate::wa::binary::Node;
 use crate::wa::crypto::KeyPair;
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 
 /// Most one-time prekeys kept per device.
 const MAX_STORED_PREKEYS: usize = 10_000;
+/// Most unacknowledged stanzas kept per device; the oldest are dropped first
+/// (a device that never comes back must not grow the queue forever).
+const MAX_QUEUED: usize = 0x1000;
 
 /// Identifies one websocket connection for the lifetime of the simulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,6 +57,8 @@ pub(crate) struct Account {
     /// `ADVDeviceIdentity.raw_id`, fixed per account.
     pub(crate) raw_id: u32,
     pub(crate) created: u64,
+    /// Device 0: the virtual phone with its Signal state and inbox.
+    pub(crate) handset: Phone,
     next_device: u16,
     next_key_index: u32,
     pub(crate) devices: BTreeMap<u16, Device>,
@@ -64,8 +73,8 @@ pub(crate) struct Device {
     pub(crate) platform: String,
     pub(crate) key_index: u32,
     /// `ADVSignedDeviceIdentity` as the companion signed it (without the
-    /// account signature key), shown to peers when messaging.
-    #[allow(dead_code)] // read once message routing sends device identities
+    /// account signature key).
+    #[allow(dead_code)] // kept for device-identity checks of routed messages
     pub(crate) signed_identity: Vec<u8>,
     /// One-time prekeys uploaded by the companion, by id.
     pub(crate) prekeys: BTreeMap<u32, [u8; 32]>,
@@ -155,9 +164,47 @@ pub(crate) struct Reservation {
     pub(crate) pending: Pending,
 }
 
+/// What a queued stanza waits to be acknowledged by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum QueueClass {
+    /// A message: removed by the device's receipt or `<ack class="message">`.
+    Message,
+    /// A receipt: removed by the device's `<ack class="receipt">`.
+    Receipt,
+}
+
+/// A stanza delivered (or waiting to be) and not yet acknowledged.
+struct Queued {
+    class: QueueClass,
+    id: String,
+    node: Node,
+}
+
+/// Keys and state for an account that may be created by a call.
+pub(crate) struct NewAccount {
+    pub(crate) identity: KeyPair,
+    pub(crate) raw_id: u32,
+    pub(crate) handset: Phone,
+}
+
+impl NewAccount {
+    pub(crate) fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
+        let identity = KeyPair::generate(rng);
+        let raw_id = rng.next_u32();
+        let handset = Phone::generate(identity.clone(), rng);
+        Self {
+            identity,
+            raw_id,
+            handset,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     accounts: BTreeMap<String, Account>,
+    /// Per device: stanzas not yet acknowledged, oldest first.
+    queues: HashMap<Jid, VecDeque<Queued>>,
     pending: HashMap<[u8; 32], Pending>,
     live: BTreeMap<ConnId, Live>,
     next_conn: u64,
@@ -221,20 +268,7 @@ impl Registry {
         commands: mpsc::Sender<Command>,
         delay: Arc<AtomicU32>,
     ) {
-        let mut state = self.lock();
-        let ms = match &kind {
-            ConnKind::Device(jid) => state.delay_for(jid),
-            ConnKind::Registration(_) => state.global_delay_ms,
-        };
-        delay.store(ms, Ordering::Relaxed);
-        state.live.insert(
-            id,
-            Live {
-                kind,
-                commands,
-                delay,
-            },
-        );
+        attach_in(&mut self.lock(), id, kind, commands, delay);
     }
 
     /// Forgets a connection that ended (and its pending pairing, if any).
@@ -267,7 +301,7 @@ impl Registry {
         noise_key: &[u8; 32],
         reference: &str,
         now: u64,
-        new_account: (KeyPair, u32),
+        new_account: NewAccount,
     ) -> Result<Reservation, ReserveError> {
         let mut state = self.lock();
         let pending = state
@@ -284,19 +318,7 @@ impl Registry {
         let account = state
             .accounts
             .entry(phone.as_str().to_owned())
-            .or_insert_with(|| {
-                let (identity, raw_id) = new_account;
-                Account {
-                    phone: phone.clone(),
-                    push_name: push_name.to_owned(),
-                    identity,
-                    raw_id,
-                    created: now,
-                    next_device: 1,
-                    next_key_index: 1,
-                    devices: BTreeMap::new(),
-                }
-            });
+            .or_insert_with(|| Account::new(phone, push_name, now, new_account));
         let device = account.next_device;
         let Some(next) = device.checked_add(1) else {
             state.pending.insert(*noise_key, pending);
@@ -469,6 +491,160 @@ impl Registry {
         ))
     }
 
+    /// Creates an account with only its virtual phone; false if it exists.
+    pub(crate) fn create_account(
+        &self,
+        phone: &PhoneNumber,
+        push_name: &str,
+        now: u64,
+        keys: NewAccount,
+    ) -> bool {
+        let mut state = self.lock();
+        if state.accounts.contains_key(phone.as_str()) {
+            return false;
+        }
+        state.accounts.insert(
+            phone.as_str().to_owned(),
+            Account::new(phone, push_name, now, keys),
+        );
+        true
+    }
+
+    /// The devices of an account (device 0 first, with key indexes); empty
+    /// for an unknown number.
+    pub(crate) fn user_devices(&self, user: &str) -> Vec<(u16, u32)> {
+        let state = self.lock();
+        state
+            .accounts
+            .get(user)
+            .map(Account::device_list)
+            .unwrap_or_default()
+    }
+
+    /// The account's push name, if the account exists.
+    pub(crate) fn push_name(&self, user: &str) -> Option<String> {
+        self.lock().accounts.get(user).map(|a| a.push_name.clone())
+    }
+
+    /// Bundles for the requested devices (one-time prekeys popped), `None`
+    /// for unknown devices; the JIDs are echoed as given.
+    pub(crate) fn take_bundles(&self, jids: Vec<Jid>) -> Vec<(Jid, Option<BundleKeys>)> {
+        let mut state = self.lock();
+        jids.into_iter()
+            .map(|jid| {
+                let bundle = if jid.server == DEFAULT_USER_SERVER {
+                    state.take_bundle(&jid)
+                } else {
+                    None
+                };
+                (jid, bundle)
+            })
+            .collect()
+    }
+
+    /// Runs `f` on an account's virtual phone.
+    pub(crate) fn with_handset<T>(&self, user: &str, f: impl FnOnce(&mut Phone) -> T) -> Option<T> {
+        let mut state = self.lock();
+        state.accounts.get_mut(user).map(|a| f(&mut a.handset))
+    }
+
+    /// Runs `f` on the sender's phone with the bundles (popped) of the given
+    /// devices it has no session with yet. `None` if the sender is unknown.
+    pub(crate) fn with_handset_and_bundles<T>(
+        &self,
+        sender: &str,
+        targets: &[Jid],
+        f: impl FnOnce(&mut Phone, Vec<Option<BundleKeys>>) -> T,
+    ) -> Option<T> {
+        let mut state = self.lock();
+        let needs: Vec<bool> = {
+            let handset = &state.accounts.get(sender)?.handset;
+            targets
+                .iter()
+                .map(|t| !handset.has_session(&super::messaging::address(t)))
+                .collect()
+        };
+        let bundles = targets
+            .iter()
+            .zip(needs)
+            .map(|(t, need)| if need { state.take_bundle(t) } else { None })
+            .collect();
+        let handset = &mut state.accounts.get_mut(sender)?.handset;
+        Some(f(handset, bundles))
+    }
+
+    /// Queues a stanza for a device until it acknowledges it, and returns
+    /// the device's live connections to deliver it to now.
+    pub(crate) fn enqueue(
+        &self,
+        device: &Jid,
+        class: QueueClass,
+        id: &str,
+        node: Node,
+    ) -> Vec<mpsc::Sender<Command>> {
+        let mut state = self.lock();
+        let queue = state.queues.entry(device.clone()).or_default();
+        if queue.len() >= MAX_QUEUED {
+            queue.pop_front();
+        }
+        queue.push_back(Queued {
+            class,
+            id: id.to_owned(),
+            node,
+        });
+        state
+            .live
+            .values()
+            .filter(|l| l.kind == ConnKind::Device(device.clone()))
+            .map(|l| l.commands.clone())
+            .collect()
+    }
+
+    /// The device acknowledged these ids: they leave its queue.
+    pub(crate) fn acknowledge(&self, device: &Jid, class: QueueClass, ids: &[String]) {
+        let mut state = self.lock();
+        if let Some(queue) = state.queues.get_mut(device) {
+            queue.retain(|q| q.class != class || !ids.contains(&q.id));
+            if queue.is_empty() {
+                state.queues.remove(device);
+            }
+        }
+    }
+
+    /// Attaches a logged-in device and returns, in the same step, what is
+    /// waiting for it (marked `offline`): later stanzas go out live, so
+    /// nothing is both delivered live and replayed.
+    pub(crate) fn attach_device(
+        &self,
+        id: ConnId,
+        jid: &Jid,
+        commands: mpsc::Sender<Command>,
+        delay: Arc<AtomicU32>,
+    ) -> Vec<Node> {
+        let mut state = self.lock();
+        attach_in(
+            &mut state,
+            id,
+            ConnKind::Device(jid.clone()),
+            commands,
+            delay,
+        );
+        state
+            .queues
+            .get(jid)
+            .map(|queue| {
+                queue
+                    .iter()
+                    .map(|q| {
+                        let mut node = q.node.clone();
+                        node.set_attr("offline", "1");
+                        node
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Every account with its devices and their connection state.
     pub(crate) fn accounts(&self) -> Vec<AccountInfo> {
         let state = self.lock();
@@ -482,7 +658,7 @@ impl Registry {
                     platform: String::new(),
                     connected: true,
                     key_index: 0,
-                    prekeys: 0,
+                    prekeys: account.handset.unclaimed_prekeys(),
                 };
                 let companions = account.devices.values().map(|d| {
                     let jid = Jid::with_device(account.phone.as_str(), d.id, DEFAULT_USER_SERVER);
@@ -509,13 +685,74 @@ impl Registry {
     }
 }
 
+impl Account {
+    fn new(phone: &PhoneNumber, push_name: &str, now: u64, keys: NewAccount) -> Self {
+        Self {
+            phone: phone.clone(),
+            push_name: push_name.to_owned(),
+            identity: keys.identity,
+            raw_id: keys.raw_id,
+            created: now,
+            handset: keys.handset,
+            next_device: 1,
+            next_key_index: 1,
+            devices: BTreeMap::new(),
+        }
+    }
+
+    /// Device 0 and every companion with its key index.
+    fn device_list(&self) -> Vec<(u16, u32)> {
+        std::iter::once((0, 0))
+            .chain(self.devices.values().map(|d| (d.id, d.key_index)))
+            .collect()
+    }
+}
+
 impl State {
+    /// A device's bundle, popping one of its one-time prekeys.
+    fn take_bundle(&mut self, jid: &Jid) -> Option<BundleKeys> {
+        let account = self.accounts.get_mut(&jid.user)?;
+        if jid.device == 0 {
+            return Some(account.handset.take_bundle());
+        }
+        let device = account.devices.get_mut(&jid.device)?;
+        let one_time = device.prekeys.pop_first();
+        Some(BundleKeys {
+            registration_id: device.bundle.registration_id,
+            identity: device.bundle.identity,
+            signed_prekey: device.bundle.signed_prekey.clone(),
+            one_time,
+        })
+    }
+
     fn delay_for(&self, jid: &Jid) -> u32 {
         self.device_delay_ms
             .get(jid)
             .copied()
             .unwrap_or(self.global_delay_ms)
     }
+}
+
+fn attach_in(
+    state: &mut State,
+    id: ConnId,
+    kind: ConnKind,
+    commands: mpsc::Sender<Command>,
+    delay: Arc<AtomicU32>,
+) {
+    let ms = match &kind {
+        ConnKind::Device(jid) => state.delay_for(jid),
+        ConnKind::Registration(_) => state.global_delay_ms,
+    };
+    delay.store(ms, Ordering::Relaxed);
+    state.live.insert(
+        id,
+        Live {
+            kind,
+            commands,
+            delay,
+        },
+    );
 }
 
 /// Whether `target` (a device, or an account when its device is 0) covers
@@ -569,9 +806,12 @@ mod tests {
         "+15551234567".parse().expect("valid phone")
     }
 
-    fn new_account_keys() -> (KeyPair, u32) {
+    fn new_account_keys() -> NewAccount {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        (KeyPair::generate(&mut rng), 42)
+        NewAccount {
+            raw_id: 42,
+            ..NewAccount::generate(&mut rng)
+        }
     }
 
     fn device(id: u16, noise: [u8; 32]) -> Device {

@@ -211,6 +211,31 @@ impl NodeScript {
         Event::parse(&line).unwrap_or_else(|| panic!("{name}: unexpected output {line}"))
     }
 
+    /// The next line the script prints, as JSON, within [`STEP`].
+    pub(crate) async fn next_json(&mut self) -> serde_json::Value {
+        let name = self.name;
+        let line = tokio::time::timeout(STEP, self.lines.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no output within {STEP:?}"))
+            .unwrap_or_else(|| panic!("{name} exited unexpectedly"));
+        eprintln!("{name}: {line}");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("{name}: not JSON: {line}"))
+    }
+
+    /// Reads lines until one has `"event": event` and `pred` holds for it.
+    pub(crate) async fn wait_for(
+        &mut self,
+        event: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        loop {
+            let value = self.next_json().await;
+            if value["event"] == event && pred(&value) {
+                return value;
+            }
+        }
+    }
+
     /// Sends one command line to the script.
     pub(crate) fn command(&mut self, command: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");

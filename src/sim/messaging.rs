@@ -1,0 +1,219 @@
+//! Message routing between devices: client messages fanned out per device,
+//! receipts forwarded to senders, virtual phones that decrypt what they are
+//! sent and send texts of their own, and per-device queues that hold every
+//! stanza until the device acknowledges it (replayed as `offline` at the
+//! next login). Runs on the control side and on each connection's router
+//! task; never holds the registry lock across an `.await`. Imports `wa` only.
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tracing::debug;
+
+use super::phone::{device_sent_message, text_message, Content, InboxMessage};
+use super::registry::QueueClass;
+use super::routing::{self, ClientMessage, ClientReceipt, Delivery};
+use super::{unix_now, Inner, SimError};
+use crate::wa::binary::Node;
+use crate::wa::jid::{Jid, DEFAULT_USER_SERVER};
+use crate::wa::signal::ProtocolAddress;
+
+/// The Signal address of a device JID.
+pub(crate) fn address(jid: &Jid) -> ProtocolAddress {
+    ProtocolAddress::new(jid.user.clone(), u32::from(jid.device))
+}
+
+impl Inner {
+    /// A generator for work done under the registry lock (the two locks
+    /// never nest, so it is drawn first).
+    fn fork_rng(&self) -> StdRng {
+        self.with_rng(|rng| StdRng::from_rng(rng).unwrap_or_else(|_| StdRng::seed_from_u64(0)))
+    }
+
+    /// Hands a stanza to one device: a virtual phone processes it at once;
+    /// a companion gets it queued until acknowledged, and live now if it is
+    /// connected.
+    pub(crate) async fn deliver_to(&self, device: &Jid, class: QueueClass, id: &str, node: Node) {
+        if device.device == 0 {
+            if node.tag() == "message" {
+                self.phone_receive(device, node).await;
+            }
+            // Receipts for a phone's own texts need no action.
+            return;
+        }
+        self.to_companion(device, class, id, node).await;
+    }
+
+    /// Queues a stanza for a companion and sends it to its live connections.
+    async fn to_companion(&self, device: &Jid, class: QueueClass, id: &str, node: Node) {
+        for conn in self.registry.enqueue(device, class, id, node.clone()) {
+            // A connection that just ended has the stanza in its queue still.
+            let _ = conn
+                .send(super::registry::Command::Deliver(node.clone()))
+                .await;
+        }
+    }
+
+    /// Routes a message a companion sent: one delivery per target device.
+    pub(crate) async fn route_message(&self, sender: &Jid, message: ClientMessage) {
+        let t = unix_now();
+        let notify = self.registry.push_name(&sender.user);
+        for (target, encs) in message.targets {
+            if target == *sender || encs.is_empty() {
+                continue;
+            }
+            let own = target.user == sender.user;
+            let node = routing::delivered_message(Delivery {
+                id: &message.id,
+                kind: &message.kind,
+                from: sender,
+                t,
+                notify: notify.as_deref(),
+                recipient: own.then_some(&message.to),
+                encs,
+                device_identity: message.device_identity.clone(),
+            });
+            self.deliver_to(&target, QueueClass::Message, &message.id, node)
+                .await;
+        }
+    }
+
+    /// Routes a receipt: the recipient's confirmation goes to the original
+    /// sender's devices (a retry only to the device that sent the message).
+    pub(crate) async fn route_receipt(&self, sender: &Jid, receipt: ClientReceipt) {
+        let forwarded = routing::forwarded_receipt(&receipt, sender, unix_now());
+        let targets: Vec<Jid> = if receipt.kind.as_deref() == Some("retry") {
+            vec![receipt.to.clone()]
+        } else {
+            self.registry
+                .user_devices(&receipt.to.user)
+                .into_iter()
+                .map(|(device, _)| {
+                    Jid::with_device(receipt.to.user.clone(), device, DEFAULT_USER_SERVER)
+                })
+                .filter(|jid| jid != sender)
+                .collect()
+        };
+        for target in targets {
+            self.deliver_to(&target, QueueClass::Receipt, &receipt.id, forwarded.clone())
+                .await;
+        }
+    }
+
+    /// A virtual phone decrypts a message; a text lands in its inbox and
+    /// the sender's devices get a delivery receipt.
+    async fn phone_receive(&self, phone: &Jid, node: Node) {
+        let Some(from) = node.attr_jid("from") else {
+            return;
+        };
+        let id = node.attr_string("id").unwrap_or_default();
+        let t = node.attr_u64("t").unwrap_or_else(unix_now);
+        let mut rng = self.fork_rng();
+        let sender = address(&from);
+        let outcome = self.registry.with_handset(&phone.user, |handset| {
+            let mut text = None;
+            for enc in node.children_by_tag("enc") {
+                let kind = enc.attr_str("type").unwrap_or_default();
+                let Some(bytes) = enc.content_bytes() else {
+                    continue;
+                };
+                match handset.decrypt(&sender, kind, bytes, &mut rng) {
+                    Ok(Content::Text(received)) => text = Some(received),
+                    Ok(Content::SentByMe { .. } | Content::Other) => {}
+                    Err(err) => debug!(%from, %err, "phone cannot decrypt"),
+                }
+            }
+            if let Some(text) = &text {
+                handset.record(InboxMessage {
+                    from: from.to_string(),
+                    id: id.clone(),
+                    text: text.clone(),
+                    timestamp: t,
+                });
+            }
+            text.is_some()
+        });
+        if outcome != Some(true) || from.user == phone.user {
+            return;
+        }
+        let receipt = routing::phone_receipt(&id, &phone.to_non_ad(), unix_now());
+        for (device, _) in self.registry.user_devices(&from.user) {
+            if device != 0 {
+                let target = Jid::with_device(from.user.clone(), device, DEFAULT_USER_SERVER);
+                self.to_companion(&target, QueueClass::Receipt, &id, receipt.clone())
+                    .await;
+            }
+        }
+    }
+
+    /// The phone of `from_user` sends `text` to the account `to_user`: to
+    /// every device of the recipient, and a sent copy to its own companions.
+    pub(crate) async fn phone_send(
+        &self,
+        from_user: &str,
+        to_user: &str,
+        text: &str,
+    ) -> Result<String, SimError> {
+        let recipients = self.registry.user_devices(to_user);
+        if recipients.is_empty() {
+            return Err(SimError::NotFound(format!("no account {to_user}")));
+        }
+        let own = self.registry.user_devices(from_user);
+        if own.is_empty() {
+            return Err(SimError::NotFound(format!("no account {from_user}")));
+        }
+        let chat = Jid::new(to_user, DEFAULT_USER_SERVER);
+        let targets: Vec<Jid> = recipients
+            .iter()
+            .map(|(device, _)| Jid::with_device(to_user, *device, DEFAULT_USER_SERVER))
+            .chain(
+                own.iter()
+                    .filter(|(device, _)| *device != 0)
+                    .map(|(device, _)| Jid::with_device(from_user, *device, DEFAULT_USER_SERVER)),
+            )
+            .filter(|jid| !(jid.user == from_user && jid.device == 0))
+            .collect();
+        let mut rng = self.fork_rng();
+        let id = routing::new_message_id(&mut rng);
+        let for_peer = text_message(text);
+        let for_self = device_sent_message(&chat.to_string(), text);
+        let encrypted = self
+            .registry
+            .with_handset_and_bundles(from_user, &targets, |handset, bundles| {
+                targets
+                    .iter()
+                    .zip(bundles)
+                    .map(|(target, bundle)| {
+                        let message = if target.user == from_user {
+                            &for_self
+                        } else {
+                            &for_peer
+                        };
+                        handset
+                            .encrypt(&address(target), bundle.as_ref(), message, &mut rng)
+                            .map(|ciphertext| (target.clone(), ciphertext))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .ok_or_else(|| SimError::NotFound(format!("no account {from_user}")))?
+            .map_err(|err| SimError::Encryption(err.to_string()))?;
+        let from = Jid::new(from_user, DEFAULT_USER_SERVER);
+        let notify = self.registry.push_name(from_user);
+        let t = unix_now();
+        for (target, ciphertext) in encrypted {
+            let own_device = target.user == from_user;
+            let node = routing::delivered_message(Delivery {
+                id: &id,
+                kind: "text",
+                from: &from,
+                t,
+                notify: notify.as_deref(),
+                recipient: own_device.then_some(&chat),
+                encs: vec![routing::enc(ciphertext.kind(), ciphertext.into_bytes())],
+                device_identity: None,
+            });
+            self.deliver_to(&target, QueueClass::Message, &id, node)
+                .await;
+        }
+        Ok(id)
+    }
+}

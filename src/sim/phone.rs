@@ -1,0 +1,353 @@
+//! Virtual phones: device 0 of every simulated account, holding real Signal
+//! keys (identity, signed prekey, a pool of one-time prekeys), the sessions
+//! it opened or accepted, and an inbox of the texts it decrypted. Pure state
+//! and crypto: no I/O, no clock, no locks; imports `wa` and the generated
+//! protobufs only.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use prost::Message as _;
+use rand::{CryptoRng, RngCore};
+
+use super::usync::BundleKeys;
+use crate::proto::wa::message::DeviceSentMessage;
+use crate::proto::wa::Message;
+use crate::wa::crypto::KeyPair;
+use crate::wa::signal::{
+    self, decrypt_message, decrypt_prekey_message, encrypt, generate_registration_id, pad,
+    process_bundle, unpad, CiphertextMessage, LocalKeys, PreKey, PreKeyBundle, ProtocolAddress,
+    SessionRecord, SignalError,
+};
+
+/// One-time prekeys a phone publishes when its account is created.
+const PHONE_PREKEYS: u32 = 0x40;
+/// Id of the phone's only signed prekey.
+const SIGNED_PREKEY_ID: u32 = 0x01;
+/// Most texts kept in an inbox; the oldest are dropped first.
+const MAX_INBOX: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PhoneError {
+    #[error("signal: {0}")]
+    Signal(#[from] SignalError),
+    #[error("enc type {0:?} is not pkmsg or msg")]
+    UnknownEncType(String),
+    #[error("no session with {0} and no bundle to start one")]
+    NoSession(ProtocolAddress),
+    #[error("decrypted payload is not a WhatsApp Message: {0}")]
+    NotAMessage(#[from] prost::DecodeError),
+}
+
+/// A text a phone received and decrypted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxMessage {
+    /// The sending device, e.g. `15550001111:1@s.whatsapp.net`.
+    pub from: String,
+    pub id: String,
+    pub text: String,
+    /// The server timestamp of the message (unix seconds).
+    pub timestamp: u64,
+}
+
+/// What a decrypted payload turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Content {
+    /// A text for this account.
+    Text(String),
+    /// A copy of a text another device of this account sent to `destination`.
+    SentByMe { destination: String, text: String },
+    /// Anything else (sender keys, protocol messages): no text.
+    Other,
+}
+
+/// The Signal side of a virtual phone.
+pub(crate) struct Phone {
+    identity: KeyPair,
+    registration_id: u32,
+    signed_prekey: signal::SignedPreKey,
+    /// Private halves of every one-time prekey not used yet.
+    prekeys: BTreeMap<u32, PreKey>,
+    /// Ids the server may still hand out (popped when a bundle is fetched).
+    unclaimed: BTreeSet<u32>,
+    sessions: HashMap<ProtocolAddress, SessionRecord>,
+    inbox: Vec<InboxMessage>,
+}
+
+impl Phone {
+    /// A phone whose identity is the account's key (the one that signs its
+    /// companions' device identities, as on a real phone).
+    pub(crate) fn generate(identity: KeyPair, rng: &mut (impl RngCore + CryptoRng)) -> Self {
+        let signed_prekey = signal::SignedPreKey::generate(SIGNED_PREKEY_ID, &identity, rng)
+            .expect("the constant signed prekey id fits in 24 bits");
+        let prekeys: BTreeMap<u32, PreKey> = (1..=PHONE_PREKEYS)
+            .map(|id| {
+                let key = PreKey::generate(id, rng).expect("small prekey ids fit in 24 bits");
+                (id, key)
+            })
+            .collect();
+        Self {
+            registration_id: generate_registration_id(rng),
+            unclaimed: prekeys.keys().copied().collect(),
+            prekeys,
+            signed_prekey,
+            identity,
+            sessions: HashMap::new(),
+            inbox: Vec::new(),
+        }
+    }
+
+    /// The phone's bundle as the server hands it out: one unclaimed
+    /// one-time prekey is popped with it (none once the pool is empty).
+    pub(crate) fn take_bundle(&mut self) -> BundleKeys {
+        let one_time = self
+            .unclaimed
+            .pop_first()
+            .and_then(|id| self.prekeys.get(&id).map(|key| (key.id, key.key.public)));
+        BundleKeys {
+            registration_id: self.registration_id,
+            identity: self.identity.public,
+            signed_prekey: super::registry::SignedPreKey {
+                id: self.signed_prekey.id,
+                public: self.signed_prekey.key.public,
+                signature: self.signed_prekey.signature,
+            },
+            one_time,
+        }
+    }
+
+    /// One-time prekeys the server can still hand out.
+    pub(crate) fn unclaimed_prekeys(&self) -> usize {
+        self.unclaimed.len()
+    }
+
+    pub(crate) fn has_session(&self, with: &ProtocolAddress) -> bool {
+        self.sessions
+            .get(with)
+            .is_some_and(SessionRecord::has_current_session)
+    }
+
+    /// Decrypts an `<enc>` payload from `from` (type `pkmsg` or `msg`),
+    /// strips WhatsApp's padding and reads the `Message` inside.
+    pub(crate) fn decrypt(
+        &mut self,
+        from: &ProtocolAddress,
+        enc_type: &str,
+        ciphertext: &[u8],
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Content, PhoneError> {
+        let padded = match enc_type {
+            "pkmsg" => {
+                let keys: Vec<PreKey> = self.prekeys.values().cloned().collect();
+                let local = LocalKeys {
+                    identity: &self.identity,
+                    registration_id: self.registration_id,
+                    signed_pre_keys: std::slice::from_ref(&self.signed_prekey),
+                    pre_keys: &keys,
+                };
+                let decrypted =
+                    decrypt_prekey_message(self.sessions.get(from), &local, ciphertext, rng)?;
+                if let Some(used) = decrypted.used_prekey_id {
+                    self.prekeys.remove(&used);
+                    self.unclaimed.remove(&used);
+                }
+                self.sessions.insert(from.clone(), decrypted.record);
+                decrypted.plaintext
+            }
+            "msg" => {
+                let record = self
+                    .sessions
+                    .get_mut(from)
+                    .ok_or_else(|| PhoneError::NoSession(from.clone()))?;
+                decrypt_message(record, &self.identity.public, ciphertext, rng)?
+            }
+            other => return Err(PhoneError::UnknownEncType(other.to_owned())),
+        };
+        Ok(content(unpad(&padded)?)?)
+    }
+
+    /// Encrypts `message` (padded here) for `to`, opening the session from
+    /// `bundle` when there is none yet.
+    pub(crate) fn encrypt(
+        &mut self,
+        to: &ProtocolAddress,
+        bundle: Option<&BundleKeys>,
+        message: &Message,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<CiphertextMessage, PhoneError> {
+        if !self.has_session(to) {
+            let bundle = bundle.ok_or_else(|| PhoneError::NoSession(to.clone()))?;
+            let bundle = PreKeyBundle {
+                registration_id: bundle.registration_id,
+                device_id: to.device,
+                pre_key: bundle.one_time,
+                signed_pre_key: (
+                    bundle.signed_prekey.id,
+                    bundle.signed_prekey.public,
+                    bundle.signed_prekey.signature,
+                ),
+                identity_key: bundle.identity,
+            };
+            let previous = self.sessions.remove(to);
+            let record =
+                process_bundle(&bundle, &self.identity, self.registration_id, previous, rng)?;
+            self.sessions.insert(to.clone(), record);
+        }
+        let record = self
+            .sessions
+            .get_mut(to)
+            .ok_or_else(|| PhoneError::NoSession(to.clone()))?;
+        let padded = pad(rng, &message.encode_to_vec());
+        Ok(encrypt(record, &self.identity, &padded)?)
+    }
+
+    pub(crate) fn record(&mut self, message: InboxMessage) {
+        if self.inbox.len() >= MAX_INBOX {
+            self.inbox.remove(0);
+        }
+        self.inbox.push(message);
+    }
+
+    pub(crate) fn inbox(&self) -> &[InboxMessage] {
+        &self.inbox
+    }
+}
+
+/// A text as a `Message{conversation}`.
+pub(crate) fn text_message(text: &str) -> Message {
+    Message {
+        conversation: Some(text.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// The copy of a text for the sender's other devices.
+pub(crate) fn device_sent_message(destination: &str, text: &str) -> Message {
+    Message {
+        device_sent_message: Some(Box::new(DeviceSentMessage {
+            destination_jid: Some(destination.to_owned()),
+            message: Some(Box::new(text_message(text))),
+            phash: None,
+        })),
+        ..Default::default()
+    }
+}
+
+/// Reads the text out of a decrypted, unpadded `Message`.
+pub(crate) fn content(bytes: &[u8]) -> Result<Content, prost::DecodeError> {
+    let message = Message::decode(bytes)?;
+    if let Some(sent) = message.device_sent_message {
+        let text = sent.message.as_deref().and_then(text_of);
+        return Ok(match text {
+            Some(text) => Content::SentByMe {
+                destination: sent.destination_jid.unwrap_or_default(),
+                text,
+            },
+            None => Content::Other,
+        });
+    }
+    Ok(text_of(&message).map_or(Content::Other, Content::Text))
+}
+
+fn text_of(message: &Message) -> Option<String> {
+    message.conversation.clone().or_else(|| {
+        message
+            .extended_text_message
+            .as_ref()
+            .and_then(|m| m.text.clone())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::wa::message::ExtendedTextMessage;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn phone(seed: u64) -> Phone {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let identity = KeyPair::generate(&mut rng);
+        Phone::generate(identity, &mut rng)
+    }
+
+    #[test]
+    fn bundles_pop_one_time_prekeys() {
+        let mut alice = phone(1);
+        let first = alice.take_bundle();
+        let second = alice.take_bundle();
+        assert_eq!(first.one_time.map(|k| k.0), Some(1));
+        assert_eq!(second.one_time.map(|k| k.0), Some(2));
+        assert_eq!(alice.unclaimed_prekeys(), PHONE_PREKEYS as usize - 2);
+        for _ in 2..PHONE_PREKEYS {
+            alice.take_bundle();
+        }
+        assert_eq!(alice.take_bundle().one_time, None, "pool exhausted");
+    }
+
+    #[test]
+    fn phones_exchange_texts_both_ways() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut alice = phone(2);
+        let mut bob = phone(3);
+        let to_bob = ProtocolAddress::new("bob", 0);
+        let to_alice = ProtocolAddress::new("alice", 0);
+        let bundle = bob.take_bundle();
+        let used = bundle.one_time.map(|k| k.0);
+        let first = alice
+            .encrypt(&to_bob, Some(&bundle), &text_message("hi bob"), &mut rng)
+            .expect("encrypts");
+        assert_eq!(first.kind(), "pkmsg");
+        let got = bob
+            .decrypt(&to_alice, first.kind(), first.bytes(), &mut rng)
+            .expect("decrypts");
+        assert_eq!(got, Content::Text("hi bob".into()));
+        assert!(!bob.prekeys.contains_key(&used.expect("one-time key")));
+
+        let reply = Message {
+            extended_text_message: Some(ExtendedTextMessage {
+                text: Some("hi alice".into()),
+            }),
+            ..Default::default()
+        };
+        let answer = bob
+            .encrypt(&to_alice, None, &reply, &mut rng)
+            .expect("session exists");
+        assert_eq!(answer.kind(), "msg");
+        let got = alice
+            .decrypt(&to_bob, "msg", answer.bytes(), &mut rng)
+            .expect("decrypts");
+        assert_eq!(got, Content::Text("hi alice".into()));
+
+        // Replays and garbage are refused without panicking.
+        assert!(alice
+            .decrypt(&to_bob, "msg", answer.bytes(), &mut rng)
+            .is_err());
+        assert!(alice.decrypt(&to_bob, "skmsg", b"x", &mut rng).is_err());
+        assert!(alice.decrypt(&to_bob, "pkmsg", &[], &mut rng).is_err());
+        assert!(matches!(
+            alice.encrypt(&ProtocolAddress::new("carol", 0), None, &reply, &mut rng),
+            Err(PhoneError::NoSession(_))
+        ));
+    }
+
+    #[test]
+    fn device_sent_copies_are_recognised() {
+        let bytes = device_sent_message("bob@s.whatsapp.net", "hello").encode_to_vec();
+        assert_eq!(
+            content(&bytes).expect("decodes"),
+            Content::SentByMe {
+                destination: "bob@s.whatsapp.net".into(),
+                text: "hello".into()
+            }
+        );
+        let other = Message {
+            message_context_info: Some(vec![1]),
+            ..Default::default()
+        };
+        assert_eq!(
+            content(&other.encode_to_vec()).expect("decodes"),
+            Content::Other
+        );
+        assert!(content(&[0xFF, 0xFF]).is_err());
+    }
+}
