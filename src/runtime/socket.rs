@@ -31,3 +31,30 @@ pub(crate) async fn connect(url: &str) -> Result<Socket, String> {
             .map_err(|e| format!("connect: {e}"))?;
     Ok(socket)
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    /// `wss://` URLs speak TLS: the first byte on the wire is a TLS
+    /// handshake record (0x16), not an HTTP request.
+    #[tokio::test]
+    async fn wss_starts_a_tls_handshake() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut first = [0u8; 1];
+            socket.read_exact(&mut first).await.expect("read");
+            first[0]
+        });
+        let client = tokio::spawn(async move {
+            let _ = super::connect(&format!("wss://127.0.0.1:{}/ws/chat", addr.port())).await;
+        });
+        let first = server.await.expect("server task");
+        client.abort();
+        assert_eq!(first, 0x16);
+    }
+}
