@@ -127,7 +127,8 @@ def main():
 
     pb2, pb2_grpc = load_stubs()
     if args.until and args.until not in pb2.SessionState.keys():
-        raise SystemExit(f"--until: unknown state {args.until!r}")
+        print(f"--until: unknown state {args.until!r}", file=sys.stderr)
+        return 2
     metadata = [("x-api-key", args.api_key)] if args.api_key else []
 
     with grpc.insecure_channel(args.addr) as channel:
