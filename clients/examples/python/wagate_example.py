@@ -17,6 +17,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -44,11 +45,17 @@ def load_stubs():
             GATEWAY_PROTO,
         ]
     )
-    if status != 0:
-        raise SystemExit(f"protoc failed on {PROTO_ROOT}/{GATEWAY_PROTO} (exit {status})")
-    sys.path.insert(0, out_dir)
-    pb2 = importlib.import_module("wagate.v1.gateway_pb2")
-    pb2_grpc = importlib.import_module("wagate.v1.gateway_pb2_grpc")
+    try:
+        if status != 0:
+            raise SystemExit(f"protoc failed on {PROTO_ROOT}/{GATEWAY_PROTO} (exit {status})")
+        sys.path.insert(0, out_dir)
+        pb2 = importlib.import_module("wagate.v1.gateway_pb2")
+        pb2_grpc = importlib.import_module("wagate.v1.gateway_pb2_grpc")
+    finally:
+        # Once imported the modules live in memory; the files are not needed.
+        if out_dir in sys.path:
+            sys.path.remove(out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
     return pb2, pb2_grpc
 
 
