@@ -22,14 +22,7 @@ async fn pair_session(
     id: &str,
     phone: &str,
 ) -> String {
-    let mut events = events_after(client, id, 0).await;
-    client
-        .init(InitRequest {
-            session_id: id.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("init");
+    let mut events = init_following(client, id).await;
     let (qr, _) = wait_for(&mut events, "QR", |e| qr_of(e).is_some()).await;
     let device = sim
         .control
@@ -235,14 +228,7 @@ async fn bad_input_gets_clear_statuses() {
     }
 
     // A session waiting for its QR: not connected.
-    let mut events = events_after(&mut client, "first", 0).await;
-    client
-        .init(InitRequest {
-            session_id: "first".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("init");
+    let mut events = init_following(&mut client, "first").await;
     wait_for(&mut events, "QR", |e| qr_of(e).is_some()).await;
     for to in ["", "12", "+0123456789", "abc", "1555@@x"] {
         let err = client

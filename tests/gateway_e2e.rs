@@ -39,14 +39,7 @@ async fn pair(
     session: &str,
     phone: &str,
 ) -> (String, u64) {
-    let mut events = events_after(client, session, 0).await;
-    client
-        .init(InitRequest {
-            session_id: session.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("init");
+    let mut events = init_following(client, session).await;
     let (qr_event, _) = wait_for(&mut events, "a QR event", |e| qr_of(e).is_some()).await;
     let qr = qr_of(&qr_event).expect("qr").to_owned();
     assert!(
@@ -291,14 +284,7 @@ async fn refuses_server_with_untrusted_certificate() {
     opts.wa_root_key = Some(wagate::wa::noise::WA_ROOT_PUBLIC_KEY);
     let gateway = start_gateway(opts).await;
     let mut client = client(gateway.addr).await;
-    let mut events = events_after(&mut client, "eve", 0).await;
-    client
-        .init(InitRequest {
-            session_id: "eve".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("init");
+    let mut events = init_following(&mut client, "eve").await;
     let (ev, before) = wait_for(&mut events, "DISCONNECTED (certificate)", |e| {
         is_state(e, SessionState::Disconnected)
     })
@@ -327,14 +313,7 @@ async fn qr_codes_rotate_then_time_out() {
     opts.timeouts.qr_next_ms = 200;
     let gateway = start_gateway(opts).await;
     let mut client = client(gateway.addr).await;
-    let mut events = events_after(&mut client, "rot", 0).await;
-    client
-        .init(InitRequest {
-            session_id: "rot".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("init");
+    let mut events = init_following(&mut client, "rot").await;
     let (ev, before) = wait_for(&mut events, "DISCONNECTED (QR timeout)", |e| {
         is_state(e, SessionState::Disconnected)
     })

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wagate::proto::gateway::{InitRequest, SessionState};
+use wagate::proto::gateway::SessionState;
 use wagate::proto::sim::{KickRequest, ScanQrRequest};
 
 async fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
@@ -38,14 +38,7 @@ async fn scrape_after_a_session_flow() {
     let metrics = gateway.metrics_addr.expect("metrics endpoint");
     let mut client = client(gateway.addr).await;
 
-    let mut events = events_after(&mut client, "m1", 0).await;
-    client
-        .init(InitRequest {
-            session_id: "m1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("init");
+    let mut events = init_following(&mut client, "m1").await;
     let (qr, _) = wait_for(&mut events, "QR", |e| qr_of(e).is_some()).await;
     let device = sim
         .control

@@ -108,6 +108,22 @@ pub async fn events_after(
         .into_inner()
 }
 
+/// Follows a session's events from the beginning, then calls Init on it.
+pub async fn init_following(
+    client: &mut GatewayClient<Channel>,
+    session: &str,
+) -> Streaming<Event> {
+    let events = events_after(client, session, 0).await;
+    client
+        .init(wagate::proto::gateway::InitRequest {
+            session_id: session.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("init");
+    events
+}
+
 /// Reads events until one matches; returns it and everything seen before it.
 pub async fn wait_for(
     stream: &mut Streaming<Event>,
