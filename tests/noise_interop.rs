@@ -3,10 +3,11 @@
 //! against our responder, and libsignal checks our XEdDSA signatures and
 //! agreements. Node.js is required; without it these tests fail.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+mod node_script;
+
+use std::io::Write;
+use std::process::{Child, ChildStdin};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use prost::Message;
@@ -19,10 +20,6 @@ use wagate::wa::noise::{encode_frame, issue_cert_chain, FrameDecoder, ServerHand
 /// Generous: the slowest step decrypts a few MiB in an unoptimised build.
 const LINE_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
 /// A node script speaking a line protocol on stdin/stdout; killed on drop so
 /// a failing test never leaves it behind.
 struct Script {
@@ -33,33 +30,7 @@ struct Script {
 
 impl Script {
     fn spawn(name: &str) -> Self {
-        let ensure = Command::new("sh")
-            .arg(interop_dir().join("ensure.sh"))
-            .status()
-            .expect("sh runs tests/interop/ensure.sh");
-        assert!(
-            ensure.success(),
-            "installing tests/interop/node_modules failed"
-        );
-        let mut child = Command::new("node")
-            .arg(interop_dir().join(name))
-            .current_dir(interop_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node must be installed to run the interop tests");
-        let stdin = child.stdin.take().expect("stdin was piped");
-        let stdout = child.stdout.take().expect("stdout was piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, stdin, lines) = node_script::spawn(name);
         Self {
             child,
             stdin,

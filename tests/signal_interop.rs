@@ -4,10 +4,11 @@
 //! tests/interop/signal-peer.js. Node.js is required; without it these tests
 //! fail.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+mod node_script;
+
+use std::io::Write;
+use std::process::{Child, ChildStdin};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -25,10 +26,6 @@ use wagate::wa::signal::{
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 const GROUP: &str = "120363000000000001@g.us";
 
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
 /// The node peer; killed on drop so a failing test never leaves it behind.
 struct Peer {
     child: Child,
@@ -38,33 +35,7 @@ struct Peer {
 
 impl Peer {
     fn spawn() -> Self {
-        let ensure = Command::new("sh")
-            .arg(interop_dir().join("ensure.sh"))
-            .status()
-            .expect("sh runs tests/interop/ensure.sh");
-        assert!(
-            ensure.success(),
-            "installing tests/interop/node_modules failed"
-        );
-        let mut child = Command::new("node")
-            .arg(interop_dir().join("signal-peer.js"))
-            .current_dir(interop_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node must be installed to run the interop tests");
-        let stdin = child.stdin.take().expect("stdin was piped");
-        let stdout = child.stdout.take().expect("stdout was piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, stdin, lines) = node_script::spawn("signal-peer.js");
         Self {
             child,
             stdin,
