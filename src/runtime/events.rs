@@ -23,6 +23,8 @@ impl EventKind {
         match payload {
             Payload::Qr(_) => EventType::Qr,
             Payload::Connection(_) => EventType::Connection,
+            Payload::Message(_) => EventType::Message,
+            Payload::Receipt(_) => EventType::Receipt,
         }
     }
 }
