@@ -1,0 +1,201 @@
+//! Flags and environment of `wagate-rest`, in the same style as `wagate
+//! serve`: every flag has a `WAGATE_REST_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The gateway whose shapes win where two gateways use the same path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Dialect {
+    /// Venom multi-tenant service (`/sessions`, `/messages`, `X-API-Key`).
+    Venom,
+    /// whatsapp-web.js multi-session API and its production variant (`/api/...`).
+    #[value(alias = "wwebjs-prod")]
+    Wwebjs,
+    /// Baileys "WhatsApp QR Service" (`/init`, `/qr-code`, `/send`, no auth).
+    QrService,
+    /// Baileys-WS multi-session (`/sessions/:id`, no auth).
+    BaileysWs,
+}
+
+impl Dialect {
+    pub fn family(self) -> Family {
+        match self {
+            Dialect::Venom => Family::Venom,
+            Dialect::Wwebjs => Family::Wwebjs,
+            Dialect::QrService => Family::QrService,
+            Dialect::BaileysWs => Family::BaileysWs,
+        }
+    }
+}
+
+/// A group of endpoints documented by one gateway (the whatsapp-web.js API
+/// and its production variant are one family: the variant only adds routes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum Family {
+    Venom,
+    Wwebjs,
+    QrService,
+    BaileysWs,
+}
+
+impl Family {
+    pub const ALL: [Family; 4] = [
+        Family::Venom,
+        Family::Wwebjs,
+        Family::QrService,
+        Family::BaileysWs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Venom => "venom",
+            Family::Wwebjs => "wwebjs",
+            Family::QrService => "qr-service",
+            Family::BaileysWs => "baileys-ws",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Everything `wagate-rest` can be told.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "wagate-rest",
+    version,
+    about = "REST endpoints and webhooks of the Node WhatsApp gateways, served on top of wagate"
+)]
+pub struct Config {
+    /// HTTP listen address.
+    #[arg(long, env = "WAGATE_REST_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// gRPC address of the wagate gateway.
+    #[arg(
+        long,
+        env = "WAGATE_REST_GATEWAY",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub gateway: String,
+    /// API key the shim presents to the gateway (`x-api-key`).
+    #[arg(long, env = "WAGATE_REST_GATEWAY_API_KEY", hide_env_values = true)]
+    pub gateway_api_key: Option<String>,
+    /// Which gateway's shapes answer on paths two gateways share
+    /// (`/sessions...`, `/health`).
+    #[arg(long, env = "WAGATE_REST_DIALECT", default_value = "venom")]
+    pub dialect: Dialect,
+    /// Endpoint families to serve (default: all). Paths that do not clash
+    /// are served for every family listed.
+    #[arg(
+        long,
+        env = "WAGATE_REST_ROUTES",
+        value_delimiter = ',',
+        default_value = "venom,wwebjs,qr-service,baileys-ws"
+    )]
+    pub routes: Vec<Family>,
+    /// API key clients must present where their gateway documents one
+    /// (`X-API-Key` header, or `?apiKey=` on the whatsapp-web.js routes).
+    /// Without it, no key is checked and only loopback addresses are allowed.
+    #[arg(long, env = "WAGATE_REST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Where the shim keeps its state (webhook settings, delivery cursors).
+    #[arg(long, env = "WAGATE_REST_DATA_DIR", default_value = "./wagate-rest-data")]
+    pub data_dir: PathBuf,
+    /// whatsapp-web.js global webhook (its `WEBHOOK_URL`); `POST
+    /// /webhook/config` replaces it at run time.
+    #[arg(long, env = "WAGATE_REST_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// QR Service backend (its `BACKEND_URL`): events go to
+    /// `BACKEND_URL/whatsapp-qr/webhook` and `/whatsapp-qr/incoming`.
+    #[arg(long, env = "WAGATE_REST_BACKEND_URL")]
+    pub backend_url: Option<String>,
+    /// Baileys-WS backend (its `API_URL`): events are POSTed to this URL.
+    #[arg(long, env = "WAGATE_REST_API_URL")]
+    pub api_url: Option<String>,
+    /// Secret for the `X-Wagate-Signature-256` HMAC-SHA256 header on webhooks.
+    #[arg(long, env = "WAGATE_REST_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Timeout of one webhook attempt, in milliseconds.
+    #[arg(long, env = "WAGATE_REST_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// First retry delay of a failed webhook, in milliseconds; doubles per
+    /// attempt, with jitter.
+    #[arg(long, env = "WAGATE_REST_WEBHOOK_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub webhook_retry_base_ms: u64,
+    /// Longest delay between two attempts, in milliseconds.
+    #[arg(long, env = "WAGATE_REST_WEBHOOK_RETRY_MAX_MS", default_value_t = 60_000)]
+    pub webhook_retry_max_ms: u64,
+    /// Attempts before a webhook is given up (0 = retry until it succeeds).
+    #[arg(long, env = "WAGATE_REST_WEBHOOK_MAX_ATTEMPTS", default_value_t = 0)]
+    pub webhook_max_attempts: u32,
+    /// Sessions the shim lets clients create (reported by the Baileys-WS
+    /// `/health` as `max_sessions`).
+    #[arg(long, env = "WAGATE_REST_MAX_SESSIONS", default_value_t = 1000)]
+    pub max_sessions: usize,
+    /// Timeout of one gRPC call to the gateway, in milliseconds.
+    #[arg(long, env = "WAGATE_REST_GATEWAY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub gateway_timeout_ms: u64,
+    /// Log output format.
+    #[arg(long, env = "WAGATE_REST_LOG_FORMAT", default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Defaults (as if no flag and no variable were given) for the gateway at
+    /// `gateway`, keeping state in `data_dir`.
+    pub fn new(gateway: impl Into<String>, data_dir: PathBuf) -> Self {
+        // Built from the same defaults the parser uses, so they cannot drift.
+        let mut cfg = Config::parse_from(["wagate-rest"]);
+        cfg.gateway = gateway.into();
+        cfg.data_dir = data_dir;
+        cfg.api_key = None;
+        cfg.gateway_api_key = None;
+        cfg.webhook_url = None;
+        cfg.backend_url = None;
+        cfg.api_url = None;
+        cfg.webhook_secret = None;
+        cfg
+    }
+
+    pub fn serves(&self, family: Family) -> bool {
+        self.routes.contains(&family)
+    }
+
+    pub fn webhook_timeout(&self) -> Duration {
+        Duration::from_millis(self.webhook_timeout_ms.max(1))
+    }
+
+    pub fn gateway_timeout(&self) -> Duration {
+        Duration::from_millis(self.gateway_timeout_ms.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse() {
+        let cfg = Config::try_parse_from([
+            "wagate-rest",
+            "--dialect",
+            "wwebjs-prod",
+            "--routes",
+            "wwebjs,qr-service",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .expect("parses");
+        assert_eq!(cfg.dialect, Dialect::Wwebjs);
+        assert_eq!(cfg.routes, vec![Family::Wwebjs, Family::QrService]);
+        assert!(cfg.serves(Family::QrService) && !cfg.serves(Family::Venom));
+        assert!(Config::try_parse_from(["wagate-rest", "--dialect", "evolution"]).is_err());
+    }
+}

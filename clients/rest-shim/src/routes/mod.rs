@@ -1,0 +1,277 @@
+//! The endpoints, one module per gateway family, each a list of route specs
+//! (method, path, auth, documentation, handler) that `server` assembles,
+//! resolving paths two families share by the dialect, and that `openapi`
+//! describes. Also the session operations the families have in common.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{HeaderMap, Method};
+use axum::routing::MethodRouter;
+use serde_json::Value;
+
+use crate::auth::Auth;
+use crate::config::{Config, Family};
+use crate::error::ApiError;
+use crate::gateway::{is_online, state_of, Gateway};
+use crate::proto::gateway::{SendResponse, Session, SessionState};
+use crate::state::{SessionSettings, Store};
+
+pub(crate) mod baileys_ws;
+pub(crate) mod ops;
+pub(crate) mod qr_service;
+pub(crate) mod venom;
+pub(crate) mod wwebjs;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub(crate) struct App {
+    pub(crate) gateway: Gateway,
+    pub(crate) store: Arc<Store>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) started: Instant,
+    pub(crate) openapi: Arc<Value>,
+}
+
+/// JSON type of a documented field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ty {
+    String,
+    Integer,
+    Boolean,
+    Object,
+    Array,
+    Binary,
+}
+
+/// A documented field: name, type, required.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct F(pub(crate) &'static str, pub(crate) Ty, pub(crate) bool);
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BodyDoc {
+    None,
+    Json(&'static [F]),
+    /// multipart/form-data or JSON.
+    Media(&'static [F]),
+}
+
+/// One endpoint.
+pub(crate) struct RouteSpec {
+    pub(crate) method: Method,
+    /// axum and OpenAPI syntax alike: `/sessions/{sessionId}`.
+    pub(crate) path: &'static str,
+    pub(crate) family: Family,
+    pub(crate) auth: Auth,
+    pub(crate) summary: &'static str,
+    pub(crate) body: BodyDoc,
+    pub(crate) query: &'static [F],
+    pub(crate) response: &'static [F],
+    pub(crate) handler: MethodRouter<App>,
+}
+
+impl RouteSpec {
+    pub(crate) fn new(
+        family: Family,
+        auth: Auth,
+        method: Method,
+        path: &'static str,
+        summary: &'static str,
+        handler: MethodRouter<App>,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            family,
+            auth,
+            summary,
+            body: BodyDoc::None,
+            query: &[],
+            response: &[],
+            handler,
+        }
+    }
+
+    pub(crate) fn body(mut self, fields: &'static [F]) -> Self {
+        self.body = BodyDoc::Json(fields);
+        self
+    }
+
+    pub(crate) fn media(mut self, fields: &'static [F]) -> Self {
+        self.body = BodyDoc::Media(fields);
+        self
+    }
+
+    pub(crate) fn query(mut self, fields: &'static [F]) -> Self {
+        self.query = fields;
+        self
+    }
+
+    pub(crate) fn response(mut self, fields: &'static [F]) -> Self {
+        self.response = fields;
+        self
+    }
+}
+
+/// Every family's routes (clashes included; `server` picks).
+pub(crate) fn all() -> Vec<RouteSpec> {
+    let mut all = venom::routes();
+    all.extend(wwebjs::routes());
+    all.extend(qr_service::routes());
+    all.extend(baileys_ws::routes());
+    all.extend(ops::routes());
+    all
+}
+
+/// Sessions per state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) total: usize,
+    pub(crate) connecting: usize,
+    pub(crate) qr_ready: usize,
+    pub(crate) connected: usize,
+    pub(crate) disconnected: usize,
+    pub(crate) logged_out: usize,
+}
+
+impl Counts {
+    pub(crate) fn of(sessions: &[Session]) -> Self {
+        let mut c = Counts {
+            total: sessions.len(),
+            ..Counts::default()
+        };
+        for s in sessions {
+            match state_of(s) {
+                SessionState::Connecting => c.connecting += 1,
+                SessionState::QrReady => c.qr_ready += 1,
+                SessionState::Connected => c.connected += 1,
+                SessionState::Disconnected | SessionState::Unspecified => c.disconnected += 1,
+                SessionState::LoggedOut => c.logged_out += 1,
+            }
+        }
+        c
+    }
+
+    pub(crate) fn json(&self) -> Value {
+        serde_json::json!({
+            "total": self.total,
+            "connecting": self.connecting,
+            "qr_ready": self.qr_ready,
+            "connected": self.connected,
+            "disconnected": self.disconnected,
+            "logged_out": self.logged_out,
+        })
+    }
+}
+
+impl App {
+    /// A session the REST clients can see (not deleted through the shim).
+    pub(crate) async fn session(&self, id: &str) -> Result<Session, ApiError> {
+        if self.store.is_deleted(id) {
+            return Err(ApiError::UnknownSession(id.to_owned()));
+        }
+        self.gateway.status(id).await.map_err(|s| not_found(id, s))
+    }
+
+    /// Every visible session.
+    pub(crate) async fn sessions(&self) -> Result<Vec<Session>, ApiError> {
+        let all = self.gateway.list().await?;
+        Ok(all
+            .into_iter()
+            .filter(|s| !self.store.is_deleted(&s.session_id))
+            .collect())
+    }
+
+    /// Creates (or resumes) a session: the settings are saved first, so the
+    /// webhooks of its very first events already know where to go.
+    pub(crate) async fn create(
+        &self,
+        id: &str,
+        metadata: HashMap<String, String>,
+        settings: impl FnOnce(&mut SessionSettings),
+    ) -> Result<Session, ApiError> {
+        let sessions = self.sessions().await?;
+        let exists = sessions.iter().any(|s| s.session_id == id);
+        let online = sessions
+            .iter()
+            .filter(|s| s.session_id != id && is_online(state_of(s)))
+            .count();
+        if !exists && online >= self.config.max_sessions {
+            return Err(ApiError::SessionLimit(self.config.max_sessions));
+        }
+        self.store
+            .update_settings(id, |s| {
+                settings(s);
+                s.deleted = false;
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(self.gateway.init(id, metadata).await?)
+    }
+
+    pub(crate) async fn send_text(
+        &self,
+        id: &str,
+        to: &str,
+        text: &str,
+        headers: &HeaderMap,
+    ) -> Result<SendResponse, ApiError> {
+        self.session(id).await?;
+        let key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .filter(|k| !k.is_empty());
+        self.gateway
+            .send(id, to, text, key)
+            .await
+            .map_err(|s| not_found(id, s))
+    }
+
+    /// Logs the device out and hides the session until it is created again.
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), ApiError> {
+        self.session(id).await?;
+        self.gateway
+            .disconnect(id, true)
+            .await
+            .map_err(|s| not_found(id, s))?;
+        self.store
+            .update_settings(id, |s| s.deleted = true)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// The QR as `(raw, png data URL)` when the session shows one now.
+    pub(crate) async fn qr_now(&self, session: &Session) -> Option<(String, String)> {
+        if state_of(session) != SessionState::QrReady {
+            return None;
+        }
+        // The QR may have been scanned in between: then there is none.
+        let qr = self.gateway.qr(&session.session_id).await.ok()?;
+        Some((qr.qr, qr.png_data_url))
+    }
+}
+
+fn not_found(id: &str, status: tonic::Status) -> ApiError {
+    if status.code() == tonic::Code::NotFound {
+        ApiError::UnknownSession(id.to_owned())
+    } else {
+        ApiError::Gateway(status)
+    }
+}
+
+/// The QR of a session, or 409 naming its state.
+pub(crate) async fn qr_or_conflict(app: &App, id: &str) -> Result<(String, String), ApiError> {
+    let session = app.session(id).await?;
+    if let Some(qr) = app.qr_now(&session).await {
+        return Ok(qr);
+    }
+    let state = state_of(&session);
+    Err(ApiError::Conflict(match state {
+        SessionState::Connected => format!("session {id} is already connected; no QR code is needed"),
+        _ => format!(
+            "session {id} has no QR code now (state {}); wait for the QR webhook or retry",
+            state.as_str_name()
+        ),
+    }))
+}

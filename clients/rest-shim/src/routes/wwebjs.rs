@@ -1,0 +1,371 @@
+//! whatsapp-web.js multi-session API (`/api/...`, `X-API-Key`) and its
+//! production variant (also `?apiKey=`, per-session webhooks with event
+//! filters). The variant only adds routes, so both are one family.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Method};
+use axum::routing::{delete, get, post};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{qr_or_conflict, App, RouteSpec, Ty, F};
+use crate::auth::Auth;
+use crate::body::{self, JsonBody, Media, MediaForm};
+use crate::config::Family;
+use crate::error::ApiError;
+use crate::gateway::state_of;
+use crate::proto::gateway::event::Payload;
+use crate::proto::gateway::{EventType, MessageEvent, Session, SessionState};
+use crate::state::SessionHook;
+use crate::time::secs_of;
+use crate::webhook::{c_us, sender_number, wwebjs_type};
+
+/// Events a per-session webhook can filter on.
+pub(crate) const HOOK_EVENTS: [&str; 4] = [
+    "message-received",
+    "message-delivered",
+    "message-from-me",
+    "all",
+];
+/// Largest `limit` of the message history.
+const MAX_HISTORY: usize = 1000;
+/// Largest media upload read (then refused until media can be sent).
+const MAX_MEDIA: usize = 64 * 1024 * 1024;
+
+pub(crate) fn routes() -> Vec<RouteSpec> {
+    let r = |m, p, s, h| RouteSpec::new(Family::Wwebjs, Auth::HeaderOrQuery, m, p, s, h);
+    vec![
+        r(Method::POST, "/api/start-session", "Create and start a session", post(start))
+            .body(&[F("sessionId", Ty::String, true)])
+            .response(&[
+                F("success", Ty::Boolean, true),
+                F("sessionId", Ty::String, true),
+                F("status", Ty::String, true),
+                F("message", Ty::String, true),
+            ]),
+        r(Method::GET, "/api/qr/{sessionId}", "QR code", get(qr)).response(&[
+            F("success", Ty::Boolean, true),
+            F("sessionId", Ty::String, true),
+            F("qr", Ty::String, true),
+            F("qrCode", Ty::String, true),
+        ]),
+        r(Method::GET, "/api/status/{sessionId}", "Session status", get(status)).response(&[
+            F("success", Ty::Boolean, true),
+            F("sessionId", Ty::String, true),
+            F("status", Ty::String, true),
+            F("connected", Ty::Boolean, true),
+            F("info", Ty::Object, false),
+        ]),
+        r(Method::GET, "/api/sessions", "List sessions", get(list)).response(&[
+            F("success", Ty::Boolean, true),
+            F("count", Ty::Integer, true),
+            F("sessions", Ty::Array, true),
+        ]),
+        r(Method::POST, "/api/send-message", "Send a text message", post(send))
+            .body(&[
+                F("sessionId", Ty::String, true),
+                F("number", Ty::String, true),
+                F("message", Ty::String, true),
+            ])
+            .response(&[
+                F("success", Ty::Boolean, true),
+                F("messageId", Ty::String, true),
+                F("timestamp", Ty::Integer, true),
+            ]),
+        r(
+            Method::POST,
+            "/api/send-media",
+            "Send a media file (answers 501 until wagate sends media)",
+            post(send_media).layer(DefaultBodyLimit::max(MAX_MEDIA)),
+        )
+        .media(&[
+            F("sessionId", Ty::String, true),
+            F("number", Ty::String, true),
+            F("caption", Ty::String, false),
+            F("media", Ty::Binary, false),
+            F("mediaUrl", Ty::String, false),
+            F("mediaBase64", Ty::String, false),
+        ]),
+        r(Method::GET, "/api/messages/{sessionId}", "Recent messages", get(messages))
+            .query(&[F("limit", Ty::Integer, false)])
+            .response(&[
+                F("success", Ty::Boolean, true),
+                F("sessionId", Ty::String, true),
+                F("count", Ty::Integer, true),
+                F("messages", Ty::Array, true),
+            ]),
+        r(Method::POST, "/api/logout/{sessionId}", "Log the session out", post(logout)).response(
+            &[F("success", Ty::Boolean, true), F("message", Ty::String, true)],
+        ),
+        r(Method::POST, "/webhook/config", "Set the global webhook", post(config_webhook))
+            .body(&[F("webhookUrl", Ty::String, true)])
+            .response(&[F("success", Ty::Boolean, true), F("webhookUrl", Ty::String, true)]),
+        r(Method::POST, "/api/{sessionId}/webhook", "Set the session's webhook", post(set_hook))
+            .body(&[F("url", Ty::String, true), F("events", Ty::Array, false)])
+            .response(&[
+                F("success", Ty::Boolean, true),
+                F("sessionId", Ty::String, true),
+                F("webhook", Ty::Object, true),
+            ]),
+        r(Method::GET, "/api/{sessionId}/webhook", "The session's webhook", get(get_hook))
+            .response(&[
+                F("success", Ty::Boolean, true),
+                F("sessionId", Ty::String, true),
+                F("webhook", Ty::Object, false),
+            ]),
+        r(Method::DELETE, "/api/{sessionId}/webhook", "Remove the session's webhook", delete(delete_hook))
+            .response(&[F("success", Ty::Boolean, true), F("message", Ty::String, true)]),
+    ]
+}
+
+/// `status` values, in whatsapp-web.js's vocabulary (its `qr` and `ready`
+/// events).
+pub(crate) fn state_name(state: SessionState) -> &'static str {
+    match state {
+        SessionState::Connecting => "initializing",
+        SessionState::QrReady => "qr",
+        SessionState::Connected => "ready",
+        SessionState::LoggedOut => "logged_out",
+        SessionState::Disconnected | SessionState::Unspecified => "disconnected",
+    }
+}
+
+fn path_id(id: &str) -> Result<String, ApiError> {
+    body::session_id("sessionId", id)
+}
+
+async fn start(State(app): State<App>, body: JsonBody) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&body.string("sessionId")?)?;
+    let session = app.create(&id, HashMap::new(), |_| {}).await?;
+    Ok(Json(json!({
+        "success": true,
+        "sessionId": id,
+        "status": state_name(state_of(&session)),
+        "message": "Session started",
+    })))
+}
+
+async fn qr(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id)?;
+    let (raw, png) = qr_or_conflict(&app, &id).await?;
+    Ok(Json(json!({ "success": true, "sessionId": id, "qr": png, "qrCode": raw })))
+}
+
+fn info(s: &Session) -> Value {
+    if s.jid.is_empty() {
+        return Value::Null;
+    }
+    json!({
+        "wid": c_us(&s.jid),
+        "phone": s.phone,
+        "pushname": s.push_name,
+        "platform": s.platform,
+    })
+}
+
+async fn status(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id)?;
+    let s = app.session(&id).await?;
+    let state = state_of(&s);
+    Ok(Json(json!({
+        "success": true,
+        "sessionId": id,
+        "status": state_name(state),
+        "connected": state == SessionState::Connected,
+        "info": info(&s),
+    })))
+}
+
+async fn list(State(app): State<App>) -> Result<Json<Value>, ApiError> {
+    let sessions = app.sessions().await?;
+    let items: Vec<Value> = sessions
+        .iter()
+        .map(|s| {
+            let state = state_of(s);
+            json!({
+                "sessionId": s.session_id,
+                "status": state_name(state),
+                "connected": state == SessionState::Connected,
+                "phone": s.phone,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "success": true, "count": items.len(), "sessions": items })))
+}
+
+async fn send(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&body.string("sessionId")?)?;
+    let to = body.recipient("number")?;
+    let text = body.string("message")?;
+    let sent = app.send_text(&id, &to, &text, &headers).await?;
+    Ok(Json(json!({
+        "success": true,
+        "messageId": sent.message_id,
+        "timestamp": secs_of(sent.timestamp.as_ref()),
+    })))
+}
+
+async fn send_media(State(app): State<App>, form: MediaForm) -> Result<Json<Value>, ApiError> {
+    app.session(&form.session_id).await?;
+    let what = match &form.media {
+        Media::File { name, bytes } => format!("file {name:?} ({} bytes)", bytes.len()),
+        Media::Url(url) => format!("mediaUrl {}", url.split('?').next().unwrap_or_default()),
+        Media::Base64(bytes) => format!("mediaBase64 ({} bytes)", bytes.len()),
+    };
+    tracing::info!(session = %form.session_id, caption = form.caption.is_some(), "send-media refused: {what}");
+    Err(ApiError::NotSupported(
+        "sending media is not supported yet: wagate sends text messages only; the request was valid and nothing was sent".to_owned(),
+    ))
+}
+
+fn message_json(msg: &MessageEvent) -> Value {
+    let from = if msg.from_me && !msg.sender_phone.is_empty() {
+        format!("{}@c.us", msg.sender_phone)
+    } else {
+        c_us(&msg.chat)
+    };
+    json!({
+        "id": msg.id,
+        "chat": c_us(&msg.chat),
+        "from": from,
+        "fromMe": msg.from_me,
+        "body": msg.text,
+        "type": wwebjs_type(&msg.r#type),
+        "timestamp": secs_of(msg.timestamp.as_ref()),
+        "contact": { "name": msg.push_name, "number": sender_number(msg) },
+    })
+}
+
+async fn messages(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id)?;
+    let Query(query) = query.map_err(|e| ApiError::field("limit", e.body_text()))?;
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_HISTORY).contains(&n) => n,
+            _ => {
+                return Err(ApiError::field(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_HISTORY}"),
+                ))
+            }
+        },
+    };
+    app.session(&id).await?;
+    // Read the session's messages from the gateway's log up to the last one
+    // the shim's reader has seen: the stream itself never ends.
+    let last = app.store.progress(&id).map_or(0, |p| p.last_message);
+    let mut recent: VecDeque<Value> = VecDeque::with_capacity(limit);
+    if last > 0 {
+        let mut stream = app
+            .gateway
+            .events(vec![id.clone()], vec![EventType::Message as i32], Some(0))
+            .await?;
+        let read = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(event) = stream.message().await? {
+                if let Some(Payload::Message(msg)) = &event.payload {
+                    if recent.len() == limit {
+                        recent.pop_front();
+                    }
+                    recent.push_back(message_json(msg));
+                }
+                if event.cursor >= last {
+                    break;
+                }
+            }
+            Ok::<(), tonic::Status>(())
+        })
+        .await;
+        match read {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ApiError::Gateway(tonic::Status::deadline_exceeded(
+                    "reading the message history took too long",
+                )))
+            }
+        }
+    }
+    let messages: Vec<Value> = recent.into_iter().collect();
+    Ok(Json(json!({
+        "success": true,
+        "sessionId": id,
+        "count": messages.len(),
+        "messages": messages,
+    })))
+}
+
+async fn logout(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id)?;
+    app.session(&id).await?;
+    app.gateway.disconnect(&id, true).await?;
+    Ok(Json(json!({ "success": true, "message": "Session logged out" })))
+}
+
+async fn config_webhook(State(app): State<App>, body: JsonBody) -> Result<Json<Value>, ApiError> {
+    let url = body::webhook_url("webhookUrl", &body.string("webhookUrl")?)?;
+    app.store
+        .set_global_webhook(Some(url.clone()))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(json!({ "success": true, "webhookUrl": url })))
+}
+
+fn hook_json(hook: Option<&SessionHook>) -> Value {
+    hook.map_or(Value::Null, |h| json!({ "url": h.url, "events": h.events }))
+}
+
+async fn set_hook(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id)?;
+    let url = body::webhook_url("url", &body.string("url")?)?;
+    let mut events = body.opt_strings("events")?.unwrap_or_default();
+    if let Some(bad) = events.iter().find(|e| !HOOK_EVENTS.contains(&e.as_str())) {
+        return Err(ApiError::field(
+            "events",
+            format!("unknown event {bad:?} (expected {})", HOOK_EVENTS.join(", ")),
+        ));
+    }
+    if events.is_empty() {
+        events.push("all".to_owned());
+    }
+    app.session(&id).await?;
+    let hook = SessionHook { url, events };
+    let saved = hook.clone();
+    app.store
+        .update_settings(&id, move |s| s.hook = Some(saved))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(json!({ "success": true, "sessionId": id, "webhook": hook_json(Some(&hook)) })))
+}
+
+async fn get_hook(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id)?;
+    app.session(&id).await?;
+    let hook = app.store.settings(&id).and_then(|s| s.hook);
+    Ok(Json(json!({ "success": true, "sessionId": id, "webhook": hook_json(hook.as_ref()) })))
+}
+
+async fn delete_hook(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = path_id(&id)?;
+    app.session(&id).await?;
+    app.store
+        .update_settings(&id, |s| s.hook = None)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(json!({ "success": true, "sessionId": id, "message": "Webhook removed" })))
+}
