@@ -185,6 +185,8 @@ pub(crate) enum Media {
 #[derive(Debug)]
 pub(crate) struct MediaForm {
     pub(crate) session_id: String,
+    /// Validated now, used once wagate sends media.
+    #[allow(dead_code)]
     pub(crate) to: String,
     pub(crate) caption: Option<String>,
     pub(crate) media: Media,

@@ -135,6 +135,10 @@ pub struct Config {
     /// Attempts before a webhook is given up (0 = retry until it succeeds).
     #[arg(long, env = "WAGATE_REST_WEBHOOK_MAX_ATTEMPTS", default_value_t = 0)]
     pub webhook_max_attempts: u32,
+    /// Events queued per session in memory before its worker reads them from
+    /// the gateway's log instead (bounds memory when a receiver is down).
+    #[arg(long, env = "WAGATE_REST_WEBHOOK_QUEUE", default_value_t = 64, hide = true)]
+    pub webhook_queue: usize,
     /// Sessions the shim lets clients create (reported by the Baileys-WS
     /// `/health` as `max_sessions`).
     #[arg(long, env = "WAGATE_REST_MAX_SESSIONS", default_value_t = 1000)]

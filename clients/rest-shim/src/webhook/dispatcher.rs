@@ -31,8 +31,6 @@ use crate::time::ms_of;
 use super::formats::{deliveries, Targets};
 use super::sender::{Meta, Outcome, Sender};
 
-/// Events queued per session before the worker reads from the log instead.
-const QUEUE: usize = 64;
 /// Reconnect delays of the streams to the gateway.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
@@ -222,7 +220,7 @@ fn dispatch(shared: &Arc<Shared>, workers: &mut JoinSet<()>, event: Event) {
     });
     slot.seen = slot.seen.max(event.cursor);
     if !slot.behind {
-        if slot.queue.len() < QUEUE {
+        if slot.queue.len() < shared.config.webhook_queue.max(1) {
             slot.queue.push_back(event);
         } else {
             slot.behind = true;

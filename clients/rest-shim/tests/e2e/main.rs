@@ -1,0 +1,6 @@
+//! End-to-end tests of `wagate-rest`: a gateway with its simulator
+//! in-process on loopback port 0, the shim in front of it, webhook receivers
+//! on port 0, everything in temp dirs.
+
+mod common;
+mod flows;
