@@ -167,7 +167,10 @@ pub(crate) fn webhook_url(field: &str, raw: &str) -> Result<String, ApiError> {
     };
     let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if host.is_empty() || raw.parse::<axum::http::Uri>().is_err() {
-        return Err(ApiError::field(field, format!("{raw:?} is not a valid URL")));
+        return Err(ApiError::field(
+            field,
+            format!("{raw:?} is not a valid URL"),
+        ));
     }
     Ok(raw.to_owned())
 }
@@ -240,7 +243,8 @@ impl<S: Send + Sync> FromRequest<S> for MediaForm {
         let caption = body.opt_string("caption")?;
         let url = body.opt_string("mediaUrl")?;
         let b64 = body.opt_string("mediaBase64")?;
-        let given = usize::from(file.is_some()) + usize::from(url.is_some()) + usize::from(b64.is_some());
+        let given =
+            usize::from(file.is_some()) + usize::from(url.is_some()) + usize::from(b64.is_some());
         if given != 1 {
             return Err(ApiError::field(
                 "media",
@@ -292,15 +296,25 @@ mod tests {
         let e = body.string("message").expect_err("absent");
         assert_eq!(e.to_string(), "message: required field is missing");
         assert!(body.opt_strings("list").is_err());
-        assert!(JsonBody::parse(b"").expect("empty").opt_string("x").expect("ok").is_none());
+        assert!(JsonBody::parse(b"")
+            .expect("empty")
+            .opt_string("x")
+            .expect("ok")
+            .is_none());
         assert!(matches!(JsonBody::parse(b"{bad"), Err(ApiError::Body(_))));
         assert!(matches!(JsonBody::parse(b"[1]"), Err(ApiError::Body(_))));
     }
 
     #[test]
     fn recipients() {
-        assert_eq!(recipient("to", "+52 19876543210").expect("ok"), "+5219876543210");
-        assert_eq!(recipient("to", "5491123456789").expect("ok"), "+5491123456789");
+        assert_eq!(
+            recipient("to", "+52 19876543210").expect("ok"),
+            "+5219876543210"
+        );
+        assert_eq!(
+            recipient("to", "5491123456789").expect("ok"),
+            "+5491123456789"
+        );
         assert_eq!(
             recipient("to", "5491123456789@c.us").expect("ok"),
             "5491123456789@s.whatsapp.net"

@@ -106,7 +106,11 @@ pub struct Config {
     #[arg(long, env = "WAGATE_REST_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Where the shim keeps its state (webhook settings, delivery cursors).
-    #[arg(long, env = "WAGATE_REST_DATA_DIR", default_value = "./wagate-rest-data")]
+    #[arg(
+        long,
+        env = "WAGATE_REST_DATA_DIR",
+        default_value = "./wagate-rest-data"
+    )]
     pub data_dir: PathBuf,
     /// whatsapp-web.js global webhook (its `WEBHOOK_URL`); `POST
     /// /webhook/config` replaces it at run time.
@@ -127,17 +131,30 @@ pub struct Config {
     pub webhook_timeout_ms: u64,
     /// First retry delay of a failed webhook, in milliseconds; doubles per
     /// attempt, with jitter.
-    #[arg(long, env = "WAGATE_REST_WEBHOOK_RETRY_BASE_MS", default_value_t = 1_000)]
+    #[arg(
+        long,
+        env = "WAGATE_REST_WEBHOOK_RETRY_BASE_MS",
+        default_value_t = 1_000
+    )]
     pub webhook_retry_base_ms: u64,
     /// Longest delay between two attempts, in milliseconds.
-    #[arg(long, env = "WAGATE_REST_WEBHOOK_RETRY_MAX_MS", default_value_t = 60_000)]
+    #[arg(
+        long,
+        env = "WAGATE_REST_WEBHOOK_RETRY_MAX_MS",
+        default_value_t = 60_000
+    )]
     pub webhook_retry_max_ms: u64,
     /// Attempts before a webhook is given up (0 = retry until it succeeds).
     #[arg(long, env = "WAGATE_REST_WEBHOOK_MAX_ATTEMPTS", default_value_t = 0)]
     pub webhook_max_attempts: u32,
     /// Events queued per session in memory before its worker reads them from
     /// the gateway's log instead (bounds memory when a receiver is down).
-    #[arg(long, env = "WAGATE_REST_WEBHOOK_QUEUE", default_value_t = 64, hide = true)]
+    #[arg(
+        long,
+        env = "WAGATE_REST_WEBHOOK_QUEUE",
+        default_value_t = 64,
+        hide = true
+    )]
     pub webhook_queue: usize,
     /// Sessions the shim lets clients create (reported by the Baileys-WS
     /// `/health` as `max_sessions`).

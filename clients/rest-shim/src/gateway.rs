@@ -12,8 +12,7 @@ use tonic::{Request, Status, Streaming};
 use crate::proto::gateway::gateway_client::GatewayClient;
 use crate::proto::gateway::{
     events_request, DisconnectRequest, Event, EventsRequest, InitRequest, ListSessionsRequest,
-    QrCodeRequest, QrCodeResponse, SendRequest, SendResponse, Session, SessionState,
-    StatusRequest,
+    QrCodeRequest, QrCodeResponse, SendRequest, SendResponse, Session, SessionState, StatusRequest,
 };
 
 /// Why the gateway client could not be set up.
@@ -124,7 +123,13 @@ impl Gateway {
 
     pub async fn list(&self) -> Result<Vec<Session>, Status> {
         let req = self.request(ListSessionsRequest {});
-        Ok(self.client.clone().list_sessions(req).await?.into_inner().sessions)
+        Ok(self
+            .client
+            .clone()
+            .list_sessions(req)
+            .await?
+            .into_inner()
+            .sessions)
     }
 
     /// Events of `sessions` (all when empty) of `types` (all when empty),

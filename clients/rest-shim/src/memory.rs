@@ -49,7 +49,9 @@ mod tests {
 
     #[test]
     fn parses_proc_status() {
-        let mem = parse("Name:\tx\nVmData:\t  300 kB\nVmRSS:\t  200 kB\nRssAnon:\t 150 kB\nRssFile:\t 50 kB\n");
+        let mem = parse(
+            "Name:\tx\nVmData:\t  300 kB\nVmRSS:\t  200 kB\nRssAnon:\t 150 kB\nRssFile:\t 50 kB\n",
+        );
         assert_eq!(
             mem,
             Memory {

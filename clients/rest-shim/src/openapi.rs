@@ -57,7 +57,9 @@ fn operation(spec: &RouteSpec, key_set: bool) -> Value {
         .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
         .collect();
     for F(name, ty, req) in spec.query {
-        params.push(json!({ "name": name, "in": "query", "required": req, "schema": schema_of(*ty) }));
+        params.push(
+            json!({ "name": name, "in": "query", "required": req, "schema": schema_of(*ty) }),
+        );
     }
     if !params.is_empty() {
         op.insert("parameters".into(), Value::Array(params));
@@ -89,7 +91,10 @@ fn operation(spec: &RouteSpec, key_set: bool) -> Value {
     };
     responses.insert("200".into(), ok);
     if !matches!(spec.body, BodyDoc::None) || spec.path.contains('{') {
-        responses.insert("400".into(), error_response("a field is missing or invalid; the message names it"));
+        responses.insert(
+            "400".into(),
+            error_response("a field is missing or invalid; the message names it"),
+        );
     }
     if spec.path.contains("{sessionId}") || !matches!(spec.body, BodyDoc::None) {
         responses.insert("404".into(), error_response("unknown session"));
@@ -117,7 +122,10 @@ pub(crate) fn document(routes: &[&RouteSpec], key_set: bool, dialect: &str) -> V
             .entry(spec.path.to_owned())
             .or_insert_with(|| Value::Object(Map::new()));
         if let Some(m) = entry.as_object_mut() {
-            m.insert(spec.method.as_str().to_ascii_lowercase(), operation(spec, key_set));
+            m.insert(
+                spec.method.as_str().to_ascii_lowercase(),
+                operation(spec, key_set),
+            );
         }
     }
     paths.insert(

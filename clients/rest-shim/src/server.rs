@@ -277,20 +277,43 @@ mod tests {
         assert_eq!(owner(&cfg, Method::GET, "/sessions"), Some(Family::Venom));
         assert_eq!(owner(&cfg, Method::GET, "/health"), Some(Family::Venom));
         // Paths that do not clash are served for every family.
-        assert_eq!(owner(&cfg, Method::POST, "/sessions/{sessionId}"), Some(Family::BaileysWs));
+        assert_eq!(
+            owner(&cfg, Method::POST, "/sessions/{sessionId}"),
+            Some(Family::BaileysWs)
+        );
         assert_eq!(owner(&cfg, Method::POST, "/init"), Some(Family::QrService));
         cfg.dialect = Dialect::BaileysWs;
-        assert_eq!(owner(&cfg, Method::GET, "/sessions"), Some(Family::BaileysWs));
-        assert_eq!(owner(&cfg, Method::DELETE, "/sessions/{sessionId}"), Some(Family::BaileysWs));
+        assert_eq!(
+            owner(&cfg, Method::GET, "/sessions"),
+            Some(Family::BaileysWs)
+        );
+        assert_eq!(
+            owner(&cfg, Method::DELETE, "/sessions/{sessionId}"),
+            Some(Family::BaileysWs)
+        );
         assert_eq!(owner(&cfg, Method::GET, "/health"), Some(Family::BaileysWs));
         assert_eq!(owner(&cfg, Method::POST, "/sessions"), Some(Family::Venom));
         cfg.dialect = Dialect::QrService;
         assert_eq!(owner(&cfg, Method::GET, "/health"), Some(Family::QrService));
-        assert_eq!(owner(&cfg, Method::GET, "/sessions/{sessionId}/qr"), Some(Family::Venom));
+        assert_eq!(
+            owner(&cfg, Method::GET, "/sessions/{sessionId}/qr"),
+            Some(Family::Venom)
+        );
         cfg.routes = vec![Family::QrService];
         assert_eq!(owner(&cfg, Method::GET, "/sessions"), None);
         let paths: Vec<_> = resolve(&cfg).iter().map(|s| s.path).collect();
-        assert!(paths.iter().all(|p| ["/init", "/qr-code/{sessionId}", "/status/{sessionId}", "/send", "/disconnect", "/health"].contains(p)), "{paths:?}");
+        assert!(
+            paths.iter().all(|p| [
+                "/init",
+                "/qr-code/{sessionId}",
+                "/status/{sessionId}",
+                "/send",
+                "/disconnect",
+                "/health"
+            ]
+            .contains(p)),
+            "{paths:?}"
+        );
     }
 
     #[test]
@@ -299,7 +322,12 @@ mod tests {
         let specs = resolve(&cfg);
         for (i, a) in specs.iter().enumerate() {
             for b in &specs[i + 1..] {
-                assert!(!(a.method == b.method && a.path == b.path), "{} {}", a.method, a.path);
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "{} {}",
+                    a.method,
+                    a.path
+                );
             }
         }
     }

@@ -208,10 +208,13 @@ impl Store {
     pub fn record_seen(&self, session: &str, cursor: u64, at_ms: i64, message: bool) {
         {
             let mut inner = self.lock();
-            let p = inner.progress.entry(session.to_owned()).or_insert(Progress {
-                delivered: cursor.saturating_sub(1),
-                ..Progress::default()
-            });
+            let p = inner
+                .progress
+                .entry(session.to_owned())
+                .or_insert(Progress {
+                    delivered: cursor.saturating_sub(1),
+                    ..Progress::default()
+                });
             p.seen = p.seen.max(cursor);
             p.last_activity_ms = p.last_activity_ms.max(at_ms);
             if message {

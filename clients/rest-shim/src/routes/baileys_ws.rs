@@ -26,33 +26,75 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
         F("session", Ty::Object, true),
     ];
     vec![
-        r(Method::POST, "/sessions/{sessionId}", "Create a session", post(create)).response(session),
-        r(Method::GET, "/sessions/{sessionId}/qr", "QR code, or the connected session", get(qr))
-            .response(&[
-                F("status", Ty::String, true),
-                F("message", Ty::String, true),
-                F("connected", Ty::Boolean, true),
-                F("qr_code", Ty::String, false),
-                F("qr_image", Ty::String, false),
-                F("session_id", Ty::String, false),
-                F("session_info", Ty::Object, false),
-            ]),
-        r(Method::GET, "/sessions/{sessionId}/status", "Full session status", get(status))
-            .response(&[F("success", Ty::Boolean, true), F("session", Ty::Object, true)]),
-        r(Method::GET, "/sessions", "List sessions", get(list))
-            .response(&[F("total", Ty::Integer, true), F("sessions", Ty::Array, true)]),
-        r(Method::POST, "/sessions/{sessionId}/send", "Send a text message", post(send))
-            .body(&[F("number", Ty::String, true), F("message", Ty::String, true)])
-            .response(&[
-                F("success", Ty::Boolean, true),
-                F("message", Ty::String, true),
-                F("message_id", Ty::String, true),
-                F("timestamp", Ty::String, true),
-            ]),
-        r(Method::POST, "/sessions/{sessionId}/restart", "Reconnect a session", post(restart))
-            .response(session),
-        r(Method::DELETE, "/sessions/{sessionId}", "Log out and delete a session", delete(remove))
-            .response(&[F("success", Ty::Boolean, true), F("message", Ty::String, true)]),
+        r(
+            Method::POST,
+            "/sessions/{sessionId}",
+            "Create a session",
+            post(create),
+        )
+        .response(session),
+        r(
+            Method::GET,
+            "/sessions/{sessionId}/qr",
+            "QR code, or the connected session",
+            get(qr),
+        )
+        .response(&[
+            F("status", Ty::String, true),
+            F("message", Ty::String, true),
+            F("connected", Ty::Boolean, true),
+            F("qr_code", Ty::String, false),
+            F("qr_image", Ty::String, false),
+            F("session_id", Ty::String, false),
+            F("session_info", Ty::Object, false),
+        ]),
+        r(
+            Method::GET,
+            "/sessions/{sessionId}/status",
+            "Full session status",
+            get(status),
+        )
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("session", Ty::Object, true),
+        ]),
+        r(Method::GET, "/sessions", "List sessions", get(list)).response(&[
+            F("total", Ty::Integer, true),
+            F("sessions", Ty::Array, true),
+        ]),
+        r(
+            Method::POST,
+            "/sessions/{sessionId}/send",
+            "Send a text message",
+            post(send),
+        )
+        .body(&[
+            F("number", Ty::String, true),
+            F("message", Ty::String, true),
+        ])
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("message", Ty::String, true),
+            F("message_id", Ty::String, true),
+            F("timestamp", Ty::String, true),
+        ]),
+        r(
+            Method::POST,
+            "/sessions/{sessionId}/restart",
+            "Reconnect a session",
+            post(restart),
+        )
+        .response(session),
+        r(
+            Method::DELETE,
+            "/sessions/{sessionId}",
+            "Log out and delete a session",
+            delete(remove),
+        )
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("message", Ty::String, true),
+        ]),
     ]
 }
 
@@ -200,5 +242,7 @@ async fn restart(State(app): State<App>, Path(id): Path<String>) -> Result<Json<
 async fn remove(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
     app.delete(&id).await?;
-    Ok(Json(json!({ "success": true, "message": "Sesión eliminada" })))
+    Ok(Json(
+        json!({ "success": true, "message": "Sesión eliminada" }),
+    ))
 }

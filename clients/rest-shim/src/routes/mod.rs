@@ -268,7 +268,9 @@ pub(crate) async fn qr_or_conflict(app: &App, id: &str) -> Result<(String, Strin
     }
     let state = state_of(&session);
     Err(ApiError::Conflict(match state {
-        SessionState::Connected => format!("session {id} is already connected; no QR code is needed"),
+        SessionState::Connected => {
+            format!("session {id} is already connected; no QR code is needed")
+        }
         _ => format!(
             "session {id} has no QR code now (state {}); wait for the QR webhook or retry",
             state.as_str_name()

@@ -22,15 +22,29 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
     let r = |m, p, s, h| RouteSpec::new(Family::QrService, Auth::None, m, p, s, h);
     vec![
         r(Method::POST, "/init", "Start a session", post(init))
-            .body(&[F("sessionId", Ty::String, true), F("chatbotId", Ty::String, false)])
+            .body(&[
+                F("sessionId", Ty::String, true),
+                F("chatbotId", Ty::String, false),
+            ])
             .response(&[
                 F("success", Ty::Boolean, true),
                 F("sessionId", Ty::String, true),
                 F("status", Ty::String, true),
             ]),
-        r(Method::GET, "/qr-code/{sessionId}", "QR code (PNG data URL)", get(qr))
-            .response(&[F("qrCode", Ty::String, true), F("status", Ty::String, true)]),
-        r(Method::GET, "/status/{sessionId}", "Connection status", get(status)).response(&[
+        r(
+            Method::GET,
+            "/qr-code/{sessionId}",
+            "QR code (PNG data URL)",
+            get(qr),
+        )
+        .response(&[F("qrCode", Ty::String, true), F("status", Ty::String, true)]),
+        r(
+            Method::GET,
+            "/status/{sessionId}",
+            "Connection status",
+            get(status),
+        )
+        .response(&[
             F("sessionId", Ty::String, true),
             F("status", Ty::String, true),
             F("lastConnectedAt", Ty::String, false),
@@ -41,10 +55,21 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
                 F("to", Ty::String, true),
                 F("message", Ty::String, true),
             ])
-            .response(&[F("success", Ty::Boolean, true), F("messageId", Ty::String, true)]),
-        r(Method::POST, "/disconnect", "Log the session out", post(disconnect))
-            .body(&[F("sessionId", Ty::String, true)])
-            .response(&[F("success", Ty::Boolean, true), F("message", Ty::String, true)]),
+            .response(&[
+                F("success", Ty::Boolean, true),
+                F("messageId", Ty::String, true),
+            ]),
+        r(
+            Method::POST,
+            "/disconnect",
+            "Log the session out",
+            post(disconnect),
+        )
+        .body(&[F("sessionId", Ty::String, true)])
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("message", Ty::String, true),
+        ]),
     ]
 }
 
@@ -102,12 +127,16 @@ async fn send(
     let to = body.recipient("to")?;
     let text = body.string("message")?;
     let sent = app.send_text(&id, &to, &text, &headers).await?;
-    Ok(Json(json!({ "success": true, "messageId": sent.message_id })))
+    Ok(Json(
+        json!({ "success": true, "messageId": sent.message_id }),
+    ))
 }
 
 async fn disconnect(State(app): State<App>, body: JsonBody) -> Result<Json<Value>, ApiError> {
     let id = body::session_id("sessionId", &body.string("sessionId")?)?;
     app.session(&id).await?;
     app.gateway.disconnect(&id, true).await?;
-    Ok(Json(json!({ "success": true, "message": "Session disconnected" })))
+    Ok(Json(
+        json!({ "success": true, "message": "Session disconnected" }),
+    ))
 }

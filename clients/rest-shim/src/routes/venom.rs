@@ -33,9 +33,20 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
                 F("status", Ty::String, true),
                 F("userId", Ty::String, false),
             ]),
-        r(Method::GET, "/sessions/{sessionId}/qr", "QR code (PNG data URL)", get(qr))
-            .response(&[F("qr", Ty::String, true), F("base64", Ty::String, true)]),
-        r(Method::GET, "/sessions/{sessionId}/status", "Session status", get(status)).response(&[
+        r(
+            Method::GET,
+            "/sessions/{sessionId}/qr",
+            "QR code (PNG data URL)",
+            get(qr),
+        )
+        .response(&[F("qr", Ty::String, true), F("base64", Ty::String, true)]),
+        r(
+            Method::GET,
+            "/sessions/{sessionId}/status",
+            "Session status",
+            get(status),
+        )
+        .response(&[
             F("status", Ty::String, true),
             F("connectionState", Ty::String, true),
             F("hostDevice", Ty::Object, false),
@@ -54,10 +65,17 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
                 F("messageId", Ty::String, true),
                 F("timestamp", Ty::Integer, true),
             ]),
-        r(Method::GET, "/sessions", "List sessions", get(list))
-            .response(&[F("count", Ty::Integer, true), F("sessions", Ty::Array, true)]),
-        r(Method::DELETE, "/sessions/{sessionId}", "Log out and delete a session", delete(remove))
-            .response(&[F("success", Ty::Boolean, true)]),
+        r(Method::GET, "/sessions", "List sessions", get(list)).response(&[
+            F("count", Ty::Integer, true),
+            F("sessions", Ty::Array, true),
+        ]),
+        r(
+            Method::DELETE,
+            "/sessions/{sessionId}",
+            "Log out and delete a session",
+            delete(remove),
+        )
+        .response(&[F("success", Ty::Boolean, true)]),
     ]
 }
 
@@ -138,7 +156,9 @@ async fn send(
     let id = body::session_id("sessionId", &body.string("sessionId")?)?;
     let to = body.recipient("to")?;
     let text = body.string("message")?;
-    let kind = body.opt_string("type")?.unwrap_or_else(|| "text".to_owned());
+    let kind = body
+        .opt_string("type")?
+        .unwrap_or_else(|| "text".to_owned());
     if kind != "text" {
         app.session(&id).await?;
         return Err(ApiError::NotSupported(format!(

@@ -39,21 +39,32 @@ const MAX_MEDIA: usize = 64 * 1024 * 1024;
 pub(crate) fn routes() -> Vec<RouteSpec> {
     let r = |m, p, s, h| RouteSpec::new(Family::Wwebjs, Auth::HeaderOrQuery, m, p, s, h);
     vec![
-        r(Method::POST, "/api/start-session", "Create and start a session", post(start))
-            .body(&[F("sessionId", Ty::String, true)])
-            .response(&[
-                F("success", Ty::Boolean, true),
-                F("sessionId", Ty::String, true),
-                F("status", Ty::String, true),
-                F("message", Ty::String, true),
-            ]),
+        r(
+            Method::POST,
+            "/api/start-session",
+            "Create and start a session",
+            post(start),
+        )
+        .body(&[F("sessionId", Ty::String, true)])
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("sessionId", Ty::String, true),
+            F("status", Ty::String, true),
+            F("message", Ty::String, true),
+        ]),
         r(Method::GET, "/api/qr/{sessionId}", "QR code", get(qr)).response(&[
             F("success", Ty::Boolean, true),
             F("sessionId", Ty::String, true),
             F("qr", Ty::String, true),
             F("qrCode", Ty::String, true),
         ]),
-        r(Method::GET, "/api/status/{sessionId}", "Session status", get(status)).response(&[
+        r(
+            Method::GET,
+            "/api/status/{sessionId}",
+            "Session status",
+            get(status),
+        )
+        .response(&[
             F("success", Ty::Boolean, true),
             F("sessionId", Ty::String, true),
             F("status", Ty::String, true),
@@ -65,17 +76,22 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
             F("count", Ty::Integer, true),
             F("sessions", Ty::Array, true),
         ]),
-        r(Method::POST, "/api/send-message", "Send a text message", post(send))
-            .body(&[
-                F("sessionId", Ty::String, true),
-                F("number", Ty::String, true),
-                F("message", Ty::String, true),
-            ])
-            .response(&[
-                F("success", Ty::Boolean, true),
-                F("messageId", Ty::String, true),
-                F("timestamp", Ty::Integer, true),
-            ]),
+        r(
+            Method::POST,
+            "/api/send-message",
+            "Send a text message",
+            post(send),
+        )
+        .body(&[
+            F("sessionId", Ty::String, true),
+            F("number", Ty::String, true),
+            F("message", Ty::String, true),
+        ])
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("messageId", Ty::String, true),
+            F("timestamp", Ty::Integer, true),
+        ]),
         r(
             Method::POST,
             "/api/send-media",
@@ -90,35 +106,73 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
             F("mediaUrl", Ty::String, false),
             F("mediaBase64", Ty::String, false),
         ]),
-        r(Method::GET, "/api/messages/{sessionId}", "Recent messages", get(messages))
-            .query(&[F("limit", Ty::Integer, false)])
-            .response(&[
-                F("success", Ty::Boolean, true),
-                F("sessionId", Ty::String, true),
-                F("count", Ty::Integer, true),
-                F("messages", Ty::Array, true),
-            ]),
-        r(Method::POST, "/api/logout/{sessionId}", "Log the session out", post(logout)).response(
-            &[F("success", Ty::Boolean, true), F("message", Ty::String, true)],
-        ),
-        r(Method::POST, "/webhook/config", "Set the global webhook", post(config_webhook))
-            .body(&[F("webhookUrl", Ty::String, true)])
-            .response(&[F("success", Ty::Boolean, true), F("webhookUrl", Ty::String, true)]),
-        r(Method::POST, "/api/{sessionId}/webhook", "Set the session's webhook", post(set_hook))
-            .body(&[F("url", Ty::String, true), F("events", Ty::Array, false)])
-            .response(&[
-                F("success", Ty::Boolean, true),
-                F("sessionId", Ty::String, true),
-                F("webhook", Ty::Object, true),
-            ]),
-        r(Method::GET, "/api/{sessionId}/webhook", "The session's webhook", get(get_hook))
-            .response(&[
-                F("success", Ty::Boolean, true),
-                F("sessionId", Ty::String, true),
-                F("webhook", Ty::Object, false),
-            ]),
-        r(Method::DELETE, "/api/{sessionId}/webhook", "Remove the session's webhook", delete(delete_hook))
-            .response(&[F("success", Ty::Boolean, true), F("message", Ty::String, true)]),
+        r(
+            Method::GET,
+            "/api/messages/{sessionId}",
+            "Recent messages",
+            get(messages),
+        )
+        .query(&[F("limit", Ty::Integer, false)])
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("sessionId", Ty::String, true),
+            F("count", Ty::Integer, true),
+            F("messages", Ty::Array, true),
+        ]),
+        r(
+            Method::POST,
+            "/api/logout/{sessionId}",
+            "Log the session out",
+            post(logout),
+        )
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("message", Ty::String, true),
+        ]),
+        r(
+            Method::POST,
+            "/webhook/config",
+            "Set the global webhook",
+            post(config_webhook),
+        )
+        .body(&[F("webhookUrl", Ty::String, true)])
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("webhookUrl", Ty::String, true),
+        ]),
+        r(
+            Method::POST,
+            "/api/{sessionId}/webhook",
+            "Set the session's webhook",
+            post(set_hook),
+        )
+        .body(&[F("url", Ty::String, true), F("events", Ty::Array, false)])
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("sessionId", Ty::String, true),
+            F("webhook", Ty::Object, true),
+        ]),
+        r(
+            Method::GET,
+            "/api/{sessionId}/webhook",
+            "The session's webhook",
+            get(get_hook),
+        )
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("sessionId", Ty::String, true),
+            F("webhook", Ty::Object, false),
+        ]),
+        r(
+            Method::DELETE,
+            "/api/{sessionId}/webhook",
+            "Remove the session's webhook",
+            delete(delete_hook),
+        )
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("message", Ty::String, true),
+        ]),
     ]
 }
 
@@ -152,7 +206,9 @@ async fn start(State(app): State<App>, body: JsonBody) -> Result<Json<Value>, Ap
 async fn qr(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
     let (raw, png) = qr_or_conflict(&app, &id).await?;
-    Ok(Json(json!({ "success": true, "sessionId": id, "qr": png, "qrCode": raw })))
+    Ok(Json(
+        json!({ "success": true, "sessionId": id, "qr": png, "qrCode": raw }),
+    ))
 }
 
 fn info(s: &Session) -> Value {
@@ -194,7 +250,9 @@ async fn list(State(app): State<App>) -> Result<Json<Value>, ApiError> {
             })
         })
         .collect();
-    Ok(Json(json!({ "success": true, "count": items.len(), "sessions": items })))
+    Ok(Json(
+        json!({ "success": true, "count": items.len(), "sessions": items }),
+    ))
 }
 
 async fn send(
@@ -310,7 +368,9 @@ async fn logout(State(app): State<App>, Path(id): Path<String>) -> Result<Json<V
     let id = path_id(&id)?;
     app.session(&id).await?;
     app.gateway.disconnect(&id, true).await?;
-    Ok(Json(json!({ "success": true, "message": "Session logged out" })))
+    Ok(Json(
+        json!({ "success": true, "message": "Session logged out" }),
+    ))
 }
 
 async fn config_webhook(State(app): State<App>, body: JsonBody) -> Result<Json<Value>, ApiError> {
@@ -337,7 +397,10 @@ async fn set_hook(
     if let Some(bad) = events.iter().find(|e| !HOOK_EVENTS.contains(&e.as_str())) {
         return Err(ApiError::field(
             "events",
-            format!("unknown event {bad:?} (expected {})", HOOK_EVENTS.join(", ")),
+            format!(
+                "unknown event {bad:?} (expected {})",
+                HOOK_EVENTS.join(", ")
+            ),
         ));
     }
     if events.is_empty() {
@@ -350,22 +413,31 @@ async fn set_hook(
         .update_settings(&id, move |s| s.hook = Some(saved))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(json!({ "success": true, "sessionId": id, "webhook": hook_json(Some(&hook)) })))
+    Ok(Json(
+        json!({ "success": true, "sessionId": id, "webhook": hook_json(Some(&hook)) }),
+    ))
 }
 
 async fn get_hook(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
     app.session(&id).await?;
     let hook = app.store.settings(&id).and_then(|s| s.hook);
-    Ok(Json(json!({ "success": true, "sessionId": id, "webhook": hook_json(hook.as_ref()) })))
+    Ok(Json(
+        json!({ "success": true, "sessionId": id, "webhook": hook_json(hook.as_ref()) }),
+    ))
 }
 
-async fn delete_hook(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn delete_hook(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = path_id(&id)?;
     app.session(&id).await?;
     app.store
         .update_settings(&id, |s| s.hook = None)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(json!({ "success": true, "sessionId": id, "message": "Webhook removed" })))
+    Ok(Json(
+        json!({ "success": true, "sessionId": id, "message": "Webhook removed" }),
+    ))
 }

@@ -136,7 +136,8 @@ async fn epoch(shared: &Arc<Shared>, from_beginning: bool, ready: &watch::Sender
 }
 
 /// Follows every session's events; `ready` turns true once the first
-/// stream is open (its start is then pinned in the gateway's log).
+/// attempt to open the stream is answered (if it opened, its start is then
+/// pinned in the gateway's log).
 async fn reader(
     shared: &Arc<Shared>,
     workers: &mut JoinSet<()>,
@@ -151,14 +152,14 @@ async fn reader(
         }
         // A shim that never read starts from now: webhooks are for what
         // happens once it runs, not for the gateway's whole history.
-        let cursor = shared
-            .store
-            .cursor()
-            .or(from_beginning.then_some(0));
+        let cursor = shared.store.cursor().or(from_beginning.then_some(0));
         let opened = tokio::select! {
             r = shared.gateway.events(Vec::new(), Vec::new(), cursor) => r,
             _ = stop.wait_for(|s| *s) => return Epoch::Stopped,
         };
+        // Whatever the outcome, the first attempt is made: start() need not
+        // wait any longer.
+        ready.send_replace(true);
         let mut stream = match opened {
             Ok(s) => s,
             Err(status) if is_log_reset(&status) => return Epoch::LogReset,
@@ -174,8 +175,10 @@ async fn reader(
                 continue;
             }
         };
-        ready.send_replace(true);
-        tracing::info!(after_cursor = cursor.unwrap_or(0), "following the gateway's events");
+        tracing::info!(
+            after_cursor = cursor.unwrap_or(0),
+            "following the gateway's events"
+        );
         loop {
             let next = tokio::select! {
                 n = stream.message() => n,
@@ -299,7 +302,13 @@ impl Worker {
                 event_id: &event_id,
                 session: &self.session,
             };
-            if self.shared.sender.deliver(delivery, &meta, &mut self.stop).await == Outcome::Stopped {
+            if self
+                .shared
+                .sender
+                .deliver(delivery, &meta, &mut self.stop)
+                .await
+                == Outcome::Stopped
+            {
                 return false;
             }
         }

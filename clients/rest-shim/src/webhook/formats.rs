@@ -37,7 +37,11 @@ pub(crate) struct Delivery {
 
 /// The webhooks for `event`. `qr_announced` carries the Venom `qr_ready`
 /// state between events of one session.
-pub(crate) fn deliveries(event: &Event, targets: &Targets, qr_announced: &mut bool) -> Vec<Delivery> {
+pub(crate) fn deliveries(
+    event: &Event,
+    targets: &Targets,
+    qr_announced: &mut bool,
+) -> Vec<Delivery> {
     let mut out = Vec::new();
     let session = event.session_id.as_str();
     match &event.payload {
@@ -51,7 +55,12 @@ pub(crate) fn deliveries(event: &Event, targets: &Targets, qr_announced: &mut bo
             };
             if let Some(url) = &targets.venom {
                 if !*qr_announced {
-                    out.push(venom(url, "CONNECTION_UPDATE", session, json!({"state": "qr_ready"})));
+                    out.push(venom(
+                        url,
+                        "CONNECTION_UPDATE",
+                        session,
+                        json!({"state": "qr_ready"}),
+                    ));
                 }
                 out.push(venom(url, "QR_CODE", session, json!({ "qr": png })));
             }
@@ -60,7 +69,12 @@ pub(crate) fn deliveries(event: &Event, targets: &Targets, qr_announced: &mut bo
                 out.push(qr_webhook(base, "qr", session, json!({ "qrCode": png })));
             }
             if let Some(url) = &targets.baileys {
-                out.push(baileys(url, "qr", event, json!({ "qr_code": qr.qr, "qr_image": png })));
+                out.push(baileys(
+                    url,
+                    "qr",
+                    event,
+                    json!({ "qr_code": qr.qr, "qr_image": png }),
+                ));
             }
         }
         Some(Payload::Connection(conn)) => {
@@ -90,7 +104,12 @@ fn connection(event: &Event, conn: &ConnectionEvent, targets: &Targets, out: &mu
             SessionState::Unspecified => None,
         };
         if let Some(name) = name {
-            out.push(venom(url, "CONNECTION_UPDATE", session, json!({ "state": name })));
+            out.push(venom(
+                url,
+                "CONNECTION_UPDATE",
+                session,
+                json!({ "state": name }),
+            ));
         }
     }
     if let Some(base) = &targets.qr_backend {
@@ -109,7 +128,12 @@ fn connection(event: &Event, conn: &ConnectionEvent, targets: &Targets, out: &mu
                 } else {
                     conn.reason.clone()
                 };
-                out.push(qr_webhook(base, "disconnected", session, json!({ "reason": reason })));
+                out.push(qr_webhook(
+                    base,
+                    "disconnected",
+                    session,
+                    json!({ "reason": reason }),
+                ));
             }
             // A dropped connection being retried is not reported: the
             // service documents only qr / connected / disconnected.
@@ -137,7 +161,10 @@ fn message(event: &Event, msg: &MessageEvent, targets: &Targets, out: &mut Vec<D
     let is_text = msg.r#type == "text";
     if let Some(url) = &targets.venom {
         let (message, kind) = if is_text {
-            (json!({ "conversation": msg.text }), "conversation".to_owned())
+            (
+                json!({ "conversation": msg.text }),
+                "conversation".to_owned(),
+            )
         } else {
             (json!({}), msg.r#type.clone())
         };
@@ -164,14 +191,21 @@ fn message(event: &Event, msg: &MessageEvent, targets: &Targets, out: &mut Vec<D
         }
     }
     if let Some(hook) = &targets.wwebjs_hook {
-        let name = if msg.from_me { "message-from-me" } else { "message-received" };
+        let name = if msg.from_me {
+            "message-from-me"
+        } else {
+            "message-received"
+        };
         if wants(hook, name) {
             let mut body = wwebjs_message(session, msg);
             if let Some(map) = body.as_object_mut() {
                 map.insert("event".into(), json!(name));
                 map.insert("fromMe".into(), json!(msg.from_me));
                 if msg.from_me {
-                    map.insert("from".into(), json!(c_us(&user_jid_of_phone(&msg.sender_phone, &msg.sender))));
+                    map.insert(
+                        "from".into(),
+                        json!(c_us(&user_jid_of_phone(&msg.sender_phone, &msg.sender))),
+                    );
                     map.insert("to".into(), json!(c_us(&msg.chat)));
                 }
             }
@@ -370,7 +404,10 @@ mod tests {
     use crate::proto::gateway::QrEvent;
 
     fn ts(s: i64) -> Option<prost_types::Timestamp> {
-        Some(prost_types::Timestamp { seconds: s, nanos: 0 })
+        Some(prost_types::Timestamp {
+            seconds: s,
+            nanos: 0,
+        })
     }
 
     fn all_targets() -> Targets {
@@ -416,7 +453,12 @@ mod tests {
         // The hook filters on message-from-me only: no delivery there.
         assert_eq!(
             urls,
-            ["http://h/venom", "http://h/wweb", "http://h/be/whatsapp-qr/incoming", "http://h/bws"]
+            [
+                "http://h/venom",
+                "http://h/wweb",
+                "http://h/be/whatsapp-qr/incoming",
+                "http://h/bws"
+            ]
         );
         assert_eq!(
             out[0].body,

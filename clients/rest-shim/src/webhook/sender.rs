@@ -108,7 +108,9 @@ impl Sender {
         connector.set_nodelay(true);
         Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
-            secret: secret.filter(|s| !s.is_empty()).map(|s| s.as_bytes().to_vec()),
+            secret: secret
+                .filter(|s| !s.is_empty())
+                .map(|s| s.as_bytes().to_vec()),
             timeout,
             policy,
         }

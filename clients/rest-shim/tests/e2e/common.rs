@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use wagate_rest::proto::gateway::gateway_client::GatewayClient;
 use wagate_rest::proto::gateway::{event, events_request, Event, EventsRequest, SessionState};
 use wagate_rest::proto::sim::simulator_client::SimulatorClient;
-use wagate_rest::proto::sim::{CreateAccountRequest, InboxRequest, InboxMessage, ScanQrRequest};
+use wagate_rest::proto::sim::{CreateAccountRequest, InboxMessage, InboxRequest, ScanQrRequest};
 use wagate_rest::Config;
 
 /// Upper bound for any single expected thing.
@@ -226,7 +226,8 @@ impl Follower {
     }
 
     pub async fn state(&mut self, state: SessionState) -> Event {
-        self.until(&format!("{state:?}"), |e| is_state(e, state)).await
+        self.until(&format!("{state:?}"), |e| is_state(e, state))
+            .await
     }
 }
 
@@ -266,30 +267,65 @@ impl Shim {
     }
 
     pub async fn get_key(&self, path: &str) -> (u16, Value) {
-        call(Method::GET, &format!("{}{path}", self.base), &[("x-api-key", KEY)], None).await
+        call(
+            Method::GET,
+            &format!("{}{path}", self.base),
+            &[("x-api-key", KEY)],
+            None,
+        )
+        .await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let raw = body.to_string();
-        call(Method::POST, &format!("{}{path}", self.base), &[], Some(raw.as_bytes())).await
+        call(
+            Method::POST,
+            &format!("{}{path}", self.base),
+            &[],
+            Some(raw.as_bytes()),
+        )
+        .await
     }
 
     pub async fn post_key(&self, path: &str, body: Value) -> (u16, Value) {
         let raw = body.to_string();
-        call(Method::POST, &format!("{}{path}", self.base), &[("x-api-key", KEY)], Some(raw.as_bytes())).await
+        call(
+            Method::POST,
+            &format!("{}{path}", self.base),
+            &[("x-api-key", KEY)],
+            Some(raw.as_bytes()),
+        )
+        .await
     }
 
     pub async fn delete(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-        call(Method::DELETE, &format!("{}{path}", self.base), headers, None).await
+        call(
+            Method::DELETE,
+            &format!("{}{path}", self.base),
+            headers,
+            None,
+        )
+        .await
     }
 
-    pub async fn raw(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> (u16, Value) {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> (u16, Value) {
         call(method, &format!("{}{path}", self.base), headers, body).await
     }
 }
 
 /// One HTTP request; the answer's status and JSON body (Null if not JSON).
-pub async fn call(method: Method, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> (u16, Value) {
+pub async fn call(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (u16, Value) {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let mut req = axum::http::Request::builder().method(method).uri(url);
@@ -310,7 +346,10 @@ pub async fn call(method: Method, url: &str, headers: &[(&str, &str)], body: Opt
         .expect("request succeeds");
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// A webhook as the receiver got it.
@@ -358,7 +397,12 @@ pub struct Receiver {
 async fn record(State(state): State<Arc<RecvState>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let headers = req.headers().clone();
-    let raw = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let raw = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let status = state.status.load(Ordering::SeqCst);
     state.attempts.fetch_add(1, Ordering::SeqCst);
     let _ = state.tx.send(Hook {
@@ -378,7 +422,9 @@ async fn record(State(state): State<Arc<RecvState>>, req: Request) -> Response {
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(RecvState {
             status: AtomicU16::new(200),

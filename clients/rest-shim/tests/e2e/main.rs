@@ -3,4 +3,7 @@
 //! on port 0, everything in temp dirs.
 
 mod common;
+mod delivery;
+mod errors;
 mod flows;
+mod ops;
