@@ -233,7 +233,7 @@ fn dispatch(shared: &Arc<Shared>, workers: &mut JoinSet<()>, event: Event) {
 }
 
 enum Next {
-    Event(Event),
+    Event(Box<Event>),
     CatchUp,
     Wait(Arc<Notify>),
     Gone,
@@ -255,7 +255,7 @@ async fn worker(shared: Arc<Shared>, session: String) {
             match slots.get_mut(&w.session) {
                 None => Next::Gone,
                 Some(slot) => match slot.queue.pop_front() {
-                    Some(event) => Next::Event(event),
+                    Some(event) => Next::Event(Box::new(event)),
                     None if slot.behind => Next::CatchUp,
                     None => Next::Wait(slot.wake.clone()),
                 },
