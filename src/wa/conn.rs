@@ -506,6 +506,43 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends a stanza of the caller's (a message, receipt, ack) on a
+    /// logged-in connection.
+    pub fn send_node(&mut self, node: &Node) -> Result<(), ConnError> {
+        match &self.phase {
+            Phase::Open {
+                stage: Stage::Connected { .. },
+                ..
+            } => {
+                self.write_node(node);
+                Ok(())
+            }
+            Phase::Closed(_) => Err(ConnError::Closed),
+            Phase::Open { .. } | Phase::Handshake { .. } => Err(ConnError::NotConnected),
+        }
+    }
+
+    /// Sends an iq of the caller's to the server with a fresh id, which is
+    /// returned; its answer comes back as [`Event::Stanza`].
+    pub fn send_iq(&mut self, node: Node) -> Result<String, ConnError> {
+        if !self.is_connected() {
+            return Err(if self.is_closed() {
+                ConnError::Closed
+            } else {
+                ConnError::NotConnected
+            });
+        }
+        let id = self.next_iq_id();
+        let node = node.attr("id", id.clone());
+        let node = if node.attr_value("to").is_some() {
+            node
+        } else {
+            node.attr("to", Jid::server_jid())
+        };
+        self.write_node(&node);
+        Ok(id)
+    }
+
     /// Ends the connection from our side; nothing more is sent.
     pub fn shutdown(&mut self) {
         self.close(CloseReason::ClientClosed);

@@ -369,7 +369,8 @@ async fn show_qr(gw: &mut Gateway, id: String, ink: Ink, json: bool) -> Result<(
                 }
                 _ => {}
             },
-            None => {}
+            // The qr command follows only the pairing.
+            Some(Payload::Message(_) | Payload::Receipt(_)) | None => {}
         }
     }
     Err(CliError::StreamEnded)
