@@ -506,22 +506,6 @@ impl Connection {
         Ok(())
     }
 
-    /// Sends a stanza of the caller's (a message, receipt, ack) on a
-    /// logged-in connection.
-    pub fn send_node(&mut self, node: &Node) -> Result<(), ConnError> {
-        match &self.phase {
-            Phase::Open {
-                stage: Stage::Connected { .. },
-                ..
-            } => {
-                self.write_node(node);
-                Ok(())
-            }
-            Phase::Closed(_) => Err(ConnError::Closed),
-            Phase::Open { .. } | Phase::Handshake { .. } => Err(ConnError::NotConnected),
-        }
-    }
-
     /// Sends an iq of the caller's to the server with a fresh id, which is
     /// returned; its answer comes back as [`Event::Stanza`].
     pub fn send_iq(&mut self, node: Node) -> Result<String, ConnError> {
