@@ -105,7 +105,10 @@ async fn baileys_and_wagate_exchange_texts() {
         message_of(e).is_some_and(|m| m.id == id)
     })
     .await;
-    assert_eq!(message_of(&event).expect("message").text, "second from baileys");
+    assert_eq!(
+        message_of(&event).expect("message").text,
+        "second from baileys"
+    );
 
     baileys.command("quit");
     assert!(baileys.wait().await.success());

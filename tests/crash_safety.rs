@@ -29,7 +29,10 @@ impl Gateway {
             .arg(data)
             .env("WAGATE_WA_URL", sim.sim.ws_url())
             .env("WAGATE_WA_ROOT_KEY", hex::encode(sim.sim.root_public_key()))
-            .env("WAGATE_STORE_KEY", "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+            .env(
+                "WAGATE_STORE_KEY",
+                "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            )
             .env_remove("WAGATE_API_KEYS")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -99,7 +102,10 @@ async fn sigkill_while_messages_arrive_loses_nothing_and_duplicates_nothing() {
         if n == 0 {
             // The first text has reached the gateway and is committed:
             // kill it while the others are still arriving.
-            wait_for(&mut events, "the first message", |e| message_of(e).is_some()).await;
+            wait_for(&mut events, "the first message", |e| {
+                message_of(e).is_some()
+            })
+            .await;
         }
         if n == 2 {
             drop(events);
@@ -158,7 +164,12 @@ async fn sigkill_while_messages_arrive_loses_nothing_and_duplicates_nothing() {
     })
     .await;
     for (n, id) in ids.iter().enumerate() {
-        assert_eq!(counts.get(id), Some(&1), "text {n} ({id}) seen {:?} times", counts.get(id));
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "text {n} ({id}) seen {:?} times",
+            counts.get(id)
+        );
         assert_eq!(texts.get(id), Some(&format!("text {n}")));
     }
     assert!(counts.contains_key(&last));

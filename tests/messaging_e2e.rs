@@ -70,7 +70,10 @@ async fn message_with_id(events: &mut tonic::Streaming<Event>, id: &str) -> (Eve
         message_of(e).is_some_and(|m| m.id == id)
     })
     .await;
-    let messages = before.into_iter().filter(|e| message_of(e).is_some()).collect();
+    let messages = before
+        .into_iter()
+        .filter(|e| message_of(e).is_some())
+        .collect();
     (event, messages)
 }
 
@@ -103,7 +106,10 @@ async fn texts_both_ways_receipts_offline_queue_and_restart() {
     assert_eq!(receipt.chat, BOB_JID);
     assert_eq!(receipt.from_phone, "15550002222");
     let inbox = inbox_texts(&mut sim, BOB).await;
-    assert_eq!(inbox, vec![(sent.message_id.clone(), "hello bob".to_owned())]);
+    assert_eq!(
+        inbox,
+        vec![(sent.message_id.clone(), "hello bob".to_owned())]
+    );
     let bob_inbox = sim
         .control
         .inbox(InboxRequest { phone: BOB.into() })

@@ -34,8 +34,8 @@ use crate::wa::message::{
 };
 use crate::wa::prekeys::{self, MIN_SERVER_PREKEYS, UPLOAD_BATCH};
 use crate::wa::signal::{
-    self, LocalKeys, PreKey, PreKeySignalMessage, ProtocolAddress,
-    SenderKeyName, SenderKeyRecord, SessionRecord, SignalError, MAX_PRE_KEY_ID,
+    self, LocalKeys, PreKey, PreKeySignalMessage, ProtocolAddress, SenderKeyName, SenderKeyRecord,
+    SessionRecord, SignalError, MAX_PRE_KEY_ID,
 };
 use crate::wa::usync;
 
@@ -76,7 +76,9 @@ pub enum SendError {
     UnknownRecipient(String),
     #[error("{0}")]
     Unsupported(String),
-    #[error("the server did not acknowledge the message in time; retry with the same idempotency key")]
+    #[error(
+        "the server did not acknowledge the message in time; retry with the same idempotency key"
+    )]
     Timeout,
     #[error("the connection closed before the server acknowledged the message ({0}); retry with the same idempotency key")]
     ConnectionLost(String),
@@ -585,17 +587,19 @@ impl Messenger {
         }
 
         let outcome = match (content, failure) {
-            (Some(content), _) => self.message_event(&msg, &own, content).await.map_or(
-                Outcome::Silent,
-                |event| Outcome::Event(Box::new(event)),
-            ),
+            (Some(content), _) => self
+                .message_event(&msg, &own, content)
+                .await
+                .map_or(Outcome::Silent, |event| Outcome::Event(Box::new(event))),
             (None, None) if duplicate => {
                 let _ = conn.send_node(&msg.receipt(&own));
                 return Ok(());
             }
             (None, None) => {
                 let error = "message carried no encrypted payload".to_owned();
-                Outcome::Event(Box::new(self.failed_event(&msg, &own, "unavailable", error).await))
+                Outcome::Event(Box::new(
+                    self.failed_event(&msg, &own, "unavailable", error).await,
+                ))
             }
             (None, Some(error)) => {
                 let count = self.retries.entry(dedupe.clone()).or_insert(0);
@@ -612,7 +616,9 @@ impl Messenger {
                     return Ok(());
                 }
                 warn!(session = %self.id, id = %msg.id, "giving up decrypting: {error}");
-                Outcome::Event(Box::new(self.failed_event(&msg, &own, "undecryptable", error).await))
+                Outcome::Event(Box::new(
+                    self.failed_event(&msg, &own, "undecryptable", error).await,
+                ))
             }
         };
         self.retries.remove(&dedupe);
@@ -990,11 +996,22 @@ impl Messenger {
             );
             return Ok(());
         };
-        self.resend(&receipt.id, &device, record, receipt.retry_count, &mut batch, conn, now_ms)
-            .await
+        self.resend(
+            &receipt.id,
+            &device,
+            record,
+            receipt.retry_count,
+            &mut batch,
+            conn,
+            now_ms,
+        )
+        .await
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one resend, every input it needs")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one resend, every input it needs"
+    )]
     async fn resend(
         &mut self,
         message_id: &str,
@@ -1025,11 +1042,12 @@ impl Messenger {
             message
         };
         let padded = signal::pad(&mut self.rng, &payload.encode_to_vec());
-        let ciphertext =
-            signal::encrypt(&mut record, &creds.identity_key, &padded).map_err(|e| e.to_string())?;
+        let ciphertext = signal::encrypt(&mut record, &creds.identity_key, &padded)
+            .map_err(|e| e.to_string())?;
         let address = address_of(device);
         Self::put_record(batch, &address, &record);
-        self.commit(std::mem::take(batch), Vec::new(), now_ms).await?;
+        self.commit(std::mem::take(batch), Vec::new(), now_ms)
+            .await?;
         self.cache_record(address, Some(record));
         let identity = creds
             .account
@@ -1109,9 +1127,9 @@ impl Messenger {
             }
             PendingIq::Devices(send) => {
                 if is_error {
-                    return Ok(send.finish(Err(SendError::Encryption(
-                        "the server refused the device query".into(),
-                    ))));
+                    let why = "the server refused the device query".to_owned();
+                    send.finish(Err(SendError::Encryption(why)));
+                    return Ok(());
                 }
                 match usync::parse_devices(&node) {
                     Ok(users) => {
@@ -1133,14 +1151,15 @@ impl Messenger {
             }
             PendingIq::Bundles { send, targets } => {
                 if is_error {
-                    return Ok(send.finish(Err(SendError::Encryption(
-                        "the server refused the prekey query".into(),
-                    ))));
+                    let why = "the server refused the prekey query".to_owned();
+                    send.finish(Err(SendError::Encryption(why)));
+                    return Ok(());
                 }
                 let bundles = match prekeys::parse_bundles(&node) {
                     Ok(b) => b,
                     Err(e) => {
-                        return Ok(send.finish(Err(SendError::Encryption(format!("bundles: {e}")))))
+                        send.finish(Err(SendError::Encryption(format!("bundles: {e}"))));
+                        return Ok(());
                     }
                 };
                 let mut fresh = HashMap::new();
@@ -1162,7 +1181,9 @@ impl Messenger {
                                 warn!(session = %self.id, device = %entry.device, "unusable bundle: {e}")
                             }
                         },
-                        Err(e) => warn!(session = %self.id, device = %entry.device, "no bundle: {e}"),
+                        Err(e) => {
+                            warn!(session = %self.id, device = %entry.device, "no bundle: {e}")
+                        }
                     }
                 }
                 self.encrypt_and_send(send, targets, fresh, conn, now_ms)
@@ -1197,7 +1218,15 @@ impl Messenger {
                 };
                 let mut batch = Batch::default();
                 if let Err(e) = self
-                    .resend(&message_id, &device, record, count, &mut batch, conn, now_ms)
+                    .resend(
+                        &message_id,
+                        &device,
+                        record,
+                        count,
+                        &mut batch,
+                        conn,
+                        now_ms,
+                    )
                     .await
                 {
                     warn!(session = %self.id, "cannot resend: {e}");
@@ -1273,7 +1302,8 @@ impl Messenger {
                 }
             }
         }
-        let id = id.unwrap_or_else(|| wamsg::new_message_id(now_ms / 1000, &own.user, &mut self.rng));
+        let id =
+            id.unwrap_or_else(|| wamsg::new_message_id(now_ms / 1000, &own.user, &mut self.rng));
         let send = Outgoing {
             id,
             chat,
@@ -1304,7 +1334,12 @@ impl Messenger {
     }
 
     /// Devices known: fetch bundles for those without a session, or encrypt.
-    async fn route(&mut self, send: Outgoing, conn: &mut Connection, now_ms: u64) -> Result<(), String> {
+    async fn route(
+        &mut self,
+        send: Outgoing,
+        conn: &mut Connection,
+        now_ms: u64,
+    ) -> Result<(), String> {
         let Some(own) = conn.credentials().account.as_ref().map(|a| a.jid.clone()) else {
             send.finish(Err(SendError::NotConnected));
             return Ok(());
@@ -1389,7 +1424,11 @@ impl Messenger {
                 debug!(session = %self.id, device = %target, "no session; device skipped");
                 continue;
             };
-            let plain = if target.user == own.user { &for_own } else { &for_peer };
+            let plain = if target.user == own.user {
+                &for_own
+            } else {
+                &for_peer
+            };
             let padded = signal::pad(&mut self.rng, plain);
             match signal::encrypt(&mut record, &creds.identity_key, &padded) {
                 Ok(ct) => {
@@ -1428,7 +1467,8 @@ impl Messenger {
         for (address, record) in updated {
             self.cache_record(address, Some(record));
         }
-        let stanza = wamsg::fanout_stanza(&send.id, &send.chat, &encrypted, &account.signed_identity);
+        let stanza =
+            wamsg::fanout_stanza(&send.id, &send.chat, &encrypted, &account.signed_identity);
         if conn.send_node(&stanza).is_err() {
             send.finish(Err(SendError::NotConnected));
             return Ok(());

@@ -30,11 +30,7 @@ pub enum MessageError {
 
 /// A message id as WhatsApp Web makes them: `3EB0` and the first 9 bytes of
 /// SHA-256(unix seconds ‖ own user JID ‖ 16 random bytes), in uppercase hex.
-pub fn new_message_id(
-    now_s: u64,
-    own_user: &str,
-    rng: &mut (impl RngCore + CryptoRng),
-) -> String {
+pub fn new_message_id(now_s: u64, own_user: &str, rng: &mut (impl RngCore + CryptoRng)) -> String {
     let mut random = [0u8; 16];
     rng.fill_bytes(&mut random);
     let user = format!("{own_user}@c.us");
@@ -229,12 +225,15 @@ impl Content {
     /// Reads an unpadded `Message` protobuf.
     pub fn decode(plaintext: &[u8]) -> Result<Self, prost::DecodeError> {
         let message = Message::decode(plaintext)?;
-        let sender_key = message.sender_key_distribution_message.as_ref().and_then(|skdm| {
-            Some((
-                skdm.group_id.clone()?,
-                skdm.axolotl_sender_key_distribution_message.clone()?,
-            ))
-        });
+        let sender_key = message
+            .sender_key_distribution_message
+            .as_ref()
+            .and_then(|skdm| {
+                Some((
+                    skdm.group_id.clone()?,
+                    skdm.axolotl_sender_key_distribution_message.clone()?,
+                ))
+            });
         if let Some(sent) = &message.device_sent_message {
             let destination = sent
                 .destination_jid
@@ -755,9 +754,8 @@ mod tests {
         let ext = Content::decode(&extended_text_message("yo").encode_to_vec()).expect("decodes");
         assert_eq!(ext.text.as_deref(), Some("yo"));
         let peer = jid("15550002222@s.whatsapp.net");
-        let copy =
-            Content::decode(&device_sent(&peer, &text_message("mine")).encode_to_vec())
-                .expect("decodes");
+        let copy = Content::decode(&device_sent(&peer, &text_message("mine")).encode_to_vec())
+            .expect("decodes");
         assert_eq!(copy.text.as_deref(), Some("mine"));
         assert_eq!(copy.destination, Some(peer));
         // imageMessage (3) with a caption field inside, then messageContextInfo.
@@ -781,7 +779,9 @@ mod tests {
             &[0x0A][..],
             &[0x0A, 0xFF],
             &[0x0B],
-            &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80],
+            &[
+                0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
+            ],
             &[0x09, 1, 2],
         ] {
             let _ = content_field_name(garbage);
@@ -825,7 +825,10 @@ mod tests {
                 error: Some("479".into())
             })
         );
-        assert_eq!(ServerAck::parse(&Node::new("ack").attr("class", "receipt")), None);
+        assert_eq!(
+            ServerAck::parse(&Node::new("ack").attr("class", "receipt")),
+            None
+        );
         let notification = Node::new("notification")
             .attr("from", Jid::server_jid())
             .attr("id", "N")

@@ -163,10 +163,7 @@ pub fn retry_keys(creds: &Credentials, prekey: &PreKey, device_identity: &[u8]) 
 
 /// The bundle in a retry receipt from `device`: `<registration>` beside
 /// `<keys>`; `None` when the receipt carries no keys.
-pub fn parse_retry_keys(
-    receipt: &Node,
-    device: u16,
-) -> Option<Result<PreKeyBundle, PrekeyError>> {
+pub fn parse_retry_keys(receipt: &Node, device: u16) -> Option<Result<PreKeyBundle, PrekeyError>> {
     let keys = receipt.child("keys")?;
     let mut children = keys.child_nodes().to_vec();
     children.extend(receipt.child("registration").cloned());
