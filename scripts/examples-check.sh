@@ -155,4 +155,59 @@ check_example() {
 check_example python +15550001001 "$tmp/venv/bin/python" clients/examples/python/wagate_example.py
 check_example node +15550001002 node clients/examples/node/wagate-example.js
 
-echo "examples-check: both examples passed in $((SECONDS - started))s"
+# --- a scripted wagatectl session ---------------------------------------
+# init → qr → ScanQr (grpcurl) → status → send → events, each to completion.
+cargo build --locked --quiet -p wagatectl --bin wagatectl
+ctl=$target_dir/debug/wagatectl
+[ -x "$ctl" ] || fail "no wagatectl binary at $ctl"
+wctl() { timeout "$step_timeout" "$ctl" --addr "http://$addr" --api-key "$key" --json "$@"; }
+json_field() { # json_field FIELD < JSON-LINES: the field of the first line that has it
+    python3 -c 'import json, sys
+field = sys.argv[1]
+for line in sys.stdin:
+    try:
+        value = json.loads(line).get(field)
+    except ValueError:
+        continue
+    if value not in (None, ""):
+        print(value)
+        break' "$1"
+}
+ctl_session=ctl-demo ctl_phone=+15550001003 ctl_peer=+15550001004
+wctl init "$ctl_session" >"$tmp/ctl-init.out" || fail "wagatectl init failed"
+wctl qr "$ctl_session" >"$tmp/ctl-qr.out" 2>&1 &
+qr_pid=$!
+pids+=("$qr_pid")
+deadline=$((SECONDS + step_timeout))
+ctl_qr=""
+while [ -z "$ctl_qr" ]; do
+    ctl_qr=$(json_field qr <"$tmp/ctl-qr.out")
+    [ -n "$ctl_qr" ] && break
+    kill -0 "$qr_pid" 2>/dev/null || fail "wagatectl qr exited before showing a QR"
+    [ "$SECONDS" -lt "$deadline" ] || fail "wagatectl qr showed no QR within ${step_timeout}s"
+    sleep 0.1
+done
+rpc wagate.sim.v1.Simulator/ScanQr "{\"phone\":\"$ctl_phone\",\"qr\":\"$ctl_qr\"}" >/dev/null ||
+    fail "wagatectl: ScanQr failed"
+rc=0
+wait "$qr_pid" || rc=$?
+[ "$rc" -eq 0 ] || fail "wagatectl qr exited $rc after the scan"
+grep -q '"type":"connected"' "$tmp/ctl-qr.out" || fail "wagatectl qr did not report the connection"
+wctl status "$ctl_session" | grep -q '"state":"CONNECTED"' || fail "wagatectl status is not CONNECTED"
+rpc wagate.sim.v1.Simulator/CreateAccount "{\"phone\":\"$ctl_peer\",\"push_name\":\"Peer\"}" >/dev/null ||
+    fail "CreateAccount failed"
+sent_id=$(wctl send "$ctl_session" "$ctl_peer" "hello from wagatectl" | json_field message_id)
+[ -n "$sent_id" ] || fail "wagatectl send returned no message id"
+rpc wagate.sim.v1.Simulator/SendText \
+    "{\"from_phone\":\"$ctl_peer\",\"to\":\"$ctl_phone\",\"text\":\"hello wagatectl\"}" >/dev/null ||
+    fail "SendText failed"
+# The phone's delivery receipt for our text, and the phone's text.
+wctl events --session "$ctl_session" --type message --type receipt --from-beginning --limit 2 \
+    >"$tmp/ctl-events.out" || fail "wagatectl events did not see two events"
+grep -q "\"message_ids\":\[\"$sent_id\"\]" "$tmp/ctl-events.out" || fail "no receipt for $sent_id"
+grep -q '"text":"hello wagatectl"' "$tmp/ctl-events.out" || fail "no message event with the phone's text"
+rpc wagate.sim.v1.Simulator/Inbox "{\"phone\":\"$ctl_peer\"}" | grep -q '"text": "hello from wagatectl"' ||
+    fail "the phone's inbox lacks the text wagatectl sent"
+echo "examples-check: wagatectl ok (init, qr, scan, status, send $sent_id, events)"
+
+echo "examples-check: both examples and wagatectl passed in $((SECONDS - started))s"

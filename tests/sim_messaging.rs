@@ -36,13 +36,7 @@ async fn baileys_and_a_virtual_phone_exchange_texts() {
 
     // Baileys → phone: the phone decrypts it and confirms delivery.
     baileys.command(&format!("send {phone_jid} hello phone"));
-    let sent = baileys.wait_for("sent", |_| true).await;
-    let sent_id = sent["id"].as_str().expect("message id").to_owned();
-    baileys
-        .wait_for("status", |v| {
-            v["id"] == sent_id.as_str() && v["status"].as_u64() == Some(DELIVERY_ACK)
-        })
-        .await;
+    let sent_id = baileys.sent_with_status(DELIVERY_ACK).await;
     let inbox = harness
         .control
         .inbox(InboxRequest {

@@ -2,7 +2,7 @@
 
 use tonic::Status;
 
-use crate::runtime::RuntimeError;
+use crate::runtime::{RuntimeError, SendError};
 use crate::store::StoreError;
 
 impl From<RuntimeError> for Status {
@@ -13,7 +13,22 @@ impl From<RuntimeError> for Status {
             RuntimeError::WrongState(_) => Status::failed_precondition(e.to_string()),
             RuntimeError::ShuttingDown => Status::unavailable(e.to_string()),
             RuntimeError::Store(inner) => store_status(inner),
+            RuntimeError::Send(inner) => send_status(inner),
         }
+    }
+}
+
+fn send_status(e: &SendError) -> Status {
+    let message = e.to_string();
+    match e {
+        SendError::NotConnected => Status::failed_precondition(message),
+        SendError::UnknownRecipient(_) => Status::not_found(message),
+        SendError::Unsupported(_) => Status::unimplemented(message),
+        SendError::Timeout => Status::deadline_exceeded(message),
+        SendError::ConnectionLost(_) => Status::unavailable(message),
+        SendError::Refused(_) => Status::failed_precondition(message),
+        SendError::Encryption(_) => Status::failed_precondition(message),
+        SendError::Store(_) => Status::unavailable(message),
     }
 }
 

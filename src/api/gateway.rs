@@ -16,7 +16,7 @@ use crate::proto::gateway::{
     ListSessionsResponse, QrCodeRequest, QrCodeResponse, SendRequest, SendResponse, Session,
     StatusRequest,
 };
-use crate::runtime::{timestamp_ms, Manager, SessionState, SessionStatus};
+use crate::runtime::{timestamp_ms, Manager, OutgoingText, SessionState, SessionStatus};
 use crate::store::{EventFilter, SessionId};
 use crate::wa::jid::{Jid, PhoneNumber};
 
@@ -128,7 +128,7 @@ impl Gateway for GatewayService {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let req = request.into_inner();
         let id = session_id(&req.session_id)?;
-        let _to = recipient(&req.to)?;
+        let to = recipient(&req.to)?;
         if req.text.is_empty() {
             return Err(invalid("text", "message text is empty"));
         }
@@ -145,9 +145,22 @@ impl Gateway for GatewayService {
                 status.state
             )));
         }
-        Err(Status::unimplemented(
-            "sending messages is not available in this version",
-        ))
+        let idempotency_key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
+        let sent = self
+            .manager
+            .send(
+                &id,
+                OutgoingText {
+                    to,
+                    text: req.text,
+                    idempotency_key,
+                },
+            )
+            .await?;
+        Ok(Response::new(SendResponse {
+            message_id: sent.message_id,
+            timestamp: Some(timestamp_ms(sent.timestamp_s as i64 * 1000)),
+        }))
     }
 
     async fn disconnect(

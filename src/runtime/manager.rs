@@ -11,6 +11,7 @@ use crate::wa::conn::ClientConfig;
 
 use super::backoff::{Backoff, Pacer};
 use super::events::EventLog;
+use super::messaging::{OutgoingText, SendError, Sent};
 use super::now_ms;
 use super::session::{Command, QrInfo, SessionActor, SessionHandle, SessionState, SessionStatus};
 
@@ -56,6 +57,8 @@ pub enum RuntimeError {
     ShuttingDown,
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Send(#[from] SendError),
 }
 
 pub(crate) struct Shared {
@@ -236,6 +239,21 @@ impl Manager {
             .collect();
         all.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
         all
+    }
+
+    /// Sends a text and waits for the server's ack.
+    pub async fn send(&self, id: &SessionId, text: OutgoingText) -> Result<Sent, RuntimeError> {
+        self.check_open()?;
+        let handle = self.handle(id)?;
+        let (reply, answer) = oneshot::channel();
+        handle
+            .commands
+            .send(Command::Send { text, reply })
+            .await
+            .map_err(|_| RuntimeError::ShuttingDown)?;
+        // The actor answers every send; a dropped reply means it stopped.
+        let sent = answer.await.map_err(|_| RuntimeError::ShuttingDown)??;
+        Ok(sent)
     }
 
     /// Closes the connection (keeping credentials) or logs out.

@@ -5,12 +5,14 @@
 mod backoff;
 mod events;
 mod manager;
+mod messaging;
 mod session;
 mod socket;
 
 pub use backoff::Backoff;
 pub use events::{timestamp as timestamp_ms, EventKind, EventLog};
 pub use manager::{Manager, RuntimeConfig, RuntimeError};
+pub use messaging::{OutgoingText, SendError, Sent};
 pub use session::{QrInfo, SessionState, SessionStatus};
 
 /// Milliseconds since the Unix epoch: the one place the runtime reads the clock.

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{ConnectionEvent, QrEvent, SessionState as ApiState};
@@ -20,6 +20,7 @@ use crate::wa::creds::Credentials;
 
 use super::events::{timestamp, EventLog};
 use super::manager::Shared;
+use super::messaging::{Messenger, OutgoingText, SendError, SendReply};
 use super::{now_ms, socket};
 
 /// Secret key under which a session's credentials are stored.
@@ -120,6 +121,11 @@ pub(crate) enum Command {
         logout: bool,
         done: oneshot::Sender<()>,
     },
+    /// Send a text; answered after the server's ack.
+    Send {
+        text: OutgoingText,
+        reply: SendReply,
+    },
     /// Process shutdown: close cleanly and exit the task.
     Shutdown,
 }
@@ -153,6 +159,7 @@ pub(crate) struct SessionActor {
     rng: StdRng,
     /// When the current connection attempt opened its socket.
     connect_started: Option<std::time::Instant>,
+    messenger: Messenger,
 }
 
 impl SessionActor {
@@ -165,6 +172,7 @@ impl SessionActor {
         let initial = SessionStatus::from_record(&record);
         crate::metrics::global().session_moved(None, initial.state.metric_index());
         let (status_tx, status_rx) = watch::channel(initial);
+        let messenger = Messenger::new(record.id.clone(), events.clone());
         let actor = SessionActor {
             id: record.id.clone(),
             shared,
@@ -174,6 +182,7 @@ impl SessionActor {
             record,
             rng: StdRng::from_entropy(),
             connect_started: None,
+            messenger,
         };
         tokio::spawn(actor.run());
         SessionHandle {
@@ -185,10 +194,14 @@ impl SessionActor {
     async fn run(mut self) {
         loop {
             // Idle: wait for a reason to connect.
-            match self.commands.recv().await {
+            match self.next_command().await {
                 None | Some(Command::Shutdown) => return,
                 Some(Command::Disconnect { done, .. }) => {
                     let _ = done.send(());
+                    continue;
+                }
+                Some(Command::Send { reply, .. }) => {
+                    let _ = reply.send(Err(SendError::NotConnected));
                     continue;
                 }
                 Some(Command::Connect) => {}
@@ -274,9 +287,13 @@ impl SessionActor {
     async fn wait_or_command(&mut self, delay: Duration) -> Option<bool> {
         tokio::select! {
             _ = tokio::time::sleep(delay) => None,
-            cmd = self.commands.recv() => match cmd {
+            cmd = self.next_command() => match cmd {
                 None | Some(Command::Shutdown) => Some(true),
                 Some(Command::Connect) => None,
+                Some(Command::Send { reply, .. }) => {
+                    let _ = reply.send(Err(SendError::NotConnected));
+                    None
+                }
                 Some(Command::Disconnect { logout, done }) => {
                     if logout {
                         // Offline: the server cannot be told; keys are erased locally.
@@ -344,15 +361,16 @@ impl SessionActor {
             }
         };
         // Global pacing of handshakes; commands still get through.
+        let shared = Arc::clone(&self.shared);
         tokio::select! {
-            _ = self.shared.pacer.acquire() => {}
-            cmd = self.commands.recv() => return self.command_while_offline(cmd),
+            _ = shared.pacer.acquire() => {}
+            cmd = self.next_command() => return self.command_while_offline(cmd),
         }
         let url = self.shared.config.wa_url.clone();
         self.connect_started = Some(std::time::Instant::now());
         let socket = tokio::select! {
             s = tokio::time::timeout(Duration::from_secs(20), socket::connect(&url)) => s,
-            cmd = self.commands.recv() => return self.command_while_offline(cmd),
+            cmd = self.next_command() => return self.command_while_offline(cmd),
         };
         let socket = match socket {
             Ok(Ok(s)) => s,
@@ -365,9 +383,26 @@ impl SessionActor {
         self.drive(socket, conn).await
     }
 
+    /// The next command that needs the actor's state; sends are refused
+    /// at once while there is no logged-in connection.
+    async fn next_command(&mut self) -> Option<Command> {
+        loop {
+            match self.commands.recv().await {
+                Some(Command::Send { reply, .. }) => {
+                    let _ = reply.send(Err(SendError::NotConnected));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn command_while_offline(&mut self, cmd: Option<Command>) -> Ended {
         match cmd {
             None | Some(Command::Shutdown) => Ended::Shutdown,
+            Some(Command::Send { reply, .. }) => {
+                let _ = reply.send(Err(SendError::NotConnected));
+                Ended::Closed(CloseReason::SocketClosed("send while offline".into()))
+            }
             Some(Command::Connect) => {
                 Ended::Closed(CloseReason::SocketClosed("reconnect requested".into()))
             }
@@ -391,7 +426,7 @@ impl SessionActor {
             // Events first: persistence must precede the frames queued with them.
             let mut failed = None;
             while let Some(event) = conn.poll_event() {
-                if let Err(e) = self.handle_event(event, &conn).await {
+                if let Err(e) = self.handle_event(event, &mut conn).await {
                     failed = Some(e);
                     break;
                 }
@@ -414,7 +449,10 @@ impl SessionActor {
             if let Some(reason) = closed_reason(&mut conn) {
                 break reason;
             }
-            let deadline = conn.poll_timeout();
+            let deadline = match (conn.poll_timeout(), self.messenger.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async {
                 match deadline {
                     Some(at) => {
@@ -431,13 +469,20 @@ impl SessionActor {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => conn.handle_socket_closed(&e.to_string()),
                 },
-                _ = sleep => conn.handle_timeout(now_ms()),
+                _ = sleep => {
+                    let now = now_ms();
+                    self.messenger.handle_timeout(now);
+                    conn.handle_timeout(now);
+                }
                 cmd = self.commands.recv(), if pending_disconnect.is_none() && !shutting_down => match cmd {
                     None | Some(Command::Shutdown) => {
                         shutting_down = true;
                         conn.shutdown();
                     }
                     Some(Command::Connect) => {}
+                    Some(Command::Send { text, reply }) => {
+                        self.messenger.start_send(text, reply, &mut conn, now_ms()).await;
+                    }
                     Some(Command::Disconnect { logout, done }) => {
                         if logout && conn.logout(now_ms()).is_ok() {
                             pending_disconnect = Some((true, done));
@@ -449,6 +494,7 @@ impl SessionActor {
                 },
             }
         };
+        self.messenger.connection_lost(&ended.to_string());
         // Close the websocket cleanly; the server may already be gone.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             let _ = sink.send(WsMessage::Close(None)).await;
@@ -471,7 +517,7 @@ impl SessionActor {
         }
     }
 
-    async fn handle_event(&mut self, event: Event, conn: &Connection) -> Result<(), String> {
+    async fn handle_event(&mut self, event: Event, conn: &mut Connection) -> Result<(), String> {
         match event {
             Event::Qr {
                 code,
@@ -543,8 +589,11 @@ impl SessionActor {
                     s.last_connected_at_ms = Some(now);
                     s.reconnect_attempts = 0;
                 });
+                self.messenger.on_connected(conn, now as u64).await;
             }
-            Event::Stanza(node) => debug!(session = %self.id, tag = node.tag(), "stanza"),
+            Event::Stanza(node) => {
+                self.messenger.on_stanza(node, conn, now_ms()).await?;
+            }
             Event::Closed(_) => {}
         }
         Ok(())

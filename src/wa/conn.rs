@@ -506,6 +506,27 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends an iq of the caller's to the server with a fresh id, which is
+    /// returned; its answer comes back as [`Event::Stanza`].
+    pub fn send_iq(&mut self, node: Node) -> Result<String, ConnError> {
+        if !self.is_connected() {
+            return Err(if self.is_closed() {
+                ConnError::Closed
+            } else {
+                ConnError::NotConnected
+            });
+        }
+        let id = self.next_iq_id();
+        let node = node.attr("id", id.clone());
+        let node = if node.attr_value("to").is_some() {
+            node
+        } else {
+            node.attr("to", Jid::server_jid())
+        };
+        self.write_node(&node);
+        Ok(id)
+    }
+
     /// Ends the connection from our side; nothing more is sent.
     pub fn shutdown(&mut self) {
         self.close(CloseReason::ClientClosed);

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod creds;
 pub mod crypto;
 pub mod jid;
+pub mod message;
 pub mod noise;
 pub mod pairing;
 pub mod payload;

@@ -148,6 +148,28 @@ fn parse_key(node: &Node, with_signature: bool) -> Result<WireKey, PrekeyError> 
     })
 }
 
+/// `<keys>` of a retry receipt: our bundle with one fresh one-time prekey
+/// and our device identity, so the sender can start a new session.
+pub fn retry_keys(creds: &Credentials, prekey: &PreKey, device_identity: &[u8]) -> Node {
+    let spk = &creds.signed_prekey;
+    Node::new("keys").children(vec![
+        Node::new("type").bytes(vec![DJB_KEY_TYPE]),
+        Node::new("identity").bytes(creds.identity_key.public.to_vec()),
+        key_node("key", prekey.id, &prekey.key.public, None),
+        key_node("skey", spk.id, &spk.key.public, Some(&spk.signature)),
+        Node::new("device-identity").bytes(device_identity.to_vec()),
+    ])
+}
+
+/// The bundle in a retry receipt from `device`: `<registration>` beside
+/// `<keys>`; `None` when the receipt carries no keys.
+pub fn parse_retry_keys(receipt: &Node, device: u16) -> Option<Result<PreKeyBundle, PrekeyError>> {
+    let keys = receipt.child("keys")?;
+    let mut children = keys.child_nodes().to_vec();
+    children.extend(receipt.child("registration").cloned());
+    Some(parse_user(&Node::new("keys").children(children), device))
+}
+
 /// One `<user>` of a bundle answer.
 fn parse_user(user: &Node, device: u16) -> Result<PreKeyBundle, PrekeyError> {
     // whatsmeow also accepts the keys wrapped in <keys>.

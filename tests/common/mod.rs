@@ -168,3 +168,46 @@ pub fn qr_of(event: &Event) -> Option<&str> {
         _ => None,
     }
 }
+
+/// Inits `session` and pairs it by QR with the account of `phone` (created
+/// if new); returns the device JID and the stream, positioned after the
+/// CONNECTED event.
+pub async fn pair_with(
+    control: &mut SimulatorClient<Channel>,
+    client: &mut GatewayClient<Channel>,
+    session: &str,
+    phone: &str,
+) -> (String, Streaming<Event>) {
+    let mut events = init_following(client, session).await;
+    let (qr_event, _) = wait_for(&mut events, "a QR event", |e| qr_of(e).is_some()).await;
+    let qr = qr_of(&qr_event).expect("qr").to_owned();
+    let device = control
+        .scan_qr(wagate::proto::sim::ScanQrRequest {
+            phone: phone.into(),
+            qr,
+            push_name: "Own Phone".into(),
+        })
+        .await
+        .expect("ScanQr")
+        .into_inner()
+        .device_jid;
+    wait_for(&mut events, "CONNECTED", |e| {
+        is_state(e, SessionState::Connected)
+    })
+    .await;
+    (device, events)
+}
+
+pub fn message_of(event: &Event) -> Option<&wagate::proto::gateway::MessageEvent> {
+    match &event.payload {
+        Some(event::Payload::Message(m)) => Some(m),
+        _ => None,
+    }
+}
+
+pub fn receipt_of(event: &Event) -> Option<&wagate::proto::gateway::ReceiptEvent> {
+    match &event.payload {
+        Some(event::Payload::Receipt(r)) => Some(r),
+        _ => None,
+    }
+}

@@ -236,6 +236,32 @@ impl NodeScript {
         }
     }
 
+    /// After a `send` command: reads lines until the script reported the
+    /// sent message and a status of at least `status` for it, in either
+    /// order (the receipt can overtake Baileys' own send promise). Returns
+    /// the message id.
+    pub(crate) async fn sent_with_status(&mut self, status: u64) -> String {
+        let mut sent: Option<String> = None;
+        let mut reached: Vec<String> = Vec::new();
+        loop {
+            let value = self.next_json().await;
+            match value["event"].as_str() {
+                Some("sent") => sent = value["id"].as_str().map(str::to_owned),
+                Some("status") if value["status"].as_u64().is_some_and(|s| s >= status) => {
+                    if let Some(id) = value["id"].as_str() {
+                        reached.push(id.to_owned());
+                    }
+                }
+                _ => {}
+            }
+            if let Some(id) = &sent {
+                if reached.contains(id) {
+                    return id.clone();
+                }
+            }
+        }
+    }
+
     /// Sends one command line to the script.
     pub(crate) fn command(&mut self, command: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");

@@ -105,6 +105,9 @@ struct EventsArgs {
     /// Replay everything still retained first.
     #[arg(long)]
     from_beginning: bool,
+    /// Exit (status 0) after printing this many events.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -239,11 +242,19 @@ async fn events(gw: &mut Gateway, args: EventsArgs, json: bool) -> Result<(), Cl
         })
         .await?
         .into_inner();
+    let mut printed = 0u64;
+    if args.limit == Some(0) {
+        return Ok(());
+    }
     while let Some(e) = stream.message().await? {
         if json {
             line(output::event_json(&e))?;
         } else {
             line(output::event_text(&e))?;
+        }
+        printed += 1;
+        if args.limit.is_some_and(|limit| printed >= limit) {
+            return Ok(());
         }
     }
     Err(CliError::StreamEnded)
@@ -369,7 +380,8 @@ async fn show_qr(gw: &mut Gateway, id: String, ink: Ink, json: bool) -> Result<(
                 }
                 _ => {}
             },
-            None => {}
+            // The qr command follows only the pairing.
+            Some(Payload::Message(_) | Payload::Receipt(_)) | None => {}
         }
     }
     Err(CliError::StreamEnded)

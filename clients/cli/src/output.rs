@@ -3,7 +3,9 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::proto::gateway::{event::Payload, Event, SendResponse, Session, SessionState};
+use crate::proto::gateway::{
+    event::Payload, Event, ReceiptType, SendResponse, Session, SessionState,
+};
 
 /// `CONNECTED`, `QR_READY`, ... as the API documents the states.
 pub fn state_name(state: i32) -> &'static str {
@@ -147,6 +149,33 @@ pub fn event_json(e: &Event) -> Value {
             "connection",
             json!({ "state": state_name(c.state), "reason": c.reason, "jid": c.jid }),
         ),
+        Some(Payload::Message(m)) => (
+            "message",
+            json!({
+                "id": m.id,
+                "chat": m.chat,
+                "sender": m.sender,
+                "sender_phone": m.sender_phone,
+                "push_name": m.push_name,
+                "timestamp": opt_ts(m.timestamp.as_ref()),
+                "from_me": m.from_me,
+                "text": m.text,
+                "type": m.r#type,
+                "offline": m.offline,
+                "error": m.error,
+            }),
+        ),
+        Some(Payload::Receipt(r)) => (
+            "receipt",
+            json!({
+                "message_ids": r.message_ids,
+                "type": receipt_name(r.r#type),
+                "chat": r.chat,
+                "from": r.from,
+                "from_phone": r.from_phone,
+                "timestamp": opt_ts(r.timestamp.as_ref()),
+            }),
+        ),
         None => ("unknown", Value::Null),
     };
     if let Value::Object(map) = &mut v {
@@ -154,6 +183,15 @@ pub fn event_json(e: &Event) -> Value {
         map.insert(kind.into(), body);
     }
     v
+}
+
+fn receipt_name(kind: i32) -> &'static str {
+    match ReceiptType::try_from(kind) {
+        Ok(ReceiptType::Delivered) => "delivered",
+        Ok(ReceiptType::Read) => "read",
+        Ok(ReceiptType::Played) => "played",
+        Ok(ReceiptType::Unspecified) | Err(_) => "unknown",
+    }
 }
 
 /// `CURSOR TIME SESSION#SEQ TYPE details`.
@@ -171,6 +209,20 @@ pub fn event_text(e: &Event) -> String {
             }
             d
         }
+        Some(Payload::Message(m)) => {
+            let who = if m.from_me { "me" } else { m.sender.as_str() };
+            let mut d = format!("message {} {} in {} from {who}", m.r#type, m.id, m.chat);
+            if !m.text.is_empty() {
+                d.push_str(&format!(": {:?}", m.text));
+            }
+            d
+        }
+        Some(Payload::Receipt(r)) => format!(
+            "receipt {} {} from {}",
+            receipt_name(r.r#type),
+            r.message_ids.join(","),
+            r.from
+        ),
         None => "unknown event".to_owned(),
     };
     format!("{} {time} {}#{} {detail}", e.cursor, e.session_id, e.seq)
