@@ -240,7 +240,8 @@ async fn wwebjs_flow(prod: bool, messaging: bool) {
     // The variant takes the key in the query; the original in the header.
     let q = |path: &str| {
         if prod {
-            format!("{path}?apiKey={KEY}")
+            let sep = if path.contains('?') { '&' } else { '?' };
+            format!("{path}{sep}apiKey={KEY}")
         } else {
             path.to_owned()
         }
