@@ -283,3 +283,54 @@ async fn a_webhook_that_hangs_is_cut_by_the_attempt_timeout_and_retried() {
     shim.stop().await;
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_received_while_the_receiver_is_down_arrive_in_order() {
+    let gw = Gateway::start().await;
+    let mut hooks = Receiver::start().await;
+    let mut cfg = gw.shim_config("shim");
+    cfg.dialect = Dialect::Wwebjs;
+    cfg.webhook_url = Some(hooks.url("/global"));
+    cfg.webhook_queue = 4;
+    let shim = start_shim(cfg).await;
+    gw.create_account("+15550001111", "Peer").await;
+    let mut events = gw.follow("inbox").await;
+    let (st, _) = shim
+        .post("/api/start-session", json!({"sessionId": "inbox"}))
+        .await;
+    assert_eq!(st, 200);
+    let qr = events.qr().await;
+    gw.scan("+15551234567", &qr).await;
+    events.state(SessionState::Connected).await;
+
+    hooks.down().await;
+    let mut sent = Vec::new();
+    for n in 0..10 {
+        sent.push(
+            gw.send_from_phone("+15550001111", "+15551234567", &format!("text {n}"))
+                .await,
+        );
+    }
+    for id in &sent {
+        events
+            .until(
+                "the text at the gateway",
+                |e| matches!(&e.payload, Some(Payload::Message(m)) if &m.id == id),
+            )
+            .await;
+    }
+    hooks.up().await;
+    for (n, id) in sent.iter().enumerate() {
+        let h = hooks.until("a text webhook", |h| h.path == "/global").await;
+        assert_eq!(h.body["id"], id.as_str(), "webhook {n} out of order");
+        assert_eq!(h.body["body"], format!("text {n}"));
+    }
+    let ids: Vec<String> = hooks.accepted().into_iter().map(Hook::event_id).collect();
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        ids.len(),
+        "none twice: {ids:?}"
+    );
+    shim.stop().await;
+    gw.stop().await;
+}
