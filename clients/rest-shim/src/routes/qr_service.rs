@@ -93,7 +93,11 @@ async fn init(State(app): State<App>, body: JsonBody) -> Result<Json<Value>, Api
         metadata.insert("chatbot_id".to_owned(), c.clone());
     }
     let session = app
-        .create(&id, metadata, move |s| s.chatbot_id = chatbot)
+        .create(&id, metadata, move |s| {
+            if chatbot.is_some() {
+                s.chatbot_id = chatbot;
+            }
+        })
         .await?;
     Ok(Json(json!({
         "success": true,

@@ -111,9 +111,16 @@ async fn create(State(app): State<App>, body: JsonBody) -> Result<Json<Value>, A
     let (u, w, p) = (user_id.clone(), webhook.clone(), phone.clone());
     let session = app
         .create(&id, metadata, move |s| {
-            s.user_id = u;
-            s.webhook_url = w;
-            s.phone_number = p;
+            // Creating again changes what is given and keeps the rest.
+            if u.is_some() {
+                s.user_id = u;
+            }
+            if w.is_some() {
+                s.webhook_url = w;
+            }
+            if p.is_some() {
+                s.phone_number = p;
+            }
         })
         .await?;
     Ok(Json(json!({

@@ -308,6 +308,34 @@ impl Shim {
         .await
     }
 
+    /// GETs `path` until the answer satisfies `pred`. The gateway commits an
+    /// event just before its session's status shows the new state, so a
+    /// status read right after a webhook may still show the previous one.
+    pub async fn get_until(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        what: &str,
+        pred: impl Fn(u16, &Value) -> bool,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut last = (0, Value::Null);
+        let done = tokio::time::timeout(WAIT, async {
+            loop {
+                last = call(Method::GET, &url, headers, None).await;
+                if pred(last.0, &last.1) {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        if done.is_err() {
+            panic!("GET {path} never showed {what}; last answer {last:?}");
+        }
+        last
+    }
+
     pub async fn raw(
         &self,
         method: Method,

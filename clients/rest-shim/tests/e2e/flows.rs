@@ -82,12 +82,26 @@ async fn venom_flow(messaging: bool) {
         raw
     );
 
-    let (st, qr) = shim.get_key(&format!("/sessions/{id}/qr")).await;
+    let (st, qr) = shim
+        .get_until(
+            &format!("/sessions/{id}/qr"),
+            &[("x-api-key", KEY)],
+            "a QR",
+            |st, _| st == 200,
+        )
+        .await;
     assert_eq!(st, 200, "{qr}");
     fields(&qr, &[("qr", K::Str), ("base64", K::Str)]);
     assert_eq!(qr["qr"], qr["base64"]);
     assert_eq!(decode_qr(qr["qr"].as_str().unwrap_or_default()), raw);
-    let (_, pending) = shim.get_key(&format!("/sessions/{id}/status")).await;
+    let (_, pending) = shim
+        .get_until(
+            &format!("/sessions/{id}/status"),
+            &[("x-api-key", KEY)],
+            "qr_ready",
+            |_, b| b["status"] == "qr_ready",
+        )
+        .await;
     assert_eq!(pending["status"], "qr_ready");
     assert_eq!(pending["qrAvailable"], true);
 
@@ -98,7 +112,14 @@ async fn venom_flow(messaging: bool) {
     assert_eq!(open.body["instance"], id);
     events.state(SessionState::Connected).await;
 
-    let (st, status) = shim.get_key(&format!("/sessions/{id}/status")).await;
+    let (st, status) = shim
+        .get_until(
+            &format!("/sessions/{id}/status"),
+            &[("x-api-key", KEY)],
+            "connected",
+            |_, b| b["status"] == "connected",
+        )
+        .await;
     assert_eq!(st, 200, "{status}");
     fields(
         &status,
@@ -246,6 +267,7 @@ async fn wwebjs_flow(prod: bool, messaging: bool) {
             path.to_owned()
         }
     };
+    let hdr: &[(&str, &str)] = if prod { &[] } else { &[("x-api-key", KEY)] };
     let post = |path: &str, body: serde_json::Value| {
         let path = q(path);
         let shim = &shim;
@@ -290,7 +312,9 @@ async fn wwebjs_flow(prod: bool, messaging: bool) {
         ],
     );
     let raw = events.qr().await;
-    let (st, qr) = get(&format!("/api/qr/{id}")).await;
+    let (st, qr) = shim
+        .get_until(&q(&format!("/api/qr/{id}")), hdr, "a QR", |st, _| st == 200)
+        .await;
     assert_eq!(st, 200, "{qr}");
     fields(
         &qr,
@@ -302,7 +326,11 @@ async fn wwebjs_flow(prod: bool, messaging: bool) {
         ],
     );
     assert_eq!(decode_qr(qr["qr"].as_str().unwrap_or_default()), raw);
-    let (_, status) = get(&format!("/api/status/{id}")).await;
+    let (_, status) = shim
+        .get_until(&q(&format!("/api/status/{id}")), hdr, "qr", |_, b| {
+            b["status"] == "qr"
+        })
+        .await;
     assert_eq!(
         (&status["status"], &status["connected"]),
         (&json!("qr"), &json!(false))
@@ -311,7 +339,11 @@ async fn wwebjs_flow(prod: bool, messaging: bool) {
     gw.scan(OWNER, qr["qrCode"].as_str().unwrap_or_default())
         .await;
     events.state(SessionState::Connected).await;
-    let (st, status) = get(&format!("/api/status/{id}")).await;
+    let (st, status) = shim
+        .get_until(&q(&format!("/api/status/{id}")), hdr, "ready", |_, b| {
+            b["status"] == "ready"
+        })
+        .await;
     assert_eq!(st, 200, "{status}");
     fields(
         &status,
@@ -483,7 +515,14 @@ async fn wwebjs_flow(prod: bool, messaging: bool) {
     assert_eq!(st, 200, "{body}");
     fields(&body, &[("success", K::Bool), ("message", K::Str)]);
     events.state(SessionState::LoggedOut).await;
-    let (_, status) = get(&format!("/api/status/{id}")).await;
+    let (_, status) = shim
+        .get_until(
+            &q(&format!("/api/status/{id}")),
+            hdr,
+            "logged_out",
+            |_, b| b["status"] == "logged_out",
+        )
+        .await;
     assert_eq!(
         (&status["status"], &status["connected"]),
         (&json!("logged_out"), &json!(false))
@@ -546,7 +585,9 @@ async fn qr_service_flow(messaging: bool) {
         &[("type", K::Str), ("sessionId", K::Str), ("data", K::Obj)],
     );
     fields(&qr_hook.body["data"], &[("qrCode", K::Str)]);
-    let (st, qr) = shim.get(&format!("/qr-code/{id}")).await;
+    let (st, qr) = shim
+        .get_until(&format!("/qr-code/{id}"), &[], "a QR", |st, _| st == 200)
+        .await;
     assert_eq!(st, 200, "{qr}");
     fields(&qr, &[("qrCode", K::Str), ("status", K::Str)]);
     assert_eq!(qr["status"], "qr_ready");
@@ -555,7 +596,11 @@ async fn qr_service_flow(messaging: bool) {
         decode_qr(qr_hook.body["data"]["qrCode"].as_str().unwrap_or_default()),
         raw
     );
-    let (_, status) = shim.get(&format!("/status/{id}")).await;
+    let (_, status) = shim
+        .get_until(&format!("/status/{id}"), &[], "qr_ready", |_, b| {
+            b["status"] == "qr_ready"
+        })
+        .await;
     assert_eq!(status["status"], "qr_ready");
 
     gw.scan(OWNER, &raw).await;
@@ -564,7 +609,11 @@ async fn qr_service_flow(messaging: bool) {
         .await;
     assert_eq!(connected.body["sessionId"], id);
     assert_iso(&connected.body["data"]["connectedAt"]);
-    let (st, status) = shim.get(&format!("/status/{id}")).await;
+    let (st, status) = shim
+        .get_until(&format!("/status/{id}"), &[], "connected", |_, b| {
+            b["status"] == "connected"
+        })
+        .await;
     assert_eq!(st, 200);
     fields(
         &status,
@@ -628,7 +677,11 @@ async fn qr_service_flow(messaging: bool) {
         gone.body,
         json!({"type": "disconnected", "sessionId": id, "data": {"reason": "logout"}})
     );
-    let (_, status) = shim.get(&format!("/status/{id}")).await;
+    let (_, status) = shim
+        .get_until(&format!("/status/{id}"), &[], "disconnected", |_, b| {
+            b["status"] == "disconnected"
+        })
+        .await;
     assert_eq!(status["status"], "disconnected");
     let (st, health) = shim.get("/health").await;
     assert_eq!(st, 200, "{health}");
@@ -705,7 +758,11 @@ async fn baileys_ws_flow(messaging: bool) {
     );
     let raw = events.qr().await;
     assert_eq!(qr_hook.body["data"]["qr_code"], raw.as_str());
-    let (st, qr) = shim.get(&format!("/sessions/{id}/qr")).await;
+    let (st, qr) = shim
+        .get_until(&format!("/sessions/{id}/qr"), &[], "a QR", |st, _| {
+            st == 200
+        })
+        .await;
     assert_eq!(st, 200, "{qr}");
     fields(
         &qr,
@@ -738,7 +795,11 @@ async fn baileys_ws_flow(messaging: bool) {
         .await;
     assert_eq!(conn.body["data"]["number"], OWNER_DIGITS);
     events.state(SessionState::Connected).await;
-    let (st, qr) = shim.get(&format!("/sessions/{id}/qr")).await;
+    let (st, qr) = shim
+        .get_until(&format!("/sessions/{id}/qr"), &[], "connected", |_, b| {
+            b["connected"] == true
+        })
+        .await;
     assert_eq!(st, 200, "{qr}");
     fields(
         &qr,

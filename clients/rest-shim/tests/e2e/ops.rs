@@ -113,7 +113,11 @@ async fn health_counts_sessions_and_fails_without_the_gateway() {
         200
     );
     events.qr().await;
-    let (st, health) = shim.get("/health").await;
+    let (st, health) = shim
+        .get_until("/health", &[], "one session showing a QR", |_, b| {
+            b["sessions"]["qr_ready"] == 1
+        })
+        .await;
     assert_eq!(st, 200, "{health}");
     fields(
         &health,
