@@ -77,7 +77,7 @@ fn tree_of(node: &Node) -> Value {
         .iter()
         .map(|(k, v)| {
             let v = match v {
-                AttrValue::Str(s) => s.clone(),
+                AttrValue::Str(s) => s.to_string(),
                 AttrValue::Jid(jid) => baileys_jid(jid),
             };
             json!([k, v])
@@ -106,7 +106,7 @@ fn node_of(tree: &Value) -> Node {
         let value = pair[1].as_str().expect("value");
         let value = match jid_like(value) {
             Some(jid) => AttrValue::Jid(jid),
-            None => AttrValue::Str(value.to_owned()),
+            None => AttrValue::Str(value.to_owned().into()),
         };
         node.attrs.push((key.into(), value));
     }

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wagate::proto::gateway::SessionState;
-use wagate::proto::sim::{KickRequest, ScanQrRequest};
+use wagate::proto::gateway::{SendRequest, SessionState};
+use wagate::proto::sim::{CreateAccountRequest, KickRequest, ScanQrRequest, SendTextRequest};
 
 async fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
     let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -66,6 +66,43 @@ async fn scrape_after_a_session_flow() {
         is_state(e, SessionState::Connected)
     })
     .await;
+    // One text each way.
+    sim.control
+        .create_account(CreateAccountRequest {
+            phone: "+15550007777".into(),
+            push_name: "Peer".into(),
+        })
+        .await
+        .expect("CreateAccount");
+    let sent = client
+        .send(SendRequest {
+            session_id: "m1".into(),
+            to: "+15550007777".into(),
+            text: "counted".into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("Send")
+        .into_inner();
+    wait_for(&mut events, "the delivery receipt", |e| {
+        receipt_of(e).is_some_and(|r| r.message_ids.contains(&sent.message_id))
+    })
+    .await;
+    let incoming = sim
+        .control
+        .send_text(SendTextRequest {
+            from_phone: "+15550007777".into(),
+            to: "+15550006666".into(),
+            text: "counted too".into(),
+        })
+        .await
+        .expect("SendText")
+        .into_inner()
+        .message_id;
+    wait_for(&mut events, "the phone's text", |e| {
+        message_of(e).is_some_and(|m| m.id == incoming)
+    })
+    .await;
 
     let text = scrape(metrics, "/metrics").await;
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
@@ -79,8 +116,8 @@ async fn scrape_after_a_session_flow() {
     );
     // The restart after pairing and the kick.
     assert!(value(&text, "wagate_reconnects_total") >= 2.0, "{text}");
-    assert_eq!(value(&text, "wagate_messages_received_total"), 0.0);
-    assert_eq!(value(&text, "wagate_messages_sent_total"), 0.0);
+    assert_eq!(value(&text, "wagate_messages_received_total"), 1.0);
+    assert_eq!(value(&text, "wagate_messages_sent_total"), 1.0);
     let logins = value(&text, "wagate_handshake_seconds_count");
     assert!(logins >= 2.0, "{text}");
     let mean = value(&text, "wagate_handshake_seconds_sum") / logins;

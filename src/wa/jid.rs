@@ -2,6 +2,7 @@
 //! form, and [`PhoneNumber`], the E.164 number a user JID is made from.
 //! Pure data; must not import anything outside `std`.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -68,12 +69,13 @@ pub struct Jid {
     pub agent: u8,
     pub device: u16,
     pub integrator: u16,
-    pub server: String,
+    /// Static for the well-known servers (no allocation); owned otherwise.
+    pub server: Cow<'static, str>,
 }
 
 impl Jid {
     /// The account `user@server` (device 0).
-    pub fn new(user: impl Into<String>, server: impl Into<String>) -> Self {
+    pub fn new(user: impl Into<String>, server: impl Into<Cow<'static, str>>) -> Self {
         Self {
             user: user.into(),
             agent: 0,
@@ -84,7 +86,11 @@ impl Jid {
     }
 
     /// Device `device` of the account `user@server`.
-    pub fn with_device(user: impl Into<String>, device: u16, server: impl Into<String>) -> Self {
+    pub fn with_device(
+        user: impl Into<String>,
+        device: u16,
+        server: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Self {
             device,
             ..Self::new(user, server)
@@ -157,7 +163,7 @@ impl FromStr for Jid {
             return Err(JidError::BadCharacter(s.to_owned()));
         }
         let Some((user_part, server)) = s.split_once('@') else {
-            return Ok(Self::new("", s));
+            return Ok(Self::new("", known_server(s)));
         };
         if server.contains('@') {
             return Err(JidError::TooManyAt(s.to_owned()));
@@ -170,7 +176,7 @@ impl FromStr for Jid {
             what,
             value: value.to_owned(),
         };
-        let mut jid = Self::new("", server);
+        let mut jid = Self::new("", known_server(server));
         if let Some((user, ad)) = user_part.split_once('.') {
             let (agent, device) = match ad.split_once(':') {
                 Some((agent, device)) => (agent, Some(device)),
@@ -195,6 +201,28 @@ impl FromStr for Jid {
         }
         Ok(jid)
     }
+}
+
+/// The server as a static string when it is one of the well-known ones.
+fn known_server(server: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 12] = [
+        DEFAULT_USER_SERVER,
+        GROUP_SERVER,
+        LID_SERVER,
+        BROADCAST_SERVER,
+        NEWSLETTER_SERVER,
+        HOSTED_SERVER,
+        HOSTED_LID_SERVER,
+        MESSENGER_SERVER,
+        INTEROP_SERVER,
+        BOT_SERVER,
+        LEGACY_USER_SERVER,
+        "call",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == server)
+        .map_or_else(|| Cow::Owned(server.to_owned()), |k| Cow::Borrowed(*k))
 }
 
 /// Plain ASCII decimal only: `u16::from_str` would also take a leading '+'.

@@ -788,6 +788,26 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn content_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = Content::decode(&bytes);
+            let _ = content_field_name(&bytes);
+        }
+
+        #[test]
+        fn stanza_readers_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            if let Ok(node) = binary::decode(&bytes) {
+                if let Ok(message) = IncomingMessage::parse(&node) {
+                    let own = message.sender().clone();
+                    let _ = message.receipt(&own);
+                }
+                let _ = IncomingReceipt::parse(&node).map(|r| r.ack());
+                let _ = ServerAck::parse(&node);
+            }
+        }
+    }
+
     #[test]
     fn receipts_and_acks() {
         let node = Node::new("receipt")

@@ -184,7 +184,7 @@ impl<'a> Decoder<'a> {
         Ok(match t {
             tag::JID_PAIR => {
                 let user = self.jid_part()?;
-                let server = self.jid_part()?;
+                let server = self.jid_server()?;
                 if server.is_empty() {
                     return Err(DecodeError::EmptyServer { at });
                 }
@@ -303,6 +303,15 @@ impl<'a> Decoder<'a> {
         self.owned(text)
     }
 
+    /// A JID's server: nearly always a token, kept borrowed.
+    fn jid_server(&mut self) -> Result<Cow<'static, str>, DecodeError> {
+        let t = self.byte()?;
+        match self.text_after(t)? {
+            Text::Token(s) => Ok(Cow::Borrowed(s)),
+            text => self.owned(text).map(Cow::Owned),
+        }
+    }
+
     fn expect_server(&mut self, expected: &'static str, at: usize) -> Result<(), DecodeError> {
         let server = self.jid_part()?;
         if server == expected {
@@ -319,10 +328,11 @@ impl<'a> Decoder<'a> {
     fn attr_value(&mut self) -> Result<AttrValue, DecodeError> {
         let t = self.byte()?;
         if let Some(s) = self.dict.single(t) {
-            return Ok(AttrValue::Str(s.to_owned()));
+            return Ok(AttrValue::Str(Cow::Borrowed(s)));
         }
         match self.value_after(t)? {
-            Value::Text(text) => self.owned(text).map(AttrValue::Str),
+            Value::Text(Text::Token(s)) => Ok(AttrValue::Str(Cow::Borrowed(s))),
+            Value::Text(text) => self.owned(text).map(|s| AttrValue::Str(Cow::Owned(s))),
             Value::Jid(jid) => Ok(AttrValue::Jid(jid)),
         }
     }

@@ -151,7 +151,7 @@ impl Encoder<'_> {
     }
 
     fn jid(&mut self, jid: &Jid) {
-        let server = jid.server.as_str();
+        let server: &str = &jid.server;
         let ad_domain = match server {
             // The domain byte doubles as the agent for s.whatsapp.net; an agent
             // equal to another server's domain cannot be told apart from it,

@@ -9,25 +9,33 @@ use crate::wa::jid::Jid;
 /// An attribute value: a string, or a JID (which has its own wire forms).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum AttrValue {
-    Str(String),
+    /// Dictionary tokens decode borrowed from the static token table, so
+    /// the common values (`message`, `receipt`, `read`, …) cost nothing.
+    Str(Cow<'static, str>),
     Jid(Jid),
 }
 
 impl From<&str> for AttrValue {
     fn from(s: &str) -> Self {
-        Self::Str(s.to_owned())
+        Self::Str(Cow::Owned(s.to_owned()))
     }
 }
 
 impl From<String> for AttrValue {
     fn from(s: String) -> Self {
-        Self::Str(s)
+        Self::Str(Cow::Owned(s))
     }
 }
 
 impl From<&String> for AttrValue {
     fn from(s: &String) -> Self {
-        Self::Str(s.clone())
+        Self::Str(Cow::Owned(s.clone()))
+    }
+}
+
+impl From<Cow<'static, str>> for AttrValue {
+    fn from(s: Cow<'static, str>) -> Self {
+        Self::Str(s)
     }
 }
 
@@ -48,7 +56,7 @@ macro_rules! attr_from_number {
     ($($t:ty),*) => {$(
         impl From<$t> for AttrValue {
             fn from(n: $t) -> Self {
-                Self::Str(n.to_string())
+                Self::Str(Cow::Owned(n.to_string()))
             }
         }
     )*};

@@ -498,7 +498,7 @@ fn jid() -> impl Strategy<Value = Jid> {
 fn attr_value() -> impl Strategy<Value = AttrValue> {
     prop_oneof![
         3 => text().prop_filter_map("empty values are not sent", |s| {
-            (!s.is_empty()).then_some(AttrValue::Str(s))
+            (!s.is_empty()).then_some(AttrValue::Str(s.into()))
         }),
         1 => jid().prop_map(AttrValue::Jid),
     ]
