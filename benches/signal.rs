@@ -19,6 +19,11 @@ use wagate::wa::signal::{
 };
 
 fn main() {
+    // Measured with libsignal-node 6.0.0 (Baileys' Signal) on this machine.
+    println!("libsignal 6.0.0 reference on this machine:");
+    println!("  encrypt+decrypt pairs, one way:       14.5 Kitem/s");
+    println!("  round trips with a ratchet step each:  393 item/s");
+    println!("  session setup (bundle to first pkmsg): 16 ms");
     divan::main();
 }
 

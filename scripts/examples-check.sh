@@ -175,7 +175,8 @@ for line in sys.stdin:
 }
 ctl_session=ctl-demo ctl_phone=+15550001003 ctl_peer=+15550001004
 wctl init "$ctl_session" >"$tmp/ctl-init.out" || fail "wagatectl init failed"
-wctl qr "$ctl_session" >"$tmp/ctl-qr.out" 2>&1 &
+: >"$tmp/ctl-qr.out" # exists before the background job opens it
+wctl qr "$ctl_session" >>"$tmp/ctl-qr.out" 2>&1 &
 qr_pid=$!
 pids+=("$qr_pid")
 deadline=$((SECONDS + step_timeout))

@@ -70,6 +70,20 @@ impl Drop for Gateway {
     }
 }
 
+/// The peer's phone sends `text` to our account; returns its id.
+async fn peer_sends(sim: &mut Sim, text: String) -> String {
+    sim.control
+        .send_text(SendTextRequest {
+            from_phone: PEER.into(),
+            to: OWN.into(),
+            text,
+        })
+        .await
+        .expect("SendText")
+        .into_inner()
+        .message_id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_messages_arrive_loses_nothing_and_duplicates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -87,18 +101,7 @@ async fn sigkill_while_messages_arrive_loses_nothing_and_duplicates_nothing() {
 
     let mut ids = Vec::new();
     for n in 0..TEXTS {
-        let id = sim
-            .control
-            .send_text(SendTextRequest {
-                from_phone: PEER.into(),
-                to: OWN.into(),
-                text: format!("text {n}"),
-            })
-            .await
-            .expect("SendText")
-            .into_inner()
-            .message_id;
-        ids.push(id);
+        ids.push(peer_sends(&mut sim, format!("text {n}")).await);
         if n == 0 {
             // The first text has reached the gateway and is committed:
             // kill it while the others are still arriving.
@@ -115,18 +118,7 @@ async fn sigkill_while_messages_arrive_loses_nothing_and_duplicates_nothing() {
     }
     // The rest are sent while the gateway is down.
     for n in ids.len()..TEXTS {
-        let id = sim
-            .control
-            .send_text(SendTextRequest {
-                from_phone: PEER.into(),
-                to: OWN.into(),
-                text: format!("text {n}"),
-            })
-            .await
-            .expect("SendText")
-            .into_inner()
-            .message_id;
-        ids.push(id);
+        ids.push(peer_sends(&mut sim, format!("text {n}")).await);
     }
 
     let gateway = Gateway::start(dir.path(), &sim);
@@ -144,17 +136,7 @@ async fn sigkill_while_messages_arrive_loses_nothing_and_duplicates_nothing() {
     })
     .await;
     // A marker sent after everything: any late duplicate would precede it.
-    let marker = sim
-        .control
-        .send_text(SendTextRequest {
-            from_phone: PEER.into(),
-            to: OWN.into(),
-            text: "marker".into(),
-        })
-        .await
-        .expect("SendText")
-        .into_inner()
-        .message_id;
+    let marker = peer_sends(&mut sim, "marker".to_owned()).await;
     wait_for(&mut events, "the marker", |e| {
         if let Some(m) = message_of(e) {
             *counts.entry(m.id.clone()).or_default() += 1;
