@@ -143,6 +143,18 @@ enum PendingIq {
     },
 }
 
+impl PendingIq {
+    /// The send waiting on this iq, if any.
+    fn send(&self) -> Option<&Outgoing> {
+        match self {
+            PendingIq::Devices(send) | PendingIq::Bundles { send, .. } => Some(send),
+            PendingIq::PrekeyCount | PendingIq::PrekeyUpload | PendingIq::RetryBundle { .. } => {
+                None
+            }
+        }
+    }
+}
+
 /// What a decrypted message turned into, for the commit.
 enum Outcome {
     Event(Box<MessageEvent>),
@@ -174,7 +186,7 @@ struct IdempotencyRecord {
 /// The Signal address of a device JID, keyed as WhatsApp clients key it:
 /// LID users get the `_1` domain suffix.
 pub(crate) fn address_of(jid: &Jid) -> ProtocolAddress {
-    let name = if wamsg::is_lid(jid) {
+    let name = if jid.is_lid() {
         format!("{}_1", jid.user)
     } else {
         jid.user.clone()
@@ -289,7 +301,7 @@ impl Messenger {
         if let Some(phone) = wamsg::phone_of(jid) {
             return Some(phone);
         }
-        if !wamsg::is_lid(jid) {
+        if !jid.is_lid() {
             return None;
         }
         if let Some(phone) = self.lids.get(&jid.user) {
@@ -307,7 +319,7 @@ impl Messenger {
 
     /// Records a LID↔phone pair learned from the wire (in `batch`).
     fn learn_lid(&mut self, a: &Jid, b: &Jid, batch: &mut Batch) {
-        let (lid, pn) = match (wamsg::is_lid(a), wamsg::is_lid(b)) {
+        let (lid, pn) = match (a.is_lid(), b.is_lid()) {
             (true, false) => (a, b),
             (false, true) => (b, a),
             _ => return,
@@ -400,45 +412,39 @@ impl Messenger {
 
     /// The earliest send deadline.
     pub(crate) fn poll_timeout(&self) -> Option<u64> {
-        let iqs = self.pending_iqs.values().filter_map(|p| match p {
-            PendingIq::Devices(send) | PendingIq::Bundles { send, .. } => Some(send.deadline),
-            PendingIq::PrekeyCount | PendingIq::PrekeyUpload | PendingIq::RetryBundle { .. } => {
-                None
-            }
-        });
-        let acks = self.pending_acks.values().map(|s| s.deadline);
-        iqs.chain(acks).min()
+        let iqs = self.pending_iqs.values().filter_map(PendingIq::send);
+        iqs.chain(self.pending_acks.values())
+            .map(|s| s.deadline)
+            .min()
     }
 
     pub(crate) fn handle_timeout(&mut self, now_ms: u64) {
-        let expired: Vec<String> = self
+        let expired = |send: Option<&Outgoing>| send.is_some_and(|s| s.deadline <= now_ms);
+        let iqs: Vec<String> = self
             .pending_iqs
             .iter()
-            .filter(|(_, p)| match p {
-                PendingIq::Devices(send) | PendingIq::Bundles { send, .. } => {
-                    send.deadline <= now_ms
-                }
-                _ => false,
-            })
+            .filter(|(_, p)| expired(p.send()))
             .map(|(id, _)| id.clone())
             .collect();
-        for id in expired {
+        let acks: Vec<String> = self
+            .pending_acks
+            .iter()
+            .filter(|(_, s)| expired(Some(s)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut timed_out = Vec::new();
+        for id in iqs {
             if let Some(PendingIq::Devices(send) | PendingIq::Bundles { send, .. }) =
                 self.pending_iqs.remove(&id)
             {
-                send.finish(Err(SendError::Timeout));
+                timed_out.push(send);
             }
         }
-        let expired: Vec<String> = self
-            .pending_acks
-            .iter()
-            .filter(|(_, s)| s.deadline <= now_ms)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
-            if let Some(send) = self.pending_acks.remove(&id) {
-                send.finish(Err(SendError::Timeout));
-            }
+        for id in acks {
+            timed_out.extend(self.pending_acks.remove(&id));
+        }
+        for send in timed_out {
+            send.finish(Err(SendError::Timeout));
         }
     }
 
@@ -512,7 +518,8 @@ impl Messenger {
             return Ok(());
         }
 
-        let creds = conn.credentials().clone();
+        // Borrowed until the first frame is written below.
+        let creds = conn.credentials();
         let mut batch = Batch::default();
         let mut content: Option<Content> = None;
         let mut failure: Option<String> = None;
@@ -524,7 +531,7 @@ impl Messenger {
         for enc in &msg.encs {
             let plaintext = match enc.kind.as_str() {
                 "pkmsg" | "msg" => {
-                    self.decrypt_pairwise(&address, enc, &creds, &mut batch, &mut updated)
+                    self.decrypt_pairwise(&address, enc, creds, &mut batch, &mut updated)
                         .await?
                 }
                 "skmsg" => {
@@ -608,11 +615,12 @@ impl Messenger {
                 if count <= MAX_RETRIES {
                     info!(session = %self.id, id = %msg.id, count, "cannot decrypt, asking for a resend: {error}");
                     let keys = if count >= 2 {
-                        Some(self.retry_keys(&creds, now_ms).await?)
+                        Some(self.retry_keys(creds, now_ms).await?)
                     } else {
                         None
                     };
-                    let _ = conn.send_node(&msg.retry_receipt(count, creds.registration_id, keys));
+                    let receipt = msg.retry_receipt(count, creds.registration_id, keys);
+                    let _ = conn.send_node(&receipt);
                     return Ok(());
                 }
                 warn!(session = %self.id, id = %msg.id, "giving up decrypting: {error}");
@@ -1255,7 +1263,7 @@ impl Messenger {
             let _ = reply.send(Err(SendError::NotConnected));
             return;
         }
-        if text.to.is_group() || !(text.to.is_user() || wamsg::is_lid(&text.to)) {
+        if text.to.is_group() || !(text.to.is_user() || text.to.is_lid()) {
             let _ = reply.send(Err(SendError::Unsupported(format!(
                 "sending to {} is not supported yet; send to a phone number or a user JID",
                 text.to

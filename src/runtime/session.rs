@@ -108,8 +108,7 @@ impl SessionStatus {
 
 /// The phone number of a user JID, if it has one.
 fn phone_of(jid: &str) -> Option<String> {
-    let user = jid.split('@').next()?.split([':', '.']).next()?;
-    (!user.is_empty() && user.bytes().all(|b| b.is_ascii_digit())).then(|| user.to_owned())
+    crate::wa::message::phone_of(&jid.parse().ok()?)
 }
 
 /// Requests to a session actor.

@@ -11,7 +11,7 @@ use crate::proto::wa::message::{DeviceSentMessage, ExtendedTextMessage};
 use crate::proto::wa::Message;
 use crate::wa::binary::Node;
 use crate::wa::crypto::sha256;
-use crate::wa::jid::{Jid, DEFAULT_USER_SERVER, LID_SERVER};
+use crate::wa::jid::Jid;
 use crate::wa::signal::CiphertextMessage;
 
 /// Message ids WhatsApp Web clients make start with this.
@@ -606,15 +606,8 @@ pub fn stanza_ack(node: &Node) -> Option<Node> {
 
 /// The phone number of a JID when it is a phone-number address.
 pub fn phone_of(jid: &Jid) -> Option<String> {
-    (jid.server == DEFAULT_USER_SERVER
-        && !jid.user.is_empty()
-        && jid.user.bytes().all(|b| b.is_ascii_digit()))
-    .then(|| jid.user.clone())
-}
-
-/// Whether a JID is a LID address.
-pub fn is_lid(jid: &Jid) -> bool {
-    jid.server == LID_SERVER
+    (jid.is_user() && !jid.user.is_empty() && jid.user.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| jid.user.clone())
 }
 
 #[cfg(test)]
