@@ -29,6 +29,7 @@ fn send_status(e: &SendError) -> Status {
         SendError::Refused(_) => Status::failed_precondition(message),
         SendError::Encryption(_) => Status::failed_precondition(message),
         SendError::Store(_) => Status::unavailable(message),
+        SendError::IdempotencyConflict(_) => Status::invalid_argument(message),
     }
 }
 

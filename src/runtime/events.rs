@@ -54,6 +54,21 @@ impl EventLog {
     pub async fn commit(
         &self,
         session: &SessionId,
+        batch: Batch,
+        events: Vec<Payload>,
+        now_ms: u64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let log = self.clone();
+        let id = session.clone();
+        tokio::task::spawn_blocking(move || log.commit_blocking(&id, batch, events, now_ms))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// [`EventLog::commit`] for callers already on a blocking thread.
+    pub fn commit_blocking(
+        &self,
+        session: &SessionId,
         mut batch: Batch,
         events: Vec<Payload>,
         now_ms: u64,
@@ -66,15 +81,11 @@ impl EventLog {
             };
             batch.events.push(NewEvent {
                 kind,
-                timestamp_ms: now_ms as i64,
+                timestamp_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
                 payload: event.encode_to_vec(),
             });
         }
-        let store = self.store.clone();
-        let id = session.clone();
-        let records = tokio::task::spawn_blocking(move || store.commit(&id, batch))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))??;
+        let records = self.store.commit(session, batch)?;
         crate::metrics::global()
             .events_written
             .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -4,8 +4,10 @@
 
 mod backoff;
 mod events;
+mod keys;
 mod manager;
 mod messaging;
+mod payloads;
 mod session;
 mod socket;
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -13,15 +13,15 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{info, warn};
 
 use crate::proto::gateway::event::Payload;
-use crate::proto::gateway::{ConnectionEvent, QrEvent, SessionState as ApiState};
+use crate::proto::gateway::SessionState as ApiState;
 use crate::store::{Batch, SecretOp, SessionId, SessionRecord, StoreError};
 use crate::wa::conn::{CloseReason, Connection, Event, Recovery};
 use crate::wa::creds::Credentials;
 
-use super::events::{timestamp, EventLog};
+use super::events::EventLog;
 use super::manager::Shared;
 use super::messaging::{Messenger, OutgoingText, SendError, SendReply};
-use super::{now_ms, socket};
+use super::{now_ms, payloads, socket};
 
 /// Secret key under which a session's credentials are stored.
 pub(crate) const CREDS_KEY: &str = "creds";
@@ -49,13 +49,7 @@ impl SessionState {
     }
 
     pub fn to_api(self) -> ApiState {
-        match self {
-            SessionState::Disconnected => ApiState::Disconnected,
-            SessionState::Connecting => ApiState::Connecting,
-            SessionState::QrReady => ApiState::QrReady,
-            SessionState::Connected => ApiState::Connected,
-            SessionState::LoggedOut => ApiState::LoggedOut,
-        }
+        payloads::api_state(self)
     }
 }
 
@@ -159,6 +153,8 @@ pub(crate) struct SessionActor {
     /// When the current connection attempt opened its socket.
     connect_started: Option<std::time::Instant>,
     messenger: Messenger,
+    /// A command taken while collecting queued sends, handled next.
+    deferred: Option<Command>,
 }
 
 impl SessionActor {
@@ -182,6 +178,7 @@ impl SessionActor {
             rng: StdRng::from_entropy(),
             connect_started: None,
             messenger,
+            deferred: None,
         };
         tokio::spawn(actor.run());
         SessionHandle {
@@ -386,7 +383,7 @@ impl SessionActor {
     /// at once while there is no logged-in connection.
     async fn next_command(&mut self) -> Option<Command> {
         loop {
-            match self.commands.recv().await {
+            match next_or_deferred(&mut self.deferred, &mut self.commands).await {
                 Some(Command::Send { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
                 }
@@ -422,12 +419,30 @@ impl SessionActor {
         let mut pending_disconnect: Option<(bool, oneshot::Sender<()>)> = None;
         let mut shutting_down = false;
         let ended = loop {
-            // Events first: persistence must precede the frames queued with them.
+            // Events first: persistence must precede the frames queued with
+            // them. Consecutive stanzas go to the messenger together, so
+            // everything read at once is committed at once.
             let mut failed = None;
-            while let Some(event) = conn.poll_event() {
-                if let Err(e) = self.handle_event(event, &mut conn).await {
-                    failed = Some(e);
-                    break;
+            let mut stanzas = Vec::new();
+            loop {
+                let event = conn.poll_event();
+                let flush = !matches!(event, Some(Event::Stanza(_)));
+                if flush && !stanzas.is_empty() {
+                    let nodes = std::mem::take(&mut stanzas);
+                    if let Err(e) = self.messenger.on_stanzas(nodes, &mut conn, now_ms()).await {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+                match event {
+                    Some(Event::Stanza(node)) => stanzas.push(node),
+                    Some(event) => {
+                        if let Err(e) = self.handle_event(event, &mut conn).await {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    None => break,
                 }
             }
             if let Some(reason) = failed {
@@ -462,25 +477,58 @@ impl SessionActor {
                 }
             };
             tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(Ok(WsMessage::Binary(data))) => conn.handle_data(&data, now_ms()),
-                    Some(Ok(WsMessage::Close(_))) | None => conn.handle_socket_closed("closed by server"),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => conn.handle_socket_closed(&e.to_string()),
-                },
+                msg = stream.next() => {
+                    // Take whatever else the socket already holds, so one
+                    // step (and one commit) covers it all.
+                    let mut next = Some(msg);
+                    let mut taken = 0;
+                    while let Some(msg) = next.take() {
+                        taken += 1;
+                        match msg {
+                            Some(Ok(WsMessage::Binary(data))) => conn.handle_data(&data, now_ms()),
+                            Some(Ok(WsMessage::Close(_))) | None => {
+                                conn.handle_socket_closed("closed by server");
+                                break;
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                conn.handle_socket_closed(&e.to_string());
+                                break;
+                            }
+                        }
+                        if taken < MAX_READS_PER_STEP {
+                            next = stream.next().now_or_never();
+                        }
+                    }
+                }
                 _ = sleep => {
                     let now = now_ms();
                     self.messenger.handle_timeout(now);
                     conn.handle_timeout(now);
                 }
-                cmd = self.commands.recv(), if pending_disconnect.is_none() && !shutting_down => match cmd {
+                cmd = next_or_deferred(&mut self.deferred, &mut self.commands), if pending_disconnect.is_none() && !shutting_down => match cmd {
                     None | Some(Command::Shutdown) => {
                         shutting_down = true;
                         conn.shutdown();
                     }
                     Some(Command::Connect) => {}
                     Some(Command::Send { text, reply }) => {
-                        self.messenger.start_send(text, reply, &mut conn, now_ms()).await;
+                        // Sends already queued go along: one step, one commit.
+                        let mut texts = vec![(text, reply)];
+                        while texts.len() < MAX_SENDS_PER_STEP {
+                            match self.commands.try_recv() {
+                                Ok(Command::Send { text, reply }) => texts.push((text, reply)),
+                                Ok(other) => {
+                                    self.deferred = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if let Err(e) = self.messenger.send(texts, &mut conn, now_ms()).await {
+                            warn!(session = %self.id, "closing: {e}");
+                            conn.shutdown();
+                        }
                     }
                     Some(Command::Disconnect { logout, done }) => {
                         if logout && conn.logout(now_ms()).is_ok() {
@@ -526,14 +574,12 @@ impl SessionActor {
                     code: code.clone(),
                     expires_at_ms,
                 };
-                self.commit_events(vec![Payload::Qr(QrEvent {
-                    qr: code,
-                    expires_at: Some(timestamp(expires_at_ms as i64)),
-                })])
-                .await?;
+                self.commit_events(vec![payloads::qr(code, expires_at_ms)])
+                    .await?;
                 self.set_state(SessionState::QrReady, |s| s.qr = Some(qr));
             }
             Event::CredentialsChanged => {
+                self.messenger.set_credentials(conn.credentials());
                 let creds = conn.credentials().clone();
                 self.persist_credentials(&creds, Vec::new())
                     .await
@@ -571,11 +617,11 @@ impl SessionActor {
                     .commit(
                         &self.id,
                         batch,
-                        vec![Payload::Connection(ConnectionEvent {
-                            state: ApiState::Connected as i32,
-                            reason: String::new(),
-                            jid: jid.clone(),
-                        })],
+                        vec![payloads::connection(
+                            SessionState::Connected,
+                            String::new(),
+                            jid.clone(),
+                        )],
                         now as u64,
                     )
                     .await
@@ -588,10 +634,16 @@ impl SessionActor {
                     s.last_connected_at_ms = Some(now);
                     s.reconnect_attempts = 0;
                 });
-                self.messenger.on_connected(conn, now as u64).await;
+                self.messenger
+                    .on_connected(conn, now as u64)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Event::Stanza(node) => {
-                self.messenger.on_stanza(node, conn, now_ms()).await?;
+                self.messenger
+                    .on_stanzas(vec![node], conn, now_ms())
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Event::Closed(_) => {}
         }
@@ -610,11 +662,11 @@ impl SessionActor {
     async fn note_disconnect(&mut self, reason: &CloseReason, attempts: u32) {
         let text = reason.to_string();
         let _ = self
-            .commit_events(vec![Payload::Connection(ConnectionEvent {
-                state: ApiState::Connecting as i32,
-                reason: text.clone(),
-                jid: self.record.jid.clone().unwrap_or_default(),
-            })])
+            .commit_events(vec![payloads::connection(
+                SessionState::Connecting,
+                text.clone(),
+                self.record.jid.clone().unwrap_or_default(),
+            )])
             .await;
         self.set_state(SessionState::Connecting, |s| {
             s.qr = None;
@@ -649,11 +701,11 @@ impl SessionActor {
             session: Some(self.record.clone()),
             ..Batch::default()
         };
-        let event = Payload::Connection(ConnectionEvent {
-            state: state.to_api() as i32,
-            reason: text.clone(),
-            jid: self.record.jid.clone().unwrap_or_default(),
-        });
+        let event = payloads::connection(
+            state,
+            text.clone(),
+            self.record.jid.clone().unwrap_or_default(),
+        );
         if let Err(e) = self
             .events
             .commit(&self.id, batch, vec![event], now_ms())
@@ -674,6 +726,22 @@ impl SessionActor {
             s.state = state;
             update(s);
         });
+    }
+}
+
+/// Websocket messages taken in one go before their stanzas are processed.
+const MAX_READS_PER_STEP: usize = 64;
+/// Queued sends processed in one step.
+const MAX_SENDS_PER_STEP: usize = 64;
+
+/// The deferred command if there is one, else the next from the channel.
+async fn next_or_deferred(
+    deferred: &mut Option<Command>,
+    commands: &mut mpsc::Receiver<Command>,
+) -> Option<Command> {
+    match deferred.take() {
+        Some(cmd) => Some(cmd),
+        None => commands.recv().await,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod creds;
 pub mod crypto;
 pub mod jid;
 pub mod message;
+pub mod messaging;
 pub mod noise;
 pub mod pairing;
 pub mod payload;

@@ -1,0 +1,541 @@
+//! The message engine's keys over the store: the [`KeyStore`] the engine
+//! reads through, with caches in front of the store, the secret names
+//! engine changes are written under, and the upkeep done once per process
+//! (moving records of older versions to hashed names, pruning old
+//! bookkeeping, loading the recent deduplication window).
+//!
+//! Every call here blocks on the store: it runs on a blocking thread, inside
+//! the one hop per step that the messenger makes.
+//!
+//! Secret names carry no identifier in clear: phone numbers, LIDs, group
+//! ids, idempotency keys and message keys become an HMAC under a key derived
+//! from the device's identity key (the values are encrypted by the store).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::store::{Batch, SecretOp, SessionId, Store, StoreError};
+use crate::wa::creds::Credentials;
+use crate::wa::crypto::{hkdf_sha256, hmac_sha256, KeyPair};
+use crate::wa::messaging::{Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, SentRecord};
+use crate::wa::signal::{PreKey, ProtocolAddress, SenderKeyName, SenderKeyRecord, SessionRecord};
+
+use prost::Message as _;
+
+/// Signal sessions (and sender keys) kept in memory per session.
+const MAX_CACHED_RECORDS: usize = 256;
+/// LID mappings kept in memory per session.
+const MAX_CACHED_LIDS: usize = 1024;
+/// Deduplication keys kept in memory per session; older ones are asked of
+/// the store.
+const MAX_SEEN_IN_MEMORY: usize = 16_384;
+/// How far back the in-memory deduplication window reaches at load.
+const SEEN_WINDOW_S: u64 = 24 * 3600;
+/// Sent messages kept to answer retry receipts, and seen ids kept for
+/// deduplication, by age.
+const SENT_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
+const SEEN_RETENTION_MS: u64 = 30 * 24 * 3_600_000;
+
+/// Names of records that carry no identifier.
+const PREKEY: &str = "signal/prekey/";
+const PREKEY_NEXT: &str = "signal/prekey-next";
+const SENT: &str = "sent/";
+/// Hashed names: `k/<kind>/<hex>`.
+const SESSION: &str = "session";
+const SENDER_KEY: &str = "sender-key";
+const SEEN: &str = "seen";
+const IDEMPOTENCY: &str = "idem";
+const LID: &str = "lid";
+
+/// Where older versions kept records under identifiers in clear, and the
+/// hashed kind each moves to.
+const LEGACY: [(&str, &str); 5] = [
+    ("signal/session/", SESSION),
+    ("signal/sender-key/", SENDER_KEY),
+    ("seen/", SEEN),
+    ("idem/", IDEMPOTENCY),
+    ("lid/", LID),
+];
+
+fn key_error(e: StoreError) -> KeyError {
+    KeyError {
+        retryable: e.is_retryable(),
+        message: e.to_string(),
+    }
+}
+
+/// The name of a secret of `kind` for identifier `ident`.
+struct Names(Zeroizing<[u8; 32]>);
+
+impl Names {
+    fn new(identity: &KeyPair) -> Self {
+        let mut key = Zeroizing::new([0u8; 32]);
+        hkdf_sha256(
+            identity.private_bytes(),
+            &[],
+            b"wagate secret names",
+            key.as_mut(),
+        );
+        Self(key)
+    }
+
+    fn of(&self, kind: &str, ident: &str) -> String {
+        let mac = hmac_sha256(self.0.as_ref(), &[kind.as_bytes(), &[0], ident.as_bytes()]);
+        format!(
+            "k/{kind}/{}",
+            hex::encode(mac.get(..16).unwrap_or_default())
+        )
+    }
+}
+
+/// Deduplication keys of recent messages: complete for every message whose
+/// server time is at or after `since_s` (older ones are asked of the store).
+struct SeenWindow {
+    since_s: u64,
+    keys: HashMap<String, u64>,
+    /// The newest server time among `keys`.
+    newest_s: u64,
+    loaded: bool,
+}
+
+impl SeenWindow {
+    fn insert(&mut self, name: String, t_s: u64) {
+        if t_s < self.since_s {
+            return;
+        }
+        self.keys.insert(name, t_s);
+        self.newest_s = self.newest_s.max(t_s);
+        // Keep memory bounded: move the window's start forward until the
+        // keys fit, dropping only keys older than the new start.
+        let newest = self.newest_s;
+        while self.keys.len() > MAX_SEEN_IN_MEMORY && self.since_s < newest {
+            self.since_s += (newest - self.since_s).div_ceil(2);
+            let since = self.since_s;
+            self.keys.retain(|_, t| *t >= since);
+        }
+    }
+}
+
+/// One session's keys: the store, caches in front of it, secret names.
+pub(crate) struct StoreKeys {
+    id: SessionId,
+    store: Arc<dyn Store>,
+    names: Names,
+    sessions: HashMap<ProtocolAddress, Option<SessionRecord>>,
+    sender_keys: HashMap<SenderKeyName, Option<SenderKeyRecord>>,
+    lids: HashMap<String, Option<String>>,
+    seen: SeenWindow,
+    next_prekey: Option<u32>,
+}
+
+impl StoreKeys {
+    pub(crate) fn new(id: SessionId, store: Arc<dyn Store>, creds: &Credentials) -> Self {
+        Self {
+            id,
+            store,
+            names: Names::new(&creds.identity_key),
+            sessions: HashMap::new(),
+            sender_keys: HashMap::new(),
+            lids: HashMap::new(),
+            seen: SeenWindow {
+                since_s: u64::MAX,
+                keys: HashMap::new(),
+                newest_s: 0,
+                loaded: false,
+            },
+            next_prekey: None,
+        }
+    }
+
+    fn read(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
+        self.store.secret(&self.id, name).map_err(key_error)
+    }
+
+    /// Once per process, at the first login: records of older versions move
+    /// to hashed names, bookkeeping past its retention goes, and the recent
+    /// deduplication window is loaded.
+    pub(crate) fn load(&mut self, now_ms: u64) -> Result<(), StoreError> {
+        if self.seen.loaded {
+            return Ok(());
+        }
+        self.migrate(now_ms)?;
+        let mut batch = Batch::default();
+        let since_s = (now_ms / 1000).saturating_sub(SEEN_WINDOW_S);
+        let mut recent = HashMap::new();
+        for (name, value) in self.store.secrets_with_prefix(&self.id, "k/seen/")? {
+            let (at_ms, t_s) = seen_value(&value);
+            if at_ms.saturating_add(SEEN_RETENTION_MS) < now_ms {
+                batch.secrets.push(SecretOp::Delete { key: name });
+            } else if t_s >= since_s {
+                recent.insert(name, t_s);
+            }
+        }
+        for (name, value) in self.store.secrets_with_prefix(&self.id, SENT)? {
+            let at = SentRecord::decode(value.as_slice()).map_or(0, |r| r.sent_at_ms);
+            if at.saturating_add(SENT_RETENTION_MS) < now_ms {
+                batch.secrets.push(SecretOp::Delete { key: name });
+            }
+        }
+        if !batch.secrets.is_empty() {
+            self.store.commit(&self.id, batch)?;
+        }
+        self.seen = SeenWindow {
+            since_s,
+            keys: HashMap::new(),
+            newest_s: since_s,
+            loaded: true,
+        };
+        for (name, t_s) in recent {
+            self.seen.insert(name, t_s);
+        }
+        Ok(())
+    }
+
+    /// Moves records kept under identifiers in clear by older versions.
+    fn migrate(&mut self, now_ms: u64) -> Result<(), StoreError> {
+        let mut batch = Batch::default();
+        for (prefix, kind) in LEGACY {
+            for (name, value) in self.store.secrets_with_prefix(&self.id, prefix)? {
+                let ident = name.get(prefix.len()..).unwrap_or_default();
+                let value = if kind == SEEN {
+                    // Older versions kept only when it was committed.
+                    let (at_ms, _) = seen_value(&value);
+                    seen_bytes(at_ms, at_ms / 1000)
+                } else {
+                    value
+                };
+                batch.secrets.push(SecretOp::Put {
+                    key: self.names.of(kind, ident),
+                    value,
+                });
+                batch.secrets.push(SecretOp::Delete { key: name });
+            }
+        }
+        if batch.secrets.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(session = %self.id, records = batch.secrets.len() / 2, "secret names moved to the hashed form");
+        let _ = now_ms;
+        self.store.commit(&self.id, batch).map(|_| ())
+    }
+
+    /// The store writes for `changes`.
+    pub(crate) fn batch(&self, changes: &[Change]) -> Batch {
+        let mut batch = Batch::default();
+        for change in changes {
+            let (key, value) = match change {
+                Change::Session(address, record) => (
+                    self.names.of(SESSION, &address.to_string()),
+                    record.serialize(),
+                ),
+                Change::Prekey(key) => (
+                    prekey_name(key.id),
+                    Zeroizing::new(key.key.private_bytes().to_vec()),
+                ),
+                Change::PrekeyUsed(id) => {
+                    batch.secrets.push(SecretOp::Delete {
+                        key: prekey_name(*id),
+                    });
+                    continue;
+                }
+                Change::NextPrekeyId(next) => (
+                    PREKEY_NEXT.to_owned(),
+                    Zeroizing::new(next.to_be_bytes().to_vec()),
+                ),
+                Change::SenderKey(name, record) => (
+                    self.names.of(SENDER_KEY, &name.to_string()),
+                    record.serialize(),
+                ),
+                Change::Seen { key, t_s, at_ms } => {
+                    (self.names.of(SEEN, &key.0), seen_bytes(*at_ms, *t_s))
+                }
+                Change::Sent(id, record) => (
+                    format!("{SENT}{id}"),
+                    Zeroizing::new(record.encode_to_vec()),
+                ),
+                Change::Idempotency(key, record) => (
+                    self.names.of(IDEMPOTENCY, key),
+                    Zeroizing::new(record.encode_to_vec()),
+                ),
+                Change::Lid { lid_user, phone } => (
+                    self.names.of(LID, lid_user),
+                    Zeroizing::new(phone.clone().into_bytes()),
+                ),
+            };
+            batch.secrets.push(SecretOp::Put { key, value });
+        }
+        batch
+    }
+
+    /// `changes` were committed: the caches follow.
+    pub(crate) fn apply(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            match change {
+                Change::Session(address, record) => bounded_insert(
+                    &mut self.sessions,
+                    address,
+                    Some(*record),
+                    MAX_CACHED_RECORDS,
+                ),
+                Change::SenderKey(name, record) => bounded_insert(
+                    &mut self.sender_keys,
+                    name,
+                    Some(*record),
+                    MAX_CACHED_RECORDS,
+                ),
+                Change::NextPrekeyId(next) => self.next_prekey = Some(next),
+                Change::Seen { key, t_s, .. } => {
+                    let name = self.names.of(SEEN, &key.0);
+                    self.seen.insert(name, t_s);
+                }
+                Change::Lid { lid_user, phone } => {
+                    bounded_insert(&mut self.lids, lid_user, Some(phone), MAX_CACHED_LIDS)
+                }
+                Change::Prekey(_)
+                | Change::PrekeyUsed(_)
+                | Change::Sent(..)
+                | Change::Idempotency(..) => {}
+            }
+        }
+    }
+
+    /// A commit failed: cached values may be ahead of the store.
+    pub(crate) fn forget(&mut self) {
+        self.sessions.clear();
+        self.sender_keys.clear();
+        self.next_prekey = None;
+    }
+}
+
+fn bounded_insert<K: std::hash::Hash + Eq, V>(
+    map: &mut HashMap<K, V>,
+    key: K,
+    value: V,
+    max: usize,
+) {
+    if map.len() >= max && !map.contains_key(&key) {
+        map.clear();
+    }
+    map.insert(key, value);
+}
+
+fn prekey_name(id: u32) -> String {
+    format!("{PREKEY}{id:06x}")
+}
+
+/// A seen record: when it was committed (ms) and the message's server
+/// time (s).
+fn seen_bytes(at_ms: u64, t_s: u64) -> Zeroizing<Vec<u8>> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&at_ms.to_be_bytes());
+    out.extend_from_slice(&t_s.to_be_bytes());
+    Zeroizing::new(out)
+}
+
+fn seen_value(value: &[u8]) -> (u64, u64) {
+    let read = |range: std::ops::Range<usize>| {
+        value
+            .get(range)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+    };
+    let at_ms = read(0..8).unwrap_or(0);
+    (at_ms, read(8..16).unwrap_or(at_ms / 1000))
+}
+
+impl KeyStore for StoreKeys {
+    fn session(&mut self, address: &ProtocolAddress) -> Result<Option<SessionRecord>, KeyError> {
+        if let Some(cached) = self.sessions.get(address) {
+            return Ok(cached.clone());
+        }
+        let stored = self.read(&self.names.of(SESSION, &address.to_string()))?;
+        // An unreadable record is replaced by a fresh session on the next
+        // prekey message.
+        let record = stored.and_then(|bytes| SessionRecord::deserialize(&bytes).ok());
+        bounded_insert(
+            &mut self.sessions,
+            address.clone(),
+            record.clone(),
+            MAX_CACHED_RECORDS,
+        );
+        Ok(record)
+    }
+
+    fn prekey(&mut self, id: u32) -> Result<Option<PreKey>, KeyError> {
+        let stored = self.read(&prekey_name(id))?;
+        Ok(stored.and_then(|bytes| {
+            let private: [u8; 32] = bytes.as_slice().try_into().ok()?;
+            PreKey::new(id, KeyPair::from_private(private)).ok()
+        }))
+    }
+
+    fn next_prekey_id(&mut self) -> Result<u32, KeyError> {
+        if let Some(next) = self.next_prekey {
+            return Ok(next);
+        }
+        let next = self
+            .read(PREKEY_NEXT)?
+            .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+            .map_or(1, u32::from_be_bytes);
+        self.next_prekey = Some(next);
+        Ok(next)
+    }
+
+    fn sender_key(&mut self, name: &SenderKeyName) -> Result<Option<SenderKeyRecord>, KeyError> {
+        if let Some(cached) = self.sender_keys.get(name) {
+            return Ok(cached.clone());
+        }
+        let stored = self.read(&self.names.of(SENDER_KEY, &name.to_string()))?;
+        let record = stored.and_then(|b| SenderKeyRecord::deserialize(&b).ok());
+        bounded_insert(
+            &mut self.sender_keys,
+            name.clone(),
+            record.clone(),
+            MAX_CACHED_RECORDS,
+        );
+        Ok(record)
+    }
+
+    fn seen(&mut self, key: &DedupeKey, t_s: u64) -> Result<bool, KeyError> {
+        let name = self.names.of(SEEN, &key.0);
+        if self.seen.keys.contains_key(&name) {
+            return Ok(true);
+        }
+        if self.seen.loaded && t_s >= self.seen.since_s {
+            return Ok(false);
+        }
+        Ok(self.read(&name)?.is_some())
+    }
+
+    fn sent(&mut self, message_id: &str) -> Result<Option<SentRecord>, KeyError> {
+        let stored = self.read(&format!("{SENT}{message_id}"))?;
+        Ok(stored.and_then(|b| SentRecord::decode(b.as_slice()).ok()))
+    }
+
+    fn idempotency(&mut self, key: &str) -> Result<Option<IdempotencyRecord>, KeyError> {
+        let stored = self.read(&self.names.of(IDEMPOTENCY, key))?;
+        Ok(stored.and_then(|b| IdempotencyRecord::decode(b.as_slice()).ok()))
+    }
+
+    fn phone_of_lid(&mut self, lid_user: &str) -> Result<Option<String>, KeyError> {
+        if let Some(cached) = self.lids.get(lid_user) {
+            return Ok(cached.clone());
+        }
+        let stored = self.read(&self.names.of(LID, lid_user))?;
+        let phone = stored.and_then(|b| String::from_utf8(b.to_vec()).ok());
+        bounded_insert(
+            &mut self.lids,
+            lid_user.to_owned(),
+            phone.clone(),
+            MAX_CACHED_LIDS,
+        );
+        Ok(phone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn session() -> SessionId {
+        "s1".parse().expect("id")
+    }
+
+    fn keys(store: &Arc<dyn Store>) -> StoreKeys {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+        let creds = Credentials::generate(&mut rng);
+        StoreKeys::new(session(), store.clone(), &creds)
+    }
+
+    fn store_with_session() -> Arc<dyn Store> {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        store
+            .put_session(&crate::store::SessionRecord::new(session(), 0))
+            .expect("row");
+        store
+    }
+
+    #[test]
+    fn names_hide_identifiers_and_differ_by_kind() {
+        let store = store_with_session();
+        let k = keys(&store);
+        let a = k.names.of(LID, "15551234567");
+        assert!(!a.contains("1555"));
+        assert_ne!(a, k.names.of(IDEMPOTENCY, "15551234567"));
+    }
+
+    #[test]
+    fn legacy_records_move_to_hashed_names() {
+        let store = store_with_session();
+        let batch = Batch::default()
+            .put_secret("lid/999", b"15551234567".to_vec())
+            .put_secret(
+                "seen/a@s.whatsapp.net/b@s.whatsapp.net/ID1",
+                5_000u64.to_be_bytes().to_vec(),
+            );
+        store.commit(&session(), batch).expect("commit");
+        let mut k = keys(&store);
+        k.load(10_000).expect("load");
+        assert!(store
+            .secrets_with_prefix(&session(), "lid/")
+            .expect("read")
+            .is_empty());
+        assert_eq!(
+            k.phone_of_lid("999").expect("lid").as_deref(),
+            Some("15551234567")
+        );
+        let dedupe = DedupeKey("a@s.whatsapp.net/b@s.whatsapp.net/ID1".into());
+        assert!(k.seen(&dedupe, 5).expect("seen"));
+        assert!(!k.seen(&DedupeKey("other".into()), 5).expect("seen"));
+    }
+
+    #[test]
+    fn seen_window_answers_recent_keys_from_memory_and_old_ones_from_the_store() {
+        let store = store_with_session();
+        let mut k = keys(&store);
+        let now_ms = 100 * 24 * 3_600_000;
+        k.load(now_ms).expect("load");
+        let old = DedupeKey("old".into());
+        let old_t = now_ms / 1000 - 2 * SEEN_WINDOW_S;
+        // Written by an earlier process: not in memory, found in the store.
+        let batch = k.batch(&[Change::Seen {
+            key: old.clone(),
+            t_s: old_t,
+            at_ms: now_ms,
+        }]);
+        store.commit(&session(), batch).expect("commit");
+        assert!(k.seen(&old, old_t).expect("seen"));
+        let recent = DedupeKey("recent".into());
+        let t = now_ms / 1000;
+        assert!(!k.seen(&recent, t).expect("seen"));
+        let changes = vec![Change::Seen {
+            key: recent.clone(),
+            t_s: t,
+            at_ms: now_ms,
+        }];
+        store.commit(&session(), k.batch(&changes)).expect("commit");
+        k.apply(changes);
+        assert!(k.seen(&recent, t).expect("seen"));
+    }
+
+    #[test]
+    fn the_window_stays_bounded() {
+        let mut window = SeenWindow {
+            since_s: 0,
+            keys: HashMap::new(),
+            newest_s: 0,
+            loaded: true,
+        };
+        for n in 0..(MAX_SEEN_IN_MEMORY as u64 * 3) {
+            window.insert(format!("k{n}"), n);
+        }
+        assert!(window.keys.len() <= MAX_SEEN_IN_MEMORY);
+        // Everything at or after the start is still there.
+        let since = window.since_s;
+        let expected = (MAX_SEEN_IN_MEMORY as u64 * 3).saturating_sub(since);
+        assert_eq!(window.keys.len() as u64, expected);
+    }
+}

@@ -1,0 +1,102 @@
+//! The one place runtime and engine outcomes become payloads of the public
+//! `Event` (as they are stored in the event log).
+
+use crate::proto::gateway::event::Payload;
+use crate::proto::gateway::{
+    ConnectionEvent, MessageEvent, QrEvent, ReceiptEvent, ReceiptType, SessionState as ApiState,
+};
+use crate::wa::messaging::{Event, ReceiptKind, ReceivedMessage, ReceivedReceipt};
+
+use super::events::timestamp;
+use super::session::SessionState;
+
+/// Unix seconds as a protobuf timestamp; times past what it can hold are
+/// clamped rather than wrapped.
+fn seconds(t_s: u64) -> prost_types::Timestamp {
+    let ms = i64::try_from(t_s)
+        .ok()
+        .and_then(|s| s.checked_mul(1000))
+        .unwrap_or(i64::MAX / 1000 * 1000);
+    timestamp(ms)
+}
+
+/// Unix milliseconds as a protobuf timestamp, clamped.
+pub(crate) fn millis(ms: u64) -> prost_types::Timestamp {
+    timestamp(i64::try_from(ms).unwrap_or(i64::MAX / 1000 * 1000))
+}
+
+pub(crate) fn engine_event(event: &Event) -> Payload {
+    match event {
+        Event::Message(m) => message(m),
+        Event::Receipt(r) => receipt(r),
+    }
+}
+
+fn message(m: &ReceivedMessage) -> Payload {
+    Payload::Message(MessageEvent {
+        id: m.id.clone(),
+        chat: m.chat.to_string(),
+        sender: m.sender.to_string(),
+        sender_phone: m.sender_phone.clone().unwrap_or_default(),
+        push_name: m.push_name.clone().unwrap_or_default(),
+        timestamp: Some(seconds(m.timestamp_s)),
+        from_me: m.from_me,
+        text: m.text.clone().unwrap_or_default(),
+        r#type: m.kind.clone(),
+        offline: m.offline,
+        error: m.error.clone().unwrap_or_default(),
+    })
+}
+
+fn receipt(r: &ReceivedReceipt) -> Payload {
+    let kind = match r.kind {
+        ReceiptKind::Delivered => ReceiptType::Delivered,
+        ReceiptKind::Read => ReceiptType::Read,
+        ReceiptKind::Played => ReceiptType::Played,
+    };
+    Payload::Receipt(ReceiptEvent {
+        message_ids: r.message_ids.clone(),
+        r#type: kind as i32,
+        chat: r.chat.to_string(),
+        from: r.from.to_string(),
+        from_phone: r.from_phone.clone().unwrap_or_default(),
+        timestamp: r.timestamp_s.map(seconds),
+    })
+}
+
+pub(crate) fn qr(code: String, expires_at_ms: u64) -> Payload {
+    Payload::Qr(QrEvent {
+        qr: code,
+        expires_at: Some(millis(expires_at_ms)),
+    })
+}
+
+pub(crate) fn connection(state: SessionState, reason: String, jid: String) -> Payload {
+    Payload::Connection(ConnectionEvent {
+        state: api_state(state) as i32,
+        reason,
+        jid,
+    })
+}
+
+pub(crate) fn api_state(state: SessionState) -> ApiState {
+    match state {
+        SessionState::Disconnected => ApiState::Disconnected,
+        SessionState::Connecting => ApiState::Connecting,
+        SessionState::QrReady => ApiState::QrReady,
+        SessionState::Connected => ApiState::Connected,
+        SessionState::LoggedOut => ApiState::LoggedOut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn far_times_are_clamped_not_wrapped() {
+        assert!(seconds(u64::MAX).seconds > 0);
+        assert_eq!(seconds(1_700_000_000).seconds, 1_700_000_000);
+        assert!(millis(u64::MAX).seconds > 0);
+    }
+}

@@ -1,0 +1,144 @@
+//! The iqs the engine issues. Each is a typed spec pairing the request it
+//! builds with the parser of its answer; [`Awaiting`] is what waits on the
+//! answer (and carries the send that needs it, if any).
+
+use crate::wa::binary::Node;
+use crate::wa::jid::Jid;
+use crate::wa::prekeys::{self, DeviceBundle, PrekeyError};
+use crate::wa::usync::{self, UserDevices, UsyncError};
+
+use super::outbound::Outgoing;
+
+/// Why an iq's answer is of no use.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum IqError {
+    #[error("the server answered with an error{}", code.as_ref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Refused { code: Option<String> },
+    #[error(transparent)]
+    Usync(#[from] UsyncError),
+    #[error(transparent)]
+    Prekeys(#[from] PrekeyError),
+}
+
+/// A request and the reading of its answer.
+pub(super) trait IqSpec {
+    type Answer;
+    /// The `<iq>` with `id` (and `to`) set.
+    fn request(&self, id: &str) -> Node;
+    /// Reads a `type="result"` answer.
+    fn parse(node: &Node) -> Result<Self::Answer, IqError>;
+
+    /// Reads any answer: an error answer is [`IqError::Refused`].
+    fn answer(node: &Node) -> Result<Self::Answer, IqError> {
+        if node.attr_str("type") == Some("error") {
+            let code = node.child("error").and_then(|e| e.attr_string("code"));
+            return Err(IqError::Refused { code });
+        }
+        Self::parse(node)
+    }
+}
+
+fn addressed(node: Node, id: &str) -> Node {
+    let node = node.attr("id", id.to_owned());
+    if node.attr_value("to").is_some() {
+        node
+    } else {
+        node.attr("to", Jid::server_jid())
+    }
+}
+
+/// How many one-time prekeys the server still holds for us.
+pub(super) struct PrekeyCount;
+
+impl IqSpec for PrekeyCount {
+    type Answer = u32;
+    fn request(&self, id: &str) -> Node {
+        addressed(prekeys::count_query(), id)
+    }
+    fn parse(node: &Node) -> Result<u32, IqError> {
+        Ok(prekeys::parse_count(node)?)
+    }
+}
+
+/// Uploads prekeys (the node is built by the caller, who generated them).
+pub(super) struct PrekeyUpload(pub(super) Node);
+
+impl IqSpec for PrekeyUpload {
+    type Answer = ();
+    fn request(&self, id: &str) -> Node {
+        addressed(self.0.clone(), id)
+    }
+    fn parse(_: &Node) -> Result<(), IqError> {
+        Ok(())
+    }
+}
+
+/// The device lists of users (usync).
+pub(super) struct Devices {
+    pub(super) users: Vec<Jid>,
+    pub(super) sid: String,
+}
+
+impl IqSpec for Devices {
+    type Answer = Vec<UserDevices>;
+    fn request(&self, id: &str) -> Node {
+        addressed(usync::device_query(&self.users, &self.sid, false), id)
+    }
+    fn parse(node: &Node) -> Result<Vec<UserDevices>, IqError> {
+        Ok(usync::parse_devices(node)?)
+    }
+}
+
+/// Prekey bundles of devices we have no session with.
+pub(super) struct Bundles(pub(super) Vec<Jid>);
+
+impl IqSpec for Bundles {
+    type Answer = Vec<DeviceBundle>;
+    fn request(&self, id: &str) -> Node {
+        addressed(prekeys::bundle_query(&self.0), id)
+    }
+    fn parse(node: &Node) -> Result<Vec<DeviceBundle>, IqError> {
+        Ok(prekeys::parse_bundles(node)?)
+    }
+}
+
+/// What waits on an iq's answer.
+pub(super) enum Awaiting {
+    PrekeyCount,
+    PrekeyUpload,
+    Devices(Outgoing),
+    Bundles {
+        send: Outgoing,
+        targets: Vec<Jid>,
+    },
+    /// A peer asked for a resend and we had no session with it.
+    RetryBundle {
+        message_id: String,
+        device: Jid,
+        count: u32,
+    },
+}
+
+impl Awaiting {
+    /// The send waiting on this iq, if any.
+    pub(super) fn send(&self) -> Option<&Outgoing> {
+        match self {
+            Awaiting::Devices(send) | Awaiting::Bundles { send, .. } => Some(send),
+            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle { .. } => None,
+        }
+    }
+
+    pub(super) fn send_mut(&mut self) -> Option<&mut Outgoing> {
+        match self {
+            Awaiting::Devices(send) | Awaiting::Bundles { send, .. } => Some(send),
+            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle { .. } => None,
+        }
+    }
+
+    pub(super) fn into_send(self) -> Option<Outgoing> {
+        match self {
+            Awaiting::Devices(send) | Awaiting::Bundles { send, .. } => Some(send),
+            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle { .. } => None,
+        }
+    }
+}

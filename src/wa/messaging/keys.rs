@@ -1,0 +1,261 @@
+//! What the engine reads ([`KeyStore`], implemented by the owner over its
+//! store) and writes ([`Change`], committed by the owner), and the overlay
+//! ([`Txn`]) that lets one step see its own uncommitted writes.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::wa::signal::{PreKey, ProtocolAddress, SenderKeyName, SenderKeyRecord, SessionRecord};
+
+/// A store read failed. `retryable` says whether the same read may work
+/// later (a busy or unreachable store) or not (corrupt data).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct KeyError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// Identifies an incoming message for deduplication: (chat, sender
+/// account, id), as WhatsApp clients key messages.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DedupeKey(pub String);
+
+/// Stored with every sent message so a retry receipt can be answered.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SentRecord {
+    #[prost(string, tag = "1")]
+    pub chat: String,
+    /// The `Message` protobuf as sent to the peer.
+    #[prost(bytes = "vec", tag = "2")]
+    pub message: Vec<u8>,
+    #[prost(uint64, tag = "3")]
+    pub sent_at_ms: u64,
+}
+
+/// Stored per idempotency key, from the moment the message was encrypted.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IdempotencyRecord {
+    #[prost(string, tag = "1")]
+    pub message_id: String,
+    /// 0 until the server acknowledged it.
+    #[prost(uint64, tag = "2")]
+    pub acked_at_s: u64,
+    /// SHA-256 of the request (recipient and content): a key reused for
+    /// another message is refused. Empty in records of older versions.
+    #[prost(bytes = "vec", tag = "3")]
+    pub fingerprint: Vec<u8>,
+    /// The encoded `<message>` stanza as first written, kept until the
+    /// server acknowledges it so a retry sends the very same bytes.
+    #[prost(bytes = "vec", tag = "4")]
+    pub stanza: Vec<u8>,
+}
+
+/// Keys the engine reads. Every call may hit a store; implementations cache.
+pub trait KeyStore {
+    fn session(&mut self, address: &ProtocolAddress) -> Result<Option<SessionRecord>, KeyError>;
+    fn prekey(&mut self, id: u32) -> Result<Option<PreKey>, KeyError>;
+    /// The id the next generated prekey gets (1 when none was generated).
+    fn next_prekey_id(&mut self) -> Result<u32, KeyError>;
+    fn sender_key(&mut self, name: &SenderKeyName) -> Result<Option<SenderKeyRecord>, KeyError>;
+    /// Whether a message with this key was already committed. `t_s` is its
+    /// server timestamp (implementations may keep recent keys in memory and
+    /// ask their store only for older ones).
+    fn seen(&mut self, key: &DedupeKey, t_s: u64) -> Result<bool, KeyError>;
+    fn sent(&mut self, message_id: &str) -> Result<Option<SentRecord>, KeyError>;
+    fn idempotency(&mut self, key: &str) -> Result<Option<IdempotencyRecord>, KeyError>;
+    fn phone_of_lid(&mut self, lid_user: &str) -> Result<Option<String>, KeyError>;
+}
+
+/// One write the owner commits.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Session(ProtocolAddress, Box<SessionRecord>),
+    Prekey(Box<PreKey>),
+    PrekeyUsed(u32),
+    NextPrekeyId(u32),
+    SenderKey(SenderKeyName, Box<SenderKeyRecord>),
+    /// A message committed; `t_s` is its server timestamp.
+    Seen {
+        key: DedupeKey,
+        t_s: u64,
+        at_ms: u64,
+    },
+    Sent(String, SentRecord),
+    Idempotency(String, IdempotencyRecord),
+    Lid {
+        lid_user: String,
+        phone: String,
+    },
+}
+
+/// Reads through to a [`KeyStore`] with the step's own writes on top.
+pub struct Txn<'a> {
+    keys: &'a mut dyn KeyStore,
+    sessions: HashMap<ProtocolAddress, SessionRecord>,
+    sender_keys: HashMap<SenderKeyName, SenderKeyRecord>,
+    used_prekeys: HashSet<u32>,
+    seen: HashSet<DedupeKey>,
+    lids: HashMap<String, String>,
+    idempotency: HashMap<String, IdempotencyRecord>,
+    next_prekey: Option<u32>,
+    /// Writes in order; the maps above are their latest values.
+    log: Vec<Change>,
+}
+
+impl<'a> Txn<'a> {
+    pub fn new(keys: &'a mut dyn KeyStore) -> Self {
+        Self {
+            keys,
+            sessions: HashMap::new(),
+            sender_keys: HashMap::new(),
+            used_prekeys: HashSet::new(),
+            seen: HashSet::new(),
+            lids: HashMap::new(),
+            idempotency: HashMap::new(),
+            next_prekey: None,
+            log: Vec::new(),
+        }
+    }
+
+    /// The writes, with repeated writes of one record folded into the last.
+    pub fn into_changes(self) -> Vec<Change> {
+        let mut out = Vec::with_capacity(self.log.len());
+        let mut sessions = self.sessions;
+        let mut sender_keys = self.sender_keys;
+        let mut idempotency = self.idempotency;
+        for change in self.log {
+            match change {
+                Change::Session(address, _) => {
+                    if let Some(record) = sessions.remove(&address) {
+                        out.push(Change::Session(address, Box::new(record)));
+                    }
+                }
+                Change::SenderKey(name, _) => {
+                    if let Some(record) = sender_keys.remove(&name) {
+                        out.push(Change::SenderKey(name, Box::new(record)));
+                    }
+                }
+                Change::Idempotency(key, _) => {
+                    if let Some(record) = idempotency.remove(&key) {
+                        out.push(Change::Idempotency(key, record));
+                    }
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    pub fn session(
+        &mut self,
+        address: &ProtocolAddress,
+    ) -> Result<Option<SessionRecord>, KeyError> {
+        match self.sessions.get(address) {
+            Some(record) => Ok(Some(record.clone())),
+            None => self.keys.session(address),
+        }
+    }
+
+    pub fn put_session(&mut self, address: ProtocolAddress, record: SessionRecord) {
+        if self.sessions.insert(address.clone(), record).is_none() {
+            self.log.push(Change::Session(address, Box::default()));
+        }
+    }
+
+    pub fn prekey(&mut self, id: u32) -> Result<Option<PreKey>, KeyError> {
+        if self.used_prekeys.contains(&id) {
+            return Ok(None);
+        }
+        self.keys.prekey(id)
+    }
+
+    pub fn use_prekey(&mut self, id: u32) {
+        if self.used_prekeys.insert(id) {
+            self.log.push(Change::PrekeyUsed(id));
+        }
+    }
+
+    pub fn next_prekey_id(&mut self) -> Result<u32, KeyError> {
+        match self.next_prekey {
+            Some(next) => Ok(next),
+            None => self.keys.next_prekey_id(),
+        }
+    }
+
+    /// Stores a generated prekey and moves the counter past it.
+    pub fn put_prekey(&mut self, key: PreKey, next: u32) {
+        self.log.push(Change::Prekey(Box::new(key)));
+        self.next_prekey = Some(next);
+        self.log.push(Change::NextPrekeyId(next));
+    }
+
+    pub fn sender_key(
+        &mut self,
+        name: &SenderKeyName,
+    ) -> Result<Option<SenderKeyRecord>, KeyError> {
+        match self.sender_keys.get(name) {
+            Some(record) => Ok(Some(record.clone())),
+            None => self.keys.sender_key(name),
+        }
+    }
+
+    pub fn put_sender_key(&mut self, name: SenderKeyName, record: SenderKeyRecord) {
+        if self.sender_keys.insert(name.clone(), record).is_none() {
+            self.log.push(Change::SenderKey(name, Box::default()));
+        }
+    }
+
+    pub fn seen(&mut self, key: &DedupeKey, t_s: u64) -> Result<bool, KeyError> {
+        if self.seen.contains(key) {
+            return Ok(true);
+        }
+        self.keys.seen(key, t_s)
+    }
+
+    pub fn mark_seen(&mut self, key: DedupeKey, t_s: u64, at_ms: u64) {
+        if self.seen.insert(key.clone()) {
+            self.log.push(Change::Seen { key, t_s, at_ms });
+        }
+    }
+
+    pub fn sent(&mut self, message_id: &str) -> Result<Option<SentRecord>, KeyError> {
+        let pending = self.log.iter().rev().find_map(|c| match c {
+            Change::Sent(id, record) if id == message_id => Some(record.clone()),
+            _ => None,
+        });
+        match pending {
+            Some(record) => Ok(Some(record)),
+            None => self.keys.sent(message_id),
+        }
+    }
+
+    pub fn put_sent(&mut self, message_id: String, record: SentRecord) {
+        self.log.push(Change::Sent(message_id, record));
+    }
+
+    pub fn idempotency(&mut self, key: &str) -> Result<Option<IdempotencyRecord>, KeyError> {
+        match self.idempotency.get(key) {
+            Some(record) => Ok(Some(record.clone())),
+            None => self.keys.idempotency(key),
+        }
+    }
+
+    pub fn put_idempotency(&mut self, key: String, record: IdempotencyRecord) {
+        if self.idempotency.insert(key.clone(), record).is_none() {
+            self.log
+                .push(Change::Idempotency(key, IdempotencyRecord::default()));
+        }
+    }
+
+    pub fn phone_of_lid(&mut self, lid_user: &str) -> Result<Option<String>, KeyError> {
+        match self.lids.get(lid_user) {
+            Some(phone) => Ok(Some(phone.clone())),
+            None => self.keys.phone_of_lid(lid_user),
+        }
+    }
+
+    pub fn put_lid(&mut self, lid_user: String, phone: String) {
+        self.lids.insert(lid_user.clone(), phone.clone());
+        self.log.push(Change::Lid { lid_user, phone });
+    }
+}

@@ -1,0 +1,409 @@
+//! The message engine of one session, sans-IO: stanzas and send requests in,
+//! typed outcomes out — state to persist, events to report, stanzas to send
+//! once that state is durable, and answers to callers. Must not import
+//! tokio, the store, the clock or `sim`; time and randomness come in.
+//!
+//! Every input returns a [`Step`]. Its owner must commit `changes` and
+//! `events` atomically *before* it writes any of `transmit` to the wire
+//! (DESIGN §8: nothing is receipted before it is committed, and a chain key
+//! never reaches the wire before its state is stored). `replies` may go out
+//! before the commit: they depend on nothing it carries.
+//!
+//! Keys are read through the synchronous [`KeyStore`] the owner implements
+//! (over its store, with whatever cache it likes); writes never go there
+//! directly but come back as [`Change`]s, so a failed commit leaves the
+//! owner's view untouched.
+
+mod inbound;
+mod iq;
+mod keys;
+mod outbound;
+mod retry;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::proto::wa::Message;
+use crate::wa::binary::Node;
+use crate::wa::creds::Credentials;
+use crate::wa::jid::Jid;
+use crate::wa::signal::ProtocolAddress;
+
+pub use keys::{Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, SentRecord, Txn};
+
+use iq::Awaiting;
+use outbound::Outgoing;
+
+/// Decryption failures answered with a retry receipt before the message is
+/// reported as undecryptable.
+pub const MAX_RETRIES: u32 = 5;
+/// How long a Send may take from the request to the server's ack.
+pub const SEND_TIMEOUT_MS: u64 = 20_000;
+/// How long a device list from usync is trusted.
+const DEVICE_CACHE_MS: u64 = 5 * 60_000;
+/// Device lists kept in memory.
+const MAX_CACHED_DEVICE_LISTS: usize = 256;
+/// Longest text reported in an event; WhatsApp's own limit is 65,536
+/// characters, so anything longer is hostile or broken.
+pub const MAX_TEXT_BYTES: usize = 256 * 1024;
+/// Longest text accepted for sending.
+pub const MAX_SEND_TEXT_BYTES: usize = 65_536;
+
+/// Identifies a caller waiting for a send; the owner maps it to its channel.
+pub type ReplyTo = u64;
+
+/// A message to send.
+#[derive(Clone, Debug)]
+pub struct SendRequest {
+    pub to: Jid,
+    pub message: Message,
+    /// Makes retries of the same request safe: see [`outbound`].
+    pub idempotency_key: Option<String>,
+}
+
+/// A sent message, acknowledged by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub message_id: String,
+    /// Server timestamp, unix seconds.
+    pub timestamp_s: u64,
+}
+
+/// Why a send failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    #[error("session is not connected")]
+    NotConnected,
+    #[error("{0} is not on WhatsApp")]
+    UnknownRecipient(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(
+        "the server did not acknowledge the message in time; retry with the same idempotency key"
+    )]
+    Timeout,
+    #[error("the connection closed before the server acknowledged the message ({0}); retry with the same idempotency key")]
+    ConnectionLost(String),
+    #[error("the server refused the message (error {0})")]
+    Refused(String),
+    #[error("cannot encrypt for the recipient: {0}")]
+    Encryption(String),
+    #[error("idempotency key {0:?} was already used for a different message (other recipient or content); use a new key")]
+    IdempotencyConflict(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// Something to report to the session's backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Message(ReceivedMessage),
+    Receipt(ReceivedReceipt),
+}
+
+/// A message that arrived (or could not be read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    pub id: String,
+    pub chat: Jid,
+    pub sender: Jid,
+    pub sender_phone: Option<String>,
+    pub push_name: Option<String>,
+    /// Server timestamp, unix seconds.
+    pub timestamp_s: u64,
+    pub from_me: bool,
+    pub text: Option<String>,
+    /// The content's WhatsApp field name (`conversation`, `imageMessage`,
+    /// …), or `undecryptable` / `unavailable` when `error` is set.
+    pub kind: String,
+    pub offline: bool,
+    pub error: Option<String>,
+}
+
+/// Kinds of receipts reported to the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+    Played,
+}
+
+/// A receipt for messages we sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedReceipt {
+    pub message_ids: Vec<String>,
+    pub kind: ReceiptKind,
+    pub chat: Jid,
+    pub from: Jid,
+    pub from_phone: Option<String>,
+    /// Unix seconds, when the server said.
+    pub timestamp_s: Option<u64>,
+}
+
+/// What one input produced. See the module documentation for the order in
+/// which the owner must act on it.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// State to commit (with `events`, atomically).
+    pub changes: Vec<Change>,
+    pub events: Vec<Event>,
+    /// Stanzas to write once the commit succeeded.
+    pub transmit: Vec<Node>,
+    /// Answers to callers. None depends on what the commit carries (see
+    /// [`outbound`] for acknowledged sends), so they may go out at once.
+    pub replies: Vec<(ReplyTo, Result<Sent, SendError>)>,
+    /// Incoming messages among the stanzas (decrypted or not), for metrics.
+    pub messages_in: u32,
+    /// Sends the server acknowledged, for metrics.
+    pub messages_out: u32,
+}
+
+impl Step {
+    /// Whether anything must be committed before the rest.
+    pub fn needs_commit(&self) -> bool {
+        !self.changes.is_empty() || !self.events.is_empty()
+    }
+
+    /// Fails every caller of `send`.
+    fn fail(&mut self, send: Outgoing, error: SendError) {
+        for waiter in send.waiters {
+            self.replies.push((waiter, Err(error.clone())));
+        }
+    }
+
+    /// A store read failed: the input cannot be processed and nothing of
+    /// what it produced so far may be used. The owner closes the connection
+    /// (unreceipted stanzas come back later).
+    fn abandoned(error: KeyError) -> StepError {
+        StepError(error)
+    }
+}
+
+/// Processing an input needed a key the store could not deliver. Nothing
+/// may be sent; the owner closes the connection without acknowledging.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StepError(pub KeyError);
+
+/// The message engine of one session.
+pub struct Engine {
+    rng: StdRng,
+    /// Prefix and counter of the iq ids this engine issues.
+    iq_prefix: String,
+    iq_counter: u64,
+    awaiting: HashMap<String, Awaiting>,
+    /// Sends after encryption, waiting for the server's ack, by message id.
+    in_flight: HashMap<String, Outgoing>,
+    /// usync device lists by bare user JID, with when they were fetched.
+    devices: HashMap<Jid, (Vec<Jid>, u64)>,
+    /// Decryption failures per message (dedupe key).
+    retries: HashMap<DedupeKey, u32>,
+}
+
+impl Engine {
+    /// An engine whose randomness (ids, padding, ephemeral keys) comes from
+    /// `seed`.
+    pub fn new(seed: [u8; 32]) -> Self {
+        let mut rng = StdRng::from_seed(seed);
+        let iq_prefix = format!("m{:04x}.", rand::RngCore::next_u32(&mut rng) & 0xffff);
+        Self {
+            rng,
+            iq_prefix,
+            iq_counter: 0,
+            awaiting: HashMap::new(),
+            in_flight: HashMap::new(),
+            devices: HashMap::new(),
+            retries: HashMap::new(),
+        }
+    }
+
+    /// Logged in: check the server's stock of our prekeys.
+    pub fn handle_connected(&mut self, _creds: &Credentials, _now_ms: u64) -> Step {
+        let mut step = Step::default();
+        self.issue(iq::PrekeyCount, Awaiting::PrekeyCount, &mut step);
+        step
+    }
+
+    /// The connection ended: every send waiting for an answer fails (the
+    /// caller may retry with its idempotency key), and so does every iq.
+    pub fn handle_disconnected(&mut self, why: &str) -> Step {
+        let mut step = Step::default();
+        let error = SendError::ConnectionLost(why.to_owned());
+        for (_, awaiting) in self.awaiting.drain() {
+            if let Some(send) = awaiting.into_send() {
+                step.fail(send, error.clone());
+            }
+        }
+        for (_, send) in self.in_flight.drain() {
+            step.fail(send, error.clone());
+        }
+        step
+    }
+
+    /// The earliest deadline of a send, in ms.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let waiting = self.awaiting.values().filter_map(Awaiting::send);
+        waiting
+            .chain(self.in_flight.values())
+            .map(|s| s.deadline)
+            .min()
+    }
+
+    /// Fails the sends whose deadline passed.
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Step {
+        let mut step = Step::default();
+        let expired: Vec<String> = self
+            .awaiting
+            .iter()
+            .filter(|(_, a)| a.send().is_some_and(|s| s.deadline <= now_ms))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(send) = self.awaiting.remove(&id).and_then(Awaiting::into_send) {
+                step.fail(send, SendError::Timeout);
+            }
+        }
+        let expired: Vec<String> = self
+            .in_flight
+            .iter()
+            .filter(|(_, s)| s.deadline <= now_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(send) = self.in_flight.remove(&id) {
+                step.fail(send, SendError::Timeout);
+            }
+        }
+        step
+    }
+
+    /// Stanzas the connection passed up (messages, receipts, acks, answers
+    /// to our iqs, notifications, calls), all read from the socket at once:
+    /// one step, so their state is committed together.
+    pub fn handle_stanzas(
+        &mut self,
+        nodes: Vec<Node>,
+        keys: &mut dyn KeyStore,
+        creds: &Credentials,
+        now_ms: u64,
+    ) -> Result<Step, StepError> {
+        let mut step = Step::default();
+        let mut txn = Txn::new(keys);
+        for node in nodes {
+            self.handle_stanza(node, &mut txn, creds, now_ms, &mut step)
+                .map_err(Step::abandoned)?;
+        }
+        step.changes = txn.into_changes();
+        Ok(step)
+    }
+
+    fn handle_stanza(
+        &mut self,
+        node: Node,
+        txn: &mut Txn<'_>,
+        creds: &Credentials,
+        now_ms: u64,
+        step: &mut Step,
+    ) -> Result<(), KeyError> {
+        match node.tag() {
+            "message" => self.on_message(&node, txn, creds, now_ms, step),
+            "receipt" => self.on_receipt(&node, txn, creds, now_ms, step),
+            "ack" => {
+                self.on_ack(&node, txn, now_ms, step);
+                Ok(())
+            }
+            "iq" => self.on_iq_answer(node, txn, creds, now_ms, step),
+            "notification" => self.on_notification(&node, txn, creds, step),
+            "call" => {
+                step.transmit.extend(crate::wa::message::stanza_ack(&node));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends requested together (each waits on its own reply).
+    pub fn handle_sends(
+        &mut self,
+        requests: Vec<(SendRequest, ReplyTo)>,
+        keys: &mut dyn KeyStore,
+        creds: &Credentials,
+        now_ms: u64,
+    ) -> Result<Step, StepError> {
+        let mut step = Step::default();
+        let mut txn = Txn::new(keys);
+        for (request, reply) in requests {
+            self.start_send(request, reply, &mut txn, creds, now_ms, &mut step)
+                .map_err(Step::abandoned)?;
+        }
+        step.changes = txn.into_changes();
+        Ok(step)
+    }
+
+    /// A fresh iq id, distinct from the connection's own.
+    fn next_iq_id(&mut self) -> String {
+        self.iq_counter += 1;
+        format!("{}{}", self.iq_prefix, self.iq_counter)
+    }
+
+    /// Sends `spec`'s request and remembers what waits on its answer.
+    fn issue(&mut self, spec: impl iq::IqSpec, awaiting: Awaiting, step: &mut Step) {
+        let id = self.next_iq_id();
+        step.transmit.push(spec.request(&id));
+        self.awaiting.insert(id, awaiting);
+    }
+
+    fn remember_devices(&mut self, user: Jid, devices: Vec<Jid>, now_ms: u64) {
+        if self.devices.len() >= MAX_CACHED_DEVICE_LISTS && !self.devices.contains_key(&user) {
+            self.devices
+                .retain(|_, (_, at)| *at + DEVICE_CACHE_MS > now_ms);
+            if self.devices.len() >= MAX_CACHED_DEVICE_LISTS {
+                self.devices.clear();
+            }
+        }
+        self.devices.insert(user, (devices, now_ms));
+    }
+}
+
+/// The Signal address of a device JID, keyed as WhatsApp clients key it:
+/// LID users get the `_1` domain suffix.
+pub fn address_of(jid: &Jid) -> ProtocolAddress {
+    let name = if jid.is_lid() {
+        format!("{}_1", jid.user)
+    } else {
+        jid.user.clone()
+    };
+    ProtocolAddress::new(name, u32::from(jid.device))
+}
+
+/// The phone number of a user, directly or through the LID mapping.
+fn phone_for(jid: &Jid, txn: &mut Txn<'_>) -> Result<Option<String>, KeyError> {
+    if let Some(phone) = crate::wa::message::phone_of(jid) {
+        return Ok(Some(phone));
+    }
+    if !jid.is_lid() {
+        return Ok(None);
+    }
+    txn.phone_of_lid(&jid.user)
+}
+
+/// Records a LID↔phone pair learned from the wire.
+fn learn_lid(a: &Jid, b: &Jid, txn: &mut Txn<'_>) -> Result<(), KeyError> {
+    let (lid, pn) = match (a.is_lid(), b.is_lid()) {
+        (true, false) => (a, b),
+        (false, true) => (b, a),
+        _ => return Ok(()),
+    };
+    let Some(phone) = crate::wa::message::phone_of(pn) else {
+        return Ok(());
+    };
+    if txn.phone_of_lid(&lid.user)?.as_deref() == Some(phone.as_str()) {
+        return Ok(());
+    }
+    txn.put_lid(lid.user.clone(), phone);
+    Ok(())
+}

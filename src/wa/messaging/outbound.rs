@@ -1,0 +1,407 @@
+//! Sending: device lists (usync), bundles for devices without a session,
+//! per-device encryption with a DeviceSentMessage copy for our own devices,
+//! the fanned-out stanza, and the server's ack.
+//!
+//! Exactly once with an idempotency key. The first attempt stores, in the
+//! same commit as the advanced Signal chains and before a byte reaches the
+//! wire, the encoded stanza itself with a fingerprint of the request. A
+//! retry after any ambiguous outcome (deadline, dropped connection, crash,
+//! shutdown) whose first attempt was not acknowledged writes that very
+//! stanza again, byte for byte: same id, same ciphertexts. We do not
+//! encrypt anew, because a second encryption is a second message to every
+//! device that already got the first; and we cannot ask the server whether
+//! it has the first (WhatsApp has no such query). The same bytes are safe
+//! whatever happened to the first write: WhatsApp's server acknowledges a
+//! repeated id from the same device without routing it again, and a device
+//! that did receive the first copy drops the second — its ratchet already
+//! consumed that message key, and clients deduplicate by message id.
+//! Once acknowledged, the record keeps only id and time, and a retry is
+//! answered from it without touching the wire. A key reused for another
+//! request (other recipient or content) is refused.
+
+use std::collections::HashMap;
+
+use prost::Message as _;
+
+use crate::proto::wa::Message;
+use crate::wa::binary::{self, Node};
+use crate::wa::creds::Credentials;
+use crate::wa::crypto::sha256;
+use crate::wa::jid::Jid;
+use crate::wa::message::{self as wamsg, ServerAck};
+use crate::wa::signal::{self, ProtocolAddress, SessionRecord};
+
+use super::iq::{Awaiting, Bundles, Devices, IqSpec, PrekeyCount, PrekeyUpload};
+use super::keys::{IdempotencyRecord, KeyError, SentRecord, Txn};
+use super::{
+    address_of, learn_lid, Engine, ReplyTo, SendError, SendRequest, Sent, Step, DEVICE_CACHE_MS,
+    MAX_SEND_TEXT_BYTES, SEND_TIMEOUT_MS,
+};
+
+/// A send in progress.
+pub(super) struct Outgoing {
+    pub(super) id: String,
+    chat: Jid,
+    message: Message,
+    idempotency_key: Option<String>,
+    fingerprint: Vec<u8>,
+    pub(super) waiters: Vec<ReplyTo>,
+    pub(super) deadline: u64,
+}
+
+/// What identifies a request behind an idempotency key.
+fn fingerprint(chat: &Jid, message: &Message) -> Vec<u8> {
+    sha256(&[chat.to_string().as_bytes(), &[0], &message.encode_to_vec()]).to_vec()
+}
+
+impl Engine {
+    pub(super) fn start_send(
+        &mut self,
+        request: SendRequest,
+        reply: ReplyTo,
+        txn: &mut Txn<'_>,
+        creds: &Credentials,
+        now_ms: u64,
+        step: &mut Step,
+    ) -> Result<(), KeyError> {
+        let Some(account) = creds.account.as_ref() else {
+            step.replies.push((reply, Err(SendError::NotConnected)));
+            return Ok(());
+        };
+        let own = account.jid.clone();
+        if request.to.is_group() || !(request.to.is_user() || request.to.is_lid()) {
+            let why = "sending to groups and other non-user chats is not supported yet; send to a phone number or a user JID";
+            step.replies
+                .push((reply, Err(SendError::Unsupported(why.to_owned()))));
+            return Ok(());
+        }
+        let text_len = request.message.conversation.as_ref().map_or(0, String::len);
+        if text_len > MAX_SEND_TEXT_BYTES {
+            let why = format!(
+                "text of {text_len} bytes is longer than WhatsApp's limit of {MAX_SEND_TEXT_BYTES}"
+            );
+            step.replies.push((reply, Err(SendError::Unsupported(why))));
+            return Ok(());
+        }
+        let chat = request.to.to_non_ad();
+        let fingerprint = fingerprint(&chat, &request.message);
+        let mut id = None;
+        if let Some(key) = &request.idempotency_key {
+            if let Some(send) = self.send_by_key(key) {
+                if send.fingerprint != fingerprint {
+                    step.replies
+                        .push((reply, Err(SendError::IdempotencyConflict(key.clone()))));
+                } else {
+                    send.waiters.push(reply);
+                }
+                return Ok(());
+            }
+            if let Some(record) = txn.idempotency(key)? {
+                if !record.fingerprint.is_empty() && record.fingerprint != fingerprint {
+                    step.replies
+                        .push((reply, Err(SendError::IdempotencyConflict(key.clone()))));
+                    return Ok(());
+                }
+                if record.acked_at_s > 0 {
+                    step.replies.push((
+                        reply,
+                        Ok(Sent {
+                            message_id: record.message_id,
+                            timestamp_s: record.acked_at_s,
+                        }),
+                    ));
+                    return Ok(());
+                }
+                // Encrypted and perhaps written before: the same bytes again
+                // (see the module documentation for why).
+                if let Ok(stanza) = binary::decode(&record.stanza) {
+                    step.transmit.push(stanza);
+                    self.in_flight.insert(
+                        record.message_id.clone(),
+                        Outgoing {
+                            id: record.message_id,
+                            chat,
+                            message: request.message,
+                            idempotency_key: Some(key.clone()),
+                            fingerprint,
+                            waiters: vec![reply],
+                            deadline: now_ms + SEND_TIMEOUT_MS,
+                        },
+                    );
+                    return Ok(());
+                }
+                // A record of an older version (no stanza kept): nothing of
+                // it is known to have been written; send it anew, same id.
+                id = Some(record.message_id);
+            }
+        }
+        let id =
+            id.unwrap_or_else(|| wamsg::new_message_id(now_ms / 1000, &own.user, &mut self.rng));
+        let send = Outgoing {
+            id,
+            chat,
+            message: request.message,
+            idempotency_key: request.idempotency_key,
+            fingerprint,
+            waiters: vec![reply],
+            deadline: now_ms + SEND_TIMEOUT_MS,
+        };
+        let users = vec![send.chat.clone(), own.to_non_ad()];
+        let fresh = users.iter().all(|u| {
+            self.devices
+                .get(u)
+                .is_some_and(|(_, at)| at + DEVICE_CACHE_MS > now_ms)
+        });
+        if fresh {
+            return self.route(send, txn, creds, now_ms, step);
+        }
+        let sid = format!("{:08x}", rand::RngCore::next_u32(&mut self.rng));
+        self.issue(Devices { users, sid }, Awaiting::Devices(send), step);
+        Ok(())
+    }
+
+    /// The send (waiting or in flight) made with idempotency key `key`.
+    fn send_by_key(&mut self, key: &str) -> Option<&mut Outgoing> {
+        let matches = |s: &Outgoing| s.idempotency_key.as_deref() == Some(key);
+        if let Some(send) = self.in_flight.values_mut().find(|s| matches(s)) {
+            return Some(send);
+        }
+        self.awaiting
+            .values_mut()
+            .filter_map(Awaiting::send_mut)
+            .find(|s| matches(s))
+    }
+
+    /// Devices known: fetch bundles for those without a session, or encrypt.
+    fn route(
+        &mut self,
+        send: Outgoing,
+        txn: &mut Txn<'_>,
+        creds: &Credentials,
+        now_ms: u64,
+        step: &mut Step,
+    ) -> Result<(), KeyError> {
+        let Some(own) = creds.account.as_ref().map(|a| a.jid.clone()) else {
+            step.fail(send, SendError::NotConnected);
+            return Ok(());
+        };
+        let peer_devices = self
+            .devices
+            .get(&send.chat)
+            .map(|(d, _)| d.clone())
+            .unwrap_or_default();
+        if peer_devices.is_empty() {
+            let who = send.chat.to_string();
+            step.fail(send, SendError::UnknownRecipient(who));
+            return Ok(());
+        }
+        let own_devices = self
+            .devices
+            .get(&own.to_non_ad())
+            .map(|(d, _)| d.clone())
+            .unwrap_or_else(|| vec![own.to_non_ad()]);
+        let mut targets: Vec<Jid> = Vec::new();
+        for device in peer_devices.into_iter().chain(own_devices) {
+            let same_device = device.user == own.user && device.device == own.device;
+            if !same_device && !targets.contains(&device) {
+                targets.push(device);
+            }
+        }
+        let mut missing = Vec::new();
+        for target in &targets {
+            let has = txn
+                .session(&address_of(target))?
+                .is_some_and(|r| r.has_current_session());
+            if !has {
+                missing.push(target.clone());
+            }
+        }
+        if missing.is_empty() {
+            return self.encrypt_and_send(send, targets, HashMap::new(), txn, creds, now_ms, step);
+        }
+        self.issue(Bundles(missing), Awaiting::Bundles { send, targets }, step);
+        Ok(())
+    }
+
+    /// Encrypts for every target with a session and queues the stanza; the
+    /// new chain states, the copy kept for retry receipts and the
+    /// idempotency record go into the same commit, ahead of the wire.
+    #[expect(clippy::too_many_arguments, reason = "one send, every input it needs")]
+    fn encrypt_and_send(
+        &mut self,
+        send: Outgoing,
+        targets: Vec<Jid>,
+        mut fresh: HashMap<ProtocolAddress, SessionRecord>,
+        txn: &mut Txn<'_>,
+        creds: &Credentials,
+        now_ms: u64,
+        step: &mut Step,
+    ) -> Result<(), KeyError> {
+        let Some(account) = creds.account.as_ref() else {
+            step.fail(send, SendError::NotConnected);
+            return Ok(());
+        };
+        let own = &account.jid;
+        let copy = wamsg::device_sent(&send.chat, &send.message);
+        let for_peer = send.message.encode_to_vec();
+        let for_own = copy.encode_to_vec();
+        let mut encrypted = Vec::with_capacity(targets.len());
+        let mut peer_reached = false;
+        for target in targets {
+            let address = address_of(&target);
+            let record = match fresh.remove(&address) {
+                Some(r) => Some(r),
+                None => txn.session(&address)?,
+            };
+            let Some(mut record) = record.filter(SessionRecord::has_current_session) else {
+                continue;
+            };
+            let plain = if target.user == own.user {
+                &for_own
+            } else {
+                &for_peer
+            };
+            let padded = signal::pad(&mut self.rng, plain);
+            // A device whose session cannot encrypt is skipped; the others
+            // still get the message.
+            if let Ok(ct) = signal::encrypt(&mut record, &creds.identity_key, &padded) {
+                txn.put_session(address, record);
+                peer_reached |= target.user != own.user;
+                encrypted.push((target, ct));
+            }
+        }
+        if !peer_reached {
+            let why = format!("no device of {} could be reached", send.chat);
+            step.fail(send, SendError::Encryption(why));
+            return Ok(());
+        }
+        let stanza =
+            wamsg::fanout_stanza(&send.id, &send.chat, &encrypted, &account.signed_identity);
+        txn.put_sent(
+            send.id.clone(),
+            SentRecord {
+                chat: send.chat.to_string(),
+                message: for_peer,
+                sent_at_ms: now_ms,
+            },
+        );
+        if let Some(key) = &send.idempotency_key {
+            txn.put_idempotency(
+                key.clone(),
+                IdempotencyRecord {
+                    message_id: send.id.clone(),
+                    acked_at_s: 0,
+                    fingerprint: send.fingerprint.clone(),
+                    stanza: binary::encode(&stanza),
+                },
+            );
+        }
+        step.transmit.push(stanza);
+        self.in_flight.insert(send.id.clone(), send);
+        Ok(())
+    }
+
+    pub(super) fn on_ack(&mut self, node: &Node, txn: &mut Txn<'_>, now_ms: u64, step: &mut Step) {
+        let Some(ack) = ServerAck::parse(node) else {
+            return;
+        };
+        let Some(send) = self.in_flight.remove(&ack.id) else {
+            return;
+        };
+        if let Some(error) = ack.error {
+            return step.fail(send, SendError::Refused(error));
+        }
+        let timestamp_s = ack.t.unwrap_or(now_ms / 1000);
+        if let Some(key) = &send.idempotency_key {
+            // Recording the ack only saves a retry the resend: until it is
+            // committed a retry writes the stored stanza again, which the
+            // server acknowledges without delivering twice. So the callers
+            // need not wait for this commit.
+            txn.put_idempotency(
+                key.clone(),
+                IdempotencyRecord {
+                    message_id: send.id.clone(),
+                    acked_at_s: timestamp_s,
+                    fingerprint: send.fingerprint.clone(),
+                    stanza: Vec::new(),
+                },
+            );
+        }
+        step.messages_out += 1;
+        for waiter in send.waiters {
+            step.replies.push((
+                waiter,
+                Ok(Sent {
+                    message_id: send.id.clone(),
+                    timestamp_s,
+                }),
+            ));
+        }
+    }
+
+    pub(super) fn on_iq_answer(
+        &mut self,
+        node: Node,
+        txn: &mut Txn<'_>,
+        creds: &Credentials,
+        now_ms: u64,
+        step: &mut Step,
+    ) -> Result<(), KeyError> {
+        let Some(awaiting) = node.attr_str("id").and_then(|id| self.awaiting.remove(id)) else {
+            return Ok(());
+        };
+        match awaiting {
+            Awaiting::PrekeyCount => {
+                if let Ok(count) = PrekeyCount::answer(&node) {
+                    self.on_prekey_count(count, creds, txn, step)?;
+                }
+            }
+            Awaiting::PrekeyUpload => {
+                // A refused upload is retried at the next login or low-count
+                // notification.
+                let _ = PrekeyUpload::answer(&node);
+            }
+            Awaiting::Devices(send) => match Devices::answer(&node) {
+                Ok(users) => {
+                    for user in users {
+                        if let Some(lid) = &user.lid {
+                            learn_lid(lid, &user.user, txn)?;
+                        }
+                        let jids = user.device_jids();
+                        self.remember_devices(user.user, jids, now_ms);
+                    }
+                    self.route(send, txn, creds, now_ms, step)?;
+                }
+                Err(e) => step.fail(send, SendError::Encryption(format!("device list: {e}"))),
+            },
+            Awaiting::Bundles { send, targets } => match Bundles::answer(&node) {
+                Ok(bundles) => {
+                    let mut fresh = HashMap::new();
+                    for entry in bundles {
+                        let Ok(bundle) = entry.bundle else { continue };
+                        if let Ok(record) = signal::process_bundle(
+                            &bundle,
+                            &creds.identity_key,
+                            creds.registration_id,
+                            None,
+                            &mut self.rng,
+                        ) {
+                            fresh.insert(address_of(&entry.device), record);
+                        }
+                    }
+                    self.encrypt_and_send(send, targets, fresh, txn, creds, now_ms, step)?;
+                }
+                Err(e) => step.fail(send, SendError::Encryption(format!("prekey bundles: {e}"))),
+            },
+            Awaiting::RetryBundle {
+                message_id,
+                device,
+                count,
+            } => {
+                let answer = Bundles::answer(&node);
+                self.resend_with_bundles(answer, &message_id, &device, count, txn, creds, step)?;
+            }
+        }
+        Ok(())
+    }
+}
