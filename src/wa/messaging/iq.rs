@@ -112,11 +112,14 @@ pub(super) enum Awaiting {
         targets: Vec<Jid>,
     },
     /// A peer asked for a resend and we had no session with it.
-    RetryBundle {
-        message_id: String,
-        device: Jid,
-        count: u32,
-    },
+    RetryBundle(RetryTarget),
+}
+
+/// A resend waiting for the peer's bundle.
+pub(super) struct RetryTarget {
+    pub(super) message_id: String,
+    pub(super) device: Jid,
+    pub(super) count: u32,
 }
 
 impl Awaiting {
@@ -124,21 +127,21 @@ impl Awaiting {
     pub(super) fn send(&self) -> Option<&Outgoing> {
         match self {
             Awaiting::Devices(send) | Awaiting::Bundles { send, .. } => Some(send),
-            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle { .. } => None,
+            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle(_) => None,
         }
     }
 
     pub(super) fn send_mut(&mut self) -> Option<&mut Outgoing> {
         match self {
             Awaiting::Devices(send) | Awaiting::Bundles { send, .. } => Some(send),
-            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle { .. } => None,
+            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle(_) => None,
         }
     }
 
     pub(super) fn into_send(self) -> Option<Outgoing> {
         match self {
             Awaiting::Devices(send) | Awaiting::Bundles { send, .. } => Some(send),
-            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle { .. } => None,
+            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle(_) => None,
         }
     }
 }

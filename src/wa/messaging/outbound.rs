@@ -393,13 +393,9 @@ impl Engine {
                 }
                 Err(e) => step.fail(send, SendError::Encryption(format!("prekey bundles: {e}"))),
             },
-            Awaiting::RetryBundle {
-                message_id,
-                device,
-                count,
-            } => {
+            Awaiting::RetryBundle(target) => {
                 let answer = Bundles::answer(&node);
-                self.resend_with_bundles(answer, &message_id, &device, count, txn, creds, step)?;
+                self.resend_with_bundles(answer, target, txn, creds, step)?;
             }
         }
         Ok(())

@@ -13,7 +13,7 @@ use crate::wa::message::{self as wamsg, IncomingReceipt};
 use crate::wa::prekeys::{self, MIN_SERVER_PREKEYS, UPLOAD_BATCH};
 use crate::wa::signal::{self, PreKey, SessionRecord, MAX_PRE_KEY_ID};
 
-use super::iq::{Awaiting, Bundles, PrekeyUpload};
+use super::iq::{Awaiting, Bundles, PrekeyUpload, RetryTarget};
 use super::keys::{KeyError, Txn};
 use super::{address_of, Engine, Step, MAX_RETRIES};
 
@@ -56,11 +56,11 @@ impl Engine {
             // No session and no keys: fetch the bundle first.
             self.issue(
                 Bundles(vec![device.clone()]),
-                Awaiting::RetryBundle {
+                Awaiting::RetryBundle(RetryTarget {
                     message_id: receipt.id.clone(),
                     device,
                     count: receipt.retry_count,
-                },
+                }),
                 step,
             );
             return Ok(());
@@ -125,16 +125,14 @@ impl Engine {
     pub(super) fn resend_with_bundles(
         &mut self,
         answer: Result<Vec<prekeys::DeviceBundle>, super::iq::IqError>,
-        message_id: &str,
-        device: &Jid,
-        count: u32,
+        target: RetryTarget,
         txn: &mut Txn<'_>,
         creds: &Credentials,
         step: &mut Step,
     ) -> Result<(), KeyError> {
         let bundle = answer
             .ok()
-            .and_then(|b| b.into_iter().find(|e| &e.device == device))
+            .and_then(|b| b.into_iter().find(|e| e.device == target.device))
             .and_then(|e| e.bundle.ok());
         let Some(bundle) = bundle else {
             return Ok(());
@@ -148,7 +146,15 @@ impl Engine {
         ) else {
             return Ok(());
         };
-        self.resend(message_id, device, record, count, txn, creds, step)
+        self.resend(
+            &target.message_id,
+            &target.device,
+            record,
+            target.count,
+            txn,
+            creds,
+            step,
+        )
     }
 
     /// A fresh one-time prekey for a retry receipt's `<keys>`, stored in the

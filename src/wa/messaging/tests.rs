@@ -1,1 +1,773 @@
-//! Engine tests without sockets.
+//! The engine without sockets: two engines (ours and a peer's) and a small
+//! server in one process on a fake clock. The server answers device and
+//! bundle queries from the devices it knows, turns a fanned-out `<message>`
+//! into each recipient's copy, acknowledges, and forwards receipts — enough
+//! to drive both engines through sends, receipts, retries and failures.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::*;
+use crate::wa::binary;
+use crate::wa::creds::Account;
+use crate::wa::signal::{PreKey, SenderKeyName, SenderKeyRecord, SessionRecord};
+
+/// A store in memory: commit = apply.
+#[derive(Default)]
+struct MemKeys {
+    sessions: HashMap<ProtocolAddress, SessionRecord>,
+    prekeys: HashMap<u32, PreKey>,
+    next_prekey: Option<u32>,
+    sender_keys: HashMap<SenderKeyName, SenderKeyRecord>,
+    seen: HashSet<DedupeKey>,
+    sent: HashMap<String, SentRecord>,
+    idempotency: HashMap<String, IdempotencyRecord>,
+    lids: HashMap<String, String>,
+    /// Reads fail while set.
+    broken: bool,
+}
+
+impl MemKeys {
+    fn check(&self) -> Result<(), KeyError> {
+        if self.broken {
+            return Err(KeyError {
+                message: "store down".into(),
+                retryable: true,
+            });
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            match change {
+                Change::Session(a, r) => {
+                    self.sessions.insert(a, *r);
+                }
+                Change::Prekey(k) => {
+                    self.prekeys.insert(k.id, *k);
+                }
+                Change::PrekeyUsed(id) => {
+                    self.prekeys.remove(&id);
+                }
+                Change::NextPrekeyId(n) => self.next_prekey = Some(n),
+                Change::SenderKey(n, r) => {
+                    self.sender_keys.insert(n, *r);
+                }
+                Change::Seen { key, .. } => {
+                    self.seen.insert(key);
+                }
+                Change::Sent(id, r) => {
+                    self.sent.insert(id, r);
+                }
+                Change::Idempotency(k, r) => {
+                    self.idempotency.insert(k, r);
+                }
+                Change::Lid { lid_user, phone } => {
+                    self.lids.insert(lid_user, phone);
+                }
+            }
+        }
+    }
+}
+
+impl KeyStore for MemKeys {
+    fn session(&mut self, a: &ProtocolAddress) -> Result<Option<SessionRecord>, KeyError> {
+        self.check()?;
+        Ok(self.sessions.get(a).cloned())
+    }
+    fn prekey(&mut self, id: u32) -> Result<Option<PreKey>, KeyError> {
+        self.check()?;
+        Ok(self.prekeys.get(&id).cloned())
+    }
+    fn next_prekey_id(&mut self) -> Result<u32, KeyError> {
+        self.check()?;
+        Ok(self.next_prekey.unwrap_or(1))
+    }
+    fn sender_key(&mut self, n: &SenderKeyName) -> Result<Option<SenderKeyRecord>, KeyError> {
+        self.check()?;
+        Ok(self.sender_keys.get(n).cloned())
+    }
+    fn seen(&mut self, key: &DedupeKey, _: u64) -> Result<bool, KeyError> {
+        self.check()?;
+        Ok(self.seen.contains(key))
+    }
+    fn sent(&mut self, id: &str) -> Result<Option<SentRecord>, KeyError> {
+        self.check()?;
+        Ok(self.sent.get(id).cloned())
+    }
+    fn idempotency(&mut self, key: &str) -> Result<Option<IdempotencyRecord>, KeyError> {
+        self.check()?;
+        Ok(self.idempotency.get(key).cloned())
+    }
+    fn phone_of_lid(&mut self, lid: &str) -> Result<Option<String>, KeyError> {
+        self.check()?;
+        Ok(self.lids.get(lid).cloned())
+    }
+}
+
+/// One device: its engine, credentials and keys, and what reached it.
+struct Device {
+    engine: Engine,
+    creds: Credentials,
+    keys: MemKeys,
+    events: Vec<Event>,
+    replies: Vec<(ReplyTo, Result<Sent, SendError>)>,
+    /// Every stanza it wrote, in order.
+    wrote: Vec<Node>,
+}
+
+impl Device {
+    fn new(phone: &str, seed: u8) -> Self {
+        let mut rng = StdRng::seed_from_u64(u64::from(seed));
+        let mut creds = Credentials::generate(&mut rng);
+        creds.account = Some(Account {
+            jid: format!("{phone}@s.whatsapp.net").parse().expect("jid"),
+            lid: None,
+            platform: "android".into(),
+            business_name: None,
+            signed_identity: vec![seed; 8],
+            key_index: 0,
+            primary_identity: [0; 32],
+        });
+        let mut keys = MemKeys::default();
+        let prekey = PreKey::generate(1, &mut rng).expect("prekey");
+        keys.prekeys.insert(1, prekey);
+        keys.next_prekey = Some(2);
+        Self {
+            engine: Engine::new([seed; 32]),
+            creds,
+            keys,
+            events: Vec::new(),
+            replies: Vec::new(),
+            wrote: Vec::new(),
+        }
+    }
+
+    fn jid(&self) -> Jid {
+        self.creds
+            .account
+            .as_ref()
+            .map(|a| a.jid.clone())
+            .expect("paired")
+    }
+
+    /// Commits the step the way the runtime does, then "writes" its stanzas.
+    fn apply(&mut self, step: Step) -> Vec<Node> {
+        self.replies.extend(step.replies);
+        self.keys.commit(step.changes);
+        self.events.extend(step.events);
+        self.wrote.extend(step.transmit.iter().cloned());
+        step.transmit
+    }
+
+    fn stanzas(&mut self, nodes: Vec<Node>, now: u64) -> Vec<Node> {
+        let step = self
+            .engine
+            .handle_stanzas(nodes, &mut self.keys, &self.creds, now)
+            .expect("step");
+        self.apply(step)
+    }
+
+    fn send(
+        &mut self,
+        to: &Jid,
+        text: &str,
+        key: Option<&str>,
+        reply: ReplyTo,
+        now: u64,
+    ) -> Vec<Node> {
+        let request = SendRequest {
+            to: to.clone(),
+            message: crate::wa::message::text_message(text),
+            idempotency_key: key.map(str::to_owned),
+        };
+        let step = self
+            .engine
+            .handle_sends(vec![(request, reply)], &mut self.keys, &self.creds, now)
+            .expect("step");
+        self.apply(step)
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(m) => m.text.clone(),
+                Event::Receipt(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// The chat server: routes between devices by phone number.
+struct Server {
+    devices: Vec<Device>,
+    clock: u64,
+    /// Message ids accepted per sending device, with the time given.
+    accepted: HashMap<(String, String), u64>,
+    /// Stanzas waiting for delivery: (device index, stanza).
+    queue: VecDeque<(usize, Node)>,
+    /// Drop acks to this device (an ack lost on the way).
+    drop_acks_to: Option<usize>,
+    /// Corrupt the next copy delivered to this device.
+    corrupt_next_to: Option<usize>,
+}
+
+const ALICE: usize = 0;
+const BOB: usize = 1;
+
+impl Server {
+    fn new() -> Self {
+        Self {
+            devices: vec![Device::new("15550000001", 1), Device::new("15550000002", 2)],
+            clock: 1_700_000_000_000,
+            accepted: HashMap::new(),
+            queue: VecDeque::new(),
+            drop_acks_to: None,
+            corrupt_next_to: None,
+        }
+    }
+
+    fn index_of(&self, user: &str) -> Option<usize> {
+        self.devices.iter().position(|d| d.jid().user == user)
+    }
+
+    /// Handles what device `from` wrote; deliveries are queued.
+    fn receive(&mut self, from: usize, nodes: Vec<Node>) {
+        for node in nodes {
+            match node.tag() {
+                "iq" => {
+                    let answer = self.answer_iq(&node);
+                    self.queue.push_back((from, answer));
+                }
+                "message" => self.route(from, &node),
+                "receipt" => self.forward_receipt(from, &node),
+                _ => {}
+            }
+        }
+    }
+
+    fn answer_iq(&self, iq: &Node) -> Node {
+        let id = iq.attr_string("id").expect("iq id");
+        let result = Node::new("iq")
+            .attr("type", "result")
+            .attr("id", id)
+            .attr("from", Jid::server_jid());
+        if let Some(usync) = iq.child("usync") {
+            let users = usync
+                .child("list")
+                .map(|l| l.child_nodes().to_vec())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|u| u.attr_jid("jid"))
+                .filter(|jid| self.index_of(&jid.user).is_some())
+                .map(|jid| {
+                    Node::new("user")
+                        .attr("jid", jid)
+                        .children(vec![Node::new("devices")
+                            .children(vec![Node::new("device-list")
+                                .children(vec![Node::new("device").attr("id", "0")])])])
+                })
+                .collect();
+            return result.children(vec![
+                Node::new("usync").children(vec![Node::new("list").children(users)])
+            ]);
+        }
+        if let Some(key) = iq.child("key") {
+            let users = key
+                .child_nodes()
+                .iter()
+                .filter_map(|u| u.attr_jid("jid"))
+                .filter_map(|jid| Some((self.index_of(&jid.user)?, jid)))
+                .map(|(i, jid)| self.bundle(i, jid))
+                .collect();
+            return result.children(vec![Node::new("list").children(users)]);
+        }
+        if iq.child("count").is_some() {
+            return result.children(vec![Node::new("count").attr("value", "0")]);
+        }
+        result
+    }
+
+    fn bundle(&self, index: usize, jid: Jid) -> Node {
+        let device = &self.devices[index];
+        let creds = &device.creds;
+        let spk = &creds.signed_prekey;
+        let id3 = |id: u32| id.to_be_bytes()[1..].to_vec();
+        let mut children = vec![
+            Node::new("registration").bytes(creds.registration_id.to_be_bytes().to_vec()),
+            Node::new("type").bytes(vec![5]),
+            Node::new("identity").bytes(creds.identity_key.public.to_vec()),
+            Node::new("skey").children(vec![
+                Node::new("id").bytes(id3(spk.id)),
+                Node::new("value").bytes(spk.key.public.to_vec()),
+                Node::new("signature").bytes(spk.signature.to_vec()),
+            ]),
+        ];
+        if let Some(prekey) = device.keys.prekeys.values().next() {
+            children.push(Node::new("key").children(vec![
+                Node::new("id").bytes(id3(prekey.id)),
+                Node::new("value").bytes(prekey.key.public.to_vec()),
+            ]));
+        }
+        Node::new("user").attr("jid", jid).children(children)
+    }
+
+    fn route(&mut self, from: usize, message: &Node) {
+        let id = message.attr_string("id").expect("id");
+        let sender = self.devices[from].jid();
+        let key = (sender.to_string(), id.clone());
+        // A resend answering a retry receipt reuses the id on purpose.
+        let resend = message.attr_str("device_fanout") == Some("false");
+        let t = match self.accepted.get(&key).filter(|_| !resend) {
+            // WhatsApp's server: a repeated id from the same device is
+            // acknowledged again and not routed.
+            Some(t) => *t,
+            None => {
+                let t = self.clock / 1000;
+                self.accepted.insert(key, t);
+                let mut copies = Vec::new();
+                if let Some(participants) = message.child("participants") {
+                    for to in participants.children_by_tag("to") {
+                        let jid = to.attr_jid("jid").expect("to jid");
+                        let enc = to.child("enc").expect("enc").clone();
+                        copies.push((jid, enc));
+                    }
+                } else {
+                    let jid = message.attr_jid("to").expect("to");
+                    let enc = message.child("enc").expect("enc").clone();
+                    copies.push((jid, enc));
+                }
+                for (jid, mut enc) in copies {
+                    let Some(target) = self.index_of(&jid.user) else {
+                        continue;
+                    };
+                    if self.corrupt_next_to == Some(target) {
+                        self.corrupt_next_to = None;
+                        let mut bytes = enc.content_bytes().expect("ct").to_vec();
+                        if let Some(last) = bytes.last_mut() {
+                            *last ^= 0xff;
+                        }
+                        enc = Node::new("enc")
+                            .attr("v", "2")
+                            .attr("type", enc.attr_string("type").expect("type"))
+                            .bytes(bytes);
+                    }
+                    let copy = Node::new("message")
+                        .attr("from", sender.to_non_ad())
+                        .attr("id", id.clone())
+                        .attr("t", t.to_string())
+                        .attr("type", "text")
+                        .attr("notify", "Sender")
+                        .children(vec![enc]);
+                    self.queue.push_back((target, copy));
+                }
+                t
+            }
+        };
+        if self.drop_acks_to != Some(from) {
+            let ack = Node::new("ack")
+                .attr("class", "message")
+                .attr("id", id)
+                .attr("t", t.to_string())
+                .attr("from", sender.to_non_ad());
+            self.queue.push_back((from, ack));
+        }
+    }
+
+    fn forward_receipt(&mut self, from: usize, receipt: &Node) {
+        let Some(to) = receipt.attr_jid("to") else {
+            return;
+        };
+        let Some(target) = self.index_of(&to.user) else {
+            return;
+        };
+        let mut forwarded = receipt.clone();
+        forwarded.set_attr("from", self.devices[from].jid().to_non_ad());
+        forwarded.set_attr("t", (self.clock / 1000).to_string());
+        self.queue.push_back((target, forwarded));
+    }
+
+    /// Delivers queued stanzas (one step per device per round) until
+    /// nothing moves.
+    fn run(&mut self) {
+        for _ in 0..100 {
+            if self.queue.is_empty() {
+                return;
+            }
+            self.clock += 10;
+            let mut batches: Vec<Vec<Node>> = vec![Vec::new(); self.devices.len()];
+            while let Some((i, node)) = self.queue.pop_front() {
+                batches[i].push(node);
+            }
+            for (i, batch) in batches.into_iter().enumerate() {
+                if batch.is_empty() {
+                    continue;
+                }
+                let now = self.clock;
+                let out = self.devices[i].stanzas(batch, now);
+                self.receive(i, out);
+            }
+        }
+        panic!("the exchange did not settle");
+    }
+
+    fn send(&mut self, from: usize, to: usize, text: &str, key: Option<&str>, reply: ReplyTo) {
+        let to = self.devices[to].jid().to_non_ad();
+        let now = self.clock;
+        let out = self.devices[from].send(&to, text, key, reply, now);
+        self.receive(from, out);
+    }
+
+    fn reply(&self, device: usize, reply: ReplyTo) -> Option<&Result<Sent, SendError>> {
+        self.devices[device]
+            .replies
+            .iter()
+            .rev()
+            .find(|(r, _)| *r == reply)
+            .map(|(_, result)| result)
+    }
+}
+
+#[test]
+fn texts_both_ways_with_receipts() {
+    let mut server = Server::new();
+    server.send(ALICE, BOB, "hello bob", None, 1);
+    server.run();
+    assert_eq!(server.devices[BOB].texts(), vec!["hello bob"]);
+    let sent = server
+        .reply(ALICE, 1)
+        .expect("answered")
+        .as_ref()
+        .expect("sent");
+    assert!(sent.message_id.starts_with("3EB0"));
+    // Bob's receipt reached Alice as a delivery event.
+    assert!(server.devices[ALICE].events.iter().any(|e| matches!(
+        e,
+        Event::Receipt(r) if r.kind == ReceiptKind::Delivered && r.message_ids == vec![sent.message_id.clone()]
+    )));
+    // The second message in each direction uses the established sessions.
+    server.send(BOB, ALICE, "hi alice", None, 1);
+    server.send(ALICE, BOB, "again", None, 2);
+    server.run();
+    assert_eq!(server.devices[ALICE].texts(), vec!["hi alice"]);
+    assert_eq!(server.devices[BOB].texts(), vec!["hello bob", "again"]);
+    let ev = server.devices[BOB]
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Message(m) => Some(m.clone()),
+            Event::Receipt(_) => None,
+        })
+        .expect("message");
+    assert_eq!(ev.sender_phone.as_deref(), Some("15550000001"));
+    assert_eq!(ev.push_name.as_deref(), Some("Sender"));
+    assert!(!ev.from_me);
+}
+
+#[test]
+fn a_redelivered_message_is_receipted_again_but_reported_once() {
+    let mut server = Server::new();
+    server.send(ALICE, BOB, "once", None, 1);
+    server.run();
+    let first = server.devices[BOB].events.len();
+    // The server redelivers the same stanza (its receipt was lost).
+    let redelivery = Node::new("message")
+        .attr("from", server.devices[ALICE].jid().to_non_ad())
+        .attr(
+            "id",
+            server
+                .reply(ALICE, 1)
+                .and_then(|r| r.as_ref().ok())
+                .expect("sent")
+                .message_id
+                .clone(),
+        )
+        .attr("t", "1")
+        .attr("type", "text")
+        .children(vec![Node::new("enc")
+            .attr("v", "2")
+            .attr("type", "msg")
+            .bytes(vec![1, 2, 3])]);
+    let now = server.clock;
+    let out = server.devices[BOB].stanzas(vec![redelivery], now);
+    assert_eq!(server.devices[BOB].events.len(), first, "no second event");
+    assert!(out.iter().any(|n| n.tag() == "receipt"), "receipted again");
+}
+
+#[test]
+fn an_undecryptable_message_is_asked_for_again_and_then_arrives() {
+    let mut server = Server::new();
+    server.send(ALICE, BOB, "first", None, 1);
+    server.run();
+    server.corrupt_next_to = Some(BOB);
+    server.send(ALICE, BOB, "second", None, 2);
+    server.run();
+    // Bob asked for a resend, Alice answered from her stored copy, and the
+    // text arrived once.
+    assert!(server.devices[BOB]
+        .wrote
+        .iter()
+        .any(|n| n.tag() == "receipt" && n.attr_str("type") == Some("retry")));
+    assert!(server.devices[ALICE]
+        .wrote
+        .iter()
+        .any(|n| n.tag() == "message" && n.attr_str("device_fanout") == Some("false")));
+    assert_eq!(server.devices[BOB].texts(), vec!["first", "second"]);
+}
+
+#[test]
+fn a_retried_send_writes_the_same_bytes_and_is_delivered_once() {
+    let mut server = Server::new();
+    server.drop_acks_to = Some(ALICE);
+    server.send(ALICE, BOB, "exactly once", Some("order-1"), 1);
+    server.run();
+    // No ack: the caller gives up at the deadline.
+    let late = server.clock + SEND_TIMEOUT_MS;
+    let step = server.devices[ALICE].engine.handle_timeout(late);
+    server.devices[ALICE].apply(step);
+    assert!(matches!(
+        server.reply(ALICE, 1),
+        Some(Err(SendError::Timeout))
+    ));
+    let first: Vec<Node> = server.devices[ALICE]
+        .wrote
+        .iter()
+        .filter(|n| n.tag() == "message")
+        .cloned()
+        .collect();
+    assert_eq!(first.len(), 1);
+
+    // The retry writes the stored stanza byte for byte.
+    server.drop_acks_to = None;
+    server.send(ALICE, BOB, "exactly once", Some("order-1"), 2);
+    let written: Vec<&Node> = server.devices[ALICE]
+        .wrote
+        .iter()
+        .filter(|n| n.tag() == "message")
+        .collect();
+    assert_eq!(written.len(), 2);
+    assert_eq!(binary::encode(written[0]), binary::encode(written[1]));
+    server.run();
+    let retried = server
+        .reply(ALICE, 2)
+        .expect("answered")
+        .as_ref()
+        .expect("acked")
+        .clone();
+    assert_eq!(server.devices[BOB].texts(), vec!["exactly once"]);
+
+    // Once acknowledged, a retry is answered without touching the wire.
+    server.send(ALICE, BOB, "exactly once", Some("order-1"), 3);
+    let again = server
+        .reply(ALICE, 3)
+        .expect("answered")
+        .as_ref()
+        .expect("sent");
+    assert_eq!(again, &retried);
+    assert_eq!(
+        server.devices[ALICE]
+            .wrote
+            .iter()
+            .filter(|n| n.tag() == "message")
+            .count(),
+        2
+    );
+
+    // The same key for another message is refused.
+    server.send(ALICE, BOB, "something else", Some("order-1"), 4);
+    assert!(matches!(
+        server.reply(ALICE, 4),
+        Some(Err(SendError::IdempotencyConflict(_)))
+    ));
+}
+
+#[test]
+fn a_send_cut_off_by_a_dropped_connection_is_retried_from_the_store() {
+    let mut server = Server::new();
+    server.drop_acks_to = Some(ALICE);
+    server.send(ALICE, BOB, "across a restart", Some("k"), 1);
+    server.run();
+    let step = server.devices[ALICE]
+        .engine
+        .handle_disconnected("socket closed");
+    server.devices[ALICE].apply(step);
+    assert!(matches!(
+        server.reply(ALICE, 1),
+        Some(Err(SendError::ConnectionLost(_)))
+    ));
+    // A new process: a fresh engine over the same keys.
+    server.devices[ALICE].engine = Engine::new([9; 32]);
+    server.drop_acks_to = None;
+    server.send(ALICE, BOB, "across a restart", Some("k"), 2);
+    server.run();
+    assert!(server.reply(ALICE, 2).expect("answered").is_ok());
+    assert_eq!(server.devices[BOB].texts(), vec!["across a restart"]);
+}
+
+#[test]
+fn concurrent_retries_share_one_send() {
+    let mut server = Server::new();
+    let to = server.devices[BOB].jid();
+    let now = server.clock;
+    let request = |text: &str| SendRequest {
+        to: to.clone(),
+        message: crate::wa::message::text_message(text),
+        idempotency_key: Some("dup".into()),
+    };
+    let device = &mut server.devices[ALICE];
+    let step = device
+        .engine
+        .handle_sends(
+            vec![(request("x"), 1), (request("x"), 2), (request("y"), 3)],
+            &mut device.keys,
+            &device.creds,
+            now,
+        )
+        .expect("step");
+    let out = device.apply(step);
+    server.receive(ALICE, out);
+    server.run();
+    let one = server
+        .reply(ALICE, 1)
+        .expect("1")
+        .as_ref()
+        .expect("ok")
+        .clone();
+    let two = server
+        .reply(ALICE, 2)
+        .expect("2")
+        .as_ref()
+        .expect("ok")
+        .clone();
+    assert_eq!(one, two);
+    assert!(matches!(
+        server.reply(ALICE, 3),
+        Some(Err(SendError::IdempotencyConflict(_)))
+    ));
+    assert_eq!(server.devices[BOB].texts(), vec!["x"]);
+}
+
+#[test]
+fn unknown_recipients_and_refused_queries_fail_the_send() {
+    let mut server = Server::new();
+    let nobody: Jid = "15559999999@s.whatsapp.net".parse().expect("jid");
+    let now = server.clock;
+    let out = server.devices[ALICE].send(&nobody, "hi", None, 1, now);
+    server.receive(ALICE, out);
+    server.run();
+    assert!(matches!(
+        server.reply(ALICE, 1),
+        Some(Err(SendError::UnknownRecipient(_)))
+    ));
+
+    // An error answer to the device query.
+    let bob = server.devices[BOB].jid();
+    let out = server.devices[ALICE].send(&bob, "hi", None, 2, now);
+    let iq = out.iter().find(|n| n.tag() == "iq").expect("usync");
+    let error = Node::new("iq")
+        .attr("type", "error")
+        .attr("id", iq.attr_string("id").expect("id"))
+        .children(vec![Node::new("error").attr("code", "500")]);
+    server.devices[ALICE].stanzas(vec![error], now);
+    assert!(matches!(
+        server.reply(ALICE, 2),
+        Some(Err(SendError::Encryption(_)))
+    ));
+    assert_eq!(server.devices[ALICE].engine.poll_timeout(), None);
+}
+
+#[test]
+fn groups_are_refused_clearly_and_long_texts_too() {
+    let mut server = Server::new();
+    let group: Jid = "120363000000000000@g.us".parse().expect("jid");
+    let now = server.clock;
+    server.devices[ALICE].send(&group, "hi", None, 1, now);
+    assert!(matches!(
+        server.reply(ALICE, 1),
+        Some(Err(SendError::Unsupported(_)))
+    ));
+    let bob = server.devices[BOB].jid();
+    let long = "x".repeat(MAX_SEND_TEXT_BYTES + 1);
+    server.devices[ALICE].send(&bob, &long, None, 2, now);
+    assert!(matches!(
+        server.reply(ALICE, 2),
+        Some(Err(SendError::Unsupported(_)))
+    ));
+}
+
+#[test]
+fn a_low_prekey_stock_is_topped_up_after_login() {
+    let mut server = Server::new();
+    let now = server.clock;
+    let device = &mut server.devices[ALICE];
+    let step = device.engine.handle_connected(&device.creds, now);
+    let out = device.apply(step);
+    server.receive(ALICE, out);
+    server.run();
+    let uploads = server.devices[ALICE]
+        .wrote
+        .iter()
+        .filter(|n| n.tag() == "iq" && n.attr_str("type") == Some("set"))
+        .count();
+    assert_eq!(uploads, 1);
+    // The uploaded keys were committed before the upload went out.
+    assert!(server.devices[ALICE].keys.prekeys.len() > 30);
+}
+
+#[test]
+fn a_store_failure_abandons_the_whole_step() {
+    let mut server = Server::new();
+    server.send(ALICE, BOB, "first", None, 1);
+    server.run();
+    server.send(ALICE, BOB, "second", None, 2);
+    // Bob's store fails while his copy arrives: nothing is receipted.
+    let (target, copy) = server
+        .queue
+        .iter()
+        .find(|(i, n)| *i == BOB && n.tag() == "message")
+        .cloned()
+        .expect("copy for bob");
+    server.devices[target].keys.broken = true;
+    let now = server.clock;
+    let device = &mut server.devices[target];
+    let result = device
+        .engine
+        .handle_stanzas(vec![copy], &mut device.keys, &device.creds, now);
+    assert!(result.is_err());
+    // With the store back, the redelivery decrypts.
+    server.devices[BOB].keys.broken = false;
+    server.run();
+    assert_eq!(server.devices[BOB].texts(), vec!["first", "second"]);
+}
+
+#[test]
+fn hostile_stanzas_are_refused_without_panicking() {
+    let mut device = Device::new("15550000001", 1);
+    let nodes = vec![
+        Node::new("message"),
+        Node::new("message")
+            .attr("id", "x")
+            .attr("from", Jid::server_jid()),
+        Node::new("receipt"),
+        Node::new("iq").attr("id", "unknown").attr("type", "result"),
+        Node::new("ack").attr("class", "message"),
+        Node::new("message")
+            .attr("id", "X1")
+            .attr(
+                "from",
+                "15550000002@s.whatsapp.net".parse::<Jid>().expect("jid"),
+            )
+            .attr("t", "1")
+            .children(vec![Node::new("enc")
+                .attr("type", "pkmsg")
+                .bytes(vec![0xff; 40])]),
+    ];
+    let out = device.stanzas(nodes, 1);
+    // The last one asks for a resend; nothing is reported yet.
+    assert!(out.iter().any(|n| n.attr_str("type") == Some("retry")));
+    assert!(device.events.is_empty());
+}
