@@ -2,7 +2,8 @@
 //! reaching it, then restarted on the same data directory. Every text must
 //! appear in `Events` exactly once: what was committed is never replayed as
 //! new, and what was not committed is redelivered by the server because no
-//! receipt went out for it.
+//! receipt went out for it. And Sends cut off by a kill, retried with their
+//! idempotency keys, reach the recipient exactly once.
 
 mod common;
 
@@ -11,7 +12,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use common::*;
-use wagate::proto::sim::{CreateAccountRequest, SendTextRequest};
+use wagate::proto::gateway::gateway_client::GatewayClient;
+use wagate::proto::gateway::{SendRequest, SessionState};
+use wagate::proto::sim::{CreateAccountRequest, InboxRequest, SendTextRequest};
 
 const OWN: &str = "+15550003333";
 const PEER: &str = "+15550004444";
@@ -156,4 +159,159 @@ async fn sigkill_while_messages_arrive_loses_nothing_and_duplicates_nothing() {
     }
     assert!(counts.contains_key(&last));
     drop(gateway);
+}
+
+/// Kill cycles of the loop test.
+const KILLS: usize = 20;
+/// Texts each way per cycle.
+const PER_CYCLE: usize = 3;
+
+/// Waits until the session's log holds `count` CONNECTED events.
+async fn connected_times(client: &mut GatewayClient<tonic::transport::Channel>, count: usize) {
+    let mut events = events_after(client, "loop", 0).await;
+    let mut seen = 0;
+    wait_for(&mut events, "CONNECTED after the restart", |e| {
+        if is_state(e, SessionState::Connected) {
+            seen += 1;
+        }
+        seen >= count
+    })
+    .await;
+}
+
+fn send_request(key: &str) -> SendRequest {
+    SendRequest {
+        session_id: "loop".into(),
+        to: PEER.into(),
+        text: format!("out {key}"),
+        idempotency_key: key.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_twenty_times_during_texts_and_retried_sends_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = start_sim().await;
+    let gateway = Gateway::start(dir.path(), &sim);
+    let mut client = client(gateway.addr).await;
+    let (_, events) = pair_with(&mut sim.control, &mut client, "loop", OWN).await;
+    drop(events);
+    sim.control
+        .create_account(CreateAccountRequest {
+            phone: PEER.into(),
+            push_name: "Peer".into(),
+        })
+        .await
+        .expect("CreateAccount");
+
+    let mut inbound: Vec<String> = Vec::new();
+    // Idempotency key → message id, once a Send answered.
+    let mut confirmed: HashMap<String, String> = HashMap::new();
+    let mut keys: Vec<String> = Vec::new();
+    let mut gateway = Some(gateway);
+    // Sends whose answer a kill cut off: the ambiguous outcomes under test.
+    let mut cut_off = 0;
+    for cycle in 0..KILLS {
+        let gw = match gateway.take() {
+            Some(gw) => gw,
+            None => Gateway::start(dir.path(), &sim),
+        };
+        let mut client = common::client(gw.addr).await;
+        connected_times(&mut client, cycle + 1).await;
+        // Inbound: the peer's phone sends while we work.
+        for n in 0..PER_CYCLE {
+            inbound.push(peer_sends(&mut sim, format!("in {cycle}.{n}")).await);
+        }
+        // Outbound: new keys, plus every key not yet confirmed.
+        for n in 0..PER_CYCLE {
+            keys.push(format!("k{cycle}.{n}"));
+        }
+        let pending: Vec<String> = keys
+            .iter()
+            .filter(|k| !confirmed.contains_key(*k))
+            .cloned()
+            .collect();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        for key in pending {
+            let mut client = client.clone();
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let result = client.send(send_request(&key)).await;
+                let _ = done.send((key, result.map(|r| r.into_inner().message_id)));
+            });
+        }
+        drop(done_tx);
+        // Kill as soon as the first Send answers: the others are in flight.
+        if let Some((key, result)) = done_rx.recv().await {
+            if let Ok(id) = result {
+                confirmed.insert(key, id);
+            }
+        }
+        gw.kill();
+        while let Some((key, result)) = done_rx.recv().await {
+            match result {
+                Ok(id) => {
+                    let first = confirmed.entry(key.clone()).or_insert_with(|| id.clone());
+                    assert_eq!(first, &id, "{key} answered two ids");
+                }
+                Err(_) => cut_off += 1,
+            }
+        }
+    }
+    assert!(cut_off > 0, "no Send was cut off by a kill");
+    eprintln!("{cut_off} Sends cut off by {KILLS} kills");
+
+    // The last start: every Send retried until it answers.
+    let gw = Gateway::start(dir.path(), &sim);
+    let mut client = common::client(gw.addr).await;
+    connected_times(&mut client, KILLS + 1).await;
+    for key in &keys {
+        let id = client
+            .send(send_request(key))
+            .await
+            .expect("the retried Send succeeds")
+            .into_inner()
+            .message_id;
+        let first = confirmed.entry(key.clone()).or_insert_with(|| id.clone());
+        assert_eq!(first, &id, "{key} answered two ids");
+    }
+    // Every inbound text exactly once in the log, then a marker.
+    let marker = peer_sends(&mut sim, "marker".to_owned()).await;
+    let mut events = events_after(&mut client, "loop", 0).await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    wait_for(&mut events, "the marker", |e| {
+        if let Some(m) = message_of(e) {
+            *counts.entry(m.id.clone()).or_default() += 1;
+            return m.id == marker;
+        }
+        false
+    })
+    .await;
+    for id in &inbound {
+        assert_eq!(counts.get(id), Some(&1), "inbound {id}");
+    }
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "a duplicate event: {counts:?}"
+    );
+    // Every Send exactly once at the recipient, under the id it answered.
+    let inbox = sim
+        .control
+        .inbox(InboxRequest { phone: PEER.into() })
+        .await
+        .expect("Inbox")
+        .into_inner()
+        .messages;
+    for key in &keys {
+        let text = format!("out {key}");
+        let copies: Vec<_> = inbox.iter().filter(|m| m.text == text).collect();
+        assert_eq!(
+            copies.len(),
+            1,
+            "{text} reached the peer {} times",
+            copies.len()
+        );
+        assert_eq!(Some(&copies[0].id), confirmed.get(key), "{text}");
+    }
+    drop(gw);
 }
