@@ -242,10 +242,8 @@ async fn sigkill_twenty_times_during_texts_and_retried_sends_loses_and_duplicate
         }
         drop(done_tx);
         // Kill as soon as the first Send answers: the others are in flight.
-        if let Some((key, result)) = done_rx.recv().await {
-            if let Ok(id) = result {
-                confirmed.insert(key, id);
-            }
+        if let Some((key, Ok(id))) = done_rx.recv().await {
+            confirmed.insert(key, id);
         }
         gw.kill();
         while let Some((key, result)) = done_rx.recv().await {

@@ -270,6 +270,7 @@ impl Messenger {
         let log = self.log.clone();
         let id = self.id.clone();
         let joined = tokio::task::spawn_blocking(move || {
+            let _span = tracing::info_span!("session", id = %id).entered();
             let result = core.step(input, &creds, &log, &id, now_ms);
             (core, result)
         })

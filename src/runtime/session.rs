@@ -54,10 +54,20 @@ impl SessionState {
 }
 
 /// The QR code currently shown.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct QrInfo {
     pub code: String,
     pub expires_at_ms: u64,
+}
+
+// Hand-written: the code carries the ADV secret and never reaches a log.
+impl std::fmt::Debug for QrInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QrInfo")
+            .field("code", &"<redacted>")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
 }
 
 /// Everything `Status` reports; published by the actor on every change.

@@ -165,7 +165,6 @@ impl std::fmt::Display for CloseReason {
 }
 
 /// Something the owner of the connection must act on.
-#[derive(Debug)]
 pub enum Event {
     /// A QR code to show; valid until `expires_at_ms`.
     Qr { code: String, expires_at_ms: u64 },
@@ -190,6 +189,31 @@ pub enum Event {
     Stanza(Node),
     /// The connection ended; no transmits follow.
     Closed(CloseReason),
+}
+
+// Hand-written: a QR code carries the ADV secret and never reaches a log.
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Qr { expires_at_ms, .. } => f
+                .debug_struct("Qr")
+                .field("code", &"<redacted>")
+                .field("expires_at_ms", expires_at_ms)
+                .finish(),
+            Event::CredentialsChanged => f.write_str("CredentialsChanged"),
+            Event::Paired { platform, .. } => f
+                .debug_struct("Paired")
+                .field("platform", platform)
+                .finish_non_exhaustive(),
+            Event::PairError(e) => f.debug_tuple("PairError").field(e).finish(),
+            Event::Connected { server_time, .. } => f
+                .debug_struct("Connected")
+                .field("server_time", server_time)
+                .finish_non_exhaustive(),
+            Event::Stanza(node) => f.debug_tuple("Stanza").field(&node.tag()).finish(),
+            Event::Closed(reason) => f.debug_tuple("Closed").field(reason).finish(),
+        }
+    }
 }
 
 /// Calls that are not possible in the connection's current state.
@@ -635,7 +659,12 @@ impl Connection {
             }
             "xmlstreamend" => self.close(CloseReason::ServerClosed),
             "failure" => {
-                let code = node.attr_u64("reason").unwrap_or(0) as u32;
+                // A reason that does not fit is no known code (never, say,
+                // 2^32 + 401 read as a logout).
+                let code = node
+                    .attr_u64("reason")
+                    .and_then(|r| u32::try_from(r).ok())
+                    .unwrap_or(0);
                 let reason = match code {
                     401 => CloseReason::LoggedOut("failure 401: device logged out".into()),
                     403 => CloseReason::LoggedOut("failure 403: main device gone".into()),

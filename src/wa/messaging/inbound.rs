@@ -136,6 +136,7 @@ impl Engine {
                 *count += 1;
                 let count = *count;
                 if count <= MAX_RETRIES {
+                    tracing::info!(id = %msg.id, count, "cannot decrypt, asking for a resend: {error}");
                     let keys = if count >= 2 {
                         Some(self.retry_keys(creds, txn)?)
                     } else {
@@ -145,6 +146,7 @@ impl Engine {
                         .push(msg.retry_receipt(count, creds.registration_id, keys));
                     return Ok(());
                 }
+                tracing::warn!(id = %msg.id, "giving up decrypting: {error}");
                 Some(failed_event(&msg, &own, "undecryptable", error, txn)?)
             }
         };

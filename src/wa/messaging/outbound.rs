@@ -309,6 +309,7 @@ impl Engine {
             return;
         };
         if let Some(error) = ack.error {
+            tracing::warn!(id = %ack.id, %error, "the server refused a message");
             return step.fail(send, SendError::Refused(error));
         }
         let timestamp_s = ack.t.unwrap_or(now_ms / 1000);

@@ -111,6 +111,7 @@ impl Engine {
             return Ok(());
         };
         txn.put_session(address_of(device), record);
+        tracing::info!(id = message_id, count, "resending after a retry receipt");
         step.transmit.push(wamsg::resend_stanza(
             message_id,
             device,
