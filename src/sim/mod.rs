@@ -39,6 +39,10 @@ pub use phone::InboxMessage;
 pub use registry::{AccountInfo, DeviceInfo};
 use registry::{Command, Device, NewAccount, PairRefusal, Registry, ReserveError, Termination};
 
+/// Most texts one `send_texts` call sends: the ids are answered in one
+/// response, which must stay well under gRPC's default 4 MiB limit.
+pub const MAX_BULK_TEXTS: u32 = 100_000;
+
 /// How long a phone waits for the companion to countersign its identity.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -86,6 +90,8 @@ pub enum SimError {
     NotFound(String),
     #[error("account {0} already exists")]
     AccountExists(String),
+    #[error("{0} texts asked for; at most {MAX_BULK_TEXTS} per call")]
+    TooManyTexts(u32),
     #[error("the phone cannot encrypt: {0}")]
     Encryption(String),
 }
@@ -356,6 +362,26 @@ impl Simulator {
         text: &str,
     ) -> Result<String, SimError> {
         self.inner.phone_send(from.as_str(), &to.user, text).await
+    }
+
+    /// The virtual phone of `from` sends `count` texts `<prefix><n>` (n from
+    /// 0) to the account `to`, each through the same path as
+    /// [`Simulator::send_text`], at most `per_second` a second when non-zero.
+    /// Returns the ids in order once every text is handed to routing.
+    pub async fn send_texts(
+        &self,
+        from: &PhoneNumber,
+        to: &Jid,
+        count: u32,
+        prefix: &str,
+        per_second: u32,
+    ) -> Result<Vec<String>, SimError> {
+        if count > MAX_BULK_TEXTS {
+            return Err(SimError::TooManyTexts(count));
+        }
+        self.inner
+            .phone_send_many(from.as_str(), &to.user, count, prefix, per_second)
+            .await
     }
 
     /// The texts a virtual phone received and decrypted, oldest first.
