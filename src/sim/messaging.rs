@@ -5,6 +5,8 @@
 //! next login). Runs on the control side and on each connection's router
 //! task; never holds the registry lock across an `.await`. Imports `wa` only.
 
+use std::sync::Arc;
+
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tracing::debug;
@@ -45,10 +47,11 @@ impl Inner {
 
     /// Queues a stanza for a companion and sends it to its live connections.
     async fn to_companion(&self, device: &Jid, class: QueueClass, id: &str, node: Node) {
-        for conn in self.registry.enqueue(device, class, id, node.clone()) {
+        let node = Arc::new(node);
+        for conn in self.registry.enqueue(device, class, id, Arc::clone(&node)) {
             // A connection that just ended has the stanza in its queue still.
             let _ = conn
-                .send(super::registry::Command::Deliver(node.clone()))
+                .send(super::registry::Command::Deliver(Arc::clone(&node)))
                 .await;
         }
     }
@@ -110,6 +113,11 @@ impl Inner {
         let mut rng = self.fork_rng();
         let sender = address(&from);
         let outcome = self.registry.with_handset(&phone.user, |handset| {
+            // A phone keeps each (sender, id) once, as real phones do: a
+            // message sent again under the same id is not a new message.
+            if handset.has_received(&from.to_string(), &id) {
+                return false;
+            }
             let mut text = None;
             for enc in node.children_by_tag("enc") {
                 let kind = enc.attr_str("type").unwrap_or_default();

@@ -388,7 +388,7 @@ impl Simulator {
     pub fn inbox(&self, phone: &PhoneNumber) -> Result<Vec<InboxMessage>, SimError> {
         self.inner
             .registry
-            .with_handset(phone.as_str(), |handset| handset.inbox().to_vec())
+            .with_handset(phone.as_str(), |handset| handset.inbox().cloned().collect())
             .ok_or_else(|| SimError::NotFound(format!("no account {}", phone.as_str())))
     }
 
@@ -434,9 +434,10 @@ impl Simulator {
     /// Sends a stanza to every live connection of a device (the outbound
     /// path message routing builds on). Returns how many received it.
     pub async fn deliver(&self, jid: &Jid, node: crate::wa::binary::Node) -> usize {
+        let node = Arc::new(node);
         let mut delivered = 0;
         for conn in self.inner.registry.connections_of(jid) {
-            if conn.send(Command::Deliver(node.clone())).await.is_ok() {
+            if conn.send(Command::Deliver(Arc::clone(&node))).await.is_ok() {
                 delivered += 1;
             }
         }
