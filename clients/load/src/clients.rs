@@ -9,7 +9,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::LoadError;
 use crate::proto::gateway::gateway_client::GatewayClient;
 use crate::proto::sim::simulator_client::SimulatorClient;
-use crate::proto::sim::SendTextRequest;
+use crate::proto::sim::SendTextsRequest;
 
 pub(crate) type Gateway = GatewayClient<Channel>;
 pub(crate) type Sim = SimulatorClient<Channel>;
@@ -52,8 +52,8 @@ pub(crate) fn peer_phone(n: usize) -> String {
     format!("1666{n:07}")
 }
 
-/// The virtual phone of `from` sends `count` texts `<prefix><i>` to the
-/// account `to`.
+/// The virtual phone of `from` sends `count` texts `<prefix><i>` (i from 0)
+/// to the account `to`, as fast as the simulator routes them, in one call.
 pub(crate) async fn send_texts(
     sim: &mut Sim,
     from: &str,
@@ -61,14 +61,14 @@ pub(crate) async fn send_texts(
     count: u32,
     prefix: &str,
 ) -> Result<(), LoadError> {
-    for i in 0..count {
-        sim.send_text(SendTextRequest {
-            from_phone: from.to_owned(),
-            to: to.to_owned(),
-            text: format!("{prefix}{i}"),
-        })
-        .await
-        .map_err(LoadError::rpc("simulator SendText"))?;
-    }
+    sim.send_texts(SendTextsRequest {
+        from_phone: from.to_owned(),
+        to: to.to_owned(),
+        count,
+        text_prefix: prefix.to_owned(),
+        per_second: 0,
+    })
+    .await
+    .map_err(LoadError::rpc("simulator SendTexts"))?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::procstat::CpuMeter;
 use crate::proto::gateway::{event, events_request, Event, EventType, EventsRequest};
 use crate::workers;
 
-/// Virtual phones sending at once.
+/// Virtual phones sending at once (one `SendTexts` call each).
 const SENDERS: usize = 64;
 /// Paced sends that may be in flight before the pacer waits.
 const IN_FLIGHT: usize = 256;

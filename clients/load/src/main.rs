@@ -54,9 +54,10 @@ struct Cli {
     /// Texts each peer sends for the inbound figure [default: 50; quick: 5].
     #[arg(long)]
     messages_per_session: Option<u32>,
-    /// Paced rate of the latency measurement, texts per second in total.
-    #[arg(long, default_value_t = 1000.0)]
-    latency_rate: f64,
+    /// Paced rate of the latency measurement, texts per second in total
+    /// [default: 1000; quick: 200, below what debug binaries sustain].
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Texts of the latency measurement [default: 5000; quick: 100].
     #[arg(long)]
     latency_messages: Option<usize>,
@@ -88,7 +89,8 @@ impl Cli {
                 if self.quick { "" } else { "--release " }
             )));
         }
-        if !self.latency_rate.is_finite() || self.latency_rate <= 0.0 {
+        let latency_rate = self.latency_rate.unwrap_or(pick(q, 200.0, 1000.0));
+        if !latency_rate.is_finite() || latency_rate <= 0.0 {
             return Err(LoadError::Setup("--latency-rate must be above 0".into()));
         }
         let sessions = self.sessions.unwrap_or(pick(q, 20, 1000));
@@ -103,7 +105,7 @@ impl Cli {
             handshakes_per_second: self.handshakes_per_second.max(1),
             idle: Duration::from_secs_f64(self.idle_seconds.unwrap_or(pick(q, 1.0, 10.0)).max(0.0)),
             messages_per_session: self.messages_per_session.unwrap_or(pick(q, 5, 50)).max(1),
-            latency_rate: self.latency_rate,
+            latency_rate,
             latency_messages: self.latency_messages.unwrap_or(pick(q, 100, 5000)).max(1),
             sends: self.sends.unwrap_or(pick(q, 64, 2000)).max(1),
             stall: Duration::from_secs(self.stall_seconds.max(1)),
