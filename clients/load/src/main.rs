@@ -201,8 +201,8 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("wagate-load: {e}");
+                procs.kill().await;
                 eprint!("{}", procs.log_tails());
-                // Dropping `procs` kills the children.
                 ExitCode::FAILURE
             }
         }

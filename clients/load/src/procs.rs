@@ -63,6 +63,12 @@ impl Child {
             }
         }
     }
+
+    /// Kills the process and waits until it is gone.
+    pub(crate) async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
 }
 
 /// Where a simulator listens, as `wagate sim` prints it.
@@ -185,6 +191,8 @@ fn command(bin: &Path, log: &Path, what: &'static str) -> Result<Command, LoadEr
             command.env_remove(name);
         }
     }
+    // Plain text in the log files that an error report quotes.
+    command.env("NO_COLOR", "1");
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "warn");
     }

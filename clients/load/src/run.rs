@@ -78,6 +78,13 @@ impl Procs {
         }
     }
 
+    /// Kills the children and reaps them, for a run that failed.
+    pub(crate) async fn kill(&mut self) {
+        for child in [self.gateway.take(), self.sim.take()].into_iter().flatten() {
+            child.kill().await;
+        }
+    }
+
     async fn start_gateway(
         &mut self,
         plan: &Plan,
