@@ -26,7 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
 use super::registry::{
-    Command, ConnId, ConnKind, LoginCheck, PairReply, Pending, QueueClass, Termination,
+    Acceptance, Command, ConnId, ConnKind, LoginCheck, PairReply, Pending, QueueClass, Termination,
 };
 use super::routing::{self, ClientMessage, ClientReceipt};
 use super::{stanza, unix_now, usync, Inner};
@@ -664,10 +664,22 @@ impl Session {
         match node.tag() {
             "message" => match routing::parse_message(node) {
                 Ok(message) => {
-                    link.send_node(&routing::message_ack(&message.id, &message.to, unix_now()))
-                        .await?;
-                    // The routing task ends only after this session.
-                    let _ = router.send(Routed::Message(message));
+                    let now = unix_now();
+                    match registry.accept_message(jid, &message.acceptance_key(), now) {
+                        Acceptance::New => {
+                            link.send_node(&routing::message_ack(&message.id, &message.to, now))
+                                .await?;
+                            // The routing task ends only after this session.
+                            let _ = router.send(Routed::Message(message));
+                        }
+                        Acceptance::Repeat { t } => {
+                            // Already routed: the sender only learns again
+                            // that it was accepted, and when.
+                            debug!("repeated message id acknowledged again");
+                            link.send_node(&routing::message_ack(&message.id, &message.to, t))
+                                .await?;
+                        }
+                    }
                 }
                 Err(err) => {
                     info!(%err, "message refused");

@@ -11,7 +11,8 @@ use crate::proto::sim::{
     Account, CreateAccountRequest, CreateAccountResponse, Device, InboxMessage, InboxRequest,
     InboxResponse, InfoRequest, InfoResponse, KickRequest, KickResponse, ListAccountsRequest,
     ListAccountsResponse, RemoveDeviceRequest, RemoveDeviceResponse, ScanQrRequest, ScanQrResponse,
-    SendTextRequest, SendTextResponse, SetDelayRequest, SetDelayResponse,
+    SendTextRequest, SendTextResponse, SendTextsRequest, SendTextsResponse, SetDelayRequest,
+    SetDelayResponse,
 };
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 
@@ -73,9 +74,10 @@ impl From<SimError> for Status {
     fn from(err: SimError) -> Self {
         let message = err.to_string();
         match err {
-            SimError::InvalidQr(_) | SimError::InvalidPhone(_) | SimError::InvalidJid(_) => {
-                Status::invalid_argument(message)
-            }
+            SimError::InvalidQr(_)
+            | SimError::InvalidPhone(_)
+            | SimError::InvalidJid(_)
+            | SimError::TooManyTexts(_) => Status::invalid_argument(message),
             SimError::NoPendingPairing | SimError::UnknownRef | SimError::NotFound(_) => {
                 Status::not_found(message)
             }
@@ -219,6 +221,26 @@ impl SimulatorService for Control {
             .send_text(&from, &to.to_non_ad(), &request.text)
             .await?;
         Ok(Response::new(SendTextResponse { message_id }))
+    }
+
+    async fn send_texts(
+        &self,
+        request: Request<SendTextsRequest>,
+    ) -> Result<Response<SendTextsResponse>, Status> {
+        let request = request.into_inner();
+        let from = parse_phone(&request.from_phone)?;
+        let to = self.target(&request.to)?;
+        let message_ids = self
+            .sim
+            .send_texts(
+                &from,
+                &to.to_non_ad(),
+                request.count,
+                &request.text_prefix,
+                request.per_second,
+            )
+            .await?;
+        Ok(Response::new(SendTextsResponse { message_ids }))
     }
 
     async fn inbox(

@@ -5,6 +5,8 @@
 //! next login). Runs on the control side and on each connection's router
 //! task; never holds the registry lock across an `.await`. Imports `wa` only.
 
+use std::sync::Arc;
+
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tracing::debug;
@@ -45,10 +47,11 @@ impl Inner {
 
     /// Queues a stanza for a companion and sends it to its live connections.
     async fn to_companion(&self, device: &Jid, class: QueueClass, id: &str, node: Node) {
-        for conn in self.registry.enqueue(device, class, id, node.clone()) {
+        let node = Arc::new(node);
+        for conn in self.registry.enqueue(device, class, id, Arc::clone(&node)) {
             // A connection that just ended has the stanza in its queue still.
             let _ = conn
-                .send(super::registry::Command::Deliver(node.clone()))
+                .send(super::registry::Command::Deliver(Arc::clone(&node)))
                 .await;
         }
     }
@@ -110,6 +113,11 @@ impl Inner {
         let mut rng = self.fork_rng();
         let sender = address(&from);
         let outcome = self.registry.with_handset(&phone.user, |handset| {
+            // A phone keeps each (sender, id) once, as real phones do: a
+            // message sent again under the same id is not a new message.
+            if handset.has_received(&from.to_string(), &id) {
+                return false;
+            }
             let mut text = None;
             for enc in node.children_by_tag("enc") {
                 let kind = enc.attr_str("type").unwrap_or_default();
@@ -153,6 +161,43 @@ impl Inner {
         to_user: &str,
         text: &str,
     ) -> Result<String, SimError> {
+        let plan = self.phone_plan(from_user, to_user)?;
+        self.phone_send_planned(&plan, text).await
+    }
+
+    /// The phone of `from_user` sends `count` texts `<prefix><n>` to
+    /// `to_user`, one after another through the same path as
+    /// [`Inner::phone_send`] (each encrypted on its own), at most
+    /// `per_second` a second when non-zero. The devices are looked up once:
+    /// a device linked during the run gets the texts sent after the next call.
+    pub(crate) async fn phone_send_many(
+        &self,
+        from_user: &str,
+        to_user: &str,
+        count: u32,
+        prefix: &str,
+        per_second: u32,
+    ) -> Result<Vec<String>, SimError> {
+        let plan = self.phone_plan(from_user, to_user)?;
+        let start = tokio::time::Instant::now();
+        let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        for n in 0..count {
+            if per_second > 0 {
+                // Paced from the start, not from the previous text, so a
+                // slow text does not lower the rate asked for.
+                let due = start + std::time::Duration::from_secs(u64::from(n)) / per_second;
+                tokio::time::sleep_until(due).await;
+            }
+            ids.push(
+                self.phone_send_planned(&plan, &format!("{prefix}{n}"))
+                    .await?,
+            );
+        }
+        Ok(ids)
+    }
+
+    /// Who a phone's text to `to_user` goes to.
+    fn phone_plan(&self, from_user: &str, to_user: &str) -> Result<PhonePlan, SimError> {
         let recipients = self.registry.user_devices(to_user);
         if recipients.is_empty() {
             return Err(SimError::NotFound(format!("no account {to_user}")));
@@ -161,7 +206,6 @@ impl Inner {
         if own.is_empty() {
             return Err(SimError::NotFound(format!("no account {from_user}")));
         }
-        let chat = Jid::new(to_user, DEFAULT_USER_SERVER);
         let targets: Vec<Jid> = recipients
             .iter()
             .map(|(device, _)| Jid::with_device(to_user, *device, DEFAULT_USER_SERVER))
@@ -172,13 +216,26 @@ impl Inner {
             )
             .filter(|jid| !(jid.user == from_user && jid.device == 0))
             .collect();
+        Ok(PhonePlan {
+            from_user: from_user.to_owned(),
+            from: Jid::new(from_user, DEFAULT_USER_SERVER),
+            chat: Jid::new(to_user, DEFAULT_USER_SERVER),
+            notify: self.registry.push_name(from_user),
+            targets,
+        })
+    }
+
+    /// Encrypts one text for every device of a plan and routes it.
+    async fn phone_send_planned(&self, plan: &PhonePlan, text: &str) -> Result<String, SimError> {
+        let from_user = plan.from_user.as_str();
+        let targets = &plan.targets;
         let mut rng = self.fork_rng();
         let id = routing::new_message_id(&mut rng);
         let for_peer = text_message(text);
-        let for_self = device_sent_message(&chat.to_string(), text);
+        let for_self = device_sent_message(&plan.chat.to_string(), text);
         let encrypted = self
             .registry
-            .with_handset_and_bundles(from_user, &targets, |handset, bundles| {
+            .with_handset_and_bundles(from_user, targets, |handset, bundles| {
                 targets
                     .iter()
                     .zip(bundles)
@@ -196,18 +253,16 @@ impl Inner {
             })
             .ok_or_else(|| SimError::NotFound(format!("no account {from_user}")))?
             .map_err(|err| SimError::Encryption(err.to_string()))?;
-        let from = Jid::new(from_user, DEFAULT_USER_SERVER);
-        let notify = self.registry.push_name(from_user);
         let t = unix_now();
         for (target, ciphertext) in encrypted {
             let own_device = target.user == from_user;
             let node = routing::delivered_message(Delivery {
                 id: &id,
                 kind: "text",
-                from: &from,
+                from: &plan.from,
                 t,
-                notify: notify.as_deref(),
-                recipient: own_device.then_some(&chat),
+                notify: plan.notify.as_deref(),
+                recipient: own_device.then_some(&plan.chat),
                 encs: vec![routing::enc(ciphertext.kind(), ciphertext.into_bytes())],
                 device_identity: None,
             });
@@ -216,4 +271,16 @@ impl Inner {
         }
         Ok(id)
     }
+}
+
+/// The devices a phone's text reaches, resolved once per send.
+struct PhonePlan {
+    from_user: String,
+    /// The sending phone's account JID.
+    from: Jid,
+    /// The recipient account (the chat).
+    chat: Jid,
+    notify: Option<String>,
+    /// Every device of the recipient, and the sender's own companions.
+    targets: Vec<Jid>,
 }

@@ -39,6 +39,10 @@ pub use phone::InboxMessage;
 pub use registry::{AccountInfo, DeviceInfo};
 use registry::{Command, Device, NewAccount, PairRefusal, Registry, ReserveError, Termination};
 
+/// Most texts one `send_texts` call sends: the ids are answered in one
+/// response, which must stay well under gRPC's default 4 MiB limit.
+pub const MAX_BULK_TEXTS: u32 = 100_000;
+
 /// How long a phone waits for the companion to countersign its identity.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -86,6 +90,8 @@ pub enum SimError {
     NotFound(String),
     #[error("account {0} already exists")]
     AccountExists(String),
+    #[error("{0} texts asked for; at most {MAX_BULK_TEXTS} per call")]
+    TooManyTexts(u32),
     #[error("the phone cannot encrypt: {0}")]
     Encryption(String),
 }
@@ -358,11 +364,31 @@ impl Simulator {
         self.inner.phone_send(from.as_str(), &to.user, text).await
     }
 
+    /// The virtual phone of `from` sends `count` texts `<prefix><n>` (n from
+    /// 0) to the account `to`, each through the same path as
+    /// [`Simulator::send_text`], at most `per_second` a second when non-zero.
+    /// Returns the ids in order once every text is handed to routing.
+    pub async fn send_texts(
+        &self,
+        from: &PhoneNumber,
+        to: &Jid,
+        count: u32,
+        prefix: &str,
+        per_second: u32,
+    ) -> Result<Vec<String>, SimError> {
+        if count > MAX_BULK_TEXTS {
+            return Err(SimError::TooManyTexts(count));
+        }
+        self.inner
+            .phone_send_many(from.as_str(), &to.user, count, prefix, per_second)
+            .await
+    }
+
     /// The texts a virtual phone received and decrypted, oldest first.
     pub fn inbox(&self, phone: &PhoneNumber) -> Result<Vec<InboxMessage>, SimError> {
         self.inner
             .registry
-            .with_handset(phone.as_str(), |handset| handset.inbox().to_vec())
+            .with_handset(phone.as_str(), |handset| handset.inbox().cloned().collect())
             .ok_or_else(|| SimError::NotFound(format!("no account {}", phone.as_str())))
     }
 
@@ -408,9 +434,10 @@ impl Simulator {
     /// Sends a stanza to every live connection of a device (the outbound
     /// path message routing builds on). Returns how many received it.
     pub async fn deliver(&self, jid: &Jid, node: crate::wa::binary::Node) -> usize {
+        let node = Arc::new(node);
         let mut delivered = 0;
         for conn in self.inner.registry.connections_of(jid) {
-            if conn.send(Command::Deliver(node.clone())).await.is_ok() {
+            if conn.send(Command::Deliver(Arc::clone(&node))).await.is_ok() {
                 delivered += 1;
             }
         }

@@ -4,7 +4,7 @@
 //! and crypto: no I/O, no clock, no locks; imports `wa` and the generated
 //! protobufs only.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use prost::Message as _;
 use rand::{CryptoRng, RngCore};
@@ -70,7 +70,9 @@ pub(crate) struct Phone {
     /// Ids the server may still hand out (popped when a bundle is fetched).
     unclaimed: BTreeSet<u32>,
     sessions: HashMap<ProtocolAddress, SessionRecord>,
-    inbox: Vec<InboxMessage>,
+    inbox: VecDeque<InboxMessage>,
+    /// (sender device, message id) of every text in the inbox.
+    received: HashSet<(String, String)>,
 }
 
 impl Phone {
@@ -92,7 +94,8 @@ impl Phone {
             signed_prekey,
             identity,
             sessions: HashMap::new(),
-            inbox: Vec::new(),
+            inbox: VecDeque::new(),
+            received: HashSet::new(),
         }
     }
 
@@ -200,15 +203,31 @@ impl Phone {
         Ok(encrypt(record, &self.identity, &padded)?)
     }
 
+    /// Adds a text to the inbox, unless one from the same sender device with
+    /// the same id is already there.
     pub(crate) fn record(&mut self, message: InboxMessage) {
-        if self.inbox.len() >= MAX_INBOX {
-            self.inbox.remove(0);
+        if !self
+            .received
+            .insert((message.from.clone(), message.id.clone()))
+        {
+            return;
         }
-        self.inbox.push(message);
+        if self.inbox.len() >= MAX_INBOX {
+            if let Some(old) = self.inbox.pop_front() {
+                self.received.remove(&(old.from, old.id));
+            }
+        }
+        self.inbox.push_back(message);
     }
 
-    pub(crate) fn inbox(&self) -> &[InboxMessage] {
-        &self.inbox
+    /// Whether the inbox holds a text from `from` (a device JID) with `id`.
+    pub(crate) fn has_received(&self, from: &str, id: &str) -> bool {
+        self.received.contains(&(from.to_owned(), id.to_owned()))
+    }
+
+    /// The inbox, oldest first.
+    pub(crate) fn inbox(&self) -> impl Iterator<Item = &InboxMessage> {
+        self.inbox.iter()
     }
 }
 
@@ -328,6 +347,24 @@ mod tests {
             alice.encrypt(&ProtocolAddress::new("carol", 0), None, &reply, &mut rng),
             Err(PhoneError::NoSession(_))
         ));
+    }
+
+    #[test]
+    fn the_inbox_keeps_each_sender_and_id_once() {
+        let mut alice = phone(4);
+        let text = |from: &str, id: &str, text: &str| InboxMessage {
+            from: from.into(),
+            id: id.into(),
+            text: text.into(),
+            timestamp: 1,
+        };
+        alice.record(text("1:1@s.whatsapp.net", "M1", "first"));
+        alice.record(text("1:1@s.whatsapp.net", "M1", "again"));
+        alice.record(text("1:2@s.whatsapp.net", "M1", "other device"));
+        let texts: Vec<&str> = alice.inbox().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["first", "other device"]);
+        assert!(alice.has_received("1:1@s.whatsapp.net", "M1"));
+        assert!(!alice.has_received("1:1@s.whatsapp.net", "M2"));
     }
 
     #[test]

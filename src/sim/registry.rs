@@ -1,16 +1,25 @@
 //! The simulator's shared state: accounts with their virtual phone and
-//! companion devices, companions waiting to be paired, and the live
-//! connections with the command channel that reaches each of them.
+//! companion devices, companions waiting to be paired, the live connections
+//! with the command channel that reaches each of them, per-device queues of
+//! unacknowledged stanzas, and the message ids each device sent recently.
 //!
-//! Everything sits behind one `std::sync::Mutex`. Every operation is a short
-//! map lookup or insert with no I/O, so a lock is simpler than an actor and
-//! never contended for long; the lock is never held across an `.await`
-//! (callers copy out what they need, e.g. a connection's sender, then await).
-//! No I/O here; imports `wa` only.
+//! Locks are split so that a delivery touches only what it needs, in O(1):
+//! accounts sit in a read-mostly directory and each has its own locks (its
+//! devices, its virtual phone's Signal state); per-device delivery state
+//! (queue, live connections, accepted ids) sits in mailboxes sharded by
+//! device JID; connections by id and pending pairings are touched only when
+//! a connection opens, logs in or ends. No lock is held across an `.await`,
+//! none while encoding, encrypting or doing I/O except a phone's own lock
+//! while that phone encrypts or decrypts, and locks never nest except
+//! directory → one account (callers copy out what they need, e.g. a
+//! connection's sender, then await). No I/O here; imports `wa` only.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::hash::BuildHasher;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,6 +36,15 @@ const MAX_STORED_PREKEYS: usize = 10_000;
 /// Most unacknowledged stanzas kept per device; the oldest are dropped first
 /// (a device that never comes back must not grow the queue forever).
 const MAX_QUEUED: usize = 0x1000;
+/// Mailbox shards: enough that concurrent deliveries to different devices
+/// rarely share a lock on a small machine.
+const MAILBOX_SHARDS: usize = 0x40;
+/// How long the server remembers that it accepted a message id from a
+/// device: longer than any caller waits before retrying a send.
+const ACCEPTED_ID_SECS: u64 = 600;
+/// Most remembered ids per device, so a device sending very fast holds a
+/// bounded amount of memory (a window of this many messages then applies).
+const MAX_ACCEPTED_IDS: usize = 0x1000;
 
 /// Identifies one websocket connection for the lifetime of the simulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,7 +66,7 @@ pub(crate) struct SignedPreKey {
 }
 
 /// An account: a phone number with its virtual phone (device 0) and the
-/// companions linked to it.
+/// companions linked to it. What never changes is read without a lock.
 pub(crate) struct Account {
     pub(crate) phone: PhoneNumber,
     pub(crate) push_name: String,
@@ -57,11 +75,17 @@ pub(crate) struct Account {
     /// `ADVDeviceIdentity.raw_id`, fixed per account.
     pub(crate) raw_id: u32,
     pub(crate) created: u64,
-    /// Device 0: the virtual phone with its Signal state and inbox.
-    pub(crate) handset: Phone,
+    /// Device 0: the virtual phone with its Signal state and inbox. Locked
+    /// on its own so that one phone's crypto never holds up another account.
+    handset: Mutex<Phone>,
+    devices: Mutex<Devices>,
+}
+
+/// The companions of an account and the ids the next one gets.
+struct Devices {
     next_device: u16,
     next_key_index: u32,
-    pub(crate) devices: BTreeMap<u16, Device>,
+    by_id: BTreeMap<u16, Device>,
 }
 
 /// A paired companion device.
@@ -99,11 +123,16 @@ pub(crate) enum ConnKind {
 }
 
 /// A live connection as the control side sees it.
-pub(crate) struct Live {
-    pub(crate) kind: ConnKind,
-    pub(crate) commands: mpsc::Sender<Command>,
+struct Live {
+    kind: ConnKind,
     /// Milliseconds by which the connection's writer delays every frame.
-    pub(crate) delay: Arc<AtomicU32>,
+    delay: Arc<AtomicU32>,
+}
+
+/// A logged-in connection of a device, in that device's mailbox.
+struct DeviceConn {
+    id: ConnId,
+    commands: mpsc::Sender<Command>,
 }
 
 /// How a connection is ended on request.
@@ -138,8 +167,9 @@ pub(crate) enum Command {
         iq: Node,
         reply: oneshot::Sender<PairReply>,
     },
-    /// Send a stanza as is (the outbound path of message routing).
-    Deliver(Node),
+    /// Send a stanza as is (the outbound path of message routing); shared
+    /// with the device's queue, so delivering copies nothing.
+    Deliver(Arc<Node>),
     /// End the connection.
     Terminate(Termination),
 }
@@ -173,11 +203,71 @@ pub(crate) enum QueueClass {
     Receipt,
 }
 
+/// Whether the server takes a message a device sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Acceptance {
+    /// First time this id comes from this device: route it, ack with now.
+    New,
+    /// Already accepted at `t`: ack again with that timestamp, route nothing.
+    Repeat { t: u64 },
+}
+
 /// A stanza delivered (or waiting to be) and not yet acknowledged.
 struct Queued {
     class: QueueClass,
     id: String,
-    node: Node,
+    node: Arc<Node>,
+}
+
+/// Everything the server keeps per device for delivery.
+#[derive(Default)]
+struct Mailbox {
+    /// Stanzas not yet acknowledged, oldest first.
+    queue: VecDeque<Queued>,
+    /// Logged-in connections (one, or briefly two while one replaces another).
+    conns: Vec<DeviceConn>,
+    /// Message ids this device sent that the server accepted.
+    accepted: AcceptedIds,
+}
+
+impl Mailbox {
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.conns.is_empty() && self.accepted.order.is_empty()
+    }
+
+    fn senders(&self) -> Vec<mpsc::Sender<Command>> {
+        self.conns.iter().map(|c| c.commands.clone()).collect()
+    }
+}
+
+/// Recently accepted message ids of one device, bounded by age and count.
+/// Ids are kept as 64-bit keyed hashes: a false match needs a collision
+/// among a few thousand entries under a per-process random key.
+#[derive(Default)]
+struct AcceptedIds {
+    /// (key, accepted at), oldest first.
+    order: VecDeque<(u64, u64)>,
+    at: HashMap<u64, u64>,
+}
+
+impl AcceptedIds {
+    fn accept(&mut self, key: u64, now: u64) -> Acceptance {
+        while let Some(&(old, t)) = self.order.front() {
+            if now.saturating_sub(t) < ACCEPTED_ID_SECS && self.order.len() < MAX_ACCEPTED_IDS {
+                break;
+            }
+            self.order.pop_front();
+            if self.at.get(&old) == Some(&t) {
+                self.at.remove(&old);
+            }
+        }
+        if let Some(&t) = self.at.get(&key) {
+            return Acceptance::Repeat { t };
+        }
+        self.order.push_back((key, now));
+        self.at.insert(key, now);
+        Acceptance::New
+    }
 }
 
 /// Keys and state for an account that may be created by a call.
@@ -200,16 +290,27 @@ impl NewAccount {
     }
 }
 
+/// Connections by id and pairings in progress: touched when a connection
+/// opens, logs in or ends, and by control calls, never per stanza.
 #[derive(Default)]
-struct State {
-    accounts: BTreeMap<String, Account>,
-    /// Per device: stanzas not yet acknowledged, oldest first.
-    queues: HashMap<Jid, VecDeque<Queued>>,
+struct Conns {
+    live: HashMap<ConnId, Live>,
     pending: HashMap<[u8; 32], Pending>,
-    live: BTreeMap<ConnId, Live>,
-    next_conn: u64,
     global_delay_ms: u32,
     device_delay_ms: HashMap<Jid, u32>,
+}
+
+impl Conns {
+    fn delay_for(&self, kind: &ConnKind) -> u32 {
+        match kind {
+            ConnKind::Device(jid) => self
+                .device_delay_ms
+                .get(jid)
+                .copied()
+                .unwrap_or(self.global_delay_ms),
+            ConnKind::Registration(_) => self.global_delay_ms,
+        }
+    }
 }
 
 /// Snapshot of one account for listings.
@@ -237,30 +338,86 @@ pub struct DeviceInfo {
     pub prekeys: usize,
 }
 
-#[derive(Default)]
 pub(crate) struct Registry {
-    state: Mutex<State>,
+    /// Accounts by phone number, sorted for paged listings.
+    accounts: RwLock<BTreeMap<String, Arc<Account>>>,
+    mailboxes: Box<[Mutex<HashMap<Jid, Mailbox>>]>,
+    conns: Mutex<Conns>,
+    next_conn: AtomicU64,
+    /// Picks a device's mailbox shard and keys accepted message ids.
+    hasher: RandomState,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            accounts: RwLock::default(),
+            mailboxes: (0..MAILBOX_SHARDS).map(|_| Mutex::default()).collect(),
+            conns: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves plain maps behind, which are
+    // still consistent enough to serve; recover rather than cascade.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Registry {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves plain maps behind, which are
-        // still consistent enough to serve; recover rather than cascade.
-        self.state
-            .lock()
+    fn directory(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Account>>> {
+        self.accounts
+            .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn directory_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Account>>> {
+        self.accounts
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn account(&self, user: &str) -> Option<Arc<Account>> {
+        self.directory().get(user).cloned()
+    }
+
+    fn shard(&self, device: &Jid) -> MutexGuard<'_, HashMap<Jid, Mailbox>> {
+        let hash = self.hasher.hash_one(device);
+        // The modulo keeps the index in range whatever the hash.
+        let index = usize::try_from(hash % MAILBOX_SHARDS as u64).unwrap_or(0);
+        lock(&self.mailboxes[index])
+    }
+
+    /// Runs `f` on a device's mailbox (created if missing) and drops the
+    /// mailbox afterwards if nothing is left in it.
+    fn with_mailbox<T>(&self, device: &Jid, f: impl FnOnce(&mut Mailbox) -> T) -> T {
+        let mut shard = self.shard(device);
+        let mailbox = shard.entry(device.clone()).or_default();
+        let out = f(mailbox);
+        if mailbox.is_idle() {
+            shard.remove(device);
+        }
+        out
+    }
+
+    /// Runs `f` on a device's mailbox if it has one.
+    fn peek_mailbox<T>(&self, device: &Jid, f: impl FnOnce(&Mailbox) -> T) -> Option<T> {
+        self.shard(device).get(device).map(f)
     }
 
     /// Registers a new connection (kind decided later) and returns its id
     /// and the delay cell its writer reads.
     pub(crate) fn open_connection(&self) -> (ConnId, Arc<AtomicU32>) {
-        let mut state = self.lock();
-        state.next_conn += 1;
-        let id = ConnId(state.next_conn);
-        (id, Arc::new(AtomicU32::new(state.global_delay_ms)))
+        let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let ms = lock(&self.conns).global_delay_ms;
+        (id, Arc::new(AtomicU32::new(ms)))
     }
 
-    /// Makes a connection reachable from the control side.
+    /// Makes a registration connection reachable from the control side.
     pub(crate) fn attach(
         &self,
         id: ConnId,
@@ -268,25 +425,45 @@ impl Registry {
         commands: mpsc::Sender<Command>,
         delay: Arc<AtomicU32>,
     ) {
-        attach_in(&mut self.lock(), id, kind, commands, delay);
+        if let ConnKind::Device(jid) = &kind {
+            self.with_mailbox(jid, |mailbox| {
+                mailbox.conns.push(DeviceConn { id, commands });
+            });
+        }
+        let mut conns = lock(&self.conns);
+        delay.store(conns.delay_for(&kind), Ordering::Relaxed);
+        conns.live.insert(id, Live { kind, delay });
     }
 
     /// Forgets a connection that ended (and its pending pairing, if any).
     pub(crate) fn close_connection(&self, id: ConnId) {
-        let mut state = self.lock();
-        if let Some(live) = state.live.remove(&id) {
-            if let ConnKind::Registration(noise) = live.kind {
-                if state.pending.get(&noise).is_some_and(|p| p.conn == id) {
-                    state.pending.remove(&noise);
+        let live = {
+            let mut conns = lock(&self.conns);
+            let live = conns.live.remove(&id);
+            if let Some(Live {
+                kind: ConnKind::Registration(noise),
+                ..
+            }) = &live
+            {
+                if conns.pending.get(noise).is_some_and(|p| p.conn == id) {
+                    conns.pending.remove(noise);
                 }
             }
+            live
+        };
+        if let Some(Live {
+            kind: ConnKind::Device(jid),
+            ..
+        }) = live
+        {
+            self.with_mailbox(&jid, |mailbox| mailbox.conns.retain(|c| c.id != id));
         }
     }
 
     /// Records that a registration connection was given these refs; a newer
     /// registration with the same noise key replaces an older one.
     pub(crate) fn add_pending(&self, noise_key: [u8; 32], pending: Pending) {
-        self.lock().pending.insert(noise_key, pending);
+        lock(&self.conns).pending.insert(noise_key, pending);
     }
 
     /// Takes the pending pairing for a QR code's noise key and reserves the
@@ -303,30 +480,39 @@ impl Registry {
         now: u64,
         new_account: NewAccount,
     ) -> Result<Reservation, ReserveError> {
-        let mut state = self.lock();
-        let pending = state
-            .pending
-            .get(noise_key)
-            .ok_or(ReserveError::NoPending)?;
-        if !pending.refs.iter().any(|r| r == reference) {
-            return Err(ReserveError::UnknownRef);
-        }
-        let pending = state
-            .pending
-            .remove(noise_key)
-            .ok_or(ReserveError::NoPending)?;
-        let account = state
-            .accounts
-            .entry(phone.as_str().to_owned())
-            .or_insert_with(|| Account::new(phone, push_name, now, new_account));
-        let device = account.next_device;
-        let Some(next) = device.checked_add(1) else {
-            state.pending.insert(*noise_key, pending);
+        let pending = {
+            let mut conns = lock(&self.conns);
+            let pending = conns
+                .pending
+                .get(noise_key)
+                .ok_or(ReserveError::NoPending)?;
+            if !pending.refs.iter().any(|r| r == reference) {
+                return Err(ReserveError::UnknownRef);
+            }
+            conns
+                .pending
+                .remove(noise_key)
+                .ok_or(ReserveError::NoPending)?
+        };
+        let account = Arc::clone(
+            self.directory_mut()
+                .entry(phone.as_str().to_owned())
+                .or_insert_with(|| Arc::new(Account::new(phone, push_name, now, new_account))),
+        );
+        let reserved = {
+            let mut devices = lock(&account.devices);
+            let device = devices.next_device;
+            device.checked_add(1).map(|next| {
+                devices.next_device = next;
+                let key_index = devices.next_key_index;
+                devices.next_key_index = key_index.saturating_add(1);
+                (device, key_index)
+            })
+        };
+        let Some((device, key_index)) = reserved else {
+            lock(&self.conns).pending.insert(*noise_key, pending);
             return Err(ReserveError::DevicesExhausted);
         };
-        account.next_device = next;
-        let key_index = account.next_key_index;
-        account.next_key_index = key_index.saturating_add(1);
         Ok(Reservation {
             jid: Jid::with_device(phone.as_str(), device, DEFAULT_USER_SERVER),
             key_index,
@@ -339,18 +525,17 @@ impl Registry {
     /// Puts a pending pairing back after a failed scan, if its connection
     /// is still live and no newer registration took its place.
     pub(crate) fn restore_pending(&self, noise_key: [u8; 32], pending: Pending) {
-        let mut state = self.lock();
-        if state.live.contains_key(&pending.conn) && !state.pending.contains_key(&noise_key) {
-            state.pending.insert(noise_key, pending);
+        let mut conns = lock(&self.conns);
+        if conns.live.contains_key(&pending.conn) && !conns.pending.contains_key(&noise_key) {
+            conns.pending.insert(noise_key, pending);
         }
     }
 
     /// Adds a paired device to its account.
     pub(crate) fn add_device(&self, device: Device, jid: &Jid) -> bool {
-        let mut state = self.lock();
-        match state.accounts.get_mut(&jid.user) {
+        match self.account(&jid.user) {
             Some(account) => {
-                account.devices.insert(device.id, device);
+                lock(&account.devices).by_id.insert(device.id, device);
                 true
             }
             None => false,
@@ -360,22 +545,19 @@ impl Registry {
     /// Checks a login (username + device + noise key) and, when accepted,
     /// returns the other live connections of that device.
     pub(crate) fn check_login(&self, jid: &Jid, noise_key: &[u8; 32]) -> LoginCheck {
-        let state = self.lock();
-        let Some(account) = state.accounts.get(&jid.user) else {
+        let Some(account) = self.account(&jid.user) else {
             return LoginCheck::Refused("unknown account");
         };
-        let Some(device) = account.devices.get(&jid.device) else {
-            return LoginCheck::Refused("unknown or removed device");
-        };
-        if device.noise_key != *noise_key {
-            return LoginCheck::Refused("noise key differs from the one bound at pairing");
+        {
+            let devices = lock(&account.devices);
+            let Some(device) = devices.by_id.get(&jid.device) else {
+                return LoginCheck::Refused("unknown or removed device");
+            };
+            if device.noise_key != *noise_key {
+                return LoginCheck::Refused("noise key differs from the one bound at pairing");
+            }
         }
-        let replaced = state
-            .live
-            .values()
-            .filter(|l| l.kind == ConnKind::Device(jid.clone()))
-            .map(|l| l.commands.clone())
-            .collect();
+        let replaced = self.peek_mailbox(jid, Mailbox::senders).unwrap_or_default();
         LoginCheck::Accepted {
             created: account.created,
             replaced,
@@ -385,22 +567,24 @@ impl Registry {
     /// Whether the JID names a known account (device 0 / no device) or a
     /// known companion device.
     pub(crate) fn knows(&self, jid: &Jid) -> bool {
-        let state = self.lock();
-        state
-            .accounts
-            .get(&jid.user)
-            .is_some_and(|a| jid.device == 0 || a.devices.contains_key(&jid.device))
+        self.account(&jid.user)
+            .is_some_and(|a| jid.device == 0 || lock(&a.devices).by_id.contains_key(&jid.device))
     }
 
     /// Command senders of the live, logged-in connections a JID names: one
     /// device, or every device of an account when the JID has device 0.
     pub(crate) fn connections_of(&self, jid: &Jid) -> Vec<mpsc::Sender<Command>> {
-        let state = self.lock();
-        state
-            .live
-            .values()
-            .filter(|l| matches!(&l.kind, ConnKind::Device(d) if targets(jid, d)))
-            .map(|l| l.commands.clone())
+        if jid.device != 0 {
+            return self.peek_mailbox(jid, Mailbox::senders).unwrap_or_default();
+        }
+        self.user_devices(&jid.user)
+            .into_iter()
+            .filter(|(device, _)| *device != 0)
+            .flat_map(|(device, _)| {
+                let device = Jid::with_device(jid.user.clone(), device, DEFAULT_USER_SERVER);
+                self.peek_mailbox(&device, Mailbox::senders)
+                    .unwrap_or_default()
+            })
             .collect()
     }
 
@@ -409,34 +593,30 @@ impl Registry {
         if jid.device == 0 {
             return false;
         }
-        let mut state = self.lock();
-        state.device_delay_ms.remove(jid);
-        state
-            .accounts
-            .get_mut(&jid.user)
-            .is_some_and(|a| a.devices.remove(&jid.device).is_some())
+        lock(&self.conns).device_delay_ms.remove(jid);
+        self.account(&jid.user)
+            .is_some_and(|a| lock(&a.devices).by_id.remove(&jid.device).is_some())
     }
 
     /// Sets the outgoing delay of one device (0 clears it, so the device
     /// follows the global delay again) or, with `None`, the global delay.
     pub(crate) fn set_delay(&self, jid: Option<&Jid>, ms: u32) {
-        let mut state = self.lock();
+        let mut conns = lock(&self.conns);
         match jid {
             Some(jid) if ms == 0 => {
-                state.device_delay_ms.remove(jid);
+                conns.device_delay_ms.remove(jid);
             }
             Some(jid) => {
-                state.device_delay_ms.insert(jid.clone(), ms);
+                conns.device_delay_ms.insert(jid.clone(), ms);
             }
-            None => state.global_delay_ms = ms,
+            None => conns.global_delay_ms = ms,
         }
-        let state = &*state;
-        for live in state.live.values() {
-            let ms = match &live.kind {
-                ConnKind::Device(d) => state.delay_for(d),
-                ConnKind::Registration(_) => state.global_delay_ms,
-            };
-            live.delay.store(ms, Ordering::Relaxed);
+        // A control call, not a per-stanza path: visiting every connection
+        // is fine here.
+        let conns = &*conns;
+        for live in conns.live.values() {
+            live.delay
+                .store(conns.delay_for(&live.kind), Ordering::Relaxed);
         }
     }
 
@@ -447,12 +627,11 @@ impl Registry {
         keys: &[(u32, [u8; 32])],
         signed: Option<SignedPreKey>,
     ) -> bool {
-        let mut state = self.lock();
-        let Some(device) = state
-            .accounts
-            .get_mut(&jid.user)
-            .and_then(|a| a.devices.get_mut(&jid.device))
-        else {
+        let Some(account) = self.account(&jid.user) else {
+            return false;
+        };
+        let mut devices = lock(&account.devices);
+        let Some(device) = devices.by_id.get_mut(&jid.device) else {
             return false;
         };
         for (id, key) in keys {
@@ -468,27 +647,23 @@ impl Registry {
         true
     }
 
+    /// Runs `f` on a companion device of an account, if both exist.
+    fn with_device<T>(&self, jid: &Jid, f: impl FnOnce(&mut Device) -> T) -> Option<T> {
+        let account = self.account(&jid.user)?;
+        let mut devices = lock(&account.devices);
+        devices.by_id.get_mut(&jid.device).map(f)
+    }
+
     /// Number of one-time prekeys stored for a device.
     pub(crate) fn prekey_count(&self, jid: &Jid) -> usize {
-        let state = self.lock();
-        state
-            .accounts
-            .get(&jid.user)
-            .and_then(|a| a.devices.get(&jid.device))
-            .map_or(0, |d| d.prekeys.len())
+        self.with_device(jid, |d| d.prekeys.len()).unwrap_or(0)
     }
 
     /// The device's bundle and prekey ids, for the prekey digest.
     pub(crate) fn prekey_digest(&self, jid: &Jid) -> Option<(CompanionBundle, Vec<u32>)> {
-        let state = self.lock();
-        let device = state
-            .accounts
-            .get(&jid.user)
-            .and_then(|a| a.devices.get(&jid.device))?;
-        Some((
-            device.bundle.clone(),
-            device.prekeys.keys().copied().collect(),
-        ))
+        self.with_device(jid, |d| {
+            (d.bundle.clone(), d.prekeys.keys().copied().collect())
+        })
     }
 
     /// Creates an account with only its virtual phone; false if it exists.
@@ -499,13 +674,13 @@ impl Registry {
         now: u64,
         keys: NewAccount,
     ) -> bool {
-        let mut state = self.lock();
-        if state.accounts.contains_key(phone.as_str()) {
+        let mut accounts = self.directory_mut();
+        if accounts.contains_key(phone.as_str()) {
             return false;
         }
-        state.accounts.insert(
+        accounts.insert(
             phone.as_str().to_owned(),
-            Account::new(phone, push_name, now, keys),
+            Arc::new(Account::new(phone, push_name, now, keys)),
         );
         true
     }
@@ -513,27 +688,23 @@ impl Registry {
     /// The devices of an account (device 0 first, with key indexes); empty
     /// for an unknown number.
     pub(crate) fn user_devices(&self, user: &str) -> Vec<(u16, u32)> {
-        let state = self.lock();
-        state
-            .accounts
-            .get(user)
-            .map(Account::device_list)
+        self.account(user)
+            .map(|a| a.device_list())
             .unwrap_or_default()
     }
 
     /// The account's push name, if the account exists.
     pub(crate) fn push_name(&self, user: &str) -> Option<String> {
-        self.lock().accounts.get(user).map(|a| a.push_name.clone())
+        self.account(user).map(|a| a.push_name.clone())
     }
 
     /// Bundles for the requested devices (one-time prekeys popped), `None`
     /// for unknown devices; the JIDs are echoed as given.
     pub(crate) fn take_bundles(&self, jids: Vec<Jid>) -> Vec<(Jid, Option<BundleKeys>)> {
-        let mut state = self.lock();
         jids.into_iter()
             .map(|jid| {
                 let bundle = if jid.server == DEFAULT_USER_SERVER {
-                    state.take_bundle(&jid)
+                    self.take_bundle(&jid)
                 } else {
                     None
                 };
@@ -542,10 +713,28 @@ impl Registry {
             .collect()
     }
 
-    /// Runs `f` on an account's virtual phone.
+    /// A device's bundle, popping one of its one-time prekeys.
+    fn take_bundle(&self, jid: &Jid) -> Option<BundleKeys> {
+        let account = self.account(&jid.user)?;
+        if jid.device == 0 {
+            return Some(lock(&account.handset).take_bundle());
+        }
+        let mut devices = lock(&account.devices);
+        let device = devices.by_id.get_mut(&jid.device)?;
+        let one_time = device.prekeys.pop_first();
+        Some(BundleKeys {
+            registration_id: device.bundle.registration_id,
+            identity: device.bundle.identity,
+            signed_prekey: device.bundle.signed_prekey.clone(),
+            one_time,
+        })
+    }
+
+    /// Runs `f` on an account's virtual phone (under that phone's lock only).
     pub(crate) fn with_handset<T>(&self, user: &str, f: impl FnOnce(&mut Phone) -> T) -> Option<T> {
-        let mut state = self.lock();
-        state.accounts.get_mut(user).map(|a| f(&mut a.handset))
+        let account = self.account(user)?;
+        let mut handset = lock(&account.handset);
+        Some(f(&mut handset))
     }
 
     /// Runs `f` on the sender's phone with the bundles (popped) of the given
@@ -556,21 +745,34 @@ impl Registry {
         targets: &[Jid],
         f: impl FnOnce(&mut Phone, Vec<Option<BundleKeys>>) -> T,
     ) -> Option<T> {
-        let mut state = self.lock();
+        let account = self.account(sender)?;
         let needs: Vec<bool> = {
-            let handset = &state.accounts.get(sender)?.handset;
+            let handset = lock(&account.handset);
             targets
                 .iter()
                 .map(|t| !handset.has_session(&super::messaging::address(t)))
                 .collect()
         };
+        // Bundles are taken with the phone unlocked (a target may be another
+        // phone, whose lock must not nest in this one). Two sends racing to
+        // a new device may both take a bundle; the second finds the session
+        // open and leaves its one-time prekey unused, as a real phone would.
         let bundles = targets
             .iter()
             .zip(needs)
-            .map(|(t, need)| if need { state.take_bundle(t) } else { None })
+            .map(|(t, need)| if need { self.take_bundle(t) } else { None })
             .collect();
-        let handset = &mut state.accounts.get_mut(sender)?.handset;
-        Some(f(handset, bundles))
+        let mut handset = lock(&account.handset);
+        Some(f(&mut handset, bundles))
+    }
+
+    /// Decides whether a message a device sent is new: the server keeps the
+    /// ids it accepted from each device for a while, and a repeated one is
+    /// acknowledged again without being routed twice. `key` identifies the
+    /// message (see `ClientMessage::acceptance_key`).
+    pub(crate) fn accept_message(&self, sender: &Jid, key: &str, now: u64) -> Acceptance {
+        let key = self.hasher.hash_one(key);
+        self.with_mailbox(sender, |mailbox| mailbox.accepted.accept(key, now))
     }
 
     /// Queues a stanza for a device until it acknowledges it, and returns
@@ -580,34 +782,40 @@ impl Registry {
         device: &Jid,
         class: QueueClass,
         id: &str,
-        node: Node,
+        node: Arc<Node>,
     ) -> Vec<mpsc::Sender<Command>> {
-        let mut state = self.lock();
-        let queue = state.queues.entry(device.clone()).or_default();
-        if queue.len() >= MAX_QUEUED {
-            queue.pop_front();
-        }
-        queue.push_back(Queued {
-            class,
-            id: id.to_owned(),
-            node,
-        });
-        state
-            .live
-            .values()
-            .filter(|l| l.kind == ConnKind::Device(device.clone()))
-            .map(|l| l.commands.clone())
-            .collect()
+        self.with_mailbox(device, |mailbox| {
+            if mailbox.queue.len() >= MAX_QUEUED {
+                mailbox.queue.pop_front();
+            }
+            mailbox.queue.push_back(Queued {
+                class,
+                id: id.to_owned(),
+                node,
+            });
+            mailbox.senders()
+        })
     }
 
     /// The device acknowledged these ids: they leave its queue.
     pub(crate) fn acknowledge(&self, device: &Jid, class: QueueClass, ids: &[String]) {
-        let mut state = self.lock();
-        if let Some(queue) = state.queues.get_mut(device) {
-            queue.retain(|q| q.class != class || !ids.contains(&q.id));
-            if queue.is_empty() {
-                state.queues.remove(device);
+        let mut shard = self.shard(device);
+        let Some(mailbox) = shard.get_mut(device) else {
+            return;
+        };
+        for id in ids {
+            // Devices acknowledge mostly in delivery order, so the match is
+            // almost always at the front: no scan of the whole queue.
+            if let Some(at) = mailbox
+                .queue
+                .iter()
+                .position(|q| q.class == class && q.id == *id)
+            {
+                mailbox.queue.remove(at);
             }
+        }
+        if mailbox.is_idle() {
+            shard.remove(device);
         }
     }
 
@@ -621,67 +829,85 @@ impl Registry {
         commands: mpsc::Sender<Command>,
         delay: Arc<AtomicU32>,
     ) -> Vec<Node> {
-        let mut state = self.lock();
-        attach_in(
-            &mut state,
-            id,
-            ConnKind::Device(jid.clone()),
-            commands,
-            delay,
-        );
-        state
-            .queues
-            .get(jid)
-            .map(|queue| {
-                queue
-                    .iter()
-                    .map(|q| {
-                        let mut node = q.node.clone();
-                        node.set_attr("offline", "1");
-                        node
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        {
+            let mut conns = lock(&self.conns);
+            let kind = ConnKind::Device(jid.clone());
+            delay.store(conns.delay_for(&kind), Ordering::Relaxed);
+            conns.live.insert(id, Live { kind, delay });
+        }
+        self.with_mailbox(jid, |mailbox| {
+            mailbox.conns.push(DeviceConn { id, commands });
+            mailbox
+                .queue
+                .iter()
+                .map(|q| {
+                    let mut node = Node::clone(&q.node);
+                    node.set_attr("offline", "1");
+                    node
+                })
+                .collect()
+        })
     }
 
     /// Every account with its devices and their connection state.
     pub(crate) fn accounts(&self) -> Vec<AccountInfo> {
-        let state = self.lock();
-        state
-            .accounts
-            .values()
-            .map(|account| {
-                let phone_jid = account.phone.to_jid();
-                let phone = DeviceInfo {
-                    jid: phone_jid.clone(),
-                    platform: String::new(),
-                    connected: true,
-                    key_index: 0,
-                    prekeys: account.handset.unclaimed_prekeys(),
-                };
-                let companions = account.devices.values().map(|d| {
-                    let jid = Jid::with_device(account.phone.as_str(), d.id, DEFAULT_USER_SERVER);
-                    let connected = state
-                        .live
-                        .values()
-                        .any(|l| l.kind == ConnKind::Device(jid.clone()));
-                    DeviceInfo {
-                        jid,
-                        platform: d.platform.clone(),
-                        connected,
-                        key_index: d.key_index,
-                        prekeys: d.prekeys.len(),
-                    }
-                });
-                AccountInfo {
-                    phone: account.phone.clone(),
-                    jid: phone_jid,
-                    push_name: account.push_name.clone(),
-                    devices: std::iter::once(phone).chain(companions).collect(),
-                }
-            })
+        self.accounts_page(None, usize::MAX)
+    }
+
+    /// Up to `limit` accounts in phone-number order, starting after the
+    /// number `after` (from the first when `None`). The directory lock is
+    /// held only to copy out the page's accounts.
+    pub(crate) fn accounts_page(&self, after: Option<&str>, limit: usize) -> Vec<AccountInfo> {
+        let page: Vec<Arc<Account>> = {
+            let accounts = self.directory();
+            let range = match after {
+                Some(after) => accounts.range::<str, _>((Bound::Excluded(after), Bound::Unbounded)),
+                None => accounts.range::<str, _>(..),
+            };
+            range.take(limit).map(|(_, a)| Arc::clone(a)).collect()
+        };
+        page.iter()
+            .map(|account| self.account_info(account))
             .collect()
+    }
+
+    fn account_info(&self, account: &Account) -> AccountInfo {
+        let phone_jid = account.phone.to_jid();
+        let phone = DeviceInfo {
+            jid: phone_jid.clone(),
+            platform: String::new(),
+            connected: true,
+            key_index: 0,
+            prekeys: lock(&account.handset).unclaimed_prekeys(),
+        };
+        let companions: Vec<(Jid, String, u32, usize)> = lock(&account.devices)
+            .by_id
+            .values()
+            .map(|d| {
+                let jid = Jid::with_device(account.phone.as_str(), d.id, DEFAULT_USER_SERVER);
+                (jid, d.platform.clone(), d.key_index, d.prekeys.len())
+            })
+            .collect();
+        let companions = companions
+            .into_iter()
+            .map(|(jid, platform, key_index, prekeys)| {
+                let connected = self
+                    .peek_mailbox(&jid, |m| !m.conns.is_empty())
+                    .unwrap_or(false);
+                DeviceInfo {
+                    jid,
+                    platform,
+                    connected,
+                    key_index,
+                    prekeys,
+                }
+            });
+        AccountInfo {
+            phone: account.phone.clone(),
+            jid: phone_jid,
+            push_name: account.push_name.clone(),
+            devices: std::iter::once(phone).chain(companions).collect(),
+        }
     }
 }
 
@@ -693,72 +919,22 @@ impl Account {
             identity: keys.identity,
             raw_id: keys.raw_id,
             created: now,
-            handset: keys.handset,
-            next_device: 1,
-            next_key_index: 1,
-            devices: BTreeMap::new(),
+            handset: Mutex::new(keys.handset),
+            devices: Mutex::new(Devices {
+                next_device: 1,
+                next_key_index: 1,
+                by_id: BTreeMap::new(),
+            }),
         }
     }
 
     /// Device 0 and every companion with its key index.
     fn device_list(&self) -> Vec<(u16, u32)> {
+        let devices = lock(&self.devices);
         std::iter::once((0, 0))
-            .chain(self.devices.values().map(|d| (d.id, d.key_index)))
+            .chain(devices.by_id.values().map(|d| (d.id, d.key_index)))
             .collect()
     }
-}
-
-impl State {
-    /// A device's bundle, popping one of its one-time prekeys.
-    fn take_bundle(&mut self, jid: &Jid) -> Option<BundleKeys> {
-        let account = self.accounts.get_mut(&jid.user)?;
-        if jid.device == 0 {
-            return Some(account.handset.take_bundle());
-        }
-        let device = account.devices.get_mut(&jid.device)?;
-        let one_time = device.prekeys.pop_first();
-        Some(BundleKeys {
-            registration_id: device.bundle.registration_id,
-            identity: device.bundle.identity,
-            signed_prekey: device.bundle.signed_prekey.clone(),
-            one_time,
-        })
-    }
-
-    fn delay_for(&self, jid: &Jid) -> u32 {
-        self.device_delay_ms
-            .get(jid)
-            .copied()
-            .unwrap_or(self.global_delay_ms)
-    }
-}
-
-fn attach_in(
-    state: &mut State,
-    id: ConnId,
-    kind: ConnKind,
-    commands: mpsc::Sender<Command>,
-    delay: Arc<AtomicU32>,
-) {
-    let ms = match &kind {
-        ConnKind::Device(jid) => state.delay_for(jid),
-        ConnKind::Registration(_) => state.global_delay_ms,
-    };
-    delay.store(ms, Ordering::Relaxed);
-    state.live.insert(
-        id,
-        Live {
-            kind,
-            commands,
-            delay,
-        },
-    );
-}
-
-/// Whether `target` (a device, or an account when its device is 0) covers
-/// the connected device `device`.
-fn targets(target: &Jid, device: &Jid) -> bool {
-    target.user == device.user && (target.device == 0 || target.device == device.device)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -939,5 +1115,100 @@ mod tests {
         assert_eq!(registry.prekey_count(&jid), 2);
         let (_, ids) = registry.prekey_digest(&jid).expect("device known");
         assert_eq!(ids, vec![1, 2]);
+    }
+    #[test]
+    fn repeated_message_ids_are_accepted_once_per_device() {
+        let registry = Registry::default();
+        let alice = Jid::with_device("111", 1, DEFAULT_USER_SERVER);
+        let bob = Jid::with_device("222", 1, DEFAULT_USER_SERVER);
+        assert_eq!(registry.accept_message(&alice, "M1", 100), Acceptance::New);
+        assert_eq!(
+            registry.accept_message(&alice, "M1", 105),
+            Acceptance::Repeat { t: 100 },
+            "acked again with the first acceptance's time"
+        );
+        assert_eq!(registry.accept_message(&bob, "M1", 105), Acceptance::New);
+        assert_eq!(registry.accept_message(&alice, "M2", 106), Acceptance::New);
+        // Forgotten once old enough.
+        assert_eq!(
+            registry.accept_message(&alice, "M1", 100 + ACCEPTED_ID_SECS),
+            Acceptance::New
+        );
+    }
+
+    #[test]
+    fn accepted_ids_are_bounded_per_device() {
+        let mut ids = AcceptedIds::default();
+        for key in 0..MAX_ACCEPTED_IDS as u64 + 10 {
+            assert_eq!(ids.accept(key, 1), Acceptance::New);
+        }
+        assert!(ids.order.len() <= MAX_ACCEPTED_IDS);
+        assert_eq!(ids.order.len(), ids.at.len());
+        assert_eq!(ids.accept(0, 1), Acceptance::New, "the oldest fell out");
+        let newest = MAX_ACCEPTED_IDS as u64 + 9;
+        assert_eq!(ids.accept(newest, 2), Acceptance::Repeat { t: 1 });
+    }
+
+    #[test]
+    fn queues_reach_only_the_devices_connections_and_shrink_on_ack() {
+        let registry = Registry::default();
+        let _conn = pending(&registry, [1; 32]);
+        let jid = registry
+            .reserve_device(&phone(), "A", &[1; 32], "ref-a", 0, new_account_keys())
+            .expect("reserved")
+            .jid;
+        registry.add_device(device(1, [1; 32]), &jid);
+        let other = Jid::with_device("15551234567", 2, DEFAULT_USER_SERVER);
+        let node = || Arc::new(Node::new("message"));
+        assert!(registry
+            .enqueue(&jid, QueueClass::Message, "M0", node())
+            .is_empty());
+
+        let (id, delay) = registry.open_connection();
+        let (tx, _rx) = mpsc::channel(4);
+        let offline = registry.attach_device(id, &jid, tx, delay);
+        assert_eq!(offline.len(), 1);
+        assert_eq!(offline[0].attr_str("offline"), Some("1"));
+        assert_eq!(
+            registry
+                .enqueue(&jid, QueueClass::Message, "M1", node())
+                .len(),
+            1
+        );
+        assert!(registry
+            .enqueue(&other, QueueClass::Message, "M1", node())
+            .is_empty());
+        registry.enqueue(&jid, QueueClass::Receipt, "M1", node());
+        registry.acknowledge(&jid, QueueClass::Message, &["M0".into(), "M1".into()]);
+        let (again, delay) = registry.open_connection();
+        let (tx, _rx2) = mpsc::channel(4);
+        let left = registry.attach_device(again, &jid, tx, delay);
+        assert_eq!(left.len(), 1, "only the receipt waits: {left:?}");
+        assert_eq!(registry.connections_of(&jid).len(), 2);
+        registry.close_connection(id);
+        registry.close_connection(again);
+        assert!(registry.connections_of(&jid).is_empty());
+        registry.acknowledge(&jid, QueueClass::Receipt, &["M1".into()]);
+        assert!(
+            registry.shard(&jid).get(&jid).is_none(),
+            "an idle mailbox is dropped"
+        );
+    }
+
+    #[test]
+    fn accounts_are_listed_in_pages() {
+        let registry = Registry::default();
+        for n in 0..5 {
+            let phone: PhoneNumber = format!("+1555000000{n}").parse().expect("valid phone");
+            assert!(registry.create_account(&phone, "P", 0, new_account_keys()));
+        }
+        let first = registry.accounts_page(None, 2);
+        let users: Vec<&str> = first.iter().map(|a| a.phone.as_str()).collect();
+        assert_eq!(users, ["15550000000", "15550000001"]);
+        let next = registry.accounts_page(Some("15550000001"), 2);
+        let users: Vec<&str> = next.iter().map(|a| a.phone.as_str()).collect();
+        assert_eq!(users, ["15550000002", "15550000003"]);
+        assert_eq!(registry.accounts_page(Some("15550000004"), 2).len(), 0);
+        assert_eq!(registry.accounts().len(), 5);
     }
 }

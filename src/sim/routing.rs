@@ -38,6 +38,27 @@ pub(crate) struct ClientMessage {
     pub(crate) targets: Vec<(Jid, Vec<Node>)>,
     /// The sender's `<device-identity>`, forwarded with pkmsgs.
     pub(crate) device_identity: Option<Node>,
+    /// For a resend to one device after its retry receipt: that device and
+    /// the retry count of its `<enc count>`.
+    pub(crate) resend: Option<(Jid, String)>,
+}
+
+impl ClientMessage {
+    /// What makes a message from one device the same message again.
+    ///
+    /// The server accepts a message id once per sending device: a sender
+    /// that is unsure whether its first attempt arrived sends the stanza
+    /// again, byte for byte, and must get the same ack without the
+    /// recipients getting it twice. A resend to one device after that
+    /// device's retry receipt reuses the message id on purpose, so it is
+    /// told apart by the device and retry count it carries (and repeated
+    /// copies of that resend are again accepted once).
+    pub(crate) fn acceptance_key(&self) -> String {
+        match &self.resend {
+            None => self.id.clone(),
+            Some((device, count)) => format!("{}\n{device}\n{count}", self.id),
+        }
+    }
 }
 
 fn user_jid(jid: Jid) -> Result<Jid, RoutingError> {
@@ -70,6 +91,7 @@ pub(crate) fn parse_message(node: &Node) -> Result<ClientMessage, RoutingError> 
             .cloned()
             .collect()
     };
+    let mut resend = None;
     let targets = match node.child("participants") {
         Some(participants) => {
             if participants.child_nodes().len() > MAX_PARTICIPANTS {
@@ -90,6 +112,11 @@ pub(crate) fn parse_message(node: &Node) -> Result<ClientMessage, RoutingError> 
             if direct.is_empty() {
                 return Err(RoutingError::Malformed("participants or enc"));
             }
+            let count = direct
+                .iter()
+                .find_map(|enc| enc.attr_string("count"))
+                .unwrap_or_default();
+            resend = Some((to.clone(), count));
             vec![(to.clone(), direct)]
         }
     };
@@ -99,6 +126,7 @@ pub(crate) fn parse_message(node: &Node) -> Result<ClientMessage, RoutingError> 
         kind,
         targets,
         device_identity: node.child("device-identity").cloned(),
+        resend,
     })
 }
 
@@ -296,6 +324,20 @@ mod tests {
         let retry = parse_message(&direct).expect("direct message");
         assert_eq!(retry.to, jid("222@s.whatsapp.net"));
         assert_eq!(retry.targets[0].0, jid("222:3@s.whatsapp.net"));
+        assert_eq!(message.acceptance_key(), "3EB0ABC");
+        let again = parse_message(&direct.clone()).expect("direct message");
+        assert_eq!(retry.acceptance_key(), again.acceptance_key());
+        assert_ne!(
+            retry.acceptance_key(),
+            "R1",
+            "a resend is not the first send"
+        );
+        let second_retry = Node::new("message")
+            .attr("id", "R1")
+            .attr("to", jid("222:3@s.whatsapp.net"))
+            .children(vec![enc("msg", vec![6]).attr("count", "2")]);
+        let second_retry = parse_message(&second_retry).expect("direct message");
+        assert_ne!(retry.acceptance_key(), second_retry.acceptance_key());
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! `wagate-load`: starts a separate `wagate sim` and `wagate serve` on
+//! loopback, pairs N sessions and prints what they cost and how fast they
+//! go: memory per idle session, idle CPU, inbound messages/s with CPU per
+//! process, event delivery latency, Send latency and rate, restart time.
+
+mod clients;
+mod error;
+mod inbound;
+mod pairing;
+mod procs;
+mod procstat;
+mod proto;
+mod report;
+mod run;
+mod sends;
+mod workers;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::error::LoadError;
+use crate::run::{Plan, Procs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wagate-load",
+    version,
+    about = "Load tool: a separate wagate simulator and gateway, N paired sessions, a table of figures"
+)]
+struct Cli {
+    /// Small and short: 20 sessions, few messages, short windows; checks
+    /// that every step completes (about half a minute with debug binaries).
+    #[arg(long)]
+    quick: bool,
+    /// The `wagate` binary [default: CARGO_TARGET_DIR/release/wagate; in
+    /// quick mode the `wagate` beside this tool's binary when present].
+    #[arg(long)]
+    wagate_bin: Option<PathBuf>,
+    /// Sessions to pair [default: 1000; quick: 20].
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// Pairings in progress at once.
+    #[arg(long, default_value_t = 16)]
+    pair_concurrency: usize,
+    /// The gateway's handshake pacer (also paces the restart).
+    #[arg(long, default_value_t = 1000)]
+    handshakes_per_second: u32,
+    /// Idle window for CPU and memory, seconds [default: 10; quick: 1].
+    #[arg(long)]
+    idle_seconds: Option<f64>,
+    /// Texts each peer sends for the inbound figure [default: 50; quick: 5].
+    #[arg(long)]
+    messages_per_session: Option<u32>,
+    /// Paced rate of the latency measurement, texts per second in total
+    /// [default: 1000; quick: 200, below what debug binaries sustain].
+    #[arg(long)]
+    latency_rate: Option<f64>,
+    /// Texts of the latency measurement [default: 5000; quick: 100].
+    #[arg(long)]
+    latency_messages: Option<usize>,
+    /// Sends at each concurrency (1, 8, 64) [default: 2000; quick: 64].
+    #[arg(long)]
+    sends: Option<usize>,
+    /// Give up when a step makes no progress for this long, seconds.
+    #[arg(long, default_value_t = 60)]
+    stall_seconds: u64,
+    /// Give up after this long in all, seconds [default: 3600; quick: 120].
+    #[arg(long)]
+    timeout_seconds: Option<u64>,
+    /// Print the figures as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Cli {
+    fn plan(&self) -> Result<Plan, LoadError> {
+        let q = self.quick;
+        let bin = match &self.wagate_bin {
+            Some(bin) => bin.clone(),
+            None => default_bin(self.quick),
+        };
+        if !bin.is_file() {
+            return Err(LoadError::Setup(format!(
+                "no wagate binary at {} (build it with `cargo build {}-p wagate`, or pass --wagate-bin)",
+                bin.display(),
+                if self.quick { "" } else { "--release " }
+            )));
+        }
+        let latency_rate = self.latency_rate.unwrap_or(pick(q, 200.0, 1000.0));
+        if !latency_rate.is_finite() || latency_rate <= 0.0 {
+            return Err(LoadError::Setup("--latency-rate must be above 0".into()));
+        }
+        let sessions = self.sessions.unwrap_or(pick(q, 20, 1000));
+        if sessions == 0 {
+            return Err(LoadError::Setup("--sessions must be at least 1".into()));
+        }
+        Ok(Plan {
+            quick: self.quick,
+            bin,
+            sessions,
+            pair_concurrency: self.pair_concurrency.max(1),
+            handshakes_per_second: self.handshakes_per_second.max(1),
+            idle: Duration::from_secs_f64(self.idle_seconds.unwrap_or(pick(q, 1.0, 10.0)).max(0.0)),
+            messages_per_session: self.messages_per_session.unwrap_or(pick(q, 5, 50)).max(1),
+            latency_rate,
+            latency_messages: self.latency_messages.unwrap_or(pick(q, 100, 5000)).max(1),
+            sends: self.sends.unwrap_or(pick(q, 64, 2000)).max(1),
+            stall: Duration::from_secs(self.stall_seconds.max(1)),
+        })
+    }
+}
+
+/// `quick` in quick mode, else `full`.
+fn pick<T>(quick_mode: bool, quick: T, full: T) -> T {
+    if quick_mode {
+        quick
+    } else {
+        full
+    }
+}
+
+/// The release `wagate` of the target directory; in quick mode, the one
+/// built with this tool (the same profile) when it exists.
+fn default_bin(quick: bool) -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let beside = exe
+        .as_ref()
+        .and_then(|e| e.parent())
+        .map(|dir| dir.join("wagate"));
+    if quick {
+        if let Some(bin) = beside.as_ref().filter(|b| b.is_file()) {
+            return bin.clone();
+        }
+    }
+    // This tool lives in TARGET/<profile>/ when cargo built it.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            exe.as_ref()
+                .and_then(|e| e.parent()?.parent())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("target"));
+    target.join("release").join("wagate")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let plan = match cli.plan() {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("wagate-load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let limit =
+        Duration::from_secs(
+            cli.timeout_seconds
+                .unwrap_or(if cli.quick { 120 } else { 3600 }),
+        );
+    match procstat::raise_open_files() {
+        Ok(files) => eprintln!("wagate-load: open-file limit {files}"),
+        Err(e) => eprintln!("wagate-load: keeping the open-file limit: {e}"),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wagate-load: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let mut procs = match Procs::new() {
+            Ok(procs) => procs,
+            Err(e) => {
+                eprintln!("wagate-load: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let outcome = tokio::select! {
+            done = tokio::time::timeout(limit, run::run(&plan, &mut procs)) => {
+                done.unwrap_or(Err(LoadError::Stalled { what: "the whole run".into(), after: limit }))
+            }
+            e = interrupted() => Err(e),
+        };
+        match outcome {
+            Ok(report) => {
+                procs.shutdown().await;
+                if cli.json {
+                    println!("{:#}", report.json());
+                } else {
+                    println!("{}", report.table());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wagate-load: {e}");
+                procs.kill().await;
+                eprint!("{}", procs.log_tails());
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM, so the children are stopped with us.
+async fn interrupted() -> LoadError {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            LoadError::Setup("interrupted".into())
+        }
+        (Err(e), _) | (_, Err(e)) => LoadError::Setup(format!("cannot watch for signals: {e}")),
+    }
+}

@@ -1,0 +1,144 @@
+//! What the kernel knows about a process: resident memory and thread count
+//! from `/proc/<pid>/status`, CPU time from `/proc/<pid>/stat`; and the
+//! open-file limit this tool raises for itself and its children.
+
+use std::time::Instant;
+
+use crate::error::LoadError;
+
+/// Resident memory and threads of one process, at one moment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Memory {
+    /// `VmRSS`: everything resident, mapped files (the binary) included.
+    pub(crate) rss_kib: u64,
+    /// `RssAnon`: heap and stacks only, what sessions actually cost.
+    pub(crate) anon_kib: u64,
+    pub(crate) threads: u64,
+}
+
+/// Reads `VmRSS`, `RssAnon` and `Threads` of `pid`.
+pub(crate) fn memory(pid: u32) -> Result<Memory, LoadError> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Proc {
+        path: path.clone(),
+        source,
+    })?;
+    let field = |name: &str| -> Result<u64, LoadError> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| LoadError::Proc {
+                path: path.clone(),
+                source: std::io::Error::other(format!("no {name} line")),
+            })
+    };
+    Ok(Memory {
+        rss_kib: field("VmRSS:")?,
+        anon_kib: field("RssAnon:")?,
+        threads: field("Threads:")?,
+    })
+}
+
+/// User plus system CPU time of `pid` so far, in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, LoadError> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Proc {
+        path: path.clone(),
+        source,
+    })?;
+    // The command name (field 2) is in parentheses and may hold spaces, so
+    // count fields from the last ')': state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(utime), Some(stime)) => Ok((utime + stime) as f64 / clock_ticks_per_second()),
+        _ => Err(LoadError::Proc {
+            path,
+            source: std::io::Error::other("unexpected format"),
+        }),
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    // USER_HZ is 100 on every Linux build; sysconf fails only off Linux.
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU use of one process over a window, as a share of one core.
+pub(crate) struct CpuMeter {
+    pid: u32,
+    cpu: f64,
+    at: Instant,
+}
+
+impl CpuMeter {
+    pub(crate) fn start(pid: u32) -> Result<Self, LoadError> {
+        Ok(Self {
+            pid,
+            cpu: cpu_seconds(pid)?,
+            at: Instant::now(),
+        })
+    }
+
+    /// Percent of one core used since `start`.
+    pub(crate) fn percent(&self) -> Result<f64, LoadError> {
+        let used = cpu_seconds(self.pid)? - self.cpu;
+        let wall = self.at.elapsed().as_secs_f64();
+        Ok(if wall > 0.0 { 100.0 * used / wall } else { 0.0 })
+    }
+}
+
+/// Raises the soft open-file limit to the hard one; children inherit it.
+/// Each session holds a socket in the gateway and one in the simulator, so
+/// the usual soft limit of 1,024 stops a run near 1,000 sessions.
+pub(crate) fn raise_open_files() -> Result<u64, LoadError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(LoadError::Setup(format!(
+                "getrlimit: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(LoadError::Setup(format!(
+                "setrlimit: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_memory_and_cpu() {
+        let me = std::process::id();
+        let mem = memory(me).expect("own status");
+        assert!(mem.rss_kib >= mem.anon_kib && mem.anon_kib > 0);
+        assert!(mem.threads >= 1);
+        // Busy until the kernel has charged a clock tick, or give up.
+        let spin = Instant::now();
+        while cpu_seconds(me).expect("own stat") <= 0.0 {
+            assert!(spin.elapsed().as_secs() < 10, "no CPU time seen");
+        }
+        assert!(cpu_seconds(me).expect("own stat") < 3600.0);
+    }
+}

@@ -1,0 +1,197 @@
+//! The figures of one run, printed as an aligned Markdown table (ready to
+//! paste into the README) or as JSON.
+
+use crate::inbound::{Latency, Throughput};
+use crate::procstat::Memory;
+use crate::sends::SendFigures;
+
+/// Restart of the gateway on the same data dir.
+#[derive(Debug, Clone)]
+pub(crate) struct Restart {
+    pub(crate) shutdown_seconds: f64,
+    /// From starting the new process to `ListSessions` showing every
+    /// session CONNECTED.
+    pub(crate) connected_seconds: f64,
+    pub(crate) cpu_ms_per_session: f64,
+    pub(crate) threads: u64,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone)]
+pub(crate) struct Report {
+    pub(crate) mode: &'static str,
+    pub(crate) binary: String,
+    pub(crate) cores: usize,
+    pub(crate) sessions: usize,
+    pub(crate) pair_seconds: f64,
+    pub(crate) gateway_zero: Memory,
+    pub(crate) sim_zero: Memory,
+    pub(crate) gateway_idle: Memory,
+    pub(crate) sim_idle: Memory,
+    pub(crate) idle_seconds: f64,
+    pub(crate) gateway_idle_cpu: f64,
+    pub(crate) sim_idle_cpu: f64,
+    pub(crate) inbound: Throughput,
+    pub(crate) latency: Latency,
+    pub(crate) sends: Vec<SendFigures>,
+    pub(crate) restart: Restart,
+}
+
+impl Report {
+    fn per_session_kib(&self, zero: Memory, idle: Memory) -> f64 {
+        (idle.anon_kib as f64 - zero.anon_kib as f64) / self.sessions.max(1) as f64
+    }
+
+    /// The table: one line of context, then `| Measure | Value |` rows.
+    pub(crate) fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = vec![
+            (
+                "Sessions paired (SQLite store, fsync)".into(),
+                format!("{} in {:.1} s", self.sessions, self.pair_seconds),
+            ),
+            (
+                "Gateway RSS with 0 sessions".into(),
+                format!(
+                    "{} (RssAnon {})",
+                    mib(self.gateway_zero.rss_kib),
+                    mib(self.gateway_zero.anon_kib)
+                ),
+            ),
+            (
+                "Gateway RssAnon per idle session".into(),
+                format!(
+                    "{:.1} KiB",
+                    self.per_session_kib(self.gateway_zero, self.gateway_idle)
+                ),
+            ),
+            (
+                "Simulator RssAnon per session (with its peer)".into(),
+                format!(
+                    "{:.1} KiB",
+                    self.per_session_kib(self.sim_zero, self.sim_idle)
+                ),
+            ),
+            (
+                "Gateway threads, idle".into(),
+                self.gateway_idle.threads.to_string(),
+            ),
+            (
+                format!(
+                    "Idle CPU over {:.0} s: gateway / simulator",
+                    self.idle_seconds
+                ),
+                format!(
+                    "{:.1} % / {:.1} % of a core",
+                    self.gateway_idle_cpu, self.sim_idle_cpu
+                ),
+            ),
+            (
+                format!("Inbound end to end ({} texts)", self.inbound.messages),
+                format!(
+                    "{:.0} messages/s ({:.2} s)",
+                    self.inbound.per_second, self.inbound.seconds
+                ),
+            ),
+            (
+                "CPU during inbound: gateway / simulator / tool".into(),
+                format!(
+                    "{:.0} % / {:.0} % / {:.0} % of a core",
+                    self.inbound.gateway_cpu, self.inbound.sim_cpu, self.inbound.tool_cpu
+                ),
+            ),
+            (
+                format!(
+                    "Event delivery at {:.0}/s ({} texts): p50 / p99 / max",
+                    self.latency.rate, self.latency.messages
+                ),
+                format!(
+                    "{:.2} ms / {:.2} ms / {:.2} ms",
+                    self.latency.p50_ms, self.latency.p99_ms, self.latency.max_ms
+                ),
+            ),
+        ];
+        for s in &self.sends {
+            rows.push((
+                format!(
+                    "Send at concurrency {} ({} sends): p50 / p99 / rate",
+                    s.concurrency, s.sends
+                ),
+                format!(
+                    "{:.2} ms / {:.2} ms / {:.0} sends/s",
+                    s.p50_ms, s.p99_ms, s.per_second
+                ),
+            ));
+        }
+        rows.extend([
+            (
+                "Gateway shutdown on SIGTERM".into(),
+                format!("{:.2} s", self.restart.shutdown_seconds),
+            ),
+            (
+                format!("Restart to all {} CONNECTED", self.sessions),
+                format!("{:.2} s", self.restart.connected_seconds),
+            ),
+            (
+                "Gateway CPU per session during restart".into(),
+                format!("{:.2} ms", self.restart.cpu_ms_per_session),
+            ),
+            (
+                "Gateway threads after restart".into(),
+                self.restart.threads.to_string(),
+            ),
+        ]);
+        let left = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(7);
+        let right = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(5);
+        let mut out = format!(
+            "wagate-load, {} mode: {} sessions, {} cores, {}\n\n",
+            self.mode, self.sessions, self.cores, self.binary
+        );
+        out.push_str(&format!("| {:left$} | {:right$} |\n", "Measure", "Value"));
+        out.push_str(&format!(
+            "|{}|{}|\n",
+            "-".repeat(left + 2),
+            "-".repeat(right + 2)
+        ));
+        for (k, v) in rows {
+            out.push_str(&format!("| {k:left$} | {v:right$} |\n"));
+        }
+        out
+    }
+
+    /// The same figures for machines; sizes in KiB, times in ms or s as named.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let memory = |m: Memory| serde_json::json!({ "rss_kib": m.rss_kib, "rss_anon_kib": m.anon_kib, "threads": m.threads });
+        serde_json::json!({
+            "mode": self.mode,
+            "binary": self.binary,
+            "cores": self.cores,
+            "sessions": self.sessions,
+            "pair_seconds": self.pair_seconds,
+            "gateway": { "zero_sessions": memory(self.gateway_zero), "idle": memory(self.gateway_idle),
+                         "rss_anon_per_session_kib": self.per_session_kib(self.gateway_zero, self.gateway_idle) },
+            "simulator": { "zero_sessions": memory(self.sim_zero), "idle": memory(self.sim_idle),
+                           "rss_anon_per_session_kib": self.per_session_kib(self.sim_zero, self.sim_idle) },
+            "idle": { "seconds": self.idle_seconds, "gateway_cpu_percent": self.gateway_idle_cpu,
+                      "simulator_cpu_percent": self.sim_idle_cpu },
+            "inbound": { "messages": self.inbound.messages, "seconds": self.inbound.seconds,
+                         "messages_per_second": self.inbound.per_second,
+                         "gateway_cpu_percent": self.inbound.gateway_cpu,
+                         "simulator_cpu_percent": self.inbound.sim_cpu,
+                         "tool_cpu_percent": self.inbound.tool_cpu },
+            "event_latency": { "messages": self.latency.messages, "rate_per_second": self.latency.rate,
+                               "p50_ms": self.latency.p50_ms, "p99_ms": self.latency.p99_ms,
+                               "max_ms": self.latency.max_ms },
+            "send": self.sends.iter().map(|s| serde_json::json!({
+                "concurrency": s.concurrency, "sends": s.sends, "p50_ms": s.p50_ms,
+                "p99_ms": s.p99_ms, "sends_per_second": s.per_second })).collect::<Vec<_>>(),
+            "restart": { "shutdown_seconds": self.restart.shutdown_seconds,
+                         "all_connected_seconds": self.restart.connected_seconds,
+                         "gateway_cpu_ms_per_session": self.restart.cpu_ms_per_session,
+                         "gateway_threads": self.restart.threads },
+        })
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
