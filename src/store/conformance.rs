@@ -496,6 +496,17 @@ pub(super) fn events_after_filters_and_limits(mut b: impl Backend) {
         .events_after(u64::MAX, &every, 10)
         .expect("beyond")
         .is_empty());
+
+    // Pages bounded in bytes: payloads are 5 bytes ("a@100"), so a 12-byte page ends with the
+    // event that crosses the bound, and a 1-byte page still holds one event.
+    let page = store.events_page(0, &every, 100, 12).expect("page");
+    assert_eq!(page, all[..3]);
+    let page = store.events_page(0, &every, 2, 1_000).expect("page");
+    assert_eq!(page, all[..2]);
+    let page = store
+        .events_page(all[4].cursor, &every, 100, 1)
+        .expect("page");
+    assert_eq!(page, all[5..]);
 }
 
 pub(super) fn prune_by_age_and_count(mut b: impl Backend) {

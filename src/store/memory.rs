@@ -340,21 +340,30 @@ impl Store for MemoryStore {
         }
     }
 
-    fn events_after(
+    fn events_page(
         &self,
         after: u64,
         filter: &EventFilter,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
         let state = self.lock();
-        Ok(state
+        let mut page = Vec::new();
+        let mut bytes = 0usize;
+        for event in state
             .events
             .range((Bound::Excluded(after), Bound::Unbounded))
             .map(|(_, e)| e)
             .filter(|e| filter.matches(e))
             .take(limit)
-            .cloned()
-            .collect())
+        {
+            if bytes >= max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(event.payload.len());
+            page.push(event.clone());
+        }
+        Ok(page)
     }
 
     fn last_cursor(&self) -> Result<u64, StoreError> {

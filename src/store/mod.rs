@@ -77,6 +77,19 @@ pub trait Store: Send + Sync {
         after: u64,
         filter: &EventFilter,
         limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.events_page(after, filter, limit, usize::MAX)
+    }
+
+    /// Like [`Store::events_after`], but stops once the payloads read add up to `max_bytes`
+    /// (the event that crosses the bound is included, so a page is never empty while events
+    /// remain): what a reader holds in memory stays bounded whatever the events carry.
+    fn events_page(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<EventRecord>, StoreError>;
 
     /// The highest cursor ever assigned (0 if none) — survives restarts and pruning.

@@ -643,11 +643,12 @@ impl Store for SqliteStore {
         }
     }
 
-    fn events_after(
+    fn events_page(
         &self,
         after: u64,
         filter: &EventFilter,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -692,8 +693,15 @@ impl Store for SqliteStore {
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![after, sessions, kinds, limit], event_from_row)?;
         let mut events = Vec::new();
+        let mut bytes = 0usize;
+        // Rows are stepped lazily: stopping here reads no further.
         for row in rows {
-            events.push(row??);
+            if bytes >= max_bytes {
+                break;
+            }
+            let event = row??;
+            bytes = bytes.saturating_add(event.payload.len());
+            events.push(event);
         }
         Ok(events)
     }
