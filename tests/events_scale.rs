@@ -199,4 +199,18 @@ async fn a_stalled_subscriber_costs_little_and_resumes_gap_free() {
     drop(stalled);
     drop(control);
     gateway.shutdown().await;
+
+    // The texts went through the event log, sealed: none is in the data dir.
+    for entry in std::fs::read_dir(dir.path()).expect("list data dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).expect("read");
+            let needle = b"during 17 xxxx";
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "a message text in clear in {}",
+                path.display()
+            );
+        }
+    }
 }

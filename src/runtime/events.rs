@@ -23,7 +23,9 @@ use tokio::sync::Notify;
 
 use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{self, EventType};
-use crate::store::{Batch, EventFilter, EventRecord, NewEvent, SessionId, Store, StoreError};
+use crate::store::{
+    Batch, EventFilter, EventRecord, NewEvent, Retention, SessionId, Store, StoreError,
+};
 
 /// Events read from the log per page while following.
 const PAGE_EVENTS: usize = 256;
@@ -147,6 +149,29 @@ impl EventLog {
             cursor,
             page: VecDeque::new(),
         }
+    }
+
+    /// Applies retention (age and count) and takes the payload out of every QR
+    /// event whose code has expired: it carries the ADV secret, which must not
+    /// outlive the code. `qr_lifetime_ms` is the longest a code lives (the
+    /// first one's lifetime); a QR event stays in the log (cursor, seq, type,
+    /// time) with an empty payload. Returns (events pruned, payloads redacted).
+    pub async fn apply_retention(
+        &self,
+        retention: Retention,
+        qr_lifetime_ms: u64,
+        now_ms: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        let store = self.store.clone();
+        let expired_before =
+            now_ms.saturating_sub(i64::try_from(qr_lifetime_ms).unwrap_or(i64::MAX));
+        tokio::task::spawn_blocking(move || {
+            let pruned = store.prune_events(&retention, now_ms)?;
+            let redacted = store.redact_events(EventType::Qr as i32 as u8, expired_before)?;
+            Ok((pruned, redacted))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
 
     /// Highest cursor committed so far.
@@ -336,13 +361,34 @@ impl KindSet {
 /// Rebuilds the public event from a stored record.
 fn to_api_event(record: EventRecord) -> gateway::Event {
     // A record this build cannot parse still reaches the subscriber, with its
-    // position, so nothing is silently skipped.
-    let mut event = gateway::Event::decode(record.payload.as_slice()).unwrap_or_default();
+    // position, so nothing is silently skipped. A withheld payload (an expired
+    // QR code, or a record that failed authentication and was quarantined)
+    // reads back empty: the subscriber gets an empty payload of the event's
+    // type at its place.
+    let mut event = if record.payload.is_empty() {
+        gateway::Event {
+            payload: empty_payload(record.kind),
+            ..Default::default()
+        }
+    } else {
+        gateway::Event::decode(record.payload.as_slice()).unwrap_or_default()
+    };
     event.cursor = record.cursor;
     event.session_id = record.session_id.as_str().to_owned();
     event.seq = record.seq;
     event.timestamp = Some(timestamp(record.timestamp_ms));
     event
+}
+
+/// An empty payload of the stored kind, if it is one this build knows.
+fn empty_payload(kind: u8) -> Option<Payload> {
+    match EventType::try_from(i32::from(kind)).ok()? {
+        EventType::Qr => Some(Payload::Qr(Default::default())),
+        EventType::Connection => Some(Payload::Connection(Default::default())),
+        EventType::Message => Some(Payload::Message(Default::default())),
+        EventType::Receipt => Some(Payload::Receipt(Default::default())),
+        EventType::Unspecified => None,
+    }
 }
 
 /// Milliseconds since the epoch as a protobuf timestamp.
@@ -433,6 +479,31 @@ mod tests {
         let registry = log.hub.registry.read().expect("registry");
         assert!(registry.by_session.is_empty());
         assert!(registry.any_session.is_empty());
+    }
+
+    #[tokio::test]
+    async fn expired_qr_payloads_leave_the_log_and_the_events_stay() {
+        let log = EventLog::new(Arc::new(MemoryStore::new())).expect("log");
+        let a = sid("a");
+        log.commit(&a, Batch::new(), vec![qr(), connection()], 1_000)
+            .await
+            .expect("commit");
+        log.commit(&a, Batch::new(), vec![qr()], 50_000)
+            .await
+            .expect("commit");
+        let done = log
+            .apply_retention(Retention::default(), 60_000, 70_000)
+            .await
+            .expect("retention");
+        assert_eq!(done, (0, 1));
+        let events = log.read(0, EventFilter::all(), 10).await.expect("read");
+        assert_eq!(events.len(), 3);
+        assert_eq!(
+            (events[0].seq, &events[0].payload),
+            (1, &Some(Payload::Qr(QrEvent::default())))
+        );
+        assert!(matches!(events[1].payload, Some(Payload::Connection(_))));
+        assert!(matches!(&events[2].payload, Some(Payload::Qr(q)) if q.qr == "2@abc"));
     }
 
     #[tokio::test]
