@@ -4,8 +4,6 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -22,11 +20,6 @@ use crate::wa::jid::{Jid, PhoneNumber};
 
 use super::errors::invalid;
 use super::qr_image;
-
-/// Events read from the log per query while replaying.
-const REPLAY_BATCH: usize = 512;
-/// Events buffered per subscriber before its reader waits (the log keeps the rest).
-const STREAM_BUFFER: usize = 256;
 
 pub struct GatewayService {
     manager: Arc<Manager>,
@@ -76,6 +69,15 @@ fn to_api(status: SessionStatus) -> Session {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+
+/// Records how long `event` took from commit to its subscriber.
+fn delivered(event: &Event) {
+    let written_ms = event
+        .timestamp
+        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+    let lag_ms = (crate::runtime::now_ms() as i64 - written_ms).max(0);
+    crate::metrics::global().event_delivered(std::time::Duration::from_millis(lag_ms as u64));
+}
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
@@ -219,54 +221,35 @@ impl Gateway for GatewayService {
             Some(Start::FromNow(_)) | Some(Start::FromBeginning(false)) | None => log.last_cursor(),
         };
         let filter = EventFilter { sessions, kinds };
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let mut closing = self.manager.closing();
-        tokio::spawn(async move {
-            let mut cursor = start;
-            let mut changes = log.watch();
-            loop {
-                if *closing.borrow_and_update() {
-                    let _ = tx
-                        .send(Err(Status::unavailable(
-                            "the gateway is shutting down; resume from your last cursor",
-                        )))
-                        .await;
-                    return;
-                }
-                changes.borrow_and_update();
-                let batch = match log.read(cursor, filter.clone(), REPLAY_BATCH).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::unavailable(format!("event log: {e}"))))
-                            .await;
-                        return;
+        // Driven by the transport: the next event is read from the log only
+        // when HTTP/2 flow control lets the previous one go, so a client that
+        // stops reading holds at most the follower's page (see
+        // `runtime::events`), never a queue that grows.
+        let follower = log.follow(start, filter);
+        let stream = futures_util::stream::unfold(
+            Some((follower, self.manager.closing())),
+            |state| async move {
+                let (mut follower, mut closing) = state?;
+                let next = tokio::select! {
+                    biased;
+                    _ = closing.wait_for(|closing| *closing) => Err(Status::unavailable(
+                        "the gateway is shutting down; resume from your last cursor",
+                    )),
+                    next = follower.next() => {
+                        next.map_err(|e| Status::unavailable(format!("event log: {e}")))
                     }
                 };
-                let full = batch.len() == REPLAY_BATCH;
-                for event in batch {
-                    cursor = event.cursor;
-                    let written_ms = event
-                        .timestamp
-                        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
-                    if tx.send(Ok(event)).await.is_err() {
-                        return;
+                match next {
+                    Ok(event) => {
+                        delivered(&event);
+                        Some((Ok(event), Some((follower, closing))))
                     }
-                    let lag_ms = (crate::runtime::now_ms() as i64 - written_ms).max(0);
-                    crate::metrics::global()
-                        .event_delivered(std::time::Duration::from_millis(lag_ms as u64));
+                    // The error ends the stream: the client resumes from its cursor.
+                    Err(status) => Some((Err(status), None)),
                 }
-                if full {
-                    continue;
-                }
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
-                    _ = closing.changed() => {}
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

@@ -1,15 +1,36 @@
 //! The event log: every event is committed to the store (with whatever state
-//! must change atomically with it) and then announced to subscribers, who read
-//! it back from the store. A slow subscriber never slows a session.
+//! must change atomically with it) and then announced to the subscribers
+//! whose filter it matches, who read it back from the store. A slow
+//! subscriber never slows a session.
+//!
+//! What a subscriber costs the gateway: one [`Subscription`] in the registry
+//! (a `Notify` and its kind set, under 200 bytes) and, while it follows, one
+//! page of stored events (at most [`PAGE_BYTES`] of payload plus the event
+//! that crosses it, and at most [`PAGE_EVENTS`] events). Nothing is buffered
+//! for it elsewhere: a [`Follower`] reads the next page only when the
+//! previous one is handed on, and the gRPC stream pulls the next event only
+//! when HTTP/2 flow control lets it send, so a subscriber that stops reading
+//! stops costing more (the transport adds its own send buffer, bounded by
+//! the client's window). When it reads again it goes on from its cursor in
+//! the log, gap-free.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use prost::Message;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{self, EventType};
-use crate::store::{Batch, EventFilter, EventRecord, NewEvent, SessionId, Store, StoreError};
+use crate::store::{
+    Batch, EventFilter, EventRecord, NewEvent, Retention, SessionId, Store, StoreError,
+};
+
+/// Events read from the log per page while following.
+const PAGE_EVENTS: usize = 256;
+/// Payload bytes read from the log per page while following.
+const PAGE_BYTES: usize = 64 * 1024;
 
 /// Event kinds as stored (the `EventType` numbers of the public API).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,11 +50,11 @@ impl EventKind {
     }
 }
 
-/// Writes events and wakes subscribers.
+/// Writes events and wakes the subscribers they concern.
 #[derive(Clone)]
 pub struct EventLog {
     store: Arc<dyn Store>,
-    last: Arc<watch::Sender<u64>>,
+    hub: Arc<Hub>,
 }
 
 impl EventLog {
@@ -41,7 +62,11 @@ impl EventLog {
         let last = store.last_cursor()?;
         Ok(Self {
             store,
-            last: Arc::new(watch::channel(last).0),
+            hub: Arc::new(Hub {
+                last: AtomicU64::new(last),
+                next_id: AtomicU64::new(0),
+                registry: RwLock::default(),
+            }),
         })
     }
 
@@ -50,7 +75,7 @@ impl EventLog {
     }
 
     /// Commits `batch` plus `events` atomically (off the async runtime) and
-    /// announces the new cursor.
+    /// wakes the subscribers they match.
     pub async fn commit(
         &self,
         session: &SessionId,
@@ -73,8 +98,10 @@ impl EventLog {
         events: Vec<Payload>,
         now_ms: u64,
     ) -> Result<Vec<EventRecord>, StoreError> {
+        let mut kinds = KindSet::EMPTY;
         for payload in events {
             let kind = EventKind::of(&payload) as i32 as u8;
+            kinds.insert(kind);
             let event = gateway::Event {
                 payload: Some(payload),
                 ..Default::default()
@@ -88,25 +115,94 @@ impl EventLog {
         let records = self.store.commit(session, batch)?;
         crate::metrics::global()
             .events_written
-            .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         if let Some(last) = records.last() {
-            self.last.send_if_modified(|c| {
-                let changed = last.cursor > *c;
-                *c = (*c).max(last.cursor);
-                changed
-            });
+            self.hub.announce(session, kinds, last.cursor);
         }
         Ok(records)
     }
 
-    /// A receiver that changes whenever new events are committed.
-    pub fn watch(&self) -> watch::Receiver<u64> {
-        self.last.subscribe()
+    /// Registers a subscriber woken by commits that match `filter`. Register
+    /// before the first read: a commit between the read and the wait then
+    /// leaves a wake-up behind instead of being missed.
+    pub fn subscribe(&self, filter: EventFilter) -> Subscription {
+        let waiter = Arc::new(Waiter {
+            id: self.hub.next_id.fetch_add(1, Ordering::Relaxed),
+            kinds: KindSet::of(&filter.kinds),
+            notify: Notify::new(),
+        });
+        let mut registry = self.hub.write();
+        if filter.sessions.is_empty() {
+            registry.any_session.push(Arc::clone(&waiter));
+        } else {
+            for session in &filter.sessions {
+                let list = registry.by_session.entry(session.clone()).or_default();
+                // A filter naming a session twice must not be woken twice.
+                if !list.iter().any(|w| w.id == waiter.id) {
+                    list.push(Arc::clone(&waiter));
+                }
+            }
+        }
+        drop(registry);
+        Subscription {
+            hub: Arc::clone(&self.hub),
+            waiter,
+            sessions: filter.sessions,
+        }
+    }
+
+    /// Follows the log after `cursor` for the events `filter` matches.
+    pub fn follow(&self, cursor: u64, filter: EventFilter) -> Follower {
+        Follower {
+            log: self.clone(),
+            subscription: self.subscribe(filter.clone()),
+            filter,
+            cursor,
+            page: VecDeque::new(),
+        }
+    }
+
+    /// Applies retention (age and count) and takes the payload out of every QR
+    /// event whose code has expired: it carries the ADV secret, which must not
+    /// outlive the code. `qr_lifetime_ms` is the longest a code lives (the
+    /// first one's lifetime); a QR event stays in the log (cursor, seq, type,
+    /// time) with an empty payload. Returns (events pruned, payloads redacted).
+    pub async fn apply_retention(
+        &self,
+        retention: Retention,
+        qr_lifetime_ms: u64,
+        now_ms: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        let store = self.store.clone();
+        let expired_before =
+            now_ms.saturating_sub(i64::try_from(qr_lifetime_ms).unwrap_or(i64::MAX));
+        tokio::task::spawn_blocking(move || {
+            let pruned = store.prune_events(&retention, now_ms)?;
+            let redacted = store.redact_events(EventType::Qr as i32 as u8, expired_before)?;
+            Ok((pruned, redacted))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
 
     /// Highest cursor committed so far.
     pub fn last_cursor(&self) -> u64 {
-        *self.last.borrow()
+        self.hub.last.load(Ordering::Acquire)
+    }
+
+    /// Reads committed events after `cursor`: at most `limit` events and
+    /// about `max_bytes` of payload (see [`Store::events_page`]).
+    pub async fn read_page(
+        &self,
+        cursor: u64,
+        filter: EventFilter,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.events_page(cursor, &filter, limit, max_bytes))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
 
     /// Reads committed events after `cursor`.
@@ -116,20 +212,178 @@ impl EventLog {
         filter: EventFilter,
         limit: usize,
     ) -> Result<Vec<gateway::Event>, StoreError> {
-        let store = self.store.clone();
-        let records =
-            tokio::task::spawn_blocking(move || store.events_after(cursor, &filter, limit))
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))??;
+        let records = self.read_page(cursor, filter, limit, usize::MAX).await?;
         Ok(records.into_iter().map(to_api_event).collect())
+    }
+}
+
+/// Reads the log for one subscriber, page by page, waiting for a matching
+/// commit when it has caught up.
+pub struct Follower {
+    log: EventLog,
+    subscription: Subscription,
+    filter: EventFilter,
+    /// The last event handed on.
+    cursor: u64,
+    page: VecDeque<EventRecord>,
+}
+
+impl Follower {
+    /// The next event after the cursor, waiting for one if the log has none
+    /// yet. Cancel-safe: an event counts as handed on only once returned.
+    pub async fn next(&mut self) -> Result<gateway::Event, StoreError> {
+        loop {
+            if let Some(record) = self.page.pop_front() {
+                self.cursor = record.cursor;
+                return Ok(to_api_event(record));
+            }
+            let page = self
+                .log
+                .read_page(self.cursor, self.filter.clone(), PAGE_EVENTS, PAGE_BYTES)
+                .await?;
+            if page.is_empty() {
+                self.subscription.changed().await;
+            } else {
+                self.page = page.into();
+            }
+        }
+    }
+
+    /// The cursor of the last event handed on.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+}
+
+/// A registered subscriber; unregisters when dropped.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    waiter: Arc<Waiter>,
+    sessions: Vec<SessionId>,
+}
+
+impl Subscription {
+    /// Resolves after a commit this subscriber's filter matches (at once if
+    /// one happened since the last call).
+    pub async fn changed(&self) {
+        self.waiter.notify.notified().await;
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let id = self.waiter.id;
+        let mut registry = self.hub.write();
+        if self.sessions.is_empty() {
+            registry.any_session.retain(|w| w.id != id);
+        }
+        for session in &self.sessions {
+            if let Some(list) = registry.by_session.get_mut(session) {
+                list.retain(|w| w.id != id);
+                if list.is_empty() {
+                    registry.by_session.remove(session);
+                }
+            }
+        }
+    }
+}
+
+/// Subscribers by the sessions they follow, and the highest cursor.
+struct Hub {
+    last: AtomicU64,
+    next_id: AtomicU64,
+    registry: RwLock<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// Subscribers that named sessions, under each session they named.
+    by_session: HashMap<SessionId, Vec<Arc<Waiter>>>,
+    /// Subscribers to every session.
+    any_session: Vec<Arc<Waiter>>,
+}
+
+struct Waiter {
+    id: u64,
+    kinds: KindSet,
+    notify: Notify,
+}
+
+impl Hub {
+    /// Wakes the subscribers of `session` whose kinds meet `kinds`: work in
+    /// proportion to the subscribers of that session and of all sessions,
+    /// no allocation. A subscriber woken while it is not waiting keeps one
+    /// wake-up for its next wait; repeated commits do not pile up.
+    fn announce(&self, session: &SessionId, kinds: KindSet, cursor: u64) {
+        self.last.fetch_max(cursor, Ordering::AcqRel);
+        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        let named = registry.by_session.get(session).map(Vec::as_slice);
+        for waiter in named
+            .unwrap_or_default()
+            .iter()
+            .chain(&registry.any_session)
+        {
+            if waiter.kinds.meets(kinds) {
+                waiter.notify.notify_one();
+            }
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        // Registry updates are single pushes and retains: never left half done.
+        self.registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A set of stored event kinds (`u8`), as a bitmap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KindSet([u64; 4]);
+
+impl KindSet {
+    const EMPTY: KindSet = KindSet([0; 4]);
+    const ALL: KindSet = KindSet([u64::MAX; 4]);
+
+    /// The kinds of a filter: an empty list means every kind.
+    fn of(kinds: &[u8]) -> KindSet {
+        if kinds.is_empty() {
+            return KindSet::ALL;
+        }
+        let mut set = KindSet::EMPTY;
+        for kind in kinds {
+            set.insert(*kind);
+        }
+        set
+    }
+
+    fn insert(&mut self, kind: u8) {
+        let word = usize::from(kind >> 6);
+        if let Some(w) = self.0.get_mut(word) {
+            *w |= 1 << (kind & 0x3f);
+        }
+    }
+
+    fn meets(&self, other: KindSet) -> bool {
+        self.0.iter().zip(other.0).any(|(a, b)| a & b != 0)
     }
 }
 
 /// Rebuilds the public event from a stored record.
 fn to_api_event(record: EventRecord) -> gateway::Event {
     // A record this build cannot parse still reaches the subscriber, with its
-    // position, so nothing is silently skipped.
-    let mut event = gateway::Event::decode(record.payload.as_slice()).unwrap_or_default();
+    // position, so nothing is silently skipped. A withheld payload (an expired
+    // QR code, or a record that failed authentication and was quarantined)
+    // reads back empty: the subscriber gets an empty payload of the event's
+    // type at its place.
+    let mut event = if record.payload.is_empty() {
+        gateway::Event {
+            payload: empty_payload(record.kind),
+            ..Default::default()
+        }
+    } else {
+        gateway::Event::decode(record.payload.as_slice()).unwrap_or_default()
+    };
     event.cursor = record.cursor;
     event.session_id = record.session_id.as_str().to_owned();
     event.seq = record.seq;
@@ -137,10 +391,173 @@ fn to_api_event(record: EventRecord) -> gateway::Event {
     event
 }
 
+/// An empty payload of the stored kind, if it is one this build knows.
+fn empty_payload(kind: u8) -> Option<Payload> {
+    match EventType::try_from(i32::from(kind)).ok()? {
+        EventType::Qr => Some(Payload::Qr(Default::default())),
+        EventType::Connection => Some(Payload::Connection(Default::default())),
+        EventType::Message => Some(Payload::Message(Default::default())),
+        EventType::Receipt => Some(Payload::Receipt(Default::default())),
+        EventType::Unspecified => None,
+    }
+}
+
 /// Milliseconds since the epoch as a protobuf timestamp.
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::gateway::{ConnectionEvent, QrEvent};
+    use crate::store::MemoryStore;
+    use std::time::Duration;
+
+    fn sid(s: &str) -> SessionId {
+        s.parse().expect("valid id")
+    }
+
+    fn qr() -> Payload {
+        Payload::Qr(QrEvent {
+            qr: "2@abc".into(),
+            expires_at: None,
+        })
+    }
+
+    fn connection() -> Payload {
+        Payload::Connection(ConnectionEvent::default())
+    }
+
+    /// Whether the subscription has a wake-up waiting (without waiting).
+    async fn woken(sub: &Subscription) -> bool {
+        tokio::time::timeout(Duration::ZERO, sub.changed())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn commits_wake_only_matching_subscribers() {
+        let log = EventLog::new(Arc::new(MemoryStore::new())).expect("log");
+        let (a, b) = (sid("a"), sid("b"));
+        let only_a = log.subscribe(EventFilter {
+            sessions: vec![a.clone(), a.clone()],
+            kinds: vec![],
+        });
+        let only_b_qr = log.subscribe(EventFilter {
+            sessions: vec![b.clone()],
+            kinds: vec![EventType::Qr as u8],
+        });
+        let every_connection = log.subscribe(EventFilter {
+            sessions: vec![],
+            kinds: vec![EventType::Connection as u8],
+        });
+        let everything = log.subscribe(EventFilter::all());
+
+        log.commit(&b, Batch::new(), vec![connection()], 1)
+            .await
+            .expect("commit");
+        assert!(!woken(&only_a).await);
+        assert!(!woken(&only_b_qr).await);
+        assert!(woken(&every_connection).await);
+        assert!(woken(&everything).await);
+
+        log.commit(&a, Batch::new(), vec![qr(), qr()], 2)
+            .await
+            .expect("commit");
+        log.commit(&a, Batch::new(), vec![qr()], 3)
+            .await
+            .expect("commit");
+        // Two commits leave one wake-up, not two.
+        assert!(woken(&only_a).await);
+        assert!(!woken(&only_a).await);
+        assert!(!woken(&only_b_qr).await);
+        assert!(!woken(&every_connection).await);
+        assert!(woken(&everything).await);
+
+        // A commit without events wakes nobody.
+        log.commit(&b, Batch::new(), vec![], 4)
+            .await
+            .expect("commit");
+        assert!(!woken(&everything).await);
+        assert_eq!(log.last_cursor(), 4);
+
+        // Dropped subscriptions leave the registry.
+        drop((only_a, only_b_qr, every_connection, everything));
+        let registry = log.hub.registry.read().expect("registry");
+        assert!(registry.by_session.is_empty());
+        assert!(registry.any_session.is_empty());
+    }
+
+    #[tokio::test]
+    async fn expired_qr_payloads_leave_the_log_and_the_events_stay() {
+        let log = EventLog::new(Arc::new(MemoryStore::new())).expect("log");
+        let a = sid("a");
+        log.commit(&a, Batch::new(), vec![qr(), connection()], 1_000)
+            .await
+            .expect("commit");
+        log.commit(&a, Batch::new(), vec![qr()], 50_000)
+            .await
+            .expect("commit");
+        let done = log
+            .apply_retention(Retention::default(), 60_000, 70_000)
+            .await
+            .expect("retention");
+        assert_eq!(done, (0, 1));
+        let events = log.read(0, EventFilter::all(), 10).await.expect("read");
+        assert_eq!(events.len(), 3);
+        assert_eq!(
+            (events[0].seq, &events[0].payload),
+            (1, &Some(Payload::Qr(QrEvent::default())))
+        );
+        assert!(matches!(events[1].payload, Some(Payload::Connection(_))));
+        assert!(matches!(&events[2].payload, Some(Payload::Qr(q)) if q.qr == "2@abc"));
+    }
+
+    #[tokio::test]
+    async fn a_follower_reads_pages_then_waits_for_its_sessions() {
+        let log = EventLog::new(Arc::new(MemoryStore::new())).expect("log");
+        let (a, b) = (sid("a"), sid("b"));
+        // More than a page of backlog.
+        let backlog: Vec<Payload> = (0..PAGE_EVENTS + 10).map(|_| connection()).collect();
+        log.commit(&a, Batch::new(), backlog, 1)
+            .await
+            .expect("commit");
+        let mut follower = log.follow(
+            0,
+            EventFilter {
+                sessions: vec![a.clone()],
+                kinds: vec![],
+            },
+        );
+        for seq in 1..=(PAGE_EVENTS + 10) as u64 {
+            let event = follower.next().await.expect("event");
+            assert_eq!(event.seq, seq);
+            assert_eq!(event.session_id, "a");
+        }
+        assert!(follower.page.len() <= PAGE_EVENTS);
+
+        // Caught up: it waits, and a commit for another session does not
+        // end the wait.
+        let pending = tokio::time::timeout(Duration::from_millis(20), follower.next()).await;
+        assert!(pending.is_err(), "nothing to read yet");
+        log.commit(&b, Batch::new(), vec![qr()], 2)
+            .await
+            .expect("commit");
+        let log2 = log.clone();
+        let a2 = a.clone();
+        let writer = tokio::spawn(async move {
+            log2.commit(&a2, Batch::new(), vec![qr()], 3)
+                .await
+                .expect("commit")
+        });
+        let event = follower.next().await.expect("event");
+        assert_eq!((event.session_id.as_str(), event.seq), ("a", 267));
+        assert!(matches!(event.payload, Some(Payload::Qr(_))));
+        assert_eq!(follower.cursor(), event.cursor);
+        writer.await.expect("writer");
     }
 }

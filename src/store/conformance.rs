@@ -22,6 +22,15 @@ pub(super) trait Backend {
     /// Writes a sealed record directly, bypassing encryption.
     fn set_raw_secret(&self, store: &Self::S, id: &SessionId, key: &str, record: Vec<u8>);
 
+    /// The sealed payload of an event as stored, bypassing the store's API.
+    fn raw_event(&self, store: &Self::S, cursor: u64) -> Option<Vec<u8>>;
+
+    /// Overwrites the stored payload of an event, bypassing encryption.
+    fn set_raw_event(&self, store: &Self::S, cursor: u64, record: Vec<u8>);
+
+    /// Whether `needle` occurs anywhere the backend keeps data at rest (its files, for SQLite).
+    fn at_rest_contains(&self, store: &Self::S, needle: &[u8]) -> bool;
+
     /// Makes the storage itself fail whenever an event of `kind` is appended.
     fn fail_event_kind(&self, store: &Self::S, kind: u8);
 }
@@ -72,6 +81,22 @@ macro_rules! behaviour_tests {
             #[test]
             fn rotation_reads_old_keys_and_reseals() {
                 c::rotation_reads_old_keys_and_reseals($backend);
+            }
+            #[test]
+            fn event_payloads_are_sealed_at_rest() {
+                c::event_payloads_are_sealed_at_rest($backend);
+            }
+            #[test]
+            fn tampered_event_keeps_its_place() {
+                c::tampered_event_keeps_its_place($backend);
+            }
+            #[test]
+            fn rotation_and_reseal_cover_events() {
+                c::rotation_and_reseal_cover_events($backend);
+            }
+            #[test]
+            fn redaction_blanks_payloads_in_place() {
+                c::redaction_blanks_payloads_in_place($backend);
             }
             #[test]
             fn concurrent_commits_keep_seqs_gap_free() {
@@ -496,6 +521,17 @@ pub(super) fn events_after_filters_and_limits(mut b: impl Backend) {
         .events_after(u64::MAX, &every, 10)
         .expect("beyond")
         .is_empty());
+
+    // Pages bounded in bytes: payloads are 5 bytes ("a@100"), so a 12-byte page ends with the
+    // event that crosses the bound, and a 1-byte page still holds one event.
+    let page = store.events_page(0, &every, 100, 12).expect("page");
+    assert_eq!(page, all[..3]);
+    let page = store.events_page(0, &every, 2, 1_000).expect("page");
+    assert_eq!(page, all[..2]);
+    let page = store
+        .events_page(all[4].cursor, &every, 100, 1)
+        .expect("page");
+    assert_eq!(page, all[5..]);
 }
 
 pub(super) fn prune_by_age_and_count(mut b: impl Backend) {
@@ -782,4 +818,162 @@ pub(super) fn concurrent_commits_keep_seqs_gap_free(mut b: impl Backend) {
         let expected: Vec<u64> = (1..=u64::try_from(PER_THREAD).expect("small")).collect();
         assert_eq!(mine, expected);
     }
+}
+
+/// The sealed key id of a stored record.
+fn key_id_of(record: &[u8]) -> Vec<u8> {
+    record[2..2 + usize::from(record[1])].to_vec()
+}
+
+pub(super) fn event_payloads_are_sealed_at_rest(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let s = new_session(&store, "sealed-session");
+    let text = b"personal text: meet at 5, call +15550009999";
+    let qr = b"2@qr-ref,adv-secret-AAAABBBBCCCC,identity";
+    let mut appended = Vec::new();
+    for round in 0..5 {
+        appended.extend(
+            store
+                .commit(
+                    &s,
+                    Batch::new()
+                        .event(3, round, text.to_vec())
+                        .event(1, round, qr.to_vec()),
+                )
+                .expect("commit"),
+        );
+    }
+    // Committers and readers get the plaintext.
+    assert_eq!(appended[0].payload, text);
+    let read = all_events(&store);
+    assert_eq!(read, appended);
+    // At rest it is nowhere, while plaintext columns are (the scan works).
+    assert!(b.at_rest_contains(&store, b"sealed-session"));
+    assert!(!b.at_rest_contains(&store, text), "message text at rest");
+    assert!(!b.at_rest_contains(&store, qr), "QR payload at rest");
+    assert!(
+        !b.at_rest_contains(&store, b"adv-secret"),
+        "ADV secret at rest"
+    );
+    let raw = b.raw_event(&store, appended[0].cursor).expect("stored");
+    assert_eq!(key_id_of(&raw), b"k1");
+    let store = b.open(k1(), Some(store));
+    assert_eq!(all_events(&store), appended);
+    assert!(!b.at_rest_contains(&store, text), "message text at rest");
+}
+
+pub(super) fn tampered_event_keeps_its_place(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let s = new_session(&store, "s");
+    let first = one_event(&store, &s, 3, 10);
+    let victim = one_event(&store, &s, 3, 11);
+    let last = one_event(&store, &s, 3, 12);
+    let mut raw = b.raw_event(&store, victim.cursor).expect("stored");
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x01;
+    b.set_raw_event(&store, victim.cursor, raw);
+    // Moving a payload to another event is tampering too.
+    let moved = b.raw_event(&store, first.cursor).expect("stored");
+    b.set_raw_event(&store, last.cursor, moved);
+
+    // The reader still sees both events at their place, with no payload, and the next one.
+    let read = all_events(&store);
+    assert_eq!(read.len(), 3);
+    assert_eq!(read[0], first);
+    for (got, was) in [(&read[1], &victim), (&read[2], &last)] {
+        assert_eq!(
+            (got.cursor, got.seq, got.kind),
+            (was.cursor, was.seq, was.kind)
+        );
+        assert!(got.payload.is_empty(), "withheld, never the altered bytes");
+    }
+    let listed = store.quarantined().expect("quarantined");
+    let keys: Vec<&str> = listed.iter().map(|q| q.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            format!("event/{}", victim.cursor),
+            format!("event/{}", last.cursor)
+        ]
+    );
+    assert!(listed[0].reason.contains("authentication failed"));
+    assert_eq!(listed[0].session_id, s);
+    // Reported once: later reads see the same place, and quarantine does not grow.
+    assert_eq!(all_events(&store), read);
+    assert_eq!(store.quarantined().expect("quarantined").len(), 2);
+    let store = b.open(k1(), Some(store));
+    assert_eq!(all_events(&store), read);
+    assert_eq!(one_event(&store, &s, 3, 13).seq, 4);
+}
+
+pub(super) fn rotation_and_reseal_cover_events(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let s = new_session(&store, "s");
+    store
+        .commit(&s, Batch::new().put_secret("creds", b"c".to_vec()))
+        .expect("commit");
+    let old: Vec<EventRecord> = (0..3).map(|ts| one_event(&store, &s, 3, ts)).collect();
+
+    let store = b.open(keyring(&[("k2", 2), ("k1", 1)]), Some(store));
+    // Old payloads still read; new ones are sealed with the current key.
+    assert_eq!(all_events(&store), old);
+    let new = one_event(&store, &s, 3, 10);
+    assert_eq!(
+        key_id_of(&b.raw_event(&store, new.cursor).expect("stored")),
+        b"k2"
+    );
+    assert_eq!(
+        key_id_of(&b.raw_event(&store, old[0].cursor).expect("stored")),
+        b"k1"
+    );
+    // One secret and three events were sealed with k1.
+    assert_eq!(store.reseal_all().expect("reseal"), 4);
+    assert_eq!(store.reseal_all().expect("again"), 0);
+    for e in &old {
+        assert_eq!(
+            key_id_of(&b.raw_event(&store, e.cursor).expect("stored")),
+            b"k2"
+        );
+    }
+
+    // The old key can go.
+    let store = b.open(keyring(&[("k2", 2)]), Some(store));
+    let mut expected = old;
+    expected.push(new);
+    assert_eq!(all_events(&store), expected);
+    assert_eq!(value(&store, &s, "creds"), Some(b"c".to_vec()));
+    assert!(store.quarantined().expect("quarantined").is_empty());
+}
+
+pub(super) fn redaction_blanks_payloads_in_place(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let (s, t) = (sid("s"), sid("t"));
+    let qr_old = one_event(&store, &s, 1, 100);
+    let msg_old = one_event(&store, &s, 3, 100);
+    let qr_other = one_event(&store, &t, 1, 150);
+    let qr_new = one_event(&store, &s, 1, 200);
+
+    assert_eq!(store.redact_events(1, 200).expect("redact"), 2);
+    assert_eq!(store.redact_events(1, 200).expect("again"), 0);
+    let read = all_events(&store);
+    let blank = |e: &EventRecord| EventRecord {
+        payload: Vec::new(),
+        ..e.clone()
+    };
+    assert_eq!(read, [blank(&qr_old), msg_old, blank(&qr_other), qr_new]);
+    assert!(
+        !b.at_rest_contains(&store, format!("{s}@100").as_bytes()),
+        "nothing of the payload left"
+    );
+    assert!(store.quarantined().expect("quarantined").is_empty());
+    let store = b.open(k1(), Some(store));
+    assert_eq!(all_events(&store), read);
+    // The seq goes on; retention still prunes redacted events.
+    assert_eq!(one_event(&store, &s, 1, 300).seq, 4);
+    let age = Retention {
+        max_age_ms: Some(0),
+        max_per_session: None,
+    };
+    assert_eq!(store.prune_events(&age, 201).expect("prune"), 4);
+    assert_eq!(all_events(&store).len(), 1);
 }

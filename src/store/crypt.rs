@@ -5,7 +5,8 @@
 //! Record: `version (0x01) ‖ key-id length (1 byte) ‖ key id ‖ nonce (12 random bytes) ‖
 //! ciphertext ‖ tag (16 bytes)`. The associated data covers the record header, the session id and
 //! the secret key, so a record copied to another row, or re-labelled with another key id, fails
-//! authentication instead of decrypting.
+//! authentication instead of decrypting. Event payloads use the same record under their own label,
+//! bound to the event's session, cursor, seq, kind and time.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -38,6 +39,8 @@ const DEFAULT_KEY_ID: &str = "k1";
 const MAX_KEY_FILE_LEN: u64 = 0x1_0000;
 /// Domain separation for the associated data of secret records.
 const AAD_LABEL: &[u8] = b"wagate/store/secret/v1";
+/// Domain separation for the associated data of event payloads.
+const EVENT_AAD_LABEL: &[u8] = b"wagate/store/event/v1";
 /// Message MACed with a key to recognise it later without storing it.
 const KEY_CHECK_LABEL: &[u8] = b"wagate/store/key-check/v1";
 
@@ -283,6 +286,48 @@ impl Keyring {
         key: &str,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, StoreError> {
+        self.seal_bound(rng, AAD_LABEL, session, key.as_bytes(), plaintext)
+    }
+
+    /// Decrypts a record written by [`Keyring::seal`] for the same session and secret key.
+    pub(super) fn open(
+        &self,
+        session: &SessionId,
+        key: &str,
+        record: &[u8],
+    ) -> Result<Opened, Unreadable> {
+        self.open_bound(AAD_LABEL, session, key.as_bytes(), record)
+    }
+
+    /// Encrypts an event payload under the current key, bound to the event's place in the log.
+    pub(super) fn seal_event(
+        &self,
+        rng: &mut (impl RngCore + CryptoRng),
+        session: &SessionId,
+        place: &EventPlace,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        self.seal_bound(rng, EVENT_AAD_LABEL, session, &place.bytes(), plaintext)
+    }
+
+    /// Decrypts an event payload written by [`Keyring::seal_event`] for the same place.
+    pub(super) fn open_event(
+        &self,
+        session: &SessionId,
+        place: &EventPlace,
+        record: &[u8],
+    ) -> Result<Opened, Unreadable> {
+        self.open_bound(EVENT_AAD_LABEL, session, &place.bytes(), record)
+    }
+
+    fn seal_bound(
+        &self,
+        rng: &mut (impl RngCore + CryptoRng),
+        label: &[u8],
+        session: &SessionId,
+        context: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
         let current = self.current();
         let id = current.id.as_bytes();
         let id_len = u8::try_from(id.len()).map_err(|_| StoreError::Encryption)?;
@@ -299,7 +344,7 @@ impl Keyring {
         let body_start = record.len();
         record.extend_from_slice(plaintext);
         let (head, body) = record.split_at_mut(body_start);
-        let aad = associated_data(&head[..header_len], session, key);
+        let aad = associated_data(label, &head[..header_len], session, context);
         match current
             .cipher
             .encrypt_in_place_detached(&Nonce::from(nonce), &aad, body)
@@ -315,11 +360,11 @@ impl Keyring {
         }
     }
 
-    /// Decrypts a record written by [`Keyring::seal`] for the same session and secret key.
-    pub(super) fn open(
+    fn open_bound(
         &self,
+        label: &[u8],
         session: &SessionId,
-        key: &str,
+        context: &[u8],
         record: &[u8],
     ) -> Result<Opened, Unreadable> {
         let truncated = || Unreadable::Truncated(record.len());
@@ -343,7 +388,7 @@ impl Keyring {
             .enumerate()
             .find(|(_, k)| k.id.as_bytes() == id)
             .ok_or_else(|| Unreadable::UnknownKeyId(String::from_utf8_lossy(id).into_owned()))?;
-        let aad = associated_data(header, session, key);
+        let aad = associated_data(label, header, session, context);
         let mut plaintext = Zeroizing::new(body.to_vec());
         entry
             .cipher
@@ -404,12 +449,31 @@ impl fmt::Display for Unreadable {
     }
 }
 
-fn associated_data(header: &[u8], session: &SessionId, key: &str) -> Vec<u8> {
+/// Where an event sits in the log: what its sealed payload is bound to, so a payload moved to
+/// another event, or an event whose kind or time was altered, fails authentication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct EventPlace {
+    pub(super) cursor: u64,
+    pub(super) seq: u64,
+    pub(super) kind: u8,
+    pub(super) timestamp_ms: i64,
+}
+
+impl EventPlace {
+    fn bytes(&self) -> [u8; 25] {
+        let mut out = [0u8; 25];
+        out[..8].copy_from_slice(&self.cursor.to_be_bytes());
+        out[8..16].copy_from_slice(&self.seq.to_be_bytes());
+        out[16] = self.kind;
+        out[17..].copy_from_slice(&self.timestamp_ms.to_be_bytes());
+        out
+    }
+}
+
+fn associated_data(label: &[u8], header: &[u8], session: &SessionId, key: &[u8]) -> Vec<u8> {
     let session = session.as_str().as_bytes();
-    let key = key.as_bytes();
-    let mut aad =
-        Vec::with_capacity(AAD_LABEL.len() + header.len() + 8 + session.len() + key.len());
-    aad.extend_from_slice(AAD_LABEL);
+    let mut aad = Vec::with_capacity(label.len() + header.len() + 8 + session.len() + key.len());
+    aad.extend_from_slice(label);
     aad.extend_from_slice(header);
     // Length prefixes keep ("ab", "c") and ("a", "bc") apart.
     for part in [session, key] {
@@ -595,6 +659,46 @@ mod tests {
             .expect("open")
             .plaintext
             .is_empty());
+    }
+
+    #[test]
+    fn event_payloads_are_bound_to_their_place_and_apart_from_secrets() {
+        let mut rng = StdRng::seed_from_u64(10);
+        let ring = Keyring::generate(&mut rng);
+        let a = sid("a");
+        let place = EventPlace {
+            cursor: 7,
+            seq: 3,
+            kind: 1,
+            timestamp_ms: 1_000,
+        };
+        let record = ring
+            .seal_event(&mut rng, &a, &place, b"payload")
+            .expect("seal");
+        let opened = ring.open_event(&a, &place, &record).expect("open");
+        assert_eq!(&*opened.plaintext, b"payload");
+        let moved = [
+            EventPlace { cursor: 8, ..place },
+            EventPlace { seq: 4, ..place },
+            EventPlace { kind: 3, ..place },
+            EventPlace {
+                timestamp_ms: 999,
+                ..place
+            },
+        ];
+        for other in moved {
+            assert_eq!(
+                ring.open_event(&a, &other, &record).err(),
+                Some(Unreadable::AuthenticationFailed),
+                "{other:?}"
+            );
+        }
+        assert!(ring.open_event(&sid("b"), &place, &record).is_err());
+        // A secret record never opens as an event, nor the reverse.
+        let key = String::from_utf8(place.bytes().to_vec()).unwrap_or_default();
+        let secret = ring.seal(&mut rng, &a, &key, b"payload").expect("seal");
+        assert!(ring.open_event(&a, &place, &secret).is_err());
+        assert!(ring.open(&a, &key, &record).is_err());
     }
 
     #[test]

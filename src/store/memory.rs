@@ -1,5 +1,5 @@
-//! In-memory backend with the same semantics as SQLite — sealed secrets, quarantine, atomic
-//! commits, gap-free seqs — but no durability; for tests of the layers above. Must not import
+//! In-memory backend with the same semantics as SQLite — sealed secrets and event payloads,
+//! quarantine, atomic commits, gap-free seqs — but no durability; for tests of the layers above. Must not import
 //! `runtime`, `api` or `sim`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
 
-use super::crypt::Keyring;
+use super::crypt::{EventPlace, Keyring, Opened, Unreadable};
 use super::{
-    now_ms, Batch, EventFilter, EventRecord, QuarantineEntry, Retention, SecretOp, SessionId,
-    SessionRecord, Store, StoreError,
+    event_key, now_ms, Batch, EventFilter, EventRecord, QuarantineEntry, Retention, SecretOp,
+    SessionId, SessionRecord, Store, StoreError,
 };
 
 /// A [`Store`] held in process memory. Secrets are still sealed with a keyring (a random one by
@@ -27,6 +27,7 @@ pub struct MemoryStore {
 struct State {
     sessions: BTreeMap<SessionId, SessionRecord>,
     secrets: HashMap<SessionId, BTreeMap<String, Vec<u8>>>,
+    /// Payloads sealed; an empty payload is withheld (redacted or quarantined).
     events: BTreeMap<u64, EventRecord>,
     last_seq: HashMap<SessionId, u64>,
     last_cursor: u64,
@@ -150,6 +151,15 @@ impl MemoryStore {
                 .last_cursor
                 .checked_add(1)
                 .ok_or_else(|| StoreError::Corrupt("cursor overflows".into()))?;
+            let place = EventPlace {
+                cursor,
+                seq,
+                kind: event.kind,
+                timestamp_ms: event.timestamp_ms,
+            };
+            let sealed = self
+                .keys
+                .seal_event(&mut OsRng, id, &place, &event.payload)?;
             let record = EventRecord {
                 cursor,
                 session_id: id.clone(),
@@ -158,13 +168,46 @@ impl MemoryStore {
                 kind: event.kind,
                 payload: event.payload,
             };
-            state.events.insert(cursor, record.clone());
+            state.events.insert(
+                cursor,
+                EventRecord {
+                    payload: sealed,
+                    ..record.clone()
+                },
+            );
             state.last_cursor = cursor;
             state.last_seq.insert(id.clone(), seq);
             undo.appended.push(cursor);
             appended.push(record);
         }
         Ok(appended)
+    }
+
+    /// The plaintext of a stored event: an empty record is a withheld payload.
+    fn open_event(&self, record: &EventRecord) -> Result<Opened, Unreadable> {
+        if record.payload.is_empty() {
+            return Ok(Opened {
+                plaintext: Zeroizing::new(Vec::new()),
+                stale: false,
+            });
+        }
+        self.keys
+            .open_event(&record.session_id, &place(record), &record.payload)
+    }
+
+    /// Sets an unreadable event payload aside, keeping the event's place in the log.
+    fn quarantine_event(state: &mut State, cursor: u64, reason: String) {
+        let Some(event) = state.events.get_mut(&cursor) else {
+            return;
+        };
+        let record = std::mem::take(&mut event.payload);
+        let entry = QuarantineEntry {
+            session_id: event.session_id.clone(),
+            key: event_key(cursor),
+            reason,
+            quarantined_at_ms: now_ms(),
+        };
+        state.quarantine.push((entry, record));
     }
 
     /// The same data seen through another keyring, as if the store were reopened with it.
@@ -180,6 +223,38 @@ impl MemoryStore {
     #[cfg(test)]
     pub(super) fn raw_secret(&self, id: &SessionId, key: &str) -> Option<Vec<u8>> {
         self.lock().secrets.get(id)?.get(key).cloned()
+    }
+
+    /// The sealed payload of an event, as stored.
+    #[cfg(test)]
+    pub(super) fn raw_event(&self, cursor: u64) -> Option<Vec<u8>> {
+        Some(self.lock().events.get(&cursor)?.payload.clone())
+    }
+
+    /// Overwrites the sealed payload of an event, bypassing encryption.
+    #[cfg(test)]
+    pub(super) fn set_raw_event(&self, cursor: u64, record: Vec<u8>) {
+        if let Some(event) = self.lock().events.get_mut(&cursor) {
+            event.payload = record;
+        }
+    }
+
+    /// Whether `needle` occurs in anything the store holds (rows, sealed records, quarantine).
+    #[cfg(test)]
+    pub(super) fn holds(&self, needle: &[u8]) -> bool {
+        let state = self.lock();
+        let found = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        state.events.values().any(|e| found(&e.payload))
+            || state
+                .secrets
+                .values()
+                .flat_map(|m| m.values())
+                .any(|r| found(r))
+            || state.quarantine.iter().any(|(_, r)| found(r))
+            || state
+                .sessions
+                .values()
+                .any(|s| found(format!("{s:?}").as_bytes()))
     }
 
     /// Overwrites the sealed record of a secret, bypassing encryption.
@@ -340,21 +415,44 @@ impl Store for MemoryStore {
         }
     }
 
-    fn events_after(
+    fn events_page(
         &self,
         after: u64,
         filter: &EventFilter,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let state = self.lock();
-        Ok(state
+        let mut state = self.lock();
+        let mut page = Vec::new();
+        let mut unreadable = Vec::new();
+        let mut bytes = 0usize;
+        for event in state
             .events
             .range((Bound::Excluded(after), Bound::Unbounded))
             .map(|(_, e)| e)
             .filter(|e| filter.matches(e))
             .take(limit)
-            .cloned()
-            .collect())
+        {
+            if bytes >= max_bytes {
+                break;
+            }
+            let payload = match self.open_event(event) {
+                Ok(opened) => opened.plaintext.to_vec(),
+                Err(why) => {
+                    unreadable.push((event.cursor, why.to_string()));
+                    Vec::new()
+                }
+            };
+            bytes = bytes.saturating_add(payload.len());
+            page.push(EventRecord {
+                payload,
+                ..event.clone()
+            });
+        }
+        for (cursor, reason) in unreadable {
+            Self::quarantine_event(&mut state, cursor, reason);
+        }
+        Ok(page)
     }
 
     fn last_cursor(&self) -> Result<u64, StoreError> {
@@ -390,6 +488,59 @@ impl Store for MemoryStore {
         Ok(u64::try_from(before - state.events.len()).unwrap_or(u64::MAX))
     }
 
+    fn redact_events(&self, kind: u8, before_ms: i64) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut redacted = 0u64;
+        for event in state.events.values_mut() {
+            if event.kind == kind && event.timestamp_ms < before_ms && !event.payload.is_empty() {
+                event.payload = Vec::new();
+                redacted += 1;
+            }
+        }
+        Ok(redacted)
+    }
+
+    fn reseal_all(&self) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let mut resealed = 0u64;
+        let mut unreadable = Vec::new();
+        for (id, secrets) in &mut state.secrets {
+            for (key, record) in secrets.iter_mut() {
+                match self.keys.open(id, key, record) {
+                    Ok(opened) if opened.stale => {
+                        *record = self.keys.seal(&mut OsRng, id, key, &opened.plaintext)?;
+                        resealed += 1;
+                    }
+                    Ok(_) => {}
+                    Err(why) => unreadable.push((id.clone(), key.clone(), why.to_string())),
+                }
+            }
+        }
+        for (id, key, reason) in unreadable {
+            Self::quarantine(&mut state, &id, &key, reason);
+        }
+        let mut unreadable = Vec::new();
+        for event in state.events.values_mut() {
+            match self.open_event(event) {
+                Ok(opened) if opened.stale => {
+                    event.payload = self.keys.seal_event(
+                        &mut OsRng,
+                        &event.session_id,
+                        &place(event),
+                        &opened.plaintext,
+                    )?;
+                    resealed += 1;
+                }
+                Ok(_) => {}
+                Err(why) => unreadable.push((event.cursor, why.to_string())),
+            }
+        }
+        for (cursor, reason) in unreadable {
+            Self::quarantine_event(&mut state, cursor, reason);
+        }
+        Ok(resealed)
+    }
+
     fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError> {
         Ok(self
             .lock()
@@ -397,6 +548,16 @@ impl Store for MemoryStore {
             .iter()
             .map(|(entry, _)| entry.clone())
             .collect())
+    }
+}
+
+/// What a sealed event payload is bound to.
+fn place(record: &EventRecord) -> EventPlace {
+    EventPlace {
+        cursor: record.cursor,
+        seq: record.seq,
+        kind: record.kind,
+        timestamp_ms: record.timestamp_ms,
     }
 }
 
@@ -424,6 +585,18 @@ mod tests {
 
         fn set_raw_secret(&self, store: &MemoryStore, id: &SessionId, key: &str, record: Vec<u8>) {
             store.set_raw_secret(id, key, record);
+        }
+
+        fn raw_event(&self, store: &MemoryStore, cursor: u64) -> Option<Vec<u8>> {
+            store.raw_event(cursor)
+        }
+
+        fn set_raw_event(&self, store: &MemoryStore, cursor: u64, record: Vec<u8>) {
+            store.set_raw_event(cursor, record);
+        }
+
+        fn at_rest_contains(&self, store: &MemoryStore, needle: &[u8]) -> bool {
+            store.holds(needle)
         }
 
         fn fail_event_kind(&self, store: &MemoryStore, kind: u8) {

@@ -77,6 +77,25 @@ pub trait Store: Send + Sync {
         after: u64,
         filter: &EventFilter,
         limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.events_page(after, filter, limit, usize::MAX)
+    }
+
+    /// Like [`Store::events_after`], but stops once the payloads read add up to `max_bytes`
+    /// (the event that crosses the bound is included, so a page is never empty while events
+    /// remain): what a reader holds in memory stays bounded whatever the events carry.
+    ///
+    /// Payloads are sealed at rest like secrets. A payload that fails to open (altered, or
+    /// sealed with a key the keyring lacks) is moved to quarantine under the key
+    /// `event/<cursor>` and the event stays in the log with an empty payload: readers still
+    /// see its cursor, seq, kind and time, so a gap is never silent. Redacted payloads read
+    /// back empty too.
+    fn events_page(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<EventRecord>, StoreError>;
 
     /// The highest cursor ever assigned (0 if none) — survives restarts and pruning.
@@ -86,8 +105,23 @@ pub trait Store: Send + Sync {
     /// but the newest `max_per_session`; returns how many were deleted.
     fn prune_events(&self, retention: &Retention, now_ms: i64) -> Result<u64, StoreError>;
 
+    /// Blanks the payload of every event of `kind` older than `before_ms` (by `timestamp_ms`),
+    /// e.g. QR codes once expired: each keeps its cursor, seq, kind and time and reads back with
+    /// an empty payload. Returns how many payloads were blanked.
+    fn redact_events(&self, kind: u8, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Re-seals every secret and event payload not sealed with the current key (quarantining
+    /// unreadable ones), so older keys can leave the keyring. Returns how many records were
+    /// re-sealed.
+    fn reseal_all(&self) -> Result<u64, StoreError>;
+
     /// Records moved to quarantine (session, key, reason, when), oldest first, for operators.
     fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError>;
+}
+
+/// The quarantine key of the payload of the event at `cursor`.
+fn event_key(cursor: u64) -> String {
+    format!("event/{cursor}")
 }
 
 /// Wall-clock milliseconds for bookkeeping stamps (quarantine time). A clock before 1970 yields 0:

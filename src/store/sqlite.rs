@@ -2,6 +2,10 @@
 //! commit, secrets sealed before they reach SQLite, schema migrations keyed on
 //! `PRAGMA user_version`. Must not import `runtime`, `api` or `sim`.
 //!
+//! Event payloads are sealed like secrets (bound to their place in the log, under the lock since
+//! the cursor is assigned there); session ids, kinds and times stay in clear for filtering and
+//! retention. An empty payload is a withheld one (redacted or quarantined).
+//!
 //! One connection behind a mutex serves every caller (SQLite allows one writer at a time anyway,
 //! and it keeps seq/cursor assignment trivially race-free). Commits are grouped: batches that
 //! arrive while a transaction is being written are committed together in the next one, each in
@@ -20,16 +24,16 @@ use rand::rngs::OsRng;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use zeroize::Zeroizing;
 
-use super::crypt::Keyring;
+use super::crypt::{EventPlace, Keyring, Unreadable};
 use super::model::prefix_upper_bound;
 use super::{
-    now_ms, Batch, EventFilter, EventRecord, NewEvent, QuarantineEntry, Retention, SecretOp,
-    SessionId, SessionRecord, Store, StoreError,
+    event_key, now_ms, Batch, EventFilter, EventRecord, NewEvent, QuarantineEntry, Retention,
+    SecretOp, SessionId, SessionRecord, Store, StoreError,
 };
 
 /// Schema version this build writes; `MIGRATIONS[v]` upgrades version `v` to `v + 1`.
-const SCHEMA_VERSION: i64 = 1;
-const MIGRATIONS: [&str; 1] = [SCHEMA_V1];
+const SCHEMA_VERSION: i64 = 2;
+const MIGRATIONS: [&str; 2] = [SCHEMA_V1, SCHEMA_V2];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE sessions (
@@ -99,6 +103,13 @@ CREATE TABLE store_keys (
     first_used_at_ms INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
 ";
+
+/// Version 2 seals event payloads, which version 1 stored in clear; the data step is
+/// `seal_clear_events`, run in the same transaction.
+const SCHEMA_V2: &str = "";
+
+/// Records re-sealed per transaction by `reseal_all`.
+const CHUNK: i64 = 500;
 
 /// Rows deleted per transaction when pruning, so a large prune never holds the lock for long.
 const PRUNE_CHUNK: i64 = 5_000;
@@ -170,8 +181,8 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_size_limit", 0x400_0000)?;
         conn.pragma_update(None, "trusted_schema", false)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        migrate(&mut conn)?;
-        check_keys(&mut conn, &keys)?;
+        migrate(&mut conn, &keys)?;
+        check_keys(&conn, &keys)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             keys,
@@ -184,11 +195,9 @@ impl SqliteStore {
         })
     }
 
-    /// Re-seals every secret not sealed with the current key (quarantining unreadable ones),
-    /// then forgets the older keys, so they can be dropped from the keyring. Returns how many
-    /// records were re-sealed. Works in chunks; other calls proceed in between.
-    pub fn reseal_all(&self) -> Result<u64, StoreError> {
-        const CHUNK: i64 = 500;
+    /// Re-seals every secret not sealed with the current key (quarantining unreadable ones).
+    /// Works in chunks; other calls proceed in between.
+    fn reseal_secrets(&self) -> Result<u64, StoreError> {
         let mut resealed: u64 = 0;
         let mut after: i64 = 0;
         loop {
@@ -225,11 +234,49 @@ impl SqliteStore {
             tx.commit()?;
             self.key_recorded.store(true, Ordering::Relaxed);
         }
-        let conn = self.lock();
-        conn.execute(
-            "DELETE FROM store_keys WHERE key_id != ?1",
-            [self.keys.current_id()],
-        )?;
+        Ok(resealed)
+    }
+
+    /// Re-seals every event payload not sealed with the current key (quarantining unreadable
+    /// ones), in chunks.
+    fn reseal_events(&self) -> Result<u64, StoreError> {
+        let mut resealed: u64 = 0;
+        let mut after: i64 = 0;
+        loop {
+            let mut conn = self.lock();
+            let rows: Vec<StoredEvent> = {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT cursor, session_id, seq, timestamp_ms, kind, payload FROM events \
+                     WHERE cursor > ?1 ORDER BY cursor LIMIT ?2",
+                )?;
+                let mapped = stmt.query_map(params![after, CHUNK], stored_event_from_row)?;
+                mapped.collect::<Result<_, _>>()?
+            };
+            let Some(last) = rows.last() else {
+                break;
+            };
+            after = last.cursor;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            self.record_current_key(&tx)?;
+            let at = now_ms();
+            for row in rows {
+                let (id, place) = row.place()?;
+                match open_event(&self.keys, &id, &place, &row.payload) {
+                    Ok(opened) if opened.stale => {
+                        let fresh =
+                            self.keys
+                                .seal_event(&mut OsRng, &id, &place, &opened.plaintext)?;
+                        tx.prepare_cached("UPDATE events SET payload = ?2 WHERE cursor = ?1")?
+                            .execute(params![row.cursor, fresh])?;
+                        resealed += 1;
+                    }
+                    Ok(_) => {}
+                    Err(why) => quarantine_event(&tx, &id, row.cursor, &why.to_string(), at)?,
+                }
+            }
+            tx.commit()?;
+            self.key_recorded.store(true, Ordering::Relaxed);
+        }
         Ok(resealed)
     }
 
@@ -273,21 +320,21 @@ impl SqliteStore {
             }
         };
         let mut results = Vec::with_capacity(group.len());
-        let mut any_put = false;
+        let mut any_sealed = false;
         for Pending { work, outcome } in group {
-            let has_put = work.has_put;
+            let sealed = work.has_put || !work.events.is_empty();
             let result = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
                 // An error drops `sp`, which rolls back this batch alone.
                 let events = self.apply_batch(&sp, work)?;
                 sp.commit()?;
                 Ok(events)
             });
-            any_put |= has_put && result.is_ok();
+            any_sealed |= sealed && result.is_ok();
             results.push((outcome, result));
         }
         match tx.commit() {
             Ok(()) => {
-                if any_put {
+                if any_sealed {
                     self.key_recorded.store(true, Ordering::Relaxed);
                 }
                 for (outcome, result) in results {
@@ -315,12 +362,14 @@ impl SqliteStore {
             if !exists {
                 return Err(StoreError::UnknownSession(id.clone()));
             }
+        }
+        if work.has_put || !work.events.is_empty() {
             self.record_current_key(conn)?;
         }
         for op in work.ops {
             apply_secret_op(conn, id, op)?;
         }
-        append_events(conn, id, work.events)
+        append_events(conn, &self.keys, id, work.events)
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -643,11 +692,12 @@ impl Store for SqliteStore {
         }
     }
 
-    fn events_after(
+    fn events_page(
         &self,
         after: u64,
         filter: &EventFilter,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -688,12 +738,48 @@ impl Store for SqliteStore {
         let sql = format!(
             "{SELECT_EVENTS} AND {session_clause} AND {kind_clause} ORDER BY cursor LIMIT ?4"
         );
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![after, sessions, kinds, limit], event_from_row)?;
+        let mut conn = self.lock();
         let mut events = Vec::new();
-        for row in rows {
-            events.push(row??);
+        let mut unreadable = Vec::new();
+        {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![after, sessions, kinds, limit],
+                stored_event_from_row,
+            )?;
+            let mut bytes = 0usize;
+            // Rows are stepped lazily: stopping here reads no further.
+            for row in rows {
+                if bytes >= max_bytes {
+                    break;
+                }
+                let row = row?;
+                let (id, place) = row.place()?;
+                let payload = match open_event(&self.keys, &id, &place, &row.payload) {
+                    Ok(opened) => opened.plaintext.to_vec(),
+                    Err(why) => {
+                        unreadable.push((id.clone(), row.cursor, why.to_string()));
+                        Vec::new()
+                    }
+                };
+                bytes = bytes.saturating_add(payload.len());
+                events.push(EventRecord {
+                    cursor: place.cursor,
+                    session_id: id,
+                    seq: place.seq,
+                    timestamp_ms: place.timestamp_ms,
+                    kind: place.kind,
+                    payload,
+                });
+            }
+        }
+        if !unreadable.is_empty() {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let at = now_ms();
+            for (id, cursor, reason) in &unreadable {
+                quarantine_event(&tx, id, *cursor, reason, at)?;
+            }
+            tx.commit()?;
         }
         Ok(events)
     }
@@ -747,6 +833,29 @@ impl Store for SqliteStore {
         Ok(total)
     }
 
+    fn redact_events(&self, kind: u8, before_ms: i64) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        // secure_delete (set at open) overwrites the freed bytes in the database file.
+        let n = conn
+            .prepare_cached(
+                "UPDATE events SET payload = X'' \
+                 WHERE kind = ?1 AND timestamp_ms < ?2 AND length(payload) > 0",
+            )?
+            .execute(params![kind, before_ms])?;
+        Ok(count(n))
+    }
+
+    /// Also forgets the older keys in `store_keys`, so they can be dropped from the keyring.
+    fn reseal_all(&self) -> Result<u64, StoreError> {
+        let resealed = self.reseal_secrets()?.saturating_add(self.reseal_events()?);
+        let conn = self.lock();
+        conn.execute(
+            "DELETE FROM store_keys WHERE key_id != ?1",
+            [self.keys.current_id()],
+        )?;
+        Ok(resealed)
+    }
+
     fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
@@ -774,7 +883,7 @@ impl Store for SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+fn migrate(conn: &mut Connection, keys: &Keyring) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Read inside the write transaction: another process may have migrated meanwhile.
     let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -793,15 +902,50 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for step in MIGRATIONS.iter().skip(from) {
         tx.execute_batch(step)?;
     }
+    if found == 1 {
+        // Refused here too, before anything is sealed with a key the database does not know.
+        check_keys(&tx, keys)?;
+        seal_clear_events(&tx, keys)?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
+    Ok(())
+}
+
+/// Seals the event payloads a version 1 database stored in clear, with the current key, and
+/// lists that key in `store_keys`.
+fn seal_clear_events(tx: &Connection, keys: &Keyring) -> Result<(), StoreError> {
+    let rows: Vec<StoredEvent> = {
+        let mut stmt = tx.prepare(
+            "SELECT cursor, session_id, seq, timestamp_ms, kind, payload FROM events \
+             ORDER BY cursor",
+        )?;
+        let mapped = stmt.query_map([], stored_event_from_row)?;
+        mapped.collect::<Result<_, _>>()?
+    };
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if let Some((key_id, check)) = keys.key_checks().into_iter().next() {
+        tx.execute(
+            "INSERT OR IGNORE INTO store_keys (key_id, key_check, first_used_at_ms) \
+             VALUES (?1, ?2, ?3)",
+            params![key_id, check, now_ms()],
+        )?;
+    }
+    let mut update = tx.prepare("UPDATE events SET payload = ?2 WHERE cursor = ?1")?;
+    for row in rows {
+        let (id, place) = row.place()?;
+        let sealed = keys.seal_event(&mut OsRng, &id, &place, &row.payload)?;
+        update.execute(params![row.cursor, sealed])?;
+    }
     Ok(())
 }
 
 /// Refuses a keyring that cannot read what this database holds: a key id it knows with other
 /// bytes (a lost or regenerated key), or a missing key id (a rotation that dropped the old key
 /// too early). Either would otherwise quarantine secrets on first read.
-fn check_keys(conn: &mut Connection, keys: &Keyring) -> Result<(), StoreError> {
+fn check_keys(conn: &Connection, keys: &Keyring) -> Result<(), StoreError> {
     let known: Vec<(String, Vec<u8>)> = {
         let mut stmt = conn.prepare("SELECT key_id, key_check FROM store_keys ORDER BY key_id")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -835,6 +979,42 @@ fn move_to_quarantine(
     tx.prepare_cached("DELETE FROM secrets WHERE session_id = ?1 AND key = ?2")?
         .execute(params![id.as_str(), key])?;
     Ok(())
+}
+
+/// Copies an event's unreadable payload into quarantine with its reason and empties it in the
+/// log, where the event keeps its place.
+fn quarantine_event(
+    tx: &Connection,
+    id: &SessionId,
+    cursor: i64,
+    reason: &str,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    let key = event_key(to_u64(cursor, "cursor")?);
+    tx.prepare_cached(
+        "INSERT INTO quarantine (session_id, key, reason, quarantined_at_ms, record) \
+         SELECT ?1, ?2, ?3, ?4, payload FROM events WHERE cursor = ?5",
+    )?
+    .execute(params![id.as_str(), key, reason, at_ms, cursor])?;
+    tx.prepare_cached("UPDATE events SET payload = X'' WHERE cursor = ?1")?
+        .execute([cursor])?;
+    Ok(())
+}
+
+/// The plaintext of a stored event payload: an empty one is withheld (redacted or quarantined).
+fn open_event(
+    keys: &Keyring,
+    id: &SessionId,
+    place: &EventPlace,
+    payload: &[u8],
+) -> Result<super::crypt::Opened, Unreadable> {
+    if payload.is_empty() {
+        return Ok(super::crypt::Opened {
+            plaintext: Zeroizing::new(Vec::new()),
+            stale: false,
+        });
+    }
+    keys.open_event(id, place, payload)
 }
 
 fn upsert_session(tx: &Connection, record: &SessionRecord) -> Result<(), StoreError> {
@@ -905,6 +1085,7 @@ fn apply_secret_op(tx: &Connection, id: &SessionId, op: SealedOp) -> Result<(), 
 
 fn append_events(
     tx: &Connection,
+    keys: &Keyring,
     id: &SessionId,
     events: Vec<NewEvent>,
 ) -> Result<Vec<EventRecord>, StoreError> {
@@ -930,13 +1111,20 @@ fn append_events(
         cursor = cursor
             .checked_add(1)
             .ok_or_else(|| StoreError::Corrupt("cursor overflows".into()))?;
+        let place = EventPlace {
+            cursor,
+            seq,
+            kind: event.kind,
+            timestamp_ms: event.timestamp_ms,
+        };
+        let sealed = keys.seal_event(&mut OsRng, id, &place, &event.payload)?;
         insert.execute(params![
             to_i64(cursor)?,
             id.as_str(),
             to_i64(seq)?,
             event.timestamp_ms,
             event.kind,
-            event.payload,
+            sealed,
         ])?;
         appended.push(EventRecord {
             cursor,
@@ -999,23 +1187,40 @@ fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Result<SessionRecord, Store
     }))
 }
 
-fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Result<EventRecord, StoreError>> {
-    let cursor: i64 = r.get(0)?;
-    let session: String = r.get(1)?;
-    let seq: i64 = r.get(2)?;
-    let timestamp_ms: i64 = r.get(3)?;
-    let kind: u8 = r.get(4)?;
-    let payload: Vec<u8> = r.get(5)?;
-    Ok((|| {
-        Ok(EventRecord {
-            cursor: to_u64(cursor, "cursor")?,
-            session_id: parse_session_id(session)?,
-            seq: to_u64(seq, "seq")?,
-            timestamp_ms,
-            kind,
-            payload,
-        })
-    })())
+/// An event row as stored: payload sealed, columns unchecked.
+struct StoredEvent {
+    cursor: i64,
+    session: String,
+    seq: i64,
+    timestamp_ms: i64,
+    kind: u8,
+    payload: Vec<u8>,
+}
+
+impl StoredEvent {
+    /// The session and the place the payload is bound to, checked.
+    fn place(&self) -> Result<(SessionId, EventPlace), StoreError> {
+        Ok((
+            parse_session_id(self.session.clone())?,
+            EventPlace {
+                cursor: to_u64(self.cursor, "cursor")?,
+                seq: to_u64(self.seq, "seq")?,
+                kind: self.kind,
+                timestamp_ms: self.timestamp_ms,
+            },
+        ))
+    }
+}
+
+fn stored_event_from_row(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        cursor: r.get(0)?,
+        session: r.get(1)?,
+        seq: r.get(2)?,
+        timestamp_ms: r.get(3)?,
+        kind: r.get(4)?,
+        payload: r.get(5)?,
+    })
 }
 
 fn parse_session_id(s: String) -> Result<SessionId, StoreError> {
@@ -1097,6 +1302,30 @@ mod tests {
                 .expect("raw write");
         }
 
+        fn raw_event(&self, _: &SqliteStore, cursor: u64) -> Option<Vec<u8>> {
+            self.raw()
+                .query_row(
+                    "SELECT payload FROM events WHERE cursor = ?1",
+                    [i64::try_from(cursor).expect("small cursor")],
+                    |r| r.get(0),
+                )
+                .optional()
+                .expect("select")
+        }
+
+        fn set_raw_event(&self, _: &SqliteStore, cursor: u64, record: Vec<u8>) {
+            self.raw()
+                .execute(
+                    "UPDATE events SET payload = ?2 WHERE cursor = ?1",
+                    params![i64::try_from(cursor).expect("small cursor"), record],
+                )
+                .expect("raw write");
+        }
+
+        fn at_rest_contains(&self, _: &SqliteStore, needle: &[u8]) -> bool {
+            !files_containing(self.dir.path(), needle).is_empty()
+        }
+
         fn fail_event_kind(&self, _: &SqliteStore, kind: u8) {
             // A real storage-level failure in the middle of the transaction.
             self.raw()
@@ -1175,8 +1404,13 @@ mod tests {
                 .collect();
             // The scanner works: non-secret data is found in plaintext.
             assert!(
-                !files_containing(dir.path(), b"plain-event-marker").is_empty(),
-                "{when}: marker not found in {names:?}"
+                !files_containing(dir.path(), b"victim").is_empty(),
+                "{when}: session id not found in {names:?}"
+            );
+            assert_eq!(
+                files_containing(dir.path(), b"plain-event-marker"),
+                Vec::<String>::new(),
+                "{when}: event payload found on disk"
             );
             assert_eq!(
                 files_containing(dir.path(), &private_key),
@@ -1206,6 +1440,62 @@ mod tests {
         );
         drop(store);
         scan("after close");
+    }
+
+    #[test]
+    fn version_1_event_payloads_are_sealed_on_upgrade() {
+        let b = Sqlite::new();
+        let s = sid("s");
+        let store = SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open");
+        let events = store
+            .commit(
+                &s,
+                Batch::new()
+                    .event(3, 1, b"clear-text-of-v1".to_vec())
+                    .event(1, 2, vec![]),
+            )
+            .expect("commit");
+        drop(store);
+        // As version 1 left it: payloads in clear, no key recorded.
+        let raw = b.raw();
+        for e in &events {
+            raw.execute(
+                "UPDATE events SET payload = ?2 WHERE cursor = ?1",
+                params![to_i64(e.cursor).expect("small"), e.payload],
+            )
+            .expect("clear payload");
+        }
+        raw.execute("DELETE FROM store_keys", [])
+            .expect("forget keys");
+        raw.pragma_update(None, "user_version", 1)
+            .expect("version 1");
+        drop(raw);
+        assert!(!files_containing(b.dir.path(), b"clear-text-of-v1").is_empty());
+
+        let store = SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("upgrade");
+        assert_eq!(
+            store
+                .events_after(0, &EventFilter::all(), 10)
+                .expect("read"),
+            events
+        );
+        assert!(store.quarantined().expect("quarantined").is_empty());
+        drop(store);
+        let raw = b.raw();
+        let version: i64 = raw
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        raw.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")
+            .expect("compact");
+        drop(raw);
+        assert_eq!(
+            files_containing(b.dir.path(), b"clear-text-of-v1"),
+            Vec::<String>::new()
+        );
+        // The key that sealed them is now recorded: another key is refused.
+        let err = SqliteStore::open(&b.path(), keyring(&[("k1", 9)])).expect_err("mismatch");
+        assert!(matches!(err, StoreError::KeyMismatch { .. }), "{err}");
     }
 
     #[test]
