@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod manager;
 mod messaging;
+mod registry;
 mod session;
 mod socket;
 
