@@ -290,3 +290,63 @@ impl Drop for Reservation<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Mutex<Registry> {
+        Mutex::new(Registry {
+            slots: HashMap::new(),
+            claimed: 0,
+            actors: JoinSet::new(),
+            closing: false,
+        })
+    }
+
+    fn id(s: &str) -> SessionId {
+        s.parse().expect("session id")
+    }
+
+    #[test]
+    fn reservations_count_against_the_limit_and_roll_back() {
+        let reg = registry();
+        let mut reserved = Vec::new();
+        for name in ["a", "b"] {
+            match lock(&reg).init_step(&id(name), 2) {
+                Ok(InitStep::Create(ready)) => {
+                    reserved.push(Reservation::new(&reg, id(name), ready))
+                }
+                _ => panic!("{name}: a new id under the limit is reserved"),
+            }
+        }
+        assert!(matches!(
+            lock(&reg).init_step(&id("c"), 2),
+            Err(RuntimeError::SessionLimit(2))
+        ));
+        // A second caller for a reserved id waits for the creator.
+        let waiter = match lock(&reg).init_step(&id("a"), 2) {
+            Ok(InitStep::Wait(ready)) => ready,
+            _ => panic!("a reserved id makes other callers wait"),
+        };
+        // The creator gives up (its store write failed, or its caller left).
+        drop(reserved.remove(0));
+        assert!(waiter.has_changed().is_err(), "the waiter is woken");
+        assert_eq!(lock(&reg).claimed, 1);
+        assert!(!lock(&reg).slots.contains_key(&id("a")));
+        assert!(matches!(
+            lock(&reg).init_step(&id("c"), 2),
+            Ok(InitStep::Create(_))
+        ));
+    }
+
+    #[test]
+    fn nothing_starts_once_closing() {
+        let reg = registry();
+        lock(&reg).closing = true;
+        assert!(matches!(
+            lock(&reg).init_step(&id("a"), 5),
+            Err(RuntimeError::ShuttingDown)
+        ));
+    }
+}
