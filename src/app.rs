@@ -240,6 +240,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     };
 
     let (health, health_service) = api::health().await;
+    // Before the API serves: an Init cannot race the restore and create a
+    // second actor (or a fresh record) for a stored session.
+    manager.restore().await?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (close_tx, close_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(api::serve(
@@ -252,7 +255,6 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
             let _ = close_rx.await;
         },
     ));
-    manager.restore().await?;
     health.set(true).await;
     info!(%addr, "gateway listening");
 
@@ -280,7 +282,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     let grace = opts.shutdown_grace;
     let task = tokio::spawn(async move {
         let _ = stop_rx.await;
-        health.set(false).await;
+        // Probes see NOT_SERVING and open health watches end now, so they
+        // do not hold the server open past the drain.
+        health.drain().await;
         if !drain_delay.is_zero() {
             tokio::time::sleep(drain_delay).await;
         }

@@ -180,6 +180,8 @@ pub async fn serve_prometheus(listener: TcpListener, metrics: Arc<Metrics>) {
         let Ok((mut socket, _)) = listener.accept().await else {
             continue;
         };
+        // The reply is one small write; do not let it wait for a delayed ACK.
+        let _ = socket.set_nodelay(true);
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];

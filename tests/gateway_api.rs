@@ -243,6 +243,18 @@ async fn bad_input_gets_clear_statuses() {
         assert_eq!(err.code(), Code::InvalidArgument, "{to:?}: {err}");
         assert!(err.message().starts_with("to:"), "{}", err.message());
     }
+    let huge = "5".repeat(1 << 20);
+    let err = client
+        .send(SendRequest {
+            session_id: "first".into(),
+            to: huge,
+            text: "hi".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("huge recipient");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().len() < 200, "{}", err.message().len());
     let err = client
         .send(SendRequest {
             session_id: "first".into(),
@@ -466,6 +478,99 @@ async fn health_turns_not_serving_before_the_listener_closes() {
         .await
         .expect("shutdown completes")
         .expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_health_watch_does_not_hold_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim().await;
+    let mut opts = options(dir.path(), &sim.sim);
+    opts.drain_delay = std::time::Duration::from_millis(200);
+    // Far beyond WAIT: a watch holding the server open would fail the test.
+    opts.shutdown_grace = std::time::Duration::from_secs(600);
+    let gateway = start_gateway(opts).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut watches = Vec::new();
+    for service in ["", "wagate.v1.Gateway"] {
+        let mut watch = health
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        watch.message().await.expect("ok").expect("status");
+        watches.push(watch);
+    }
+    // The watches stay open (held, not read) while the gateway stops.
+    tokio::time::timeout(WAIT, gateway.shutdown())
+        .await
+        .expect("shutdown is not held by open health watches");
+    use tonic_health::pb::health_check_response::ServingStatus;
+    for mut watch in watches {
+        let last = watch.message().await.expect("ok").expect("a last status");
+        assert_eq!(last.status, ServingStatus::NotServing as i32);
+        assert!(
+            watch.message().await.expect("ends cleanly").is_none(),
+            "the watch ended"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_while_reconnecting_is_unavailable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = start_sim().await;
+    let mut opts = options(dir.path(), &sim.sim);
+    opts.max_reconnect_attempts = 1_000;
+    let gateway = start_gateway(opts).await;
+    let mut client = client(gateway.addr).await;
+    let _ = pair_session(&mut sim, &mut client, "blip", "+15550007777").await;
+    let mut events =
+        events_after(&mut client, "blip", gateway.manager.events().last_cursor()).await;
+
+    // The chat server goes away: the session reconnects by itself.
+    sim.sim.shutdown().await;
+    wait_for(&mut events, "CONNECTING (reconnect)", |e| {
+        is_state(e, SessionState::Connecting)
+    })
+    .await;
+    let err = client
+        .send(SendRequest {
+            session_id: "blip".into(),
+            to: "+15550001234".into(),
+            text: "hi".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("not connected");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("reconnecting"), "{}", err.message());
+
+    // Stopped by Disconnect: it will not come back by itself.
+    client
+        .disconnect(DisconnectRequest {
+            session_id: "blip".into(),
+            logout: false,
+        })
+        .await
+        .expect("Disconnect");
+    let err = client
+        .send(SendRequest {
+            session_id: "blip".into(),
+            to: "+15550001234".into(),
+            text: "hi".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("stopped");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    gateway.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

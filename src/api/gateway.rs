@@ -14,11 +14,12 @@ use crate::proto::gateway::{
     ListSessionsResponse, QrCodeRequest, QrCodeResponse, SendRequest, SendResponse, Session,
     StatusRequest,
 };
-use crate::runtime::{timestamp_ms, Manager, OutgoingText, SessionState, SessionStatus};
+use crate::runtime::{Manager, OutgoingText};
 use crate::store::{EventFilter, SessionId};
 use crate::wa::jid::{Jid, PhoneNumber};
 
-use super::errors::invalid;
+use super::convert;
+use super::errors::{invalid, quote};
 use super::qr_image;
 
 pub struct GatewayService {
@@ -36,36 +37,49 @@ fn session_id(raw: &str) -> Result<SessionId, Status> {
         .map_err(|e| invalid("session_id", e))
 }
 
+/// Longest recipient accepted: an E.164 number with punctuation, or a JID
+/// (group and LID users included), is far shorter.
+const MAX_RECIPIENT: usize = 64;
+
 /// A recipient given as an E.164 number or a JID.
 pub(crate) fn recipient(raw: &str) -> Result<Jid, Status> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Err(invalid("to", "recipient is empty"));
     }
+    if raw.len() > MAX_RECIPIENT {
+        return Err(invalid(
+            "to",
+            format!(
+                "{} is {} bytes long; a phone number or JID has at most {MAX_RECIPIENT}",
+                quote(raw),
+                raw.len()
+            ),
+        ));
+    }
+    // Both errors name the (bounded) input themselves.
     if raw.contains('@') {
-        return raw
-            .parse::<Jid>()
-            .map_err(|e| invalid("to", format!("{raw:?} is not a valid JID: {e}")));
+        return raw.parse::<Jid>().map_err(|e| invalid("to", e));
     }
     raw.parse::<PhoneNumber>()
         .map(|p| p.to_jid())
-        .map_err(|e| invalid("to", format!("{raw:?} is not a valid phone number: {e}")))
+        .map_err(|e| invalid("to", e))
 }
 
-fn to_api(status: SessionStatus) -> Session {
-    Session {
-        session_id: status.id.to_string(),
-        state: status.state.to_api() as i32,
-        jid: status.jid.unwrap_or_default(),
-        phone: status.phone.unwrap_or_default(),
-        push_name: status.push_name.unwrap_or_default(),
-        platform: status.platform.unwrap_or_default(),
-        created_at: Some(timestamp_ms(status.created_at_ms)),
-        last_connected_at: status.last_connected_at_ms.map(timestamp_ms),
-        reconnect_attempts: status.reconnect_attempts,
-        last_disconnect_reason: status.last_disconnect_reason.unwrap_or_default(),
-        metadata: status.metadata.into_iter().collect(),
+/// A phone number for link-code pairing.
+fn phone_number(raw: &str) -> Result<PhoneNumber, Status> {
+    if raw.len() > MAX_RECIPIENT {
+        return Err(invalid(
+            "phone_number",
+            format!(
+                "{} is {} bytes long; not a phone number",
+                quote(raw),
+                raw.len()
+            ),
+        ));
     }
+    raw.parse::<PhoneNumber>()
+        .map_err(|e| invalid("phone_number", e))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
@@ -85,9 +99,7 @@ impl Gateway for GatewayService {
         let req = request.into_inner();
         let id = session_id(&req.session_id)?;
         if !req.phone_number.is_empty() {
-            req.phone_number
-                .parse::<PhoneNumber>()
-                .map_err(|e| invalid("phone_number", e))?;
+            phone_number(&req.phone_number)?;
             return Err(Status::unimplemented(
                 "pairing with a phone number (link code) is not available yet; omit phone_number and pair by QR",
             ));
@@ -105,7 +117,7 @@ impl Gateway for GatewayService {
         }
         let metadata: BTreeMap<String, String> = req.metadata.into_iter().collect();
         let status = self.manager.init(id, metadata).await?;
-        Ok(Response::new(to_api(status)))
+        Ok(Response::new(convert::session(status)))
     }
 
     async fn qr_code(
@@ -113,18 +125,14 @@ impl Gateway for GatewayService {
         request: Request<QrCodeRequest>,
     ) -> Result<Response<QrCodeResponse>, Status> {
         let id = session_id(&request.into_inner().session_id)?;
-        let qr = self.manager.qr(&id)?;
+        let qr = self.manager.qr(&id).await?;
         let png = qr_image::png_data_url(&qr.code).map_err(Status::internal)?;
-        Ok(Response::new(QrCodeResponse {
-            qr: qr.code,
-            png_data_url: png,
-            expires_at: Some(timestamp_ms(qr.expires_at_ms as i64)),
-        }))
+        Ok(Response::new(convert::qr_code(qr, png)))
     }
 
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<Session>, Status> {
         let id = session_id(&request.into_inner().session_id)?;
-        Ok(Response::new(to_api(self.manager.status(&id)?)))
+        Ok(Response::new(convert::session(self.manager.status(&id)?)))
     }
 
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
@@ -140,13 +148,6 @@ impl Gateway for GatewayService {
         if req.idempotency_key.len() > 128 {
             return Err(invalid("idempotency_key", "longer than 128 characters"));
         }
-        let status = self.manager.status(&id)?;
-        if status.state != SessionState::Connected {
-            return Err(Status::failed_precondition(format!(
-                "session {id} is not connected (state {:?})",
-                status.state
-            )));
-        }
         let idempotency_key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
         let sent = self
             .manager
@@ -159,10 +160,7 @@ impl Gateway for GatewayService {
                 },
             )
             .await?;
-        Ok(Response::new(SendResponse {
-            message_id: sent.message_id,
-            timestamp: Some(timestamp_ms(sent.timestamp_s as i64 * 1000)),
-        }))
+        Ok(Response::new(convert::sent(sent)))
     }
 
     async fn disconnect(
@@ -172,14 +170,19 @@ impl Gateway for GatewayService {
         let req = request.into_inner();
         let id = session_id(&req.session_id)?;
         let status = self.manager.disconnect(&id, req.logout).await?;
-        Ok(Response::new(to_api(status)))
+        Ok(Response::new(convert::session(status)))
     }
 
     async fn list_sessions(
         &self,
         _request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        let sessions = self.manager.list().into_iter().map(to_api).collect();
+        let sessions = self
+            .manager
+            .list()
+            .into_iter()
+            .map(convert::session)
+            .collect();
         Ok(Response::new(ListSessionsResponse { sessions }))
     }
 
@@ -271,5 +274,17 @@ mod tests {
             let e = recipient(bad).expect_err(bad);
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
         }
+        // A huge input is refused without being echoed whole.
+        for huge in [
+            "1".repeat(1 << 20),
+            format!("{}@s.whatsapp.net", "1".repeat(1 << 20)),
+        ] {
+            let e = recipient(&huge).expect_err("too long");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().len() < 200, "{}", e.message());
+            assert!(e.message().contains('…'), "{}", e.message());
+        }
+        let e = phone_number(&"5".repeat(1 << 20)).expect_err("too long");
+        assert!(e.message().len() < 200, "{}", e.message());
     }
 }

@@ -4,23 +4,24 @@
 //! sandbox mode.
 
 mod auth;
+mod convert;
 mod errors;
 mod gateway;
+mod health;
 pub mod qr_image;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::pb::health_server::HealthServer;
-use tonic_health::server::HealthReporter;
-use tonic_health::ServingStatus;
 
 pub use auth::ApiKeys;
 pub use gateway::GatewayService;
+pub use health::{health, Health, HealthWatches, GATEWAY_SERVICE};
 
 use crate::proto::gateway::gateway_server::GatewayServer;
 use crate::runtime::Manager;
@@ -28,38 +29,14 @@ use crate::runtime::Manager;
 /// Largest request accepted (a text message is far smaller; media arrives later).
 const MAX_REQUEST: usize = 4 << 20;
 
-/// Health of the gateway as probes see it (overall and `wagate.v1.Gateway`).
-#[derive(Clone)]
-pub struct Health {
-    reporter: HealthReporter,
-}
-
-impl Health {
-    pub async fn set(&self, serving: bool) {
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.reporter.set_service_status("", status).await;
-        self.reporter
-            .set_service_status(GATEWAY_SERVICE, status)
-            .await;
-    }
-}
-
-/// Fully qualified name of the public service (for health checks).
-pub const GATEWAY_SERVICE: &str = "wagate.v1.Gateway";
-
-/// Creates the health service; it starts NOT_SERVING until [`Health::set`].
-pub async fn health() -> (
-    Health,
-    HealthServer<impl tonic_health::pb::health_server::Health>,
-) {
-    let (reporter, service) = tonic_health::server::health_reporter();
-    let health = Health { reporter };
-    health.set(false).await;
-    (health, service)
+/// Connections accepted on `listener`, with `TCP_NODELAY` set on each.
+///
+/// gRPC writes small frames (headers, one short message, trailers); with
+/// Nagle's algorithm the last of them can wait for the peer's delayed ACK,
+/// ~40 ms. tonic's own `tcp_nodelay` setting does not apply to an incoming
+/// stream handed to `serve_with_incoming*`, so it is set here per socket.
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves (new connections
@@ -69,7 +46,7 @@ pub async fn serve(
     manager: Arc<Manager>,
     keys: ApiKeys,
     sim: Option<crate::sim::Simulator>,
-    health_service: HealthServer<impl tonic_health::pb::health_server::Health>,
+    health_service: HealthServer<HealthWatches>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -101,6 +78,26 @@ pub async fn serve(
         router = router.add_service(InterceptedService::new(sim.control(), auth(keys.clone())));
     }
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut accepted = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let socket = tokio::time::timeout(std::time::Duration::from_secs(10), accepted.next())
+            .await
+            .expect("accepted in time")
+            .expect("stream open")
+            .expect("accept");
+        assert!(socket.nodelay().expect("read TCP_NODELAY"));
+    }
 }

@@ -1,95 +1,72 @@
 //! The session registry: creates, restores, limits and stops session actors.
+//!
+//! Every decision about the registry (is this id known, is there room under
+//! the session limit) is taken in one acquisition of its lock, and nothing
+//! awaits while holding it: a new session first takes a reservation, then its
+//! record is written, then its actor starts, and the reservation is rolled
+//! back if anything in between fails.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use tokio::sync::oneshot;
+use futures_util::future::join_all;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::store::{SessionId, SessionRecord, StoreError};
-use crate::wa::conn::ClientConfig;
+use crate::store::{SessionId, SessionRecord, Store, StoreError};
 
-use super::backoff::{Backoff, Pacer};
+use super::config::{RuntimeConfig, Shared};
+use super::error::RuntimeError;
 use super::events::EventLog;
 use super::messaging::{OutgoingText, SendError, Sent};
 use super::now_ms;
+use super::registry::{is_online, lock, Entry, InitStep, Registry, Reservation};
 use super::session::{Command, QrInfo, SessionActor, SessionHandle, SessionState, SessionStatus};
 
-/// Runtime settings.
-#[derive(Clone, Debug)]
-pub struct RuntimeConfig {
-    /// Websocket URL of the chat server.
-    pub wa_url: String,
-    /// Protocol settings (root key, device info, timers).
-    pub client: ClientConfig,
-    /// Sessions that may be online at once.
-    pub max_sessions: usize,
-    /// Consecutive failed reconnects before a session gives up.
-    pub max_reconnect_attempts: u32,
-    pub backoff: Backoff,
-    /// Handshakes per second across all sessions.
-    pub handshakes_per_second: u32,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        Self {
-            wa_url: "wss://web.whatsapp.com/ws/chat".to_owned(),
-            client: ClientConfig::default(),
-            max_sessions: 1000,
-            max_reconnect_attempts: 10,
-            backoff: Backoff::default(),
-            handshakes_per_second: 50,
-        }
-    }
-}
-
-/// Errors of registry operations; the API maps each to a status.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("session {0} not found")]
-    NotFound(String),
-    #[error("session limit reached ({0} sessions online); disconnect one or raise --max-sessions")]
-    SessionLimit(usize),
-    #[error("{0}")]
-    WrongState(String),
-    #[error("the gateway is shutting down")]
-    ShuttingDown,
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Send(#[from] SendError),
-}
-
-pub(crate) struct Shared {
-    pub(crate) config: RuntimeConfig,
-    pub(crate) pacer: Pacer,
-}
+/// How long shutdown waits for all sessions together to close cleanly.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
+/// How long Init waits for the actor to report that it took the command.
+const INIT_SETTLE: Duration = Duration::from_secs(1);
 
 /// Owns every session actor.
 pub struct Manager {
     shared: Arc<Shared>,
     events: EventLog,
-    sessions: Mutex<HashMap<SessionId, SessionHandle>>,
-    closing: std::sync::atomic::AtomicBool,
-    closing_signal: tokio::sync::watch::Sender<bool>,
+    registry: Arc<Mutex<Registry>>,
+    closing_signal: watch::Sender<bool>,
+}
+
+/// Runs a store call off the async runtime.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || call(store.as_ref()))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
 }
 
 impl Manager {
     pub fn new(config: RuntimeConfig, events: EventLog) -> Self {
-        let pacer = Pacer::new(config.handshakes_per_second);
         Self {
-            shared: Arc::new(Shared { config, pacer }),
+            shared: Arc::new(Shared::new(config)),
             events,
-            sessions: Mutex::new(HashMap::new()),
-            closing: std::sync::atomic::AtomicBool::new(false),
-            closing_signal: tokio::sync::watch::channel(false).0,
+            registry: Arc::new(Mutex::new(Registry {
+                slots: HashMap::new(),
+                claimed: 0,
+                actors: JoinSet::new(),
+                closing: false,
+            })),
+            closing_signal: watch::channel(false).0,
         }
     }
 
     /// Becomes true when the gateway starts shutting down; long-lived streams
     /// end on it so the server can finish.
-    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub fn closing(&self) -> watch::Receiver<bool> {
         self.closing_signal.subscribe()
     }
 
@@ -97,98 +74,90 @@ impl Manager {
         &self.events
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, SessionHandle>> {
-        // A panic while holding this lock leaves the map itself consistent.
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        lock(&self.registry)
     }
 
-    fn handle(&self, id: &SessionId) -> Result<SessionHandle, RuntimeError> {
-        self.lock()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))
-    }
-
-    fn online_count(&self) -> usize {
-        self.lock()
-            .values()
-            .filter(|h| {
-                matches!(
-                    h.status.borrow().state,
-                    SessionState::Connecting | SessionState::QrReady | SessionState::Connected
-                )
-            })
-            .count()
-    }
-
-    fn check_open(&self) -> Result<(), RuntimeError> {
-        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+    /// The handle of a running session, unless the gateway is closing.
+    fn open_handle(&self, id: &SessionId) -> Result<SessionHandle, RuntimeError> {
+        let reg = self.lock();
+        if reg.closing {
             return Err(RuntimeError::ShuttingDown);
         }
-        Ok(())
+        reg.running(id)
+    }
+
+    /// Session actors whose task has not ended (one per known session).
+    pub fn running_actors(&self) -> usize {
+        let mut reg = self.lock();
+        while reg.actors.try_join_next().is_some() {}
+        reg.actors.len()
+    }
+
+    /// Sessions counted against the session limit.
+    pub fn online_sessions(&self) -> usize {
+        let mut reg = self.lock();
+        reg.sync_all();
+        reg.claimed
     }
 
     /// Loads every stored session and reconnects those that were online.
+    /// Runs before the API serves, so no Init can race it; sessions restored
+    /// online count against the limit even if it was lowered since.
     pub async fn restore(&self) -> Result<usize, RuntimeError> {
-        let store = self.events.store().clone();
-        let records = tokio::task::spawn_blocking(move || store.sessions())
-            .await
-            .map_err(|e| RuntimeError::WrongState(format!("store task: {e}")))??;
-        let mut restored = 0;
-        for record in records {
-            let online = record.desired_online && !record.logged_out;
-            let handle = self.spawn(record);
-            if online {
-                let _ = handle.commands.send(Command::Connect).await;
-                restored += 1;
+        let records = blocking(self.events.store(), |s| s.sessions()).await?;
+        let mut connect = Vec::new();
+        {
+            let mut reg = self.lock();
+            if reg.closing {
+                return Err(RuntimeError::ShuttingDown);
+            }
+            for record in records {
+                if reg.slots.contains_key(&record.id) {
+                    continue;
+                }
+                let online = record.desired_online && !record.logged_out;
+                let (handle, actor) =
+                    SessionActor::spawn(self.shared.clone(), self.events.clone(), record);
+                if online {
+                    connect.push(handle.clone());
+                }
+                reg.start(Arc::downgrade(&self.registry), handle, actor, online);
+            }
+            let max = self.shared.config.max_sessions;
+            if reg.claimed > max {
+                warn!(
+                    online = reg.claimed,
+                    max, "more sessions were online than the session limit allows"
+                );
             }
         }
+        let restored = connect.len();
+        join_all(connect.iter().map(|h| h.commands.send(Command::Connect))).await;
         info!(restored, "sessions restored");
         Ok(restored)
-    }
-
-    fn spawn(&self, record: SessionRecord) -> SessionHandle {
-        let id = record.id.clone();
-        let handle = SessionActor::spawn(self.shared.clone(), self.events.clone(), record);
-        self.lock().insert(id, handle.clone());
-        handle
     }
 
     /// Creates the session if new and starts connecting it; idempotent.
     pub async fn init(
         &self,
         id: SessionId,
-        metadata: std::collections::BTreeMap<String, String>,
+        metadata: BTreeMap<String, String>,
     ) -> Result<SessionStatus, RuntimeError> {
-        self.check_open()?;
-        let existing = self.lock().get(&id).cloned();
-        let handle = match existing {
-            Some(handle) => {
-                let state = handle.status.borrow().state;
-                let online = matches!(
-                    state,
-                    SessionState::Connecting | SessionState::QrReady | SessionState::Connected
-                );
-                if online {
-                    return Ok(handle.status.borrow().clone());
+        let max = self.shared.config.max_sessions;
+        let handle = loop {
+            let step = self.lock().init_step(&id, max)?;
+            match step {
+                InitStep::Online(handle) => return Ok(handle.status.borrow().clone()),
+                InitStep::Wait(mut ready) => {
+                    // Err once the creator is done either way; then decide again.
+                    let _ = ready.changed().await;
                 }
-                if self.online_count() >= self.shared.config.max_sessions {
-                    return Err(RuntimeError::SessionLimit(self.shared.config.max_sessions));
+                InitStep::Connect(handle) => break handle,
+                InitStep::Create(ready) => {
+                    let reservation = Reservation::new(&self.registry, id.clone(), ready);
+                    break self.create(reservation, metadata).await?;
                 }
-                handle
-            }
-            None => {
-                if self.online_count() >= self.shared.config.max_sessions {
-                    return Err(RuntimeError::SessionLimit(self.shared.config.max_sessions));
-                }
-                let mut record = SessionRecord::new(id.clone(), now_ms() as i64);
-                record.metadata = metadata;
-                let store = self.events.store().clone();
-                let rec = record.clone();
-                tokio::task::spawn_blocking(move || store.put_session(&rec))
-                    .await
-                    .map_err(|e| RuntimeError::WrongState(format!("store task: {e}")))??;
-                self.spawn(record)
             }
         };
         let mut status = handle.status.clone();
@@ -198,11 +167,8 @@ impl Manager {
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
         // Report the state after the actor took the command.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-            while !matches!(
-                status.borrow_and_update().state,
-                SessionState::Connecting | SessionState::QrReady | SessionState::Connected
-            ) {
+        let _ = tokio::time::timeout(INIT_SETTLE, async {
+            while !is_online(status.borrow_and_update().state) {
                 if status.changed().await.is_err() {
                     break;
                 }
@@ -213,29 +179,67 @@ impl Manager {
         Ok(current)
     }
 
-    pub fn status(&self, id: &SessionId) -> Result<SessionStatus, RuntimeError> {
-        Ok(self.handle(id)?.status.borrow().clone())
+    /// Writes a new session's record, then starts its actor in the reserved
+    /// place; the reservation rolls back on any failure.
+    async fn create(
+        &self,
+        mut reservation: Reservation<'_>,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<SessionHandle, RuntimeError> {
+        let mut record = SessionRecord::new(reservation.id().clone(), now_ms() as i64);
+        record.metadata = metadata;
+        let row = record.clone();
+        blocking(self.events.store(), move |s| s.put_session(&row)).await?;
+        {
+            let mut reg = self.lock();
+            if !reg.closing {
+                let (handle, actor) =
+                    SessionActor::spawn(self.shared.clone(), self.events.clone(), record);
+                reg.start(Arc::downgrade(&self.registry), handle.clone(), actor, true);
+                reservation.commit();
+                return Ok(handle);
+            }
+        }
+        // The lock is released before the reservation rolls back (it locks).
+        drop(reservation);
+        Err(RuntimeError::ShuttingDown)
     }
 
-    /// The QR currently shown, or why there is none.
-    pub fn qr(&self, id: &SessionId) -> Result<QrInfo, RuntimeError> {
-        let status = self.status(id)?;
+    pub fn status(&self, id: &SessionId) -> Result<SessionStatus, RuntimeError> {
+        Ok(self.lock().running(id)?.status.borrow().clone())
+    }
+
+    /// The QR currently shown, or why there is none. A session that is
+    /// connecting for its first pairing is about to show one: wait for it
+    /// (briefly), so Init followed by QrCode, or QrCode on the QR event,
+    /// finds it.
+    pub async fn qr(&self, id: &SessionId) -> Result<QrInfo, RuntimeError> {
+        let mut watch = self.lock().running(id)?.status;
+        let _ = tokio::time::timeout(
+            INIT_SETTLE,
+            watch.wait_for(|s| s.state != SessionState::Connecting || s.jid.is_some()),
+        )
+        .await;
+        let status = watch.borrow().clone();
         match (status.state, status.qr) {
             (SessionState::QrReady, Some(qr)) => Ok(qr),
-            (SessionState::Connected, _) => Err(RuntimeError::WrongState(format!(
-                "session {id} is already connected; no QR code is needed"
-            ))),
-            (state, _) => Err(RuntimeError::WrongState(format!(
-                "session {id} has no QR code now (state {state:?}); call Init and wait for a QR event"
-            ))),
+            (SessionState::Connected, _) => Err(RuntimeError::AlreadyConnected(id.clone())),
+            (state, _) => Err(RuntimeError::NoQrYet {
+                id: id.clone(),
+                state,
+            }),
         }
     }
 
     pub fn list(&self) -> Vec<SessionStatus> {
         let mut all: Vec<SessionStatus> = self
             .lock()
+            .slots
             .values()
-            .map(|h| h.status.borrow().clone())
+            .filter_map(|slot| match &slot.entry {
+                Entry::Running(h) => Some(h.status.borrow().clone()),
+                Entry::Creating(_) => None,
+            })
             .collect();
         all.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
         all
@@ -243,8 +247,8 @@ impl Manager {
 
     /// Sends a text and waits for the server's ack.
     pub async fn send(&self, id: &SessionId, text: OutgoingText) -> Result<Sent, RuntimeError> {
-        self.check_open()?;
-        let handle = self.handle(id)?;
+        let handle = self.open_handle(id)?;
+        ready_to_send(&handle.status.borrow())?;
         let (reply, answer) = oneshot::channel();
         handle
             .commands
@@ -252,8 +256,21 @@ impl Manager {
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
         // The actor answers every send; a dropped reply means it stopped.
-        let sent = answer.await.map_err(|_| RuntimeError::ShuttingDown)??;
-        Ok(sent)
+        match answer.await.map_err(|_| RuntimeError::ShuttingDown)? {
+            Ok(sent) => Ok(sent),
+            // The state moved between the check above and the actor: decide
+            // again from the state it is in now.
+            Err(SendError::NotConnected) => {
+                if self.lock().closing {
+                    return Err(RuntimeError::ShuttingDown);
+                }
+                let status = handle.status.borrow().clone();
+                Err(ready_to_send(&status)
+                    .err()
+                    .unwrap_or_else(|| RuntimeError::Reconnecting(status.id.clone())))
+            }
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// Closes the connection (keeping credentials) or logs out.
@@ -262,8 +279,7 @@ impl Manager {
         id: &SessionId,
         logout: bool,
     ) -> Result<SessionStatus, RuntimeError> {
-        self.check_open()?;
-        let handle = self.handle(id)?;
+        let handle = self.open_handle(id)?;
         let state = handle.status.borrow().state;
         if state == SessionState::LoggedOut && logout {
             return Ok(handle.status.borrow().clone());
@@ -275,30 +291,66 @@ impl Manager {
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
         let _ = wait.await;
+        // The actor published its final state before answering: free its
+        // place now rather than when its task gets to it.
+        self.lock().sync(id);
         let status = handle.status.borrow().clone();
         Ok(status)
     }
 
-    /// Stops every session cleanly (sockets closed, state flushed).
+    /// Stops every session cleanly (sockets closed, state flushed), all at
+    /// once, within one overall budget; actors still running after it are
+    /// cut.
     pub async fn shutdown(&self) {
-        self.closing
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (handles, mut actors) = {
+            let mut reg = self.lock();
+            reg.closing = true;
+            let handles: Vec<SessionHandle> = reg
+                .slots
+                .values()
+                .filter_map(|slot| match &slot.entry {
+                    Entry::Running(h) => Some(h.clone()),
+                    Entry::Creating(_) => None,
+                })
+                .collect();
+            (handles, std::mem::take(&mut reg.actors))
+        };
         self.closing_signal.send_replace(true);
-        let handles: Vec<SessionHandle> = self.lock().values().cloned().collect();
-        for h in &handles {
-            let _ = h.commands.send(Command::Shutdown).await;
-        }
-        for h in handles {
-            // The actor drops its sender when it exits.
-            let mut status = h.status.clone();
-            if tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                while status.changed().await.is_ok() {}
-            })
+        let stop_all = async {
+            join_all(handles.iter().map(|h| h.commands.send(Command::Shutdown))).await;
+            while actors.join_next().await.is_some() {}
+        };
+        if tokio::time::timeout(SHUTDOWN_BUDGET, stop_all)
             .await
             .is_err()
-            {
-                warn!(session = %status.borrow().id, "session did not stop in time");
-            }
+        {
+            warn!(
+                sessions = actors.len(),
+                "sessions did not stop within {SHUTDOWN_BUDGET:?}; cutting them"
+            );
+            actors.shutdown().await;
         }
+    }
+}
+
+/// Whether a session can take a Send now and, if not, whether it comes back
+/// by itself (a retry policy may retry UNAVAILABLE) or needs someone to act
+/// (FAILED_PRECONDITION).
+fn ready_to_send(status: &SessionStatus) -> Result<(), RuntimeError> {
+    let id = status.id.clone();
+    let paired = status.jid.is_some();
+    match status.state {
+        SessionState::Connected => Ok(()),
+        SessionState::Connecting if paired => Err(RuntimeError::Reconnecting(id)),
+        SessionState::Connecting | SessionState::QrReady => Err(RuntimeError::NotPaired(id)),
+        SessionState::Disconnected if !paired => Err(RuntimeError::NotPaired(id)),
+        SessionState::Disconnected => Err(RuntimeError::Stopped {
+            id,
+            reason: status
+                .last_disconnect_reason
+                .clone()
+                .unwrap_or_else(|| "disconnected".to_owned()),
+        }),
+        SessionState::LoggedOut => Err(RuntimeError::LoggedOut(id)),
     }
 }

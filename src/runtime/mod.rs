@@ -3,17 +3,22 @@
 //! the event log writer. May import `wa` and `store`, never `api` or `sim`.
 
 mod backoff;
+mod config;
+mod error;
 mod events;
 mod keys;
 mod manager;
 mod messaging;
 mod payloads;
+mod registry;
 mod session;
 mod socket;
 
 pub use backoff::Backoff;
+pub use config::RuntimeConfig;
+pub use error::RuntimeError;
 pub use events::{timestamp as timestamp_ms, EventKind, EventLog};
-pub use manager::{Manager, RuntimeConfig, RuntimeError};
+pub use manager::Manager;
 pub use messaging::{OutgoingText, SendError, Sent};
 pub use session::{QrInfo, SessionState, SessionStatus};
 

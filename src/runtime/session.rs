@@ -2,6 +2,7 @@
 //! connection, persists what the core asks before sending, and reconnects or
 //! stops according to how each connection ended.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,8 @@ use crate::store::{Batch, SecretOp, SessionId, SessionRecord, StoreError};
 use crate::wa::conn::{CloseReason, Connection, Event, Recovery};
 use crate::wa::creds::Credentials;
 
+use super::config::Shared;
 use super::events::EventLog;
-use super::manager::Shared;
 use super::messaging::{Messenger, OutgoingText, SendError, SendReply};
 use super::{now_ms, payloads, socket};
 
@@ -168,11 +169,13 @@ pub(crate) struct SessionActor {
 }
 
 impl SessionActor {
+    /// Builds the actor; the caller runs the returned future (the registry
+    /// keeps it in its `JoinSet` so shutdown can wait for every actor).
     pub(crate) fn spawn(
         shared: Arc<Shared>,
         events: EventLog,
         record: SessionRecord,
-    ) -> SessionHandle {
+    ) -> (SessionHandle, impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(16);
         let initial = SessionStatus::from_record(&record);
         crate::metrics::global().session_moved(None, initial.state.metric_index());
@@ -190,11 +193,11 @@ impl SessionActor {
             messenger,
             deferred: None,
         };
-        tokio::spawn(actor.run());
-        SessionHandle {
+        let handle = SessionHandle {
             commands: tx,
             status: status_rx,
-        }
+        };
+        (handle, actor.run())
     }
 
     async fn run(mut self) {

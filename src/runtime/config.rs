@@ -1,0 +1,49 @@
+//! Runtime settings and the state every session actor shares (the settings
+//! and the handshake pacer). Kept apart from the registry so that the actors
+//! and the registry both import it and never each other.
+
+use crate::wa::conn::ClientConfig;
+
+use super::backoff::{Backoff, Pacer};
+
+/// Runtime settings.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Websocket URL of the chat server.
+    pub wa_url: String,
+    /// Protocol settings (root key, device info, timers).
+    pub client: ClientConfig,
+    /// Sessions that may be online at once.
+    pub max_sessions: usize,
+    /// Consecutive failed reconnects before a session gives up.
+    pub max_reconnect_attempts: u32,
+    pub backoff: Backoff,
+    /// Handshakes per second across all sessions.
+    pub handshakes_per_second: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            wa_url: "wss://web.whatsapp.com/ws/chat".to_owned(),
+            client: ClientConfig::default(),
+            max_sessions: 1000,
+            max_reconnect_attempts: 10,
+            backoff: Backoff::default(),
+            handshakes_per_second: 50,
+        }
+    }
+}
+
+/// What every session actor reads: the settings and the global pacer.
+pub(crate) struct Shared {
+    pub(crate) config: RuntimeConfig,
+    pub(crate) pacer: Pacer,
+}
+
+impl Shared {
+    pub(crate) fn new(config: RuntimeConfig) -> Self {
+        let pacer = Pacer::new(config.handshakes_per_second);
+        Self { config, pacer }
+    }
+}
