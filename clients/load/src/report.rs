@@ -81,7 +81,7 @@ impl Report {
                     self.idle_seconds
                 ),
                 format!(
-                    "{:.1} % / {:.1} % of a core",
+                    "{:.2} % / {:.2} % of a core",
                     self.gateway_idle_cpu, self.sim_idle_cpu
                 ),
             ),
