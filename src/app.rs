@@ -258,20 +258,24 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     health.set(true).await;
     info!(%addr, "gateway listening");
 
-    let retention_store = store.clone();
+    let events_log = manager.events().clone();
     let retention = opts.retention;
+    // QR payloads carry the ADV secret: blanked in the log once expired.
+    let qr_lifetime_ms = opts.timeouts.qr_first_ms.max(opts.timeouts.qr_next_ms);
     let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            let store = retention_store.clone();
-
-            let now = crate::runtime::now_ms() as i64;
-            match tokio::task::spawn_blocking(move || store.prune_events(&retention, now)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => info!(pruned = n, "event log retention applied"),
-                Ok(Err(e)) => warn!("event retention: {e}"),
-                Err(e) => warn!("event retention task: {e}"),
+            let now = i64::try_from(crate::runtime::now_ms()).unwrap_or(i64::MAX);
+            match events_log
+                .apply_retention(retention, qr_lifetime_ms, now)
+                .await
+            {
+                Ok((0, 0)) => {}
+                Ok((pruned, redacted)) => {
+                    info!(pruned, redacted, "event log retention applied")
+                }
+                Err(e) => warn!("event retention: {e}"),
             }
         }
     });
