@@ -1,5 +1,8 @@
 //! `wagate` command line: `serve` (the gateway) and `sim` (the simulator).
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

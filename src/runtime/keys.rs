@@ -26,6 +26,8 @@ use prost::Message as _;
 
 /// Signal sessions (and sender keys) kept in memory per session.
 const MAX_CACHED_RECORDS: usize = 256;
+/// Prekeys (and the fact that one is used) kept in memory per session.
+const MAX_CACHED_PREKEYS: usize = 64;
 /// LID mappings kept in memory per session.
 const MAX_CACHED_LIDS: usize = 1024;
 /// Deduplication keys kept in memory per session; older ones are asked of
@@ -126,6 +128,9 @@ pub(crate) struct StoreKeys {
     sessions: HashMap<ProtocolAddress, Option<SessionRecord>>,
     sender_keys: HashMap<SenderKeyName, Option<SenderKeyRecord>>,
     lids: HashMap<String, Option<String>>,
+    /// One-time prekeys looked up, including used (deleted) ones: a peer
+    /// keeps naming the prekey in every message until we answer it.
+    prekeys: HashMap<u32, Option<PreKey>>,
     seen: SeenWindow,
     next_prekey: Option<u32>,
 }
@@ -139,6 +144,7 @@ impl StoreKeys {
             sessions: HashMap::new(),
             sender_keys: HashMap::new(),
             lids: HashMap::new(),
+            prekeys: HashMap::new(),
             seen: SeenWindow {
                 since_s: u64::MAX,
                 keys: HashMap::new(),
@@ -293,10 +299,13 @@ impl StoreKeys {
                 Change::Lid { lid_user, phone } => {
                     bounded_insert(&mut self.lids, lid_user, Some(phone), MAX_CACHED_LIDS)
                 }
-                Change::Prekey(_)
-                | Change::PrekeyUsed(_)
-                | Change::Sent(..)
-                | Change::Idempotency(..) => {}
+                Change::Prekey(key) => {
+                    bounded_insert(&mut self.prekeys, key.id, Some(*key), MAX_CACHED_PREKEYS)
+                }
+                Change::PrekeyUsed(id) => {
+                    bounded_insert(&mut self.prekeys, id, None, MAX_CACHED_PREKEYS)
+                }
+                Change::Sent(..) | Change::Idempotency(..) => {}
             }
         }
     }
@@ -304,6 +313,7 @@ impl StoreKeys {
     /// A commit failed: cached values may be ahead of the store.
     pub(crate) fn forget(&mut self) {
         self.sessions.clear();
+        self.prekeys.clear();
         self.sender_keys.clear();
         self.next_prekey = None;
     }
@@ -364,11 +374,16 @@ impl KeyStore for StoreKeys {
     }
 
     fn prekey(&mut self, id: u32) -> Result<Option<PreKey>, KeyError> {
+        if let Some(cached) = self.prekeys.get(&id) {
+            return Ok(cached.clone());
+        }
         let stored = self.read(&prekey_name(id))?;
-        Ok(stored.and_then(|bytes| {
+        let key = stored.and_then(|bytes| {
             let private: [u8; 32] = bytes.as_slice().try_into().ok()?;
             PreKey::new(id, KeyPair::from_private(private)).ok()
-        }))
+        });
+        bounded_insert(&mut self.prekeys, id, key.clone(), MAX_CACHED_PREKEYS);
+        Ok(key)
     }
 
     fn next_prekey_id(&mut self) -> Result<u32, KeyError> {

@@ -115,6 +115,10 @@ const CHUNK: i64 = 500;
 const PRUNE_CHUNK: i64 = 5_000;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_CACHE: usize = 64;
+/// Read-only connections beside the writer.
+const READERS: usize = 2;
+/// How often the background checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 const SELECT_EVENTS: &str = "SELECT cursor, session_id, seq, timestamp_ms, kind, payload \
                              FROM events WHERE cursor > ?1";
@@ -122,6 +126,13 @@ const SELECT_EVENTS: &str = "SELECT cursor, session_id, seq, timestamp_ms, kind,
 /// A [`Store`] in one SQLite file.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Read-only connections: WAL lets them read while a commit (and its
+    /// fsync) holds the writer, so event streams and key reads never wait
+    /// for a commit.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
+    /// Checkpoints the WAL in the background (see [`Checkpointer`]).
+    _checkpointer: Checkpointer,
     keys: Keyring,
     path: PathBuf,
     /// Whether `store_keys` already lists the current key (recorded with the first write).
@@ -183,8 +194,25 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate(&mut conn, &keys)?;
         check_keys(&conn, &keys)?;
+        // Commits never checkpoint: a checkpoint's copy and fsync of the
+        // database file would stall the commit that triggered it (and
+        // every session waiting behind it). The checkpointer does it.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open(path)?;
+            reader.busy_timeout(BUSY_TIMEOUT)?;
+            reader.pragma_update(None, "query_only", true)?;
+            reader.pragma_update(None, "trusted_schema", false)?;
+            reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            readers.push(Mutex::new(reader));
+        }
+        let checkpointer = Checkpointer::start(path)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            readers,
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
+            _checkpointer: checkpointer,
             keys,
             path: path.to_owned(),
             key_recorded: AtomicBool::new(false),
@@ -321,18 +349,31 @@ impl SqliteStore {
         };
         let mut results = Vec::with_capacity(group.len());
         let mut any_sealed = false;
+        // A batch alone needs no savepoint: if it fails, so does the whole
+        // transaction, which holds nothing else.
+        let alone = group.len() == 1;
         for Pending { work, outcome } in group {
             let sealed = work.has_put || !work.events.is_empty();
-            let result = tx.savepoint().map_err(StoreError::from).and_then(|sp| {
-                // An error drops `sp`, which rolls back this batch alone.
-                let events = self.apply_batch(&sp, work)?;
-                sp.commit()?;
-                Ok(events)
-            });
+            let result = if alone {
+                self.apply_batch(&tx, work)
+            } else {
+                tx.savepoint().map_err(StoreError::from).and_then(|sp| {
+                    // An error drops `sp`, which rolls back this batch alone.
+                    let events = self.apply_batch(&sp, work)?;
+                    sp.commit()?;
+                    Ok(events)
+                })
+            };
             any_sealed |= sealed && result.is_ok();
             results.push((outcome, result));
         }
-        match tx.commit() {
+        let failed_alone = alone && results.iter().any(|(_, r)| r.is_err());
+        let committed = if failed_alone {
+            tx.rollback()
+        } else {
+            tx.commit()
+        };
+        match committed {
             Ok(()) => {
                 if any_sealed {
                     self.key_recorded.store(true, Ordering::Relaxed);
@@ -370,6 +411,20 @@ impl SqliteStore {
             apply_secret_op(conn, id, op)?;
         }
         append_events(conn, &self.keys, id, work.events)
+    }
+
+    /// A read-only connection: a free one if there is, else the next in turn.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        for reader in &self.readers {
+            if let Ok(guard) = reader.try_lock() {
+                return guard;
+            }
+        }
+        let n = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len().max(1);
+        match self.readers.get(n) {
+            Some(reader) => reader.lock().unwrap_or_else(PoisonError::into_inner),
+            None => self.lock(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -481,6 +536,54 @@ enum SealedOp {
     DeleteAll,
 }
 
+/// A thread with its own connection that checkpoints the WAL (PASSIVE:
+/// it never blocks readers or the writer) a few times a second, so commits
+/// only append. Stops and is joined when the store is dropped.
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("wagate-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!("WAL checkpoint failed: {e}");
+                    }
+                }
+                // A last full checkpoint leaves a short WAL behind.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            })
+            .map_err(|source| StoreError::Io {
+                action: "start the checkpoint thread for",
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Store for SqliteStore {
     fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let mut conn = self.lock();
@@ -553,8 +656,8 @@ impl Store for SqliteStore {
     }
 
     fn secret(&self, id: &SessionId, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        let mut conn = self.lock();
-        let record: Option<Vec<u8>> = conn
+        let record: Option<Vec<u8>> = self
+            .reader()
             .prepare_cached("SELECT record FROM secrets WHERE session_id = ?1 AND key = ?2")?
             .query_row(params![id.as_str(), key], |r| r.get(0))
             .optional()?;
@@ -564,13 +667,15 @@ impl Store for SqliteStore {
         match self.keys.open(id, key, &record) {
             Ok(opened) => {
                 if opened.stale {
-                    self.reseal(&conn, id, &[(key, &record, &opened.plaintext)]);
+                    self.reseal(&self.lock(), id, &[(key, &record, &opened.plaintext)]);
                 }
                 Ok(Some(opened.plaintext))
             }
-            Err(why) => {
-                Err(self.quarantine(&mut conn, id, vec![(key.to_owned(), why.to_string())])?)
-            }
+            Err(why) => Err(self.quarantine(
+                &mut self.lock(),
+                id,
+                vec![(key.to_owned(), why.to_string())],
+            )?),
         }
     }
 
@@ -738,10 +843,10 @@ impl Store for SqliteStore {
         let sql = format!(
             "{SELECT_EVENTS} AND {session_clause} AND {kind_clause} ORDER BY cursor LIMIT ?4"
         );
-        let mut conn = self.lock();
         let mut events = Vec::new();
         let mut unreadable = Vec::new();
         {
+            let conn = self.reader();
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(
                 params![after, sessions, kinds, limit],
@@ -774,6 +879,7 @@ impl Store for SqliteStore {
             }
         }
         if !unreadable.is_empty() {
+            let mut conn = self.lock();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let at = now_ms();
             for (id, cursor, reason) in &unreadable {
