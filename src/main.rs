@@ -1,8 +1,5 @@
 //! `wagate` command line: `serve` (the gateway) and `sim` (the simulator).
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
