@@ -43,6 +43,10 @@ use registry::{Command, Device, NewAccount, PairRefusal, Registry, ReserveError,
 /// response, which must stay well under gRPC's default 4 MiB limit.
 pub const MAX_BULK_TEXTS: u32 = 100_000;
 
+/// Most accounts one `ListAccounts` page holds (and the page size when none
+/// is asked for): a few MB of response at most.
+pub const MAX_ACCOUNTS_PAGE: usize = 10_000;
+
 /// How long a phone waits for the companion to countersign its identity.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -92,6 +96,8 @@ pub enum SimError {
     AccountExists(String),
     #[error("{0} texts asked for; at most {MAX_BULK_TEXTS} per call")]
     TooManyTexts(u32),
+    #[error("invalid page token; pass the next_page_token of the previous page")]
+    InvalidPageToken,
     #[error("the phone cannot encrypt: {0}")]
     Encryption(String),
 }
@@ -395,6 +401,14 @@ impl Simulator {
     /// Every account with its devices.
     pub fn accounts(&self) -> Vec<AccountInfo> {
         self.inner.registry.accounts()
+    }
+
+    /// Up to `limit` accounts in phone-number order after the number
+    /// `after` (from the first with `None`).
+    pub fn accounts_page(&self, after: Option<&PhoneNumber>, limit: usize) -> Vec<AccountInfo> {
+        self.inner
+            .registry
+            .accounts_page(after.map(PhoneNumber::as_str), limit)
     }
 
     /// Whether the JID names a known account (device 0) or companion device.
