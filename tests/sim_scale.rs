@@ -116,7 +116,7 @@ async fn send_texts_reach_a_paired_session_in_order() {
 /// first time) and builds the fan-out stanza a WhatsApp Web client sends.
 fn text_stanza(
     sender: &Client,
-    sessions: &mut Vec<(Jid, SessionRecord)>,
+    sessions: &mut [(Jid, SessionRecord)],
     chat: &Jid,
     id: &str,
     text: &str,
