@@ -157,9 +157,42 @@ async fn write_frames(
                 let ms = delay.load(Ordering::Relaxed);
                 if ms > 0 {
                     tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+                    if sink.send(Message::Binary(frame.into())).await.is_err() {
+                        return;
+                    }
+                    continue;
                 }
-                if sink.send(Message::Binary(frame.into())).await.is_err() {
+                // Frames already waiting go out with this one in a single
+                // flush: one write for a burst instead of one per stanza.
+                if sink.feed(Message::Binary(frame.into())).await.is_err() {
                     return;
+                }
+                let mut after = None;
+                for _ in 0..OUTGOING_QUEUE {
+                    match frames.try_recv() {
+                        Ok(Outgoing::Frame(frame)) => {
+                            if sink.feed(Message::Binary(frame.into())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(other) => {
+                            after = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                match after {
+                    None | Some(Outgoing::Frame(_)) => {}
+                    Some(Outgoing::Close) => {
+                        // The peer may already be gone; closing is best effort.
+                        let _ = sink.close().await;
+                        return;
+                    }
+                    Some(Outgoing::Drop) => return,
                 }
             }
             Outgoing::Close => {
