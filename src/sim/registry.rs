@@ -40,11 +40,13 @@ const MAX_QUEUED: usize = 0x1000;
 /// rarely share a lock on a small machine.
 const MAILBOX_SHARDS: usize = 0x40;
 /// How long the server remembers that it accepted a message id from a
-/// device: longer than any caller waits before retrying a send.
-const ACCEPTED_ID_SECS: u64 = 600;
-/// Most remembered ids per device, so a device sending very fast holds a
-/// bounded amount of memory (a window of this many messages then applies).
-const MAX_ACCEPTED_IDS: usize = 0x1000;
+/// device: longer than a caller waits before retrying a send whose outcome
+/// it does not know. Entries are dropped when the device sends again.
+const ACCEPTED_ID_SECS: u64 = 300;
+/// Most remembered ids per device (about 1 MiB), so a device sending very
+/// fast holds bounded memory; only above 100 messages/s from one device
+/// does this shorten the window below [`ACCEPTED_ID_SECS`].
+const MAX_ACCEPTED_IDS: usize = 0x8000;
 
 /// Identifies one websocket connection for the lifetime of the simulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
