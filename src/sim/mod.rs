@@ -112,7 +112,7 @@ pub(crate) struct Inner {
     registry: Registry,
     keys: keys::ServerKeys,
     /// Randomness for keys, refs and ids. Locked briefly, never across an
-    /// `.await`, and never while the registry lock is held.
+    /// `.await`, and never while a registry lock is held.
     rng: Mutex<StdRng>,
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -221,7 +221,7 @@ impl Simulator {
         let qr = QrData::parse(qr)?;
         let now = unix_now();
         let inner = &self.inner;
-        // Made before taking the registry lock (the two locks never nest);
+        // Made before taking registry locks (locks never nest);
         // used only if the account is new.
         let new_account = inner.with_rng(NewAccount::generate);
         let reservation = inner

@@ -8,11 +8,11 @@
 //! devices, its virtual phone's Signal state); per-device delivery state
 //! (queue, live connections, accepted ids) sits in mailboxes sharded by
 //! device JID; connections by id and pending pairings are touched only when
-//! a connection opens, logs in or ends. No lock is held across an `.await`,
-//! none while encoding, encrypting or doing I/O except a phone's own lock
-//! while that phone encrypts or decrypts, and locks never nest except
-//! directory → one account (callers copy out what they need, e.g. a
-//! connection's sender, then await). No I/O here; imports `wa` only.
+//! a connection opens, logs in or ends. No lock is held across an `.await`
+//! or while encoding or doing I/O; the only crypto under a lock is a phone's
+//! own, under that phone's lock. Locks never nest: each call copies out what
+//! it needs (an account's `Arc`, a connection's sender) and lets go before
+//! taking the next. No I/O here; imports `wa` only.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
