@@ -45,6 +45,11 @@ pub(crate) const CHAT_PATH: &str = "/ws/chat";
 /// Largest websocket message accepted: one frame of the largest size with
 /// its length prefix, plus room for the connection intro.
 const MAX_MESSAGE: usize = MAX_FRAME + 3 + 0x400;
+/// Websocket read buffer per connection. tungstenite zero-fills the free
+/// part of it before every read, so its default (128 KiB) costs that much
+/// resident memory per connection and a 128 KiB memset per wake-up; stanzas
+/// are small, and larger messages still grow the buffer as needed.
+const READ_BUFFER: usize = 0x2000;
 /// Time allowed for the websocket upgrade and the Noise handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Frames queued for the writer before the session waits.
@@ -98,6 +103,7 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(config));
