@@ -146,6 +146,18 @@ fn main() {
         "setup: {clients} clients paired and online in {:.1} s",
         setup.elapsed().as_secs_f64()
     );
+    let listed = Instant::now();
+    let accounts = sim.accounts();
+    let online = accounts
+        .iter()
+        .flat_map(|a| &a.devices)
+        .filter(|d| d.connected && d.jid.device != 0)
+        .count();
+    println!(
+        "listing: {} accounts ({online} companions online) in {:.1} ms",
+        accounts.len(),
+        listed.elapsed().as_secs_f64() * 1e3
+    );
 
     let send_round = |count: u32, prefix: &'static str| {
         let sim = sim.clone();

@@ -10,8 +10,9 @@ use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{connect_async_with_config, MaybeTlsStream, WebSocketStream};
 
 use wagate::sim::Simulator;
 use wagate::wa::binary::Node;
@@ -46,7 +47,10 @@ fn seed_bytes(seed: u64) -> [u8; 32] {
 
 impl Client {
     async fn connect(sim: &Simulator, creds: Credentials, seed: u64) -> Self {
-        let (ws, _) = connect_async(sim.ws_url())
+        // A small read buffer: tungstenite zero-fills its free part before
+        // every read, which would cost more than the client's real work.
+        let config = WebSocketConfig::default().read_buffer_size(0x2000);
+        let (ws, _) = connect_async_with_config(sim.ws_url(), Some(config), false)
             .await
             .expect("websocket connects");
         let config = ClientConfig {
