@@ -7,6 +7,7 @@ pub mod cli;
 mod conn;
 mod control;
 mod keys;
+mod mailbox;
 mod messaging;
 mod phone;
 mod registry;
