@@ -6,9 +6,14 @@
 //! count the stanzas the simulator writes to their sockets. The simulator
 //! runs in its own runtime; its threads' CPU time is read from /proc.
 //!
+//! A second phase measures messages clients send: `SIM_FEED_SENDERS` more
+//! clients each send texts to one of the first ones, one at a time, each
+//! waiting for the server's ack (the path a gateway's Send takes).
+//!
 //! Run with `cargo bench --bench sim_feed`; `SIM_FEED_CLIENTS` (default
-//! 1000), `SIM_FEED_TEXTS` (texts per client, default 50) and
-//! `SIM_FEED_THREADS` (simulator worker threads, default 2) size the run.
+//! 1000), `SIM_FEED_TEXTS` (texts per client and per sender, default 50),
+//! `SIM_FEED_SENDERS` (default 64) and `SIM_FEED_THREADS` (simulator worker
+//! threads, default 2) size the run.
 
 #[path = "../tests/sim_client/mod.rs"]
 mod sim_client;
@@ -204,5 +209,89 @@ fn main() {
         1e6 * cpu / delivered as f64,
     );
 
+    // Client → server → client: senders (one stanza in flight each, as a
+    // session sending at concurrency 1) each await the server's ack before
+    // the next message; every message is checked against the ids the
+    // sender already used, routed, and written to one recipient's socket.
+    let senders = env_usize("SIM_FEED_SENDERS", 64).min(clients);
+    let per_sender = texts;
+    let mut sending: Vec<Client> = client_rt.block_on(async {
+        let setups: Vec<_> = (0..senders)
+            .map(|n| {
+                let sim = sim.clone();
+                tokio::spawn(async move {
+                    let seed = 1_000_000 + n as u64;
+                    let creds = Client::pair(&sim, &format!("+1888{n:07}"), seed).await;
+                    Client::login(&sim, creds, seed).await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for setup in setups {
+            out.push(setup.await.expect("sender setup"));
+        }
+        out
+    });
+    let before = received.load(Ordering::Relaxed);
+    let target = before + senders as u64 * u64::from(per_sender);
+    let cpu_before = thread_cpu_seconds(SIM_THREAD);
+    let started = Instant::now();
+    client_rt.block_on(async {
+        let tasks: Vec<_> = sending
+            .drain(..)
+            .enumerate()
+            .map(|(n, mut client)| {
+                tokio::spawn(async move {
+                    let to = format!("1555{n:07}@s.whatsapp.net");
+                    let device = format!("1555{n:07}:1@s.whatsapp.net");
+                    for m in 0..per_sender {
+                        let id = format!("3EB0{n:08X}{m:010X}");
+                        client.send(&routed_message(&id, &to, &device)).await;
+                        client
+                            .stanza("the server's ack", |node| {
+                                node.tag() == "ack" && node.attr_str("id") == Some(id.as_str())
+                            })
+                            .await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("sender");
+        }
+        wait_for_count(&received, target).await;
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = thread_cpu_seconds(SIM_THREAD) - cpu_before;
+    let routed = target - before;
+    println!(
+        "client messages: {routed} from {senders} senders (each awaiting its ack) in {elapsed:.2} s \
+         = {:.0} messages/s; simulator threads {cpu:.2} CPU s ({:.0} % of one core, \
+         {:.1} µs per message)",
+        routed as f64 / elapsed,
+        100.0 * cpu / elapsed,
+        1e6 * cpu / routed as f64,
+    );
+
     sim_rt.block_on(sim.shutdown());
+}
+
+/// A message a companion sends to one device of another account. The
+/// server routes it without reading the payload, so it is not real Signal.
+fn routed_message(id: &str, to: &str, device: &str) -> wagate::wa::binary::Node {
+    use wagate::wa::binary::Node;
+    let to: Jid = to.parse().expect("jid");
+    let device: Jid = device.parse().expect("jid");
+    Node::new("message")
+        .attr("id", id.to_owned())
+        .attr("to", to)
+        .attr("type", "text")
+        .children(vec![Node::new("participants").children(vec![Node::new(
+            "to",
+        )
+        .attr("jid", device)
+        .children(vec![Node::new("enc")
+            .attr("v", "2")
+            .attr("type", "msg")
+            .bytes(vec![0x33; 64])])])])
 }
