@@ -195,7 +195,7 @@ async fn pair_restart_kick_disconnect_logout() {
     assert_eq!(after.state, SessionState::LoggedOut as i32);
     let accounts = sim
         .control
-        .list_accounts(ListAccountsRequest {})
+        .list_accounts(ListAccountsRequest::default())
         .await
         .expect("accounts")
         .into_inner()

@@ -5,6 +5,8 @@
 use crate::wa::conn::ClientConfig;
 
 use super::backoff::{Backoff, Pacer};
+use super::events::EventLog;
+use super::pipeline::Pipeline;
 
 /// Runtime settings.
 #[derive(Clone, Debug)]
@@ -35,15 +37,22 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// What every session actor reads: the settings and the global pacer.
+/// What every session actor reads: the settings, the global pacer and the
+/// message pipeline.
 pub(crate) struct Shared {
     pub(crate) config: RuntimeConfig,
     pub(crate) pacer: Pacer,
+    pub(crate) pipeline: Pipeline,
 }
 
 impl Shared {
-    pub(crate) fn new(config: RuntimeConfig) -> Self {
+    pub(crate) fn new(config: RuntimeConfig, events: &EventLog) -> Self {
         let pacer = Pacer::new(config.handshakes_per_second);
-        Self { config, pacer }
+        let pipeline = Pipeline::start(events.clone());
+        Self {
+            config,
+            pacer,
+            pipeline,
+        }
     }
 }

@@ -94,32 +94,47 @@ impl EventLog {
     pub fn commit_blocking(
         &self,
         session: &SessionId,
-        mut batch: Batch,
+        batch: Batch,
         events: Vec<Payload>,
         now_ms: u64,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let mut kinds = KindSet::EMPTY;
-        for payload in events {
-            let kind = EventKind::of(&payload) as i32 as u8;
-            kinds.insert(kind);
-            let event = gateway::Event {
-                payload: Some(payload),
-                ..Default::default()
-            };
-            batch.events.push(NewEvent {
-                kind,
-                timestamp_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
-                payload: event.encode_to_vec(),
-            });
-        }
+        let (batch, kinds) = with_events(batch, events, now_ms);
         let records = self.store.commit(session, batch)?;
+        self.announce(session, kinds, &records);
+        Ok(records)
+    }
+
+    /// Several sessions' commits at once (one transaction where the store
+    /// can), each woken subscribers as [`EventLog::commit_blocking`] does.
+    pub fn commit_many_blocking(
+        &self,
+        commits: Vec<(SessionId, Batch, Vec<Payload>, u64)>,
+    ) -> Vec<Result<Vec<EventRecord>, StoreError>> {
+        let mut kinds = Vec::with_capacity(commits.len());
+        let batches = commits
+            .into_iter()
+            .map(|(id, batch, events, now_ms)| {
+                let (batch, k) = with_events(batch, events, now_ms);
+                kinds.push((id.clone(), k));
+                (id, batch)
+            })
+            .collect();
+        let results = self.store.commit_many(batches);
+        for ((id, k), result) in kinds.into_iter().zip(&results) {
+            if let Ok(records) = result {
+                self.announce(&id, k, records);
+            }
+        }
+        results
+    }
+
+    fn announce(&self, session: &SessionId, kinds: KindSet, records: &[EventRecord]) {
         crate::metrics::global()
             .events_written
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         if let Some(last) = records.last() {
             self.hub.announce(session, kinds, last.cursor);
         }
-        Ok(records)
     }
 
     /// Registers a subscriber woken by commits that match `filter`. Register
@@ -408,6 +423,25 @@ pub fn timestamp(ms: i64) -> prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
+}
+
+/// `batch` with `events` appended as stored events, and their kinds.
+fn with_events(mut batch: Batch, events: Vec<Payload>, now_ms: u64) -> (Batch, KindSet) {
+    let mut kinds = KindSet::EMPTY;
+    for payload in events {
+        let kind = EventKind::of(&payload) as i32 as u8;
+        kinds.insert(kind);
+        let event = gateway::Event {
+            payload: Some(payload),
+            ..Default::default()
+        };
+        batch.events.push(NewEvent {
+            kind,
+            timestamp_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
+            payload: event.encode_to_vec(),
+        });
+    }
+    (batch, kinds)
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ async fn blocking<T: Send + 'static>(
 impl Manager {
     pub fn new(config: RuntimeConfig, events: EventLog) -> Self {
         Self {
-            shared: Arc::new(Shared::new(config)),
+            shared: Arc::new(Shared::new(config, &events)),
             events,
             registry: Arc::new(Mutex::new(Registry {
                 slots: HashMap::new(),

@@ -14,7 +14,8 @@ use rand::RngCore;
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use crate::store::{SessionId, StoreError};
+use crate::proto::gateway::event::Payload;
+use crate::store::{Batch, EventRecord, SessionId, StoreError};
 use crate::wa::binary::Node;
 use crate::wa::conn::Connection;
 use crate::wa::creds::Credentials;
@@ -27,6 +28,7 @@ pub use crate::wa::messaging::{SendError, Sent};
 use super::events::EventLog;
 use super::keys::StoreKeys;
 use super::payloads;
+use super::pipeline::{Job, Pipeline};
 
 /// A text to send.
 #[derive(Debug, Clone)]
@@ -41,7 +43,7 @@ pub(crate) type SendReply = oneshot::Sender<Result<Sent, SendError>>;
 /// Why a step could not complete. The connection then closes without
 /// acknowledging anything of it; the server delivers it again.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StepFailure {
+pub(super) enum StepFailure {
     #[error("cannot commit message state: {0}")]
     Store(#[from] StoreError),
     #[error("cannot read keys: {0}")]
@@ -50,14 +52,14 @@ pub(crate) enum StepFailure {
     Crashed(String),
 }
 
-enum Input {
+pub(super) enum Input {
     Connected,
     Stanzas(Vec<Node>),
     Sends(Vec<(SendRequest, ReplyTo)>),
 }
 
 /// What goes back to the actor after a step.
-struct Output {
+pub(super) struct Output {
     transmit: Vec<Node>,
     messages_in: u32,
     messages_out: u32,
@@ -65,7 +67,7 @@ struct Output {
 
 /// The engine with its keys and waiting callers: moved to the blocking
 /// thread for each step and back.
-struct Core {
+pub(super) struct Core {
     engine: Engine,
     keys: Option<StoreKeys>,
     replies: HashMap<ReplyTo, SendReply>,
@@ -106,24 +108,30 @@ impl Core {
         id: &SessionId,
         now_ms: u64,
     ) -> Result<Output, StepFailure> {
-        let result = self.run(input, creds, log, id, now_ms);
-        if let Err(e) = &result {
-            if let Some(keys) = &mut self.keys {
-                keys.forget();
+        let mut prepared = match self.prepare(input, creds, log, id, now_ms) {
+            Ok(p) => p,
+            Err(e) => {
+                self.abandon(&e);
+                return Err(e);
             }
-            self.fail_all(&e.to_string());
-        }
-        result
+        };
+        let committed = prepared
+            .commit
+            .take()
+            .map(|(batch, events)| log.commit_blocking(id, batch, events, now_ms));
+        self.finish(prepared, committed)
     }
 
-    fn run(
+    /// The engine's part of a step: its replies are delivered; what it
+    /// must commit is handed back.
+    pub(super) fn prepare(
         &mut self,
         input: Input,
         creds: &Credentials,
         log: &EventLog,
         id: &SessionId,
         now_ms: u64,
-    ) -> Result<Output, StepFailure> {
+    ) -> Result<Prepared, StepFailure> {
         let keys = self
             .keys
             .get_or_insert_with(|| StoreKeys::new(id.clone(), log.store().clone(), creds));
@@ -141,27 +149,63 @@ impl Core {
                 .handle_sends(requests, keys, creds, now_ms)
                 .map_err(|e| e.0)?,
         };
-        self.deliver(&mut step);
-        if step.needs_commit() {
-            let keys = self
-                .keys
-                .get_or_insert_with(|| StoreKeys::new(id.clone(), log.store().clone(), creds));
+        let commit = step.needs_commit().then(|| {
             let batch = keys.batch(&step.changes);
             let events = step.events.iter().map(payloads::engine_event).collect();
-            log.commit_blocking(id, batch, events, now_ms)?;
-            keys.apply(std::mem::take(&mut step.changes));
-        }
-        Ok(Output {
-            transmit: step.transmit,
-            messages_in: step.messages_in,
-            messages_out: step.messages_out,
+            (batch, events)
+        });
+        self.deliver(&mut step);
+        Ok(Prepared {
+            changes: std::mem::take(&mut step.changes),
+            commit,
+            output: Output {
+                transmit: step.transmit,
+                messages_in: step.messages_in,
+                messages_out: step.messages_out,
+            },
         })
     }
+
+    /// After the commit (if the step had one): the caches follow it, or
+    /// everything of the step is abandoned.
+    pub(super) fn finish(
+        &mut self,
+        prepared: Prepared,
+        committed: Option<Result<Vec<EventRecord>, StoreError>>,
+    ) -> Result<Output, StepFailure> {
+        if let Some(Err(e)) = committed {
+            let failure = StepFailure::Store(e);
+            self.abandon(&failure);
+            return Err(failure);
+        }
+        if let Some(keys) = &mut self.keys {
+            keys.apply(prepared.changes);
+        }
+        Ok(prepared.output)
+    }
+
+    /// A step failed: cached keys may be ahead of the store, and every
+    /// waiting caller learns the connection is going away.
+    pub(super) fn abandon(&mut self, failure: &StepFailure) {
+        if let Some(keys) = &mut self.keys {
+            keys.forget();
+        }
+        self.fail_all(&failure.to_string());
+    }
+}
+
+/// A step whose engine part ran, waiting for its commit.
+pub(super) struct Prepared {
+    changes: Vec<crate::wa::messaging::Change>,
+    /// The batch and events to commit, if any.
+    pub(super) commit: Option<(Batch, Vec<Payload>)>,
+    output: Output,
 }
 
 pub(crate) struct Messenger {
     id: SessionId,
     log: EventLog,
+    pipeline: Pipeline,
     /// `None` only while a step runs.
     core: Option<Box<Core>>,
     creds: Option<Arc<Credentials>>,
@@ -169,10 +213,11 @@ pub(crate) struct Messenger {
 }
 
 impl Messenger {
-    pub(crate) fn new(id: SessionId, log: EventLog) -> Self {
+    pub(crate) fn new(id: SessionId, log: EventLog, pipeline: Pipeline) -> Self {
         Self {
             id,
             log,
+            pipeline,
             core: Some(Core::new()),
             creds: None,
             next_reply: 0,
@@ -264,28 +309,69 @@ impl Messenger {
             // Not logged in yet: nothing of ours can be in these stanzas.
             return Ok(());
         };
-        let Some(mut core) = self.core.take() else {
+        let Some(core) = self.core.take() else {
             return Err(StepFailure::Crashed("engine missing".into()));
+        };
+        // Messages and sends go through the shared pipeline (one commit for
+        // many sessions); a login's upkeep reads and prunes at length, so it
+        // runs on the blocking pool instead.
+        let (core, input) = match input {
+            Input::Connected => (core, Input::Connected),
+            input => {
+                let (done, answer) = oneshot::channel();
+                let job = Job {
+                    core,
+                    input,
+                    creds,
+                    id: self.id.clone(),
+                    now_ms,
+                    done,
+                };
+                match self.pipeline.submit(job) {
+                    Ok(()) => {
+                        let answered = answer.await;
+                        return self.after(answered.map_err(|e| e.to_string()), conn);
+                    }
+                    Err(job) => {
+                        let job = *job;
+                        self.creds = Some(job.creds);
+                        (job.core, job.input)
+                    }
+                }
+            }
+        };
+        let Some(creds) = self.creds.clone() else {
+            return Err(StepFailure::Crashed("no credentials".into()));
         };
         let log = self.log.clone();
         let id = self.id.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _span = tracing::info_span!("session", id = %id).entered();
+            let mut core = core;
             let result = core.step(input, &creds, &log, &id, now_ms);
             (core, result)
         })
         .await;
-        let output = match joined {
+        self.after(joined.map_err(|e| e.to_string()), conn)
+    }
+
+    /// Takes the engine back from a step and writes what it produced.
+    fn after(
+        &mut self,
+        answered: Result<(Box<Core>, Result<Output, StepFailure>), String>,
+        conn: &mut Connection,
+    ) -> Result<(), StepFailure> {
+        let output = match answered {
             Ok((core, result)) => {
                 self.core = Some(core);
                 result?
             }
             Err(e) => {
-                // The engine is lost with its task (its callers' channels
+                // The engine is lost with its step (its callers' channels
                 // close); a fresh one continues from the store.
-                warn!(session = %self.id, "message engine task failed: {e}");
+                warn!(session = %self.id, "message engine step failed: {e}");
                 self.core = Some(Core::new());
-                return Err(StepFailure::Crashed(e.to_string()));
+                return Err(StepFailure::Crashed(e));
             }
         };
         let metrics = crate::metrics::global();

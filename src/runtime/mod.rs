@@ -10,6 +10,7 @@ mod keys;
 mod manager;
 mod messaging;
 mod payloads;
+mod pipeline;
 mod registry;
 mod session;
 mod socket;

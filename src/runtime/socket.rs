@@ -9,6 +9,10 @@ pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Largest websocket message accepted: a whole 16 MiB frame plus header.
 const MAX_MESSAGE: usize = (1 << 24) + 16;
+/// The websocket's read buffer. tungstenite's default (128 KiB) is
+/// zero-filled before every read and stays resident per session; WhatsApp
+/// frames are mostly far smaller, and larger ones grow the message buffer.
+const READ_BUFFER: usize = 0x2000;
 
 /// Opens the websocket with the headers WhatsApp Web sends.
 pub(crate) async fn connect(url: &str) -> Result<Socket, String> {
@@ -23,6 +27,7 @@ pub(crate) async fn connect(url: &str) -> Result<Socket, String> {
     headers.insert("Cache-Control", HeaderValue::from_static("no-cache"));
     headers.insert("Pragma", HeaderValue::from_static("no-cache"));
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
     let (socket, _response) =

@@ -90,8 +90,11 @@ pub async fn serve_control(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        // Set per accepted socket: the server builder's `tcp_nodelay` does
+        // not reach connections from an incoming stream, and without it
+        // small answers wait on Nagle's algorithm for the peer's delayed
+        // ACK (tens of milliseconds on some calls).
         .serve_with_incoming_shutdown(
-            // tonic's tcp_nodelay setting does not reach an incoming stream.
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )

@@ -45,6 +45,11 @@ pub(crate) const CHAT_PATH: &str = "/ws/chat";
 /// Largest websocket message accepted: one frame of the largest size with
 /// its length prefix, plus room for the connection intro.
 const MAX_MESSAGE: usize = MAX_FRAME + 3 + 0x400;
+/// Websocket read buffer per connection. tungstenite zero-fills the free
+/// part of it before every read, so its default (128 KiB) costs that much
+/// resident memory per connection and a 128 KiB memset per wake-up; stanzas
+/// are small, and larger messages still grow the buffer as needed.
+const READ_BUFFER: usize = 0x2000;
 /// Time allowed for the websocket upgrade and the Noise handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Frames queued for the writer before the session waits.
@@ -98,6 +103,7 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(config));
@@ -157,9 +163,42 @@ async fn write_frames(
                 let ms = delay.load(Ordering::Relaxed);
                 if ms > 0 {
                     tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+                    if sink.send(Message::Binary(frame.into())).await.is_err() {
+                        return;
+                    }
+                    continue;
                 }
-                if sink.send(Message::Binary(frame.into())).await.is_err() {
+                // Frames already waiting go out with this one in a single
+                // flush: one write for a burst instead of one per stanza.
+                if sink.feed(Message::Binary(frame.into())).await.is_err() {
                     return;
+                }
+                let mut after = None;
+                for _ in 0..OUTGOING_QUEUE {
+                    match frames.try_recv() {
+                        Ok(Outgoing::Frame(frame)) => {
+                            if sink.feed(Message::Binary(frame.into())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(other) => {
+                            after = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                match after {
+                    None | Some(Outgoing::Frame(_)) => {}
+                    Some(Outgoing::Close) => {
+                        // The peer may already be gone; closing is best effort.
+                        let _ = sink.close().await;
+                        return;
+                    }
+                    Some(Outgoing::Drop) => return,
                 }
             }
             Outgoing::Close => {

@@ -5,7 +5,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{SimError, Simulator};
+use super::{SimError, Simulator, MAX_ACCOUNTS_PAGE};
 use crate::proto::sim::simulator_server::Simulator as SimulatorService;
 use crate::proto::sim::{
     Account, CreateAccountRequest, CreateAccountResponse, Device, InboxMessage, InboxRequest,
@@ -77,7 +77,8 @@ impl From<SimError> for Status {
             SimError::InvalidQr(_)
             | SimError::InvalidPhone(_)
             | SimError::InvalidJid(_)
-            | SimError::TooManyTexts(_) => Status::invalid_argument(message),
+            | SimError::TooManyTexts(_)
+            | SimError::InvalidPageToken => Status::invalid_argument(message),
             SimError::NoPendingPairing | SimError::UnknownRef | SimError::NotFound(_) => {
                 Status::not_found(message)
             }
@@ -123,11 +124,33 @@ impl SimulatorService for Control {
 
     async fn list_accounts(
         &self,
-        _: Request<ListAccountsRequest>,
+        request: Request<ListAccountsRequest>,
     ) -> Result<Response<ListAccountsResponse>, Status> {
-        let accounts = self
-            .sim
-            .accounts()
+        let request = request.into_inner();
+        let size = match usize::try_from(request.page_size) {
+            Ok(0) | Err(_) => MAX_ACCOUNTS_PAGE,
+            Ok(size) => size.min(MAX_ACCOUNTS_PAGE),
+        };
+        // The token is the last phone number of the previous page.
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(
+                token
+                    .parse::<PhoneNumber>()
+                    .map_err(|_| SimError::InvalidPageToken)?,
+            ),
+        };
+        // One more than asked tells whether another page follows.
+        let mut page = self.sim.accounts_page(after.as_ref(), size + 1);
+        let next_page_token = if page.len() > size {
+            page.truncate(size);
+            page.last()
+                .map(|a| a.phone.as_str().to_owned())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let accounts = page
             .into_iter()
             .map(|a| Account {
                 phone: a.phone.to_string(),
@@ -145,7 +168,10 @@ impl SimulatorService for Control {
                     .collect(),
             })
             .collect();
-        Ok(Response::new(ListAccountsResponse { accounts }))
+        Ok(Response::new(ListAccountsResponse {
+            accounts,
+            next_page_token,
+        }))
     }
 
     async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickResponse>, Status> {
@@ -380,6 +406,50 @@ mod tests {
             code_and_message(control.set_delay(delay("+15551234567")).await).0,
             Code::NotFound
         );
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn accounts_are_listed_page_by_page() {
+        let (sim, control) = control().await;
+        for n in 0..5 {
+            let phone = format!("+1555000010{n}").parse().expect("valid phone");
+            sim.create_account(&phone, "P").expect("created");
+        }
+        let list = |page_size: u32, page_token: &str| {
+            Request::new(ListAccountsRequest {
+                page_size,
+                page_token: page_token.into(),
+            })
+        };
+        let all = control
+            .list_accounts(list(0, ""))
+            .await
+            .expect("list")
+            .into_inner();
+        assert_eq!(all.accounts.len(), 5);
+        assert!(all.next_page_token.is_empty());
+
+        let mut token = String::new();
+        let mut seen = Vec::new();
+        loop {
+            let page = control
+                .list_accounts(list(2, &token))
+                .await
+                .expect("page")
+                .into_inner();
+            assert!(page.accounts.len() <= 2);
+            seen.extend(page.accounts.into_iter().map(|a| a.phone));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let phones: Vec<String> = all.accounts.into_iter().map(|a| a.phone).collect();
+        assert_eq!(seen, phones, "every account once, in order");
+
+        let (code, _) = code_and_message(control.list_accounts(list(2, "not a token")).await);
+        assert_eq!(code, Code::InvalidArgument);
         sim.shutdown().await;
     }
 

@@ -3,7 +3,7 @@
 //! sent and send texts of their own, and per-device queues that hold every
 //! stanza until the device acknowledges it (replayed as `offline` at the
 //! next login). Runs on the control side and on each connection's router
-//! task; never holds the registry lock across an `.await`. Imports `wa` only.
+//! task; never holds a registry lock across an `.await`. Imports `wa` only.
 
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ pub(crate) fn address(jid: &Jid) -> ProtocolAddress {
 }
 
 impl Inner {
-    /// A generator for work done under the registry lock (the two locks
+    /// A generator for work done under a phone's lock (the locks
     /// never nest, so it is drawn first).
     fn fork_rng(&self) -> StdRng {
         self.with_rng(|rng| StdRng::from_rng(rng).unwrap_or_else(|_| StdRng::seed_from_u64(0)))

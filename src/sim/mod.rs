@@ -7,6 +7,7 @@ pub mod cli;
 mod conn;
 mod control;
 mod keys;
+mod mailbox;
 mod messaging;
 mod phone;
 mod registry;
@@ -42,6 +43,10 @@ use registry::{Command, Device, NewAccount, PairRefusal, Registry, ReserveError,
 /// Most texts one `send_texts` call sends: the ids are answered in one
 /// response, which must stay well under gRPC's default 4 MiB limit.
 pub const MAX_BULK_TEXTS: u32 = 100_000;
+
+/// Most accounts one `ListAccounts` page holds (and the page size when none
+/// is asked for): a few MB of response at most.
+pub const MAX_ACCOUNTS_PAGE: usize = 10_000;
 
 /// How long a phone waits for the companion to countersign its identity.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(20);
@@ -92,6 +97,8 @@ pub enum SimError {
     AccountExists(String),
     #[error("{0} texts asked for; at most {MAX_BULK_TEXTS} per call")]
     TooManyTexts(u32),
+    #[error("invalid page token; pass the next_page_token of the previous page")]
+    InvalidPageToken,
     #[error("the phone cannot encrypt: {0}")]
     Encryption(String),
 }
@@ -106,7 +113,7 @@ pub(crate) struct Inner {
     registry: Registry,
     keys: keys::ServerKeys,
     /// Randomness for keys, refs and ids. Locked briefly, never across an
-    /// `.await`, and never while the registry lock is held.
+    /// `.await`, and never while a registry lock is held.
     rng: Mutex<StdRng>,
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -215,7 +222,7 @@ impl Simulator {
         let qr = QrData::parse(qr)?;
         let now = unix_now();
         let inner = &self.inner;
-        // Made before taking the registry lock (the two locks never nest);
+        // Made before taking registry locks (locks never nest);
         // used only if the account is new.
         let new_account = inner.with_rng(NewAccount::generate);
         let reservation = inner
@@ -395,6 +402,14 @@ impl Simulator {
     /// Every account with its devices.
     pub fn accounts(&self) -> Vec<AccountInfo> {
         self.inner.registry.accounts()
+    }
+
+    /// Up to `limit` accounts in phone-number order after the number
+    /// `after` (from the first with `None`).
+    pub fn accounts_page(&self, after: Option<&PhoneNumber>, limit: usize) -> Vec<AccountInfo> {
+        self.inner
+            .registry
+            .accounts_page(after.map(PhoneNumber::as_str), limit)
     }
 
     /// Whether the JID names a known account (device 0) or companion device.

@@ -6,17 +6,15 @@
 //! Locks are split so that a delivery touches only what it needs, in O(1):
 //! accounts sit in a read-mostly directory and each has its own locks (its
 //! devices, its virtual phone's Signal state); per-device delivery state
-//! (queue, live connections, accepted ids) sits in mailboxes sharded by
+//! (queue, live connections, accepted ids) sits in `mailbox`, sharded by
 //! device JID; connections by id and pending pairings are touched only when
-//! a connection opens, logs in or ends. No lock is held across an `.await`,
-//! none while encoding, encrypting or doing I/O except a phone's own lock
-//! while that phone encrypts or decrypts, and locks never nest except
-//! directory → one account (callers copy out what they need, e.g. a
-//! connection's sender, then await). No I/O here; imports `wa` only.
+//! a connection opens, logs in or ends. No lock is held across an `.await`
+//! or while encoding or doing I/O; the only crypto under a lock is a phone's
+//! own, under that phone's lock. Locks never nest: each call copies out what
+//! it needs (an account's `Arc`, a connection's sender) and lets go before
+//! taking the next. No I/O here; imports `wa` only.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -25,6 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use rand::{CryptoRng, RngCore};
 
+use super::mailbox::Mailboxes;
+pub(crate) use super::mailbox::{Acceptance, QueueClass};
 use super::phone::Phone;
 use super::usync::BundleKeys;
 use crate::wa::binary::Node;
@@ -33,19 +33,6 @@ use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 
 /// Most one-time prekeys kept per device.
 const MAX_STORED_PREKEYS: usize = 10_000;
-/// Most unacknowledged stanzas kept per device; the oldest are dropped first
-/// (a device that never comes back must not grow the queue forever).
-const MAX_QUEUED: usize = 0x1000;
-/// Mailbox shards: enough that concurrent deliveries to different devices
-/// rarely share a lock on a small machine.
-const MAILBOX_SHARDS: usize = 0x40;
-/// How long the server remembers that it accepted a message id from a
-/// device: longer than any caller waits before retrying a send.
-const ACCEPTED_ID_SECS: u64 = 600;
-/// Most remembered ids per device, so a device sending very fast holds a
-/// bounded amount of memory (a window of this many messages then applies).
-const MAX_ACCEPTED_IDS: usize = 0x1000;
-
 /// Identifies one websocket connection for the lifetime of the simulator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ConnId(pub(crate) u64);
@@ -129,12 +116,6 @@ struct Live {
     delay: Arc<AtomicU32>,
 }
 
-/// A logged-in connection of a device, in that device's mailbox.
-struct DeviceConn {
-    id: ConnId,
-    commands: mpsc::Sender<Command>,
-}
-
 /// How a connection is ended on request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Termination {
@@ -192,82 +173,6 @@ pub(crate) struct Reservation {
     pub(crate) account_identity: KeyPair,
     pub(crate) raw_id: u32,
     pub(crate) pending: Pending,
-}
-
-/// What a queued stanza waits to be acknowledged by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum QueueClass {
-    /// A message: removed by the device's receipt or `<ack class="message">`.
-    Message,
-    /// A receipt: removed by the device's `<ack class="receipt">`.
-    Receipt,
-}
-
-/// Whether the server takes a message a device sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Acceptance {
-    /// First time this id comes from this device: route it, ack with now.
-    New,
-    /// Already accepted at `t`: ack again with that timestamp, route nothing.
-    Repeat { t: u64 },
-}
-
-/// A stanza delivered (or waiting to be) and not yet acknowledged.
-struct Queued {
-    class: QueueClass,
-    id: String,
-    node: Arc<Node>,
-}
-
-/// Everything the server keeps per device for delivery.
-#[derive(Default)]
-struct Mailbox {
-    /// Stanzas not yet acknowledged, oldest first.
-    queue: VecDeque<Queued>,
-    /// Logged-in connections (one, or briefly two while one replaces another).
-    conns: Vec<DeviceConn>,
-    /// Message ids this device sent that the server accepted.
-    accepted: AcceptedIds,
-}
-
-impl Mailbox {
-    fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.conns.is_empty() && self.accepted.order.is_empty()
-    }
-
-    fn senders(&self) -> Vec<mpsc::Sender<Command>> {
-        self.conns.iter().map(|c| c.commands.clone()).collect()
-    }
-}
-
-/// Recently accepted message ids of one device, bounded by age and count.
-/// Ids are kept as 64-bit keyed hashes: a false match needs a collision
-/// among a few thousand entries under a per-process random key.
-#[derive(Default)]
-struct AcceptedIds {
-    /// (key, accepted at), oldest first.
-    order: VecDeque<(u64, u64)>,
-    at: HashMap<u64, u64>,
-}
-
-impl AcceptedIds {
-    fn accept(&mut self, key: u64, now: u64) -> Acceptance {
-        while let Some(&(old, t)) = self.order.front() {
-            if now.saturating_sub(t) < ACCEPTED_ID_SECS && self.order.len() < MAX_ACCEPTED_IDS {
-                break;
-            }
-            self.order.pop_front();
-            if self.at.get(&old) == Some(&t) {
-                self.at.remove(&old);
-            }
-        }
-        if let Some(&t) = self.at.get(&key) {
-            return Acceptance::Repeat { t };
-        }
-        self.order.push_back((key, now));
-        self.at.insert(key, now);
-        Acceptance::New
-    }
 }
 
 /// Keys and state for an account that may be created by a call.
@@ -341,21 +246,19 @@ pub struct DeviceInfo {
 pub(crate) struct Registry {
     /// Accounts by phone number, sorted for paged listings.
     accounts: RwLock<BTreeMap<String, Arc<Account>>>,
-    mailboxes: Box<[Mutex<HashMap<Jid, Mailbox>>]>,
+    /// Per-device delivery state, sharded by device JID.
+    mailboxes: Mailboxes,
     conns: Mutex<Conns>,
     next_conn: AtomicU64,
-    /// Picks a device's mailbox shard and keys accepted message ids.
-    hasher: RandomState,
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Self {
             accounts: RwLock::default(),
-            mailboxes: (0..MAILBOX_SHARDS).map(|_| Mutex::default()).collect(),
+            mailboxes: Mailboxes::default(),
             conns: Mutex::default(),
             next_conn: AtomicU64::new(1),
-            hasher: RandomState::new(),
         }
     }
 }
@@ -385,30 +288,6 @@ impl Registry {
         self.directory().get(user).cloned()
     }
 
-    fn shard(&self, device: &Jid) -> MutexGuard<'_, HashMap<Jid, Mailbox>> {
-        let hash = self.hasher.hash_one(device);
-        // The modulo keeps the index in range whatever the hash.
-        let index = usize::try_from(hash % MAILBOX_SHARDS as u64).unwrap_or(0);
-        lock(&self.mailboxes[index])
-    }
-
-    /// Runs `f` on a device's mailbox (created if missing) and drops the
-    /// mailbox afterwards if nothing is left in it.
-    fn with_mailbox<T>(&self, device: &Jid, f: impl FnOnce(&mut Mailbox) -> T) -> T {
-        let mut shard = self.shard(device);
-        let mailbox = shard.entry(device.clone()).or_default();
-        let out = f(mailbox);
-        if mailbox.is_idle() {
-            shard.remove(device);
-        }
-        out
-    }
-
-    /// Runs `f` on a device's mailbox if it has one.
-    fn peek_mailbox<T>(&self, device: &Jid, f: impl FnOnce(&Mailbox) -> T) -> Option<T> {
-        self.shard(device).get(device).map(f)
-    }
-
     /// Registers a new connection (kind decided later) and returns its id
     /// and the delay cell its writer reads.
     pub(crate) fn open_connection(&self) -> (ConnId, Arc<AtomicU32>) {
@@ -426,9 +305,7 @@ impl Registry {
         delay: Arc<AtomicU32>,
     ) {
         if let ConnKind::Device(jid) = &kind {
-            self.with_mailbox(jid, |mailbox| {
-                mailbox.conns.push(DeviceConn { id, commands });
-            });
+            self.mailboxes.add_conn(jid, id, commands);
         }
         let mut conns = lock(&self.conns);
         delay.store(conns.delay_for(&kind), Ordering::Relaxed);
@@ -456,7 +333,7 @@ impl Registry {
             ..
         }) = live
         {
-            self.with_mailbox(&jid, |mailbox| mailbox.conns.retain(|c| c.id != id));
+            self.mailboxes.remove_conn(&jid, id);
         }
     }
 
@@ -557,7 +434,7 @@ impl Registry {
                 return LoginCheck::Refused("noise key differs from the one bound at pairing");
             }
         }
-        let replaced = self.peek_mailbox(jid, Mailbox::senders).unwrap_or_default();
+        let replaced = self.mailboxes.senders(jid);
         LoginCheck::Accepted {
             created: account.created,
             replaced,
@@ -575,15 +452,14 @@ impl Registry {
     /// device, or every device of an account when the JID has device 0.
     pub(crate) fn connections_of(&self, jid: &Jid) -> Vec<mpsc::Sender<Command>> {
         if jid.device != 0 {
-            return self.peek_mailbox(jid, Mailbox::senders).unwrap_or_default();
+            return self.mailboxes.senders(jid);
         }
         self.user_devices(&jid.user)
             .into_iter()
             .filter(|(device, _)| *device != 0)
             .flat_map(|(device, _)| {
                 let device = Jid::with_device(jid.user.clone(), device, DEFAULT_USER_SERVER);
-                self.peek_mailbox(&device, Mailbox::senders)
-                    .unwrap_or_default()
+                self.mailboxes.senders(&device)
             })
             .collect()
     }
@@ -771,8 +647,7 @@ impl Registry {
     /// acknowledged again without being routed twice. `key` identifies the
     /// message (see `ClientMessage::acceptance_key`).
     pub(crate) fn accept_message(&self, sender: &Jid, key: &str, now: u64) -> Acceptance {
-        let key = self.hasher.hash_one(key);
-        self.with_mailbox(sender, |mailbox| mailbox.accepted.accept(key, now))
+        self.mailboxes.accept(sender, key, now)
     }
 
     /// Queues a stanza for a device until it acknowledges it, and returns
@@ -784,39 +659,12 @@ impl Registry {
         id: &str,
         node: Arc<Node>,
     ) -> Vec<mpsc::Sender<Command>> {
-        self.with_mailbox(device, |mailbox| {
-            if mailbox.queue.len() >= MAX_QUEUED {
-                mailbox.queue.pop_front();
-            }
-            mailbox.queue.push_back(Queued {
-                class,
-                id: id.to_owned(),
-                node,
-            });
-            mailbox.senders()
-        })
+        self.mailboxes.enqueue(device, class, id, node)
     }
 
     /// The device acknowledged these ids: they leave its queue.
     pub(crate) fn acknowledge(&self, device: &Jid, class: QueueClass, ids: &[String]) {
-        let mut shard = self.shard(device);
-        let Some(mailbox) = shard.get_mut(device) else {
-            return;
-        };
-        for id in ids {
-            // Devices acknowledge mostly in delivery order, so the match is
-            // almost always at the front: no scan of the whole queue.
-            if let Some(at) = mailbox
-                .queue
-                .iter()
-                .position(|q| q.class == class && q.id == *id)
-            {
-                mailbox.queue.remove(at);
-            }
-        }
-        if mailbox.is_idle() {
-            shard.remove(device);
-        }
+        self.mailboxes.acknowledge(device, class, ids);
     }
 
     /// Attaches a logged-in device and returns, in the same step, what is
@@ -835,18 +683,7 @@ impl Registry {
             delay.store(conns.delay_for(&kind), Ordering::Relaxed);
             conns.live.insert(id, Live { kind, delay });
         }
-        self.with_mailbox(jid, |mailbox| {
-            mailbox.conns.push(DeviceConn { id, commands });
-            mailbox
-                .queue
-                .iter()
-                .map(|q| {
-                    let mut node = Node::clone(&q.node);
-                    node.set_attr("offline", "1");
-                    node
-                })
-                .collect()
-        })
+        self.mailboxes.attach(jid, id, commands)
     }
 
     /// Every account with its devices and their connection state.
@@ -891,9 +728,7 @@ impl Registry {
         let companions = companions
             .into_iter()
             .map(|(jid, platform, key_index, prekeys)| {
-                let connected = self
-                    .peek_mailbox(&jid, |m| !m.conns.is_empty())
-                    .unwrap_or(false);
+                let connected = self.mailboxes.connected(&jid);
                 DeviceInfo {
                     jid,
                     platform,
@@ -1131,22 +966,9 @@ mod tests {
         assert_eq!(registry.accept_message(&alice, "M2", 106), Acceptance::New);
         // Forgotten once old enough.
         assert_eq!(
-            registry.accept_message(&alice, "M1", 100 + ACCEPTED_ID_SECS),
+            registry.accept_message(&alice, "M1", 100 + crate::sim::mailbox::ACCEPTED_ID_SECS),
             Acceptance::New
         );
-    }
-
-    #[test]
-    fn accepted_ids_are_bounded_per_device() {
-        let mut ids = AcceptedIds::default();
-        for key in 0..MAX_ACCEPTED_IDS as u64 + 10 {
-            assert_eq!(ids.accept(key, 1), Acceptance::New);
-        }
-        assert!(ids.order.len() <= MAX_ACCEPTED_IDS);
-        assert_eq!(ids.order.len(), ids.at.len());
-        assert_eq!(ids.accept(0, 1), Acceptance::New, "the oldest fell out");
-        let newest = MAX_ACCEPTED_IDS as u64 + 9;
-        assert_eq!(ids.accept(newest, 2), Acceptance::Repeat { t: 1 });
     }
 
     #[test]
@@ -1190,7 +1012,7 @@ mod tests {
         assert!(registry.connections_of(&jid).is_empty());
         registry.acknowledge(&jid, QueueClass::Receipt, &["M1".into()]);
         assert!(
-            registry.shard(&jid).get(&jid).is_none(),
+            !registry.mailboxes.holds(&jid),
             "an idle mailbox is dropped"
         );
     }

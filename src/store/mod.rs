@@ -71,6 +71,20 @@ pub trait Store: Send + Sync {
     /// Putting a secret requires the session row (already stored or carried by the batch).
     fn commit(&self, id: &SessionId, batch: Batch) -> Result<Vec<EventRecord>, StoreError>;
 
+    /// Commits the batches of several sessions, each as [`Store::commit`]
+    /// would (one failing does not fail the others); backends that can
+    /// write them in one transaction do.
+    #[expect(clippy::type_complexity, reason = "one result per batch, in order")]
+    fn commit_many(
+        &self,
+        batches: Vec<(SessionId, Batch)>,
+    ) -> Vec<Result<Vec<EventRecord>, StoreError>> {
+        batches
+            .into_iter()
+            .map(|(id, batch)| self.commit(&id, batch))
+            .collect()
+    }
+
     /// Events with cursor > `after`, in cursor order, matching `filter`, at most `limit`.
     fn events_after(
         &self,

@@ -413,6 +413,76 @@ impl SqliteStore {
         append_events(conn, &self.keys, id, work.events)
     }
 
+    /// Validates and seals `batch` and queues it for the next group commit.
+    fn enqueue(&self, id: &SessionId, batch: Batch) -> Result<Arc<Outcome>, StoreError> {
+        batch.validate(id)?;
+        // Seal before taking the lock: the AES work needs no database state.
+        let mut has_put = false;
+        let ops = batch
+            .secrets
+            .into_iter()
+            .map(|op| {
+                Ok(match op {
+                    SecretOp::Put { key, value } => {
+                        has_put = true;
+                        let record = self.keys.seal(&mut OsRng, id, &key, &value)?;
+                        SealedOp::Put { key, record }
+                    }
+                    SecretOp::Delete { key } => SealedOp::Delete { key },
+                    SecretOp::DeletePrefix { prefix } => SealedOp::DeletePrefix { prefix },
+                    SecretOp::DeleteAll => SealedOp::DeleteAll,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let outcome: Arc<Outcome> = Arc::default();
+        self.group().queue.push(Pending {
+            work: Work {
+                id: id.clone(),
+                session: batch.session,
+                ops,
+                has_put,
+                events: batch.events,
+            },
+            outcome: Arc::clone(&outcome),
+        });
+        Ok(outcome)
+    }
+
+    /// Waits for a queued batch's outcome. Group commit: when no group is
+    /// being written, the caller becomes the writer and commits every queued
+    /// batch in one transaction (one fsync); otherwise it waits for the
+    /// current group to end and then either finds its outcome or writes the
+    /// next group.
+    fn settle(&self, outcome: &Outcome) -> Result<Vec<EventRecord>, StoreError> {
+        let mut state = self.group();
+        loop {
+            if let Some(result) = outcome.take() {
+                return result;
+            }
+            if !state.writing {
+                state.writing = true;
+                let group = std::mem::take(&mut state.queue);
+                drop(state);
+                {
+                    // Clears `writing` and wakes the waiters even if the commit panics.
+                    let _end = GroupEnd(self);
+                    let mut conn = self.lock();
+                    self.commit_group(&mut conn, group);
+                }
+                // Our batch was queued before we took over, so this group decided it.
+                return outcome.take().unwrap_or_else(|| {
+                    Err(StoreError::Unavailable(
+                        "the commit was lost by a writer that panicked".into(),
+                    ))
+                });
+            }
+            state = self
+                .group_done
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
     /// A read-only connection: a free one if there is, else the next in turn.
     fn reader(&self) -> MutexGuard<'_, Connection> {
         for reader in &self.readers {
@@ -734,67 +804,24 @@ impl Store for SqliteStore {
     }
 
     fn commit(&self, id: &SessionId, batch: Batch) -> Result<Vec<EventRecord>, StoreError> {
-        batch.validate(id)?;
-        // Seal before taking the lock: the AES work needs no database state.
-        let mut has_put = false;
-        let ops = batch
-            .secrets
-            .into_iter()
-            .map(|op| {
-                Ok(match op {
-                    SecretOp::Put { key, value } => {
-                        has_put = true;
-                        let record = self.keys.seal(&mut OsRng, id, &key, &value)?;
-                        SealedOp::Put { key, record }
-                    }
-                    SecretOp::Delete { key } => SealedOp::Delete { key },
-                    SecretOp::DeletePrefix { prefix } => SealedOp::DeletePrefix { prefix },
-                    SecretOp::DeleteAll => SealedOp::DeleteAll,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let outcome: Arc<Outcome> = Arc::default();
-        let mut state = self.group();
-        state.queue.push(Pending {
-            work: Work {
-                id: id.clone(),
-                session: batch.session,
-                ops,
-                has_put,
-                events: batch.events,
-            },
-            outcome: Arc::clone(&outcome),
-        });
+        let outcome = self.enqueue(id, batch)?;
+        self.settle(&outcome)
+    }
 
-        // Group commit: when no group is being written, the caller becomes the writer and
-        // commits every queued batch in one transaction (one fsync); otherwise it waits for the
-        // current group to end and then either finds its outcome or writes the next group.
-        loop {
-            if let Some(result) = outcome.take() {
-                return result;
-            }
-            if !state.writing {
-                state.writing = true;
-                let group = std::mem::take(&mut state.queue);
-                drop(state);
-                {
-                    // Clears `writing` and wakes the waiters even if the commit panics.
-                    let _end = GroupEnd(self);
-                    let mut conn = self.lock();
-                    self.commit_group(&mut conn, group);
-                }
-                // Our batch was queued before we took over, so this group decided it.
-                return outcome.take().unwrap_or_else(|| {
-                    Err(StoreError::Unavailable(
-                        "the commit was lost by a writer that panicked".into(),
-                    ))
-                });
-            }
-            state = self
-                .group_done
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+    fn commit_many(
+        &self,
+        batches: Vec<(SessionId, Batch)>,
+    ) -> Vec<Result<Vec<EventRecord>, StoreError>> {
+        // Queued together, so the first to settle writes them all in one
+        // group (one transaction, one fsync).
+        let outcomes: Vec<_> = batches
+            .into_iter()
+            .map(|(id, batch)| self.enqueue(&id, batch))
+            .collect();
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.and_then(|o| self.settle(&o)))
+            .collect()
     }
 
     fn events_page(

@@ -116,7 +116,7 @@ impl Harness {
 
     pub(crate) async fn accounts(&mut self) -> Vec<Account> {
         self.control
-            .list_accounts(ListAccountsRequest {})
+            .list_accounts(ListAccountsRequest::default())
             .await
             .expect("ListAccounts")
             .into_inner()

@@ -134,7 +134,7 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
         .await
         .map_err(LoadError::rpc("gateway ListSessions"))?;
     sim.clone()
-        .list_accounts(ListAccountsRequest {})
+        .list_accounts(ListAccountsRequest::default())
         .await
         .map_err(LoadError::rpc("simulator ListAccounts"))?;
     let gateway_zero = procstat::memory(gateway_pid)?;
