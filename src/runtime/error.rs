@@ -4,7 +4,7 @@
 use crate::store::{SessionId, StoreError};
 
 use super::messaging::SendError;
-use super::session::SessionState;
+use super::status::SessionState;
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -23,7 +23,8 @@ use super::events::EventLog;
 use super::messaging::{OutgoingText, SendError, Sent};
 use super::now_ms;
 use super::registry::{is_online, lock, Entry, InitStep, Registry, Reservation};
-use super::session::{Command, QrInfo, SessionActor, SessionHandle, SessionState, SessionStatus};
+use super::session::{Command, SessionActor, SessionHandle};
+use super::status::{QrInfo, SessionState, SessionStatus};
 
 /// How long shutdown waits for all sessions together to close cleanly.
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);

@@ -28,7 +28,7 @@ pub use crate::wa::messaging::{SendError, Sent};
 use super::events::EventLog;
 use super::keys::StoreKeys;
 use super::payloads;
-use super::pipeline::{Job, Pipeline};
+use super::pipeline::{Commit, Job, Pipeline};
 
 /// A text to send.
 #[derive(Debug, Clone)]
@@ -317,27 +317,25 @@ impl Messenger {
         // runs on the blocking pool instead.
         let (core, input) = match input {
             Input::Connected => (core, Input::Connected),
+            input if !self.pipeline.is_running() => (core, input),
             input => {
                 let (done, answer) = oneshot::channel();
-                let job = Job {
-                    core,
-                    input,
+                let job = Box::new(SessionStep {
+                    core: Some(core),
+                    input: Some(input),
                     creds,
                     id: self.id.clone(),
                     now_ms,
+                    prepared: None,
                     done,
-                };
-                match self.pipeline.submit(job) {
-                    Ok(()) => {
-                        let answered = answer.await;
-                        return self.after(answered.map_err(|e| e.to_string()), conn);
-                    }
-                    Err(job) => {
-                        let job = *job;
-                        self.creds = Some(job.creds);
-                        (job.core, job.input)
-                    }
+                });
+                if self.pipeline.submit(job).is_ok() {
+                    let answered = answer.await;
+                    return self.after(answered.map_err(|e| e.to_string()), conn);
                 }
+                // The pipeline thread is gone (it catches the panics of its
+                // rounds, so this does not happen): so is the engine.
+                return self.after(Err("the message pipeline stopped".into()), conn);
             }
         };
         let Some(creds) = self.creds.clone() else {
@@ -387,5 +385,55 @@ impl Messenger {
             let _ = conn.send_node(&node);
         }
         Ok(())
+    }
+}
+
+/// A session's step as the pipeline runs it.
+struct SessionStep {
+    core: Option<Box<Core>>,
+    input: Option<Input>,
+    creds: Arc<Credentials>,
+    id: SessionId,
+    now_ms: u64,
+    prepared: Option<Result<Prepared, StepFailure>>,
+    done: oneshot::Sender<(Box<Core>, Result<Output, StepFailure>)>,
+}
+
+impl Job for SessionStep {
+    fn prepare(&mut self, log: &EventLog) -> Option<Commit> {
+        let (Some(core), Some(input)) = (self.core.as_mut(), self.input.take()) else {
+            return None;
+        };
+        let _span = tracing::info_span!("session", id = %self.id).entered();
+        let mut prepared = core.prepare(input, &self.creds, log, &self.id, self.now_ms);
+        let commit = match &mut prepared {
+            Ok(p) => p
+                .commit
+                .take()
+                .map(|(batch, events)| (self.id.clone(), batch, events, self.now_ms)),
+            Err(_) => None,
+        };
+        self.prepared = Some(prepared);
+        commit
+    }
+
+    fn finish(self: Box<Self>, committed: Option<Result<Vec<EventRecord>, StoreError>>) {
+        let SessionStep {
+            core,
+            prepared,
+            done,
+            ..
+        } = *self;
+        let (Some(mut core), Some(prepared)) = (core, prepared) else {
+            return;
+        };
+        let output = match prepared {
+            Ok(prepared) => core.finish(prepared, committed),
+            Err(e) => {
+                core.abandon(&e);
+                Err(e)
+            }
+        };
+        let _ = done.send((core, output));
     }
 }

@@ -4,6 +4,7 @@
 
 mod backoff;
 mod config;
+mod drive;
 mod error;
 mod events;
 mod keys;
@@ -14,6 +15,7 @@ mod pipeline;
 mod registry;
 mod session;
 mod socket;
+mod status;
 
 pub use backoff::Backoff;
 pub use config::RuntimeConfig;
@@ -21,7 +23,7 @@ pub use error::RuntimeError;
 pub use events::{timestamp as timestamp_ms, EventKind, EventLog};
 pub use manager::Manager;
 pub use messaging::{OutgoingText, SendError, Sent};
-pub use session::{QrInfo, SessionState, SessionStatus};
+pub use status::{QrInfo, SessionState, SessionStatus};
 
 /// Milliseconds since the Unix epoch: the one place the runtime reads the clock.
 pub fn now_ms() -> u64 {

@@ -2,13 +2,11 @@
 //! `Event` (as they are stored in the event log).
 
 use crate::proto::gateway::event::Payload;
-use crate::proto::gateway::{
-    ConnectionEvent, MessageEvent, QrEvent, ReceiptEvent, ReceiptType, SessionState as ApiState,
-};
+use crate::proto::gateway::{ConnectionEvent, MessageEvent, QrEvent, ReceiptEvent, ReceiptType};
 use crate::wa::messaging::{Event, ReceiptKind, ReceivedMessage, ReceivedReceipt};
 
 use super::events::timestamp;
-use super::session::SessionState;
+use super::status::SessionState;
 
 /// Unix seconds as a protobuf timestamp; times past what it can hold are
 /// clamped rather than wrapped.
@@ -73,20 +71,10 @@ pub(crate) fn qr(code: String, expires_at_ms: u64) -> Payload {
 
 pub(crate) fn connection(state: SessionState, reason: String, jid: String) -> Payload {
     Payload::Connection(ConnectionEvent {
-        state: api_state(state) as i32,
+        state: state.to_api() as i32,
         reason,
         jid,
     })
-}
-
-pub(crate) fn api_state(state: SessionState) -> ApiState {
-    match state {
-        SessionState::Disconnected => ApiState::Disconnected,
-        SessionState::Connecting => ApiState::Connecting,
-        SessionState::QrReady => ApiState::QrReady,
-        SessionState::Connected => ApiState::Connected,
-        SessionState::LoggedOut => ApiState::LoggedOut,
-    }
 }
 
 #[cfg(test)]

@@ -7,62 +7,70 @@
 //! transaction however many sessions it touched.
 //!
 //! Each session has at most one step in the pipeline (its actor awaits the
-//! answer), so the queue is bounded by the number of sessions.
+//! answer), so the queue is bounded by the number of sessions. The pipeline
+//! knows steps only as [`Job`]s; the messenger implements them.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
-use std::sync::Arc;
 
-use tokio::sync::oneshot;
 use tracing::warn;
 
-use crate::store::SessionId;
-use crate::wa::creds::Credentials;
+use crate::proto::gateway::event::Payload;
+use crate::store::{Batch, EventRecord, SessionId, StoreError};
 
 use super::events::EventLog;
-use super::messaging::{Core, Input, Output, StepFailure};
 
 /// Steps taken from the queue for one transaction.
 const MAX_STEPS_PER_COMMIT: usize = 512;
 
-/// A session's engine and its input, and where to answer.
-pub(super) struct Job {
-    pub(super) core: Box<Core>,
-    pub(super) input: Input,
-    pub(super) creds: Arc<Credentials>,
-    pub(super) id: SessionId,
-    pub(super) now_ms: u64,
-    pub(super) done: oneshot::Sender<(Box<Core>, Result<Output, StepFailure>)>,
+/// What a session's step must commit: its batch, events and time.
+pub(super) type Commit = (SessionId, Batch, Vec<Payload>, u64);
+
+/// One session's step. The pipeline calls `prepare`, commits what it
+/// returns together with the other steps of the round, then calls
+/// `finish` with the outcome (`None` when there was nothing to commit).
+pub(super) trait Job: Send {
+    fn prepare(&mut self, log: &EventLog) -> Option<Commit>;
+    fn finish(self: Box<Self>, committed: Option<Result<Vec<EventRecord>, StoreError>>);
 }
 
 /// The handle sessions submit steps through; the thread ends when the
 /// last handle is dropped.
 #[derive(Clone)]
 pub(crate) struct Pipeline {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Box<dyn Job>>,
+    running: bool,
 }
 
 impl Pipeline {
-    /// Starts the thread. Should that fail, every submit hands its job
-    /// back and sessions step on the blocking pool instead.
+    /// Starts the thread. Should that fail, sessions step on the blocking
+    /// pool instead (see [`Pipeline::is_running`]).
     pub(crate) fn start(log: EventLog) -> Self {
         let (jobs, queue) = mpsc::channel();
-        if let Err(e) = std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name("wagate-messages".into())
-            .spawn(move || run(&queue, &log))
-        {
+            .spawn(move || run(&queue, &log));
+        if let Err(e) = &started {
             warn!("cannot start the message pipeline thread: {e}");
         }
-        Self { jobs }
+        Self {
+            jobs,
+            running: started.is_ok(),
+        }
+    }
+
+    /// Whether steps can be submitted (the thread started).
+    pub(super) fn is_running(&self) -> bool {
+        self.running
     }
 
     /// Queues a step; the job comes back if the pipeline has stopped.
-    pub(super) fn submit(&self, job: Job) -> Result<(), Box<Job>> {
-        self.jobs.send(job).map_err(|e| Box::new(e.0))
+    pub(super) fn submit(&self, job: Box<dyn Job>) -> Result<(), Box<dyn Job>> {
+        self.jobs.send(job).map_err(|e| e.0)
     }
 }
 
-fn run(queue: &mpsc::Receiver<Job>, log: &EventLog) {
+fn run(queue: &mpsc::Receiver<Box<dyn Job>>, log: &EventLog) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_STEPS_PER_COMMIT {
@@ -81,41 +89,22 @@ fn run(queue: &mpsc::Receiver<Job>, log: &EventLog) {
 }
 
 /// The engines' parts, one commit for all, then the answers.
-fn round(jobs: Vec<Job>, log: &EventLog) {
+fn round(jobs: Vec<Box<dyn Job>>, log: &EventLog) {
     let mut staged = Vec::with_capacity(jobs.len());
     let mut commits = Vec::new();
-    for job in jobs {
-        let Job {
-            mut core,
-            input,
-            creds,
-            id,
-            now_ms,
-            done,
-        } = job;
-        let _span = tracing::info_span!("session", id = %id).entered();
-        match core.prepare(input, &creds, log, &id, now_ms) {
-            Ok(mut prepared) => {
-                let slot = prepared.commit.take().map(|(batch, events)| {
-                    commits.push((id.clone(), batch, events, now_ms));
-                    commits.len() - 1
-                });
-                staged.push((core, prepared, slot, done));
-            }
-            Err(e) => {
-                core.abandon(&e);
-                let _ = done.send((core, Err(e)));
-            }
-        }
+    for mut job in jobs {
+        let slot = job.prepare(log).map(|commit| {
+            commits.push(commit);
+            commits.len() - 1
+        });
+        staged.push((job, slot));
     }
     let mut results: Vec<_> = log
         .commit_many_blocking(commits)
         .into_iter()
         .map(Some)
         .collect();
-    for (mut core, prepared, slot, done) in staged {
-        let committed = slot.and_then(|i| results.get_mut(i).and_then(Option::take));
-        let output = core.finish(prepared, committed);
-        let _ = done.send((core, output));
+    for (job, slot) in staged {
+        job.finish(slot.and_then(|i| results.get_mut(i).and_then(Option::take)));
     }
 }

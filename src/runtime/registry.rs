@@ -13,7 +13,8 @@ use tokio::task::JoinSet;
 use crate::store::SessionId;
 
 use super::error::RuntimeError;
-use super::session::{SessionHandle, SessionState, SessionStatus};
+use super::session::SessionHandle;
+use super::status::{SessionState, SessionStatus};
 
 /// Everything the lock guards.
 pub(super) struct Registry {

@@ -6,115 +6,24 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{info, warn};
 
 use crate::proto::gateway::event::Payload;
-use crate::proto::gateway::SessionState as ApiState;
 use crate::store::{Batch, SecretOp, SessionId, SessionRecord, StoreError};
-use crate::wa::conn::{CloseReason, Connection, Event, Recovery};
+use crate::wa::conn::{CloseReason, Connection, Recovery};
 use crate::wa::creds::Credentials;
 
 use super::config::Shared;
 use super::events::EventLog;
 use super::messaging::{Messenger, OutgoingText, SendError, SendReply};
+use super::status::{SessionState, SessionStatus};
 use super::{now_ms, payloads, socket};
 
 /// Secret key under which a session's credentials are stored.
 pub(crate) const CREDS_KEY: &str = "creds";
-
-/// Lifecycle state, as the API reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SessionState {
-    Disconnected,
-    Connecting,
-    QrReady,
-    Connected,
-    LoggedOut,
-}
-
-impl SessionState {
-    /// Index into [`crate::metrics::STATES`].
-    pub fn metric_index(self) -> usize {
-        match self {
-            SessionState::Disconnected => 0,
-            SessionState::Connecting => 1,
-            SessionState::QrReady => 2,
-            SessionState::Connected => 3,
-            SessionState::LoggedOut => 4,
-        }
-    }
-
-    pub fn to_api(self) -> ApiState {
-        payloads::api_state(self)
-    }
-}
-
-/// The QR code currently shown.
-#[derive(Clone, PartialEq, Eq)]
-pub struct QrInfo {
-    pub code: String,
-    pub expires_at_ms: u64,
-}
-
-// Hand-written: the code carries the ADV secret and never reaches a log.
-impl std::fmt::Debug for QrInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QrInfo")
-            .field("code", &"<redacted>")
-            .field("expires_at_ms", &self.expires_at_ms)
-            .finish()
-    }
-}
-
-/// Everything `Status` reports; published by the actor on every change.
-#[derive(Clone, Debug)]
-pub struct SessionStatus {
-    pub id: SessionId,
-    pub state: SessionState,
-    pub jid: Option<String>,
-    pub phone: Option<String>,
-    pub push_name: Option<String>,
-    pub platform: Option<String>,
-    pub metadata: std::collections::BTreeMap<String, String>,
-    pub created_at_ms: i64,
-    pub last_connected_at_ms: Option<i64>,
-    pub reconnect_attempts: u32,
-    pub last_disconnect_reason: Option<String>,
-    pub qr: Option<QrInfo>,
-}
-
-impl SessionStatus {
-    pub(crate) fn from_record(record: &SessionRecord) -> Self {
-        Self {
-            id: record.id.clone(),
-            state: if record.logged_out {
-                SessionState::LoggedOut
-            } else {
-                SessionState::Disconnected
-            },
-            jid: record.jid.clone(),
-            phone: record.jid.as_deref().and_then(phone_of),
-            push_name: record.push_name.clone(),
-            platform: record.platform.clone(),
-            metadata: record.metadata.clone(),
-            created_at_ms: record.created_at_ms,
-            last_connected_at_ms: record.last_connected_at_ms,
-            reconnect_attempts: 0,
-            last_disconnect_reason: None,
-            qr: None,
-        }
-    }
-}
-
-/// The phone number of a user JID, if it has one.
-fn phone_of(jid: &str) -> Option<String> {
-    crate::wa::message::phone_of(&jid.parse().ok()?)
-}
 
 /// Requests to a session actor.
 pub(crate) enum Command {
@@ -142,7 +51,7 @@ pub(crate) struct SessionHandle {
 }
 
 /// What ended a drive of one connection.
-enum Ended {
+pub(super) enum Ended {
     Closed(CloseReason),
     /// Disconnect was requested (with logout or not).
     Requested {
@@ -154,18 +63,18 @@ enum Ended {
 }
 
 pub(crate) struct SessionActor {
-    id: SessionId,
-    shared: Arc<Shared>,
-    events: EventLog,
-    commands: mpsc::Receiver<Command>,
-    status: watch::Sender<SessionStatus>,
-    record: SessionRecord,
-    rng: StdRng,
+    pub(super) id: SessionId,
+    pub(super) shared: Arc<Shared>,
+    pub(super) events: EventLog,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) status: watch::Sender<SessionStatus>,
+    pub(super) record: SessionRecord,
+    pub(super) rng: StdRng,
     /// When the current connection attempt opened its socket.
-    connect_started: Option<std::time::Instant>,
-    messenger: Messenger,
+    pub(super) connect_started: Option<std::time::Instant>,
+    pub(super) messenger: Messenger,
     /// A command taken while collecting queued sends, handled next.
-    deferred: Option<Command>,
+    pub(super) deferred: Option<Command>,
 }
 
 impl SessionActor {
@@ -340,7 +249,7 @@ impl SessionActor {
         }
     }
 
-    async fn persist_credentials(
+    pub(super) async fn persist_credentials(
         &mut self,
         creds: &Credentials,
         events: Vec<Payload>,
@@ -427,243 +336,7 @@ impl SessionActor {
         }
     }
 
-    async fn drive(&mut self, socket: socket::Socket, mut conn: Connection) -> Ended {
-        let (mut sink, mut stream) = socket.split();
-        let mut pending_disconnect: Option<(bool, oneshot::Sender<()>)> = None;
-        let mut shutting_down = false;
-        let ended = loop {
-            // Events first: persistence must precede the frames queued with
-            // them. Consecutive stanzas go to the messenger together, so
-            // everything read at once is committed at once.
-            let mut failed = None;
-            let mut stanzas = Vec::new();
-            loop {
-                let event = conn.poll_event();
-                let flush = !matches!(event, Some(Event::Stanza(_)));
-                if flush && !stanzas.is_empty() {
-                    let nodes = std::mem::take(&mut stanzas);
-                    if let Err(e) = self.messenger.on_stanzas(nodes, &mut conn, now_ms()).await {
-                        failed = Some(e.to_string());
-                        break;
-                    }
-                }
-                match event {
-                    Some(Event::Stanza(node)) => stanzas.push(node),
-                    Some(event) => {
-                        if let Err(e) = self.handle_event(event, &mut conn).await {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                    None => break,
-                }
-            }
-            if let Some(reason) = failed {
-                warn!(session = %self.id, "closing: {reason}");
-                conn.shutdown();
-                break CloseReason::Protocol(reason);
-            }
-            let mut socket_error = None;
-            while let Some(frame) = conn.poll_transmit() {
-                if let Err(e) = sink.send(WsMessage::Binary(frame.into())).await {
-                    socket_error = Some(e.to_string());
-                    break;
-                }
-            }
-            if let Some(e) = socket_error {
-                conn.handle_socket_closed(&e);
-            }
-            if let Some(reason) = closed_reason(&mut conn) {
-                break reason;
-            }
-            let deadline = match (conn.poll_timeout(), self.messenger.poll_timeout()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let sleep = async {
-                match deadline {
-                    Some(at) => {
-                        let wait = at.saturating_sub(now_ms());
-                        tokio::time::sleep(Duration::from_millis(wait)).await
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                msg = stream.next() => {
-                    // Take whatever else the socket already holds, so one
-                    // step (and one commit) covers it all.
-                    let mut next = Some(msg);
-                    let mut taken = 0;
-                    while let Some(msg) = next.take() {
-                        taken += 1;
-                        match msg {
-                            Some(Ok(WsMessage::Binary(data))) => conn.handle_data(&data, now_ms()),
-                            Some(Ok(WsMessage::Close(_))) | None => {
-                                conn.handle_socket_closed("closed by server");
-                                break;
-                            }
-                            Some(Ok(_)) => {}
-                            Some(Err(e)) => {
-                                conn.handle_socket_closed(&e.to_string());
-                                break;
-                            }
-                        }
-                        if taken < MAX_READS_PER_STEP {
-                            next = stream.next().now_or_never();
-                        }
-                    }
-                }
-                _ = sleep => {
-                    let now = now_ms();
-                    self.messenger.handle_timeout(now);
-                    conn.handle_timeout(now);
-                }
-                cmd = next_or_deferred(&mut self.deferred, &mut self.commands), if pending_disconnect.is_none() && !shutting_down => match cmd {
-                    None | Some(Command::Shutdown) => {
-                        shutting_down = true;
-                        conn.shutdown();
-                    }
-                    Some(Command::Connect) => {}
-                    Some(Command::Send { text, reply }) => {
-                        // Sends already queued go along: one step, one commit.
-                        let mut texts = vec![(text, reply)];
-                        while texts.len() < MAX_SENDS_PER_STEP {
-                            match self.commands.try_recv() {
-                                Ok(Command::Send { text, reply }) => texts.push((text, reply)),
-                                Ok(other) => {
-                                    self.deferred = Some(other);
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        if let Err(e) = self.messenger.send(texts, &mut conn, now_ms()).await {
-                            warn!(session = %self.id, "closing: {e}");
-                            conn.shutdown();
-                        }
-                    }
-                    Some(Command::Disconnect { logout, done }) => {
-                        if logout && conn.logout(now_ms()).is_ok() {
-                            pending_disconnect = Some((true, done));
-                        } else {
-                            pending_disconnect = Some((logout, done));
-                            conn.shutdown();
-                        }
-                    }
-                },
-            }
-        };
-        self.messenger.connection_lost(&ended.to_string());
-        // Close the websocket cleanly; the server may already be gone.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = sink.send(WsMessage::Close(None)).await;
-            let _ = sink.close().await;
-        })
-        .await;
-        if shutting_down {
-            self.set_state(SessionState::Disconnected, |s| {
-                s.last_disconnect_reason = Some("gateway shutting down".into())
-            });
-            return Ended::Shutdown;
-        }
-        match pending_disconnect {
-            Some((logout, done)) => Ended::Requested {
-                logout: logout || matches!(ended, CloseReason::LoggedOut(_)),
-                done: Some(done),
-                reason: ended,
-            },
-            None => Ended::Closed(ended),
-        }
-    }
-
-    async fn handle_event(&mut self, event: Event, conn: &mut Connection) -> Result<(), String> {
-        match event {
-            Event::Qr {
-                code,
-                expires_at_ms,
-            } => {
-                let qr = QrInfo {
-                    code: code.clone(),
-                    expires_at_ms,
-                };
-                self.commit_events(vec![payloads::qr(code, expires_at_ms)])
-                    .await?;
-                self.set_state(SessionState::QrReady, |s| s.qr = Some(qr));
-            }
-            Event::CredentialsChanged => {
-                self.messenger.set_credentials(conn.credentials());
-                let creds = conn.credentials().clone();
-                self.persist_credentials(&creds, Vec::new())
-                    .await
-                    .map_err(|e| format!("cannot persist credentials: {e}"))?;
-            }
-            Event::Paired { jid, platform, .. } => {
-                info!(session = %self.id, "paired");
-                let jid = jid.to_string();
-                self.set_state(SessionState::Connecting, |s| {
-                    s.qr = None;
-                    s.phone = phone_of(&jid);
-                    s.jid = Some(jid);
-                    s.platform = Some(platform).filter(|p| !p.is_empty());
-                });
-            }
-            Event::PairError(e) => warn!(session = %self.id, "pairing refused: {e}"),
-            Event::Connected { jid, .. } => {
-                if let Some(started) = self.connect_started.take() {
-                    crate::metrics::global()
-                        .handshake
-                        .observe(started.elapsed());
-                }
-                let now = now_ms() as i64;
-                let jid = jid.to_string();
-                self.record.desired_online = true;
-                self.record.logged_out = false;
-                self.record.jid = Some(jid.clone());
-                self.record.last_connected_at_ms = Some(now);
-                let record = self.record.clone();
-                let batch = Batch {
-                    session: Some(record),
-                    ..Batch::default()
-                };
-                self.events
-                    .commit(
-                        &self.id,
-                        batch,
-                        vec![payloads::connection(
-                            SessionState::Connected,
-                            String::new(),
-                            jid.clone(),
-                        )],
-                        now as u64,
-                    )
-                    .await
-                    .map_err(|e| format!("cannot record connection: {e}"))?;
-                info!(session = %self.id, "connected");
-                self.set_state(SessionState::Connected, |s| {
-                    s.qr = None;
-                    s.phone = phone_of(&jid);
-                    s.jid = Some(jid);
-                    s.last_connected_at_ms = Some(now);
-                    s.reconnect_attempts = 0;
-                });
-                self.messenger
-                    .on_connected(conn, now as u64)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Event::Stanza(node) => {
-                self.messenger
-                    .on_stanzas(vec![node], conn, now_ms())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Event::Closed(_) => {}
-        }
-        Ok(())
-    }
-
-    async fn commit_events(&mut self, events: Vec<Payload>) -> Result<(), String> {
+    pub(super) async fn commit_events(&mut self, events: Vec<Payload>) -> Result<(), String> {
         self.events
             .commit(&self.id, Batch::default(), events, now_ms())
             .await
@@ -672,7 +345,7 @@ impl SessionActor {
     }
 
     /// A retryable end: report it and keep the session online.
-    async fn note_disconnect(&mut self, reason: &CloseReason, attempts: u32) {
+    pub(super) async fn note_disconnect(&mut self, reason: &CloseReason, attempts: u32) {
         let text = reason.to_string();
         let _ = self
             .commit_events(vec![payloads::connection(
@@ -732,7 +405,7 @@ impl SessionActor {
         });
     }
 
-    fn set_state(&self, state: SessionState, update: impl FnOnce(&mut SessionStatus)) {
+    pub(super) fn set_state(&self, state: SessionState, update: impl FnOnce(&mut SessionStatus)) {
         self.status.send_modify(|s| {
             crate::metrics::global()
                 .session_moved(Some(s.state.metric_index()), state.metric_index());
@@ -742,13 +415,8 @@ impl SessionActor {
     }
 }
 
-/// Websocket messages taken in one go before their stanzas are processed.
-const MAX_READS_PER_STEP: usize = 64;
-/// Queued sends processed in one step.
-const MAX_SENDS_PER_STEP: usize = 64;
-
 /// The deferred command if there is one, else the next from the channel.
-async fn next_or_deferred(
+pub(super) async fn next_or_deferred(
     deferred: &mut Option<Command>,
     commands: &mut mpsc::Receiver<Command>,
 ) -> Option<Command> {
@@ -756,12 +424,4 @@ async fn next_or_deferred(
         Some(cmd) => Some(cmd),
         None => commands.recv().await,
     }
-}
-
-fn closed_reason(conn: &mut Connection) -> Option<CloseReason> {
-    if !conn.is_closed() {
-        return None;
-    }
-    // The Closed event was already drained by the caller; recover its reason.
-    conn.close_reason().cloned()
 }

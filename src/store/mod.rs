@@ -74,7 +74,6 @@ pub trait Store: Send + Sync {
     /// Commits the batches of several sessions, each as [`Store::commit`]
     /// would (one failing does not fail the others); backends that can
     /// write them in one transaction do.
-    #[expect(clippy::type_complexity, reason = "one result per batch, in order")]
     fn commit_many(
         &self,
         batches: Vec<(SessionId, Batch)>,

@@ -1,0 +1,271 @@
+//! One connection of a session actor: the loop that reads the socket,
+//! hands what it reads to the protocol core and the messenger (stanzas
+//! read together go to the messenger together), writes what they queue,
+//! and takes commands meanwhile; and what the actor does with each event
+//! of the connection.
+
+use std::time::Duration;
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tracing::{info, warn};
+
+use crate::store::Batch;
+use crate::wa::conn::{CloseReason, Connection, Event};
+
+use super::payloads;
+use super::session::{next_or_deferred, Command, Ended, SessionActor};
+use super::status::{phone_of, QrInfo, SessionState};
+use super::{now_ms, socket};
+
+/// Websocket messages taken in one go before their stanzas are processed.
+const MAX_READS_PER_STEP: usize = 64;
+/// Queued sends processed in one step.
+const MAX_SENDS_PER_STEP: usize = 64;
+
+impl SessionActor {
+    pub(super) async fn drive(&mut self, socket: socket::Socket, mut conn: Connection) -> Ended {
+        let (mut sink, mut stream) = socket.split();
+        let mut pending_disconnect: Option<(bool, oneshot::Sender<()>)> = None;
+        let mut shutting_down = false;
+        let ended = loop {
+            // Events first: persistence must precede the frames queued with
+            // them. Consecutive stanzas go to the messenger together, so
+            // everything read at once is committed at once.
+            let mut failed = None;
+            let mut stanzas = Vec::new();
+            loop {
+                let event = conn.poll_event();
+                let flush = !matches!(event, Some(Event::Stanza(_)));
+                if flush && !stanzas.is_empty() {
+                    let nodes = std::mem::take(&mut stanzas);
+                    if let Err(e) = self.messenger.on_stanzas(nodes, &mut conn, now_ms()).await {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+                match event {
+                    Some(Event::Stanza(node)) => stanzas.push(node),
+                    Some(event) => {
+                        if let Err(e) = self.handle_event(event, &mut conn).await {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+            }
+            if let Some(reason) = failed {
+                warn!(session = %self.id, "closing: {reason}");
+                conn.shutdown();
+                break CloseReason::Protocol(reason);
+            }
+            let mut socket_error = None;
+            while let Some(frame) = conn.poll_transmit() {
+                if let Err(e) = sink.send(WsMessage::Binary(frame.into())).await {
+                    socket_error = Some(e.to_string());
+                    break;
+                }
+            }
+            if let Some(e) = socket_error {
+                conn.handle_socket_closed(&e);
+            }
+            if let Some(reason) = closed_reason(&mut conn) {
+                break reason;
+            }
+            let deadline = match (conn.poll_timeout(), self.messenger.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let sleep = async {
+                match deadline {
+                    Some(at) => {
+                        let wait = at.saturating_sub(now_ms());
+                        tokio::time::sleep(Duration::from_millis(wait)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = stream.next() => {
+                    // Take whatever else the socket already holds, so one
+                    // step (and one commit) covers it all.
+                    let mut next = Some(msg);
+                    let mut taken = 0;
+                    while let Some(msg) = next.take() {
+                        taken += 1;
+                        match msg {
+                            Some(Ok(WsMessage::Binary(data))) => conn.handle_data(&data, now_ms()),
+                            Some(Ok(WsMessage::Close(_))) | None => {
+                                conn.handle_socket_closed("closed by server");
+                                break;
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                conn.handle_socket_closed(&e.to_string());
+                                break;
+                            }
+                        }
+                        if taken < MAX_READS_PER_STEP {
+                            next = stream.next().now_or_never();
+                        }
+                    }
+                }
+                _ = sleep => {
+                    let now = now_ms();
+                    self.messenger.handle_timeout(now);
+                    conn.handle_timeout(now);
+                }
+                cmd = next_or_deferred(&mut self.deferred, &mut self.commands), if pending_disconnect.is_none() && !shutting_down => match cmd {
+                    None | Some(Command::Shutdown) => {
+                        shutting_down = true;
+                        conn.shutdown();
+                    }
+                    Some(Command::Connect) => {}
+                    Some(Command::Send { text, reply }) => {
+                        // Sends already queued go along: one step, one commit.
+                        let mut texts = vec![(text, reply)];
+                        while texts.len() < MAX_SENDS_PER_STEP {
+                            match self.commands.try_recv() {
+                                Ok(Command::Send { text, reply }) => texts.push((text, reply)),
+                                Ok(other) => {
+                                    self.deferred = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if let Err(e) = self.messenger.send(texts, &mut conn, now_ms()).await {
+                            warn!(session = %self.id, "closing: {e}");
+                            conn.shutdown();
+                        }
+                    }
+                    Some(Command::Disconnect { logout, done }) => {
+                        if logout && conn.logout(now_ms()).is_ok() {
+                            pending_disconnect = Some((true, done));
+                        } else {
+                            pending_disconnect = Some((logout, done));
+                            conn.shutdown();
+                        }
+                    }
+                },
+            }
+        };
+        self.messenger.connection_lost(&ended.to_string());
+        // Close the websocket cleanly; the server may already be gone.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = sink.send(WsMessage::Close(None)).await;
+            let _ = sink.close().await;
+        })
+        .await;
+        if shutting_down {
+            self.set_state(SessionState::Disconnected, |s| {
+                s.last_disconnect_reason = Some("gateway shutting down".into())
+            });
+            return Ended::Shutdown;
+        }
+        match pending_disconnect {
+            Some((logout, done)) => Ended::Requested {
+                logout: logout || matches!(ended, CloseReason::LoggedOut(_)),
+                done: Some(done),
+                reason: ended,
+            },
+            None => Ended::Closed(ended),
+        }
+    }
+
+    async fn handle_event(&mut self, event: Event, conn: &mut Connection) -> Result<(), String> {
+        match event {
+            Event::Qr {
+                code,
+                expires_at_ms,
+            } => {
+                let qr = QrInfo {
+                    code: code.clone(),
+                    expires_at_ms,
+                };
+                self.commit_events(vec![payloads::qr(code, expires_at_ms)])
+                    .await?;
+                self.set_state(SessionState::QrReady, |s| s.qr = Some(qr));
+            }
+            Event::CredentialsChanged => {
+                self.messenger.set_credentials(conn.credentials());
+                let creds = conn.credentials().clone();
+                self.persist_credentials(&creds, Vec::new())
+                    .await
+                    .map_err(|e| format!("cannot persist credentials: {e}"))?;
+            }
+            Event::Paired { jid, platform, .. } => {
+                info!(session = %self.id, "paired");
+                let jid = jid.to_string();
+                self.set_state(SessionState::Connecting, |s| {
+                    s.qr = None;
+                    s.phone = phone_of(&jid);
+                    s.jid = Some(jid);
+                    s.platform = Some(platform).filter(|p| !p.is_empty());
+                });
+            }
+            Event::PairError(e) => warn!(session = %self.id, "pairing refused: {e}"),
+            Event::Connected { jid, .. } => {
+                if let Some(started) = self.connect_started.take() {
+                    crate::metrics::global()
+                        .handshake
+                        .observe(started.elapsed());
+                }
+                let now = now_ms() as i64;
+                let jid = jid.to_string();
+                self.record.desired_online = true;
+                self.record.logged_out = false;
+                self.record.jid = Some(jid.clone());
+                self.record.last_connected_at_ms = Some(now);
+                let record = self.record.clone();
+                let batch = Batch {
+                    session: Some(record),
+                    ..Batch::default()
+                };
+                self.events
+                    .commit(
+                        &self.id,
+                        batch,
+                        vec![payloads::connection(
+                            SessionState::Connected,
+                            String::new(),
+                            jid.clone(),
+                        )],
+                        now as u64,
+                    )
+                    .await
+                    .map_err(|e| format!("cannot record connection: {e}"))?;
+                info!(session = %self.id, "connected");
+                self.set_state(SessionState::Connected, |s| {
+                    s.qr = None;
+                    s.phone = phone_of(&jid);
+                    s.jid = Some(jid);
+                    s.last_connected_at_ms = Some(now);
+                    s.reconnect_attempts = 0;
+                });
+                self.messenger
+                    .on_connected(conn, now as u64)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Event::Stanza(node) => {
+                self.messenger
+                    .on_stanzas(vec![node], conn, now_ms())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Event::Closed(_) => {}
+        }
+        Ok(())
+    }
+}
+
+fn closed_reason(conn: &mut Connection) -> Option<CloseReason> {
+    if !conn.is_closed() {
+        return None;
+    }
+    // The Closed event was already drained by the caller; recover its reason.
+    conn.close_reason().cloned()
+}
