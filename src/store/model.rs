@@ -15,7 +15,9 @@ pub const MAX_SESSION_ID_LEN: usize = 64;
 /// Longest secret key (its name), in bytes.
 pub const MAX_SECRET_KEY_LEN: usize = 512;
 
-/// A session's name as chosen by the backend: 1–64 characters of `[A-Za-z0-9_-]`.
+/// A session's name as chosen by the backend: 1–64 characters of `[A-Za-z0-9_-]`. It is the
+/// lookup key of every row and stays in clear at rest, so it must not be a phone number or any
+/// other personal data (metadata, which is sealed, is the place for those).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(String);
 
