@@ -1056,6 +1056,14 @@ pub(super) fn session_profiles_are_sealed_at_rest(mut b: impl Backend) {
     assert_eq!(store.session(&put.id).expect("get"), Some(updated));
     assert_eq!(store.session(&committed.id).expect("get"), Some(committed));
     assert!(store.quarantined().expect("quarantined").is_empty());
+    // Nor after a close (for SQLite: WAL checkpointed into the database file).
+    assert!(b.at_rest_contains(&store, b"row-by-put"));
+    for needle in ["15550007001", "15550007002", "Name of", "user-of-"] {
+        assert!(
+            !b.at_rest_contains(&store, needle.as_bytes()),
+            "{needle} at rest after reopening"
+        );
+    }
 }
 
 pub(super) fn tampered_profile_is_quarantined_and_the_row_stays(mut b: impl Backend) {

@@ -216,7 +216,16 @@ impl SqliteStore {
                 path = %path.display(),
                 "compacting the database after sealing clear data"
             );
-            conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
+            // Not fatal: the data is sealed either way, and a failed open would not retry the
+            // compaction (the migration is committed). The operator is told what to run.
+            if let Err(e) = conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);") {
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "could not compact the database; copies of values formerly in clear may \
+                     remain in free pages until `sqlite3 <db> VACUUM` is run"
+                );
+            }
         }
         check_keys(&conn, &keys)?;
         // Commits never checkpoint: a checkpoint's copy and fsync of the
@@ -366,13 +375,19 @@ impl SqliteStore {
     }
 
     /// Writes the session row with its personal part sealed (listing the sealing key in
-    /// `store_keys` within the same write).
-    fn upsert_session(&self, conn: &Connection, record: &SessionRecord) -> Result<(), StoreError> {
+    /// `store_keys` within the same write); returns whether anything was sealed.
+    fn upsert_session(
+        &self,
+        conn: &Connection,
+        record: &SessionRecord,
+    ) -> Result<bool, StoreError> {
         let sealed = profile::seal(&self.keys, &mut OsRng, record)?;
-        if sealed.is_some() {
+        let any = sealed.is_some();
+        if any {
             self.record_current_key(conn)?;
         }
-        upsert_session(conn, record, sealed)
+        upsert_session(conn, record, sealed)?;
+        Ok(any)
     }
 
     /// Session rows as stored, their profiles opened; unreadable profiles are quarantined and
@@ -493,6 +508,9 @@ impl SqliteStore {
     fn apply_batch(&self, conn: &Connection, work: Work) -> Result<Vec<EventRecord>, StoreError> {
         let id = &work.id;
         if let Some(record) = &work.session {
+            // A sealed profile lists the key within this transaction, but only secret and
+            // event writes set `key_recorded` after a group: a batch carrying just the row may
+            // repeat the (harmless) INSERT OR IGNORE in a later write.
             self.upsert_session(conn, record)?;
         }
         if work.has_put {
@@ -687,8 +705,11 @@ impl Store for SqliteStore {
     fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        self.upsert_session(&tx, record)?;
+        let sealed = self.upsert_session(&tx, record)?;
         tx.commit()?;
+        if sealed {
+            self.key_recorded.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
