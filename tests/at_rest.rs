@@ -3,8 +3,9 @@
 //! second session), every file in the data dir is scanned for the texts,
 //! both phone numbers, the push names, the caller's metadata and the QR
 //! strings — while the gateway runs (database, WAL and shared memory as they
-//! are mid-flight) and after a clean shutdown. None may be found; the
-//! session ids, kept in clear by design, must be (the scan works).
+//! are mid-flight), after a clean shutdown and after a restart that reads
+//! the sealed rows back. None may be found; the session ids, kept in clear
+//! by design, must be (the scan works).
 
 mod common;
 
@@ -144,6 +145,7 @@ async fn a_chat_leaves_nothing_personal_in_clear_in_the_data_dir() {
         })
     })
     .await;
+    let mut cursor = 0;
     for (from, to, text) in [(BOB, OWN, TEXT_IN), (OWN, BOB, TEXT_COPY)] {
         let id = sim
             .control
@@ -161,6 +163,7 @@ async fn a_chat_leaves_nothing_personal_in_clear_in_the_data_dir() {
         })
         .await;
         assert_eq!(message_of(&event).expect("message").text, text);
+        cursor = event.cursor;
     }
 
     // A second session shows a QR nobody scans.
@@ -212,4 +215,29 @@ async fn a_chat_leaves_nothing_personal_in_clear_in_the_data_dir() {
     drop((events, waiting));
     gateway.shutdown().await;
     scan(dir.path(), "after shutdown", &needles);
+
+    // What is sealed reads back: a restarted gateway resumes the session
+    // with its JID and metadata, and writes nothing personal in clear.
+    let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
+    let mut client = common::client(gateway.addr).await;
+    let mut events = events_after(&mut client, CHAT, cursor).await;
+    wait_for(&mut events, "CONNECTED after restart", |e| {
+        is_state(e, SessionState::Connected)
+    })
+    .await;
+    let status = client
+        .status(wagate::proto::gateway::StatusRequest {
+            session_id: CHAT.into(),
+        })
+        .await
+        .expect("Status")
+        .into_inner();
+    assert!(status.jid.contains(OWN), "{status:?}");
+    assert_eq!(
+        status.metadata.get("user_id").map(String::as_str),
+        Some(USER_ID)
+    );
+    scan(dir.path(), "after a restart", &needles);
+    drop(events);
+    gateway.shutdown().await;
 }
