@@ -353,6 +353,10 @@ impl SqliteStore {
             let mapped = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             mapped.collect::<Result<_, _>>()?
         };
+        if rows.is_empty() {
+            // Nothing to seal: the current key must not be listed as having written anything.
+            return Ok(0);
+        }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         self.record_current_key(&tx)?;
         let mut resealed: u64 = 0;
