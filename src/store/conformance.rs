@@ -33,6 +33,12 @@ pub(super) trait Backend {
 
     /// Makes the storage itself fail whenever an event of `kind` is appended.
     fn fail_event_kind(&self, store: &Self::S, kind: u8);
+
+    /// The sealed personal part of a session row as stored, bypassing the store's API.
+    fn raw_profile(&self, store: &Self::S, id: &SessionId) -> Option<Vec<u8>>;
+
+    /// Overwrites the sealed personal part of a session row, bypassing encryption.
+    fn set_raw_profile(&self, store: &Self::S, id: &SessionId, record: Vec<u8>);
 }
 
 /// Instantiates every shared behaviour test for the backend built by `$backend`.
@@ -97,6 +103,18 @@ macro_rules! behaviour_tests {
             #[test]
             fn redaction_blanks_payloads_in_place() {
                 c::redaction_blanks_payloads_in_place($backend);
+            }
+            #[test]
+            fn session_profiles_are_sealed_at_rest() {
+                c::session_profiles_are_sealed_at_rest($backend);
+            }
+            #[test]
+            fn tampered_profile_is_quarantined_and_the_row_stays() {
+                c::tampered_profile_is_quarantined_and_the_row_stays($backend);
+            }
+            #[test]
+            fn rotation_and_reseal_cover_session_profiles() {
+                c::rotation_and_reseal_cover_session_profiles($backend);
             }
             #[test]
             fn concurrent_commits_keep_seqs_gap_free() {
@@ -976,4 +994,140 @@ pub(super) fn redaction_blanks_payloads_in_place(mut b: impl Backend) {
     };
     assert_eq!(store.prune_events(&age, 201).expect("prune"), 4);
     assert_eq!(all_events(&store).len(), 1);
+}
+
+/// A session row with every personal field set.
+fn personal(id: &str, phone: &str) -> SessionRecord {
+    let mut r = record(id);
+    r.jid = Some(format!("{phone}:3@s.whatsapp.net"));
+    r.push_name = Some(format!("Name of {phone}"));
+    r.platform = Some("android".into());
+    r.metadata = BTreeMap::from([("user_id".into(), format!("user-of-{phone}"))]);
+    r
+}
+
+pub(super) fn session_profiles_are_sealed_at_rest(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let put = personal("row-by-put", "15550007001");
+    let committed = personal("row-by-commit", "15550007002");
+    store.put_session(&put).expect("put");
+    store
+        .commit(
+            &committed.id,
+            Batch::new()
+                .session(committed.clone())
+                .put_secret("creds", b"c".to_vec()),
+        )
+        .expect("commit");
+    // An update writes a new sealed record (not a clear column beside the old one).
+    let mut updated = put.clone();
+    updated.push_name = Some("Renamed 15550007001".into());
+    store.put_session(&updated).expect("update");
+    assert_eq!(store.session(&put.id).expect("get"), Some(updated.clone()));
+    assert_eq!(
+        store.sessions().expect("list"),
+        vec![committed.clone(), updated.clone()]
+    );
+    // The ids and the platform are in clear (the scan works), the personal fields are not.
+    assert!(b.at_rest_contains(&store, b"row-by-put"));
+    assert!(b.at_rest_contains(&store, b"row-by-commit"));
+    assert!(b.at_rest_contains(&store, b"android"));
+    for needle in [
+        "15550007001",
+        "15550007002",
+        "Name of",
+        "Renamed",
+        "user-of-",
+        "user_id",
+    ] {
+        assert!(
+            !b.at_rest_contains(&store, needle.as_bytes()),
+            "{needle} at rest"
+        );
+    }
+    assert_eq!(
+        key_id_of(&b.raw_profile(&store, &put.id).expect("sealed")),
+        b"k1"
+    );
+    // A row without personal fields has nothing sealed.
+    let plain = new_session(&store, "row-plain");
+    assert_eq!(b.raw_profile(&store, &plain), None);
+    let store = b.open(k1(), Some(store));
+    assert_eq!(store.session(&put.id).expect("get"), Some(updated));
+    assert_eq!(store.session(&committed.id).expect("get"), Some(committed));
+    assert!(store.quarantined().expect("quarantined").is_empty());
+    // Nor after a close (for SQLite: WAL checkpointed into the database file).
+    assert!(b.at_rest_contains(&store, b"row-by-put"));
+    for needle in ["15550007001", "15550007002", "Name of", "user-of-"] {
+        assert!(
+            !b.at_rest_contains(&store, needle.as_bytes()),
+            "{needle} at rest after reopening"
+        );
+    }
+}
+
+pub(super) fn tampered_profile_is_quarantined_and_the_row_stays(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let victim = personal("victim", "15550007003");
+    let other = personal("other", "15550007004");
+    for r in [&victim, &other] {
+        store
+            .commit(
+                &r.id,
+                Batch::new()
+                    .session(r.clone())
+                    .put_secret("creds", b"c".to_vec()),
+            )
+            .expect("commit");
+    }
+    // Another row's profile moved here fails too: it is bound to its session.
+    let moved = b.raw_profile(&store, &other.id).expect("sealed");
+    b.set_raw_profile(&store, &victim.id, moved);
+
+    let bare = SessionRecord {
+        jid: None,
+        push_name: None,
+        metadata: BTreeMap::new(),
+        ..victim.clone()
+    };
+    assert_eq!(
+        store.sessions().expect("list"),
+        vec![other.clone(), bare.clone()]
+    );
+    let listed = store.quarantined().expect("quarantined");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].session_id, victim.id);
+    assert_eq!(listed[0].key, "session/profile");
+    assert!(
+        listed[0].reason.contains("authentication failed"),
+        "{listed:?}"
+    );
+    // Reported once; the session keeps its secrets and can be written again.
+    assert_eq!(store.session(&victim.id).expect("get"), Some(bare));
+    assert_eq!(store.quarantined().expect("quarantined").len(), 1);
+    assert_eq!(value(&store, &victim.id, "creds"), Some(b"c".to_vec()));
+    store.put_session(&victim).expect("rewrite");
+    let store = b.open(k1(), Some(store));
+    assert_eq!(store.session(&victim.id).expect("get"), Some(victim));
+}
+
+pub(super) fn rotation_and_reseal_cover_session_profiles(mut b: impl Backend) {
+    let store = b.open(k1(), None);
+    let r = personal("s", "15550007005");
+    store.put_session(&r).expect("put");
+    let store = b.open(keyring(&[("k2", 2), ("k1", 1)]), Some(store));
+    assert_eq!(store.session(&r.id).expect("get"), Some(r.clone()));
+    assert_eq!(
+        key_id_of(&b.raw_profile(&store, &r.id).expect("sealed")),
+        b"k1"
+    );
+    assert_eq!(store.reseal_all().expect("reseal"), 1);
+    assert_eq!(store.reseal_all().expect("again"), 0);
+    assert_eq!(
+        key_id_of(&b.raw_profile(&store, &r.id).expect("sealed")),
+        b"k2"
+    );
+    let store = b.open(keyring(&[("k2", 2)]), Some(store));
+    assert_eq!(store.sessions().expect("list"), vec![r]);
+    assert!(store.quarantined().expect("quarantined").is_empty());
 }

@@ -6,7 +6,8 @@
 //! ciphertext ‖ tag (16 bytes)`. The associated data covers the record header, the session id and
 //! the secret key, so a record copied to another row, or re-labelled with another key id, fails
 //! authentication instead of decrypting. Event payloads use the same record under their own label,
-//! bound to the event's session, cursor, seq, kind and time.
+//! bound to the event's session, cursor, seq, kind and time; the personal part of a session row
+//! (see `profile.rs`) under a third label, bound to its session.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -41,6 +42,10 @@ const MAX_KEY_FILE_LEN: u64 = 0x1_0000;
 const AAD_LABEL: &[u8] = b"wagate/store/secret/v1";
 /// Domain separation for the associated data of event payloads.
 const EVENT_AAD_LABEL: &[u8] = b"wagate/store/event/v1";
+/// Domain separation for the associated data of session-row profiles.
+const ROW_AAD_LABEL: &[u8] = b"wagate/store/session-row/v1";
+/// The one sealed part of a session row.
+const ROW_PROFILE: &[u8] = b"profile";
 /// Message MACed with a key to recognise it later without storing it.
 const KEY_CHECK_LABEL: &[u8] = b"wagate/store/key-check/v1";
 
@@ -320,6 +325,25 @@ impl Keyring {
         self.open_bound(EVENT_AAD_LABEL, session, &place.bytes(), record)
     }
 
+    /// Encrypts the personal part of `session`'s row under the current key.
+    pub(super) fn seal_row(
+        &self,
+        rng: &mut (impl RngCore + CryptoRng),
+        session: &SessionId,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        self.seal_bound(rng, ROW_AAD_LABEL, session, ROW_PROFILE, plaintext)
+    }
+
+    /// Decrypts a record written by [`Keyring::seal_row`] for the same session.
+    pub(super) fn open_row(
+        &self,
+        session: &SessionId,
+        record: &[u8],
+    ) -> Result<Opened, Unreadable> {
+        self.open_bound(ROW_AAD_LABEL, session, ROW_PROFILE, record)
+    }
+
     fn seal_bound(
         &self,
         rng: &mut (impl RngCore + CryptoRng),
@@ -434,6 +458,8 @@ pub(super) enum Unreadable {
     Truncated(usize),
     UnknownKeyId(String),
     AuthenticationFailed,
+    /// Authentic, but its content does not decode (written by a newer or broken build).
+    Malformed(&'static str),
 }
 
 impl fmt::Display for Unreadable {
@@ -445,6 +471,7 @@ impl fmt::Display for Unreadable {
             Unreadable::AuthenticationFailed => {
                 f.write_str("authentication failed: wrong key, or the record was altered or moved")
             }
+            Unreadable::Malformed(why) => write!(f, "malformed content: {why}"),
         }
     }
 }

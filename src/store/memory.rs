@@ -1,5 +1,5 @@
-//! In-memory backend with the same semantics as SQLite — sealed secrets and event payloads,
-//! quarantine, atomic commits, gap-free seqs — but no durability; for tests of the layers above. Must not import
+//! In-memory backend with the same semantics as SQLite — sealed secrets, event payloads and
+//! session profiles, quarantine, atomic commits, gap-free seqs — but no durability; for tests of the layers above. Must not import
 //! `runtime`, `api` or `sim`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,6 +10,7 @@ use rand::rngs::OsRng;
 use zeroize::Zeroizing;
 
 use super::crypt::{EventPlace, Keyring, Opened, Unreadable};
+use super::profile::{self, PROFILE_KEY};
 use super::{
     event_key, now_ms, Batch, EventFilter, EventRecord, QuarantineEntry, Retention, SecretOp,
     SessionId, SessionRecord, Store, StoreError,
@@ -23,9 +24,16 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
 }
 
+/// A session row as kept: personal fields stripped, and sealed in `profile`.
+#[derive(Clone)]
+struct StoredRow {
+    record: SessionRecord,
+    profile: Option<Vec<u8>>,
+}
+
 #[derive(Default)]
 struct State {
-    sessions: BTreeMap<SessionId, SessionRecord>,
+    sessions: BTreeMap<SessionId, StoredRow>,
     secrets: HashMap<SessionId, BTreeMap<String, Vec<u8>>>,
     /// Payloads sealed; an empty payload is withheld (redacted or quarantined).
     events: BTreeMap<u64, EventRecord>,
@@ -96,7 +104,8 @@ impl MemoryStore {
         undo: &mut Undo,
     ) -> Result<Vec<EventRecord>, StoreError> {
         if let Some(record) = batch.session {
-            undo.session = Some(state.sessions.insert(id.clone(), record));
+            let row = self.stored_row(&record)?;
+            undo.session = Some(state.sessions.insert(id.clone(), row));
         }
         let has_row = state.sessions.contains_key(id);
         let secrets = state.secrets.entry(id.clone()).or_default();
@@ -183,6 +192,49 @@ impl MemoryStore {
         Ok(appended)
     }
 
+    /// `record` as kept: its personal fields sealed apart.
+    fn stored_row(&self, record: &SessionRecord) -> Result<StoredRow, StoreError> {
+        Ok(StoredRow {
+            record: profile::stripped(record),
+            profile: profile::seal(&self.keys, &mut OsRng, record)?,
+        })
+    }
+
+    /// The session row of `id` with its profile opened; an unreadable profile is quarantined
+    /// and the row returned without it.
+    fn read_row(&self, state: &mut State, id: &SessionId) -> Option<SessionRecord> {
+        let row = state.sessions.get_mut(id)?;
+        let mut record = row.record.clone();
+        if let Some(sealed) = &row.profile {
+            if let Err(why) = profile::open_into(&self.keys, &mut record, sealed) {
+                let sealed = row.profile.take().unwrap_or_default();
+                let entry = QuarantineEntry {
+                    session_id: id.clone(),
+                    key: PROFILE_KEY.to_owned(),
+                    reason: why.to_string(),
+                    quarantined_at_ms: now_ms(),
+                };
+                state.quarantine.push((entry, sealed));
+                record = row.record.clone();
+            }
+        }
+        Some(record)
+    }
+
+    /// The sealed profile of a session row, as stored.
+    #[cfg(test)]
+    pub(super) fn raw_profile(&self, id: &SessionId) -> Option<Vec<u8>> {
+        self.lock().sessions.get(id)?.profile.clone()
+    }
+
+    /// Overwrites the sealed profile of a session row, bypassing encryption.
+    #[cfg(test)]
+    pub(super) fn set_raw_profile(&self, id: &SessionId, record: Vec<u8>) {
+        if let Some(row) = self.lock().sessions.get_mut(id) {
+            row.profile = Some(record);
+        }
+    }
+
     /// The plaintext of a stored event: an empty record is a withheld payload.
     fn open_event(&self, record: &EventRecord) -> Result<Opened, Unreadable> {
         if record.payload.is_empty() {
@@ -251,10 +303,10 @@ impl MemoryStore {
                 .flat_map(|m| m.values())
                 .any(|r| found(r))
             || state.quarantine.iter().any(|(_, r)| found(r))
-            || state
-                .sessions
-                .values()
-                .any(|s| found(format!("{s:?}").as_bytes()))
+            || state.sessions.values().any(|s| {
+                found(format!("{:?}", s.record).as_bytes())
+                    || s.profile.as_deref().is_some_and(found)
+            })
     }
 
     /// Overwrites the sealed record of a secret, bypassing encryption.
@@ -271,7 +323,7 @@ impl MemoryStore {
 /// What a failing commit must restore.
 struct Undo {
     /// `Some(previous row)` once the batch replaced the row.
-    session: Option<Option<SessionRecord>>,
+    session: Option<Option<StoredRow>>,
     /// Previous sealed values, in the order they were overwritten.
     secrets: Vec<(String, Option<Vec<u8>>)>,
     last_seq: Option<u64>,
@@ -320,18 +372,22 @@ impl Undo {
 
 impl Store for MemoryStore {
     fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.lock()
-            .sessions
-            .insert(record.id.clone(), record.clone());
+        let row = self.stored_row(record)?;
+        self.lock().sessions.insert(record.id.clone(), row);
         Ok(())
     }
 
     fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        Ok(self.lock().sessions.get(id).cloned())
+        Ok(self.read_row(&mut self.lock(), id))
     }
 
     fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        Ok(self.lock().sessions.values().cloned().collect())
+        let mut state = self.lock();
+        let ids: Vec<SessionId> = state.sessions.keys().cloned().collect();
+        Ok(ids
+            .iter()
+            .filter_map(|id| self.read_row(&mut state, id))
+            .collect())
     }
 
     fn delete_session(&self, id: &SessionId) -> Result<(), StoreError> {
@@ -538,6 +594,25 @@ impl Store for MemoryStore {
         for (cursor, reason) in unreadable {
             Self::quarantine_event(&mut state, cursor, reason);
         }
+        let mut stale = Vec::new();
+        for (id, row) in &state.sessions {
+            if let Some(sealed) = &row.profile {
+                if let Ok(Some(fresh)) = profile::reseal(&self.keys, &mut OsRng, id, sealed)? {
+                    stale.push((id.clone(), fresh));
+                }
+            }
+        }
+        for (id, fresh) in stale {
+            if let Some(row) = state.sessions.get_mut(&id) {
+                row.profile = Some(fresh);
+                resealed += 1;
+            }
+        }
+        // Reading every row quarantines the unreadable profiles, as SQLite's pass does.
+        let ids: Vec<SessionId> = state.sessions.keys().cloned().collect();
+        for id in &ids {
+            self.read_row(&mut state, id);
+        }
         Ok(resealed)
     }
 
@@ -601,6 +676,14 @@ mod tests {
 
         fn fail_event_kind(&self, store: &MemoryStore, kind: u8) {
             store.fail_commits_with_event_kind(Some(kind));
+        }
+
+        fn raw_profile(&self, store: &MemoryStore, id: &SessionId) -> Option<Vec<u8>> {
+            store.raw_profile(id)
+        }
+
+        fn set_raw_profile(&self, store: &MemoryStore, id: &SessionId, record: Vec<u8>) {
+            store.set_raw_profile(id, record);
         }
     }
 

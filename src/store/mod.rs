@@ -10,6 +10,7 @@ pub mod crypt;
 mod error;
 mod memory;
 mod model;
+mod profile;
 mod sqlite;
 
 #[cfg(test)]
@@ -33,10 +34,14 @@ pub use sqlite::SqliteStore;
 /// All methods are blocking. Implementations serialise writes so that `commit` is atomic and the
 /// sequence numbers and cursors it hands out are gap-free and strictly increasing.
 pub trait Store: Send + Sync {
-    /// Inserts or updates the session row (secrets and events are untouched).
+    /// Inserts or updates the session row (secrets and events are untouched). Its personal
+    /// fields (JID, push name, metadata) are sealed at rest like secrets; the session id is not,
+    /// so it must not carry personal data.
     fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError>;
 
-    /// The session row, if the session exists.
+    /// The session row, if the session exists. A personal part that fails to open is moved to
+    /// quarantine under the key `session/profile` and the row reads back without it (no JID,
+    /// push name or metadata), so the session itself stays usable.
     fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError>;
 
     /// Every session row, ordered by id.
@@ -123,7 +128,7 @@ pub trait Store: Send + Sync {
     /// an empty payload. Returns how many payloads were blanked.
     fn redact_events(&self, kind: u8, before_ms: i64) -> Result<u64, StoreError>;
 
-    /// Re-seals every secret and event payload not sealed with the current key (quarantining
+    /// Re-seals every secret, event payload and session row not sealed with the current key (quarantining
     /// unreadable ones), so older keys can leave the keyring. Returns how many records were
     /// re-sealed.
     fn reseal_all(&self) -> Result<u64, StoreError>;

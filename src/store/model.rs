@@ -15,7 +15,9 @@ pub const MAX_SESSION_ID_LEN: usize = 64;
 /// Longest secret key (its name), in bytes.
 pub const MAX_SECRET_KEY_LEN: usize = 512;
 
-/// A session's name as chosen by the backend: 1–64 characters of `[A-Za-z0-9_-]`.
+/// A session's name as chosen by the backend: 1–64 characters of `[A-Za-z0-9_-]`. It is the
+/// lookup key of every row and stays in clear at rest, so it must not be a phone number or any
+/// other personal data (metadata, which is sealed, is the place for those).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(String);
 
@@ -89,8 +91,10 @@ impl AsRef<str> for SessionId {
     }
 }
 
-/// The non-secret columns of a session, stored in plaintext.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A session's row. The store seals its personal fields (`jid`, `push_name`, `metadata`) at rest
+/// and keeps the others in clear; `Debug` shows only their sizes, so a row logged or printed by
+/// a failing test never carries a phone number.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub id: SessionId,
     /// Caller-supplied labels (user id, chatbot id, ...).
@@ -103,6 +107,35 @@ pub struct SessionRecord {
     pub platform: Option<String>,
     pub last_connected_at_ms: Option<i64>,
     pub logged_out: bool,
+}
+
+impl fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// A personal value, shown by size only.
+        struct Hidden(Option<usize>);
+        impl fmt::Debug for Hidden {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self.0 {
+                    Some(len) => write!(f, "Some(<{len} bytes>)"),
+                    None => f.write_str("None"),
+                }
+            }
+        }
+        f.debug_struct("SessionRecord")
+            .field("id", &self.id)
+            .field("metadata_entries", &self.metadata.len())
+            .field("created_at_ms", &self.created_at_ms)
+            .field("desired_online", &self.desired_online)
+            .field("jid", &Hidden(self.jid.as_ref().map(String::len)))
+            .field(
+                "push_name",
+                &Hidden(self.push_name.as_ref().map(String::len)),
+            )
+            .field("platform", &self.platform)
+            .field("last_connected_at_ms", &self.last_connected_at_ms)
+            .field("logged_out", &self.logged_out)
+            .finish()
+    }
 }
 
 impl SessionRecord {
@@ -349,6 +382,22 @@ pub(super) fn prefix_upper_bound(prefix: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_record_debug_hides_personal_fields() {
+        let mut r = SessionRecord::new("s-1".parse().expect("id"), 1);
+        r.jid = Some("15550001111:3@s.whatsapp.net".into());
+        r.push_name = Some("Alice".into());
+        r.platform = Some("android".into());
+        r.metadata = BTreeMap::from([("user_id".into(), "u-42".into())]);
+        let shown = format!("{r:?}");
+        for hidden in ["15550001111", "Alice", "user_id", "u-42"] {
+            assert!(!shown.contains(hidden), "{hidden} in {shown}");
+        }
+        for kept in ["s-1", "android", "Some(<28 bytes>)", "metadata_entries: 1"] {
+            assert!(shown.contains(kept), "{kept} not in {shown}");
+        }
+    }
 
     #[test]
     fn session_id_accepts_the_allowed_alphabet() {

@@ -4,7 +4,8 @@
 //!
 //! Event payloads are sealed like secrets (bound to their place in the log, under the lock since
 //! the cursor is assigned there); session ids, kinds and times stay in clear for filtering and
-//! retention. An empty payload is a withheld one (redacted or quarantined).
+//! retention. An empty payload is a withheld one (redacted or quarantined). The personal part of
+//! a session row (JID, push name, metadata) is one sealed `profile` record (see `profile.rs`).
 //!
 //! One connection behind a mutex serves every caller (SQLite allows one writer at a time anyway,
 //! and it keeps seq/cursor assignment trivially race-free). Commits are grouped: batches that
@@ -26,14 +27,15 @@ use zeroize::Zeroizing;
 
 use super::crypt::{EventPlace, Keyring, Unreadable};
 use super::model::prefix_upper_bound;
+use super::profile::{self, PROFILE_KEY};
 use super::{
     event_key, now_ms, Batch, EventFilter, EventRecord, NewEvent, QuarantineEntry, Retention,
     SecretOp, SessionId, SessionRecord, Store, StoreError,
 };
 
 /// Schema version this build writes; `MIGRATIONS[v]` upgrades version `v` to `v + 1`.
-const SCHEMA_VERSION: i64 = 2;
-const MIGRATIONS: [&str; 2] = [SCHEMA_V1, SCHEMA_V2];
+const SCHEMA_VERSION: i64 = 3;
+const MIGRATIONS: [&str; 3] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE sessions (
@@ -107,6 +109,21 @@ CREATE TABLE store_keys (
 /// Version 2 seals event payloads, which version 1 stored in clear; the data step is
 /// `seal_clear_events`, run in the same transaction.
 const SCHEMA_V2: &str = "";
+
+/// Version 3 seals the personal columns of session rows (JID, push name, metadata), which
+/// versions 1 and 2 stored in clear, into one `profile` record; the data step is
+/// `seal_clear_profiles`, which then drops the clear columns and the metadata table.
+const SCHEMA_V3: &str = "ALTER TABLE sessions ADD COLUMN profile BLOB;";
+
+/// Run by `seal_clear_profiles` once the clear values are sealed.
+const DROP_CLEAR_PROFILES: &str = "
+ALTER TABLE sessions DROP COLUMN jid;
+ALTER TABLE sessions DROP COLUMN push_name;
+DROP TABLE session_metadata;
+";
+
+const SELECT_SESSIONS: &str = "SELECT id, created_at_ms, desired_online, platform, \
+                               last_connected_at_ms, logged_out, profile FROM sessions";
 
 /// Records re-sealed per transaction by `reseal_all`.
 const CHUNK: i64 = 500;
@@ -192,7 +209,24 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_size_limit", 0x400_0000)?;
         conn.pragma_update(None, "trusted_schema", false)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        migrate(&mut conn, &keys)?;
+        if migrate(&mut conn, &keys)? {
+            // The upgrade sealed values the database held in clear: rebuild the file and empty
+            // the WAL so no copy of them stays in freed pages or old frames.
+            tracing::info!(
+                path = %path.display(),
+                "compacting the database after sealing clear data"
+            );
+            // Not fatal: the data is sealed either way, and a failed open would not retry the
+            // compaction (the migration is committed). The operator is told what to run.
+            if let Err(e) = conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);") {
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "could not compact the database; copies of values formerly in clear may \
+                     remain in free pages until `sqlite3 <db> VACUUM` is run"
+                );
+            }
+        }
         check_keys(&conn, &keys)?;
         // Commits never checkpoint: a checkpoint's copy and fsync of the
         // database file would stall the commit that triggered it (and
@@ -308,6 +342,90 @@ impl SqliteStore {
         Ok(resealed)
     }
 
+    /// Re-seals every session profile not sealed with the current key (quarantining unreadable
+    /// ones). Rows are few (one per session), so one pass under the lock.
+    fn reseal_profiles(&self) -> Result<u64, StoreError> {
+        let mut conn = self.lock();
+        let rows: Vec<(String, Vec<u8>)> = {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, profile FROM sessions WHERE profile IS NOT NULL ORDER BY id",
+            )?;
+            let mapped = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            mapped.collect::<Result<_, _>>()?
+        };
+        if rows.is_empty() {
+            // Nothing to seal: the current key must not be listed as having written anything.
+            return Ok(0);
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.record_current_key(&tx)?;
+        let mut resealed: u64 = 0;
+        let at = now_ms();
+        for (session, sealed) in rows {
+            let id = parse_session_id(session)?;
+            match profile::reseal(&self.keys, &mut OsRng, &id, &sealed)? {
+                Ok(Some(fresh)) => {
+                    tx.prepare_cached("UPDATE sessions SET profile = ?2 WHERE id = ?1")?
+                        .execute(params![id.as_str(), fresh])?;
+                    resealed += 1;
+                }
+                Ok(None) => {}
+                Err(why) => quarantine_profile(&tx, &id, &why.to_string(), at)?,
+            }
+        }
+        tx.commit()?;
+        self.key_recorded.store(true, Ordering::Relaxed);
+        Ok(resealed)
+    }
+
+    /// Writes the session row with its personal part sealed (listing the sealing key in
+    /// `store_keys` within the same write); returns whether anything was sealed.
+    fn upsert_session(
+        &self,
+        conn: &Connection,
+        record: &SessionRecord,
+    ) -> Result<bool, StoreError> {
+        let sealed = profile::seal(&self.keys, &mut OsRng, record)?;
+        let any = sealed.is_some();
+        if any {
+            self.record_current_key(conn)?;
+        }
+        upsert_session(conn, record, sealed)?;
+        Ok(any)
+    }
+
+    /// Session rows as stored, their profiles opened; unreadable profiles are quarantined and
+    /// the rows returned without them.
+    fn read_sessions(
+        &self,
+        conn: &mut Connection,
+        rows: Vec<StoredSession>,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut records = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
+        for StoredSession {
+            mut record,
+            profile,
+        } in rows
+        {
+            if let Some(sealed) = profile {
+                if let Err(why) = profile::open_into(&self.keys, &mut record, &sealed) {
+                    unreadable.push((record.id.clone(), why.to_string()));
+                }
+            }
+            records.push(record);
+        }
+        if !unreadable.is_empty() {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let at = now_ms();
+            for (id, reason) in &unreadable {
+                quarantine_profile(&tx, id, reason, at)?;
+            }
+            tx.commit()?;
+        }
+        Ok(records)
+    }
+
     /// Lists the current key in `store_keys` within the caller's write, once per process.
     fn record_current_key(&self, conn: &Connection) -> Result<(), StoreError> {
         if self.key_recorded.load(Ordering::Relaxed) {
@@ -394,7 +512,10 @@ impl SqliteStore {
     fn apply_batch(&self, conn: &Connection, work: Work) -> Result<Vec<EventRecord>, StoreError> {
         let id = &work.id;
         if let Some(record) = &work.session {
-            upsert_session(conn, record)?;
+            // A sealed profile lists the key within this transaction, but only secret and
+            // event writes set `key_recorded` after a group: a batch carrying just the row may
+            // repeat the (harmless) INSERT OR IGNORE in a later write.
+            self.upsert_session(conn, record)?;
         }
         if work.has_put {
             let exists = conn
@@ -658,56 +779,37 @@ impl Store for SqliteStore {
     fn put_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        upsert_session(&tx, record)?;
+        let sealed = self.upsert_session(&tx, record)?;
         tx.commit()?;
+        if sealed {
+            self.key_recorded.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        let conn = self.lock();
-        let record = conn
-            .prepare_cached(
-                "SELECT id, created_at_ms, desired_online, jid, push_name, platform, \
-                 last_connected_at_ms, logged_out FROM sessions WHERE id = ?1",
-            )?
+        let mut conn = self.lock();
+        let row = conn
+            .prepare_cached(&format!("{SELECT_SESSIONS} WHERE id = ?1"))?
             .query_row([id.as_str()], session_from_row)
             .optional()?;
-        let Some(record) = record else {
+        let Some(row) = row else {
             return Ok(None);
         };
-        let mut record = record?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT key, value FROM session_metadata WHERE session_id = ?1 ORDER BY key",
-        )?;
-        let rows = stmt.query_map([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        for row in rows {
-            let (k, v) = row?;
-            record.metadata.insert(k, v);
-        }
-        Ok(Some(record))
+        let records = self.read_sessions(&mut conn, vec![row?])?;
+        Ok(records.into_iter().next())
     }
 
     fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        let conn = self.lock();
-        let mut records = BTreeMap::new();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, created_at_ms, desired_online, jid, push_name, platform, \
-             last_connected_at_ms, logged_out FROM sessions ORDER BY id",
-        )?;
-        for row in stmt.query_map([], session_from_row)? {
-            let record = row??;
-            records.insert(record.id.as_str().to_owned(), record);
-        }
-        let mut stmt =
-            conn.prepare_cached("SELECT session_id, key, value FROM session_metadata")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
-        for row in rows {
-            let (session, k, v) = row?;
-            if let Some(record) = records.get_mut(&session) {
-                record.metadata.insert(k, v);
-            }
-        }
-        Ok(records.into_values().collect())
+        let mut conn = self.lock();
+        let rows = {
+            let mut stmt = conn.prepare_cached(&format!("{SELECT_SESSIONS} ORDER BY id"))?;
+            let mapped = stmt.query_map([], session_from_row)?;
+            mapped
+                .map(|row| row?)
+                .collect::<Result<Vec<_>, StoreError>>()?
+        };
+        self.read_sessions(&mut conn, rows)
     }
 
     fn delete_session(&self, id: &SessionId) -> Result<(), StoreError> {
@@ -716,8 +818,6 @@ impl Store for SqliteStore {
         // Explicit rather than relying on the cascade alone: secrets must go even if a
         // connection was opened without foreign keys.
         tx.prepare_cached("DELETE FROM secrets WHERE session_id = ?1")?
-            .execute([id.as_str()])?;
-        tx.prepare_cached("DELETE FROM session_metadata WHERE session_id = ?1")?
             .execute([id.as_str()])?;
         tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
             .execute([id.as_str()])?;
@@ -980,7 +1080,10 @@ impl Store for SqliteStore {
 
     /// Also forgets the older keys in `store_keys`, so they can be dropped from the keyring.
     fn reseal_all(&self) -> Result<u64, StoreError> {
-        let resealed = self.reseal_secrets()?.saturating_add(self.reseal_events()?);
+        let resealed = self
+            .reseal_secrets()?
+            .saturating_add(self.reseal_events()?)
+            .saturating_add(self.reseal_profiles()?);
         let conn = self.lock();
         conn.execute(
             "DELETE FROM store_keys WHERE key_id != ?1",
@@ -1016,7 +1119,9 @@ impl Store for SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection, keys: &Keyring) -> Result<(), StoreError> {
+/// Brings the schema to [`SCHEMA_VERSION`]; returns whether values held in clear were sealed (the
+/// caller then compacts the file).
+fn migrate(conn: &mut Connection, keys: &Keyring) -> Result<bool, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Read inside the write transaction: another process may have migrated meanwhile.
     let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -1031,23 +1136,93 @@ fn migrate(conn: &mut Connection, keys: &Keyring) -> Result<(), StoreError> {
             "negative schema version {found}"
         )));
     }
-    let from = usize::try_from(found).unwrap_or(usize::MAX);
-    for step in MIGRATIONS.iter().skip(from) {
-        tx.execute_batch(step)?;
-    }
-    if found == 1 {
+    if found >= 1 {
         // Refused here too, before anything is sealed with a key the database does not know.
         check_keys(&tx, keys)?;
-        seal_clear_events(&tx, keys)?;
+    }
+    let from = usize::try_from(found).unwrap_or(usize::MAX);
+    let mut sealed = false;
+    for (version, step) in MIGRATIONS.iter().enumerate().skip(from) {
+        tx.execute_batch(step)?;
+        // The data step of the upgrade to `version + 1`; a new database has no data.
+        sealed |= match version {
+            1 if found > 0 => seal_clear_events(&tx, keys)?,
+            2 => seal_clear_profiles(&tx, keys, found > 0)?,
+            _ => false,
+        };
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
+    Ok(sealed)
+}
+
+/// Seals the JID, push name and metadata that versions 1 and 2 kept in clear columns into each
+/// row's `profile` with the current key (listing it in `store_keys`), then drops those columns.
+/// Returns whether anything was sealed.
+fn seal_clear_profiles(
+    tx: &Connection,
+    keys: &Keyring,
+    has_data: bool,
+) -> Result<bool, StoreError> {
+    let mut sealed_any = false;
+    if has_data {
+        let mut records: BTreeMap<String, SessionRecord> = BTreeMap::new();
+        {
+            let mut stmt = tx.prepare("SELECT id, jid, push_name FROM sessions ORDER BY id")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (id, jid, push_name) = row?;
+                let mut record = SessionRecord::new(parse_session_id(id.clone())?, 0);
+                record.jid = jid;
+                record.push_name = push_name;
+                records.insert(id, record);
+            }
+            let mut stmt = tx.prepare("SELECT session_id, key, value FROM session_metadata")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
+            for row in rows {
+                let (session, k, v) = row?;
+                if let Some(record) = records.get_mut(&session) {
+                    record.metadata.insert(k, v);
+                }
+            }
+        }
+        let mut update = tx.prepare("UPDATE sessions SET profile = ?2 WHERE id = ?1")?;
+        for record in records.values() {
+            if let Some(sealed) = profile::seal(keys, &mut OsRng, record)? {
+                if !sealed_any {
+                    record_key(tx, keys)?;
+                    sealed_any = true;
+                }
+                update.execute(params![record.id.as_str(), sealed])?;
+            }
+        }
+    }
+    tx.execute_batch(DROP_CLEAR_PROFILES)?;
+    Ok(sealed_any)
+}
+
+/// Lists the current key in `store_keys`.
+fn record_key(tx: &Connection, keys: &Keyring) -> Result<(), StoreError> {
+    if let Some((key_id, check)) = keys.key_checks().into_iter().next() {
+        tx.execute(
+            "INSERT OR IGNORE INTO store_keys (key_id, key_check, first_used_at_ms) \
+             VALUES (?1, ?2, ?3)",
+            params![key_id, check, now_ms()],
+        )?;
+    }
     Ok(())
 }
 
 /// Seals the event payloads a version 1 database stored in clear, with the current key, and
-/// lists that key in `store_keys`.
-fn seal_clear_events(tx: &Connection, keys: &Keyring) -> Result<(), StoreError> {
+/// lists that key in `store_keys`. Returns whether there were any.
+fn seal_clear_events(tx: &Connection, keys: &Keyring) -> Result<bool, StoreError> {
     let rows: Vec<StoredEvent> = {
         let mut stmt = tx.prepare(
             "SELECT cursor, session_id, seq, timestamp_ms, kind, payload FROM events \
@@ -1057,22 +1232,16 @@ fn seal_clear_events(tx: &Connection, keys: &Keyring) -> Result<(), StoreError> 
         mapped.collect::<Result<_, _>>()?
     };
     if rows.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
-    if let Some((key_id, check)) = keys.key_checks().into_iter().next() {
-        tx.execute(
-            "INSERT OR IGNORE INTO store_keys (key_id, key_check, first_used_at_ms) \
-             VALUES (?1, ?2, ?3)",
-            params![key_id, check, now_ms()],
-        )?;
-    }
+    record_key(tx, keys)?;
     let mut update = tx.prepare("UPDATE events SET payload = ?2 WHERE cursor = ?1")?;
     for row in rows {
         let (id, place) = row.place()?;
         let sealed = keys.seal_event(&mut OsRng, &id, &place, &row.payload)?;
         update.execute(params![row.cursor, sealed])?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Refuses a keyring that cannot read what this database holds: a key id it knows with other
@@ -1150,35 +1319,49 @@ fn open_event(
     keys.open_event(id, place, payload)
 }
 
-fn upsert_session(tx: &Connection, record: &SessionRecord) -> Result<(), StoreError> {
+/// Writes a session row whose personal part is `profile`, sealed (see [`profile::seal`]).
+fn upsert_session(
+    tx: &Connection,
+    record: &SessionRecord,
+    profile: Option<Vec<u8>>,
+) -> Result<(), StoreError> {
     // An upsert, never INSERT OR REPLACE: replacing deletes the row and would cascade to the
     // session's secrets.
     tx.prepare_cached(
-        "INSERT INTO sessions (id, created_at_ms, desired_online, jid, push_name, platform, \
-         last_connected_at_ms, logged_out) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+        "INSERT INTO sessions (id, created_at_ms, desired_online, platform, \
+         last_connected_at_ms, logged_out, profile) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
          ON CONFLICT (id) DO UPDATE SET created_at_ms = excluded.created_at_ms, \
-         desired_online = excluded.desired_online, jid = excluded.jid, \
-         push_name = excluded.push_name, platform = excluded.platform, \
-         last_connected_at_ms = excluded.last_connected_at_ms, logged_out = excluded.logged_out",
+         desired_online = excluded.desired_online, platform = excluded.platform, \
+         last_connected_at_ms = excluded.last_connected_at_ms, \
+         logged_out = excluded.logged_out, profile = excluded.profile",
     )?
     .execute(params![
         record.id.as_str(),
         record.created_at_ms,
         record.desired_online,
-        record.jid,
-        record.push_name,
         record.platform,
         record.last_connected_at_ms,
         record.logged_out,
+        profile,
     ])?;
-    tx.prepare_cached("DELETE FROM session_metadata WHERE session_id = ?1")?
-        .execute([record.id.as_str()])?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO session_metadata (session_id, key, value) VALUES (?1, ?2, ?3)",
-    )?;
-    for (k, v) in &record.metadata {
-        insert.execute(params![record.id.as_str(), k, v])?;
-    }
+    Ok(())
+}
+
+/// Copies a session's unreadable profile into quarantine with its reason and clears it in the
+/// row, which stays usable without it.
+fn quarantine_profile(
+    tx: &Connection,
+    id: &SessionId,
+    reason: &str,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO quarantine (session_id, key, reason, quarantined_at_ms, record) \
+         SELECT id, ?2, ?3, ?4, profile FROM sessions WHERE id = ?1 AND profile IS NOT NULL",
+    )?
+    .execute(params![id.as_str(), PROFILE_KEY, reason, at_ms])?;
+    tx.prepare_cached("UPDATE sessions SET profile = NULL WHERE id = ?1")?
+        .execute([id.as_str()])?;
     Ok(())
 }
 
@@ -1298,25 +1481,34 @@ fn read_counter(conn: &Connection) -> Result<u64, StoreError> {
     to_u64(value, "cursor")
 }
 
-fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Result<SessionRecord, StoreError>> {
+/// A session row as stored: the clear columns, and the personal part still sealed.
+struct StoredSession {
+    record: SessionRecord,
+    profile: Option<Vec<u8>>,
+}
+
+/// A row of [`SELECT_SESSIONS`].
+fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Result<StoredSession, StoreError>> {
     let id: String = r.get(0)?;
     let created_at_ms = r.get(1)?;
     let desired_online = r.get(2)?;
-    let jid = r.get(3)?;
-    let push_name = r.get(4)?;
-    let platform = r.get(5)?;
-    let last_connected_at_ms = r.get(6)?;
-    let logged_out = r.get(7)?;
-    Ok(parse_session_id(id).map(|id| SessionRecord {
-        id,
-        metadata: BTreeMap::new(),
-        created_at_ms,
-        desired_online,
-        jid,
-        push_name,
-        platform,
-        last_connected_at_ms,
-        logged_out,
+    let platform = r.get(3)?;
+    let last_connected_at_ms = r.get(4)?;
+    let logged_out = r.get(5)?;
+    let profile = r.get(6)?;
+    Ok(parse_session_id(id).map(|id| StoredSession {
+        record: SessionRecord {
+            id,
+            metadata: BTreeMap::new(),
+            created_at_ms,
+            desired_online,
+            jid: None,
+            push_name: None,
+            platform,
+            last_connected_at_ms,
+            logged_out,
+        },
+        profile,
     }))
 }
 
@@ -1459,6 +1651,27 @@ mod tests {
             !files_containing(self.dir.path(), needle).is_empty()
         }
 
+        fn raw_profile(&self, _: &SqliteStore, id: &SessionId) -> Option<Vec<u8>> {
+            self.raw()
+                .query_row(
+                    "SELECT profile FROM sessions WHERE id = ?1",
+                    [id.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .expect("select")
+                .flatten()
+        }
+
+        fn set_raw_profile(&self, _: &SqliteStore, id: &SessionId, record: Vec<u8>) {
+            self.raw()
+                .execute(
+                    "UPDATE sessions SET profile = ?2 WHERE id = ?1",
+                    params![id.as_str(), record],
+                )
+                .expect("raw write");
+        }
+
         fn fail_event_kind(&self, _: &SqliteStore, kind: u8) {
             // A real storage-level failure in the middle of the transaction.
             self.raw()
@@ -1575,43 +1788,85 @@ mod tests {
         scan("after close");
     }
 
-    #[test]
-    fn version_1_event_payloads_are_sealed_on_upgrade() {
-        let b = Sqlite::new();
-        let s = sid("s");
-        let store = SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open");
-        let events = store
-            .commit(
-                &s,
-                Batch::new()
-                    .event(3, 1, b"clear-text-of-v1".to_vec())
-                    .event(1, 2, vec![]),
-            )
-            .expect("commit");
-        drop(store);
-        // As version 1 left it: payloads in clear, no key recorded.
+    /// A database as the build of schema `version` left it, with one session row whose
+    /// personal columns are in clear.
+    fn old_database(b: &Sqlite, version: usize) -> Connection {
         let raw = b.raw();
-        for e in &events {
-            raw.execute(
-                "UPDATE events SET payload = ?2 WHERE cursor = ?1",
-                params![to_i64(e.cursor).expect("small"), e.payload],
-            )
-            .expect("clear payload");
+        raw.pragma_update(None, "journal_mode", "WAL").expect("wal");
+        for step in &MIGRATIONS[..version] {
+            raw.execute_batch(step).expect("old schema");
         }
-        raw.execute("DELETE FROM store_keys", [])
-            .expect("forget keys");
-        raw.pragma_update(None, "user_version", 1)
-            .expect("version 1");
+        raw.pragma_update(None, "user_version", i64::try_from(version).expect("small"))
+            .expect("version");
+        raw.execute(
+            "INSERT INTO sessions (id, created_at_ms, desired_online, jid, push_name, platform, \
+             last_connected_at_ms, logged_out) \
+             VALUES ('old', 5, 1, '15550008888:2@s.whatsapp.net', 'Oldname Clearly', 'ios', 6, 0)",
+            [],
+        )
+        .expect("old row");
+        raw.execute(
+            "INSERT INTO session_metadata (session_id, key, value) \
+             VALUES ('old', 'user_id', 'old-user-label')",
+            [],
+        )
+        .expect("old metadata");
+        raw.execute(
+            "INSERT INTO sessions (id, created_at_ms, desired_online, logged_out) \
+             VALUES ('bare', 7, 0, 1)",
+            [],
+        )
+        .expect("bare row");
+        raw
+    }
+
+    fn old_row() -> SessionRecord {
+        let mut r = SessionRecord::new(sid("old"), 5);
+        r.jid = Some("15550008888:2@s.whatsapp.net".into());
+        r.push_name = Some("Oldname Clearly".into());
+        r.platform = Some("ios".into());
+        r.last_connected_at_ms = Some(6);
+        r.metadata = BTreeMap::from([("user_id".into(), "old-user-label".into())]);
+        r
+    }
+
+    fn bare_row() -> SessionRecord {
+        SessionRecord {
+            desired_online: false,
+            logged_out: true,
+            ..SessionRecord::new(sid("bare"), 7)
+        }
+    }
+
+    #[test]
+    fn version_1_event_payloads_and_rows_are_sealed_on_upgrade() {
+        let b = Sqlite::new();
+        let raw = old_database(&b, 1);
+        raw.execute(
+            "INSERT INTO events (cursor, session_id, seq, timestamp_ms, kind, payload) \
+             VALUES (1, 'old', 1, 1, 3, CAST('clear-text-of-v1' AS BLOB)), \
+                    (2, 'old', 2, 2, 1, X'')",
+            [],
+        )
+        .expect("clear events");
+        raw.execute_batch(
+            "INSERT INTO event_seqs (session_id, last_seq) VALUES ('old', 2); \
+             UPDATE counters SET value = 2 WHERE name = 'last_cursor';",
+        )
+        .expect("counters");
         drop(raw);
-        assert!(!files_containing(b.dir.path(), b"clear-text-of-v1").is_empty());
+        for needle in [&b"clear-text-of-v1"[..], b"15550008888", b"old-user-label"] {
+            assert!(!files_containing(b.dir.path(), needle).is_empty());
+        }
 
         let store = SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("upgrade");
-        assert_eq!(
-            store
-                .events_after(0, &EventFilter::all(), 10)
-                .expect("read"),
-            events
-        );
+        let events = store
+            .events_after(0, &EventFilter::all(), 10)
+            .expect("read");
+        let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+        assert_eq!(payloads, [&b"clear-text-of-v1"[..], b""]);
+        assert_eq!(events[1].seq, 2);
+        assert_eq!(store.sessions().expect("list"), [bare_row(), old_row()]);
         assert!(store.quarantined().expect("quarantined").is_empty());
         drop(store);
         let raw = b.raw();
@@ -1619,16 +1874,83 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
-        raw.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")
-            .expect("compact");
         drop(raw);
-        assert_eq!(
-            files_containing(b.dir.path(), b"clear-text-of-v1"),
-            Vec::<String>::new()
-        );
+        // The upgrade compacted the file: no copy left in freed pages or the WAL.
+        for needle in [
+            &b"clear-text-of-v1"[..],
+            b"15550008888",
+            b"Oldname",
+            b"old-user-label",
+        ] {
+            assert_eq!(
+                files_containing(b.dir.path(), needle),
+                Vec::<String>::new(),
+                "{}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+        assert!(!files_containing(b.dir.path(), b"bare").is_empty());
         // The key that sealed them is now recorded: another key is refused.
         let err = SqliteStore::open(&b.path(), keyring(&[("k1", 9)])).expect_err("mismatch");
         assert!(matches!(err, StoreError::KeyMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn version_2_rows_are_sealed_on_upgrade_with_a_known_key_only() {
+        let b = Sqlite::new();
+        let raw = old_database(&b, 2);
+        // Version 2 already sealed with k1: a k1 with other bytes is refused before anything
+        // is sealed with it.
+        let k1 = keyring(&[("k1", 1)]);
+        let (id, check) = k1.key_checks()[0];
+        raw.execute(
+            "INSERT INTO store_keys (key_id, key_check, first_used_at_ms) VALUES (?1, ?2, 1)",
+            params![id, check],
+        )
+        .expect("known key");
+        drop(raw);
+        let err = SqliteStore::open(&b.path(), keyring(&[("k1", 9)])).expect_err("mismatch");
+        assert!(matches!(err, StoreError::KeyMismatch { .. }), "{err}");
+        assert!(!files_containing(b.dir.path(), b"Oldname").is_empty());
+
+        // A rotated keyring seals with its current key and keeps knowing both.
+        let store =
+            SqliteStore::open(&b.path(), keyring(&[("k2", 2), ("k1", 1)])).expect("upgrade");
+        assert_eq!(store.session(&sid("old")).expect("get"), Some(old_row()));
+        assert_eq!(store.session(&sid("bare")).expect("get"), Some(bare_row()));
+        drop(store);
+        let raw = b.raw();
+        let (profile, bare): (Vec<u8>, Option<Vec<u8>>) = raw
+            .query_row(
+                "SELECT (SELECT profile FROM sessions WHERE id = 'old'), \
+                        (SELECT profile FROM sessions WHERE id = 'bare')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("profiles");
+        assert_eq!(&profile[1..4], b"\x02k2");
+        assert_eq!(bare, None, "nothing personal, nothing sealed");
+        let columns: Vec<String> = raw
+            .prepare("SELECT name FROM pragma_table_info('sessions')")
+            .expect("columns")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("names");
+        assert!(
+            !columns.iter().any(|c| c == "jid" || c == "push_name"),
+            "{columns:?}"
+        );
+        drop(raw);
+        for needle in ["15550008888", "Oldname", "old-user-label"] {
+            assert_eq!(
+                files_containing(b.dir.path(), needle.as_bytes()),
+                Vec::<String>::new(),
+                "{needle}"
+            );
+        }
+        let store = SqliteStore::open(&b.path(), keyring(&[("k2", 2), ("k1", 1)])).expect("reopen");
+        assert_eq!(store.sessions().expect("list"), [bare_row(), old_row()]);
     }
 
     #[test]
