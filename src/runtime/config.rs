@@ -48,7 +48,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(config: RuntimeConfig, events: &EventLog) -> Self {
         let pacer = Pacer::new(config.handshakes_per_second);
-        let pipeline = Pipeline::start(events.clone());
+        let pipeline = Pipeline::start(events);
         Self {
             config,
             pacer,

@@ -28,7 +28,7 @@ pub use crate::wa::messaging::{SendError, Sent};
 use super::events::EventLog;
 use super::keys::StoreKeys;
 use super::payloads;
-use super::pipeline::{Commit, Job, Pipeline};
+use super::pipeline::{Commit, Job, Lane};
 
 /// A text to send.
 #[derive(Debug, Clone)]
@@ -205,7 +205,7 @@ pub(super) struct Prepared {
 pub(crate) struct Messenger {
     id: SessionId,
     log: EventLog,
-    pipeline: Pipeline,
+    pipeline: Lane,
     /// `None` only while a step runs.
     core: Option<Box<Core>>,
     creds: Option<Arc<Credentials>>,
@@ -213,7 +213,7 @@ pub(crate) struct Messenger {
 }
 
 impl Messenger {
-    pub(crate) fn new(id: SessionId, log: EventLog, pipeline: Pipeline) -> Self {
+    pub(crate) fn new(id: SessionId, log: EventLog, pipeline: Lane) -> Self {
         Self {
             id,
             log,

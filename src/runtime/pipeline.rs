@@ -34,37 +34,74 @@ pub(super) trait Job: Send {
     fn finish(self: Box<Self>, committed: Option<Result<Vec<EventRecord>, StoreError>>);
 }
 
-/// The handle sessions submit steps through; the thread ends when the
-/// last handle is dropped.
-#[derive(Clone)]
+/// The pipeline's lanes: each a thread of its own, a session always on the
+/// same one. Lanes run engines in parallel; their commits still join the
+/// store's group commit, so a busy moment stays one transaction per lane
+/// round.
 pub(crate) struct Pipeline {
+    lanes: Vec<Lane>,
+}
+
+/// The handle a session submits its steps through; a lane's thread ends
+/// when its last handle is dropped.
+#[derive(Clone)]
+pub(crate) struct Lane {
     jobs: mpsc::Sender<Box<dyn Job>>,
     running: bool,
 }
 
 impl Pipeline {
-    /// Starts the thread. Should that fail, sessions step on the blocking
-    /// pool instead (see [`Pipeline::is_running`]).
-    pub(crate) fn start(log: EventLog) -> Self {
-        let (jobs, queue) = mpsc::channel();
-        let started = std::thread::Builder::new()
-            .name("wagate-messages".into())
-            .spawn(move || run(&queue, &log));
-        if let Err(e) = &started {
-            warn!("cannot start the message pipeline thread: {e}");
-        }
-        Self {
-            jobs,
-            running: started.is_ok(),
-        }
+    /// Starts one lane per core (at most four). A lane whose thread cannot
+    /// start makes its sessions step on the blocking pool instead (see
+    /// [`Lane::is_running`]).
+    pub(crate) fn start(log: &EventLog) -> Self {
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+        let lanes = (0..count)
+            .map(|n| {
+                let (jobs, queue) = mpsc::channel();
+                let log = log.clone();
+                let started = std::thread::Builder::new()
+                    .name(format!("wagate-messages-{n}"))
+                    .spawn(move || run(&queue, &log));
+                if let Err(e) = &started {
+                    warn!("cannot start a message pipeline thread: {e}");
+                }
+                Lane {
+                    jobs,
+                    running: started.is_ok(),
+                }
+            })
+            .collect();
+        Self { lanes }
     }
 
+    /// The lane of session `id`.
+    pub(crate) fn lane(&self, id: &SessionId) -> Lane {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        let n = usize::try_from(hasher.finish() % self.lanes.len().max(1) as u64).unwrap_or(0);
+        match self.lanes.get(n) {
+            Some(lane) => lane.clone(),
+            None => {
+                // No lanes at all: a closed one, so sessions use the pool.
+                let (jobs, _) = mpsc::channel();
+                Lane {
+                    jobs,
+                    running: false,
+                }
+            }
+        }
+    }
+}
+
+impl Lane {
     /// Whether steps can be submitted (the thread started).
     pub(super) fn is_running(&self) -> bool {
         self.running
     }
 
-    /// Queues a step; the job comes back if the pipeline has stopped.
+    /// Queues a step; the job comes back if the lane has stopped.
     pub(super) fn submit(&self, job: Box<dyn Job>) -> Result<(), Box<dyn Job>> {
         self.jobs.send(job).map_err(|e| e.0)
     }

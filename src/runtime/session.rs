@@ -89,7 +89,11 @@ impl SessionActor {
         let initial = SessionStatus::from_record(&record);
         crate::metrics::global().session_moved(None, initial.state.metric_index());
         let (status_tx, status_rx) = watch::channel(initial);
-        let messenger = Messenger::new(record.id.clone(), events.clone(), shared.pipeline.clone());
+        let messenger = Messenger::new(
+            record.id.clone(),
+            events.clone(),
+            shared.pipeline.lane(&record.id),
+        );
         let actor = SessionActor {
             id: record.id.clone(),
             shared,

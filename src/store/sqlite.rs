@@ -134,8 +134,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_CACHE: usize = 64;
 /// Read-only connections beside the writer.
 const READERS: usize = 2;
-/// How often the background checkpointer copies the WAL into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// How often the background checkpointer copies the WAL into the database
+/// (often enough that the WAL stays a few MB at thousands of messages/s).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 const SELECT_EVENTS: &str = "SELECT cursor, session_id, seq, timestamp_ms, kind, payload \
                              FROM events WHERE cursor > ?1";
