@@ -12,8 +12,8 @@ use crate::wa::signal::{
 
 use super::keys::{DedupeKey, KeyError, Txn};
 use super::{
-    address_of, learn_lid, phone_for, Engine, Event, ReceiptKind, ReceivedMessage, ReceivedReceipt,
-    Step, MAX_RETRIES, MAX_TEXT_BYTES,
+    address_of, learn_lid, phone_for, Cx, Engine, Event, ReceiptKind, ReceivedMessage,
+    ReceivedReceipt, MAX_RETRIES, MAX_TEXT_BYTES,
 };
 
 /// Why one payload of a message gave nothing.
@@ -34,14 +34,9 @@ impl From<SignalError> for Undecrypted {
 }
 
 impl Engine {
-    pub(super) fn on_message(
-        &mut self,
-        node: &Node,
-        txn: &mut Txn<'_>,
-        creds: &Credentials,
-        now_ms: u64,
-        step: &mut Step,
-    ) -> Result<(), KeyError> {
+    pub(super) fn on_message(&mut self, node: &Node, cx: &mut Cx<'_, '_>) -> Result<(), KeyError> {
+        let creds = cx.creds;
+        let now_ms = cx.now_ms;
         let Some(own) = creds.account.as_ref().map(|a| a.jid.clone()) else {
             return Ok(());
         };
@@ -50,15 +45,15 @@ impl Engine {
             Err(_) => {
                 // Unreadable: refuse it so the server stops redelivering.
                 if let Some(ack) = wamsg::stanza_ack(node) {
-                    step.transmit.push(ack.attr("error", "487"));
+                    cx.step.transmit.push(ack.attr("error", "487"));
                 }
                 return Ok(());
             }
         };
-        step.messages_in += 1;
+        cx.step.messages_in += 1;
         let dedupe = DedupeKey(msg.dedupe_key(&own));
-        if txn.seen(&dedupe, msg.t)? {
-            step.transmit.push(msg.receipt(&own));
+        if cx.txn.seen(&dedupe, msg.t)? {
+            cx.step.transmit.push(msg.receipt(&own));
             return Ok(());
         }
 
@@ -69,8 +64,8 @@ impl Engine {
         let mut duplicate = false;
         for enc in &msg.encs {
             let plaintext = match enc.kind.as_str() {
-                "pkmsg" | "msg" => self.decrypt_pairwise(&address, enc, creds, txn)?,
-                "skmsg" => decrypt_group(&msg, &address, enc, txn)?,
+                "pkmsg" | "msg" => self.decrypt_pairwise(&address, enc, creds, &mut cx.txn)?,
+                "skmsg" => decrypt_group(&msg, &address, enc, &mut cx.txn)?,
                 other => Err(Undecrypted::Failed(format!(
                     "unsupported payload type {:?}",
                     other.get(..16).unwrap_or(other)
@@ -97,11 +92,11 @@ impl Engine {
                             group_id: group.clone(),
                             sender: address.clone(),
                         };
-                        let mut record = txn.sender_key(&name)?.unwrap_or_default();
+                        let mut record = cx.txn.sender_key(&name)?.unwrap_or_default();
                         // A bad distribution leaves the old key; the group
                         // message that needs it will ask for a resend.
                         if signal::process_distribution_message(&mut record, distribution).is_ok() {
-                            txn.put_sender_key(name, record);
+                            cx.txn.put_sender_key(name, record);
                         }
                     }
                     // A text beats key-only payloads of the same stanza.
@@ -115,13 +110,13 @@ impl Engine {
             }
         }
         if let Some(alt) = &msg.sender_alt {
-            learn_lid(&sender.to_non_ad(), &alt.to_non_ad(), txn)?;
+            learn_lid(&sender.to_non_ad(), &alt.to_non_ad(), &mut cx.txn)?;
         }
 
         let event = match (content, failure) {
-            (Some(content), _) => self.message_event(&msg, &own, content, txn)?,
+            (Some(content), _) => self.message_event(&msg, &own, content, &mut cx.txn)?,
             (None, None) if duplicate => {
-                step.transmit.push(msg.receipt(&own));
+                cx.step.transmit.push(msg.receipt(&own));
                 return Ok(());
             }
             (None, None) => Some(failed_event(
@@ -129,7 +124,7 @@ impl Engine {
                 &own,
                 "unavailable",
                 "message carried no encrypted payload".to_owned(),
-                txn,
+                &mut cx.txn,
             )?),
             (None, Some(error)) => {
                 let count = self.retries.entry(dedupe.clone()).or_insert(0);
@@ -138,23 +133,30 @@ impl Engine {
                 if count <= MAX_RETRIES {
                     tracing::info!(id = %msg.id, count, "cannot decrypt, asking for a resend: {error}");
                     let keys = if count >= 2 {
-                        Some(self.retry_keys(creds, txn)?)
+                        Some(self.retry_keys(creds, &mut cx.txn)?)
                     } else {
                         None
                     };
-                    step.transmit
+                    cx.step
+                        .transmit
                         .push(msg.retry_receipt(count, creds.registration_id, keys));
                     return Ok(());
                 }
                 tracing::warn!(id = %msg.id, "giving up decrypting: {error}");
-                Some(failed_event(&msg, &own, "undecryptable", error, txn)?)
+                Some(failed_event(
+                    &msg,
+                    &own,
+                    "undecryptable",
+                    error,
+                    &mut cx.txn,
+                )?)
             }
         };
         self.retries.remove(&dedupe);
-        txn.mark_seen(dedupe, msg.t, now_ms);
-        step.events.extend(event.map(Event::Message));
+        cx.txn.mark_seen(dedupe, msg.t, now_ms);
+        cx.step.events.extend(event.map(Event::Message));
         // Durability rule 1: the receipt leaves after the commit.
-        step.transmit.push(msg.receipt(&own));
+        cx.step.transmit.push(msg.receipt(&own));
         Ok(())
     }
 
@@ -263,14 +265,7 @@ impl Engine {
         }))
     }
 
-    pub(super) fn on_receipt(
-        &mut self,
-        node: &Node,
-        txn: &mut Txn<'_>,
-        creds: &Credentials,
-        now_ms: u64,
-        step: &mut Step,
-    ) -> Result<(), KeyError> {
+    pub(super) fn on_receipt(&mut self, node: &Node, cx: &mut Cx<'_, '_>) -> Result<(), KeyError> {
         let Ok(receipt) = IncomingReceipt::parse(node) else {
             return Ok(());
         };
@@ -279,7 +274,7 @@ impl Engine {
             wamsg::ReceiptKind::Read => Some(ReceiptKind::Read),
             wamsg::ReceiptKind::Played => Some(ReceiptKind::Played),
             wamsg::ReceiptKind::Retry => {
-                self.on_retry_request(node, &receipt, txn, creds, now_ms, step)?;
+                self.on_retry_request(node, &receipt, cx)?;
                 None
             }
             wamsg::ReceiptKind::Other => None,
@@ -295,8 +290,8 @@ impl Engine {
                     .unwrap_or(&receipt.from)
                     .to_non_ad()
             };
-            let from_phone = phone_for(&from, txn)?;
-            step.events.push(Event::Receipt(ReceivedReceipt {
+            let from_phone = phone_for(&from, &mut cx.txn)?;
+            cx.step.events.push(Event::Receipt(ReceivedReceipt {
                 message_ids: receipt.message_ids.clone(),
                 kind,
                 chat,
@@ -305,7 +300,7 @@ impl Engine {
                 timestamp_s: receipt.t,
             }));
         }
-        step.transmit.push(receipt.ack());
+        cx.step.transmit.push(receipt.ack());
         Ok(())
     }
 }

@@ -189,6 +189,32 @@ impl Step {
 #[error("{0}")]
 pub struct StepError(pub KeyError);
 
+/// What the handlers of one step share: the keys with the step's own
+/// writes on top, our credentials, the time, and the step being built.
+struct Cx<'c, 'k> {
+    txn: Txn<'k>,
+    creds: &'c Credentials,
+    now_ms: u64,
+    step: Step,
+}
+
+impl<'c, 'k> Cx<'c, 'k> {
+    fn new(keys: &'k mut dyn KeyStore, creds: &'c Credentials, now_ms: u64) -> Self {
+        Self {
+            txn: Txn::new(keys),
+            creds,
+            now_ms,
+            step: Step::default(),
+        }
+    }
+
+    fn into_step(self) -> Step {
+        let mut step = self.step;
+        step.changes = self.txn.into_changes();
+        step
+    }
+}
+
 /// The message engine of one session.
 pub struct Engine {
     rng: StdRng,
@@ -291,35 +317,27 @@ impl Engine {
         creds: &Credentials,
         now_ms: u64,
     ) -> Result<Step, StepError> {
-        let mut step = Step::default();
-        let mut txn = Txn::new(keys);
+        let mut cx = Cx::new(keys, creds, now_ms);
         for node in nodes {
-            self.handle_stanza(node, &mut txn, creds, now_ms, &mut step)
-                .map_err(Step::abandoned)?;
+            self.handle_stanza(node, &mut cx).map_err(Step::abandoned)?;
         }
-        step.changes = txn.into_changes();
-        Ok(step)
+        Ok(cx.into_step())
     }
 
-    fn handle_stanza(
-        &mut self,
-        node: Node,
-        txn: &mut Txn<'_>,
-        creds: &Credentials,
-        now_ms: u64,
-        step: &mut Step,
-    ) -> Result<(), KeyError> {
+    fn handle_stanza(&mut self, node: Node, cx: &mut Cx<'_, '_>) -> Result<(), KeyError> {
         match node.tag() {
-            "message" => self.on_message(&node, txn, creds, now_ms, step),
-            "receipt" => self.on_receipt(&node, txn, creds, now_ms, step),
+            "message" => self.on_message(&node, cx),
+            "receipt" => self.on_receipt(&node, cx),
             "ack" => {
-                self.on_ack(&node, txn, now_ms, step);
+                self.on_ack(&node, cx);
                 Ok(())
             }
-            "iq" => self.on_iq_answer(node, txn, creds, now_ms, step),
-            "notification" => self.on_notification(&node, txn, creds, step),
+            "iq" => self.on_iq_answer(node, cx),
+            "notification" => self.on_notification(&node, cx),
             "call" => {
-                step.transmit.extend(crate::wa::message::stanza_ack(&node));
+                cx.step
+                    .transmit
+                    .extend(crate::wa::message::stanza_ack(&node));
                 Ok(())
             }
             _ => Ok(()),
@@ -334,14 +352,12 @@ impl Engine {
         creds: &Credentials,
         now_ms: u64,
     ) -> Result<Step, StepError> {
-        let mut step = Step::default();
-        let mut txn = Txn::new(keys);
+        let mut cx = Cx::new(keys, creds, now_ms);
         for (request, reply) in requests {
-            self.start_send(request, reply, &mut txn, creds, now_ms, &mut step)
+            self.start_send(request, reply, &mut cx)
                 .map_err(Step::abandoned)?;
         }
-        step.changes = txn.into_changes();
-        Ok(step)
+        Ok(cx.into_step())
     }
 
     /// A fresh iq id, distinct from the connection's own.

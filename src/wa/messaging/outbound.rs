@@ -25,16 +25,15 @@ use prost::Message as _;
 
 use crate::proto::wa::Message;
 use crate::wa::binary::{self, Node};
-use crate::wa::creds::Credentials;
 use crate::wa::crypto::sha256;
 use crate::wa::jid::Jid;
 use crate::wa::message::{self as wamsg, ServerAck};
 use crate::wa::signal::{self, ProtocolAddress, SessionRecord};
 
 use super::iq::{Awaiting, Bundles, Devices, IqSpec, PrekeyCount, PrekeyUpload};
-use super::keys::{IdempotencyRecord, KeyError, SentRecord, Txn};
+use super::keys::{IdempotencyRecord, KeyError, SentRecord};
 use super::{
-    address_of, learn_lid, Engine, ReplyTo, SendError, SendRequest, Sent, Step, DEVICE_CACHE_MS,
+    address_of, learn_lid, Cx, Engine, ReplyTo, SendError, SendRequest, Sent, DEVICE_CACHE_MS,
     MAX_SEND_TEXT_BYTES, SEND_TIMEOUT_MS,
 };
 
@@ -59,19 +58,19 @@ impl Engine {
         &mut self,
         request: SendRequest,
         reply: ReplyTo,
-        txn: &mut Txn<'_>,
-        creds: &Credentials,
-        now_ms: u64,
-        step: &mut Step,
+        cx: &mut Cx<'_, '_>,
     ) -> Result<(), KeyError> {
+        let creds = cx.creds;
+        let now_ms = cx.now_ms;
         let Some(account) = creds.account.as_ref() else {
-            step.replies.push((reply, Err(SendError::NotConnected)));
+            cx.step.replies.push((reply, Err(SendError::NotConnected)));
             return Ok(());
         };
         let own = account.jid.clone();
         if request.to.is_group() || !(request.to.is_user() || request.to.is_lid()) {
             let why = "sending to groups and other non-user chats is not supported yet; send to a phone number or a user JID";
-            step.replies
+            cx.step
+                .replies
                 .push((reply, Err(SendError::Unsupported(why.to_owned()))));
             return Ok(());
         }
@@ -80,7 +79,9 @@ impl Engine {
             let why = format!(
                 "text of {text_len} bytes is longer than WhatsApp's limit of {MAX_SEND_TEXT_BYTES}"
             );
-            step.replies.push((reply, Err(SendError::Unsupported(why))));
+            cx.step
+                .replies
+                .push((reply, Err(SendError::Unsupported(why))));
             return Ok(());
         }
         let chat = request.to.to_non_ad();
@@ -89,21 +90,23 @@ impl Engine {
         if let Some(key) = &request.idempotency_key {
             if let Some(send) = self.send_by_key(key) {
                 if send.fingerprint != fingerprint {
-                    step.replies
+                    cx.step
+                        .replies
                         .push((reply, Err(SendError::IdempotencyConflict(key.clone()))));
                 } else {
                     send.waiters.push(reply);
                 }
                 return Ok(());
             }
-            if let Some(record) = txn.idempotency(key)? {
+            if let Some(record) = cx.txn.idempotency(key)? {
                 if !record.fingerprint.is_empty() && record.fingerprint != fingerprint {
-                    step.replies
+                    cx.step
+                        .replies
                         .push((reply, Err(SendError::IdempotencyConflict(key.clone()))));
                     return Ok(());
                 }
                 if record.acked_at_s > 0 {
-                    step.replies.push((
+                    cx.step.replies.push((
                         reply,
                         Ok(Sent {
                             message_id: record.message_id,
@@ -115,7 +118,7 @@ impl Engine {
                 // Encrypted and perhaps written before: the same bytes again
                 // (see the module documentation for why).
                 if let Ok(stanza) = binary::decode(&record.stanza) {
-                    step.transmit.push(stanza);
+                    cx.step.transmit.push(stanza);
                     self.in_flight.insert(
                         record.message_id.clone(),
                         Outgoing {
@@ -153,10 +156,14 @@ impl Engine {
                 .is_some_and(|(_, at)| at + DEVICE_CACHE_MS > now_ms)
         });
         if fresh {
-            return self.route(send, txn, creds, now_ms, step);
+            return self.route(send, cx);
         }
         let sid = format!("{:08x}", rand::RngCore::next_u32(&mut self.rng));
-        self.issue(Devices { users, sid }, Awaiting::Devices(send), step);
+        self.issue(
+            Devices { users, sid },
+            Awaiting::Devices(send),
+            &mut cx.step,
+        );
         Ok(())
     }
 
@@ -173,16 +180,10 @@ impl Engine {
     }
 
     /// Devices known: fetch bundles for those without a session, or encrypt.
-    fn route(
-        &mut self,
-        send: Outgoing,
-        txn: &mut Txn<'_>,
-        creds: &Credentials,
-        now_ms: u64,
-        step: &mut Step,
-    ) -> Result<(), KeyError> {
+    fn route(&mut self, send: Outgoing, cx: &mut Cx<'_, '_>) -> Result<(), KeyError> {
+        let creds = cx.creds;
         let Some(own) = creds.account.as_ref().map(|a| a.jid.clone()) else {
-            step.fail(send, SendError::NotConnected);
+            cx.step.fail(send, SendError::NotConnected);
             return Ok(());
         };
         let peer_devices = self
@@ -192,7 +193,7 @@ impl Engine {
             .unwrap_or_default();
         if peer_devices.is_empty() {
             let who = send.chat.to_string();
-            step.fail(send, SendError::UnknownRecipient(who));
+            cx.step.fail(send, SendError::UnknownRecipient(who));
             return Ok(());
         }
         let own_devices = self
@@ -209,7 +210,8 @@ impl Engine {
         }
         let mut missing = Vec::new();
         for target in &targets {
-            let has = txn
+            let has = cx
+                .txn
                 .session(&address_of(target))?
                 .is_some_and(|r| r.has_current_session());
             if !has {
@@ -217,28 +219,30 @@ impl Engine {
             }
         }
         if missing.is_empty() {
-            return self.encrypt_and_send(send, targets, HashMap::new(), txn, creds, now_ms, step);
+            return self.encrypt_and_send(send, targets, HashMap::new(), cx);
         }
-        self.issue(Bundles(missing), Awaiting::Bundles { send, targets }, step);
+        self.issue(
+            Bundles(missing),
+            Awaiting::Bundles { send, targets },
+            &mut cx.step,
+        );
         Ok(())
     }
 
     /// Encrypts for every target with a session and queues the stanza; the
     /// new chain states, the copy kept for retry receipts and the
     /// idempotency record go into the same commit, ahead of the wire.
-    #[expect(clippy::too_many_arguments, reason = "one send, every input it needs")]
     fn encrypt_and_send(
         &mut self,
         send: Outgoing,
         targets: Vec<Jid>,
         mut fresh: HashMap<ProtocolAddress, SessionRecord>,
-        txn: &mut Txn<'_>,
-        creds: &Credentials,
-        now_ms: u64,
-        step: &mut Step,
+        cx: &mut Cx<'_, '_>,
     ) -> Result<(), KeyError> {
+        let creds = cx.creds;
+        let now_ms = cx.now_ms;
         let Some(account) = creds.account.as_ref() else {
-            step.fail(send, SendError::NotConnected);
+            cx.step.fail(send, SendError::NotConnected);
             return Ok(());
         };
         let own = &account.jid;
@@ -251,7 +255,7 @@ impl Engine {
             let address = address_of(&target);
             let record = match fresh.remove(&address) {
                 Some(r) => Some(r),
-                None => txn.session(&address)?,
+                None => cx.txn.session(&address)?,
             };
             let Some(mut record) = record.filter(SessionRecord::has_current_session) else {
                 continue;
@@ -265,19 +269,19 @@ impl Engine {
             // A device whose session cannot encrypt is skipped; the others
             // still get the message.
             if let Ok(ct) = signal::encrypt(&mut record, &creds.identity_key, &padded) {
-                txn.put_session(address, record);
+                cx.txn.put_session(address, record);
                 peer_reached |= target.user != own.user;
                 encrypted.push((target, ct));
             }
         }
         if !peer_reached {
             let why = format!("no device of {} could be reached", send.chat);
-            step.fail(send, SendError::Encryption(why));
+            cx.step.fail(send, SendError::Encryption(why));
             return Ok(());
         }
         let stanza =
             wamsg::fanout_stanza(&send.id, &send.chat, &encrypted, &account.signed_identity);
-        txn.put_sent(
+        cx.txn.put_sent(
             send.id.clone(),
             SentRecord {
                 chat: send.chat.to_string(),
@@ -286,7 +290,7 @@ impl Engine {
             },
         );
         if let Some(key) = &send.idempotency_key {
-            txn.put_idempotency(
+            cx.txn.put_idempotency(
                 key.clone(),
                 IdempotencyRecord {
                     message_id: send.id.clone(),
@@ -296,12 +300,13 @@ impl Engine {
                 },
             );
         }
-        step.transmit.push(stanza);
+        cx.step.transmit.push(stanza);
         self.in_flight.insert(send.id.clone(), send);
         Ok(())
     }
 
-    pub(super) fn on_ack(&mut self, node: &Node, txn: &mut Txn<'_>, now_ms: u64, step: &mut Step) {
+    pub(super) fn on_ack(&mut self, node: &Node, cx: &mut Cx<'_, '_>) {
+        let now_ms = cx.now_ms;
         let Some(ack) = ServerAck::parse(node) else {
             return;
         };
@@ -310,7 +315,7 @@ impl Engine {
         };
         if let Some(error) = ack.error {
             tracing::warn!(id = %ack.id, %error, "the server refused a message");
-            return step.fail(send, SendError::Refused(error));
+            return cx.step.fail(send, SendError::Refused(error));
         }
         let timestamp_s = ack.t.unwrap_or(now_ms / 1000);
         if let Some(key) = &send.idempotency_key {
@@ -318,7 +323,7 @@ impl Engine {
             // committed a retry writes the stored stanza again, which the
             // server acknowledges without delivering twice. So the callers
             // need not wait for this commit.
-            txn.put_idempotency(
+            cx.txn.put_idempotency(
                 key.clone(),
                 IdempotencyRecord {
                     message_id: send.id.clone(),
@@ -328,9 +333,9 @@ impl Engine {
                 },
             );
         }
-        step.messages_out += 1;
+        cx.step.messages_out += 1;
         for waiter in send.waiters {
-            step.replies.push((
+            cx.step.replies.push((
                 waiter,
                 Ok(Sent {
                     message_id: send.id.clone(),
@@ -340,21 +345,16 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_iq_answer(
-        &mut self,
-        node: Node,
-        txn: &mut Txn<'_>,
-        creds: &Credentials,
-        now_ms: u64,
-        step: &mut Step,
-    ) -> Result<(), KeyError> {
+    pub(super) fn on_iq_answer(&mut self, node: Node, cx: &mut Cx<'_, '_>) -> Result<(), KeyError> {
+        let creds = cx.creds;
+        let now_ms = cx.now_ms;
         let Some(awaiting) = node.attr_str("id").and_then(|id| self.awaiting.remove(id)) else {
             return Ok(());
         };
         match awaiting {
             Awaiting::PrekeyCount => {
                 if let Ok(count) = PrekeyCount::answer(&node) {
-                    self.on_prekey_count(count, creds, txn, step)?;
+                    self.on_prekey_count(count, cx)?;
                 }
             }
             Awaiting::PrekeyUpload => {
@@ -366,14 +366,16 @@ impl Engine {
                 Ok(users) => {
                     for user in users {
                         if let Some(lid) = &user.lid {
-                            learn_lid(lid, &user.user, txn)?;
+                            learn_lid(lid, &user.user, &mut cx.txn)?;
                         }
                         let jids = user.device_jids();
                         self.remember_devices(user.user, jids, now_ms);
                     }
-                    self.route(send, txn, creds, now_ms, step)?;
+                    self.route(send, cx)?;
                 }
-                Err(e) => step.fail(send, SendError::Encryption(format!("device list: {e}"))),
+                Err(e) => cx
+                    .step
+                    .fail(send, SendError::Encryption(format!("device list: {e}"))),
             },
             Awaiting::Bundles { send, targets } => match Bundles::answer(&node) {
                 Ok(bundles) => {
@@ -390,13 +392,15 @@ impl Engine {
                             fresh.insert(address_of(&entry.device), record);
                         }
                     }
-                    self.encrypt_and_send(send, targets, fresh, txn, creds, now_ms, step)?;
+                    self.encrypt_and_send(send, targets, fresh, cx)?;
                 }
-                Err(e) => step.fail(send, SendError::Encryption(format!("prekey bundles: {e}"))),
+                Err(e) => cx
+                    .step
+                    .fail(send, SendError::Encryption(format!("prekey bundles: {e}"))),
             },
             Awaiting::RetryBundle(target) => {
                 let answer = Bundles::answer(&node);
-                self.resend_with_bundles(answer, target, txn, creds, step)?;
+                self.resend_with_bundles(answer, target, cx)?;
             }
         }
         Ok(())

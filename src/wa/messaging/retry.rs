@@ -15,7 +15,7 @@ use crate::wa::signal::{self, PreKey, SessionRecord, MAX_PRE_KEY_ID};
 
 use super::iq::{Awaiting, Bundles, PrekeyUpload, RetryTarget};
 use super::keys::{KeyError, Txn};
-use super::{address_of, Engine, Step, MAX_RETRIES};
+use super::{address_of, Cx, Engine, MAX_RETRIES};
 
 impl Engine {
     /// A peer could not decrypt one of our messages: encrypt it again for
@@ -24,12 +24,9 @@ impl Engine {
         &mut self,
         node: &Node,
         receipt: &IncomingReceipt,
-        txn: &mut Txn<'_>,
-        creds: &Credentials,
-        now_ms: u64,
-        step: &mut Step,
+        cx: &mut Cx<'_, '_>,
     ) -> Result<(), KeyError> {
-        let _ = now_ms;
+        let creds = cx.creds;
         let device = receipt.sender().clone();
         if receipt.retry_count > MAX_RETRIES {
             return Ok(());
@@ -37,7 +34,7 @@ impl Engine {
         let address = address_of(&device);
         let record = match prekeys::parse_retry_keys(node, device.device) {
             Some(Ok(bundle)) => {
-                let previous = txn.session(&address)?;
+                let previous = cx.txn.session(&address)?;
                 match signal::process_bundle(
                     &bundle,
                     &creds.identity_key,
@@ -50,7 +47,7 @@ impl Engine {
                 }
             }
             Some(Err(_)) => return Ok(()),
-            None => txn.session(&address)?,
+            None => cx.txn.session(&address)?,
         };
         let Some(record) = record else {
             // No session and no keys: fetch the bundle first.
@@ -61,37 +58,24 @@ impl Engine {
                     device,
                     count: receipt.retry_count,
                 }),
-                step,
+                &mut cx.step,
             );
             return Ok(());
         };
-        self.resend(
-            &receipt.id,
-            &device,
-            record,
-            receipt.retry_count,
-            txn,
-            creds,
-            step,
-        )
+        self.resend(&receipt.id, &device, record, receipt.retry_count, cx)
     }
 
     /// Encrypts the stored copy of `message_id` again for one device.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one resend, every input it needs"
-    )]
     pub(super) fn resend(
         &mut self,
         message_id: &str,
         device: &Jid,
         mut record: SessionRecord,
         count: u32,
-        txn: &mut Txn<'_>,
-        creds: &Credentials,
-        step: &mut Step,
+        cx: &mut Cx<'_, '_>,
     ) -> Result<(), KeyError> {
-        let Some(sent) = txn.sent(message_id)? else {
+        let creds = cx.creds;
+        let Some(sent) = cx.txn.sent(message_id)? else {
             return Ok(());
         };
         let (Ok(chat), Ok(message), Some(account)) = (
@@ -110,9 +94,9 @@ impl Engine {
         let Ok(ciphertext) = signal::encrypt(&mut record, &creds.identity_key, &padded) else {
             return Ok(());
         };
-        txn.put_session(address_of(device), record);
+        cx.txn.put_session(address_of(device), record);
         tracing::info!(id = message_id, count, "resending after a retry receipt");
-        step.transmit.push(wamsg::resend_stanza(
+        cx.step.transmit.push(wamsg::resend_stanza(
             message_id,
             device,
             &ciphertext,
@@ -127,10 +111,9 @@ impl Engine {
         &mut self,
         answer: Result<Vec<prekeys::DeviceBundle>, super::iq::IqError>,
         target: RetryTarget,
-        txn: &mut Txn<'_>,
-        creds: &Credentials,
-        step: &mut Step,
+        cx: &mut Cx<'_, '_>,
     ) -> Result<(), KeyError> {
+        let creds = cx.creds;
         let bundle = answer
             .ok()
             .and_then(|b| b.into_iter().find(|e| e.device == target.device))
@@ -147,15 +130,7 @@ impl Engine {
         ) else {
             return Ok(());
         };
-        self.resend(
-            &target.message_id,
-            &target.device,
-            record,
-            target.count,
-            txn,
-            creds,
-            step,
-        )
+        self.resend(&target.message_id, &target.device, record, target.count, cx)
     }
 
     /// A fresh one-time prekey for a retry receipt's `<keys>`, stored in the
@@ -200,27 +175,21 @@ impl Engine {
     }
 
     /// Generates a batch of prekeys (committed with the step) and uploads them.
-    pub(super) fn upload_prekeys(
-        &mut self,
-        creds: &Credentials,
-        txn: &mut Txn<'_>,
-        step: &mut Step,
-    ) -> Result<(), KeyError> {
-        let keys = self.generate_prekeys(UPLOAD_BATCH, txn)?;
+    pub(super) fn upload_prekeys(&mut self, cx: &mut Cx<'_, '_>) -> Result<(), KeyError> {
+        let creds = cx.creds;
+        let keys = self.generate_prekeys(UPLOAD_BATCH, &mut cx.txn)?;
         let node = prekeys::upload(creds, &keys);
-        self.issue(PrekeyUpload(node), Awaiting::PrekeyUpload, step);
+        self.issue(PrekeyUpload(node), Awaiting::PrekeyUpload, &mut cx.step);
         Ok(())
     }
 
     pub(super) fn on_prekey_count(
         &mut self,
         count: u32,
-        creds: &Credentials,
-        txn: &mut Txn<'_>,
-        step: &mut Step,
+        cx: &mut Cx<'_, '_>,
     ) -> Result<(), KeyError> {
         if count < MIN_SERVER_PREKEYS {
-            self.upload_prekeys(creds, txn, step)?;
+            self.upload_prekeys(cx)?;
         }
         Ok(())
     }
@@ -228,9 +197,7 @@ impl Engine {
     pub(super) fn on_notification(
         &mut self,
         node: &Node,
-        txn: &mut Txn<'_>,
-        creds: &Credentials,
-        step: &mut Step,
+        cx: &mut Cx<'_, '_>,
     ) -> Result<(), KeyError> {
         if node.attr_str("type") == Some("encrypt") {
             let low = node
@@ -238,10 +205,10 @@ impl Engine {
                 .and_then(|c| c.attr_u64("value"))
                 .is_some_and(|n| n < u64::from(MIN_SERVER_PREKEYS));
             if low {
-                self.upload_prekeys(creds, txn, step)?;
+                self.upload_prekeys(cx)?;
             }
         }
-        step.transmit.extend(wamsg::stanza_ack(node));
+        cx.step.transmit.extend(wamsg::stanza_ack(node));
         Ok(())
     }
 }
