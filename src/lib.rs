@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod app;
+pub mod limits;
 pub mod metrics;
 pub mod proto;
 pub mod runtime;

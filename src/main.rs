@@ -101,6 +101,18 @@ fn parse_root_key(hex_key: &str) -> Result<[u8; 32], String> {
         .map_err(|_| "WAGATE_WA_ROOT_KEY must be 32 bytes (64 hex digits)".to_owned())
 }
 
+/// Every session holds a socket (in the gateway and in the simulator).
+fn raise_open_files() {
+    match wagate::limits::raise_open_files() {
+        Ok(files) => tracing::info!(
+            before = files.before,
+            now = files.now,
+            "open-file limit raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut opts = wagate::app::ServeOptions::local(args.data_dir);
     opts.listen = args.listen;
@@ -163,6 +175,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let _telemetry = wagate::telemetry::init(format, "wagate");
+        raise_open_files();
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Sim(args) => wagate::sim::cli::run(args).await.map_err(|e| e.to_string()),
