@@ -14,7 +14,7 @@ use std::path::Path;
 
 use common::*;
 use wagate::proto::gateway::{InitRequest, QrCodeRequest, ReceiptType, SendRequest, SessionState};
-use wagate::proto::sim::{CreateAccountRequest, ScanQrRequest, SendTextRequest};
+use wagate::proto::sim::{ScanQrRequest, SendTextRequest};
 
 /// Session ids carry no personal data (callers are told so), and are the
 /// positive control of the scan.
@@ -122,13 +122,7 @@ async fn a_chat_leaves_nothing_personal_in_clear_in_the_data_dir() {
     assert!(status.jid.contains(OWN), "{status:?}");
 
     // Texts both ways, and a copy of one sent from our own phone.
-    sim.control
-        .create_account(CreateAccountRequest {
-            phone: BOB.into(),
-            push_name: BOB_NAME.into(),
-        })
-        .await
-        .expect("CreateAccount");
+    create_account(&mut sim.control, BOB, BOB_NAME).await;
     let sent = client
         .send(SendRequest {
             session_id: CHAT.into(),

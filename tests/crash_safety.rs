@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use common::*;
 use wagate::proto::gateway::gateway_client::GatewayClient;
 use wagate::proto::gateway::{SendRequest, SessionState};
-use wagate::proto::sim::{CreateAccountRequest, InboxRequest, SendTextRequest};
+use wagate::proto::sim::{InboxRequest, SendTextRequest};
 
 const OWN: &str = "+15550003333";
 const PEER: &str = "+15550004444";
@@ -94,13 +94,7 @@ async fn sigkill_while_messages_arrive_loses_nothing_and_duplicates_nothing() {
     let gateway = Gateway::start(dir.path(), &sim);
     let mut client = client(gateway.addr).await;
     let (_, mut events) = pair_with(&mut sim.control, &mut client, "crash", OWN).await;
-    sim.control
-        .create_account(CreateAccountRequest {
-            phone: PEER.into(),
-            push_name: "Peer".into(),
-        })
-        .await
-        .expect("CreateAccount");
+    create_account(&mut sim.control, PEER, "Peer").await;
 
     let mut ids = Vec::new();
     for n in 0..TEXTS {
@@ -196,13 +190,7 @@ async fn sigkill_twenty_times_during_texts_and_retried_sends_loses_and_duplicate
     let mut client = client(gateway.addr).await;
     let (_, events) = pair_with(&mut sim.control, &mut client, "loop", OWN).await;
     drop(events);
-    sim.control
-        .create_account(CreateAccountRequest {
-            phone: PEER.into(),
-            push_name: "Peer".into(),
-        })
-        .await
-        .expect("CreateAccount");
+    create_account(&mut sim.control, PEER, "Peer").await;
 
     let mut inbound: Vec<String> = Vec::new();
     // Idempotency key → message id, once a Send answered.

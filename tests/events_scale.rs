@@ -15,7 +15,7 @@ use tonic::Streaming;
 use wagate::proto::gateway::events_request::Start;
 use wagate::proto::gateway::gateway_client::GatewayClient;
 use wagate::proto::gateway::{Event, EventsRequest};
-use wagate::proto::sim::{CreateAccountRequest, SendTextRequest};
+use wagate::proto::sim::SendTextRequest;
 
 const OWN: &str = "+15550003333";
 const BOB: &str = "+15550004444";
@@ -116,13 +116,7 @@ async fn a_stalled_subscriber_costs_little_and_resumes_gap_free() {
     let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
     let mut client = client(gateway.addr).await;
     let (_, mut live) = pair_with(&mut sim.control, &mut client, "scale", OWN).await;
-    sim.control
-        .create_account(CreateAccountRequest {
-            phone: BOB.into(),
-            push_name: "Bob".into(),
-        })
-        .await
-        .expect("CreateAccount");
+    create_account(&mut sim.control, BOB, "Bob").await;
     let padding = "x".repeat(TEXT_LEN);
     let texts = knob("EVENTS_SCALE_TEXTS", TEXTS);
     let nstalled = knob("EVENTS_SCALE_STALLED", STALLED);

@@ -10,7 +10,7 @@ use common::*;
 use wagate::proto::gateway::{
     DisconnectRequest, Event, InitRequest, ReceiptType, SendRequest, SessionState,
 };
-use wagate::proto::sim::{CreateAccountRequest, InboxRequest, SendTextRequest};
+use wagate::proto::sim::{InboxRequest, SendTextRequest};
 
 const OWN: &str = "+15550001111";
 const BOB: &str = "+15550002222";
@@ -84,13 +84,7 @@ async fn texts_both_ways_receipts_offline_queue_and_restart() {
     let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
     let mut client = client(gateway.addr).await;
     let (device, mut events) = pair_with(&mut sim.control, &mut client, "chat", OWN).await;
-    sim.control
-        .create_account(CreateAccountRequest {
-            phone: BOB.into(),
-            push_name: "Bob".into(),
-        })
-        .await
-        .expect("CreateAccount");
+    create_account(&mut sim.control, BOB, "Bob").await;
 
     // Out: Send returns after the server ack; the phone decrypts it and
     // confirms delivery.

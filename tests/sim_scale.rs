@@ -13,7 +13,7 @@ use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use sim_client::Client;
-use wagate::proto::sim::{CreateAccountRequest, SendTextsRequest};
+use wagate::proto::sim::SendTextsRequest;
 use wagate::wa::binary::Node;
 use wagate::wa::jid::Jid;
 use wagate::wa::signal::{self, SessionRecord};
@@ -38,13 +38,7 @@ async fn send_texts_reach_a_paired_session_in_order() {
     let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
     let mut client = client(gateway.addr).await;
     let (_, mut events) = pair_with(&mut sim.control, &mut client, "load", OWN).await;
-    sim.control
-        .create_account(CreateAccountRequest {
-            phone: BOB.into(),
-            push_name: "Bob".into(),
-        })
-        .await
-        .expect("CreateAccount");
+    create_account(&mut sim.control, BOB, "Bob").await;
 
     const COUNT: u32 = 40;
     let ids = sim

@@ -132,6 +132,9 @@ pub(crate) struct StoreKeys {
     /// keeps naming the prekey in every message until we answer it.
     prekeys: HashMap<u32, Option<PreKey>>,
     seen: SeenWindow,
+    /// Names of the dedupe keys looked up in the current step, so the HMAC
+    /// runs once per message (lookup, write, cache); emptied by `apply`.
+    seen_names: HashMap<DedupeKey, String>,
     next_prekey: Option<u32>,
 }
 
@@ -151,6 +154,7 @@ impl StoreKeys {
                 newest_s: 0,
                 loaded: false,
             },
+            seen_names: HashMap::new(),
             next_prekey: None,
         }
     }
@@ -254,9 +258,7 @@ impl StoreKeys {
                     self.names.of(SENDER_KEY, &name.to_string()),
                     record.serialize(),
                 ),
-                Change::Seen { key, t_s, at_ms } => {
-                    (self.names.of(SEEN, &key.0), seen_bytes(*at_ms, *t_s))
-                }
+                Change::Seen { key, t_s, at_ms } => (self.seen_name(key), seen_bytes(*at_ms, *t_s)),
                 Change::Sent(id, record) => (
                     format!("{SENT}{id}"),
                     Zeroizing::new(record.encode_to_vec()),
@@ -293,7 +295,10 @@ impl StoreKeys {
                 ),
                 Change::NextPrekeyId(next) => self.next_prekey = Some(next),
                 Change::Seen { key, t_s, .. } => {
-                    let name = self.names.of(SEEN, &key.0);
+                    let name = match self.seen_names.remove(&key) {
+                        Some(name) => name,
+                        None => self.names.of(SEEN, &key.0),
+                    };
                     self.seen.insert(name, t_s);
                 }
                 Change::Lid { lid_user, phone } => {
@@ -308,10 +313,22 @@ impl StoreKeys {
                 Change::Sent(..) | Change::Idempotency(..) => {}
             }
         }
+        // Lookups that led to no write (duplicates, retries) end here.
+        self.seen_names.clear();
+    }
+
+    /// The secret name of a dedupe key, from this step's lookups if it was
+    /// looked up.
+    fn seen_name(&self, key: &DedupeKey) -> String {
+        match self.seen_names.get(key) {
+            Some(name) => name.clone(),
+            None => self.names.of(SEEN, &key.0),
+        }
     }
 
     /// A commit failed: cached values may be ahead of the store.
     pub(crate) fn forget(&mut self) {
+        self.seen_names.clear();
         self.sessions.clear();
         self.prekeys.clear();
         self.sender_keys.clear();
@@ -415,6 +432,7 @@ impl KeyStore for StoreKeys {
 
     fn seen(&mut self, key: &DedupeKey, t_s: u64) -> Result<bool, KeyError> {
         let name = self.names.of(SEEN, &key.0);
+        self.seen_names.insert(key.clone(), name.clone());
         if self.seen.keys.contains_key(&name) {
             return Ok(true);
         }

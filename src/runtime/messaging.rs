@@ -1,10 +1,11 @@
 //! The messenger: a session actor's bridge to its message engine
 //! (`wa::messaging`). Each input — the stanzas of one socket read, the
-//! sends queued at once, a login — makes one hop to a blocking thread, where
-//! the engine runs against the store-backed keys and its changes and events
-//! are committed in one transaction (grouped with other sessions' commits
-//! by the store); back on the actor, the stanzas the step produced go to
-//! the wire. Nothing reaches the wire before its commit (DESIGN §8).
+//! sends queued at once, a login — is one step: a job for the message
+//! pipeline (a login's upkeep runs on the blocking pool), where the engine
+//! runs against the store-backed keys and its changes and events are
+//! committed together with other sessions' steps; back on the actor, the
+//! stanzas the step produced go to the wire. Nothing reaches the wire before
+//! its commit (DESIGN §8).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -65,8 +66,8 @@ pub(super) struct Output {
     messages_out: u32,
 }
 
-/// The engine with its keys and waiting callers: moved to the blocking
-/// thread for each step and back.
+/// The engine with its keys and waiting callers: moved into each step's job
+/// and back.
 pub(super) struct Core {
     engine: Engine,
     keys: Option<StoreKeys>,
@@ -97,29 +98,6 @@ impl Core {
         for (_, reply) in self.replies.drain() {
             let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
         }
-    }
-
-    /// Runs on a blocking thread: the engine, then the commit.
-    fn step(
-        &mut self,
-        input: Input,
-        creds: &Credentials,
-        log: &EventLog,
-        id: &SessionId,
-        now_ms: u64,
-    ) -> Result<Output, StepFailure> {
-        let mut prepared = match self.prepare(input, creds, log, id, now_ms) {
-            Ok(p) => p,
-            Err(e) => {
-                self.abandon(&e);
-                return Err(e);
-            }
-        };
-        let committed = prepared
-            .commit
-            .take()
-            .map(|(batch, events)| log.commit_blocking(id, batch, events, now_ms));
-        self.finish(prepared, committed)
     }
 
     /// The engine's part of a step: its replies are delivered; what it
@@ -314,43 +292,36 @@ impl Messenger {
         };
         // Messages and sends go through the shared pipeline (one commit for
         // many sessions); a login's upkeep reads and prunes at length, so it
-        // runs on the blocking pool instead.
-        let (core, input) = match input {
-            Input::Connected => (core, Input::Connected),
-            input if !self.pipeline.is_running() => (core, input),
-            input => {
-                let (done, answer) = oneshot::channel();
-                let job = Box::new(SessionStep {
-                    core: Some(core),
-                    input: Some(input),
-                    creds,
-                    id: self.id.clone(),
-                    now_ms,
-                    prepared: None,
-                    done,
-                });
-                if self.pipeline.submit(job).is_ok() {
-                    let answered = answer.await;
-                    return self.after(answered.map_err(|e| e.to_string()), conn);
-                }
-                // The pipeline thread is gone (it catches the panics of its
-                // rounds, so this does not happen): so is the engine.
+        // runs on the blocking pool instead. Either way the step is the same
+        // job and answers on the same channel.
+        let on_pipeline = !matches!(input, Input::Connected) && self.pipeline.is_running();
+        let (done, answer) = oneshot::channel();
+        let mut job = Box::new(SessionStep {
+            core: Some(core),
+            input: Some(input),
+            creds,
+            id: self.id.clone(),
+            now_ms,
+            prepared: None,
+            done,
+        });
+        if on_pipeline {
+            // The pipeline thread catches the panics of its rounds, so a
+            // refused job (the engine with it) does not happen in practice.
+            if self.pipeline.submit(job).is_err() {
                 return self.after(Err("the message pipeline stopped".into()), conn);
             }
-        };
-        let Some(creds) = self.creds.clone() else {
-            return Err(StepFailure::Crashed("no credentials".into()));
-        };
-        let log = self.log.clone();
-        let id = self.id.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let _span = tracing::info_span!("session", id = %id).entered();
-            let mut core = core;
-            let result = core.step(input, &creds, &log, &id, now_ms);
-            (core, result)
-        })
-        .await;
-        self.after(joined.map_err(|e| e.to_string()), conn)
+        } else {
+            let log = self.log.clone();
+            tokio::task::spawn_blocking(move || {
+                let committed = job.prepare(&log).map(|(id, batch, events, now_ms)| {
+                    log.commit_blocking(&id, batch, events, now_ms)
+                });
+                job.finish(committed);
+            });
+        }
+        let answered = answer.await;
+        self.after(answered.map_err(|e| e.to_string()), conn)
     }
 
     /// Takes the engine back from a step and writes what it produced.

@@ -211,3 +211,14 @@ pub fn receipt_of(event: &Event) -> Option<&wagate::proto::gateway::ReceiptEvent
         _ => None,
     }
 }
+
+/// Creates a simulated account (its virtual phone) for `phone`.
+pub async fn create_account(control: &mut SimulatorClient<Channel>, phone: &str, push_name: &str) {
+    control
+        .create_account(wagate::proto::sim::CreateAccountRequest {
+            phone: phone.into(),
+            push_name: push_name.into(),
+        })
+        .await
+        .expect("CreateAccount");
+}
