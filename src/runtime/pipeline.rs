@@ -9,6 +9,13 @@
 //! Each session has at most one step in the pipeline (its actor awaits the
 //! answer), so the queue is bounded by the number of sessions. The pipeline
 //! knows steps only as [`Job`]s; the messenger implements them.
+//!
+//! A lane is two threads: one runs the engines of a round, the other
+//! commits and answers. While a round waits for its fsync, the next round's
+//! engines already run: they belong to other sessions (a session's next step
+//! comes only after its answer), so nothing they read is being written.
+//! Rounds that queue up behind a commit go into the next transaction
+//! together.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
@@ -62,9 +69,10 @@ impl Pipeline {
             .map(|n| {
                 let (jobs, queue) = mpsc::channel();
                 let log = log.clone();
+                let name = format!("wagate-messages-{n}");
                 let started = std::thread::Builder::new()
-                    .name(format!("wagate-messages-{n}"))
-                    .spawn(move || run(&queue, &log));
+                    .name(name.clone())
+                    .spawn(move || run(&queue, &log, &name));
                 if let Err(e) = &started {
                     warn!("cannot start a message pipeline thread: {e}");
                 }
@@ -109,7 +117,23 @@ impl Lane {
     }
 }
 
-fn run(queue: &mpsc::Receiver<Box<dyn Job>>, log: &EventLog) {
+/// A round whose engines have run: the steps and what they commit.
+struct Prepared {
+    staged: Vec<(Box<dyn Job>, Option<usize>)>,
+    commits: Vec<Commit>,
+}
+
+fn run(queue: &mpsc::Receiver<Box<dyn Job>>, log: &EventLog, name: &str) {
+    let (prepared, to_commit) = mpsc::channel::<Prepared>();
+    let committer = {
+        let log = log.clone();
+        std::thread::Builder::new()
+            .name(format!("{name}-commit"))
+            .spawn(move || commit_rounds(&to_commit, &log))
+    };
+    if let Err(e) = &committer {
+        warn!("cannot start a commit thread; rounds commit on the engine thread: {e}");
+    }
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_STEPS_PER_COMMIT {
@@ -121,14 +145,26 @@ fn run(queue: &mpsc::Receiver<Box<dyn Job>>, log: &EventLog) {
         // A panic loses the steps of this round (their sessions see their
         // answer channel close and start over from the store); the
         // pipeline goes on.
-        if std::panic::catch_unwind(AssertUnwindSafe(|| round(jobs, log))).is_err() {
+        let Ok(round) = std::panic::catch_unwind(AssertUnwindSafe(|| prepare(jobs, log))) else {
             warn!("a message pipeline round failed; its sessions reconnect");
+            continue;
+        };
+        if committer.is_ok() {
+            if let Err(mpsc::SendError(round)) = prepared.send(round) {
+                commit(vec![round], log);
+            }
+        } else {
+            commit(vec![round], log);
         }
+    }
+    drop(prepared);
+    if let Ok(committer) = committer {
+        let _ = committer.join();
     }
 }
 
-/// The engines' parts, one commit for all, then the answers.
-fn round(jobs: Vec<Box<dyn Job>>, log: &EventLog) {
+/// The engines' parts of a round.
+fn prepare(jobs: Vec<Box<dyn Job>>, log: &EventLog) -> Prepared {
     let mut staged = Vec::with_capacity(jobs.len());
     let mut commits = Vec::new();
     for mut job in jobs {
@@ -137,6 +173,43 @@ fn round(jobs: Vec<Box<dyn Job>>, log: &EventLog) {
             commits.len() - 1
         });
         staged.push((job, slot));
+    }
+    Prepared { staged, commits }
+}
+
+/// The commit thread of a lane: every round waiting, in one transaction.
+fn commit_rounds(queue: &mpsc::Receiver<Prepared>, log: &EventLog) {
+    while let Ok(first) = queue.recv() {
+        let mut steps = first.staged.len();
+        let mut rounds = vec![first];
+        while steps < MAX_STEPS_PER_COMMIT {
+            match queue.try_recv() {
+                Ok(round) => {
+                    steps += round.staged.len();
+                    rounds.push(round);
+                }
+                Err(_) => break,
+            }
+        }
+        if std::panic::catch_unwind(AssertUnwindSafe(|| commit(rounds, log))).is_err() {
+            warn!("a message pipeline commit failed; its sessions reconnect");
+        }
+    }
+}
+
+/// One commit for the rounds, then the answers.
+fn commit(rounds: Vec<Prepared>, log: &EventLog) {
+    let mut commits = Vec::new();
+    let mut staged = Vec::new();
+    for round in rounds {
+        let offset = commits.len();
+        commits.extend(round.commits);
+        staged.extend(
+            round
+                .staged
+                .into_iter()
+                .map(|(job, slot)| (job, slot.map(|i| i + offset))),
+        );
     }
     let mut results: Vec<_> = log
         .commit_many_blocking(commits)

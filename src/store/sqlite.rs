@@ -18,7 +18,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use rand::rngs::OsRng;
@@ -136,14 +136,20 @@ const STATEMENT_CACHE: usize = 64;
 const READERS: usize = 2;
 /// How often the background checkpointer copies the WAL into the database
 /// (often enough that the WAL stays a few MB at thousands of messages/s).
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL frames (pages) past which the checkpointer, once it has copied the
+/// WAL without holding up commits, briefly holds the writer to copy the
+/// last few frames, so the next commit starts the WAL over (about 16 MiB).
+const WAL_RESTART_FRAMES: i64 = 4_096;
 
 const SELECT_EVENTS: &str = "SELECT cursor, session_id, seq, timestamp_ms, kind, payload \
                              FROM events WHERE cursor > ?1";
 
 /// A [`Store`] in one SQLite file.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    /// The writer; shared with the checkpointer, which holds it for the
+    /// short final copy that lets the WAL start over.
+    conn: Arc<Mutex<Connection>>,
     /// Read-only connections: WAL lets them read while a commit (and its
     /// fsync) holds the writer, so event streams and key reads never wait
     /// for a commit.
@@ -177,6 +183,14 @@ impl SqliteStore {
     /// Opens (creating it with mode 0600 if needed) the database at `path`, migrates its schema
     /// and checks that `keys` agree with the keys it was written with.
     pub fn open(path: &Path, keys: Keyring) -> Result<Self, StoreError> {
+        Self::open_with(path, keys, Checkpointing::default())
+    }
+
+    fn open_with(
+        path: &Path,
+        keys: Keyring,
+        checkpointing: Checkpointing,
+    ) -> Result<Self, StoreError> {
         // Created by us first so the mode is 0600; SQLite gives the -wal and -shm files the
         // mode of the database file.
         OpenOptions::new()
@@ -242,9 +256,10 @@ impl SqliteStore {
             reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             readers.push(Mutex::new(reader));
         }
-        let checkpointer = Checkpointer::start(path)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let checkpointer = Checkpointer::start(path, Arc::downgrade(&conn), checkpointing)?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            conn,
             readers,
             next_reader: std::sync::atomic::AtomicUsize::new(0),
             _checkpointer: checkpointer,
@@ -728,16 +743,47 @@ enum SealedOp {
     DeleteAll,
 }
 
-/// A thread with its own connection that checkpoints the WAL (PASSIVE:
-/// it never blocks readers or the writer) a few times a second, so commits
-/// only append. Stops and is joined when the store is dropped.
+/// A thread with its own connection that checkpoints the WAL in the
+/// background, so commits only append.
+///
+/// A PASSIVE checkpoint never blocks the writer, but under a steady stream
+/// of commits it never catches up either: SQLite starts the WAL over only
+/// when a commit begins with every frame copied, and new frames arrive
+/// while the checkpoint runs. The WAL then grows without bound (tens of MB
+/// a second at thousands of Sends), every append extends the file (the
+/// kernel zero-fills each new block) and reads search an ever larger WAL
+/// index. So once the WAL is past [`WAL_RESTART_FRAMES`] frames, the copy that
+/// has just caught up (almost) is finished while holding the writer: only
+/// the frames of the last few commits remain to copy, and the next commit
+/// starts the WAL from its beginning, overwriting blocks already there.
+/// Stops and is joined when the store is dropped.
 struct Checkpointer {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// When the checkpointer runs and when it holds the writer.
+#[derive(Debug, Clone, Copy)]
+struct Checkpointing {
+    every: Duration,
+    restart_frames: i64,
+}
+
+impl Default for Checkpointing {
+    fn default() -> Self {
+        Self {
+            every: CHECKPOINT_EVERY,
+            restart_frames: WAL_RESTART_FRAMES,
+        }
+    }
+}
+
 impl Checkpointer {
-    fn start(path: &Path) -> Result<Self, StoreError> {
+    fn start(
+        path: &Path,
+        writer: Weak<Mutex<Connection>>,
+        tuning: Checkpointing,
+    ) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -745,11 +791,20 @@ impl Checkpointer {
             .name("wagate-checkpoint".into())
             .spawn(move || {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                    stopped.recv_timeout(tuning.every)
                 {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!("WAL checkpoint failed: {e}");
+                    match passive_checkpoint(&conn) {
+                        Ok(frames) if frames > tuning.restart_frames => {
+                            let Some(writer) = writer.upgrade() else {
+                                break;
+                            };
+                            let writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
+                            if let Err(e) = passive_checkpoint(&writer) {
+                                tracing::warn!("WAL checkpoint failed: {e}");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("WAL checkpoint failed: {e}"),
                     }
                 }
                 // A last full checkpoint leaves a short WAL behind.
@@ -765,6 +820,12 @@ impl Checkpointer {
             thread: Some(thread),
         })
     }
+}
+
+/// Copies what it can of the WAL into the database without blocking
+/// anyone; answers how many frames the WAL holds.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
 }
 
 impl Drop for Checkpointer {
@@ -1578,6 +1639,60 @@ mod tests {
 
     struct Sqlite {
         dir: TempDir,
+    }
+
+    /// Commits that never pause must not grow the WAL without bound: the
+    /// checkpointer has to let it start over now and then.
+    #[test]
+    fn wal_starts_over_under_continuous_commits() {
+        let b = Sqlite::new();
+        let tuning = Checkpointing {
+            every: Duration::from_millis(300),
+            restart_frames: 256,
+        };
+        let store = Arc::new(
+            SqliteStore::open_with(&b.path(), keyring(&[("k1", 1)]), tuning).expect("open"),
+        );
+        let wal = b.dir.path().join("wagate.db-wal");
+        // Two writers back to back, as sessions are under load: some commit
+        // is always about to begin, so a checkpoint that does not hold the
+        // writer never finds the WAL fully copied at a commit's start.
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    let id = sid(&format!("wal{w}"));
+                    store
+                        .put_session(&SessionRecord::new(id.clone(), 0))
+                        .expect("session");
+                    let mut rng = StdRng::seed_from_u64(w);
+                    let mut value = vec![0u8; 32 * 1024];
+                    for n in 0..300 {
+                        rng.fill_bytes(&mut value);
+                        let batch = Batch::new().put_secret(format!("v{}", n % 8), value.clone());
+                        store.commit(&id, batch).expect("commit");
+                    }
+                })
+            })
+            .collect();
+        // And readers, as event streams and key reads are.
+        let mut largest = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            largest = largest.max(fs::metadata(&wal).map_or(0, |m| m.len()));
+            let _ = store.secret(&sid("wal0"), "v1").expect("read");
+        }
+        for writer in writers {
+            writer.join().expect("writer");
+        }
+        // ~20 MB committed (600 × 32 KiB of fresh data, as WAL pages). The
+        // WAL file keeps its size when it starts over (it is rewritten from
+        // its beginning), so "started over" shows as a file much smaller
+        // than what went through it.
+        let written = 600 * 32 * 1024;
+        assert!(
+            largest < written / 4,
+            "WAL grew to {largest} bytes for {written} bytes committed"
+        );
     }
 
     impl Sqlite {
