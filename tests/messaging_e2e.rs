@@ -95,6 +95,16 @@ async fn texts_both_ways_receipts_offline_queue_and_restart() {
         .into_inner();
     assert!(sent.message_id.starts_with("3EB0"), "{}", sent.message_id);
     assert!(sent.timestamp.is_some_and(|t| t.seconds > 0));
+    // What was sent shows as this account's own message event (after the
+    // server's ack, so before the phone's receipt).
+    let (own, _) = message_with_id(&mut events, &sent.message_id).await;
+    let own = message_of(&own).expect("message");
+    assert!(own.from_me);
+    assert_eq!(own.chat, BOB_JID);
+    assert_eq!(own.text, "hello bob");
+    assert_eq!(own.r#type, "text");
+    assert_eq!(own.sender, device);
+    assert_eq!(own.timestamp, sent.timestamp);
     let receipt = delivered(&mut events, &sent.message_id).await;
     let receipt = receipt_of(&receipt).expect("receipt");
     assert_eq!(receipt.chat, BOB_JID);
@@ -153,6 +163,15 @@ async fn texts_both_ways_receipts_offline_queue_and_restart() {
         .await
         .expect("Send")
         .into_inner();
+    let (_, between) = message_with_id(&mut events, &marker.message_id).await;
+    // One own-message event for the key, not one per call.
+    assert_eq!(
+        between
+            .iter()
+            .filter(|e| message_of(e).is_some_and(|m| m.id == first.message_id))
+            .count(),
+        1
+    );
     delivered(&mut events, &marker.message_id).await;
     let inbox = inbox_texts(&mut sim, BOB).await;
     assert_eq!(

@@ -224,6 +224,17 @@ impl SessionActor {
                     session: Some(record),
                     ..Batch::default()
                 };
+                // The live status first: a backend that sees the CONNECTED
+                // event and asks Status at once must not read CONNECTING.
+                // (Should the commit fail, the connection closes and the
+                // status follows.)
+                self.set_state(SessionState::Connected, |s| {
+                    s.qr = None;
+                    s.phone = phone_of(&jid);
+                    s.jid = Some(jid.clone());
+                    s.last_connected_at_ms = Some(now);
+                    s.reconnect_attempts = 0;
+                });
                 self.events
                     .commit(
                         &self.id,
@@ -238,13 +249,6 @@ impl SessionActor {
                     .await
                     .map_err(|e| format!("cannot record connection: {e}"))?;
                 info!(session = %self.id, "connected");
-                self.set_state(SessionState::Connected, |s| {
-                    s.qr = None;
-                    s.phone = phone_of(&jid);
-                    s.jid = Some(jid);
-                    s.last_connected_at_ms = Some(now);
-                    s.reconnect_attempts = 0;
-                });
                 self.messenger
                     .on_connected(conn, now as u64)
                     .await

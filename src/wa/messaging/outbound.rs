@@ -33,8 +33,8 @@ use crate::wa::signal::{self, ProtocolAddress, SessionRecord};
 use super::iq::{Awaiting, Bundles, Devices, IqSpec, PrekeyCount, PrekeyUpload};
 use super::keys::{IdempotencyRecord, KeyError, SentRecord};
 use super::{
-    address_of, learn_lid, Cx, Engine, ReplyTo, SendError, SendRequest, Sent, DEVICE_CACHE_MS,
-    MAX_SEND_TEXT_BYTES, SEND_TIMEOUT_MS,
+    address_of, learn_lid, Cx, Engine, Event, ReceivedMessage, ReplyTo, SendError, SendRequest,
+    Sent, DEVICE_CACHE_MS, MAX_SEND_TEXT_BYTES, SEND_TIMEOUT_MS,
 };
 
 /// A send in progress.
@@ -46,6 +46,32 @@ pub(super) struct Outgoing {
     fingerprint: Vec<u8>,
     pub(super) waiters: Vec<ReplyTo>,
     pub(super) deadline: u64,
+}
+
+/// The message event of a send the server acknowledged: backends see
+/// what this account sent through the gateway as they see what it sent
+/// from its other devices. Committed with the ack's record, so a retry
+/// answered from that record adds no second event.
+fn own_send_event(
+    send: &Outgoing,
+    creds: &crate::wa::creds::Credentials,
+    timestamp_s: u64,
+) -> ReceivedMessage {
+    let content = wamsg::Content::decode(&send.message.encode_to_vec()).ok();
+    let own = creds.account.as_ref().map(|a| a.jid.clone());
+    ReceivedMessage {
+        id: send.id.clone(),
+        chat: send.chat.clone(),
+        sender_phone: own.as_ref().and_then(wamsg::phone_of),
+        sender: own.unwrap_or_else(|| send.chat.clone()),
+        push_name: Some(creds.push_name.clone()).filter(|n| !n.is_empty()),
+        timestamp_s,
+        from_me: true,
+        text: content.as_ref().and_then(|c| c.text.clone()),
+        kind: content.map_or_else(|| "unknown".to_owned(), |c| c.kind),
+        offline: false,
+        error: None,
+    }
 }
 
 /// What identifies a request behind an idempotency key.
@@ -334,6 +360,9 @@ impl Engine {
             );
         }
         cx.step.messages_out += 1;
+        cx.step
+            .events
+            .push(Event::Message(own_send_event(&send, cx.creds, timestamp_s)));
         for waiter in send.waiters {
             cx.step.replies.push((
                 waiter,

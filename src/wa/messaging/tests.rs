@@ -191,12 +191,18 @@ impl Device {
         self.apply(step)
     }
 
+    /// Texts received from others.
     fn texts(&self) -> Vec<String> {
+        self.message_texts(false)
+    }
+
+    /// Texts of the message events with `from_me` as given.
+    fn message_texts(&self, from_me: bool) -> Vec<String> {
         self.events
             .iter()
             .filter_map(|e| match e {
-                Event::Message(m) => m.text.clone(),
-                Event::Receipt(_) => None,
+                Event::Message(m) if m.from_me == from_me => m.text.clone(),
+                _ => None,
             })
             .collect()
     }
@@ -442,7 +448,8 @@ fn texts_both_ways_with_receipts() {
         .reply(ALICE, 1)
         .expect("answered")
         .as_ref()
-        .expect("sent");
+        .expect("sent")
+        .clone();
     assert!(sent.message_id.starts_with("3EB0"));
     // Bob's receipt reached Alice as a delivery event.
     assert!(server.devices[ALICE].events.iter().any(|e| matches!(
@@ -466,6 +473,22 @@ fn texts_both_ways_with_receipts() {
     assert_eq!(ev.sender_phone.as_deref(), Some("15550000001"));
     assert_eq!(ev.push_name.as_deref(), Some("Sender"));
     assert!(!ev.from_me);
+    // What each side sent shows as its own message events, after the acks.
+    assert_eq!(
+        server.devices[ALICE].message_texts(true),
+        vec!["hello bob", "again"]
+    );
+    assert_eq!(server.devices[BOB].message_texts(true), vec!["hi alice"]);
+    let own = server.devices[ALICE]
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Message(m) if m.from_me => Some(m.clone()),
+            _ => None,
+        })
+        .expect("own message");
+    assert_eq!(own.id, sent.message_id);
+    assert_eq!(own.chat.user, "15550000002");
 }
 
 #[test]
