@@ -47,6 +47,8 @@ pub struct ServeOptions {
     pub timeouts: Timeouts,
     /// Address of the Prometheus scrape endpoint (`GET /metrics`), if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// What API clients may hold open (connections, idle time, descriptors).
+    pub api_limits: api::hygiene::Hygiene,
 }
 
 impl ServeOptions {
@@ -73,6 +75,7 @@ impl ServeOptions {
             backoff: Backoff::default(),
             timeouts: Timeouts::default(),
             metrics_listen: None,
+            api_limits: api::hygiene::Hygiene::default(),
         }
     }
 }
@@ -251,6 +254,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         keys,
         sim.clone(),
         health_service,
+        opts.api_limits,
         async move {
             let _ = close_rx.await;
         },

@@ -91,6 +91,19 @@ struct ServeArgs {
     /// Seconds between health turning NOT_SERVING and the listener closing on shutdown.
     #[arg(long, env = "WAGATE_DRAIN_SECONDS", default_value_t = 5)]
     drain_seconds: u64,
+    /// API connections open at once; more are closed on accept.
+    #[arg(long, env = "WAGATE_API_MAX_CONNECTIONS", default_value_t = 4096)]
+    api_max_connections: usize,
+    /// Seconds an API connection may stay open with no call in progress.
+    #[arg(long, env = "WAGATE_API_IDLE_SECONDS", default_value_t = 300)]
+    api_idle_seconds: u64,
+    /// Seconds a new API connection has to start HTTP/2.
+    #[arg(long, env = "WAGATE_API_PREFACE_SECONDS", default_value_t = 10)]
+    api_preface_seconds: u64,
+    /// Open-file descriptors kept for sessions: an API connection that would
+    /// take one of the last N is refused.
+    #[arg(long, env = "WAGATE_API_FD_RESERVE", default_value_t = 256)]
+    api_fd_reserve: u64,
 }
 
 fn parse_root_key(hex_key: &str) -> Result<[u8; 32], String> {
@@ -137,6 +150,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         (args.event_retention_count > 0).then_some(args.event_retention_count);
     opts.drain_delay = Duration::from_secs(args.drain_seconds);
     opts.metrics_listen = args.metrics_listen;
+    opts.api_limits = wagate::api::hygiene::Hygiene {
+        max_connections: args.api_max_connections.max(1),
+        preface_timeout: Duration::from_secs(args.api_preface_seconds.max(1)),
+        idle_timeout: Duration::from_secs(args.api_idle_seconds.max(1)),
+        fd_reserve: args.api_fd_reserve,
+    };
     let running = wagate::app::start(opts).await.map_err(|e| e.to_string())?;
     println!("wagate listening on {}", running.addr);
     if let Some(addr) = running.metrics_addr {

@@ -8,6 +8,7 @@ mod convert;
 mod errors;
 mod gateway;
 mod health;
+pub mod hygiene;
 pub mod qr_image;
 
 use std::future::Future;
@@ -15,7 +16,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::pb::health_server::HealthServer;
 
@@ -26,18 +26,13 @@ pub use health::{health, Health, HealthWatches, GATEWAY_SERVICE};
 use crate::proto::gateway::gateway_server::GatewayServer;
 use crate::runtime::Manager;
 
+/// HTTP/2 pings on an API connection: how often, and how long the answer
+/// may take before the connection is closed.
+const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Largest request accepted (a text message is far smaller; media arrives later).
 const MAX_REQUEST: usize = 4 << 20;
-
-/// Connections accepted on `listener`, with `TCP_NODELAY` set on each.
-///
-/// gRPC writes small frames (headers, one short message, trailers); with
-/// Nagle's algorithm the last of them can wait for the peer's delayed ACK,
-/// ~40 ms. tonic's own `tcp_nodelay` setting does not apply to an incoming
-/// stream handed to `serve_with_incoming*`, so it is set here per socket.
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
-}
 
 /// Serves the API on `listener` until `shutdown` resolves (new connections
 /// are refused from then on; calls in flight finish).
@@ -47,6 +42,7 @@ pub async fn serve(
     keys: ApiKeys,
     sim: Option<crate::sim::Simulator>,
     health_service: HealthServer<HealthWatches>,
+    limits: hygiene::Hygiene,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -65,7 +61,12 @@ pub async fn serve(
     let auth = move |k: ApiKeys| move |req| k.check(req);
     let gateway =
         GatewayServer::new(GatewayService::new(manager)).max_decoding_message_size(MAX_REQUEST);
+    // Keepalive pings find connections whose peer vanished (half-open);
+    // the call counter lets idle ones be closed (see `hygiene`).
     let mut router = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_EVERY))
+        .http2_keepalive_timeout(Some(KEEPALIVE_WITHIN))
+        .layer(hygiene::CallCounter)
         .add_service(health_service)
         .add_service(InterceptedService::new(gateway, auth(keys.clone())));
     if let Ok(r) = reflection_v1 {
@@ -78,26 +79,6 @@ pub async fn serve(
         router = router.add_service(InterceptedService::new(sim.control(), auth(keys.clone())));
     }
     router
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(hygiene::incoming(listener, limits), shutdown)
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio_stream::StreamExt;
-
-    #[tokio::test]
-    async fn accepted_sockets_have_nodelay() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let mut accepted = incoming(listener);
-        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let socket = tokio::time::timeout(std::time::Duration::from_secs(10), accepted.next())
-            .await
-            .expect("accepted in time")
-            .expect("stream open")
-            .expect("accept");
-        assert!(socket.nodelay().expect("read TCP_NODELAY"));
-    }
 }
