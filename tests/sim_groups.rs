@@ -341,6 +341,41 @@ async fn baileys_creates_reads_and_messages_a_group_with_virtual_phones() {
         "a removed member gets nothing new"
     );
 
+    // A group a phone made, with Baileys' account as a plain member: the
+    // create notification reaches Baileys, the server refuses its member
+    // changes (403), and both groups are listed as participating.
+    let second = control
+        .create_group(CreateGroupRequest {
+            phone: a.into(),
+            subject: "Ann's".into(),
+            participants: vec!["15550500001@s.whatsapp.net".into()],
+        })
+        .await
+        .expect("CreateGroup")
+        .into_inner()
+        .group_jid;
+    baileys
+        .wait_for("groups.upsert", |v| v["id"] == second.as_str())
+        .await;
+    baileys.command(&format!("update {second} add {b_jid}"));
+    let refused = baileys.wait_for("error", |_| true).await;
+    assert_eq!(refused["command"], "update");
+    assert_eq!(refused["code"], 403);
+    baileys.command("all");
+    let all = baileys.wait_for("all", |_| true).await;
+    let mut expected = vec![group.clone(), second.clone()];
+    expected.sort();
+    assert_eq!(all["ids"], serde_json::json!(expected));
+
+    // Baileys leaves the second group: A's next text there does not reach it,
+    // while a text in the first group still does.
+    baileys.command(&format!("leave {second}"));
+    baileys.wait_for("left", |_| true).await;
+    let gone = send(&mut control, a, &second, "you left").await;
+    let still = send(&mut control, a, &group, "still here").await;
+    let next = baileys.wait_for("message", |v| v["text"].is_string()).await;
+    assert_eq!(next["id"], still.as_str(), "not {gone}");
+
     baileys.command("quit");
     assert!(baileys.wait().await.success());
     harness.stop().await;

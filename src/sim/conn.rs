@@ -806,7 +806,12 @@ impl Session {
             .accept_message(jid, &message.acceptance_key(), now)
         {
             Acceptance::New => {
-                let ack = groups::message_ack(&message.id, &message.group, now, None);
+                let mut ack = groups::message_ack(&message.id, &message.group, now, None);
+                if node.attr_str("phash").is_some() {
+                    if let Some(phash) = self.inner.group_phash(&message.group) {
+                        ack.set_attr("phash", phash);
+                    }
+                }
                 link.send_node(&ack).await?;
                 // The routing task ends only after this session.
                 let _ = router.send(Routed::GroupMessage(message));

@@ -93,6 +93,16 @@ impl Inner {
         }
     }
 
+    /// The `phash` of a group's current member devices, if it exists.
+    pub(crate) fn group_phash(&self, group: &str) -> Option<String> {
+        let members = self.groups.members(group)?;
+        let devices: Vec<Jid> = members
+            .iter()
+            .flat_map(|user| self.account_devices(user))
+            .collect();
+        Some(groups::participant_hash(&devices))
+    }
+
     /// Fans a group message out: every device of every current member but
     /// the sending device gets its pairwise `<enc>` (if the sender made one
     /// for it) and the `skmsg`. A member device the sender did not cover

@@ -10,7 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::Engine as _;
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 
 use crate::wa::binary::Node;
 use crate::wa::jid::{Jid, DEFAULT_USER_SERVER, GROUP_SERVER};
@@ -1015,6 +1018,25 @@ pub(crate) fn message_ack(id: &str, group: &str, t: u64, error: Option<u16>) -> 
     }
 }
 
+/// The participant list hash (`phash`, version 2) of a group's devices:
+/// `2:` and the unpadded base64 of the first 6 bytes of SHA-256 over the
+/// sorted `user.agent:device@server` forms, concatenated. A sender puts its
+/// own in the message and the server answers with its own in the ack, so
+/// the sender learns that its device list is stale.
+pub(crate) fn participant_hash(devices: &[Jid]) -> String {
+    let mut forms: Vec<String> = devices
+        .iter()
+        .map(|jid| format!("{}.{}:{}@{}", jid.user, jid.agent, jid.device, jid.server))
+        .collect();
+    forms.sort_unstable();
+    let mut hasher = Sha256::new();
+    for form in &forms {
+        hasher.update(form.as_bytes());
+    }
+    let digest = hasher.finalize();
+    format!("2:{}", STANDARD_NO_PAD.encode(&digest[..6]))
+}
+
 /// The iq result of a `w:g2` query: from the JID it was sent to.
 pub(crate) fn iq_result(iq: &Node, children: Vec<Node>) -> Node {
     let id = iq.attr_string("id").unwrap_or_default();
@@ -1363,6 +1385,18 @@ mod tests {
             .attr("id", "M2")
             .attr("to", jid("120363000000000001@g.us"));
         assert_eq!(parse_message(&bad), Err(GroupError::BadRequest("no enc")));
+    }
+
+    #[test]
+    fn participant_hashes_ignore_order_and_see_devices() {
+        let a = jid("111@s.whatsapp.net");
+        let b = jid("222:3@s.whatsapp.net");
+        let hash = participant_hash(&[a.clone(), b.clone()]);
+        assert!(hash.starts_with("2:") && hash.len() == 10, "{hash}");
+        assert_eq!(hash, participant_hash(&[b, a.clone()]));
+        assert_ne!(hash, participant_hash(&[a]));
+        // Computed independently (Python hashlib) over the two AD forms.
+        assert_eq!(hash, "2:60I/lmIh");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //   "create <subject> <jid,jid,…>"  (groupCreate)
 //   "meta <group jid>"              (groupMetadata)
 //   "send <jid> <text…>"            (sendMessage, to a group or a user)
+//   "update <group jid> <add|remove|promote|demote> <jid,jid,…>"  (groupParticipantsUpdate)
+//   "all"                           (groupFetchAllParticipating)
+//   "leave <group jid>"             (groupLeave)
 //   "quit"
 // stdout: one JSON object per line:
 //   {"event":"open","jid":"..."}  {"event":"close","code":503}
@@ -16,6 +19,9 @@
 //    "fromMe":false,"text":"...","stub":N}
 //   {"event":"groups.upsert","id":"...","subject":"..."}
 //   {"event":"participants","id":"...","action":"add|remove|…","participants":["..."]}
+//   {"event":"update","results":[{"jid":"...","status":"200|409|…"}]}
+//   {"event":"all","ids":["..."]}  {"event":"left","id":"..."}
+//   {"event":"error","command":"...","code":403}  (a refused group query)
 // exit status: 0 after "quit" or a 401 close.
 'use strict'
 
@@ -114,6 +120,15 @@ async function connect () {
   })
 }
 
+// A group query the server answered with an error: reported, not fatal.
+const refused = (command) => (err) => {
+  if (err && err.data !== undefined && typeof err.data === 'number') {
+    emit({ event: 'error', command, code: err.data })
+  } else {
+    fail(err)
+  }
+}
+
 function fail (err) {
   process.stderr.write(`baileys-groups: ${err && err.stack ? err.stack : err}\n`)
   process.exit(1)
@@ -134,6 +149,19 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
     sock.sendMessage(first, { text: rest.join(' ') })
       .then((sent) => emit({ event: 'sent', id: sent.key.id, to: sent.key.remoteJid }))
       .catch(fail)
+  } else if (command === 'update') {
+    const [action, list] = rest
+    sock.groupParticipantsUpdate(first, (list || '').split(',').filter((j) => j), action)
+      .then((results) => emit({ event: 'update', results: results.map((r) => ({ jid: r.jid, status: r.status })) }))
+      .catch(refused('update'))
+  } else if (command === 'all') {
+    sock.groupFetchAllParticipating()
+      .then((groups) => emit({ event: 'all', ids: Object.keys(groups).sort() }))
+      .catch(refused('all'))
+  } else if (command === 'leave') {
+    sock.groupLeave(first)
+      .then(() => emit({ event: 'left', id: first }))
+      .catch(refused('leave'))
   } else if (command === 'quit') {
     quitting = true
     sock.end(undefined)
