@@ -310,6 +310,19 @@ async fn baileys_creates_reads_and_messages_a_group_with_virtual_phones() {
         assert_eq!(got.chat, group);
         assert_eq!(got.from, device);
     }
+    // Each phone's delivery receipt reaches Baileys as the group's receipt
+    // from that member.
+    let mut readers = Vec::new();
+    while readers.len() < 2 {
+        let receipt = baileys
+            .wait_for("receipt", |v| v["id"] == sent_id.as_str())
+            .await;
+        assert_eq!(receipt["remoteJid"], group.as_str());
+        assert_eq!(receipt["delivered"], true);
+        readers.push(receipt["userJid"].as_str().unwrap_or_default().to_owned());
+    }
+    readers.sort();
+    assert_eq!(readers, [a_jid.clone(), b_jid.clone()]);
 
     // Phone → group: Baileys reads it with the group as chat and the phone
     // as participant.
@@ -375,6 +388,30 @@ async fn baileys_creates_reads_and_messages_a_group_with_virtual_phones() {
     let still = send(&mut control, a, &group, "still here").await;
     let next = baileys.wait_for("message", |v| v["text"].is_string()).await;
     assert_eq!(next["id"], still.as_str(), "not {gone}");
+
+    // While Baileys is away, a text and a member change wait for it and
+    // arrive from the offline queue when it is back.
+    baileys.command("quit");
+    assert!(baileys.wait().await.success());
+    let queued = send(&mut control, a, &group, "while you were away").await;
+    let added = update(&mut control, "+15550500001", &group, "add", &[b])
+        .await
+        .expect("the creator adds B back");
+    assert_eq!(added, [(b_jid.clone(), 0)]);
+    let mut baileys = NodeScript::spawn("baileys-groups.js", &[&url, path(auth.path())]);
+    let (mut text, mut change) = (None, None);
+    while text.is_none() || change.is_none() {
+        let event = baileys.next_json().await;
+        match event["event"].as_str() {
+            Some("message") if event["id"] == queued.as_str() => text = Some(event),
+            Some("participants") if event["action"] == "add" => change = Some(event),
+            _ => {}
+        }
+    }
+    let text = text.expect("queued text");
+    assert_eq!(text["text"], "while you were away");
+    assert_eq!(text["type"], "append");
+    assert_eq!(change.expect("add")["participants"][0], b_jid.as_str());
 
     baileys.command("quit");
     assert!(baileys.wait().await.success());

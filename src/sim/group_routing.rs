@@ -211,7 +211,9 @@ impl Inner {
                     Err(err) => debug!(%author, %err, "phone cannot decrypt a group message"),
                 }
             }
-            if let Some(text) = text {
+            // A text from another device of the same account is the
+            // phone's own message, not one it received.
+            if let Some(text) = text.filter(|_| author.user != phone.user) {
                 handset.record(InboxMessage {
                     from: author.to_string(),
                     chat: group_id.clone(),

@@ -18,6 +18,7 @@
 //   {"event":"message","type":"notify|append","from":"...","participant":"...","id":"...",
 //    "fromMe":false,"text":"...","stub":N}
 //   {"event":"groups.upsert","id":"...","subject":"..."}
+//   {"event":"receipt","id":"...","remoteJid":"...","userJid":"...","delivered":true}
 //   {"event":"participants","id":"...","action":"add|remove|…","participants":["..."]}
 //   {"event":"update","results":[{"jid":"...","status":"200|409|…"}]}
 //   {"event":"all","ids":["..."]}  {"event":"left","id":"..."}
@@ -108,6 +109,11 @@ async function connect () {
         text: textOf(m.message),
         stub: m.messageStubType || null
       })
+    }
+  })
+  current.ev.on('message-receipt.update', (updates) => {
+    for (const { key, receipt } of updates) {
+      emit({ event: 'receipt', id: key.id, remoteJid: key.remoteJid, userJid: receipt.userJid, delivered: !!receipt.receiptTimestamp })
     }
   })
   current.ev.on('groups.upsert', (groups) => {
