@@ -86,6 +86,11 @@ async fn group_stanzas_match_what_whatsapp_clients_read() {
             Some("15550600001@s.whatsapp.net")
         );
         assert!(notice.attr_u64("t").is_some() && notice.attr_str("id").is_some());
+        assert_eq!(
+            notice.attr_str("notify"),
+            Some("Client"),
+            "the actor's push name"
+        );
         let info = notice
             .child("create")
             .and_then(|c| c.child("group"))

@@ -25,7 +25,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
-use super::groups::{self, GroupMessage, Notice};
+use super::group_message::{self, GroupMessage};
+use super::groups::Notice;
 use super::registry::{
     Acceptance, Command, ConnId, ConnKind, LoginCheck, PairReply, Pending, QueueClass, Termination,
 };
@@ -718,7 +719,7 @@ impl Session {
     ) -> Result<(), ConnError> {
         let registry = &self.inner.registry;
         match node.tag() {
-            "message" if groups::is_group_message(node) => {
+            "message" if group_message::is_group_message(node) => {
                 self.on_group_message(link, jid, router, node).await?;
             }
             "message" => match routing::parse_message(node) {
@@ -784,12 +785,12 @@ impl Session {
         node: &Node,
     ) -> Result<(), ConnError> {
         let now = unix_now();
-        let message = match groups::parse_message(node) {
+        let message = match group_message::parse_message(node) {
             Ok(message) => message,
             Err(err) => {
                 info!(%err, "group message refused");
                 if let (Some(id), Some(to)) = (node.attr_string("id"), node.attr_jid("to")) {
-                    let ack = groups::message_ack(&id, &to.user, now, Some(err.code().0));
+                    let ack = group_message::message_ack(&id, &to.user, now, Some(err.code().0));
                     link.send_node(&ack).await?;
                 }
                 return Ok(());
@@ -797,7 +798,8 @@ impl Session {
         };
         if let Err(err) = self.inner.groups.check_sender(&message.group, &jid.user) {
             debug!(%err, "group message from a non-member");
-            let ack = groups::message_ack(&message.id, &message.group, now, Some(err.code().0));
+            let ack =
+                group_message::message_ack(&message.id, &message.group, now, Some(err.code().0));
             return link.send_node(&ack).await;
         }
         match self
@@ -806,7 +808,7 @@ impl Session {
             .accept_message(jid, &message.acceptance_key(), now)
         {
             Acceptance::New => {
-                let mut ack = groups::message_ack(&message.id, &message.group, now, None);
+                let mut ack = group_message::message_ack(&message.id, &message.group, now, None);
                 if node.attr_str("phash").is_some() {
                     if let Some(phash) = self.inner.group_phash(&message.group) {
                         ack.set_attr("phash", phash);
@@ -817,7 +819,7 @@ impl Session {
                 let _ = router.send(Routed::GroupMessage(message));
             }
             Acceptance::Repeat { t } => {
-                let ack = groups::message_ack(&message.id, &message.group, t, None);
+                let ack = group_message::message_ack(&message.id, &message.group, t, None);
                 link.send_node(&ack).await?;
             }
         }

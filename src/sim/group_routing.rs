@@ -11,7 +11,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tracing::debug;
 
-use super::groups::{self, GroupError, GroupMessage, GroupQuery, Notice, Outcome};
+use super::group_message::{self, GroupMessage};
+use super::groups::{self, GroupError, GroupQuery, Notice, Outcome};
 use super::messaging::address;
 use super::phone::{content, text_message, Content, InboxMessage};
 use super::registry::QueueClass;
@@ -82,6 +83,10 @@ impl Inner {
             let id = self.new_iq_id();
             let mut node = notice.node;
             node.set_attr("id", id.clone());
+            let actor = node.attr_jid("participant");
+            if let Some(name) = actor.and_then(|a| self.registry.push_name(&a.user)) {
+                node.set_attr("notify", name);
+            }
             for user in &notice.recipients {
                 for device in self.account_devices(user) {
                     if device.device != 0 {
@@ -100,7 +105,7 @@ impl Inner {
             .iter()
             .flat_map(|user| self.account_devices(user))
             .collect();
-        Some(groups::participant_hash(&devices))
+        Some(group_message::participant_hash(&devices))
     }
 
     /// Fans a group message out: every device of every current member but
@@ -128,7 +133,8 @@ impl Inner {
             if pairwise.is_empty() && message.skmsg.is_none() {
                 continue;
             }
-            let node = groups::delivered_message(&message, sender, t, notify.as_deref(), pairwise);
+            let node =
+                group_message::delivered_message(&message, sender, t, notify.as_deref(), pairwise);
             self.deliver_to(&target, QueueClass::Message, &message.id, node)
                 .await;
         }

@@ -6,6 +6,7 @@
 pub mod cli;
 mod conn;
 mod control;
+mod group_message;
 mod group_routing;
 mod groups;
 mod keys;
