@@ -17,6 +17,10 @@ use wagate::proto::sim::{
 
 type Control = SimulatorClient<tonic::transport::Channel>;
 
+/// `WebMessageInfo.StubType` values Baileys gives group notifications.
+const GROUP_CHANGE_SUBJECT: u64 = 21;
+const GROUP_CHANGE_DESCRIPTION: u64 = 24;
+
 async fn account(control: &mut Control, phone: &str, name: &str) -> String {
     control
         .create_account(CreateAccountRequest {
@@ -298,6 +302,33 @@ async fn baileys_creates_reads_and_messages_a_group_with_virtual_phones() {
     let meta = baileys.wait_for("group", |v| v["command"] == "meta").await;
     assert_eq!(meta["id"], group.as_str());
     assert_eq!(meta["participants"].as_array().map(Vec::len), Some(3));
+
+    // Subject and description changes: answered, notified back to Baileys
+    // (stub messages), and kept; a second description names the first as
+    // its predecessor, as Baileys reads it from the group's metadata.
+    baileys.command(&format!("subject {group} Long weekend"));
+    baileys
+        .wait_for("done", |v| v["command"] == "subject")
+        .await;
+    baileys
+        .wait_for("message", |v| v["stub"] == GROUP_CHANGE_SUBJECT)
+        .await;
+    for text in ["Plans", "Plans v2"] {
+        baileys.command(&format!("desc {group} {text}"));
+        baileys.wait_for("done", |v| v["command"] == "desc").await;
+        baileys
+            .wait_for("message", |v| v["stub"] == GROUP_CHANGE_DESCRIPTION)
+            .await;
+    }
+    let info = control
+        .group_info(GroupInfoRequest {
+            group_jid: group.clone(),
+        })
+        .await
+        .expect("GroupInfo")
+        .into_inner();
+    assert_eq!(info.subject, "Long weekend");
+    assert_eq!(info.description, "Plans v2");
 
     // Baileys → group: both phones read it (sender key, then skmsg).
     baileys.command(&format!("send {group} hello weekend"));

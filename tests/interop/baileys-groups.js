@@ -9,6 +9,8 @@
 //   "update <group jid> <add|remove|promote|demote> <jid,jid,…>"  (groupParticipantsUpdate)
 //   "all"                           (groupFetchAllParticipating)
 //   "leave <group jid>"             (groupLeave)
+//   "subject <group jid> <text…>"   (groupUpdateSubject)
+//   "desc <group jid> <text…>"      (groupUpdateDescription)
 //   "quit"
 // stdout: one JSON object per line:
 //   {"event":"open","jid":"..."}  {"event":"close","code":503}
@@ -22,6 +24,7 @@
 //   {"event":"participants","id":"...","action":"add|remove|…","participants":["..."]}
 //   {"event":"update","results":[{"jid":"...","status":"200|409|…"}]}
 //   {"event":"all","ids":["..."]}  {"event":"left","id":"..."}
+//   {"event":"done","command":"subject|desc"}
 //   {"event":"error","command":"...","code":403}  (a refused group query)
 // exit status: 0 after "quit" or a 401 close.
 'use strict'
@@ -168,6 +171,14 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
     sock.groupLeave(first)
       .then(() => emit({ event: 'left', id: first }))
       .catch(refused('leave'))
+  } else if (command === 'subject') {
+    sock.groupUpdateSubject(first, rest.join(' '))
+      .then(() => emit({ event: 'done', command }))
+      .catch(refused(command))
+  } else if (command === 'desc') {
+    sock.groupUpdateDescription(first, rest.join(' '))
+      .then(() => emit({ event: 'done', command }))
+      .catch(refused(command))
   } else if (command === 'quit') {
     quitting = true
     sock.end(undefined)
