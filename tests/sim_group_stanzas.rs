@@ -169,6 +169,37 @@ async fn group_stanzas_match_what_whatsapp_clients_read() {
     assert_eq!(receipt.attr_jid("participant"), Some(y1.clone()));
     assert_eq!(receipt.attr_str("id"), Some("M1"));
 
+    // The uncovered device asks the author's device for a retry; the
+    // author gets it with the retry's details.
+    yara2
+        .send(
+            &Node::new("receipt")
+                .attr("id", "M1")
+                .attr("to", group.clone())
+                .attr("participant", x1.clone())
+                .attr("type", "retry")
+                .children(vec![
+                    Node::new("retry")
+                        .attr("count", "1")
+                        .attr("id", "M1")
+                        .attr("v", "1"),
+                    Node::new("registration").bytes(vec![0, 0, 0, 9]),
+                ]),
+        )
+        .await;
+    let retry = xavier
+        .stanza("retry receipt", |n| {
+            n.tag() == "receipt" && n.attr_str("type") == Some("retry")
+        })
+        .await;
+    assert_eq!(retry.attr_jid("from"), Some(group.clone()));
+    assert_eq!(retry.attr_jid("participant"), Some(y2.clone()));
+    assert_eq!(
+        retry.child("retry").and_then(|r| r.attr_str("count")),
+        Some("1")
+    );
+    assert!(retry.child("registration").is_some());
+
     // A resend after the second device's retry reaches that device only.
     let resend = group_message(&group, "M1", &y2, Vec::new()).attr("participant", y2.clone());
     xavier.send(&resend).await;
