@@ -69,8 +69,15 @@ async fn group_stanzas_match_what_whatsapp_clients_read() {
     );
 
     let phone = "+15550600001".parse().expect("phone");
+    let walt = sim
+        .create_account(&"+15550600004".parse().expect("phone"), "Walt")
+        .expect("account");
     let group = sim
-        .create_group(&phone, "Wire", &[jid("15550600002@s.whatsapp.net")])
+        .create_group(
+            &phone,
+            "Wire",
+            &[jid("15550600002@s.whatsapp.net"), walt.clone()],
+        )
         .await
         .expect("group created");
 
@@ -97,7 +104,7 @@ async fn group_stanzas_match_what_whatsapp_clients_read() {
             .expect("create/group");
         assert_eq!(info.attr_str("id"), Some(group.user.as_str()));
         assert_eq!(info.attr_str("subject"), Some("Wire"));
-        assert_eq!(info.children_by_tag("participant").count(), 2);
+        assert_eq!(info.children_by_tag("participant").count(), 3);
         let id = notice.attr_string("id").unwrap_or_default();
         client
             .send(
@@ -154,6 +161,28 @@ async fn group_stanzas_match_what_whatsapp_clients_read() {
         Some(&b"group"[..])
     );
 
+    // Walt's virtual phone was not sent the sender key and cannot read the
+    // skmsg: like any client it asks the author's device for a retry.
+    let phone_retry = xavier
+        .stanza("phone's retry receipt", |n| {
+            n.tag() == "receipt" && n.attr_jid("participant").as_ref() == Some(&walt)
+        })
+        .await;
+    assert_eq!(phone_retry.attr_str("type"), Some("retry"));
+    assert_eq!(phone_retry.attr_jid("from"), Some(group.clone()));
+    let retry = phone_retry.child("retry").expect("retry child");
+    assert_eq!(
+        (retry.attr_str("count"), retry.attr_str("id")),
+        (Some("1"), Some("M1"))
+    );
+    assert_eq!(
+        phone_retry
+            .child("registration")
+            .and_then(Node::content_bytes)
+            .map(<[u8]>::len),
+        Some(4)
+    );
+
     // Yara's device confirms; Xavier learns it as the group's receipt.
     yara.send(
         &Node::new("receipt")
@@ -163,8 +192,11 @@ async fn group_stanzas_match_what_whatsapp_clients_read() {
     )
     .await;
     let receipt = xavier
-        .stanza("group receipt", |n| n.tag() == "receipt")
+        .stanza("group receipt", |n| {
+            n.tag() == "receipt" && n.attr_jid("participant").as_ref() == Some(&y1)
+        })
         .await;
+    assert!(receipt.attr_str("type").is_none(), "a delivery receipt");
     assert_eq!(receipt.attr_jid("from"), Some(group.clone()));
     assert_eq!(receipt.attr_jid("participant"), Some(y1.clone()));
     assert_eq!(receipt.attr_str("id"), Some("M1"));
@@ -189,7 +221,9 @@ async fn group_stanzas_match_what_whatsapp_clients_read() {
         .await;
     let retry = xavier
         .stanza("retry receipt", |n| {
-            n.tag() == "receipt" && n.attr_str("type") == Some("retry")
+            n.tag() == "receipt"
+                && n.attr_str("type") == Some("retry")
+                && n.attr_jid("participant").as_ref() == Some(&y2)
         })
         .await;
     assert_eq!(retry.attr_jid("from"), Some(group.clone()));

@@ -22,6 +22,17 @@ use crate::wa::binary::Node;
 use crate::wa::jid::{Jid, DEFAULT_USER_SERVER, GROUP_SERVER};
 use crate::wa::signal::{pad, unpad};
 
+/// What a phone made of a group message.
+enum Read {
+    Text,
+    /// Nothing decrypted: ask for retry `count`.
+    Failed {
+        count: u32,
+        registration: u32,
+    },
+    Nothing,
+}
+
 impl Inner {
     fn group_rng(&self) -> StdRng {
         self.with_rng(|rng| StdRng::from_rng(rng).unwrap_or_else(|_| StdRng::seed_from_u64(0)))
@@ -176,11 +187,12 @@ impl Inner {
         let t = node.attr_u64("t").unwrap_or_else(unix_now);
         let sender = address(&author);
         let mut rng = self.group_rng();
-        let got_text = self.registry.with_handset(&phone.user, |handset| {
+        let outcome = self.registry.with_handset(&phone.user, |handset| {
             if handset.has_received(&author.to_string(), &id) {
-                return false;
+                return Read::Nothing;
             }
             let mut text = None;
+            let mut failed = false;
             for enc in node.children_by_tag("enc") {
                 let Some(bytes) = enc.content_bytes() else {
                     continue;
@@ -214,8 +226,20 @@ impl Inner {
                 match outcome {
                     Ok(Content::Text(received)) => text = Some(received),
                     Ok(_) => {}
-                    Err(err) => debug!(%author, %err, "phone cannot decrypt a group message"),
+                    Err(err) => {
+                        failed = true;
+                        debug!(%author, %err, "phone cannot decrypt a group message");
+                    }
                 }
+            }
+            if text.is_none() && failed {
+                return match handset.sender_keys.next_retry(&author.to_string(), &id) {
+                    Some(count) => Read::Failed {
+                        count,
+                        registration: handset.registration_id(),
+                    },
+                    None => Read::Nothing,
+                };
             }
             // A text from another device of the same account is the
             // phone's own message, not one it received.
@@ -227,13 +251,35 @@ impl Inner {
                     text,
                     timestamp: t,
                 });
-                true
+                Read::Text
             } else {
-                false
+                Read::Nothing
             }
         });
-        if got_text != Some(true) || author.user == phone.user {
-            return;
+        match outcome {
+            Some(Read::Text) if author.user != phone.user => {}
+            Some(Read::Failed {
+                count,
+                registration,
+            }) if author.device != 0 => {
+                // Like any WhatsApp client, the phone asks the author's
+                // device to send the message again (with its sender key).
+                let retry = routing::phone_receipt(&id, &group, unix_now())
+                    .attr("participant", phone.to_non_ad())
+                    .attr("type", "retry")
+                    .children(vec![
+                        Node::new("retry")
+                            .attr("count", count.to_string())
+                            .attr("id", id.clone())
+                            .attr("t", t.to_string())
+                            .attr("v", "1"),
+                        Node::new("registration").bytes(registration.to_be_bytes().to_vec()),
+                    ]);
+                self.to_companion(&author, QueueClass::Receipt, &id, retry)
+                    .await;
+                return;
+            }
+            _ => return,
         }
         let receipt =
             routing::phone_receipt(&id, &group, unix_now()).attr("participant", phone.to_non_ad());

@@ -124,6 +124,11 @@ impl Phone {
         }
     }
 
+    /// The registration id a retry receipt carries.
+    pub(crate) fn registration_id(&self) -> u32 {
+        self.registration_id
+    }
+
     /// One-time prekeys the server can still hand out.
     pub(crate) fn unclaimed_prekeys(&self) -> usize {
         self.unclaimed.len()

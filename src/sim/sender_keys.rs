@@ -4,7 +4,7 @@
 //! longer in the group, so a removed member cannot read what follows. Pure
 //! state and crypto; imports `wa` and the generated protobufs only.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use rand::{CryptoRng, RngCore};
 
@@ -15,6 +15,11 @@ use crate::wa::signal::{
     create_distribution_message, group_decrypt, group_encrypt, process_distribution_message,
     ProtocolAddress, SenderKeyName, SenderKeyRecord, SignalError,
 };
+
+/// Most retry receipts a phone sends for one message (as WhatsApp clients).
+pub(crate) const MAX_RETRIES: u32 = 5;
+/// Most messages whose retries are counted; the oldest are forgotten.
+const MAX_RETRIED_MESSAGES: usize = 0x400;
 
 /// The phone's own sender key in one group.
 #[derive(Default)]
@@ -29,6 +34,9 @@ struct OwnKey {
 pub(crate) struct SenderKeys {
     own: HashMap<String, OwnKey>,
     received: HashMap<SenderKeyName, SenderKeyRecord>,
+    /// Retry receipts sent per (author device, message id), oldest first.
+    retries: HashMap<(String, String), u32>,
+    retried: VecDeque<(String, String)>,
 }
 
 impl SenderKeys {
@@ -110,6 +118,25 @@ impl SenderKeys {
     }
 }
 
+impl SenderKeys {
+    /// The count of the next retry receipt for a message the phone could
+    /// not decrypt, or `None` once it asked [`MAX_RETRIES`] times.
+    pub(crate) fn next_retry(&mut self, author: &str, id: &str) -> Option<u32> {
+        let key = (author.to_owned(), id.to_owned());
+        if !self.retries.contains_key(&key) {
+            if self.retried.len() >= MAX_RETRIED_MESSAGES {
+                if let Some(old) = self.retried.pop_front() {
+                    self.retries.remove(&old);
+                }
+            }
+            self.retried.push_back(key.clone());
+        }
+        let count = self.retries.entry(key).or_insert(0);
+        *count += 1;
+        (*count <= MAX_RETRIES).then_some(*count)
+    }
+}
+
 fn name(group: &str, sender: &ProtocolAddress) -> SenderKeyName {
     SenderKeyName {
         group_id: group.to_owned(),
@@ -160,5 +187,20 @@ mod tests {
             bob.decrypt(group, &from, &rotated).is_err(),
             "the old key does not open the new chain"
         );
+    }
+
+    #[test]
+    fn retries_are_counted_per_message_and_capped() {
+        let mut keys = SenderKeys::default();
+        let counts: Vec<Option<u32>> = (0..=MAX_RETRIES)
+            .map(|_| keys.next_retry("1:1@s.whatsapp.net", "M1"))
+            .collect();
+        assert_eq!(counts, [Some(1), Some(2), Some(3), Some(4), Some(5), None]);
+        assert_eq!(keys.next_retry("1:1@s.whatsapp.net", "M2"), Some(1));
+        for n in 0..MAX_RETRIED_MESSAGES {
+            keys.next_retry("1:1@s.whatsapp.net", &n.to_string());
+        }
+        assert!(keys.retries.len() <= MAX_RETRIED_MESSAGES);
+        assert_eq!(keys.retries.len(), keys.retried.len());
     }
 }
