@@ -769,7 +769,7 @@ impl Session {
                 }
                 _ => {}
             },
-            // Presence, chat states, notifications' acks: not modelled.
+            // Presence and chat states: not modelled.
             tag => debug!(tag, "stanza ignored"),
         }
         Ok(())
