@@ -11,8 +11,9 @@ use sim_support::{path, Harness, NodeScript, STEP};
 use tonic::Code;
 use wagate::proto::sim::simulator_client::SimulatorClient;
 use wagate::proto::sim::{
-    CreateAccountRequest, CreateGroupRequest, GroupInfoRequest, InboxMessage, InboxRequest,
-    LeaveGroupRequest, ListGroupsRequest, SendGroupTextRequest, UpdateGroupParticipantsRequest,
+    CreateAccountRequest, CreateGroupRequest, GroupInfoRequest, GroupInviteCodeRequest,
+    InboxMessage, InboxRequest, LeaveGroupRequest, ListGroupsRequest, SendGroupTextRequest,
+    UpdateGroupParticipantsRequest,
 };
 
 type Control = SimulatorClient<tonic::transport::Channel>;
@@ -419,6 +420,38 @@ async fn baileys_creates_reads_and_messages_a_group_with_virtual_phones() {
     let still = send(&mut control, a, &group, "still here").await;
     let next = baileys.wait_for("message", |v| v["text"].is_string()).await;
     assert_eq!(next["id"], still.as_str(), "not {gone}");
+
+    // Back through the invite link A's phone hands out: a revoked code is
+    // refused (406), the current one joins, and A's next text arrives.
+    let invite = |revoke: bool| GroupInviteCodeRequest {
+        phone: a.into(),
+        group_jid: second.clone(),
+        revoke,
+    };
+    let old = control
+        .group_invite_code(invite(false))
+        .await
+        .expect("GroupInviteCode")
+        .into_inner()
+        .code;
+    let code = control
+        .group_invite_code(invite(true))
+        .await
+        .expect("GroupInviteCode revoke")
+        .into_inner()
+        .code;
+    assert_ne!(old, code);
+    baileys.command(&format!("join {old}"));
+    let refused = baileys.wait_for("error", |_| true).await;
+    assert_eq!(refused["code"], 406);
+    baileys.command(&format!("join {code}"));
+    let joined = baileys.wait_for("joined", |_| true).await;
+    assert_eq!(joined["id"], second.as_str());
+    let welcome = send(&mut control, a, &second, "welcome back").await;
+    let got = baileys
+        .wait_for("message", |v| v["id"] == welcome.as_str())
+        .await;
+    assert_eq!(got["text"], "welcome back");
 
     // While Baileys is away, a text and a member change wait for it and
     // arrive from the offline queue when it is back.

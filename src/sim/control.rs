@@ -16,10 +16,10 @@ use crate::proto::sim::{
     SetDelayResponse,
 };
 use crate::proto::sim::{
-    CreateGroupRequest, CreateGroupResponse, Group, GroupInfoRequest, GroupMember,
-    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
-    ParticipantResult, SendGroupTextRequest, SendGroupTextResponse, UpdateGroupParticipantsRequest,
-    UpdateGroupParticipantsResponse,
+    CreateGroupRequest, CreateGroupResponse, Group, GroupInfoRequest, GroupInviteCodeRequest,
+    GroupInviteCodeResponse, GroupMember, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, ParticipantResult, SendGroupTextRequest, SendGroupTextResponse,
+    UpdateGroupParticipantsRequest, UpdateGroupParticipantsResponse,
 };
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 
@@ -399,6 +399,20 @@ impl SimulatorService for Control {
         let group = parse_group(&request.group_jid)?;
         self.sim.leave_group(&phone, &group).await?;
         Ok(Response::new(LeaveGroupResponse {}))
+    }
+
+    async fn group_invite_code(
+        &self,
+        request: Request<GroupInviteCodeRequest>,
+    ) -> Result<Response<GroupInviteCodeResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.phone)?;
+        let group = parse_group(&request.group_jid)?;
+        let code = self
+            .sim
+            .group_invite_code(&phone, &group, request.revoke)
+            .await?;
+        Ok(Response::new(GroupInviteCodeResponse { code }))
     }
 
     async fn send_group_text(

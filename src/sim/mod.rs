@@ -462,6 +462,24 @@ impl Simulator {
         self.group_query(phone, None, query).await.map(|_| ())
     }
 
+    /// The group's invite code as the admin `phone` gets it; `revoke`
+    /// replaces it with a new one first.
+    pub async fn group_invite_code(
+        &self,
+        phone: &PhoneNumber,
+        group: &Jid,
+        revoke: bool,
+    ) -> Result<String, SimError> {
+        let outcome = self
+            .group_query(phone, Some(group), groups::GroupQuery::Invite { revoke })
+            .await?;
+        outcome
+            .reply
+            .first()
+            .and_then(|invite| invite.attr_string("code"))
+            .ok_or(SimError::Group(GroupError::NotFound))
+    }
+
     /// The virtual phone of `phone` sends a text to a group it is in.
     pub async fn send_group_text(
         &self,

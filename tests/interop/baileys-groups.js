@@ -11,6 +11,7 @@
 //   "leave <group jid>"             (groupLeave)
 //   "subject <group jid> <text…>"   (groupUpdateSubject)
 //   "desc <group jid> <text…>"      (groupUpdateDescription)
+//   "join <code>"                   (groupAcceptInvite)
 //   "quit"
 // stdout: one JSON object per line:
 //   {"event":"open","jid":"..."}  {"event":"close","code":503}
@@ -24,7 +25,7 @@
 //   {"event":"participants","id":"...","action":"add|remove|…","participants":["..."]}
 //   {"event":"update","results":[{"jid":"...","status":"200|409|…"}]}
 //   {"event":"all","ids":["..."]}  {"event":"left","id":"..."}
-//   {"event":"done","command":"subject|desc"}
+//   {"event":"done","command":"subject|desc"}  {"event":"joined","id":"..."}
 //   {"event":"error","command":"...","code":403}  (a refused group query)
 // exit status: 0 after "quit" or a 401 close.
 'use strict'
@@ -178,6 +179,10 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
   } else if (command === 'desc') {
     sock.groupUpdateDescription(first, rest.join(' '))
       .then(() => emit({ event: 'done', command }))
+      .catch(refused(command))
+  } else if (command === 'join') {
+    sock.groupAcceptInvite(first)
+      .then((id) => emit({ event: 'joined', id }))
       .catch(refused(command))
   } else if (command === 'quit') {
     quitting = true
