@@ -422,7 +422,8 @@ async fn baileys_creates_reads_and_messages_a_group_with_virtual_phones() {
     assert_eq!(next["id"], still.as_str(), "not {gone}");
 
     // Back through the invite link A's phone hands out: a revoked code is
-    // refused (406), the current one joins, and A's next text arrives.
+    // refused (410 gone), an unknown one too (406), the current one joins,
+    // and A's next text arrives.
     let invite = |revoke: bool| GroupInviteCodeRequest {
         phone: a.into(),
         group_jid: second.clone(),
@@ -442,6 +443,9 @@ async fn baileys_creates_reads_and_messages_a_group_with_virtual_phones() {
         .code;
     assert_ne!(old, code);
     baileys.command(&format!("join {old}"));
+    let refused = baileys.wait_for("error", |_| true).await;
+    assert_eq!(refused["code"], 410);
+    baileys.command("join AAAAAAAAAAAAAAAAAAAAAA");
     let refused = baileys.wait_for("error", |_| true).await;
     assert_eq!(refused["code"], 406);
     baileys.command(&format!("join {code}"));

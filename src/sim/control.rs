@@ -148,6 +148,7 @@ impl From<SimError> for Status {
                     Status::permission_denied(message)
                 }
                 GroupError::Conflict => Status::aborted(message),
+                GroupError::Revoked => Status::failed_precondition(message),
             },
         }
     }

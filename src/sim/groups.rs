@@ -7,7 +7,7 @@
 //! groups. Pure state behind one short-held lock: no I/O, no `.await`, no
 //! other lock taken while it is held; imports `wa` only.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use rand::RngCore;
@@ -27,6 +27,9 @@ const MAX_DESCRIPTION_CHARS: usize = 2048;
 const MAX_LISTED: usize = MAX_GROUP_SIZE;
 /// Length of an invite code (WhatsApp's are 22 base62 characters).
 const INVITE_CODE_LEN: usize = 22;
+/// Most revoked invite codes remembered (to answer them with 410 rather
+/// than 406); the oldest are forgotten first.
+const MAX_REVOKED_CODES: usize = 0x1000;
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Why a group query or message is refused; each maps to the iq error
@@ -47,6 +50,8 @@ pub enum GroupError {
     NotAcceptable(&'static str),
     #[error("the description changed since it was read")]
     Conflict,
+    #[error("the invite link was revoked")]
+    Revoked,
 }
 
 impl GroupError {
@@ -59,6 +64,7 @@ impl GroupError {
             Self::NotAuthorized => (401, "not-authorized"),
             Self::NotAcceptable(_) => (406, "not-acceptable"),
             Self::Conflict => (409, "conflict"),
+            Self::Revoked => (410, "gone"),
         }
     }
 }
@@ -391,6 +397,9 @@ struct State {
     by_member: HashMap<String, BTreeSet<String>>,
     /// Group ids by their current invite code.
     invites: HashMap<String, String>,
+    /// Codes replaced by a revoke, oldest first.
+    revoked: VecDeque<String>,
+    revoked_set: HashSet<String>,
 }
 
 impl State {
@@ -673,6 +682,13 @@ impl Groups {
                     let old = group.invite.clone();
                     let code = new_invite_code(rng);
                     state.invites.remove(&old);
+                    if state.revoked.len() >= MAX_REVOKED_CODES {
+                        if let Some(forgotten) = state.revoked.pop_front() {
+                            state.revoked_set.remove(&forgotten);
+                        }
+                    }
+                    state.revoked_set.insert(old.clone());
+                    state.revoked.push_back(old);
                     state.invites.insert(code.clone(), id.clone());
                     state.group_mut(&id)?.invite = code.clone();
                     code
@@ -685,11 +701,11 @@ impl Groups {
                 })
             }
             GroupQuery::InviteCode { code, join } => {
-                let id = state
-                    .invites
-                    .get(&code)
-                    .cloned()
-                    .ok_or(GroupError::NotAcceptable("unknown invite code"))?;
+                let id = match state.invites.get(&code) {
+                    Some(id) => id.clone(),
+                    None if state.revoked_set.contains(&code) => return Err(GroupError::Revoked),
+                    None => return Err(GroupError::NotAcceptable("unknown invite code")),
+                };
                 let group = state.group_mut(&id)?;
                 if !join {
                     return Ok(Outcome {
@@ -1159,7 +1175,7 @@ mod tests {
         assert_ne!(new_code, code);
         assert_eq!(
             run(&groups, "333", &join, &mut rng),
-            Err(GroupError::NotAcceptable("unknown invite code"))
+            Err(GroupError::Revoked)
         );
 
         let leave = iq(
