@@ -485,3 +485,54 @@ async fn baileys_creates_reads_and_messages_a_group_with_virtual_phones() {
     assert!(baileys.wait().await.success());
     harness.stop().await;
 }
+
+/// Members of the crowd test: enough for the fan-out to every member's
+/// device to matter, few enough for debug-build crypto (each phone opens a
+/// session and reads a sender key) to stay quick.
+const MEMBERS: usize = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_64_virtual_phones_gets_each_text_once() {
+    let sim = wagate::sim::Simulator::start(wagate::sim::SimConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        seed: Some(64),
+    })
+    .await
+    .expect("simulator starts");
+    let phones: Vec<wagate::wa::jid::PhoneNumber> = (0..MEMBERS)
+        .map(|n| format!("+1555070{n:04}").parse().expect("phone"))
+        .collect();
+    let jids: Vec<wagate::wa::jid::Jid> = phones
+        .iter()
+        .map(|phone| sim.create_account(phone, "Member").expect("account"))
+        .collect();
+    let group = sim
+        .create_group(&phones[0], "Crowd", &jids[1..])
+        .await
+        .expect("group");
+    assert_eq!(
+        sim.group_info(&group).expect("info").participants.len(),
+        MEMBERS
+    );
+    let started = std::time::Instant::now();
+    let first = sim
+        .send_group_text(&phones[0], &group, "hello all")
+        .await
+        .expect("sent");
+    let keyed = started.elapsed();
+    let second = sim
+        .send_group_text(&phones[0], &group, "again")
+        .await
+        .expect("sent");
+    eprintln!(
+        "{} phones: first text (sessions and sender keys) {keyed:?}, second {:?}",
+        MEMBERS - 1,
+        started.elapsed() - keyed
+    );
+    for phone in &phones[1..] {
+        let inbox = sim.inbox(phone).expect("inbox");
+        let ids: Vec<&str> = inbox.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, [first.as_str(), second.as_str()], "{phone:?}");
+    }
+    sim.shutdown().await;
+}
