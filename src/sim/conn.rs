@@ -25,6 +25,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info};
 
+use super::group_message::{self, GroupMessage};
+use super::groups::Notice;
 use super::registry::{
     Acceptance, Command, ConnId, ConnKind, LoginCheck, PairReply, Pending, QueueClass, Termination,
 };
@@ -327,13 +329,20 @@ enum Role {
 enum Routed {
     Message(ClientMessage),
     Receipt(ClientReceipt),
+    GroupMessage(GroupMessage),
+    Notices(Vec<Notice>),
 }
 
 async fn route_loop(inner: Arc<Inner>, sender: Jid, mut jobs: mpsc::UnboundedReceiver<Routed>) {
     while let Some(job) = jobs.recv().await {
         match job {
             Routed::Message(message) => inner.route_message(&sender, message).await,
+            Routed::Receipt(receipt) if receipt.to.is_group() => {
+                inner.route_group_receipt(&sender, receipt).await;
+            }
             Routed::Receipt(receipt) => inner.route_receipt(&sender, receipt).await,
+            Routed::GroupMessage(message) => inner.route_group_message(&sender, message).await,
+            Routed::Notices(notices) => inner.deliver_notices(notices).await,
         }
     }
 }
@@ -581,8 +590,17 @@ impl Session {
                 Role::Device {
                     jid,
                     offline_pending,
-                    ..
+                    router,
                 } => {
+                    if node.attr_str("xmlns") == Some("w:g2") {
+                        let (reply, notices) = self.inner.group_iq(jid, &node);
+                        link.send_node(&reply).await?;
+                        if !notices.is_empty() {
+                            // The routing task ends only after this session.
+                            let _ = router.send(Routed::Notices(notices));
+                        }
+                        return Ok(Flow::Continue);
+                    }
                     self.on_device_iq(link, jid, offline_pending, &id, &node)
                         .await
                 }
@@ -701,6 +719,9 @@ impl Session {
     ) -> Result<(), ConnError> {
         let registry = &self.inner.registry;
         match node.tag() {
+            "message" if group_message::is_group_message(node) => {
+                self.on_group_message(link, jid, router, node).await?;
+            }
             "message" => match routing::parse_message(node) {
                 Ok(message) => {
                     let now = unix_now();
@@ -743,10 +764,64 @@ impl Session {
                 Some((class, id)) if class == "receipt" => {
                     registry.acknowledge(jid, QueueClass::Receipt, &[id]);
                 }
+                Some((class, id)) if class == "notification" => {
+                    registry.acknowledge(jid, QueueClass::Notification, &[id]);
+                }
                 _ => {}
             },
-            // Presence, chat states, notifications' acks: not modelled.
+            // Presence and chat states: not modelled.
             tag => debug!(tag, "stanza ignored"),
+        }
+        Ok(())
+    }
+
+    /// A message to a group: acked (with an error when the sender may not
+    /// send there) and handed to the routing task for fan-out.
+    async fn on_group_message(
+        &self,
+        link: &mut Link,
+        jid: &Jid,
+        router: &mpsc::UnboundedSender<Routed>,
+        node: &Node,
+    ) -> Result<(), ConnError> {
+        let now = unix_now();
+        let message = match group_message::parse_message(node) {
+            Ok(message) => message,
+            Err(err) => {
+                info!(%err, "group message refused");
+                if let (Some(id), Some(to)) = (node.attr_string("id"), node.attr_jid("to")) {
+                    let ack = group_message::message_ack(&id, &to.user, now, Some(err.code().0));
+                    link.send_node(&ack).await?;
+                }
+                return Ok(());
+            }
+        };
+        if let Err(err) = self.inner.groups.check_sender(&message.group, &jid.user) {
+            debug!(%err, "group message from a non-member");
+            let ack =
+                group_message::message_ack(&message.id, &message.group, now, Some(err.code().0));
+            return link.send_node(&ack).await;
+        }
+        match self
+            .inner
+            .registry
+            .accept_message(jid, &message.acceptance_key(), now)
+        {
+            Acceptance::New => {
+                let mut ack = group_message::message_ack(&message.id, &message.group, now, None);
+                if node.attr_str("phash").is_some() {
+                    if let Some(phash) = self.inner.group_phash(&message.group) {
+                        ack.set_attr("phash", phash);
+                    }
+                }
+                link.send_node(&ack).await?;
+                // The routing task ends only after this session.
+                let _ = router.send(Routed::GroupMessage(message));
+            }
+            Acceptance::Repeat { t } => {
+                let ack = group_message::message_ack(&message.id, &message.group, t, None);
+                link.send_node(&ack).await?;
+            }
         }
         Ok(())
     }

@@ -5,7 +5,8 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{SimError, Simulator, MAX_ACCOUNTS_PAGE};
+use super::groups::GroupError;
+use super::{GroupAction, GroupInfo, SimError, Simulator, MAX_ACCOUNTS_PAGE};
 use crate::proto::sim::simulator_server::Simulator as SimulatorService;
 use crate::proto::sim::{
     Account, CreateAccountRequest, CreateAccountResponse, Device, InboxMessage, InboxRequest,
@@ -13,6 +14,12 @@ use crate::proto::sim::{
     ListAccountsResponse, RemoveDeviceRequest, RemoveDeviceResponse, ScanQrRequest, ScanQrResponse,
     SendTextRequest, SendTextResponse, SendTextsRequest, SendTextsResponse, SetDelayRequest,
     SetDelayResponse,
+};
+use crate::proto::sim::{
+    CreateGroupRequest, CreateGroupResponse, Group, GroupInfoRequest, GroupInviteCodeRequest,
+    GroupInviteCodeResponse, GroupMember, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, ParticipantResult, SendGroupTextRequest, SendGroupTextResponse,
+    UpdateGroupParticipantsRequest, UpdateGroupParticipantsResponse,
 };
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 
@@ -37,6 +44,47 @@ impl Control {
         } else {
             Err(SimError::NotFound(format!("no device {jid}")))
         }
+    }
+}
+
+/// Parses `120363…@g.us`.
+fn parse_group(text: &str) -> Result<Jid, SimError> {
+    let jid: Jid = text
+        .trim()
+        .parse()
+        .map_err(|err| SimError::InvalidJid(format!("{text:?}: {err}")))?;
+    if !jid.is_group() || jid.user.is_empty() {
+        return Err(SimError::InvalidJid(format!(
+            "{text:?}: expected a group JID on g.us"
+        )));
+    }
+    Ok(jid)
+}
+
+/// Parses a list of accounts (phone numbers or account JIDs).
+fn parse_accounts(texts: &[String]) -> Result<Vec<Jid>, SimError> {
+    texts
+        .iter()
+        .map(|text| parse_target(text).map(|jid| jid.to_non_ad()))
+        .collect()
+}
+
+fn group_message(group: GroupInfo) -> Group {
+    Group {
+        jid: group.jid.to_string(),
+        subject: group.subject,
+        creator: group.creator.to_string(),
+        creation: group.creation,
+        description: group.description,
+        participants: group
+            .participants
+            .into_iter()
+            .map(|m| GroupMember {
+                jid: m.jid.to_string(),
+                admin: m.admin,
+                superadmin: m.superadmin,
+            })
+            .collect(),
     }
 }
 
@@ -91,6 +139,17 @@ impl From<SimError> for Status {
             SimError::CompanionGone => Status::unavailable(message),
             SimError::PairTimeout(_) => Status::deadline_exceeded(message),
             SimError::Bind { .. } => Status::internal(message),
+            SimError::Group(err) => match err {
+                GroupError::BadRequest(_) | GroupError::NotAcceptable(_) => {
+                    Status::invalid_argument(message)
+                }
+                GroupError::NotFound => Status::not_found(message),
+                GroupError::NotParticipant | GroupError::NotAdmin | GroupError::NotAuthorized => {
+                    Status::permission_denied(message)
+                }
+                GroupError::Conflict => Status::aborted(message),
+                GroupError::Revoked => Status::failed_precondition(message),
+            },
         }
     }
 }
@@ -280,12 +339,121 @@ impl SimulatorService for Control {
             .into_iter()
             .map(|m| InboxMessage {
                 from: m.from,
+                chat: m.chat,
                 id: m.id,
                 text: m.text,
                 timestamp: m.timestamp,
             })
             .collect();
         Ok(Response::new(InboxResponse { messages }))
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<CreateGroupRequest>,
+    ) -> Result<Response<CreateGroupResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.phone)?;
+        let participants = parse_accounts(&request.participants)?;
+        let group = self
+            .sim
+            .create_group(&phone, &request.subject, &participants)
+            .await?;
+        Ok(Response::new(CreateGroupResponse {
+            group_jid: group.to_string(),
+        }))
+    }
+
+    async fn update_group_participants(
+        &self,
+        request: Request<UpdateGroupParticipantsRequest>,
+    ) -> Result<Response<UpdateGroupParticipantsResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.phone)?;
+        let group = parse_group(&request.group_jid)?;
+        let action = GroupAction::from_tag(&request.action).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "action {:?}: expected add, remove, promote or demote",
+                request.action
+            ))
+        })?;
+        let participants = parse_accounts(&request.participants)?;
+        let results = self
+            .sim
+            .update_group_participants(&phone, &group, action, &participants)
+            .await?
+            .into_iter()
+            .map(|(jid, code)| ParticipantResult {
+                jid: jid.to_string(),
+                error: u32::from(code),
+            })
+            .collect();
+        Ok(Response::new(UpdateGroupParticipantsResponse { results }))
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<LeaveGroupRequest>,
+    ) -> Result<Response<LeaveGroupResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.phone)?;
+        let group = parse_group(&request.group_jid)?;
+        self.sim.leave_group(&phone, &group).await?;
+        Ok(Response::new(LeaveGroupResponse {}))
+    }
+
+    async fn group_invite_code(
+        &self,
+        request: Request<GroupInviteCodeRequest>,
+    ) -> Result<Response<GroupInviteCodeResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.phone)?;
+        let group = parse_group(&request.group_jid)?;
+        let code = self
+            .sim
+            .group_invite_code(&phone, &group, request.revoke)
+            .await?;
+        Ok(Response::new(GroupInviteCodeResponse { code }))
+    }
+
+    async fn send_group_text(
+        &self,
+        request: Request<SendGroupTextRequest>,
+    ) -> Result<Response<SendGroupTextResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.from_phone)?;
+        let group = parse_group(&request.group_jid)?;
+        let message_id = self
+            .sim
+            .send_group_text(&phone, &group, &request.text)
+            .await?;
+        Ok(Response::new(SendGroupTextResponse { message_id }))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        let request = request.into_inner();
+        let phone = match request.phone.trim() {
+            "" => None,
+            text => Some(parse_phone(text)?),
+        };
+        let groups = self
+            .sim
+            .groups(phone.as_ref())
+            .into_iter()
+            .map(group_message)
+            .collect();
+        Ok(Response::new(ListGroupsResponse { groups }))
+    }
+
+    async fn group_info(
+        &self,
+        request: Request<GroupInfoRequest>,
+    ) -> Result<Response<Group>, Status> {
+        let group = parse_group(&request.into_inner().group_jid)?;
+        Ok(Response::new(group_message(self.sim.group_info(&group)?)))
     }
 }
 

@@ -38,6 +38,8 @@ pub(crate) enum QueueClass {
     Message,
     /// A receipt: removed by the device's `<ack class="receipt">`.
     Receipt,
+    /// A notification: removed by the device's `<ack class="notification">`.
+    Notification,
 }
 
 /// Whether the server takes a message a device sent.

@@ -46,7 +46,7 @@ impl Inner {
     }
 
     /// Queues a stanza for a companion and sends it to its live connections.
-    async fn to_companion(&self, device: &Jid, class: QueueClass, id: &str, node: Node) {
+    pub(crate) async fn to_companion(&self, device: &Jid, class: QueueClass, id: &str, node: Node) {
         let node = Arc::new(node);
         for conn in self.registry.enqueue(device, class, id, Arc::clone(&node)) {
             // A connection that just ended has the stanza in its queue still.
@@ -108,6 +108,9 @@ impl Inner {
         let Some(from) = node.attr_jid("from") else {
             return;
         };
+        if from.is_group() {
+            return self.phone_receive_group(phone, node).await;
+        }
         let id = node.attr_string("id").unwrap_or_default();
         let t = node.attr_u64("t").unwrap_or_else(unix_now);
         let mut rng = self.fork_rng();
@@ -133,6 +136,7 @@ impl Inner {
             if let Some(text) = &text {
                 handset.record(InboxMessage {
                     from: from.to_string(),
+                    chat: from.to_non_ad().to_string(),
                     id: id.clone(),
                     text: text.clone(),
                     timestamp: t,

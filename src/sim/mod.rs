@@ -6,12 +6,16 @@
 pub mod cli;
 mod conn;
 mod control;
+mod group_message;
+mod group_routing;
+mod groups;
 mod keys;
 mod mailbox;
 mod messaging;
 mod phone;
 mod registry;
 mod routing;
+mod sender_keys;
 mod stanza;
 mod usync;
 
@@ -32,10 +36,11 @@ use tracing::{debug, warn};
 use crate::proto::sim::simulator_server::SimulatorServer;
 use crate::proto::wa::{AdvDeviceIdentity, AdvSignedDeviceIdentity, AdvSignedDeviceIdentityHmac};
 use crate::wa::adv::{account_signature_message, details_hmac};
-use crate::wa::jid::{Jid, PhoneNumber};
+use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 use crate::wa::qr::{QrData, QrError};
 
 pub use control::Control;
+pub use groups::{Action as GroupAction, GroupError, GroupInfo, GroupMember};
 pub use phone::InboxMessage;
 pub use registry::{AccountInfo, DeviceInfo};
 use registry::{Command, Device, NewAccount, PairRefusal, Registry, ReserveError, Termination};
@@ -101,6 +106,8 @@ pub enum SimError {
     InvalidPageToken,
     #[error("the phone cannot encrypt: {0}")]
     Encryption(String),
+    #[error("group: {0}")]
+    Group(GroupError),
 }
 
 /// The running simulator; cheap to clone (shared inside).
@@ -111,6 +118,7 @@ pub struct Simulator {
 
 pub(crate) struct Inner {
     registry: Registry,
+    groups: groups::Groups,
     keys: keys::ServerKeys,
     /// Randomness for keys, refs and ids. Locked briefly, never across an
     /// `.await`, and never while a registry lock is held.
@@ -178,6 +186,7 @@ impl Simulator {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
             registry: Registry::default(),
+            groups: groups::Groups::default(),
             keys,
             rng: Mutex::new(rng),
             addr,
@@ -397,6 +406,130 @@ impl Simulator {
             .registry
             .with_handset(phone.as_str(), |handset| handset.inbox().cloned().collect())
             .ok_or_else(|| SimError::NotFound(format!("no account {}", phone.as_str())))
+    }
+
+    /// The virtual phone of `phone` creates a group with `subject` and the
+    /// given accounts (unknown numbers are left out); every member device
+    /// is notified. Returns the group JID.
+    pub async fn create_group(
+        &self,
+        phone: &PhoneNumber,
+        subject: &str,
+        participants: &[Jid],
+    ) -> Result<Jid, SimError> {
+        let query = groups::GroupQuery::Create {
+            subject: subject.to_owned(),
+            key: None,
+            participants: participants.iter().map(|p| p.user.clone()).collect(),
+        };
+        let outcome = self.group_query(phone, None, query).await?;
+        let id = outcome.group.ok_or(SimError::Group(GroupError::NotFound))?;
+        Ok(Jid::new(id, crate::wa::jid::GROUP_SERVER))
+    }
+
+    /// The virtual phone of `phone` (an admin) adds, removes, promotes or
+    /// demotes members. Returns each participant's result: its account JID
+    /// and 0, or the error code WhatsApp gives (404 no account or not a
+    /// member, 409 already a member, 406 the creator).
+    pub async fn update_group_participants(
+        &self,
+        phone: &PhoneNumber,
+        group: &Jid,
+        action: GroupAction,
+        participants: &[Jid],
+    ) -> Result<Vec<(Jid, u16)>, SimError> {
+        let query = groups::GroupQuery::Change {
+            action,
+            participants: participants.iter().map(|p| p.user.clone()).collect(),
+        };
+        let outcome = self.group_query(phone, Some(group), query).await?;
+        Ok(outcome
+            .results
+            .into_iter()
+            .map(|(user, code)| (Jid::new(user, DEFAULT_USER_SERVER), code))
+            .collect())
+    }
+
+    /// The virtual phone of `phone` leaves a group.
+    pub async fn leave_group(&self, phone: &PhoneNumber, group: &Jid) -> Result<(), SimError> {
+        self.inner
+            .groups
+            .check_sender(&group.user, phone.as_str())
+            .map_err(SimError::Group)?;
+        let query = groups::GroupQuery::Leave {
+            groups: vec![group.user.clone()],
+        };
+        self.group_query(phone, None, query).await.map(|_| ())
+    }
+
+    /// The group's invite code as the admin `phone` gets it; `revoke`
+    /// replaces it with a new one first.
+    pub async fn group_invite_code(
+        &self,
+        phone: &PhoneNumber,
+        group: &Jid,
+        revoke: bool,
+    ) -> Result<String, SimError> {
+        let outcome = self
+            .group_query(phone, Some(group), groups::GroupQuery::Invite { revoke })
+            .await?;
+        outcome
+            .reply
+            .first()
+            .and_then(|invite| invite.attr_string("code"))
+            .ok_or(SimError::Group(GroupError::NotFound))
+    }
+
+    /// The virtual phone of `phone` sends a text to a group it is in.
+    pub async fn send_group_text(
+        &self,
+        phone: &PhoneNumber,
+        group: &Jid,
+        text: &str,
+    ) -> Result<String, SimError> {
+        self.inner
+            .phone_send_group(phone.as_str(), &group.user, text)
+            .await
+    }
+
+    /// The groups `phone` is in, or every group with `None`.
+    pub fn groups(&self, phone: Option<&PhoneNumber>) -> Vec<GroupInfo> {
+        self.inner
+            .groups
+            .list(phone.map(PhoneNumber::as_str))
+            .iter()
+            .map(GroupInfo::from)
+            .collect()
+    }
+
+    /// One group as the server keeps it.
+    pub fn group_info(&self, group: &Jid) -> Result<GroupInfo, SimError> {
+        self.inner
+            .groups
+            .get(&group.user)
+            .filter(|_| group.is_group())
+            .map(|g| GroupInfo::from(&g))
+            .ok_or(SimError::Group(GroupError::NotFound))
+    }
+
+    async fn group_query(
+        &self,
+        phone: &PhoneNumber,
+        group: Option<&Jid>,
+        query: groups::GroupQuery,
+    ) -> Result<groups::Outcome, SimError> {
+        if let Some(group) = group.filter(|g| !g.is_group()) {
+            return Err(SimError::InvalidJid(format!("{group} is not a group JID")));
+        }
+        if self.inner.registry.user_devices(phone.as_str()).is_empty() {
+            return Err(SimError::NotFound(format!("no account {}", phone.as_str())));
+        }
+        let outcome = self
+            .inner
+            .group_query(&phone.to_jid(), group.map(|g| g.user.as_str()), query)
+            .map_err(SimError::Group)?;
+        self.inner.deliver_notices(outcome.notices.clone()).await;
+        Ok(outcome)
     }
 
     /// Every account with its devices.

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use prost::Message as _;
 use rand::{CryptoRng, RngCore};
 
+use super::sender_keys::SenderKeys;
 use super::usync::BundleKeys;
 use crate::proto::wa::message::DeviceSentMessage;
 use crate::proto::wa::Message;
@@ -43,6 +44,8 @@ pub(crate) enum PhoneError {
 pub struct InboxMessage {
     /// The sending device, e.g. `15550001111:1@s.whatsapp.net`.
     pub from: String,
+    /// The chat: the sender's account for a 1:1 text, else the group JID.
+    pub chat: String,
     pub id: String,
     pub text: String,
     /// The server timestamp of the message (unix seconds).
@@ -73,6 +76,8 @@ pub(crate) struct Phone {
     inbox: VecDeque<InboxMessage>,
     /// (sender device, message id) of every text in the inbox.
     received: HashSet<(String, String)>,
+    /// Its own and other members' group sender keys.
+    pub(crate) sender_keys: SenderKeys,
 }
 
 impl Phone {
@@ -96,6 +101,7 @@ impl Phone {
             sessions: HashMap::new(),
             inbox: VecDeque::new(),
             received: HashSet::new(),
+            sender_keys: SenderKeys::default(),
         }
     }
 
@@ -118,6 +124,11 @@ impl Phone {
         }
     }
 
+    /// The registration id a retry receipt carries.
+    pub(crate) fn registration_id(&self) -> u32 {
+        self.registration_id
+    }
+
     /// One-time prekeys the server can still hand out.
     pub(crate) fn unclaimed_prekeys(&self) -> usize {
         self.unclaimed.len()
@@ -138,6 +149,30 @@ impl Phone {
         ciphertext: &[u8],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Content, PhoneError> {
+        let padded = self.decrypt_padded(from, enc_type, ciphertext, rng)?;
+        Ok(content(unpad(&padded)?)?)
+    }
+
+    /// As [`Phone::decrypt`], returning the whole `Message` (a group's
+    /// sender key distribution travels this way).
+    pub(crate) fn decrypt_message(
+        &mut self,
+        from: &ProtocolAddress,
+        enc_type: &str,
+        ciphertext: &[u8],
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Message, PhoneError> {
+        let padded = self.decrypt_padded(from, enc_type, ciphertext, rng)?;
+        Ok(Message::decode(unpad(&padded)?)?)
+    }
+
+    fn decrypt_padded(
+        &mut self,
+        from: &ProtocolAddress,
+        enc_type: &str,
+        ciphertext: &[u8],
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<Vec<u8>, PhoneError> {
         let padded = match enc_type {
             "pkmsg" => {
                 let keys: Vec<PreKey> = self.prekeys.values().cloned().collect();
@@ -165,7 +200,7 @@ impl Phone {
             }
             other => return Err(PhoneError::UnknownEncType(other.to_owned())),
         };
-        Ok(content(unpad(&padded)?)?)
+        Ok(padded)
     }
 
     /// Encrypts `message` (padded here) for `to`, opening the session from
@@ -354,6 +389,7 @@ mod tests {
         let mut alice = phone(4);
         let text = |from: &str, id: &str, text: &str| InboxMessage {
             from: from.into(),
+            chat: "1@s.whatsapp.net".into(),
             id: id.into(),
             text: text.into(),
             timestamp: 1,

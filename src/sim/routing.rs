@@ -216,10 +216,15 @@ pub(crate) fn parse_receipt(node: &Node) -> Result<ClientReceipt, RoutingError> 
         .attr_string("id")
         .filter(|id| !id.is_empty())
         .ok_or(RoutingError::Malformed("receipt id"))?;
-    let to = user_jid(
-        node.attr_jid("to")
-            .ok_or(RoutingError::Malformed("receipt to"))?,
-    )?;
+    let to = node
+        .attr_jid("to")
+        .ok_or(RoutingError::Malformed("receipt to"))?;
+    // A receipt for a group message names the group and its author.
+    let to = if to.is_group() && node.attr_jid("participant").is_some() {
+        to
+    } else {
+        user_jid(to)?
+    };
     let mut ids = vec![id.clone()];
     if let Some(list) = node.child("list") {
         ids.extend(
