@@ -258,8 +258,9 @@ async fn send_errors_are_clear() {
     let status = client
         .send(send("errs", "120363000000000000@g.us", "group", ""))
         .await
-        .expect_err("groups");
-    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+        .expect_err("no such group");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    assert!(status.message().contains("does not exist"), "{status:?}");
     let status = client
         .send(send("nobody", BOB, "x", ""))
         .await

@@ -46,6 +46,8 @@ fn send_status(e: &SendError) -> Status {
         SendError::Timeout => Status::deadline_exceeded(message),
         SendError::ConnectionLost(_) => Status::unavailable(message),
         SendError::Refused(_) => Status::failed_precondition(message),
+        SendError::UnknownGroup(_) => Status::not_found(message),
+        SendError::NotAMember(_) => Status::failed_precondition(message),
         SendError::Encryption(_) => Status::failed_precondition(message),
         SendError::Store(_) => Status::unavailable(message),
         SendError::IdempotencyConflict(_) => Status::invalid_argument(message),

@@ -46,6 +46,7 @@ impl EventKind {
             Payload::Connection(_) => EventType::Connection,
             Payload::Message(_) => EventType::Message,
             Payload::Receipt(_) => EventType::Receipt,
+            Payload::Group(_) => EventType::Group,
         }
     }
 }
@@ -413,6 +414,7 @@ fn empty_payload(kind: u8) -> Option<Payload> {
         EventType::Connection => Some(Payload::Connection(Default::default())),
         EventType::Message => Some(Payload::Message(Default::default())),
         EventType::Receipt => Some(Payload::Receipt(Default::default())),
+        EventType::Group => Some(Payload::Group(Default::default())),
         EventType::Unspecified => None,
     }
 }

@@ -19,7 +19,9 @@ use zeroize::Zeroizing;
 use crate::store::{Batch, SecretOp, SessionId, Store, StoreError};
 use crate::wa::creds::Credentials;
 use crate::wa::crypto::{hkdf_sha256, hmac_sha256, KeyPair};
-use crate::wa::messaging::{Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, SentRecord};
+use crate::wa::messaging::{
+    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, SenderKeyMemory, SentRecord,
+};
 use crate::wa::signal::{PreKey, ProtocolAddress, SenderKeyName, SenderKeyRecord, SessionRecord};
 
 use prost::Message as _;
@@ -50,6 +52,7 @@ const SENDER_KEY: &str = "sender-key";
 const SEEN: &str = "seen";
 const IDEMPOTENCY: &str = "idem";
 const LID: &str = "lid";
+const SENDER_KEY_MEMORY: &str = "sender-key-memory";
 
 /// Where older versions kept records under identifiers in clear, and the
 /// hashed kind each moves to.
@@ -271,6 +274,10 @@ impl StoreKeys {
                     self.names.of(LID, lid_user),
                     Zeroizing::new(phone.clone().into_bytes()),
                 ),
+                Change::SenderKeyMemory(group, record) => (
+                    self.names.of(SENDER_KEY_MEMORY, group),
+                    Zeroizing::new(record.encode_to_vec()),
+                ),
             };
             batch.secrets.push(SecretOp::Put { key, value });
         }
@@ -310,7 +317,7 @@ impl StoreKeys {
                 Change::PrekeyUsed(id) => {
                     bounded_insert(&mut self.prekeys, id, None, MAX_CACHED_PREKEYS)
                 }
-                Change::Sent(..) | Change::Idempotency(..) => {}
+                Change::Sent(..) | Change::Idempotency(..) | Change::SenderKeyMemory(..) => {}
             }
         }
         // Lookups that led to no write (duplicates, retries) end here.
@@ -465,6 +472,13 @@ impl KeyStore for StoreKeys {
             MAX_CACHED_LIDS,
         );
         Ok(phone)
+    }
+
+    fn sender_key_memory(&mut self, group: &str) -> Result<Option<SenderKeyMemory>, KeyError> {
+        // Read only when sending to a group (not cached: one read per send
+        // to a group, next to that send's commit).
+        let stored = self.read(&self.names.of(SENDER_KEY_MEMORY, group))?;
+        Ok(stored.and_then(|b| SenderKeyMemory::decode(b.as_slice()).ok()))
     }
 }
 

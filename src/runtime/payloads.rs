@@ -2,7 +2,11 @@
 //! `Event` (as they are stored in the event log).
 
 use crate::proto::gateway::event::Payload;
-use crate::proto::gateway::{ConnectionEvent, MessageEvent, QrEvent, ReceiptEvent, ReceiptType};
+use crate::proto::gateway::{
+    ConnectionEvent, GroupChange, GroupEvent, MessageEvent, QrEvent, ReceiptEvent, ReceiptType,
+};
+use crate::wa::groups::{GroupChange as GroupChangeKindOf, GroupChangeKind};
+use crate::wa::message::phone_of;
 use crate::wa::messaging::{Event, ReceiptKind, ReceivedMessage, ReceivedReceipt};
 
 use super::events::timestamp;
@@ -27,7 +31,35 @@ pub(crate) fn engine_event(event: &Event) -> Payload {
     match event {
         Event::Message(m) => message(m),
         Event::Receipt(r) => receipt(r),
+        Event::Group(g) => group(g),
     }
+}
+
+fn group(g: &GroupChangeKindOf) -> Payload {
+    let change = match g.kind {
+        GroupChangeKind::Created => GroupChange::GroupCreated,
+        GroupChangeKind::Added => GroupChange::GroupParticipantsAdded,
+        GroupChangeKind::Removed => GroupChange::GroupParticipantsRemoved,
+        GroupChangeKind::Left => GroupChange::GroupParticipantsLeft,
+        GroupChangeKind::Promoted => GroupChange::GroupParticipantsPromoted,
+        GroupChangeKind::Demoted => GroupChange::GroupParticipantsDemoted,
+        GroupChangeKind::Subject => GroupChange::GroupSubjectChanged,
+        GroupChangeKind::Description => GroupChange::GroupDescriptionChanged,
+        GroupChangeKind::Other => GroupChange::GroupOther,
+    };
+    Payload::Group(GroupEvent {
+        group: g.group.to_string(),
+        change: change as i32,
+        actor: g
+            .actor
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        actor_phone: g.actor.as_ref().and_then(phone_of).unwrap_or_default(),
+        participants: g.participants.iter().map(ToString::to_string).collect(),
+        text: g.text.clone().unwrap_or_default(),
+        timestamp: Some(seconds(g.timestamp_s)),
+    })
 }
 
 fn message(m: &ReceivedMessage) -> Payload {

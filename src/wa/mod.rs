@@ -7,6 +7,7 @@ pub mod binary;
 pub mod conn;
 pub mod creds;
 pub mod crypto;
+pub mod groups;
 pub mod jid;
 pub mod message;
 pub mod messaging;

@@ -116,6 +116,7 @@ enum Kind {
     Connection,
     Message,
     Receipt,
+    Group,
 }
 
 impl From<Kind> for EventType {
@@ -125,6 +126,7 @@ impl From<Kind> for EventType {
             Kind::Connection => EventType::Connection,
             Kind::Message => EventType::Message,
             Kind::Receipt => EventType::Receipt,
+            Kind::Group => EventType::Group,
         }
     }
 }
@@ -381,7 +383,7 @@ async fn show_qr(gw: &mut Gateway, id: String, ink: Ink, json: bool) -> Result<(
                 _ => {}
             },
             // The qr command follows only the pairing.
-            Some(Payload::Message(_) | Payload::Receipt(_)) | None => {}
+            Some(Payload::Message(_) | Payload::Receipt(_) | Payload::Group(_)) | None => {}
         }
     }
     Err(CliError::StreamEnded)

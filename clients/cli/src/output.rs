@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::proto::gateway::{
-    event::Payload, Event, ReceiptType, SendResponse, Session, SessionState,
+    event::Payload, Event, GroupChange, ReceiptType, SendResponse, Session, SessionState,
 };
 
 /// `CONNECTED`, `QR_READY`, ... as the API documents the states.
@@ -176,6 +176,18 @@ pub fn event_json(e: &Event) -> Value {
                 "timestamp": opt_ts(r.timestamp.as_ref()),
             }),
         ),
+        Some(Payload::Group(g)) => (
+            "group",
+            json!({
+                "group": g.group,
+                "change": group_change_name(g.change),
+                "actor": g.actor,
+                "actor_phone": g.actor_phone,
+                "participants": g.participants,
+                "text": g.text,
+                "timestamp": opt_ts(g.timestamp.as_ref()),
+            }),
+        ),
         None => ("unknown", Value::Null),
     };
     if let Value::Object(map) = &mut v {
@@ -183,6 +195,21 @@ pub fn event_json(e: &Event) -> Value {
         map.insert(kind.into(), body);
     }
     v
+}
+
+fn group_change_name(change: i32) -> &'static str {
+    match GroupChange::try_from(change) {
+        Ok(GroupChange::GroupCreated) => "created",
+        Ok(GroupChange::GroupParticipantsAdded) => "added",
+        Ok(GroupChange::GroupParticipantsRemoved) => "removed",
+        Ok(GroupChange::GroupParticipantsLeft) => "left",
+        Ok(GroupChange::GroupParticipantsPromoted) => "promoted",
+        Ok(GroupChange::GroupParticipantsDemoted) => "demoted",
+        Ok(GroupChange::GroupSubjectChanged) => "subject",
+        Ok(GroupChange::GroupDescriptionChanged) => "description",
+        Ok(GroupChange::GroupOther) => "other",
+        Ok(GroupChange::Unspecified) | Err(_) => "unknown",
+    }
 }
 
 fn receipt_name(kind: i32) -> &'static str {
@@ -223,6 +250,16 @@ pub fn event_text(e: &Event) -> String {
             r.message_ids.join(","),
             r.from
         ),
+        Some(Payload::Group(g)) => {
+            let mut d = format!("group {} {}", group_change_name(g.change), g.group);
+            if !g.participants.is_empty() {
+                d.push_str(&format!(" {}", g.participants.join(",")));
+            }
+            if !g.text.is_empty() {
+                d.push_str(&format!(": {:?}", g.text));
+            }
+            d
+        }
         None => "unknown event".to_owned(),
     };
     format!("{} {time} {}#{} {detail}", e.cursor, e.session_id, e.seq)

@@ -3,6 +3,7 @@
 //! answer (and carries the send that needs it, if any).
 
 use crate::wa::binary::Node;
+use crate::wa::groups;
 use crate::wa::jid::Jid;
 use crate::wa::prekeys::{self, DeviceBundle, PrekeyError};
 use crate::wa::usync::{self, UserDevices, UsyncError};
@@ -18,6 +19,8 @@ pub(super) enum IqError {
     Usync(#[from] UsyncError),
     #[error(transparent)]
     Prekeys(#[from] PrekeyError),
+    #[error(transparent)]
+    Group(#[from] groups::GroupError),
 }
 
 /// A request and the reading of its answer.
@@ -102,10 +105,25 @@ impl IqSpec for Bundles {
     }
 }
 
+/// A group's metadata (`w:g2`), for its member list.
+pub(super) struct GroupMembers(pub(super) Jid);
+
+impl IqSpec for GroupMembers {
+    type Answer = groups::GroupInfo;
+    fn request(&self, id: &str) -> Node {
+        addressed(groups::info_query(&self.0), id)
+    }
+    fn parse(node: &Node) -> Result<groups::GroupInfo, IqError> {
+        Ok(groups::parse_info(node)?)
+    }
+}
+
 /// What waits on an iq's answer.
 pub(super) enum Awaiting {
     PrekeyCount,
     PrekeyUpload,
+    /// A send to a group waiting for its member list.
+    GroupMembers(Outgoing),
     Devices(Outgoing),
     Bundles {
         send: Outgoing,
@@ -126,21 +144,27 @@ impl Awaiting {
     /// The send waiting on this iq, if any.
     pub(super) fn send(&self) -> Option<&Outgoing> {
         match self {
-            Awaiting::Devices(send) | Awaiting::Bundles { send, .. } => Some(send),
+            Awaiting::GroupMembers(send)
+            | Awaiting::Devices(send)
+            | Awaiting::Bundles { send, .. } => Some(send),
             Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle(_) => None,
         }
     }
 
     pub(super) fn send_mut(&mut self) -> Option<&mut Outgoing> {
         match self {
-            Awaiting::Devices(send) | Awaiting::Bundles { send, .. } => Some(send),
+            Awaiting::GroupMembers(send)
+            | Awaiting::Devices(send)
+            | Awaiting::Bundles { send, .. } => Some(send),
             Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle(_) => None,
         }
     }
 
     pub(super) fn into_send(self) -> Option<Outgoing> {
         match self {
-            Awaiting::Devices(send) | Awaiting::Bundles { send, .. } => Some(send),
+            Awaiting::GroupMembers(send)
+            | Awaiting::Devices(send)
+            | Awaiting::Bundles { send, .. } => Some(send),
             Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle(_) => None,
         }
     }

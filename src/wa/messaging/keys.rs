@@ -64,6 +64,16 @@ pub trait KeyStore {
     fn sent(&mut self, message_id: &str) -> Result<Option<SentRecord>, KeyError>;
     fn idempotency(&mut self, key: &str) -> Result<Option<IdempotencyRecord>, KeyError>;
     fn phone_of_lid(&mut self, lid_user: &str) -> Result<Option<String>, KeyError>;
+    /// The devices that hold our current sender key of `group`.
+    fn sender_key_memory(&mut self, group: &str) -> Result<Option<SenderKeyMemory>, KeyError>;
+}
+
+/// Which devices (JIDs with device ids) were given our current sender key
+/// of a group, so a send distributes it only to those that lack it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SenderKeyMemory {
+    #[prost(string, repeated, tag = "1")]
+    pub devices: Vec<String>,
 }
 
 /// One write the owner commits.
@@ -86,6 +96,7 @@ pub enum Change {
         lid_user: String,
         phone: String,
     },
+    SenderKeyMemory(String, SenderKeyMemory),
 }
 
 /// Reads through to a [`KeyStore`] with the step's own writes on top.
@@ -97,6 +108,7 @@ pub struct Txn<'a> {
     seen: HashSet<DedupeKey>,
     lids: HashMap<String, String>,
     idempotency: HashMap<String, IdempotencyRecord>,
+    sender_key_memory: HashMap<String, SenderKeyMemory>,
     next_prekey: Option<u32>,
     /// Writes in order; the maps above are their latest values.
     log: Vec<Change>,
@@ -112,6 +124,7 @@ impl<'a> Txn<'a> {
             seen: HashSet::new(),
             lids: HashMap::new(),
             idempotency: HashMap::new(),
+            sender_key_memory: HashMap::new(),
             next_prekey: None,
             log: Vec::new(),
         }
@@ -123,6 +136,7 @@ impl<'a> Txn<'a> {
         let mut sessions = self.sessions;
         let mut sender_keys = self.sender_keys;
         let mut idempotency = self.idempotency;
+        let mut memory = self.sender_key_memory;
         for change in self.log {
             match change {
                 Change::Session(address, _) => {
@@ -138,6 +152,11 @@ impl<'a> Txn<'a> {
                 Change::Idempotency(key, _) => {
                     if let Some(record) = idempotency.remove(&key) {
                         out.push(Change::Idempotency(key, record));
+                    }
+                }
+                Change::SenderKeyMemory(group, _) => {
+                    if let Some(record) = memory.remove(&group) {
+                        out.push(Change::SenderKeyMemory(group, record));
                     }
                 }
                 other => out.push(other),
@@ -251,6 +270,24 @@ impl<'a> Txn<'a> {
         match self.lids.get(lid_user) {
             Some(phone) => Ok(Some(phone.clone())),
             None => self.keys.phone_of_lid(lid_user),
+        }
+    }
+
+    pub fn sender_key_memory(&mut self, group: &str) -> Result<SenderKeyMemory, KeyError> {
+        match self.sender_key_memory.get(group) {
+            Some(record) => Ok(record.clone()),
+            None => Ok(self.keys.sender_key_memory(group)?.unwrap_or_default()),
+        }
+    }
+
+    pub fn put_sender_key_memory(&mut self, group: String, record: SenderKeyMemory) {
+        if self
+            .sender_key_memory
+            .insert(group.clone(), record)
+            .is_none()
+        {
+            self.log
+                .push(Change::SenderKeyMemory(group, SenderKeyMemory::default()));
         }
     }
 

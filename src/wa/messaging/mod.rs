@@ -14,6 +14,7 @@
 //! directly but come back as [`Change`]s, so a failed commit leaves the
 //! owner's view untouched.
 
+mod group;
 mod inbound;
 mod iq;
 mod keys;
@@ -33,7 +34,9 @@ use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
 use crate::wa::signal::ProtocolAddress;
 
-pub use keys::{Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, SentRecord, Txn};
+pub use keys::{
+    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, SenderKeyMemory, SentRecord, Txn,
+};
 
 use iq::Awaiting;
 use outbound::Outgoing;
@@ -90,6 +93,10 @@ pub enum SendError {
     ConnectionLost(String),
     #[error("the server refused the message (error {0})")]
     Refused(String),
+    #[error("group {0} does not exist or this account cannot see it")]
+    UnknownGroup(String),
+    #[error("this account is not a member of group {0}")]
+    NotAMember(String),
     #[error("cannot encrypt for the recipient: {0}")]
     Encryption(String),
     #[error("idempotency key {0:?} was already used for a different message (other recipient or content); use a new key")]
@@ -103,6 +110,7 @@ pub enum SendError {
 pub enum Event {
     Message(ReceivedMessage),
     Receipt(ReceivedReceipt),
+    Group(crate::wa::groups::GroupChange),
 }
 
 /// A message that arrived (or could not be read).
@@ -226,6 +234,8 @@ pub struct Engine {
     in_flight: HashMap<String, Outgoing>,
     /// usync device lists by bare user JID, with when they were fetched.
     devices: HashMap<Jid, (Vec<Jid>, u64)>,
+    /// Group member lists (user JIDs), with when they were fetched.
+    groups: HashMap<Jid, (Vec<Jid>, u64)>,
     /// Decryption failures per message (dedupe key).
     retries: HashMap<DedupeKey, u32>,
 }
@@ -243,6 +253,7 @@ impl Engine {
             awaiting: HashMap::new(),
             in_flight: HashMap::new(),
             devices: HashMap::new(),
+            groups: HashMap::new(),
             retries: HashMap::new(),
         }
     }

@@ -30,7 +30,9 @@ use crate::wa::jid::Jid;
 use crate::wa::message::{self as wamsg, ServerAck};
 use crate::wa::signal::{self, ProtocolAddress, SessionRecord};
 
-use super::iq::{Awaiting, Bundles, Devices, IqSpec, PrekeyCount, PrekeyUpload};
+use super::iq::{
+    Awaiting, Bundles, Devices, GroupMembers, IqError, IqSpec, PrekeyCount, PrekeyUpload,
+};
 use super::keys::{IdempotencyRecord, KeyError, SentRecord};
 use super::{
     address_of, learn_lid, Cx, Engine, Event, ReceivedMessage, ReplyTo, SendError, SendRequest,
@@ -40,10 +42,10 @@ use super::{
 /// A send in progress.
 pub(super) struct Outgoing {
     pub(super) id: String,
-    chat: Jid,
-    message: Message,
-    idempotency_key: Option<String>,
-    fingerprint: Vec<u8>,
+    pub(super) chat: Jid,
+    pub(super) message: Message,
+    pub(super) idempotency_key: Option<String>,
+    pub(super) fingerprint: Vec<u8>,
     pub(super) waiters: Vec<ReplyTo>,
     pub(super) deadline: u64,
 }
@@ -93,8 +95,9 @@ impl Engine {
             return Ok(());
         };
         let own = account.jid.clone();
-        if request.to.is_group() || !(request.to.is_user() || request.to.is_lid()) {
-            let why = "sending to groups and other non-user chats is not supported yet; send to a phone number or a user JID";
+        if !(request.to.is_group() || request.to.is_user() || request.to.is_lid()) {
+            let why =
+                "only users (phone numbers, user JIDs, LIDs) and groups (…@g.us) can be sent to";
             cx.step
                 .replies
                 .push((reply, Err(SendError::Unsupported(why.to_owned()))));
@@ -175,6 +178,9 @@ impl Engine {
             waiters: vec![reply],
             deadline: now_ms + SEND_TIMEOUT_MS,
         };
+        if send.chat.is_group() {
+            return self.start_group_send(send, cx);
+        }
         let users = vec![send.chat.clone(), own.to_non_ad()];
         let fresh = users.iter().all(|u| {
             self.devices
@@ -207,6 +213,9 @@ impl Engine {
 
     /// Devices known: fetch bundles for those without a session, or encrypt.
     fn route(&mut self, send: Outgoing, cx: &mut Cx<'_, '_>) -> Result<(), KeyError> {
+        if send.chat.is_group() {
+            return self.route_group(send, cx);
+        }
         let creds = cx.creds;
         let Some(own) = creds.account.as_ref().map(|a| a.jid.clone()) else {
             cx.step.fail(send, SendError::NotConnected);
@@ -265,6 +274,9 @@ impl Engine {
         mut fresh: HashMap<ProtocolAddress, SessionRecord>,
         cx: &mut Cx<'_, '_>,
     ) -> Result<(), KeyError> {
+        if send.chat.is_group() {
+            return self.encrypt_for_group(send, targets, fresh, cx);
+        }
         let creds = cx.creds;
         let now_ms = cx.now_ms;
         let Some(account) = creds.account.as_ref() else {
@@ -391,6 +403,25 @@ impl Engine {
                 // notification.
                 let _ = PrekeyUpload::answer(&node);
             }
+            Awaiting::GroupMembers(send) => match GroupMembers::answer(&node) {
+                Ok(info) => {
+                    let members = info.member_jids();
+                    self.remember_group(send.chat.clone(), members.clone(), now_ms);
+                    self.group_devices(send, members, cx)?;
+                }
+                Err(e) => {
+                    let group = send.chat.to_string();
+                    let error = match e {
+                        IqError::Refused { code } => match code.as_deref() {
+                            Some("404") => SendError::UnknownGroup(group),
+                            Some("401" | "403") => SendError::NotAMember(group),
+                            other => SendError::Refused(other.unwrap_or("unknown").to_owned()),
+                        },
+                        other => SendError::Encryption(format!("group info: {other}")),
+                    };
+                    cx.step.fail(send, error);
+                }
+            },
             Awaiting::Devices(send) => match Devices::answer(&node) {
                 Ok(users) => {
                     for user in users {

@@ -85,6 +85,38 @@ impl Engine {
         ) else {
             return Ok(());
         };
+        if chat.is_group() {
+            // The device may lack our sender key: the key rides along with
+            // the message, pairwise.
+            let mut payload = message;
+            payload.sender_key_distribution_message = super::group::key_share_for_resend(
+                &sent.chat,
+                &account.jid,
+                &mut cx.txn,
+                &mut self.rng,
+            )?;
+            let padded = signal::pad(&mut self.rng, &payload.encode_to_vec());
+            let Ok(ciphertext) = signal::encrypt(&mut record, &creds.identity_key, &padded) else {
+                return Ok(());
+            };
+            cx.txn.put_session(address_of(device), record);
+            tracing::info!(
+                id = message_id,
+                count,
+                "resending to a group member after a retry receipt"
+            );
+            cx.step
+                .transmit
+                .push(crate::wa::groups::group_resend_stanza(
+                    message_id,
+                    &chat,
+                    device,
+                    &ciphertext,
+                    count,
+                    &account.signed_identity,
+                ));
+            return Ok(());
+        }
         let payload = if device.user == account.jid.user {
             wamsg::device_sent(&chat, &message)
         } else {
@@ -206,6 +238,12 @@ impl Engine {
                 .is_some_and(|n| n < u64::from(MIN_SERVER_PREKEYS));
             if low {
                 self.upload_prekeys(cx)?;
+            }
+        }
+        if let Some(changes) = crate::wa::groups::parse_notification(node) {
+            for change in changes {
+                self.on_group_change(&change, cx);
+                cx.step.events.push(super::Event::Group(change));
             }
         }
         cx.step.transmit.extend(wamsg::stanza_ack(node));

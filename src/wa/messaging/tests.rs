@@ -25,6 +25,7 @@ struct MemKeys {
     sent: HashMap<String, SentRecord>,
     idempotency: HashMap<String, IdempotencyRecord>,
     lids: HashMap<String, String>,
+    sender_key_memory: HashMap<String, SenderKeyMemory>,
     /// Reads fail while set.
     broken: bool,
 }
@@ -68,6 +69,9 @@ impl MemKeys {
                 Change::Lid { lid_user, phone } => {
                     self.lids.insert(lid_user, phone);
                 }
+                Change::SenderKeyMemory(group, r) => {
+                    self.sender_key_memory.insert(group, r);
+                }
             }
         }
     }
@@ -105,6 +109,10 @@ impl KeyStore for MemKeys {
     fn phone_of_lid(&mut self, lid: &str) -> Result<Option<String>, KeyError> {
         self.check()?;
         Ok(self.lids.get(lid).cloned())
+    }
+    fn sender_key_memory(&mut self, group: &str) -> Result<Option<SenderKeyMemory>, KeyError> {
+        self.check()?;
+        Ok(self.sender_key_memory.get(group).cloned())
     }
 }
 
@@ -467,7 +475,7 @@ fn texts_both_ways_with_receipts() {
         .iter()
         .find_map(|e| match e {
             Event::Message(m) => Some(m.clone()),
-            Event::Receipt(_) => None,
+            _ => None,
         })
         .expect("message");
     assert_eq!(ev.sender_phone.as_deref(), Some("15550000001"));
@@ -704,14 +712,24 @@ fn unknown_recipients_and_refused_queries_fail_the_send() {
 }
 
 #[test]
-fn groups_are_refused_clearly_and_long_texts_too() {
+fn unknown_groups_and_long_texts_are_refused_clearly() {
     let mut server = Server::new();
     let group: Jid = "120363000000000000@g.us".parse().expect("jid");
     let now = server.clock;
-    server.devices[ALICE].send(&group, "hi", None, 1, now);
+    // The group info query goes out; the server does not know the group.
+    let out = server.devices[ALICE].send(&group, "hi", None, 1, now);
+    let iq = out
+        .iter()
+        .find(|n| n.tag() == "iq" && n.attr_str("xmlns") == Some("w:g2"))
+        .expect("group info query");
+    let error = Node::new("iq")
+        .attr("type", "error")
+        .attr("id", iq.attr_string("id").expect("id"))
+        .children(vec![Node::new("error").attr("code", "404")]);
+    server.devices[ALICE].stanzas(vec![error], now);
     assert!(matches!(
         server.reply(ALICE, 1),
-        Some(Err(SendError::Unsupported(_)))
+        Some(Err(SendError::UnknownGroup(_)))
     ));
     let bob = server.devices[BOB].jid();
     let long = "x".repeat(MAX_SEND_TEXT_BYTES + 1);

@@ -177,6 +177,13 @@ impl SenderKeyRecord {
         Ok(Self { states })
     }
 
+    /// Whether the newest state is ours: we can encrypt with this record.
+    pub fn has_own_key(&self) -> bool {
+        self.states
+            .last()
+            .is_some_and(|state| state.signing_private.is_some())
+    }
+
     /// The newest state, if it is ours (has the signing private key).
     fn own_state(&mut self) -> Option<&mut SenderKeyState> {
         self.states
