@@ -123,6 +123,10 @@ pub struct Config {
     /// Baileys-WS backend (its `API_URL`): events are POSTed to this URL.
     #[arg(long, env = "WAGATE_REST_API_URL")]
     pub api_url: Option<String>,
+    /// PEM file of extra CA certificates trusted for `https://` webhooks
+    /// (private CAs), besides the webpki roots.
+    #[arg(long, env = "WAGATE_REST_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
     /// Secret for the `X-Wagate-Signature-256` HMAC-SHA256 header on webhooks.
     #[arg(long, env = "WAGATE_REST_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
@@ -182,6 +186,7 @@ impl Config {
         cfg.backend_url = None;
         cfg.api_url = None;
         cfg.webhook_secret = None;
+        cfg.webhook_ca_file = None;
         cfg
     }
 

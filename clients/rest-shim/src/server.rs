@@ -159,6 +159,10 @@ async fn no_route(req: Request) -> Response {
 /// Starts the shim.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     check_config(&config)?;
+    let tls = Arc::new(
+        webhook::client_config(config.webhook_ca_file.as_deref())
+            .map_err(|e| StartError::Config(e.to_string()))?,
+    );
     let key = ApiKey::new(config.api_key.as_deref());
     if !key.is_set() {
         if !config.listen.ip().is_loopback() {
@@ -228,6 +232,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             max: Duration::from_millis(config.webhook_retry_max_ms.max(1)),
             max_attempts: config.webhook_max_attempts,
         },
+        tls,
     );
     let (ready, mut ready_rx) = watch::channel(false);
     let dispatcher = tokio::spawn(webhook::run(

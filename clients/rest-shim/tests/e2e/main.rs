@@ -6,4 +6,5 @@ mod common;
 mod delivery;
 mod errors;
 mod flows;
+mod https;
 mod ops;
