@@ -1,11 +1,16 @@
 //! Flags and environment of `wagate-rest`, in the same style as `wagate
-//! serve`: every flag has a `WAGATE_REST_*` variable.
+//! serve`: every flag has a `WAGATE_REST_*` variable. The seed gateways'
+//! own variables (`API_KEY`, `PORT`, …) are read as aliases, below the
+//! flags and the `WAGATE_REST_*` variables.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// The gateway whose shapes win where two gateways use the same path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -173,6 +178,95 @@ pub struct Config {
 }
 
 impl Config {
+    /// The process's configuration: flags, then `WAGATE_REST_*` variables,
+    /// then the seed gateways' variables, then defaults. Exits with clap's
+    /// message on a bad value, like `Config::parse`.
+    pub fn load() -> Self {
+        Self::try_load(std::env::args_os(), |name| std::env::var(name).ok())
+            .unwrap_or_else(|e| e.exit())
+    }
+
+    /// As `load`, with the arguments and the seed variables given
+    /// (`WAGATE_REST_*` variables are still read from the environment).
+    pub fn try_load<I, T>(
+        args: I,
+        seed_env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Config::command().try_get_matches_from(args)?;
+        let mut cfg = Config::from_arg_matches(&matches)?;
+        cfg.apply_seed_env(&matches, &seed_env)?;
+        Ok(cfg)
+    }
+
+    /// Fills the settings that neither a flag nor a `WAGATE_REST_*`
+    /// variable gave from the seeds' variables (empty values are ignored,
+    /// as a copied `.env` often leaves some blank).
+    fn apply_seed_env(
+        &mut self,
+        matches: &ArgMatches,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), clap::Error> {
+        let unset = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                None | Some(ValueSource::DefaultValue)
+            )
+        };
+        let var = |name: &str| {
+            env(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let bad = |name: &str, value: &str, why: &str| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("{name}={value:?}: {why}\n"),
+            )
+        };
+        if unset("api_key") {
+            if let Some(v) = var("API_KEY") {
+                self.api_key = Some(v);
+            }
+        }
+        if unset("listen") {
+            // Baileys-WS calls its port WS_PORT, the others PORT.
+            let order = if self.dialect == Dialect::BaileysWs {
+                ["WS_PORT", "PORT"]
+            } else {
+                ["PORT", "WS_PORT"]
+            };
+            if let Some((name, v)) = order.iter().find_map(|n| var(n).map(|v| (*n, v))) {
+                let port = v
+                    .parse::<u16>()
+                    .map_err(|_| bad(name, &v, "not a port number"))?;
+                self.listen.set_port(port);
+            }
+        }
+        for (id, name, slot) in [
+            ("webhook_url", "WEBHOOK_URL", &mut self.webhook_url),
+            ("backend_url", "BACKEND_URL", &mut self.backend_url),
+            ("api_url", "API_URL", &mut self.api_url),
+        ] {
+            if unset(id) {
+                if let Some(v) = var(name) {
+                    *slot = Some(v);
+                }
+            }
+        }
+        if unset("max_sessions") {
+            if let Some(v) = var("MAX_SESSIONS") {
+                self.max_sessions = v
+                    .parse()
+                    .map_err(|_| bad("MAX_SESSIONS", &v, "not a number"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Defaults (as if no flag and no variable were given) for the gateway at
     /// `gateway`, keeping state in `data_dir`.
     pub fn new(gateway: impl Into<String>, data_dir: PathBuf) -> Self {
@@ -223,5 +317,71 @@ mod tests {
         assert_eq!(cfg.routes, vec![Family::Wwebjs, Family::QrService]);
         assert!(cfg.serves(Family::QrService) && !cfg.serves(Family::Venom));
         assert!(Config::try_parse_from(["wagate-rest", "--dialect", "evolution"]).is_err());
+    }
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn the_seeds_variables_fill_what_is_not_set() {
+        let env = env_of(&[
+            ("API_KEY", "tu-api-key"),
+            ("PORT", "3001"),
+            ("WS_PORT", "3002"),
+            ("WEBHOOK_URL", "https://h.example/wh"),
+            ("BACKEND_URL", "http://localhost:3000"),
+            ("API_URL", "http://api:8080"),
+            ("MAX_SESSIONS", "15"),
+        ]);
+        let cfg = Config::try_load(["wagate-rest"], &env).expect("loads");
+        assert_eq!(cfg.api_key.as_deref(), Some("tu-api-key"));
+        assert_eq!(cfg.listen, "127.0.0.1:3001".parse().expect("addr"));
+        assert_eq!(cfg.webhook_url.as_deref(), Some("https://h.example/wh"));
+        assert_eq!(cfg.backend_url.as_deref(), Some("http://localhost:3000"));
+        assert_eq!(cfg.api_url.as_deref(), Some("http://api:8080"));
+        assert_eq!(cfg.max_sessions, 15);
+        // Baileys-WS reads WS_PORT first.
+        let cfg =
+            Config::try_load(["wagate-rest", "--dialect", "baileys-ws"], &env).expect("loads");
+        assert_eq!(cfg.listen.port(), 3002);
+    }
+
+    #[test]
+    fn flags_win_over_the_seeds_variables() {
+        let env = env_of(&[
+            ("API_KEY", "seed"),
+            ("PORT", "3001"),
+            ("MAX_SESSIONS", "15"),
+            ("API_URL", ""),
+        ]);
+        let cfg = Config::try_load(
+            [
+                "wagate-rest",
+                "--api-key",
+                "mine",
+                "--listen",
+                "127.0.0.1:4000",
+                "--max-sessions",
+                "3",
+            ],
+            &env,
+        )
+        .expect("loads");
+        assert_eq!(cfg.api_key.as_deref(), Some("mine"));
+        assert_eq!(cfg.listen.port(), 4000);
+        assert_eq!(cfg.max_sessions, 3);
+        assert_eq!(cfg.api_url, None, "blank values are ignored");
+    }
+
+    #[test]
+    fn bad_seed_values_are_errors() {
+        assert!(Config::try_load(["wagate-rest"], env_of(&[("PORT", "http")])).is_err());
+        assert!(Config::try_load(["wagate-rest"], env_of(&[("MAX_SESSIONS", "ten")])).is_err());
     }
 }

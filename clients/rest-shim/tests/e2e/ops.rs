@@ -244,3 +244,115 @@ async fn the_binary_reads_env_logs_json_and_stops_on_sigterm() {
     );
     gw.stop().await;
 }
+
+/// The binary, its environment cleared of the seeds' variables and then
+/// given `env`; its stdout lines and the handle.
+fn spawn_shim(env: &[(&str, String)]) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wagate-rest"));
+    for name in [
+        "API_KEY",
+        "PORT",
+        "WS_PORT",
+        "WEBHOOK_URL",
+        "BACKEND_URL",
+        "API_URL",
+        "MAX_SESSIONS",
+        "WAGATE_REST_API_KEY",
+        "WAGATE_REST_LISTEN",
+    ] {
+        cmd.env_remove(name);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wagate-rest starts");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+fn wait_exit(mut child: std::process::Child) -> std::process::ExitStatus {
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait());
+    });
+    done_rx
+        .recv_timeout(WAIT)
+        .expect("exits in time")
+        .expect("wait")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_env_files_configure_the_binary() {
+    let gw = Gateway::start().await;
+    let ca = TestCa::new();
+    let mut backend = Receiver::start_https(&ca).await;
+    // A Venom `.env` plus the QR Service's BACKEND_URL.
+    let (child, lines) = spawn_shim(&[
+        ("WAGATE_REST_GATEWAY", gw.url()),
+        (
+            "WAGATE_REST_DATA_DIR",
+            gw.dir.path().join("seed-env").display().to_string(),
+        ),
+        (
+            "WAGATE_REST_WEBHOOK_CA_FILE",
+            ca.pem_file.display().to_string(),
+        ),
+        ("API_KEY", "tu-api-key-segura-aqui".into()),
+        ("PORT", "0".into()),
+        ("MAX_SESSIONS", "1".into()),
+        ("BACKEND_URL", backend.url("")),
+        ("LOG_LEVEL", "info".into()),
+    ]);
+    let line = lines.recv_timeout(WAIT).expect("listening line");
+    let addr = line
+        .strip_prefix("wagate-rest listening on ")
+        .expect("address line")
+        .to_owned();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let base = format!("http://{addr}");
+
+    let (st, _) = call(Method::GET, &format!("{base}/sessions"), &[], None).await;
+    assert_eq!(st, 401, "API_KEY is required");
+    let key = [("x-api-key", "tu-api-key-segura-aqui")];
+    let (st, body) = call(Method::GET, &format!("{base}/sessions"), &key, None).await;
+    assert_eq!(st, 200, "{body}");
+    let create = |id: &'static str| {
+        let body = json!({ "sessionId": id }).to_string();
+        let url = format!("{base}/sessions");
+        async move { call(Method::POST, &url, &key, Some(body.as_bytes())).await }
+    };
+    let (st, body) = create("env-1").await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = create("env-2").await;
+    assert_eq!(st, 429, "MAX_SESSIONS=1: {body}");
+    let hook = backend
+        .until("the QR webhook at BACKEND_URL", |h| {
+            h.path == "/whatsapp-qr/webhook" && h.body["type"] == "qr"
+        })
+        .await;
+    assert_eq!(hook.body["sessionId"], "env-1");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(wait_exit(child).success());
+
+    // Still no key on a public address: PORT does not open the shim up.
+    let (child, _) = spawn_shim(&[
+        ("WAGATE_REST_GATEWAY", gw.url()),
+        ("WAGATE_REST_LISTEN", "0.0.0.0:0".into()),
+        ("PORT", "0".into()),
+    ]);
+    assert!(!wait_exit(child).success(), "refused without a key");
+    gw.stop().await;
+}
