@@ -252,6 +252,17 @@ impl App {
     }
 }
 
+/// The QR of `session` in Baileys' form `(2@…, PNG data URL of it)`.
+pub(crate) async fn baileys_qr_now(app: &App, session: &Session) -> Option<(String, String)> {
+    let (raw, png) = app.qr_now(session).await?;
+    let bare = crate::qr::baileys_form(&raw);
+    if bare == raw {
+        return Some((raw, png));
+    }
+    let png = crate::qr::png_data_url(bare).unwrap_or(png);
+    Some((bare.to_owned(), png))
+}
+
 fn not_found(id: &str, status: tonic::Status) -> ApiError {
     if status.code() == tonic::Code::NotFound {
         ApiError::UnknownSession(id.to_owned())

@@ -7,7 +7,7 @@ use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{
     ConnectionEvent, Event, MessageEvent, ReceiptEvent, ReceiptType, SessionState,
 };
-use crate::qr::png_data_url;
+use crate::qr::{baileys_form, bare_base64, png_data_url};
 use crate::state::SessionHook;
 use crate::time::{iso, ms_of, secs_of};
 
@@ -62,18 +62,29 @@ pub(crate) fn deliveries(
                         json!({"state": "qr_ready"}),
                     ));
                 }
-                out.push(venom(url, "QR_CODE", session, json!({ "qr": png })));
+                out.push(venom(
+                    url,
+                    "QR_CODE",
+                    session,
+                    json!({ "qr": bare_base64(&png) }),
+                ));
             }
             *qr_announced = true;
             if let Some(base) = &targets.qr_backend {
                 out.push(qr_webhook(base, "qr", session, json!({ "qrCode": png })));
             }
             if let Some(url) = &targets.baileys {
+                let raw = baileys_form(&qr.qr);
+                let image = if raw == qr.qr {
+                    png
+                } else {
+                    png_data_url(raw).unwrap_or(png)
+                };
                 out.push(baileys(
                     url,
                     "qr",
                     event,
-                    json!({ "qr_code": qr.qr, "qr_image": png }),
+                    json!({ "qr_code": raw, "qr_image": image }),
                 ));
             }
         }
@@ -505,9 +516,12 @@ mod tests {
         assert_eq!(first, ["CONNECTION_UPDATE", "QR_CODE"]);
         let second = deliveries(&qr(2), &targets, &mut flag);
         assert_eq!(second.len(), 1);
-        assert!(second[0].body["data"]["qr"]
-            .as_str()
-            .is_some_and(|q| q.starts_with("data:image/png;base64,")));
+        assert!(
+            second[0].body["data"]["qr"]
+                .as_str()
+                .is_some_and(|q| q.starts_with("iVBOR")),
+            "bare base64 of a PNG"
+        );
         let open = Event {
             cursor: 3,
             session_id: "s1".into(),

@@ -574,6 +574,12 @@ pub fn decode_qr(data_url: &str) -> String {
     let b64 = data_url
         .strip_prefix("data:image/png;base64,")
         .unwrap_or_else(|| panic!("not a PNG data URL: {data_url:.40}"));
+    decode_qr_base64(b64)
+}
+
+/// Decodes a bare base64 PNG QR image back to its text.
+pub fn decode_qr_base64(b64: &str) -> String {
+    assert!(!b64.starts_with("data:"), "a data URL, not bare base64");
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .expect("base64");
@@ -634,6 +640,14 @@ pub fn assert_iso(v: &Value) {
         && b[13] == b':'
         && s.ends_with('Z');
     assert!(ok, "not an ISO-8601 UTC time: {s}");
+}
+
+/// The QR text in Baileys' form (`2@ref,noise,identity,adv`).
+pub fn baileys_form(qr: &str) -> String {
+    let rest = qr
+        .strip_prefix("https://wa.me/settings/linked_devices#")
+        .unwrap_or(qr);
+    rest.split(',').take(4).collect::<Vec<_>>().join(",")
 }
 
 /// Checks `X-Wagate-Signature-256` against `secret`.
