@@ -169,6 +169,11 @@ pub struct Config {
     /// `/health` as `max_sessions`).
     #[arg(long, env = "WAGATE_REST_MAX_SESSIONS", default_value_t = 1000)]
     pub max_sessions: usize,
+    /// How long a QR request for a session still connecting waits for its
+    /// first QR before answering that there is none yet, in milliseconds
+    /// (0 = answer at once).
+    #[arg(long, env = "WAGATE_REST_QR_WAIT_MS", default_value_t = 5_000)]
+    pub qr_wait_ms: u64,
     /// Timeout of one gRPC call to the gateway, in milliseconds.
     #[arg(long, env = "WAGATE_REST_GATEWAY_TIMEOUT_MS", default_value_t = 30_000)]
     pub gateway_timeout_ms: u64,
@@ -290,6 +295,10 @@ impl Config {
 
     pub fn webhook_timeout(&self) -> Duration {
         Duration::from_millis(self.webhook_timeout_ms.max(1))
+    }
+
+    pub fn qr_wait(&self) -> Duration {
+        Duration::from_millis(self.qr_wait_ms)
     }
 
     pub fn gateway_timeout(&self) -> Duration {

@@ -7,4 +7,5 @@ mod delivery;
 mod errors;
 mod flows;
 mod https;
+mod lifecycle;
 mod ops;
