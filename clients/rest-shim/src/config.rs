@@ -169,6 +169,15 @@ pub struct Config {
     /// `/health` as `max_sessions`).
     #[arg(long, env = "WAGATE_REST_MAX_SESSIONS", default_value_t = 1000)]
     pub max_sessions: usize,
+    /// Requests per minute each client address may make (429 with
+    /// `Retry-After` past it); 0 = no limit. Default: 100 with `--dialect
+    /// venom` (its documented limit), no limit otherwise.
+    #[arg(long, env = "WAGATE_REST_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Origins whose browser pages may call the API (CORS), comma-separated;
+    /// `*` for any. Default: none (same origin only).
+    #[arg(long, env = "WAGATE_REST_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// How long a QR request for a session still connecting waits for its
     /// first QR before answering that there is none yet, in milliseconds
     /// (0 = answer at once).
@@ -295,6 +304,14 @@ impl Config {
 
     pub fn webhook_timeout(&self) -> Duration {
         Duration::from_millis(self.webhook_timeout_ms.max(1))
+    }
+
+    /// Requests per minute and client address; 0 = no limit.
+    pub fn rate_limit_per_minute(&self) -> u32 {
+        self.rate_limit.unwrap_or(match self.dialect {
+            Dialect::Venom => 100,
+            Dialect::Wwebjs | Dialect::QrService | Dialect::BaileysWs => 0,
+        })
     }
 
     pub fn qr_wait(&self) -> Duration {

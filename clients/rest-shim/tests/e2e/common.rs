@@ -94,6 +94,8 @@ impl Gateway {
         cfg.webhook_retry_base_ms = 20;
         cfg.webhook_retry_max_ms = 200;
         cfg.webhook_timeout_ms = 5_000;
+        // Tests poll quickly; the rate limit has tests of its own.
+        cfg.rate_limit = Some(0);
         cfg
     }
 
@@ -345,6 +347,37 @@ impl Shim {
     ) -> (u16, Value) {
         call(method, &format!("{}{path}", self.base), headers, body).await
     }
+}
+
+/// One HTTP request from the local address `from`; the answer's status,
+/// headers and JSON body (Null if not JSON).
+pub async fn call_from(
+    from: std::net::IpAddr,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, HeaderMap, Value) {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(from));
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let mut req = axum::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).expect("request");
+    let resp = tokio::time::timeout(WAIT, client.request(req))
+        .await
+        .expect("answer in time")
+        .expect("request succeeds");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// One HTTP request; the answer's status and JSON body (Null if not JSON).

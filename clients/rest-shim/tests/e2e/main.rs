@@ -8,4 +8,5 @@ mod errors;
 mod flows;
 mod https;
 mod lifecycle;
+mod limits;
 mod ops;
