@@ -174,6 +174,10 @@ pub struct Config {
     /// venom` (its documented limit), no limit otherwise.
     #[arg(long, env = "WAGATE_REST_RATE_LIMIT")]
     pub rate_limit: Option<u32>,
+    /// The shim is behind a reverse proxy: the rate limit counts per
+    /// address the proxy appended to `X-Forwarded-For`, not per proxy.
+    #[arg(long, env = "WAGATE_REST_TRUST_PROXY")]
+    pub trust_proxy: bool,
     /// Origins whose browser pages may call the API (CORS), comma-separated;
     /// `*` for any. Default: none (same origin only).
     #[arg(long, env = "WAGATE_REST_CORS_ORIGINS", value_delimiter = ',')]

@@ -1,7 +1,9 @@
 //! Per-IP request rate limit, in memory: each address may make `limit`
 //! requests per minute, in a burst or spread out (GCRA: one "theoretical
 //! arrival time" per address, so memory is one entry per recent caller).
-//! Past the limit the answer is 429 with `Retry-After`.
+//! Past the limit the answer is 429 with `Retry-After`. The address is the
+//! TCP peer's, or, behind a trusted reverse proxy, the one that proxy put
+//! last in `X-Forwarded-For`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -9,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -26,6 +29,8 @@ pub(crate) struct RateLimit {
 }
 
 struct Inner {
+    /// Take the client's address from `X-Forwarded-For`.
+    trust_proxy: bool,
     /// Time between two requests at the steady rate.
     interval: Duration,
     /// How far ahead of now an address's arrival time may run (the burst).
@@ -36,13 +41,14 @@ struct Inner {
 
 impl RateLimit {
     /// `per_minute` requests per minute and address; `None` for 0 (no limit).
-    pub(crate) fn new(per_minute: u32) -> Option<Self> {
+    pub(crate) fn new(per_minute: u32, trust_proxy: bool) -> Option<Self> {
         if per_minute == 0 {
             return None;
         }
         let interval = WINDOW / per_minute;
         Some(Self {
             inner: Arc::new(Inner {
+                trust_proxy,
                 interval,
                 tolerance: WINDOW.saturating_sub(interval),
                 tat: Mutex::new(HashMap::new()),
@@ -75,10 +81,29 @@ pub(crate) async fn middleware(
     req: Request,
     next: Next,
 ) -> Response {
-    match limit.check(peer.ip(), Instant::now()) {
+    let ip = if limit.inner.trust_proxy {
+        forwarded_for(req.headers()).unwrap_or(peer.ip())
+    } else {
+        peer.ip()
+    };
+    match limit.check(ip, Instant::now()) {
         Ok(()) => next.run(req).await,
         Err(wait) => ApiError::RateLimited(wait).into_response(),
     }
+}
+
+/// The address the nearest proxy appended to `X-Forwarded-For` (the last
+/// one: what comes before it was sent by the client and proves nothing).
+fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
+    let last = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .last()?;
+    last.parse().ok()
 }
 
 #[cfg(test)]
@@ -87,7 +112,7 @@ mod tests {
 
     #[test]
     fn a_burst_of_the_limit_then_one_per_interval() {
-        let limit = RateLimit::new(100).expect("on");
+        let limit = RateLimit::new(100, false).expect("on");
         let a: IpAddr = [10, 0, 0, 1].into();
         let b: IpAddr = [10, 0, 0, 2].into();
         let t0 = Instant::now();
@@ -111,13 +136,27 @@ mod tests {
     }
 
     #[test]
+    fn the_proxy_appends_the_client_address_last() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(forwarded_for(&headers), None);
+        headers.append(
+            "x-forwarded-for",
+            "1.1.1.1, 2.2.2.2".parse().expect("value"),
+        );
+        headers.append("x-forwarded-for", " 203.0.113.7 ".parse().expect("value"));
+        assert_eq!(forwarded_for(&headers), Some([203, 0, 113, 7].into()));
+        headers.insert("x-forwarded-for", "not-an-ip".parse().expect("value"));
+        assert_eq!(forwarded_for(&headers), None);
+    }
+
+    #[test]
     fn zero_means_no_limit() {
-        assert!(RateLimit::new(0).is_none());
+        assert!(RateLimit::new(0, false).is_none());
     }
 
     #[test]
     fn idle_addresses_are_swept() {
-        let limit = RateLimit::new(60).expect("on");
+        let limit = RateLimit::new(60, false).expect("on");
         let t0 = Instant::now();
         for i in 0..SWEEP_AT as u32 {
             assert!(limit.check(IpAddr::from(i.to_be_bytes()), t0).is_ok());

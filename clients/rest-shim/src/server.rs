@@ -206,7 +206,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Layers run outermost last-added: the access log sees every request,
     // CORS answers preflights before the rate limit and the keys.
     let per_minute = config.rate_limit_per_minute();
-    if let Some(limit) = RateLimit::new(per_minute) {
+    if let Some(limit) = RateLimit::new(per_minute, config.trust_proxy) {
         router = router.layer(middleware::from_fn_with_state(limit, limit::middleware));
         tracing::info!(per_minute, "request rate limit per client address");
     }

@@ -20,8 +20,12 @@ const PEER_DIGITS: &str = "15550001111";
 
 async fn venom_flow(messaging: bool) {
     let gw = Gateway::start().await;
-    let mut hooks = Receiver::start().await;
+    // The README's webhook is `https://tu-webhook.com/endpoint`: a TLS
+    // receiver whose certificate a private CA issued.
+    let ca = TestCa::new();
+    let mut hooks = Receiver::start_https(&ca).await;
     let mut cfg = gw.shim_config("shim");
+    cfg.webhook_ca_file = Some(ca.pem_file.clone());
     cfg.dialect = Dialect::Venom;
     cfg.api_key = Some(KEY.into());
     cfg.webhook_secret = Some("s3cret".into());
@@ -250,8 +254,15 @@ async fn venom_messaging() {
 /// and a per-session webhook with an event filter).
 async fn wwebjs_flow(prod: bool, messaging: bool) {
     let gw = Gateway::start().await;
-    let mut hooks = Receiver::start().await;
+    // The production variant's webhook is an https (Supabase) function.
+    let ca = TestCa::new();
+    let mut hooks = if prod {
+        Receiver::start_https(&ca).await
+    } else {
+        Receiver::start().await
+    };
     let mut cfg = gw.shim_config("shim");
+    cfg.webhook_ca_file = Some(ca.pem_file.clone());
     cfg.dialect = Dialect::Wwebjs;
     cfg.api_key = Some(KEY.into());
     let shim = start_shim(cfg).await;

@@ -44,6 +44,32 @@ async fn past_the_limit_an_address_gets_429_with_retry_after() {
     // Another address has its own allowance.
     let (st, _, body) = call_from(IpAddr::from(B), Method::GET, &url, &key).await;
     assert_eq!(st, 200, "{body}");
+    // Not behind a trusted proxy: X-Forwarded-For changes nothing.
+    let spoofed = [("x-api-key", KEY), ("x-forwarded-for", "198.51.100.1")];
+    let (st, _, _) = call_from(IpAddr::from(A), Method::GET, &url, &spoofed).await;
+    assert_eq!(st, 429);
+    shim.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_clients_are_told_apart_by_forwarded_for() {
+    let gw = Gateway::start().await;
+    let mut cfg = gw.shim_config("shim");
+    cfg.dialect = Dialect::QrService;
+    cfg.rate_limit = Some(2);
+    cfg.trust_proxy = true;
+    let shim = start_shim(cfg).await;
+    let url = format!("{}/health", shim.base);
+    let from = |client: &'static str| [("x-forwarded-for", client)];
+    for _ in 0..2 {
+        let (st, _, _) = call_from(IpAddr::from(A), Method::GET, &url, &from("198.51.100.1")).await;
+        assert_eq!(st, 200);
+    }
+    let (st, _, _) = call_from(IpAddr::from(A), Method::GET, &url, &from("198.51.100.1")).await;
+    assert_eq!(st, 429);
+    let (st, _, _) = call_from(IpAddr::from(A), Method::GET, &url, &from("198.51.100.2")).await;
+    assert_eq!(st, 200, "another client behind the same proxy");
     shim.stop().await;
     gw.stop().await;
 }

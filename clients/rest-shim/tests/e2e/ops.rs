@@ -245,9 +245,27 @@ async fn the_binary_reads_env_logs_json_and_stops_on_sigterm() {
     gw.stop().await;
 }
 
+/// A child process that is killed if the test ends before it exits.
+struct Child(Option<std::process::Child>);
+
+impl Child {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// The binary, its environment cleared of the seeds' variables and then
 /// given `env`; its stdout lines and the handle.
-fn spawn_shim(env: &[(&str, String)]) -> (std::process::Child, mpsc::Receiver<String>) {
+fn spawn_shim(env: &[(&str, String)]) -> (Child, mpsc::Receiver<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wagate-rest"));
     for name in [
         "API_KEY",
@@ -272,6 +290,7 @@ fn spawn_shim(env: &[(&str, String)]) -> (std::process::Child, mpsc::Receiver<St
         .expect("wagate-rest starts");
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("stdout");
+    let child = Child(Some(child));
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -280,10 +299,11 @@ fn spawn_shim(env: &[(&str, String)]) -> (std::process::Child, mpsc::Receiver<St
     (child, rx)
 }
 
-fn wait_exit(mut child: std::process::Child) -> std::process::ExitStatus {
+fn wait_exit(mut child: Child) -> std::process::ExitStatus {
+    let mut inner = child.0.take().expect("a running child");
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = done_tx.send(child.wait());
+        let _ = done_tx.send(inner.wait());
     });
     done_rx
         .recv_timeout(WAIT)
