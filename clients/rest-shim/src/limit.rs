@@ -101,8 +101,7 @@ fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .last()?;
+        .rfind(|v| !v.is_empty())?;
     last.parse().ok()
 }
 
