@@ -376,3 +376,66 @@ async fn the_seeds_env_files_configure_the_binary() {
     assert!(!wait_exit(child).success(), "refused without a key");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baileys_ws_env_file_configures_the_binary() {
+    let gw = Gateway::start().await;
+    let ca = TestCa::new();
+    let mut api = Receiver::start_https(&ca).await;
+    // Baileys-WS's `.env` (its API_URL behind TLS here), and the PORT of
+    // another seed that WS_PORT wins over in this dialect.
+    let (child, lines) = spawn_shim(&[
+        ("WAGATE_REST_GATEWAY", gw.url()),
+        ("WAGATE_REST_DIALECT", "baileys-ws".into()),
+        (
+            "WAGATE_REST_DATA_DIR",
+            gw.dir.path().join("seed-env").display().to_string(),
+        ),
+        (
+            "WAGATE_REST_WEBHOOK_CA_FILE",
+            ca.pem_file.display().to_string(),
+        ),
+        ("WS_PORT", "0".into()),
+        ("PORT", "1".into()),
+        ("API_URL", api.url("/ws-events")),
+        ("BOT_NAME", "DocuBot".into()),
+        ("MAX_SESSIONS", "10".into()),
+        ("MAX_RECONNECT_ATTEMPTS", "5".into()),
+        ("SESSION_TIMEOUT", "1800000".into()),
+        ("CLEANUP_INTERVAL", "300000".into()),
+    ]);
+    let line = lines.recv_timeout(WAIT).expect("listening line");
+    let addr = line
+        .strip_prefix("wagate-rest listening on ")
+        .expect("address line")
+        .to_owned();
+    assert_ne!(addr, "127.0.0.1:1", "WS_PORT wins for Baileys-WS");
+    let base = format!("http://{addr}");
+    let (st, health) = call(Method::GET, &format!("{base}/health"), &[], None).await;
+    assert_eq!(st, 200, "{health}");
+    assert_eq!(health["max_sessions"], 10);
+    let (st, body) = call(
+        Method::POST,
+        &format!("{base}/sessions/cliente1"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let hook = api
+        .until("the qr event at API_URL", |h| h.body["event"] == "qr")
+        .await;
+    assert_eq!(hook.path, "/ws-events");
+    assert!(
+        hook.body["data"]["qr_code"]
+            .as_str()
+            .is_some_and(|q| q.starts_with("2@")),
+        "{}",
+        hook.body
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(wait_exit(child).success());
+    gw.stop().await;
+}
