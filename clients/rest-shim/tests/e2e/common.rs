@@ -553,11 +553,6 @@ impl Receiver {
         format!("{scheme}://{}{path}", self.addr)
     }
 
-    /// TLS handshakes attempted is not tracked; attempts that reached the
-    /// HTTP layer are.
-    pub fn attempts(&self) -> usize {
-        self.state.attempts.load(Ordering::SeqCst)
-    }
 
     pub fn set_status(&self, status: u16) {
         self.state.status.store(status, Ordering::SeqCst);
