@@ -153,17 +153,15 @@ pub(crate) fn recipient(field: &str, raw: &str) -> Result<String, ApiError> {
     Ok(format!("+{digits}"))
 }
 
-/// An http:// URL for a webhook. Deliveries are plain HTTP (internal
-/// network); an https URL is refused up front rather than failing later.
+/// An `http://` or `https://` URL for a webhook (https is delivered over
+/// TLS, verified against the webpki roots and `--webhook-ca-file`).
 pub(crate) fn webhook_url(field: &str, raw: &str) -> Result<String, ApiError> {
     let raw = raw.trim();
-    let Some(rest) = raw.strip_prefix("http://") else {
-        let why = if raw.starts_with("https://") {
-            "https is not supported: webhooks are delivered over plain HTTP on the internal network (put a TLS proxy in front of the receiver)"
-        } else {
-            "must be an http:// URL"
-        };
-        return Err(ApiError::field(field, why));
+    let Some(rest) = raw
+        .strip_prefix("http://")
+        .or_else(|| raw.strip_prefix("https://"))
+    else {
+        return Err(ApiError::field(field, "must be an http:// or https:// URL"));
     };
     let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if host.is_empty() || raw.parse::<axum::http::Uri>().is_err() {
@@ -334,7 +332,8 @@ mod tests {
         assert!(session_id("sessionId", "a b").is_err());
         assert!(session_id("sessionId", &"x".repeat(65)).is_err());
         assert!(webhook_url("webhookUrl", "http://127.0.0.1:9/hook").is_ok());
-        assert!(webhook_url("webhookUrl", "https://x.example/hook").is_err());
+        assert!(webhook_url("webhookUrl", "https://x.example/hook").is_ok());
+        assert!(webhook_url("webhookUrl", "https://").is_err());
         assert!(webhook_url("webhookUrl", "ftp://x").is_err());
         assert!(webhook_url("webhookUrl", "http://").is_err());
     }

@@ -1,11 +1,16 @@
 //! Flags and environment of `wagate-rest`, in the same style as `wagate
-//! serve`: every flag has a `WAGATE_REST_*` variable.
+//! serve`: every flag has a `WAGATE_REST_*` variable. The seed gateways'
+//! own variables (`API_KEY`, `PORT`, …) are read as aliases, below the
+//! flags and the `WAGATE_REST_*` variables.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// The gateway whose shapes win where two gateways use the same path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -123,6 +128,10 @@ pub struct Config {
     /// Baileys-WS backend (its `API_URL`): events are POSTed to this URL.
     #[arg(long, env = "WAGATE_REST_API_URL")]
     pub api_url: Option<String>,
+    /// PEM file of extra CA certificates trusted for `https://` webhooks
+    /// (private CAs), besides the webpki roots.
+    #[arg(long, env = "WAGATE_REST_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
     /// Secret for the `X-Wagate-Signature-256` HMAC-SHA256 header on webhooks.
     #[arg(long, env = "WAGATE_REST_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
@@ -160,6 +169,24 @@ pub struct Config {
     /// `/health` as `max_sessions`).
     #[arg(long, env = "WAGATE_REST_MAX_SESSIONS", default_value_t = 1000)]
     pub max_sessions: usize,
+    /// Requests per minute each client address may make (429 with
+    /// `Retry-After` past it); 0 = no limit. Default: 100 with `--dialect
+    /// venom` (its documented limit), no limit otherwise.
+    #[arg(long, env = "WAGATE_REST_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// The shim is behind a reverse proxy: the rate limit counts per
+    /// address the proxy appended to `X-Forwarded-For`, not per proxy.
+    #[arg(long, env = "WAGATE_REST_TRUST_PROXY")]
+    pub trust_proxy: bool,
+    /// Origins whose browser pages may call the API (CORS), comma-separated;
+    /// `*` for any. Default: none (same origin only).
+    #[arg(long, env = "WAGATE_REST_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// How long a QR request for a session still connecting waits for its
+    /// first QR before answering that there is none yet, in milliseconds
+    /// (0 = answer at once).
+    #[arg(long, env = "WAGATE_REST_QR_WAIT_MS", default_value_t = 5_000)]
+    pub qr_wait_ms: u64,
     /// Timeout of one gRPC call to the gateway, in milliseconds.
     #[arg(long, env = "WAGATE_REST_GATEWAY_TIMEOUT_MS", default_value_t = 30_000)]
     pub gateway_timeout_ms: u64,
@@ -169,6 +196,95 @@ pub struct Config {
 }
 
 impl Config {
+    /// The process's configuration: flags, then `WAGATE_REST_*` variables,
+    /// then the seed gateways' variables, then defaults. Exits with clap's
+    /// message on a bad value, like `Config::parse`.
+    pub fn load() -> Self {
+        Self::try_load(std::env::args_os(), |name| std::env::var(name).ok())
+            .unwrap_or_else(|e| e.exit())
+    }
+
+    /// As `load`, with the arguments and the seed variables given
+    /// (`WAGATE_REST_*` variables are still read from the environment).
+    pub fn try_load<I, T>(
+        args: I,
+        seed_env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Config::command().try_get_matches_from(args)?;
+        let mut cfg = Config::from_arg_matches(&matches)?;
+        cfg.apply_seed_env(&matches, &seed_env)?;
+        Ok(cfg)
+    }
+
+    /// Fills the settings that neither a flag nor a `WAGATE_REST_*`
+    /// variable gave from the seeds' variables (empty values are ignored,
+    /// as a copied `.env` often leaves some blank).
+    fn apply_seed_env(
+        &mut self,
+        matches: &ArgMatches,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), clap::Error> {
+        let unset = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                None | Some(ValueSource::DefaultValue)
+            )
+        };
+        let var = |name: &str| {
+            env(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let bad = |name: &str, value: &str, why: &str| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("{name}={value:?}: {why}\n"),
+            )
+        };
+        if unset("api_key") {
+            if let Some(v) = var("API_KEY") {
+                self.api_key = Some(v);
+            }
+        }
+        if unset("listen") {
+            // Baileys-WS calls its port WS_PORT, the others PORT.
+            let order = if self.dialect == Dialect::BaileysWs {
+                ["WS_PORT", "PORT"]
+            } else {
+                ["PORT", "WS_PORT"]
+            };
+            if let Some((name, v)) = order.iter().find_map(|n| var(n).map(|v| (*n, v))) {
+                let port = v
+                    .parse::<u16>()
+                    .map_err(|_| bad(name, &v, "not a port number"))?;
+                self.listen.set_port(port);
+            }
+        }
+        for (id, name, slot) in [
+            ("webhook_url", "WEBHOOK_URL", &mut self.webhook_url),
+            ("backend_url", "BACKEND_URL", &mut self.backend_url),
+            ("api_url", "API_URL", &mut self.api_url),
+        ] {
+            if unset(id) {
+                if let Some(v) = var(name) {
+                    *slot = Some(v);
+                }
+            }
+        }
+        if unset("max_sessions") {
+            if let Some(v) = var("MAX_SESSIONS") {
+                self.max_sessions = v
+                    .parse()
+                    .map_err(|_| bad("MAX_SESSIONS", &v, "not a number"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Defaults (as if no flag and no variable were given) for the gateway at
     /// `gateway`, keeping state in `data_dir`.
     pub fn new(gateway: impl Into<String>, data_dir: PathBuf) -> Self {
@@ -182,6 +298,7 @@ impl Config {
         cfg.backend_url = None;
         cfg.api_url = None;
         cfg.webhook_secret = None;
+        cfg.webhook_ca_file = None;
         cfg
     }
 
@@ -191,6 +308,18 @@ impl Config {
 
     pub fn webhook_timeout(&self) -> Duration {
         Duration::from_millis(self.webhook_timeout_ms.max(1))
+    }
+
+    /// Requests per minute and client address; 0 = no limit.
+    pub fn rate_limit_per_minute(&self) -> u32 {
+        self.rate_limit.unwrap_or(match self.dialect {
+            Dialect::Venom => 100,
+            Dialect::Wwebjs | Dialect::QrService | Dialect::BaileysWs => 0,
+        })
+    }
+
+    pub fn qr_wait(&self) -> Duration {
+        Duration::from_millis(self.qr_wait_ms)
     }
 
     pub fn gateway_timeout(&self) -> Duration {
@@ -218,5 +347,71 @@ mod tests {
         assert_eq!(cfg.routes, vec![Family::Wwebjs, Family::QrService]);
         assert!(cfg.serves(Family::QrService) && !cfg.serves(Family::Venom));
         assert!(Config::try_parse_from(["wagate-rest", "--dialect", "evolution"]).is_err());
+    }
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn the_seeds_variables_fill_what_is_not_set() {
+        let env = env_of(&[
+            ("API_KEY", "tu-api-key"),
+            ("PORT", "3001"),
+            ("WS_PORT", "3002"),
+            ("WEBHOOK_URL", "https://h.example/wh"),
+            ("BACKEND_URL", "http://localhost:3000"),
+            ("API_URL", "http://api:8080"),
+            ("MAX_SESSIONS", "15"),
+        ]);
+        let cfg = Config::try_load(["wagate-rest"], &env).expect("loads");
+        assert_eq!(cfg.api_key.as_deref(), Some("tu-api-key"));
+        assert_eq!(cfg.listen, "127.0.0.1:3001".parse().expect("addr"));
+        assert_eq!(cfg.webhook_url.as_deref(), Some("https://h.example/wh"));
+        assert_eq!(cfg.backend_url.as_deref(), Some("http://localhost:3000"));
+        assert_eq!(cfg.api_url.as_deref(), Some("http://api:8080"));
+        assert_eq!(cfg.max_sessions, 15);
+        // Baileys-WS reads WS_PORT first.
+        let cfg =
+            Config::try_load(["wagate-rest", "--dialect", "baileys-ws"], &env).expect("loads");
+        assert_eq!(cfg.listen.port(), 3002);
+    }
+
+    #[test]
+    fn flags_win_over_the_seeds_variables() {
+        let env = env_of(&[
+            ("API_KEY", "seed"),
+            ("PORT", "3001"),
+            ("MAX_SESSIONS", "15"),
+            ("API_URL", ""),
+        ]);
+        let cfg = Config::try_load(
+            [
+                "wagate-rest",
+                "--api-key",
+                "mine",
+                "--listen",
+                "127.0.0.1:4000",
+                "--max-sessions",
+                "3",
+            ],
+            &env,
+        )
+        .expect("loads");
+        assert_eq!(cfg.api_key.as_deref(), Some("mine"));
+        assert_eq!(cfg.listen.port(), 4000);
+        assert_eq!(cfg.max_sessions, 3);
+        assert_eq!(cfg.api_url, None, "blank values are ignored");
+    }
+
+    #[test]
+    fn bad_seed_values_are_errors() {
+        assert!(Config::try_load(["wagate-rest"], env_of(&[("PORT", "http")])).is_err());
+        assert!(Config::try_load(["wagate-rest"], env_of(&[("MAX_SESSIONS", "ten")])).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! The shim's one error type for HTTP handlers, and the one place where a
 //! gRPC status from the gateway becomes an HTTP status.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -27,6 +27,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("session limit reached ({0} sessions); delete one or raise --max-sessions")]
     SessionLimit(usize),
+    /// The caller's address is over the request rate limit.
+    #[error("too many requests; retry in {} s", retry_after_secs(*.0))]
+    RateLimited(std::time::Duration),
     /// The gateway answered with an error.
     #[error("{}", .0.message())]
     Gateway(tonic::Status),
@@ -49,7 +52,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::SessionLimit(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::SessionLimit(_) | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Gateway(status) => http_status(status.code()),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -60,6 +63,11 @@ impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         ApiError::Gateway(status)
     }
+}
+
+/// Whole seconds for `Retry-After`, rounded up and at least 1.
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    (wait.as_millis().div_ceil(1000) as u64).max(1)
 }
 
 /// gRPC code of a gateway answer → HTTP status of the shim's answer.
@@ -88,11 +96,18 @@ impl IntoResponse for ApiError {
         }
         // Every dialect's error body: the Node gateways answer
         // `{success:false, error}` (or `{error}`) on failure.
-        (
+        let mut response = (
             status,
             Json(json!({ "success": false, "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if let ApiError::RateLimited(wait) = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(wait)),
+            );
+        }
+        response
     }
 }
 

@@ -18,6 +18,8 @@ pub mod state;
 
 mod auth;
 mod body;
+mod cors;
+mod limit;
 mod memory;
 mod openapi;
 mod qr;

@@ -2,13 +2,20 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wagate_rest::config::{Config, LogFormat};
 
 fn main() -> ExitCode {
-    let config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let config = Config::load();
+    // RUST_LOG, else the seeds' LOG_LEVEL (`info`, `debug`…), else info.
+    let seed_level = std::env::var("LOG_LEVEL")
+        .ok()
+        .filter(|l| !l.trim().is_empty())
+        .and_then(|l| EnvFilter::try_new(l.trim()).ok());
+    let filter = EnvFilter::try_from_default_env()
+        .ok()
+        .or(seed_level)
+        .unwrap_or_else(|| EnvFilter::new("info"));
     match config.log_format {
         LogFormat::Pretty => tracing_subscriber::fmt()
             .with_env_filter(filter)

@@ -1,5 +1,6 @@
 //! QR payloads drawn as PNG data URLs (`data:image/png;base64,...`), for the
-//! webhooks, whose events carry only the QR string.
+//! webhooks, whose events carry only the QR string; and the QR forms the
+//! gateways show (Baileys' bare `2@…` string, Venom's bare base64 PNG).
 
 use base64::Engine;
 use qrcode::{Color, EcLevel, QrCode};
@@ -8,6 +9,30 @@ use qrcode::{Color, EcLevel, QrCode};
 const SCALE: usize = 8;
 /// Quiet zone around the code, in modules (the QR standard asks for 4).
 const QUIET: usize = 4;
+
+/// Prefix of the link form of the pairing QR that WhatsApp Web shows now.
+const LINK_PREFIX: &str = "https://wa.me/settings/linked_devices#";
+/// Prefix of a PNG data URL.
+const PNG_DATA_URL: &str = "data:image/png;base64,";
+
+/// The pairing QR in Baileys' form, `2@ref,noise,identity,adv`, as Baileys
+/// hands it to its `connection.update` listeners: the link prefix and the
+/// fifth part (the companion platform) of the link form dropped. A phone
+/// reads either form; other text is returned as it is.
+pub(crate) fn baileys_form(qr: &str) -> &str {
+    let Some(rest) = qr.strip_prefix(LINK_PREFIX) else {
+        return qr;
+    };
+    match rest.match_indices(',').nth(3) {
+        Some((i, _)) => &rest[..i],
+        None => rest,
+    }
+}
+
+/// The base64 of a PNG data URL (Venom's `base64` QR form).
+pub(crate) fn bare_base64(data_url: &str) -> &str {
+    data_url.strip_prefix(PNG_DATA_URL).unwrap_or(data_url)
+}
 
 pub(crate) fn png_data_url(text: &str) -> Result<String, String> {
     let code = QrCode::with_error_correction_level(text.as_bytes(), EcLevel::L)
@@ -40,7 +65,7 @@ pub(crate) fn png_data_url(text: &str) -> Result<String, String> {
             .map_err(|e| format!("png data: {e}"))?;
     }
     Ok(format!(
-        "data:image/png;base64,{}",
+        "{PNG_DATA_URL}{}",
         base64::engine::general_purpose::STANDARD.encode(png_bytes)
     ))
 }
@@ -48,6 +73,21 @@ pub(crate) fn png_data_url(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn baileys_form_drops_the_link_and_the_platform() {
+        assert_eq!(
+            baileys_form("https://wa.me/settings/linked_devices#2@r,n=,i=,a=,9"),
+            "2@r,n=,i=,a="
+        );
+        assert_eq!(
+            baileys_form("https://wa.me/settings/linked_devices#2@r,n=,i=,a="),
+            "2@r,n=,i=,a="
+        );
+        assert_eq!(baileys_form("2@r,n=,i=,a="), "2@r,n=,i=,a=");
+        assert_eq!(bare_base64("data:image/png;base64,iVBO"), "iVBO");
+        assert_eq!(bare_base64("iVBO"), "iVBO");
+    }
 
     #[test]
     fn draws_a_png() {

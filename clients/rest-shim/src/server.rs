@@ -20,7 +20,9 @@ use tokio::task::JoinHandle;
 use crate::auth::{self, ApiKey};
 use crate::body;
 use crate::config::Config;
+use crate::cors::{self, Cors};
 use crate::gateway::{Gateway, GatewayError};
+use crate::limit::{self, RateLimit};
 use crate::routes::{self, App, RouteSpec};
 use crate::state::{StateError, Store};
 use crate::webhook::{self, RetryPolicy, Sender};
@@ -159,6 +161,10 @@ async fn no_route(req: Request) -> Response {
 /// Starts the shim.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     check_config(&config)?;
+    let tls = Arc::new(
+        webhook::client_config(config.webhook_ca_file.as_deref())
+            .map_err(|e| StartError::Config(e.to_string()))?,
+    );
     let key = ApiKey::new(config.api_key.as_deref());
     if !key.is_set() {
         if !config.listen.ip().is_loopback() {
@@ -194,9 +200,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ));
         router = router.route(spec.path, guarded);
     }
-    let router = router
+    let mut router = router
         .route("/openapi.json", get(routes::ops::openapi))
-        .fallback(no_route)
+        .fallback(no_route);
+    // Layers run outermost last-added: the access log sees every request,
+    // CORS answers preflights before the rate limit and the keys.
+    let per_minute = config.rate_limit_per_minute();
+    if let Some(limit) = RateLimit::new(per_minute, config.trust_proxy) {
+        router = router.layer(middleware::from_fn_with_state(limit, limit::middleware));
+        tracing::info!(per_minute, "request rate limit per client address");
+    }
+    if let Some(cors) = Cors::new(&config.cors_origins) {
+        router = router.layer(middleware::from_fn_with_state(cors, cors::middleware));
+    }
+    let router = router
         .layer(middleware::from_fn(access_log))
         .with_state(app);
 
@@ -210,11 +227,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (stop, stop_rx) = watch::channel(false);
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await;
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        })
+        .await;
         if let Err(e) = served {
             tracing::error!("HTTP server: {e}");
         }
@@ -228,6 +248,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             max: Duration::from_millis(config.webhook_retry_max_ms.max(1)),
             max_attempts: config.webhook_max_attempts,
         },
+        tls,
     );
     let (ready, mut ready_rx) = watch::channel(false);
     let dispatcher = tokio::spawn(webhook::run(

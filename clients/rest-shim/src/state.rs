@@ -44,6 +44,10 @@ pub struct SessionSettings {
     pub hook: Option<SessionHook>,
     /// Deleted through a REST endpoint: hidden until created again.
     pub deleted: bool,
+    /// When the session was created again after a delete (unix ms): what
+    /// the gateway still reports from before (identity, creation time,
+    /// disconnect reason) is not shown as this session's.
+    pub recreated_ms: Option<i64>,
 }
 
 /// `POST /api/:sessionId/webhook` of the whatsapp-web.js production variant.
@@ -232,6 +236,16 @@ impl Store {
             let p = inner.progress.entry(session.to_owned()).or_default();
             p.delivered = p.delivered.max(cursor);
             p.qr_announced = qr_announced;
+        }
+        self.bump();
+    }
+
+    /// Forgets the session's activity time (it was deleted and created
+    /// again); delivery cursors stay, so nothing is delivered twice.
+    pub fn forget_activity(&self, session: &str) {
+        if let Some(p) = self.lock().progress.get_mut(session) {
+            p.last_activity_ms = 0;
+            p.qr_announced = false;
         }
         self.bump();
     }

@@ -14,6 +14,14 @@ pub(crate) fn ms_of(ts: Option<&prost_types::Timestamp>) -> i64 {
     ts.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
 
+/// A protobuf timestamp of unix milliseconds.
+pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
 /// Unix seconds of a protobuf timestamp (0 when absent).
 pub(crate) fn secs_of(ts: Option<&prost_types::Timestamp>) -> i64 {
     ts.map_or(0, |t| t.seconds)

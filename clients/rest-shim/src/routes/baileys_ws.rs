@@ -9,7 +9,7 @@ use axum::routing::{delete, get, post};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{App, RouteSpec, Ty, F};
+use super::{baileys_qr, App, RouteSpec, Ty, F};
 use crate::auth::Auth;
 use crate::body::{self, JsonBody};
 use crate::config::Family;
@@ -121,7 +121,7 @@ pub(crate) fn last_activity_ms(app: &App, s: &Session) -> i64 {
 }
 
 async fn full_status(app: &App, s: &Session) -> Value {
-    let (qr_code, qr_image) = app.qr_now(s).await.unwrap_or_default();
+    let (qr_code, qr_image) = app.qr_now(s).await.map(baileys_qr).unwrap_or_default();
     json!({
         "connected": state_of(s) == SessionState::Connected,
         "number": s.phone,
@@ -165,7 +165,8 @@ async fn qr(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value
             },
         })));
     }
-    match app.qr_now(&s).await {
+    let (s, qr) = app.qr_waiting(s).await;
+    match qr.map(baileys_qr) {
         Some((raw, png)) => Ok(Json(json!({
             "status": "waiting_for_scan",
             "message": "Escanea el código QR en WhatsApp",

@@ -15,8 +15,10 @@ use crate::auth::Auth;
 use crate::config::{Config, Family};
 use crate::error::ApiError;
 use crate::gateway::{is_online, state_of, Gateway};
-use crate::proto::gateway::{SendResponse, Session, SessionState};
+use crate::proto::gateway::event::Payload;
+use crate::proto::gateway::{EventType, SendResponse, Session, SessionState};
 use crate::state::{SessionSettings, Store};
+use crate::time::{ms_of, now_ms, timestamp};
 
 pub(crate) mod baileys_ws;
 pub(crate) mod ops;
@@ -171,7 +173,12 @@ impl App {
         if self.store.is_deleted(id) {
             return Err(ApiError::UnknownSession(id.to_owned()));
         }
-        self.gateway.status(id).await.map_err(|s| not_found(id, s))
+        let session = self
+            .gateway
+            .status(id)
+            .await
+            .map_err(|s| not_found(id, s))?;
+        Ok(self.present(session))
     }
 
     /// Every visible session.
@@ -180,7 +187,39 @@ impl App {
         Ok(all
             .into_iter()
             .filter(|s| !self.store.is_deleted(&s.session_id))
+            .map(|s| self.present(s))
             .collect())
+    }
+
+    /// The session as its REST clients must see it. A session deleted and
+    /// created again keeps its record in the gateway (a logged-out session
+    /// resumes with a new pairing), so until it pairs again the gateway
+    /// still reports the old phone, creation time and disconnect reason:
+    /// those belong to the deleted session and are not shown.
+    fn present(&self, mut s: Session) -> Session {
+        let Some(recreated) = self
+            .store
+            .settings(&s.session_id)
+            .and_then(|x| x.recreated_ms)
+        else {
+            return s;
+        };
+        if ms_of(s.created_at.as_ref()) >= recreated {
+            return s;
+        }
+        s.created_at = Some(timestamp(recreated));
+        if ms_of(s.last_connected_at.as_ref()) < recreated {
+            s.jid.clear();
+            s.phone.clear();
+            s.push_name.clear();
+            s.platform.clear();
+            s.last_connected_at = None;
+            s.reconnect_attempts = 0;
+            if is_online(state_of(&s)) {
+                s.last_disconnect_reason.clear();
+            }
+        }
+        s
     }
 
     /// Creates (or resumes) a session: the settings are saved first, so the
@@ -200,14 +239,27 @@ impl App {
         if !exists && online >= self.config.max_sessions {
             return Err(ApiError::SessionLimit(self.config.max_sessions));
         }
+        let deleted = self.store.is_deleted(id);
+        if deleted {
+            self.store.forget_activity(id);
+        }
         self.store
             .update_settings(id, |s| {
+                if deleted {
+                    // A new session under an old name: nothing of the
+                    // deleted one's settings carries over.
+                    *s = SessionSettings {
+                        recreated_ms: Some(now_ms()),
+                        ..SessionSettings::default()
+                    };
+                }
                 settings(s);
                 s.deleted = false;
             })
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(self.gateway.init(id, metadata).await?)
+        let session = self.gateway.init(id, metadata).await?;
+        Ok(self.present(session))
     }
 
     pub(crate) async fn send_text(
@@ -241,6 +293,63 @@ impl App {
             .map_err(|e| ApiError::Internal(e.to_string()))
     }
 
+    /// The QR as `(raw, png data URL)`; for a session still on its way to
+    /// its first QR (connecting), waits up to `--qr-wait-ms` for it, as
+    /// clients ask right after creating a session. Returns the session as
+    /// last read.
+    pub(crate) async fn qr_waiting(&self, session: Session) -> (Session, Option<(String, String)>) {
+        if let Some(qr) = self.qr_now(&session).await {
+            return (session, Some(qr));
+        }
+        let waits = |s: &Session| {
+            matches!(
+                state_of(s),
+                SessionState::Connecting | SessionState::QrReady
+            )
+        };
+        let wait = self.config.qr_wait();
+        if wait.is_zero() || !waits(&session) {
+            return (session, None);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let id = session.session_id.clone();
+        let types = vec![EventType::Qr as i32, EventType::Connection as i32];
+        let opened =
+            tokio::time::timeout_at(deadline, self.gateway.events(vec![id.clone()], types, None))
+                .await;
+        let Ok(Ok(mut stream)) = opened else {
+            return (session, None);
+        };
+        // Read again now that the stream is open: a QR shown in between
+        // is in this answer, a later one comes on the stream.
+        let mut session = match self.gateway.status(&id).await {
+            Ok(s) => self.present(s),
+            Err(_) => return (session, None),
+        };
+        loop {
+            if let Some(qr) = self.qr_now(&session).await {
+                return (session, Some(qr));
+            }
+            if !waits(&session) {
+                return (session, None);
+            }
+            let event = match tokio::time::timeout_at(deadline, stream.message()).await {
+                Ok(Ok(Some(event))) => event,
+                _ => return (session, None),
+            };
+            if let Some(Payload::Qr(qr)) = event.payload {
+                // The event is committed just before the status shows the
+                // QR; its own text is the QR to show.
+                let png = crate::qr::png_data_url(&qr.qr).unwrap_or_default();
+                return (session, Some((qr.qr, png)));
+            }
+            session = match self.gateway.status(&id).await {
+                Ok(s) => self.present(s),
+                Err(_) => return (session, None),
+            };
+        }
+    }
+
     /// The QR as `(raw, png data URL)` when the session shows one now.
     pub(crate) async fn qr_now(&self, session: &Session) -> Option<(String, String)> {
         if state_of(session) != SessionState::QrReady {
@@ -250,6 +359,16 @@ impl App {
         let qr = self.gateway.qr(&session.session_id).await.ok()?;
         Some((qr.qr, qr.png_data_url))
     }
+}
+
+/// A QR as Baileys shows it: `(2@…, PNG data URL of it)`.
+pub(crate) fn baileys_qr((raw, png): (String, String)) -> (String, String) {
+    let bare = crate::qr::baileys_form(&raw);
+    if bare == raw {
+        return (raw, png);
+    }
+    let png = crate::qr::png_data_url(bare).unwrap_or(png);
+    (bare.to_owned(), png)
 }
 
 fn not_found(id: &str, status: tonic::Status) -> ApiError {
@@ -263,7 +382,8 @@ fn not_found(id: &str, status: tonic::Status) -> ApiError {
 /// The QR of a session, or 409 naming its state.
 pub(crate) async fn qr_or_conflict(app: &App, id: &str) -> Result<(String, String), ApiError> {
     let session = app.session(id).await?;
-    if let Some(qr) = app.qr_now(&session).await {
+    let (session, qr) = app.qr_waiting(session).await;
+    if let Some(qr) = qr {
         return Ok(qr);
     }
     let state = state_of(&session);

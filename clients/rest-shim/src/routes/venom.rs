@@ -133,8 +133,9 @@ async fn create(State(app): State<App>, body: JsonBody) -> Result<Json<Value>, A
 async fn qr(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = body::session_id("sessionId", &id)?;
     let (_, png) = qr_or_conflict(&app, &id).await?;
-    // Both fields carry the PNG data URL, as venom's catchQR hands it over.
-    Ok(Json(json!({ "qr": png, "base64": png })))
+    // Both fields carry the bare base64 PNG, as the service documents it.
+    let b64 = crate::qr::bare_base64(&png);
+    Ok(Json(json!({ "qr": b64, "base64": b64 })))
 }
 
 async fn status(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -21,7 +21,7 @@ use crate::gateway::state_of;
 use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{EventType, MessageEvent, Session, SessionState};
 use crate::state::SessionHook;
-use crate::time::secs_of;
+use crate::time::{ms_of, secs_of};
 use crate::webhook::{c_us, sender_number, wwebjs_type};
 
 /// Events a per-session webhook can filter on.
@@ -325,6 +325,12 @@ async fn messages(
     // Read the session's messages from the gateway's log up to the last one
     // the shim's reader has seen: the stream itself never ends.
     let last = app.store.progress(&id).map_or(0, |p| p.last_message);
+    // A session deleted and created again has no history from before.
+    let since_ms = app
+        .store
+        .settings(&id)
+        .and_then(|s| s.recreated_ms)
+        .unwrap_or(0);
     let mut recent: VecDeque<Value> = VecDeque::with_capacity(limit);
     if last > 0 {
         let mut stream = app
@@ -333,7 +339,8 @@ async fn messages(
             .await?;
         let read = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(event) = stream.message().await? {
-                if let Some(Payload::Message(msg)) = &event.payload {
+                let current = ms_of(event.timestamp.as_ref()) >= since_ms;
+                if let (Some(Payload::Message(msg)), true) = (&event.payload, current) {
                     if recent.len() == limit {
                         recent.pop_front();
                     }
@@ -440,4 +447,36 @@ async fn delete_hook(
     Ok(Json(
         json!({ "success": true, "sessionId": id, "message": "Webhook removed" }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_sent_through_the_api_is_in_the_history_as_from_me() {
+        let msg = MessageEvent {
+            id: "3EB0BB".into(),
+            chat: "5219876543210@s.whatsapp.net".into(),
+            sender: "15551234567:3@s.whatsapp.net".into(),
+            sender_phone: "15551234567".into(),
+            push_name: "Owner".into(),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: 1_705_314_660,
+                nanos: 0,
+            }),
+            from_me: true,
+            text: "Hola desde la API".into(),
+            r#type: "text".into(),
+            offline: false,
+            error: String::new(),
+        };
+        assert_eq!(
+            message_json(&msg),
+            json!({"id":"3EB0BB","chat":"5219876543210@c.us","from":"15551234567@c.us",
+                "fromMe":true,"body":"Hola desde la API","type":"chat",
+                "timestamp":1_705_314_660,
+                "contact":{"name":"Owner","number":"15551234567"}})
+        );
+    }
 }

@@ -7,7 +7,7 @@ use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{
     ConnectionEvent, Event, MessageEvent, ReceiptEvent, ReceiptType, SessionState,
 };
-use crate::qr::png_data_url;
+use crate::qr::{baileys_form, bare_base64, png_data_url};
 use crate::state::SessionHook;
 use crate::time::{iso, ms_of, secs_of};
 
@@ -62,18 +62,29 @@ pub(crate) fn deliveries(
                         json!({"state": "qr_ready"}),
                     ));
                 }
-                out.push(venom(url, "QR_CODE", session, json!({ "qr": png })));
+                out.push(venom(
+                    url,
+                    "QR_CODE",
+                    session,
+                    json!({ "qr": bare_base64(&png) }),
+                ));
             }
             *qr_announced = true;
             if let Some(base) = &targets.qr_backend {
                 out.push(qr_webhook(base, "qr", session, json!({ "qrCode": png })));
             }
             if let Some(url) = &targets.baileys {
+                let raw = baileys_form(&qr.qr);
+                let image = if raw == qr.qr {
+                    png
+                } else {
+                    png_data_url(raw).unwrap_or(png)
+                };
                 out.push(baileys(
                     url,
                     "qr",
                     event,
-                    json!({ "qr_code": qr.qr, "qr_image": png }),
+                    json!({ "qr_code": raw, "qr_image": image }),
                 ));
             }
         }
@@ -483,6 +494,71 @@ mod tests {
         assert_eq!(out[3].body["data"]["from"], "5219876543210");
     }
 
+    /// What the gateway emits after the server acked a text sent through
+    /// `Send`: the same shape as an incoming message, `from_me` set, the
+    /// chat being the recipient and the sender this account's device.
+    fn sent_through_the_api() -> Event {
+        Event {
+            cursor: 12,
+            session_id: "s1".into(),
+            seq: 5,
+            timestamp: ts(1_705_314_660),
+            payload: Some(Payload::Message(MessageEvent {
+                id: "3EB0BB".into(),
+                chat: "5219876543210@s.whatsapp.net".into(),
+                sender: "15551234567:3@s.whatsapp.net".into(),
+                sender_phone: "15551234567".into(),
+                push_name: "Owner".into(),
+                timestamp: ts(1_705_314_660),
+                from_me: true,
+                text: "Hola desde la API".into(),
+                r#type: "text".into(),
+                offline: false,
+                error: String::new(),
+            })),
+        }
+    }
+
+    #[test]
+    fn a_text_sent_through_the_api_in_every_format() {
+        let mut flag = false;
+        let out = deliveries(&sent_through_the_api(), &all_targets(), &mut flag);
+        let urls: Vec<&str> = out.iter().map(|d| d.url.as_str()).collect();
+        // The global whatsapp-web.js webhook and the QR Service's /incoming
+        // carry received messages only.
+        assert_eq!(urls, ["http://h/venom", "http://h/hook", "http://h/bws"]);
+        assert_eq!(
+            out[0].body["data"]["key"],
+            json!({"remoteJid":"5219876543210@s.whatsapp.net","id":"3EB0BB","fromMe":true})
+        );
+        assert_eq!(out[1].name, "message-from-me");
+        assert_eq!(
+            out[1].body,
+            json!({"event":"message-from-me","id":"3EB0BB","sessionId":"s1",
+                "from":"15551234567@c.us","to":"5219876543210@c.us","fromMe":true,
+                "body":"Hola desde la API","type":"chat","timestamp":1_705_314_660,
+                "contact":{"name":"Owner","number":"15551234567"},"media":null})
+        );
+        assert_eq!(out[2].body["data"]["from_me"], true);
+        assert_eq!(out[2].body["data"]["chat"], "5219876543210@s.whatsapp.net");
+
+        // A hook that asked for received messages only gets nothing.
+        let mut targets = all_targets();
+        targets.wwebjs_hook = Some(SessionHook {
+            url: "http://h/hook".into(),
+            events: vec!["message-received".into()],
+        });
+        let out = deliveries(&sent_through_the_api(), &targets, &mut flag);
+        assert!(out.iter().all(|d| d.url != "http://h/hook"));
+        // `all` (the default) includes it.
+        targets.wwebjs_hook = Some(SessionHook {
+            url: "http://h/hook".into(),
+            events: vec!["all".into()],
+        });
+        let out = deliveries(&sent_through_the_api(), &targets, &mut flag);
+        assert!(out.iter().any(|d| d.name == "message-from-me"));
+    }
+
     #[test]
     fn venom_announces_qr_ready_once_per_pairing() {
         let qr = |cursor| Event {
@@ -506,9 +582,12 @@ mod tests {
         assert_eq!(first, ["CONNECTION_UPDATE", "QR_CODE"]);
         let second = deliveries(&qr(2), &targets, &mut flag);
         assert_eq!(second.len(), 1);
-        assert!(second[0].body["data"]["qr"]
-            .as_str()
-            .is_some_and(|q| q.starts_with("data:image/png;base64,")));
+        assert!(
+            second[0].body["data"]["qr"]
+                .as_str()
+                .is_some_and(|q| q.starts_with("iVBOR")),
+            "bare base64 of a PNG"
+        );
         let open = Event {
             cursor: 3,
             session_id: "s1".into(),

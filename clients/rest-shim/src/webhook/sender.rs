@@ -1,7 +1,9 @@
 //! One webhook POST until it is done: per-attempt timeout, HMAC-SHA256
 //! signature, event id header, retries with exponential backoff and jitter
-//! (none on a 4xx answer other than 408 and 429).
+//! (none on a 4xx answer other than 408 and 429). `http://` and `https://`
+//! targets alike (TLS in `tls`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, Request, StatusCode, Uri};
@@ -16,6 +18,7 @@ use sha2::Sha256;
 use tokio::sync::watch;
 
 use super::formats::Delivery;
+use super::tls::Connector;
 
 /// Signature header: `sha256=<hex of HMAC-SHA256(secret, body)>`.
 pub(crate) const SIGNATURE: &str = "x-wagate-signature-256";
@@ -95,19 +98,24 @@ pub(crate) struct Meta<'a> {
 
 #[derive(Clone)]
 pub(crate) struct Sender {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     secret: Option<Vec<u8>>,
     timeout: Duration,
     policy: RetryPolicy,
 }
 
 impl Sender {
-    pub(crate) fn new(secret: Option<&str>, timeout: Duration, policy: RetryPolicy) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
+    pub(crate) fn new(
+        secret: Option<&str>,
+        timeout: Duration,
+        policy: RetryPolicy,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(timeout));
+        tcp.set_nodelay(true);
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(Connector::new(tcp, tls)),
             secret: secret
                 .filter(|s| !s.is_empty())
                 .map(|s| s.as_bytes().to_vec()),

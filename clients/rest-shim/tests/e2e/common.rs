@@ -94,6 +94,8 @@ impl Gateway {
         cfg.webhook_retry_base_ms = 20;
         cfg.webhook_retry_max_ms = 200;
         cfg.webhook_timeout_ms = 5_000;
+        // Tests poll quickly; the rate limit has tests of its own.
+        cfg.rate_limit = Some(0);
         cfg
     }
 
@@ -347,6 +349,37 @@ impl Shim {
     }
 }
 
+/// One HTTP request from the local address `from`; the answer's status,
+/// headers and JSON body (Null if not JSON).
+pub async fn call_from(
+    from: std::net::IpAddr,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, HeaderMap, Value) {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(from));
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let mut req = axum::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).expect("request");
+    let resp = tokio::time::timeout(WAIT, client.request(req))
+        .await
+        .expect("answer in time")
+        .expect("request succeeds");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
 /// One HTTP request; the answer's status and JSON body (Null if not JSON).
 pub async fn call(
     method: Method,
@@ -415,6 +448,8 @@ struct RecvState {
 /// answer, so it can be taken down and brought back on the same port.
 pub struct Receiver {
     pub addr: SocketAddr,
+    /// Serves https with this TLS setup when set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<RecvState>,
     rx: mpsc::UnboundedReceiver<Hook>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -450,6 +485,16 @@ async fn record(State(state): State<Arc<RecvState>>, req: Request) -> Response {
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Receiver::start_inner(None).await
+    }
+
+    /// A receiver serving https with a certificate of `ca` for 127.0.0.1
+    /// and localhost.
+    pub async fn start_https(ca: &TestCa) -> Receiver {
+        Receiver::start_inner(Some(ca.acceptor())).await
+    }
+
+    async fn start_inner(tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind receiver");
@@ -461,6 +506,7 @@ impl Receiver {
         });
         let mut r = Receiver {
             addr: listener.local_addr().expect("addr"),
+            tls,
             state,
             rx,
             task: None,
@@ -474,14 +520,39 @@ impl Receiver {
         let router = axum::Router::new()
             .fallback(record)
             .with_state(self.state.clone());
+        let Some(tls) = self.tls.clone() else {
+            self.task = Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, router).await;
+            }));
+            return;
+        };
         self.task = Some(tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let tls = tls.clone();
+                let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                conns.spawn(async move {
+                    // A failed handshake (e.g. a client that does not trust
+                    // the CA) just ends this connection.
+                    let Ok(stream) = tls.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
         }));
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
+
 
     pub fn set_status(&self, status: u16) {
         self.state.status.store(status, Ordering::SeqCst);
@@ -531,6 +602,12 @@ pub fn decode_qr(data_url: &str) -> String {
     let b64 = data_url
         .strip_prefix("data:image/png;base64,")
         .unwrap_or_else(|| panic!("not a PNG data URL: {data_url:.40}"));
+    decode_qr_base64(b64)
+}
+
+/// Decodes a bare base64 PNG QR image back to its text.
+pub fn decode_qr_base64(b64: &str) -> String {
+    assert!(!b64.starts_with("data:"), "a data URL, not bare base64");
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .expect("base64");
@@ -593,6 +670,14 @@ pub fn assert_iso(v: &Value) {
     assert!(ok, "not an ISO-8601 UTC time: {s}");
 }
 
+/// The QR text in Baileys' form (`2@ref,noise,identity,adv`).
+pub fn baileys_form(qr: &str) -> String {
+    let rest = qr
+        .strip_prefix("https://wa.me/settings/linked_devices#")
+        .unwrap_or(qr);
+    rest.split(',').take(4).collect::<Vec<_>>().join(",")
+}
+
 /// Checks `X-Wagate-Signature-256` against `secret`.
 pub fn signature_ok(hook: &Hook, secret: &str) -> bool {
     use hmac::{Hmac, Mac};
@@ -613,4 +698,72 @@ pub fn query_pairs(q: &str) -> HashMap<String, String> {
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+}
+
+/// A private CA made for one test: its PEM file (for
+/// `--webhook-ca-file`) and server certificates for 127.0.0.1/localhost.
+pub struct TestCa {
+    pub pem_file: std::path::PathBuf,
+    server_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    server_key: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, SanType,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "wagate-rest test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().expect("ca key");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("server key");
+        let cert = params.signed_by(&key, &issuer).expect("server cert");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pem_file = dir.path().join("ca.pem");
+        std::fs::write(&pem_file, ca_cert.pem()).expect("write CA");
+        TestCa {
+            pem_file,
+            server_chain: vec![cert.der().clone()],
+            server_key: key.serialize_der(),
+            _dir: dir,
+        }
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.server_key.clone().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(self.server_chain.clone(), key)
+        .expect("server TLS config");
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
 }

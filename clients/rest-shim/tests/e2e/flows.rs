@@ -20,8 +20,12 @@ const PEER_DIGITS: &str = "15550001111";
 
 async fn venom_flow(messaging: bool) {
     let gw = Gateway::start().await;
-    let mut hooks = Receiver::start().await;
+    // The README's webhook is `https://tu-webhook.com/endpoint`: a TLS
+    // receiver whose certificate a private CA issued.
+    let ca = TestCa::new();
+    let mut hooks = Receiver::start_https(&ca).await;
     let mut cfg = gw.shim_config("shim");
+    cfg.webhook_ca_file = Some(ca.pem_file.clone());
     cfg.dialect = Dialect::Venom;
     cfg.api_key = Some(KEY.into());
     cfg.webhook_secret = Some("s3cret".into());
@@ -78,7 +82,7 @@ async fn venom_flow(messaging: bool) {
     fields(&qr_hook.body["data"], &[("qr", K::Str)]);
     let raw = events.qr().await;
     assert_eq!(
-        decode_qr(qr_hook.body["data"]["qr"].as_str().unwrap_or_default()),
+        decode_qr_base64(qr_hook.body["data"]["qr"].as_str().unwrap_or_default()),
         raw
     );
 
@@ -93,7 +97,7 @@ async fn venom_flow(messaging: bool) {
     assert_eq!(st, 200, "{qr}");
     fields(&qr, &[("qr", K::Str), ("base64", K::Str)]);
     assert_eq!(qr["qr"], qr["base64"]);
-    assert_eq!(decode_qr(qr["qr"].as_str().unwrap_or_default()), raw);
+    assert_eq!(decode_qr_base64(qr["qr"].as_str().unwrap_or_default()), raw);
     let (_, pending) = shim
         .get_until(
             &format!("/sessions/{id}/status"),
@@ -250,8 +254,15 @@ async fn venom_messaging() {
 /// and a per-session webhook with an event filter).
 async fn wwebjs_flow(prod: bool, messaging: bool) {
     let gw = Gateway::start().await;
-    let mut hooks = Receiver::start().await;
+    // The production variant's webhook is an https (Supabase) function.
+    let ca = TestCa::new();
+    let mut hooks = if prod {
+        Receiver::start_https(&ca).await
+    } else {
+        Receiver::start().await
+    };
     let mut cfg = gw.shim_config("shim");
+    cfg.webhook_ca_file = Some(ca.pem_file.clone());
     cfg.dialect = Dialect::Wwebjs;
     cfg.api_key = Some(KEY.into());
     let shim = start_shim(cfg).await;
@@ -757,7 +768,17 @@ async fn baileys_ws_flow(messaging: bool) {
         ],
     );
     let raw = events.qr().await;
-    assert_eq!(qr_hook.body["data"]["qr_code"], raw.as_str());
+    let bare = baileys_form(&raw);
+    assert!(bare.starts_with("2@"), "{bare}");
+    assert_eq!(qr_hook.body["data"]["qr_code"], bare.as_str());
+    assert_eq!(
+        decode_qr(
+            qr_hook.body["data"]["qr_image"]
+                .as_str()
+                .unwrap_or_default()
+        ),
+        bare
+    );
     let (st, qr) = shim
         .get_until(&format!("/sessions/{id}/qr"), &[], "a QR", |st, _| {
             st == 200
@@ -782,6 +803,10 @@ async fn baileys_ws_flow(messaging: bool) {
     assert_eq!(
         decode_qr(qr["qr_image"].as_str().unwrap_or_default()),
         qr["qr_code"].as_str().unwrap_or_default()
+    );
+    assert!(
+        qr["qr_code"].as_str().unwrap_or_default().starts_with("2@"),
+        "{qr}"
     );
     let (_, list) = shim.get("/sessions").await;
     assert_eq!(list["sessions"][0]["has_qr"], true);

@@ -6,4 +6,7 @@ mod common;
 mod delivery;
 mod errors;
 mod flows;
+mod https;
+mod lifecycle;
+mod limits;
 mod ops;

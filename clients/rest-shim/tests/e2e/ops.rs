@@ -244,3 +244,198 @@ async fn the_binary_reads_env_logs_json_and_stops_on_sigterm() {
     );
     gw.stop().await;
 }
+
+/// A child process that is killed if the test ends before it exits.
+struct Child(Option<std::process::Child>);
+
+impl Child {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The binary, its environment cleared of the seeds' variables and then
+/// given `env`; its stdout lines and the handle.
+fn spawn_shim(env: &[(&str, String)]) -> (Child, mpsc::Receiver<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wagate-rest"));
+    for name in [
+        "API_KEY",
+        "PORT",
+        "WS_PORT",
+        "WEBHOOK_URL",
+        "BACKEND_URL",
+        "API_URL",
+        "MAX_SESSIONS",
+        "WAGATE_REST_API_KEY",
+        "WAGATE_REST_LISTEN",
+    ] {
+        cmd.env_remove(name);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wagate-rest starts");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    let child = Child(Some(child));
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+fn wait_exit(mut child: Child) -> std::process::ExitStatus {
+    let mut inner = child.0.take().expect("a running child");
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(inner.wait());
+    });
+    done_rx
+        .recv_timeout(WAIT)
+        .expect("exits in time")
+        .expect("wait")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_env_files_configure_the_binary() {
+    let gw = Gateway::start().await;
+    let ca = TestCa::new();
+    let mut backend = Receiver::start_https(&ca).await;
+    // A Venom `.env` plus the QR Service's BACKEND_URL.
+    let (child, lines) = spawn_shim(&[
+        ("WAGATE_REST_GATEWAY", gw.url()),
+        (
+            "WAGATE_REST_DATA_DIR",
+            gw.dir.path().join("seed-env").display().to_string(),
+        ),
+        (
+            "WAGATE_REST_WEBHOOK_CA_FILE",
+            ca.pem_file.display().to_string(),
+        ),
+        ("API_KEY", "tu-api-key-segura-aqui".into()),
+        ("PORT", "0".into()),
+        ("MAX_SESSIONS", "1".into()),
+        ("BACKEND_URL", backend.url("")),
+        ("LOG_LEVEL", "info".into()),
+    ]);
+    let line = lines.recv_timeout(WAIT).expect("listening line");
+    let addr = line
+        .strip_prefix("wagate-rest listening on ")
+        .expect("address line")
+        .to_owned();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let base = format!("http://{addr}");
+
+    let (st, _) = call(Method::GET, &format!("{base}/sessions"), &[], None).await;
+    assert_eq!(st, 401, "API_KEY is required");
+    let key = [("x-api-key", "tu-api-key-segura-aqui")];
+    let (st, body) = call(Method::GET, &format!("{base}/sessions"), &key, None).await;
+    assert_eq!(st, 200, "{body}");
+    let create = |id: &'static str| {
+        let body = json!({ "sessionId": id }).to_string();
+        let url = format!("{base}/sessions");
+        async move { call(Method::POST, &url, &key, Some(body.as_bytes())).await }
+    };
+    let (st, body) = create("env-1").await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = create("env-2").await;
+    assert_eq!(st, 429, "MAX_SESSIONS=1: {body}");
+    let hook = backend
+        .until("the QR webhook at BACKEND_URL", |h| {
+            h.path == "/whatsapp-qr/webhook" && h.body["type"] == "qr"
+        })
+        .await;
+    assert_eq!(hook.body["sessionId"], "env-1");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(wait_exit(child).success());
+
+    // Still no key on a public address: PORT does not open the shim up.
+    let (child, _) = spawn_shim(&[
+        ("WAGATE_REST_GATEWAY", gw.url()),
+        ("WAGATE_REST_LISTEN", "0.0.0.0:0".into()),
+        ("PORT", "0".into()),
+    ]);
+    assert!(!wait_exit(child).success(), "refused without a key");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baileys_ws_env_file_configures_the_binary() {
+    let gw = Gateway::start().await;
+    let ca = TestCa::new();
+    let mut api = Receiver::start_https(&ca).await;
+    // Baileys-WS's `.env` (its API_URL behind TLS here), and the PORT of
+    // another seed that WS_PORT wins over in this dialect.
+    let (child, lines) = spawn_shim(&[
+        ("WAGATE_REST_GATEWAY", gw.url()),
+        ("WAGATE_REST_DIALECT", "baileys-ws".into()),
+        (
+            "WAGATE_REST_DATA_DIR",
+            gw.dir.path().join("seed-env").display().to_string(),
+        ),
+        (
+            "WAGATE_REST_WEBHOOK_CA_FILE",
+            ca.pem_file.display().to_string(),
+        ),
+        ("WS_PORT", "0".into()),
+        ("PORT", "1".into()),
+        ("API_URL", api.url("/ws-events")),
+        ("BOT_NAME", "DocuBot".into()),
+        ("MAX_SESSIONS", "10".into()),
+        ("MAX_RECONNECT_ATTEMPTS", "5".into()),
+        ("SESSION_TIMEOUT", "1800000".into()),
+        ("CLEANUP_INTERVAL", "300000".into()),
+    ]);
+    let line = lines.recv_timeout(WAIT).expect("listening line");
+    let addr = line
+        .strip_prefix("wagate-rest listening on ")
+        .expect("address line")
+        .to_owned();
+    assert_ne!(addr, "127.0.0.1:1", "WS_PORT wins for Baileys-WS");
+    let base = format!("http://{addr}");
+    let (st, health) = call(Method::GET, &format!("{base}/health"), &[], None).await;
+    assert_eq!(st, 200, "{health}");
+    assert_eq!(health["max_sessions"], 10);
+    let (st, body) = call(
+        Method::POST,
+        &format!("{base}/sessions/cliente1"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let hook = api
+        .until("the qr event at API_URL", |h| h.body["event"] == "qr")
+        .await;
+    assert_eq!(hook.path, "/ws-events");
+    assert!(
+        hook.body["data"]["qr_code"]
+            .as_str()
+            .is_some_and(|q| q.starts_with("2@")),
+        "{}",
+        hook.body
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(wait_exit(child).success());
+    gw.stop().await;
+}
