@@ -8,6 +8,7 @@ pub mod conn;
 pub mod creds;
 pub mod crypto;
 pub mod jid;
+pub mod media;
 pub mod message;
 pub mod messaging;
 pub mod noise;
