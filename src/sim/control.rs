@@ -14,6 +14,7 @@ use crate::proto::sim::{
     SendTextRequest, SendTextResponse, SendTextsRequest, SendTextsResponse, SetDelayRequest,
     SetDelayResponse,
 };
+use crate::proto::sim::{ExpireMediaRequest, ExpireMediaResponse};
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 
 /// Implementation of the control service over a running [`Simulator`].
@@ -90,7 +91,7 @@ impl From<SimError> for Status {
             SimError::Encryption(_) => Status::internal(message),
             SimError::CompanionGone => Status::unavailable(message),
             SimError::PairTimeout(_) => Status::deadline_exceeded(message),
-            SimError::Bind { .. } => Status::internal(message),
+            SimError::Bind { .. } | SimError::MediaHost(_) => Status::internal(message),
         }
     }
 }
@@ -101,6 +102,7 @@ impl SimulatorService for Control {
         Ok(Response::new(InfoResponse {
             ws_url: self.sim.ws_url(),
             root_public_key: hex::encode(self.sim.root_public_key()),
+            media_url: self.sim.media_url().to_owned(),
         }))
     }
 
@@ -286,6 +288,18 @@ impl SimulatorService for Control {
             })
             .collect();
         Ok(Response::new(InboxResponse { messages }))
+    }
+
+    async fn expire_media(
+        &self,
+        request: Request<ExpireMediaRequest>,
+    ) -> Result<Response<ExpireMediaResponse>, Status> {
+        let path = request.into_inner().direct_path;
+        if path.is_empty() {
+            return Err(Status::invalid_argument("direct_path is empty"));
+        }
+        let expired = self.sim.expire_media(&path).await;
+        Ok(Response::new(ExpireMediaResponse { expired }))
     }
 }
 

@@ -8,6 +8,7 @@ mod conn;
 mod control;
 mod keys;
 mod mailbox;
+mod media;
 mod messaging;
 mod phone;
 mod registry;
@@ -36,6 +37,7 @@ use crate::wa::jid::{Jid, PhoneNumber};
 use crate::wa::qr::{QrData, QrError};
 
 pub use control::Control;
+pub use media::{MediaConfig, MediaHostError, DEFAULT_MAX_UPLOAD};
 pub use phone::InboxMessage;
 pub use registry::{AccountInfo, DeviceInfo};
 use registry::{Command, Device, NewAccount, PairRefusal, Registry, ReserveError, Termination};
@@ -101,6 +103,8 @@ pub enum SimError {
     InvalidPageToken,
     #[error("the phone cannot encrypt: {0}")]
     Encryption(String),
+    #[error("media host: {0}")]
+    MediaHost(#[from] MediaHostError),
 }
 
 /// The running simulator; cheap to clone (shared inside).
@@ -118,6 +122,8 @@ pub(crate) struct Inner {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    /// The HTTP host media is uploaded to and downloaded from.
+    media: media::MediaServer,
 }
 
 impl Inner {
@@ -158,8 +164,14 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 impl Simulator {
-    /// Binds the chat websocket and starts accepting connections.
+    /// Binds the chat websocket and starts accepting connections, with a
+    /// media host on a free loopback port keeping blobs in memory.
     pub async fn start(config: SimConfig) -> Result<Self, SimError> {
+        Self::start_with_media(config, MediaConfig::default()).await
+    }
+
+    /// [`Simulator::start`] with the media host configured.
+    pub async fn start_with_media(config: SimConfig, media: MediaConfig) -> Result<Self, SimError> {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| SimError::Bind {
@@ -176,6 +188,7 @@ impl Simulator {
         };
         let keys = keys::ServerKeys::generate(&mut rng, unix_now());
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let media = media::MediaServer::start(media, rng.next_u64(), shutdown_rx.clone()).await?;
         let inner = Arc::new(Inner {
             registry: Registry::default(),
             keys,
@@ -183,6 +196,7 @@ impl Simulator {
             addr,
             shutdown,
             accept_task: Mutex::new(None),
+            media,
         });
         let task = tokio::spawn(accept_loop(Arc::clone(&inner), listener, shutdown_rx));
         *lock(&inner.accept_task) = Some(task);
@@ -192,6 +206,28 @@ impl Simulator {
     /// The chat endpoint, `ws://127.0.0.1:PORT/ws/chat`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}{}", self.inner.addr, conn::CHAT_PATH)
+    }
+
+    /// Base URL of the media host, e.g. `http://127.0.0.1:PORT`.
+    pub fn media_url(&self) -> &str {
+        self.inner.media.base_url()
+    }
+
+    /// The address the media host listens on.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.inner.media.local_addr()
+    }
+
+    /// What a device asking `media_conn` now is told: upload auth and the
+    /// media host.
+    pub fn media_conn(&self) -> crate::wa::media::MediaConn {
+        self.inner.media.media_conn(unix_now())
+    }
+
+    /// Expires the media blob of a direct path or URL: downloads answer 410
+    /// Gone from then on. Returns whether a live blob was expired.
+    pub async fn expire_media(&self, path_or_url: &str) -> bool {
+        self.inner.media.expire(path_or_url).await
     }
 
     /// The address the chat websocket listens on.
@@ -469,6 +505,7 @@ impl Simulator {
                 warn!(%err, "simulator accept loop failed");
             }
         }
+        self.inner.media.stopped().await;
     }
 
     async fn terminate(&self, jid: &Jid, how: Termination) -> usize {
