@@ -26,6 +26,8 @@ const HOLD: usize = BLOCK_LEN + MAC_LEN;
 pub enum MediaError {
     #[error("a media key is 32 bytes, not {0}")]
     BadMediaKey(usize),
+    #[error("the media message's {0} is missing or malformed")]
+    BadField(&'static str),
     #[error("the media body is truncated (shorter than a block and a MAC, or not whole blocks)")]
     Truncated,
     #[error("the media is larger than the limit of {limit} bytes")]
@@ -50,6 +52,7 @@ impl MediaError {
         match self {
             MediaError::Truncated | MediaError::EncHashMismatch => true,
             MediaError::BadMediaKey(_)
+            | MediaError::BadField(_)
             | MediaError::TooLarge { .. }
             | MediaError::MacMismatch
             | MediaError::BadPadding

@@ -12,6 +12,7 @@
 
 mod cipher;
 mod conn;
+mod message;
 mod retry;
 
 use std::fmt;
@@ -30,6 +31,7 @@ pub use conn::{
     upload_answer_json, upload_token, upload_url, MediaConn, MediaConnError, MediaHost, Scheme,
     UploadAnswer,
 };
+pub use message::MediaInfo;
 pub use retry::{
     decrypt_retry_notification, decrypt_retry_receipt, encrypt_retry_notification,
     media_retry_receipt, parse_retry_notification, parse_retry_receipt, retry_error_notification,

@@ -391,3 +391,68 @@ fn media_retry_round_trips_both_directions() {
         Err(RetryError::Missing("rmr"))
     );
 }
+
+#[test]
+fn media_messages_round_trip_for_every_message_type() {
+    for ty in [
+        MediaType::Image,
+        MediaType::Video,
+        MediaType::Audio,
+        MediaType::VoiceNote,
+        MediaType::Document,
+        MediaType::Sticker,
+    ] {
+        let info = MediaInfo {
+            ty,
+            mimetype: "application/x-test".into(),
+            caption: matches!(
+                ty,
+                MediaType::Image | MediaType::Video | MediaType::Document
+            )
+            .then(|| "a caption".to_owned()),
+            file_name: (ty == MediaType::Document).then(|| "report.pdf".to_owned()),
+            url: Some("https://mmg.whatsapp.net/v/x.enc".into()),
+            direct_path: "/v/x.enc?ccb=11-4".into(),
+            media_key: key(8),
+            media_key_timestamp: Some(1_700_000_000),
+            file_sha256: [1; 32],
+            file_enc_sha256: [2; 32],
+            file_length: 12345,
+            width: matches!(ty, MediaType::Image | MediaType::Video | MediaType::Sticker)
+                .then_some(640),
+            height: matches!(ty, MediaType::Image | MediaType::Video | MediaType::Sticker)
+                .then_some(480),
+            seconds: matches!(
+                ty,
+                MediaType::Video | MediaType::Audio | MediaType::VoiceNote
+            )
+            .then_some(7),
+            thumbnail: (!matches!(ty, MediaType::Audio | MediaType::VoiceNote))
+                .then(|| vec![0xff, 0xd8]),
+        };
+        let message = info.to_message();
+        let bytes = prost::Message::encode_to_vec(&message);
+        let decoded = <crate::proto::wa::Message as prost::Message>::decode(bytes.as_slice())
+            .expect("decodes");
+        assert_eq!(
+            MediaInfo::from_message(&decoded),
+            Some(Ok(info.clone())),
+            "{ty:?}"
+        );
+        assert_eq!(info.expected(None).file_length, Some(12345));
+        assert!(ty.enc_mediatype().is_some());
+    }
+    let text = crate::proto::wa::Message {
+        conversation: Some("hi".into()),
+        ..Default::default()
+    };
+    assert_eq!(MediaInfo::from_message(&text), None);
+    let broken = crate::proto::wa::Message {
+        image_message: Some(Default::default()),
+        ..Default::default()
+    };
+    assert_eq!(
+        MediaInfo::from_message(&broken),
+        Some(Err(MediaError::BadMediaKey(0)))
+    );
+}
