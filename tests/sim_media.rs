@@ -4,7 +4,9 @@
 //! decrypts it. Wrong auth, a wrong token, too large a body, unknown and
 //! expired blobs are refused with the status codes clients act on. The HTTP
 //! side is spoken by hand over a socket, so nothing of the server's HTTP
-//! stack is on the client's side.
+//! stack is on the client's side. Virtual phones send every media type and
+//! check what they receive, and answer a media retry for an expired file
+//! by uploading it again.
 
 mod sim_client;
 
@@ -18,12 +20,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Request;
 use wagate::proto::sim::simulator_server::Simulator as _;
-use wagate::proto::sim::{ExpireMediaRequest, InfoRequest};
-use wagate::sim::{Control, MediaConfig, SimConfig, Simulator};
+use wagate::proto::sim::{
+    ExpireMediaRequest, InboxRequest, InfoRequest, MediaKind, SendMediaRequest,
+};
+use wagate::sim::{Control, MediaConfig, MediaSend, SimConfig, Simulator};
+use wagate::wa::jid::PhoneNumber;
 use wagate::wa::media::{
-    download_url, media_conn_query, parse_media_conn, parse_upload_answer, upload_token,
-    upload_url, Decryptor, EncryptedMedia, Encryptor, Expected, MediaConn, MediaKey, MediaType,
-    Scheme,
+    decrypt_retry_notification, download_url, media_conn_query, media_retry_receipt,
+    parse_media_conn, parse_retry_notification, parse_upload_answer, upload_token, upload_url,
+    Decryptor, EncryptedMedia, Encryptor, Expected, MediaConn, MediaKey, MediaRetryOutcome,
+    MediaType, RetryResult, RetryTarget, Scheme,
 };
 
 async fn start(media: MediaConfig) -> Simulator {
@@ -286,5 +292,207 @@ async fn blobs_live_on_disk_when_there_is_a_directory() {
     assert!(sim.expire_media(&direct_path).await);
     assert!(blob_files(&media_dir).is_empty());
     assert_eq!(http(addr, "GET", &direct_path, b"").await.0, 410);
+    sim.shutdown().await;
+}
+
+fn phone(number: &str) -> PhoneNumber {
+    number.parse().expect("valid phone number")
+}
+
+#[tokio::test]
+async fn phones_send_every_media_type_and_check_what_they_receive() {
+    let sim = start(MediaConfig::default()).await;
+    let alice = phone("+15550007101");
+    let bob = phone("+15550007102");
+    sim.create_account(&alice, "Alice").expect("alice");
+    sim.create_account(&bob, "Bob").expect("bob");
+    let kinds = [
+        (MediaType::Image, "image/jpeg", Some("a photo"), None),
+        (MediaType::Video, "video/mp4", Some("a clip"), None),
+        (MediaType::Audio, "audio/mpeg", None, None),
+        (MediaType::VoiceNote, "audio/ogg; codecs=opus", None, None),
+        (
+            MediaType::Document,
+            "application/pdf",
+            Some("the report"),
+            Some("report.pdf"),
+        ),
+        (MediaType::Sticker, "image/webp", None, None),
+    ];
+    for (n, (kind, mimetype, caption, file_name)) in kinds.iter().enumerate() {
+        let mut data = vec![0u8; 1000 * n + 17];
+        StdRng::seed_from_u64(n as u64).fill_bytes(&mut data);
+        sim.send_media(
+            &alice,
+            &bob.to_jid(),
+            MediaSend {
+                kind: *kind,
+                data,
+                mimetype: (*mimetype).to_owned(),
+                caption: caption.map(str::to_owned),
+                file_name: file_name.map(str::to_owned),
+            },
+        )
+        .await
+        .expect("the phone sends media");
+    }
+    // Through the control API too.
+    let control = Control::new(sim.clone());
+    let sent = control
+        .send_media(Request::new(SendMediaRequest {
+            from_phone: alice.as_str().to_owned(),
+            to: bob.as_str().to_owned(),
+            kind: MediaKind::Image as i32,
+            data: b"tiny".to_vec(),
+            mimetype: "image/png".into(),
+            caption: String::new(),
+            file_name: String::new(),
+        }))
+        .await
+        .expect("SendMedia")
+        .into_inner();
+    assert!(sent.direct_path.starts_with("/v/"));
+    let unspecified = control
+        .send_media(Request::new(SendMediaRequest {
+            from_phone: alice.as_str().to_owned(),
+            to: bob.as_str().to_owned(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("a kind is required");
+    assert_eq!(unspecified.code(), tonic::Code::InvalidArgument);
+
+    let inbox = control
+        .inbox(Request::new(InboxRequest {
+            phone: bob.as_str().to_owned(),
+        }))
+        .await
+        .expect("Inbox")
+        .into_inner()
+        .messages;
+    assert_eq!(inbox.len(), kinds.len() + 1);
+    for (n, (message, (_, mimetype, caption, file_name))) in
+        inbox.iter().zip(kinds.iter()).enumerate()
+    {
+        let media = message.media.as_ref().expect("a media message");
+        assert!(media.verified, "{n}: {}", media.error);
+        assert_eq!(media.kind, n as i32 + 1, "kinds in send order");
+        assert_eq!(media.mimetype, *mimetype);
+        assert_eq!(media.caption, caption.unwrap_or_default());
+        assert_eq!(message.text, caption.unwrap_or_default());
+        assert_eq!(media.file_name, file_name.unwrap_or_default());
+        assert_eq!(media.file_length, 1000 * n as u64 + 17);
+    }
+    let last = inbox.last().and_then(|m| m.media.as_ref()).expect("media");
+    assert!(last.verified && last.file_length == 4);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn expired_media_is_uploaded_again_when_a_device_asks() {
+    let sim = start(MediaConfig::default()).await;
+    let alice = phone("+15550007201");
+    sim.create_account(&alice, "Alice").expect("alice");
+    let bob = "+15550007202";
+    let creds = Client::pair(&sim, bob, 21).await;
+    let mut client = Client::login(&sim, creds, 21).await;
+    let bob = phone(bob);
+
+    let mut data = vec![0u8; 70_001];
+    StdRng::seed_from_u64(9).fill_bytes(&mut data);
+    let (id, info) = sim
+        .send_media(
+            &alice,
+            &bob.to_jid(),
+            MediaSend {
+                kind: MediaType::Video,
+                data: data.clone(),
+                mimetype: "video/mp4".into(),
+                caption: None,
+                file_name: None,
+            },
+        )
+        .await
+        .expect("sent");
+    let message = client
+        .stanza("the media message", |n| n.tag() == "message")
+        .await;
+    assert_eq!(message.attr_str("id"), Some(id.as_str()));
+    assert_eq!(message.attr_str("type"), Some("media"));
+    let enc = message.child("enc").expect("an enc");
+    assert_eq!(enc.attr_str("mediatype"), Some("video"));
+
+    let addr = sim.media_addr();
+    assert!(sim.expire_media(&info.direct_path).await);
+    assert_eq!(http(addr, "GET", &info.direct_path, b"").await.0, 410);
+
+    // The device asks for it again, with the message's media key.
+    let target = RetryTarget {
+        message_id: id.clone(),
+        chat: alice.to_jid(),
+        from_me: false,
+        participant: None,
+    };
+    let own = client
+        .credentials()
+        .account
+        .as_ref()
+        .expect("paired")
+        .jid
+        .clone();
+    client
+        .send(&media_retry_receipt(
+            &target,
+            &own,
+            &info.media_key,
+            [4; 12],
+        ))
+        .await;
+    let notification = client
+        .stanza("the mediaretry notification", |n| {
+            n.tag() == "notification" && n.attr_str("type") == Some("mediaretry")
+        })
+        .await;
+    let retry = parse_retry_notification(&notification).expect("a mediaretry notification");
+    assert_eq!(retry.target, target);
+    let MediaRetryOutcome::Encrypted { ciphertext, iv } = retry.outcome else {
+        panic!("the phone had the media: {:?}", retry.outcome);
+    };
+    let RetryResult::Success { direct_path } =
+        decrypt_retry_notification(&info.media_key, &id, &ciphertext, &iv).expect("decrypts")
+    else {
+        panic!("the phone uploaded it again");
+    };
+    assert_ne!(direct_path, info.direct_path);
+    let (code, body) = http(addr, "GET", &direct_path, b"").await;
+    assert_eq!(code, 200);
+    let mut decryptor = Decryptor::new(&info.media_key.keys(MediaType::Video), info.expected(None));
+    let mut plain = Vec::new();
+    decryptor.update(&body, &mut plain).expect("decrypts");
+    decryptor.finish(&mut plain).expect("verifies");
+    assert!(plain == data, "the re-uploaded media is the original");
+
+    // A message the phone never sent: error 2.
+    let unknown = RetryTarget {
+        message_id: "3EB0000000000000000000".into(),
+        ..target
+    };
+    client
+        .send(&media_retry_receipt(
+            &unknown,
+            &own,
+            &info.media_key,
+            [5; 12],
+        ))
+        .await;
+    let notification = client
+        .stanza("the error notification", |n| {
+            n.tag() == "notification" && n.attr_str("id") == Some(unknown.message_id.as_str())
+        })
+        .await;
+    assert_eq!(
+        parse_retry_notification(&notification).map(|r| r.outcome),
+        Ok(MediaRetryOutcome::Error { code: 2 })
+    );
     sim.shutdown().await;
 }

@@ -5,7 +5,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{SimError, Simulator, MAX_ACCOUNTS_PAGE};
+use super::{MediaSend, SimError, Simulator, MAX_ACCOUNTS_PAGE};
 use crate::proto::sim::simulator_server::Simulator as SimulatorService;
 use crate::proto::sim::{
     Account, CreateAccountRequest, CreateAccountResponse, Device, InboxMessage, InboxRequest,
@@ -14,8 +14,12 @@ use crate::proto::sim::{
     SendTextRequest, SendTextResponse, SendTextsRequest, SendTextsResponse, SetDelayRequest,
     SetDelayResponse,
 };
-use crate::proto::sim::{ExpireMediaRequest, ExpireMediaResponse};
+use crate::proto::sim::{
+    ExpireMediaRequest, ExpireMediaResponse, InboxMedia, MediaKind, SendMediaRequest,
+    SendMediaResponse,
+};
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
+use crate::wa::media::MediaType;
 
 /// Implementation of the control service over a running [`Simulator`].
 #[derive(Clone)]
@@ -79,7 +83,8 @@ impl From<SimError> for Status {
             | SimError::InvalidPhone(_)
             | SimError::InvalidJid(_)
             | SimError::TooManyTexts(_)
-            | SimError::InvalidPageToken => Status::invalid_argument(message),
+            | SimError::InvalidPageToken
+            | SimError::InvalidMedia(_) => Status::invalid_argument(message),
             SimError::NoPendingPairing | SimError::UnknownRef | SimError::NotFound(_) => {
                 Status::not_found(message)
             }
@@ -91,8 +96,47 @@ impl From<SimError> for Status {
             SimError::Encryption(_) => Status::internal(message),
             SimError::CompanionGone => Status::unavailable(message),
             SimError::PairTimeout(_) => Status::deadline_exceeded(message),
-            SimError::Bind { .. } | SimError::MediaHost(_) => Status::internal(message),
+            SimError::Bind { .. } | SimError::MediaHost(_) | SimError::MediaStore(_) => {
+                Status::internal(message)
+            }
         }
+    }
+}
+
+fn media_type(kind: MediaKind) -> Result<MediaType, SimError> {
+    Ok(match kind {
+        MediaKind::Image => MediaType::Image,
+        MediaKind::Video => MediaType::Video,
+        MediaKind::Audio => MediaType::Audio,
+        MediaKind::VoiceNote => MediaType::VoiceNote,
+        MediaKind::Document => MediaType::Document,
+        MediaKind::Sticker => MediaType::Sticker,
+        MediaKind::Unspecified => {
+            return Err(SimError::InvalidMedia("kind is required".into()));
+        }
+    })
+}
+
+fn inbox_media(media: super::InboxMedia) -> InboxMedia {
+    let kind = match media.kind {
+        MediaType::Image => MediaKind::Image,
+        MediaType::Video => MediaKind::Video,
+        MediaType::Audio => MediaKind::Audio,
+        MediaType::VoiceNote => MediaKind::VoiceNote,
+        MediaType::Document => MediaKind::Document,
+        MediaType::Sticker => MediaKind::Sticker,
+        MediaType::History | MediaType::AppState | MediaType::LinkThumbnail => {
+            MediaKind::Unspecified
+        }
+    };
+    InboxMedia {
+        kind: kind as i32,
+        mimetype: media.mimetype,
+        caption: media.caption.unwrap_or_default(),
+        file_name: media.file_name.unwrap_or_default(),
+        file_length: media.file_length,
+        verified: media.verified.is_ok(),
+        error: media.verified.err().unwrap_or_default(),
     }
 }
 
@@ -285,9 +329,38 @@ impl SimulatorService for Control {
                 id: m.id,
                 text: m.text,
                 timestamp: m.timestamp,
+                media: m.media.map(inbox_media),
             })
             .collect();
         Ok(Response::new(InboxResponse { messages }))
+    }
+
+    async fn send_media(
+        &self,
+        request: Request<SendMediaRequest>,
+    ) -> Result<Response<SendMediaResponse>, Status> {
+        let request = request.into_inner();
+        let from = parse_phone(&request.from_phone)?;
+        let to = self.target(&request.to)?;
+        let kind = media_type(request.kind())?;
+        let (message_id, info) = self
+            .sim
+            .send_media(
+                &from,
+                &to,
+                MediaSend {
+                    kind,
+                    data: request.data,
+                    mimetype: request.mimetype,
+                    caption: Some(request.caption).filter(|c| !c.is_empty()),
+                    file_name: Some(request.file_name).filter(|f| !f.is_empty()),
+                },
+            )
+            .await?;
+        Ok(Response::new(SendMediaResponse {
+            message_id,
+            direct_path: info.direct_path,
+        }))
     }
 
     async fn expire_media(

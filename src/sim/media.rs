@@ -9,7 +9,7 @@
 //! Plain HTTP: the host is meant for loopback; what it advertises (its base
 //! URL) is configurable so a TLS proxy can sit in front.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -39,7 +39,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
 use super::lock;
-use crate::wa::media::{upload_answer_json, MediaConn, MediaHost, MediaType, UploadAnswer};
+use crate::wa::media::{
+    upload_answer_json, MediaConn, MediaHost, MediaKey, MediaType, UploadAnswer,
+};
 
 /// Where the media host listens, what it advertises and what it keeps.
 #[derive(Clone, Debug)]
@@ -117,6 +119,36 @@ struct State {
     /// the current one and the one before (clients cache answers).
     auths: Mutex<Vec<(String, u64)>>,
     rng: Mutex<StdRng>,
+    sent: Mutex<SentMemory>,
+}
+
+/// Media the simulator's phones sent, by message id.
+#[derive(Default)]
+struct SentMemory {
+    by_id: HashMap<String, SentMedia>,
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+/// Most sent media remembered for retries, by count and by bytes.
+const MAX_SENT_MEDIA: usize = 1024;
+const MAX_SENT_BYTES: usize = 256 * 1024 * 1024;
+
+/// A file a phone sent: enough to upload it again and answer a retry.
+#[derive(Clone)]
+pub(crate) struct SentMedia {
+    pub(crate) media_key: MediaKey,
+    /// The encrypted body as first uploaded.
+    pub(crate) body: Bytes,
+}
+
+/// Why a phone could not download a blob.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FetchError {
+    #[error("404 not found")]
+    NotFound,
+    #[error("410 gone")]
+    Gone,
 }
 
 enum Store {
@@ -182,6 +214,7 @@ impl MediaServer {
             blobs: Mutex::new(blobs),
             auths: Mutex::new(Vec::new()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            sent: Mutex::new(SentMemory::default()),
         });
         let task = tokio::spawn(accept_loop(Arc::clone(&state), listener, shutdown));
         info!(%base_url, "media host started");
@@ -243,6 +276,70 @@ impl MediaServer {
             Blob::Memory(_) => true,
             Blob::Expired => false,
         }
+    }
+
+    /// Stores a body as if uploaded (the simulator's phones use it) and
+    /// returns what an upload answers.
+    pub(crate) async fn put(&self, body: Bytes) -> io::Result<UploadAnswer> {
+        let id = self.state.new_id();
+        let blob = match &self.state.store {
+            Store::Memory => Blob::Memory(body),
+            Store::Disk(dir) => {
+                let part = dir.join(format!("{id}.part"));
+                tokio::fs::write(&part, &body).await?;
+                tokio::fs::rename(&part, blob_file(dir, &id)).await?;
+                Blob::Disk {
+                    len: body.len() as u64,
+                }
+            }
+        };
+        lock(&self.state.blobs).insert(id.clone(), blob);
+        Ok(self.state.answer(&id))
+    }
+
+    /// A blob's body, as a phone of the simulator downloads it.
+    pub(crate) async fn fetch(&self, direct_path: &str) -> Result<Bytes, FetchError> {
+        let id = blob_id(direct_path).ok_or(FetchError::NotFound)?;
+        let len = match lock(&self.state.blobs).get(id) {
+            None => return Err(FetchError::NotFound),
+            Some(Blob::Expired) => return Err(FetchError::Gone),
+            Some(Blob::Memory(bytes)) => return Ok(bytes.clone()),
+            Some(Blob::Disk { len }) => *len,
+        };
+        let Store::Disk(dir) = &self.state.store else {
+            return Err(FetchError::NotFound);
+        };
+        if len > self.state.max_upload {
+            return Err(FetchError::NotFound);
+        }
+        tokio::fs::read(blob_file(dir, id))
+            .await
+            .map(Bytes::from)
+            .map_err(|_| FetchError::Gone)
+    }
+
+    /// Keeps what a phone sent, so it can upload it again when a device
+    /// asks (media retry). The oldest are forgotten past the bounds.
+    pub(crate) fn remember_sent(&self, message_id: &str, sent: SentMedia) {
+        let mut memory = lock(&self.state.sent);
+        memory.bytes += sent.body.len();
+        memory.order.push_back(message_id.to_owned());
+        if let Some(old) = memory.by_id.insert(message_id.to_owned(), sent) {
+            memory.bytes -= old.body.len();
+        }
+        while memory.order.len() > MAX_SENT_MEDIA || memory.bytes > MAX_SENT_BYTES {
+            let Some(oldest) = memory.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = memory.by_id.remove(&oldest) {
+                memory.bytes -= old.body.len();
+            }
+        }
+    }
+
+    /// What a phone sent under `message_id`, if still remembered.
+    pub(crate) fn sent(&self, message_id: &str) -> Option<SentMedia> {
+        lock(&self.state.sent).by_id.get(message_id).cloned()
     }
 
     /// Waits for the accept loop to end (after the shutdown signal).

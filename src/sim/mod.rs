@@ -11,6 +11,7 @@ mod mailbox;
 mod media;
 mod messaging;
 mod phone;
+mod phone_media;
 mod registry;
 mod routing;
 mod stanza;
@@ -38,7 +39,8 @@ use crate::wa::qr::{QrData, QrError};
 
 pub use control::Control;
 pub use media::{MediaConfig, MediaHostError, DEFAULT_MAX_UPLOAD};
-pub use phone::InboxMessage;
+pub use phone::{InboxMedia, InboxMessage};
+pub use phone_media::MediaSend;
 pub use registry::{AccountInfo, DeviceInfo};
 use registry::{Command, Device, NewAccount, PairRefusal, Registry, ReserveError, Termination};
 
@@ -105,6 +107,10 @@ pub enum SimError {
     Encryption(String),
     #[error("media host: {0}")]
     MediaHost(#[from] MediaHostError),
+    #[error("invalid media: {0}")]
+    InvalidMedia(String),
+    #[error("cannot store media: {0}")]
+    MediaStore(String),
 }
 
 /// The running simulator; cheap to clone (shared inside).
@@ -424,6 +430,21 @@ impl Simulator {
         }
         self.inner
             .phone_send_many(from.as_str(), &to.user, count, prefix, per_second)
+            .await
+    }
+
+    /// The virtual phone of `from` sends a file to the account `to`, as
+    /// [`Simulator::send_text`] sends a text: encrypted, stored on the media
+    /// host, announced in a media message. Returns the message id and the
+    /// media it described (media key included).
+    pub async fn send_media(
+        &self,
+        from: &PhoneNumber,
+        to: &Jid,
+        media: MediaSend,
+    ) -> Result<(String, crate::wa::media::MediaInfo), SimError> {
+        self.inner
+            .phone_send_media(from.as_str(), &to.user, media)
             .await
     }
 

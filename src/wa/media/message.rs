@@ -151,6 +151,27 @@ impl MediaInfo {
         message
     }
 
+    /// The type of a message's media, if it has any.
+    pub fn type_of(message: &Message) -> Option<MediaType> {
+        if message.image_message.is_some() {
+            Some(MediaType::Image)
+        } else if message.video_message.is_some() {
+            Some(MediaType::Video)
+        } else if let Some(audio) = &message.audio_message {
+            Some(if audio.ptt == Some(true) {
+                MediaType::VoiceNote
+            } else {
+                MediaType::Audio
+            })
+        } else if message.document_message.is_some() {
+            Some(MediaType::Document)
+        } else if message.sticker_message.is_some() {
+            Some(MediaType::Sticker)
+        } else {
+            None
+        }
+    }
+
     /// The media of a received message: `None` when it has none, an error
     /// when its keys or hashes are malformed (nothing could be verified).
     pub fn from_message(message: &Message) -> Option<Result<Self, MediaError>> {

@@ -441,6 +441,7 @@ fn media_messages_round_trip_for_every_message_type() {
         );
         assert_eq!(info.expected(None).file_length, Some(12345));
         assert!(ty.enc_mediatype().is_some());
+        assert_eq!(MediaInfo::type_of(&decoded), Some(ty));
     }
     let text = crate::proto::wa::Message {
         conversation: Some("hi".into()),
