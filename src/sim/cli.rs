@@ -25,13 +25,11 @@ pub struct SimArgs {
     /// Seed for every key the simulator makes, for a stable root key.
     #[arg(long, env = "WAGATE_SIM_SEED")]
     pub seed: Option<u64>,
-    /// Address of the media host (plain HTTP: uploads and downloads).
-    #[arg(
-        long,
-        default_value = "127.0.0.1:5292",
-        env = "WAGATE_SIM_MEDIA_LISTEN"
-    )]
-    pub media_listen: SocketAddr,
+    /// Address of the media host (plain HTTP: uploads and downloads);
+    /// a free port on the chat address's host when unset (printed as
+    /// `media_url=` and returned by `Info`).
+    #[arg(long, env = "WAGATE_SIM_MEDIA_LISTEN")]
+    pub media_listen: Option<SocketAddr>,
     /// Base URL the media host advertises, e.g. https://media.test behind a
     /// TLS proxy (default: http://MEDIA_LISTEN as bound).
     #[arg(long, env = "WAGATE_SIM_MEDIA_URL")]
@@ -67,7 +65,9 @@ pub enum CliError {
 /// and serves until SIGINT or SIGTERM.
 pub async fn run(args: SimArgs) -> Result<(), CliError> {
     let media = MediaConfig {
-        listen: args.media_listen,
+        listen: args
+            .media_listen
+            .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 0)),
         public_url: args.media_url,
         dir: args.media_dir,
         max_upload: args.media_max_upload,

@@ -611,7 +611,16 @@ fn check_upload(
 /// Streams an accepted upload into the store, checking its hash.
 async fn store_upload(state: &State, req: Request<Incoming>, path_token: &str) -> Response<Body> {
     let id = state.new_id();
-    let mut sink = match Sink::open(&state.store, &id).await {
+    // Checked against the limit already: room for the whole body up front,
+    // so a memory blob is never copied while it grows.
+    let announced = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(state.max_upload);
+    let mut sink = match Sink::open(&state.store, &id, announced).await {
         Ok(sink) => sink,
         Err(err) => {
             warn!(%err, "cannot store upload");
@@ -689,9 +698,11 @@ enum Sink {
 }
 
 impl Sink {
-    async fn open(store: &Store, id: &str) -> io::Result<Self> {
+    async fn open(store: &Store, id: &str, announced: u64) -> io::Result<Self> {
         Ok(match store {
-            Store::Memory => Sink::Memory(Vec::new()),
+            Store::Memory => {
+                Sink::Memory(Vec::with_capacity(usize::try_from(announced).unwrap_or(0)))
+            }
             Store::Disk(dir) => {
                 let part = dir.join(format!("{id}.part"));
                 Sink::Disk {
