@@ -30,7 +30,7 @@ pub struct SimArgs {
     /// `media_url=` and returned by `Info`).
     #[arg(long, env = "WAGATE_SIM_MEDIA_LISTEN")]
     pub media_listen: Option<SocketAddr>,
-    /// Base URL the media host advertises, e.g. https://media.test behind a
+    /// Base URL the media host advertises, e.g. `https://media.test` behind a
     /// TLS proxy (default: http://MEDIA_LISTEN as bound).
     #[arg(long, env = "WAGATE_SIM_MEDIA_URL")]
     pub media_url: Option<String>,

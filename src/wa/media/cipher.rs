@@ -89,7 +89,8 @@ pub struct EncryptedMedia {
 /// Encrypts a file chunk by chunk: each [`Encryptor::update`] appends the
 /// ciphertext of the whole blocks known so far, [`Encryptor::finish`]
 /// appends the last (padded) block and the MAC. Everything appended, in
-/// order, is the body to upload.
+/// order, is the body to upload; its length is known in advance
+/// ([`body_len`]), its hash (the upload token) only at the end.
 pub struct Encryptor {
     cipher: cbc::Encryptor<Aes256>,
     mac: Hmac<Sha256>,

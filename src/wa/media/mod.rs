@@ -9,6 +9,23 @@
 //! The uploaded body is `AES-256-CBC/PKCS7(plaintext) ‖ HMAC-SHA256(mac key,
 //! IV ‖ ciphertext)[..10]`; the message carries `file_sha256` (of the
 //! plaintext), `file_enc_sha256` (of the whole body) and `file_length`.
+//!
+//! How the pieces fit:
+//! * Sending: [`MediaKey::generate`], then [`Encryptor`] over the file into a
+//!   temporary file (the upload URL carries `file_enc_sha256`, known only at
+//!   the end, so the body is uploaded after it is written); a `media_conn`
+//!   iq ([`media_conn_query`], [`parse_media_conn`], cached until
+//!   [`MediaConn::expires_at`]); `POST` the body to [`upload_url`] and read
+//!   [`parse_upload_answer`]; put a [`MediaInfo`] in the message
+//!   ([`MediaInfo::to_message`]) and send it with `type="media"` and
+//!   [`MediaType::enc_mediatype`] on each `<enc>`.
+//! * Receiving: [`MediaInfo::from_message`]; `GET` [`download_url`] on each
+//!   host in turn (another host when [`MediaError::is_retryable`]) through a
+//!   [`Decryptor`] with [`MediaInfo::expected`], keeping the output only if
+//!   [`Decryptor::finish`] succeeds. On 404 or 410, send
+//!   [`media_retry_receipt`]; the answer is a `mediaretry` notification
+//!   ([`parse_retry_notification`], [`decrypt_retry_notification`]) with a
+//!   new direct path.
 
 mod cipher;
 mod conn;
