@@ -188,13 +188,20 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     )?);
 
     let sim = if opts.sim {
-        let sim = Simulator::start(SimConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            seed: None,
-        })
+        let media = crate::sim::MediaConfig {
+            dir: Some(opts.data_dir.join("sim-media")),
+            ..crate::sim::MediaConfig::default()
+        };
+        let sim = Simulator::start_with_media(
+            SimConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                seed: None,
+            },
+            media,
+        )
         .await
         .map_err(|e| StartError::Sim(e.to_string()))?;
-        info!(ws_url = %sim.ws_url(), "sandbox simulator started");
+        info!(ws_url = %sim.ws_url(), media_url = %sim.media_url(), "sandbox simulator started");
         Some(sim)
     } else {
         None

@@ -4,11 +4,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use super::{SimConfig, SimError, Simulator};
+use super::{MediaConfig, SimConfig, SimError, Simulator, DEFAULT_MAX_UPLOAD};
 use crate::proto::sim::simulator_server::SimulatorServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 
@@ -24,6 +25,22 @@ pub struct SimArgs {
     /// Seed for every key the simulator makes, for a stable root key.
     #[arg(long, env = "WAGATE_SIM_SEED")]
     pub seed: Option<u64>,
+    /// Address of the media host (plain HTTP: uploads and downloads);
+    /// a free port on the chat address's host when unset (printed as
+    /// `media_url=` and returned by `Info`).
+    #[arg(long, env = "WAGATE_SIM_MEDIA_LISTEN")]
+    pub media_listen: Option<SocketAddr>,
+    /// Base URL the media host advertises, e.g. `https://media.test` behind a
+    /// TLS proxy (default: http://MEDIA_LISTEN as bound).
+    #[arg(long, env = "WAGATE_SIM_MEDIA_URL")]
+    pub media_url: Option<String>,
+    /// Directory for media blobs (kept across restarts); in memory when
+    /// unset.
+    #[arg(long, env = "WAGATE_SIM_MEDIA_DIR")]
+    pub media_dir: Option<PathBuf>,
+    /// Largest media upload, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD, env = "WAGATE_SIM_MEDIA_MAX_UPLOAD")]
+    pub media_max_upload: u64,
 }
 
 /// Why `wagate sim` stopped with an error.
@@ -47,10 +64,22 @@ pub enum CliError {
 /// Starts the simulator and its control server, prints where they listen,
 /// and serves until SIGINT or SIGTERM.
 pub async fn run(args: SimArgs) -> Result<(), CliError> {
-    let sim = Simulator::start(SimConfig {
-        listen: args.listen,
-        seed: args.seed,
-    })
+    let media = MediaConfig {
+        listen: args
+            .media_listen
+            .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 0)),
+        public_url: args.media_url,
+        dir: args.media_dir,
+        max_upload: args.media_max_upload,
+        ..MediaConfig::default()
+    };
+    let sim = Simulator::start_with_media(
+        SimConfig {
+            listen: args.listen,
+            seed: args.seed,
+        },
+        media,
+    )
     .await?;
     let listener = TcpListener::bind(args.control)
         .await
@@ -65,6 +94,7 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
 
     println!("ws_url={}", sim.ws_url());
     println!("control={control_addr}");
+    println!("media_url={}", sim.media_url());
     println!("root_public_key={}", hex::encode(sim.root_public_key()));
 
     let served = serve_control(&sim, listener, termination()?).await;

@@ -37,6 +37,7 @@ use crate::proto::wa::ClientPayload;
 use crate::wa::binary::{DecodeError, Node, TokenDict};
 use crate::wa::crypto::KeyPair;
 use crate::wa::jid::{Jid, DEFAULT_USER_SERVER};
+use crate::wa::media::media_conn_node;
 use crate::wa::noise::{
     encode_frame, FrameDecoder, NoiseError, RecvCipher, SendCipher, ServerHandshake, MAX_FRAME,
     WA_HEADER,
@@ -687,6 +688,10 @@ impl Session {
                 vec![Node::new("props").attr("protocol", "2").attr("hash", "0")],
             ),
             ("blocklist", "get", _) => stanza::iq_result(id, vec![Node::new("list")]),
+            ("w:m", "set", Some("media_conn")) => stanza::iq_result(
+                id,
+                vec![media_conn_node(&self.inner.media.media_conn(unix_now()))],
+            ),
             ("privacy", "get", Some("privacy")) => {
                 stanza::iq_result(id, vec![stanza::privacy_settings()])
             }

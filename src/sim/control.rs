@@ -6,7 +6,7 @@
 use tonic::{Request, Response, Status};
 
 use super::groups::GroupError;
-use super::{GroupAction, GroupInfo, SimError, Simulator, MAX_ACCOUNTS_PAGE};
+use super::{GroupAction, GroupInfo, MediaSend, SimError, Simulator, MAX_ACCOUNTS_PAGE};
 use crate::proto::sim::simulator_server::Simulator as SimulatorService;
 use crate::proto::sim::{
     Account, CreateAccountRequest, CreateAccountResponse, Device, InboxMessage, InboxRequest,
@@ -16,12 +16,14 @@ use crate::proto::sim::{
     SetDelayResponse,
 };
 use crate::proto::sim::{
-    CreateGroupRequest, CreateGroupResponse, Group, GroupInfoRequest, GroupInviteCodeRequest,
-    GroupInviteCodeResponse, GroupMember, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, ParticipantResult, SendGroupTextRequest, SendGroupTextResponse,
-    UpdateGroupParticipantsRequest, UpdateGroupParticipantsResponse,
+    CreateGroupRequest, CreateGroupResponse, ExpireMediaRequest, ExpireMediaResponse, Group,
+    GroupInfoRequest, GroupInviteCodeRequest, GroupInviteCodeResponse, GroupMember, InboxMedia,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, MediaKind,
+    ParticipantResult, SendGroupTextRequest, SendGroupTextResponse, SendMediaRequest,
+    SendMediaResponse, UpdateGroupParticipantsRequest, UpdateGroupParticipantsResponse,
 };
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
+use crate::wa::media::MediaType;
 
 /// Implementation of the control service over a running [`Simulator`].
 #[derive(Clone)]
@@ -126,7 +128,8 @@ impl From<SimError> for Status {
             | SimError::InvalidPhone(_)
             | SimError::InvalidJid(_)
             | SimError::TooManyTexts(_)
-            | SimError::InvalidPageToken => Status::invalid_argument(message),
+            | SimError::InvalidPageToken
+            | SimError::InvalidMedia(_) => Status::invalid_argument(message),
             SimError::NoPendingPairing | SimError::UnknownRef | SimError::NotFound(_) => {
                 Status::not_found(message)
             }
@@ -138,7 +141,7 @@ impl From<SimError> for Status {
             SimError::Encryption(_) => Status::internal(message),
             SimError::CompanionGone => Status::unavailable(message),
             SimError::PairTimeout(_) => Status::deadline_exceeded(message),
-            SimError::Bind { .. } => Status::internal(message),
+
             SimError::Group(err) => match err {
                 GroupError::BadRequest(_) | GroupError::NotAcceptable(_) => {
                     Status::invalid_argument(message)
@@ -150,7 +153,47 @@ impl From<SimError> for Status {
                 GroupError::Conflict => Status::aborted(message),
                 GroupError::Revoked => Status::failed_precondition(message),
             },
+            SimError::Bind { .. } | SimError::MediaHost(_) | SimError::MediaStore(_) => {
+                Status::internal(message)
+            }
         }
+    }
+}
+
+fn media_type(kind: MediaKind) -> Result<MediaType, SimError> {
+    Ok(match kind {
+        MediaKind::Image => MediaType::Image,
+        MediaKind::Video => MediaType::Video,
+        MediaKind::Audio => MediaType::Audio,
+        MediaKind::VoiceNote => MediaType::VoiceNote,
+        MediaKind::Document => MediaType::Document,
+        MediaKind::Sticker => MediaType::Sticker,
+        MediaKind::Unspecified => {
+            return Err(SimError::InvalidMedia("kind is required".into()));
+        }
+    })
+}
+
+fn inbox_media(media: super::InboxMedia) -> InboxMedia {
+    let kind = match media.kind {
+        MediaType::Image => MediaKind::Image,
+        MediaType::Video => MediaKind::Video,
+        MediaType::Audio => MediaKind::Audio,
+        MediaType::VoiceNote => MediaKind::VoiceNote,
+        MediaType::Document => MediaKind::Document,
+        MediaType::Sticker => MediaKind::Sticker,
+        MediaType::History | MediaType::AppState | MediaType::LinkThumbnail => {
+            MediaKind::Unspecified
+        }
+    };
+    InboxMedia {
+        kind: kind as i32,
+        mimetype: media.mimetype,
+        caption: media.caption.unwrap_or_default(),
+        file_name: media.file_name.unwrap_or_default(),
+        file_length: media.file_length,
+        verified: media.verified.is_ok(),
+        error: media.verified.err().unwrap_or_default(),
     }
 }
 
@@ -160,6 +203,7 @@ impl SimulatorService for Control {
         Ok(Response::new(InfoResponse {
             ws_url: self.sim.ws_url(),
             root_public_key: hex::encode(self.sim.root_public_key()),
+            media_url: self.sim.media_url().to_owned(),
         }))
     }
 
@@ -343,6 +387,7 @@ impl SimulatorService for Control {
                 id: m.id,
                 text: m.text,
                 timestamp: m.timestamp,
+                media: m.media.map(inbox_media),
             })
             .collect();
         Ok(Response::new(InboxResponse { messages }))
@@ -454,6 +499,46 @@ impl SimulatorService for Control {
     ) -> Result<Response<Group>, Status> {
         let group = parse_group(&request.into_inner().group_jid)?;
         Ok(Response::new(group_message(self.sim.group_info(&group)?)))
+    }
+
+    async fn send_media(
+        &self,
+        request: Request<SendMediaRequest>,
+    ) -> Result<Response<SendMediaResponse>, Status> {
+        let request = request.into_inner();
+        let from = parse_phone(&request.from_phone)?;
+        let to = self.target(&request.to)?;
+        let kind = media_type(request.kind())?;
+        let (message_id, info) = self
+            .sim
+            .send_media(
+                &from,
+                &to,
+                MediaSend {
+                    kind,
+                    data: request.data,
+                    mimetype: request.mimetype,
+                    caption: Some(request.caption).filter(|c| !c.is_empty()),
+                    file_name: Some(request.file_name).filter(|f| !f.is_empty()),
+                },
+            )
+            .await?;
+        Ok(Response::new(SendMediaResponse {
+            message_id,
+            direct_path: info.direct_path,
+        }))
+    }
+
+    async fn expire_media(
+        &self,
+        request: Request<ExpireMediaRequest>,
+    ) -> Result<Response<ExpireMediaResponse>, Status> {
+        let path = request.into_inner().direct_path;
+        if path.is_empty() {
+            return Err(Status::invalid_argument("direct_path is empty"));
+        }
+        let expired = self.sim.expire_media(&path).await;
+        Ok(Response::new(ExpireMediaResponse { expired }))
     }
 }
 

@@ -250,6 +250,7 @@ impl Inner {
                     id: id.clone(),
                     text,
                     timestamp: t,
+                    media: None,
                 });
                 Read::Text
             } else {

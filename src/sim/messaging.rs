@@ -15,6 +15,7 @@ use super::phone::{device_sent_message, text_message, Content, InboxMessage};
 use super::registry::QueueClass;
 use super::routing::{self, ClientMessage, ClientReceipt, Delivery};
 use super::{unix_now, Inner, SimError};
+use crate::proto::wa::Message;
 use crate::wa::binary::Node;
 use crate::wa::jid::{Jid, DEFAULT_USER_SERVER};
 use crate::wa::signal::ProtocolAddress;
@@ -83,6 +84,12 @@ impl Inner {
     /// Routes a receipt: the recipient's confirmation goes to the original
     /// sender's devices (a retry only to the device that sent the message).
     pub(crate) async fn route_receipt(&self, sender: &Jid, receipt: ClientReceipt) {
+        if receipt.kind.as_deref() == Some("server-error") {
+            // A media retry request: answered by the phone that sent the
+            // media, not forwarded.
+            self.answer_media_retry(sender, &receipt).await;
+            return;
+        }
         let forwarded = routing::forwarded_receipt(&receipt, sender, unix_now());
         let targets: Vec<Jid> = if receipt.kind.as_deref() == Some("retry") {
             vec![receipt.to.clone()]
@@ -115,36 +122,45 @@ impl Inner {
         let t = node.attr_u64("t").unwrap_or_else(unix_now);
         let mut rng = self.fork_rng();
         let sender = address(&from);
-        let outcome = self.registry.with_handset(&phone.user, |handset| {
+        let decrypted = self.registry.with_handset(&phone.user, |handset| {
             // A phone keeps each (sender, id) once, as real phones do: a
             // message sent again under the same id is not a new message.
             if handset.has_received(&from.to_string(), &id) {
-                return false;
+                return None;
             }
-            let mut text = None;
+            let mut found = None;
             for enc in node.children_by_tag("enc") {
                 let kind = enc.attr_str("type").unwrap_or_default();
                 let Some(bytes) = enc.content_bytes() else {
                     continue;
                 };
                 match handset.decrypt(&sender, kind, bytes, &mut rng) {
-                    Ok(Content::Text(received)) => text = Some(received),
+                    Ok(content @ (Content::Text(_) | Content::Media { .. })) => {
+                        found = Some(content)
+                    }
                     Ok(Content::SentByMe { .. } | Content::Other) => {}
                     Err(err) => debug!(%from, %err, "phone cannot decrypt"),
                 }
             }
-            if let Some(text) = &text {
-                handset.record(InboxMessage {
-                    from: from.to_string(),
-                    chat: from.to_non_ad().to_string(),
-                    id: id.clone(),
-                    text: text.clone(),
-                    timestamp: t,
-                });
-            }
-            text.is_some()
+            found
         });
-        if outcome != Some(true) || from.user == phone.user {
+        let (text, media) = match decrypted.flatten() {
+            Some(Content::Text(text)) => (text, None),
+            // Downloaded and checked outside the registry lock.
+            Some(Content::Media { kind, info }) => self.receive_media(kind, info).await,
+            _ => return,
+        };
+        self.registry.with_handset(&phone.user, |handset| {
+            handset.record(InboxMessage {
+                from: from.to_string(),
+                chat: from.to_non_ad().to_string(),
+                id: id.clone(),
+                text,
+                timestamp: t,
+                media,
+            })
+        });
+        if from.user == phone.user {
             return;
         }
         let receipt = routing::phone_receipt(&id, &phone.to_non_ad(), unix_now());
@@ -201,7 +217,7 @@ impl Inner {
     }
 
     /// Who a phone's text to `to_user` goes to.
-    fn phone_plan(&self, from_user: &str, to_user: &str) -> Result<PhonePlan, SimError> {
+    pub(super) fn phone_plan(&self, from_user: &str, to_user: &str) -> Result<PhonePlan, SimError> {
         let recipients = self.registry.user_devices(to_user);
         if recipients.is_empty() {
             return Err(SimError::NotFound(format!("no account {to_user}")));
@@ -231,12 +247,26 @@ impl Inner {
 
     /// Encrypts one text for every device of a plan and routes it.
     async fn phone_send_planned(&self, plan: &PhonePlan, text: &str) -> Result<String, SimError> {
+        let for_peer = text_message(text);
+        let for_self = device_sent_message(&plan.chat.to_string(), text);
+        self.phone_send_message(plan, &for_peer, &for_self, None)
+            .await
+    }
+
+    /// Encrypts one message for every device of a plan (`for_self` to the
+    /// sender's companions) and routes it; a media message names its
+    /// `mediatype` on every `<enc>`.
+    pub(super) async fn phone_send_message(
+        &self,
+        plan: &PhonePlan,
+        for_peer: &Message,
+        for_self: &Message,
+        mediatype: Option<&'static str>,
+    ) -> Result<String, SimError> {
         let from_user = plan.from_user.as_str();
         let targets = &plan.targets;
         let mut rng = self.fork_rng();
         let id = routing::new_message_id(&mut rng);
-        let for_peer = text_message(text);
-        let for_self = device_sent_message(&plan.chat.to_string(), text);
         let encrypted = self
             .registry
             .with_handset_and_bundles(from_user, targets, |handset, bundles| {
@@ -245,9 +275,9 @@ impl Inner {
                     .zip(bundles)
                     .map(|(target, bundle)| {
                         let message = if target.user == from_user {
-                            &for_self
+                            for_self
                         } else {
-                            &for_peer
+                            for_peer
                         };
                         handset
                             .encrypt(&address(target), bundle.as_ref(), message, &mut rng)
@@ -260,14 +290,18 @@ impl Inner {
         let t = unix_now();
         for (target, ciphertext) in encrypted {
             let own_device = target.user == from_user;
+            let mut enc = routing::enc(ciphertext.kind(), ciphertext.into_bytes());
+            if let Some(mediatype) = mediatype {
+                enc = enc.attr("mediatype", mediatype);
+            }
             let node = routing::delivered_message(Delivery {
                 id: &id,
-                kind: "text",
+                kind: if mediatype.is_some() { "media" } else { "text" },
                 from: &plan.from,
                 t,
                 notify: plan.notify.as_deref(),
                 recipient: own_device.then_some(&plan.chat),
-                encs: vec![routing::enc(ciphertext.kind(), ciphertext.into_bytes())],
+                encs: vec![enc],
                 device_identity: None,
             });
             self.deliver_to(&target, QueueClass::Message, &id, node)
@@ -278,12 +312,12 @@ impl Inner {
 }
 
 /// The devices a phone's text reaches, resolved once per send.
-struct PhonePlan {
+pub(super) struct PhonePlan {
     from_user: String,
     /// The sending phone's account JID.
     from: Jid,
     /// The recipient account (the chat).
-    chat: Jid,
+    pub(super) chat: Jid,
     notify: Option<String>,
     /// Every device of the recipient, and the sender's own companions.
     targets: Vec<Jid>,

@@ -11,8 +11,10 @@ mod group_routing;
 mod groups;
 mod keys;
 mod mailbox;
+mod media;
 mod messaging;
 mod phone;
+mod phone_media;
 mod registry;
 mod routing;
 mod sender_keys;
@@ -41,7 +43,9 @@ use crate::wa::qr::{QrData, QrError};
 
 pub use control::Control;
 pub use groups::{Action as GroupAction, GroupError, GroupInfo, GroupMember};
-pub use phone::InboxMessage;
+pub use media::{MediaConfig, MediaHostError, DEFAULT_MAX_UPLOAD};
+pub use phone::{InboxMedia, InboxMessage};
+pub use phone_media::MediaSend;
 pub use registry::{AccountInfo, DeviceInfo};
 use registry::{Command, Device, NewAccount, PairRefusal, Registry, ReserveError, Termination};
 
@@ -108,6 +112,12 @@ pub enum SimError {
     Encryption(String),
     #[error("group: {0}")]
     Group(GroupError),
+    #[error("media host: {0}")]
+    MediaHost(#[from] MediaHostError),
+    #[error("invalid media: {0}")]
+    InvalidMedia(String),
+    #[error("cannot store media: {0}")]
+    MediaStore(String),
 }
 
 /// The running simulator; cheap to clone (shared inside).
@@ -126,6 +136,8 @@ pub(crate) struct Inner {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    /// The HTTP host media is uploaded to and downloaded from.
+    media: media::MediaServer,
 }
 
 impl Inner {
@@ -166,8 +178,14 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 impl Simulator {
-    /// Binds the chat websocket and starts accepting connections.
+    /// Binds the chat websocket and starts accepting connections, with a
+    /// media host on a free loopback port keeping blobs in memory.
     pub async fn start(config: SimConfig) -> Result<Self, SimError> {
+        Self::start_with_media(config, MediaConfig::default()).await
+    }
+
+    /// [`Simulator::start`] with the media host configured.
+    pub async fn start_with_media(config: SimConfig, media: MediaConfig) -> Result<Self, SimError> {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| SimError::Bind {
@@ -184,6 +202,7 @@ impl Simulator {
         };
         let keys = keys::ServerKeys::generate(&mut rng, unix_now());
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let media = media::MediaServer::start(media, rng.next_u64(), shutdown_rx.clone()).await?;
         let inner = Arc::new(Inner {
             registry: Registry::default(),
             groups: groups::Groups::default(),
@@ -192,6 +211,7 @@ impl Simulator {
             addr,
             shutdown,
             accept_task: Mutex::new(None),
+            media,
         });
         let task = tokio::spawn(accept_loop(Arc::clone(&inner), listener, shutdown_rx));
         *lock(&inner.accept_task) = Some(task);
@@ -201,6 +221,28 @@ impl Simulator {
     /// The chat endpoint, `ws://127.0.0.1:PORT/ws/chat`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}{}", self.inner.addr, conn::CHAT_PATH)
+    }
+
+    /// Base URL of the media host, e.g. `http://127.0.0.1:PORT`.
+    pub fn media_url(&self) -> &str {
+        self.inner.media.base_url()
+    }
+
+    /// The address the media host listens on.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.inner.media.local_addr()
+    }
+
+    /// What a device asking `media_conn` now is told: upload auth and the
+    /// media host.
+    pub fn media_conn(&self) -> crate::wa::media::MediaConn {
+        self.inner.media.media_conn(unix_now())
+    }
+
+    /// Expires the media blob of a direct path or URL: downloads answer 410
+    /// Gone from then on. Returns whether a live blob was expired.
+    pub async fn expire_media(&self, path_or_url: &str) -> bool {
+        self.inner.media.expire(path_or_url).await
     }
 
     /// The address the chat websocket listens on.
@@ -397,6 +439,21 @@ impl Simulator {
         }
         self.inner
             .phone_send_many(from.as_str(), &to.user, count, prefix, per_second)
+            .await
+    }
+
+    /// The virtual phone of `from` sends a file to the account `to`, as
+    /// [`Simulator::send_text`] sends a text: encrypted, stored on the media
+    /// host, announced in a media message. Returns the message id and the
+    /// media it described (media key included).
+    pub async fn send_media(
+        &self,
+        from: &PhoneNumber,
+        to: &Jid,
+        media: MediaSend,
+    ) -> Result<(String, crate::wa::media::MediaInfo), SimError> {
+        self.inner
+            .phone_send_media(from.as_str(), &to.user, media)
             .await
     }
 
@@ -602,6 +659,7 @@ impl Simulator {
                 warn!(%err, "simulator accept loop failed");
             }
         }
+        self.inner.media.stopped().await;
     }
 
     async fn terminate(&self, jid: &Jid, how: Termination) -> usize {

@@ -14,6 +14,7 @@ use super::usync::BundleKeys;
 use crate::proto::wa::message::DeviceSentMessage;
 use crate::proto::wa::Message;
 use crate::wa::crypto::KeyPair;
+use crate::wa::media::{MediaError, MediaInfo, MediaType};
 use crate::wa::signal::{
     self, decrypt_message, decrypt_prekey_message, encrypt, generate_registration_id, pad,
     process_bundle, unpad, CiphertextMessage, LocalKeys, PreKey, PreKeyBundle, ProtocolAddress,
@@ -39,7 +40,7 @@ pub(crate) enum PhoneError {
     NotAMessage(#[from] prost::DecodeError),
 }
 
-/// A text a phone received and decrypted.
+/// A text (or media message) a phone received and decrypted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboxMessage {
     /// The sending device, e.g. `15550001111:1@s.whatsapp.net`.
@@ -47,9 +48,26 @@ pub struct InboxMessage {
     /// The chat: the sender's account for a 1:1 text, else the group JID.
     pub chat: String,
     pub id: String,
+    /// The text, or a media message's caption (empty without one).
     pub text: String,
     /// The server timestamp of the message (unix seconds).
     pub timestamp: u64,
+    /// What a media message carried, and whether it checked out.
+    pub media: Option<InboxMedia>,
+}
+
+/// A media file a phone received: what the message said, and whether the
+/// download, decryption and hash checks succeeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxMedia {
+    pub kind: MediaType,
+    pub mimetype: String,
+    pub caption: Option<String>,
+    pub file_name: Option<String>,
+    /// The length the message announced.
+    pub file_length: u64,
+    /// `Ok` once downloaded, decrypted and verified; why not otherwise.
+    pub verified: Result<(), String>,
 }
 
 /// What a decrypted payload turned out to be.
@@ -59,6 +77,11 @@ pub(crate) enum Content {
     Text(String),
     /// A copy of a text another device of this account sent to `destination`.
     SentByMe { destination: String, text: String },
+    /// A media message for this account, or why its media is unreadable.
+    Media {
+        kind: MediaType,
+        info: Result<Box<MediaInfo>, MediaError>,
+    },
     /// Anything else (sender keys, protocol messages): no text.
     Other,
 }
@@ -276,10 +299,15 @@ pub(crate) fn text_message(text: &str) -> Message {
 
 /// The copy of a text for the sender's other devices.
 pub(crate) fn device_sent_message(destination: &str, text: &str) -> Message {
+    device_sent_copy(destination, text_message(text))
+}
+
+/// The copy of any message for the sender's other devices.
+pub(crate) fn device_sent_copy(destination: &str, message: Message) -> Message {
     Message {
         device_sent_message: Some(Box::new(DeviceSentMessage {
             destination_jid: Some(destination.to_owned()),
-            message: Some(Box::new(text_message(text))),
+            message: Some(Box::new(message)),
             phash: None,
         })),
         ..Default::default()
@@ -297,6 +325,15 @@ pub(crate) fn content(bytes: &[u8]) -> Result<Content, prost::DecodeError> {
                 text,
             },
             None => Content::Other,
+        });
+    }
+    if let (Some(kind), Some(info)) = (
+        MediaInfo::type_of(&message),
+        MediaInfo::from_message(&message),
+    ) {
+        return Ok(Content::Media {
+            kind,
+            info: info.map(Box::new),
         });
     }
     Ok(text_of(&message).map_or(Content::Other, Content::Text))
@@ -388,6 +425,7 @@ mod tests {
     fn the_inbox_keeps_each_sender_and_id_once() {
         let mut alice = phone(4);
         let text = |from: &str, id: &str, text: &str| InboxMessage {
+            media: None,
             from: from.into(),
             chat: "1@s.whatsapp.net".into(),
             id: id.into(),

@@ -9,6 +9,7 @@ pub mod creds;
 pub mod crypto;
 pub mod groups;
 pub mod jid;
+pub mod media;
 pub mod message;
 pub mod messaging;
 pub mod noise;

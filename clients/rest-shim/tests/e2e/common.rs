@@ -553,7 +553,6 @@ impl Receiver {
         format!("{scheme}://{}{path}", self.addr)
     }
 
-
     pub fn set_status(&self, status: u16) {
         self.state.status.store(status, Ordering::SeqCst);
     }

@@ -1,0 +1,333 @@
+//! Streaming encryption and decryption of media bodies. Neither side ever
+//! holds the whole file: plaintext or body goes in by chunks of any size,
+//! the other form comes out as soon as whole AES blocks are known, and the
+//! hashes and MAC are computed along the way.
+
+use aes::Aes256;
+use cbc::cipher::inout::InOutBuf;
+use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{MediaKeys, BLOCK_LEN, MAC_LEN};
+
+/// Bytes processed per pass: small enough that the cipher, the MAC and the
+/// hashes all find them in cache, large enough to run the cipher in bulk.
+const STRIPE: usize = 32 * 1024;
+
+/// What the decryptor must keep back because it may be the end of the body:
+/// the last ciphertext block (its padding is only checked at the end) and
+/// the MAC.
+const HOLD: usize = BLOCK_LEN + MAC_LEN;
+
+/// Why a media body could not be turned into the file it claims to be.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum MediaError {
+    #[error("a media key is 32 bytes, not {0}")]
+    BadMediaKey(usize),
+    #[error("the media message's {0} is missing or malformed")]
+    BadField(&'static str),
+    #[error("the media body is truncated (shorter than a block and a MAC, or not whole blocks)")]
+    Truncated,
+    #[error("the media is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the media body's SHA-256 is not the one the message announced")]
+    EncHashMismatch,
+    #[error("the media body's MAC does not verify (wrong key, or tampered)")]
+    MacMismatch,
+    #[error("the decrypted media has invalid padding")]
+    BadPadding,
+    #[error("the decrypted media's SHA-256 is not the one the message announced")]
+    HashMismatch,
+    #[error("the decrypted media has {actual} bytes, the message announced {expected}")]
+    LengthMismatch { expected: u64, actual: u64 },
+}
+
+impl MediaError {
+    /// Whether fetching the body again (from another host) may succeed:
+    /// a short or altered body is a transfer fault, the rest is a fault of
+    /// the file or of the message that describes it.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            MediaError::Truncated | MediaError::EncHashMismatch => true,
+            MediaError::BadMediaKey(_)
+            | MediaError::BadField(_)
+            | MediaError::TooLarge { .. }
+            | MediaError::MacMismatch
+            | MediaError::BadPadding
+            | MediaError::HashMismatch
+            | MediaError::LengthMismatch { .. } => false,
+        }
+    }
+}
+
+/// Length of the ciphertext of `plain_len` bytes: PKCS7 always adds 1 to 16
+/// bytes.
+pub fn ciphertext_len(plain_len: u64) -> u64 {
+    (plain_len / BLOCK_LEN as u64 + 1) * BLOCK_LEN as u64
+}
+
+/// Length of the uploaded body (ciphertext and MAC) of `plain_len` bytes,
+/// known before encrypting: an upload can announce its Content-Length.
+pub fn body_len(plain_len: u64) -> u64 {
+    ciphertext_len(plain_len) + MAC_LEN as u64
+}
+
+/// What an encrypted file's message must carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncryptedMedia {
+    /// SHA-256 of the plaintext.
+    pub file_sha256: [u8; 32],
+    /// SHA-256 of the uploaded body (ciphertext and MAC); also the upload
+    /// token.
+    pub file_enc_sha256: [u8; 32],
+    /// Plaintext length.
+    pub file_length: u64,
+}
+
+/// Encrypts a file chunk by chunk: each [`Encryptor::update`] appends the
+/// ciphertext of the whole blocks known so far, [`Encryptor::finish`]
+/// appends the last (padded) block and the MAC. Everything appended, in
+/// order, is the body to upload; its length is known in advance
+/// ([`body_len`]), its hash (the upload token) only at the end.
+pub struct Encryptor {
+    cipher: cbc::Encryptor<Aes256>,
+    mac: Hmac<Sha256>,
+    plain_hash: Sha256,
+    body_hash: Sha256,
+    /// Plaintext bytes that do not fill a block yet.
+    partial: [u8; BLOCK_LEN],
+    partial_len: usize,
+    file_length: u64,
+}
+
+impl Encryptor {
+    pub fn new(keys: &MediaKeys) -> Self {
+        let mut mac = hmac_for(keys);
+        mac.update(keys.iv());
+        Self {
+            cipher: cbc::Encryptor::new(keys.cipher_key().into(), keys.iv().into()),
+            mac,
+            plain_hash: Sha256::new(),
+            body_hash: Sha256::new(),
+            partial: [0; BLOCK_LEN],
+            partial_len: 0,
+            file_length: 0,
+        }
+    }
+
+    /// Appends to `out` the ciphertext of `plaintext` that is complete
+    /// (whole blocks); up to 15 bytes wait for the next call.
+    pub fn update(&mut self, plaintext: &[u8], out: &mut Vec<u8>) {
+        self.file_length += plaintext.len() as u64;
+        self.plain_hash.update(plaintext);
+        let start = out.len();
+        let mut input = plaintext;
+        if self.partial_len > 0 {
+            let take = (BLOCK_LEN - self.partial_len).min(input.len());
+            let (head, rest) = input.split_at(take);
+            self.partial[self.partial_len..self.partial_len + take].copy_from_slice(head);
+            self.partial_len += take;
+            input = rest;
+            if self.partial_len < BLOCK_LEN {
+                return;
+            }
+            out.extend_from_slice(&self.partial);
+            self.partial_len = 0;
+        }
+        let whole = input.len() - input.len() % BLOCK_LEN;
+        let (blocks, rest) = input.split_at(whole);
+        out.extend_from_slice(blocks);
+        self.partial[..rest.len()].copy_from_slice(rest);
+        self.partial_len = rest.len();
+        self.seal(&mut out[start..]);
+    }
+
+    /// Appends the last block and the MAC, and returns the hashes and
+    /// length the message must carry.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> EncryptedMedia {
+        let start = out.len();
+        let pad = (BLOCK_LEN - self.partial_len) as u8;
+        self.partial[self.partial_len..].fill(pad);
+        out.extend_from_slice(&self.partial);
+        let mut last = [0u8; BLOCK_LEN];
+        last.copy_from_slice(&out[start..]);
+        self.seal(&mut out[start..]);
+        let tag = self.mac.finalize().into_bytes();
+        let mac = &tag[..MAC_LEN];
+        self.body_hash.update(mac);
+        out.extend_from_slice(mac);
+        EncryptedMedia {
+            file_sha256: self.plain_hash.finalize().into(),
+            file_enc_sha256: self.body_hash.finalize().into(),
+            file_length: self.file_length,
+        }
+    }
+
+    /// Encrypts whole blocks in place and feeds the ciphertext to the MAC
+    /// and the body hash, a cache-sized stripe at a time.
+    fn seal(&mut self, buf: &mut [u8]) {
+        for stripe in buf.chunks_mut(STRIPE) {
+            let (blocks, _) = InOutBuf::from(&mut *stripe).into_chunks();
+            self.cipher.encrypt_blocks_inout_mut(blocks);
+            self.mac.update(&*stripe);
+            self.body_hash.update(&*stripe);
+        }
+    }
+}
+
+/// What the decryptor checks at the end, besides the MAC (always checked).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// The message's `file_enc_sha256`: the body must hash to it.
+    pub file_enc_sha256: Option<[u8; 32]>,
+    /// The message's `file_sha256`: the plaintext must hash to it.
+    pub file_sha256: Option<[u8; 32]>,
+    /// The message's `file_length`.
+    pub file_length: Option<u64>,
+    /// Most plaintext bytes accepted; a longer body fails as soon as it
+    /// passes the matching body length.
+    pub max_file_length: Option<u64>,
+}
+
+/// What a verified download was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecryptedMedia {
+    pub file_sha256: [u8; 32],
+    pub file_enc_sha256: [u8; 32],
+    pub file_length: u64,
+}
+
+/// Decrypts a downloaded body chunk by chunk. The plaintext it hands out
+/// before [`Decryptor::finish`] returns `Ok` is unverified: callers write it
+/// somewhere temporary and keep it only on success.
+pub struct Decryptor {
+    cipher: cbc::Decryptor<Aes256>,
+    mac: Hmac<Sha256>,
+    plain_hash: Sha256,
+    body_hash: Sha256,
+    /// Body bytes not yet decrypted: at least the last block and the MAC
+    /// once the body is that long, never more than that plus 15.
+    held: Vec<u8>,
+    received: u64,
+    body_limit: Option<u64>,
+    expected: Expected,
+}
+
+impl Decryptor {
+    pub fn new(keys: &MediaKeys, expected: Expected) -> Self {
+        let mut mac = hmac_for(keys);
+        mac.update(keys.iv());
+        Self {
+            cipher: cbc::Decryptor::new(keys.cipher_key().into(), keys.iv().into()),
+            mac,
+            plain_hash: Sha256::new(),
+            body_hash: Sha256::new(),
+            held: Vec::with_capacity(HOLD + BLOCK_LEN),
+            received: 0,
+            body_limit: expected.max_file_length.map(body_len),
+            expected,
+        }
+    }
+
+    /// Feeds the next bytes of the body and appends to `out` the plaintext
+    /// of every block that cannot be the last one.
+    pub fn update(&mut self, body: &[u8], out: &mut Vec<u8>) -> Result<(), MediaError> {
+        self.received += body.len() as u64;
+        if let (Some(limit), Some(max)) = (self.body_limit, self.expected.max_file_length) {
+            if self.received > limit {
+                return Err(MediaError::TooLarge { limit: max });
+            }
+        }
+        let available = self.held.len() + body.len();
+        if available <= HOLD {
+            self.held.extend_from_slice(body);
+            return Ok(());
+        }
+        let ready = (available - HOLD) / BLOCK_LEN * BLOCK_LEN;
+        let from_held = ready.min(self.held.len());
+        let from_body = ready - from_held;
+        let start = out.len();
+        out.extend_from_slice(&self.held[..from_held]);
+        out.extend_from_slice(&body[..from_body]);
+        self.held.drain(..from_held);
+        self.held.extend_from_slice(&body[from_body..]);
+        self.open(&mut out[start..]);
+        Ok(())
+    }
+
+    /// Checks the end of the body and appends the last plaintext bytes.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<DecryptedMedia, MediaError> {
+        let held = std::mem::take(&mut self.held);
+        if held.len() < HOLD || (held.len() - MAC_LEN) % BLOCK_LEN != 0 {
+            return Err(MediaError::Truncated);
+        }
+        let (last, mac) = held.split_at(held.len() - MAC_LEN);
+        self.mac.update(last);
+        self.body_hash.update(last);
+        self.body_hash.update(mac);
+        let file_enc_sha256: [u8; 32] = self.body_hash.finalize().into();
+        if let Some(want) = self.expected.file_enc_sha256 {
+            if !bool::from(want.ct_eq(&file_enc_sha256)) {
+                return Err(MediaError::EncHashMismatch);
+            }
+        }
+        let tag = self.mac.finalize().into_bytes();
+        if !bool::from(tag[..MAC_LEN].ct_eq(mac)) {
+            return Err(MediaError::MacMismatch);
+        }
+        // `held` is at most HOLD + 15 bytes, so whole blocks before the MAC
+        // are exactly one block.
+        let mut block = [0u8; BLOCK_LEN];
+        block.copy_from_slice(last);
+        self.cipher.decrypt_block_mut((&mut block).into());
+        let pad = block[BLOCK_LEN - 1];
+        if pad == 0
+            || pad as usize > BLOCK_LEN
+            || block[BLOCK_LEN - pad as usize..].iter().any(|&b| b != pad)
+        {
+            return Err(MediaError::BadPadding);
+        }
+        let tail = &block[..BLOCK_LEN - pad as usize];
+        self.plain_hash.update(tail);
+        out.extend_from_slice(tail);
+        let file_length = self.received - (MAC_LEN + pad as usize) as u64;
+        let file_sha256: [u8; 32] = self.plain_hash.finalize().into();
+        if let Some(want) = self.expected.file_sha256 {
+            if !bool::from(want.ct_eq(&file_sha256)) {
+                return Err(MediaError::HashMismatch);
+            }
+        }
+        if let Some(expected) = self.expected.file_length {
+            if expected != file_length {
+                return Err(MediaError::LengthMismatch {
+                    expected,
+                    actual: file_length,
+                });
+            }
+        }
+        Ok(DecryptedMedia {
+            file_sha256,
+            file_enc_sha256,
+            file_length,
+        })
+    }
+
+    /// Feeds whole ciphertext blocks to the MAC and the body hash, then
+    /// decrypts them in place, a cache-sized stripe at a time.
+    fn open(&mut self, buf: &mut [u8]) {
+        for stripe in buf.chunks_mut(STRIPE) {
+            self.mac.update(&*stripe);
+            self.body_hash.update(&*stripe);
+            let (blocks, _) = InOutBuf::from(&mut *stripe).into_chunks();
+            self.cipher.decrypt_blocks_inout_mut(blocks);
+            self.plain_hash.update(&*stripe);
+        }
+    }
+}
+
+fn hmac_for(keys: &MediaKeys) -> Hmac<Sha256> {
+    <Hmac<Sha256> as Mac>::new_from_slice(keys.mac_key())
+        .expect("HMAC is defined for keys of every length")
+}

@@ -1,0 +1,167 @@
+// Runs a logged-in Baileys session (credentials from baileys-pair.js) that
+// sends media and downloads the media others send it, for the simulator's
+// media host tests.
+//
+// usage: node baileys-media.js <ws_url> <auth_dir> <media_url>
+// stdin: one command per line:
+//   "send <jid> <kind> <file> <mimetype> [caption or file name…]" with kind
+//   image | video | audio | ptt | document | sticker; "quit".
+// stdout: one JSON object per line:
+//   {"event":"open","jid":"..."}  {"event":"close","code":503}
+//   {"event":"sent","id":"...","to":"..."}
+//   {"event":"status","id":"...","remoteJid":"...","fromMe":true,"status":3}
+//   {"event":"media","id":"...","from":"...","kind":"imageMessage",
+//    "mimetype":"...","caption":"...","fileName":"...","ptt":false,
+//    "length":N,"sha256":"hex of what downloadMediaMessage returned",
+//    "error":"..." (when the download failed)}
+// exit status: 0 after "quit" or a 401 close.
+//
+// The simulator's media host speaks plain HTTP on loopback, while Baileys
+// uploads to https://{host}: the socket's axios options get an adapter that
+// sends requests for the media host over plain HTTP, URL otherwise intact.
+// Nothing in Baileys is changed.
+'use strict'
+
+const crypto = require('crypto')
+const fs = require('fs')
+const readline = require('readline')
+const {
+  default: makeWASocket,
+  useMultiFileAuthState,
+  Browsers,
+  downloadMediaMessage
+} = require('baileys')
+const axios = require('axios')
+const pino = require('pino')
+
+const [url, authDir, mediaUrl] = process.argv.slice(2)
+if (!url || !authDir || !mediaUrl) {
+  process.stderr.write('usage: node baileys-media.js <ws_url> <auth_dir> <media_url>\n')
+  process.exit(2)
+}
+const mediaHost = new URL(mediaUrl).host
+const httpAdapter = axios.getAdapter('http')
+const adapter = (config) => {
+  const target = new URL(config.url)
+  if (target.host === mediaHost && target.protocol === 'https:') {
+    target.protocol = 'http:'
+    config = { ...config, url: target.toString() }
+  }
+  return httpAdapter(config)
+}
+
+const logger = pino({ level: process.env.BAILEYS_LOG || 'silent' }, pino.destination(2))
+const emit = (event) => process.stdout.write(JSON.stringify(event) + '\n')
+const LOGGED_OUT = 401
+const MEDIA_KINDS = ['imageMessage', 'videoMessage', 'audioMessage', 'documentMessage', 'stickerMessage']
+let sock = null
+let quitting = false
+let saved = Promise.resolve()
+const exitAfterSaves = () => saved.then(() => process.exit(0), fail)
+
+async function reportMedia (m) {
+  const kind = MEDIA_KINDS.find((k) => m.message && m.message[k])
+  if (!kind) return
+  const content = m.message[kind]
+  const event = {
+    event: 'media',
+    id: m.key.id,
+    from: m.key.remoteJid,
+    kind,
+    mimetype: content.mimetype || '',
+    caption: content.caption || '',
+    fileName: content.fileName || '',
+    ptt: !!content.ptt
+  }
+  try {
+    const buffer = await downloadMediaMessage(m, 'buffer', { options: { adapter } })
+    event.length = buffer.length
+    event.sha256 = crypto.createHash('sha256').update(buffer).digest('hex')
+  } catch (err) {
+    event.error = String(err && err.message ? err.message : err)
+  }
+  emit(event)
+}
+
+async function connect () {
+  const { state, saveCreds } = await useMultiFileAuthState(authDir)
+  if (!state.creds.me) {
+    throw new Error(`no paired credentials in ${authDir}`)
+  }
+  // As in baileys-messaging.js: without an app-state key Baileys holds
+  // events back waiting for a history sync the simulator never sends.
+  if (!state.creds.myAppStateKeyId) {
+    state.creds.myAppStateKeyId = 'AAAAAAAA'
+  }
+  const current = makeWASocket({
+    waWebSocketUrl: url,
+    auth: state,
+    logger,
+    browser: Browsers.ubuntu('Chrome'),
+    printQRInTerminal: false,
+    markOnlineOnConnect: false,
+    options: { adapter }
+  })
+  sock = current
+  current.ev.on('creds.update', () => { saved = saved.then(saveCreds) })
+  current.ev.on('connection.update', (update) => {
+    if (update.connection === 'open') {
+      emit({ event: 'open', jid: current.user.id })
+    }
+    if (update.connection === 'close') {
+      const error = update.lastDisconnect && update.lastDisconnect.error
+      const code = error && error.output ? error.output.statusCode : null
+      emit({ event: 'close', code })
+      if (code === LOGGED_OUT || quitting) {
+        exitAfterSaves()
+        return
+      }
+      connect().catch(fail)
+    }
+  })
+  current.ev.on('messages.upsert', ({ messages }) => {
+    for (const m of messages) {
+      if (!m.key.fromMe) reportMedia(m).catch(fail)
+    }
+  })
+  current.ev.on('messages.update', (updates) => {
+    for (const { key, update } of updates) {
+      if (update.status !== undefined) {
+        emit({ event: 'status', id: key.id, remoteJid: key.remoteJid, fromMe: !!key.fromMe, status: update.status })
+      }
+    }
+  })
+}
+
+function fail (err) {
+  process.stderr.write(`baileys-media: ${err && err.stack ? err.stack : err}\n`)
+  process.exit(1)
+}
+
+function content (kind, file, mimetype, text) {
+  const data = fs.readFileSync(file)
+  switch (kind) {
+    case 'image': return { image: data, mimetype, caption: text, jpegThumbnail: '' }
+    case 'video': return { video: data, mimetype, caption: text, jpegThumbnail: '' }
+    case 'audio': return { audio: data, mimetype, seconds: 1 }
+    case 'ptt': return { audio: data, mimetype, ptt: true, seconds: 1, waveform: new Uint8Array(64) }
+    case 'document': return { document: data, mimetype, fileName: text }
+    case 'sticker': return { sticker: data, mimetype }
+    default: throw new Error(`unknown media kind ${kind}`)
+  }
+}
+
+readline.createInterface({ input: process.stdin }).on('line', (line) => {
+  const [command, jid, kind, file, mimetype, ...words] = line.trim().split(' ')
+  if (command === 'send') {
+    sock.sendMessage(jid, content(kind, file, mimetype, words.join(' ')))
+      .then((sent) => emit({ event: 'sent', id: sent.key.id, to: sent.key.remoteJid }))
+      .catch(fail)
+  } else if (command === 'quit') {
+    quitting = true
+    sock.end(undefined)
+    exitAfterSaves()
+  }
+})
+
+connect().catch(fail)
