@@ -186,3 +186,192 @@ async fn group_texts_membership_and_restart() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_management_through_the_api() {
+    use wagate::proto::gateway::{
+        CreateGroupRequest, GroupInviteLinkRequest, GroupRequest, JoinGroupRequest,
+        ListGroupsRequest, ParticipantAction, ParticipantRole, SetGroupSubjectRequest,
+        UpdateParticipantsRequest,
+    };
+    const OWN2: &str = "+15550006001";
+    const CAT: &str = "+15550006002";
+    const DAN: &str = "+15550006003";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = start_sim().await;
+    let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
+    let mut client = client(gateway.addr).await;
+    let (_device, mut events) = pair_with(&mut sim.control, &mut client, "adm", OWN2).await;
+    create_account(&mut sim.control, CAT, "Cat").await;
+    create_account(&mut sim.control, DAN, "Dan").await;
+
+    // Create: we are the superadmin, Cat a member; numbers without an
+    // account are left out.
+    let group = client
+        .create_group(CreateGroupRequest {
+            session_id: "adm".into(),
+            subject: "Plans".into(),
+            participants: vec![CAT.into(), "+15550006999".into()],
+        })
+        .await
+        .expect("CreateGroup")
+        .into_inner();
+    assert_eq!(group.subject, "Plans");
+    let roles: Vec<(String, i32)> = group
+        .participants
+        .iter()
+        .map(|p| (p.phone.clone(), p.role))
+        .collect();
+    assert!(roles.contains(&("15550006001".into(), ParticipantRole::Superadmin as i32)));
+    assert!(roles.contains(&("15550006002".into(), ParticipantRole::Member as i32)));
+    assert_eq!(roles.len(), 2, "{roles:?}");
+
+    // Add Dan (and Cat again: 409), promote Cat.
+    let outcomes = client
+        .update_participants(UpdateParticipantsRequest {
+            session_id: "adm".into(),
+            group: group.jid.clone(),
+            action: ParticipantAction::Add as i32,
+            participants: vec![DAN.into(), CAT.into()],
+        })
+        .await
+        .expect("add")
+        .into_inner()
+        .outcomes;
+    assert!(outcomes
+        .iter()
+        .any(|o| o.jid.starts_with("15550006003") && o.ok));
+    assert!(outcomes
+        .iter()
+        .any(|o| o.jid.starts_with("15550006002") && !o.ok && o.error_code == 409));
+    client
+        .update_participants(UpdateParticipantsRequest {
+            session_id: "adm".into(),
+            group: group.jid.clone(),
+            action: ParticipantAction::Promote as i32,
+            participants: vec![CAT.into()],
+        })
+        .await
+        .expect("promote");
+    client
+        .set_group_subject(SetGroupSubjectRequest {
+            session_id: "adm".into(),
+            group: group.jid.clone(),
+            subject: "Plans 2".into(),
+        })
+        .await
+        .expect("subject");
+    wait_for(&mut events, "the subject change", |e| {
+        group_of(e).is_some_and(|g| {
+            g.change == GroupChange::GroupSubjectChanged as i32 && g.text == "Plans 2"
+        })
+    })
+    .await;
+    let info = client
+        .group_info(GroupRequest {
+            session_id: "adm".into(),
+            group: group.jid.clone(),
+        })
+        .await
+        .expect("GroupInfo")
+        .into_inner();
+    assert_eq!(info.subject, "Plans 2");
+    assert_eq!(info.participants.len(), 3);
+    assert!(info
+        .participants
+        .iter()
+        .any(|p| p.phone == "15550006002" && p.role == ParticipantRole::Admin as i32));
+
+    // Invite links: get, revoke (a new code), and the listing.
+    let link = client
+        .group_invite_link(GroupInviteLinkRequest {
+            session_id: "adm".into(),
+            group: group.jid.clone(),
+            revoke: false,
+        })
+        .await
+        .expect("invite")
+        .into_inner();
+    assert!(link.link.starts_with("https://chat.whatsapp.com/"));
+    let revoked = client
+        .group_invite_link(GroupInviteLinkRequest {
+            session_id: "adm".into(),
+            group: group.jid.clone(),
+            revoke: true,
+        })
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert_ne!(revoked.code, link.code);
+    let listed = client
+        .list_groups(ListGroupsRequest {
+            session_id: "adm".into(),
+        })
+        .await
+        .expect("ListGroups")
+        .into_inner()
+        .groups;
+    assert!(listed.iter().any(|g| g.jid == group.jid));
+
+    // Errors: an unknown group, a bad action, a revoked link.
+    let status = client
+        .group_info(GroupRequest {
+            session_id: "adm".into(),
+            group: "120363999999999999@g.us".into(),
+        })
+        .await
+        .expect_err("unknown group");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    let status = client
+        .update_participants(UpdateParticipantsRequest {
+            session_id: "adm".into(),
+            group: group.jid.clone(),
+            action: 0,
+            participants: vec![DAN.into()],
+        })
+        .await
+        .expect_err("no action");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let status = client
+        .join_group(JoinGroupRequest {
+            session_id: "adm".into(),
+            invite: link.link.clone(),
+        })
+        .await
+        .expect_err("revoked link");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+
+    // Leave; then we are no longer allowed to change it.
+    client
+        .leave_group(GroupRequest {
+            session_id: "adm".into(),
+            group: group.jid.clone(),
+        })
+        .await
+        .expect("leave");
+    let status = client
+        .set_group_subject(SetGroupSubjectRequest {
+            session_id: "adm".into(),
+            group: group.jid.clone(),
+            subject: "not ours".into(),
+        })
+        .await
+        .expect_err("not a member any more");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let status = client
+        .send(SendRequest {
+            session_id: "adm".into(),
+            to: group.jid.clone(),
+            text: "after leaving".into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect_err("not a member");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied
+        ),
+        "{status:?}"
+    );
+}

@@ -31,6 +31,7 @@ impl From<RuntimeError> for Status {
             }
             RuntimeError::Store(inner) => store_status(inner),
             RuntimeError::Send(inner) => send_status(inner),
+            RuntimeError::QueryTimeout => Status::deadline_exceeded(e.to_string()),
         }
     }
 }

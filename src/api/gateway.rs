@@ -10,9 +10,12 @@ use tonic::{Request, Response, Status};
 use crate::proto::gateway::events_request::Start;
 use crate::proto::gateway::gateway_server::Gateway;
 use crate::proto::gateway::{
-    DisconnectRequest, Event, EventType, EventsRequest, InitRequest, ListSessionsRequest,
+    CreateGroupRequest, DisconnectRequest, Event, EventType, EventsRequest, Group,
+    GroupInviteLinkRequest, GroupInviteLinkResponse, GroupRequest, InitRequest, JoinGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, ListSessionsRequest,
     ListSessionsResponse, QrCodeRequest, QrCodeResponse, SendRequest, SendResponse, Session,
-    StatusRequest,
+    SetGroupSubjectRequest, SetGroupSubjectResponse, StatusRequest, UpdateParticipantsRequest,
+    UpdateParticipantsResponse,
 };
 use crate::runtime::{Manager, OutgoingText};
 use crate::store::{EventFilter, SessionId};
@@ -20,6 +23,7 @@ use crate::wa::jid::{Jid, PhoneNumber};
 
 use super::convert;
 use super::errors::{invalid, quote};
+use super::groups;
 use super::qr_image;
 
 pub struct GatewayService {
@@ -32,7 +36,7 @@ impl GatewayService {
     }
 }
 
-fn session_id(raw: &str) -> Result<SessionId, Status> {
+pub(crate) fn session_id(raw: &str) -> Result<SessionId, Status> {
     raw.parse::<SessionId>()
         .map_err(|e| invalid("session_id", e))
 }
@@ -253,6 +257,59 @@ impl Gateway for GatewayService {
             },
         );
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        groups::list(&self.manager, request.into_inner()).await
+    }
+
+    async fn group_info(&self, request: Request<GroupRequest>) -> Result<Response<Group>, Status> {
+        groups::info(&self.manager, request.into_inner()).await
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<CreateGroupRequest>,
+    ) -> Result<Response<Group>, Status> {
+        groups::create(&self.manager, request.into_inner()).await
+    }
+
+    async fn update_participants(
+        &self,
+        request: Request<UpdateParticipantsRequest>,
+    ) -> Result<Response<UpdateParticipantsResponse>, Status> {
+        groups::update_participants(&self.manager, request.into_inner()).await
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<GroupRequest>,
+    ) -> Result<Response<LeaveGroupResponse>, Status> {
+        groups::leave(&self.manager, request.into_inner()).await
+    }
+
+    async fn set_group_subject(
+        &self,
+        request: Request<SetGroupSubjectRequest>,
+    ) -> Result<Response<SetGroupSubjectResponse>, Status> {
+        groups::set_subject(&self.manager, request.into_inner()).await
+    }
+
+    async fn group_invite_link(
+        &self,
+        request: Request<GroupInviteLinkRequest>,
+    ) -> Result<Response<GroupInviteLinkResponse>, Status> {
+        groups::invite_link(&self.manager, request.into_inner()).await
+    }
+
+    async fn join_group(
+        &self,
+        request: Request<JoinGroupRequest>,
+    ) -> Result<Response<Group>, Status> {
+        groups::join(&self.manager, request.into_inner()).await
     }
 }
 

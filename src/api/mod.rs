@@ -7,6 +7,7 @@ mod auth;
 mod convert;
 mod errors;
 mod gateway;
+mod groups;
 mod health;
 pub mod hygiene;
 pub mod qr_image;

@@ -141,6 +141,9 @@ impl SessionActor {
                             conn.shutdown();
                         }
                     }
+                    Some(Command::Query { iq, reply }) => {
+                        self.messenger.query(iq, reply, &mut conn, now_ms());
+                    }
                     Some(Command::Disconnect { logout, done }) => {
                         if logout && conn.logout(now_ms()).is_ok() {
                             pending_disconnect = Some((true, done));

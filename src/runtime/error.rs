@@ -39,4 +39,7 @@ pub enum RuntimeError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Send(#[from] SendError),
+    /// A query the server did not answer in time; it may be repeated.
+    #[error("the server did not answer in time; retry")]
+    QueryTimeout,
 }

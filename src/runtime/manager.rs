@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::store::{SessionId, SessionRecord, Store, StoreError};
+use crate::wa::binary::Node;
 
 use super::config::{RuntimeConfig, Shared};
 use super::error::RuntimeError;
@@ -262,6 +263,34 @@ impl Manager {
             // The state moved between the check above and the actor: decide
             // again from the state it is in now.
             Err(SendError::NotConnected) => {
+                if self.lock().closing {
+                    return Err(RuntimeError::ShuttingDown);
+                }
+                let status = handle.status.borrow().clone();
+                Err(ready_to_send(&status)
+                    .err()
+                    .unwrap_or_else(|| RuntimeError::Reconnecting(status.id.clone())))
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Sends `iq` (built by a `wa` builder, without id) on the session's
+    /// connection and answers with the server's answer, an error answer
+    /// included: the caller's parser decides what it means.
+    pub async fn query(&self, id: &SessionId, iq: Node) -> Result<Node, RuntimeError> {
+        let handle = self.open_handle(id)?;
+        ready_to_send(&handle.status.borrow())?;
+        let (reply, answer) = oneshot::channel();
+        handle
+            .commands
+            .send(Command::Query { iq, reply })
+            .await
+            .map_err(|_| RuntimeError::ShuttingDown)?;
+        match answer.await.map_err(|_| RuntimeError::ShuttingDown)? {
+            Ok(node) => Ok(node),
+            Err(SendError::Timeout) => Err(RuntimeError::QueryTimeout),
+            Err(SendError::NotConnected | SendError::ConnectionLost(_)) => {
                 if self.lock().closing {
                     return Err(RuntimeError::ShuttingDown);
                 }

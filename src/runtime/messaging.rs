@@ -40,6 +40,9 @@ pub struct OutgoingText {
 }
 
 pub(crate) type SendReply = oneshot::Sender<Result<Sent, SendError>>;
+/// The answer to a query: the server's `<iq>` answer (an error answer
+/// too), or why there is none.
+pub(crate) type QueryReply = oneshot::Sender<Result<Node, SendError>>;
 
 /// Why a step could not complete. The connection then closes without
 /// acknowledging anything of it; the server delivers it again.
@@ -72,6 +75,7 @@ pub(super) struct Core {
     engine: Engine,
     keys: Option<StoreKeys>,
     replies: HashMap<ReplyTo, SendReply>,
+    queries: HashMap<ReplyTo, QueryReply>,
 }
 
 impl Core {
@@ -82,6 +86,7 @@ impl Core {
             engine: Engine::new(seed),
             keys: None,
             replies: HashMap::new(),
+            queries: HashMap::new(),
         })
     }
 
@@ -91,11 +96,19 @@ impl Core {
                 let _ = reply.send(result);
             }
         }
+        for (to, result) in step.answers.drain(..) {
+            if let Some(reply) = self.queries.remove(&to) {
+                let _ = reply.send(result);
+            }
+        }
     }
 
     /// Every waiting caller learns the connection is going away.
     fn fail_all(&mut self, why: &str) {
         for (_, reply) in self.replies.drain() {
+            let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
+        }
+        for (_, reply) in self.queries.drain() {
             let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
         }
     }
@@ -254,6 +267,28 @@ impl Messenger {
             requests.push((request, self.next_reply));
         }
         self.run(Input::Sends(requests), conn, now_ms).await
+    }
+
+    /// A query (`<iq>` built by the caller) goes out now; its answer
+    /// reaches `reply` when the server's answer is processed.
+    pub(crate) fn query(
+        &mut self,
+        iq: Node,
+        reply: QueryReply,
+        conn: &mut Connection,
+        now_ms: u64,
+    ) {
+        let ready = conn.is_connected() && self.creds.is_some();
+        let Some(core) = self.core.as_mut().filter(|_| ready) else {
+            let _ = reply.send(Err(SendError::NotConnected));
+            return;
+        };
+        self.next_reply += 1;
+        core.queries.insert(self.next_reply, reply);
+        let step = core.engine.handle_query(iq, self.next_reply, now_ms);
+        for node in step.transmit {
+            let _ = conn.send_node(&node);
+        }
     }
 
     /// The connection ended: sends in flight fail (the caller may retry

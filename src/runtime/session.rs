@@ -13,12 +13,13 @@ use tracing::{info, warn};
 
 use crate::proto::gateway::event::Payload;
 use crate::store::{Batch, SecretOp, SessionId, SessionRecord, StoreError};
+use crate::wa::binary::Node;
 use crate::wa::conn::{CloseReason, Connection, Recovery};
 use crate::wa::creds::Credentials;
 
 use super::config::Shared;
 use super::events::EventLog;
-use super::messaging::{Messenger, OutgoingText, SendError, SendReply};
+use super::messaging::{Messenger, OutgoingText, QueryReply, SendError, SendReply};
 use super::status::{SessionState, SessionStatus};
 use super::{now_ms, payloads, socket};
 
@@ -39,6 +40,9 @@ pub(crate) enum Command {
         text: OutgoingText,
         reply: SendReply,
     },
+    /// An `<iq>` for the server (group management and the like), answered
+    /// with the server's answer.
+    Query { iq: Node, reply: QueryReply },
     /// Process shutdown: close cleanly and exit the task.
     Shutdown,
 }
@@ -123,6 +127,10 @@ impl SessionActor {
                     continue;
                 }
                 Some(Command::Send { reply, .. }) => {
+                    let _ = reply.send(Err(SendError::NotConnected));
+                    continue;
+                }
+                Some(Command::Query { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
                     continue;
                 }
@@ -213,6 +221,10 @@ impl SessionActor {
                 None | Some(Command::Shutdown) => Some(true),
                 Some(Command::Connect) => None,
                 Some(Command::Send { reply, .. }) => {
+                    let _ = reply.send(Err(SendError::NotConnected));
+                    None
+                }
+                Some(Command::Query { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
                     None
                 }
@@ -313,6 +325,9 @@ impl SessionActor {
                 Some(Command::Send { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
                 }
+                Some(Command::Query { reply, .. }) => {
+                    let _ = reply.send(Err(SendError::NotConnected));
+                }
                 other => return other,
             }
         }
@@ -324,6 +339,10 @@ impl SessionActor {
             Some(Command::Send { reply, .. }) => {
                 let _ = reply.send(Err(SendError::NotConnected));
                 Ended::Closed(CloseReason::SocketClosed("send while offline".into()))
+            }
+            Some(Command::Query { reply, .. }) => {
+                let _ = reply.send(Err(SendError::NotConnected));
+                Ended::Closed(CloseReason::SocketClosed("query while offline".into()))
             }
             Some(Command::Connect) => {
                 Ended::Closed(CloseReason::SocketClosed("reconnect requested".into()))

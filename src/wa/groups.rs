@@ -15,6 +15,213 @@ pub enum GroupError {
     Missing(&'static str),
     #[error("{0} is not a group JID")]
     NotAGroup(String),
+    /// The server answered with `<error code text>`.
+    #[error("the server refused: {code} {text}")]
+    Refused { code: u16, text: String },
+}
+
+/// An `<iq type="error">` answer as a [`GroupError::Refused`]; `Ok` for
+/// a result.
+pub fn check_answer(answer: &Node) -> Result<(), GroupError> {
+    if answer.attr_str("type") != Some("error") {
+        return Ok(());
+    }
+    let error = answer.child("error");
+    Err(GroupError::Refused {
+        code: error
+            .and_then(|e| e.attr_u64("code"))
+            .and_then(|c| u16::try_from(c).ok())
+            .unwrap_or(0),
+        text: error
+            .and_then(|e| e.attr_string("text"))
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect(),
+    })
+}
+
+/// What can be done to members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParticipantAction {
+    Add,
+    Remove,
+    Promote,
+    Demote,
+}
+
+impl ParticipantAction {
+    fn tag(self) -> &'static str {
+        match self {
+            Self::Add => "add",
+            Self::Remove => "remove",
+            Self::Promote => "promote",
+            Self::Demote => "demote",
+        }
+    }
+}
+
+/// One member's outcome of a [`participants_query`]: 0 for done, else
+/// WhatsApp's code (403 not allowed, 404 not on WhatsApp or not a
+/// member, 409 already a member, …).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParticipantResult {
+    pub jid: Jid,
+    pub code: u16,
+}
+
+fn w_g2(kind: &'static str, to: Jid, child: Node) -> Node {
+    Node::new("iq")
+        .attr("xmlns", "w:g2")
+        .attr("type", kind)
+        .attr("to", to)
+        .children(vec![child])
+}
+
+/// `@g.us` itself, where queries about no particular group go.
+fn group_server() -> Jid {
+    Jid::new("", "g.us")
+}
+
+fn participant_nodes(members: &[Jid]) -> Vec<Node> {
+    members
+        .iter()
+        .map(|m| Node::new("participant").attr("jid", m.to_non_ad()))
+        .collect()
+}
+
+/// The groups this account is in.
+pub fn participating_query() -> Node {
+    w_g2(
+        "get",
+        group_server(),
+        Node::new("participating")
+            .children(vec![Node::new("participants"), Node::new("description")]),
+    )
+}
+
+/// Reads the answer to [`participating_query`].
+pub fn parse_participating(answer: &Node) -> Result<Vec<GroupInfo>, GroupError> {
+    check_answer(answer)?;
+    let groups = answer
+        .child("groups")
+        .ok_or(GroupError::Missing("groups"))?;
+    groups
+        .children_by_tag("group")
+        .map(GroupInfo::parse)
+        .collect()
+}
+
+/// Creates a group; `key` makes a repeated request create it once.
+pub fn create_query(subject: &str, members: &[Jid], key: &str) -> Node {
+    w_g2(
+        "set",
+        group_server(),
+        Node::new("create")
+            .attr("subject", subject.to_owned())
+            .attr("key", key.to_owned())
+            .children(participant_nodes(members)),
+    )
+}
+
+/// Reads the answer to [`create_query`] (the new group).
+pub fn parse_created(answer: &Node) -> Result<GroupInfo, GroupError> {
+    check_answer(answer)?;
+    parse_info(answer)
+}
+
+/// Adds, removes, promotes or demotes members.
+pub fn participants_query(group: &Jid, action: ParticipantAction, members: &[Jid]) -> Node {
+    w_g2(
+        "set",
+        group.to_non_ad(),
+        Node::new(action.tag()).children(participant_nodes(members)),
+    )
+}
+
+/// Reads the answer to [`participants_query`]: each member's outcome.
+pub fn parse_participants(
+    answer: &Node,
+    action: ParticipantAction,
+) -> Result<Vec<ParticipantResult>, GroupError> {
+    check_answer(answer)?;
+    let list = answer
+        .child(action.tag())
+        .ok_or(GroupError::Missing("participant results"))?;
+    Ok(list
+        .children_by_tag("participant")
+        .filter_map(|p| {
+            Some(ParticipantResult {
+                jid: p.attr_jid("jid")?.to_non_ad(),
+                code: p
+                    .attr_u64("error")
+                    .and_then(|c| u16::try_from(c).ok())
+                    .unwrap_or(0),
+            })
+        })
+        .collect())
+}
+
+/// Leaves a group.
+pub fn leave_query(group: &Jid) -> Node {
+    w_g2(
+        "set",
+        group_server(),
+        Node::new("leave").children(vec![Node::new("group").attr("id", group.to_non_ad())]),
+    )
+}
+
+/// Sets a group's subject.
+pub fn subject_query(group: &Jid, subject: &str) -> Node {
+    w_g2(
+        "set",
+        group.to_non_ad(),
+        Node::new("subject").text(subject.to_owned()),
+    )
+}
+
+/// The group's invite code; with `revoke`, a new one replaces it.
+pub fn invite_query(group: &Jid, revoke: bool) -> Node {
+    w_g2(
+        if revoke { "set" } else { "get" },
+        group.to_non_ad(),
+        Node::new("invite"),
+    )
+}
+
+/// Reads the answer to [`invite_query`].
+pub fn parse_invite(answer: &Node) -> Result<String, GroupError> {
+    check_answer(answer)?;
+    answer
+        .child("invite")
+        .and_then(|i| i.attr_string("code"))
+        .ok_or(GroupError::Missing("invite code"))
+}
+
+/// Joins the group of an invite code.
+pub fn join_query(code: &str) -> Node {
+    w_g2(
+        "set",
+        group_server(),
+        Node::new("invite").attr("code", code.to_owned()),
+    )
+}
+
+/// Reads the answer to [`join_query`]: the group joined.
+pub fn parse_joined(answer: &Node) -> Result<Jid, GroupError> {
+    check_answer(answer)?;
+    answer
+        .child("group")
+        .and_then(|g| g.attr_jid("jid"))
+        .filter(Jid::is_group)
+        .ok_or(GroupError::Missing("group jid"))
+}
+
+/// The invite code in a `https://chat.whatsapp.com/<code>` link, or the
+/// code itself.
+pub fn invite_code(link_or_code: &str) -> &str {
+    let trimmed = link_or_code.trim().trim_end_matches('/');
+    trimmed.rsplit('/').next().unwrap_or(trimmed)
 }
 
 /// A member and its role.
@@ -106,6 +313,7 @@ pub fn info_query(group: &Jid) -> Node {
 
 /// Reads the answer to [`info_query`].
 pub fn parse_info(answer: &Node) -> Result<GroupInfo, GroupError> {
+    check_answer(answer)?;
     let group = answer.child("group").ok_or(GroupError::Missing("group"))?;
     GroupInfo::parse(group)
 }
@@ -315,6 +523,52 @@ mod tests {
         assert!(info.participants[0].admin && info.participants[0].superadmin);
         assert!(!info.participants[1].admin);
         assert!(parse_info(&Node::new("iq")).is_err());
+    }
+
+    #[test]
+    fn management_queries_and_answers() {
+        let group = jid("120363000000000001@g.us");
+        let member = jid("15550000002@s.whatsapp.net");
+        let iq = participants_query(&group, ParticipantAction::Add, std::slice::from_ref(&member));
+        assert_eq!(iq.attr_str("xmlns"), Some("w:g2"));
+        assert_eq!(iq.child_nodes()[0].tag(), "add");
+        let answer = Node::new("iq")
+            .attr("type", "result")
+            .children(vec![Node::new("add").children(vec![
+                Node::new("participant").attr("jid", member.clone()),
+                Node::new("participant")
+                    .attr("jid", jid("15550000003@s.whatsapp.net"))
+                    .attr("error", "409"),
+            ])]);
+        let results = parse_participants(&answer, ParticipantAction::Add).expect("results");
+        assert_eq!(results[0].code, 0);
+        assert_eq!(results[1].code, 409);
+        let refused = Node::new("iq")
+            .attr("type", "error")
+            .children(vec![Node::new("error")
+                .attr("code", "403")
+                .attr("text", "forbidden")]);
+        assert_eq!(
+            parse_participants(&refused, ParticipantAction::Add),
+            Err(GroupError::Refused {
+                code: 403,
+                text: "forbidden".into()
+            })
+        );
+        let invite = Node::new("iq")
+            .attr("type", "result")
+            .children(vec![Node::new("invite").attr("code", "AbC123")]);
+        assert_eq!(parse_invite(&invite).expect("code"), "AbC123");
+        assert_eq!(invite_code("https://chat.whatsapp.com/AbC123"), "AbC123");
+        assert_eq!(invite_code("AbC123"), "AbC123");
+        let joined = Node::new("iq")
+            .attr("type", "result")
+            .children(vec![Node::new("group").attr("jid", group.clone())]);
+        assert_eq!(parse_joined(&joined).expect("group"), group);
+        assert_eq!(
+            leave_query(&group).attr_string("to").as_deref(),
+            Some("g.us")
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::wa::prekeys::{self, DeviceBundle, PrekeyError};
 use crate::wa::usync::{self, UserDevices, UsyncError};
 
 use super::outbound::Outgoing;
+use super::ReplyTo;
 
 /// Why an iq's answer is of no use.
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +119,27 @@ impl IqSpec for GroupMembers {
     }
 }
 
+/// A query built by the caller (group management and the like): the
+/// answer goes back whole, for the caller's own typed parser in `wa`.
+pub(super) struct Raw(pub(super) Node);
+
+impl IqSpec for Raw {
+    type Answer = Node;
+    fn request(&self, id: &str) -> Node {
+        addressed(self.0.clone(), id)
+    }
+    fn parse(node: &Node) -> Result<Node, IqError> {
+        Ok(node.clone())
+    }
+}
+
 /// What waits on an iq's answer.
 pub(super) enum Awaiting {
+    /// A caller's query, answered by `deadline` (ms).
+    Query {
+        reply: ReplyTo,
+        deadline: u64,
+    },
     PrekeyCount,
     PrekeyUpload,
     /// A send to a group waiting for its member list.
@@ -147,7 +167,10 @@ impl Awaiting {
             Awaiting::GroupMembers(send)
             | Awaiting::Devices(send)
             | Awaiting::Bundles { send, .. } => Some(send),
-            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle(_) => None,
+            Awaiting::PrekeyCount
+            | Awaiting::PrekeyUpload
+            | Awaiting::RetryBundle(_)
+            | Awaiting::Query { .. } => None,
         }
     }
 
@@ -156,7 +179,10 @@ impl Awaiting {
             Awaiting::GroupMembers(send)
             | Awaiting::Devices(send)
             | Awaiting::Bundles { send, .. } => Some(send),
-            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle(_) => None,
+            Awaiting::PrekeyCount
+            | Awaiting::PrekeyUpload
+            | Awaiting::RetryBundle(_)
+            | Awaiting::Query { .. } => None,
         }
     }
 
@@ -165,7 +191,10 @@ impl Awaiting {
             Awaiting::GroupMembers(send)
             | Awaiting::Devices(send)
             | Awaiting::Bundles { send, .. } => Some(send),
-            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle(_) => None,
+            Awaiting::PrekeyCount
+            | Awaiting::PrekeyUpload
+            | Awaiting::RetryBundle(_)
+            | Awaiting::Query { .. } => None,
         }
     }
 }

@@ -164,6 +164,9 @@ pub struct Step {
     /// Answers to callers. None depends on what the commit carries (see
     /// [`outbound`] for acknowledged sends), so they may go out at once.
     pub replies: Vec<(ReplyTo, Result<Sent, SendError>)>,
+    /// Answers to callers' queries (the `<iq>` answer as received, also
+    /// an error answer); like `replies`, not bound to the commit.
+    pub answers: Vec<(ReplyTo, Result<Node, SendError>)>,
     /// Incoming messages among the stanzas (decrypted or not), for metrics.
     pub messages_in: u32,
     /// Sends the server acknowledged, for metrics.
@@ -265,13 +268,24 @@ impl Engine {
         step
     }
 
+    /// A caller's query (`iq` without id; `to` defaults to the server):
+    /// the answer comes back in a later step's `answers`, or a timeout.
+    pub fn handle_query(&mut self, iq: Node, reply: ReplyTo, now_ms: u64) -> Step {
+        let mut step = Step::default();
+        let deadline = now_ms + SEND_TIMEOUT_MS;
+        self.issue(iq::Raw(iq), Awaiting::Query { reply, deadline }, &mut step);
+        step
+    }
+
     /// The connection ended: every send waiting for an answer fails (the
     /// caller may retry with its idempotency key), and so does every iq.
     pub fn handle_disconnected(&mut self, why: &str) -> Step {
         let mut step = Step::default();
         let error = SendError::ConnectionLost(why.to_owned());
         for (_, awaiting) in self.awaiting.drain() {
-            if let Some(send) = awaiting.into_send() {
+            if let Awaiting::Query { reply, .. } = awaiting {
+                step.answers.push((reply, Err(error.clone())));
+            } else if let Some(send) = awaiting.into_send() {
                 step.fail(send, error.clone());
             }
         }
@@ -284,9 +298,14 @@ impl Engine {
     /// The earliest deadline of a send, in ms.
     pub fn poll_timeout(&self) -> Option<u64> {
         let waiting = self.awaiting.values().filter_map(Awaiting::send);
+        let queries = self.awaiting.values().filter_map(|a| match a {
+            Awaiting::Query { deadline, .. } => Some(*deadline),
+            _ => None,
+        });
         waiting
             .chain(self.in_flight.values())
             .map(|s| s.deadline)
+            .chain(queries)
             .min()
     }
 
@@ -296,12 +315,23 @@ impl Engine {
         let expired: Vec<String> = self
             .awaiting
             .iter()
-            .filter(|(_, a)| a.send().is_some_and(|s| s.deadline <= now_ms))
+            .filter(|(_, a)| match a {
+                Awaiting::Query { deadline, .. } => *deadline <= now_ms,
+                other => other.send().is_some_and(|s| s.deadline <= now_ms),
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
-            if let Some(send) = self.awaiting.remove(&id).and_then(Awaiting::into_send) {
-                step.fail(send, SendError::Timeout);
+            match self.awaiting.remove(&id) {
+                Some(Awaiting::Query { reply, .. }) => {
+                    step.answers.push((reply, Err(SendError::Timeout)));
+                }
+                Some(awaiting) => {
+                    if let Some(send) = awaiting.into_send() {
+                        step.fail(send, SendError::Timeout);
+                    }
+                }
+                None => {}
             }
         }
         let expired: Vec<String> = self

@@ -393,6 +393,7 @@ impl Engine {
             return Ok(());
         };
         match awaiting {
+            Awaiting::Query { reply, .. } => cx.step.answers.push((reply, Ok(node))),
             Awaiting::PrekeyCount => {
                 if let Ok(count) = PrekeyCount::answer(&node) {
                     self.on_prekey_count(count, cx)?;
