@@ -529,7 +529,11 @@ mod tests {
     fn management_queries_and_answers() {
         let group = jid("120363000000000001@g.us");
         let member = jid("15550000002@s.whatsapp.net");
-        let iq = participants_query(&group, ParticipantAction::Add, std::slice::from_ref(&member));
+        let iq = participants_query(
+            &group,
+            ParticipantAction::Add,
+            std::slice::from_ref(&member),
+        );
         assert_eq!(iq.attr_str("xmlns"), Some("w:g2"));
         assert_eq!(iq.child_nodes()[0].tag(), "add");
         let answer = Node::new("iq")
