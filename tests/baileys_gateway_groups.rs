@@ -6,12 +6,12 @@
 mod common;
 mod sim_support;
 
-use common::{create_account, message_of, pair_with, receipt_of, start_gateway, wait_for};
+use common::{create_account, delivered_to, message_of, pair_with, start_gateway, wait_for};
 use sim_support::{path, Harness, NodeScript};
 use wagate::proto::gateway::{
-    CreateGroupRequest, Event, ParticipantAction, SendRequest, UpdateParticipantsRequest,
+    CreateGroupRequest, ParticipantAction, SendRequest, UpdateParticipantsRequest,
 };
-use wagate::proto::sim::{InboxRequest, SendGroupTextRequest};
+use wagate::proto::sim::SendGroupTextRequest;
 
 const BAILEYS: &str = "+15550400001";
 const WAGATE: &str = "+15550400002";
@@ -25,35 +25,6 @@ fn send(group: &str, text: &str) -> SendRequest {
         text: text.into(),
         idempotency_key: String::new(),
     }
-}
-
-/// Waits for delivery receipts of `id` from each phone number in `from`.
-async fn delivered_to(events: &mut tonic::Streaming<Event>, id: &str, from: &[&str]) {
-    let mut waiting: Vec<&str> = from.to_vec();
-    while !waiting.is_empty() {
-        let (event, _) = wait_for(events, "a delivery receipt", |e| {
-            receipt_of(e).is_some_and(|r| r.message_ids.iter().any(|m| m == id))
-        })
-        .await;
-        let phone = receipt_of(&event).expect("receipt").from_phone.clone();
-        waiting.retain(|p| *p != phone);
-    }
-}
-
-async fn group_texts(harness: &mut Harness, phone: &str, group: &str) -> Vec<String> {
-    harness
-        .control
-        .inbox(InboxRequest {
-            phone: phone.into(),
-        })
-        .await
-        .expect("Inbox")
-        .into_inner()
-        .messages
-        .into_iter()
-        .filter(|m| m.chat == group)
-        .map(|m| m.text)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +157,7 @@ async fn wagate_baileys_and_phones_share_a_group() {
 
     // Ben read what was sent while he was a member, and nothing after.
     assert_eq!(
-        group_texts(&mut harness, PHONE_B, &group).await,
+        common::chat_texts(&mut harness.control, PHONE_B, &group).await,
         vec![
             "hello from wagate".to_owned(),
             "hello from baileys".to_owned(),
@@ -194,7 +165,7 @@ async fn wagate_baileys_and_phones_share_a_group() {
         ]
     );
     assert_eq!(
-        group_texts(&mut harness, PHONE_A, &group).await,
+        common::chat_texts(&mut harness.control, PHONE_A, &group).await,
         vec![
             "hello from wagate".to_owned(),
             "hello from baileys".to_owned(),

@@ -6,50 +6,14 @@
 mod common;
 
 use common::*;
-use wagate::proto::gateway::{Event, GroupChange, SendRequest};
+use wagate::proto::gateway::{GroupChange, SendRequest};
 use wagate::proto::sim::{
-    CreateGroupRequest, InboxRequest, SendGroupTextRequest, UpdateGroupParticipantsRequest,
+    CreateGroupRequest, SendGroupTextRequest, UpdateGroupParticipantsRequest,
 };
 
 const OWN: &str = "+15550005001";
 const ANN: &str = "+15550005002";
 const BEN: &str = "+15550005003";
-
-fn group_of(event: &Event) -> Option<&wagate::proto::gateway::GroupEvent> {
-    match &event.payload {
-        Some(wagate::proto::gateway::event::Payload::Group(g)) => Some(g),
-        _ => None,
-    }
-}
-
-/// Texts in `phone`'s inbox for `group`, in order.
-async fn group_texts(sim: &mut Sim, phone: &str, group: &str) -> Vec<String> {
-    sim.control
-        .inbox(InboxRequest {
-            phone: phone.into(),
-        })
-        .await
-        .expect("Inbox")
-        .into_inner()
-        .messages
-        .into_iter()
-        .filter(|m| m.chat == group)
-        .map(|m| m.text)
-        .collect()
-}
-
-/// Waits for the delivery receipts of `id` from each of `phones` (digits).
-async fn delivered_to(events: &mut tonic::Streaming<Event>, id: &str, phones: &[&str]) {
-    let mut waiting: Vec<&str> = phones.to_vec();
-    while !waiting.is_empty() {
-        let (event, _) = wait_for(events, "a delivery receipt", |e| {
-            receipt_of(e).is_some_and(|r| r.message_ids.iter().any(|m| m == id))
-        })
-        .await;
-        let from = receipt_of(&event).expect("receipt").from_phone.clone();
-        waiting.retain(|p| *p != from);
-    }
-}
 
 fn send(to: &str, text: &str, key: &str) -> SendRequest {
     SendRequest {
@@ -173,9 +137,9 @@ async fn group_texts_membership_and_restart() {
         .into_inner();
     delivered_to(&mut events, &sent.message_id, &["15550005002"]).await;
     // Ben, removed, got none of it.
-    let ben = group_texts(&mut sim, BEN, &group).await;
+    let ben = chat_texts(&mut sim.control, BEN, &group).await;
     assert_eq!(ben, vec!["hello team".to_owned()], "Ben read: {ben:?}");
-    let ann = group_texts(&mut sim, ANN, &group).await;
+    let ann = chat_texts(&mut sim.control, ANN, &group).await;
     assert_eq!(
         ann,
         vec![

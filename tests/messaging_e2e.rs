@@ -39,14 +39,8 @@ async fn phone_sends(sim: &mut Sim, from: &str, to: &str, text: &str) -> String 
 }
 
 async fn inbox_texts(sim: &mut Sim, phone: &str) -> Vec<(String, String)> {
-    sim.control
-        .inbox(InboxRequest {
-            phone: phone.into(),
-        })
+    inbox(&mut sim.control, phone)
         .await
-        .expect("Inbox")
-        .into_inner()
-        .messages
         .into_iter()
         .map(|m| (m.id, m.text))
         .collect()

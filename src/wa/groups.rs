@@ -6,7 +6,7 @@ use crate::wa::binary::Node;
 use crate::wa::jid::Jid;
 use crate::wa::signal::CiphertextMessage;
 
-use super::message::enc_node;
+use super::message::{enc_node, resend_children};
 
 /// Why a group answer or notification could not be read.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -372,16 +372,12 @@ pub fn group_resend_stanza(
     retry_count: u32,
     device_identity: &[u8],
 ) -> Node {
-    let mut children = vec![enc_node(ciphertext).attr("count", retry_count.to_string())];
-    if matches!(ciphertext, CiphertextMessage::PreKey(_)) {
-        children.push(Node::new("device-identity").bytes(device_identity.to_vec()));
-    }
     Node::new("message")
         .attr("id", id.to_owned())
         .attr("to", group.to_non_ad())
         .attr("participant", device.clone())
         .attr("type", "text")
-        .children(children)
+        .children(resend_children(ciphertext, retry_count, device_identity))
 }
 
 /// A membership change announced by `<notification type="w:gp2">`.

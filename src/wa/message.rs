@@ -454,16 +454,26 @@ pub fn resend_stanza(
     retry_count: u32,
     device_identity: &[u8],
 ) -> Node {
-    let mut children = vec![enc_node(ciphertext).attr("count", retry_count.to_string())];
-    if matches!(ciphertext, CiphertextMessage::PreKey(_)) {
-        children.push(Node::new("device-identity").bytes(device_identity.to_vec()));
-    }
     Node::new("message")
         .attr("id", id.to_owned())
         .attr("to", device.clone())
         .attr("type", "text")
         .attr("device_fanout", "false")
-        .children(children)
+        .children(resend_children(ciphertext, retry_count, device_identity))
+}
+
+/// A resend's payload: the `<enc count>` and, for a `pkmsg`, our device
+/// identity.
+pub fn resend_children(
+    ciphertext: &CiphertextMessage,
+    retry_count: u32,
+    device_identity: &[u8],
+) -> Vec<Node> {
+    let mut children = vec![enc_node(ciphertext).attr("count", retry_count.to_string())];
+    if matches!(ciphertext, CiphertextMessage::PreKey(_)) {
+        children.push(Node::new("device-identity").bytes(device_identity.to_vec()));
+    }
+    children
 }
 
 /// The server's answer to a message we sent.

@@ -222,3 +222,53 @@ pub async fn create_account(control: &mut SimulatorClient<Channel>, phone: &str,
         .await
         .expect("CreateAccount");
 }
+
+pub fn group_of(event: &Event) -> Option<&wagate::proto::gateway::GroupEvent> {
+    match &event.payload {
+        Some(event::Payload::Group(g)) => Some(g),
+        _ => None,
+    }
+}
+
+/// What the virtual phone of `phone` received, in order.
+pub async fn inbox(
+    control: &mut SimulatorClient<Channel>,
+    phone: &str,
+) -> Vec<wagate::proto::sim::InboxMessage> {
+    control
+        .inbox(wagate::proto::sim::InboxRequest {
+            phone: phone.into(),
+        })
+        .await
+        .expect("Inbox")
+        .into_inner()
+        .messages
+}
+
+/// The texts `phone` received in `chat`, in order.
+pub async fn chat_texts(
+    control: &mut SimulatorClient<Channel>,
+    phone: &str,
+    chat: &str,
+) -> Vec<String> {
+    inbox(control, phone)
+        .await
+        .into_iter()
+        .filter(|m| m.chat == chat)
+        .map(|m| m.text)
+        .collect()
+}
+
+/// Waits for delivery receipts of message `id` from each phone number
+/// (digits) in `from`.
+pub async fn delivered_to(events: &mut Streaming<Event>, id: &str, from: &[&str]) {
+    let mut waiting: Vec<&str> = from.to_vec();
+    while !waiting.is_empty() {
+        let (event, _) = wait_for(events, "a delivery receipt", |e| {
+            receipt_of(e).is_some_and(|r| r.message_ids.iter().any(|m| m == id))
+        })
+        .await;
+        let phone = receipt_of(&event).expect("receipt").from_phone.clone();
+        waiting.retain(|p| *p != phone);
+    }
+}

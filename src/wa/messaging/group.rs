@@ -25,7 +25,7 @@ use crate::wa::groups::{self, GroupChange};
 use crate::wa::jid::Jid;
 use crate::wa::signal::{self, ProtocolAddress, SenderKeyName, SenderKeyRecord, SessionRecord};
 
-use super::iq::{Awaiting, Bundles, Devices, GroupMembers};
+use super::iq::{Awaiting, Devices, GroupMembers};
 use super::keys::{IdempotencyRecord, KeyError, SenderKeyMemory, SentRecord, Txn};
 use super::outbound::Outgoing;
 use super::{address_of, Cx, Engine, SendError, DEVICE_CACHE_MS};
@@ -145,28 +145,13 @@ impl Engine {
         }
         let group = send.chat.to_string();
         let memory = self.current_memory(&group, &own, &members, &mut cx.txn)?;
-        let mut missing = Vec::new();
-        for target in &targets {
-            if memory.contains(&target.to_string()) {
-                continue;
-            }
-            let has = cx
-                .txn
-                .session(&address_of(target))?
-                .is_some_and(|r| r.has_current_session());
-            if !has {
-                missing.push(target.clone());
-            }
-        }
-        if missing.is_empty() {
-            return self.encrypt_for_group(send, targets, HashMap::new(), cx);
-        }
-        self.issue(
-            Bundles(missing),
-            Awaiting::Bundles { send, targets },
-            &mut cx.step,
-        );
-        Ok(())
+        // Only the devices that lack our key get a pairwise payload.
+        let pairwise: Vec<Jid> = targets
+            .iter()
+            .filter(|t| !memory.contains(&t.to_string()))
+            .cloned()
+            .collect();
+        self.encrypt_or_fetch_bundles(send, targets, &pairwise, cx)
     }
 
     /// The devices holding our current key of `group`; the key is replaced

@@ -243,8 +243,21 @@ impl Engine {
                 targets.push(device);
             }
         }
+        let all = targets.clone();
+        self.encrypt_or_fetch_bundles(send, targets, &all, cx)
+    }
+
+    /// Encrypts for `targets` when every device in `pairwise` has a
+    /// session; otherwise first asks for the bundles of those without.
+    pub(super) fn encrypt_or_fetch_bundles(
+        &mut self,
+        send: Outgoing,
+        targets: Vec<Jid>,
+        pairwise: &[Jid],
+        cx: &mut Cx<'_, '_>,
+    ) -> Result<(), KeyError> {
         let mut missing = Vec::new();
-        for target in &targets {
+        for target in pairwise {
             let has = cx
                 .txn
                 .session(&address_of(target))?
