@@ -262,17 +262,20 @@ impl Manager {
             Ok(sent) => Ok(sent),
             // The state moved between the check above and the actor: decide
             // again from the state it is in now.
-            Err(SendError::NotConnected) => {
-                if self.lock().closing {
-                    return Err(RuntimeError::ShuttingDown);
-                }
-                let status = handle.status.borrow().clone();
-                Err(ready_to_send(&status)
-                    .err()
-                    .unwrap_or_else(|| RuntimeError::Reconnecting(status.id.clone())))
-            }
+            Err(SendError::NotConnected) => Err(self.not_ready(&handle)),
             Err(other) => Err(other.into()),
         }
+    }
+
+    /// Why a session that was ready a moment ago could not take a call.
+    fn not_ready(&self, handle: &SessionHandle) -> RuntimeError {
+        if self.lock().closing {
+            return RuntimeError::ShuttingDown;
+        }
+        let status = handle.status.borrow().clone();
+        ready_to_send(&status)
+            .err()
+            .unwrap_or_else(|| RuntimeError::Reconnecting(status.id.clone()))
     }
 
     /// Sends `iq` (built by a `wa` builder, without id) on the session's
@@ -291,13 +294,7 @@ impl Manager {
             Ok(node) => Ok(node),
             Err(SendError::Timeout) => Err(RuntimeError::QueryTimeout),
             Err(SendError::NotConnected | SendError::ConnectionLost(_)) => {
-                if self.lock().closing {
-                    return Err(RuntimeError::ShuttingDown);
-                }
-                let status = handle.status.borrow().clone();
-                Err(ready_to_send(&status)
-                    .err()
-                    .unwrap_or_else(|| RuntimeError::Reconnecting(status.id.clone())))
+                Err(self.not_ready(&handle))
             }
             Err(other) => Err(other.into()),
         }
