@@ -139,6 +139,50 @@ async fn group_texts_membership_and_restart() {
     // Ben, removed, got none of it.
     let ben = chat_texts(&mut sim.control, BEN, &group).await;
     assert_eq!(ben, vec!["hello team".to_owned()], "Ben read: {ben:?}");
+
+    // We are no admin here: changing members is refused.
+    let status = client
+        .update_participants(wagate::proto::gateway::UpdateParticipantsRequest {
+            session_id: "grp".into(),
+            group: group.clone(),
+            action: wagate::proto::gateway::ParticipantAction::Add as i32,
+            participants: vec![BEN.into()],
+        })
+        .await
+        .expect_err("not an admin");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // Ann adds Ben back: he gets our current key with the next message.
+    sim.control
+        .update_group_participants(UpdateGroupParticipantsRequest {
+            phone: ANN.into(),
+            group_jid: group.clone(),
+            action: "add".into(),
+            participants: vec![BEN.into()],
+        })
+        .await
+        .expect("add Ben");
+    wait_for(&mut events, "Ben's return", |e| {
+        group_of(e).is_some_and(|g| g.change == GroupChange::GroupParticipantsAdded as i32)
+    })
+    .await;
+    let sent = client
+        .send(send(&group, "welcome back", "g-4"))
+        .await
+        .expect("Send after the add")
+        .into_inner();
+    delivered_to(
+        &mut events,
+        &sent.message_id,
+        &["15550005002", "15550005003"],
+    )
+    .await;
+    let ben = chat_texts(&mut sim.control, BEN, &group).await;
+    assert_eq!(
+        ben,
+        vec!["hello team".to_owned(), "welcome back".to_owned()],
+        "Ben read: {ben:?}"
+    );
     let ann = chat_texts(&mut sim.control, ANN, &group).await;
     assert_eq!(
         ann,
@@ -146,7 +190,8 @@ async fn group_texts_membership_and_restart() {
             "hello team".to_owned(),
             "hi from ben".to_owned(),
             "after ben left".to_owned(),
-            "after the restart".to_owned()
+            "after the restart".to_owned(),
+            "welcome back".to_owned()
         ]
     );
 }
