@@ -291,6 +291,26 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         }
     });
 
+    // Freed heap goes back to the system after waves of disconnects.
+    let for_memory = manager.clone();
+    let releaser = tokio::spawn(async move {
+        let mut releaser = crate::memory::Releaser::default();
+        let mut tick = tokio::time::interval(crate::memory::CHECK_EVERY);
+        loop {
+            tick.tick().await;
+            let online = for_memory.online_sessions();
+            if releaser.check(online, crate::memory::CHECK_EVERY) {
+                let released =
+                    tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
+                tracing::debug!(
+                    online,
+                    released = released.unwrap_or(false),
+                    "freed heap returned"
+                );
+            }
+        }
+    });
+
     let mgr = manager.clone();
     let sim_for_stop = sim.clone();
     let drain_delay = opts.drain_delay;
@@ -306,6 +326,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         let _ = close_tx.send(());
         mgr.shutdown().await;
         pruner.abort();
+        releaser.abort();
         let mut server = server;
         match tokio::time::timeout(grace, &mut server).await {
             Ok(Ok(Ok(()))) => {}

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod app;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod proto;
 pub mod runtime;

@@ -215,6 +215,16 @@ impl Messenger {
         }
     }
 
+    /// Forgets everything cached for the connection (the engine and its
+    /// key caches); nothing of it is needed while offline.
+    pub(crate) fn release(&mut self) {
+        if let Some(core) = &mut self.core {
+            core.fail_all("the session went offline");
+        }
+        self.core = Some(Core::new());
+        self.creds = None;
+    }
+
     /// The credentials of the current connection (after login or a change).
     pub(crate) fn set_credentials(&mut self, creds: &Credentials) {
         self.creds = Some(Arc::new(creds.clone()));

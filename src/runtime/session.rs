@@ -136,7 +136,12 @@ impl SessionActor {
                 }
                 Some(Command::Connect) => {}
             }
-            if self.online_loop().await {
+            let shutdown = self.online_loop().await;
+            // Offline until told otherwise: the engine's caches (sessions,
+            // sender keys, device lists) are dropped, and come back from
+            // the store at the next connect.
+            self.messenger.release();
+            if shutdown {
                 return;
             }
         }

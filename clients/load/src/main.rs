@@ -10,6 +10,7 @@ mod pairing;
 mod procs;
 mod procstat;
 mod proto;
+mod release;
 mod report;
 mod run;
 mod sends;

@@ -3,6 +3,7 @@
 
 use crate::inbound::{Latency, Throughput};
 use crate::procstat::Memory;
+use crate::release::Released;
 use crate::sends::SendFigures;
 
 /// Restart of the gateway on the same data dir.
@@ -35,9 +36,18 @@ pub(crate) struct Report {
     pub(crate) latency: Latency,
     pub(crate) sends: Vec<SendFigures>,
     pub(crate) restart: Restart,
+    pub(crate) released: Released,
 }
 
 impl Report {
+    /// What `sessions` idle sessions cost at the measured idle cost, KiB.
+    fn needed_kib(&self, sessions: usize) -> u64 {
+        let per = self
+            .per_session_kib(self.gateway_zero, self.gateway_idle)
+            .max(0.0);
+        self.gateway_zero.anon_kib + (per * sessions as f64) as u64
+    }
+
     fn per_session_kib(&self, zero: Memory, idle: Memory) -> f64 {
         (idle.anon_kib as f64 - zero.anon_kib as f64) / self.sessions.max(1) as f64
     }
@@ -139,6 +149,18 @@ impl Report {
                 "Gateway threads after restart".into(),
                 self.restart.threads.to_string(),
             ),
+            (
+                format!(
+                    "RssAnon, {} → {} sessions online (need, at the idle cost)",
+                    self.released.sessions_before, self.released.sessions_after
+                ),
+                format!(
+                    "{} → {} ({})",
+                    mib(self.released.before.anon_kib),
+                    mib(self.released.after.anon_kib),
+                    mib(self.needed_kib(self.released.sessions_after))
+                ),
+            ),
         ]);
         let left = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(7);
         let right = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(5);
@@ -188,6 +210,11 @@ impl Report {
                          "all_connected_seconds": self.restart.connected_seconds,
                          "gateway_cpu_ms_per_session": self.restart.cpu_ms_per_session,
                          "gateway_threads": self.restart.threads },
+            "released": { "sessions_before": self.released.sessions_before,
+                          "sessions_after": self.released.sessions_after,
+                          "rss_anon_before_kib": self.released.before.anon_kib,
+                          "rss_anon_after_kib": self.released.after.anon_kib,
+                          "rss_anon_needed_kib": self.needed_kib(self.released.sessions_after) },
         })
     }
 }

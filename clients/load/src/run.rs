@@ -13,6 +13,7 @@ use crate::procs::{self, Child, GatewayOptions, SimInfo};
 use crate::procstat::{self, CpuMeter};
 use crate::proto::gateway::ListSessionsRequest;
 use crate::proto::sim::ListAccountsRequest;
+use crate::release;
 use crate::report::{Report, Restart};
 use crate::sends;
 
@@ -221,6 +222,8 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
         cpu_ms_per_session: procstat::cpu_seconds(gateway_pid)? * 1e3 / n.max(1) as f64,
         threads: procstat::memory(gateway_pid)?.threads,
     };
+    step("memory: 90 % of the sessions disconnect");
+    let released = release::disconnect_most(&gateway, n, gateway_pid, plan.stall).await?;
     step("done");
 
     Ok(Report {
@@ -240,5 +243,6 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
         latency,
         sends: send_figures,
         restart,
+        released,
     })
 }
