@@ -224,7 +224,7 @@ impl Engine {
         content: Content,
         txn: &mut Txn<'_>,
     ) -> Result<Option<ReceivedMessage>, KeyError> {
-        if content.is_key_only() {
+        if content.is_key_only() || content.is_phone_sync() {
             return Ok(None);
         }
         let from_me = msg.from_me(own);
