@@ -2,7 +2,9 @@
 //! with a virtual phone: Baileys' text lands in the phone's inbox and the
 //! phone's delivery receipt reaches Baileys; the phone's text reaches
 //! Baileys live (`notify`) and, sent while Baileys is away, after it
-//! reconnects (`append`, from the offline queue).
+//! reconnects (`append`, from the offline queue). Baileys runs unmodified:
+//! the phone's app-state key share after pairing is what lets it emit
+//! incoming messages.
 
 mod sim_support;
 
@@ -74,6 +76,17 @@ async fn baileys_and_a_virtual_phone_exchange_texts() {
     // Phone → Baileys while Baileys is away: queued, then delivered offline.
     baileys.command("quit");
     assert!(baileys.wait().await.success());
+    // What lets Baileys emit messages at all: the phone's app-state key
+    // share was stored, and the app-state sync it starts came to an end.
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(auth.path().join("creds.json")).expect("creds.json"))
+            .expect("creds are JSON");
+    let key_id = creds["myAppStateKeyId"].as_str().expect("an app-state key");
+    assert_eq!(key_id.len(), 8, "6 bytes in base64: {key_id}");
+    assert_eq!(
+        creds["accountSyncCounter"], 1,
+        "initial app-state sync done"
+    );
     let queued = harness
         .control
         .send_text(SendTextRequest {

@@ -98,6 +98,9 @@ enum Outgoing {
     Drop,
 }
 
+/// Longest a connection ended with a notice waits for the client to close.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 /// Serves one accepted TCP connection until it ends.
 pub(crate) async fn serve(
     inner: Arc<Inner>,
@@ -276,11 +279,21 @@ impl Link {
             Termination::DeviceRemoved => Some(stanza::stream_device_removed()),
             Termination::Shutdown => None,
         };
-        if let Some(notice) = notice {
-            self.send_node(&notice).await?;
-            self.send_node(&stanza::stream_end()).await?;
-        }
-        send_out(&self.out, Outgoing::Close).await
+        let Some(notice) = notice else {
+            return send_out(&self.out, Outgoing::Close).await;
+        };
+        self.send_node(&notice).await?;
+        self.send_node(&stanza::stream_end()).await?;
+        send_out(&self.out, Outgoing::Close).await?;
+        // The client may be writing (receipts, acks) while the notice is on
+        // its way: closing the socket under it now would reset the
+        // connection, and a client that sees its write fail before it reads
+        // the notice would take the end for a network error. So the socket
+        // stays open, and what arrives is read and dropped, until the client
+        // answers the websocket close (or a short while passes).
+        let drain = async { while let Ok(Some(_)) = self.reader.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+        Ok(())
     }
 }
 
@@ -695,6 +708,7 @@ impl Session {
             ("privacy", "get", Some("privacy")) => {
                 stanza::iq_result(id, vec![stanza::privacy_settings()])
             }
+            ("w:sync:app:state", "set", Some("sync")) => stanza::app_state_sync_result(id, iq),
             ("md", "set", Some("remove-companion-device")) => {
                 return self.on_remove_companion(link, jid, id, iq).await;
             }

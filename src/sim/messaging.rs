@@ -28,7 +28,7 @@ pub(crate) fn address(jid: &Jid) -> ProtocolAddress {
 impl Inner {
     /// A generator for work done under a phone's lock (the locks
     /// never nest, so it is drawn first).
-    fn fork_rng(&self) -> StdRng {
+    pub(super) fn fork_rng(&self) -> StdRng {
         self.with_rng(|rng| StdRng::from_rng(rng).unwrap_or_else(|_| StdRng::seed_from_u64(0)))
     }
 
@@ -242,7 +242,21 @@ impl Inner {
             chat: Jid::new(to_user, DEFAULT_USER_SERVER),
             notify: self.registry.push_name(from_user),
             targets,
+            peer: false,
         })
+    }
+
+    /// A phone's message to one of its own companions (key shares, history
+    /// notifications): a `peer` message, with no chat of its own.
+    pub(super) fn phone_plan_own(&self, companion: &Jid) -> PhonePlan {
+        PhonePlan {
+            from_user: companion.user.clone(),
+            from: Jid::new(companion.user.clone(), DEFAULT_USER_SERVER),
+            chat: Jid::new(companion.user.clone(), DEFAULT_USER_SERVER),
+            notify: self.registry.push_name(&companion.user),
+            targets: vec![companion.clone()],
+            peer: true,
+        }
     }
 
     /// Encrypts one text for every device of a plan and routes it.
@@ -300,10 +314,15 @@ impl Inner {
                 from: &plan.from,
                 t,
                 notify: plan.notify.as_deref(),
-                recipient: own_device.then_some(&plan.chat),
+                recipient: (own_device && !plan.peer).then_some(&plan.chat),
                 encs: vec![enc],
                 device_identity: None,
             });
+            let node = if plan.peer {
+                node.attr("category", "peer")
+            } else {
+                node
+            };
             self.deliver_to(&target, QueueClass::Message, &id, node)
                 .await;
         }
@@ -321,4 +340,6 @@ pub(super) struct PhonePlan {
     notify: Option<String>,
     /// Every device of the recipient, and the sender's own companions.
     targets: Vec<Jid>,
+    /// A message between the account's own devices (`category="peer"`).
+    peer: bool,
 }

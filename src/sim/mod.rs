@@ -15,6 +15,7 @@ mod media;
 mod messaging;
 mod phone;
 mod phone_media;
+mod phone_sync;
 mod registry;
 mod routing;
 mod sender_keys;
@@ -387,6 +388,10 @@ impl Simulator {
         };
         inner.registry.add_device(device, &jid);
         debug!(%jid, "companion paired");
+        // Queued before the companion reconnects: it finds them at login.
+        if let Err(err) = inner.welcome_companion(&jid).await {
+            warn!(%jid, %err, "phone could not greet its new companion");
+        }
         // Paired: the companion must reconnect and log in.
         let _ = pending
             .commands

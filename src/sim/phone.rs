@@ -8,10 +8,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use prost::Message as _;
 use rand::{CryptoRng, RngCore};
+use zeroize::Zeroizing;
 
 use super::sender_keys::SenderKeys;
 use super::usync::BundleKeys;
-use crate::proto::wa::message::DeviceSentMessage;
+use crate::proto::wa::message::{
+    AppStateSyncKey, AppStateSyncKeyData, AppStateSyncKeyFingerprint, AppStateSyncKeyId,
+    DeviceSentMessage,
+};
 use crate::proto::wa::Message;
 use crate::wa::crypto::KeyPair;
 use crate::wa::media::{MediaError, MediaInfo, MediaType};
@@ -27,6 +31,8 @@ const PHONE_PREKEYS: u32 = 0x40;
 const SIGNED_PREKEY_ID: u32 = 0x01;
 /// Most texts kept in an inbox; the oldest are dropped first.
 const MAX_INBOX: usize = 10_000;
+/// Length of an app-state sync key id, as phones make them.
+const APP_STATE_KEY_ID_LEN: usize = 0x06;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PhoneError {
@@ -101,6 +107,55 @@ pub(crate) struct Phone {
     received: HashSet<(String, String)>,
     /// Its own and other members' group sender keys.
     pub(crate) sender_keys: SenderKeys,
+    /// The app-state sync key it shares with every companion it links,
+    /// made when the first one is linked.
+    app_state_key: Option<AppStateKey>,
+}
+
+/// An app-state sync key: the account's companions encrypt and decrypt
+/// their app-state patches with it, and find it by its id.
+#[derive(Clone)]
+pub(crate) struct AppStateKey {
+    pub(crate) id: [u8; APP_STATE_KEY_ID_LEN],
+    pub(crate) data: Zeroizing<[u8; 32]>,
+    /// `AppStateSyncKeyFingerprint.rawId`: random, as phones pick it.
+    pub(crate) raw_id: u32,
+    /// Unix milliseconds, as phones stamp their keys.
+    pub(crate) timestamp_ms: i64,
+}
+
+impl AppStateKey {
+    fn generate(now_ms: i64, rng: &mut (impl RngCore + CryptoRng)) -> Self {
+        let mut id = [0u8; APP_STATE_KEY_ID_LEN];
+        rng.fill_bytes(&mut id);
+        let mut data = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(data.as_mut());
+        Self {
+            id,
+            data,
+            raw_id: rng.next_u32(),
+            timestamp_ms: now_ms,
+        }
+    }
+
+    /// The key as a `Message.AppStateSyncKey`.
+    pub(crate) fn to_proto(&self) -> AppStateSyncKey {
+        AppStateSyncKey {
+            key_id: Some(AppStateSyncKeyId {
+                key_id: Some(self.id.to_vec()),
+            }),
+            key_data: Some(AppStateSyncKeyData {
+                key_data: Some(self.data.to_vec()),
+                fingerprint: Some(AppStateSyncKeyFingerprint {
+                    raw_id: Some(self.raw_id),
+                    current_index: Some(0),
+                    // The phone itself is device index 0.
+                    device_indexes: vec![0],
+                }),
+                timestamp: Some(self.timestamp_ms),
+            }),
+        }
+    }
 }
 
 impl Phone {
@@ -125,7 +180,20 @@ impl Phone {
             inbox: VecDeque::new(),
             received: HashSet::new(),
             sender_keys: SenderKeys::default(),
+            app_state_key: None,
         }
+    }
+
+    /// The account's app-state sync key, made on first use: every companion
+    /// of the account gets the same one.
+    pub(crate) fn app_state_key(
+        &mut self,
+        now_ms: i64,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> AppStateKey {
+        self.app_state_key
+            .get_or_insert_with(|| AppStateKey::generate(now_ms, rng))
+            .clone()
     }
 
     /// The phone's bundle as the server hands it out: one unclaimed
@@ -439,6 +507,26 @@ mod tests {
         assert_eq!(texts, ["first", "other device"]);
         assert!(alice.has_received("1:1@s.whatsapp.net", "M1"));
         assert!(!alice.has_received("1:1@s.whatsapp.net", "M2"));
+    }
+
+    #[test]
+    fn every_companion_gets_the_same_app_state_key() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut alice = phone(6);
+        let first = alice.app_state_key(1_000, &mut rng);
+        let again = alice.app_state_key(2_000, &mut rng);
+        assert_eq!(first.id, again.id);
+        assert_eq!(*first.data, *again.data);
+        assert_eq!(again.timestamp_ms, 1_000, "made once, when first linked");
+        let proto = first.to_proto();
+        let id = proto.key_id.and_then(|k| k.key_id).expect("key id");
+        assert_eq!(id.len(), APP_STATE_KEY_ID_LEN);
+        let data = proto.key_data.expect("key data");
+        assert_eq!(data.key_data.map(|d| d.len()), Some(32));
+        assert_eq!(data.timestamp, Some(1_000));
+        assert!(data.fingerprint.is_some());
+        let other = phone(7).app_state_key(1_000, &mut rng);
+        assert_ne!(first.id, other.id, "accounts have their own keys");
     }
 
     #[test]

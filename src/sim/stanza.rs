@@ -49,6 +49,33 @@ pub(crate) fn iq_result(id: &str, children: Vec<Node>) -> Node {
     }
 }
 
+/// Most collections one `w:sync:app:state` query may name (WhatsApp has
+/// five); more are ignored.
+const MAX_SYNC_COLLECTIONS: usize = 0x10;
+
+/// The answer to `<iq xmlns="w:sync:app:state"><sync><collection name
+/// version …/>…</sync></iq>` from a server that keeps no app-state: each
+/// collection named comes back at the version asked for, with no patches,
+/// no snapshot and nothing more to fetch, so a client's sync of it ends.
+pub(crate) fn app_state_sync_result(id: &str, iq: &Node) -> Node {
+    let collections: Vec<Node> = iq
+        .child("sync")
+        .into_iter()
+        .flat_map(|sync| sync.children_by_tag("collection"))
+        .filter_map(|collection| {
+            let name = collection.attr_string("name")?;
+            let version = collection.attr_u64("version").unwrap_or(0);
+            Some(
+                Node::new("collection")
+                    .attr("name", name)
+                    .attr("version", version.to_string()),
+            )
+        })
+        .take(MAX_SYNC_COLLECTIONS)
+        .collect();
+    iq_result(id, vec![Node::new("sync").children(collections)])
+}
+
 /// `<iq from=s.whatsapp.net type="error" id=ID><error code text/></iq>`.
 pub(crate) fn iq_error(id: &str, code: u16, text: &str) -> Node {
     Node::new("iq")
@@ -488,6 +515,52 @@ mod tests {
             prekey_upload(&Node::new("iq"), &identity.public),
             Err(StanzaError::Malformed("identity"))
         );
+    }
+
+    #[test]
+    fn app_state_queries_get_each_collection_back_empty() {
+        let iq = Node::new("iq")
+            .attr("xmlns", "w:sync:app:state")
+            .attr("type", "set")
+            .children(vec![Node::new("sync").children(vec![
+                Node::new("collection")
+                    .attr("name", "regular_high")
+                    .attr("version", "0")
+                    .attr("return_snapshot", "true"),
+                Node::new("collection")
+                    .attr("name", "critical_block")
+                    .attr("version", "7")
+                    .attr("return_snapshot", "false"),
+                // No name: nothing to answer for it.
+                Node::new("collection").attr("version", "1"),
+            ])]);
+        let answer = app_state_sync_result("q1", &iq);
+        assert_eq!(answer.attr_str("type"), Some("result"));
+        assert_eq!(answer.attr_str("id"), Some("q1"));
+        let sync = answer.child("sync").expect("sync");
+        let got: Vec<(Option<&str>, Option<&str>, usize)> = sync
+            .children_by_tag("collection")
+            .map(|c| {
+                (
+                    c.attr_str("name"),
+                    c.attr_str("version"),
+                    c.child_nodes().len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("regular_high"), Some("0"), 0),
+                (Some("critical_block"), Some("7"), 0)
+            ]
+        );
+        assert!(sync
+            .children_by_tag("collection")
+            .all(|c| c.attr_str("has_more_patches").is_none()));
+        // A query without <sync> gets an empty <sync>, not an error.
+        let bare = app_state_sync_result("q2", &Node::new("iq"));
+        assert_eq!(bare.child("sync").map(|s| s.child_nodes().len()), Some(0));
     }
 
     #[test]

@@ -254,17 +254,25 @@ impl Content {
                 .as_ref()
                 .and_then(|m| m.text.clone())
         });
-        let mut content = match text {
-            Some(text) => Self {
+        let mut content = match (text, phone_sync_kind(&message)) {
+            (Some(text), _) => Self {
                 kind: "text".to_owned(),
                 text: Some(text),
                 destination: None,
                 sender_key: None,
             },
-            None => Self::named(&content_field_name(plaintext)),
+            (None, Some(kind)) => Self::named(kind),
+            (None, None) => Self::named(&content_field_name(plaintext)),
         };
         content.sender_key = sender_key;
         Ok(content)
+    }
+
+    /// What a primary phone sends its companions for their own bookkeeping
+    /// (app-state keys, history notifications): nothing to report to the
+    /// user.
+    pub fn is_phone_sync(&self) -> bool {
+        self.text.is_none() && [KEY_SHARE, HISTORY_NOTIFICATION].contains(&self.kind.as_str())
     }
 
     fn named(kind: &str) -> Self {
@@ -280,6 +288,23 @@ impl Content {
     /// report to the user.
     pub fn is_key_only(&self) -> bool {
         self.sender_key.is_some() && self.kind == "senderKeyDistributionMessage"
+    }
+}
+
+/// Kind of an app-state key share from the account's phone.
+const KEY_SHARE: &str = "appStateSyncKeyShare";
+/// Kind of a history-sync notification from the account's phone.
+const HISTORY_NOTIFICATION: &str = "historySyncNotification";
+
+/// The kind of a protocol message a phone sends its companions to keep them
+/// in step, if it is one.
+fn phone_sync_kind(message: &Message) -> Option<&'static str> {
+    use crate::proto::wa::message::protocol_message::Type;
+    let protocol = message.protocol_message.as_ref()?;
+    match protocol.r#type.and_then(|t| Type::try_from(t).ok())? {
+        Type::AppStateSyncKeyShare => Some(KEY_SHARE),
+        Type::HistorySyncNotification => Some(HISTORY_NOTIFICATION),
+        Type::Revoke => None,
     }
 }
 
@@ -774,6 +799,31 @@ mod tests {
         );
         assert_eq!(content_field_name(&[]), "unknown");
         assert!(Content::decode(&[0xFF, 0xFF]).is_err());
+    }
+
+    #[test]
+    fn phone_key_shares_and_history_notices_are_not_reported() {
+        use crate::proto::wa::message::protocol_message::Type;
+        use crate::proto::wa::message::ProtocolMessage;
+        let protocol = |kind: Type| {
+            let message = Message {
+                protocol_message: Some(ProtocolMessage {
+                    r#type: Some(kind.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            Content::decode(&message.encode_to_vec()).expect("decodes")
+        };
+        let share = protocol(Type::AppStateSyncKeyShare);
+        assert_eq!(share.kind, "appStateSyncKeyShare");
+        assert!(share.is_phone_sync());
+        assert!(protocol(Type::HistorySyncNotification).is_phone_sync());
+        let revoke = protocol(Type::Revoke);
+        assert_eq!(revoke.kind, "protocolMessage");
+        assert!(!revoke.is_phone_sync());
+        let text = Content::decode(&text_message("hi").encode_to_vec()).expect("decodes");
+        assert!(!text.is_phone_sync());
     }
 
     #[test]

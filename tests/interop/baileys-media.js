@@ -88,11 +88,6 @@ async function connect () {
   if (!state.creds.me) {
     throw new Error(`no paired credentials in ${authDir}`)
   }
-  // As in baileys-messaging.js: without an app-state key Baileys holds
-  // events back waiting for a history sync the simulator never sends.
-  if (!state.creds.myAppStateKeyId) {
-    state.creds.myAppStateKeyId = 'AAAAAAAA'
-  }
   const current = makeWASocket({
     waWebSocketUrl: url,
     auth: state,

@@ -42,12 +42,6 @@ async function connect () {
   if (!state.creds.me) {
     throw new Error(`no paired credentials in ${authDir}`)
   }
-  // The simulator has no app-state sync. Without an app-state key Baileys 6
-  // holds every event in its buffer after the offline queue, waiting for the
-  // phone's key share and history sync; a placeholder key id lets events flow.
-  if (!state.creds.myAppStateKeyId) {
-    state.creds.myAppStateKeyId = 'AAAAAAAA'
-  }
   const current = makeWASocket({
     waWebSocketUrl: url,
     auth: state,

@@ -50,7 +50,6 @@ impl Engine {
                 return Ok(());
             }
         };
-        cx.step.messages_in += 1;
         let dedupe = DedupeKey(msg.dedupe_key(&own));
         if cx.txn.seen(&dedupe, msg.t)? {
             cx.step.transmit.push(msg.receipt(&own));
@@ -154,6 +153,11 @@ impl Engine {
         };
         self.retries.remove(&dedupe);
         cx.txn.mark_seen(dedupe, msg.t, now_ms);
+        // Counted once each, and only what someone sent: redeliveries and
+        // the phone's own bookkeeping (key shares, history notices) are not.
+        if event.is_some() {
+            cx.step.messages_in += 1;
+        }
         cx.step.events.extend(event.map(Event::Message));
         // Durability rule 1: the receipt leaves after the commit.
         cx.step.transmit.push(msg.receipt(&own));
@@ -224,7 +228,7 @@ impl Engine {
         content: Content,
         txn: &mut Txn<'_>,
     ) -> Result<Option<ReceivedMessage>, KeyError> {
-        if content.is_key_only() {
+        if content.is_key_only() || content.is_phone_sync() {
             return Ok(None);
         }
         let from_me = msg.from_me(own);

@@ -167,7 +167,8 @@ pub struct Step {
     /// Answers to callers' queries (the `<iq>` answer as received, also
     /// an error answer); like `replies`, not bound to the commit.
     pub answers: Vec<(ReplyTo, Result<Node, SendError>)>,
-    /// Incoming messages among the stanzas (decrypted or not), for metrics.
+    /// Incoming messages reported among the stanzas (decrypted or not;
+    /// not redeliveries, not bookkeeping without content), for metrics.
     pub messages_in: u32,
     /// Sends the server acknowledged, for metrics.
     pub messages_out: u32,
