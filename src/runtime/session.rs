@@ -420,6 +420,12 @@ impl SessionActor {
             text.clone(),
             self.record.jid.clone().unwrap_or_default(),
         );
+        // The live status first: a backend that sees the event and asks
+        // Status at once must read the same state.
+        self.set_state(state, |s| {
+            s.qr = None;
+            s.last_disconnect_reason = Some(text);
+        });
         if let Err(e) = self
             .events
             .commit(&self.id, batch, vec![event], now_ms())
@@ -427,10 +433,6 @@ impl SessionActor {
         {
             warn!(session = %self.id, ?state, "cannot record the session's state: {e}");
         }
-        self.set_state(state, |s| {
-            s.qr = None;
-            s.last_disconnect_reason = Some(text);
-        });
     }
 
     pub(super) fn set_state(&self, state: SessionState, update: impl FnOnce(&mut SessionStatus)) {
