@@ -30,30 +30,12 @@
 // exit status: 0 after "quit" or a 401 close.
 'use strict'
 
-const readline = require('readline')
-const { default: makeWASocket, useMultiFileAuthState, Browsers } = require('baileys')
-const pino = require('pino')
+const { run, emit, textOf } = require('./baileys-runner')
 
 const [url, authDir] = process.argv.slice(2)
 if (!url || !authDir) {
   process.stderr.write('usage: node baileys-groups.js <ws_url> <auth_dir>\n')
   process.exit(2)
-}
-
-// BAILEYS_LOG=debug (or trace) shows Baileys' own log on stderr.
-const logger = pino({ level: process.env.BAILEYS_LOG || 'silent' }, pino.destination(2))
-const emit = (event) => process.stdout.write(JSON.stringify(event) + '\n')
-const LOGGED_OUT = 401
-let sock = null
-let quitting = false
-let saved = Promise.resolve()
-const exitAfterSaves = () => saved.then(() => process.exit(0), fail)
-
-const textOf = (message) => {
-  if (!message) return null
-  return message.conversation ||
-    (message.extendedTextMessage && message.extendedTextMessage.text) ||
-    null
 }
 
 const groupEvent = (command, meta) => ({
@@ -65,124 +47,75 @@ const groupEvent = (command, meta) => ({
   participants: meta.participants.map((p) => ({ id: p.id, admin: p.admin || null }))
 })
 
-async function connect () {
-  const { state, saveCreds } = await useMultiFileAuthState(authDir)
-  if (!state.creds.me) {
-    throw new Error(`no paired credentials in ${authDir}`)
-  }
-  const current = makeWASocket({
-    waWebSocketUrl: url,
-    auth: state,
-    logger,
-    browser: Browsers.ubuntu('Chrome'),
-    printQRInTerminal: false,
-    markOnlineOnConnect: false
-  })
-  sock = current
-  current.ev.on('creds.update', () => { saved = saved.then(saveCreds) })
-  current.ev.on('connection.update', (update) => {
-    if (update.connection === 'open') {
-      emit({ event: 'open', jid: current.user.id })
-    }
-    if (update.connection === 'close') {
-      const error = update.lastDisconnect && update.lastDisconnect.error
-      const code = error && error.output ? error.output.statusCode : null
-      emit({ event: 'close', code })
-      if (code === LOGGED_OUT || quitting) {
-        exitAfterSaves()
-        return
-      }
-      connect().catch(fail)
-    }
-  })
-  current.ev.on('messages.upsert', ({ messages, type }) => {
-    for (const m of messages) {
-      emit({
-        event: 'message',
-        type,
-        from: m.key.remoteJid,
-        participant: m.key.participant || null,
-        id: m.key.id,
-        fromMe: !!m.key.fromMe,
-        text: textOf(m.message),
-        stub: m.messageStubType || null
-      })
-    }
-  })
-  current.ev.on('message-receipt.update', (updates) => {
-    for (const { key, receipt } of updates) {
-      emit({ event: 'receipt', id: key.id, remoteJid: key.remoteJid, userJid: receipt.userJid, delivered: !!receipt.receiptTimestamp })
-    }
-  })
-  current.ev.on('groups.upsert', (groups) => {
-    for (const g of groups) {
-      emit({ event: 'groups.upsert', id: g.id, subject: g.subject })
-    }
-  })
-  current.ev.on('group-participants.update', ({ id, participants, action }) => {
-    emit({ event: 'participants', id, action, participants })
-  })
-}
-
-// A group query the server answered with an error: reported, not fatal.
+// A group query the server answered with an error: reported, not fatal
+// (anything else fails the script).
 const refused = (command) => (err) => {
   if (err && err.data !== undefined && typeof err.data === 'number') {
     emit({ event: 'error', command, code: err.data })
   } else {
-    fail(err)
+    throw err
   }
 }
 
-function fail (err) {
-  process.stderr.write(`baileys-groups: ${err && err.stack ? err.stack : err}\n`)
-  process.exit(1)
-}
+const list = (text) => (text || '').split(',').filter((j) => j)
 
-readline.createInterface({ input: process.stdin }).on('line', (line) => {
-  const [command, first, ...rest] = line.trim().split(' ')
-  if (command === 'create') {
-    const participants = (rest[0] || '').split(',').filter((j) => j)
-    sock.groupCreate(first, participants)
-      .then((meta) => emit(groupEvent('create', meta)))
-      .catch(fail)
-  } else if (command === 'meta') {
-    sock.groupMetadata(first)
-      .then((meta) => emit(groupEvent('meta', meta)))
-      .catch(fail)
-  } else if (command === 'send') {
-    sock.sendMessage(first, { text: rest.join(' ') })
-      .then((sent) => emit({ event: 'sent', id: sent.key.id, to: sent.key.remoteJid }))
-      .catch(fail)
-  } else if (command === 'update') {
-    const [action, list] = rest
-    sock.groupParticipantsUpdate(first, (list || '').split(',').filter((j) => j), action)
+run({
+  name: 'baileys-groups',
+  url,
+  authDir,
+  onSocket (sock) {
+    sock.ev.on('messages.upsert', ({ messages, type }) => {
+      for (const m of messages) {
+        emit({
+          event: 'message',
+          type,
+          from: m.key.remoteJid,
+          participant: m.key.participant || null,
+          id: m.key.id,
+          fromMe: !!m.key.fromMe,
+          text: textOf(m.message),
+          stub: m.messageStubType || null
+        })
+      }
+    })
+    sock.ev.on('message-receipt.update', (updates) => {
+      for (const { key, receipt } of updates) {
+        emit({ event: 'receipt', id: key.id, remoteJid: key.remoteJid, userJid: receipt.userJid, delivered: !!receipt.receiptTimestamp })
+      }
+    })
+    sock.ev.on('groups.upsert', (groups) => {
+      for (const g of groups) {
+        emit({ event: 'groups.upsert', id: g.id, subject: g.subject })
+      }
+    })
+    sock.ev.on('group-participants.update', ({ id, participants, action }) => {
+      emit({ event: 'participants', id, action, participants })
+    })
+  },
+  commands: {
+    create: ([subject, members], sock) => sock.groupCreate(subject, list(members))
+      .then((meta) => emit(groupEvent('create', meta))),
+    meta: ([group], sock) => sock.groupMetadata(group)
+      .then((meta) => emit(groupEvent('meta', meta))),
+    send: ([jid, ...words], sock) => sock.sendMessage(jid, { text: words.join(' ') })
+      .then((sent) => emit({ event: 'sent', id: sent.key.id, to: sent.key.remoteJid })),
+    update: ([group, action, members], sock) => sock.groupParticipantsUpdate(group, list(members), action)
       .then((results) => emit({ event: 'update', results: results.map((r) => ({ jid: r.jid, status: r.status })) }))
-      .catch(refused('update'))
-  } else if (command === 'all') {
-    sock.groupFetchAllParticipating()
+      .catch(refused('update')),
+    all: (_, sock) => sock.groupFetchAllParticipating()
       .then((groups) => emit({ event: 'all', ids: Object.keys(groups).sort() }))
-      .catch(refused('all'))
-  } else if (command === 'leave') {
-    sock.groupLeave(first)
-      .then(() => emit({ event: 'left', id: first }))
-      .catch(refused('leave'))
-  } else if (command === 'subject') {
-    sock.groupUpdateSubject(first, rest.join(' '))
-      .then(() => emit({ event: 'done', command }))
-      .catch(refused(command))
-  } else if (command === 'desc') {
-    sock.groupUpdateDescription(first, rest.join(' '))
-      .then(() => emit({ event: 'done', command }))
-      .catch(refused(command))
-  } else if (command === 'join') {
-    sock.groupAcceptInvite(first)
+      .catch(refused('all')),
+    leave: ([group], sock) => sock.groupLeave(group)
+      .then(() => emit({ event: 'left', id: group }))
+      .catch(refused('leave')),
+    subject: ([group, ...words], sock) => sock.groupUpdateSubject(group, words.join(' '))
+      .then(() => emit({ event: 'done', command: 'subject' }))
+      .catch(refused('subject')),
+    desc: ([group, ...words], sock) => sock.groupUpdateDescription(group, words.join(' '))
+      .then(() => emit({ event: 'done', command: 'desc' }))
+      .catch(refused('desc')),
+    join: ([code], sock) => sock.groupAcceptInvite(code)
       .then((id) => emit({ event: 'joined', id }))
-      .catch(refused(command))
-  } else if (command === 'quit') {
-    quitting = true
-    sock.end(undefined)
-    exitAfterSaves()
+      .catch(refused('join'))
   }
 })
-
-connect().catch(fail)

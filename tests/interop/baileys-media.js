@@ -24,15 +24,9 @@
 
 const crypto = require('crypto')
 const fs = require('fs')
-const readline = require('readline')
-const {
-  default: makeWASocket,
-  useMultiFileAuthState,
-  Browsers,
-  downloadMediaMessage
-} = require('baileys')
+const { downloadMediaMessage } = require('baileys')
 const axios = require('axios')
-const pino = require('pino')
+const { run, emit } = require('./baileys-runner')
 
 const [url, authDir, mediaUrl] = process.argv.slice(2)
 if (!url || !authDir || !mediaUrl) {
@@ -50,14 +44,7 @@ const adapter = (config) => {
   return httpAdapter(config)
 }
 
-const logger = pino({ level: process.env.BAILEYS_LOG || 'silent' }, pino.destination(2))
-const emit = (event) => process.stdout.write(JSON.stringify(event) + '\n')
-const LOGGED_OUT = 401
 const MEDIA_KINDS = ['imageMessage', 'videoMessage', 'audioMessage', 'documentMessage', 'stickerMessage']
-let sock = null
-let quitting = false
-let saved = Promise.resolve()
-const exitAfterSaves = () => saved.then(() => process.exit(0), fail)
 
 async function reportMedia (m) {
   const kind = MEDIA_KINDS.find((k) => m.message && m.message[k])
@@ -83,56 +70,6 @@ async function reportMedia (m) {
   emit(event)
 }
 
-async function connect () {
-  const { state, saveCreds } = await useMultiFileAuthState(authDir)
-  if (!state.creds.me) {
-    throw new Error(`no paired credentials in ${authDir}`)
-  }
-  const current = makeWASocket({
-    waWebSocketUrl: url,
-    auth: state,
-    logger,
-    browser: Browsers.ubuntu('Chrome'),
-    printQRInTerminal: false,
-    markOnlineOnConnect: false,
-    options: { adapter }
-  })
-  sock = current
-  current.ev.on('creds.update', () => { saved = saved.then(saveCreds) })
-  current.ev.on('connection.update', (update) => {
-    if (update.connection === 'open') {
-      emit({ event: 'open', jid: current.user.id })
-    }
-    if (update.connection === 'close') {
-      const error = update.lastDisconnect && update.lastDisconnect.error
-      const code = error && error.output ? error.output.statusCode : null
-      emit({ event: 'close', code })
-      if (code === LOGGED_OUT || quitting) {
-        exitAfterSaves()
-        return
-      }
-      connect().catch(fail)
-    }
-  })
-  current.ev.on('messages.upsert', ({ messages }) => {
-    for (const m of messages) {
-      if (!m.key.fromMe) reportMedia(m).catch(fail)
-    }
-  })
-  current.ev.on('messages.update', (updates) => {
-    for (const { key, update } of updates) {
-      if (update.status !== undefined) {
-        emit({ event: 'status', id: key.id, remoteJid: key.remoteJid, fromMe: !!key.fromMe, status: update.status })
-      }
-    }
-  })
-}
-
-function fail (err) {
-  process.stderr.write(`baileys-media: ${err && err.stack ? err.stack : err}\n`)
-  process.exit(1)
-}
-
 function content (kind, file, mimetype, text) {
   const data = fs.readFileSync(file)
   switch (kind) {
@@ -146,17 +83,28 @@ function content (kind, file, mimetype, text) {
   }
 }
 
-readline.createInterface({ input: process.stdin }).on('line', (line) => {
-  const [command, jid, kind, file, mimetype, ...words] = line.trim().split(' ')
-  if (command === 'send') {
-    sock.sendMessage(jid, content(kind, file, mimetype, words.join(' ')))
-      .then((sent) => emit({ event: 'sent', id: sent.key.id, to: sent.key.remoteJid }))
-      .catch(fail)
-  } else if (command === 'quit') {
-    quitting = true
-    sock.end(undefined)
-    exitAfterSaves()
+run({
+  name: 'baileys-media',
+  url,
+  authDir,
+  socketOptions: { options: { adapter } },
+  onSocket (sock, fail) {
+    sock.ev.on('messages.upsert', ({ messages }) => {
+      for (const m of messages) {
+        if (!m.key.fromMe) reportMedia(m).catch(fail)
+      }
+    })
+    sock.ev.on('messages.update', (updates) => {
+      for (const { key, update } of updates) {
+        if (update.status !== undefined) {
+          emit({ event: 'status', id: key.id, remoteJid: key.remoteJid, fromMe: !!key.fromMe, status: update.status })
+        }
+      }
+    })
+  },
+  commands: {
+    send: ([jid, kind, file, mimetype, ...words], sock) =>
+      sock.sendMessage(jid, content(kind, file, mimetype, words.join(' ')))
+        .then((sent) => emit({ event: 'sent', id: sent.key.id, to: sent.key.remoteJid }))
   }
 })
-
-connect().catch(fail)
