@@ -33,6 +33,9 @@ function run ({ name, url, authDir, socketOptions = {}, onSocket = () => {}, com
   }
   let sock = null
   let quitting = false
+  // Credential writes are chained so that awaiting the last one means all
+  // are on disk (exiting during a write of creds.json would leave it
+  // truncated).
   let saved = Promise.resolve()
   const exitAfterSaves = () => saved.then(() => process.exit(0), fail)
 
