@@ -57,6 +57,7 @@ fn send(to: &str, text: &str, key: &str) -> SendRequest {
         to: to.into(),
         text: text.into(),
         idempotency_key: key.into(),
+        ..Default::default()
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::store::{SessionId, StoreError};
 
+use super::media::MediaFailure;
 use super::messaging::SendError;
 use super::status::SessionState;
 
@@ -39,4 +40,6 @@ pub enum RuntimeError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Send(#[from] SendError),
+    #[error("{0}")]
+    Media(#[from] MediaFailure),
 }

@@ -33,7 +33,7 @@ const INIT_SETTLE: Duration = Duration::from_secs(1);
 
 /// Owns every session actor.
 pub struct Manager {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     events: EventLog,
     registry: Arc<Mutex<Registry>>,
     closing_signal: watch::Sender<bool>,
@@ -80,7 +80,7 @@ impl Manager {
     }
 
     /// The handle of a running session, unless the gateway is closing.
-    fn open_handle(&self, id: &SessionId) -> Result<SessionHandle, RuntimeError> {
+    pub(super) fn open_handle(&self, id: &SessionId) -> Result<SessionHandle, RuntimeError> {
         let reg = self.lock();
         if reg.closing {
             return Err(RuntimeError::ShuttingDown);
@@ -257,20 +257,25 @@ impl Manager {
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
         // The actor answers every send; a dropped reply means it stopped.
-        match answer.await.map_err(|_| RuntimeError::ShuttingDown)? {
-            Ok(sent) => Ok(sent),
-            // The state moved between the check above and the actor: decide
-            // again from the state it is in now.
-            Err(SendError::NotConnected) => {
+        let answer = answer.await.map_err(|_| RuntimeError::ShuttingDown)?;
+        answer.map_err(|e| self.send_failed(&handle, e))
+    }
+
+    /// What a session's refusal means to the caller. NotConnected: the
+    /// state moved between the check before the request and the actor, so
+    /// decide again from the state it is in now.
+    pub(super) fn send_failed(&self, handle: &SessionHandle, e: SendError) -> RuntimeError {
+        match e {
+            SendError::NotConnected => {
                 if self.lock().closing {
-                    return Err(RuntimeError::ShuttingDown);
+                    return RuntimeError::ShuttingDown;
                 }
                 let status = handle.status.borrow().clone();
-                Err(ready_to_send(&status)
+                ready_to_send(&status)
                     .err()
-                    .unwrap_or_else(|| RuntimeError::Reconnecting(status.id.clone())))
+                    .unwrap_or_else(|| RuntimeError::Reconnecting(status.id.clone()))
             }
-            Err(other) => Err(other.into()),
+            other => other.into(),
         }
     }
 
@@ -337,7 +342,7 @@ impl Manager {
 /// Whether a session can take a Send now and, if not, whether it comes back
 /// by itself (a retry policy may retry UNAVAILABLE) or needs someone to act
 /// (FAILED_PRECONDITION).
-fn ready_to_send(status: &SessionStatus) -> Result<(), RuntimeError> {
+pub(super) fn ready_to_send(status: &SessionStatus) -> Result<(), RuntimeError> {
     let id = status.id.clone();
     let paired = status.jid.is_some();
     match status.state {

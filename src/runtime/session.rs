@@ -18,7 +18,7 @@ use crate::wa::creds::Credentials;
 
 use super::config::Shared;
 use super::events::EventLog;
-use super::messaging::{Messenger, OutgoingText, SendError, SendReply};
+use super::messaging::{MediaCommand, Messenger, OutgoingText, SendError, SendReply};
 use super::status::{SessionState, SessionStatus};
 use super::{now_ms, payloads, socket};
 
@@ -39,6 +39,8 @@ pub(crate) enum Command {
         text: OutgoingText,
         reply: SendReply,
     },
+    /// A media flow's request (hosts, lookups, a built message).
+    Media(MediaCommand),
     /// Process shutdown: close cleanly and exit the task.
     Shutdown,
 }
@@ -124,6 +126,10 @@ impl SessionActor {
                 }
                 Some(Command::Send { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
+                    continue;
+                }
+                Some(Command::Media(command)) => {
+                    command.refuse();
                     continue;
                 }
                 Some(Command::Connect) => {}
@@ -214,6 +220,10 @@ impl SessionActor {
                 Some(Command::Connect) => None,
                 Some(Command::Send { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
+                    None
+                }
+                Some(Command::Media(command)) => {
+                    command.refuse();
                     None
                 }
                 Some(Command::Disconnect { logout, done }) => {
@@ -313,6 +323,7 @@ impl SessionActor {
                 Some(Command::Send { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
                 }
+                Some(Command::Media(command)) => command.refuse(),
                 other => return other,
             }
         }
@@ -324,6 +335,12 @@ impl SessionActor {
             Some(Command::Send { reply, .. }) => {
                 let _ = reply.send(Err(SendError::NotConnected));
                 Ended::Closed(CloseReason::SocketClosed("send while offline".into()))
+            }
+            Some(Command::Media(command)) => {
+                command.refuse();
+                Ended::Closed(CloseReason::SocketClosed(
+                    "media request while offline".into(),
+                ))
             }
             Some(Command::Connect) => {
                 Ended::Closed(CloseReason::SocketClosed("reconnect requested".into()))

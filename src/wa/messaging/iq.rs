@@ -5,6 +5,7 @@
 use crate::wa::binary::Node;
 use crate::wa::groups;
 use crate::wa::jid::Jid;
+use crate::wa::media;
 use crate::wa::prekeys::{self, DeviceBundle, PrekeyError};
 use crate::wa::usync::{self, UserDevices, UsyncError};
 
@@ -21,6 +22,8 @@ pub(super) enum IqError {
     Prekeys(#[from] PrekeyError),
     #[error(transparent)]
     Group(#[from] groups::GroupError),
+    #[error(transparent)]
+    Media(#[from] media::MediaConnError),
 }
 
 /// A request and the reading of its answer.
@@ -118,6 +121,19 @@ impl IqSpec for GroupMembers {
     }
 }
 
+/// Media upload auth and hosts (`w:m`).
+pub(super) struct MediaConnQuery;
+
+impl IqSpec for MediaConnQuery {
+    type Answer = media::MediaConn;
+    fn request(&self, id: &str) -> Node {
+        addressed(media::media_conn_query(), id)
+    }
+    fn parse(node: &Node) -> Result<media::MediaConn, IqError> {
+        Ok(media::parse_media_conn(node)?)
+    }
+}
+
 /// What waits on an iq's answer.
 pub(super) enum Awaiting {
     PrekeyCount,
@@ -131,6 +147,8 @@ pub(super) enum Awaiting {
     },
     /// A peer asked for a resend and we had no session with it.
     RetryBundle(RetryTarget),
+    /// Callers waiting for the media hosts.
+    MediaConn(Vec<super::ReplyTo>),
 }
 
 /// A resend waiting for the peer's bundle.
@@ -147,7 +165,10 @@ impl Awaiting {
             Awaiting::GroupMembers(send)
             | Awaiting::Devices(send)
             | Awaiting::Bundles { send, .. } => Some(send),
-            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle(_) => None,
+            Awaiting::PrekeyCount
+            | Awaiting::PrekeyUpload
+            | Awaiting::RetryBundle(_)
+            | Awaiting::MediaConn(_) => None,
         }
     }
 
@@ -156,7 +177,10 @@ impl Awaiting {
             Awaiting::GroupMembers(send)
             | Awaiting::Devices(send)
             | Awaiting::Bundles { send, .. } => Some(send),
-            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle(_) => None,
+            Awaiting::PrekeyCount
+            | Awaiting::PrekeyUpload
+            | Awaiting::RetryBundle(_)
+            | Awaiting::MediaConn(_) => None,
         }
     }
 
@@ -165,7 +189,10 @@ impl Awaiting {
             Awaiting::GroupMembers(send)
             | Awaiting::Devices(send)
             | Awaiting::Bundles { send, .. } => Some(send),
-            Awaiting::PrekeyCount | Awaiting::PrekeyUpload | Awaiting::RetryBundle(_) => None,
+            Awaiting::PrekeyCount
+            | Awaiting::PrekeyUpload
+            | Awaiting::RetryBundle(_)
+            | Awaiting::MediaConn(_) => None,
         }
     }
 }

@@ -35,8 +35,11 @@ use crate::wa::jid::Jid;
 use crate::wa::signal::ProtocolAddress;
 
 pub use keys::{
-    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, SenderKeyMemory, SentRecord, Txn,
+    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, MediaRecord, SenderKeyMemory,
+    SentRecord, Txn,
 };
+
+use crate::wa::media::{MediaConn, MediaType};
 
 use iq::Awaiting;
 use outbound::Outgoing;
@@ -66,6 +69,26 @@ pub struct SendRequest {
     pub message: Message,
     /// Makes retries of the same request safe: see [`outbound`].
     pub idempotency_key: Option<String>,
+    /// What identifies the request behind `idempotency_key`, when the
+    /// caller knows better than the message: a media message carries a
+    /// fresh random media key each time it is built, so the owner
+    /// fingerprints what the caller asked for (recipient, source, caption)
+    /// instead. `None`: the recipient and the message.
+    pub fingerprint: Option<Vec<u8>>,
+}
+
+/// What the idempotency record says about a key before a send is built
+/// (see [`Engine::idempotency_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyState {
+    /// Never used: build and send.
+    Unused,
+    /// Acknowledged: this is the answer.
+    Sent(Sent),
+    /// Encrypted (perhaps written) but not acknowledged: a send with the
+    /// same key and fingerprint writes the stored stanza again, whatever
+    /// message it carries.
+    Pending,
 }
 
 /// A sent message, acknowledged by the server.
@@ -130,6 +153,39 @@ pub struct ReceivedMessage {
     pub kind: String,
     pub offline: bool,
     pub error: Option<String>,
+    /// The media it carries, if any (without its keys).
+    pub media: Option<ReceivedMedia>,
+}
+
+/// The media of a message, as events report it: what it is, not how to
+/// fetch it (that is the [`MediaRecord`] committed with the event).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedMedia {
+    pub ty: MediaType,
+    pub mimetype: String,
+    pub caption: Option<String>,
+    pub file_name: Option<String>,
+    pub file_length: u64,
+    pub file_sha256: [u8; 32],
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub seconds: Option<u32>,
+}
+
+impl ReceivedMedia {
+    pub fn of(info: &crate::wa::media::MediaInfo) -> Self {
+        Self {
+            ty: info.ty,
+            mimetype: info.mimetype.clone(),
+            caption: info.caption.clone(),
+            file_name: info.file_name.clone(),
+            file_length: info.file_length,
+            file_sha256: info.file_sha256,
+            width: info.width,
+            height: info.height,
+            seconds: info.seconds,
+        }
+    }
 }
 
 /// Kinds of receipts reported to the backend.
@@ -164,6 +220,8 @@ pub struct Step {
     /// Answers to callers. None depends on what the commit carries (see
     /// [`outbound`] for acknowledged sends), so they may go out at once.
     pub replies: Vec<(ReplyTo, Result<Sent, SendError>)>,
+    /// Answers to callers of [`Engine::handle_media_conn`].
+    pub media_conns: Vec<(ReplyTo, Result<MediaConn, SendError>)>,
     /// Incoming messages among the stanzas (decrypted or not), for metrics.
     pub messages_in: u32,
     /// Sends the server acknowledged, for metrics.
@@ -238,6 +296,8 @@ pub struct Engine {
     groups: HashMap<Jid, (Vec<Jid>, u64)>,
     /// Decryption failures per message (dedupe key).
     retries: HashMap<DedupeKey, u32>,
+    /// The last `media_conn` answer and the unix second it expires.
+    media_conn: Option<(MediaConn, u64)>,
 }
 
 impl Engine {
@@ -255,6 +315,7 @@ impl Engine {
             devices: HashMap::new(),
             groups: HashMap::new(),
             retries: HashMap::new(),
+            media_conn: None,
         }
     }
 
@@ -271,7 +332,11 @@ impl Engine {
         let mut step = Step::default();
         let error = SendError::ConnectionLost(why.to_owned());
         for (_, awaiting) in self.awaiting.drain() {
-            if let Some(send) = awaiting.into_send() {
+            if let Awaiting::MediaConn(waiters) = awaiting {
+                for waiter in waiters {
+                    step.media_conns.push((waiter, Err(error.clone())));
+                }
+            } else if let Some(send) = awaiting.into_send() {
                 step.fail(send, error.clone());
             }
         }
@@ -369,6 +434,64 @@ impl Engine {
                 .map_err(Step::abandoned)?;
         }
         Ok(cx.into_step())
+    }
+
+    /// The media hosts and upload auth: the cached answer while it is
+    /// valid (unless `refresh`, after a host refused it), else a
+    /// `media_conn` iq whose answer goes to every caller waiting on it.
+    pub fn handle_media_conn(&mut self, refresh: bool, reply: ReplyTo, now_ms: u64) -> Step {
+        let mut step = Step::default();
+        if refresh {
+            self.media_conn = None;
+        }
+        if let Some((conn, expires_s)) = &self.media_conn {
+            if *expires_s > now_ms / 1000 {
+                step.media_conns.push((reply, Ok(conn.clone())));
+                return step;
+            }
+        }
+        let waiting = self.awaiting.values_mut().find_map(|a| match a {
+            Awaiting::MediaConn(waiters) => Some(waiters),
+            _ => None,
+        });
+        match waiting {
+            Some(waiters) => waiters.push(reply),
+            None => self.issue(
+                iq::MediaConnQuery,
+                Awaiting::MediaConn(vec![reply]),
+                &mut step,
+            ),
+        }
+        step
+    }
+
+    /// What the idempotency record of `key` says, checked against the
+    /// request's `fingerprint` (a key used for another request is
+    /// [`SendError::IdempotencyConflict`]). Lets the owner answer a retry
+    /// before doing costly work (uploading media) for it.
+    pub fn idempotency_of(
+        &mut self,
+        key: &str,
+        fingerprint: &[u8],
+        keys: &mut dyn KeyStore,
+    ) -> Result<Result<IdempotencyState, SendError>, StepError> {
+        let conflict = || Err(SendError::IdempotencyConflict(key.to_owned()));
+        if let Some(send) = self.send_by_key(key) {
+            if send.fingerprint != fingerprint {
+                return Ok(conflict());
+            }
+            return Ok(Ok(IdempotencyState::Pending));
+        }
+        let record = keys.idempotency(key).map_err(Step::abandoned)?;
+        Ok(match record {
+            None => Ok(IdempotencyState::Unused),
+            Some(r) if !r.fingerprint.is_empty() && r.fingerprint != fingerprint => conflict(),
+            Some(r) if r.acked_at_s > 0 => Ok(IdempotencyState::Sent(Sent {
+                message_id: r.message_id,
+                timestamp_s: r.acked_at_s,
+            })),
+            Some(_) => Ok(IdempotencyState::Pending),
+        })
     }
 
     /// A fresh iq id, distinct from the connection's own.

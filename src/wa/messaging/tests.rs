@@ -72,6 +72,7 @@ impl MemKeys {
                 Change::SenderKeyMemory(group, r) => {
                     self.sender_key_memory.insert(group, r);
                 }
+                Change::Media(..) => {}
             }
         }
     }
@@ -191,6 +192,7 @@ impl Device {
             to: to.clone(),
             message: crate::wa::message::text_message(text),
             idempotency_key: key.map(str::to_owned),
+            fingerprint: None,
         };
         let step = self
             .engine
@@ -648,6 +650,7 @@ fn concurrent_retries_share_one_send() {
         to: to.clone(),
         message: crate::wa::message::text_message(text),
         idempotency_key: Some("dup".into()),
+        fingerprint: None,
     };
     let device = &mut server.devices[ALICE];
     let step = device
