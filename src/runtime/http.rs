@@ -468,10 +468,13 @@ mod tests {
     #[test]
     fn relative_locations_resolve() {
         let base = "http://h:1/a/b?q=1";
-        assert_eq!(resolve(base, "https://x/y").unwrap(), "https://x/y");
-        assert_eq!(resolve(base, "/c").unwrap(), "http://h:1/c");
-        assert_eq!(resolve(base, "//o/p").unwrap(), "http://o/p");
-        assert_eq!(resolve(base, "c").unwrap(), "http://h:1/a/c");
+        assert_eq!(
+            resolve(base, "https://x/y").expect("resolves"),
+            "https://x/y"
+        );
+        assert_eq!(resolve(base, "/c").expect("resolves"), "http://h:1/c");
+        assert_eq!(resolve(base, "//o/p").expect("resolves"), "http://o/p");
+        assert_eq!(resolve(base, "c").expect("resolves"), "http://h:1/a/c");
     }
 
     #[test]

@@ -229,7 +229,7 @@ impl Manager {
         handle
             .commands
             .send(Command::Media(MediaCommand::Send {
-                request: send,
+                request: Box::new(send),
                 reply,
             }))
             .await

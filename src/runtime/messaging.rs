@@ -66,7 +66,7 @@ pub(crate) enum MediaCommand {
     },
     /// A message built by the caller (media), sent like a text.
     Send {
-        request: SendRequest,
+        request: Box<SendRequest>,
         reply: SendReply,
     },
 }
@@ -376,7 +376,7 @@ impl Messenger {
                 Ok(())
             }
             MediaCommand::Send { request, reply } => {
-                self.send_requests(vec![(request, reply)], conn, now_ms)
+                self.send_requests(vec![(*request, reply)], conn, now_ms)
                     .await
             }
             lookup => self.run(Input::Lookup(lookup), conn, now_ms).await,

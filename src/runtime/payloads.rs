@@ -77,7 +77,7 @@ fn message(m: &ReceivedMessage) -> Payload {
         r#type: m.kind.clone(),
         offline: m.offline,
         error: m.error.clone().unwrap_or_default(),
-        media: m.media.as_ref().map(media_info),
+        media: m.media.as_deref().map(media_info),
     })
 }
 

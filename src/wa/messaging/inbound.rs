@@ -258,7 +258,7 @@ impl Engine {
                         file_name: info.file_name.clone().unwrap_or_default(),
                     },
                 );
-                (Some(ReceivedMedia::of(&info)), None)
+                (Some(Box::new(ReceivedMedia::of(&info))), None)
             }
             Some(Err(e)) => (None, Some(format!("media cannot be downloaded: {e}"))),
             None => (None, None),

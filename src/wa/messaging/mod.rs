@@ -154,7 +154,7 @@ pub struct ReceivedMessage {
     pub offline: bool,
     pub error: Option<String>,
     /// The media it carries, if any (without its keys).
-    pub media: Option<ReceivedMedia>,
+    pub media: Option<Box<ReceivedMedia>>,
 }
 
 /// The media of a message, as events report it: what it is, not how to

@@ -77,7 +77,7 @@ fn own_send_event(
         error: None,
         media: MediaInfo::from_message(&send.message)
             .and_then(Result::ok)
-            .map(|info| ReceivedMedia::of(&info)),
+            .map(|info| Box::new(ReceivedMedia::of(&info))),
     }
 }
 
