@@ -19,7 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::store::SessionId;
 use crate::wa::crypto::sha256;
 use crate::wa::jid::Jid;
-use crate::wa::media::{MediaConn, MediaInfo, MediaKey, MediaType};
+use crate::wa::media::{
+    decrypt_retry_notification, MediaConn, MediaInfo, MediaKey, MediaRetryOutcome, MediaType,
+    RetryResult, RetryTarget,
+};
 use crate::wa::messaging::{IdempotencyState, SendError, SendRequest, Sent};
 
 use super::error::RuntimeError;
@@ -331,10 +334,15 @@ impl Manager {
         let keys = key.keys(ty);
         let conn = self.media_conn(&handle, false).await?;
         let media = &self.shared.media;
-        let (file, verified) = match media
+        let mut downloaded = media
             .download(&conn, &record.direct_path, &keys, &expected)
-            .await
-        {
+            .await;
+        if matches!(downloaded, Err(Download::Gone)) {
+            // Expired on the hosts: the sender's phone may upload it again.
+            let direct_path = self.media_retry(&handle, message_id, &record, &key).await?;
+            downloaded = media.download(&conn, &direct_path, &keys, &expected).await;
+        }
+        let (file, verified) = match downloaded {
             Ok(done) => done,
             Err(Download::Gone) => {
                 return Err(MediaFailure::NotFound(
@@ -352,6 +360,56 @@ impl Manager {
             file_length: verified.file_length,
             chunks,
         })
+    }
+}
+
+impl Manager {
+    /// Asks the phone that sent `message_id` to upload its media again
+    /// (a `server-error` receipt, answered by a `mediaretry` notification);
+    /// the new direct path.
+    async fn media_retry(
+        &self,
+        handle: &SessionHandle,
+        message_id: &str,
+        record: &crate::wa::messaging::MediaRecord,
+        key: &MediaKey,
+    ) -> Result<String, RuntimeError> {
+        let gone = |why: &str| {
+            RuntimeError::from(MediaFailure::NotFound(format!(
+                "the media hosts no longer have this file (expired) and {why}"
+            )))
+        };
+        let chat: Jid = record
+            .chat
+            .parse()
+            .map_err(|_| gone("its chat is unknown"))?;
+        let participant = if chat.is_group() {
+            record.sender.parse::<Jid>().ok().map(|s| s.to_non_ad())
+        } else {
+            None
+        };
+        let target = RetryTarget {
+            message_id: message_id.to_owned(),
+            chat,
+            from_me: record.from_me,
+            participant,
+        };
+        let answer = self
+            .ask(handle, |reply| MediaCommand::Retry {
+                target: Box::new(target),
+                media_key: key.clone(),
+                reply,
+            })
+            .await
+            .map_err(|e| gone(&format!("the phone did not upload it again ({e})")))?;
+        let MediaRetryOutcome::Encrypted { ciphertext, iv } = answer.outcome else {
+            return Err(gone("the phone no longer has it"));
+        };
+        match decrypt_retry_notification(key, message_id, &ciphertext, &iv) {
+            Ok(RetryResult::Success { direct_path }) => Ok(direct_path),
+            Ok(_) => Err(gone("the phone no longer has it")),
+            Err(e) => Err(gone(&format!("the phone's answer is unusable ({e})"))),
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::wa::binary::Node;
 use crate::wa::conn::Connection;
 use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
-use crate::wa::media::MediaConn;
+use crate::wa::media::{MediaConn, MediaKey, MediaRetry, RetryTarget};
 use crate::wa::message as wamsg;
 use crate::wa::messaging::{
     Engine, IdempotencyState, KeyError, MediaRecord, ReplyTo, SendRequest, Step,
@@ -64,6 +64,13 @@ pub(crate) enum MediaCommand {
         message_id: String,
         reply: oneshot::Sender<Result<Option<MediaRecord>, SendError>>,
     },
+    /// Asks our phone to upload a received file again; answered by the
+    /// `mediaretry` notification.
+    Retry {
+        target: Box<RetryTarget>,
+        media_key: MediaKey,
+        reply: oneshot::Sender<Result<MediaRetry, SendError>>,
+    },
     /// A message built by the caller (media), sent like a text.
     Send {
         request: Box<SendRequest>,
@@ -79,6 +86,7 @@ impl MediaCommand {
             MediaCommand::Conn { reply, .. } => drop(reply.send(Err(no))),
             MediaCommand::Idempotency { reply, .. } => drop(reply.send(Err(no))),
             MediaCommand::Record { reply, .. } => drop(reply.send(Err(no))),
+            MediaCommand::Retry { reply, .. } => drop(reply.send(Err(no))),
             MediaCommand::Send { reply, .. } => drop(reply.send(Err(no))),
         }
     }
@@ -118,6 +126,8 @@ pub(super) struct Core {
     keys: Option<StoreKeys>,
     replies: HashMap<ReplyTo, SendReply>,
     media_conns: HashMap<ReplyTo, MediaConnReply>,
+    /// Downloads waiting for a `mediaretry` notification, by message id.
+    media_retries: HashMap<String, oneshot::Sender<Result<MediaRetry, SendError>>>,
 }
 
 impl Core {
@@ -129,6 +139,7 @@ impl Core {
             keys: None,
             replies: HashMap::new(),
             media_conns: HashMap::new(),
+            media_retries: HashMap::new(),
         })
     }
 
@@ -143,6 +154,11 @@ impl Core {
                 let _ = reply.send(result);
             }
         }
+        for retry in step.media_retries.drain(..) {
+            if let Some(reply) = self.media_retries.remove(&retry.target.message_id) {
+                let _ = reply.send(Ok(retry));
+            }
+        }
     }
 
     /// Every waiting caller learns the connection is going away.
@@ -151,6 +167,9 @@ impl Core {
             let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
         }
         for (_, reply) in self.media_conns.drain() {
+            let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
+        }
+        for (_, reply) in self.media_retries.drain() {
             let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
         }
     }
@@ -375,6 +394,23 @@ impl Messenger {
                 }
                 Ok(())
             }
+            MediaCommand::Retry {
+                target,
+                media_key,
+                reply,
+            } => {
+                let Some(creds) = self.creds.clone() else {
+                    return Ok(());
+                };
+                let Some(receipt) = core.engine.media_retry_receipt(&target, &media_key, &creds)
+                else {
+                    let _ = reply.send(Err(SendError::NotConnected));
+                    return Ok(());
+                };
+                core.media_retries.insert(target.message_id.clone(), reply);
+                let _ = conn.send_node(&receipt);
+                Ok(())
+            }
             MediaCommand::Send { request, reply } => {
                 self.send_requests(vec![(*request, reply)], conn, now_ms)
                     .await
@@ -389,6 +425,9 @@ impl Messenger {
         if let Some(core) = &mut self.core {
             let mut step = core.engine.handle_disconnected(why);
             core.deliver(&mut step);
+            for (_, reply) in core.media_retries.drain() {
+                let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
+            }
         }
     }
 

@@ -39,7 +39,7 @@ pub use keys::{
     SentRecord, Txn,
 };
 
-use crate::wa::media::{MediaConn, MediaType};
+use crate::wa::media::{MediaConn, MediaKey, MediaRetry, MediaType, RetryTarget};
 
 use iq::Awaiting;
 use outbound::Outgoing;
@@ -222,6 +222,9 @@ pub struct Step {
     pub replies: Vec<(ReplyTo, Result<Sent, SendError>)>,
     /// Answers to callers of [`Engine::handle_media_conn`].
     pub media_conns: Vec<(ReplyTo, Result<MediaConn, SendError>)>,
+    /// `mediaretry` notifications: answers to [`Engine::media_retry_receipt`]
+    /// (the owner matches them to its waiters by message id).
+    pub media_retries: Vec<MediaRetry>,
     /// Incoming messages among the stanzas (decrypted or not), for metrics.
     pub messages_in: u32,
     /// Sends the server acknowledged, for metrics.
@@ -463,6 +466,23 @@ impl Engine {
             ),
         }
         step
+    }
+
+    /// The receipt asking our phone to upload `target`'s media again (its
+    /// download is gone); the answer comes as a `mediaretry` notification
+    /// in [`Step::media_retries`]. `None` before login.
+    pub fn media_retry_receipt(
+        &mut self,
+        target: &RetryTarget,
+        media_key: &MediaKey,
+        creds: &Credentials,
+    ) -> Option<Node> {
+        let own = &creds.account.as_ref()?.jid;
+        let mut iv = [0u8; 12];
+        rand::RngCore::fill_bytes(&mut self.rng, &mut iv);
+        Some(crate::wa::media::media_retry_receipt(
+            target, own, media_key, iv,
+        ))
     }
 
     /// What the idempotency record of `key` says, checked against the
