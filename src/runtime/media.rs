@@ -29,6 +29,14 @@ use super::http::{quote, HttpClient, HttpError};
 const CHUNK: usize = 64 * 1024;
 /// How long an upload answer or a download may take to start.
 const HOST_WITHIN: Duration = Duration::from_secs(30);
+/// Slowest transfer rate tolerated to and from a media host, bytes/s: a
+/// transfer may take `HOST_WITHIN` plus its size at this rate.
+const MIN_RATE: u64 = 256 * 1024;
+
+/// The deadline of a transfer of `len` bytes.
+fn transfer_within(len: u64) -> Duration {
+    HOST_WITHIN + Duration::from_secs(len / MIN_RATE)
+}
 /// Upload handles kept at once (each holds a temporary file).
 const MAX_HANDLES: usize = 1024;
 
@@ -366,7 +374,7 @@ impl Media {
             ];
             let sent = self
                 .http
-                .post(&url, &headers, file_body(file), HOST_WITHIN)
+                .post(&url, &headers, file_body(file), transfer_within(length))
                 .await;
             let response = match sent {
                 Ok(r) => r,
@@ -406,14 +414,23 @@ impl Media {
         for host in &conn.hosts {
             let url = wamedia::download_url(self.settings.scheme, host, direct_path)
                 .map_err(|e| Download::Failed(MediaFailure::DataLoss(e.to_string())))?;
-            match self.download_from(&url, keys, expected).await {
+            let within = transfer_within(expected.file_length.map_or(0, wamedia::body_len));
+            let attempt = tokio::time::timeout(within, self.download_from(&url, keys, expected))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Download::Failed(MediaFailure::Hosts(format!(
+                        "{} did not send the file within {within:?}",
+                        host.hostname
+                    ))))
+                });
+            match attempt {
                 Ok(done) => return Ok(done),
-                Err(Download::Failed(MediaFailure::DataLoss(why))) if !retryable(&why) => {
-                    return Err(Download::Failed(MediaFailure::DataLoss(why)))
+                // The file or its message is at fault, not the transfer:
+                // another host has the same bytes.
+                Err(Download::Corrupt(e)) if !e.is_retryable() => {
+                    return Err(Download::Failed(e.into()))
                 }
-                Err(Download::Failed(MediaFailure::TooLarge { limit })) => {
-                    return Err(Download::Failed(MediaFailure::TooLarge { limit }))
-                }
+                Err(Download::Corrupt(e)) => last = Download::Failed(e.into()),
                 Err(other) => last = other,
             }
         }
@@ -456,13 +473,11 @@ impl Media {
             plain.clear();
             decryptor
                 .update(&chunk, &mut plain)
-                .map_err(|e| Download::Failed(e.into()))?;
+                .map_err(Download::Corrupt)?;
             out.write_all(&chunk).await.map_err(io)?;
         }
         plain.clear();
-        let verified = decryptor
-            .finish(&mut plain)
-            .map_err(|e| Download::Failed(e.into()))?;
+        let verified = decryptor.finish(&mut plain).map_err(Download::Corrupt)?;
         out.flush().await.map_err(io)?;
         Ok((file, verified))
     }
@@ -473,13 +488,9 @@ impl Media {
 pub(crate) enum Download {
     /// 404 or 410: the hosts dropped it (a media retry may bring it back).
     Gone,
+    /// The bytes are not the file the message announced.
+    Corrupt(MediaError),
     Failed(MediaFailure),
-}
-
-/// Whether a data-loss reason is a transfer fault another host may not
-/// have (a short or altered body).
-fn retryable(why: &str) -> bool {
-    why == MediaError::Truncated.to_string() || why == MediaError::EncHashMismatch.to_string()
 }
 
 /// A file as a streamed request body.
@@ -539,3 +550,7 @@ pub(crate) async fn stream_plaintext(
     }
     drop(file);
 }
+
+#[cfg(test)]
+#[path = "media_tests.rs"]
+mod tests;

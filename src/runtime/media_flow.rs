@@ -350,6 +350,7 @@ impl Manager {
                 )
                 .into())
             }
+            Err(Download::Corrupt(e)) => return Err(MediaFailure::from(e).into()),
             Err(Download::Failed(failure)) => return Err(failure.into()),
         };
         let (tx, chunks) = mpsc::channel(DOWNLOAD_QUEUE);
