@@ -301,6 +301,8 @@ pub struct Engine {
     retries: HashMap<DedupeKey, u32>,
     /// The last `media_conn` answer and the unix second it expires.
     media_conn: Option<(MediaConn, u64)>,
+    /// When the `media_conn` iq now out was sent.
+    media_conn_asked_ms: Option<u64>,
 }
 
 impl Engine {
@@ -319,6 +321,7 @@ impl Engine {
             groups: HashMap::new(),
             retries: HashMap::new(),
             media_conn: None,
+            media_conn_asked_ms: None,
         }
     }
 
@@ -453,18 +456,31 @@ impl Engine {
                 return step;
             }
         }
-        let waiting = self.awaiting.values_mut().find_map(|a| match a {
-            Awaiting::MediaConn(waiters) => Some(waiters),
-            _ => None,
-        });
-        match waiting {
-            Some(waiters) => waiters.push(reply),
-            None => self.issue(
-                iq::MediaConnQuery,
-                Awaiting::MediaConn(vec![reply]),
-                &mut step,
-            ),
+        // Callers asking while an iq is out wait on it; one unanswered for
+        // too long is asked again (its callers move to the new one).
+        let pending = self
+            .awaiting
+            .iter()
+            .find(|(_, a)| matches!(a, Awaiting::MediaConn(_)))
+            .map(|(id, _)| id.clone());
+        let fresh = self
+            .media_conn_asked_ms
+            .is_some_and(|at| at + SEND_TIMEOUT_MS > now_ms);
+        let mut waiters = Vec::new();
+        if let Some(id) = pending {
+            if fresh {
+                if let Some(Awaiting::MediaConn(waiting)) = self.awaiting.get_mut(&id) {
+                    waiting.push(reply);
+                }
+                return step;
+            }
+            if let Some(Awaiting::MediaConn(waiting)) = self.awaiting.remove(&id) {
+                waiters = waiting;
+            }
         }
+        waiters.push(reply);
+        self.media_conn_asked_ms = Some(now_ms);
+        self.issue(iq::MediaConnQuery, Awaiting::MediaConn(waiters), &mut step);
         step
     }
 

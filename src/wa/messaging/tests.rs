@@ -862,6 +862,38 @@ mod media {
         // A second caller before the answer waits on the same iq.
         let second = device.engine.handle_media_conn(false, 2, now);
         assert!(second.transmit.is_empty() && second.media_conns.is_empty());
+        // Unanswered for too long: asked again, for both.
+        let late = now + SEND_TIMEOUT_MS;
+        let again = device.engine.handle_media_conn(false, 9, late);
+        assert_eq!(again.transmit.len(), 1);
+        let iq_again = again.transmit[0].clone();
+        let step = device
+            .engine
+            .handle_stanzas(
+                vec![answer(&iq, &conn(300))],
+                &mut device.keys,
+                &device.creds,
+                late,
+            )
+            .expect("step");
+        assert!(
+            step.media_conns.is_empty(),
+            "the old iq's answer is ignored"
+        );
+        let step = device
+            .engine
+            .handle_stanzas(
+                vec![answer(&iq_again, &conn(300))],
+                &mut device.keys,
+                &device.creds,
+                now,
+            )
+            .expect("step");
+        let answered: Vec<ReplyTo> = step.media_conns.iter().map(|(r, _)| *r).collect();
+        assert_eq!(answered, vec![1, 2, 9]);
+        let first = device.engine.handle_media_conn(true, 1, now);
+        let iq = first.transmit[0].clone();
+        let _ = device.engine.handle_media_conn(false, 2, now);
 
         let step = device
             .engine
