@@ -547,6 +547,11 @@ async fn retries_deliver_once_and_bad_media_fails_clearly() {
         .await
         .expect("downloaded after a media retry");
     assert!(got == document, "the re-uploaded file is the original");
+    // The new path was remembered: a second download needs no retry.
+    let (again, _, _) = download(&mut client, "limits", &sent.message_id)
+        .await
+        .expect("downloaded again");
+    assert!(again == document);
     assert!(
         temp_files(dir.path()).is_empty(),
         "{:?}",

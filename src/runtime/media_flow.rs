@@ -341,6 +341,20 @@ impl Manager {
             // Expired on the hosts: the sender's phone may upload it again.
             let direct_path = self.media_retry(&handle, message_id, &record, &key).await?;
             downloaded = media.download(&conn, &direct_path, &keys, &expected).await;
+            if downloaded.is_ok() {
+                // Later downloads go straight to the new path.
+                let record = crate::wa::messaging::MediaRecord {
+                    direct_path,
+                    ..record.clone()
+                };
+                let _ = handle
+                    .commands
+                    .send(Command::Media(MediaCommand::Remember {
+                        message_id: message_id.to_owned(),
+                        record: Box::new(record),
+                    }))
+                    .await;
+            }
         }
         let (file, verified) = match downloaded {
             Ok(done) => done,

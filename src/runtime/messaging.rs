@@ -64,6 +64,12 @@ pub(crate) enum MediaCommand {
         message_id: String,
         reply: oneshot::Sender<Result<Option<MediaRecord>, SendError>>,
     },
+    /// A received file's new direct path (after a media retry), so later
+    /// downloads need no retry.
+    Remember {
+        message_id: String,
+        record: Box<MediaRecord>,
+    },
     /// Asks our phone to upload a received file again; answered by the
     /// `mediaretry` notification.
     Retry {
@@ -87,6 +93,7 @@ impl MediaCommand {
             MediaCommand::Idempotency { reply, .. } => drop(reply.send(Err(no))),
             MediaCommand::Record { reply, .. } => drop(reply.send(Err(no))),
             MediaCommand::Retry { reply, .. } => drop(reply.send(Err(no))),
+            MediaCommand::Remember { .. } => {}
             MediaCommand::Send { reply, .. } => drop(reply.send(Err(no))),
         }
     }
@@ -203,6 +210,7 @@ impl Core {
             Input::Lookup(command) => {
                 // A failed read fails the lookup, not the connection.
                 let store = |e: KeyError| SendError::Store(e.message);
+                let mut step = Step::default();
                 match command {
                     MediaCommand::Idempotency {
                         key,
@@ -215,9 +223,13 @@ impl Core {
                     MediaCommand::Record { message_id, reply } => {
                         let _ = reply.send(keys.media(&message_id).map_err(store));
                     }
+                    MediaCommand::Remember { message_id, record } => {
+                        let change = crate::wa::messaging::Change::Media(message_id, *record);
+                        step.changes.push(change);
+                    }
                     other => other.refuse(),
                 }
-                Step::default()
+                step
             }
         };
         let commit = step.needs_commit().then(|| {
