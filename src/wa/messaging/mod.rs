@@ -513,10 +513,13 @@ impl Engine {
     ) -> Result<Result<IdempotencyState, SendError>, StepError> {
         let conflict = || Err(SendError::IdempotencyConflict(key.to_owned()));
         if let Some(send) = self.send_by_key(key) {
-            if send.fingerprint != fingerprint {
-                return Ok(conflict());
-            }
-            return Ok(Ok(IdempotencyState::Pending));
+            // Not stored yet (it may still fail before it is): the caller
+            // builds its message, and the engine joins it to this one.
+            return Ok(if send.fingerprint != fingerprint {
+                conflict()
+            } else {
+                Ok(IdempotencyState::Unused)
+            });
         }
         let record = keys.idempotency(key).map_err(Step::abandoned)?;
         Ok(match record {
@@ -526,7 +529,9 @@ impl Engine {
                 message_id: r.message_id,
                 timestamp_s: r.acked_at_s,
             })),
-            Some(_) => Ok(IdempotencyState::Pending),
+            // Only a stored stanza can be sent again without its message.
+            Some(r) if !r.stanza.is_empty() => Ok(IdempotencyState::Pending),
+            Some(_) => Ok(IdempotencyState::Unused),
         })
     }
 

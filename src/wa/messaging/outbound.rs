@@ -200,6 +200,14 @@ impl Engine {
                 id = Some(record.message_id);
             }
         }
+        if request.message.encoded_len() == 0 {
+            // Only a stored stanza may be sent without its message (above).
+            let why = "the message is empty".to_owned();
+            cx.step
+                .replies
+                .push((reply, Err(SendError::Unsupported(why))));
+            return Ok(());
+        }
         let id =
             id.unwrap_or_else(|| wamsg::new_message_id(now_ms / 1000, &own.user, &mut self.rng));
         let send = Outgoing {

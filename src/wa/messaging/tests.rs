@@ -1055,4 +1055,117 @@ mod media {
         assert!(step.transmit.is_empty(), "answered from the record");
         assert!(matches!(step.replies.as_slice(), [(2, Ok(s))] if *s == sent));
     }
+
+    #[test]
+    fn an_unacknowledged_media_send_is_written_again_without_its_message() {
+        let mut server = Server::new();
+        server.drop_acks_to = Some(ALICE);
+        let to = server.devices[BOB].jid().to_non_ad();
+        let info = MediaInfo {
+            ty: MediaType::Document,
+            mimetype: "application/pdf".into(),
+            caption: None,
+            file_name: Some("a.pdf".into()),
+            url: None,
+            direct_path: "/v/t62.7119-24/doc".into(),
+            media_key: MediaKey::from_bytes([6; 32]),
+            media_key_timestamp: None,
+            file_sha256: [1; 32],
+            file_enc_sha256: [2; 32],
+            file_length: 99,
+            width: None,
+            height: None,
+            seconds: None,
+            thumbnail: None,
+        };
+        let fingerprint = b"doc for bob".to_vec();
+        let send = |message: crate::proto::wa::Message| SendRequest {
+            to: to.clone(),
+            message,
+            idempotency_key: Some("d1".into()),
+            fingerprint: Some(fingerprint.clone()),
+        };
+        let now = server.clock;
+        let device = &mut server.devices[ALICE];
+        let step = device
+            .engine
+            .handle_sends(
+                vec![(send(info.to_message()), 1)],
+                &mut device.keys,
+                &device.creds,
+                now,
+            )
+            .expect("step");
+        let out = device.apply(step);
+        server.receive(ALICE, out);
+        server.run();
+        let late = server.clock + SEND_TIMEOUT_MS;
+        let step = server.devices[ALICE].engine.handle_timeout(late);
+        server.devices[ALICE].apply(step);
+
+        // Stored, not acknowledged: the owner need not upload again.
+        server.drop_acks_to = None;
+        let device = &mut server.devices[ALICE];
+        let state = device
+            .engine
+            .idempotency_of("d1", &fingerprint, &mut device.keys)
+            .expect("read");
+        assert_eq!(state.ok(), Some(IdempotencyState::Pending));
+        let step = device
+            .engine
+            .handle_sends(
+                vec![(send(crate::proto::wa::Message::default()), 2)],
+                &mut device.keys,
+                &device.creds,
+                late,
+            )
+            .expect("step");
+        let out = device.apply(step);
+        let written: Vec<Vec<u8>> = device
+            .wrote
+            .iter()
+            .filter(|n| n.tag() == "message")
+            .map(binary::encode)
+            .collect();
+        assert_eq!(written.len(), 2);
+        assert_eq!(written[0], written[1], "the same bytes again");
+        server.receive(ALICE, out);
+        server.run();
+        assert!(matches!(server.reply(ALICE, 2), Some(Ok(_))));
+        // The own event reports the media first sent.
+        let own = server.devices[ALICE]
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Event::Message(m) if m.from_me => Some(m.clone()),
+                _ => None,
+            })
+            .expect("own event");
+        assert_eq!(own.kind, "documentMessage");
+        let media = own.media.expect("media");
+        assert_eq!(media.file_name.as_deref(), Some("a.pdf"));
+
+        // An empty message never goes out as a new one.
+        let device = &mut server.devices[ALICE];
+        let step = device
+            .engine
+            .handle_sends(
+                vec![(
+                    SendRequest {
+                        idempotency_key: Some("d2".into()),
+                        ..send(crate::proto::wa::Message::default())
+                    },
+                    3,
+                )],
+                &mut device.keys,
+                &device.creds,
+                late,
+            )
+            .expect("step");
+        assert!(step.transmit.is_empty());
+        assert!(matches!(
+            step.replies.as_slice(),
+            [(3, Err(SendError::Unsupported(_)))]
+        ));
+    }
 }
