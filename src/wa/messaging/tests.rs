@@ -1079,7 +1079,7 @@ mod media {
             thumbnail: None,
         };
         let fingerprint = b"doc for bob".to_vec();
-        let send = |message: crate::proto::wa::Message| SendRequest {
+        let send = |message: Message| SendRequest {
             to: to.clone(),
             message,
             idempotency_key: Some("d1".into()),
@@ -1114,7 +1114,7 @@ mod media {
         let step = device
             .engine
             .handle_sends(
-                vec![(send(crate::proto::wa::Message::default()), 2)],
+                vec![(send(Message::default()), 2)],
                 &mut device.keys,
                 &device.creds,
                 late,
@@ -1153,7 +1153,7 @@ mod media {
                 vec![(
                     SendRequest {
                         idempotency_key: Some("d2".into()),
-                        ..send(crate::proto::wa::Message::default())
+                        ..send(Message::default())
                     },
                     3,
                 )],
