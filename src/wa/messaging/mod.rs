@@ -18,6 +18,7 @@ mod group;
 mod inbound;
 mod iq;
 mod keys;
+mod media;
 mod outbound;
 mod retry;
 #[cfg(test)]
@@ -39,7 +40,9 @@ pub use keys::{
     SentRecord, Txn,
 };
 
-use crate::wa::media::{MediaConn, MediaKey, MediaRetry, MediaType, RetryTarget};
+use crate::wa::media::{MediaConn, MediaRetry};
+
+pub use media::{IdempotencyState, ReceivedMedia};
 
 use iq::Awaiting;
 use outbound::Outgoing;
@@ -75,20 +78,6 @@ pub struct SendRequest {
     /// fingerprints what the caller asked for (recipient, source, caption)
     /// instead. `None`: the recipient and the message.
     pub fingerprint: Option<Vec<u8>>,
-}
-
-/// What the idempotency record says about a key before a send is built
-/// (see [`Engine::idempotency_of`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdempotencyState {
-    /// Never used: build and send.
-    Unused,
-    /// Acknowledged: this is the answer.
-    Sent(Sent),
-    /// Encrypted (perhaps written) but not acknowledged: a send with the
-    /// same key and fingerprint writes the stored stanza again, whatever
-    /// message it carries.
-    Pending,
 }
 
 /// A sent message, acknowledged by the server.
@@ -155,37 +144,6 @@ pub struct ReceivedMessage {
     pub error: Option<String>,
     /// The media it carries, if any (without its keys).
     pub media: Option<Box<ReceivedMedia>>,
-}
-
-/// The media of a message, as events report it: what it is, not how to
-/// fetch it (that is the [`MediaRecord`] committed with the event).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReceivedMedia {
-    pub ty: MediaType,
-    pub mimetype: String,
-    pub caption: Option<String>,
-    pub file_name: Option<String>,
-    pub file_length: u64,
-    pub file_sha256: [u8; 32],
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub seconds: Option<u32>,
-}
-
-impl ReceivedMedia {
-    pub fn of(info: &crate::wa::media::MediaInfo) -> Self {
-        Self {
-            ty: info.ty,
-            mimetype: info.mimetype.clone(),
-            caption: info.caption.clone(),
-            file_name: info.file_name.clone(),
-            file_length: info.file_length,
-            file_sha256: info.file_sha256,
-            width: info.width,
-            height: info.height,
-            seconds: info.seconds,
-        }
-    }
 }
 
 /// Kinds of receipts reported to the backend.
@@ -440,99 +398,6 @@ impl Engine {
                 .map_err(Step::abandoned)?;
         }
         Ok(cx.into_step())
-    }
-
-    /// The media hosts and upload auth: the cached answer while it is
-    /// valid (unless `refresh`, after a host refused it), else a
-    /// `media_conn` iq whose answer goes to every caller waiting on it.
-    pub fn handle_media_conn(&mut self, refresh: bool, reply: ReplyTo, now_ms: u64) -> Step {
-        let mut step = Step::default();
-        if refresh {
-            self.media_conn = None;
-        }
-        if let Some((conn, expires_s)) = &self.media_conn {
-            if *expires_s > now_ms / 1000 {
-                step.media_conns.push((reply, Ok(conn.clone())));
-                return step;
-            }
-        }
-        // Callers asking while an iq is out wait on it; one unanswered for
-        // too long is asked again (its callers move to the new one).
-        let pending = self
-            .awaiting
-            .iter()
-            .find(|(_, a)| matches!(a, Awaiting::MediaConn(_)))
-            .map(|(id, _)| id.clone());
-        let fresh = self
-            .media_conn_asked_ms
-            .is_some_and(|at| at + SEND_TIMEOUT_MS > now_ms);
-        let mut waiters = Vec::new();
-        if let Some(id) = pending {
-            if fresh {
-                if let Some(Awaiting::MediaConn(waiting)) = self.awaiting.get_mut(&id) {
-                    waiting.push(reply);
-                }
-                return step;
-            }
-            if let Some(Awaiting::MediaConn(waiting)) = self.awaiting.remove(&id) {
-                waiters = waiting;
-            }
-        }
-        waiters.push(reply);
-        self.media_conn_asked_ms = Some(now_ms);
-        self.issue(iq::MediaConnQuery, Awaiting::MediaConn(waiters), &mut step);
-        step
-    }
-
-    /// The receipt asking our phone to upload `target`'s media again (its
-    /// download is gone); the answer comes as a `mediaretry` notification
-    /// in [`Step::media_retries`]. `None` before login.
-    pub fn media_retry_receipt(
-        &mut self,
-        target: &RetryTarget,
-        media_key: &MediaKey,
-        creds: &Credentials,
-    ) -> Option<Node> {
-        let own = &creds.account.as_ref()?.jid;
-        let mut iv = [0u8; 12];
-        rand::RngCore::fill_bytes(&mut self.rng, &mut iv);
-        Some(crate::wa::media::media_retry_receipt(
-            target, own, media_key, iv,
-        ))
-    }
-
-    /// What the idempotency record of `key` says, checked against the
-    /// request's `fingerprint` (a key used for another request is
-    /// [`SendError::IdempotencyConflict`]). Lets the owner answer a retry
-    /// before doing costly work (uploading media) for it.
-    pub fn idempotency_of(
-        &mut self,
-        key: &str,
-        fingerprint: &[u8],
-        keys: &mut dyn KeyStore,
-    ) -> Result<Result<IdempotencyState, SendError>, StepError> {
-        let conflict = || Err(SendError::IdempotencyConflict(key.to_owned()));
-        if let Some(send) = self.send_by_key(key) {
-            // Not stored yet (it may still fail before it is): the caller
-            // builds its message, and the engine joins it to this one.
-            return Ok(if send.fingerprint != fingerprint {
-                conflict()
-            } else {
-                Ok(IdempotencyState::Unused)
-            });
-        }
-        let record = keys.idempotency(key).map_err(Step::abandoned)?;
-        Ok(match record {
-            None => Ok(IdempotencyState::Unused),
-            Some(r) if !r.fingerprint.is_empty() && r.fingerprint != fingerprint => conflict(),
-            Some(r) if r.acked_at_s > 0 => Ok(IdempotencyState::Sent(Sent {
-                message_id: r.message_id,
-                timestamp_s: r.acked_at_s,
-            })),
-            // Only a stored stanza can be sent again without its message.
-            Some(r) if !r.stanza.is_empty() => Ok(IdempotencyState::Pending),
-            Some(_) => Ok(IdempotencyState::Unused),
-        })
     }
 
     /// A fresh iq id, distinct from the connection's own.
