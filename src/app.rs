@@ -49,6 +49,8 @@ pub struct ServeOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// What API clients may hold open (connections, idle time, descriptors).
     pub api_limits: api::hygiene::Hygiene,
+    /// Largest media file sent, uploaded or downloaded.
+    pub max_media_bytes: u64,
 }
 
 impl ServeOptions {
@@ -76,6 +78,7 @@ impl ServeOptions {
             timeouts: Timeouts::default(),
             metrics_listen: None,
             api_limits: api::hygiene::Hygiene::default(),
+            max_media_bytes: 100 * 1024 * 1024,
         }
     }
 }
@@ -222,6 +225,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     if let Some(root) = opts.wa_root_key {
         client.root_key = root;
     }
+    let plain_media = wa_url.starts_with("ws://");
     let config = RuntimeConfig {
         wa_url,
         client,
@@ -229,6 +233,18 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         max_reconnect_attempts: opts.max_reconnect_attempts,
         backoff: opts.backoff,
         handshakes_per_second: opts.handshakes_per_second,
+        media: crate::runtime::MediaSettings {
+            max_bytes: opts.max_media_bytes,
+            dir: opts.data_dir.join("media-tmp"),
+            // Plain HTTP only for a chat server reached over plain ws://
+            // (a simulator on loopback); WhatsApp's media hosts are HTTPS.
+            scheme: if plain_media {
+                crate::wa::media::Scheme::Http
+            } else {
+                crate::wa::media::Scheme::Https
+            },
+            ..Default::default()
+        },
     };
     let events = EventLog::new(store.clone())?;
     let manager = Arc::new(Manager::new(config, events));

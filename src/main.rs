@@ -65,6 +65,10 @@ struct ServeArgs {
     /// Handshakes per second across all sessions (reconnect storm guard).
     #[arg(long, env = "WAGATE_HANDSHAKES_PER_SECOND", default_value_t = 50)]
     handshakes_per_second: u32,
+    /// Largest media file (bytes) sent, uploaded with UploadMedia, fetched
+    /// by URL or downloaded.
+    #[arg(long, env = "WAGATE_MAX_MEDIA_BYTES", default_value_t = 100 * 1024 * 1024)]
+    max_media_bytes: u64,
     /// Chat server websocket URL (default: WhatsApp; the sandbox with --sim).
     #[arg(long, env = "WAGATE_WA_URL")]
     wa_url: Option<String>,
@@ -133,6 +137,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     opts.max_sessions = args.max_sessions;
     opts.max_reconnect_attempts = args.max_reconnect_attempts;
     opts.handshakes_per_second = args.handshakes_per_second;
+    opts.max_media_bytes = args.max_media_bytes;
     opts.wa_url = args.wa_url;
     opts.wa_root_key = args
         .wa_root_key

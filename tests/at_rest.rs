@@ -129,6 +129,7 @@ async fn a_chat_leaves_nothing_personal_in_clear_in_the_data_dir() {
             to: format!("+{BOB}"),
             text: TEXT_OUT.into(),
             idempotency_key: "atrest-key-1".into(),
+            ..Default::default()
         })
         .await
         .expect("Send")

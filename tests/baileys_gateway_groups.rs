@@ -24,6 +24,7 @@ fn send(group: &str, text: &str) -> SendRequest {
         to: group.into(),
         text: text.into(),
         idempotency_key: String::new(),
+        ..Default::default()
     }
 }
 

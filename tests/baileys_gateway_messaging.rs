@@ -49,6 +49,7 @@ async fn baileys_and_wagate_exchange_texts() {
             to: "+15550300001".into(),
             text: "hello from wagate".into(),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
         .expect("Send")
@@ -90,6 +91,7 @@ async fn baileys_and_wagate_exchange_texts() {
             to: "15550300001@s.whatsapp.net".into(),
             text: "second from wagate".into(),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
         .expect("Send")

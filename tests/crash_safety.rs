@@ -179,6 +179,7 @@ fn send_request(key: &str) -> SendRequest {
         to: PEER.into(),
         text: format!("out {key}"),
         idempotency_key: key.to_owned(),
+        ..Default::default()
     }
 }
 

@@ -21,6 +21,7 @@ fn send(to: &str, text: &str, key: &str) -> SendRequest {
         to: to.into(),
         text: text.into(),
         idempotency_key: key.into(),
+        ..Default::default()
     }
 }
 
@@ -373,6 +374,7 @@ async fn group_management_through_the_api() {
             to: group.jid.clone(),
             text: "after leaving".into(),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("not a member");

@@ -22,6 +22,7 @@ fn send(session: &str, to: &str, text: &str, key: &str) -> SendRequest {
         to: to.into(),
         text: text.into(),
         idempotency_key: key.into(),
+        ..Default::default()
     }
 }
 

@@ -80,6 +80,7 @@ async fn scrape_after_a_session_flow() {
             to: "+15550007777".into(),
             text: "counted".into(),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await
         .expect("Send")

@@ -8,7 +8,7 @@
 
 use tonic::Status;
 
-use crate::runtime::{RuntimeError, SendError};
+use crate::runtime::{MediaFailure, RuntimeError, SendError};
 use crate::store::StoreError;
 
 /// Characters of caller input an error message quotes at most.
@@ -32,6 +32,25 @@ impl From<RuntimeError> for Status {
             RuntimeError::Store(inner) => store_status(inner),
             RuntimeError::Send(inner) => send_status(inner),
             RuntimeError::QueryTimeout => Status::deadline_exceeded(e.to_string()),
+            RuntimeError::Media(inner) => media_status(inner),
+        }
+    }
+}
+
+fn media_status(e: &MediaFailure) -> Status {
+    let message = e.to_string();
+    match e {
+        MediaFailure::TooLarge { .. } | MediaFailure::TooMany(_) => {
+            Status::resource_exhausted(message)
+        }
+        MediaFailure::Invalid(_) => Status::invalid_argument(message),
+        MediaFailure::NotFound(_) => Status::not_found(message),
+        MediaFailure::DataLoss(_) => Status::data_loss(message),
+        MediaFailure::Fetch(_) => Status::failed_precondition(message),
+        MediaFailure::Hosts(_) => Status::unavailable(message),
+        MediaFailure::Io(_) => {
+            tracing::error!("media temporary file: {message}");
+            Status::internal(message)
         }
     }
 }

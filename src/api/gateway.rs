@@ -10,12 +10,12 @@ use tonic::{Request, Response, Status};
 use crate::proto::gateway::events_request::Start;
 use crate::proto::gateway::gateway_server::Gateway;
 use crate::proto::gateway::{
-    CreateGroupRequest, DisconnectRequest, Event, EventType, EventsRequest, Group,
-    GroupInviteLinkRequest, GroupInviteLinkResponse, GroupRequest, InitRequest, JoinGroupRequest,
-    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, ListSessionsRequest,
-    ListSessionsResponse, QrCodeRequest, QrCodeResponse, SendRequest, SendResponse, Session,
-    SetGroupSubjectRequest, SetGroupSubjectResponse, StatusRequest, UpdateParticipantsRequest,
-    UpdateParticipantsResponse,
+    CreateGroupRequest, DisconnectRequest, DownloadMediaRequest, Event, EventType, EventsRequest,
+    Group, GroupInviteLinkRequest, GroupInviteLinkResponse, GroupRequest, InitRequest,
+    JoinGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    ListSessionsRequest, ListSessionsResponse, MediaHandle, QrCodeRequest, QrCodeResponse,
+    SendRequest, SendResponse, Session, SetGroupSubjectRequest, SetGroupSubjectResponse,
+    StatusRequest, UpdateParticipantsRequest, UpdateParticipantsResponse, UploadMediaChunk,
 };
 use crate::runtime::{Manager, OutgoingText};
 use crate::store::{EventFilter, SessionId};
@@ -24,6 +24,7 @@ use crate::wa::jid::{Jid, PhoneNumber};
 use super::convert;
 use super::errors::{invalid, quote};
 use super::groups;
+use super::media;
 use super::qr_image;
 
 pub struct GatewayService {
@@ -143,6 +144,15 @@ impl Gateway for GatewayService {
         let req = request.into_inner();
         let id = session_id(&req.session_id)?;
         let to = recipient(&req.to)?;
+        if req.idempotency_key.len() > 128 {
+            return Err(invalid("idempotency_key", "longer than 128 characters"));
+        }
+        if let Some(m) = req.media {
+            let idempotency_key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
+            let outgoing = media::outgoing(to, &req.text, m, idempotency_key)?;
+            let sent = self.manager.send_media(&id, outgoing).await?;
+            return Ok(Response::new(convert::sent(sent)));
+        }
         if req.text.is_empty() {
             return Err(invalid("text", "message text is empty"));
         }
@@ -188,6 +198,24 @@ impl Gateway for GatewayService {
             .map(convert::session)
             .collect();
         Ok(Response::new(ListSessionsResponse { sessions }))
+    }
+
+    async fn upload_media(
+        &self,
+        request: Request<tonic::Streaming<UploadMediaChunk>>,
+    ) -> Result<Response<MediaHandle>, Status> {
+        let handle = media::upload(&self.manager, request.into_inner()).await?;
+        Ok(Response::new(handle))
+    }
+
+    type DownloadMediaStream = media::ChunkStream;
+
+    async fn download_media(
+        &self,
+        request: Request<DownloadMediaRequest>,
+    ) -> Result<Response<Self::DownloadMediaStream>, Status> {
+        let stream = media::download(&self.manager, request.into_inner()).await?;
+        Ok(Response::new(stream))
     }
 
     type EventsStream = EventStream;

@@ -10,6 +10,7 @@ mod gateway;
 mod groups;
 mod health;
 pub mod hygiene;
+mod media;
 pub mod qr_image;
 
 use std::future::Future;
@@ -32,7 +33,8 @@ use crate::runtime::Manager;
 const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 const KEEPALIVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Largest request accepted (a text message is far smaller; media arrives later).
+/// Largest request message accepted: inline media in a Send, one chunk of
+/// an UploadMedia stream (whose total is limited by `--max-media-bytes`).
 const MAX_REQUEST: usize = 4 << 20;
 
 /// Serves the API on `listener` until `shutdown` resolves (new connections

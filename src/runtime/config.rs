@@ -1,11 +1,12 @@
 //! Runtime settings and the state every session actor shares (the settings
-//! and the handshake pacer). Kept apart from the registry so that the actors
+//! the handshake pacer, media). Kept apart from the registry so that the actors
 //! and the registry both import it and never each other.
 
 use crate::wa::conn::ClientConfig;
 
 use super::backoff::{Backoff, Pacer};
 use super::events::EventLog;
+use super::media::{Media, MediaSettings};
 use super::pipeline::Pipeline;
 
 /// Runtime settings.
@@ -22,6 +23,8 @@ pub struct RuntimeConfig {
     pub backoff: Backoff,
     /// Handshakes per second across all sessions.
     pub handshakes_per_second: u32,
+    /// Media limits, temporary files, media host scheme.
+    pub media: MediaSettings,
 }
 
 impl Default for RuntimeConfig {
@@ -33,6 +36,7 @@ impl Default for RuntimeConfig {
             max_reconnect_attempts: 10,
             backoff: Backoff::default(),
             handshakes_per_second: 50,
+            media: MediaSettings::default(),
         }
     }
 }
@@ -43,16 +47,19 @@ pub(crate) struct Shared {
     pub(crate) config: RuntimeConfig,
     pub(crate) pacer: Pacer,
     pub(crate) pipeline: Pipeline,
+    pub(crate) media: Media,
 }
 
 impl Shared {
     pub(crate) fn new(config: RuntimeConfig, events: &EventLog) -> Self {
         let pacer = Pacer::new(config.handshakes_per_second);
         let pipeline = Pipeline::start(events);
+        let media = Media::new(config.media.clone());
         Self {
             config,
             pacer,
             pipeline,
+            media,
         }
     }
 }

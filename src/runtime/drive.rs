@@ -144,6 +144,12 @@ impl SessionActor {
                     Some(Command::Query { iq, reply }) => {
                         self.messenger.query(iq, reply, &mut conn, now_ms());
                     }
+                    Some(Command::Media(command)) => {
+                        if let Err(e) = self.messenger.media(command, &mut conn, now_ms()).await {
+                            warn!(session = %self.id, "closing: {e}");
+                            conn.shutdown();
+                        }
+                    }
                     Some(Command::Disconnect { logout, done }) => {
                         if logout && conn.logout(now_ms()).is_ok() {
                             pending_disconnect = Some((true, done));

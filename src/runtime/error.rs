@@ -3,6 +3,7 @@
 
 use crate::store::{SessionId, StoreError};
 
+use super::media::MediaFailure;
 use super::messaging::SendError;
 use super::status::SessionState;
 
@@ -42,4 +43,6 @@ pub enum RuntimeError {
     /// A query the server did not answer in time; it may be repeated.
     #[error("the server did not answer in time; retry")]
     QueryTimeout,
+    #[error("{0}")]
+    Media(#[from] MediaFailure),
 }

@@ -20,7 +20,8 @@ use crate::store::{Batch, SecretOp, SessionId, Store, StoreError};
 use crate::wa::creds::Credentials;
 use crate::wa::crypto::{hkdf_sha256, hmac_sha256, KeyPair};
 use crate::wa::messaging::{
-    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, SenderKeyMemory, SentRecord,
+    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, MediaRecord, SenderKeyMemory,
+    SentRecord,
 };
 use crate::wa::signal::{PreKey, ProtocolAddress, SenderKeyName, SenderKeyRecord, SessionRecord};
 
@@ -53,6 +54,8 @@ const SEEN: &str = "seen";
 const IDEMPOTENCY: &str = "idem";
 const LID: &str = "lid";
 const SENDER_KEY_MEMORY: &str = "sender-key-memory";
+/// What downloading a received message's media needs, by message id.
+const MEDIA: &str = "media";
 
 /// Where older versions kept records under identifiers in clear, and the
 /// hashed kind each moves to.
@@ -278,6 +281,10 @@ impl StoreKeys {
                     self.names.of(SENDER_KEY_MEMORY, group),
                     Zeroizing::new(record.encode_to_vec()),
                 ),
+                Change::Media(message_id, record) => (
+                    self.names.of(MEDIA, message_id),
+                    Zeroizing::new(record.encode_to_vec()),
+                ),
             };
             batch.secrets.push(SecretOp::Put { key, value });
         }
@@ -317,7 +324,10 @@ impl StoreKeys {
                 Change::PrekeyUsed(id) => {
                     bounded_insert(&mut self.prekeys, id, None, MAX_CACHED_PREKEYS)
                 }
-                Change::Sent(..) | Change::Idempotency(..) | Change::SenderKeyMemory(..) => {}
+                Change::Sent(..)
+                | Change::Idempotency(..)
+                | Change::SenderKeyMemory(..)
+                | Change::Media(..) => {}
             }
         }
         // Lookups that led to no write (duplicates, retries) end here.
@@ -331,6 +341,20 @@ impl StoreKeys {
             Some(name) => name.clone(),
             None => self.names.of(SEEN, &key.0),
         }
+    }
+
+    /// The media record of a received message (never cached: downloads
+    /// are rare next to messages).
+    pub(crate) fn media(&self, message_id: &str) -> Result<Option<MediaRecord>, KeyError> {
+        let Some(bytes) = self.read(&self.names.of(MEDIA, message_id))? else {
+            return Ok(None);
+        };
+        MediaRecord::decode(bytes.as_slice())
+            .map(Some)
+            .map_err(|e| KeyError {
+                message: format!("media record of {message_id:?} is unreadable: {e}"),
+                retryable: false,
+            })
     }
 
     /// A commit failed: cached values may be ahead of the store.

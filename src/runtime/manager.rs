@@ -34,7 +34,7 @@ const INIT_SETTLE: Duration = Duration::from_secs(1);
 
 /// Owns every session actor.
 pub struct Manager {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     events: EventLog,
     registry: Arc<Mutex<Registry>>,
     closing_signal: watch::Sender<bool>,
@@ -81,7 +81,7 @@ impl Manager {
     }
 
     /// The handle of a running session, unless the gateway is closing.
-    fn open_handle(&self, id: &SessionId) -> Result<SessionHandle, RuntimeError> {
+    pub(super) fn open_handle(&self, id: &SessionId) -> Result<SessionHandle, RuntimeError> {
         let reg = self.lock();
         if reg.closing {
             return Err(RuntimeError::ShuttingDown);
@@ -258,24 +258,8 @@ impl Manager {
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
         // The actor answers every send; a dropped reply means it stopped.
-        match answer.await.map_err(|_| RuntimeError::ShuttingDown)? {
-            Ok(sent) => Ok(sent),
-            // The state moved between the check above and the actor: decide
-            // again from the state it is in now.
-            Err(SendError::NotConnected) => Err(self.not_ready(&handle)),
-            Err(other) => Err(other.into()),
-        }
-    }
-
-    /// Why a session that was ready a moment ago could not take a call.
-    fn not_ready(&self, handle: &SessionHandle) -> RuntimeError {
-        if self.lock().closing {
-            return RuntimeError::ShuttingDown;
-        }
-        let status = handle.status.borrow().clone();
-        ready_to_send(&status)
-            .err()
-            .unwrap_or_else(|| RuntimeError::Reconnecting(status.id.clone()))
+        let answer = answer.await.map_err(|_| RuntimeError::ShuttingDown)?;
+        answer.map_err(|e| self.send_failed(&handle, e))
     }
 
     /// Sends `iq` (built by a `wa` builder, without id) on the session's
@@ -293,10 +277,28 @@ impl Manager {
         match answer.await.map_err(|_| RuntimeError::ShuttingDown)? {
             Ok(node) => Ok(node),
             Err(SendError::Timeout) => Err(RuntimeError::QueryTimeout),
-            Err(SendError::NotConnected | SendError::ConnectionLost(_)) => {
-                Err(self.not_ready(&handle))
+            Err(SendError::ConnectionLost(_)) => {
+                Err(self.send_failed(&handle, SendError::NotConnected))
             }
-            Err(other) => Err(other.into()),
+            Err(e) => Err(self.send_failed(&handle, e)),
+        }
+    }
+
+    /// What a session's refusal means to the caller. NotConnected: the
+    /// state moved between the check before the request and the actor, so
+    /// decide again from the state it is in now.
+    pub(super) fn send_failed(&self, handle: &SessionHandle, e: SendError) -> RuntimeError {
+        match e {
+            SendError::NotConnected => {
+                if self.lock().closing {
+                    return RuntimeError::ShuttingDown;
+                }
+                let status = handle.status.borrow().clone();
+                ready_to_send(&status)
+                    .err()
+                    .unwrap_or_else(|| RuntimeError::Reconnecting(status.id.clone()))
+            }
+            other => other.into(),
         }
     }
 
@@ -363,7 +365,7 @@ impl Manager {
 /// Whether a session can take a Send now and, if not, whether it comes back
 /// by itself (a retry policy may retry UNAVAILABLE) or needs someone to act
 /// (FAILED_PRECONDITION).
-fn ready_to_send(status: &SessionStatus) -> Result<(), RuntimeError> {
+pub(super) fn ready_to_send(status: &SessionStatus) -> Result<(), RuntimeError> {
     let id = status.id.clone();
     let paired = status.jid.is_some();
     match status.state {

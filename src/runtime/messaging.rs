@@ -21,8 +21,11 @@ use crate::wa::binary::Node;
 use crate::wa::conn::Connection;
 use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
+use crate::wa::media::{MediaConn, MediaKey, MediaRetry, RetryTarget};
 use crate::wa::message as wamsg;
-use crate::wa::messaging::{Engine, KeyError, ReplyTo, SendRequest, Step};
+use crate::wa::messaging::{
+    Engine, IdempotencyState, KeyError, MediaRecord, ReplyTo, SendRequest, Step,
+};
 
 pub use crate::wa::messaging::{SendError, Sent};
 
@@ -43,6 +46,61 @@ pub(crate) type SendReply = oneshot::Sender<Result<Sent, SendError>>;
 /// The answer to a query: the server's `<iq>` answer (an error answer
 /// too), or why there is none.
 pub(crate) type QueryReply = oneshot::Sender<Result<Node, SendError>>;
+pub(crate) type MediaConnReply = oneshot::Sender<Result<MediaConn, SendError>>;
+
+/// What the media flows (`runtime::media`) ask of a session actor; each
+/// answer is quick, the HTTP work stays with the caller.
+pub(crate) enum MediaCommand {
+    /// The media hosts and upload auth (`refresh` after a host refused it).
+    Conn {
+        refresh: bool,
+        reply: MediaConnReply,
+    },
+    /// What the idempotency record says before anything is uploaded.
+    Idempotency {
+        key: String,
+        fingerprint: Vec<u8>,
+        reply: oneshot::Sender<Result<IdempotencyState, SendError>>,
+    },
+    /// The media record of a received message.
+    Record {
+        message_id: String,
+        reply: oneshot::Sender<Result<Option<MediaRecord>, SendError>>,
+    },
+    /// A received file's new direct path (after a media retry), so later
+    /// downloads need no retry.
+    Remember {
+        message_id: String,
+        record: Box<MediaRecord>,
+    },
+    /// Asks our phone to upload a received file again; answered by the
+    /// `mediaretry` notification.
+    Retry {
+        target: Box<RetryTarget>,
+        media_key: MediaKey,
+        reply: oneshot::Sender<Result<MediaRetry, SendError>>,
+    },
+    /// A message built by the caller (media), sent like a text.
+    Send {
+        request: Box<SendRequest>,
+        reply: SendReply,
+    },
+}
+
+impl MediaCommand {
+    /// The session is not connected: the caller learns it at once.
+    pub(crate) fn refuse(self) {
+        let no = SendError::NotConnected;
+        match self {
+            MediaCommand::Conn { reply, .. } => drop(reply.send(Err(no))),
+            MediaCommand::Idempotency { reply, .. } => drop(reply.send(Err(no))),
+            MediaCommand::Record { reply, .. } => drop(reply.send(Err(no))),
+            MediaCommand::Retry { reply, .. } => drop(reply.send(Err(no))),
+            MediaCommand::Remember { .. } => {}
+            MediaCommand::Send { reply, .. } => drop(reply.send(Err(no))),
+        }
+    }
+}
 
 /// Why a step could not complete. The connection then closes without
 /// acknowledging anything of it; the server delivers it again.
@@ -60,6 +118,8 @@ pub(super) enum Input {
     Connected,
     Stanzas(Vec<Node>),
     Sends(Vec<(SendRequest, ReplyTo)>),
+    /// Lookups that read the store and change nothing.
+    Lookup(MediaCommand),
 }
 
 /// What goes back to the actor after a step.
@@ -76,6 +136,9 @@ pub(super) struct Core {
     keys: Option<StoreKeys>,
     replies: HashMap<ReplyTo, SendReply>,
     queries: HashMap<ReplyTo, QueryReply>,
+    media_conns: HashMap<ReplyTo, MediaConnReply>,
+    /// Downloads waiting for a `mediaretry` notification, by message id.
+    media_retries: HashMap<String, oneshot::Sender<Result<MediaRetry, SendError>>>,
 }
 
 impl Core {
@@ -87,6 +150,8 @@ impl Core {
             keys: None,
             replies: HashMap::new(),
             queries: HashMap::new(),
+            media_conns: HashMap::new(),
+            media_retries: HashMap::new(),
         })
     }
 
@@ -101,6 +166,16 @@ impl Core {
                 let _ = reply.send(result);
             }
         }
+        for (to, result) in step.media_conns.drain(..) {
+            if let Some(reply) = self.media_conns.remove(&to) {
+                let _ = reply.send(result);
+            }
+        }
+        for retry in step.media_retries.drain(..) {
+            if let Some(reply) = self.media_retries.remove(&retry.target.message_id) {
+                let _ = reply.send(Ok(retry));
+            }
+        }
     }
 
     /// Every waiting caller learns the connection is going away.
@@ -109,6 +184,12 @@ impl Core {
             let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
         }
         for (_, reply) in self.queries.drain() {
+            let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
+        }
+        for (_, reply) in self.media_conns.drain() {
+            let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
+        }
+        for (_, reply) in self.media_retries.drain() {
             let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
         }
     }
@@ -139,6 +220,30 @@ impl Core {
                 .engine
                 .handle_sends(requests, keys, creds, now_ms)
                 .map_err(|e| e.0)?,
+            Input::Lookup(command) => {
+                // A failed read fails the lookup, not the connection.
+                let store = |e: KeyError| SendError::Store(e.message);
+                let mut step = Step::default();
+                match command {
+                    MediaCommand::Idempotency {
+                        key,
+                        fingerprint,
+                        reply,
+                    } => {
+                        let answer = self.engine.idempotency_of(&key, &fingerprint, keys);
+                        let _ = reply.send(answer.unwrap_or_else(|e| Err(store(e.0))));
+                    }
+                    MediaCommand::Record { message_id, reply } => {
+                        let _ = reply.send(keys.media(&message_id).map_err(store));
+                    }
+                    MediaCommand::Remember { message_id, record } => {
+                        let change = crate::wa::messaging::Change::Media(message_id, *record);
+                        step.changes.push(change);
+                    }
+                    other => other.refuse(),
+                }
+                step
+            }
         };
         let commit = step.needs_commit().then(|| {
             let batch = keys.batch(&step.changes);
@@ -258,22 +363,41 @@ impl Messenger {
         conn: &mut Connection,
         now_ms: u64,
     ) -> Result<(), StepFailure> {
-        let ready = conn.is_connected() && self.creds.is_some();
-        let Some(core) = self.core.as_mut().filter(|_| ready) else {
+        let ready = conn.is_connected() && self.creds.is_some() && self.core.is_some();
+        if !ready {
             for (_, reply) in texts {
                 let _ = reply.send(Err(SendError::NotConnected));
             }
             return Ok(());
         };
-        let mut requests = Vec::with_capacity(texts.len());
-        for (text, reply) in texts {
+        let requests = texts
+            .into_iter()
+            .map(|(text, reply)| {
+                let request = SendRequest {
+                    to: text.to,
+                    message: wamsg::text_message(&text.text),
+                    idempotency_key: text.idempotency_key,
+                    fingerprint: None,
+                };
+                (request, reply)
+            })
+            .collect();
+        self.send_requests(requests, conn, now_ms).await
+    }
+
+    async fn send_requests(
+        &mut self,
+        sends: Vec<(SendRequest, SendReply)>,
+        conn: &mut Connection,
+        now_ms: u64,
+    ) -> Result<(), StepFailure> {
+        let Some(core) = self.core.as_mut() else {
+            return Err(StepFailure::Crashed("engine missing".into()));
+        };
+        let mut requests = Vec::with_capacity(sends.len());
+        for (request, reply) in sends {
             self.next_reply += 1;
             core.replies.insert(self.next_reply, reply);
-            let request = SendRequest {
-                to: text.to,
-                message: wamsg::text_message(&text.text),
-                idempotency_key: text.idempotency_key,
-            };
             requests.push((request, self.next_reply));
         }
         self.run(Input::Sends(requests), conn, now_ms).await
@@ -301,12 +425,66 @@ impl Messenger {
         }
     }
 
+    /// A media flow's request: the media hosts are answered here (from the
+    /// engine's cache or by an iq), lookups and sends go through a step.
+    pub(crate) async fn media(
+        &mut self,
+        command: MediaCommand,
+        conn: &mut Connection,
+        now_ms: u64,
+    ) -> Result<(), StepFailure> {
+        let ready = conn.is_connected() && self.creds.is_some();
+        let Some(core) = self.core.as_mut().filter(|_| ready) else {
+            command.refuse();
+            return Ok(());
+        };
+        match command {
+            MediaCommand::Conn { refresh, reply } => {
+                self.next_reply += 1;
+                core.media_conns.insert(self.next_reply, reply);
+                let mut step = core
+                    .engine
+                    .handle_media_conn(refresh, self.next_reply, now_ms);
+                core.deliver(&mut step);
+                for node in step.transmit {
+                    let _ = conn.send_node(&node);
+                }
+                Ok(())
+            }
+            MediaCommand::Retry {
+                target,
+                media_key,
+                reply,
+            } => {
+                let Some(creds) = self.creds.clone() else {
+                    return Ok(());
+                };
+                let Some(receipt) = core.engine.media_retry_receipt(&target, &media_key, &creds)
+                else {
+                    let _ = reply.send(Err(SendError::NotConnected));
+                    return Ok(());
+                };
+                core.media_retries.insert(target.message_id.clone(), reply);
+                let _ = conn.send_node(&receipt);
+                Ok(())
+            }
+            MediaCommand::Send { request, reply } => {
+                self.send_requests(vec![(*request, reply)], conn, now_ms)
+                    .await
+            }
+            lookup => self.run(Input::Lookup(lookup), conn, now_ms).await,
+        }
+    }
+
     /// The connection ended: sends in flight fail (the caller may retry
     /// with its idempotency key).
     pub(crate) fn connection_lost(&mut self, why: &str) {
         if let Some(core) = &mut self.core {
             let mut step = core.engine.handle_disconnected(why);
             core.deliver(&mut step);
+            for (_, reply) in core.media_retries.drain() {
+                let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
+            }
         }
     }
 

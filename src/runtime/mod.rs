@@ -7,8 +7,11 @@ mod config;
 mod drive;
 mod error;
 mod events;
+mod http;
 mod keys;
 mod manager;
+mod media;
+mod media_flow;
 mod messaging;
 mod payloads;
 mod pipeline;
@@ -22,6 +25,10 @@ pub use config::RuntimeConfig;
 pub use error::RuntimeError;
 pub use events::{timestamp as timestamp_ms, EventKind, EventLog};
 pub use manager::Manager;
+pub use media::{MediaFailure, MediaSettings};
+pub use media_flow::{
+    MediaDownload, MediaSource, MediaSpec, MediaUpload, OutgoingMedia, UploadedMedia,
+};
 pub use messaging::{OutgoingText, SendError, Sent};
 pub use status::{QrInfo, SessionState, SessionStatus};
 

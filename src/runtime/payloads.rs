@@ -3,11 +3,13 @@
 
 use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{
-    ConnectionEvent, GroupChange, GroupEvent, MessageEvent, QrEvent, ReceiptEvent, ReceiptType,
+    ConnectionEvent, GroupChange, GroupEvent, MediaInfo, MediaKind, MessageEvent, QrEvent,
+    ReceiptEvent, ReceiptType,
 };
 use crate::wa::groups::{GroupChange as GroupChangeKindOf, GroupChangeKind};
+use crate::wa::media::MediaType;
 use crate::wa::message::phone_of;
-use crate::wa::messaging::{Event, ReceiptKind, ReceivedMessage, ReceivedReceipt};
+use crate::wa::messaging::{Event, ReceiptKind, ReceivedMedia, ReceivedMessage, ReceivedReceipt};
 
 use super::events::timestamp;
 use super::status::SessionState;
@@ -75,7 +77,37 @@ fn message(m: &ReceivedMessage) -> Payload {
         r#type: m.kind.clone(),
         offline: m.offline,
         error: m.error.clone().unwrap_or_default(),
+        media: m.media.as_deref().map(media_info),
     })
+}
+
+fn media_info(m: &ReceivedMedia) -> MediaInfo {
+    MediaInfo {
+        kind: media_kind(m.ty) as i32,
+        mimetype: m.mimetype.clone(),
+        file_length: m.file_length,
+        caption: m.caption.clone().unwrap_or_default(),
+        file_name: m.file_name.clone().unwrap_or_default(),
+        file_sha256: m.file_sha256.to_vec(),
+        width: m.width.unwrap_or_default(),
+        height: m.height.unwrap_or_default(),
+        duration_seconds: m.seconds.unwrap_or_default(),
+    }
+}
+
+/// The API's name for a media type.
+pub(crate) fn media_kind(ty: MediaType) -> MediaKind {
+    match ty {
+        MediaType::Image => MediaKind::Image,
+        MediaType::Video => MediaKind::Video,
+        MediaType::Audio => MediaKind::Audio,
+        MediaType::VoiceNote => MediaKind::VoiceNote,
+        MediaType::Document => MediaKind::Document,
+        MediaType::Sticker => MediaKind::Sticker,
+        MediaType::History | MediaType::AppState | MediaType::LinkThumbnail => {
+            MediaKind::Unspecified
+        }
+    }
 }
 
 fn receipt(r: &ReceivedReceipt) -> Payload {

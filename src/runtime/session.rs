@@ -19,7 +19,7 @@ use crate::wa::creds::Credentials;
 
 use super::config::Shared;
 use super::events::EventLog;
-use super::messaging::{Messenger, OutgoingText, QueryReply, SendError, SendReply};
+use super::messaging::{MediaCommand, Messenger, OutgoingText, QueryReply, SendError, SendReply};
 use super::status::{SessionState, SessionStatus};
 use super::{now_ms, payloads, socket};
 
@@ -43,6 +43,8 @@ pub(crate) enum Command {
     /// An `<iq>` for the server (group management and the like), answered
     /// with the server's answer.
     Query { iq: Node, reply: QueryReply },
+    /// A media flow's request (hosts, lookups, a built message).
+    Media(MediaCommand),
     /// Process shutdown: close cleanly and exit the task.
     Shutdown,
 }
@@ -132,6 +134,10 @@ impl SessionActor {
                 }
                 Some(Command::Query { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
+                    continue;
+                }
+                Some(Command::Media(command)) => {
+                    command.refuse();
                     continue;
                 }
                 Some(Command::Connect) => {}
@@ -231,6 +237,10 @@ impl SessionActor {
                 }
                 Some(Command::Query { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
+                    None
+                }
+                Some(Command::Media(command)) => {
+                    command.refuse();
                     None
                 }
                 Some(Command::Disconnect { logout, done }) => {
@@ -333,6 +343,7 @@ impl SessionActor {
                 Some(Command::Query { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
                 }
+                Some(Command::Media(command)) => command.refuse(),
                 other => return other,
             }
         }
@@ -348,6 +359,12 @@ impl SessionActor {
             Some(Command::Query { reply, .. }) => {
                 let _ = reply.send(Err(SendError::NotConnected));
                 Ended::Closed(CloseReason::SocketClosed("query while offline".into()))
+            }
+            Some(Command::Media(command)) => {
+                command.refuse();
+                Ended::Closed(CloseReason::SocketClosed(
+                    "media request while offline".into(),
+                ))
             }
             Some(Command::Connect) => {
                 Ended::Closed(CloseReason::SocketClosed("reconnect requested".into()))

@@ -219,6 +219,9 @@ pub struct Content {
     pub destination: Option<Jid>,
     /// A sender key distribution message riding along (groups).
     pub sender_key: Option<(String, Vec<u8>)>,
+    /// The media it carries, if any; an error when the media fields are
+    /// malformed.
+    pub media: Option<Result<crate::wa::media::MediaInfo, crate::wa::media::MediaError>>,
 }
 
 impl Content {
@@ -260,11 +263,13 @@ impl Content {
                 text: Some(text),
                 destination: None,
                 sender_key: None,
+                media: None,
             },
             (None, Some(kind)) => Self::named(kind),
             (None, None) => Self::named(&content_field_name(plaintext)),
         };
         content.sender_key = sender_key;
+        content.media = crate::wa::media::MediaInfo::from_message(&message);
         Ok(content)
     }
 
@@ -281,6 +286,7 @@ impl Content {
             text: None,
             destination: None,
             sender_key: None,
+            media: None,
         }
     }
 

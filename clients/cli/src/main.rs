@@ -209,6 +209,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     to,
                     text,
                     idempotency_key: idempotency_key.unwrap_or_default(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

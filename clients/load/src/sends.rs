@@ -52,6 +52,7 @@ pub(crate) async fn measure(
             to: format!("+{}", peer_phone(n)),
             text: format!("s{i}"),
             idempotency_key: format!("{run}-{i}"),
+            ..Default::default()
         };
         async move {
             let sent = Instant::now();

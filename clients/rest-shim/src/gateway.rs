@@ -109,6 +109,7 @@ impl Gateway {
             to: to.to_owned(),
             text: text.to_owned(),
             idempotency_key: idempotency_key.unwrap_or_default().to_owned(),
+            ..Default::default()
         });
         Ok(self.client.clone().send(req).await?.into_inner())
     }

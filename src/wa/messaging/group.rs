@@ -256,12 +256,15 @@ impl Engine {
                 pairwise.push((target, ct));
             }
         }
-        let stanza = groups::group_stanza(
-            &send.id,
-            &send.chat,
-            &pairwise,
-            skmsg,
-            &account.signed_identity,
+        let stanza = super::outbound::media_stanza(
+            groups::group_stanza(
+                &send.id,
+                &send.chat,
+                &pairwise,
+                skmsg,
+                &account.signed_identity,
+            ),
+            &send.message,
         );
         cx.txn.put_sender_key(name, record);
         let mut devices: Vec<String> = memory.into_iter().collect();

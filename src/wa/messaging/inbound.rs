@@ -10,10 +10,10 @@ use crate::wa::signal::{
     self, LocalKeys, PreKeySignalMessage, ProtocolAddress, SenderKeyName, SignalError,
 };
 
-use super::keys::{DedupeKey, KeyError, Txn};
+use super::keys::{DedupeKey, KeyError, MediaRecord, Txn};
 use super::{
-    address_of, learn_lid, phone_for, Cx, Engine, Event, ReceiptKind, ReceivedMessage,
-    ReceivedReceipt, MAX_RETRIES, MAX_TEXT_BYTES,
+    address_of, learn_lid, phone_for, Cx, Engine, Event, ReceiptKind, ReceivedMedia,
+    ReceivedMessage, ReceivedReceipt, MAX_RETRIES, MAX_TEXT_BYTES,
 };
 
 /// Why one payload of a message gave nothing.
@@ -244,7 +244,34 @@ impl Engine {
                 None => None,
             },
         };
-        let (text, error) = match content.text {
+        let (media, media_error) = match content.media {
+            Some(Ok(info)) => {
+                txn.put_media(
+                    msg.id.clone(),
+                    MediaRecord {
+                        media_type: info.ty.enc_mediatype().unwrap_or_default().to_owned(),
+                        direct_path: info.direct_path.clone(),
+                        media_key: info.media_key.as_bytes().to_vec(),
+                        file_sha256: info.file_sha256.to_vec(),
+                        file_enc_sha256: info.file_enc_sha256.to_vec(),
+                        file_length: info.file_length,
+                        mimetype: info.mimetype.clone(),
+                        chat: chat.to_string(),
+                        sender: sender.to_string(),
+                        from_me,
+                        file_name: info.file_name.clone().unwrap_or_default(),
+                    },
+                );
+                (Some(Box::new(ReceivedMedia::of(&info))), None)
+            }
+            Some(Err(e)) => (None, Some(format!("media cannot be downloaded: {e}"))),
+            None => (None, None),
+        };
+        // A caption is the text of a media message.
+        let text = content
+            .text
+            .or_else(|| media.as_ref().and_then(|m| m.caption.clone()));
+        let (text, error) = match text {
             Some(text) if text.len() > MAX_TEXT_BYTES => {
                 let error = format!(
                     "text of {} bytes cut to the first {MAX_TEXT_BYTES}",
@@ -252,7 +279,7 @@ impl Engine {
                 );
                 (Some(cut(text, MAX_TEXT_BYTES)), Some(error))
             }
-            text => (text, None),
+            text => (text, media_error),
         };
         Ok(Some(ReceivedMessage {
             id: msg.id.clone(),
@@ -266,6 +293,7 @@ impl Engine {
             kind: content.kind,
             offline: msg.offline,
             error,
+            media,
         }))
     }
 
@@ -350,6 +378,7 @@ fn failed_event(
         kind: kind.to_owned(),
         offline: msg.offline,
         error: Some(error),
+        media: None,
     })
 }
 

@@ -5,6 +5,7 @@
 use crate::wa::binary::Node;
 use crate::wa::groups;
 use crate::wa::jid::Jid;
+use crate::wa::media;
 use crate::wa::prekeys::{self, DeviceBundle, PrekeyError};
 use crate::wa::usync::{self, UserDevices, UsyncError};
 
@@ -22,6 +23,8 @@ pub(super) enum IqError {
     Prekeys(#[from] PrekeyError),
     #[error(transparent)]
     Group(#[from] groups::GroupError),
+    #[error(transparent)]
+    Media(#[from] media::MediaConnError),
 }
 
 /// A request and the reading of its answer.
@@ -133,6 +136,19 @@ impl IqSpec for Raw {
     }
 }
 
+/// Media upload auth and hosts (`w:m`).
+pub(super) struct MediaConnQuery;
+
+impl IqSpec for MediaConnQuery {
+    type Answer = media::MediaConn;
+    fn request(&self, id: &str) -> Node {
+        addressed(media::media_conn_query(), id)
+    }
+    fn parse(node: &Node) -> Result<media::MediaConn, IqError> {
+        Ok(media::parse_media_conn(node)?)
+    }
+}
+
 /// What waits on an iq's answer.
 pub(super) enum Awaiting {
     /// A caller's query, answered by `deadline` (ms).
@@ -151,6 +167,8 @@ pub(super) enum Awaiting {
     },
     /// A peer asked for a resend and we had no session with it.
     RetryBundle(RetryTarget),
+    /// Callers waiting for the media hosts.
+    MediaConn(Vec<ReplyTo>),
 }
 
 /// A resend waiting for the peer's bundle.
@@ -170,7 +188,8 @@ impl Awaiting {
             Awaiting::PrekeyCount
             | Awaiting::PrekeyUpload
             | Awaiting::RetryBundle(_)
-            | Awaiting::Query { .. } => None,
+            | Awaiting::Query { .. }
+            | Awaiting::MediaConn(_) => None,
         }
     }
 
@@ -182,7 +201,8 @@ impl Awaiting {
             Awaiting::PrekeyCount
             | Awaiting::PrekeyUpload
             | Awaiting::RetryBundle(_)
-            | Awaiting::Query { .. } => None,
+            | Awaiting::Query { .. }
+            | Awaiting::MediaConn(_) => None,
         }
     }
 
@@ -194,7 +214,8 @@ impl Awaiting {
             Awaiting::PrekeyCount
             | Awaiting::PrekeyUpload
             | Awaiting::RetryBundle(_)
-            | Awaiting::Query { .. } => None,
+            | Awaiting::Query { .. }
+            | Awaiting::MediaConn(_) => None,
         }
     }
 }

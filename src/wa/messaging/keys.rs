@@ -50,6 +50,47 @@ pub struct IdempotencyRecord {
     pub stanza: Vec<u8>,
 }
 
+/// What downloading a received message's media needs, stored with the
+/// message's event (keyed by message id). The media key makes it a secret:
+/// `Debug` leaves it out.
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
+pub struct MediaRecord {
+    /// The `<enc mediatype>` name of its type (`image`, `ptt`, …).
+    #[prost(string, tag = "1")]
+    pub media_type: String,
+    #[prost(string, tag = "2")]
+    pub direct_path: String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub media_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub file_sha256: Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    pub file_enc_sha256: Vec<u8>,
+    #[prost(uint64, tag = "6")]
+    pub file_length: u64,
+    #[prost(string, tag = "7")]
+    pub mimetype: String,
+    /// The chat and sender (a media retry receipt names them).
+    #[prost(string, tag = "8")]
+    pub chat: String,
+    #[prost(string, tag = "9")]
+    pub sender: String,
+    #[prost(bool, tag = "10")]
+    pub from_me: bool,
+    #[prost(string, tag = "11")]
+    pub file_name: String,
+}
+
+impl std::fmt::Debug for MediaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaRecord")
+            .field("media_type", &self.media_type)
+            .field("file_length", &self.file_length)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Keys the engine reads. Every call may hit a store; implementations cache.
 pub trait KeyStore {
     fn session(&mut self, address: &ProtocolAddress) -> Result<Option<SessionRecord>, KeyError>;
@@ -97,6 +138,8 @@ pub enum Change {
         phone: String,
     },
     SenderKeyMemory(String, SenderKeyMemory),
+    /// A received message's media, by message id (see [`MediaRecord`]).
+    Media(String, MediaRecord),
 }
 
 /// Reads through to a [`KeyStore`] with the step's own writes on top.
@@ -289,6 +332,10 @@ impl<'a> Txn<'a> {
             self.log
                 .push(Change::SenderKeyMemory(group, SenderKeyMemory::default()));
         }
+    }
+
+    pub fn put_media(&mut self, message_id: String, record: MediaRecord) {
+        self.log.push(Change::Media(message_id, record));
     }
 
     pub fn put_lid(&mut self, lid_user: String, phone: String) {

@@ -18,6 +18,7 @@ mod group;
 mod inbound;
 mod iq;
 mod keys;
+mod media;
 mod outbound;
 mod retry;
 #[cfg(test)]
@@ -35,8 +36,13 @@ use crate::wa::jid::Jid;
 use crate::wa::signal::ProtocolAddress;
 
 pub use keys::{
-    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, SenderKeyMemory, SentRecord, Txn,
+    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, MediaRecord, SenderKeyMemory,
+    SentRecord, Txn,
 };
+
+use crate::wa::media::{MediaConn, MediaRetry};
+
+pub use media::{IdempotencyState, ReceivedMedia};
 
 use iq::Awaiting;
 use outbound::Outgoing;
@@ -66,6 +72,12 @@ pub struct SendRequest {
     pub message: Message,
     /// Makes retries of the same request safe: see [`outbound`].
     pub idempotency_key: Option<String>,
+    /// What identifies the request behind `idempotency_key`, when the
+    /// caller knows better than the message: a media message carries a
+    /// fresh random media key each time it is built, so the owner
+    /// fingerprints what the caller asked for (recipient, source, caption)
+    /// instead. `None`: the recipient and the message.
+    pub fingerprint: Option<Vec<u8>>,
 }
 
 /// A sent message, acknowledged by the server.
@@ -130,6 +142,8 @@ pub struct ReceivedMessage {
     pub kind: String,
     pub offline: bool,
     pub error: Option<String>,
+    /// The media it carries, if any (without its keys).
+    pub media: Option<Box<ReceivedMedia>>,
 }
 
 /// Kinds of receipts reported to the backend.
@@ -167,6 +181,11 @@ pub struct Step {
     /// Answers to callers' queries (the `<iq>` answer as received, also
     /// an error answer); like `replies`, not bound to the commit.
     pub answers: Vec<(ReplyTo, Result<Node, SendError>)>,
+    /// Answers to callers of [`Engine::handle_media_conn`].
+    pub media_conns: Vec<(ReplyTo, Result<MediaConn, SendError>)>,
+    /// `mediaretry` notifications: answers to [`Engine::media_retry_receipt`]
+    /// (the owner matches them to its waiters by message id).
+    pub media_retries: Vec<MediaRetry>,
     /// Incoming messages reported among the stanzas (decrypted or not;
     /// not redeliveries, not bookkeeping without content), for metrics.
     pub messages_in: u32,
@@ -242,6 +261,10 @@ pub struct Engine {
     groups: HashMap<Jid, (Vec<Jid>, u64)>,
     /// Decryption failures per message (dedupe key).
     retries: HashMap<DedupeKey, u32>,
+    /// The last `media_conn` answer and the unix second it expires.
+    media_conn: Option<(MediaConn, u64)>,
+    /// When the `media_conn` iq now out was sent.
+    media_conn_asked_ms: Option<u64>,
 }
 
 impl Engine {
@@ -259,6 +282,8 @@ impl Engine {
             devices: HashMap::new(),
             groups: HashMap::new(),
             retries: HashMap::new(),
+            media_conn: None,
+            media_conn_asked_ms: None,
         }
     }
 
@@ -286,6 +311,10 @@ impl Engine {
         for (_, awaiting) in self.awaiting.drain() {
             if let Awaiting::Query { reply, .. } = awaiting {
                 step.answers.push((reply, Err(error.clone())));
+            } else if let Awaiting::MediaConn(waiters) = awaiting {
+                for waiter in waiters {
+                    step.media_conns.push((waiter, Err(error.clone())));
+                }
             } else if let Some(send) = awaiting.into_send() {
                 step.fail(send, error.clone());
             }

@@ -31,13 +31,15 @@ use crate::wa::message::{self as wamsg, ServerAck};
 use crate::wa::signal::{self, ProtocolAddress, SessionRecord};
 
 use super::iq::{
-    Awaiting, Bundles, Devices, GroupMembers, IqError, IqSpec, PrekeyCount, PrekeyUpload,
+    Awaiting, Bundles, Devices, GroupMembers, IqError, IqSpec, MediaConnQuery, PrekeyCount,
+    PrekeyUpload,
 };
 use super::keys::{IdempotencyRecord, KeyError, SentRecord};
 use super::{
-    address_of, learn_lid, Cx, Engine, Event, ReceivedMessage, ReplyTo, SendError, SendRequest,
-    Sent, DEVICE_CACHE_MS, MAX_SEND_TEXT_BYTES, SEND_TIMEOUT_MS,
+    address_of, learn_lid, Cx, Engine, Event, ReceivedMedia, ReceivedMessage, ReplyTo, SendError,
+    SendRequest, Sent, DEVICE_CACHE_MS, MAX_SEND_TEXT_BYTES, SEND_TIMEOUT_MS,
 };
+use crate::wa::media::MediaInfo;
 
 /// A send in progress.
 pub(super) struct Outgoing {
@@ -73,7 +75,28 @@ fn own_send_event(
         kind: content.map_or_else(|| "unknown".to_owned(), |c| c.kind),
         offline: false,
         error: None,
+        media: MediaInfo::from_message(&send.message)
+            .and_then(Result::ok)
+            .map(|info| Box::new(ReceivedMedia::of(&info))),
     }
+}
+
+/// A media message's stanza says so: `type="media"` and the type's
+/// `mediatype` on each `<enc>` (WhatsApp's clients set both; the server
+/// uses them for notifications and limits).
+pub(super) fn media_stanza(mut stanza: Node, message: &Message) -> Node {
+    let Some(mediatype) = MediaInfo::type_of(message).and_then(|t| t.enc_mediatype()) else {
+        return stanza;
+    };
+    fn mark(node: &mut Node, mediatype: &'static str) {
+        if node.tag() == "enc" {
+            node.set_attr("mediatype", mediatype);
+        } else if let binary::Content::Nodes(children) = &mut node.content {
+            children.iter_mut().for_each(|c| mark(c, mediatype));
+        }
+    }
+    mark(&mut stanza, mediatype);
+    stanza.attr("type", "media")
 }
 
 /// What identifies a request behind an idempotency key.
@@ -114,7 +137,9 @@ impl Engine {
             return Ok(());
         }
         let chat = request.to.to_non_ad();
-        let fingerprint = fingerprint(&chat, &request.message);
+        let fingerprint = request
+            .fingerprint
+            .unwrap_or_else(|| fingerprint(&chat, &request.message));
         let mut id = None;
         if let Some(key) = &request.idempotency_key {
             if let Some(send) = self.send_by_key(key) {
@@ -148,12 +173,20 @@ impl Engine {
                 // (see the module documentation for why).
                 if let Ok(stanza) = binary::decode(&record.stanza) {
                     cx.step.transmit.push(stanza);
+                    // The message as first sent (a media message built
+                    // again for a retry differs in its keys): it is what
+                    // the event of the ack reports.
+                    let message = cx
+                        .txn
+                        .sent(&record.message_id)?
+                        .and_then(|sent| Message::decode(sent.message.as_slice()).ok())
+                        .unwrap_or(request.message);
                     self.in_flight.insert(
                         record.message_id.clone(),
                         Outgoing {
                             id: record.message_id,
                             chat,
-                            message: request.message,
+                            message,
                             idempotency_key: Some(key.clone()),
                             fingerprint,
                             waiters: vec![reply],
@@ -166,6 +199,14 @@ impl Engine {
                 // it is known to have been written; send it anew, same id.
                 id = Some(record.message_id);
             }
+        }
+        if request.message.encoded_len() == 0 {
+            // Only a stored stanza may be sent without its message (above).
+            let why = "the message is empty".to_owned();
+            cx.step
+                .replies
+                .push((reply, Err(SendError::Unsupported(why))));
+            return Ok(());
         }
         let id =
             id.unwrap_or_else(|| wamsg::new_message_id(now_ms / 1000, &own.user, &mut self.rng));
@@ -200,7 +241,7 @@ impl Engine {
     }
 
     /// The send (waiting or in flight) made with idempotency key `key`.
-    fn send_by_key(&mut self, key: &str) -> Option<&mut Outgoing> {
+    pub(super) fn send_by_key(&mut self, key: &str) -> Option<&mut Outgoing> {
         let matches = |s: &Outgoing| s.idempotency_key.as_deref() == Some(key);
         if let Some(send) = self.in_flight.values_mut().find(|s| matches(s)) {
             return Some(send);
@@ -330,8 +371,10 @@ impl Engine {
             cx.step.fail(send, SendError::Encryption(why));
             return Ok(());
         }
-        let stanza =
-            wamsg::fanout_stanza(&send.id, &send.chat, &encrypted, &account.signed_identity);
+        let stanza = media_stanza(
+            wamsg::fanout_stanza(&send.id, &send.chat, &encrypted, &account.signed_identity),
+            &send.message,
+        );
         cx.txn.put_sent(
             send.id.clone(),
             SentRecord {
@@ -410,6 +453,20 @@ impl Engine {
             Awaiting::PrekeyCount => {
                 if let Ok(count) = PrekeyCount::answer(&node) {
                     self.on_prekey_count(count, cx)?;
+                }
+            }
+            Awaiting::MediaConn(waiters) => {
+                let answer = MediaConnQuery::answer(&node).map_err(|e| match e {
+                    IqError::Refused { code } => {
+                        SendError::Refused(code.unwrap_or_else(|| "unknown".to_owned()))
+                    }
+                    other => SendError::Unsupported(format!("media_conn answer: {other}")),
+                });
+                if let Ok(conn) = &answer {
+                    self.media_conn = Some((conn.clone(), conn.expires_at(now_ms / 1000)));
+                }
+                for waiter in waiters {
+                    cx.step.media_conns.push((waiter, answer.clone()));
                 }
             }
             Awaiting::PrekeyUpload => {

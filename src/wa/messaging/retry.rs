@@ -240,6 +240,12 @@ impl Engine {
                 self.upload_prekeys(cx)?;
             }
         }
+        if node.attr_str("type") == Some("mediaretry") {
+            // A malformed one is acked and dropped: its waiter times out.
+            if let Ok(retry) = crate::wa::media::parse_retry_notification(node) {
+                cx.step.media_retries.push(retry);
+            }
+        }
         if let Some(changes) = crate::wa::groups::parse_notification(node) {
             for change in changes {
                 self.on_group_change(&change, cx);

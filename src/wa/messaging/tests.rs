@@ -26,6 +26,7 @@ struct MemKeys {
     idempotency: HashMap<String, IdempotencyRecord>,
     lids: HashMap<String, String>,
     sender_key_memory: HashMap<String, SenderKeyMemory>,
+    media: HashMap<String, MediaRecord>,
     /// Reads fail while set.
     broken: bool,
 }
@@ -71,6 +72,9 @@ impl MemKeys {
                 }
                 Change::SenderKeyMemory(group, r) => {
                     self.sender_key_memory.insert(group, r);
+                }
+                Change::Media(id, r) => {
+                    self.media.insert(id, r);
                 }
             }
         }
@@ -191,6 +195,7 @@ impl Device {
             to: to.clone(),
             message: crate::wa::message::text_message(text),
             idempotency_key: key.map(str::to_owned),
+            fingerprint: None,
         };
         let step = self
             .engine
@@ -648,6 +653,7 @@ fn concurrent_retries_share_one_send() {
         to: to.clone(),
         message: crate::wa::message::text_message(text),
         idempotency_key: Some("dup".into()),
+        fingerprint: None,
     };
     let device = &mut server.devices[ALICE];
     let step = device
@@ -812,3 +818,5 @@ fn hostile_stanzas_are_refused_without_panicking() {
     assert!(out.iter().any(|n| n.attr_str("type") == Some("retry")));
     assert!(device.events.is_empty());
 }
+
+mod media;

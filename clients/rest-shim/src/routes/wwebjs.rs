@@ -470,6 +470,7 @@ mod tests {
             r#type: "text".into(),
             offline: false,
             error: String::new(),
+            ..Default::default()
         };
         assert_eq!(
             message_json(&msg),

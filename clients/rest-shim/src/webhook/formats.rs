@@ -453,6 +453,7 @@ mod tests {
                 r#type: "text".into(),
                 offline: false,
                 error: String::new(),
+                ..Default::default()
             })),
         }
     }
@@ -515,6 +516,7 @@ mod tests {
                 r#type: "text".into(),
                 offline: false,
                 error: String::new(),
+                ..Default::default()
             })),
         }
     }
