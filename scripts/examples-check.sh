@@ -202,9 +202,11 @@ sent_id=$(wctl send "$ctl_session" "$ctl_peer" "hello from wagatectl" | json_fie
 rpc wagate.sim.v1.Simulator/SendText \
     "{\"from_phone\":\"$ctl_peer\",\"to\":\"$ctl_phone\",\"text\":\"hello wagatectl\"}" >/dev/null ||
     fail "SendText failed"
-# The phone's delivery receipt for our text, and the phone's text.
-wctl events --session "$ctl_session" --type message --type receipt --from-beginning --limit 2 \
-    >"$tmp/ctl-events.out" || fail "wagatectl events did not see two events"
+# Our own text (a from_me message event), the phone's delivery receipt for
+# it, and the phone's text.
+wctl events --session "$ctl_session" --type message --type receipt --from-beginning --limit 3 \
+    >"$tmp/ctl-events.out" || fail "wagatectl events did not see three events"
+grep -q '"from_me":true' "$tmp/ctl-events.out" || fail "no from_me event for our own text"
 grep -q "\"message_ids\":\[\"$sent_id\"\]" "$tmp/ctl-events.out" || fail "no receipt for $sent_id"
 grep -q '"text":"hello wagatectl"' "$tmp/ctl-events.out" || fail "no message event with the phone's text"
 rpc wagate.sim.v1.Simulator/Inbox "{\"phone\":\"$ctl_peer\"}" | grep -q '"text": "hello from wagatectl"' ||
