@@ -21,11 +21,9 @@ use crate::wa::binary::Node;
 use crate::wa::conn::Connection;
 use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
-use crate::wa::media::{MediaConn, MediaKey, MediaRetry, RetryTarget};
+use crate::wa::media::MediaRetry;
 use crate::wa::message as wamsg;
-use crate::wa::messaging::{
-    Engine, IdempotencyState, KeyError, MediaRecord, ReplyTo, SendRequest, Step,
-};
+use crate::wa::messaging::{Engine, KeyError, ReplyTo, SendRequest, Step};
 
 pub use crate::wa::messaging::{SendError, Sent};
 
@@ -42,65 +40,7 @@ pub struct OutgoingText {
     pub idempotency_key: Option<String>,
 }
 
-pub(crate) type SendReply = oneshot::Sender<Result<Sent, SendError>>;
-/// The answer to a query: the server's `<iq>` answer (an error answer
-/// too), or why there is none.
-pub(crate) type QueryReply = oneshot::Sender<Result<Node, SendError>>;
-pub(crate) type MediaConnReply = oneshot::Sender<Result<MediaConn, SendError>>;
-
-/// What the media flows (`runtime::media`) ask of a session actor; each
-/// answer is quick, the HTTP work stays with the caller.
-pub(crate) enum MediaCommand {
-    /// The media hosts and upload auth (`refresh` after a host refused it).
-    Conn {
-        refresh: bool,
-        reply: MediaConnReply,
-    },
-    /// What the idempotency record says before anything is uploaded.
-    Idempotency {
-        key: String,
-        fingerprint: Vec<u8>,
-        reply: oneshot::Sender<Result<IdempotencyState, SendError>>,
-    },
-    /// The media record of a received message.
-    Record {
-        message_id: String,
-        reply: oneshot::Sender<Result<Option<MediaRecord>, SendError>>,
-    },
-    /// A received file's new direct path (after a media retry), so later
-    /// downloads need no retry.
-    Remember {
-        message_id: String,
-        record: Box<MediaRecord>,
-    },
-    /// Asks our phone to upload a received file again; answered by the
-    /// `mediaretry` notification.
-    Retry {
-        target: Box<RetryTarget>,
-        media_key: MediaKey,
-        reply: oneshot::Sender<Result<MediaRetry, SendError>>,
-    },
-    /// A message built by the caller (media), sent like a text.
-    Send {
-        request: Box<SendRequest>,
-        reply: SendReply,
-    },
-}
-
-impl MediaCommand {
-    /// The session is not connected: the caller learns it at once.
-    pub(crate) fn refuse(self) {
-        let no = SendError::NotConnected;
-        match self {
-            MediaCommand::Conn { reply, .. } => drop(reply.send(Err(no))),
-            MediaCommand::Idempotency { reply, .. } => drop(reply.send(Err(no))),
-            MediaCommand::Record { reply, .. } => drop(reply.send(Err(no))),
-            MediaCommand::Retry { reply, .. } => drop(reply.send(Err(no))),
-            MediaCommand::Remember { .. } => {}
-            MediaCommand::Send { reply, .. } => drop(reply.send(Err(no))),
-        }
-    }
-}
+pub(crate) use super::replies::{MediaCommand, MediaConnReply, QueryReply, SendReply};
 
 /// Why a step could not complete. The connection then closes without
 /// acknowledging anything of it; the server delivers it again.

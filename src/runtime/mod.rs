@@ -16,6 +16,7 @@ mod messaging;
 mod payloads;
 mod pipeline;
 mod registry;
+mod replies;
 mod session;
 mod socket;
 mod status;

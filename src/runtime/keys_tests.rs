@@ -1,0 +1,102 @@
+//! Tests of the store-backed keys (`keys.rs`).
+use super::*;
+use crate::store::MemoryStore;
+
+fn session() -> SessionId {
+    "s1".parse().expect("id")
+}
+
+fn keys(store: &Arc<dyn Store>) -> StoreKeys {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    let creds = Credentials::generate(&mut rng);
+    StoreKeys::new(session(), store.clone(), &creds)
+}
+
+fn store_with_session() -> Arc<dyn Store> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    store
+        .put_session(&crate::store::SessionRecord::new(session(), 0))
+        .expect("row");
+    store
+}
+
+#[test]
+fn names_hide_identifiers_and_differ_by_kind() {
+    let store = store_with_session();
+    let k = keys(&store);
+    let a = k.names.of(LID, "15551234567");
+    assert!(!a.contains("1555"));
+    assert_ne!(a, k.names.of(IDEMPOTENCY, "15551234567"));
+}
+
+#[test]
+fn legacy_records_move_to_hashed_names() {
+    let store = store_with_session();
+    let batch = Batch::default()
+        .put_secret("lid/999", b"15551234567".to_vec())
+        .put_secret(
+            "seen/a@s.whatsapp.net/b@s.whatsapp.net/ID1",
+            5_000u64.to_be_bytes().to_vec(),
+        );
+    store.commit(&session(), batch).expect("commit");
+    let mut k = keys(&store);
+    k.load(10_000).expect("load");
+    assert!(store
+        .secrets_with_prefix(&session(), "lid/")
+        .expect("read")
+        .is_empty());
+    assert_eq!(
+        k.phone_of_lid("999").expect("lid").as_deref(),
+        Some("15551234567")
+    );
+    let dedupe = DedupeKey("a@s.whatsapp.net/b@s.whatsapp.net/ID1".into());
+    assert!(k.seen(&dedupe, 5).expect("seen"));
+    assert!(!k.seen(&DedupeKey("other".into()), 5).expect("seen"));
+}
+
+#[test]
+fn seen_window_answers_recent_keys_from_memory_and_old_ones_from_the_store() {
+    let store = store_with_session();
+    let mut k = keys(&store);
+    let now_ms = 100 * 24 * 3_600_000;
+    k.load(now_ms).expect("load");
+    let old = DedupeKey("old".into());
+    let old_t = now_ms / 1000 - 2 * SEEN_WINDOW_S;
+    // Written by an earlier process: not in memory, found in the store.
+    let batch = k.batch(&[Change::Seen {
+        key: old.clone(),
+        t_s: old_t,
+        at_ms: now_ms,
+    }]);
+    store.commit(&session(), batch).expect("commit");
+    assert!(k.seen(&old, old_t).expect("seen"));
+    let recent = DedupeKey("recent".into());
+    let t = now_ms / 1000;
+    assert!(!k.seen(&recent, t).expect("seen"));
+    let changes = vec![Change::Seen {
+        key: recent.clone(),
+        t_s: t,
+        at_ms: now_ms,
+    }];
+    store.commit(&session(), k.batch(&changes)).expect("commit");
+    k.apply(changes);
+    assert!(k.seen(&recent, t).expect("seen"));
+}
+
+#[test]
+fn the_window_stays_bounded() {
+    let mut window = SeenWindow {
+        since_s: 0,
+        keys: HashMap::new(),
+        newest_s: 0,
+        loaded: true,
+    };
+    for n in 0..(MAX_SEEN_IN_MEMORY as u64 * 3) {
+        window.insert(format!("k{n}"), n);
+    }
+    assert!(window.keys.len() <= MAX_SEEN_IN_MEMORY);
+    // Everything at or after the start is still there.
+    let since = window.since_s;
+    let expected = (MAX_SEEN_IN_MEMORY as u64 * 3).saturating_sub(since);
+    assert_eq!(window.keys.len() as u64, expected);
+}
