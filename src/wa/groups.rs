@@ -6,7 +6,7 @@ use crate::wa::binary::Node;
 use crate::wa::jid::Jid;
 use crate::wa::signal::CiphertextMessage;
 
-use super::message::{enc_node, resend_children};
+use super::message::{identity_for, participants_node, resend_children};
 
 /// Why a group answer or notification could not be read.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -332,15 +332,7 @@ pub fn group_stanza(
 ) -> Node {
     let mut children = Vec::with_capacity(3);
     if !pairwise.is_empty() {
-        let participants = pairwise
-            .iter()
-            .map(|(jid, ct)| {
-                Node::new("to")
-                    .attr("jid", jid.clone())
-                    .children(vec![enc_node(ct)])
-            })
-            .collect();
-        children.push(Node::new("participants").children(participants));
+        children.push(participants_node(pairwise));
     }
     children.push(
         Node::new("enc")
@@ -348,12 +340,7 @@ pub fn group_stanza(
             .attr("type", "skmsg")
             .bytes(skmsg),
     );
-    if pairwise
-        .iter()
-        .any(|(_, ct)| matches!(ct, CiphertextMessage::PreKey(_)))
-    {
-        children.push(Node::new("device-identity").bytes(device_identity.to_vec()));
-    }
+    children.extend(identity_for(pairwise, device_identity));
     Node::new("message")
         .attr("id", id.to_owned())
         .attr("to", group.to_non_ad())

@@ -454,6 +454,18 @@ pub fn fanout_stanza(
     devices: &[(Jid, CiphertextMessage)],
     device_identity: &[u8],
 ) -> Node {
+    let mut children = vec![participants_node(devices)];
+    children.extend(identity_for(devices, device_identity));
+    Node::new("message")
+        .attr("id", id.to_owned())
+        .attr("to", to.to_non_ad())
+        .attr("type", "text")
+        .children(children)
+}
+
+/// `<participants><to jid><enc/></to>…</participants>`: one pairwise
+/// payload per device.
+pub fn participants_node(devices: &[(Jid, CiphertextMessage)]) -> Node {
     let participants = devices
         .iter()
         .map(|(jid, ct)| {
@@ -462,18 +474,16 @@ pub fn fanout_stanza(
                 .children(vec![enc_node(ct)])
         })
         .collect();
-    let mut children = vec![Node::new("participants").children(participants)];
-    if devices
+    Node::new("participants").children(participants)
+}
+
+/// `<device-identity>` when any pairwise payload is a `pkmsg` (the
+/// recipient must learn who we are to accept the new session).
+pub fn identity_for(devices: &[(Jid, CiphertextMessage)], device_identity: &[u8]) -> Option<Node> {
+    devices
         .iter()
         .any(|(_, ct)| matches!(ct, CiphertextMessage::PreKey(_)))
-    {
-        children.push(Node::new("device-identity").bytes(device_identity.to_vec()));
-    }
-    Node::new("message")
-        .attr("id", id.to_owned())
-        .attr("to", to.to_non_ad())
-        .attr("type", "text")
-        .children(children)
+        .then(|| Node::new("device-identity").bytes(device_identity.to_vec()))
 }
 
 /// A resend to one device after its retry receipt:

@@ -175,100 +175,49 @@ impl MediaInfo {
     /// The media of a received message: `None` when it has none, an error
     /// when its keys or hashes are malformed (nothing could be verified).
     pub fn from_message(message: &Message) -> Option<Result<Self, MediaError>> {
+        // The fields every media message has, plus those only some have.
+        macro_rules! raw {
+            ($ty:expr, $m:expr, caption: $caption:expr, file_name: $file_name:expr,
+             size: ($width:expr, $height:expr), seconds: $seconds:expr, thumbnail: $thumbnail:expr) => {
+                Raw {
+                    ty: $ty,
+                    url: &$m.url,
+                    mimetype: &$m.mimetype,
+                    caption: $caption,
+                    file_name: $file_name,
+                    direct_path: &$m.direct_path,
+                    media_key: &$m.media_key,
+                    media_key_timestamp: $m.media_key_timestamp,
+                    file_sha256: &$m.file_sha256,
+                    file_enc_sha256: &$m.file_enc_sha256,
+                    file_length: $m.file_length,
+                    width: $width,
+                    height: $height,
+                    seconds: $seconds,
+                    thumbnail: $thumbnail,
+                }
+            };
+        }
         let raw = if let Some(m) = &message.image_message {
-            Raw {
-                ty: MediaType::Image,
-                url: &m.url,
-                mimetype: &m.mimetype,
-                caption: &m.caption,
-                file_name: &None,
-                direct_path: &m.direct_path,
-                media_key: &m.media_key,
-                media_key_timestamp: m.media_key_timestamp,
-                file_sha256: &m.file_sha256,
-                file_enc_sha256: &m.file_enc_sha256,
-                file_length: m.file_length,
-                width: m.width,
-                height: m.height,
-                seconds: None,
-                thumbnail: &m.jpeg_thumbnail,
-            }
+            raw!(MediaType::Image, m, caption: &m.caption, file_name: &None,
+                size: (m.width, m.height), seconds: None, thumbnail: &m.jpeg_thumbnail)
         } else if let Some(m) = &message.video_message {
-            Raw {
-                ty: MediaType::Video,
-                url: &m.url,
-                mimetype: &m.mimetype,
-                caption: &m.caption,
-                file_name: &None,
-                direct_path: &m.direct_path,
-                media_key: &m.media_key,
-                media_key_timestamp: m.media_key_timestamp,
-                file_sha256: &m.file_sha256,
-                file_enc_sha256: &m.file_enc_sha256,
-                file_length: m.file_length,
-                width: m.width,
-                height: m.height,
-                seconds: m.seconds,
-                thumbnail: &m.jpeg_thumbnail,
-            }
+            raw!(MediaType::Video, m, caption: &m.caption, file_name: &None,
+                size: (m.width, m.height), seconds: m.seconds, thumbnail: &m.jpeg_thumbnail)
         } else if let Some(m) = &message.audio_message {
-            Raw {
-                ty: if m.ptt == Some(true) {
-                    MediaType::VoiceNote
-                } else {
-                    MediaType::Audio
-                },
-                url: &m.url,
-                mimetype: &m.mimetype,
-                caption: &None,
-                file_name: &None,
-                direct_path: &m.direct_path,
-                media_key: &m.media_key,
-                media_key_timestamp: m.media_key_timestamp,
-                file_sha256: &m.file_sha256,
-                file_enc_sha256: &m.file_enc_sha256,
-                file_length: m.file_length,
-                width: None,
-                height: None,
-                seconds: m.seconds,
-                thumbnail: &None,
-            }
+            let ty = if m.ptt == Some(true) {
+                MediaType::VoiceNote
+            } else {
+                MediaType::Audio
+            };
+            raw!(ty, m, caption: &None, file_name: &None,
+                size: (None, None), seconds: m.seconds, thumbnail: &None)
         } else if let Some(m) = &message.document_message {
-            Raw {
-                ty: MediaType::Document,
-                url: &m.url,
-                mimetype: &m.mimetype,
-                caption: &m.caption,
-                file_name: &m.file_name,
-                direct_path: &m.direct_path,
-                media_key: &m.media_key,
-                media_key_timestamp: m.media_key_timestamp,
-                file_sha256: &m.file_sha256,
-                file_enc_sha256: &m.file_enc_sha256,
-                file_length: m.file_length,
-                width: None,
-                height: None,
-                seconds: None,
-                thumbnail: &m.jpeg_thumbnail,
-            }
+            raw!(MediaType::Document, m, caption: &m.caption, file_name: &m.file_name,
+                size: (None, None), seconds: None, thumbnail: &m.jpeg_thumbnail)
         } else if let Some(m) = &message.sticker_message {
-            Raw {
-                ty: MediaType::Sticker,
-                url: &m.url,
-                mimetype: &m.mimetype,
-                caption: &None,
-                file_name: &None,
-                direct_path: &m.direct_path,
-                media_key: &m.media_key,
-                media_key_timestamp: m.media_key_timestamp,
-                file_sha256: &m.file_sha256,
-                file_enc_sha256: &m.file_enc_sha256,
-                file_length: m.file_length,
-                width: m.width,
-                height: m.height,
-                seconds: None,
-                thumbnail: &m.png_thumbnail,
-            }
+            raw!(MediaType::Sticker, m, caption: &None, file_name: &None,
+                size: (m.width, m.height), seconds: None, thumbnail: &m.png_thumbnail)
         } else {
             return None;
         };
