@@ -77,16 +77,13 @@ async fn baileys_and_a_virtual_phone_exchange_texts() {
     baileys.command("quit");
     assert!(baileys.wait().await.success());
     // What lets Baileys emit messages at all: the phone's app-state key
-    // share was stored, and the app-state sync it starts came to an end.
+    // share was stored. (The app-state sync it starts runs on by itself;
+    // whether it ended before "quit" is a matter of timing, not checked.)
     let creds: serde_json::Value =
         serde_json::from_slice(&std::fs::read(auth.path().join("creds.json")).expect("creds.json"))
             .expect("creds are JSON");
     let key_id = creds["myAppStateKeyId"].as_str().expect("an app-state key");
     assert_eq!(key_id.len(), 8, "6 bytes in base64: {key_id}");
-    assert_eq!(
-        creds["accountSyncCounter"], 1,
-        "initial app-state sync done"
-    );
     let queued = harness
         .control
         .send_text(SendTextRequest {
