@@ -343,7 +343,7 @@ impl Media {
         &self,
         conn: &MediaConn,
         body: &EncryptedBody,
-    ) -> Result<String, Option<MediaFailure>> {
+    ) -> Result<wamedia::UploadAnswer, Option<MediaFailure>> {
         let mut last = String::from("no media host");
         let mut auth_refused = false;
         let length = wamedia::body_len(body.sums.file_length);
@@ -387,7 +387,7 @@ impl Media {
             let answer = response.bytes(64 * 1024).await;
             match (status.as_u16(), answer) {
                 (200..=299, Ok(body)) => match wamedia::parse_upload_answer(&body) {
-                    Ok(answer) => return Ok(answer.direct_path),
+                    Ok(answer) => return Ok(answer),
                     Err(e) => last = e.to_string(),
                 },
                 (401 | 403, _) => auth_refused = true,
