@@ -17,11 +17,17 @@ pub enum ApiError {
     Body(String),
     #[error("session {0} not found")]
     UnknownSession(String),
+    /// Something other than a session is not there (an upload).
+    #[error("{0}")]
+    NotFound(String),
     #[error("missing or invalid API key")]
     Unauthorized,
-    /// A documented feature wagate cannot do yet (media).
+    /// A documented feature wagate cannot do.
     #[error("{0}")]
     NotSupported(String),
+    /// A media file over the configured limit.
+    #[error("media too large: {0}")]
+    TooLarge(String),
     /// The session is in the wrong state for the request.
     #[error("{0}")]
     Conflict(String),
@@ -48,13 +54,27 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Field { .. } | ApiError::Body(_) => StatusCode::BAD_REQUEST,
-            ApiError::UnknownSession(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownSession(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::SessionLimit(_) | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Gateway(status) => http_status(status.code()),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl ApiError {
+    /// A gateway answer to a media send: there RESOURCE_EXHAUSTED means
+    /// the file is over the gateway's size limit (413), not a rate or
+    /// session limit.
+    pub fn from_media_send(status: tonic::Status) -> Self {
+        if status.code() == Code::ResourceExhausted {
+            ApiError::TooLarge(status.message().to_owned())
+        } else {
+            ApiError::Gateway(status)
         }
     }
 }
