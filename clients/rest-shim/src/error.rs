@@ -67,11 +67,13 @@ impl ApiError {
 }
 
 impl ApiError {
-    /// A gateway answer to a media send: there RESOURCE_EXHAUSTED means
-    /// the file is over the gateway's size limit (413), not a rate or
-    /// session limit.
+    /// A gateway answer to a media send: RESOURCE_EXHAUSTED for a file
+    /// over the gateway's size limit is 413; for too many uploads at once
+    /// it stays 429.
     pub fn from_media_send(status: tonic::Status) -> Self {
-        if status.code() == Code::ResourceExhausted {
+        if status.code() == Code::ResourceExhausted
+            && status.message().contains("larger than the limit")
+        {
             ApiError::TooLarge(status.message().to_owned())
         } else {
             ApiError::Gateway(status)
@@ -155,6 +157,17 @@ mod tests {
         assert_eq!(ApiError::field("sessionId", "missing").status(), 400);
         assert_eq!(ApiError::Unauthorized.status(), 401);
         assert_eq!(ApiError::UnknownSession("a".into()).status(), 404);
+    }
+
+    #[test]
+    fn only_a_size_refusal_of_a_media_send_is_413() {
+        let big =
+            tonic::Status::resource_exhausted("the media is larger than the limit of 10 bytes");
+        assert_eq!(ApiError::from_media_send(big).status(), 413);
+        let busy = tonic::Status::resource_exhausted("too many uploads in progress");
+        assert_eq!(ApiError::from_media_send(busy).status(), 429);
+        let gone = tonic::Status::not_found("session s1 not found");
+        assert_eq!(ApiError::from_media_send(gone).status(), 404);
     }
 
     #[test]
