@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use rand::RngCore;
+use tokio::io::AsyncReadExt;
 
 use crate::error::ApiError;
 use crate::proto::gateway::MediaKind;
@@ -16,6 +18,8 @@ use crate::routes::App;
 
 /// Longest upload file name accepted on `/uploads/`.
 const MAX_NAME: usize = 96;
+/// Bytes read from disk per chunk of a served upload.
+const SERVE_CHUNK: usize = 64 * 1024;
 
 /// The message kind whatsapp-web.js sends a file as: images, videos and
 /// audio by their mimetype, anything else as a document.
@@ -149,18 +153,40 @@ pub(crate) async fn serve_upload(
         return Err(missing());
     }
     let path = uploads_dir(&app.config.data_dir).join(&name);
-    let data = match tokio::fs::read(&path).await {
-        Ok(data) => data,
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
         Err(e) => return Err(ApiError::Internal(format!("reading upload: {e}"))),
     };
+    // Streamed a chunk at a time: a file may be as large as the media
+    // limit, and several may be fetched at once.
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::spawn(async move {
+        loop {
+            let mut buf = vec![0u8; SERVE_CHUNK];
+            match file.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mimetype = by_extension(&name).unwrap_or("application/octet-stream");
     Ok((
         [
             (CONTENT_TYPE, mimetype),
             (CACHE_CONTROL, "private, max-age=86400"),
         ],
-        data,
+        body,
     )
         .into_response())
 }

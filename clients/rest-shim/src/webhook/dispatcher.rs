@@ -32,6 +32,9 @@ use crate::time::ms_of;
 use super::formats::{deliveries, wants, Targets, WwebjsMedia};
 use super::sender::{Meta, Outcome, Sender};
 
+/// Incoming media files downloaded for webhooks at once.
+const MEDIA_AT_ONCE: usize = 4;
+
 /// Reconnect delays of the streams to the gateway.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
@@ -53,6 +56,9 @@ struct Shared {
     sender: Sender,
     /// Base of the `fileUrl` of saved incoming media.
     public_url: String,
+    /// Incoming files being downloaded at once across all sessions'
+    /// workers (each is read into memory, up to the media limit).
+    downloads: tokio::sync::Semaphore,
     slots: Mutex<HashMap<String, Slot>>,
     stop: watch::Receiver<bool>,
 }
@@ -94,6 +100,7 @@ pub(crate) async fn run(
         config,
         sender,
         public_url,
+        downloads: tokio::sync::Semaphore::new(MEDIA_AT_ONCE),
         slots: Mutex::new(HashMap::new()),
         stop,
     });
@@ -352,6 +359,8 @@ impl Worker {
             return out;
         }
         let max = self.shared.config.max_media_bytes;
+        // Held while downloading and saving; the semaphore is never closed.
+        let _permit = self.shared.downloads.acquire().await.ok();
         let downloaded = if info.file_length > max {
             Err(format!(
                 "the file has {} bytes, more than the limit of {max} (--max-media-bytes)",
