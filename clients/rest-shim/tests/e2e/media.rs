@@ -148,15 +148,16 @@ async fn wwebjs_media_goes_out_and_comes_in_both_forms() {
         ],
     );
     let image_id = sent["messageId"].as_str().unwrap_or_default().to_owned();
-    // A PDF as a data URL, named.
+    // A PDF as a data URL, named; the key in the query, as the production
+    // variant takes it.
     let pdf = [b"%PDF-1.7\n".as_slice(), &bytes(2, 5_000)].concat();
     let data_url = format!(
         "data:application/pdf;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(&pdf)
     );
     let (st, sent) = shim
-        .post_key(
-            "/api/send-media",
+        .post(
+            &format!("/api/send-media?apiKey={KEY}"),
             json!({"sessionId": id, "number": PEER_DIGITS, "caption": "el informe",
                 "filename": "informe.pdf", "mediaBase64": data_url}),
         )
