@@ -1,5 +1,7 @@
 //! Media crypto throughput: streaming encryption (AES-256-CBC, HMAC and both
-//! SHA-256s) and verified decryption of a 16 MiB file fed in 64 KiB chunks,
+//! SHA-256s) and verified decryption (MAC and plaintext SHA-256, as a
+//! download checks it: the MAC already covers the body, whose own SHA-256
+//! is not computed again) of a 16 MiB file fed in 64 KiB chunks,
 //! as an upload or download streams it, and the two back to back. Prints
 //! MB/s. `WAGATE_BENCH_MEDIA_MIB` sets another size (e.g. 1 for a quick
 //! check that the benchmark runs).

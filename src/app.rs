@@ -51,6 +51,8 @@ pub struct ServeOptions {
     pub api_limits: api::hygiene::Hygiene,
     /// Largest media file sent, uploaded or downloaded.
     pub max_media_bytes: u64,
+    /// Which addresses media URLs given to Send may point to.
+    pub media_fetch_policy: crate::runtime::FetchPolicy,
 }
 
 impl ServeOptions {
@@ -79,6 +81,7 @@ impl ServeOptions {
             metrics_listen: None,
             api_limits: api::hygiene::Hygiene::default(),
             max_media_bytes: 100 * 1024 * 1024,
+            media_fetch_policy: crate::runtime::FetchPolicy::default(),
         }
     }
 }
@@ -236,6 +239,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         media: crate::runtime::MediaSettings {
             max_bytes: opts.max_media_bytes,
             dir: opts.data_dir.join("media-tmp"),
+            fetch_policy: opts.media_fetch_policy.clone(),
             // Plain HTTP only for a chat server reached over plain ws://
             // (a simulator on loopback); WhatsApp's media hosts are HTTPS.
             scheme: if plain_media {

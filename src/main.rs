@@ -69,6 +69,15 @@ struct ServeArgs {
     /// by URL or downloaded.
     #[arg(long, env = "WAGATE_MAX_MEDIA_BYTES", default_value_t = 100 * 1024 * 1024)]
     max_media_bytes: u64,
+    /// Let media URLs given to Send point to loopback, private and
+    /// link-local addresses (refused by default: the URL comes from an API
+    /// caller and would otherwise reach the gateway's own network).
+    #[arg(long, env = "WAGATE_MEDIA_URL_ALLOW_PRIVATE")]
+    media_url_allow_private: bool,
+    /// Hosts that media URLs may point to whatever their addresses
+    /// (comma-separated names or IP literals, e.g. an internal file server).
+    #[arg(long, env = "WAGATE_MEDIA_URL_ALLOW_HOSTS", value_delimiter = ',')]
+    media_url_allow_host: Vec<String>,
     /// Chat server websocket URL (default: WhatsApp; the sandbox with --sim).
     #[arg(long, env = "WAGATE_WA_URL")]
     wa_url: Option<String>,
@@ -138,6 +147,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     opts.max_reconnect_attempts = args.max_reconnect_attempts;
     opts.handshakes_per_second = args.handshakes_per_second;
     opts.max_media_bytes = args.max_media_bytes;
+    opts.media_fetch_policy = wagate::runtime::FetchPolicy {
+        allow_private: args.media_url_allow_private,
+        allow_hosts: args
+            .media_url_allow_host
+            .into_iter()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect(),
+    };
     opts.wa_url = args.wa_url;
     opts.wa_root_key = args
         .wa_root_key

@@ -4,8 +4,8 @@
 //! inbox; every type a phone sends arrives as a message event with its
 //! metadata and DownloadMedia returns the original bytes; a retried media
 //! Send delivers once; expired media comes back through a media retry;
-//! bad input and oversized files fail with clear codes and leave no
-//! temporary file behind.
+//! bad input, oversized files and URLs to private addresses fail with
+//! clear codes and leave no temporary file behind.
 
 mod common;
 
@@ -195,7 +195,11 @@ fn temp_files(dir: &Path) -> Vec<String> {
 async fn every_media_type_goes_out_and_comes_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sim = start_sim().await;
-    let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
+    let mut opts = options(dir.path(), &sim.sim);
+    // The test's file server is on loopback, which media URLs may not
+    // reach by default.
+    opts.media_fetch_policy.allow_private = true;
+    let gateway = start_gateway(opts).await;
     let mut client = client(gateway.addr).await;
     let (_, mut events) = pair_with(&mut sim.control, &mut client, "media", OWN).await;
     create_account(&mut sim.control, BOB, "Bob").await;
@@ -337,6 +341,9 @@ async fn retries_deliver_once_and_bad_media_fails_clearly() {
     let mut sim = start_sim().await;
     let mut opts = options(dir.path(), &sim.sim);
     opts.max_media_bytes = 64 * 1024;
+    // Only this loopback address is open to media URLs, not loopback as a
+    // whole.
+    opts.media_fetch_policy.allow_hosts = vec!["127.0.0.1".into()];
     let gateway = start_gateway(opts).await;
     let mut client = client(gateway.addr).await;
     let (_, mut events) = pair_with(&mut sim.control, &mut client, "limits", OWN).await;
@@ -487,6 +494,20 @@ async fn retries_deliver_once_and_bad_media_fails_clearly() {
         .await
         .expect_err("too large");
     assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    // A loopback target by another name is refused before any connection.
+    let e = client
+        .send(media_send(
+            "limits",
+            MediaKind::Image,
+            Source::Url(format!("http://localhost:{}/big", server.port())),
+            "image/jpeg",
+            "",
+        ))
+        .await
+        .expect_err("loopback refused");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("media.url"), "{e}");
+    assert!(e.message().contains("--media-url-allow"), "{e}");
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -15,6 +15,8 @@ use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::fetch_policy::FetchPolicy;
+
 /// Longest wait for a TCP connection and TLS handshake.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 /// Redirects followed when a request allows them.
@@ -34,6 +36,12 @@ pub(crate) enum HttpError {
     TooManyRedirects,
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The fetch policy keeps the gateway off this address.
+    #[error("{host} is {addr}, a loopback, private or special address: media URLs must point to public hosts (allow one with --media-url-allow-host, or all with --media-url-allow-private)")]
+    Forbidden {
+        host: String,
+        addr: std::net::IpAddr,
+    },
 }
 
 /// An answer whose body has not been read yet.
@@ -138,6 +146,28 @@ impl HttpClient {
         follow: bool,
         within: Duration,
     ) -> Result<Response, HttpError> {
+        self.get_within(url, headers, follow, within, None).await
+    }
+
+    /// `GET url` for a URL an API caller gave: redirects followed, and
+    /// every hop only to addresses `policy` permits.
+    pub(crate) async fn get_guarded(
+        &self,
+        url: &str,
+        policy: &FetchPolicy,
+        within: Duration,
+    ) -> Result<Response, HttpError> {
+        self.get_within(url, &[], true, within, Some(policy)).await
+    }
+
+    async fn get_within(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        follow: bool,
+        within: Duration,
+        policy: Option<&FetchPolicy>,
+    ) -> Result<Response, HttpError> {
         let mut url = url.to_owned();
         for _ in 0..=MAX_REDIRECTS {
             let response = self
@@ -147,6 +177,7 @@ impl HttpClient {
                     headers,
                     http_body_util::Empty::<Bytes>::new(),
                     within,
+                    policy,
                 )
                 .await?;
             if !(follow && response.status.is_redirection()) {
@@ -176,7 +207,8 @@ impl HttpClient {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.send(Method::POST, url, headers, body, within).await
+        self.send(Method::POST, url, headers, body, within, None)
+            .await
     }
 
     async fn send<B>(
@@ -186,6 +218,7 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: B,
         within: Duration,
+        policy: Option<&FetchPolicy>,
     ) -> Result<Response, HttpError>
     where
         B: Body<Data = Bytes> + Send + 'static,
@@ -194,13 +227,9 @@ impl HttpClient {
         let uri: Uri = url.parse().map_err(|_| HttpError::BadUrl(quote(url)))?;
         let target = Target::of(&uri)?;
         let exchange = async {
-            let tcp = tokio::time::timeout(
-                CONNECT_WITHIN,
-                TcpStream::connect((target.host.as_str(), target.port)),
-            )
-            .await
-            .map_err(|_| target.connect_error("timed out"))?
-            .map_err(|e| target.connect_error(&e.to_string()))?;
+            let tcp = tokio::time::timeout(CONNECT_WITHIN, target.connect(policy))
+                .await
+                .map_err(|_| target.connect_error("timed out"))??;
             let _ = tcp.set_nodelay(true);
             let mut request = Request::builder()
                 .method(method)
@@ -281,6 +310,38 @@ impl Target {
             .to_owned();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         Ok(Self { tls, host, port })
+    }
+
+    /// A TCP connection to the target; with a policy, only to a resolved
+    /// address it permits (the check and the connection use the same
+    /// address).
+    async fn connect(&self, policy: Option<&FetchPolicy>) -> Result<TcpStream, HttpError> {
+        let policy = match policy {
+            Some(p) if !p.trusts_host(&self.host) => p,
+            _ => {
+                return TcpStream::connect((self.host.as_str(), self.port))
+                    .await
+                    .map_err(|e| self.connect_error(&e.to_string()))
+            }
+        };
+        let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| self.connect_error(&e.to_string()))?;
+        let mut failure = self.connect_error("the name has no address");
+        for addr in addrs {
+            if !policy.permits(&self.host, addr.ip()) {
+                failure = HttpError::Forbidden {
+                    host: self.host.clone(),
+                    addr: addr.ip(),
+                };
+                continue;
+            }
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => failure = self.connect_error(&e.to_string()),
+            }
+        }
+        Err(failure)
     }
 
     fn authority(&self) -> String {

@@ -23,6 +23,7 @@ use crate::wa::media::{
     MediaError, MediaKey, MediaType, Scheme,
 };
 
+use super::fetch_policy::FetchPolicy;
 use super::http::{quote, HttpClient, HttpError};
 
 /// Bytes read or written at a time.
@@ -53,6 +54,8 @@ pub struct MediaSettings {
     pub fetch_timeout: Duration,
     /// How long an upload handle stays usable.
     pub handle_ttl: Duration,
+    /// Which addresses a media URL may point to.
+    pub fetch_policy: FetchPolicy,
 }
 
 impl Default for MediaSettings {
@@ -63,6 +66,7 @@ impl Default for MediaSettings {
             scheme: Scheme::Https,
             fetch_timeout: Duration::from_secs(60),
             handle_ttl: Duration::from_secs(3600),
+            fetch_policy: FetchPolicy::default(),
         }
     }
 }
@@ -308,9 +312,12 @@ impl Media {
         let fetch = async {
             let mut response = self
                 .http
-                .get(url, &[], true, within)
+                .get_guarded(url, &self.settings.fetch_policy, within)
                 .await
-                .map_err(|e| MediaFailure::Fetch(e.to_string()))?;
+                .map_err(|e| match e {
+                    HttpError::Forbidden { .. } => MediaFailure::Invalid(format!("media.url: {e}")),
+                    other => MediaFailure::Fetch(other.to_string()),
+                })?;
             if !response.status.is_success() {
                 return Err(MediaFailure::Fetch(format!(
                     "{} answered {}",
@@ -343,7 +350,7 @@ impl Media {
         &self,
         conn: &MediaConn,
         body: &EncryptedBody,
-    ) -> Result<String, Option<MediaFailure>> {
+    ) -> Result<wamedia::UploadAnswer, Option<MediaFailure>> {
         let mut last = String::from("no media host");
         let mut auth_refused = false;
         let length = wamedia::body_len(body.sums.file_length);
@@ -387,7 +394,7 @@ impl Media {
             let answer = response.bytes(64 * 1024).await;
             match (status.as_u16(), answer) {
                 (200..=299, Ok(body)) => match wamedia::parse_upload_answer(&body) {
-                    Ok(answer) => return Ok(answer.direct_path),
+                    Ok(answer) => return Ok(answer),
                     Err(e) => last = e.to_string(),
                 },
                 (401 | 403, _) => auth_refused = true,

@@ -21,7 +21,7 @@ use crate::wa::crypto::sha256;
 use crate::wa::jid::Jid;
 use crate::wa::media::{
     decrypt_retry_notification, MediaConn, MediaInfo, MediaKey, MediaRetryOutcome, MediaType,
-    RetryResult, RetryTarget,
+    RetryResult, RetryTarget, UploadAnswer,
 };
 use crate::wa::messaging::{IdempotencyState, SendError, SendRequest, Sent};
 
@@ -219,8 +219,8 @@ impl Manager {
                     return Err(MediaFailure::Invalid("media handle missing".into()).into())
                 }
             };
-            let direct_path = self.upload(&handle, &body).await?;
-            media_info(&spec, &body, direct_path).to_message()
+            let uploaded = self.upload(&handle, &body).await?;
+            media_info(&spec, &body, uploaded).to_message()
         };
         let (reply, answer) = oneshot::channel();
         let send = SendRequest {
@@ -247,7 +247,7 @@ impl Manager {
         &self,
         handle: &SessionHandle,
         body: &EncryptedBody,
-    ) -> Result<String, RuntimeError> {
+    ) -> Result<UploadAnswer, RuntimeError> {
         let media = &self.shared.media;
         let conn = self.media_conn(handle, false).await?;
         match media.upload(&conn, body).await {
@@ -325,8 +325,10 @@ impl Manager {
             .ok_or_else(|| bad("type"))?;
         let key = MediaKey::try_from(record.media_key.as_slice()).map_err(|_| bad("key"))?;
         let sum = |v: &[u8], f| <[u8; 32]>::try_from(v).map_err(|_| bad(f));
+        // The MAC authenticates the body; its SHA-256 is not checked again
+        // (one hashing pass less per download).
         let expected = crate::wa::media::Expected {
-            file_enc_sha256: Some(sum(&record.file_enc_sha256, "enc sha256")?),
+            file_enc_sha256: None,
             file_sha256: Some(sum(&record.file_sha256, "sha256")?),
             file_length: Some(record.file_length),
             max_file_length: Some(self.shared.media.settings.max_bytes),
@@ -434,15 +436,17 @@ fn compatible(uploaded: MediaType, sent: MediaType) -> bool {
     uploaded.hkdf_info() == sent.hkdf_info() && uploaded.mms_type() == sent.mms_type()
 }
 
-/// The media message's content.
-fn media_info(spec: &MediaSpec, body: &EncryptedBody, direct_path: String) -> MediaInfo {
+/// The media message's content. The host's full URL goes in too: Baileys
+/// downloads from `url` when a message has one and falls back to a fixed
+/// host (mmg.whatsapp.net) with the direct path otherwise.
+fn media_info(spec: &MediaSpec, body: &EncryptedBody, uploaded: UploadAnswer) -> MediaInfo {
     MediaInfo {
         ty: spec.kind,
         mimetype: spec.mimetype.clone(),
         caption: spec.caption.clone(),
         file_name: spec.file_name.clone(),
-        url: None,
-        direct_path,
+        url: uploaded.url,
+        direct_path: uploaded.direct_path,
         media_key: body.key.clone(),
         media_key_timestamp: Some((super::now_ms() / 1000) as i64),
         file_sha256: body.sums.file_sha256,

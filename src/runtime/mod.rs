@@ -7,6 +7,7 @@ mod config;
 mod drive;
 mod error;
 mod events;
+mod fetch_policy;
 mod http;
 mod keys;
 mod manager;
@@ -25,6 +26,7 @@ pub use backoff::Backoff;
 pub use config::RuntimeConfig;
 pub use error::RuntimeError;
 pub use events::{timestamp as timestamp_ms, EventKind, EventLog};
+pub use fetch_policy::FetchPolicy;
 pub use manager::Manager;
 pub use media::{MediaFailure, MediaSettings};
 pub use media_flow::{

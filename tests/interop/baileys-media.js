@@ -5,7 +5,9 @@
 // usage: node baileys-media.js <ws_url> <auth_dir> <media_url>
 // stdin: one command per line:
 //   "send <jid> <kind> <file> <mimetype> [caption or file name…]" with kind
-//   image | video | audio | ptt | document | sticker; "quit".
+//   image | video | audio | ptt | document | sticker, and the mimetype
+//   percent-encoded (a space in "audio/ogg; codecs=opus" would split it);
+//   "quit".
 // stdout: one JSON object per line:
 //   {"event":"open","jid":"..."}  {"event":"close","code":503}
 //   {"event":"sent","id":"...","to":"..."}
@@ -104,7 +106,7 @@ run({
   },
   commands: {
     send: ([jid, kind, file, mimetype, ...words], sock) =>
-      sock.sendMessage(jid, content(kind, file, mimetype, words.join(' ')))
+      sock.sendMessage(jid, content(kind, file, decodeURIComponent(mimetype), words.join(' ')))
         .then((sent) => emit({ event: 'sent', id: sent.key.id, to: sent.key.remoteJid }))
   }
 })

@@ -6,6 +6,7 @@
 mod clients;
 mod error;
 mod inbound;
+mod media;
 mod pairing;
 mod procs;
 mod procstat;
@@ -65,6 +66,10 @@ struct Cli {
     /// Sends at each concurrency (1, 8, 64) [default: 2000; quick: 64].
     #[arg(long)]
     sends: Option<usize>,
+    /// Size of the video sent through the gateway for the media memory
+    /// figure, in MB (10^6 bytes) [default: 100; quick: 8]; 0 skips it.
+    #[arg(long)]
+    media_mb: Option<u64>,
     /// Give up when a step makes no progress for this long, seconds.
     #[arg(long, default_value_t = 60)]
     stall_seconds: u64,
@@ -109,6 +114,7 @@ impl Cli {
             latency_rate,
             latency_messages: self.latency_messages.unwrap_or(pick(q, 100, 5000)).max(1),
             sends: self.sends.unwrap_or(pick(q, 64, 2000)).max(1),
+            media_bytes: self.media_mb.unwrap_or(pick(q, 8, 100)) * 1_000_000,
             stall: Duration::from_secs(self.stall_seconds.max(1)),
         })
     }

@@ -2,6 +2,7 @@
 //! paste into the README) or as JSON.
 
 use crate::inbound::{Latency, Throughput};
+use crate::media::MediaFigures;
 use crate::procstat::Memory;
 use crate::release::Released;
 use crate::sends::SendFigures;
@@ -35,6 +36,7 @@ pub(crate) struct Report {
     pub(crate) inbound: Throughput,
     pub(crate) latency: Latency,
     pub(crate) sends: Vec<SendFigures>,
+    pub(crate) media: Option<MediaFigures>,
     pub(crate) restart: Restart,
     pub(crate) released: Released,
 }
@@ -132,6 +134,20 @@ impl Report {
                 ),
             ));
         }
+        if let Some(m) = &self.media {
+            rows.push((
+                format!(
+                    "Media: {} MB video out (UploadMedia + Send): time / gateway RssAnon growth / VmRSS growth",
+                    m.bytes / 1_000_000
+                ),
+                format!(
+                    "{:.1} s / {} / {}",
+                    m.seconds,
+                    mib(m.anon_peak_kib.saturating_sub(m.anon_before_kib)),
+                    mib(m.rss_growth_kib)
+                ),
+            ));
+        }
         rows.extend([
             (
                 "Gateway shutdown on SIGTERM".into(),
@@ -206,6 +222,12 @@ impl Report {
             "send": self.sends.iter().map(|s| serde_json::json!({
                 "concurrency": s.concurrency, "sends": s.sends, "p50_ms": s.p50_ms,
                 "p99_ms": s.p99_ms, "sends_per_second": s.per_second })).collect::<Vec<_>>(),
+            "media": self.media.as_ref().map(|m| serde_json::json!({
+                "bytes": m.bytes, "seconds": m.seconds,
+                "gateway_rss_anon_before_kib": m.anon_before_kib,
+                "gateway_rss_anon_peak_kib": m.anon_peak_kib,
+                "gateway_rss_anon_growth_kib": m.anon_peak_kib.saturating_sub(m.anon_before_kib),
+                "gateway_rss_growth_kib": m.rss_growth_kib })),
             "restart": { "shutdown_seconds": self.restart.shutdown_seconds,
                          "all_connected_seconds": self.restart.connected_seconds,
                          "gateway_cpu_ms_per_session": self.restart.cpu_ms_per_session,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::clients;
 use crate::error::LoadError;
 use crate::inbound::{self, Pids};
+use crate::media;
 use crate::pairing;
 use crate::procs::{self, Child, GatewayOptions, SimInfo};
 use crate::procstat::{self, CpuMeter};
@@ -30,6 +31,8 @@ pub(crate) struct Plan {
     pub(crate) latency_rate: f64,
     pub(crate) latency_messages: usize,
     pub(crate) sends: usize,
+    /// Size of the video of the media step; 0 = no media step.
+    pub(crate) media_bytes: u64,
     pub(crate) stall: Duration,
 }
 
@@ -206,6 +209,16 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
         send_figures.push(sends::measure(&gateway, n, concurrency, plan.sends, &run_id).await?);
     }
 
+    let media = if plan.media_bytes > 0 {
+        step(&format!(
+            "media: a {} MB video out through UploadMedia and Send",
+            plan.media_bytes / 1_000_000
+        ));
+        Some(media::send_video(&gateway, gateway_pid, plan.media_bytes).await?)
+    } else {
+        None
+    };
+
     step("restart: SIGTERM, start again on the same data dir");
     drop(gateway);
     let shutdown = match procs.gateway.take() {
@@ -242,6 +255,7 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
         inbound: throughput,
         latency,
         sends: send_figures,
+        media,
         restart,
         released,
     })

@@ -18,9 +18,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::Body(e.to_string()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(e.body_text())
+            } else {
+                ApiError::Body(e.to_string())
+            }
+        })?;
         JsonBody::parse(&bytes)
     }
 }
@@ -176,27 +180,57 @@ pub(crate) fn webhook_url(field: &str, raw: &str) -> Result<String, ApiError> {
 /// The media of a send-media request, in any of its documented forms.
 #[derive(Debug)]
 pub(crate) enum Media {
-    File { name: String, bytes: Bytes },
+    /// A multipart file part, with its name and declared type.
+    File {
+        name: String,
+        mimetype: Option<String>,
+        bytes: Bytes,
+    },
     Url(String),
-    Base64(Vec<u8>),
+    /// Decoded `mediaBase64`, with the type of its data URL if it was one.
+    Base64 {
+        mimetype: Option<String>,
+        bytes: Bytes,
+    },
 }
 
 /// A send-media request: `sessionId`, `number`, `caption` and one of
-/// `media` (file), `mediaUrl` or `mediaBase64`, as multipart or JSON.
+/// `media` (file), `mediaUrl` or `mediaBase64`, as multipart or JSON;
+/// optional `mimetype` and `filename` name what the bytes do not.
 #[derive(Debug)]
 pub(crate) struct MediaForm {
     pub(crate) session_id: String,
-    /// Validated now, used once wagate sends media.
-    #[allow(dead_code)]
     pub(crate) to: String,
     pub(crate) caption: Option<String>,
+    pub(crate) mimetype: Option<String>,
+    pub(crate) file_name: Option<String>,
     pub(crate) media: Media,
 }
 
-impl<S: Send + Sync> FromRequest<S> for MediaForm {
+/// Body bytes a send-media request may have for files of `max` bytes:
+/// base64 in JSON takes 4/3 of the file, plus the other fields.
+fn body_limit(max: u64) -> usize {
+    let limit = max.saturating_mul(4) / 3 + 64 * 1024;
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+fn read_error(field: &str, status: axum::http::StatusCode, text: String) -> ApiError {
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge(text)
+    } else {
+        ApiError::field(field, text)
+    }
+}
+
+impl FromRequest<crate::routes::App> for MediaForm {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, app: &crate::routes::App) -> Result<Self, Self::Rejection> {
+        let max = app.config.max_media_bytes;
+        // The route has no default body limit: this one follows the
+        // configured media size, and reading past it fails with 413.
+        let req =
+            req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, body_limit(max))));
         let multipart = req
             .headers()
             .get(CONTENT_TYPE)
@@ -205,40 +239,44 @@ impl<S: Send + Sync> FromRequest<S> for MediaForm {
         let mut fields = Map::new();
         let mut file = None;
         if multipart {
-            let mut form = Multipart::from_request(req, state)
+            let mut form = Multipart::from_request(req, app)
                 .await
                 .map_err(|e| ApiError::Body(e.body_text()))?;
             while let Some(field) = form
                 .next_field()
                 .await
-                .map_err(|e| ApiError::Body(e.body_text()))?
+                .map_err(|e| read_error("media", e.status(), e.body_text()))?
             {
                 let name = field.name().unwrap_or_default().to_owned();
                 if name == "media" && field.file_name().is_some() {
                     let file_name = field.file_name().unwrap_or_default().to_owned();
+                    let mimetype = field.content_type().map(str::to_owned);
                     let bytes = field
                         .bytes()
                         .await
-                        .map_err(|e| ApiError::field("media", e.body_text()))?;
+                        .map_err(|e| read_error("media", e.status(), e.body_text()))?;
                     file = Some(Media::File {
                         name: file_name,
+                        mimetype,
                         bytes,
                     });
                 } else {
                     let text = field
                         .text()
                         .await
-                        .map_err(|e| ApiError::field(&name, e.body_text()))?;
+                        .map_err(|e| read_error(&name, e.status(), e.body_text()))?;
                     fields.insert(name, Value::String(text));
                 }
             }
         } else {
-            fields = JsonBody::from_request(req, state).await?.0;
+            fields = JsonBody::from_request(req, app).await?.0;
         }
         let body = JsonBody(fields);
         let session_id = session_id("sessionId", &body.string("sessionId")?)?;
         let to = body.recipient("number")?;
         let caption = body.opt_string("caption")?;
+        let mimetype = body.opt_string("mimetype")?;
+        let file_name = body.opt_string("filename")?;
         let url = body.opt_string("mediaUrl")?;
         let b64 = body.opt_string("mediaBase64")?;
         let given =
@@ -261,20 +299,45 @@ impl<S: Send + Sync> FromRequest<S> for MediaForm {
             }
             (_, _, Some(b64)) => {
                 // Either bare base64 or a `data:<mime>;base64,` URL.
-                let data = b64.split_once(";base64,").map_or(b64.as_str(), |(_, d)| d);
+                let (declared, data) = match b64.split_once(";base64,") {
+                    Some((head, data)) => (
+                        head.strip_prefix("data:")
+                            .filter(|m| !m.is_empty())
+                            .map(str::to_owned),
+                        data,
+                    ),
+                    None => (None, b64.as_str()),
+                };
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(data.trim())
                     .map_err(|e| ApiError::field("mediaBase64", format!("not base64: {e}")))?;
-                Media::Base64(bytes)
+                Media::Base64 {
+                    mimetype: declared,
+                    bytes: Bytes::from(bytes),
+                }
             }
             (None, None, None) => {
                 return Err(ApiError::field("media", "required field is missing"))
             }
         };
+        let size = match &media {
+            Media::File { bytes, .. } | Media::Base64 { bytes, .. } => bytes.len() as u64,
+            Media::Url(_) => 0,
+        };
+        if size > max {
+            return Err(ApiError::TooLarge(format!(
+                "the file has {size} bytes, more than the limit of {max}"
+            )));
+        }
+        if size == 0 && !matches!(media, Media::Url(_)) {
+            return Err(ApiError::field("media", "the file is empty"));
+        }
         Ok(MediaForm {
             session_id,
             to,
             caption,
+            mimetype,
+            file_name,
             media,
         })
     }

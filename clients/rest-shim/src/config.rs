@@ -190,6 +190,16 @@ pub struct Config {
     /// Timeout of one gRPC call to the gateway, in milliseconds.
     #[arg(long, env = "WAGATE_REST_GATEWAY_TIMEOUT_MS", default_value_t = 30_000)]
     pub gateway_timeout_ms: u64,
+    /// Largest media file (bytes) `send-media` accepts and an incoming
+    /// media webhook carries; larger uploads answer 413, larger incoming
+    /// files are reported in `media.error`.
+    #[arg(long, env = "WAGATE_REST_MAX_MEDIA_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_media_bytes: u64,
+    /// Base URL the shim is reached at, for the `fileUrl` of incoming media
+    /// (files served at `/uploads/...`). Default: `http://` and the address
+    /// the shim listens on.
+    #[arg(long, env = "WAGATE_REST_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Log output format.
     #[arg(long, env = "WAGATE_REST_LOG_FORMAT", default_value = "pretty")]
     pub log_format: LogFormat,
@@ -299,6 +309,7 @@ impl Config {
         cfg.api_url = None;
         cfg.webhook_secret = None;
         cfg.webhook_ca_file = None;
+        cfg.public_url = None;
         cfg
     }
 

@@ -17,11 +17,17 @@ pub enum ApiError {
     Body(String),
     #[error("session {0} not found")]
     UnknownSession(String),
+    /// Something other than a session is not there (an upload).
+    #[error("{0}")]
+    NotFound(String),
     #[error("missing or invalid API key")]
     Unauthorized,
-    /// A documented feature wagate cannot do yet (media).
+    /// A documented feature wagate cannot do.
     #[error("{0}")]
     NotSupported(String),
+    /// A media file over the configured limit.
+    #[error("media too large: {0}")]
+    TooLarge(String),
     /// The session is in the wrong state for the request.
     #[error("{0}")]
     Conflict(String),
@@ -48,13 +54,29 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Field { .. } | ApiError::Body(_) => StatusCode::BAD_REQUEST,
-            ApiError::UnknownSession(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownSession(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::SessionLimit(_) | ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Gateway(status) => http_status(status.code()),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl ApiError {
+    /// A gateway answer to a media send: RESOURCE_EXHAUSTED for a file
+    /// over the gateway's size limit is 413; for too many uploads at once
+    /// it stays 429.
+    pub fn from_media_send(status: tonic::Status) -> Self {
+        if status.code() == Code::ResourceExhausted
+            && status.message().contains("larger than the limit")
+        {
+            ApiError::TooLarge(status.message().to_owned())
+        } else {
+            ApiError::Gateway(status)
         }
     }
 }
@@ -135,6 +157,17 @@ mod tests {
         assert_eq!(ApiError::field("sessionId", "missing").status(), 400);
         assert_eq!(ApiError::Unauthorized.status(), 401);
         assert_eq!(ApiError::UnknownSession("a".into()).status(), 404);
+    }
+
+    #[test]
+    fn only_a_size_refusal_of_a_media_send_is_413() {
+        let big =
+            tonic::Status::resource_exhausted("the media is larger than the limit of 10 bytes");
+        assert_eq!(ApiError::from_media_send(big).status(), 413);
+        let busy = tonic::Status::resource_exhausted("too many uploads in progress");
+        assert_eq!(ApiError::from_media_send(busy).status(), 429);
+        let gone = tonic::Status::not_found("session s1 not found");
+        assert_eq!(ApiError::from_media_send(gone).status(), 404);
     }
 
     #[test]

@@ -11,9 +11,21 @@ use tonic::{Request, Status, Streaming};
 
 use crate::proto::gateway::gateway_client::GatewayClient;
 use crate::proto::gateway::{
-    events_request, DisconnectRequest, Event, EventsRequest, InitRequest, ListSessionsRequest,
-    QrCodeRequest, QrCodeResponse, SendRequest, SendResponse, Session, SessionState, StatusRequest,
+    events_request, DisconnectRequest, DownloadMediaRequest, Event, EventsRequest, InitRequest,
+    ListSessionsRequest, Media, MediaKind, QrCodeRequest, QrCodeResponse, SendRequest,
+    SendResponse, Session, SessionState, StatusRequest, UploadMediaChunk,
 };
+
+/// Bytes per UploadMedia chunk: well under gRPC's 4 MB message limit.
+const UPLOAD_CHUNK: usize = 1024 * 1024;
+
+/// A file downloaded with DownloadMedia.
+#[derive(Debug)]
+pub struct Downloaded {
+    pub data: Vec<u8>,
+    pub mimetype: String,
+    pub file_name: String,
+}
 
 /// Why the gateway client could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +124,104 @@ impl Gateway {
             ..Default::default()
         });
         Ok(self.client.clone().send(req).await?.into_inner())
+    }
+
+    /// Sends `media` (its source set) to `to`.
+    pub async fn send_media(
+        &self,
+        session_id: &str,
+        to: &str,
+        media: Media,
+        idempotency_key: Option<&str>,
+    ) -> Result<SendResponse, Status> {
+        let req = self.request(SendRequest {
+            session_id: session_id.to_owned(),
+            to: to.to_owned(),
+            media: Some(media),
+            idempotency_key: idempotency_key.unwrap_or_default().to_owned(),
+            ..Default::default()
+        });
+        Ok(self.client.clone().send(req).await?.into_inner())
+    }
+
+    /// Streams `data` to UploadMedia; the handle for a media Send.
+    pub async fn upload_media(
+        &self,
+        session_id: &str,
+        kind: MediaKind,
+        mimetype: &str,
+        file_name: &str,
+        data: bytes::Bytes,
+    ) -> Result<String, Status> {
+        let mut chunks = Vec::with_capacity(data.len() / UPLOAD_CHUNK + 1);
+        let mut start = 0;
+        loop {
+            let end = (start + UPLOAD_CHUNK).min(data.len());
+            chunks.push(UploadMediaChunk {
+                data: data.slice(start..end).to_vec(),
+                ..Default::default()
+            });
+            start = end;
+            if start >= data.len() {
+                break;
+            }
+        }
+        if let Some(first) = chunks.first_mut() {
+            first.session_id = session_id.to_owned();
+            first.kind = kind as i32;
+            first.mimetype = mimetype.to_owned();
+            first.file_name = file_name.to_owned();
+        }
+        let mut req = Request::new(tokio_stream::iter(chunks));
+        req.set_timeout(self.timeout);
+        Ok(self
+            .client
+            .clone()
+            .upload_media(req)
+            .await?
+            .into_inner()
+            .handle)
+    }
+
+    /// The decrypted bytes of a received message's media, refused past
+    /// `max` bytes (checked as the chunks arrive).
+    pub async fn download_media(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        max: u64,
+    ) -> Result<Downloaded, Status> {
+        let req = self.request(DownloadMediaRequest {
+            session_id: session_id.to_owned(),
+            message_id: message_id.to_owned(),
+        });
+        let mut stream = self.client.clone().download_media(req).await?.into_inner();
+        let mut out = Downloaded {
+            data: Vec::new(),
+            mimetype: String::new(),
+            file_name: String::new(),
+        };
+        let mut first = true;
+        while let Some(chunk) = stream.message().await? {
+            if first {
+                first = false;
+                if chunk.file_length > max {
+                    return Err(Status::resource_exhausted(format!(
+                        "the file has {} bytes, more than the limit of {max}",
+                        chunk.file_length
+                    )));
+                }
+                out.mimetype = chunk.mimetype;
+                out.file_name = chunk.file_name;
+            }
+            if (out.data.len() + chunk.data.len()) as u64 > max {
+                return Err(Status::resource_exhausted(format!(
+                    "the file is larger than the limit of {max} bytes"
+                )));
+            }
+            out.data.extend_from_slice(&chunk.data);
+        }
+        Ok(out)
     }
 
     pub async fn disconnect(&self, session_id: &str, logout: bool) -> Result<Session, Status> {

@@ -20,6 +20,7 @@ mod auth;
 mod body;
 mod cors;
 mod limit;
+mod media;
 mod memory;
 mod openapi;
 mod qr;

@@ -251,11 +251,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tls,
     );
     let (ready, mut ready_rx) = watch::channel(false);
+    let public_url = config.public_url.as_deref().map_or_else(
+        || format!("http://{addr}"),
+        |u| u.trim_end_matches('/').to_owned(),
+    );
     let dispatcher = tokio::spawn(webhook::run(
         gateway,
         store.clone(),
         config.clone(),
         sender,
+        public_url,
         stop_rx,
         ready,
     ));

@@ -180,7 +180,11 @@ impl Encryptor {
 /// What the decryptor checks at the end, besides the MAC (always checked).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Expected {
-    /// The message's `file_enc_sha256`: the body must hash to it.
+    /// The message's `file_enc_sha256`: the body must hash to it. Leave it
+    /// out where the MAC is enough: the MAC, keyed by the media key, already
+    /// authenticates every body byte, so hashing the body again only costs
+    /// a pass (Baileys does not check it either). With `file_length` given,
+    /// a short body still fails as `Truncated` (worth another host).
     pub file_enc_sha256: Option<[u8; 32]>,
     /// The message's `file_sha256`: the plaintext must hash to it.
     pub file_sha256: Option<[u8; 32]>,
@@ -195,7 +199,8 @@ pub struct Expected {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecryptedMedia {
     pub file_sha256: [u8; 32],
-    pub file_enc_sha256: [u8; 32],
+    /// Only computed when [`Expected::file_enc_sha256`] asked for the check.
+    pub file_enc_sha256: Option<[u8; 32]>,
     pub file_length: u64,
 }
 
@@ -206,7 +211,8 @@ pub struct Decryptor {
     cipher: cbc::Decryptor<Aes256>,
     mac: Hmac<Sha256>,
     plain_hash: Sha256,
-    body_hash: Sha256,
+    /// Only when the body's hash is to be checked.
+    body_hash: Option<Sha256>,
     /// Body bytes not yet decrypted: at least the last block and the MAC
     /// once the body is that long, never more than that plus 15.
     held: Vec<u8>,
@@ -223,7 +229,7 @@ impl Decryptor {
             cipher: cbc::Decryptor::new(keys.cipher_key().into(), keys.iv().into()),
             mac,
             plain_hash: Sha256::new(),
-            body_hash: Sha256::new(),
+            body_hash: expected.file_enc_sha256.map(|_| Sha256::new()),
             held: Vec::with_capacity(HOLD + BLOCK_LEN),
             received: 0,
             body_limit: expected.max_file_length.map(body_len),
@@ -263,13 +269,22 @@ impl Decryptor {
         if held.len() < HOLD || (held.len() - MAC_LEN) % BLOCK_LEN != 0 {
             return Err(MediaError::Truncated);
         }
+        // A body shorter than the announced file's is cut short in
+        // transfer: told apart from a wrong MAC, it is worth another host.
+        if let Some(length) = self.expected.file_length {
+            if self.received < body_len(length) {
+                return Err(MediaError::Truncated);
+            }
+        }
         let (last, mac) = held.split_at(held.len() - MAC_LEN);
         self.mac.update(last);
-        self.body_hash.update(last);
-        self.body_hash.update(mac);
-        let file_enc_sha256: [u8; 32] = self.body_hash.finalize().into();
-        if let Some(want) = self.expected.file_enc_sha256 {
-            if !bool::from(want.ct_eq(&file_enc_sha256)) {
+        let file_enc_sha256 = self.body_hash.take().map(|mut hash| {
+            hash.update(last);
+            hash.update(mac);
+            <[u8; 32]>::from(hash.finalize())
+        });
+        if let (Some(want), Some(got)) = (self.expected.file_enc_sha256, file_enc_sha256) {
+            if !bool::from(want.ct_eq(&got)) {
                 return Err(MediaError::EncHashMismatch);
             }
         }
@@ -314,12 +329,15 @@ impl Decryptor {
         })
     }
 
-    /// Feeds whole ciphertext blocks to the MAC and the body hash, then
+    /// Feeds whole ciphertext blocks to the MAC (and the body hash, when
+    /// checked), then
     /// decrypts them in place, a cache-sized stripe at a time.
     fn open(&mut self, buf: &mut [u8]) {
         for stripe in buf.chunks_mut(STRIPE) {
             self.mac.update(&*stripe);
-            self.body_hash.update(&*stripe);
+            if let Some(hash) = self.body_hash.as_mut() {
+                hash.update(&*stripe);
+            }
             let (blocks, _) = InOutBuf::from(&mut *stripe).into_chunks();
             self.cipher.decrypt_blocks_inout_mut(blocks);
             self.plain_hash.update(&*stripe);

@@ -118,9 +118,26 @@ fn streaming_matches_the_one_shot_format_for_every_size_and_chunking() {
             let (back, got) = decrypt(&keys, &body, chunk, expected).expect("decrypts");
             assert_eq!(back, plain, "len {len} chunk {chunk}");
             assert_eq!(got.file_sha256, meta.file_sha256);
-            assert_eq!(got.file_enc_sha256, meta.file_enc_sha256);
+            assert_eq!(got.file_enc_sha256, Some(meta.file_enc_sha256));
+            // Without the body hash asked for, the MAC alone verifies it.
+            let mac_only = Expected {
+                file_enc_sha256: None,
+                ..expected_again(len as u64, meta.file_sha256)
+            };
+            let (back, got) = decrypt(&keys, &body, chunk, mac_only).expect("decrypts");
+            assert_eq!(back, plain);
+            assert_eq!(got.file_enc_sha256, None);
             assert_eq!(got.file_length, len as u64);
         }
+    }
+}
+
+fn expected_again(len: u64, file_sha256: [u8; 32]) -> Expected {
+    Expected {
+        file_enc_sha256: None,
+        file_sha256: Some(file_sha256),
+        file_length: Some(len),
+        max_file_length: Some(len),
     }
 }
 
@@ -165,6 +182,18 @@ fn decryption_errors_are_told_apart() {
         MediaError::Truncated
     );
     assert_eq!(fail(&[], &keys, Expected::default()), MediaError::Truncated);
+    // Cut a block short but still whole blocks and a MAC's length: the MAC
+    // fails, unless the announced length shows the body is short.
+    let short = &body[..body.len() - 16];
+    assert_eq!(
+        fail(short, &keys, Expected::default()),
+        MediaError::MacMismatch
+    );
+    let announced = Expected {
+        file_length: Some(1000),
+        ..Expected::default()
+    };
+    assert_eq!(fail(short, &keys, announced), MediaError::Truncated);
     // Cut at a block boundary, MAC recomputed: the padding is wrong.
     let cut = &body[..body.len() - MAC_LEN - 16];
     let mut forged = cut.to_vec();

@@ -114,6 +114,12 @@ impl RouteSpec {
         self.response = fields;
         self
     }
+
+    /// Served without an API key.
+    pub(crate) fn open(mut self) -> Self {
+        self.auth = Auth::None;
+        self
+    }
 }
 
 /// Every family's routes (clashes included; `server` picks).

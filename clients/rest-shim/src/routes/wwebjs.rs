@@ -19,7 +19,9 @@ use crate::config::Family;
 use crate::error::ApiError;
 use crate::gateway::state_of;
 use crate::proto::gateway::event::Payload;
-use crate::proto::gateway::{EventType, MessageEvent, Session, SessionState};
+use crate::proto::gateway::{
+    media, EventType, Media as GatewayMedia, MediaKind, MessageEvent, Session, SessionState,
+};
 use crate::state::SessionHook;
 use crate::time::{ms_of, secs_of};
 use crate::webhook::{c_us, sender_number, wwebjs_type};
@@ -33,8 +35,6 @@ pub(crate) const HOOK_EVENTS: [&str; 4] = [
 ];
 /// Largest `limit` of the message history.
 const MAX_HISTORY: usize = 1000;
-/// Largest media upload read (then refused until media can be sent).
-const MAX_MEDIA: usize = 64 * 1024 * 1024;
 
 pub(crate) fn routes() -> Vec<RouteSpec> {
     let r = |m, p, s, h| RouteSpec::new(Family::Wwebjs, Auth::HeaderOrQuery, m, p, s, h);
@@ -95,8 +95,9 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
         r(
             Method::POST,
             "/api/send-media",
-            "Send a media file (answers 501 until wagate sends media)",
-            post(send_media).layer(DefaultBodyLimit::max(MAX_MEDIA)),
+            "Send a media file (multipart file, URL or base64)",
+            // MediaForm applies --max-media-bytes itself.
+            post(send_media).layer(DefaultBodyLimit::disable()),
         )
         .media(&[
             F("sessionId", Ty::String, true),
@@ -105,7 +106,21 @@ pub(crate) fn routes() -> Vec<RouteSpec> {
             F("media", Ty::Binary, false),
             F("mediaUrl", Ty::String, false),
             F("mediaBase64", Ty::String, false),
+            F("mimetype", Ty::String, false),
+            F("filename", Ty::String, false),
+        ])
+        .response(&[
+            F("success", Ty::Boolean, true),
+            F("messageId", Ty::String, true),
+            F("timestamp", Ty::Integer, true),
         ]),
+        r(
+            Method::GET,
+            "/uploads/{file}",
+            "A received media file (the production variant's fileUrl)",
+            get(crate::media::serve_upload),
+        )
+        .open(),
         r(
             Method::GET,
             "/api/messages/{sessionId}",
@@ -271,17 +286,103 @@ async fn send(
     })))
 }
 
-async fn send_media(State(app): State<App>, form: MediaForm) -> Result<Json<Value>, ApiError> {
+async fn send_media(
+    State(app): State<App>,
+    headers: HeaderMap,
+    form: MediaForm,
+) -> Result<Json<Value>, ApiError> {
     app.session(&form.session_id).await?;
-    let what = match &form.media {
-        Media::File { name, bytes } => format!("file {name:?} ({} bytes)", bytes.len()),
-        Media::Url(url) => format!("mediaUrl {}", url.split('?').next().unwrap_or_default()),
-        Media::Base64(bytes) => format!("mediaBase64 ({} bytes)", bytes.len()),
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty());
+    // The mimetype: given, else declared with the bytes, else guessed from
+    // the name or URL, else from the bytes themselves.
+    let (declared, named, sniffed) = match &form.media {
+        Media::File {
+            name,
+            mimetype,
+            bytes,
+        } => (
+            mimetype.clone(),
+            crate::media::by_extension(name),
+            crate::media::sniff(bytes),
+        ),
+        Media::Base64 { mimetype, bytes } => (
+            mimetype.clone(),
+            form.file_name
+                .as_deref()
+                .and_then(crate::media::by_extension),
+            crate::media::sniff(bytes),
+        ),
+        Media::Url(url) => (None, crate::media::by_extension(url), None),
     };
-    tracing::info!(session = %form.session_id, caption = form.caption.is_some(), "send-media refused: {what}");
-    Err(ApiError::NotSupported(
-        "sending media is not supported yet: wagate sends text messages only; the request was valid and nothing was sent".to_owned(),
-    ))
+    let mimetype = form
+        .mimetype
+        .clone()
+        .or(declared)
+        .filter(|m| m != "application/octet-stream")
+        .or(named.map(str::to_owned))
+        .or(sniffed.map(str::to_owned))
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    let kind = crate::media::kind_of(&mimetype);
+    let file_name = form.file_name.clone().or_else(|| match &form.media {
+        Media::File { name, .. } => Some(name.clone()),
+        Media::Url(url) => url
+            .split(['?', '#'])
+            .next()
+            .and_then(|p| p.rsplit('/').next())
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned),
+        Media::Base64 { .. } => None,
+    });
+    // Captions show under images, videos and documents only.
+    let caption = match kind {
+        MediaKind::Image | MediaKind::Video | MediaKind::Document => {
+            form.caption.clone().unwrap_or_default()
+        }
+        _ => String::new(),
+    };
+    let document_name = if kind == MediaKind::Document {
+        file_name
+            .clone()
+            .unwrap_or_else(|| format!("file.{}", crate::media::extension_of(&mimetype)))
+    } else {
+        String::new()
+    };
+    let source = match form.media {
+        Media::Url(url) => media::Source::Url(url),
+        Media::File { bytes, .. } | Media::Base64 { bytes, .. } => {
+            let handle = app
+                .gateway
+                .upload_media(&form.session_id, kind, &mimetype, &document_name, bytes)
+                .await
+                .map_err(ApiError::from_media_send)?;
+            media::Source::Handle(handle)
+        }
+    };
+    let sent = app
+        .gateway
+        .send_media(
+            &form.session_id,
+            &form.to,
+            GatewayMedia {
+                kind: kind as i32,
+                source: Some(source),
+                mimetype,
+                caption,
+                file_name: document_name,
+                ..Default::default()
+            },
+            key,
+        )
+        .await
+        .map_err(ApiError::from_media_send)?;
+    Ok(Json(json!({
+        "success": true,
+        "messageId": sent.message_id,
+        "timestamp": secs_of(sent.timestamp.as_ref()),
+    })))
 }
 
 fn message_json(msg: &MessageEvent) -> Value {

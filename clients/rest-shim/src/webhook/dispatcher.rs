@@ -17,6 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use base64::Engine;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tonic::Code;
@@ -28,8 +29,11 @@ use crate::proto::gateway::Event;
 use crate::state::Store;
 use crate::time::ms_of;
 
-use super::formats::{deliveries, Targets};
+use super::formats::{deliveries, wants, Targets, WwebjsMedia};
 use super::sender::{Meta, Outcome, Sender};
+
+/// Incoming media files downloaded for webhooks at once.
+const MEDIA_AT_ONCE: usize = 4;
 
 /// Reconnect delays of the streams to the gateway.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -50,6 +54,11 @@ struct Shared {
     store: Arc<Store>,
     config: Arc<Config>,
     sender: Sender,
+    /// Base of the `fileUrl` of saved incoming media.
+    public_url: String,
+    /// Incoming files being downloaded at once across all sessions'
+    /// workers (each is read into memory, up to the media limit).
+    downloads: tokio::sync::Semaphore,
     slots: Mutex<HashMap<String, Slot>>,
     stop: watch::Receiver<bool>,
 }
@@ -81,6 +90,7 @@ pub(crate) async fn run(
     store: Arc<Store>,
     config: Arc<Config>,
     sender: Sender,
+    public_url: String,
     stop: watch::Receiver<bool>,
     ready: watch::Sender<bool>,
 ) {
@@ -89,6 +99,8 @@ pub(crate) async fn run(
         store,
         config,
         sender,
+        public_url,
+        downloads: tokio::sync::Semaphore::new(MEDIA_AT_ONCE),
         slots: Mutex::new(HashMap::new()),
         stop,
     });
@@ -295,7 +307,8 @@ impl Worker {
         }
         let targets = self.shared.targets(&self.session);
         let mut qr_announced = self.qr_announced;
-        let planned = deliveries(event, &targets, &mut qr_announced);
+        let media = self.media_of(event, &targets).await;
+        let planned = deliveries(event, &targets, &media, &mut qr_announced);
         for (part, delivery) in planned.iter().enumerate() {
             let event_id = format!("{}-{}", event.cursor, part);
             let meta = Meta {
@@ -318,6 +331,99 @@ impl Worker {
             .store
             .record_delivered(&self.session, event.cursor, qr_announced);
         true
+    }
+
+    /// The whatsapp-web.js `media` of a message event, for the targets that
+    /// want it: its bytes from DownloadMedia, inline (base64) for the
+    /// global webhook, saved under `uploads/` for the production variant's.
+    /// A failed download is reported in `media.error`; the event still goes.
+    async fn media_of(&self, event: &Event, targets: &Targets) -> WwebjsMedia {
+        let mut out = WwebjsMedia::default();
+        let Some(Payload::Message(msg)) = &event.payload else {
+            return out;
+        };
+        let Some(info) = &msg.media else {
+            return out;
+        };
+        let hook_event = if msg.from_me {
+            "message-from-me"
+        } else {
+            "message-received"
+        };
+        let inline = targets.wwebjs.is_some() && !msg.from_me;
+        let file = targets
+            .wwebjs_hook
+            .as_ref()
+            .is_some_and(|h| wants(h, hook_event));
+        if !inline && !file {
+            return out;
+        }
+        let max = self.shared.config.max_media_bytes;
+        // Held while downloading and saving; the semaphore is never closed.
+        let _permit = self.shared.downloads.acquire().await.ok();
+        let downloaded = if info.file_length > max {
+            Err(format!(
+                "the file has {} bytes, more than the limit of {max} (--max-media-bytes)",
+                info.file_length
+            ))
+        } else {
+            self.shared
+                .gateway
+                .download_media(&self.session, &msg.id, max)
+                .await
+                .map_err(|s| format!("download failed: {}", s.message()))
+        };
+        if let Err(e) = &downloaded {
+            tracing::warn!(session = %self.session, id = %msg.id, "incoming media not attached: {e}");
+        }
+        let original = (!info.file_name.is_empty()).then(|| info.file_name.clone());
+        if inline {
+            out.inline = match &downloaded {
+                Ok(d) => serde_json::json!({
+                    "mimetype": info.mimetype,
+                    "data": base64::engine::general_purpose::STANDARD.encode(&d.data),
+                    "filename": original,
+                }),
+                Err(e) => serde_json::json!({
+                    "mimetype": info.mimetype,
+                    "data": null,
+                    "filename": original,
+                    "error": e,
+                }),
+            };
+        }
+        if file {
+            let saved = match &downloaded {
+                Ok(d) => crate::media::save_upload(
+                    &self.shared.config.data_dir,
+                    crate::time::now_ms(),
+                    &info.mimetype,
+                    &d.data,
+                )
+                .await
+                .map(|name| (name, d.data.len()))
+                .map_err(|e| format!("saving the file failed: {e}")),
+                Err(e) => Err(e.clone()),
+            };
+            out.file = match saved {
+                Ok((name, size)) => serde_json::json!({
+                    "fileUrl": format!("{}/uploads/{name}", self.shared.public_url),
+                    "fileName": name,
+                    "originalName": original.unwrap_or_else(|| name.clone()),
+                    "mimetype": info.mimetype,
+                    "fileSize": size,
+                }),
+                Err(e) => serde_json::json!({
+                    "fileUrl": null,
+                    "fileName": null,
+                    "originalName": original,
+                    "mimetype": info.mimetype,
+                    "fileSize": info.file_length,
+                    "error": e,
+                }),
+            };
+        }
+        out
     }
 
     /// Whether everything the reader saw is delivered; if so, the queue is

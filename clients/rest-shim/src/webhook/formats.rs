@@ -35,11 +35,24 @@ pub(crate) struct Delivery {
     pub(crate) body: Value,
 }
 
+/// The `media` of a message's whatsapp-web.js webhooks, fetched before
+/// they are built (null for messages without media or when no target
+/// wants it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct WwebjsMedia {
+    /// `{mimetype, data (base64), filename}` for the global webhook.
+    pub(crate) inline: Value,
+    /// `{fileUrl, fileName, originalName, mimetype, fileSize}` for the
+    /// production variant's session webhook.
+    pub(crate) file: Value,
+}
+
 /// The webhooks for `event`. `qr_announced` carries the Venom `qr_ready`
 /// state between events of one session.
 pub(crate) fn deliveries(
     event: &Event,
     targets: &Targets,
+    media: &WwebjsMedia,
     qr_announced: &mut bool,
 ) -> Vec<Delivery> {
     let mut out = Vec::new();
@@ -92,7 +105,7 @@ pub(crate) fn deliveries(
             *qr_announced = false;
             connection(event, conn, targets, &mut out);
         }
-        Some(Payload::Message(msg)) => message(event, msg, targets, &mut out),
+        Some(Payload::Message(msg)) => message(event, msg, targets, media, &mut out),
         Some(Payload::Receipt(receipt)) => receipts(event, receipt, targets, &mut out),
         // None of the seed gateways documents a group webhook.
         Some(Payload::Group(_)) | None => {}
@@ -167,7 +180,13 @@ fn connection(event: &Event, conn: &ConnectionEvent, targets: &Targets, out: &mu
     }
 }
 
-fn message(event: &Event, msg: &MessageEvent, targets: &Targets, out: &mut Vec<Delivery>) {
+fn message(
+    event: &Event,
+    msg: &MessageEvent,
+    targets: &Targets,
+    media: &WwebjsMedia,
+    out: &mut Vec<Delivery>,
+) {
     let session = event.session_id.as_str();
     let secs = secs_of(msg.timestamp.as_ref());
     let is_text = msg.r#type == "text";
@@ -198,7 +217,7 @@ fn message(event: &Event, msg: &MessageEvent, targets: &Targets, out: &mut Vec<D
             out.push(Delivery {
                 url: url.clone(),
                 name: "message",
-                body: wwebjs_message(session, msg),
+                body: wwebjs_message(session, msg, &media.inline),
             });
         }
     }
@@ -209,7 +228,7 @@ fn message(event: &Event, msg: &MessageEvent, targets: &Targets, out: &mut Vec<D
             "message-received"
         };
         if wants(hook, name) {
-            let mut body = wwebjs_message(session, msg);
+            let mut body = wwebjs_message(session, msg, &media.file);
             if let Some(map) = body.as_object_mut() {
                 map.insert("event".into(), json!(name));
                 map.insert("fromMe".into(), json!(msg.from_me));
@@ -306,7 +325,7 @@ fn receipts(event: &Event, receipt: &ReceiptEvent, targets: &Targets, out: &mut 
     }
 }
 
-fn wants(hook: &SessionHook, name: &str) -> bool {
+pub(crate) fn wants(hook: &SessionHook, name: &str) -> bool {
     hook.events.iter().any(|e| e == "all" || e == name)
 }
 
@@ -340,7 +359,7 @@ fn baileys(url: &str, name: &'static str, event: &Event, data: Value) -> Deliver
 }
 
 /// The flat message body of the whatsapp-web.js API.
-fn wwebjs_message(session: &str, msg: &MessageEvent) -> Value {
+fn wwebjs_message(session: &str, msg: &MessageEvent, media: &Value) -> Value {
     json!({
         "id": msg.id,
         "sessionId": session,
@@ -349,7 +368,7 @@ fn wwebjs_message(session: &str, msg: &MessageEvent) -> Value {
         "type": wwebjs_type(&msg.r#type),
         "timestamp": secs_of(msg.timestamp.as_ref()),
         "contact": { "name": msg.push_name, "number": sender_number(msg) },
-        "media": Value::Null,
+        "media": media,
     })
 }
 
@@ -461,7 +480,12 @@ mod tests {
     #[test]
     fn an_incoming_text_in_every_format() {
         let mut flag = false;
-        let out = deliveries(&incoming(), &all_targets(), &mut flag);
+        let out = deliveries(
+            &incoming(),
+            &all_targets(),
+            &WwebjsMedia::default(),
+            &mut flag,
+        );
         let urls: Vec<&str> = out.iter().map(|d| d.url.as_str()).collect();
         // The hook filters on message-from-me only: no delivery there.
         assert_eq!(
@@ -524,7 +548,12 @@ mod tests {
     #[test]
     fn a_text_sent_through_the_api_in_every_format() {
         let mut flag = false;
-        let out = deliveries(&sent_through_the_api(), &all_targets(), &mut flag);
+        let out = deliveries(
+            &sent_through_the_api(),
+            &all_targets(),
+            &WwebjsMedia::default(),
+            &mut flag,
+        );
         let urls: Vec<&str> = out.iter().map(|d| d.url.as_str()).collect();
         // The global whatsapp-web.js webhook and the QR Service's /incoming
         // carry received messages only.
@@ -550,14 +579,24 @@ mod tests {
             url: "http://h/hook".into(),
             events: vec!["message-received".into()],
         });
-        let out = deliveries(&sent_through_the_api(), &targets, &mut flag);
+        let out = deliveries(
+            &sent_through_the_api(),
+            &targets,
+            &WwebjsMedia::default(),
+            &mut flag,
+        );
         assert!(out.iter().all(|d| d.url != "http://h/hook"));
         // `all` (the default) includes it.
         targets.wwebjs_hook = Some(SessionHook {
             url: "http://h/hook".into(),
             events: vec!["all".into()],
         });
-        let out = deliveries(&sent_through_the_api(), &targets, &mut flag);
+        let out = deliveries(
+            &sent_through_the_api(),
+            &targets,
+            &WwebjsMedia::default(),
+            &mut flag,
+        );
         assert!(out.iter().any(|d| d.name == "message-from-me"));
     }
 
@@ -577,12 +616,12 @@ mod tests {
             ..Targets::default()
         };
         let mut flag = false;
-        let first: Vec<&str> = deliveries(&qr(1), &targets, &mut flag)
+        let first: Vec<&str> = deliveries(&qr(1), &targets, &WwebjsMedia::default(), &mut flag)
             .iter()
             .map(|d| d.name)
             .collect();
         assert_eq!(first, ["CONNECTION_UPDATE", "QR_CODE"]);
-        let second = deliveries(&qr(2), &targets, &mut flag);
+        let second = deliveries(&qr(2), &targets, &WwebjsMedia::default(), &mut flag);
         assert_eq!(second.len(), 1);
         assert!(
             second[0].body["data"]["qr"]
@@ -599,7 +638,7 @@ mod tests {
             })),
             ..Event::default()
         };
-        let out = deliveries(&open, &targets, &mut flag);
+        let out = deliveries(&open, &targets, &WwebjsMedia::default(), &mut flag);
         assert_eq!(out[0].body["data"], json!({"state": "open"}));
         assert!(!flag);
     }

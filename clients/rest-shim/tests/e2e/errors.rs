@@ -1,6 +1,6 @@
 //! Bad input → 400 naming the field; unknown session → 404; a missing or
-//! wrong key where the gateway documents one → 401; media → 501 once the
-//! request is valid.
+//! wrong key where the gateway documents one → 401; valid media for a
+//! session that is not connected → 409.
 
 use axum::http::Method;
 use serde_json::json;
@@ -176,8 +176,9 @@ async fn bad_json_and_missing_fields_are_400_naming_the_field() {
         400,
         "url",
     );
-    // Media: no media at all, a bad URL, bad base64; then each valid form is
-    // refused as not supported yet.
+    // Media: no media at all, a bad URL, bad base64, an empty file; then
+    // each valid form reaches the gateway, which refuses a session that is
+    // not connected.
     let media = |body: serde_json::Value| shim.post_key("/api/send-media", body);
     names(
         &media(json!({"sessionId": "s1", "number": "5491123456789"})).await,
@@ -198,7 +199,12 @@ async fn bad_json_and_missing_fields_are_400_naming_the_field() {
         "mediaBase64",
     );
     names(&media(json!({"sessionId": "s1", "number": "5491123456789", "mediaBase64": "aGk=", "mediaUrl": "http://h/x"})).await, 400, "media");
-    names(&media(json!({"sessionId": "s1", "number": "5491123456789", "mediaBase64": "data:image/png;base64,aGk="})).await, 501, "not supported yet");
+    names(
+        &media(json!({"sessionId": "s1", "number": "5491123456789", "mediaBase64": ""})).await,
+        400,
+        "media",
+    );
+    names(&media(json!({"sessionId": "s1", "number": "5491123456789", "mediaBase64": "data:image/png;base64,aGk="})).await, 409, "connected");
     let boundary = "XyZ";
     let form = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"sessionId\"\r\n\r\ns1\r\n\
@@ -216,7 +222,7 @@ async fn bad_json_and_missing_fields_are_400_naming_the_field() {
             Some(form.as_bytes()),
         )
         .await;
-    names(&answer, 501, "not supported yet");
+    names(&answer, 409, "connected");
     let no_number = form.replace("name=\"number\"", "name=\"phone\"");
     let answer = shim
         .raw(

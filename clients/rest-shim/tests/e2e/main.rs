@@ -9,4 +9,5 @@ mod flows;
 mod https;
 mod lifecycle;
 mod limits;
+mod media;
 mod ops;
