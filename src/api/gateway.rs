@@ -165,14 +165,7 @@ impl Gateway for GatewayService {
         let idempotency_key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
         let sent = self
             .manager
-            .send(
-                &id,
-                OutgoingText {
-                    to,
-                    text: req.text,
-                    idempotency_key,
-                },
-            )
+            .send(&id, OutgoingText::text(to, req.text, idempotency_key))
             .await?;
         Ok(Response::new(convert::sent(sent)))
     }

@@ -18,11 +18,11 @@ use tracing::warn;
 use crate::proto::gateway::event::Payload;
 use crate::store::{Batch, EventRecord, SessionId, StoreError};
 use crate::wa::binary::Node;
+use crate::wa::compose::Compose;
 use crate::wa::conn::Connection;
 use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
 use crate::wa::media::MediaRetry;
-use crate::wa::message as wamsg;
 use crate::wa::messaging::{Engine, KeyError, ReplyTo, SendRequest, Step};
 
 pub use crate::wa::messaging::{SendError, Sent};
@@ -32,12 +32,27 @@ use super::keys::StoreKeys;
 use super::payloads;
 use super::pipeline::{Commit, Job, Lane};
 
-/// A text to send.
+/// A text (or reaction, edit, revoke) to send.
 #[derive(Debug, Clone)]
 pub struct OutgoingText {
     pub to: Jid,
-    pub text: String,
+    pub content: Compose,
     pub idempotency_key: Option<String>,
+}
+
+impl OutgoingText {
+    /// A plain text.
+    pub fn text(to: Jid, text: impl Into<String>, idempotency_key: Option<String>) -> Self {
+        Self {
+            to,
+            content: Compose::Text {
+                text: text.into(),
+                quote: None,
+                mentions: Vec::new(),
+            },
+            idempotency_key,
+        }
+    }
 }
 
 pub(crate) use super::replies::{MediaCommand, MediaConnReply, QueryReply, SendReply};
@@ -310,14 +325,31 @@ impl Messenger {
             }
             return Ok(());
         };
+        let own = self
+            .creds
+            .as_ref()
+            .and_then(|c| c.account.as_ref().map(|a| a.jid.clone()))
+            .unwrap_or_else(Jid::server_jid);
         let requests = texts
             .into_iter()
             .map(|(text, reply)| {
+                // Reactions and edits carry the time they were made: a
+                // retry is recognised by the message built at time zero.
+                let fingerprint = matches!(
+                    text.content,
+                    Compose::Reaction { .. } | Compose::Edit { .. }
+                )
+                .then(|| {
+                    let zero = text.content.message(&text.to, &own, 0);
+                    let encoded = prost::Message::encode_to_vec(&zero);
+                    crate::wa::crypto::sha256(&[text.to.to_string().as_bytes(), &[0], &encoded])
+                        .to_vec()
+                });
                 let request = SendRequest {
+                    message: text.content.message(&text.to, &own, now_ms),
                     to: text.to,
-                    message: wamsg::text_message(&text.text),
                     idempotency_key: text.idempotency_key,
-                    fingerprint: None,
+                    fingerprint,
                 };
                 (request, reply)
             })

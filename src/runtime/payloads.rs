@@ -78,6 +78,27 @@ fn message(m: &ReceivedMessage) -> Payload {
         offline: m.offline,
         error: m.error.clone().unwrap_or_default(),
         media: m.media.as_deref().map(media_info),
+        target: m.refs.as_ref().and_then(|r| r.target.as_ref()).map(|t| {
+            crate::proto::gateway::MessageRef {
+                id: t.id.clone(),
+                from_me: t.from_me,
+                sender: t
+                    .sender
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            }
+        }),
+        quoted_text: m
+            .refs
+            .as_ref()
+            .and_then(|r| r.quoted_text.clone())
+            .unwrap_or_default(),
+        mentions: m
+            .refs
+            .as_ref()
+            .map(|r| r.mentions.clone())
+            .unwrap_or_default(),
     })
 }
 

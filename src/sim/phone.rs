@@ -463,9 +463,10 @@ mod tests {
         assert!(!bob.prekeys.contains_key(&used.expect("one-time key")));
 
         let reply = Message {
-            extended_text_message: Some(ExtendedTextMessage {
+            extended_text_message: Some(Box::new(ExtendedTextMessage {
                 text: Some("hi alice".into()),
-            }),
+                context_info: None,
+            })),
             ..Default::default()
         };
         let answer = bob

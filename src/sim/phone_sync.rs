@@ -110,7 +110,7 @@ impl Inner {
 
 fn protocol_message(protocol: ProtocolMessage) -> Message {
     Message {
-        protocol_message: Some(protocol),
+        protocol_message: Some(Box::new(protocol)),
         ..Default::default()
     }
 }

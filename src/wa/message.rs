@@ -222,6 +222,9 @@ pub struct Content {
     /// The media it carries, if any; an error when the media fields are
     /// malformed.
     pub media: Option<Result<crate::wa::media::MediaInfo, crate::wa::media::MediaError>>,
+    /// What it says about other messages (a quote, mentions, or the
+    /// target of a reaction, edit or revoke).
+    pub refs: Option<Box<crate::wa::compose::Refs>>,
 }
 
 impl Content {
@@ -264,12 +267,19 @@ impl Content {
                 destination: None,
                 sender_key: None,
                 media: None,
+                refs: None,
             },
             (None, Some(kind)) => Self::named(kind),
             (None, None) => Self::named(&content_field_name(plaintext)),
         };
         content.sender_key = sender_key;
         content.media = crate::wa::media::MediaInfo::from_message(&message);
+        let refs = crate::wa::compose::Refs::read(&message);
+        if let Some((kind, text)) = &refs.action {
+            content.kind = (*kind).to_owned();
+            content.text = text.clone();
+        }
+        content.refs = (!refs.is_empty()).then(|| Box::new(refs));
         Ok(content)
     }
 
@@ -287,6 +297,7 @@ impl Content {
             destination: None,
             sender_key: None,
             media: None,
+            refs: None,
         }
     }
 
@@ -310,7 +321,7 @@ fn phone_sync_kind(message: &Message) -> Option<&'static str> {
     match protocol.r#type.and_then(|t| Type::try_from(t).ok())? {
         Type::AppStateSyncKeyShare => Some(KEY_SHARE),
         Type::HistorySyncNotification => Some(HISTORY_NOTIFICATION),
-        Type::Revoke => None,
+        Type::Revoke | Type::MessageEdit => None,
     }
 }
 
@@ -418,9 +429,10 @@ pub fn text_message(text: &str) -> Message {
 /// An extended text (Baileys' choice for plain texts too).
 pub fn extended_text_message(text: &str) -> Message {
     Message {
-        extended_text_message: Some(ExtendedTextMessage {
+        extended_text_message: Some(Box::new(ExtendedTextMessage {
             text: Some(text.to_owned()),
-        }),
+            context_info: None,
+        })),
         ..Default::default()
     }
 }
@@ -823,10 +835,10 @@ mod tests {
         use crate::proto::wa::message::ProtocolMessage;
         let protocol = |kind: Type| {
             let message = Message {
-                protocol_message: Some(ProtocolMessage {
+                protocol_message: Some(Box::new(ProtocolMessage {
                     r#type: Some(kind.into()),
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
             };
             Content::decode(&message.encode_to_vec()).expect("decodes")

@@ -4,6 +4,7 @@
 
 pub mod adv;
 pub mod binary;
+pub mod compose;
 pub mod conn;
 pub mod creds;
 pub mod crypto;

@@ -256,7 +256,7 @@ impl Engine {
                 pairwise.push((target, ct));
             }
         }
-        let stanza = super::outbound::media_stanza(
+        let stanza = super::outbound::mark_stanza(
             groups::group_stanza(
                 &send.id,
                 &send.chat,

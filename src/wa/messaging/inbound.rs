@@ -281,6 +281,7 @@ impl Engine {
             }
             text => (text, media_error),
         };
+        let refs = super::ReceivedRefs::of(content.refs, &sender, &chat, own);
         Ok(Some(ReceivedMessage {
             id: msg.id.clone(),
             chat,
@@ -294,6 +295,7 @@ impl Engine {
             offline: msg.offline,
             error,
             media,
+            refs,
         }))
     }
 
@@ -379,6 +381,7 @@ fn failed_event(
         offline: msg.offline,
         error: Some(error),
         media: None,
+        refs: None,
     })
 }
 

@@ -144,6 +144,39 @@ pub struct ReceivedMessage {
     pub error: Option<String>,
     /// The media it carries, if any (without its keys).
     pub media: Option<Box<ReceivedMedia>>,
+    /// What it says about other messages, if anything.
+    pub refs: Option<Box<ReceivedRefs>>,
+}
+
+/// A reply's quote, mentions, or a reaction's, edit's or revoke's target,
+/// from this account's point of view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedRefs {
+    /// The message quoted (a reply) or acted on.
+    pub target: Option<crate::wa::compose::MessageRef>,
+    pub quoted_text: Option<String>,
+    pub mentions: Vec<String>,
+}
+
+impl ReceivedRefs {
+    /// `refs` of a message `sender` sent in `chat`, seen by `own`.
+    pub(crate) fn of(
+        refs: Option<Box<crate::wa::compose::Refs>>,
+        sender: &Jid,
+        chat: &Jid,
+        own: &Jid,
+    ) -> Option<Box<Self>> {
+        let refs = refs?;
+        let action = refs.action.is_some();
+        Some(Box::new(Self {
+            target: refs
+                .target
+                .as_ref()
+                .map(|t| crate::wa::compose::as_seen_by(t, sender, chat, own, action)),
+            quoted_text: refs.quoted_text,
+            mentions: refs.mentions,
+        }))
+    }
 }
 
 /// Kinds of receipts reported to the backend.

@@ -61,8 +61,14 @@ fn own_send_event(
     creds: &crate::wa::creds::Credentials,
     timestamp_s: u64,
 ) -> ReceivedMessage {
-    let content = wamsg::Content::decode(&send.message.encode_to_vec()).ok();
+    let mut content = wamsg::Content::decode(&send.message.encode_to_vec()).ok();
     let own = creds.account.as_ref().map(|a| a.jid.clone());
+    let refs = match (&own, content.as_mut()) {
+        (Some(own), Some(content)) => {
+            super::ReceivedRefs::of(content.refs.take(), own, &send.chat, own)
+        }
+        _ => None,
+    };
     ReceivedMessage {
         id: send.id.clone(),
         chat: send.chat.clone(),
@@ -78,14 +84,21 @@ fn own_send_event(
         media: MediaInfo::from_message(&send.message)
             .and_then(Result::ok)
             .map(|info| Box::new(ReceivedMedia::of(&info))),
+        refs,
     }
 }
 
-/// A media message's stanza says so: `type="media"` and the type's
-/// `mediatype` on each `<enc>` (WhatsApp's clients set both; the server
-/// uses them for notifications and limits).
-pub(super) fn media_stanza(mut stanza: Node, message: &Message) -> Node {
+/// A stanza says what it carries: a media message `type="media"` and the
+/// type's `mediatype` on each `<enc>` (WhatsApp's clients set both; the
+/// server uses them for notifications and limits); a reaction
+/// `type="reaction"`; an edit or revoke its `edit` attribute.
+pub(super) fn mark_stanza(mut stanza: Node, message: &Message) -> Node {
     let Some(mediatype) = MediaInfo::type_of(message).and_then(|t| t.enc_mediatype()) else {
+        let (kind, edit) = crate::wa::compose::stanza_marks(message);
+        stanza = stanza.attr("type", kind);
+        if let Some(edit) = edit {
+            stanza = stanza.attr("edit", edit);
+        }
         return stanza;
     };
     fn mark(node: &mut Node, mediatype: &'static str) {
@@ -371,7 +384,7 @@ impl Engine {
             cx.step.fail(send, SendError::Encryption(why));
             return Ok(());
         }
-        let stanza = media_stanza(
+        let stanza = mark_stanza(
             wamsg::fanout_stanza(&send.id, &send.chat, &encrypted, &account.signed_identity),
             &send.message,
         );
