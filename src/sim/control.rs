@@ -267,6 +267,7 @@ impl SimulatorService for Control {
                         platform: d.platform,
                         connected: d.connected,
                         prekeys: u32::try_from(d.prekeys).unwrap_or(u32::MAX),
+                        group_key_distributions: d.group_key_distributions,
                     })
                     .collect(),
             })

@@ -241,6 +241,10 @@ pub struct DeviceInfo {
     pub key_index: u32,
     /// One-time prekeys the server holds for the device; 0 for the phone.
     pub prekeys: usize,
+    /// Group messages the server accepted with a pairwise `<enc>` for this
+    /// device: how senders hand over their sender keys, so a test can tell
+    /// whether a key was distributed again.
+    pub group_key_distributions: u32,
 }
 
 pub(crate) struct Registry {
@@ -250,6 +254,8 @@ pub(crate) struct Registry {
     mailboxes: Mailboxes,
     conns: Mutex<Conns>,
     next_conn: AtomicU64,
+    /// Pairwise `<enc>`s in accepted group messages, by (user, device).
+    key_distributions: Mutex<HashMap<(String, u16), u32>>,
 }
 
 impl Default for Registry {
@@ -259,6 +265,7 @@ impl Default for Registry {
             mailboxes: Mailboxes::default(),
             conns: Mutex::default(),
             next_conn: AtomicU64::new(1),
+            key_distributions: Mutex::default(),
         }
     }
 }
@@ -708,6 +715,23 @@ impl Registry {
             .collect()
     }
 
+    /// Counts the devices a group message carried a pairwise `<enc>` for.
+    pub(crate) fn note_key_distributions<'a>(&self, devices: impl IntoIterator<Item = &'a Jid>) {
+        let mut counts = lock(&self.key_distributions);
+        for device in devices {
+            *counts
+                .entry((device.user.clone(), device.device))
+                .or_default() += 1;
+        }
+    }
+
+    fn key_distributions(&self, user: &str, device: u16) -> u32 {
+        lock(&self.key_distributions)
+            .get(&(user.to_owned(), device))
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn account_info(&self, account: &Account) -> AccountInfo {
         let phone_jid = account.phone.to_jid();
         let phone = DeviceInfo {
@@ -716,6 +740,7 @@ impl Registry {
             connected: true,
             key_index: 0,
             prekeys: lock(&account.handset).unclaimed_prekeys(),
+            group_key_distributions: self.key_distributions(account.phone.as_str(), 0),
         };
         let companions: Vec<(Jid, String, u32, usize)> = lock(&account.devices)
             .by_id
@@ -729,12 +754,14 @@ impl Registry {
             .into_iter()
             .map(|(jid, platform, key_index, prekeys)| {
                 let connected = self.mailboxes.connected(&jid);
+                let group_key_distributions = self.key_distributions(&jid.user, jid.device);
                 DeviceInfo {
                     jid,
                     platform,
                     connected,
                     key_index,
                     prekeys,
+                    group_key_distributions,
                 }
             });
         AccountInfo {
