@@ -15,7 +15,10 @@ use tonic::Streaming;
 use wagate::proto::gateway::gateway_client::GatewayClient;
 use wagate::proto::gateway::{Event, SendRequest, SessionState};
 use wagate::proto::sim::simulator_client::SimulatorClient;
-use wagate::proto::sim::{CreateGroupRequest, ListAccountsRequest, UpdateGroupParticipantsRequest};
+use wagate::proto::sim::{
+    AddVirtualDeviceRequest, CreateGroupRequest, GroupInfoRequest, ListAccountsRequest,
+    UpdateGroupParticipantsRequest,
+};
 
 const OWN: &str = "+15550007001";
 const ANN: &str = "+15550007002";
@@ -34,6 +37,18 @@ async fn distributions(control: &mut SimulatorClient<Channel>) -> HashMap<String
         .flat_map(|a| a.devices)
         .map(|d| (d.jid, d.group_key_distributions))
         .collect()
+}
+
+/// Size of the last message stanza sent to `group`, as the server got it.
+async fn stanza_bytes(control: &mut SimulatorClient<Channel>, group: &str) -> u64 {
+    control
+        .group_info(GroupInfoRequest {
+            group_jid: group.to_owned(),
+        })
+        .await
+        .expect("GroupInfo")
+        .into_inner()
+        .last_message_bytes
 }
 
 /// What changed between two counts, devices without change left out.
@@ -98,6 +113,14 @@ async fn sender_keys_reach_each_device_once_across_restart_add_and_remove() {
     create_account(&mut sim.control, BEN, "Ben").await;
     create_account(&mut sim.control, CAT, "Cat").await;
     let (ann_web, mut ann_events) = pair_with(&mut sim.control, &mut client, "ann", ANN).await;
+    // Ben has a second device that is never online: it gets the key too.
+    let ben_second = sim
+        .control
+        .add_virtual_device(AddVirtualDeviceRequest { phone: BEN.into() })
+        .await
+        .expect("AddVirtualDevice")
+        .into_inner()
+        .device_jid;
 
     let group = sim
         .control
@@ -126,15 +149,22 @@ async fn sender_keys_reach_each_device_once_across_restart_add_and_remove() {
     let after_one = distributions(&mut sim.control).await;
     assert_eq!(
         grown(&start, &after_one),
-        once(&[ann_phone, &ann_web, ben_phone, own_phone]),
+        once(&[ann_phone, &ann_web, ben_phone, &ben_second, own_phone]),
         "we are {own_device}"
     );
     delivered_to(&mut events, &id, &["15550007002", "15550007003"]).await;
+    let first_size = stanza_bytes(&mut sim.control, &group).await;
 
-    // Second message: nobody gets the key again.
+    // Second message: nobody gets the key again, and the stanza is the
+    // skmsg alone.
     send(&mut client, &group, "two").await;
     let after_two = distributions(&mut sim.control).await;
     assert_eq!(grown(&after_one, &after_two), HashMap::new());
+    let second_size = stanza_bytes(&mut sim.control, &group).await;
+    assert!(
+        0 < second_size && second_size + 5 * 100 < first_size,
+        "five pairwise keys make the first stanza larger: {first_size} vs {second_size}"
+    );
     assert_eq!(
         texts_until(&mut ann_events, &group, "two").await,
         ["one", "two"]
