@@ -1,6 +1,7 @@
 //! The figures of one run, printed as an aligned Markdown table (ready to
 //! paste into the README) or as JSON.
 
+use crate::groups::GroupFigures;
 use crate::inbound::{Latency, Throughput};
 use crate::procstat::Memory;
 use crate::release::Released;
@@ -35,6 +36,7 @@ pub(crate) struct Report {
     pub(crate) inbound: Throughput,
     pub(crate) latency: Latency,
     pub(crate) sends: Vec<SendFigures>,
+    pub(crate) group: Option<GroupFigures>,
     pub(crate) restart: Restart,
     pub(crate) released: Released,
 }
@@ -132,6 +134,26 @@ impl Report {
                 ),
             ));
         }
+        if let Some(g) = &self.group {
+            rows.extend([
+                (
+                    format!(
+                        "Group of {} (×2 devices): first send, key to {} devices",
+                        g.members, g.devices
+                    ),
+                    format!("{:.2} ms, stanza {}", g.first_ms, kib(g.first_bytes)),
+                ),
+                (
+                    format!("Group: next {} sends, p50 / p99", g.steady_sends),
+                    format!(
+                        "{:.2} ms / {:.2} ms, stanza {}",
+                        g.steady_p50_ms,
+                        g.steady_p99_ms,
+                        kib(g.steady_bytes)
+                    ),
+                ),
+            ]);
+        }
         rows.extend([
             (
                 "Gateway shutdown on SIGTERM".into(),
@@ -206,6 +228,11 @@ impl Report {
             "send": self.sends.iter().map(|s| serde_json::json!({
                 "concurrency": s.concurrency, "sends": s.sends, "p50_ms": s.p50_ms,
                 "p99_ms": s.p99_ms, "sends_per_second": s.per_second })).collect::<Vec<_>>(),
+            "group": self.group.as_ref().map(|g| serde_json::json!({
+                "members": g.members, "devices": g.devices, "first_send_ms": g.first_ms,
+                "first_stanza_bytes": g.first_bytes, "steady_sends": g.steady_sends,
+                "steady_p50_ms": g.steady_p50_ms, "steady_p99_ms": g.steady_p99_ms,
+                "steady_stanza_bytes": g.steady_bytes })),
             "restart": { "shutdown_seconds": self.restart.shutdown_seconds,
                          "all_connected_seconds": self.restart.connected_seconds,
                          "gateway_cpu_ms_per_session": self.restart.cpu_ms_per_session,
@@ -217,6 +244,10 @@ impl Report {
                           "rss_anon_needed_kib": self.needed_kib(self.released.sessions_after) },
         })
     }
+}
+
+fn kib(bytes: u64) -> String {
+    format!("{:.1} KiB", bytes as f64 / 1024.0)
 }
 
 fn mib(kib: u64) -> String {

@@ -1,12 +1,14 @@
 //! One load run, step by step: start the simulator and the gateway, pair
 //! the sessions, measure idle memory and CPU, inbound throughput, event
-//! latency and Send, then restart the gateway and time its recovery.
+//! latency and Send, sends to a large group, then restart the gateway and
+//! time its recovery.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::clients;
 use crate::error::LoadError;
+use crate::groups;
 use crate::inbound::{self, Pids};
 use crate::pairing;
 use crate::procs::{self, Child, GatewayOptions, SimInfo};
@@ -30,6 +32,8 @@ pub(crate) struct Plan {
     pub(crate) latency_rate: f64,
     pub(crate) latency_messages: usize,
     pub(crate) sends: usize,
+    pub(crate) group_members: usize,
+    pub(crate) group_sends: usize,
     pub(crate) stall: Duration,
 }
 
@@ -206,6 +210,25 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
         send_figures.push(sends::measure(&gateway, n, concurrency, plan.sends, &run_id).await?);
     }
 
+    let group = if plan.group_members > 0 {
+        step(&format!(
+            "group: {} members with two devices each, 1 + {} sends",
+            plan.group_members, plan.group_sends
+        ));
+        Some(
+            groups::measure(
+                &gateway,
+                &sim,
+                plan.group_members,
+                plan.group_sends,
+                plan.stall,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
     step("restart: SIGTERM, start again on the same data dir");
     drop(gateway);
     let shutdown = match procs.gateway.take() {
@@ -242,6 +265,7 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
         inbound: throughput,
         latency,
         sends: send_figures,
+        group,
         restart,
         released,
     })
