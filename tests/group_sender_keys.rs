@@ -268,3 +268,55 @@ async fn sender_keys_reach_each_device_once_across_restart_add_and_remove() {
     );
     gateway.shutdown().await;
 }
+
+/// A group larger than the gateway's old device-list cache (256 users):
+/// the first message still carries our key for every device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_group_gets_the_key_on_every_device() {
+    const MEMBERS: usize = 300;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = start_sim().await;
+    let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
+    let mut client = client(gateway.addr).await;
+    let (_, mut events) = pair_with(&mut sim.control, &mut client, "own", OWN).await;
+    let phones: Vec<String> = (0..MEMBERS).map(|n| format!("+1555008{n:04}")).collect();
+    for phone in &phones {
+        create_account(&mut sim.control, phone, "Member").await;
+    }
+    let group = sim
+        .control
+        .create_group(CreateGroupRequest {
+            phone: phones[0].clone(),
+            subject: "Many".into(),
+            participants: phones[1..]
+                .iter()
+                .cloned()
+                .chain([OWN.to_owned()])
+                .collect(),
+        })
+        .await
+        .expect("CreateGroup")
+        .into_inner()
+        .group_jid;
+    wait_for(&mut events, "the group's creation", |e| {
+        group_of(e).is_some_and(|g| g.group == group)
+    })
+    .await;
+    let start = distributions(&mut sim.control).await;
+    send(&mut client, &group, "to everyone").await;
+    let keyed = grown(&start, &distributions(&mut sim.control).await);
+    // Every member's phone and our own phone.
+    assert_eq!(keyed.len(), MEMBERS + 1, "devices given our key");
+    assert!(keyed.values().all(|n| *n == 1), "{keyed:?}");
+    let last = phones.last().expect("members");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while chat_texts(&mut sim.control, last, &group).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the last member never read it"
+        );
+        // The next look at the inbox, not a wait for it to be filled.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    gateway.shutdown().await;
+}
