@@ -22,5 +22,6 @@ trap 'rm -f "$out"' EXIT
 timeout 300 "$tool" --quick --wagate-bin "$bin" --timeout-seconds 240 "$@" | tee "$out"
 grep -q '^| Measure' "$out" || { echo "load-smoke: FAIL: no table printed" >&2; exit 1; }
 grep -q 'Restart to all' "$out" || { echo "load-smoke: FAIL: the table has no restart row" >&2; exit 1; }
+grep -q '^| Inbound group texts' "$out" || { echo "load-smoke: FAIL: the table has no group inbound row" >&2; exit 1; }
 grep -q '^| Group of ' "$out" || { echo "load-smoke: FAIL: the table has no group row" >&2; exit 1; }
 echo "load smoke: every step completed"

@@ -6,6 +6,7 @@
 
 mod clients;
 mod error;
+mod group_inbound;
 mod groups;
 mod inbound;
 mod pairing;

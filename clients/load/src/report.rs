@@ -34,6 +34,7 @@ pub(crate) struct Report {
     pub(crate) gateway_idle_cpu: f64,
     pub(crate) sim_idle_cpu: f64,
     pub(crate) inbound: Throughput,
+    pub(crate) group_inbound: Throughput,
     pub(crate) latency: Latency,
     pub(crate) sends: Vec<SendFigures>,
     pub(crate) group: Option<GroupFigures>,
@@ -109,6 +110,25 @@ impl Report {
                 format!(
                     "{:.0} % / {:.0} % / {:.0} % of a core",
                     self.inbound.gateway_cpu, self.inbound.sim_cpu, self.inbound.tool_cpu
+                ),
+            ),
+            (
+                format!(
+                    "Inbound group texts (skmsg), end to end ({} texts)",
+                    self.group_inbound.messages
+                ),
+                format!(
+                    "{:.0} messages/s ({:.2} s)",
+                    self.group_inbound.per_second, self.group_inbound.seconds
+                ),
+            ),
+            (
+                "CPU during group inbound: gateway / simulator / tool".into(),
+                format!(
+                    "{:.0} % / {:.0} % / {:.0} % of a core",
+                    self.group_inbound.gateway_cpu,
+                    self.group_inbound.sim_cpu,
+                    self.group_inbound.tool_cpu
                 ),
             ),
             (
@@ -222,6 +242,12 @@ impl Report {
                          "gateway_cpu_percent": self.inbound.gateway_cpu,
                          "simulator_cpu_percent": self.inbound.sim_cpu,
                          "tool_cpu_percent": self.inbound.tool_cpu },
+            "group_inbound": { "messages": self.group_inbound.messages,
+                               "seconds": self.group_inbound.seconds,
+                               "messages_per_second": self.group_inbound.per_second,
+                               "gateway_cpu_percent": self.group_inbound.gateway_cpu,
+                               "simulator_cpu_percent": self.group_inbound.sim_cpu,
+                               "tool_cpu_percent": self.group_inbound.tool_cpu },
             "event_latency": { "messages": self.latency.messages, "rate_per_second": self.latency.rate,
                                "p50_ms": self.latency.p50_ms, "p99_ms": self.latency.p99_ms,
                                "max_ms": self.latency.max_ms },

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::clients;
 use crate::error::LoadError;
+use crate::group_inbound;
 use crate::groups;
 use crate::inbound::{self, Pids};
 use crate::pairing;
@@ -198,6 +199,22 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
     )
     .await?;
 
+    step("group inbound: one group per session, warm-up text each");
+    let groups_in = group_inbound::prepare(&gateway, &sim, n, plan.stall).await?;
+    step(&format!(
+        "group inbound: {} group texts per session",
+        plan.messages_per_session
+    ));
+    let group_throughput = group_inbound::throughput(
+        &gateway,
+        &sim,
+        &groups_in,
+        plan.messages_per_session,
+        pids,
+        plan.stall,
+    )
+    .await?;
+
     let run_id = format!("{}", std::process::id());
     step("send: warm-up, one per session");
     sends::warm_up(&gateway, n, &run_id).await?;
@@ -263,6 +280,7 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
         gateway_idle_cpu,
         sim_idle_cpu,
         inbound: throughput,
+        group_inbound: group_throughput,
         latency,
         sends: send_figures,
         group,
