@@ -2,7 +2,8 @@
 //! way, no ratchet step), round trips with a ratchet step each way, session
 //! setup from a prekey bundle to the first decrypted `pkmsg`, and the same
 //! pairs with the records stored and reloaded around every operation as the
-//! gateway does. Divan prints pairs and round trips per second (item/s).
+//! gateway does, and group messages: sender-key encryption and decryption
+//! on their own and as pairs. Divan prints operations per second (item/s).
 //! Run with `cargo bench --bench signal`.
 
 use std::cell::RefCell;
@@ -195,4 +196,43 @@ fn group_encrypt_decrypt_pair(bencher: Bencher) {
         let message = group_encrypt(sender, PLAINTEXT, rng).expect("encrypt");
         group_decrypt(receiver, &message).expect("decrypt")
     });
+}
+
+/// A sender's record with a key, and a member's record holding that key.
+fn sender_and_member(seed: u64) -> (SenderKeyRecord, SenderKeyRecord, StdRng) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut sender = SenderKeyRecord::new();
+    let distribution = create_distribution_message(&mut sender, &mut rng);
+    let mut member = SenderKeyRecord::new();
+    process_distribution_message(&mut member, &distribution).expect("distribution");
+    (sender, member, rng)
+}
+
+/// Group message, sending side only: one chain step, AES and a signature.
+#[divan::bench]
+fn group_encrypt_only(bencher: Bencher) {
+    let (sender, _, rng) = sender_and_member(0x6A1);
+    let state = RefCell::new((sender, rng));
+    bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
+        let (sender, rng) = &mut *state.borrow_mut();
+        group_encrypt(sender, PLAINTEXT, rng).expect("encrypt")
+    });
+}
+
+/// Group message, receiving side only: signature check, chain step, AES.
+/// The messages are made outside the timed part, in chain order.
+#[divan::bench]
+fn group_decrypt_only(bencher: Bencher) {
+    let (sender, member, rng) = sender_and_member(0x6A2);
+    let sending = RefCell::new((sender, rng));
+    let member = RefCell::new(member);
+    bencher
+        .counter(ItemsCount::new(1usize))
+        .with_inputs(|| {
+            let (sender, rng) = &mut *sending.borrow_mut();
+            group_encrypt(sender, PLAINTEXT, rng).expect("encrypt")
+        })
+        .bench_local_refs(|message| {
+            group_decrypt(&mut member.borrow_mut(), message).expect("decrypt")
+        });
 }

@@ -827,6 +827,21 @@ impl Session {
             .accept_message(jid, &message.acceptance_key(), now)
         {
             Acceptance::New => {
+                // Counted before the ack, so once the sender knows the
+                // message was taken the count is already there.
+                self.inner.registry.note_key_distributions(
+                    message
+                        .pairwise
+                        .iter()
+                        .filter(|(_, encs)| !encs.is_empty())
+                        .map(|(device, _)| device),
+                );
+                if message.only.is_none() {
+                    let bytes = crate::wa::binary::encode(node).len();
+                    self.inner
+                        .registry
+                        .note_group_message_bytes(&message.group, bytes as u64);
+                }
                 let mut ack = group_message::message_ack(&message.id, &message.group, now, None);
                 if node.attr_str("phash").is_some() {
                     if let Some(phash) = self.inner.group_phash(&message.group) {

@@ -16,11 +16,12 @@ use crate::proto::sim::{
     SetDelayResponse,
 };
 use crate::proto::sim::{
-    CreateGroupRequest, CreateGroupResponse, ExpireMediaRequest, ExpireMediaResponse, Group,
-    GroupInfoRequest, GroupInviteCodeRequest, GroupInviteCodeResponse, GroupMember, InboxMedia,
-    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, MediaKind,
-    ParticipantResult, SendGroupTextRequest, SendGroupTextResponse, SendMediaRequest,
-    SendMediaResponse, UpdateGroupParticipantsRequest, UpdateGroupParticipantsResponse,
+    AddVirtualDeviceRequest, AddVirtualDeviceResponse, CreateGroupRequest, CreateGroupResponse,
+    ExpireMediaRequest, ExpireMediaResponse, Group, GroupInfoRequest, GroupInviteCodeRequest,
+    GroupInviteCodeResponse, GroupMember, InboxMedia, LeaveGroupRequest, LeaveGroupResponse,
+    ListGroupsRequest, ListGroupsResponse, MediaKind, ParticipantResult, SendGroupTextRequest,
+    SendGroupTextResponse, SendMediaRequest, SendMediaResponse, UpdateGroupParticipantsRequest,
+    UpdateGroupParticipantsResponse,
 };
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 use crate::wa::media::MediaType;
@@ -87,6 +88,7 @@ fn group_message(group: GroupInfo) -> Group {
                 superadmin: m.superadmin,
             })
             .collect(),
+        last_message_bytes: 0,
     }
 }
 
@@ -267,6 +269,7 @@ impl SimulatorService for Control {
                         platform: d.platform,
                         connected: d.connected,
                         prekeys: u32::try_from(d.prekeys).unwrap_or(u32::MAX),
+                        group_key_distributions: d.group_key_distributions,
                     })
                     .collect(),
             })
@@ -324,6 +327,17 @@ impl SimulatorService for Control {
             self.sim.set_delay(Some(&jid), request.delay_ms);
         }
         Ok(Response::new(SetDelayResponse {}))
+    }
+
+    async fn add_virtual_device(
+        &self,
+        request: Request<AddVirtualDeviceRequest>,
+    ) -> Result<Response<AddVirtualDeviceResponse>, Status> {
+        let phone = parse_phone(&request.into_inner().phone)?;
+        let jid = self.sim.add_virtual_device(&phone)?;
+        Ok(Response::new(AddVirtualDeviceResponse {
+            device_jid: jid.to_string(),
+        }))
     }
 
     async fn create_account(
@@ -498,7 +512,9 @@ impl SimulatorService for Control {
         request: Request<GroupInfoRequest>,
     ) -> Result<Response<Group>, Status> {
         let group = parse_group(&request.into_inner().group_jid)?;
-        Ok(Response::new(group_message(self.sim.group_info(&group)?)))
+        let mut info = group_message(self.sim.group_info(&group)?);
+        info.last_message_bytes = self.sim.group_message_bytes(&group);
+        Ok(Response::new(info))
     }
 
     async fn send_media(

@@ -22,6 +22,7 @@ mod sender_keys;
 mod stanza;
 mod usync;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,8 +40,10 @@ use tracing::{debug, warn};
 use crate::proto::sim::simulator_server::SimulatorServer;
 use crate::proto::wa::{AdvDeviceIdentity, AdvSignedDeviceIdentity, AdvSignedDeviceIdentityHmac};
 use crate::wa::adv::{account_signature_message, details_hmac};
+use crate::wa::crypto::KeyPair;
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 use crate::wa::qr::{QrData, QrError};
+use crate::wa::signal;
 
 pub use control::Control;
 pub use groups::{Action as GroupAction, GroupError, GroupInfo, GroupMember};
@@ -48,7 +51,10 @@ pub use media::{MediaConfig, MediaHostError, DEFAULT_MAX_UPLOAD};
 pub use phone::{InboxMedia, InboxMessage};
 pub use phone_media::MediaSend;
 pub use registry::{AccountInfo, DeviceInfo};
-use registry::{Command, Device, NewAccount, PairRefusal, Registry, ReserveError, Termination};
+use registry::{
+    Command, CompanionBundle, Device, NewAccount, PairRefusal, Registry, ReserveError,
+    SignedPreKey, Termination,
+};
 
 /// Most texts one `send_texts` call sends: the ids are answered in one
 /// response, which must stay well under gRPC's default 4 MiB limit.
@@ -60,6 +66,9 @@ pub const MAX_ACCOUNTS_PAGE: usize = 10_000;
 
 /// How long a phone waits for the companion to countersign its identity.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(20);
+/// One-time prekeys a virtual device starts with (its signed prekey serves
+/// once they are used up).
+const VIRTUAL_DEVICE_PREKEYS: u32 = 16;
 
 /// Where and how the simulator runs.
 #[derive(Clone, Debug)]
@@ -415,6 +424,36 @@ impl Simulator {
         }
     }
 
+    /// Gives the account of `phone` one more device, a companion with its
+    /// own Signal keys that never connects (see
+    /// `Registry::add_virtual_device`). Returns its JID.
+    pub fn add_virtual_device(&self, phone: &PhoneNumber) -> Result<Jid, SimError> {
+        let (noise_key, bundle, prekeys) = self.inner.with_rng(|rng| {
+            let identity = KeyPair::generate(rng);
+            let signed = signal::SignedPreKey::generate(1, &identity, rng)
+                .map_err(|err| SimError::Encryption(err.to_string()))?;
+            let mut noise_key = [0u8; 32];
+            rng.fill_bytes(&mut noise_key);
+            let prekeys: BTreeMap<u32, [u8; 32]> = (1..=VIRTUAL_DEVICE_PREKEYS)
+                .map(|id| (id, KeyPair::generate(rng).public))
+                .collect();
+            let bundle = CompanionBundle {
+                registration_id: signal::generate_registration_id(rng),
+                identity: identity.public,
+                signed_prekey: SignedPreKey {
+                    id: signed.id,
+                    public: signed.key.public,
+                    signature: signed.signature,
+                },
+            };
+            Ok::<_, SimError>((noise_key, bundle, prekeys))
+        })?;
+        self.inner
+            .registry
+            .add_virtual_device(phone.as_str(), noise_key, bundle, prekeys)
+            .ok_or_else(|| SimError::NotFound(format!("no account {phone}")))
+    }
+
     /// The virtual phone of `from` sends a text to the account `to` (every
     /// device of it, and a sent copy to `from`'s companions). Returns the
     /// message id.
@@ -572,6 +611,12 @@ impl Simulator {
             .filter(|_| group.is_group())
             .map(|g| GroupInfo::from(&g))
             .ok_or(SimError::Group(GroupError::NotFound))
+    }
+
+    /// Encoded size (binary nodes, before the frame cipher) of the last
+    /// message a device sent to the group; 0 before any.
+    pub fn group_message_bytes(&self, group: &Jid) -> u64 {
+        self.inner.registry.group_message_bytes(&group.user)
     }
 
     async fn group_query(

@@ -241,6 +241,10 @@ pub struct DeviceInfo {
     pub key_index: u32,
     /// One-time prekeys the server holds for the device; 0 for the phone.
     pub prekeys: usize,
+    /// Group messages the server accepted with a pairwise `<enc>` for this
+    /// device: how senders hand over their sender keys, so a test can tell
+    /// whether a key was distributed again.
+    pub group_key_distributions: u32,
 }
 
 pub(crate) struct Registry {
@@ -250,6 +254,10 @@ pub(crate) struct Registry {
     mailboxes: Mailboxes,
     conns: Mutex<Conns>,
     next_conn: AtomicU64,
+    /// Pairwise `<enc>`s in accepted group messages, by (user, device).
+    key_distributions: Mutex<HashMap<(String, u16), u32>>,
+    /// Encoded size of the last message sent to each group, by group id.
+    group_message_bytes: Mutex<HashMap<String, u64>>,
 }
 
 impl Default for Registry {
@@ -259,6 +267,8 @@ impl Default for Registry {
             mailboxes: Mailboxes::default(),
             conns: Mutex::default(),
             next_conn: AtomicU64::new(1),
+            key_distributions: Mutex::default(),
+            group_message_bytes: Mutex::default(),
         }
     }
 }
@@ -406,6 +416,39 @@ impl Registry {
         if conns.live.contains_key(&pending.conn) && !conns.pending.contains_key(&noise_key) {
             conns.pending.insert(noise_key, pending);
         }
+    }
+
+    /// Links a companion that never connects to an existing account: it
+    /// has keys the server hands out in bundles, and what is sent to it
+    /// waits in its (bounded) queue. Load tests use it for accounts with
+    /// more than one device. `None` for an unknown account or when its
+    /// device ids are used up.
+    pub(crate) fn add_virtual_device(
+        &self,
+        user: &str,
+        noise_key: [u8; 32],
+        bundle: CompanionBundle,
+        prekeys: BTreeMap<u32, [u8; 32]>,
+    ) -> Option<Jid> {
+        let account = self.account(user)?;
+        let mut devices = lock(&account.devices);
+        let id = devices.next_device;
+        devices.next_device = id.checked_add(1)?;
+        let key_index = devices.next_key_index;
+        devices.next_key_index = key_index.saturating_add(1);
+        devices.by_id.insert(
+            id,
+            Device {
+                id,
+                noise_key,
+                bundle,
+                platform: "virtual".to_owned(),
+                key_index,
+                signed_identity: Vec::new(),
+                prekeys,
+            },
+        );
+        Some(Jid::with_device(user, id, DEFAULT_USER_SERVER))
     }
 
     /// Adds a paired device to its account.
@@ -708,6 +751,36 @@ impl Registry {
             .collect()
     }
 
+    /// Counts the devices a group message carried a pairwise `<enc>` for.
+    pub(crate) fn note_key_distributions<'a>(&self, devices: impl IntoIterator<Item = &'a Jid>) {
+        let mut counts = lock(&self.key_distributions);
+        for device in devices {
+            *counts
+                .entry((device.user.clone(), device.device))
+                .or_default() += 1;
+        }
+    }
+
+    /// Records the size of a message stanza sent to `group`.
+    pub(crate) fn note_group_message_bytes(&self, group: &str, bytes: u64) {
+        lock(&self.group_message_bytes).insert(group.to_owned(), bytes);
+    }
+
+    /// The size of the last message stanza sent to `group`, 0 before any.
+    pub(crate) fn group_message_bytes(&self, group: &str) -> u64 {
+        lock(&self.group_message_bytes)
+            .get(group)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn key_distributions(&self, user: &str, device: u16) -> u32 {
+        lock(&self.key_distributions)
+            .get(&(user.to_owned(), device))
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn account_info(&self, account: &Account) -> AccountInfo {
         let phone_jid = account.phone.to_jid();
         let phone = DeviceInfo {
@@ -716,6 +789,7 @@ impl Registry {
             connected: true,
             key_index: 0,
             prekeys: lock(&account.handset).unclaimed_prekeys(),
+            group_key_distributions: self.key_distributions(account.phone.as_str(), 0),
         };
         let companions: Vec<(Jid, String, u32, usize)> = lock(&account.devices)
             .by_id
@@ -729,12 +803,14 @@ impl Registry {
             .into_iter()
             .map(|(jid, platform, key_index, prekeys)| {
                 let connected = self.mailboxes.connected(&jid);
+                let group_key_distributions = self.key_distributions(&jid.user, jid.device);
                 DeviceInfo {
                     jid,
                     platform,
                     connected,
                     key_index,
                     prekeys,
+                    group_key_distributions,
                 }
             });
         AccountInfo {

@@ -7,7 +7,7 @@
 //! an Ed25519 scalar, and the sign bit of the Edwards public key travels in the
 //! top bit of the signature because a Montgomery public key does not carry it.
 
-use curve25519_dalek::edwards::EdwardsPoint;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use curve25519_dalek::scalar::Scalar;
 use hkdf::Hkdf;
@@ -64,9 +64,82 @@ impl KeyPair {
     /// XEdDSA signature of `message`, randomised with 64 bytes from `rng`
     /// (the hash-separated nonce of curve25519-js `sign(key, msg, random)`).
     pub fn sign(&self, message: &[u8], rng: &mut (impl RngCore + CryptoRng)) -> [u8; 64] {
+        self.signer().sign(message, rng)
+    }
+
+    /// The key in the form signing needs, for a key that signs many
+    /// messages (a sender key signs every group message it encrypts).
+    pub fn signer(&self) -> Signer {
+        let clamped = Zeroizing::new(clamp(*self.private));
+        let a = Scalar::from_bytes_mod_order(*clamped);
+        let a_public = EdwardsPoint::mul_base(&a).compress();
+        Signer {
+            clamped,
+            a: Zeroizing::new(a),
+            a_public,
+        }
+    }
+}
+
+/// An XEdDSA signing key with its Edwards public key worked out once: that
+/// base-point multiplication is a third of the cost of a signature.
+#[derive(Clone)]
+pub struct Signer {
+    /// The clamped private key as bytes: the nonce hash covers these, not
+    /// the reduced scalar.
+    clamped: Zeroizing<[u8; 32]>,
+    a: Zeroizing<Scalar>,
+    a_public: CompressedEdwardsY,
+}
+
+impl Signer {
+    /// As [`KeyPair::sign`].
+    pub fn sign(&self, message: &[u8], rng: &mut (impl RngCore + CryptoRng)) -> [u8; 64] {
         let mut random = Zeroizing::new([0u8; 64]);
         rng.fill_bytes(random.as_mut());
-        sign_with_random(&self.private, message, &random)
+        self.sign_with_random(message, &random)
+    }
+
+    /// The deterministic core of [`sign`](Self::sign): given the 64 random
+    /// bytes it reproduces curve25519-js `sign(private, message, random)`
+    /// bit for bit.
+    fn sign_with_random(&self, message: &[u8], random: &[u8; 64]) -> [u8; 64] {
+        let sign_bit = self.a_public.as_bytes()[31] & 0x80;
+        // The 0xFE 0xFF… prefix separates this nonce hash from any Ed25519
+        // hash of the same key (XEdDSA's hash_1).
+        let mut prefix = [0xFFu8; 32];
+        prefix[0] = 0xFE;
+        let mut r = Scalar::from_hash(
+            Sha512::new()
+                .chain_update(prefix)
+                .chain_update(self.clamped.as_ref())
+                .chain_update(message)
+                .chain_update(random),
+        );
+        let r_point = EdwardsPoint::mul_base(&r).compress();
+        let h = Scalar::from_hash(
+            Sha512::new()
+                .chain_update(r_point.as_bytes())
+                .chain_update(self.a_public.as_bytes())
+                .chain_update(message),
+        );
+        let s = r + h * *self.a;
+        r.zeroize();
+
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(r_point.as_bytes());
+        signature[32..].copy_from_slice(s.as_bytes());
+        // s < 2^253, so the top bit is free to carry the public key's sign.
+        signature[63] |= sign_bit;
+        signature
+    }
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("public", &hex::encode(self.a_public.as_bytes()))
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,27 +154,58 @@ impl std::fmt::Debug for KeyPair {
 /// Verifies an XEdDSA signature made by the holder of the Curve25519 key
 /// `public`. Rejects non-canonical scalars, as libsignal and Go's ed25519 do.
 pub fn verify(public: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bool {
-    let (r_bytes, s_part) = signature.split_at(32);
-    let sign_bit = signature[63] >> 7;
-    let Some(a_point) = MontgomeryPoint(*public).to_edwards(sign_bit) else {
-        return false;
-    };
-    let mut s_bytes = [0u8; 32];
-    s_bytes.copy_from_slice(s_part);
-    s_bytes[31] &= 0x7F;
-    let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else {
-        return false;
-    };
-    let a_compressed = a_point.compress();
-    let h = Scalar::from_hash(
-        Sha512::new()
-            .chain_update(r_bytes)
-            .chain_update(a_compressed.as_bytes())
-            .chain_update(message),
-    );
-    // R' = s·B − h·A must reproduce the R the signer committed to.
-    let r_check = EdwardsPoint::vartime_double_scalar_mul_basepoint(&h, &-a_point, &s);
-    r_check.compress().as_bytes()[..] == *r_bytes
+    Verifier::new(public, signature[63] >> 7).is_some_and(|v| v.verify(message, signature))
+}
+
+/// A Curve25519 public key converted for XEdDSA verification, for one sign
+/// bit (the top bit of a signature). The conversion and compression are two
+/// field exponentiations; a member checks every message of a sender key
+/// against the same key, so it keeps this instead of redoing them.
+#[derive(Clone)]
+pub struct Verifier {
+    sign_bit: u8,
+    minus_a: EdwardsPoint,
+    a_compressed: CompressedEdwardsY,
+}
+
+impl Verifier {
+    /// `None` when `public` has no Edwards form (not a curve point).
+    pub fn new(public: &[u8; 32], sign_bit: u8) -> Option<Self> {
+        let a_point = MontgomeryPoint(*public).to_edwards(sign_bit)?;
+        Some(Self {
+            sign_bit,
+            minus_a: -a_point,
+            a_compressed: a_point.compress(),
+        })
+    }
+
+    /// The sign bit this verifier was made for.
+    pub fn sign_bit(&self) -> u8 {
+        self.sign_bit
+    }
+
+    /// As [`verify`]; a signature carrying the other sign bit fails.
+    pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        if signature[63] >> 7 != self.sign_bit {
+            return false;
+        }
+        let (r_bytes, s_part) = signature.split_at(32);
+        let mut s_bytes = [0u8; 32];
+        s_bytes.copy_from_slice(s_part);
+        s_bytes[31] &= 0x7F;
+        let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else {
+            return false;
+        };
+        let h = Scalar::from_hash(
+            Sha512::new()
+                .chain_update(r_bytes)
+                .chain_update(self.a_compressed.as_bytes())
+                .chain_update(message),
+        );
+        // R' = s·B − h·A must reproduce the R the signer committed to.
+        let r_check = EdwardsPoint::vartime_double_scalar_mul_basepoint(&h, &self.minus_a, &s);
+        r_check.compress().as_bytes()[..] == *r_bytes
+    }
 }
 
 /// HMAC-SHA256 over the concatenation of `parts`.
@@ -142,44 +246,6 @@ fn clamp(mut key: [u8; 32]) -> [u8; 32] {
     key[31] &= 0x7F;
     key[31] |= 0x40;
     key
-}
-
-/// The deterministic core of [`KeyPair::sign`]: given the 64 random bytes it
-/// reproduces curve25519-js `sign(private, message, random)` bit for bit.
-fn sign_with_random(private: &[u8; 32], message: &[u8], random: &[u8; 64]) -> [u8; 64] {
-    let a_bytes = Zeroizing::new(clamp(*private));
-    let mut a = Scalar::from_bytes_mod_order(*a_bytes);
-    let a_public = EdwardsPoint::mul_base(&a).compress();
-    let sign_bit = a_public.as_bytes()[31] & 0x80;
-
-    // The 0xFE 0xFF… prefix separates this nonce hash from any Ed25519 hash
-    // of the same key (XEdDSA's hash_1).
-    let mut prefix = [0xFFu8; 32];
-    prefix[0] = 0xFE;
-    let mut r = Scalar::from_hash(
-        Sha512::new()
-            .chain_update(prefix)
-            .chain_update(a_bytes.as_ref())
-            .chain_update(message)
-            .chain_update(random),
-    );
-    let r_point = EdwardsPoint::mul_base(&r).compress();
-    let h = Scalar::from_hash(
-        Sha512::new()
-            .chain_update(r_point.as_bytes())
-            .chain_update(a_public.as_bytes())
-            .chain_update(message),
-    );
-    let s = r + h * a;
-    a.zeroize();
-    r.zeroize();
-
-    let mut signature = [0u8; 64];
-    signature[..32].copy_from_slice(r_point.as_bytes());
-    signature[32..].copy_from_slice(s.as_bytes());
-    // s < 2^253, so the top bit is free to carry the public key's sign.
-    signature[63] |= sign_bit;
-    signature
 }
 
 #[cfg(test)]
@@ -254,6 +320,27 @@ mod tests {
             longer.push(0);
             assert!(!verify(&pair.public, &longer, &signature));
         }
+    }
+
+    #[test]
+    fn kept_signer_and_verifier_act_as_the_one_shot_functions() {
+        let mut rng = rng();
+        let pair = KeyPair::generate(&mut rng);
+        let signer = pair.signer();
+        let message = b"group message";
+        let signature = signer.sign(message, &mut rng);
+        let bit = signature[63] >> 7;
+        let verifier = Verifier::new(&pair.public, bit).expect("a curve point");
+        assert!(verify(&pair.public, message, &signature));
+        assert!(verifier.verify(message, &signature));
+        assert!(!verifier.verify(b"another message", &signature));
+        let mut flipped_sign = signature;
+        flipped_sign[63] ^= 0x80;
+        assert!(!verifier.verify(message, &flipped_sign));
+        let other_bit = Verifier::new(&pair.public, bit ^ 1).expect("a curve point");
+        assert!(!other_bit.verify(message, &signature));
+        assert!(!other_bit.verify(message, &flipped_sign));
+        assert!(!format!("{signer:?}").contains(&hex::encode(pair.private_bytes())));
     }
 
     #[test]
@@ -412,7 +499,11 @@ mod tests {
                 let message = bytes(&v, "message");
                 let signature: [u8; 64] = array(&v, "signature");
                 assert_eq!(
-                    hex::encode(sign_with_random(&private, &message, &array(&v, "random"))),
+                    hex::encode(
+                        KeyPair::from_private(private)
+                            .signer()
+                            .sign_with_random(&message, &array(&v, "random"))
+                    ),
                     hex::encode(signature)
                 );
                 assert!(verify(

@@ -157,7 +157,7 @@ pub(crate) async fn latency(
 }
 
 /// One stream of every session's `message` events, from now on.
-async fn subscribe(gateway: &Gateway) -> Result<Streaming<Event>, LoadError> {
+pub(crate) async fn subscribe(gateway: &Gateway) -> Result<Streaming<Event>, LoadError> {
     Ok(gateway
         .clone()
         .events(EventsRequest {
@@ -187,7 +187,7 @@ fn spawn_senders(
 
 /// Reads the stream until `count` received texts starting with `prefix`
 /// have arrived, handing each text to `seen` as it arrives.
-async fn collect(
+pub(crate) async fn collect(
     stream: &mut Streaming<Event>,
     prefix: &str,
     count: usize,

@@ -1,10 +1,13 @@
 //! `wagate-load`: starts a separate `wagate sim` and `wagate serve` on
 //! loopback, pairs N sessions and prints what they cost and how fast they
 //! go: memory per idle session, idle CPU, inbound messages/s with CPU per
-//! process, event delivery latency, Send latency and rate, restart time.
+//! process, event delivery latency, Send latency and rate, sends to a large
+//! group, restart time.
 
 mod clients;
 mod error;
+mod group_inbound;
+mod groups;
 mod inbound;
 mod media;
 mod pairing;
@@ -70,6 +73,14 @@ struct Cli {
     /// figure, in MB (10^6 bytes) [default: 100; quick: 8]; 0 skips it.
     #[arg(long)]
     media_mb: Option<u64>,
+    /// Virtual members (two devices each) of the group session 0 sends to;
+    /// 0 skips the group step [default: 256; quick: 8].
+    #[arg(long)]
+    group_members: Option<usize>,
+    /// Sends to the group after the first one (which distributes the key)
+    /// [default: 200; quick: 10].
+    #[arg(long)]
+    group_sends: Option<usize>,
     /// Give up when a step makes no progress for this long, seconds.
     #[arg(long, default_value_t = 60)]
     stall_seconds: u64,
@@ -115,6 +126,8 @@ impl Cli {
             latency_messages: self.latency_messages.unwrap_or(pick(q, 100, 5000)).max(1),
             sends: self.sends.unwrap_or(pick(q, 64, 2000)).max(1),
             media_bytes: self.media_mb.unwrap_or(pick(q, 8, 100)) * 1_000_000,
+            group_members: self.group_members.unwrap_or(pick(q, 8, 256)),
+            group_sends: self.group_sends.unwrap_or(pick(q, 10, 200)),
             stall: Duration::from_secs(self.stall_seconds.max(1)),
         })
     }

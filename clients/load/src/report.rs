@@ -1,6 +1,7 @@
 //! The figures of one run, printed as an aligned Markdown table (ready to
 //! paste into the README) or as JSON.
 
+use crate::groups::GroupFigures;
 use crate::inbound::{Latency, Throughput};
 use crate::media::MediaFigures;
 use crate::procstat::Memory;
@@ -34,9 +35,11 @@ pub(crate) struct Report {
     pub(crate) gateway_idle_cpu: f64,
     pub(crate) sim_idle_cpu: f64,
     pub(crate) inbound: Throughput,
+    pub(crate) group_inbound: Throughput,
     pub(crate) latency: Latency,
     pub(crate) sends: Vec<SendFigures>,
     pub(crate) media: Option<MediaFigures>,
+    pub(crate) group: Option<GroupFigures>,
     pub(crate) restart: Restart,
     pub(crate) released: Released,
 }
@@ -113,6 +116,25 @@ impl Report {
             ),
             (
                 format!(
+                    "Inbound group texts (skmsg), end to end ({} texts)",
+                    self.group_inbound.messages
+                ),
+                format!(
+                    "{:.0} messages/s ({:.2} s)",
+                    self.group_inbound.per_second, self.group_inbound.seconds
+                ),
+            ),
+            (
+                "CPU during group inbound: gateway / simulator / tool".into(),
+                format!(
+                    "{:.0} % / {:.0} % / {:.0} % of a core",
+                    self.group_inbound.gateway_cpu,
+                    self.group_inbound.sim_cpu,
+                    self.group_inbound.tool_cpu
+                ),
+            ),
+            (
+                format!(
                     "Event delivery at {:.0}/s ({} texts): p50 / p99 / max",
                     self.latency.rate, self.latency.messages
                 ),
@@ -147,6 +169,26 @@ impl Report {
                     mib(m.rss_growth_kib)
                 ),
             ));
+        }
+        if let Some(g) = &self.group {
+            rows.extend([
+                (
+                    format!(
+                        "Group of {} (×2 devices): first send, key to {} devices",
+                        g.members, g.devices
+                    ),
+                    format!("{:.2} ms, stanza {}", g.first_ms, kib(g.first_bytes)),
+                ),
+                (
+                    format!("Group: next {} sends, p50 / p99", g.steady_sends),
+                    format!(
+                        "{:.2} ms / {:.2} ms, stanza {}",
+                        g.steady_p50_ms,
+                        g.steady_p99_ms,
+                        kib(g.steady_bytes)
+                    ),
+                ),
+            ]);
         }
         rows.extend([
             (
@@ -216,6 +258,12 @@ impl Report {
                          "gateway_cpu_percent": self.inbound.gateway_cpu,
                          "simulator_cpu_percent": self.inbound.sim_cpu,
                          "tool_cpu_percent": self.inbound.tool_cpu },
+            "group_inbound": { "messages": self.group_inbound.messages,
+                               "seconds": self.group_inbound.seconds,
+                               "messages_per_second": self.group_inbound.per_second,
+                               "gateway_cpu_percent": self.group_inbound.gateway_cpu,
+                               "simulator_cpu_percent": self.group_inbound.sim_cpu,
+                               "tool_cpu_percent": self.group_inbound.tool_cpu },
             "event_latency": { "messages": self.latency.messages, "rate_per_second": self.latency.rate,
                                "p50_ms": self.latency.p50_ms, "p99_ms": self.latency.p99_ms,
                                "max_ms": self.latency.max_ms },
@@ -228,6 +276,11 @@ impl Report {
                 "gateway_rss_anon_peak_kib": m.anon_peak_kib,
                 "gateway_rss_anon_growth_kib": m.anon_peak_kib.saturating_sub(m.anon_before_kib),
                 "gateway_rss_growth_kib": m.rss_growth_kib })),
+            "group": self.group.as_ref().map(|g| serde_json::json!({
+                "members": g.members, "devices": g.devices, "first_send_ms": g.first_ms,
+                "first_stanza_bytes": g.first_bytes, "steady_sends": g.steady_sends,
+                "steady_p50_ms": g.steady_p50_ms, "steady_p99_ms": g.steady_p99_ms,
+                "steady_stanza_bytes": g.steady_bytes })),
             "restart": { "shutdown_seconds": self.restart.shutdown_seconds,
                          "all_connected_seconds": self.restart.connected_seconds,
                          "gateway_cpu_ms_per_session": self.restart.cpu_ms_per_session,
@@ -239,6 +292,10 @@ impl Report {
                           "rss_anon_needed_kib": self.needed_kib(self.released.sessions_after) },
         })
     }
+}
+
+fn kib(bytes: u64) -> String {
+    format!("{:.1} KiB", bytes as f64 / 1024.0)
 }
 
 fn mib(kib: u64) -> String {

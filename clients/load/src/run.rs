@@ -1,12 +1,15 @@
 //! One load run, step by step: start the simulator and the gateway, pair
 //! the sessions, measure idle memory and CPU, inbound throughput, event
-//! latency and Send, then restart the gateway and time its recovery.
+//! latency and Send, sends to a large group, then restart the gateway and
+//! time its recovery.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::clients;
 use crate::error::LoadError;
+use crate::group_inbound;
+use crate::groups;
 use crate::inbound::{self, Pids};
 use crate::media;
 use crate::pairing;
@@ -33,6 +36,8 @@ pub(crate) struct Plan {
     pub(crate) sends: usize,
     /// Size of the video of the media step; 0 = no media step.
     pub(crate) media_bytes: u64,
+    pub(crate) group_members: usize,
+    pub(crate) group_sends: usize,
     pub(crate) stall: Duration,
 }
 
@@ -197,6 +202,22 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
     )
     .await?;
 
+    step("group inbound: one group per session, warm-up text each");
+    let groups_in = group_inbound::prepare(&gateway, &sim, n, plan.stall).await?;
+    step(&format!(
+        "group inbound: {} group texts per session",
+        plan.messages_per_session
+    ));
+    let group_throughput = group_inbound::throughput(
+        &gateway,
+        &sim,
+        &groups_in,
+        plan.messages_per_session,
+        pids,
+        plan.stall,
+    )
+    .await?;
+
     let run_id = format!("{}", std::process::id());
     step("send: warm-up, one per session");
     sends::warm_up(&gateway, n, &run_id).await?;
@@ -215,6 +236,25 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
             plan.media_bytes / 1_000_000
         ));
         Some(media::send_video(&gateway, gateway_pid, plan.media_bytes).await?)
+    } else {
+        None
+    };
+
+    let group = if plan.group_members > 0 {
+        step(&format!(
+            "group: {} members with two devices each, 1 + {} sends",
+            plan.group_members, plan.group_sends
+        ));
+        Some(
+            groups::measure(
+                &gateway,
+                &sim,
+                plan.group_members,
+                plan.group_sends,
+                plan.stall,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -253,9 +293,11 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
         gateway_idle_cpu,
         sim_idle_cpu,
         inbound: throughput,
+        group_inbound: group_throughput,
         latency,
         sends: send_figures,
         media,
+        group,
         restart,
         released,
     })

@@ -122,10 +122,15 @@ pub(crate) fn session_id(field: &str, raw: &str) -> Result<String, ApiError> {
 }
 
 /// A recipient: a phone number (digits, optional `+`, spaces and dashes
-/// ignored) or a JID (`...@s.whatsapp.net`, `...@c.us`, `...@g.us`).
-/// Returns what the gateway's `Send.to` takes.
+/// ignored), a JID (`...@s.whatsapp.net`, `...@c.us`, `...@g.us`) or a bare
+/// group id (`120363…`, or the older `creator-timestamp`), as the Node
+/// gateways take a group in their `to` / `number` fields. Returns what the
+/// gateway's `Send.to` takes.
 pub(crate) fn recipient(field: &str, raw: &str) -> Result<String, ApiError> {
     let raw = raw.trim();
+    if is_bare_group_id(raw) {
+        return Ok(format!("{raw}@g.us"));
+    }
     if let Some((user, server)) = raw.split_once('@') {
         let server = match server {
             // whatsapp-web.js spells user JIDs `@c.us`.
@@ -155,6 +160,20 @@ pub(crate) fn recipient(field: &str, raw: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(format!("+{digits}"))
+}
+
+/// Whether `raw` is a group id without its `@g.us`. A phone number has at
+/// most 15 digits, so more digits than that cannot be one: `120363` and 12
+/// more digits (groups made since 2021), or `creator-timestamp` (older
+/// groups: the creator's number, a dash, the creation time in seconds).
+fn is_bare_group_id(raw: &str) -> bool {
+    let digits = |part: &str, len: std::ops::RangeInclusive<usize>| {
+        len.contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit())
+    };
+    match raw.split_once('-') {
+        None => digits(raw, 16..=24),
+        Some((creator, created)) => digits(creator, 7..=15) && digits(created, 9..=10),
+    }
 }
 
 /// An `http://` or `https://` URL for a webhook (https is delivered over
@@ -381,7 +400,36 @@ mod tests {
             "5491123456789@s.whatsapp.net"
         );
         assert_eq!(recipient("to", "1-2@g.us").expect("ok"), "1-2@g.us");
-        for bad in ["abc", "+12", "x@example.com", "@c.us"] {
+        assert_eq!(
+            recipient("to", "120363025246125486").expect("ok"),
+            "120363025246125486@g.us"
+        );
+        assert_eq!(
+            recipient("chatId", "5491123456789-1612345678").expect("ok"),
+            "5491123456789-1612345678@g.us"
+        );
+        // Formatted phone numbers stay phone numbers.
+        assert_eq!(
+            recipient("to", "549-1123456789").expect("ok"),
+            "+5491123456789"
+        );
+        assert_eq!(
+            recipient("to", "1-555-123-4567").expect("ok"),
+            "+15551234567"
+        );
+        let body = JsonBody::parse(br#"{"number": 120363025246125486}"#).expect("json");
+        assert_eq!(
+            body.recipient("number").expect("ok"),
+            "120363025246125486@g.us"
+        );
+        for bad in [
+            "abc",
+            "+12",
+            "x@example.com",
+            "@c.us",
+            "1234567890123456789012345",
+            "+120363025246125486",
+        ] {
             let e = recipient("number", bad).expect_err(bad);
             assert!(e.to_string().starts_with("number: "), "{e}");
         }

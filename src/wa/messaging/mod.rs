@@ -54,8 +54,11 @@ pub const MAX_RETRIES: u32 = 5;
 pub const SEND_TIMEOUT_MS: u64 = 20_000;
 /// How long a device list from usync is trusted.
 const DEVICE_CACHE_MS: u64 = 5 * 60_000;
-/// Device lists kept in memory.
-const MAX_CACHED_DEVICE_LISTS: usize = 256;
+/// Device lists kept in memory. A group send needs the list of every
+/// member at once, and WhatsApp groups hold up to 1024 members: a smaller
+/// cache emptied itself in the middle of a large group's fetch, and the
+/// message went out with our key for only a few devices.
+const MAX_CACHED_DEVICE_LISTS: usize = 1100;
 /// Longest text reported in an event; WhatsApp's own limit is 65,536
 /// characters, so anything longer is hostile or broken.
 pub const MAX_TEXT_BYTES: usize = 256 * 1024;

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use super::ratchet::{aes_cbc_decrypt, aes_cbc_encrypt, ChainKey, GroupMessageKeys};
 use super::wire::{SenderKeyDistributionMessage, SenderKeyMessage};
 use super::{ProtocolAddress, SignalError, MAX_SENDER_KEY_STATES, MAX_SKIPPED_KEYS};
-use crate::wa::crypto::KeyPair;
+use crate::wa::crypto::{KeyPair, Signer, Verifier};
 
 /// Format version written by [`SenderKeyRecord::serialize`].
 const RECORD_VERSION: u32 = 1;
@@ -48,6 +48,10 @@ struct SenderKeyState {
     signing_public: [u8; 32],
     signing_private: Option<KeyPair>,
     skipped: BTreeMap<u32, Zeroizing<[u8; 32]>>,
+    /// Forms of the signing key worked out at first use and kept for the
+    /// chain's next messages (never stored: derived from the fields above).
+    signer: Option<Signer>,
+    verifier: Option<Verifier>,
 }
 
 impl SenderKeyState {
@@ -171,6 +175,8 @@ impl SenderKeyRecord {
                             Ok((skipped.iteration, Zeroizing::new(key32(&skipped.seed)?)))
                         })
                         .collect::<Result<_, SignalError>>()?,
+                    signer: None,
+                    verifier: None,
                 })
             })
             .collect::<Result<_, SignalError>>()?;
@@ -225,6 +231,8 @@ pub fn create_distribution_message(
             signing_public: signing.public,
             signing_private: Some(signing),
             skipped: BTreeMap::new(),
+            signer: None,
+            verifier: None,
         }];
     }
     let state = record
@@ -265,6 +273,8 @@ pub fn process_distribution_message(
         signing_public: message.signing_key,
         signing_private: None,
         skipped: BTreeMap::new(),
+        signer: None,
+        verifier: None,
     });
     if record.states.len() > MAX_SENDER_KEY_STATES {
         record.states.remove(0);
@@ -287,8 +297,9 @@ pub fn group_encrypt(
         .signing_private
         .as_ref()
         .expect("own_state only returns states with a signing key");
+    let signer = state.signer.get_or_insert_with(|| signing.signer());
     let message =
-        SenderKeyMessage::encode(state.key_id, state.chain.index, ciphertext, signing, rng);
+        SenderKeyMessage::encode(state.key_id, state.chain.index, ciphertext, signer, rng);
     state.chain = next;
     Ok(message)
 }
@@ -302,8 +313,20 @@ pub fn group_decrypt(record: &mut SenderKeyRecord, message: &[u8]) -> Result<Vec
         .iter()
         .rposition(|state| state.key_id == message.key_id)
         .ok_or(SignalError::NoSenderKey(message.key_id))?;
-    let original = &record.states[position];
-    if !message.verify_signature(&original.signing_public) {
+    let original = &mut record.states[position];
+    let sign_bit = message.sign_bit();
+    if original
+        .verifier
+        .as_ref()
+        .is_none_or(|v| v.sign_bit() != sign_bit)
+    {
+        original.verifier = Verifier::new(&original.signing_public, sign_bit);
+    }
+    let verified = original
+        .verifier
+        .as_ref()
+        .is_some_and(|verifier| message.verify_with(verifier));
+    if !verified {
         return Err(SignalError::BadSignature);
     }
     let mut state = original.clone();

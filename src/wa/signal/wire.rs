@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use super::keys::{decode_public_key, encode_public_key};
 use super::{SignalError, VERSION_BYTE};
-use crate::wa::crypto::{hmac_sha256, verify, KeyPair};
+use crate::wa::crypto::{hmac_sha256, Signer, Verifier};
 
 /// Bytes of HMAC-SHA256 kept at the end of a `SignalMessage`.
 const MAC_LEN: usize = 8;
@@ -310,7 +310,7 @@ impl SenderKeyMessage {
         key_id: u32,
         iteration: u32,
         ciphertext: Vec<u8>,
-        signing_key: &KeyPair,
+        signing_key: &Signer,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Vec<u8> {
         let body = pb::SenderKeyMessage {
@@ -327,8 +327,19 @@ impl SenderKeyMessage {
     }
 
     /// Whether the signature is by `signing_public`.
+    #[cfg(test)]
     pub(super) fn verify_signature(&self, signing_public: &[u8; 32]) -> bool {
-        verify(signing_public, &self.signed, &self.signature)
+        crate::wa::crypto::verify(signing_public, &self.signed, &self.signature)
+    }
+
+    /// The sign bit of the signer's Edwards key, carried in the signature.
+    pub(super) fn sign_bit(&self) -> u8 {
+        self.signature[63] >> 7
+    }
+
+    /// Whether the signature is by the key `verifier` was prepared from.
+    pub(super) fn verify_with(&self, verifier: &Verifier) -> bool {
+        verifier.verify(&self.signed, &self.signature)
     }
 }
 
@@ -402,6 +413,7 @@ fn check_version(bytes: &[u8]) -> Result<(), SignalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wa::crypto::KeyPair;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -465,7 +477,7 @@ mod tests {
     fn sender_key_messages_round_trip_and_verify() {
         let mut rng = StdRng::seed_from_u64(5);
         let signing = KeyPair::generate(&mut rng);
-        let bytes = SenderKeyMessage::encode(42, 3, vec![1; 16], &signing, &mut rng);
+        let bytes = SenderKeyMessage::encode(42, 3, vec![1; 16], &signing.signer(), &mut rng);
         let message = SenderKeyMessage::decode(&bytes).expect("decodes");
         assert_eq!((message.key_id, message.iteration), (42, 3));
         assert!(message.verify_signature(&signing.public));

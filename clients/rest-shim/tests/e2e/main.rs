@@ -6,6 +6,7 @@ mod common;
 mod delivery;
 mod errors;
 mod flows;
+mod groups;
 mod https;
 mod lifecycle;
 mod limits;
