@@ -18,6 +18,7 @@ pub mod state;
 
 mod auth;
 mod body;
+mod console;
 mod cors;
 mod limit;
 mod memory;

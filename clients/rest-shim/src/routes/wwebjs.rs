@@ -284,7 +284,7 @@ async fn send_media(State(app): State<App>, form: MediaForm) -> Result<Json<Valu
     ))
 }
 
-fn message_json(msg: &MessageEvent) -> Value {
+pub(crate) fn message_json(msg: &MessageEvent) -> Value {
     let from = if msg.from_me && !msg.sender_phone.is_empty() {
         format!("{}@c.us", msg.sender_phone)
     } else {
