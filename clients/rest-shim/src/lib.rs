@@ -24,6 +24,7 @@ mod limit;
 mod memory;
 mod openapi;
 mod qr;
+mod redis;
 mod routes;
 mod time;
 mod webhook;

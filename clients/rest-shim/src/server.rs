@@ -211,9 +211,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Layers run outermost last-added: the access log sees every request,
     // CORS answers preflights before the rate limit and the keys.
     let per_minute = config.rate_limit_per_minute();
-    if let Some(limit) = RateLimit::new(per_minute, config.trust_proxy) {
+    let redis = config
+        .rate_limit_redis
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| u.trim().parse::<crate::redis::Target>())
+        .transpose()
+        .map_err(|e| StartError::Config(format!("--rate-limit-redis: {e}")))?;
+    let backend = if redis.is_some() { "redis" } else { "memory" };
+    if let Some(limit) = RateLimit::new(per_minute, config.trust_proxy, redis) {
         router = router.layer(middleware::from_fn_with_state(limit, limit::middleware));
-        tracing::info!(per_minute, "request rate limit per client address");
+        tracing::info!(per_minute, backend, "request rate limit per client address");
     }
     if let Some(cors) = Cors::new(&config.cors_origins) {
         router = router.layer(middleware::from_fn_with_state(cors, cors::middleware));

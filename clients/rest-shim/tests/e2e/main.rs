@@ -12,3 +12,4 @@ mod https;
 mod lifecycle;
 mod limits;
 mod ops;
+mod redis_limit;
