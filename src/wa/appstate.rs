@@ -23,6 +23,7 @@ use crate::proto::wa::{
     KeyId, SyncActionData, SyncActionValue, SyncdIndex, SyncdMutation, SyncdPatch, SyncdRecord,
     SyncdValue, SyncdVersion,
 };
+use crate::wa::binary::Node;
 use crate::wa::crypto::{hkdf_sha256, hmac_sha256};
 
 /// The collection that holds the push name (and other critical settings).
@@ -407,6 +408,119 @@ pub fn decode_patch<'k>(
     Ok(mutations)
 }
 
+/// An app-state sync key as the phone shares it (`AppStateSyncKeyShare`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedKey {
+    pub id: Vec<u8>,
+    pub data: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SharedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedKey({})", hex::encode(&self.id))
+    }
+}
+
+/// The keys of an `AppStateSyncKeyShare` (entries without id or data are
+/// skipped).
+pub fn shared_keys(share: &crate::proto::wa::message::AppStateSyncKeyShare) -> Vec<SharedKey> {
+    share
+        .keys
+        .iter()
+        .filter_map(|k| {
+            Some(SharedKey {
+                id: k.key_id.as_ref()?.key_id.clone()?,
+                data: Zeroizing::new(k.key_data.as_ref()?.key_data.clone()?),
+            })
+        })
+        .collect()
+}
+
+/// `<iq xmlns="w:sync:app:state" type="set"><sync><collection name version
+/// return_snapshot="false"/></sync></iq>`: the patches after `version`
+/// (no snapshot: it would come as a blob on the media host).
+pub fn sync_query(collection: &str, version: u64) -> Node {
+    Node::new("iq")
+        .attr("xmlns", "w:sync:app:state")
+        .attr("type", "set")
+        .children(vec![Node::new("sync").children(vec![Node::new(
+            "collection",
+        )
+        .attr("name", collection.to_owned())
+        .attr("version", version.to_string())
+        .attr("return_snapshot", "false")])])
+}
+
+/// One collection of a sync answer.
+#[derive(Debug)]
+pub struct CollectionPatches {
+    pub name: String,
+    pub patches: Vec<SyncdPatch>,
+    /// The server has more patches after these.
+    pub has_more: bool,
+}
+
+/// Most patches read from one collection of an answer.
+const MAX_PATCHES: usize = 1000;
+
+/// Reads `<sync><collection name version [has_more_patches]><patches>
+/// <patch>…</patch>…</patches></collection>…</sync>`. A collection the
+/// server refused (`type="error"`) comes back without patches.
+pub fn parse_sync(node: &Node) -> Result<Vec<CollectionPatches>, AppStateError> {
+    let sync = node.child("sync").ok_or(AppStateError::Missing("<sync>"))?;
+    let mut out = Vec::new();
+    for collection in sync.children_by_tag("collection") {
+        let name = collection
+            .attr_string("name")
+            .ok_or(AppStateError::Missing("a collection name"))?;
+        let version = collection.attr_u64("version").unwrap_or(0);
+        let mut patches = Vec::new();
+        let nodes = collection
+            .child("patches")
+            .into_iter()
+            .flat_map(|p| p.children_by_tag("patch"))
+            .take(MAX_PATCHES);
+        for (i, patch) in nodes.enumerate() {
+            let bytes = patch
+                .content_bytes()
+                .ok_or(AppStateError::Missing("patch bytes"))?;
+            let mut decoded =
+                SyncdPatch::decode(bytes).map_err(|e| AppStateError::Decode(e.to_string()))?;
+            // A patch without its own version is the one after the
+            // collection's (as WhatsApp Web reads it).
+            if decoded.version.is_none() {
+                decoded.version = Some(SyncdVersion {
+                    version: Some(version + 1 + i as u64),
+                });
+            }
+            patches.push(decoded);
+        }
+        out.push(CollectionPatches {
+            name,
+            patches,
+            has_more: collection.attr_str("has_more_patches") == Some("true"),
+        });
+    }
+    Ok(out)
+}
+
+/// Patches of one collection as the server answers a sync (the
+/// simulator's side).
+pub fn sync_answer_collection(name: &str, version: u64, patches: &[SyncdPatch]) -> Node {
+    let node = Node::new("collection")
+        .attr("name", name.to_owned())
+        .attr("version", version.to_string());
+    if patches.is_empty() {
+        return node;
+    }
+    node.children(vec![Node::new("patches").children(
+        patches
+            .iter()
+            .map(|p| Node::new("patch").bytes(p.encode_to_vec()))
+            .collect(),
+    )])
+}
+
 /// `["a","b"]` as WhatsApp writes indexes (JSON, no spaces).
 fn serde_json_array(parts: &[String]) -> Vec<u8> {
     let mut out = String::from("[");
@@ -587,6 +701,47 @@ mod tests {
         assert_eq!(push_name(&m).as_deref(), Some("Renamed"));
         assert_eq!((got.version, got.values.len()), (2, 1));
         assert_eq!(got, sent);
+    }
+
+    #[test]
+    fn a_sync_answer_carries_patches_to_the_reader() {
+        let keys = MutationKeys::expand(&[9; 32]);
+        let mut rng = StdRng::seed_from_u64(1);
+        let patch = encode_patch(
+            CRITICAL_BLOCK,
+            &mut CollectionState::default(),
+            b"k1",
+            &keys,
+            &[push_name_mutation("Ana", 1)],
+            &mut rng,
+        )
+        .expect("encoded");
+        let mut bare = patch.clone();
+        bare.version = None;
+        let answer = Node::new("iq")
+            .attr("type", "result")
+            .children(vec![Node::new("sync").children(vec![
+                sync_answer_collection(CRITICAL_BLOCK, 0, &[bare]).attr("has_more_patches", "true"),
+                sync_answer_collection("regular", 4, &[]),
+            ])]);
+        let got = parse_sync(&answer).expect("parsed");
+        assert_eq!(got.len(), 2);
+        assert!(got[0].has_more && !got[1].has_more && got[1].patches.is_empty());
+        // A patch without a version is the one after the collection's.
+        assert_eq!(got[0].patches[0], patch);
+        let mut state = CollectionState::default();
+        let found = |id: &[u8]| (id == b"k1").then_some(&keys);
+        let m = decode_patch(CRITICAL_BLOCK, &mut state, &got[0].patches[0], found).expect("valid");
+        assert_eq!(push_name(&m).as_deref(), Some("Ana"));
+        assert!(parse_sync(&Node::new("iq")).is_err());
+        let garbage = Node::new("iq").children(vec![Node::new("sync").children(vec![Node::new(
+            "collection",
+        )
+        .attr("name", CRITICAL_BLOCK)
+        .children(vec![
+            Node::new("patches").children(vec![Node::new("patch").bytes(vec![0xff, 0xff])])
+        ])])]);
+        assert!(parse_sync(&garbage).is_err());
     }
 
     #[test]

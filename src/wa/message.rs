@@ -222,6 +222,8 @@ pub struct Content {
     /// The media it carries, if any; an error when the media fields are
     /// malformed.
     pub media: Option<Result<crate::wa::media::MediaInfo, crate::wa::media::MediaError>>,
+    /// App-state sync keys the account's phone shared (`appStateSyncKeyShare`).
+    pub app_state_keys: Vec<crate::wa::appstate::SharedKey>,
 }
 
 impl Content {
@@ -264,12 +266,19 @@ impl Content {
                 destination: None,
                 sender_key: None,
                 media: None,
+                app_state_keys: Vec::new(),
             },
             (None, Some(kind)) => Self::named(kind),
             (None, None) => Self::named(&content_field_name(plaintext)),
         };
         content.sender_key = sender_key;
         content.media = crate::wa::media::MediaInfo::from_message(&message);
+        content.app_state_keys = message
+            .protocol_message
+            .as_ref()
+            .and_then(|p| p.app_state_sync_key_share.as_ref())
+            .map(crate::wa::appstate::shared_keys)
+            .unwrap_or_default();
         Ok(content)
     }
 
@@ -287,6 +296,7 @@ impl Content {
             destination: None,
             sender_key: None,
             media: None,
+            app_state_keys: Vec::new(),
         }
     }
 

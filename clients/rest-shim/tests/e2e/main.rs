@@ -12,4 +12,5 @@ mod https;
 mod lifecycle;
 mod limits;
 mod ops;
+mod push_name;
 mod redis_limit;
