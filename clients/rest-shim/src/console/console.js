@@ -213,8 +213,13 @@ function connect() {
     setState(d.sessionId, d.state);
     if (d.state === 'CONNECTED' || d.state === 'LOGGED_OUT') refresh(d.sessionId);
   });
-  on('message', (d) => { if (d.sessionId === current) addMessage(d); });
-  on('receipt', () => {});
+  on('message', (d) => {
+    if (d.sessionId === current) addMessage(d);
+    // The account's name comes from its app-state a moment after it
+    // connects; read it again while it is not known.
+    if (!session(d.sessionId).pushname) refresh(d.sessionId);
+  });
+  on('receipt', (d) => { if (!session(d.sessionId).pushname) refresh(d.sessionId); });
   on('group', () => {});
 }
 

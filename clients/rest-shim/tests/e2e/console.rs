@@ -133,6 +133,12 @@ async fn the_console_pairs_a_session_and_chats_in_a_headless_browser() {
         "document.getElementById('feed').textContent.includes('Respuesta del teléfono')",
     )
     .await;
+    // The account's name (from its app-state) is in its row by now.
+    page.wait_for(
+        "the account's push name",
+        "document.querySelector('#sessions tr[data-session=\"console1\"]').textContent.includes('Owner')",
+    )
+    .await;
     let chat_shot = page.screenshot(&shots.join("3-chat.png")).await;
     let (w, h, pixels) = browser::grey(&chat_shot);
     assert_eq!((w, h), (1400, 900), "the viewport's size");
