@@ -11,7 +11,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(false)
-        .compile_protos(&["proto/wa/wa.proto", "proto/wa/message.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/wa/wa.proto",
+                "proto/wa/message.proto",
+                "proto/wa/appstate.proto",
+            ],
+            &["proto"],
+        )?;
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("wagate_descriptor.bin"))

@@ -44,6 +44,12 @@ impl SessionActor {
                         failed = Some(e.to_string());
                         break;
                     }
+                    if let Some(name) = self.messenger.take_push_name() {
+                        if let Err(e) = self.save_push_name(name).await {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
                 }
                 match event {
                     Some(Event::Stanza(node)) => stanzas.push(node),
@@ -182,6 +188,26 @@ impl SessionActor {
             },
             None => Ended::Closed(ended),
         }
+    }
+
+    /// The account's push name, as its app-state says: kept in the
+    /// session's record (sealed at rest with its other personal fields)
+    /// and shown by `Status`.
+    async fn save_push_name(&mut self, name: String) -> Result<(), String> {
+        if self.record.push_name.as_deref() == Some(name.as_str()) {
+            return Ok(());
+        }
+        self.record.push_name = Some(name.clone());
+        let batch = Batch {
+            session: Some(self.record.clone()),
+            ..Batch::default()
+        };
+        self.events
+            .commit(&self.id, batch, Vec::new(), now_ms())
+            .await
+            .map_err(|e| format!("cannot record the push name: {e}"))?;
+        self.status.send_modify(|s| s.push_name = Some(name));
+        Ok(())
     }
 
     async fn handle_event(&mut self, event: Event, conn: &mut Connection) -> Result<(), String> {

@@ -82,6 +82,7 @@ pub(super) struct Output {
     transmit: Vec<Node>,
     messages_in: u32,
     messages_out: u32,
+    push_name: Option<String>,
 }
 
 /// The engine with its keys and waiting callers: moved into each step's job
@@ -213,6 +214,7 @@ impl Core {
                 transmit: step.transmit,
                 messages_in: step.messages_in,
                 messages_out: step.messages_out,
+                push_name: step.push_name,
             },
         })
     }
@@ -261,6 +263,8 @@ pub(crate) struct Messenger {
     core: Option<Box<Core>>,
     creds: Option<Arc<Credentials>>,
     next_reply: ReplyTo,
+    /// The account's push name from its app-state, for the actor to keep.
+    push_name: Option<String>,
 }
 
 impl Messenger {
@@ -272,7 +276,13 @@ impl Messenger {
             core: Some(Core::new()),
             creds: None,
             next_reply: 0,
+            push_name: None,
         }
+    }
+
+    /// The account's push name, once a step learned it (taken once).
+    pub(crate) fn take_push_name(&mut self) -> Option<String> {
+        self.push_name.take()
     }
 
     /// Forgets everything cached for the connection (the engine and its
@@ -545,6 +555,9 @@ impl Messenger {
         metrics
             .messages_out
             .fetch_add(u64::from(output.messages_out), Ordering::Relaxed);
+        if output.push_name.is_some() {
+            self.push_name = output.push_name;
+        }
         for node in output.transmit {
             // A closed connection loses these; the server redelivers what
             // was not receipted and callers retry what was not acked.

@@ -708,7 +708,9 @@ impl Session {
             ("privacy", "get", Some("privacy")) => {
                 stanza::iq_result(id, vec![stanza::privacy_settings()])
             }
-            ("w:sync:app:state", "set", Some("sync")) => stanza::app_state_sync_result(id, iq),
+            ("w:sync:app:state", "set", Some("sync")) => {
+                self.inner.app_state_sync_answer(jid, id, iq)
+            }
             ("md", "set", Some("remove-companion-device")) => {
                 return self.on_remove_companion(link, jid, id, iq).await;
             }

@@ -196,6 +196,11 @@ impl Phone {
             .clone()
     }
 
+    /// The account's app-state sync key, if the phone made one already.
+    pub(crate) fn shared_app_state_key(&self) -> Option<AppStateKey> {
+        self.app_state_key.clone()
+    }
+
     /// The phone's bundle as the server hands it out: one unclaimed
     /// one-time prekey is popped with it (none once the pool is empty).
     pub(crate) fn take_bundle(&mut self) -> BundleKeys {

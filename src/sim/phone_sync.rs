@@ -3,8 +3,10 @@
 //! can read and write app-state, and clients such as Baileys stop holding
 //! back incoming messages while they wait for it) and a history-sync
 //! notification whose blob is on the media host. Both travel as ordinary
-//! end-to-end encrypted messages from device 0. Never holds a registry lock
-//! across an `.await`. Imports `wa` only.
+//! end-to-end encrypted messages from device 0. And the account's
+//! app-state as the server keeps it for its companions: the push name
+//! setting in `critical_block`, encrypted with that key. Never holds a
+//! registry lock across an `.await`. Imports `wa` only.
 
 use std::io::Write as _;
 
@@ -14,11 +16,14 @@ use flate2::Compression;
 use prost::Message as _;
 
 use super::messaging::PhonePlan;
+use super::stanza;
 use super::{unix_now, Inner, SimError};
 use crate::proto::wa::message::history_sync_notification::HistorySyncType;
 use crate::proto::wa::message::protocol_message::Type as ProtocolType;
 use crate::proto::wa::message::{AppStateSyncKeyShare, HistorySyncNotification, ProtocolMessage};
 use crate::proto::wa::{HistorySync, Message};
+use crate::wa::appstate::{self, CollectionState, MutationKeys, CRITICAL_BLOCK};
+use crate::wa::binary::Node;
 use crate::wa::jid::Jid;
 use crate::wa::media::{body_len, Encryptor, MediaKey, MediaType};
 
@@ -56,6 +61,38 @@ impl Inner {
             ..Default::default()
         });
         self.send_own(&plan, &history).await
+    }
+
+    /// Answers a companion's app-state sync: once the account's phone has
+    /// made its app-state key, `critical_block` is at version 1, one patch
+    /// that sets the account's push name (`setting_pushName`); every other
+    /// collection is empty.
+    pub(crate) fn app_state_sync_answer(&self, companion: &Jid, id: &str, iq: &Node) -> Node {
+        let user = &companion.user;
+        let name = self.registry.push_name(user).filter(|n| !n.is_empty());
+        let key = self
+            .registry
+            .with_handset(user, |handset| handset.shared_app_state_key())
+            .flatten();
+        let critical = name.zip(key).and_then(|(name, key)| {
+            let keys = MutationKeys::expand(key.data.as_ref());
+            let setting = appstate::push_name_mutation(&name, key.timestamp_ms);
+            self.with_rng(|rng| {
+                appstate::encode_patch(
+                    CRITICAL_BLOCK,
+                    &mut CollectionState::default(),
+                    &key.id,
+                    &keys,
+                    &[setting],
+                    rng,
+                )
+            })
+            .ok()
+        });
+        stanza::app_state_sync_result(id, iq, |collection, asked| match &critical {
+            Some(patch) if collection == CRITICAL_BLOCK && asked < 1 => (1, vec![patch.clone()]),
+            _ => (asked, Vec::new()),
+        })
     }
 
     async fn send_own(&self, plan: &PhonePlan, message: &Message) -> Result<(), SimError> {

@@ -6,8 +6,10 @@ use prost::Message as _;
 
 use super::registry::{CompanionBundle, PairRefusal, SignedPreKey};
 use crate::proto::wa::client_payload::DevicePairingRegistrationData;
+use crate::proto::wa::SyncdPatch;
 use crate::proto::wa::{device_props, AdvSignedDeviceIdentity, DeviceProps};
 use crate::wa::adv::device_signature_message;
+use crate::wa::appstate;
 use crate::wa::binary::Node;
 use crate::wa::crypto::verify;
 use crate::wa::jid::Jid;
@@ -54,22 +56,24 @@ pub(crate) fn iq_result(id: &str, children: Vec<Node>) -> Node {
 const MAX_SYNC_COLLECTIONS: usize = 0x10;
 
 /// The answer to `<iq xmlns="w:sync:app:state"><sync><collection name
-/// version …/>…</sync></iq>` from a server that keeps no app-state: each
-/// collection named comes back at the version asked for, with no patches,
-/// no snapshot and nothing more to fetch, so a client's sync of it ends.
-pub(crate) fn app_state_sync_result(id: &str, iq: &Node) -> Node {
+/// version …/>…</sync></iq>`: for each collection named, `patches` gives
+/// the collection's version and its patches after the version asked for
+/// (none: the collection comes back as it was asked, so a client's sync of
+/// it ends).
+pub(crate) fn app_state_sync_result(
+    id: &str,
+    iq: &Node,
+    patches: impl Fn(&str, u64) -> (u64, Vec<SyncdPatch>),
+) -> Node {
     let collections: Vec<Node> = iq
         .child("sync")
         .into_iter()
         .flat_map(|sync| sync.children_by_tag("collection"))
         .filter_map(|collection| {
             let name = collection.attr_string("name")?;
-            let version = collection.attr_u64("version").unwrap_or(0);
-            Some(
-                Node::new("collection")
-                    .attr("name", name)
-                    .attr("version", version.to_string()),
-            )
+            let asked = collection.attr_u64("version").unwrap_or(0);
+            let (version, patches) = patches(&name, asked);
+            Some(appstate::sync_answer_collection(&name, version, &patches))
         })
         .take(MAX_SYNC_COLLECTIONS)
         .collect();
@@ -534,7 +538,7 @@ mod tests {
                 // No name: nothing to answer for it.
                 Node::new("collection").attr("version", "1"),
             ])]);
-        let answer = app_state_sync_result("q1", &iq);
+        let answer = app_state_sync_result("q1", &iq, |_, v| (v, Vec::new()));
         assert_eq!(answer.attr_str("type"), Some("result"));
         assert_eq!(answer.attr_str("id"), Some("q1"));
         let sync = answer.child("sync").expect("sync");
@@ -559,7 +563,7 @@ mod tests {
             .children_by_tag("collection")
             .all(|c| c.attr_str("has_more_patches").is_none()));
         // A query without <sync> gets an empty <sync>, not an error.
-        let bare = app_state_sync_result("q2", &Node::new("iq"));
+        let bare = app_state_sync_result("q2", &Node::new("iq"), |_, v| (v, Vec::new()));
         assert_eq!(bare.child("sync").map(|s| s.child_nodes().len()), Some(0));
     }
 

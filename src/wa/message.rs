@@ -225,6 +225,8 @@ pub struct Content {
     /// What it says about other messages (a quote, mentions, or the
     /// target of a reaction, edit or revoke).
     pub refs: Option<Box<crate::wa::compose::Refs>>,
+    /// App-state sync keys the account's phone shared (`appStateSyncKeyShare`).
+    pub app_state_keys: Vec<crate::wa::appstate::SharedKey>,
 }
 
 impl Content {
@@ -268,6 +270,7 @@ impl Content {
                 sender_key: None,
                 media: None,
                 refs: None,
+                app_state_keys: Vec::new(),
             },
             (None, Some(kind)) => Self::named(kind),
             (None, None) => Self::named(&content_field_name(plaintext)),
@@ -280,6 +283,12 @@ impl Content {
             content.text = text.clone();
         }
         content.refs = (!refs.is_empty()).then(|| Box::new(refs));
+        content.app_state_keys = message
+            .protocol_message
+            .as_ref()
+            .and_then(|p| p.app_state_sync_key_share.as_ref())
+            .map(crate::wa::appstate::shared_keys)
+            .unwrap_or_default();
         Ok(content)
     }
 
@@ -298,6 +307,7 @@ impl Content {
             sender_key: None,
             media: None,
             refs: None,
+            app_state_keys: Vec::new(),
         }
     }
 

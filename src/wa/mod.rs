@@ -3,6 +3,7 @@
 //! the clock or `sim`.
 
 pub mod adv;
+pub mod appstate;
 pub mod binary;
 pub mod compose;
 pub mod conn;

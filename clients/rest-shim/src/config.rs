@@ -174,6 +174,11 @@ pub struct Config {
     /// venom` (its documented limit), no limit otherwise.
     #[arg(long, env = "WAGATE_REST_RATE_LIMIT")]
     pub rate_limit: Option<u32>,
+    /// Keep the rate limit's counts in this Redis
+    /// (`redis://[[user]:password@]host[:port][/db]`), shared by every
+    /// replica using it; default: in memory.
+    #[arg(long, env = "WAGATE_REST_RATE_LIMIT_REDIS", hide_env_values = true)]
+    pub rate_limit_redis: Option<String>,
     /// The shim is behind a reverse proxy: the rate limit counts per
     /// address the proxy appended to `X-Forwarded-For`, not per proxy.
     #[arg(long, env = "WAGATE_REST_TRUST_PROXY")]

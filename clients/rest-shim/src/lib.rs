@@ -18,12 +18,14 @@ pub mod state;
 
 mod auth;
 mod body;
+mod console;
 mod cors;
 mod limit;
 mod media;
 mod memory;
 mod openapi;
 mod qr;
+mod redis;
 mod routes;
 mod time;
 mod webhook;

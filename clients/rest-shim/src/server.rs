@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{self, ApiKey};
 use crate::body;
-use crate::config::Config;
+use crate::config::{Config, Family};
+use crate::console;
 use crate::cors::{self, Cors};
 use crate::gateway::{Gateway, GatewayError};
 use crate::limit::{self, RateLimit};
@@ -185,12 +186,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.dialect.family().name(),
     );
     let config = Arc::new(config);
+    let (stop, stop_rx) = watch::channel(false);
     let app = App {
         gateway: gateway.clone(),
         store: store.clone(),
         config: config.clone(),
         started: Instant::now(),
         openapi: Arc::new(openapi),
+        stop: stop_rx.clone(),
     };
     let mut router = Router::new();
     for spec in specs {
@@ -200,15 +203,25 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ));
         router = router.route(spec.path, guarded);
     }
-    let mut router = router
-        .route("/openapi.json", get(routes::ops::openapi))
-        .fallback(no_route);
+    let mut router = router.route("/openapi.json", get(routes::ops::openapi));
+    if config.serves(Family::Wwebjs) {
+        router = router.merge(console::routes(&key));
+    }
+    let mut router = router.fallback(no_route);
     // Layers run outermost last-added: the access log sees every request,
     // CORS answers preflights before the rate limit and the keys.
     let per_minute = config.rate_limit_per_minute();
-    if let Some(limit) = RateLimit::new(per_minute, config.trust_proxy) {
+    let redis = config
+        .rate_limit_redis
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| u.trim().parse::<crate::redis::Target>())
+        .transpose()
+        .map_err(|e| StartError::Config(format!("--rate-limit-redis: {e}")))?;
+    let backend = if redis.is_some() { "redis" } else { "memory" };
+    if let Some(limit) = RateLimit::new(per_minute, config.trust_proxy, redis) {
         router = router.layer(middleware::from_fn_with_state(limit, limit::middleware));
-        tracing::info!(per_minute, "request rate limit per client address");
+        tracing::info!(per_minute, backend, "request rate limit per client address");
     }
     if let Some(cors) = Cors::new(&config.cors_origins) {
         router = router.layer(middleware::from_fn_with_state(cors, cors::middleware));
@@ -224,7 +237,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|e| StartError::Bind(config.listen, e))?;
 
-    let (stop, stop_rx) = watch::channel(false);
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
         let served = axum::serve(
@@ -286,7 +298,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Dialect, Family};
+    use crate::config::Dialect;
     use axum::http::Method;
 
     fn owner(config: &Config, method: Method, path: &str) -> Option<Family> {

@@ -113,7 +113,13 @@ impl Engine {
         }
 
         let event = match (content, failure) {
-            (Some(content), _) => self.message_event(&msg, &own, content, &mut cx.txn)?,
+            (Some(content), _) => {
+                // Only the account's own phone shares app-state keys.
+                if msg.from_me(&own) && !content.app_state_keys.is_empty() {
+                    self.on_app_state_keys(&content.app_state_keys, &mut cx.step);
+                }
+                self.message_event(&msg, &own, content, &mut cx.txn)?
+            }
             (None, None) if duplicate => {
                 cx.step.transmit.push(msg.receipt(&own));
                 return Ok(());

@@ -2,6 +2,7 @@
 //! builds with the parser of its answer; [`Awaiting`] is what waits on the
 //! answer (and carries the send that needs it, if any).
 
+use crate::wa::appstate;
 use crate::wa::binary::Node;
 use crate::wa::groups;
 use crate::wa::jid::Jid;
@@ -25,6 +26,8 @@ pub(super) enum IqError {
     Group(#[from] groups::GroupError),
     #[error(transparent)]
     Media(#[from] media::MediaConnError),
+    #[error(transparent)]
+    AppState(#[from] appstate::AppStateError),
 }
 
 /// A request and the reading of its answer.
@@ -149,6 +152,22 @@ impl IqSpec for MediaConnQuery {
     }
 }
 
+/// Patches of an app-state collection after a version.
+pub(super) struct AppStateQuery {
+    pub(super) collection: &'static str,
+    pub(super) version: u64,
+}
+
+impl IqSpec for AppStateQuery {
+    type Answer = Vec<appstate::CollectionPatches>;
+    fn request(&self, id: &str) -> Node {
+        addressed(appstate::sync_query(self.collection, self.version), id)
+    }
+    fn parse(node: &Node) -> Result<Vec<appstate::CollectionPatches>, IqError> {
+        Ok(appstate::parse_sync(node)?)
+    }
+}
+
 /// What waits on an iq's answer.
 pub(super) enum Awaiting {
     /// A caller's query, answered by `deadline` (ms).
@@ -169,6 +188,8 @@ pub(super) enum Awaiting {
     RetryBundle(RetryTarget),
     /// Callers waiting for the media hosts.
     MediaConn(Vec<ReplyTo>),
+    /// The account's `critical_block` app-state (its push name).
+    AppState,
 }
 
 /// A resend waiting for the peer's bundle.
@@ -189,7 +210,8 @@ impl Awaiting {
             | Awaiting::PrekeyUpload
             | Awaiting::RetryBundle(_)
             | Awaiting::Query { .. }
-            | Awaiting::MediaConn(_) => None,
+            | Awaiting::MediaConn(_)
+            | Awaiting::AppState => None,
         }
     }
 
@@ -202,7 +224,8 @@ impl Awaiting {
             | Awaiting::PrekeyUpload
             | Awaiting::RetryBundle(_)
             | Awaiting::Query { .. }
-            | Awaiting::MediaConn(_) => None,
+            | Awaiting::MediaConn(_)
+            | Awaiting::AppState => None,
         }
     }
 
@@ -215,7 +238,8 @@ impl Awaiting {
             | Awaiting::PrekeyUpload
             | Awaiting::RetryBundle(_)
             | Awaiting::Query { .. }
-            | Awaiting::MediaConn(_) => None,
+            | Awaiting::MediaConn(_)
+            | Awaiting::AppState => None,
         }
     }
 }

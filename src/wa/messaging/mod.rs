@@ -14,6 +14,7 @@
 //! directly but come back as [`Change`]s, so a failed commit leaves the
 //! owner's view untouched.
 
+mod app_state;
 mod group;
 mod inbound;
 mod iq;
@@ -227,6 +228,8 @@ pub struct Step {
     pub messages_in: u32,
     /// Sends the server acknowledged, for metrics.
     pub messages_out: u32,
+    /// The account's push name, when its app-state just told it.
+    pub push_name: Option<String>,
 }
 
 impl Step {
@@ -301,6 +304,7 @@ pub struct Engine {
     media_conn: Option<(MediaConn, u64)>,
     /// When the `media_conn` iq now out was sent.
     media_conn_asked_ms: Option<u64>,
+    app_state: app_state::AppState,
 }
 
 impl Engine {
@@ -320,6 +324,7 @@ impl Engine {
             retries: HashMap::new(),
             media_conn: None,
             media_conn_asked_ms: None,
+            app_state: app_state::AppState::default(),
         }
     }
 

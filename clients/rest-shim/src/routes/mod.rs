@@ -34,6 +34,9 @@ pub(crate) struct App {
     pub(crate) config: Arc<Config>,
     pub(crate) started: Instant,
     pub(crate) openapi: Arc<Value>,
+    /// Turns true when the shim stops: long-lived answers (the console's
+    /// event feed) end so the HTTP server can finish.
+    pub(crate) stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// JSON type of a documented field.

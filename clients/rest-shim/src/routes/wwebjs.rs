@@ -385,7 +385,7 @@ async fn send_media(
     })))
 }
 
-fn message_json(msg: &MessageEvent) -> Value {
+pub(crate) fn message_json(msg: &MessageEvent) -> Value {
     let from = if msg.from_me && !msg.sender_phone.is_empty() {
         format!("{}@c.us", msg.sender_phone)
     } else {
