@@ -21,6 +21,7 @@ use crate::runtime::{Manager, OutgoingText};
 use crate::store::{EventFilter, SessionId};
 use crate::wa::jid::{Jid, PhoneNumber};
 
+use super::compose;
 use super::convert;
 use super::errors::{invalid, quote};
 use super::groups;
@@ -141,31 +142,36 @@ impl Gateway for GatewayService {
     }
 
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         let id = session_id(&req.session_id)?;
         let to = recipient(&req.to)?;
         if req.idempotency_key.len() > 128 {
             return Err(invalid("idempotency_key", "longer than 128 characters"));
         }
-        if let Some(m) = req.media {
+        if let Some(m) = req.media.take() {
+            if compose::has_extras(&req) {
+                return Err(invalid(
+                    "media",
+                    "a media message is sent alone: no reply_to, mentions or action",
+                ));
+            }
             let idempotency_key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
             let outgoing = media::outgoing(to, &req.text, m, idempotency_key)?;
             let sent = self.manager.send_media(&id, outgoing).await?;
             return Ok(Response::new(convert::sent(sent)));
         }
-        if req.text.is_empty() {
-            return Err(invalid("text", "message text is empty"));
-        }
-        if req.text.len() > 65_536 {
-            return Err(invalid("text", "message text is longer than 65536 bytes"));
-        }
-        if req.idempotency_key.len() > 128 {
-            return Err(invalid("idempotency_key", "longer than 128 characters"));
-        }
+        let content = compose::compose(&mut req, &to)?;
         let idempotency_key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
         let sent = self
             .manager
-            .send(&id, OutgoingText::text(to, req.text, idempotency_key))
+            .send(
+                &id,
+                OutgoingText {
+                    to,
+                    content,
+                    idempotency_key,
+                },
+            )
             .await?;
         Ok(Response::new(convert::sent(sent)))
     }

@@ -4,6 +4,7 @@
 //! sandbox mode.
 
 mod auth;
+mod compose;
 mod convert;
 mod errors;
 mod gateway;
