@@ -57,6 +57,7 @@ async fn baileys_and_wagate_exchange_texts() {
     let got = baileys
         .wait_for("message", |v| v["id"] == sent.message_id.as_str())
         .await;
+    let ours_first = sent.message_id.clone();
     assert_eq!(got["text"], "hello from wagate");
     assert_eq!(got["from"], "15550300002@s.whatsapp.net");
     assert_eq!(got["fromMe"], false);
@@ -73,6 +74,7 @@ async fn baileys_and_wagate_exchange_texts() {
     baileys.command("send 15550300002@s.whatsapp.net hello from baileys");
     // Sent, and our delivery receipt reached Baileys.
     let id = baileys.sent_with_status(DELIVERY_ACK).await;
+    let baileys_first = id.clone();
     let (event, _) = wait_for(&mut events, "Baileys' text", |e| {
         message_of(e).is_some_and(|m| m.id == id)
     })
@@ -112,8 +114,163 @@ async fn baileys_and_wagate_exchange_texts() {
         "second from baileys"
     );
 
+    actions_both_ways(
+        &mut client,
+        &mut events,
+        &mut baileys,
+        &ours_first,
+        &baileys_first,
+    )
+    .await;
+
     baileys.command("quit");
     assert!(baileys.wait().await.success());
     gateway.shutdown().await;
     harness.stop().await;
+}
+
+/// Replies with mentions, reactions, edits and revokes: Baileys reads
+/// wagate's as such, and wagate reads Baileys'. `ours` is a text wagate
+/// sent Baileys, `theirs` one Baileys sent wagate.
+async fn actions_both_ways(
+    client: &mut wagate::proto::gateway::gateway_client::GatewayClient<tonic::transport::Channel>,
+    events: &mut tonic::Streaming<wagate::proto::gateway::Event>,
+    baileys: &mut NodeScript,
+    ours: &str,
+    theirs: &str,
+) {
+    use wagate::proto::gateway::send_request::Action;
+    use wagate::proto::gateway::{MessageRef, Reaction};
+    const BAILEYS: &str = "15550300001@s.whatsapp.net";
+    const WAGATE: &str = "15550300002@s.whatsapp.net";
+    let at = |id: &str, from_me: bool| MessageRef {
+        id: id.into(),
+        from_me,
+        sender: String::new(),
+    };
+    let base = SendRequest {
+        session_id: "interop".into(),
+        to: BAILEYS.into(),
+        ..Default::default()
+    };
+    let send = |request: SendRequest| {
+        let mut client = client.clone();
+        async move {
+            client
+                .send(request)
+                .await
+                .expect("Send")
+                .into_inner()
+                .message_id
+        }
+    };
+
+    // wagate → Baileys.
+    let reply = send(SendRequest {
+        text: "answer @15550300001".into(),
+        reply_to: Some(at(theirs, false)),
+        quoted_text: "hello from baileys".into(),
+        mentions: vec![BAILEYS.into()],
+        ..base.clone()
+    })
+    .await;
+    let got = baileys
+        .wait_for("message", |v| v["id"] == reply.as_str())
+        .await;
+    assert_eq!(got["text"], "answer @15550300001");
+    assert_eq!(got["context"]["stanzaId"], theirs);
+    assert_eq!(got["context"]["participant"], BAILEYS);
+    assert_eq!(got["context"]["quoted"], "hello from baileys");
+    assert_eq!(got["context"]["mentions"][0], BAILEYS);
+
+    let reaction = send(SendRequest {
+        action: Some(Action::Reaction(Reaction {
+            target: Some(at(theirs, false)),
+            emoji: "👍".into(),
+        })),
+        ..base.clone()
+    })
+    .await;
+    let got = baileys
+        .wait_for("message", |v| v["id"] == reaction.as_str())
+        .await;
+    assert_eq!(got["kind"], "reactionMessage");
+    assert_eq!(got["reaction"]["id"], theirs);
+    assert_eq!(got["reaction"]["text"], "👍");
+
+    let edit = send(SendRequest {
+        text: "edited from wagate".into(),
+        action: Some(Action::Edit(at(ours, true))),
+        ..base.clone()
+    })
+    .await;
+    let got = baileys
+        .wait_for("message", |v| v["id"] == edit.as_str())
+        .await;
+    assert_eq!(got["protocol"]["type"], 14, "MESSAGE_EDIT: {got}");
+    assert_eq!(got["protocol"]["id"], ours);
+    assert_eq!(got["protocol"]["text"], "edited from wagate");
+
+    let revoke = send(SendRequest {
+        action: Some(Action::Revoke(at(ours, true))),
+        ..base.clone()
+    })
+    .await;
+    let got = baileys
+        .wait_for("message", |v| v["id"] == revoke.as_str())
+        .await;
+    assert_eq!(got["protocol"]["type"], 0, "REVOKE: {got}");
+    assert_eq!(got["protocol"]["id"], ours);
+
+    // Baileys → wagate.
+    let got = from_baileys(baileys, events, &format!("react {WAGATE} {ours} 0 ❤️")).await;
+    assert_eq!((got.r#type.as_str(), got.text.as_str()), ("reaction", "❤️"));
+    let target = got.target.expect("reaction target");
+    assert_eq!((target.id.as_str(), target.from_me), (ours, true));
+
+    let command = format!("reply {WAGATE} {ours} 0 hello from wagate|sure");
+    let got = from_baileys(baileys, events, &command).await;
+    assert_eq!(
+        (got.r#type.as_str(), got.text.as_str()),
+        ("text", "sure @15550300002")
+    );
+    assert_eq!(got.quoted_text, "hello from wagate");
+    assert_eq!(got.mentions, vec![WAGATE.to_owned()]);
+    let target = got.target.expect("quoted message");
+    assert_eq!((target.id.as_str(), target.from_me), (ours, true));
+
+    let got = from_baileys(
+        baileys,
+        events,
+        &format!("edit {WAGATE} {theirs} hello again"),
+    )
+    .await;
+    assert_eq!(
+        (got.r#type.as_str(), got.text.as_str()),
+        ("edit", "hello again")
+    );
+    let target = got.target.expect("edited message");
+    assert_eq!((target.id.as_str(), target.from_me), (theirs, false));
+    assert_eq!(target.sender, BAILEYS);
+
+    let got = from_baileys(baileys, events, &format!("revoke {WAGATE} {theirs}")).await;
+    assert_eq!(got.r#type, "revoke");
+    let target = got.target.expect("revoked message");
+    assert_eq!((target.id.as_str(), target.from_me), (theirs, false));
+}
+
+/// Has Baileys run `command` and returns the message event it caused.
+async fn from_baileys(
+    baileys: &mut NodeScript,
+    events: &mut tonic::Streaming<wagate::proto::gateway::Event>,
+    command: &str,
+) -> wagate::proto::gateway::MessageEvent {
+    baileys.command(command);
+    let sent = baileys.wait_for("sent", |_| true).await;
+    let id = sent["id"].as_str().expect("message id").to_owned();
+    let (event, _) = wait_for(events, command, |e| {
+        message_of(e).is_some_and(|m| m.id == id)
+    })
+    .await;
+    message_of(&event).expect("message").clone()
 }
