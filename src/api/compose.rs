@@ -112,7 +112,8 @@ pub(crate) fn compose(req: &mut SendRequest, to: &Jid) -> Result<Compose, Status
                 return Err(invalid("text", "a revoke carries no text"));
             }
             let target = reference("revoke", target)?;
-            if !target.from_me && !(to.is_group() && target.sender.is_some()) {
+            let admin_revoke = to.is_group() && target.sender.is_some();
+            if !target.from_me && !admin_revoke {
                 return Err(invalid(
                     "revoke",
                     "another's message can only be revoked in a group, as its admin, \

@@ -1487,7 +1487,7 @@ fn apply_secret_op(tx: &Connection, id: &SessionId, op: &SealedOp) -> Result<(),
             tx.prepare_cached("DELETE FROM secrets WHERE session_id = ?1 AND key = ?2")?
                 .execute(params![session, key])?;
         }
-        SealedOp::DeletePrefix { prefix } => match prefix_upper_bound(&prefix) {
+        SealedOp::DeletePrefix { prefix } => match prefix_upper_bound(prefix) {
             Some(upper) => {
                 tx.prepare_cached(
                     "DELETE FROM secrets WHERE session_id = ?1 AND key >= ?2 AND key < ?3",
