@@ -134,14 +134,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_CACHE: usize = 64;
 /// Read-only connections beside the writer.
 const READERS: usize = 2;
-/// How often the background checkpointer copies the WAL into the database
-/// (often enough that the WAL stays a few MB at thousands of messages/s).
 /// Pages of the database file are read through a shared mapping, not a
 /// `pread` copy each (7 % of the commit thread's CPU under load); they are
 /// the kernel's page cache, shared and reclaimable, not the process's heap.
 /// WAL frames are still read with `pread`.
 const MMAP_SIZE: i64 = 1 << 30;
 
+/// How often the background checkpointer copies the WAL into the database
+/// (often enough that the WAL stays a few MB at thousands of messages/s).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// WAL frames (pages) past which the checkpointer, once it has copied the
 /// WAL without holding up commits, briefly holds the writer to copy the
