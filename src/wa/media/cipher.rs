@@ -6,15 +6,15 @@
 use aes::Aes256;
 use cbc::cipher::inout::InOutBuf;
 use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::hash::{HmacSha256Blocks, Sha256Blocks, BLOCK as HASH_BLOCK};
 use super::{MediaKeys, BLOCK_LEN, MAC_LEN};
 
-/// Bytes processed per pass: small enough that the cipher, the MAC and the
-/// hashes all find them in cache, large enough to run the cipher in bulk.
-const STRIPE: usize = 32 * 1024;
+/// Bytes the cipher and every hash take in turn: one hash block, so the
+/// AES chain and the hashes' rounds, independent of each other, are close
+/// enough in the instruction stream to run side by side.
+const UNIT: usize = HASH_BLOCK;
 
 /// What the decryptor must keep back because it may be the end of the body:
 /// the last ciphertext block (its padding is only checked at the end) and
@@ -93,9 +93,9 @@ pub struct EncryptedMedia {
 /// ([`body_len`]), its hash (the upload token) only at the end.
 pub struct Encryptor {
     cipher: cbc::Encryptor<Aes256>,
-    mac: Hmac<Sha256>,
-    plain_hash: Sha256,
-    body_hash: Sha256,
+    mac: HmacSha256Blocks,
+    plain_hash: Sha256Blocks,
+    body_hash: Sha256Blocks,
     /// Plaintext bytes that do not fill a block yet.
     partial: [u8; BLOCK_LEN],
     partial_len: usize,
@@ -109,8 +109,8 @@ impl Encryptor {
         Self {
             cipher: cbc::Encryptor::new(keys.cipher_key().into(), keys.iv().into()),
             mac,
-            plain_hash: Sha256::new(),
-            body_hash: Sha256::new(),
+            plain_hash: Sha256Blocks::new(),
+            body_hash: Sha256Blocks::new(),
             partial: [0; BLOCK_LEN],
             partial_len: 0,
             file_length: 0,
@@ -121,7 +121,6 @@ impl Encryptor {
     /// (whole blocks); up to 15 bytes wait for the next call.
     pub fn update(&mut self, plaintext: &[u8], out: &mut Vec<u8>) {
         self.file_length += plaintext.len() as u64;
-        self.plain_hash.update(plaintext);
         let start = out.len();
         let mut input = plaintext;
         if self.partial_len > 0 {
@@ -149,31 +148,46 @@ impl Encryptor {
     pub fn finish(mut self, out: &mut Vec<u8>) -> EncryptedMedia {
         let start = out.len();
         let pad = (BLOCK_LEN - self.partial_len) as u8;
+        // The plaintext hash covers the file, not its padding.
+        self.plain_hash.update(&self.partial[..self.partial_len]);
         self.partial[self.partial_len..].fill(pad);
         out.extend_from_slice(&self.partial);
-        let mut last = [0u8; BLOCK_LEN];
-        last.copy_from_slice(&out[start..]);
-        self.seal(&mut out[start..]);
-        let tag = self.mac.finalize().into_bytes();
+        self.encrypt(&mut out[start..]);
+        self.mac.update(&out[start..]);
+        self.body_hash.update(&out[start..]);
+        let tag = self.mac.finish();
         let mac = &tag[..MAC_LEN];
         self.body_hash.update(mac);
         out.extend_from_slice(mac);
         EncryptedMedia {
-            file_sha256: self.plain_hash.finalize().into(),
-            file_enc_sha256: self.body_hash.finalize().into(),
+            file_sha256: self.plain_hash.finish(),
+            file_enc_sha256: self.body_hash.finish(),
             file_length: self.file_length,
         }
     }
 
-    /// Encrypts whole blocks in place and feeds the ciphertext to the MAC
-    /// and the body hash, a cache-sized stripe at a time.
+    /// Hashes whole plaintext blocks, encrypts them in place and feeds the
+    /// ciphertext to the MAC and the body hash. The buffer goes by in hash
+    /// blocks; the MAC and body hash trail the cipher by one, so their
+    /// rounds run while AES chains through the next one.
     fn seal(&mut self, buf: &mut [u8]) {
-        for stripe in buf.chunks_mut(STRIPE) {
-            let (blocks, _) = InOutBuf::from(&mut *stripe).into_chunks();
-            self.cipher.encrypt_blocks_inout_mut(blocks);
-            self.mac.update(&*stripe);
-            self.body_hash.update(&*stripe);
+        let (mut plain, mut mac, mut body) = (0, 0, 0);
+        let mut start = 0;
+        while start < buf.len() {
+            let end = (start + UNIT).min(buf.len());
+            self.plain_hash.absorb_through(buf, &mut plain, end);
+            self.encrypt(&mut buf[start..end]);
+            self.mac.absorb_within(buf, &mut mac, start);
+            self.body_hash.absorb_within(buf, &mut body, start);
+            start = end;
         }
+        self.mac.update(&buf[mac..]);
+        self.body_hash.update(&buf[body..]);
+    }
+
+    fn encrypt(&mut self, blocks: &mut [u8]) {
+        let (blocks, _) = InOutBuf::from(blocks).into_chunks();
+        self.cipher.encrypt_blocks_inout_mut(blocks);
     }
 }
 
@@ -209,10 +223,10 @@ pub struct DecryptedMedia {
 /// somewhere temporary and keep it only on success.
 pub struct Decryptor {
     cipher: cbc::Decryptor<Aes256>,
-    mac: Hmac<Sha256>,
-    plain_hash: Sha256,
+    mac: HmacSha256Blocks,
+    plain_hash: Sha256Blocks,
     /// Only when the body's hash is to be checked.
-    body_hash: Option<Sha256>,
+    body_hash: Option<Sha256Blocks>,
     /// Body bytes not yet decrypted: at least the last block and the MAC
     /// once the body is that long, never more than that plus 15.
     held: Vec<u8>,
@@ -228,8 +242,8 @@ impl Decryptor {
         Self {
             cipher: cbc::Decryptor::new(keys.cipher_key().into(), keys.iv().into()),
             mac,
-            plain_hash: Sha256::new(),
-            body_hash: expected.file_enc_sha256.map(|_| Sha256::new()),
+            plain_hash: Sha256Blocks::new(),
+            body_hash: expected.file_enc_sha256.map(|_| Sha256Blocks::new()),
             held: Vec::with_capacity(HOLD + BLOCK_LEN),
             received: 0,
             body_limit: expected.max_file_length.map(body_len),
@@ -281,14 +295,14 @@ impl Decryptor {
         let file_enc_sha256 = self.body_hash.take().map(|mut hash| {
             hash.update(last);
             hash.update(mac);
-            <[u8; 32]>::from(hash.finalize())
+            hash.finish()
         });
         if let (Some(want), Some(got)) = (self.expected.file_enc_sha256, file_enc_sha256) {
             if !bool::from(want.ct_eq(&got)) {
                 return Err(MediaError::EncHashMismatch);
             }
         }
-        let tag = self.mac.finalize().into_bytes();
+        let tag = self.mac.finish();
         if !bool::from(tag[..MAC_LEN].ct_eq(mac)) {
             return Err(MediaError::MacMismatch);
         }
@@ -308,7 +322,7 @@ impl Decryptor {
         self.plain_hash.update(tail);
         out.extend_from_slice(tail);
         let file_length = self.received - (MAC_LEN + pad as usize) as u64;
-        let file_sha256: [u8; 32] = self.plain_hash.finalize().into();
+        let file_sha256 = self.plain_hash.finish();
         if let Some(want) = self.expected.file_sha256 {
             if !bool::from(want.ct_eq(&file_sha256)) {
                 return Err(MediaError::HashMismatch);
@@ -330,22 +344,27 @@ impl Decryptor {
     }
 
     /// Feeds whole ciphertext blocks to the MAC (and the body hash, when
-    /// checked), then
-    /// decrypts them in place, a cache-sized stripe at a time.
+    /// checked), decrypts them in place and hashes the plaintext, a hash
+    /// block at a time, the plaintext hash trailing the cipher by one.
     fn open(&mut self, buf: &mut [u8]) {
-        for stripe in buf.chunks_mut(STRIPE) {
-            self.mac.update(&*stripe);
+        let (mut mac, mut body, mut plain) = (0, 0, 0);
+        let mut start = 0;
+        while start < buf.len() {
+            let end = (start + UNIT).min(buf.len());
+            self.mac.absorb_through(buf, &mut mac, end);
             if let Some(hash) = self.body_hash.as_mut() {
-                hash.update(&*stripe);
+                hash.absorb_through(buf, &mut body, end);
             }
-            let (blocks, _) = InOutBuf::from(&mut *stripe).into_chunks();
+            let (blocks, _) = InOutBuf::from(&mut buf[start..end]).into_chunks();
             self.cipher.decrypt_blocks_inout_mut(blocks);
-            self.plain_hash.update(&*stripe);
+            self.plain_hash.absorb_within(buf, &mut plain, start);
+            start = end;
         }
+        self.plain_hash.update(&buf[plain..]);
     }
 }
 
-fn hmac_for(keys: &MediaKeys) -> Hmac<Sha256> {
-    <Hmac<Sha256> as Mac>::new_from_slice(keys.mac_key())
-        .expect("HMAC is defined for keys of every length")
+/// The MAC keyed with the media's MAC key (32 bytes, within one block).
+fn hmac_for(keys: &MediaKeys) -> HmacSha256Blocks {
+    HmacSha256Blocks::new(keys.mac_key()).expect("media MAC keys are 32 bytes")
 }

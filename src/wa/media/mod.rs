@@ -29,6 +29,7 @@
 
 mod cipher;
 mod conn;
+mod hash;
 mod message;
 mod retry;
 
