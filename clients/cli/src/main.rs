@@ -384,7 +384,14 @@ async fn show_qr(gw: &mut Gateway, id: String, ink: Ink, json: bool) -> Result<(
                 _ => {}
             },
             // The qr command follows only the pairing.
-            Some(Payload::Message(_) | Payload::Receipt(_) | Payload::Group(_)) | None => {}
+            Some(
+                Payload::Message(_)
+                | Payload::Receipt(_)
+                | Payload::Group(_)
+                | Payload::ChatState(_)
+                | Payload::Presence(_),
+            )
+            | None => {}
         }
     }
     Err(CliError::StreamEnded)
