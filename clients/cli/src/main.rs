@@ -117,6 +117,8 @@ enum Kind {
     Message,
     Receipt,
     Group,
+    ChatState,
+    Presence,
 }
 
 impl From<Kind> for EventType {
@@ -127,6 +129,8 @@ impl From<Kind> for EventType {
             Kind::Message => EventType::Message,
             Kind::Receipt => EventType::Receipt,
             Kind::Group => EventType::Group,
+            Kind::ChatState => EventType::ChatState,
+            Kind::Presence => EventType::Presence,
         }
     }
 }
