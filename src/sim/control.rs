@@ -588,11 +588,6 @@ impl SimulatorService for Control {
     ) -> Result<Response<SendChatStateResponse>, Status> {
         let request = request.into_inner();
         let from = parse_phone(&request.from_phone)?;
-        let chat = if request.chat.contains("@g.us") {
-            parse_group(&request.chat)?
-        } else {
-            self.target(&request.chat)?.to_non_ad()
-        };
         let state = match request.state.trim() {
             "composing" => ChatState::Composing,
             "recording" => ChatState::Recording,
@@ -603,6 +598,11 @@ impl SimulatorService for Control {
                     other.chars().take(32).collect::<String>()
                 )))
             }
+        };
+        let chat = if request.chat.contains("@g.us") {
+            parse_group(&request.chat)?
+        } else {
+            self.target(&request.chat)?.to_non_ad()
         };
         self.sim.send_chat_state(&from, &chat, state).await?;
         Ok(Response::new(SendChatStateResponse {}))
