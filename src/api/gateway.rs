@@ -13,9 +13,11 @@ use crate::proto::gateway::{
     CreateGroupRequest, DisconnectRequest, DownloadMediaRequest, Event, EventType, EventsRequest,
     Group, GroupInviteLinkRequest, GroupInviteLinkResponse, GroupRequest, InitRequest,
     JoinGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
-    ListSessionsRequest, ListSessionsResponse, MediaHandle, QrCodeRequest, QrCodeResponse,
-    SendRequest, SendResponse, Session, SetGroupSubjectRequest, SetGroupSubjectResponse,
-    StatusRequest, UpdateParticipantsRequest, UpdateParticipantsResponse, UploadMediaChunk,
+    ListSessionsRequest, ListSessionsResponse, MarkReadRequest, MarkReadResponse, MediaHandle,
+    QrCodeRequest, QrCodeResponse, SendChatStateRequest, SendChatStateResponse, SendRequest,
+    SendResponse, Session, SetGroupSubjectRequest, SetGroupSubjectResponse, SetPresenceRequest,
+    SetPresenceResponse, StatusRequest, SubscribePresenceRequest, SubscribePresenceResponse,
+    UpdateParticipantsRequest, UpdateParticipantsResponse, UploadMediaChunk,
 };
 use crate::runtime::{Manager, OutgoingText};
 use crate::store::{EventFilter, SessionId};
@@ -26,6 +28,7 @@ use super::convert;
 use super::errors::{invalid, quote};
 use super::groups;
 use super::media;
+use super::presence;
 use super::qr_image;
 
 pub struct GatewayService {
@@ -337,6 +340,34 @@ impl Gateway for GatewayService {
         request: Request<JoinGroupRequest>,
     ) -> Result<Response<Group>, Status> {
         groups::join(&self.manager, request.into_inner()).await
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<MarkReadRequest>,
+    ) -> Result<Response<MarkReadResponse>, Status> {
+        presence::mark_read(&self.manager, request.into_inner()).await
+    }
+
+    async fn send_chat_state(
+        &self,
+        request: Request<SendChatStateRequest>,
+    ) -> Result<Response<SendChatStateResponse>, Status> {
+        presence::send_chat_state(&self.manager, request.into_inner()).await
+    }
+
+    async fn set_presence(
+        &self,
+        request: Request<SetPresenceRequest>,
+    ) -> Result<Response<SetPresenceResponse>, Status> {
+        presence::set_presence(&self.manager, request.into_inner()).await
+    }
+
+    async fn subscribe_presence(
+        &self,
+        request: Request<SubscribePresenceRequest>,
+    ) -> Result<Response<SubscribePresenceResponse>, Status> {
+        presence::subscribe_presence(&self.manager, request.into_inner()).await
     }
 }
 

@@ -12,6 +12,7 @@ mod groups;
 mod health;
 pub mod hygiene;
 mod media;
+mod presence;
 pub mod qr_image;
 
 use std::future::Future;

@@ -150,6 +150,9 @@ impl SessionActor {
                     Some(Command::Query { iq, reply }) => {
                         self.messenger.query(iq, reply, &mut conn, now_ms());
                     }
+                    Some(Command::Transmit { nodes, reply }) => {
+                        self.messenger.transmit(nodes, reply, &mut conn);
+                    }
                     Some(Command::Media(command)) => {
                         if let Err(e) = self.messenger.media(command, &mut conn, now_ms()).await {
                             warn!(session = %self.id, "closing: {e}");

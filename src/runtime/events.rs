@@ -47,6 +47,8 @@ impl EventKind {
             Payload::Message(_) => EventType::Message,
             Payload::Receipt(_) => EventType::Receipt,
             Payload::Group(_) => EventType::Group,
+            Payload::ChatState(_) => EventType::ChatState,
+            Payload::Presence(_) => EventType::Presence,
         }
     }
 }
@@ -415,6 +417,8 @@ fn empty_payload(kind: u8) -> Option<Payload> {
         EventType::Message => Some(Payload::Message(Default::default())),
         EventType::Receipt => Some(Payload::Receipt(Default::default())),
         EventType::Group => Some(Payload::Group(Default::default())),
+        EventType::ChatState => Some(Payload::ChatState(Default::default())),
+        EventType::Presence => Some(Payload::Presence(Default::default())),
         EventType::Unspecified => None,
     }
 }

@@ -284,6 +284,23 @@ impl Manager {
         }
     }
 
+    /// Writes `nodes` (stanzas the server answers nothing to: read
+    /// receipts, chat states, presence) on the session's connection.
+    pub async fn transmit(&self, id: &SessionId, nodes: Vec<Node>) -> Result<(), RuntimeError> {
+        let handle = self.open_handle(id)?;
+        ready_to_send(&handle.status.borrow())?;
+        let (reply, answer) = oneshot::channel();
+        handle
+            .commands
+            .send(Command::Transmit { nodes, reply })
+            .await
+            .map_err(|_| RuntimeError::ShuttingDown)?;
+        answer
+            .await
+            .map_err(|_| RuntimeError::ShuttingDown)?
+            .map_err(|e| self.send_failed(&handle, e))
+    }
+
     /// What a session's refusal means to the caller. NotConnected: the
     /// state moved between the check before the request and the actor, so
     /// decide again from the state it is in now.

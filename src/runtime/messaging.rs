@@ -55,7 +55,9 @@ impl OutgoingText {
     }
 }
 
-pub(crate) use super::replies::{MediaCommand, MediaConnReply, QueryReply, SendReply};
+pub(crate) use super::replies::{
+    MediaCommand, MediaConnReply, QueryReply, SendReply, TransmitReply,
+};
 
 /// Why a step could not complete. The connection then closes without
 /// acknowledging anything of it; the server delivers it again.
@@ -405,6 +407,28 @@ impl Messenger {
         for node in step.transmit {
             let _ = conn.send_node(&node);
         }
+    }
+
+    /// Stanzas the server answers nothing to (read receipts, chat states,
+    /// presence) go out now; `reply` learns they were written.
+    pub(crate) fn transmit(
+        &mut self,
+        nodes: Vec<Node>,
+        reply: TransmitReply,
+        conn: &mut Connection,
+    ) {
+        let ready = conn.is_connected() && self.creds.is_some();
+        if !ready {
+            let _ = reply.send(Err(SendError::NotConnected));
+            return;
+        }
+        for node in &nodes {
+            if conn.send_node(node).is_err() {
+                let _ = reply.send(Err(SendError::NotConnected));
+                return;
+            }
+        }
+        let _ = reply.send(Ok(()));
     }
 
     /// A media flow's request: the media hosts are answered here (from the

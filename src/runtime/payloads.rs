@@ -3,13 +3,14 @@
 
 use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{
-    ConnectionEvent, GroupChange, GroupEvent, MediaInfo, MediaKind, MessageEvent, QrEvent,
-    ReceiptEvent, ReceiptType,
+    ChatState, ChatStateEvent, ConnectionEvent, GroupChange, GroupEvent, MediaInfo, MediaKind,
+    MessageEvent, PresenceEvent, QrEvent, ReceiptEvent, ReceiptType,
 };
 use crate::wa::groups::{GroupChange as GroupChangeKindOf, GroupChangeKind};
 use crate::wa::media::MediaType;
 use crate::wa::message::phone_of;
 use crate::wa::messaging::{Event, ReceiptKind, ReceivedMedia, ReceivedMessage, ReceivedReceipt};
+use crate::wa::presence::{ChatState as ChatStateKind, IncomingChatState, IncomingPresence};
 
 use super::events::timestamp;
 use super::status::SessionState;
@@ -34,7 +35,32 @@ pub(crate) fn engine_event(event: &Event) -> Payload {
         Event::Message(m) => message(m),
         Event::Receipt(r) => receipt(r),
         Event::Group(g) => group(g),
+        Event::ChatState(c) => chat_state(c),
+        Event::Presence(p) => presence(p),
     }
+}
+
+fn chat_state(c: &IncomingChatState) -> Payload {
+    let state = match c.state {
+        ChatStateKind::Composing => ChatState::Composing,
+        ChatStateKind::Recording => ChatState::Recording,
+        ChatStateKind::Paused => ChatState::Paused,
+    };
+    Payload::ChatState(ChatStateEvent {
+        chat: c.chat.to_string(),
+        sender: c.sender.to_string(),
+        sender_phone: phone_of(&c.sender).unwrap_or_default(),
+        state: state as i32,
+    })
+}
+
+fn presence(p: &IncomingPresence) -> Payload {
+    Payload::Presence(PresenceEvent {
+        from: p.from.to_string(),
+        from_phone: phone_of(&p.from).unwrap_or_default(),
+        available: p.available,
+        last_seen: p.last_seen_s.map(seconds),
+    })
 }
 
 fn group(g: &GroupChangeKindOf) -> Payload {

@@ -13,6 +13,9 @@ pub(crate) type SendReply = oneshot::Sender<Result<Sent, SendError>>;
 /// The answer to a query: the server's `<iq>` answer (an error answer
 /// too), or why there is none.
 pub(crate) type QueryReply = oneshot::Sender<Result<Node, SendError>>;
+/// The answer to stanzas sent without an answer of their own (receipts,
+/// chat states, presence): written to the connection, or why not.
+pub(crate) type TransmitReply = oneshot::Sender<Result<(), SendError>>;
 pub(crate) type MediaConnReply = oneshot::Sender<Result<MediaConn, SendError>>;
 
 /// What the media flows (`runtime::media`) ask of a session actor; each

@@ -19,7 +19,9 @@ use crate::wa::creds::Credentials;
 
 use super::config::Shared;
 use super::events::EventLog;
-use super::messaging::{MediaCommand, Messenger, OutgoingText, QueryReply, SendError, SendReply};
+use super::messaging::{
+    MediaCommand, Messenger, OutgoingText, QueryReply, SendError, SendReply, TransmitReply,
+};
 use super::status::{SessionState, SessionStatus};
 use super::{now_ms, payloads, socket};
 
@@ -43,6 +45,12 @@ pub(crate) enum Command {
     /// An `<iq>` for the server (group management and the like), answered
     /// with the server's answer.
     Query { iq: Node, reply: QueryReply },
+    /// Stanzas without an answer (read receipts, chat states, presence),
+    /// answered once written to the connection.
+    Transmit {
+        nodes: Vec<Node>,
+        reply: TransmitReply,
+    },
     /// A media flow's request (hosts, lookups, a built message).
     Media(MediaCommand),
     /// Process shutdown: close cleanly and exit the task.
@@ -133,6 +141,10 @@ impl SessionActor {
                     continue;
                 }
                 Some(Command::Query { reply, .. }) => {
+                    let _ = reply.send(Err(SendError::NotConnected));
+                    continue;
+                }
+                Some(Command::Transmit { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
                     continue;
                 }
@@ -236,6 +248,10 @@ impl SessionActor {
                     None
                 }
                 Some(Command::Query { reply, .. }) => {
+                    let _ = reply.send(Err(SendError::NotConnected));
+                    None
+                }
+                Some(Command::Transmit { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
                     None
                 }
@@ -343,6 +359,9 @@ impl SessionActor {
                 Some(Command::Query { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
                 }
+                Some(Command::Transmit { reply, .. }) => {
+                    let _ = reply.send(Err(SendError::NotConnected));
+                }
                 Some(Command::Media(command)) => command.refuse(),
                 other => return other,
             }
@@ -359,6 +378,10 @@ impl SessionActor {
             Some(Command::Query { reply, .. }) => {
                 let _ = reply.send(Err(SendError::NotConnected));
                 Ended::Closed(CloseReason::SocketClosed("query while offline".into()))
+            }
+            Some(Command::Transmit { reply, .. }) => {
+                let _ = reply.send(Err(SendError::NotConnected));
+                Ended::Closed(CloseReason::SocketClosed("stanza while offline".into()))
             }
             Some(Command::Media(command)) => {
                 command.refuse();

@@ -27,6 +27,7 @@ use tracing::{debug, info};
 
 use super::group_message::{self, GroupMessage};
 use super::groups::Notice;
+use super::presence::{self, ClientChatState, ClientPresence};
 use super::registry::{
     Acceptance, Command, ConnId, ConnKind, LoginCheck, PairReply, Pending, QueueClass, Termination,
 };
@@ -140,6 +141,7 @@ pub(crate) async fn serve(
     };
     let (result, ()) = tokio::join!(session.run(stream), write_frames(sink, out_rx, delay));
     inner.registry.close_connection(id);
+    inner.presence.forget_connection(id);
     match result {
         Ok(()) => debug!(%peer, "connection ended"),
         Err(err) => debug!(%peer, %err, "connection ended with an error"),
@@ -345,6 +347,9 @@ enum Routed {
     Receipt(ClientReceipt),
     GroupMessage(GroupMessage),
     Notices(Vec<Notice>),
+    ChatState(ClientChatState),
+    /// The account went online (`true`) or offline.
+    Presence(bool),
 }
 
 async fn route_loop(inner: Arc<Inner>, sender: Jid, mut jobs: mpsc::UnboundedReceiver<Routed>) {
@@ -357,6 +362,8 @@ async fn route_loop(inner: Arc<Inner>, sender: Jid, mut jobs: mpsc::UnboundedRec
             Routed::Receipt(receipt) => inner.route_receipt(&sender, receipt).await,
             Routed::GroupMessage(message) => inner.route_group_message(&sender, message).await,
             Routed::Notices(notices) => inner.deliver_notices(notices).await,
+            Routed::ChatState(state) => inner.relay_chat_state(&sender, state).await,
+            Routed::Presence(available) => inner.change_presence(&sender.user, available).await,
         }
     }
 }
@@ -706,7 +713,16 @@ impl Session {
                 vec![media_conn_node(&self.inner.media.media_conn(unix_now()))],
             ),
             ("privacy", "get", Some("privacy")) => {
-                stanza::iq_result(id, vec![stanza::privacy_settings()])
+                let hidden = self.inner.presence.receipts_hidden(&jid.user);
+                stanza::iq_result(id, vec![stanza::privacy_settings(hidden)])
+            }
+            ("privacy", "set", Some("privacy")) => {
+                // Only the read-receipt category is modelled; the others
+                // are taken and have no effect.
+                if let Some(hidden) = presence::receipts_hidden_setting(iq) {
+                    self.inner.presence.set_receipts_hidden(&jid.user, hidden);
+                }
+                stanza::iq_result(id, Vec::new())
             }
             ("w:sync:app:state", "set", Some("sync")) => {
                 self.inner.app_state_sync_answer(jid, id, iq)
@@ -790,7 +806,33 @@ impl Session {
                 }
                 _ => {}
             },
-            // Presence and chat states: not modelled.
+            // Ephemeral: neither acknowledged nor queued.
+            "chatstate" => match presence::parse_chat_state(node) {
+                Ok(state) => {
+                    let _ = router.send(Routed::ChatState(state));
+                }
+                Err(err) => debug!(%err, "chat state refused"),
+            },
+            "presence" => match presence::parse_presence(node) {
+                Ok(ClientPresence::Available) => {
+                    let _ = router.send(Routed::Presence(true));
+                }
+                Ok(ClientPresence::Unavailable) => {
+                    let _ = router.send(Routed::Presence(false));
+                }
+                Ok(ClientPresence::Subscribe(to)) => {
+                    // Answered at once with the current presence; changes
+                    // follow while this connection lasts.
+                    let known = registry.knows(&to);
+                    let now = known
+                        .then(|| self.inner.presence.subscribe(self.id, jid, &to.user))
+                        .flatten();
+                    if let Some(now) = now {
+                        link.send_node(&now).await?;
+                    }
+                }
+                Err(err) => debug!(%err, "presence refused"),
+            },
             tag => debug!(tag, "stanza ignored"),
         }
         Ok(())

@@ -23,8 +23,13 @@ use crate::proto::sim::{
     SendGroupTextResponse, SendMediaRequest, SendMediaResponse, UpdateGroupParticipantsRequest,
     UpdateGroupParticipantsResponse,
 };
+use crate::proto::sim::{
+    SendChatStateRequest, SendChatStateResponse, SetPresenceRequest, SetPresenceResponse,
+    SetReadReceiptsRequest, SetReadReceiptsResponse,
+};
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 use crate::wa::media::MediaType;
+use crate::wa::presence::ChatState;
 
 /// Implementation of the control service over a running [`Simulator`].
 #[derive(Clone)]
@@ -556,6 +561,52 @@ impl SimulatorService for Control {
         let expired = self.sim.expire_media(&path).await;
         Ok(Response::new(ExpireMediaResponse { expired }))
     }
+
+    async fn set_presence(
+        &self,
+        request: Request<SetPresenceRequest>,
+    ) -> Result<Response<SetPresenceResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.phone)?;
+        self.sim.set_presence(&phone, request.available).await?;
+        Ok(Response::new(SetPresenceResponse {}))
+    }
+
+    async fn set_read_receipts(
+        &self,
+        request: Request<SetReadReceiptsRequest>,
+    ) -> Result<Response<SetReadReceiptsResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.phone)?;
+        self.sim.set_read_receipts(&phone, request.shared)?;
+        Ok(Response::new(SetReadReceiptsResponse {}))
+    }
+
+    async fn send_chat_state(
+        &self,
+        request: Request<SendChatStateRequest>,
+    ) -> Result<Response<SendChatStateResponse>, Status> {
+        let request = request.into_inner();
+        let from = parse_phone(&request.from_phone)?;
+        let state = match request.state.trim() {
+            "composing" => ChatState::Composing,
+            "recording" => ChatState::Recording,
+            "paused" => ChatState::Paused,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "state {:?}: composing, recording or paused",
+                    other.chars().take(32).collect::<String>()
+                )))
+            }
+        };
+        let chat = if request.chat.contains("@g.us") {
+            parse_group(&request.chat)?
+        } else {
+            self.target(&request.chat)?.to_non_ad()
+        };
+        self.sim.send_chat_state(&from, &chat, state).await?;
+        Ok(Response::new(SendChatStateResponse {}))
+    }
 }
 
 #[cfg(test)]
@@ -733,6 +784,57 @@ mod tests {
         assert_eq!(info.ws_url, sim.ws_url());
         assert!(info.ws_url.starts_with("ws://127.0.0.1:") && info.ws_url.ends_with("/ws/chat"));
         assert_eq!(info.root_public_key, hex::encode(sim.root_public_key()));
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn presence_calls_check_their_phone_and_state() {
+        let (sim, control) = control().await;
+        let phone: PhoneNumber = "15550009001".parse().expect("phone");
+        let absent = control
+            .set_read_receipts(Request::new(SetReadReceiptsRequest {
+                phone: phone.as_str().into(),
+                shared: false,
+            }))
+            .await;
+        assert_eq!(code_and_message(absent).0, Code::NotFound);
+        let absent = control
+            .set_presence(Request::new(SetPresenceRequest {
+                phone: phone.as_str().into(),
+                available: true,
+            }))
+            .await;
+        assert_eq!(code_and_message(absent).0, Code::NotFound);
+
+        sim.create_account(&phone, "P").expect("created");
+        let chat_state = |state: &str| {
+            Request::new(SendChatStateRequest {
+                from_phone: phone.as_str().into(),
+                chat: "15550009002".into(),
+                state: state.into(),
+            })
+        };
+        let (code, message) = code_and_message(control.send_chat_state(chat_state("x")).await);
+        assert_eq!(code, Code::InvalidArgument, "{message}");
+        let (code, _) = code_and_message(control.send_chat_state(chat_state("paused")).await);
+        assert_eq!(code, Code::NotFound, "the chat's account does not exist");
+        sim.create_account(&"15550009002".parse().expect("phone"), "Q")
+            .expect("created");
+        for state in ["composing", "recording", "paused"] {
+            let (code, message) =
+                code_and_message(control.send_chat_state(chat_state(state)).await);
+            assert_eq!(code, Code::Ok, "{state}: {message}");
+        }
+        let (code, _) = code_and_message(
+            control
+                .set_read_receipts(Request::new(SetReadReceiptsRequest {
+                    phone: phone.as_str().into(),
+                    shared: false,
+                }))
+                .await,
+        );
+        assert_eq!(code, Code::Ok);
+        assert!(sim.inner.presence.receipts_hidden(phone.as_str()));
         sim.shutdown().await;
     }
 }

@@ -16,7 +16,7 @@ use super::groups::{self, GroupError, GroupQuery, Notice, Outcome};
 use super::messaging::address;
 use super::phone::{content, text_message, Content, InboxMessage};
 use super::registry::QueueClass;
-use super::routing::{self, ClientReceipt};
+use super::routing::{self, ClientReceipt, ReceiptAudience};
 use super::{unix_now, Inner, SimError};
 use crate::wa::binary::Node;
 use crate::wa::jid::{Jid, DEFAULT_USER_SERVER, GROUP_SERVER};
@@ -152,20 +152,19 @@ impl Inner {
     }
 
     /// A receipt for a group message goes to the author's devices (the
-    /// receipt's `participant`) as `<receipt from=G participant=READER>`.
+    /// receipt's `participant`), a private one (`read-self`) to the
+    /// reader's own other devices, as `<receipt from=G participant=READER>`.
     pub(crate) async fn route_group_receipt(&self, reader: &Jid, receipt: ClientReceipt) {
-        let Some(author) = receipt.participant.clone() else {
-            return;
-        };
         let mut forwarded = routing::forwarded_receipt(&receipt, &receipt.to, unix_now());
         forwarded.set_attr("participant", reader.clone());
-        let targets: Vec<Jid> = if receipt.kind.as_deref() == Some("retry") {
-            vec![author]
-        } else {
-            self.account_devices(&author.user)
+        let targets: Vec<Jid> = match routing::receipt_audience(&receipt, reader) {
+            None => return,
+            Some(ReceiptAudience::Device(device)) => vec![device],
+            Some(ReceiptAudience::Account(user)) => self
+                .account_devices(&user)
                 .into_iter()
                 .filter(|device| device != reader)
-                .collect()
+                .collect(),
         };
         for target in targets {
             self.deliver_to(&target, QueueClass::Receipt, &receipt.id, forwarded.clone())

@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::phone::{device_sent_message, text_message, Content, InboxMessage};
 use super::registry::QueueClass;
-use super::routing::{self, ClientMessage, ClientReceipt, Delivery};
+use super::routing::{self, ClientMessage, ClientReceipt, Delivery, ReceiptAudience};
 use super::{unix_now, Inner, SimError};
 use crate::proto::wa::Message;
 use crate::wa::binary::Node;
@@ -82,7 +82,8 @@ impl Inner {
     }
 
     /// Routes a receipt: the recipient's confirmation goes to the original
-    /// sender's devices (a retry only to the device that sent the message).
+    /// sender's devices (a retry only to the device that sent the message,
+    /// a private `read-self` only to the reader's own other devices).
     pub(crate) async fn route_receipt(&self, sender: &Jid, receipt: ClientReceipt) {
         if receipt.kind.as_deref() == Some("server-error") {
             // A media retry request: answered by the phone that sent the
@@ -90,18 +91,22 @@ impl Inner {
             self.answer_media_retry(sender, &receipt).await;
             return;
         }
-        let forwarded = routing::forwarded_receipt(&receipt, sender, unix_now());
-        let targets: Vec<Jid> = if receipt.kind.as_deref() == Some("retry") {
-            vec![receipt.to.clone()]
-        } else {
-            self.registry
-                .user_devices(&receipt.to.user)
-                .into_iter()
-                .map(|(device, _)| {
-                    Jid::with_device(receipt.to.user.clone(), device, DEFAULT_USER_SERVER)
-                })
-                .filter(|jid| jid != sender)
-                .collect()
+        let mut forwarded = routing::forwarded_receipt(&receipt, sender, unix_now());
+        let targets: Vec<Jid> = match routing::receipt_audience(&receipt, sender) {
+            None => return,
+            Some(ReceiptAudience::Device(device)) => vec![device],
+            Some(ReceiptAudience::Account(user)) => {
+                if user == sender.user && receipt.recipient.is_none() {
+                    // The reader's own devices learn which chat it was.
+                    forwarded.set_attr("recipient", receipt.to.clone());
+                }
+                self.registry
+                    .user_devices(&user)
+                    .into_iter()
+                    .map(|(device, _)| Jid::with_device(user.clone(), device, DEFAULT_USER_SERVER))
+                    .filter(|jid| jid != sender)
+                    .collect()
+            }
         };
         for target in targets {
             self.deliver_to(&target, QueueClass::Receipt, &receipt.id, forwarded.clone())

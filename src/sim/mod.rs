@@ -16,6 +16,8 @@ mod messaging;
 mod phone;
 mod phone_media;
 mod phone_sync;
+mod presence;
+mod presence_routing;
 mod registry;
 mod routing;
 mod sender_keys;
@@ -148,6 +150,8 @@ pub(crate) struct Inner {
     accept_task: Mutex<Option<JoinHandle<()>>>,
     /// The HTTP host media is uploaded to and downloaded from.
     media: media::MediaServer,
+    /// Who is online, who follows whom, and read-receipt privacy.
+    presence: presence::Presences,
 }
 
 impl Inner {
@@ -222,6 +226,7 @@ impl Simulator {
             shutdown,
             accept_task: Mutex::new(None),
             media,
+            presence: presence::Presences::default(),
         });
         let task = tokio::spawn(accept_loop(Arc::clone(&inner), listener, shutdown_rx));
         *lock(&inner.accept_task) = Some(task);

@@ -244,6 +244,33 @@ pub(crate) fn parse_receipt(node: &Node) -> Result<ClientReceipt, RoutingError> 
     })
 }
 
+/// Whose devices a client's receipt goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReceiptAudience {
+    /// Only the device that sent the message (a retry request).
+    Device(Jid),
+    /// Every device of this account but the one that sent the receipt.
+    Account(String),
+}
+
+/// Where `receipt`, sent by the device `reader`, goes: a retry to the
+/// message's sending device; `read-self` and `played-self` (the reader
+/// keeps its read receipts private) only to the reader's own other
+/// devices; any other receipt to every device of the message's sender (the
+/// chat, or in a group the `participant`).
+pub(crate) fn receipt_audience(receipt: &ClientReceipt, reader: &Jid) -> Option<ReceiptAudience> {
+    let author = if receipt.to.is_group() {
+        receipt.participant.as_ref()?
+    } else {
+        &receipt.to
+    };
+    Some(match receipt.kind.as_deref() {
+        Some("retry") => ReceiptAudience::Device(author.clone()),
+        Some("read-self" | "played-self") => ReceiptAudience::Account(reader.user.clone()),
+        _ => ReceiptAudience::Account(author.user.clone()),
+    })
+}
+
 /// The receipt as the server hands it to the original sender:
 /// `<receipt from=RECIPIENT:dev id t [type] [recipient]>children</receipt>`.
 pub(crate) fn forwarded_receipt(receipt: &ClientReceipt, from: &Jid, t: u64) -> Node {
@@ -473,6 +500,56 @@ mod tests {
         assert_eq!(
             parse_ack(&Node::new("ack").attr("id", "x").attr("class", "receipt")),
             Some(("receipt".into(), "x".into()))
+        );
+    }
+
+    #[test]
+    fn receipts_go_to_the_author_or_stay_with_the_reader() {
+        let reader = jid("222:1@s.whatsapp.net");
+        let receipt = |to: &str, kind: Option<&str>, participant: Option<&str>| {
+            let mut node = Node::new("receipt").attr("id", "M1").attr("to", jid(to));
+            if let Some(kind) = kind {
+                node = node.attr("type", kind.to_owned());
+            }
+            if let Some(participant) = participant {
+                node = node.attr("participant", jid(participant));
+            }
+            parse_receipt(&node).expect("valid receipt")
+        };
+        let account = |user: &str| Some(ReceiptAudience::Account(user.into()));
+        let peer = "111@s.whatsapp.net";
+        assert_eq!(
+            receipt_audience(&receipt(peer, Some("read"), None), &reader),
+            account("111")
+        );
+        assert_eq!(
+            receipt_audience(&receipt(peer, None, None), &reader),
+            account("111")
+        );
+        assert_eq!(
+            receipt_audience(&receipt(peer, Some("read-self"), None), &reader),
+            account("222")
+        );
+        assert_eq!(
+            receipt_audience(
+                &receipt("111:4@s.whatsapp.net", Some("retry"), None),
+                &reader
+            ),
+            Some(ReceiptAudience::Device(jid("111:4@s.whatsapp.net")))
+        );
+        let group = "120363000000000001@g.us";
+        let author = Some("333@s.whatsapp.net");
+        assert_eq!(
+            receipt_audience(&receipt(group, Some("read"), author), &reader),
+            account("333")
+        );
+        assert_eq!(
+            receipt_audience(&receipt(group, Some("read-self"), author), &reader),
+            account("222")
+        );
+        assert_eq!(
+            receipt_audience(&receipt(group, Some("played-self"), author), &reader),
+            account("222")
         );
     }
 

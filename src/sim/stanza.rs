@@ -170,15 +170,17 @@ pub(crate) fn stream_end() -> Node {
     Node::new("xmlstreamend")
 }
 
-/// Minimal privacy settings: everything visible to everyone.
-pub(crate) fn privacy_settings() -> Node {
+/// Minimal privacy settings: everything visible to everyone, but read
+/// receipts when the account keeps them to itself.
+pub(crate) fn privacy_settings(receipts_hidden: bool) -> Node {
+    let read_receipts = if receipts_hidden { "none" } else { "all" };
     let categories = [
         ("last", "all"),
         ("online", "all"),
         ("profile", "all"),
         ("status", "all"),
         ("groupadd", "all"),
-        ("readreceipts", "all"),
+        ("readreceipts", read_receipts),
         ("calladd", "all"),
     ];
     Node::new("privacy").children(

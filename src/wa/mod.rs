@@ -18,6 +18,7 @@ pub mod noise;
 pub mod pairing;
 pub mod payload;
 pub mod prekeys;
+pub mod presence;
 pub mod qr;
 pub mod signal;
 pub mod usync;

@@ -117,6 +117,8 @@ enum Kind {
     Message,
     Receipt,
     Group,
+    ChatState,
+    Presence,
 }
 
 impl From<Kind> for EventType {
@@ -127,6 +129,8 @@ impl From<Kind> for EventType {
             Kind::Message => EventType::Message,
             Kind::Receipt => EventType::Receipt,
             Kind::Group => EventType::Group,
+            Kind::ChatState => EventType::ChatState,
+            Kind::Presence => EventType::Presence,
         }
     }
 }
@@ -384,7 +388,14 @@ async fn show_qr(gw: &mut Gateway, id: String, ink: Ink, json: bool) -> Result<(
                 _ => {}
             },
             // The qr command follows only the pairing.
-            Some(Payload::Message(_) | Payload::Receipt(_) | Payload::Group(_)) | None => {}
+            Some(
+                Payload::Message(_)
+                | Payload::Receipt(_)
+                | Payload::Group(_)
+                | Payload::ChatState(_)
+                | Payload::Presence(_),
+            )
+            | None => {}
         }
     }
     Err(CliError::StreamEnded)

@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::proto::gateway::{
-    event::Payload, Event, GroupChange, ReceiptType, SendResponse, Session, SessionState,
+    event::Payload, ChatState, Event, GroupChange, ReceiptType, SendResponse, Session, SessionState,
 };
 
 /// `CONNECTED`, `QR_READY`, ... as the API documents the states.
@@ -188,6 +188,24 @@ pub fn event_json(e: &Event) -> Value {
                 "timestamp": opt_ts(g.timestamp.as_ref()),
             }),
         ),
+        Some(Payload::ChatState(c)) => (
+            "chat_state",
+            json!({
+                "chat": c.chat,
+                "sender": c.sender,
+                "sender_phone": c.sender_phone,
+                "state": chat_state_name(c.state),
+            }),
+        ),
+        Some(Payload::Presence(p)) => (
+            "presence",
+            json!({
+                "from": p.from,
+                "from_phone": p.from_phone,
+                "available": p.available,
+                "last_seen": opt_ts(p.last_seen.as_ref()),
+            }),
+        ),
         None => ("unknown", Value::Null),
     };
     if let Value::Object(map) = &mut v {
@@ -209,6 +227,15 @@ fn group_change_name(change: i32) -> &'static str {
         Ok(GroupChange::GroupDescriptionChanged) => "description",
         Ok(GroupChange::GroupOther) => "other",
         Ok(GroupChange::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn chat_state_name(state: i32) -> &'static str {
+    match ChatState::try_from(state) {
+        Ok(ChatState::Composing) => "composing",
+        Ok(ChatState::Recording) => "recording",
+        Ok(ChatState::Paused) => "paused",
+        Ok(ChatState::Unspecified) | Err(_) => "unknown",
     }
 }
 
@@ -250,6 +277,20 @@ pub fn event_text(e: &Event) -> String {
             r.message_ids.join(","),
             r.from
         ),
+        Some(Payload::ChatState(c)) => format!(
+            "chat_state {} in {} from {}",
+            chat_state_name(c.state),
+            c.chat,
+            c.sender
+        ),
+        Some(Payload::Presence(p)) => {
+            let state = if p.available {
+                "available"
+            } else {
+                "unavailable"
+            };
+            format!("presence {} {state}", p.from)
+        }
         Some(Payload::Group(g)) => {
             let mut d = format!("group {} {}", group_change_name(g.change), g.group);
             if !g.participants.is_empty() {

@@ -127,6 +127,8 @@ pub enum Event {
     Message(ReceivedMessage),
     Receipt(ReceivedReceipt),
     Group(crate::wa::groups::GroupChange),
+    ChatState(crate::wa::presence::IncomingChatState),
+    Presence(crate::wa::presence::IncomingPresence),
 }
 
 /// A message that arrived (or could not be read).
@@ -446,6 +448,20 @@ impl Engine {
             }
             "iq" => self.on_iq_answer(node, cx),
             "notification" => self.on_notification(&node, cx),
+            // Ephemeral: reported, never acknowledged (the server does not
+            // ask for it) and never redelivered.
+            "chatstate" => {
+                if let Ok(state) = crate::wa::presence::IncomingChatState::parse(&node) {
+                    cx.step.events.push(Event::ChatState(state));
+                }
+                Ok(())
+            }
+            "presence" => {
+                if let Ok(presence) = crate::wa::presence::IncomingPresence::parse(&node) {
+                    cx.step.events.push(Event::Presence(presence));
+                }
+                Ok(())
+            }
             "call" => {
                 cx.step
                     .transmit

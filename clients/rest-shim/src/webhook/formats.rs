@@ -108,7 +108,7 @@ pub(crate) fn deliveries(
         Some(Payload::Message(msg)) => message(event, msg, targets, media, &mut out),
         Some(Payload::Receipt(receipt)) => receipts(event, receipt, targets, &mut out),
         // None of the seed gateways documents a group webhook.
-        Some(Payload::Group(_)) | None => {}
+        Some(Payload::Group(_) | Payload::ChatState(_) | Payload::Presence(_)) | None => {}
     }
     out
 }
