@@ -536,3 +536,54 @@ async fn a_group_of_64_virtual_phones_gets_each_text_once() {
     }
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_group_texts_arrive_in_order_and_the_count_is_bounded() {
+    let sim = wagate::sim::Simulator::start(wagate::sim::SimConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        seed: Some(65),
+    })
+    .await
+    .expect("simulator starts");
+    let phones: Vec<wagate::wa::jid::PhoneNumber> = (0..3)
+        .map(|n| format!("+1555071{n:04}").parse().expect("phone"))
+        .collect();
+    let jids: Vec<wagate::wa::jid::Jid> = phones
+        .iter()
+        .map(|phone| sim.create_account(phone, "Member").expect("account"))
+        .collect();
+    let group = sim
+        .create_group(&phones[0], "Bulk", &jids[1..])
+        .await
+        .expect("group");
+    let ids = sim
+        .send_group_texts(&phones[0], &group, 5, "bulk-")
+        .await
+        .expect("sent");
+    assert_eq!(ids.len(), 5);
+    for phone in &phones[1..] {
+        let inbox = sim.inbox(phone).expect("inbox");
+        let got: Vec<(&str, &str)> = inbox
+            .iter()
+            .map(|m| (m.id.as_str(), m.text.as_str()))
+            .collect();
+        let want: Vec<(&str, String)> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| (id.as_str(), format!("bulk-{n}")))
+            .collect();
+        let want: Vec<(&str, &str)> = want.iter().map(|(id, t)| (*id, t.as_str())).collect();
+        assert_eq!(got, want, "{phone:?}");
+    }
+    let too_many = sim
+        .send_group_texts(&phones[0], &group, wagate::sim::MAX_BULK_TEXTS + 1, "x")
+        .await;
+    assert!(too_many.is_err(), "{too_many:?}");
+    let outsider: wagate::wa::jid::PhoneNumber = "+15550719999".parse().expect("phone");
+    sim.create_account(&outsider, "Outsider").expect("account");
+    assert!(sim
+        .send_group_texts(&outsider, &group, 1, "x")
+        .await
+        .is_err());
+    sim.shutdown().await;
+}

@@ -24,8 +24,8 @@ use crate::proto::sim::{
     UpdateGroupParticipantsResponse,
 };
 use crate::proto::sim::{
-    SendChatStateRequest, SendChatStateResponse, SetPresenceRequest, SetPresenceResponse,
-    SetReadReceiptsRequest, SetReadReceiptsResponse,
+    SendChatStateRequest, SendChatStateResponse, SendGroupTextsRequest, SendGroupTextsResponse,
+    SetPresenceRequest, SetPresenceResponse, SetReadReceiptsRequest, SetReadReceiptsResponse,
 };
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 use crate::wa::media::MediaType;
@@ -492,6 +492,20 @@ impl SimulatorService for Control {
             .send_group_text(&phone, &group, &request.text)
             .await?;
         Ok(Response::new(SendGroupTextResponse { message_id }))
+    }
+
+    async fn send_group_texts(
+        &self,
+        request: Request<SendGroupTextsRequest>,
+    ) -> Result<Response<SendGroupTextsResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.from_phone)?;
+        let group = parse_group(&request.group_jid)?;
+        let message_ids = self
+            .sim
+            .send_group_texts(&phone, &group, request.count, &request.text_prefix)
+            .await?;
+        Ok(Response::new(SendGroupTextsResponse { message_ids }))
     }
 
     async fn list_groups(

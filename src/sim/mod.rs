@@ -598,6 +598,30 @@ impl Simulator {
             .await
     }
 
+    /// The virtual phone of `phone` sends `count` texts `<prefix><n>` (n
+    /// from 0) to a group it is in, each as [`Simulator::send_group_text`]
+    /// sends one. Returns the ids in order.
+    pub async fn send_group_texts(
+        &self,
+        phone: &PhoneNumber,
+        group: &Jid,
+        count: u32,
+        prefix: &str,
+    ) -> Result<Vec<String>, SimError> {
+        if count > MAX_BULK_TEXTS {
+            return Err(SimError::TooManyTexts(count));
+        }
+        let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        for n in 0..count {
+            ids.push(
+                self.inner
+                    .phone_send_group(phone.as_str(), &group.user, &format!("{prefix}{n}"))
+                    .await?,
+            );
+        }
+        Ok(ids)
+    }
+
     /// The groups `phone` is in, or every group with `None`.
     pub fn groups(&self, phone: Option<&PhoneNumber>) -> Vec<GroupInfo> {
         self.inner

@@ -9,10 +9,10 @@ use crate::clients::{own_phone, peer_phone, Gateway, Sim};
 use crate::error::LoadError;
 use crate::inbound::{collect, subscribe, Pids, Throughput};
 use crate::procstat::CpuMeter;
-use crate::proto::sim::{CreateGroupRequest, SendGroupTextRequest};
+use crate::proto::sim::{CreateGroupRequest, SendGroupTextsRequest};
 use crate::workers;
 
-/// `SendGroupText` calls in flight at once.
+/// Virtual phones sending at once (one `SendGroupTexts` call each).
 const SENDERS: usize = 64;
 
 /// One group per session (its peer phone and its account), made by the
@@ -74,8 +74,9 @@ pub(crate) async fn throughput(
     })
 }
 
-/// `per_session` texts `<prefix><i>` to every group, `SENDERS` calls at a
-/// time, until the stream showed them all. Returns how many.
+/// `per_session` texts `<prefix><i>` to every group (one bulk call per
+/// group, `SENDERS` groups at a time, as the one-to-one figure sends them),
+/// until the stream showed them all. Returns how many.
 async fn send_all(
     gateway: &Gateway,
     sim: &Sim,
@@ -88,18 +89,18 @@ async fn send_all(
     let mut stream = subscribe(gateway).await?;
     let sim = sim.clone();
     let groups = groups.to_vec();
-    let senders = tokio::spawn(workers::run(total, SENDERS, move |i| {
+    let senders = tokio::spawn(workers::run(groups.len(), SENDERS, move |n| {
         let mut sim = sim.clone();
-        let n = i % groups.len();
-        let request = SendGroupTextRequest {
+        let request = SendGroupTextsRequest {
             from_phone: peer_phone(n),
             group_jid: groups[n].clone(),
-            text: format!("{prefix}{i}"),
+            count: per_session,
+            text_prefix: format!("{prefix}{n}-"),
         };
         async move {
-            sim.send_group_text(request)
+            sim.send_group_texts(request)
                 .await
-                .map_err(LoadError::rpc("simulator SendGroupText"))?;
+                .map_err(LoadError::rpc("simulator SendGroupTexts"))?;
             Ok(())
         }
     }));
