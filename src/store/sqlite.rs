@@ -142,11 +142,18 @@ const MMAP_SIZE: i64 = 1 << 30;
 
 /// How often the background checkpointer copies the WAL into the database
 /// (often enough that the WAL stays a few MB at thousands of messages/s).
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// Small copies often rather than large ones seldom: each ends with an
+/// fsync of the database file, and the commits' own fsyncs queue behind a
+/// large one (event delivery p99 at 1,000 texts/s: 5.2–7.5 ms every
+/// 500 ms, 3.8–4.6 ms every 100 ms, same throughput).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// WAL frames (pages) past which the checkpointer, once it has copied the
 /// WAL without holding up commits, briefly holds the writer to copy the
 /// last few frames, so the next commit starts the WAL over (about 16 MiB).
 const WAL_RESTART_FRAMES: i64 = 4_096;
+/// Most frames left to copy for the checkpointer to finish under the
+/// writer (1 MiB: a millisecond or two, fsync included).
+const WAL_HOLD_MAX_FRAMES: i64 = 256;
 
 const SELECT_EVENTS: &str = "SELECT cursor, session_id, seq, timestamp_ms, kind, payload \
                              FROM events WHERE cursor > ?1";
@@ -840,7 +847,13 @@ impl Checkpointer {
                     stopped.recv_timeout(tuning.every)
                 {
                     match passive_checkpoint(&conn) {
-                        Ok(frames) if frames > tuning.restart_frames => {
+                        // Only a copy that (almost) caught up is finished
+                        // under the writer: what is left is a few commits'
+                        // frames, not a backlog that would stall commits.
+                        Ok(wal)
+                            if wal.frames > tuning.restart_frames
+                                && wal.frames - wal.copied <= WAL_HOLD_MAX_FRAMES =>
+                        {
                             let Some(writer) = writer.upgrade() else {
                                 break;
                             };
@@ -868,10 +881,22 @@ impl Checkpointer {
     }
 }
 
+/// Frames in the WAL after a checkpoint, and how many of them are in the
+/// database file.
+struct WalFrames {
+    frames: i64,
+    copied: i64,
+}
+
 /// Copies what it can of the WAL into the database without blocking
-/// anyone; answers how many frames the WAL holds.
-fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+/// anyone.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<WalFrames> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok(WalFrames {
+            frames: row.get(1)?,
+            copied: row.get(2)?,
+        })
+    })
 }
 
 impl Drop for Checkpointer {
