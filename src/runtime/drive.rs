@@ -25,7 +25,13 @@ const MAX_READS_PER_STEP: usize = 64;
 const MAX_SENDS_PER_STEP: usize = 64;
 
 impl SessionActor {
-    pub(super) async fn drive(&mut self, socket: socket::Socket, mut conn: Connection) -> Ended {
+    /// `socket` and `conn` are boxed: an async fn keeps its arguments
+    /// besides its locals, and every session's task is sized for them.
+    pub(super) async fn drive(
+        &mut self,
+        socket: Box<socket::Socket>,
+        mut conn: Box<Connection>,
+    ) -> Ended {
         let (mut sink, mut stream) = socket.split();
         let mut pending_disconnect: Option<(bool, oneshot::Sender<()>)> = None;
         let mut shutting_down = false;
@@ -131,10 +137,10 @@ impl SessionActor {
                     Some(Command::Connect) => {}
                     Some(Command::Send { text, reply }) => {
                         // Sends already queued go along: one step, one commit.
-                        let mut texts = vec![(text, reply)];
+                        let mut texts = vec![(*text, reply)];
                         while texts.len() < MAX_SENDS_PER_STEP {
                             match self.commands.try_recv() {
-                                Ok(Command::Send { text, reply }) => texts.push((text, reply)),
+                                Ok(Command::Send { text, reply }) => texts.push((*text, reply)),
                                 Ok(other) => {
                                     self.deferred = Some(other);
                                     break;
@@ -148,7 +154,7 @@ impl SessionActor {
                         }
                     }
                     Some(Command::Query { iq, reply }) => {
-                        self.messenger.query(iq, reply, &mut conn, now_ms());
+                        self.messenger.query(*iq, reply, &mut conn, now_ms());
                     }
                     Some(Command::Transmit { nodes, reply }) => {
                         self.messenger.transmit(nodes, reply, &mut conn);

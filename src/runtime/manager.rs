@@ -254,7 +254,10 @@ impl Manager {
         let (reply, answer) = oneshot::channel();
         handle
             .commands
-            .send(Command::Send { text, reply })
+            .send(Command::Send {
+                text: Box::new(text),
+                reply,
+            })
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
         // The actor answers every send; a dropped reply means it stopped.
@@ -271,7 +274,10 @@ impl Manager {
         let (reply, answer) = oneshot::channel();
         handle
             .commands
-            .send(Command::Query { iq, reply })
+            .send(Command::Query {
+                iq: Box::new(iq),
+                reply,
+            })
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
         match answer.await.map_err(|_| RuntimeError::ShuttingDown)? {

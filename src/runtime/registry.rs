@@ -214,7 +214,10 @@ impl Registry {
                 }
             }
         }
-        self.actors.spawn(run_actor(registry, id, actor, wake));
+        // Boxed: an async fn's argument and the `join!` it moves into would
+        // each hold the whole actor future.
+        self.actors
+            .spawn(run_actor(registry, id, Box::pin(actor), wake));
     }
 }
 

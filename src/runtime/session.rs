@@ -38,13 +38,15 @@ pub(crate) enum Command {
         done: oneshot::Sender<()>,
     },
     /// Send a text; answered after the server's ack.
+    /// (Boxed, as the query's node: a command is one slot of the actor's
+    /// channel, whose blocks hold 32 slots each for every session.)
     Send {
-        text: OutgoingText,
+        text: Box<OutgoingText>,
         reply: SendReply,
     },
     /// An `<iq>` for the server (group management and the like), answered
     /// with the server's answer.
-    Query { iq: Node, reply: QueryReply },
+    Query { iq: Box<Node>, reply: QueryReply },
     /// Stanzas without an answer (read receipts, chat states, presence),
     /// answered once written to the connection.
     Transmit {
@@ -333,8 +335,11 @@ impl SessionActor {
         }
         let url = self.shared.config.wa_url.clone();
         self.connect_started = Some(std::time::Instant::now());
+        // Boxed: the connect future (TLS, websocket handshake) is large and
+        // lives only until the socket is open; inline it would size every
+        // session's task for good.
         let socket = tokio::select! {
-            s = tokio::time::timeout(Duration::from_secs(20), socket::connect(&url)) => s,
+            s = tokio::time::timeout(Duration::from_secs(20), Box::pin(socket::connect(&url))) => s,
             cmd = self.next_command() => return self.command_while_offline(cmd),
         };
         let socket = match socket {
@@ -345,7 +350,7 @@ impl SessionActor {
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
         let conn = Connection::new(self.shared.config.client.clone(), creds, seed, now_ms());
-        self.drive(socket, conn).await
+        self.drive(socket, Box::new(conn)).await
     }
 
     /// The next command that needs the actor's state; sends are refused

@@ -15,7 +15,9 @@ const MAX_MESSAGE: usize = (1 << 24) + 16;
 const READ_BUFFER: usize = 0x2000;
 
 /// Opens the websocket with the headers WhatsApp Web sends.
-pub(crate) async fn connect(url: &str) -> Result<Socket, String> {
+/// Boxed: a session keeps the socket for as long as it is connected, and
+/// its task's future is not sized for one held inline.
+pub(crate) async fn connect(url: &str) -> Result<Box<Socket>, String> {
     let mut request = url
         .into_client_request()
         .map_err(|e| format!("bad chat server URL {url}: {e}"))?;
@@ -34,7 +36,7 @@ pub(crate) async fn connect(url: &str) -> Result<Socket, String> {
         tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-    Ok(socket)
+    Ok(Box::new(socket))
 }
 
 #[cfg(test)]

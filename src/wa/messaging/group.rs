@@ -54,7 +54,7 @@ impl Engine {
                 let group = send.chat.clone();
                 self.issue(
                     GroupMembers(group),
-                    Awaiting::GroupMembers(send),
+                    Awaiting::GroupMembers(Box::new(send)),
                     &mut cx.step,
                 );
                 Ok(())
@@ -95,7 +95,7 @@ impl Engine {
         let sid = format!("{:08x}", rand::RngCore::next_u32(&mut self.rng));
         self.issue(
             Devices { users: stale, sid },
-            Awaiting::Devices(send),
+            Awaiting::Devices(Box::new(send)),
             &mut cx.step,
         );
         Ok(())

@@ -178,10 +178,10 @@ pub(super) enum Awaiting {
     PrekeyCount,
     PrekeyUpload,
     /// A send to a group waiting for its member list.
-    GroupMembers(Outgoing),
-    Devices(Outgoing),
+    GroupMembers(Box<Outgoing>),
+    Devices(Box<Outgoing>),
     Bundles {
-        send: Outgoing,
+        send: Box<Outgoing>,
         targets: Vec<Jid>,
     },
     /// A peer asked for a resend and we had no session with it.
@@ -205,7 +205,7 @@ impl Awaiting {
         match self {
             Awaiting::GroupMembers(send)
             | Awaiting::Devices(send)
-            | Awaiting::Bundles { send, .. } => Some(send),
+            | Awaiting::Bundles { send, .. } => Some(send.as_ref()),
             Awaiting::PrekeyCount
             | Awaiting::PrekeyUpload
             | Awaiting::RetryBundle(_)
@@ -219,7 +219,7 @@ impl Awaiting {
         match self {
             Awaiting::GroupMembers(send)
             | Awaiting::Devices(send)
-            | Awaiting::Bundles { send, .. } => Some(send),
+            | Awaiting::Bundles { send, .. } => Some(send.as_mut()),
             Awaiting::PrekeyCount
             | Awaiting::PrekeyUpload
             | Awaiting::RetryBundle(_)
@@ -233,7 +233,7 @@ impl Awaiting {
         match self {
             Awaiting::GroupMembers(send)
             | Awaiting::Devices(send)
-            | Awaiting::Bundles { send, .. } => Some(send),
+            | Awaiting::Bundles { send, .. } => Some(*send),
             Awaiting::PrekeyCount
             | Awaiting::PrekeyUpload
             | Awaiting::RetryBundle(_)

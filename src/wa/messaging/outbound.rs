@@ -247,7 +247,7 @@ impl Engine {
         let sid = format!("{:08x}", rand::RngCore::next_u32(&mut self.rng));
         self.issue(
             Devices { users, sid },
-            Awaiting::Devices(send),
+            Awaiting::Devices(Box::new(send)),
             &mut cx.step,
         );
         Ok(())
@@ -325,7 +325,10 @@ impl Engine {
         }
         self.issue(
             Bundles(missing),
-            Awaiting::Bundles { send, targets },
+            Awaiting::Bundles {
+                send: Box::new(send),
+                targets,
+            },
             &mut cx.step,
         );
         Ok(())
@@ -492,7 +495,7 @@ impl Engine {
                 Ok(info) => {
                     let members = info.member_jids();
                     self.remember_group(send.chat.clone(), members.clone(), now_ms);
-                    self.group_devices(send, members, cx)?;
+                    self.group_devices(*send, members, cx)?;
                 }
                 Err(e) => {
                     let group = send.chat.to_string();
@@ -504,7 +507,7 @@ impl Engine {
                         },
                         other => SendError::Encryption(format!("group info: {other}")),
                     };
-                    cx.step.fail(send, error);
+                    cx.step.fail(*send, error);
                 }
             },
             Awaiting::Devices(send) => match Devices::answer(&node) {
@@ -516,11 +519,11 @@ impl Engine {
                         let jids = user.device_jids();
                         self.remember_devices(user.user, jids, now_ms);
                     }
-                    self.route(send, cx)?;
+                    self.route(*send, cx)?;
                 }
                 Err(e) => cx
                     .step
-                    .fail(send, SendError::Encryption(format!("device list: {e}"))),
+                    .fail(*send, SendError::Encryption(format!("device list: {e}"))),
             },
             Awaiting::Bundles { send, targets } => match Bundles::answer(&node) {
                 Ok(bundles) => {
@@ -537,11 +540,11 @@ impl Engine {
                             fresh.insert(address_of(&entry.device), record);
                         }
                     }
-                    self.encrypt_and_send(send, targets, fresh, cx)?;
+                    self.encrypt_and_send(*send, targets, fresh, cx)?;
                 }
                 Err(e) => cx
                     .step
-                    .fail(send, SendError::Encryption(format!("prekey bundles: {e}"))),
+                    .fail(*send, SendError::Encryption(format!("prekey bundles: {e}"))),
             },
             Awaiting::RetryBundle(target) => {
                 let answer = Bundles::answer(&node);
