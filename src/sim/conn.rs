@@ -389,13 +389,15 @@ impl Session {
             done = handshake => done.map_err(|_| ConnError::HandshakeTimeout)??,
             _ = shutdown.changed() => return send_out(&self.out, Outgoing::Drop).await,
         };
-        let mut link = Link {
+        // Boxed: the link lives as long as the connection, and a task's
+        // future would otherwise hold it in every await's state.
+        let mut link = Box::new(Link {
             reader,
             dict,
             send,
             recv,
             out: self.out.clone(),
-        };
+        });
         let payload = ClientPayload::decode(payload.as_slice())?;
         tokio::time::sleep(FIRST_STANZA_PAUSE).await;
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
@@ -544,14 +546,16 @@ impl Session {
 
     async fn serve_stanzas(
         mut self,
-        mut link: Link,
+        mut link: Box<Link>,
         mut role: Role,
         mut commands: mpsc::Receiver<Command>,
     ) -> Result<(), ConnError> {
         loop {
             let flow = tokio::select! {
                 node = link.next_node() => match node? {
-                    Some(node) => self.on_stanza(&mut link, &mut role, node).await?,
+                    // Boxed: answering a stanza takes a large future,
+                    // which the idle connection need not keep room for.
+                    Some(node) => Box::pin(self.on_stanza(&mut link, &mut role, node)).await?,
                     None => Flow::Stop,
                 },
                 command = commands.recv() => match command {
