@@ -147,6 +147,12 @@ async fn the_console_pairs_a_session_and_chats_in_a_headless_browser() {
         .fold((u8::MAX, 0), |(lo, hi), p| (lo.min(*p), hi.max(*p)));
     assert!(hi - lo > 100, "the screenshot shows something ({lo}..{hi})");
 
+    eprintln!(
+        "console screenshots: {}, {}, {}",
+        shots.join("1-qr.png").display(),
+        shots.join("2-connected.png").display(),
+        shots.join("3-chat.png").display()
+    );
     page.close().await;
     shim.stop().await;
     gw.stop().await;
