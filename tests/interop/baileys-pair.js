@@ -10,6 +10,8 @@
 
 const { default: makeWASocket, useMultiFileAuthState, Browsers } = require('baileys')
 const pino = require('pino')
+const fs = require('fs')
+const path = require('path')
 
 const [url, authDir] = process.argv.slice(2)
 if (!url || !authDir) {
@@ -45,6 +47,12 @@ async function connect () {
     if (update.connection === 'open') {
       opened = true
       emit({ event: 'open', jid: sock.user.id })
+      // An application keeps running after this; a script that stops here
+      // must first let Baileys finish what login started: it uploads its
+      // one-time prekeys and only then writes their private halves (its
+      // key transaction commits after the upload). Exiting before that
+      // leaves the server handing out prekeys this device cannot open.
+      await prekeysOnDisk(state.creds).catch(fail)
       await save()
       sock.end(undefined)
       process.exit(0)
@@ -59,6 +67,31 @@ async function connect () {
         process.exit(1)
       }
     }
+  })
+}
+
+// Resolves once the prekeys Baileys uploaded at login (ids below
+// creds.nextPreKeyId) are all written to the auth dir; rejects after
+// PREKEY_WAIT_MS.
+const PREKEY_WAIT_MS = 15000
+function prekeysOnDisk (creds) {
+  const deadline = Date.now() + PREKEY_WAIT_MS
+  const written = () => {
+    if (creds.firstUnuploadedPreKeyId <= 1) return false
+    for (let id = 1; id < creds.nextPreKeyId; id++) {
+      if (!fs.existsSync(path.join(authDir, `pre-key-${id}.json`))) return false
+    }
+    return true
+  }
+  return new Promise((resolve, reject) => {
+    const look = () => {
+      if (written()) return resolve()
+      if (Date.now() > deadline) {
+        return reject(new Error(`prekeys not uploaded and written within ${PREKEY_WAIT_MS} ms`))
+      }
+      setTimeout(look, 20)
+    }
+    look()
   })
 }
 
