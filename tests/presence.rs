@@ -8,11 +8,13 @@
 mod common;
 
 use common::*;
+use tonic::transport::Channel;
 use tonic::Code;
 use wagate::proto::gateway::{
     event, ChatState, ChatStateEvent, Event, MarkReadRequest, PresenceEvent, ReceiptType,
     SendChatStateRequest, SendRequest, SetPresenceRequest, SubscribePresenceRequest,
 };
+use wagate::proto::sim::simulator_client::SimulatorClient;
 use wagate::proto::sim::{CreateGroupRequest, SetReadReceiptsRequest};
 
 const ANN: &str = "+15550003001";
@@ -72,7 +74,7 @@ fn is_read_of(event: &Event, id: &str) -> bool {
 
 /// `from` sends `body` to `to`; waits until `to_events` has it.
 async fn send_and_receive(
-    client: &mut wagate::proto::gateway::gateway_client::GatewayClient<tonic::transport::Channel>,
+    client: &mut wagate::proto::gateway::gateway_client::GatewayClient<Channel>,
     from: &str,
     to: &str,
     body: &str,
@@ -92,6 +94,21 @@ async fn send_and_receive(
 }
 
 /// The next chat state event of `events`.
+/// Cat's virtual phone makes a group of Cat, Ann and Bob; its JID.
+async fn cats_group(control: &mut SimulatorClient<Channel>, subject: &str) -> String {
+    create_account(control, CAT, "Cat").await;
+    control
+        .create_group(CreateGroupRequest {
+            phone: CAT.into(),
+            subject: subject.into(),
+            participants: vec![ANN.into(), BOB.into()],
+        })
+        .await
+        .expect("CreateGroup")
+        .into_inner()
+        .group_jid
+}
+
 async fn next_chat_state(events: &mut Events, what: &str) -> ChatStateEvent {
     let (event, _) = wait_for(events, what, |e| chat_state_of(e).is_some()).await;
     chat_state_of(&event).expect("chat state").clone()
@@ -174,18 +191,7 @@ async fn read_receipts_reach_the_sender_unless_kept_private() {
     );
 
     // A group: Bob reads Ann's group text, naming her as its sender.
-    create_account(&mut sim.control, CAT, "Cat").await;
-    let group = sim
-        .control
-        .create_group(CreateGroupRequest {
-            phone: CAT.into(),
-            subject: "Readers".into(),
-            participants: vec![ANN.into(), BOB.into()],
-        })
-        .await
-        .expect("CreateGroup")
-        .into_inner()
-        .group_jid;
+    let group = cats_group(&mut sim.control, "Readers").await;
     for events in [&mut ann, &mut bob] {
         wait_for(events, "the group's creation", |e| {
             group_of(e).is_some_and(|g| g.group == group)
@@ -258,18 +264,7 @@ async fn chat_states_and_presence_reach_online_devices() {
 
     // A group: Bob types there, Ann sees it with the group as chat. Cat's
     // virtual phone types and goes online too.
-    create_account(&mut sim.control, CAT, "Cat").await;
-    let group = sim
-        .control
-        .create_group(CreateGroupRequest {
-            phone: CAT.into(),
-            subject: "Typists".into(),
-            participants: vec![ANN.into(), BOB.into()],
-        })
-        .await
-        .expect("CreateGroup")
-        .into_inner()
-        .group_jid;
+    let group = cats_group(&mut sim.control, "Typists").await;
     wait_for(&mut ann, "the group's creation", |e| {
         group_of(e).is_some_and(|g| g.group == group)
     })

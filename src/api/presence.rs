@@ -34,6 +34,19 @@ fn user(field: &'static str, raw: &str) -> Result<Jid, Status> {
     Ok(jid.to_non_ad())
 }
 
+/// `raw` as the `chat` of a request: a user (phone number, user or LID
+/// JID) or a group, without device.
+fn chat(raw: &str) -> Result<Jid, Status> {
+    let chat = jid("chat", raw)?;
+    if !chat.is_group() && !chat.is_user() && !chat.is_lid() {
+        return Err(invalid(
+            "chat",
+            format!("{} is not a user or group", quote(raw)),
+        ));
+    }
+    Ok(chat.to_non_ad())
+}
+
 fn message_ids(raw: Vec<String>) -> Result<Vec<String>, Status> {
     if raw.is_empty() {
         return Err(invalid("message_ids", "name at least one message id"));
@@ -64,14 +77,7 @@ pub(super) async fn mark_read(
     req: MarkReadRequest,
 ) -> Result<Response<MarkReadResponse>, Status> {
     let id = session_id(&req.session_id)?;
-    let chat = jid("chat", &req.chat)?;
-    if !chat.is_group() && !chat.is_user() && !chat.is_lid() {
-        return Err(invalid(
-            "chat",
-            format!("{} is not a user or group", quote(&req.chat)),
-        ));
-    }
-    let chat = chat.to_non_ad();
+    let chat = chat(&req.chat)?;
     let sender = match (chat.is_group(), req.sender.trim()) {
         (true, "") => {
             return Err(invalid(
@@ -118,13 +124,7 @@ pub(super) async fn send_chat_state(
     req: SendChatStateRequest,
 ) -> Result<Response<SendChatStateResponse>, Status> {
     let id = session_id(&req.session_id)?;
-    let chat = jid("chat", &req.chat)?;
-    if !chat.is_group() && !chat.is_user() && !chat.is_lid() {
-        return Err(invalid(
-            "chat",
-            format!("{} is not a user or group", quote(&req.chat)),
-        ));
-    }
+    let chat = chat(&req.chat)?;
     let state = match ChatState::try_from(req.state) {
         Ok(ChatState::Composing) => presence::ChatState::Composing,
         Ok(ChatState::Recording) => presence::ChatState::Recording,
@@ -134,7 +134,7 @@ pub(super) async fn send_chat_state(
         }
     };
     manager
-        .transmit(&id, vec![presence::chat_state(&chat.to_non_ad(), state)])
+        .transmit(&id, vec![presence::chat_state(&chat, state)])
         .await
         .map_err(Status::from)?;
     Ok(Response::new(SendChatStateResponse {}))

@@ -62,6 +62,14 @@ use registry::{
 /// response, which must stay well under gRPC's default 4 MiB limit.
 pub const MAX_BULK_TEXTS: u32 = 100_000;
 
+/// A bulk send's count, refused past [`MAX_BULK_TEXTS`].
+fn bulk_count(count: u32) -> Result<(), SimError> {
+    if count > MAX_BULK_TEXTS {
+        return Err(SimError::TooManyTexts(count));
+    }
+    Ok(())
+}
+
 /// Most accounts one `ListAccounts` page holds (and the page size when none
 /// is asked for): a few MB of response at most.
 pub const MAX_ACCOUNTS_PAGE: usize = 10_000;
@@ -483,9 +491,7 @@ impl Simulator {
         prefix: &str,
         per_second: u32,
     ) -> Result<Vec<String>, SimError> {
-        if count > MAX_BULK_TEXTS {
-            return Err(SimError::TooManyTexts(count));
-        }
+        bulk_count(count)?;
         self.inner
             .phone_send_many(from.as_str(), &to.user, count, prefix, per_second)
             .await
@@ -608,9 +614,7 @@ impl Simulator {
         count: u32,
         prefix: &str,
     ) -> Result<Vec<String>, SimError> {
-        if count > MAX_BULK_TEXTS {
-            return Err(SimError::TooManyTexts(count));
-        }
+        bulk_count(count)?;
         let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         for n in 0..count {
             ids.push(
