@@ -90,6 +90,11 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+
+    /// An error reply from Redis that will not clear by retrying (see `redis/resp.rs` for the
+    /// ones that do, which are `Unavailable`).
+    #[error("redis: {0}")]
+    Redis(String),
 }
 
 impl StoreError {
@@ -114,6 +119,7 @@ impl StoreError {
             | StoreError::Io { .. }
             | StoreError::SchemaTooNew { .. }
             | StoreError::Corrupt(_)
+            | StoreError::Redis(_)
             | StoreError::Encryption => false,
         }
     }

@@ -11,6 +11,7 @@ mod error;
 mod memory;
 mod model;
 mod profile;
+mod redis;
 mod sqlite;
 
 #[cfg(test)]
@@ -27,6 +28,7 @@ pub use model::{
     Batch, EventFilter, EventRecord, NewEvent, QuarantineEntry, Retention, SecretOp, SessionId,
     SessionIdError, SessionRecord, MAX_SECRET_KEY_LEN, MAX_SESSION_ID_LEN,
 };
+pub use redis::{RedisOptions, RedisStore};
 pub use sqlite::SqliteStore;
 
 /// Storage of sessions, their secrets and the event log.
