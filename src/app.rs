@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::api::{self, ApiKeys};
 use crate::runtime::{Backoff, EventLog, Manager, RuntimeConfig};
 use crate::sim::{SimConfig, Simulator};
-use crate::store::{Keyring, Retention, SqliteStore, Store};
+use crate::store::{Keyring, RedisOptions, RedisStore, Retention, SqliteStore, Store};
 use crate::wa::conn::{ClientConfig, Timeouts};
 
 /// Everything `wagate serve` can be told.
@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub store_key: Option<String>,
     /// Key file used when `store_key` is unset (created if absent).
     pub store_key_file: Option<PathBuf>,
+    /// Keep sessions, secrets and events in this Redis instead of SQLite in the data dir.
+    pub redis: Option<RedisOptions>,
     pub retention: Retention,
     /// Time between health turning NOT_SERVING and the listener closing.
     pub drain_delay: Duration,
@@ -70,6 +72,7 @@ impl ServeOptions {
             sim: false,
             store_key: None,
             store_key_file: None,
+            redis: None,
             retention: Retention {
                 max_age_ms: Some(7 * 24 * 3600 * 1000),
                 max_per_session: Some(100_000),
@@ -99,6 +102,12 @@ pub enum StartError {
     DataDir(PathBuf, std::io::Error),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error(
+        "a Redis store is shared by every replica, so they must share its key: set \
+         WAGATE_STORE_KEY or --store-key-file (a key generated in one pod's data dir would \
+         differ from the next pod's)"
+    )]
+    RedisNeedsSharedKey,
     #[error("simulator: {0}")]
     Sim(String),
     #[error("runtime: {0}")]
@@ -187,11 +196,26 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     }
     std::fs::create_dir_all(&opts.data_dir)
         .map_err(|e| StartError::DataDir(opts.data_dir.clone(), e))?;
-    let keyring = open_keyring(&opts)?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
-        &opts.data_dir.join("wagate.db"),
-        keyring,
-    )?);
+    let store: Arc<dyn Store> = match &opts.redis {
+        Some(redis) => {
+            if opts.store_key.is_none() && opts.store_key_file.is_none() {
+                return Err(StartError::RedisNeedsSharedKey);
+            }
+            let keyring = open_keyring(&opts)?;
+            let redis = redis.clone();
+            let store = tokio::task::spawn_blocking(move || RedisStore::open(&redis, keyring))
+                .await
+                .map_err(|e| {
+                    crate::store::StoreError::Unavailable(format!("opening the redis store: {e}"))
+                })??;
+            info!(store = ?store, "using the redis store");
+            Arc::new(store)
+        }
+        None => Arc::new(SqliteStore::open(
+            &opts.data_dir.join("wagate.db"),
+            open_keyring(&opts)?,
+        )?),
+    };
 
     let sim = if opts.sim {
         let media = crate::sim::MediaConfig {

@@ -92,6 +92,19 @@ struct ServeArgs {
     /// (default: DATA_DIR/store.key, created if absent).
     #[arg(long, env = "WAGATE_STORE_KEY_FILE")]
     store_key_file: Option<PathBuf>,
+    /// Keep sessions, secrets and events in Redis instead of SQLite in the
+    /// data dir: redis://[[user]:password@]host[:port][/db]. Run Redis with
+    /// `appendonly yes` and `appendfsync always`; every replica needs the
+    /// same WAGATE_STORE_KEY.
+    #[arg(long, env = "WAGATE_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key (deployments sharing one Redis use different ones).
+    #[arg(long, env = "WAGATE_REDIS_PREFIX", default_value = "wagate")]
+    redis_prefix: String,
+    /// Redis replicas that must confirm each commit (WAIT) before it counts; 0 = the primary's
+    /// AOF alone.
+    #[arg(long, env = "WAGATE_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    redis_wait_replicas: u32,
     /// Event log retention: maximum age in hours (0 = keep forever).
     #[arg(long, env = "WAGATE_EVENT_RETENTION_HOURS", default_value_t = 168)]
     event_retention_hours: u64,
@@ -167,6 +180,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .ok()
         .filter(|k| !k.is_empty());
     opts.store_key_file = args.store_key_file;
+    opts.redis = args.redis_url.map(|url| {
+        let mut redis = wagate::store::RedisOptions::new(url);
+        redis.prefix = args.redis_prefix;
+        redis.wait_replicas = args.redis_wait_replicas;
+        redis
+    });
     opts.retention.max_age_ms =
         (args.event_retention_hours > 0).then(|| args.event_retention_hours as i64 * 3_600_000);
     opts.retention.max_per_session =
