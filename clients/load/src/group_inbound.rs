@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::clients::{own_phone, peer_phone, Gateway, Sim};
 use crate::error::LoadError;
-use crate::inbound::{collect, subscribe, Pids, Throughput};
-use crate::procstat::CpuMeter;
+use crate::inbound::{collect, subscribe, Meters, Pids, Throughput};
 use crate::proto::sim::{CreateGroupRequest, SendGroupTextsRequest};
 use crate::workers;
 
@@ -58,20 +57,10 @@ pub(crate) async fn throughput(
     pids: Pids,
     stall: Duration,
 ) -> Result<Throughput, LoadError> {
-    let gateway_cpu = CpuMeter::start(pids.gateway)?;
-    let sim_cpu = CpuMeter::start(pids.sim)?;
-    let tool_cpu = CpuMeter::start(std::process::id())?;
+    let meters = Meters::start(pids)?;
     let started = Instant::now();
     let total = send_all(gateway, sim, groups, per_session, "gin-", stall).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(Throughput {
-        messages: total,
-        seconds,
-        per_second: total as f64 / seconds,
-        gateway_cpu: gateway_cpu.percent()?,
-        sim_cpu: sim_cpu.percent()?,
-        tool_cpu: tool_cpu.percent()?,
-    })
+    meters.throughput(total, started.elapsed().as_secs_f64())
 }
 
 /// `per_session` texts `<prefix><i>` to every group (one bulk call per

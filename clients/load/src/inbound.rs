@@ -29,6 +29,8 @@ pub(crate) struct Throughput {
     pub(crate) gateway_cpu: f64,
     pub(crate) sim_cpu: f64,
     pub(crate) tool_cpu: f64,
+    /// The redis-server's, when the gateway stores in Redis.
+    pub(crate) redis_cpu: Option<f64>,
 }
 
 /// Event delivery latency, send call to arrival on the stream.
@@ -46,6 +48,43 @@ pub(crate) struct Latency {
 pub(crate) struct Pids {
     pub(crate) gateway: u32,
     pub(crate) sim: u32,
+    pub(crate) redis: Option<u32>,
+}
+
+/// CPU meters of every measured process, started together.
+pub(crate) struct Meters {
+    gateway: CpuMeter,
+    sim: CpuMeter,
+    tool: CpuMeter,
+    redis: Option<CpuMeter>,
+}
+
+impl Meters {
+    pub(crate) fn start(pids: Pids) -> Result<Self, LoadError> {
+        Ok(Meters {
+            gateway: CpuMeter::start(pids.gateway)?,
+            sim: CpuMeter::start(pids.sim)?,
+            tool: CpuMeter::start(std::process::id())?,
+            redis: pids.redis.map(CpuMeter::start).transpose()?,
+        })
+    }
+
+    /// The figures for `messages` delivered in `seconds`.
+    pub(crate) fn throughput(
+        &self,
+        messages: usize,
+        seconds: f64,
+    ) -> Result<Throughput, LoadError> {
+        Ok(Throughput {
+            messages,
+            seconds,
+            per_second: messages as f64 / seconds,
+            gateway_cpu: self.gateway.percent()?,
+            sim_cpu: self.sim.percent()?,
+            tool_cpu: self.tool.percent()?,
+            redis_cpu: self.redis.as_ref().map(CpuMeter::percent).transpose()?,
+        })
+    }
 }
 
 /// Every peer sends one text, which opens the Signal sessions (a prekey
@@ -75,21 +114,11 @@ pub(crate) async fn throughput(
 ) -> Result<Throughput, LoadError> {
     let total = sessions * per_session as usize;
     let mut stream = subscribe(gateway).await?;
-    let gateway_cpu = CpuMeter::start(pids.gateway)?;
-    let sim_cpu = CpuMeter::start(pids.sim)?;
-    let tool_cpu = CpuMeter::start(std::process::id())?;
+    let meters = Meters::start(pids)?;
     let started = Instant::now();
     let senders = spawn_senders(sim, sessions, per_session, "in-");
     collect(&mut stream, "in-", total, stall, |_| {}).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    let figures = Throughput {
-        messages: total,
-        seconds,
-        per_second: total as f64 / seconds,
-        gateway_cpu: gateway_cpu.percent()?,
-        sim_cpu: sim_cpu.percent()?,
-        tool_cpu: tool_cpu.percent()?,
-    };
+    let figures = meters.throughput(total, started.elapsed().as_secs_f64())?;
     senders.await??;
     Ok(figures)
 }

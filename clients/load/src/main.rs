@@ -87,6 +87,10 @@ struct Cli {
     /// Give up after this long in all, seconds [default: 3600; quick: 120].
     #[arg(long)]
     timeout_seconds: Option<u64>,
+    /// Store in a redis-server this tool starts (loopback, append-only file
+    /// with fsync on every write) instead of the gateway's SQLite.
+    #[arg(long)]
+    redis: bool,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -129,6 +133,7 @@ impl Cli {
             group_members: self.group_members.unwrap_or(pick(q, 8, 256)),
             group_sends: self.group_sends.unwrap_or(pick(q, 10, 200)),
             stall: Duration::from_secs(self.stall_seconds.max(1)),
+            redis: self.redis,
         })
     }
 }

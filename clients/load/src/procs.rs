@@ -119,6 +119,58 @@ pub(crate) async fn start_sim(bin: &Path, dir: &Path) -> Result<(Child, SimInfo)
     Ok((child, info))
 }
 
+/// Starts a `redis-server` on an ephemeral loopback port, keeping its data
+/// in `dir` with an append-only file fsynced on every write (what the
+/// gateway's durability rules require of it). Returns it and its URL.
+pub(crate) async fn start_redis(dir: &Path, log: &Path) -> Result<(Child, String), LoadError> {
+    let bin = Path::new("redis-server");
+    std::fs::create_dir_all(dir).map_err(|source| LoadError::Spawn {
+        what: "redis-server",
+        bin: dir.to_owned(),
+        source,
+    })?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|source| LoadError::Spawn {
+            what: "redis-server",
+            bin: bin.to_owned(),
+            source,
+        })?
+        .port();
+    let mut command = command(bin, log, "redis-server")?;
+    command
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--dir")
+        .arg(dir)
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
+        .args(["--logfile", ""]);
+    let (child, stdout) = spawn(command, bin, "redis-server")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = async {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) if line.contains("Ready to accept connections") => return Ok(()),
+                Ok(Some(_)) => {}
+                _ => {
+                    return Err(LoadError::NotReady {
+                        what: "redis-server",
+                    })
+                }
+            }
+        }
+    };
+    within(READY_WITHIN, "redis-server getting ready", ready).await??;
+    drain(lines);
+    Ok((child, format!("redis://127.0.0.1:{port}")))
+}
+
 /// Options of one `wagate serve`.
 pub(crate) struct GatewayOptions<'a> {
     pub(crate) data_dir: &'a Path,
@@ -126,10 +178,12 @@ pub(crate) struct GatewayOptions<'a> {
     pub(crate) sim: &'a SimInfo,
     pub(crate) max_sessions: usize,
     pub(crate) handshakes_per_second: u32,
+    /// Store in this Redis instead of SQLite in `data_dir`.
+    pub(crate) redis_url: Option<&'a str>,
 }
 
 /// Starts `wagate serve` on an ephemeral loopback port with an SQLite store
-/// (the default, with fsync) in `data_dir`.
+/// (the default, with fsync) in `data_dir`, or storing in the given Redis.
 pub(crate) async fn start_gateway(
     bin: &Path,
     opts: GatewayOptions<'_>,
@@ -150,6 +204,9 @@ pub(crate) async fn start_gateway(
         ])
         // No load balancer waits for the health check here.
         .args(["--drain-seconds", "0"]);
+    if let Some(url) = opts.redis_url {
+        command.args(["--redis-url", url]);
+    }
     let (child, stdout) = spawn(command, bin, "gateway")?;
     let mut lines = BufReader::new(stdout).lines();
     let ready = async {

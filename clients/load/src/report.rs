@@ -23,6 +23,8 @@ pub(crate) struct Restart {
 #[derive(Debug, Clone)]
 pub(crate) struct Report {
     pub(crate) mode: &'static str,
+    /// Where the gateway stores: "SQLite" or "Redis".
+    pub(crate) store: &'static str,
     pub(crate) binary: String,
     pub(crate) cores: usize,
     pub(crate) sessions: usize,
@@ -61,7 +63,7 @@ impl Report {
     pub(crate) fn table(&self) -> String {
         let mut rows: Vec<(String, String)> = vec![
             (
-                "Sessions paired (SQLite store, fsync)".into(),
+                format!("Sessions paired ({} store, fsync)", self.store),
                 format!("{} in {:.1} s", self.sessions, self.pair_seconds),
             ),
             (
@@ -108,11 +110,8 @@ impl Report {
                 ),
             ),
             (
-                "CPU during inbound: gateway / simulator / tool".into(),
-                format!(
-                    "{:.0} % / {:.0} % / {:.0} % of a core",
-                    self.inbound.gateway_cpu, self.inbound.sim_cpu, self.inbound.tool_cpu
-                ),
+                cpu_label("inbound", &self.inbound),
+                cpu_figures(&self.inbound),
             ),
             (
                 format!(
@@ -125,13 +124,8 @@ impl Report {
                 ),
             ),
             (
-                "CPU during group inbound: gateway / simulator / tool".into(),
-                format!(
-                    "{:.0} % / {:.0} % / {:.0} % of a core",
-                    self.group_inbound.gateway_cpu,
-                    self.group_inbound.sim_cpu,
-                    self.group_inbound.tool_cpu
-                ),
+                cpu_label("group inbound", &self.group_inbound),
+                cpu_figures(&self.group_inbound),
             ),
             (
                 format!(
@@ -243,6 +237,7 @@ impl Report {
         let memory = |m: Memory| serde_json::json!({ "rss_kib": m.rss_kib, "rss_anon_kib": m.anon_kib, "threads": m.threads });
         serde_json::json!({
             "mode": self.mode,
+            "store": self.store,
             "binary": self.binary,
             "cores": self.cores,
             "sessions": self.sessions,
@@ -257,13 +252,15 @@ impl Report {
                          "messages_per_second": self.inbound.per_second,
                          "gateway_cpu_percent": self.inbound.gateway_cpu,
                          "simulator_cpu_percent": self.inbound.sim_cpu,
-                         "tool_cpu_percent": self.inbound.tool_cpu },
+                         "tool_cpu_percent": self.inbound.tool_cpu,
+                         "redis_cpu_percent": self.inbound.redis_cpu },
             "group_inbound": { "messages": self.group_inbound.messages,
                                "seconds": self.group_inbound.seconds,
                                "messages_per_second": self.group_inbound.per_second,
                                "gateway_cpu_percent": self.group_inbound.gateway_cpu,
                                "simulator_cpu_percent": self.group_inbound.sim_cpu,
-                               "tool_cpu_percent": self.group_inbound.tool_cpu },
+                               "tool_cpu_percent": self.group_inbound.tool_cpu,
+                               "redis_cpu_percent": self.group_inbound.redis_cpu },
             "event_latency": { "messages": self.latency.messages, "rate_per_second": self.latency.rate,
                                "p50_ms": self.latency.p50_ms, "p99_ms": self.latency.p99_ms,
                                "max_ms": self.latency.max_ms },
@@ -300,4 +297,27 @@ fn kib(bytes: u64) -> String {
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The row label of a throughput's CPU figures.
+fn cpu_label(what: &str, t: &Throughput) -> String {
+    let redis = if t.redis_cpu.is_some() {
+        " / redis"
+    } else {
+        ""
+    };
+    format!("CPU during {what}: gateway / simulator / tool{redis}")
+}
+
+/// A throughput's CPU figures, per process.
+fn cpu_figures(t: &Throughput) -> String {
+    let mut out = format!(
+        "{:.0} % / {:.0} % / {:.0} %",
+        t.gateway_cpu, t.sim_cpu, t.tool_cpu
+    );
+    if let Some(redis) = t.redis_cpu {
+        out.push_str(&format!(" / {redis:.0} %"));
+    }
+    out.push_str(" of a core");
+    out
 }

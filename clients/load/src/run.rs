@@ -39,6 +39,8 @@ pub(crate) struct Plan {
     pub(crate) group_members: usize,
     pub(crate) group_sends: usize,
     pub(crate) stall: Duration,
+    /// Store in a redis-server started for the run.
+    pub(crate) redis: bool,
 }
 
 /// The child processes and files of a run. Dropping it kills the children
@@ -47,6 +49,7 @@ pub(crate) struct Procs {
     dir: tempfile::TempDir,
     sim: Option<Child>,
     gateway: Option<Child>,
+    redis: Option<(Child, String)>,
     logs: Vec<PathBuf>,
 }
 
@@ -59,6 +62,7 @@ impl Procs {
                 .map_err(LoadError::TempDir)?,
             sim: None,
             gateway: None,
+            redis: None,
             logs: Vec::new(),
         })
     }
@@ -79,7 +83,11 @@ impl Procs {
 
     /// Stops the children with SIGTERM (the drop kills whatever remains).
     pub(crate) async fn shutdown(&mut self) {
-        for child in [self.gateway.take(), self.sim.take()].into_iter().flatten() {
+        let redis = self.redis.take().map(|(child, _)| child);
+        for child in [self.gateway.take(), self.sim.take(), redis]
+            .into_iter()
+            .flatten()
+        {
             let mut child = child;
             if let Err(e) = child.terminate(Duration::from_secs(30)).await {
                 eprintln!("wagate-load: {e}");
@@ -89,7 +97,11 @@ impl Procs {
 
     /// Kills the children and reaps them, for a run that failed.
     pub(crate) async fn kill(&mut self) {
-        for child in [self.gateway.take(), self.sim.take()].into_iter().flatten() {
+        let redis = self.redis.take().map(|(child, _)| child);
+        for child in [self.gateway.take(), self.sim.take(), redis]
+            .into_iter()
+            .flatten()
+        {
             child.kill().await;
         }
     }
@@ -113,6 +125,7 @@ impl Procs {
                 sim,
                 max_sessions: plan.sessions + 16,
                 handshakes_per_second: plan.handshakes_per_second,
+                redis_url: self.redis.as_ref().map(|(_, url)| url.as_str()),
             },
         )
         .await?;
@@ -133,6 +146,16 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
     let (sim_child, info) = procs::start_sim(&plan.bin, procs.dir.path()).await?;
     let sim_pid = sim_child.pid();
     procs.sim = Some(sim_child);
+    let redis_pid = if plan.redis {
+        let log = procs.dir.path().join("redis.log");
+        procs.logs.push(log.clone());
+        let (child, url) = procs::start_redis(&procs.dir.path().join("redis"), &log).await?;
+        let pid = child.pid();
+        procs.redis = Some((child, url));
+        Some(pid)
+    } else {
+        None
+    };
     let (gateway_pid, addr) = procs.start_gateway(plan, &info).await?;
     let gateway = clients::gateway(addr).await?;
     let sim = clients::sim(info.control).await?;
@@ -178,6 +201,7 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
     let pids = Pids {
         gateway: gateway_pid,
         sim: sim_pid,
+        redis: redis_pid,
     };
     let throughput = inbound::throughput(
         &gateway,
@@ -280,6 +304,7 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
     step("done");
 
     Ok(Report {
+        store: if plan.redis { "Redis" } else { "SQLite" },
         mode: if plan.quick { "quick" } else { "full" },
         binary: plan.bin.display().to_string(),
         cores: std::thread::available_parallelism().map_or(0, |c| c.get()),
