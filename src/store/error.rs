@@ -91,6 +91,11 @@ pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
 
+    /// The session was claimed by another gateway after this one's claim: this process is a
+    /// former owner and must stop serving the session; nothing of the batch was written.
+    #[error("session {0} is owned by another gateway now; this one's writes are fenced off")]
+    Fenced(SessionId),
+
     /// An error reply from Redis that will not clear by retrying (see `redis/resp.rs` for the
     /// ones that do, which are `Unavailable`).
     #[error("redis: {0}")]
@@ -120,6 +125,7 @@ impl StoreError {
             | StoreError::SchemaTooNew { .. }
             | StoreError::Corrupt(_)
             | StoreError::Redis(_)
+            | StoreError::Fenced(_)
             | StoreError::Encryption => false,
         }
     }

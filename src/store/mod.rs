@@ -17,7 +17,7 @@ mod sqlite;
 #[cfg(test)]
 mod conformance;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroizing;
 
@@ -137,6 +137,50 @@ pub trait Store: Send + Sync {
 
     /// Records moved to quarantine (session, key, reason, when), oldest first, for operators.
     fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError>;
+
+    /// Whether other gateway processes share this store, so a session must be claimed
+    /// ([`Store::claim`]) before it is served. A store only one process opens (SQLite, memory)
+    /// is not shared and grants every claim.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Claims `id` for `owner` (an id unique to this process, which may carry its address) for
+    /// `ttl`: granted when nobody holds it or `owner` already does. A grant gives a fencing
+    /// token, larger than any before it for the session; once granted, the store refuses with
+    /// [`StoreError::Fenced`] every commit of a process whose token is no longer the latest.
+    fn claim(&self, id: &SessionId, owner: &str, ttl: Duration) -> Result<Claim, StoreError> {
+        let _ = (id, owner, ttl);
+        Ok(Claim::Granted { token: 0 })
+    }
+
+    /// Extends the leases of `ids` held by `owner`; per session, whether it is still held (a
+    /// lost one must stop being served at once).
+    fn renew(
+        &self,
+        ids: &[SessionId],
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        let _ = (owner, ttl);
+        Ok(vec![true; ids.len()])
+    }
+
+    /// Gives up `owner`'s lease of `id` (a clean stop), so another gateway can take the session
+    /// without waiting for it to lapse.
+    fn release(&self, id: &SessionId, owner: &str) -> Result<(), StoreError> {
+        let _ = (id, owner);
+        Ok(())
+    }
+}
+
+/// The outcome of [`Store::claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This process serves the session; `token` fences its writes.
+    Granted { token: u64 },
+    /// Another process does, for at least `ttl_ms` more unless it lets go.
+    Held { owner: String, ttl_ms: u64 },
 }
 
 /// The quarantine key of the payload of the event at `cursor`.

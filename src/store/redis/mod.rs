@@ -25,6 +25,14 @@
 //! is on disk before the reply that lets the gateway acknowledge a message to WhatsApp. With
 //! `wait_replicas` set, every commit also waits (`WAIT`) until that many replicas have it.
 //!
+//! Ownership: `P:lease:<id>` holds `"<owner>|<token>"` with a TTL, and `P:fence:<id>` the
+//! session's fencing counter, incremented by every new claim. The commit script compares the
+//! counter with the token this process holds for the session (0 for a session it never
+//! claimed) and writes nothing on a mismatch, so a paused or partitioned former owner can never
+//! write once another gateway has claimed the session — the check is inside the same atomic
+//! script as the write. A lease that lapsed without anyone claiming the session is taken again
+//! by its owner's next renewal (the counter still equals its token).
+//!
 //! All keys of one store must live on one Redis primary (every commit touches the cursor): a
 //! single primary with replicas (Sentinel or a managed service), not Redis Cluster.
 
@@ -36,7 +44,8 @@ mod scripts;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rand::rngs::OsRng;
@@ -46,8 +55,8 @@ use super::crypt::{EventPlace, Keyring, Unreadable};
 use super::model::check_secret_key;
 use super::profile::{self, PROFILE_KEY};
 use super::{
-    event_key, now_ms, Batch, EventFilter, EventRecord, QuarantineEntry, Retention, SecretOp,
-    SessionId, SessionRecord, Store, StoreError,
+    event_key, now_ms, Batch, Claim, EventFilter, EventRecord, QuarantineEntry, Retention,
+    SecretOp, SessionId, SessionRecord, Store, StoreError,
 };
 use resp::{Cmd, Conn, Pool, Target, Value};
 
@@ -93,6 +102,10 @@ pub struct RedisStore {
     wait: Option<(u32, Duration)>,
     /// The last seq each session's events were committed at, as this process last saw it.
     seqs: Mutex<HashMap<SessionId, u64>>,
+    /// Fencing tokens of the sessions this process claimed.
+    tokens: Mutex<HashMap<SessionId, u64>>,
+    /// Commits refused because another gateway had claimed the session since.
+    fenced: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -150,6 +163,12 @@ impl Names {
     fn store_keys(&self) -> String {
         self.key("keys")
     }
+    fn lease(&self, id: &SessionId) -> String {
+        format!("{}:lease:{id}", self.prefix)
+    }
+    fn fence(&self, id: &SessionId) -> String {
+        format!("{}:fence:{id}", self.prefix)
+    }
 }
 
 /// A script and the digest Redis knows it by.
@@ -164,6 +183,9 @@ struct Scripts {
     prefix: Script,
     page: Script,
     sessions_page: Script,
+    claim: Script,
+    renew: Script,
+    release: Script,
 }
 
 impl Script {
@@ -298,6 +320,9 @@ impl RedisStore {
                 prefix: Script::load(conn, scripts::PREFIX)?,
                 page: Script::load(conn, scripts::PAGE)?,
                 sessions_page: Script::load(conn, scripts::SESSIONS_PAGE)?,
+                claim: Script::load(conn, scripts::CLAIM)?,
+                renew: Script::load(conn, scripts::RENEW)?,
+                release: Script::load(conn, scripts::RELEASE)?,
             })
         })?;
         let store = RedisStore {
@@ -310,6 +335,8 @@ impl RedisStore {
             wait: (options.wait_replicas > 0)
                 .then_some((options.wait_replicas, options.wait_timeout)),
             seqs: Mutex::default(),
+            tokens: Mutex::default(),
+            fenced: AtomicU64::new(0),
         };
         store.check_keys()?;
         Ok(store)
@@ -358,8 +385,17 @@ impl RedisStore {
         self.pool.run(cmd)?.ok().map(drop)
     }
 
-    fn seq_cache(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, u64>> {
+    fn seq_cache(&self) -> MutexGuard<'_, HashMap<SessionId, u64>> {
         self.seqs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn token_map(&self) -> MutexGuard<'_, HashMap<SessionId, u64>> {
+        self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits refused so far because the session had been claimed by another gateway.
+    pub fn fenced_writes(&self) -> u64 {
+        self.fenced.load(Ordering::Relaxed)
     }
 
     /// The last seq of `id` as this process knows it, asking Redis the first time.
@@ -394,6 +430,7 @@ impl RedisStore {
             n.events_of(id),
             n.with_events(),
             n.fault(),
+            n.fence(id),
         ];
         let mut args: Vec<Vec<u8>> =
             Vec::with_capacity(5 + 3 * (batch.secrets.len() + batch.events.len()));
@@ -428,6 +465,8 @@ impl RedisStore {
             args.push(event.timestamp_ms.to_string().into_bytes());
             args.push(self.keys.seal_event(&mut OsRng, id, &at, &event.payload)?);
         }
+        let token = self.token_map().get(id).copied().unwrap_or(0);
+        args.push(token.to_string().into_bytes());
         Ok(self.scripts.commit.call(&keys, args))
     }
 
@@ -470,6 +509,10 @@ impl RedisStore {
                 Ok(Err(now))
             }
             b"norow" => Err(StoreError::UnknownSession(id.clone())),
+            b"fenced" => {
+                self.fenced.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Fenced(id.clone()))
+            }
             b"fault" => Err(StoreError::Unavailable(format!(
                 "injected fault on event kind {}",
                 number::<u8>(reply.get(1)).unwrap_or_default()
@@ -850,6 +893,20 @@ impl RedisStore {
     }
 }
 
+/// An owner id is free text but for the separator of the lease value.
+fn check_owner(owner: &str) -> Result<(), StoreError> {
+    if owner.is_empty() || owner.contains('|') {
+        return Err(StoreError::Redis(format!(
+            "invalid owner id {owner:?}: non-empty, without '|'"
+        )));
+    }
+    Ok(())
+}
+
+fn millis(d: Duration) -> String {
+    d.as_millis().max(1).to_string()
+}
+
 /// The error a batch reports when the commit round failed as a whole.
 fn redo(e: &StoreError, id: &SessionId) -> StoreError {
     StoreError::Unavailable(format!("commit for {id}: {e}"))
@@ -1180,6 +1237,92 @@ impl Store for RedisStore {
             }
         }
         Ok(resealed)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn claim(&self, id: &SessionId, owner: &str, ttl: Duration) -> Result<Claim, StoreError> {
+        check_owner(owner)?;
+        let call = self.scripts.claim.call(
+            &[self.names.lease(id), self.names.fence(id)],
+            vec![owner.as_bytes().to_vec(), millis(ttl).into_bytes()],
+        );
+        let reply = self.pool.with(|conn| eval(conn, call))?.into_array()?;
+        let corrupt = || StoreError::Corrupt("unexpected claim reply".into());
+        match reply.first().and_then(text) {
+            Some(b"ok") => {
+                let token: u64 = number(reply.get(1)).ok_or_else(corrupt)?;
+                self.token_map().insert(id.clone(), token);
+                Ok(Claim::Granted { token })
+            }
+            Some(b"held") => {
+                let owner = reply
+                    .get(1)
+                    .and_then(text)
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .ok_or_else(corrupt)?;
+                let ttl_ms = number::<i64>(reply.get(2)).ok_or_else(corrupt)?;
+                Ok(Claim::Held {
+                    owner,
+                    ttl_ms: u64::try_from(ttl_ms).unwrap_or(0),
+                })
+            }
+            _ => Err(corrupt()),
+        }
+    }
+
+    fn renew(
+        &self,
+        ids: &[SessionId],
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        check_owner(owner)?;
+        let held: Vec<(SessionId, u64)> = {
+            let tokens = self.token_map();
+            ids.iter()
+                .map(|id| (id.clone(), tokens.get(id).copied().unwrap_or(0)))
+                .collect()
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        // Bounded script calls, so one renewal of many leases never holds Redis for long.
+        for chunk in held.chunks(SCAN_PAGE) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .flat_map(|(id, _)| [self.names.lease(id), self.names.fence(id)])
+                .collect();
+            let mut args = vec![owner.as_bytes().to_vec(), millis(ttl).into_bytes()];
+            args.extend(chunk.iter().map(|(_, t)| t.to_string().into_bytes()));
+            let call = self.scripts.renew.call(&keys, args);
+            let reply = self.pool.with(|conn| eval(conn, call))?.into_array()?;
+            if reply.len() != chunk.len() {
+                return Err(StoreError::Corrupt("unexpected renew reply".into()));
+            }
+            let mut tokens = self.token_map();
+            for ((id, token), held) in chunk.iter().zip(reply) {
+                // A session never claimed (token 0) is not held.
+                let held = *token != 0 && held.into_int()? == 1;
+                if !held {
+                    tokens.remove(id);
+                }
+                out.push(held);
+            }
+        }
+        Ok(out)
+    }
+
+    fn release(&self, id: &SessionId, owner: &str) -> Result<(), StoreError> {
+        check_owner(owner)?;
+        let Some(token) = self.token_map().remove(id) else {
+            return Ok(());
+        };
+        let call = self.scripts.release.call(
+            &[self.names.lease(id)],
+            vec![format!("{owner}|{token}").into_bytes()],
+        );
+        self.pool.with(|conn| eval(conn, call))?.ok().map(drop)
     }
 
     fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError> {

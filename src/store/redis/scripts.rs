@@ -8,17 +8,22 @@
 /// Applies one batch: session row, secret ops in order, then events.
 ///
 /// KEYS: 1 sessions, 2 secret values, 3 secret index, 4 seqs, 5 cursor, 6 log, 7 payloads,
-/// 8 event index, 9 sessions with events, 10 fault-injection kind.
+/// 8 event index, 9 sessions with events, 10 fault-injection kind, 11 the session's fencing
+/// counter.
 /// ARGV: 1 session id, 2 the last seq the caller sealed against, 3 encoded row ('' = none),
 /// 4 op count, then (op, key, value) per op (op: put | del | prefix | all), then the event
-/// count, then (kind, time, sealed payload) per event.
+/// count, then (kind, time, sealed payload) per event, then the writer's fencing token ('0'
+/// for a writer that never claimed the session).
 ///
-/// Replies `{'ok', first cursor}` (0 without events), `{'seq', current}` when the seq moved
-/// (nothing written: re-seal and retry), `{'norow'}` when a secret is put without a session row,
-/// `{'fault', kind}` for an injected fault. Every check runs before the first write, so a
-/// refused batch leaves nothing behind.
+/// Replies `{'ok', first cursor}` (0 without events), `{'fenced', counter}` when the session
+/// was claimed after the writer's token (a former owner: nothing written, ever), `{'seq',
+/// current}` when the seq moved (nothing written: re-seal and retry), `{'norow'}` when a secret
+/// is put without a session row, `{'fault', kind}` for an injected fault. Every check runs
+/// before the first write, so a refused batch leaves nothing behind.
 pub(super) const COMMIT: &str = r"
 local id = ARGV[1]
+local fence = redis.call('GET', KEYS[11]) or '0'
+if fence ~= ARGV[#ARGV] then return {'fenced', fence} end
 local seq = redis.call('HGET', KEYS[4], id) or '0'
 if seq ~= ARGV[2] then return {'seq', seq} end
 local nops = tonumber(ARGV[4])
@@ -141,4 +146,59 @@ for n = 1, math.min(#cs, count) do
   end
 end
 return out
+";
+
+/// Claims a session for an owner: the lease `"<owner>|<token>"` with a TTL, and a new fencing
+/// token (the session's counter, which only grows) unless the owner already holds it.
+///
+/// KEYS: 1 lease, 2 fencing counter. ARGV: 1 owner, 2 TTL in ms.
+/// Replies `{'ok', token}` or `{'held', owner, ms left}`.
+pub(super) const CLAIM: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local owner, token = string.match(cur, '^(.*)|(%d+)$')
+  if owner == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {'ok', token}
+  end
+  return {'held', owner or '', redis.call('PTTL', KEYS[1])}
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return {'ok', token}
+";
+
+/// Renews leases: each is extended while it is still this owner's with this token, or taken
+/// again when it lapsed and nobody has claimed the session since (its counter still at the
+/// token). Anything else is lost.
+///
+/// KEYS: (lease, fencing counter) per session. ARGV: 1 owner, 2 TTL in ms, then the token per
+/// session. Replies 1 (held) or 0 (lost) per session.
+pub(super) const RENEW: &str = r"
+local out = {}
+for i = 1, #KEYS / 2 do
+  local lease, fence = KEYS[2 * i - 1], KEYS[2 * i]
+  local mine = ARGV[1] .. '|' .. ARGV[2 + i]
+  local cur = redis.call('GET', lease)
+  if cur == mine then
+    redis.call('PEXPIRE', lease, ARGV[2])
+    out[i] = 1
+  elseif not cur and redis.call('GET', fence) == ARGV[2 + i] then
+    redis.call('SET', lease, mine, 'PX', ARGV[2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+";
+
+/// Gives a lease up if it is still this owner's.
+///
+/// KEYS: 1 lease. ARGV: 1 `"<owner>|<token>"`. Replies 1 when released.
+pub(super) const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 ";

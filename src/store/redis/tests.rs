@@ -393,3 +393,90 @@ fn session_filters_page_through_many_other_events() {
     };
     assert_eq!(store.events_after(0, &filter, 5).expect("kind"), late);
 }
+
+#[test]
+fn one_owner_per_session_and_former_owners_are_fenced() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let a = open(&server);
+    let b = open(&server);
+    let id = session(&a, "s");
+    let ttl = Duration::from_secs(30);
+    let Claim::Granted { token: first } = a.claim(&id, "gw-a", ttl).expect("claim") else {
+        panic!("nobody held it");
+    };
+    assert!(first >= 1);
+    // Claiming again is idempotent for the holder and refused to anyone else.
+    assert_eq!(
+        a.claim(&id, "gw-a", ttl).expect("again"),
+        Claim::Granted { token: first }
+    );
+    match b.claim(&id, "gw-b", ttl).expect("claim") {
+        Claim::Held { owner, ttl_ms } => {
+            assert_eq!(owner, "gw-a");
+            assert!(ttl_ms > 0 && ttl_ms <= 30_000, "{ttl_ms}");
+        }
+        other => panic!("{other:?}"),
+    }
+    a.commit(&id, Batch::new().event(1, 1, vec![1]))
+        .expect("owner writes");
+    // A writer that never claimed the session is refused once someone has.
+    let err = b
+        .commit(&id, Batch::new().event(1, 2, vec![2]))
+        .expect_err("not the owner");
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+
+    // `a` stalls past its lease (the lease lapses), `b` takes over with a larger token.
+    server.command(Cmd::new("DEL").arg(a.names.lease(&id)));
+    let Claim::Granted { token: second } = b.claim(&id, "gw-b", ttl).expect("takeover") else {
+        panic!("the lease had lapsed");
+    };
+    assert!(second > first);
+    b.commit(&id, Batch::new().event(1, 3, vec![3]))
+        .expect("new owner writes");
+    // The former owner wakes up: every write is refused, and counted, and its renewal says the
+    // session is lost.
+    for i in 0..3 {
+        let err = a
+            .commit(
+                &id,
+                Batch::new()
+                    .put_secret("creds", vec![9])
+                    .event(1, 10 + i, vec![9]),
+            )
+            .expect_err("fenced");
+        assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+    }
+    assert_eq!(a.fenced_writes(), 3);
+    assert_eq!(
+        a.renew(std::slice::from_ref(&id), "gw-a", ttl)
+            .expect("renew"),
+        [false]
+    );
+    let events = b.events_after(0, &EventFilter::all(), 10).expect("events");
+    let payloads: Vec<Vec<u8>> = events.into_iter().map(|e| e.payload).collect();
+    assert_eq!(
+        payloads,
+        [vec![1], vec![3]],
+        "nothing of the former owner after the takeover"
+    );
+    assert_eq!(b.secret(&id, "creds").expect("read"), None);
+
+    // A lease that lapsed with nobody claiming meanwhile is the owner's again on renewal.
+    server.command(Cmd::new("DEL").arg(b.names.lease(&id)));
+    assert_eq!(
+        b.renew(std::slice::from_ref(&id), "gw-b", ttl)
+            .expect("renew"),
+        [true]
+    );
+    b.commit(&id, Batch::new().event(1, 4, vec![4]))
+        .expect("still the owner");
+    // Released on a clean stop: the next claimant need not wait for the TTL.
+    b.release(&id, "gw-b").expect("release");
+    assert!(matches!(
+        a.claim(&id, "gw-a", ttl).expect("claim"),
+        Claim::Granted { token } if token > second
+    ));
+    assert!(a.claim(&id, "bad|owner", ttl).is_err());
+}
