@@ -364,7 +364,7 @@ impl LinkCodeRequest {
 
     /// The server's answer to `companion_hello`: its pairing ref, or why
     /// it refused.
-    pub fn handle_reply(self, reply: &Node) -> Result<AwaitingPhone, LinkCodeError> {
+    pub fn handle_reply(&self, reply: &Node) -> Result<AwaitingPhone, LinkCodeError> {
         if reply.attr_str("type") == Some("error") {
             let why = reply
                 .child("error")
@@ -386,7 +386,11 @@ impl LinkCodeRequest {
             .ok_or(LinkCodeError::Missing("link_code_pairing_ref"))?
             .to_vec();
         Ok(AwaitingPhone {
-            request: self,
+            request: Self {
+                phone: self.phone.clone(),
+                code: self.code.clone(),
+                ephemeral: self.ephemeral.clone(),
+            },
             reference,
         })
     }
