@@ -9,11 +9,11 @@ use super::groups::GroupError;
 use super::{GroupAction, GroupInfo, MediaSend, SimError, Simulator, MAX_ACCOUNTS_PAGE};
 use crate::proto::sim::simulator_server::Simulator as SimulatorService;
 use crate::proto::sim::{
-    Account, CreateAccountRequest, CreateAccountResponse, Device, InboxMessage, InboxRequest,
-    InboxResponse, InfoRequest, InfoResponse, KickRequest, KickResponse, ListAccountsRequest,
-    ListAccountsResponse, EnterLinkCodeRequest, EnterLinkCodeResponse, RemoveDeviceRequest, RemoveDeviceResponse, ScanQrRequest, ScanQrResponse,
-    SendTextRequest, SendTextResponse, SendTextsRequest, SendTextsResponse, SetDelayRequest,
-    SetDelayResponse,
+    Account, CreateAccountRequest, CreateAccountResponse, Device, EnterLinkCodeRequest,
+    EnterLinkCodeResponse, InboxMessage, InboxRequest, InboxResponse, InfoRequest, InfoResponse,
+    KickRequest, KickResponse, ListAccountsRequest, ListAccountsResponse, RemoveDeviceRequest,
+    RemoveDeviceResponse, ScanQrRequest, ScanQrResponse, SendTextRequest, SendTextResponse,
+    SendTextsRequest, SendTextsResponse, SetDelayRequest, SetDelayResponse,
 };
 use crate::proto::sim::{
     AddVirtualDeviceRequest, AddVirtualDeviceResponse, CreateGroupRequest, CreateGroupResponse,
@@ -142,9 +142,7 @@ impl From<SimError> for Status {
             SimError::NoPendingPairing
             | SimError::NoPendingLinkCode
             | SimError::UnknownRef
-            | SimError::NotFound(_) => {
-                Status::not_found(message)
-            }
+            | SimError::NotFound(_) => Status::not_found(message),
             SimError::IdentityMismatch
             | SimError::LinkCodeExpired
             | SimError::PairRefused { .. }

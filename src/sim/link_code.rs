@@ -84,11 +84,15 @@ impl Simulator {
         let (companion_ephemeral, wrapped_primary) = match crypto {
             Ok(Ok(done)) => done,
             Ok(Err(err)) => {
-                inner.registry.restore_pending(noise_key, reservation.pending);
+                inner
+                    .registry
+                    .restore_pending(noise_key, reservation.pending);
                 return Err(SimError::InvalidLinkCode(err));
             }
             Err(err) => {
-                inner.registry.restore_pending(noise_key, reservation.pending);
+                inner
+                    .registry
+                    .restore_pending(noise_key, reservation.pending);
                 return Err(SimError::Encryption(err.to_string()));
             }
         };
@@ -121,7 +125,9 @@ impl Simulator {
             Ok(Ok(node)) => node,
             Ok(Err(_)) => return Err(SimError::CompanionGone),
             Err(_) => {
-                inner.registry.restore_pending(noise_key, reservation.pending);
+                inner
+                    .registry
+                    .restore_pending(noise_key, reservation.pending);
                 return Err(SimError::PairTimeout(PAIR_TIMEOUT));
             }
         };
@@ -146,14 +152,18 @@ impl Simulator {
             (Some(r), Some(bundle)) if r == request.reference.as_slice() => {
                 link_code::unwrap_key_bundle(&shared, bundle)
             }
-            _ => Err(LinkCodeError::Missing("link_code_pairing_wrapped_key_bundle")),
+            _ => Err(LinkCodeError::Missing(
+                "link_code_pairing_wrapped_key_bundle",
+            )),
         };
         let bundle = match opened {
             Ok(bundle) => bundle,
             Err(err) => {
                 answer(stanza::iq_error(&finish_id, 400, "bad-request")).await;
                 // The companion may be given the right code yet.
-                inner.registry.restore_pending(noise_key, reservation.pending);
+                inner
+                    .registry
+                    .restore_pending(noise_key, reservation.pending);
                 debug!(%err, "link code refused");
                 return Err(match err {
                     LinkCodeError::BundleDecrypt => SimError::WrongLinkCode,

@@ -49,15 +49,15 @@ use crate::wa::qr::{QrData, QrError};
 use crate::wa::signal;
 
 pub use control::Control;
-pub use link_code::DEFAULT_LINK_CODE_TTL;
 pub use groups::{Action as GroupAction, GroupError, GroupInfo, GroupMember};
+pub use link_code::DEFAULT_LINK_CODE_TTL;
 pub use media::{MediaConfig, MediaHostError, DEFAULT_MAX_UPLOAD};
 pub use phone::{InboxMedia, InboxMessage};
 pub use phone_media::MediaSend;
 pub use registry::{AccountInfo, DeviceInfo};
 use registry::{
-    Command, CompanionBundle, Device, NewAccount, PairRefusal, Registry, ReserveError,
-    Reservation, SignedPreKey, Termination,
+    Command, CompanionBundle, Device, NewAccount, PairRefusal, Registry, Reservation, ReserveError,
+    SignedPreKey, Termination,
 };
 
 /// Most texts one `send_texts` call sends: the ids are answered in one

@@ -446,7 +446,12 @@ impl Registry {
 
     /// Records a registration's link-code request; false if the
     /// connection no longer waits to be paired.
-    pub(crate) fn set_link_code(&self, noise_key: &[u8; 32], conn: ConnId, code: PendingLinkCode) -> bool {
+    pub(crate) fn set_link_code(
+        &self,
+        noise_key: &[u8; 32],
+        conn: ConnId,
+        code: PendingLinkCode,
+    ) -> bool {
         let mut conns = lock(&self.conns);
         match conns.pending.get_mut(noise_key) {
             Some(pending) if pending.conn == conn => {
