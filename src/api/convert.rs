@@ -1,7 +1,18 @@
 //! The one place runtime types become messages of the public API.
 
-use crate::proto::gateway::{QrCodeResponse, SendResponse, Session, SessionState as ApiState};
-use crate::runtime::{timestamp_ms, QrInfo, Sent, SessionState, SessionStatus};
+use crate::proto::gateway::{
+    PairingMethod as ApiPairing, QrCodeResponse, SendResponse, Session, SessionState as ApiState,
+};
+use crate::runtime::{
+    timestamp_ms, LinkCodeInfo, PairingMethod, QrInfo, Sent, SessionState, SessionStatus,
+};
+
+pub(crate) fn pairing(method: PairingMethod) -> ApiPairing {
+    match method {
+        PairingMethod::Qr => ApiPairing::Qr,
+        PairingMethod::LinkCode => ApiPairing::LinkCode,
+    }
+}
 
 pub(crate) fn state(state: SessionState) -> ApiState {
     match state {
@@ -26,6 +37,12 @@ pub(crate) fn session(status: SessionStatus) -> Session {
         reconnect_attempts: status.reconnect_attempts,
         last_disconnect_reason: status.last_disconnect_reason.unwrap_or_default(),
         metadata: status.metadata.into_iter().collect(),
+        pairing: pairing(status.pairing) as i32,
+        link_code_expires_at: status
+            .link_code
+            .as_ref()
+            .map(|c| timestamp_ms(millis(c.expires_at_ms))),
+        link_code: status.link_code.map(|c| c.code).unwrap_or_default(),
     }
 }
 
@@ -34,6 +51,18 @@ pub(crate) fn qr_code(qr: QrInfo, png_data_url: String) -> QrCodeResponse {
         qr: qr.code,
         png_data_url,
         expires_at: Some(timestamp_ms(millis(qr.expires_at_ms))),
+        pairing: ApiPairing::Qr as i32,
+        link_code: String::new(),
+    }
+}
+
+pub(crate) fn link_code(code: LinkCodeInfo) -> QrCodeResponse {
+    QrCodeResponse {
+        qr: String::new(),
+        png_data_url: String::new(),
+        expires_at: Some(timestamp_ms(millis(code.expires_at_ms))),
+        pairing: ApiPairing::LinkCode as i32,
+        link_code: code.code,
     }
 }
 

@@ -19,8 +19,9 @@ use crate::proto::gateway::{
     SetPresenceResponse, StatusRequest, SubscribePresenceRequest, SubscribePresenceResponse,
     UpdateParticipantsRequest, UpdateParticipantsResponse, UploadMediaChunk,
 };
-use crate::runtime::{Manager, OutgoingText};
+use crate::runtime::{Manager, OutgoingText, PairingCode};
 use crate::store::{EventFilter, SessionId};
+use crate::wa::conn::Pairing;
 use crate::wa::jid::{Jid, PhoneNumber};
 
 use super::compose;
@@ -107,12 +108,11 @@ impl Gateway for GatewayService {
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<Session>, Status> {
         let req = request.into_inner();
         let id = session_id(&req.session_id)?;
-        if !req.phone_number.is_empty() {
-            phone_number(&req.phone_number)?;
-            return Err(Status::unimplemented(
-                "pairing with a phone number (link code) is not available yet; omit phone_number and pair by QR",
-            ));
-        }
+        let pairing = if req.phone_number.is_empty() {
+            Pairing::Qr
+        } else {
+            Pairing::LinkCode(phone_number(&req.phone_number)?)
+        };
         for (k, v) in &req.metadata {
             if k.len() > 128 || v.len() > 1024 {
                 return Err(invalid(
@@ -125,7 +125,7 @@ impl Gateway for GatewayService {
             return Err(invalid("metadata", "at most 64 entries"));
         }
         let metadata: BTreeMap<String, String> = req.metadata.into_iter().collect();
-        let status = self.manager.init(id, metadata).await?;
+        let status = self.manager.init(id, metadata, pairing).await?;
         Ok(Response::new(convert::session(status)))
     }
 
@@ -134,9 +134,13 @@ impl Gateway for GatewayService {
         request: Request<QrCodeRequest>,
     ) -> Result<Response<QrCodeResponse>, Status> {
         let id = session_id(&request.into_inner().session_id)?;
-        let qr = self.manager.qr(&id).await?;
-        let png = qr_image::png_data_url(&qr.code).map_err(Status::internal)?;
-        Ok(Response::new(convert::qr_code(qr, png)))
+        match self.manager.qr(&id).await? {
+            PairingCode::Qr(qr) => {
+                let png = qr_image::png_data_url(&qr.code).map_err(Status::internal)?;
+                Ok(Response::new(convert::qr_code(qr, png)))
+            }
+            PairingCode::LinkCode(code) => Ok(Response::new(convert::link_code(code))),
+        }
     }
 
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<Session>, Status> {

@@ -16,7 +16,7 @@ use crate::wa::conn::{CloseReason, Connection, Event};
 
 use super::payloads;
 use super::session::{next_or_deferred, Command, Ended, SessionActor};
-use super::status::{phone_of, QrInfo, SessionState};
+use super::status::{phone_of, LinkCodeInfo, QrInfo, SessionState};
 use super::{now_ms, socket};
 
 /// Websocket messages taken in one go before their stanzas are processed.
@@ -134,7 +134,11 @@ impl SessionActor {
                         shutting_down = true;
                         conn.shutdown();
                     }
-                    Some(Command::Connect) => {}
+                    Some(Command::Connect { pairing, applied }) => {
+                        if self.apply_pairing(pairing, applied) {
+                            conn.set_pairing(self.pairing.clone(), now_ms());
+                        }
+                    }
                     Some(Command::Send { text, reply }) => {
                         // Sends already queued go along: one step, one commit.
                         let mut texts = vec![(*text, reply)];
@@ -231,7 +235,25 @@ impl SessionActor {
                 };
                 self.commit_events(vec![payloads::qr(code, expires_at_ms)])
                     .await?;
-                self.set_state(SessionState::QrReady, |s| s.qr = Some(qr));
+                self.set_state(SessionState::QrReady, |s| {
+                    s.qr = Some(qr);
+                    s.link_code = None;
+                });
+            }
+            Event::LinkCode {
+                code,
+                expires_at_ms,
+            } => {
+                let info = LinkCodeInfo {
+                    code: code.clone(),
+                    expires_at_ms,
+                };
+                self.commit_events(vec![payloads::link_code(code, expires_at_ms)])
+                    .await?;
+                self.set_state(SessionState::QrReady, |s| {
+                    s.qr = None;
+                    s.link_code = Some(info);
+                });
             }
             Event::CredentialsChanged => {
                 self.messenger.set_credentials(conn.credentials());

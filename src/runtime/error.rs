@@ -5,7 +5,7 @@ use crate::store::{SessionId, StoreError};
 
 use super::media::MediaFailure;
 use super::messaging::SendError;
-use super::status::SessionState;
+use super::status::{PairingMethod, SessionState};
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,9 +17,15 @@ pub enum RuntimeError {
     #[error("session {0} is already connected; no QR code is needed")]
     AlreadyConnected(SessionId),
     #[error(
-        "session {id} has no QR code now (state {state:?}); call Init and wait for a QR event"
+        "session {id} has no {} now (state {state:?}); call Init and wait for a {} event",
+        pairing.noun(),
+        pairing.event_type()
     )]
-    NoQrYet { id: SessionId, state: SessionState },
+    NoQrYet {
+        id: SessionId,
+        state: SessionState,
+        pairing: PairingMethod,
+    },
     /// Never paired, or waiting for its QR code to be scanned: it will not
     /// connect until someone pairs it.
     #[error("session {0} is not connected: it is not paired yet; call Init and scan its QR code")]

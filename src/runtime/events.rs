@@ -49,6 +49,7 @@ impl EventKind {
             Payload::Group(_) => EventType::Group,
             Payload::ChatState(_) => EventType::ChatState,
             Payload::Presence(_) => EventType::Presence,
+            Payload::LinkCode(_) => EventType::LinkCode,
         }
     }
 }
@@ -419,6 +420,7 @@ fn empty_payload(kind: u8) -> Option<Payload> {
         EventType::Group => Some(Payload::Group(Default::default())),
         EventType::ChatState => Some(Payload::ChatState(Default::default())),
         EventType::Presence => Some(Payload::Presence(Default::default())),
+        EventType::LinkCode => Some(Payload::LinkCode(Default::default())),
         EventType::Unspecified => None,
     }
 }

@@ -25,12 +25,23 @@ use super::messaging::{OutgoingText, SendError, Sent};
 use super::now_ms;
 use super::registry::{is_online, lock, Entry, InitStep, Registry, Reservation};
 use super::session::{Command, SessionActor, SessionHandle};
-use super::status::{QrInfo, SessionState, SessionStatus};
+use super::status::{LinkCodeInfo, QrInfo, SessionState, SessionStatus};
+use crate::wa::conn::Pairing;
+
+/// What the phone needs to pair a session.
+#[derive(Clone, Debug)]
+pub enum PairingCode {
+    Qr(QrInfo),
+    LinkCode(LinkCodeInfo),
+}
 
 /// How long shutdown waits for all sessions together to close cleanly.
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
 /// How long Init waits for the actor to report that it took the command.
 const INIT_SETTLE: Duration = Duration::from_secs(1);
+/// How long Init with a phone number waits for the link code: a handshake
+/// and the server's answer to the request.
+const LINK_CODE_SETTLE: Duration = Duration::from_secs(15);
 
 /// Owns every session actor.
 pub struct Manager {
@@ -135,16 +146,25 @@ impl Manager {
             }
         }
         let restored = connect.len();
-        join_all(connect.iter().map(|h| h.commands.send(Command::Connect))).await;
+        join_all(connect.iter().map(|h| {
+            h.commands.send(Command::Connect {
+                pairing: None,
+                applied: None,
+            })
+        }))
+        .await;
         info!(restored, "sessions restored");
         Ok(restored)
     }
 
     /// Creates the session if new and starts connecting it; idempotent.
+    /// A device that is not paired yet pairs by `pairing`; for a link
+    /// code, the answer waits (a while) for the code.
     pub async fn init(
         &self,
         id: SessionId,
         metadata: BTreeMap<String, String>,
+        pairing: Pairing,
     ) -> Result<SessionStatus, RuntimeError> {
         let max = self.shared.config.max_sessions;
         let handle = loop {
@@ -163,11 +183,34 @@ impl Manager {
             }
         };
         let mut status = handle.status.clone();
+        let link_code = matches!(pairing, Pairing::LinkCode(_));
+        let (applied, applied_rx) = oneshot::channel();
         handle
             .commands
-            .send(Command::Connect)
+            .send(Command::Connect {
+                pairing: Some(pairing),
+                applied: Some(applied),
+            })
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
+        if link_code {
+            // Once the actor withdrew any code shown before, the next one
+            // is this Init's. A paired session never shows one.
+            let _ = tokio::time::timeout(LINK_CODE_SETTLE, async {
+                let _ = applied_rx.await;
+                let _ = tokio::time::timeout(INIT_SETTLE, status.wait_for(|s| is_online(s.state)))
+                    .await;
+                let _ = status
+                    .wait_for(|s| {
+                        s.link_code.is_some()
+                            || s.state == SessionState::Connected
+                            || !is_online(s.state)
+                    })
+                    .await;
+            })
+            .await;
+            return Ok(status.borrow().clone());
+        }
         // Report the state after the actor took the command.
         let _ = tokio::time::timeout(INIT_SETTLE, async {
             while !is_online(status.borrow_and_update().state) {
@@ -215,7 +258,8 @@ impl Manager {
     /// connecting for its first pairing is about to show one: wait for it
     /// (briefly), so Init followed by QrCode, or QrCode on the QR event,
     /// finds it.
-    pub async fn qr(&self, id: &SessionId) -> Result<QrInfo, RuntimeError> {
+    /// What the phone needs to pair the session: its QR code or link code.
+    pub async fn qr(&self, id: &SessionId) -> Result<PairingCode, RuntimeError> {
         let mut watch = self.lock().running(id)?.status;
         let _ = tokio::time::timeout(
             INIT_SETTLE,
@@ -223,12 +267,14 @@ impl Manager {
         )
         .await;
         let status = watch.borrow().clone();
-        match (status.state, status.qr) {
-            (SessionState::QrReady, Some(qr)) => Ok(qr),
-            (SessionState::Connected, _) => Err(RuntimeError::AlreadyConnected(id.clone())),
-            (state, _) => Err(RuntimeError::NoQrYet {
+        match (status.state, status.qr, status.link_code) {
+            (SessionState::QrReady, Some(qr), _) => Ok(PairingCode::Qr(qr)),
+            (SessionState::QrReady, None, Some(code)) => Ok(PairingCode::LinkCode(code)),
+            (SessionState::Connected, ..) => Err(RuntimeError::AlreadyConnected(id.clone())),
+            (state, ..) => Err(RuntimeError::NoQrYet {
                 id: id.clone(),
                 state,
+                pairing: status.pairing,
             }),
         }
     }

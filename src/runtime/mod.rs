@@ -27,13 +27,13 @@ pub use config::RuntimeConfig;
 pub use error::RuntimeError;
 pub use events::{timestamp as timestamp_ms, EventKind, EventLog};
 pub use fetch_policy::FetchPolicy;
-pub use manager::Manager;
+pub use manager::{Manager, PairingCode};
 pub use media::{MediaFailure, MediaSettings};
 pub use media_flow::{
     MediaDownload, MediaSource, MediaSpec, MediaUpload, OutgoingMedia, UploadedMedia,
 };
 pub use messaging::{OutgoingText, SendError, Sent};
-pub use status::{QrInfo, SessionState, SessionStatus};
+pub use status::{LinkCodeInfo, PairingMethod, QrInfo, SessionState, SessionStatus};
 
 /// Milliseconds since the Unix epoch: the one place the runtime reads the clock.
 pub fn now_ms() -> u64 {

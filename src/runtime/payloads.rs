@@ -3,8 +3,8 @@
 
 use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{
-    ChatState, ChatStateEvent, ConnectionEvent, GroupChange, GroupEvent, MediaInfo, MediaKind,
-    MessageEvent, PresenceEvent, QrEvent, ReceiptEvent, ReceiptType,
+    ChatState, ChatStateEvent, ConnectionEvent, GroupChange, GroupEvent, LinkCodeEvent, MediaInfo,
+    MediaKind, MessageEvent, PresenceEvent, QrEvent, ReceiptEvent, ReceiptType,
 };
 use crate::wa::groups::{GroupChange as GroupChangeKindOf, GroupChangeKind};
 use crate::wa::media::MediaType;
@@ -176,6 +176,13 @@ fn receipt(r: &ReceivedReceipt) -> Payload {
 pub(crate) fn qr(code: String, expires_at_ms: u64) -> Payload {
     Payload::Qr(QrEvent {
         qr: code,
+        expires_at: Some(millis(expires_at_ms)),
+    })
+}
+
+pub(crate) fn link_code(code: String, expires_at_ms: u64) -> Payload {
+    Payload::LinkCode(LinkCodeEvent {
+        code,
         expires_at: Some(millis(expires_at_ms)),
     })
 }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::proto::gateway::event::Payload;
 use crate::store::{Batch, SecretOp, SessionId, SessionRecord, StoreError};
 use crate::wa::binary::Node;
-use crate::wa::conn::{CloseReason, Connection, Recovery};
+use crate::wa::conn::{CloseReason, Connection, Pairing, Recovery};
 use crate::wa::creds::Credentials;
 
 use super::config::Shared;
@@ -22,7 +22,7 @@ use super::events::EventLog;
 use super::messaging::{
     MediaCommand, Messenger, OutgoingText, QueryReply, SendError, SendReply, TransmitReply,
 };
-use super::status::{SessionState, SessionStatus};
+use super::status::{PairingMethod, SessionState, SessionStatus};
 use super::{now_ms, payloads, socket};
 
 /// Secret key under which a session's credentials are stored.
@@ -30,8 +30,12 @@ pub(crate) const CREDS_KEY: &str = "creds";
 
 /// Requests to a session actor.
 pub(crate) enum Command {
-    /// Start (or keep) connecting.
-    Connect,
+    /// Start (or keep) connecting; with a pairing method (and an answer
+    /// once the actor applied it), a device not paired yet pairs that way.
+    Connect {
+        pairing: Option<Pairing>,
+        applied: Option<oneshot::Sender<()>>,
+    },
     /// Close the connection; with `logout`, unlink the device and erase keys.
     Disconnect {
         logout: bool,
@@ -91,6 +95,10 @@ pub(crate) struct SessionActor {
     pub(super) messenger: Messenger,
     /// A command taken while collecting queued sends, handled next.
     pub(super) deferred: Option<Command>,
+    /// How the device pairs if it is not paired yet (kept in memory only:
+    /// after a restart an unpaired session shows QR codes until an Init
+    /// asks otherwise).
+    pub(super) pairing: Pairing,
 }
 
 impl SessionActor {
@@ -121,6 +129,7 @@ impl SessionActor {
             connect_started: None,
             messenger,
             deferred: None,
+            pairing: Pairing::Qr,
         };
         let handle = SessionHandle {
             commands: tx,
@@ -154,7 +163,9 @@ impl SessionActor {
                     command.refuse();
                     continue;
                 }
-                Some(Command::Connect) => {}
+                Some(Command::Connect { pairing, applied }) => {
+                    self.apply_pairing(pairing, applied);
+                }
             }
             let shutdown = self.online_loop().await;
             // Offline until told otherwise: the engine's caches (sessions,
@@ -244,7 +255,10 @@ impl SessionActor {
             _ = tokio::time::sleep(delay) => None,
             cmd = self.next_command() => match cmd {
                 None | Some(Command::Shutdown) => Some(true),
-                Some(Command::Connect) => None,
+                Some(Command::Connect { pairing, applied }) => {
+                    self.apply_pairing(pairing, applied);
+                    None
+                }
                 Some(Command::Send { reply, .. }) => {
                     let _ = reply.send(Err(SendError::NotConnected));
                     None
@@ -349,7 +363,8 @@ impl SessionActor {
         };
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
-        let conn = Connection::new(self.shared.config.client.clone(), creds, seed, now_ms());
+        let conn = Connection::new(self.shared.config.client.clone(), creds, seed, now_ms())
+            .with_pairing(self.pairing.clone());
         self.drive(socket, Box::new(conn)).await
     }
 
@@ -394,7 +409,8 @@ impl SessionActor {
                     "media request while offline".into(),
                 ))
             }
-            Some(Command::Connect) => {
+            Some(Command::Connect { pairing, applied }) => {
+                self.apply_pairing(pairing, applied);
                 Ended::Closed(CloseReason::SocketClosed("reconnect requested".into()))
             }
             Some(Command::Disconnect { logout, done }) => Ended::Requested {
@@ -480,8 +496,39 @@ impl SessionActor {
         }
     }
 
+    /// Takes the pairing method an Init asked for; a code shown for
+    /// another method or number is withdrawn at once.
+    pub(super) fn apply_pairing(
+        &mut self,
+        pairing: Option<Pairing>,
+        applied: Option<oneshot::Sender<()>>,
+    ) -> bool {
+        let changed = match pairing {
+            Some(pairing) if pairing != self.pairing => {
+                let method = match &pairing {
+                    Pairing::Qr => PairingMethod::Qr,
+                    Pairing::LinkCode(_) => PairingMethod::LinkCode,
+                };
+                self.pairing = pairing;
+                self.status.send_modify(|s| {
+                    s.pairing = method;
+                    s.link_code = None;
+                });
+                true
+            }
+            _ => false,
+        };
+        if let Some(applied) = applied {
+            let _ = applied.send(());
+        }
+        changed
+    }
+
     pub(super) fn set_state(&self, state: SessionState, update: impl FnOnce(&mut SessionStatus)) {
         self.status.send_modify(|s| {
+            if state != SessionState::QrReady {
+                s.link_code = None;
+            }
             crate::metrics::global()
                 .session_moved(Some(s.state.metric_index()), state.metric_index());
             s.state = state;

@@ -54,6 +54,50 @@ impl std::fmt::Debug for QrInfo {
     }
 }
 
+/// The link code currently shown, to type on the phone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LinkCodeInfo {
+    /// `ABCD-EFGH`.
+    pub code: String,
+    pub expires_at_ms: u64,
+}
+
+// Hand-written: whoever holds the code can link a phone to the session.
+impl std::fmt::Debug for LinkCodeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkCodeInfo")
+            .field("code", &"<redacted>")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
+/// How a session that is not paired yet pairs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PairingMethod {
+    #[default]
+    Qr,
+    LinkCode,
+}
+
+impl PairingMethod {
+    /// What the phone is given: "QR code" or "link code".
+    pub fn noun(self) -> &'static str {
+        match self {
+            PairingMethod::Qr => "QR code",
+            PairingMethod::LinkCode => "link code",
+        }
+    }
+
+    /// The event type that carries it.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            PairingMethod::Qr => "QR",
+            PairingMethod::LinkCode => "LINK_CODE",
+        }
+    }
+}
+
 /// Everything `Status` reports; published by the actor on every change.
 #[derive(Clone, Debug)]
 pub struct SessionStatus {
@@ -69,6 +113,9 @@ pub struct SessionStatus {
     pub reconnect_attempts: u32,
     pub last_disconnect_reason: Option<String>,
     pub qr: Option<QrInfo>,
+    /// The pairing method asked for by the last Init.
+    pub pairing: PairingMethod,
+    pub link_code: Option<LinkCodeInfo>,
 }
 
 impl SessionStatus {
@@ -90,6 +137,8 @@ impl SessionStatus {
             reconnect_attempts: 0,
             last_disconnect_reason: None,
             qr: None,
+            pairing: PairingMethod::Qr,
+            link_code: None,
         }
     }
 }

@@ -29,7 +29,8 @@ use super::group_message::{self, GroupMessage};
 use super::groups::Notice;
 use super::presence::{self, ClientChatState, ClientPresence};
 use super::registry::{
-    Acceptance, Command, ConnId, ConnKind, LoginCheck, PairReply, Pending, QueueClass, Termination,
+    Acceptance, Command, ConnId, ConnKind, LoginCheck, PairReply, Pending, PendingLinkCode,
+    QueueClass, Termination,
 };
 use super::routing::{self, ClientMessage, ClientReceipt};
 use super::{stanza, unix_now, usync, Inner};
@@ -37,7 +38,8 @@ use crate::proto::wa::client_payload::DevicePairingRegistrationData;
 use crate::proto::wa::ClientPayload;
 use crate::wa::binary::{DecodeError, Node, TokenDict};
 use crate::wa::crypto::KeyPair;
-use crate::wa::jid::{Jid, DEFAULT_USER_SERVER};
+use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
+use crate::wa::link_code;
 use crate::wa::media::media_conn_node;
 use crate::wa::noise::{
     encode_frame, FrameDecoder, NoiseError, RecvCipher, SendCipher, ServerHandshake, MAX_FRAME,
@@ -327,8 +329,12 @@ enum Flow {
 /// What a connection turned out to be, with its per-role state.
 enum Role {
     Registration {
+        noise_key: [u8; 32],
         /// The pair-success iq in flight: its id and who awaits the answer.
         awaiting: Option<(String, oneshot::Sender<PairReply>)>,
+        /// Who awaits the companion's `companion_finish` after the phone's
+        /// link-code notification.
+        finishing: Option<oneshot::Sender<Node>>,
     },
     Device {
         jid: Jid,
@@ -480,12 +486,62 @@ impl Session {
                 bundle,
                 platform: stanza::platform_name(data),
                 commands,
+                link_code: None,
             },
         );
         debug!(conn = self.id.0, "registration waiting for a QR scan");
         link.send_node(&stanza::pair_device(&self.inner.new_iq_id(), &refs))
             .await?;
-        Ok(Some(Role::Registration { awaiting: None }))
+        Ok(Some(Role::Registration {
+            noise_key,
+            awaiting: None,
+            finishing: None,
+        }))
+    }
+
+    /// A registration's `link_code_companion_reg` iq: `companion_hello`
+    /// registers a link code for a phone number and is answered with its
+    /// ref; `companion_finish` goes to the phone that sent the notification,
+    /// which answers it. `None` when the answer is left to that phone.
+    fn on_link_code_iq(
+        &self,
+        noise_key: &[u8; 32],
+        finishing: &mut Option<oneshot::Sender<Node>>,
+        id: &str,
+        node: Node,
+    ) -> Option<Node> {
+        let reg = node.child(link_code::REG_TAG)?;
+        match reg.attr_str("stage") {
+            Some("companion_hello") => {
+                let Some(code) = companion_hello(reg, noise_key) else {
+                    return Some(stanza::iq_error(id, 400, "bad-request"));
+                };
+                let reference = self.inner.new_ref().into_bytes();
+                let code = PendingLinkCode {
+                    reference: reference.clone(),
+                    expires_at_ms: unix_now_ms().saturating_add(self.inner.link_code_ttl_ms()),
+                    ..code
+                };
+                if !self.inner.registry.set_link_code(noise_key, self.id, code) {
+                    return Some(stanza::iq_error(id, 409, "conflict"));
+                }
+                debug!(conn = self.id.0, "registration waiting for a link code");
+                Some(stanza::iq_result(
+                    id,
+                    vec![Node::new(link_code::REG_TAG)
+                        .children(vec![Node::new("link_code_pairing_ref").bytes(reference)])],
+                ))
+            }
+            Some("companion_finish") => match finishing.take() {
+                Some(phone) => match phone.send(node) {
+                    Ok(()) => None,
+                    // EnterLinkCode gave up waiting.
+                    Err(_) => Some(stanza::iq_error(id, 408, "timeout")),
+                },
+                None => Some(stanza::iq_error(id, 400, "bad-request")),
+            },
+            _ => Some(stanza::iq_error(id, 400, "bad-request")),
+        }
     }
 
     /// A returning companion: check its device and noise key, then greet it.
@@ -590,7 +646,7 @@ impl Session {
         let id = node.attr_string("id").unwrap_or_default();
         match node.attr_str("type") {
             Some("result") | Some("error") => {
-                if let Role::Registration { awaiting } = role {
+                if let Role::Registration { awaiting, .. } = role {
                     if awaiting.as_ref().is_some_and(|(want, _)| *want == id) {
                         if let Some((_, reply)) = awaiting.take() {
                             let answer = if node.attr_str("type") == Some("result") {
@@ -606,6 +662,17 @@ impl Session {
                 Ok(Flow::Continue)
             }
             _ => match role {
+                Role::Registration {
+                    noise_key,
+                    finishing,
+                    ..
+                } if node.child(link_code::REG_TAG).is_some() => {
+                    let reply = self.on_link_code_iq(noise_key, finishing, &id, node);
+                    if let Some(reply) = reply {
+                        link.send_node(&reply).await?;
+                    }
+                    Ok(Flow::Continue)
+                }
                 Role::Registration { .. } => {
                     // Pings and anything else a companion asks before it is
                     // paired get an empty result.
@@ -948,13 +1015,23 @@ impl Session {
 async fn on_command(link: &mut Link, role: &mut Role, command: Command) -> Result<Flow, ConnError> {
     match command {
         Command::PairSuccess { iq, reply } => {
-            if let Role::Registration { awaiting } = role {
+            if let Role::Registration { awaiting, .. } = role {
                 let id = iq.attr_string("id").unwrap_or_default();
                 link.send_node(&iq).await?;
                 *awaiting = Some((id, reply));
             }
             // A logged-in device cannot be paired again: dropping `reply`
             // tells the scanner the companion is gone.
+            Ok(Flow::Continue)
+        }
+        Command::LinkCodeNotify {
+            notification,
+            finish,
+        } => {
+            if let Role::Registration { finishing, .. } = role {
+                link.send_node(&notification).await?;
+                *finishing = Some(finish);
+            }
             Ok(Flow::Continue)
         }
         Command::Deliver(node) => {
@@ -966,4 +1043,35 @@ async fn on_command(link: &mut Link, role: &mut Role, command: Command) -> Resul
             Ok(Flow::Stop)
         }
     }
+}
+
+/// What a `companion_hello` registers, if it is well formed: a phone-number
+/// JID, an 80-byte wrapped key, and the noise key the companion connected
+/// with (the server binds the new device to it).
+fn companion_hello(reg: &Node, noise_key: &[u8; 32]) -> Option<PendingLinkCode> {
+    let jid = reg.attr_jid("jid")?;
+    if jid.server != DEFAULT_USER_SERVER {
+        return None;
+    }
+    let phone: PhoneNumber = jid.user.parse().ok()?;
+    let bytes = |tag: &str| reg.child(tag).and_then(Node::content_bytes);
+    let wrapped = bytes("link_code_pairing_wrapped_companion_ephemeral_pub")?;
+    if wrapped.len() != link_code::WRAPPED_KEY_LEN
+        || bytes("companion_server_auth_key_pub")? != noise_key.as_slice()
+    {
+        return None;
+    }
+    Some(PendingLinkCode {
+        phone,
+        wrapped_ephemeral: wrapped.to_vec(),
+        reference: Vec::new(),
+        expires_at_ms: 0,
+    })
+}
+
+/// Milliseconds since the Unix epoch by the host clock.
+pub(crate) fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

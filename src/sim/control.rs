@@ -9,11 +9,11 @@ use super::groups::GroupError;
 use super::{GroupAction, GroupInfo, MediaSend, SimError, Simulator, MAX_ACCOUNTS_PAGE};
 use crate::proto::sim::simulator_server::Simulator as SimulatorService;
 use crate::proto::sim::{
-    Account, CreateAccountRequest, CreateAccountResponse, Device, InboxMessage, InboxRequest,
-    InboxResponse, InfoRequest, InfoResponse, KickRequest, KickResponse, ListAccountsRequest,
-    ListAccountsResponse, RemoveDeviceRequest, RemoveDeviceResponse, ScanQrRequest, ScanQrResponse,
-    SendTextRequest, SendTextResponse, SendTextsRequest, SendTextsResponse, SetDelayRequest,
-    SetDelayResponse,
+    Account, CreateAccountRequest, CreateAccountResponse, Device, EnterLinkCodeRequest,
+    EnterLinkCodeResponse, InboxMessage, InboxRequest, InboxResponse, InfoRequest, InfoResponse,
+    KickRequest, KickResponse, ListAccountsRequest, ListAccountsResponse, RemoveDeviceRequest,
+    RemoveDeviceResponse, ScanQrRequest, ScanQrResponse, SendTextRequest, SendTextResponse,
+    SendTextsRequest, SendTextsResponse, SetDelayRequest, SetDelayResponse,
 };
 use crate::proto::sim::{
     AddVirtualDeviceRequest, AddVirtualDeviceResponse, CreateGroupRequest, CreateGroupResponse,
@@ -132,15 +132,19 @@ impl From<SimError> for Status {
         let message = err.to_string();
         match err {
             SimError::InvalidQr(_)
+            | SimError::InvalidLinkCode(_)
+            | SimError::WrongLinkCode
             | SimError::InvalidPhone(_)
             | SimError::InvalidJid(_)
             | SimError::TooManyTexts(_)
             | SimError::InvalidPageToken
             | SimError::InvalidMedia(_) => Status::invalid_argument(message),
-            SimError::NoPendingPairing | SimError::UnknownRef | SimError::NotFound(_) => {
-                Status::not_found(message)
-            }
+            SimError::NoPendingPairing
+            | SimError::NoPendingLinkCode
+            | SimError::UnknownRef
+            | SimError::NotFound(_) => Status::not_found(message),
             SimError::IdentityMismatch
+            | SimError::LinkCodeExpired
             | SimError::PairRefused { .. }
             | SimError::InvalidPairConfirmation(_) => Status::failed_precondition(message),
             SimError::DevicesExhausted => Status::resource_exhausted(message),
@@ -228,6 +232,21 @@ impl SimulatorService for Control {
             .scan_qr(&phone, &request.qr, &request.push_name)
             .await?;
         Ok(Response::new(ScanQrResponse {
+            device_jid: jid.to_string(),
+        }))
+    }
+
+    async fn enter_link_code(
+        &self,
+        request: Request<EnterLinkCodeRequest>,
+    ) -> Result<Response<EnterLinkCodeResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.phone)?;
+        let jid = self
+            .sim
+            .enter_link_code(&phone, &request.code, &request.push_name)
+            .await?;
+        Ok(Response::new(EnterLinkCodeResponse {
             device_jid: jid.to_string(),
         }))
     }

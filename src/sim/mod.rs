@@ -10,6 +10,7 @@ mod group_message;
 mod group_routing;
 mod groups;
 mod keys;
+mod link_code;
 mod mailbox;
 mod media;
 mod messaging;
@@ -49,12 +50,13 @@ use crate::wa::signal;
 
 pub use control::Control;
 pub use groups::{Action as GroupAction, GroupError, GroupInfo, GroupMember};
+pub use link_code::DEFAULT_LINK_CODE_TTL;
 pub use media::{MediaConfig, MediaHostError, DEFAULT_MAX_UPLOAD};
 pub use phone::{InboxMedia, InboxMessage};
 pub use phone_media::MediaSend;
 pub use registry::{AccountInfo, DeviceInfo};
 use registry::{
-    Command, CompanionBundle, Device, NewAccount, PairRefusal, Registry, ReserveError,
+    Command, CompanionBundle, Device, NewAccount, PairRefusal, Registry, Reservation, ReserveError,
     SignedPreKey, Termination,
 };
 
@@ -106,6 +108,14 @@ pub enum SimError {
     InvalidJid(String),
     #[error("no companion is waiting to pair with this QR code's noise key (expired, already paired, or never connected)")]
     NoPendingPairing,
+    #[error("invalid link code: {0}")]
+    InvalidLinkCode(crate::wa::link_code::LinkCodeError),
+    #[error("no companion is waiting for a link code for this phone number (never asked, already paired, or disconnected)")]
+    NoPendingLinkCode,
+    #[error("the link code expired; the companion must ask for a new one")]
+    LinkCodeExpired,
+    #[error("wrong link code: the companion's key bundle does not open with it")]
+    WrongLinkCode,
     #[error("the QR code's ref was not issued to this companion")]
     UnknownRef,
     #[error("the QR code's identity key is not the one the companion registered")]
@@ -160,6 +170,8 @@ pub(crate) struct Inner {
     media: media::MediaServer,
     /// Who is online, who follows whom, and read-receipt privacy.
     presence: presence::Presences,
+    /// Lifetime of link codes issued from now on, in milliseconds.
+    link_code_ttl_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -176,6 +188,11 @@ impl Inner {
             b
         });
         format!("2@{}", STANDARD.encode(bytes))
+    }
+
+    pub(crate) fn link_code_ttl_ms(&self) -> u64 {
+        self.link_code_ttl_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// An id for an iq the server sends.
@@ -235,6 +252,9 @@ impl Simulator {
             accept_task: Mutex::new(None),
             media,
             presence: presence::Presences::default(),
+            link_code_ttl_ms: std::sync::atomic::AtomicU64::new(
+                u64::try_from(DEFAULT_LINK_CODE_TTL.as_millis()).unwrap_or(u64::MAX),
+            ),
         });
         let task = tokio::spawn(accept_loop(Arc::clone(&inner), listener, shutdown_rx));
         *lock(&inner.accept_task) = Some(task);
@@ -314,13 +334,30 @@ impl Simulator {
                 ReserveError::UnknownRef => SimError::UnknownRef,
                 ReserveError::DevicesExhausted => SimError::DevicesExhausted,
             })?;
-        let pending = reservation.pending;
-        let companion_identity = pending.bundle.identity;
-        if companion_identity != qr.identity_public {
-            inner.registry.restore_pending(qr.noise_public, pending);
+        if reservation.pending.bundle.identity != qr.identity_public {
+            inner
+                .registry
+                .restore_pending(qr.noise_public, reservation.pending);
             return Err(SimError::IdentityMismatch);
         }
 
+        self.finish_pairing(reservation, qr.noise_public, &qr.adv_secret, now)
+            .await
+    }
+
+    /// Sends the reserved companion its `pair-success` (HMAC'd with
+    /// `adv_secret`), checks its countersignature, adds the device and
+    /// asks the companion to reconnect. Returns the device JID.
+    async fn finish_pairing(
+        &self,
+        reservation: Reservation,
+        noise_key: [u8; 32],
+        adv_secret: &[u8; 32],
+        now: u64,
+    ) -> Result<Jid, SimError> {
+        let inner = &self.inner;
+        let pending = reservation.pending;
+        let companion_identity = pending.bundle.identity;
         let details = AdvDeviceIdentity {
             raw_id: Some(reservation.raw_id),
             timestamp: Some(now),
@@ -344,7 +381,7 @@ impl Simulator {
         }
         .encode_to_vec();
         let container = AdvSignedDeviceIdentityHmac {
-            hmac: Some(details_hmac(&qr.adv_secret, &signed, false).to_vec()),
+            hmac: Some(details_hmac(adv_secret, &signed, false).to_vec()),
             details: Some(signed),
             account_type: None,
         }
@@ -378,7 +415,7 @@ impl Simulator {
         let reply = match reply {
             Ok(reply) => reply,
             Err(err) => {
-                inner.registry.restore_pending(qr.noise_public, pending);
+                inner.registry.restore_pending(noise_key, pending);
                 return Err(err);
             }
         };
@@ -401,7 +438,7 @@ impl Simulator {
         };
         let device = Device {
             id: jid.device,
-            noise_key: qr.noise_public,
+            noise_key,
             bundle: pending.bundle.clone(),
             platform: pending.platform.clone(),
             key_index: reservation.key_index,

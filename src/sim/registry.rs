@@ -98,6 +98,21 @@ pub(crate) struct Pending {
     pub(crate) bundle: CompanionBundle,
     pub(crate) platform: String,
     pub(crate) commands: mpsc::Sender<Command>,
+    /// The link code the companion asked for (`companion_hello`), if any.
+    pub(crate) link_code: Option<PendingLinkCode>,
+}
+
+/// A companion's `companion_hello`: what the phone of `phone` unwraps with
+/// the code typed on it.
+#[derive(Clone)]
+pub(crate) struct PendingLinkCode {
+    pub(crate) phone: PhoneNumber,
+    /// The companion's ephemeral key wrapped under the code.
+    pub(crate) wrapped_ephemeral: Vec<u8>,
+    /// The ref the server answered with.
+    pub(crate) reference: Vec<u8>,
+    /// Unix milliseconds after which the code is refused.
+    pub(crate) expires_at_ms: u64,
 }
 
 /// What a connection is, once its ClientPayload was read.
@@ -147,6 +162,12 @@ pub(crate) enum Command {
     PairSuccess {
         iq: Node,
         reply: oneshot::Sender<PairReply>,
+    },
+    /// Send the phone's link-code notification and hand the companion's
+    /// `companion_finish` iq to `finish` (the caller answers it).
+    LinkCodeNotify {
+        notification: Node,
+        finish: oneshot::Sender<Node>,
     },
     /// Send a stanza as is (the outbound path of message routing); shared
     /// with the device's queue, so delivering copies nothing.
@@ -381,6 +402,20 @@ impl Registry {
                 .remove(noise_key)
                 .ok_or(ReserveError::NoPending)?
         };
+        self.reserve_for(pending, noise_key, phone, push_name, now, new_account)
+    }
+
+    /// Reserves the next device of the account of `phone` for a pending
+    /// pairing already taken; on failure the pending pairing is put back.
+    pub(crate) fn reserve_for(
+        &self,
+        pending: Pending,
+        noise_key: &[u8; 32],
+        phone: &PhoneNumber,
+        push_name: &str,
+        now: u64,
+        new_account: NewAccount,
+    ) -> Result<Reservation, ReserveError> {
         let account = Arc::clone(
             self.directory_mut()
                 .entry(phone.as_str().to_owned())
@@ -407,6 +442,43 @@ impl Registry {
             raw_id: account.raw_id,
             pending,
         })
+    }
+
+    /// Records a registration's link-code request; false if the
+    /// connection no longer waits to be paired.
+    pub(crate) fn set_link_code(
+        &self,
+        noise_key: &[u8; 32],
+        conn: ConnId,
+        code: PendingLinkCode,
+    ) -> bool {
+        let mut conns = lock(&self.conns);
+        match conns.pending.get_mut(noise_key) {
+            Some(pending) if pending.conn == conn => {
+                pending.link_code = Some(code);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes the newest link-code request for `phone`, so that one code is
+    /// never entered twice at once (put it back with
+    /// [`Registry::restore_pending`]).
+    pub(crate) fn take_link_code(&self, phone: &PhoneNumber) -> Option<([u8; 32], Pending)> {
+        let mut conns = lock(&self.conns);
+        let noise_key = conns
+            .pending
+            .iter()
+            .filter_map(|(noise, p)| {
+                p.link_code
+                    .as_ref()
+                    .filter(|c| c.phone == *phone)
+                    .map(|c| (c.expires_at_ms, *noise))
+            })
+            .max()
+            .map(|(_, noise)| noise)?;
+        conns.pending.remove(&noise_key).map(|p| (noise_key, p))
     }
 
     /// Puts a pending pairing back after a failed scan, if its connection
@@ -884,6 +956,7 @@ mod tests {
                 bundle: bundle(),
                 platform: "CHROME".into(),
                 commands: tx,
+                link_code: None,
             },
         );
         (id, rx)

@@ -1,6 +1,6 @@
 //! One connection to the chat server as a sans-IO state machine: the Noise
-//! handshake, registration (QR pairing) or login, keepalive, and the
-//! classification of every way a connection ends.
+//! handshake, registration (pairing by QR code or by link code) or login,
+//! keepalive, and the classification of every way a connection ends.
 //!
 //! Inputs are `handle_data(bytes, now)` and `handle_timeout(now)`; outputs are
 //! `poll_transmit()` (websocket messages to send), `poll_event()` and
@@ -16,7 +16,11 @@ use rand::{Rng, SeedableRng};
 
 use crate::wa::binary::{self, Node};
 use crate::wa::creds::Credentials;
-use crate::wa::jid::Jid;
+use crate::wa::jid::{Jid, PhoneNumber};
+use crate::wa::link_code::{
+    self, AwaitingPhone, CompanionPlatform, LinkCodeError, LinkCodeRequest,
+};
+use crate::wa::message::stanza_ack;
 use crate::wa::noise::{self, ClientHandshake, FrameDecoder, Transport};
 use crate::wa::pairing::{self, PairError};
 use crate::wa::payload::{self, DeviceInfo};
@@ -59,8 +63,12 @@ pub struct ClientConfig {
     /// Root key the server certificate chain must be signed with.
     pub root_key: [u8; 32],
     pub device: DeviceInfo,
-    /// Companion platform id appended to QR codes (`1` = Chrome).
+    /// Companion platform id appended to QR codes and sent with link-code
+    /// requests (`1` = Chrome).
     pub qr_platform: String,
+    /// `Browser (OS)` sent with link-code requests; the server accepts only
+    /// common browsers and systems.
+    pub link_code_display: String,
     /// Edge routing info learned from the server, sent before the intro.
     pub routing_info: Option<Vec<u8>>,
     pub timeouts: Timeouts,
@@ -72,6 +80,7 @@ impl Default for ClientConfig {
             root_key: noise::WA_ROOT_PUBLIC_KEY,
             device: DeviceInfo::default(),
             qr_platform: "1".to_owned(),
+            link_code_display: "Chrome (Linux)".to_owned(),
             routing_info: None,
             timeouts: Timeouts::default(),
         }
@@ -106,6 +115,11 @@ pub enum CloseReason {
     ConnectFailure(u32),
     /// Every QR code expired without a scan.
     QrTimeout,
+    /// The link code was not entered on the phone in time.
+    LinkCodeTimeout,
+    /// The server refused to register a link code (e.g. a phone number it
+    /// does not know).
+    LinkCodeRefused(String),
     /// A deadline passed: handshake, login, keepalive or logout.
     Timeout(&'static str),
     /// The server's certificate chain did not verify.
@@ -133,6 +147,8 @@ impl CloseReason {
                 _ => Recovery::Stop,
             },
             CloseReason::QrTimeout => Recovery::Stop,
+            CloseReason::LinkCodeTimeout => Recovery::Stop,
+            CloseReason::LinkCodeRefused(_) => Recovery::Stop,
             CloseReason::Timeout(_) => Recovery::Reconnect,
             CloseReason::CertificateRejected(_) => Recovery::Stop,
             CloseReason::Protocol(_) => Recovery::Reconnect,
@@ -152,6 +168,8 @@ impl std::fmt::Display for CloseReason {
             CloseReason::StreamError(code) => write!(f, "stream error {code}"),
             CloseReason::ConnectFailure(code) => write!(f, "connect failure {code}"),
             CloseReason::QrTimeout => f.write_str("QR code not scanned in time"),
+            CloseReason::LinkCodeTimeout => f.write_str("link code not entered in time"),
+            CloseReason::LinkCodeRefused(why) => write!(f, "link code refused: {why}"),
             CloseReason::Timeout(what) => write!(f, "{what} timed out"),
             CloseReason::CertificateRejected(why) => {
                 write!(f, "server certificate rejected: {why}")
@@ -168,6 +186,9 @@ impl std::fmt::Display for CloseReason {
 pub enum Event {
     /// A QR code to show; valid until `expires_at_ms`.
     Qr { code: String, expires_at_ms: u64 },
+    /// A link code to type on the phone (`ABCD-EFGH`); valid until
+    /// `expires_at_ms`.
+    LinkCode { code: String, expires_at_ms: u64 },
     /// [`Connection::credentials`] changed: persist them before sending.
     CredentialsChanged,
     /// The phone linked this device; the server will ask for a restart.
@@ -197,6 +218,11 @@ impl std::fmt::Debug for Event {
         match self {
             Event::Qr { expires_at_ms, .. } => f
                 .debug_struct("Qr")
+                .field("code", &"<redacted>")
+                .field("expires_at_ms", expires_at_ms)
+                .finish(),
+            Event::LinkCode { expires_at_ms, .. } => f
+                .debug_struct("LinkCode")
                 .field("code", &"<redacted>")
                 .field("expires_at_ms", expires_at_ms)
                 .finish(),
@@ -231,6 +257,30 @@ enum OwnIq {
     Ping,
     Active,
     Logout,
+    LinkCodeHello,
+    LinkCodeFinish,
+}
+
+/// How a device that is not paired yet pairs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Pairing {
+    /// Show QR codes for the phone to scan.
+    #[default]
+    Qr,
+    /// Ask for a link code for this phone number, to type on the phone.
+    LinkCode(PhoneNumber),
+}
+
+/// Where a link-code pairing stands.
+enum LinkCodeStep {
+    /// `companion_hello` sent as iq `id`; waiting for the server's ref.
+    Requested {
+        request: Box<LinkCodeRequest>,
+        id: String,
+    },
+    /// The code is shown; waiting for the phone's notification, then for
+    /// `pair-success`.
+    Shown { awaiting: Box<AwaitingPhone> },
 }
 
 enum Stage {
@@ -245,6 +295,13 @@ enum Stage {
     ShowingQr {
         refs: Vec<String>,
         index: usize,
+        expires_at: u64,
+    },
+    /// Pairing by link code; the code lives as long as the QR codes would
+    /// have altogether (`expires_at`).
+    LinkCode {
+        refs: Vec<String>,
+        step: LinkCodeStep,
         expires_at: u64,
     },
     /// Pairing answered; waiting for the server's restart request.
@@ -285,6 +342,7 @@ pub struct Connection {
     iq_prefix: String,
     iq_counter: u64,
     own_iqs: HashMap<String, OwnIq>,
+    pairing: Pairing,
 }
 
 impl Connection {
@@ -318,11 +376,65 @@ impl Connection {
             iq_prefix,
             iq_counter: 0,
             own_iqs: HashMap::new(),
+            pairing: Pairing::Qr,
         };
         if let Phase::Closed(reason) = &conn.phase {
             conn.events.push_back(Event::Closed(reason.clone()));
         }
         conn
+    }
+
+    /// How this connection pairs if the device is new (QR by default).
+    pub fn with_pairing(mut self, pairing: Pairing) -> Self {
+        self.pairing = pairing;
+        self
+    }
+
+    /// Changes how a device that is not paired yet pairs. While codes are
+    /// shown, switches at once: a new link code (for a new number), or QR
+    /// codes for the rest of the pairing window. A no-op for a paired device
+    /// or the same method.
+    pub fn set_pairing(&mut self, pairing: Pairing, now_ms: u64) {
+        if pairing == self.pairing {
+            return;
+        }
+        self.pairing = pairing;
+        let next_ms = self.config.timeouts.qr_next_ms;
+        let Phase::Open { stage, .. } = &mut self.phase else {
+            return;
+        };
+        // The pairing window (all QR codes' lifetimes) carries over.
+        let (refs, window_end) = match stage {
+            Stage::ShowingQr {
+                refs,
+                index,
+                expires_at,
+            } => {
+                let left = refs.len().saturating_sub(*index + 1) as u64;
+                (
+                    std::mem::take(refs),
+                    expires_at.saturating_add(left.saturating_mul(next_ms)),
+                )
+            }
+            Stage::LinkCode {
+                refs, expires_at, ..
+            } => (std::mem::take(refs), *expires_at),
+            _ => return,
+        };
+        match self.pairing.clone() {
+            Pairing::LinkCode(phone) => self.request_link_code(phone, refs, window_end),
+            Pairing::Qr => {
+                // QR codes from the first ref again, as if just issued.
+                if let Phase::Open { stage, .. } = &mut self.phase {
+                    *stage = Stage::ShowingQr {
+                        refs,
+                        index: 0,
+                        expires_at: now_ms + self.config.timeouts.qr_first_ms,
+                    };
+                }
+                self.emit_qr();
+            }
+        }
     }
 
     pub fn credentials(&self) -> &Credentials {
@@ -370,7 +482,9 @@ impl Connection {
                 | Stage::AwaitingPairDevice { deadline }
                 | Stage::Paired { deadline }
                 | Stage::LoggingOut { deadline } => *deadline,
-                Stage::ShowingQr { expires_at, .. } => *expires_at,
+                Stage::ShowingQr { expires_at, .. } | Stage::LinkCode { expires_at, .. } => {
+                    *expires_at
+                }
                 Stage::Connected {
                     next_ping,
                     ping_deadline,
@@ -424,6 +538,9 @@ impl Connection {
                 Stage::ShowingQr { expires_at, .. } => {
                     qr_advance = now_ms >= *expires_at;
                     None
+                }
+                Stage::LinkCode { expires_at, .. } => {
+                    (now_ms >= *expires_at).then_some(CloseReason::LinkCodeTimeout)
                 }
                 Stage::Connected {
                     last_recv,
@@ -675,6 +792,9 @@ impl Connection {
             }
             "success" => self.handle_success(&node, now_ms),
             "iq" => self.handle_iq(node, now_ms),
+            "notification" if node.attr_str("type") == Some(link_code::NOTIFICATION_TYPE) => {
+                self.handle_link_code_notification(&node)
+            }
             _ => self.events.push_back(Event::Stanza(node)),
         }
     }
@@ -736,6 +856,17 @@ impl Connection {
                     }
                 }
                 Some(OwnIq::Active) => {}
+                Some(OwnIq::LinkCodeHello) => self.handle_link_code_reply(&id, &node),
+                Some(OwnIq::LinkCodeFinish) => {
+                    // A refused finish means the phone could not open the
+                    // key bundle: the code typed there was wrong. The code
+                    // stays valid for another try.
+                    if kind == "error" {
+                        self.events.push_back(Event::PairError(PairError::LinkCode(
+                            LinkCodeError::Refused(iq_error_text(&node)),
+                        )));
+                    }
+                }
                 Some(OwnIq::Logout) => {
                     let why = if kind == "result" {
                         "logout requested".to_owned()
@@ -771,7 +902,24 @@ impl Connection {
                     .attr("type", "result")
                     .attr("id", id);
                 self.write_node(&reply);
-                self.start_qr(refs, now_ms);
+                match self.pairing.clone() {
+                    Pairing::Qr => self.start_qr(refs, now_ms),
+                    Pairing::LinkCode(phone) => {
+                        if matches!(
+                            self.phase,
+                            Phase::Open {
+                                stage: Stage::AwaitingPairDevice { .. },
+                                ..
+                            }
+                        ) {
+                            let window = self.config.timeouts.qr_first_ms.saturating_add(
+                                (refs.len().saturating_sub(1) as u64)
+                                    .saturating_mul(self.config.timeouts.qr_next_ms),
+                            );
+                            self.request_link_code(phone, refs, now_ms.saturating_add(window));
+                        }
+                    }
+                }
                 return;
             }
             if let Some(success) = node.child("pair-success") {
@@ -859,7 +1007,9 @@ impl Connection {
         let showing = matches!(
             self.phase,
             Phase::Open {
-                stage: Stage::ShowingQr { .. } | Stage::AwaitingPairDevice { .. },
+                stage: Stage::ShowingQr { .. }
+                    | Stage::AwaitingPairDevice { .. }
+                    | Stage::LinkCode { .. },
                 ..
             }
         );
@@ -892,11 +1042,104 @@ impl Connection {
         }
     }
 
-    fn send_own_iq(&mut self, node: Node, purpose: OwnIq) {
+    /// Sends `companion_hello` for a fresh code; the code is shown once the
+    /// server answers with its ref.
+    fn request_link_code(&mut self, phone: PhoneNumber, refs: Vec<String>, expires_at: u64) {
+        if refs.is_empty() {
+            return self.close(CloseReason::Protocol("pair-device without refs".into()));
+        }
+        let platform = CompanionPlatform {
+            id: self.config.qr_platform.clone(),
+            display: self.config.link_code_display.clone(),
+        };
+        let (request, iq) = LinkCodeRequest::start(&phone, &self.creds, &platform, &mut self.rng);
+        let id = self.send_own_iq(iq, OwnIq::LinkCodeHello);
+        if let Phase::Open { stage, .. } = &mut self.phase {
+            *stage = Stage::LinkCode {
+                refs,
+                step: LinkCodeStep::Requested {
+                    request: Box::new(request),
+                    id,
+                },
+                expires_at,
+            };
+        }
+    }
+
+    /// The server's answer to `companion_hello`.
+    fn handle_link_code_reply(&mut self, id: &str, reply: &Node) {
+        let Phase::Open {
+            stage: Stage::LinkCode {
+                step, expires_at, ..
+            },
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        // An answer to a request a newer one replaced is ignored.
+        if !matches!(step, LinkCodeStep::Requested { id: want, .. } if want == id) {
+            return;
+        }
+        let expires_at_ms = *expires_at;
+        let LinkCodeStep::Requested { request, .. } = step else {
+            return;
+        };
+        match request.handle_reply(reply) {
+            Ok(awaiting) => {
+                let code = awaiting.code().display();
+                *step = LinkCodeStep::Shown {
+                    awaiting: Box::new(awaiting),
+                };
+                self.events.push_back(Event::LinkCode {
+                    code,
+                    expires_at_ms,
+                });
+            }
+            Err(LinkCodeError::Refused(why)) => self.close(CloseReason::LinkCodeRefused(why)),
+            Err(e) => self.close(CloseReason::Protocol(format!("link code: {e}"))),
+        }
+    }
+
+    /// The phone's `link_code_companion_reg` notification: acked always;
+    /// answered with `companion_finish` while our code is shown.
+    fn handle_link_code_notification(&mut self, node: &Node) {
+        if let Some(ack) = stanza_ack(node) {
+            self.write_node(&ack);
+        }
+        let Phase::Open {
+            stage:
+                Stage::LinkCode {
+                    step: LinkCodeStep::Shown { awaiting },
+                    ..
+                },
+            ..
+        } = &self.phase
+        else {
+            return;
+        };
+        let Some(reg) = node.child(link_code::REG_TAG) else {
+            let err = LinkCodeError::Missing(link_code::REG_TAG);
+            return self.events.push_back(Event::PairError(err.into()));
+        };
+        match awaiting.handle_notification(reg, &self.creds, &mut self.rng) {
+            Ok(finish) => {
+                // The pair-success HMAC is keyed with the new secret:
+                // persisted before the phone can send it.
+                self.creds.adv_secret = finish.adv_secret;
+                self.events.push_back(Event::CredentialsChanged);
+                self.send_own_iq(finish.iq, OwnIq::LinkCodeFinish);
+            }
+            Err(e) => self.events.push_back(Event::PairError(e.into())),
+        }
+    }
+
+    fn send_own_iq(&mut self, node: Node, purpose: OwnIq) -> String {
         let id = self.next_iq_id();
         let node = node.attr("id", id.clone()).attr("to", Jid::server_jid());
-        self.own_iqs.insert(id, purpose);
+        self.own_iqs.insert(id.clone(), purpose);
         self.write_node(&node);
+        id
     }
 
     fn write_node(&mut self, node: &Node) {
@@ -913,6 +1156,21 @@ impl Connection {
             Err(e) => self.close(CloseReason::Protocol(format!("encrypt: {e}"))),
         }
     }
+}
+
+/// `code text` of an iq error, for reports.
+fn iq_error_text(node: &Node) -> String {
+    node.child("error")
+        .map(|e| {
+            format!(
+                "{} {}",
+                e.attr_str("code").unwrap_or("?"),
+                e.attr_str("text").unwrap_or_default()
+            )
+            .trim()
+            .to_owned()
+        })
+        .unwrap_or_else(|| "iq error".to_owned())
 }
 
 /// Classifies `<stream:error>` as WhatsApp Web does.

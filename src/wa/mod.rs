@@ -11,6 +11,7 @@ pub mod creds;
 pub mod crypto;
 pub mod groups;
 pub mod jid;
+pub mod link_code;
 pub mod media;
 pub mod message;
 pub mod messaging;

@@ -27,6 +27,8 @@ pub enum PairError {
     SignatureMismatch,
     #[error("device identity is malformed: {0}")]
     Malformed(&'static str),
+    #[error("link code pairing: {0}")]
+    LinkCode(#[from] crate::wa::link_code::LinkCodeError),
 }
 
 impl PairError {
@@ -35,7 +37,9 @@ impl PairError {
         match self {
             PairError::HmacMismatch => (401, "hmac-mismatch"),
             PairError::SignatureMismatch => (401, "signature-mismatch"),
-            PairError::Missing(_) | PairError::Malformed(_) => (500, "internal-error"),
+            PairError::Missing(_) | PairError::Malformed(_) | PairError::LinkCode(_) => {
+                (500, "internal-error")
+            }
         }
     }
 }

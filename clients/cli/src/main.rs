@@ -393,7 +393,8 @@ async fn show_qr(gw: &mut Gateway, id: String, ink: Ink, json: bool) -> Result<(
                 | Payload::Receipt(_)
                 | Payload::Group(_)
                 | Payload::ChatState(_)
-                | Payload::Presence(_),
+                | Payload::Presence(_)
+                | Payload::LinkCode(_),
             )
             | None => {}
         }

@@ -145,6 +145,10 @@ pub fn event_json(e: &Event) -> Value {
             "qr",
             json!({ "qr": q.qr, "expires_at": opt_ts(q.expires_at.as_ref()) }),
         ),
+        Some(Payload::LinkCode(c)) => (
+            "link_code",
+            json!({ "code": c.code, "expires_at": opt_ts(c.expires_at.as_ref()) }),
+        ),
         Some(Payload::Connection(c)) => (
             "connection",
             json!({ "state": state_name(c.state), "reason": c.reason, "jid": c.jid }),
@@ -253,6 +257,7 @@ pub fn event_text(e: &Event) -> String {
     let time = e.timestamp.as_ref().map(rfc3339).unwrap_or_default();
     let detail = match &e.payload {
         Some(Payload::Qr(q)) => format!("qr {}", q.qr),
+        Some(Payload::LinkCode(c)) => format!("link code {}", c.code),
         Some(Payload::Connection(c)) => {
             let mut d = format!("connection {}", state_name(c.state));
             if !c.jid.is_empty() {

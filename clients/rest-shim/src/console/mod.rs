@@ -181,6 +181,7 @@ pub(crate) fn event_json(event: &Event) -> Option<(&'static str, Value)> {
                 "chat": r.chat,
             }),
         ),
+        Payload::LinkCode(c) => ("link_code", json!({ "code": c.code })),
         Payload::ChatState(_) | Payload::Presence(_) => return None,
         Payload::Group(g) => (
             "group",

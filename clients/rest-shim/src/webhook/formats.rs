@@ -108,7 +108,14 @@ pub(crate) fn deliveries(
         Some(Payload::Message(msg)) => message(event, msg, targets, media, &mut out),
         Some(Payload::Receipt(receipt)) => receipts(event, receipt, targets, &mut out),
         // None of the seed gateways documents a group webhook.
-        Some(Payload::Group(_) | Payload::ChatState(_) | Payload::Presence(_)) | None => {}
+        // The peers' webhook documents have no place for a link code.
+        Some(
+            Payload::Group(_)
+            | Payload::ChatState(_)
+            | Payload::Presence(_)
+            | Payload::LinkCode(_),
+        )
+        | None => {}
     }
     out
 }
