@@ -202,6 +202,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
             SimConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 seed: None,
+                data_dir: Some(opts.data_dir.join("sim")),
             },
             media,
         )

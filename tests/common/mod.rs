@@ -37,6 +37,7 @@ pub async fn start_sim() -> Sim {
     let sim = Simulator::start(SimConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         seed: Some(7),
+        data_dir: None,
     })
     .await
     .expect("simulator starts");
