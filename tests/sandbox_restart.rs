@@ -330,3 +330,20 @@ async fn a_restarted_simulator_keeps_its_devices_and_their_queues() {
     gateway.shutdown().await;
     sim.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_unreadable_state_file_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("sim")).expect("sim dir");
+    std::fs::write(
+        dir.path().join("sim/state.pb"),
+        b"WGSIM\x00\x00\x01\x0a\xff",
+    )
+    .expect("write");
+    let Err(err) = wagate::app::start(sandbox_options(dir.path())).await else {
+        panic!("a sandbox started on a corrupt state file");
+    };
+    let message = err.to_string();
+    assert!(message.contains("state.pb"), "{message}");
+    assert!(message.contains("unreadable"), "{message}");
+}
