@@ -9,10 +9,10 @@
 //! The format is protobuf (prost) after an 8-byte header (magic and format
 //! version); decoding checks every key length and id and never panics.
 //!
-//! Secrets are stored in plain: the virtual phones' private keys and Signal
-//! sessions are throwaway test keys of a test server, so the gateway's
-//! at-rest encryption does not apply here; protect the data dir as a
-//! sandbox's, not as a production store.
+//! Secrets are stored in plain (in a file only its owner may read): the
+//! virtual phones' private keys and Signal sessions are throwaway keys of a
+//! test server, so the gateway's at-rest encryption does not apply here;
+//! protect the data dir as a sandbox's, not as a production store.
 //!
 //! Not kept: live connections and fault delays, presence (availability,
 //! subscriptions, read-receipt privacy), the message ids the server
@@ -394,11 +394,12 @@ fn write_atomically(dir: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let path = dir.join(FILE_NAME);
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
     let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        // Readable by the owner only: it holds the phones' private keys.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, &path)?;
@@ -516,6 +517,15 @@ mod tests {
         };
         write_atomically(dir.path(), &encode(&snapshot)).expect("written");
         assert_eq!(read(dir.path()).expect("read"), Some(snapshot));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(dir.path().join(FILE_NAME))
+                .expect("metadata")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "owner only");
+        }
         assert!(!dir.path().join(format!("{FILE_NAME}.tmp")).exists());
         fs::write(dir.path().join(FILE_NAME), b"WGSIM\x00\x00\x01\xff\xff").expect("written");
         let err = read(dir.path()).expect_err("corrupt");
