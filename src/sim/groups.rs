@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rand::RngCore;
 
-use super::snapshot::{Invalid, SavedDescription, SavedGroup, SavedParticipant};
+use super::snapshot::{InvalidState, SavedDescription, SavedGroup, SavedParticipant};
 use crate::wa::binary::Node;
 use crate::wa::jid::{Jid, DEFAULT_USER_SERVER, GROUP_SERVER};
 
@@ -447,7 +447,7 @@ impl Groups {
 
     /// Groups from the state file; the member and invite indexes are
     /// rebuilt from them.
-    pub(crate) fn restore(groups: &[SavedGroup], revoked: &[String]) -> Result<Self, Invalid> {
+    pub(crate) fn restore(groups: &[SavedGroup], revoked: &[String]) -> Result<Self, InvalidState> {
         let mut state = State::default();
         for saved in groups {
             let group = restored_group(saved)?;
@@ -499,10 +499,11 @@ fn saved_group(group: &Group) -> SavedGroup {
     }
 }
 
-fn restored_group(saved: &SavedGroup) -> Result<Group, Invalid> {
+fn restored_group(saved: &SavedGroup) -> Result<Group, InvalidState> {
     let jid = |text: &str| {
-        text.parse::<Jid>()
-            .map_err(|err| Invalid::field(format_args!("group {}: JID {text:?}: {err}", saved.id)))
+        text.parse::<Jid>().map_err(|err| {
+            InvalidState::field(format_args!("group {}: JID {text:?}: {err}", saved.id))
+        })
     };
     let participants = saved
         .participants
@@ -513,7 +514,7 @@ fn restored_group(saved: &SavedGroup) -> Result<Group, Invalid> {
                 1 => Role::Admin,
                 2 => Role::SuperAdmin,
                 other => {
-                    return Err(Invalid::field(format_args!(
+                    return Err(InvalidState::field(format_args!(
                         "group {}: role {other}",
                         saved.id
                     )))
@@ -521,7 +522,7 @@ fn restored_group(saved: &SavedGroup) -> Result<Group, Invalid> {
             };
             Ok((p.user.clone(), role))
         })
-        .collect::<Result<BTreeMap<String, Role>, Invalid>>()?;
+        .collect::<Result<BTreeMap<String, Role>, InvalidState>>()?;
     let description = match &saved.description {
         None => None,
         Some(d) => Some(Description {

@@ -4,7 +4,7 @@
 
 use rand::{CryptoRng, RngCore};
 
-use super::snapshot::{key_pair, Invalid, SavedKeys};
+use super::snapshot::{key_pair, InvalidState, SavedKeys};
 use crate::wa::crypto::KeyPair;
 use crate::wa::noise::issue_cert_chain;
 
@@ -60,9 +60,9 @@ impl ServerKeys {
 
     /// The keys of an earlier run, so clients that trust its root key and
     /// know its static key still connect.
-    pub(crate) fn restore(saved: &SavedKeys) -> Result<Self, Invalid> {
+    pub(crate) fn restore(saved: &SavedKeys) -> Result<Self, InvalidState> {
         if saved.cert_chain.is_empty() {
-            return Err(Invalid::field("server keys: no certificate chain"));
+            return Err(InvalidState::field("server keys: no certificate chain"));
         }
         Ok(Self {
             root: key_pair(&saved.root_private, "root key")?,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 
 use super::registry::{Command, ConnId};
-use super::snapshot::{Invalid, SavedMailbox, SavedQueued};
+use super::snapshot::{InvalidState, SavedMailbox, SavedQueued};
 use crate::wa::binary::Node;
 use crate::wa::jid::Jid;
 
@@ -290,11 +290,11 @@ impl Mailboxes {
     }
 
     /// Queues from the state file.
-    pub(crate) fn restore(saved: &[SavedMailbox]) -> Result<Self, Invalid> {
+    pub(crate) fn restore(saved: &[SavedMailbox]) -> Result<Self, InvalidState> {
         let mailboxes = Self::default();
         for mailbox in saved {
             let device: Jid = mailbox.device.parse().map_err(|err| {
-                Invalid::field(format_args!("mailbox of {:?}: {err}", mailbox.device))
+                InvalidState::field(format_args!("mailbox of {:?}: {err}", mailbox.device))
             })?;
             let skip = mailbox.queue.len().saturating_sub(MAX_QUEUED);
             let queue = mailbox
@@ -307,14 +307,17 @@ impl Mailboxes {
                         1 => QueueClass::Receipt,
                         2 => QueueClass::Notification,
                         other => {
-                            return Err(Invalid::field(format_args!(
+                            return Err(InvalidState::field(format_args!(
                                 "queued stanza {} for {device}: class {other}",
                                 q.id
                             )))
                         }
                     };
                     let node = crate::wa::binary::decode(&q.node).map_err(|err| {
-                        Invalid::field(format_args!("queued stanza {} for {device}: {err}", q.id))
+                        InvalidState::field(format_args!(
+                            "queued stanza {} for {device}: {err}",
+                            q.id
+                        ))
                     })?;
                     Ok(Queued {
                         class,
@@ -322,7 +325,7 @@ impl Mailboxes {
                         node: Arc::new(node),
                     })
                 })
-                .collect::<Result<VecDeque<Queued>, Invalid>>()?;
+                .collect::<Result<VecDeque<Queued>, InvalidState>>()?;
             if !queue.is_empty() {
                 mailboxes.shard(&device).insert(
                     device.clone(),

@@ -59,7 +59,7 @@ use registry::{
     Command, CompanionBundle, Device, NewAccount, PairRefusal, Registry, ReserveError,
     SignedPreKey, Termination,
 };
-pub use snapshot::StateError;
+pub use snapshot::{InvalidState, StateError};
 
 /// Most texts one `send_texts` call sends: the ids are answered in one
 /// response, which must stay well under gRPC's default 4 MiB limit.
@@ -273,7 +273,7 @@ impl Simulator {
                 let keys = state
                     .keys
                     .as_ref()
-                    .ok_or_else(|| corrupt(snapshot::Invalid::field("no server keys")))
+                    .ok_or_else(|| corrupt(InvalidState::field("no server keys")))
                     .and_then(|k| keys::ServerKeys::restore(k).map_err(corrupt))?;
                 let registry =
                     Registry::restore(&state.accounts, &state.mailboxes).map_err(corrupt)?;

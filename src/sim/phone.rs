@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::sender_keys::SenderKeys;
 use super::snapshot::{
-    key32, key_pair, Invalid, SavedAppStateKey, SavedInbox, SavedInboxMedia, SavedPhone,
+    key32, key_pair, InvalidState, SavedAppStateKey, SavedInbox, SavedInboxMedia, SavedPhone,
     SavedPreKey, SavedSession, SavedSignedPreKey,
 };
 use super::usync::BundleKeys;
@@ -412,16 +412,16 @@ impl Phone {
     }
 
     /// A phone from the state file, with the account's identity key.
-    pub(crate) fn restore(identity: KeyPair, saved: &SavedPhone) -> Result<Self, Invalid> {
+    pub(crate) fn restore(identity: KeyPair, saved: &SavedPhone) -> Result<Self, InvalidState> {
         let signed = saved
             .signed_prekey
             .as_ref()
-            .ok_or_else(|| Invalid::field("phone without a signed prekey"))?;
+            .ok_or_else(|| InvalidState::field("phone without a signed prekey"))?;
         let signed_prekey = signal::SignedPreKey {
             id: signed.id,
             key: key_pair(&signed.key, "phone signed prekey")?,
             signature: signed.signature.as_slice().try_into().map_err(|_| {
-                Invalid::field(format_args!(
+                InvalidState::field(format_args!(
                     "phone signed prekey signature: {} bytes, not 64",
                     signed.signature.len()
                 ))
@@ -432,16 +432,16 @@ impl Phone {
             .iter()
             .map(|saved| {
                 let key = PreKey::new(saved.id, key_pair(&saved.key, "phone prekey")?)
-                    .map_err(|err| Invalid::field(format_args!("phone prekey: {err}")))?;
+                    .map_err(|err| InvalidState::field(format_args!("phone prekey: {err}")))?;
                 Ok((saved.id, key))
             })
-            .collect::<Result<BTreeMap<u32, PreKey>, Invalid>>()?;
+            .collect::<Result<BTreeMap<u32, PreKey>, InvalidState>>()?;
         let sessions = saved
             .sessions
             .iter()
             .map(|saved| {
                 let record = SessionRecord::deserialize(&saved.record).map_err(|err| {
-                    Invalid::field(format_args!(
+                    InvalidState::field(format_args!(
                         "phone session with {}.{}: {err}",
                         saved.name, saved.device
                     ))
@@ -451,12 +451,12 @@ impl Phone {
                     record,
                 ))
             })
-            .collect::<Result<HashMap<_, _>, Invalid>>()?;
+            .collect::<Result<HashMap<_, _>, InvalidState>>()?;
         let inbox = saved
             .inbox
             .iter()
             .map(restored_inbox)
-            .collect::<Result<VecDeque<_>, Invalid>>()?;
+            .collect::<Result<VecDeque<_>, InvalidState>>()?;
         let received = inbox
             .iter()
             .map(|m: &InboxMessage| (m.from.clone(), m.id.clone()))
@@ -465,7 +465,7 @@ impl Phone {
             None => None,
             Some(key) => Some(AppStateKey {
                 id: key.id.as_slice().try_into().map_err(|_| {
-                    Invalid::field(format_args!(
+                    InvalidState::field(format_args!(
                         "app state key id: {} bytes, not {APP_STATE_KEY_ID_LEN}",
                         key.id.len()
                     ))
@@ -514,12 +514,12 @@ fn saved_inbox(message: &InboxMessage) -> SavedInbox {
     }
 }
 
-fn restored_inbox(saved: &SavedInbox) -> Result<InboxMessage, Invalid> {
+fn restored_inbox(saved: &SavedInbox) -> Result<InboxMessage, InvalidState> {
     let media = match &saved.media {
         None => None,
         Some(media) => Some(InboxMedia {
             kind: media_kind(&media.kind)
-                .ok_or_else(|| Invalid::field(format_args!("media kind {:?}", media.kind)))?,
+                .ok_or_else(|| InvalidState::field(format_args!("media kind {:?}", media.kind)))?,
             mimetype: media.mimetype.clone(),
             caption: media.caption.clone(),
             file_name: media.file_name.clone(),

@@ -27,7 +27,7 @@ use super::mailbox::Mailboxes;
 pub(crate) use super::mailbox::{Acceptance, QueueClass};
 use super::phone::Phone;
 use super::snapshot::{
-    key32, key_pair, Invalid, SavedAccount, SavedDevice, SavedMailbox, SavedPreKey,
+    key32, key_pair, InvalidState, SavedAccount, SavedDevice, SavedMailbox, SavedPreKey,
     SavedSignedPreKey,
 };
 use super::usync::BundleKeys;
@@ -843,7 +843,7 @@ impl Registry {
     pub(crate) fn restore(
         accounts: &[SavedAccount],
         mailboxes: &[SavedMailbox],
-    ) -> Result<Self, Invalid> {
+    ) -> Result<Self, InvalidState> {
         let mut directory = BTreeMap::new();
         for saved in accounts {
             let account = Account::restore(saved)?;
@@ -874,17 +874,17 @@ impl Account {
         }
     }
 
-    fn restore(saved: &SavedAccount) -> Result<Self, Invalid> {
+    fn restore(saved: &SavedAccount) -> Result<Self, InvalidState> {
         let phone: PhoneNumber = saved
             .phone
             .parse()
-            .map_err(|err| Invalid::field(format_args!("account {:?}: {err}", saved.phone)))?;
+            .map_err(|err| InvalidState::field(format_args!("account {:?}: {err}", saved.phone)))?;
         let what = |field: &str| format!("account {phone}: {field}");
         let identity = key_pair(&saved.identity_private, &what("identity key"))?;
         let handset = saved
             .handset
             .as_ref()
-            .ok_or_else(|| Invalid::field(what("no phone state")))?;
+            .ok_or_else(|| InvalidState::field(what("no phone state")))?;
         let handset = Phone::restore(identity.clone(), handset)?;
         let by_id = saved
             .devices
@@ -893,11 +893,13 @@ impl Account {
                 let device = Device::restore(device, &phone)?;
                 Ok((device.id, device))
             })
-            .collect::<Result<BTreeMap<u16, Device>, Invalid>>()?;
+            .collect::<Result<BTreeMap<u16, Device>, InvalidState>>()?;
         let next_device = u16::try_from(saved.next_device)
-            .map_err(|_| Invalid::field(what("next device id out of range")))?;
+            .map_err(|_| InvalidState::field(what("next device id out of range")))?;
         if by_id.keys().any(|id| *id == 0 || *id >= next_device) {
-            return Err(Invalid::field(what("device id not below the next one")));
+            return Err(InvalidState::field(what(
+                "device id not below the next one",
+            )));
         }
         Ok(Self {
             phone,
@@ -941,24 +943,24 @@ impl Device {
         }
     }
 
-    fn restore(saved: &SavedDevice, phone: &PhoneNumber) -> Result<Self, Invalid> {
+    fn restore(saved: &SavedDevice, phone: &PhoneNumber) -> Result<Self, InvalidState> {
         let what = |field: &str| format!("device {phone}:{}: {field}", saved.id);
-        let id = u16::try_from(saved.id).map_err(|_| Invalid::field(what("id out of range")))?;
+        let id =
+            u16::try_from(saved.id).map_err(|_| InvalidState::field(what("id out of range")))?;
         let signed = saved
             .signed_prekey
             .as_ref()
-            .ok_or_else(|| Invalid::field(what("no signed prekey")))?;
-        let signature: [u8; 64] = signed
-            .signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| Invalid::field(what("signed prekey signature is not 64 bytes")))?;
+            .ok_or_else(|| InvalidState::field(what("no signed prekey")))?;
+        let signature: [u8; 64] =
+            signed.signature.as_slice().try_into().map_err(|_| {
+                InvalidState::field(what("signed prekey signature is not 64 bytes"))
+            })?;
         let prekeys = saved
             .prekeys
             .iter()
             .take(MAX_STORED_PREKEYS)
             .map(|key| Ok((key.id, key32(&key.key, &what("prekey"))?)))
-            .collect::<Result<BTreeMap<u32, [u8; 32]>, Invalid>>()?;
+            .collect::<Result<BTreeMap<u32, [u8; 32]>, InvalidState>>()?;
         Ok(Self {
             id,
             noise_key: key32(&saved.noise_key, &what("noise key"))?,

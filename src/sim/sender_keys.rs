@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use rand::{CryptoRng, RngCore};
 
-use super::snapshot::{Invalid, SavedOwnSenderKey, SavedSenderKey};
+use super::snapshot::{InvalidState, SavedOwnSenderKey, SavedSenderKey};
 use crate::proto::wa::message::SenderKeyDistributionMessage;
 use crate::proto::wa::Message;
 use crate::wa::jid::Jid;
@@ -178,18 +178,18 @@ impl SenderKeys {
     pub(crate) fn restore(
         own: &[SavedOwnSenderKey],
         received: &[SavedSenderKey],
-    ) -> Result<Self, Invalid> {
+    ) -> Result<Self, InvalidState> {
         let mut keys = Self::default();
         for saved in own {
             let record = SenderKeyRecord::deserialize(&saved.record).map_err(|err| {
-                Invalid::field(format_args!("own sender key of {}: {err}", saved.group))
+                InvalidState::field(format_args!("own sender key of {}: {err}", saved.group))
             })?;
             let shared_with = saved
                 .shared_with
                 .iter()
                 .map(|jid| {
                     jid.parse::<Jid>().map_err(|err| {
-                        Invalid::field(format_args!("sender key holder {jid}: {err}"))
+                        InvalidState::field(format_args!("sender key holder {jid}: {err}"))
                     })
                 })
                 .collect::<Result<_, _>>()?;
@@ -203,7 +203,7 @@ impl SenderKeys {
         }
         for saved in received {
             let record = SenderKeyRecord::deserialize(&saved.record).map_err(|err| {
-                Invalid::field(format_args!("sender key in {}: {err}", saved.group_id))
+                InvalidState::field(format_args!("sender key in {}: {err}", saved.group_id))
             })?;
             let sender = ProtocolAddress::new(saved.name.clone(), saved.device);
             keys.received.insert(name(&saved.group_id, &sender), record);

@@ -58,12 +58,12 @@ pub enum StateError {
         source: std::io::Error,
     },
     #[error("the simulator state {path} is unreadable ({reason}); move it away to start afresh")]
-    Corrupt { path: PathBuf, reason: Invalid },
+    Corrupt { path: PathBuf, reason: InvalidState },
 }
 
 /// What is wrong with a snapshot's content.
 #[derive(Debug, thiserror::Error)]
-pub enum Invalid {
+pub enum InvalidState {
     #[error("not a simulator state file")]
     Header,
     #[error("format version {0}, this build reads version {v}", v = HEADER[7])]
@@ -74,21 +74,21 @@ pub enum Invalid {
     Field(String),
 }
 
-impl Invalid {
+impl InvalidState {
     pub(crate) fn field(what: impl std::fmt::Display) -> Self {
         Self::Field(what.to_string())
     }
 }
 
 /// A 32-byte key from a snapshot field.
-pub(crate) fn key32(bytes: &[u8], what: &str) -> Result<[u8; 32], Invalid> {
+pub(crate) fn key32(bytes: &[u8], what: &str) -> Result<[u8; 32], InvalidState> {
     bytes
         .try_into()
-        .map_err(|_| Invalid::field(format_args!("{what}: {} bytes, not 32", bytes.len())))
+        .map_err(|_| InvalidState::field(format_args!("{what}: {} bytes, not 32", bytes.len())))
 }
 
 /// A key pair from its saved private half.
-pub(crate) fn key_pair(private: &[u8], what: &str) -> Result<KeyPair, Invalid> {
+pub(crate) fn key_pair(private: &[u8], what: &str) -> Result<KeyPair, InvalidState> {
     Ok(KeyPair::from_private(key32(private, what)?))
 }
 
@@ -362,15 +362,15 @@ pub(crate) fn encode(snapshot: &Snapshot) -> Vec<u8> {
 }
 
 /// A snapshot from a file's bytes.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, Invalid> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, InvalidState> {
     let (header, body) = bytes
         .split_at_checked(HEADER.len())
-        .ok_or(Invalid::Header)?;
+        .ok_or(InvalidState::Header)?;
     if header[..7] != HEADER[..7] {
-        return Err(Invalid::Header);
+        return Err(InvalidState::Header);
     }
     if header[7] != HEADER[7] {
-        return Err(Invalid::Version(header[7]));
+        return Err(InvalidState::Version(header[7]));
     }
     Ok(Snapshot::decode(body)?)
 }
@@ -487,12 +487,15 @@ mod tests {
             ..Snapshot::default()
         });
         assert_eq!(decode(&good).expect("decodes").starts, 3);
-        assert!(matches!(decode(b""), Err(Invalid::Header)));
-        assert!(matches!(decode(b"WGSIM"), Err(Invalid::Header)));
-        assert!(matches!(decode(b"not a snapshot"), Err(Invalid::Header)));
+        assert!(matches!(decode(b""), Err(InvalidState::Header)));
+        assert!(matches!(decode(b"WGSIM"), Err(InvalidState::Header)));
+        assert!(matches!(
+            decode(b"not a snapshot"),
+            Err(InvalidState::Header)
+        ));
         let mut newer = good.clone();
         newer[7] = 9;
-        assert!(matches!(decode(&newer), Err(Invalid::Version(9))));
+        assert!(matches!(decode(&newer), Err(InvalidState::Version(9))));
         let mut truncated = encode(&Snapshot {
             accounts: vec![SavedAccount {
                 phone: "15550001111".into(),
@@ -501,7 +504,7 @@ mod tests {
             ..Snapshot::default()
         });
         truncated.truncate(truncated.len() - 3);
-        assert!(matches!(decode(&truncated), Err(Invalid::Decode(_))));
+        assert!(matches!(decode(&truncated), Err(InvalidState::Decode(_))));
         assert!(key32(&[0; 31], "root").is_err());
         assert!(key32(&[0; 32], "root").is_ok());
     }
