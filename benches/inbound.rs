@@ -44,6 +44,7 @@ async fn run() {
     let sim = Simulator::start(SimConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         seed: Some(1),
+        data_dir: None,
     })
     .await
     .expect("simulator starts");

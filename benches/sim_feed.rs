@@ -108,6 +108,7 @@ fn main() {
         .block_on(Simulator::start(SimConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
             seed: Some(11),
+            data_dir: None,
         }))
         .expect("simulator starts");
 

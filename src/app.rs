@@ -30,7 +30,8 @@ pub struct ServeOptions {
     pub wa_url: Option<String>,
     /// Root key the server certificates must chain to; `None` = WhatsApp's.
     pub wa_root_key: Option<[u8; 32]>,
-    /// Run the simulator in-process and point sessions at it.
+    /// Run the simulator in-process and point sessions at it; it keeps its
+    /// accounts in `data_dir/sim`, so paired sessions survive a restart.
     pub sim: bool,
     /// `WAGATE_STORE_KEY` value, if set.
     pub store_key: Option<String>,
@@ -226,6 +227,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
             SimConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 seed: None,
+                data_dir: Some(opts.data_dir.join("sim")),
             },
             media,
         )

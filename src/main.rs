@@ -85,7 +85,8 @@ struct ServeArgs {
     #[arg(long, env = "WAGATE_WA_ROOT_KEY")]
     wa_root_key: Option<String>,
     /// Sandbox: run the simulator in-process, point sessions at it and serve
-    /// wagate.sim.v1.Simulator on the same port.
+    /// wagate.sim.v1.Simulator on the same port; its accounts are kept in
+    /// DATA_DIR/sim across restarts.
     #[arg(long, env = "WAGATE_SIM")]
     sim: bool,
     /// Key file for encryption at rest, used when WAGATE_STORE_KEY is unset

@@ -51,6 +51,7 @@ async fn group_stanzas_match_what_whatsapp_clients_read() {
     let sim = Simulator::start(SimConfig {
         listen: "127.0.0.1:0".parse().expect("address"),
         seed: Some(7),
+        data_dir: None,
     })
     .await
     .expect("simulator starts");

@@ -496,6 +496,7 @@ async fn a_group_of_64_virtual_phones_gets_each_text_once() {
     let sim = wagate::sim::Simulator::start(wagate::sim::SimConfig {
         listen: "127.0.0.1:0".parse().expect("address"),
         seed: Some(64),
+        data_dir: None,
     })
     .await
     .expect("simulator starts");
@@ -542,6 +543,7 @@ async fn bulk_group_texts_arrive_in_order_and_the_count_is_bounded() {
     let sim = wagate::sim::Simulator::start(wagate::sim::SimConfig {
         listen: "127.0.0.1:0".parse().expect("address"),
         seed: Some(65),
+        data_dir: None,
     })
     .await
     .expect("simulator starts");

@@ -37,6 +37,7 @@ async fn start(media: MediaConfig) -> Simulator {
         SimConfig {
             listen: "127.0.0.1:0".parse().expect("valid address"),
             seed: Some(0x3ED1A),
+            data_dir: None,
         },
         media,
     )

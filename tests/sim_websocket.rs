@@ -13,6 +13,7 @@ async fn start() -> Simulator {
     Simulator::start(SimConfig {
         listen: "127.0.0.1:0".parse().expect("valid address"),
         seed: Some(1),
+        data_dir: None,
     })
     .await
     .expect("simulator starts")

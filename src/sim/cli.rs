@@ -34,8 +34,13 @@ pub struct SimArgs {
     /// TLS proxy (default: http://MEDIA_LISTEN as bound).
     #[arg(long, env = "WAGATE_SIM_MEDIA_URL")]
     pub media_url: Option<String>,
-    /// Directory for media blobs (kept across restarts); in memory when
-    /// unset.
+    /// Directory for accounts, devices, groups and undelivered stanzas, kept
+    /// across restarts (private keys in plain: this is a test server); in
+    /// memory when unset.
+    #[arg(long, env = "WAGATE_SIM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory for media blobs (kept across restarts); DATA_DIR/media with
+    /// a data dir, in memory otherwise.
     #[arg(long, env = "WAGATE_SIM_MEDIA_DIR")]
     pub media_dir: Option<PathBuf>,
     /// Largest media upload, in bytes.
@@ -69,7 +74,9 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
             .media_listen
             .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 0)),
         public_url: args.media_url,
-        dir: args.media_dir,
+        dir: args
+            .media_dir
+            .or_else(|| args.data_dir.as_ref().map(|dir| dir.join("media"))),
         max_upload: args.media_max_upload,
         ..MediaConfig::default()
     };
@@ -77,6 +84,7 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
         SimConfig {
             listen: args.listen,
             seed: args.seed,
+            data_dir: args.data_dir,
         },
         media,
     )
@@ -187,6 +195,7 @@ mod tests {
         let sim = Simulator::start(SimConfig {
             listen: "127.0.0.1:0".parse().expect("valid address"),
             seed: None,
+            data_dir: None,
         })
         .await
         .expect("simulator starts");

@@ -164,9 +164,10 @@ impl From<SimError> for Status {
                 GroupError::Conflict => Status::aborted(message),
                 GroupError::Revoked => Status::failed_precondition(message),
             },
-            SimError::Bind { .. } | SimError::MediaHost(_) | SimError::MediaStore(_) => {
-                Status::internal(message)
-            }
+            SimError::Bind { .. }
+            | SimError::MediaHost(_)
+            | SimError::MediaStore(_)
+            | SimError::State(_) => Status::internal(message),
         }
     }
 }
@@ -669,6 +670,7 @@ mod tests {
         let sim = Simulator::start(SimConfig {
             listen: "127.0.0.1:0".parse().expect("valid address"),
             seed: Some(5),
+            data_dir: None,
         })
         .await
         .expect("simulator starts");

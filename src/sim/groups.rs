@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rand::RngCore;
 
+use super::snapshot::{InvalidState, SavedDescription, SavedGroup, SavedParticipant};
 use crate::wa::binary::Node;
 use crate::wa::jid::{Jid, DEFAULT_USER_SERVER, GROUP_SERVER};
 
@@ -432,6 +433,116 @@ impl State {
 #[derive(Default)]
 pub(crate) struct Groups {
     state: Mutex<State>,
+}
+
+impl Groups {
+    /// Every group (by id) and the revoked invite codes, as the state file
+    /// keeps them.
+    pub(crate) fn saved(&self) -> (Vec<SavedGroup>, Vec<String>) {
+        let state = self.state();
+        let mut groups: Vec<SavedGroup> = state.groups.values().map(saved_group).collect();
+        groups.sort_by(|a, b| a.id.cmp(&b.id));
+        (groups, state.revoked.iter().cloned().collect())
+    }
+
+    /// Groups from the state file; the member and invite indexes are
+    /// rebuilt from them.
+    pub(crate) fn restore(groups: &[SavedGroup], revoked: &[String]) -> Result<Self, InvalidState> {
+        let mut state = State::default();
+        for saved in groups {
+            let group = restored_group(saved)?;
+            for user in group.participants.keys() {
+                state.join(&group.id, user);
+            }
+            state.invites.insert(group.invite.clone(), group.id.clone());
+            state.groups.insert(group.id.clone(), group);
+        }
+        let skip = revoked.len().saturating_sub(MAX_REVOKED_CODES);
+        for code in revoked.iter().skip(skip) {
+            if state.revoked_set.insert(code.clone()) {
+                state.revoked.push_back(code.clone());
+            }
+        }
+        Ok(Self {
+            state: Mutex::new(state),
+        })
+    }
+}
+
+fn saved_group(group: &Group) -> SavedGroup {
+    SavedGroup {
+        id: group.id.clone(),
+        subject: group.subject.clone(),
+        subject_owner: group.subject_owner.to_string(),
+        subject_time: group.subject_time,
+        description: group.description.as_ref().map(|d| SavedDescription {
+            id: d.id.clone(),
+            body: d.body.clone(),
+            setter: d.setter.to_string(),
+            t: d.t,
+        }),
+        creation: group.creation,
+        creator: group.creator.to_string(),
+        participants: group
+            .participants
+            .iter()
+            .map(|(user, role)| SavedParticipant {
+                user: user.clone(),
+                role: match role {
+                    Role::Member => 0,
+                    Role::Admin => 1,
+                    Role::SuperAdmin => 2,
+                },
+            })
+            .collect(),
+        invite: group.invite.clone(),
+    }
+}
+
+fn restored_group(saved: &SavedGroup) -> Result<Group, InvalidState> {
+    let jid = |text: &str| {
+        text.parse::<Jid>().map_err(|err| {
+            InvalidState::field(format_args!("group {}: JID {text:?}: {err}", saved.id))
+        })
+    };
+    let participants = saved
+        .participants
+        .iter()
+        .map(|p| {
+            let role = match p.role {
+                0 => Role::Member,
+                1 => Role::Admin,
+                2 => Role::SuperAdmin,
+                other => {
+                    return Err(InvalidState::field(format_args!(
+                        "group {}: role {other}",
+                        saved.id
+                    )))
+                }
+            };
+            Ok((p.user.clone(), role))
+        })
+        .collect::<Result<BTreeMap<String, Role>, InvalidState>>()?;
+    let description = match &saved.description {
+        None => None,
+        Some(d) => Some(Description {
+            id: d.id.clone(),
+            body: d.body.clone(),
+            setter: jid(&d.setter)?,
+            t: d.t,
+        }),
+    };
+    Ok(Group {
+        id: saved.id.clone(),
+        subject: saved.subject.clone(),
+        subject_owner: jid(&saved.subject_owner)?,
+        subject_time: saved.subject_time,
+        description,
+        creation: saved.creation,
+        creator: jid(&saved.creator)?,
+        participants,
+        invite: saved.invite.clone(),
+    })
 }
 
 impl Groups {
@@ -987,6 +1098,21 @@ mod tests {
         );
         let outcome = run(groups, "111", &node, rng).expect("created");
         outcome.group.expect("group id")
+    }
+
+    #[test]
+    fn saved_groups_come_back_with_their_indexes() {
+        let groups = Groups::default();
+        let mut rng = StdRng::seed_from_u64(4);
+        let id = create(&groups, &mut rng);
+        let (saved, revoked) = groups.saved();
+        let again = Groups::restore(&saved, &revoked).expect("restores");
+        assert_eq!(again.get(&id), groups.get(&id));
+        assert_eq!(again.list(Some("222")).len(), 1, "members are indexed");
+        assert_eq!(again.saved(), (saved.clone(), revoked.clone()));
+        let mut bad = saved;
+        bad[0].participants[0].role = 7;
+        assert!(Groups::restore(&bad, &revoked).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use rand::{CryptoRng, RngCore};
 
+use super::snapshot::{key_pair, InvalidState, SavedKeys};
 use crate::wa::crypto::KeyPair;
 use crate::wa::noise::issue_cert_chain;
 
@@ -47,6 +48,28 @@ impl ServerKeys {
             cert_chain,
         }
     }
+
+    /// The keys as the state file keeps them.
+    pub(crate) fn saved(&self) -> SavedKeys {
+        SavedKeys {
+            root_private: self.root.private_bytes().to_vec(),
+            static_private: self.static_key.private_bytes().to_vec(),
+            cert_chain: self.cert_chain.clone(),
+        }
+    }
+
+    /// The keys of an earlier run, so clients that trust its root key and
+    /// know its static key still connect.
+    pub(crate) fn restore(saved: &SavedKeys) -> Result<Self, InvalidState> {
+        if saved.cert_chain.is_empty() {
+            return Err(InvalidState::field("server keys: no certificate chain"));
+        }
+        Ok(Self {
+            root: key_pair(&saved.root_private, "root key")?,
+            static_key: key_pair(&saved.static_private, "static key")?,
+            cert_chain: saved.cert_chain.clone(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -69,6 +92,18 @@ mod tests {
         assert!(
             verify_cert_chain(&keys.cert_chain, &root, &leaf, now + 2 * 365 * 24 * 3600).is_err()
         );
+    }
+
+    #[test]
+    fn saved_keys_come_back_the_same() {
+        let keys = ServerKeys::generate(&mut rand::rngs::StdRng::seed_from_u64(3), 0);
+        let again = ServerKeys::restore(&keys.saved()).expect("restores");
+        assert_eq!(again.root.public, keys.root.public);
+        assert_eq!(again.static_key.public, keys.static_key.public);
+        assert_eq!(again.cert_chain, keys.cert_chain);
+        let mut bad = keys.saved();
+        bad.root_private.pop();
+        assert!(ServerKeys::restore(&bad).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 
 use super::registry::{Command, ConnId};
+use super::snapshot::{InvalidState, SavedMailbox, SavedQueued};
 use crate::wa::binary::Node;
 use crate::wa::jid::Jid;
 
@@ -253,6 +254,91 @@ impl Mailboxes {
         }
     }
 
+    /// Every device's queue of unacknowledged stanzas, as the state file
+    /// keeps them (by device JID). Connections and accepted ids are not
+    /// kept.
+    pub(crate) fn saved(&self) -> Vec<SavedMailbox> {
+        let mut saved: Vec<SavedMailbox> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            saved.extend(
+                shard
+                    .iter()
+                    .filter(|(_, mailbox)| !mailbox.queue.is_empty())
+                    .map(|(device, mailbox)| SavedMailbox {
+                        device: device.to_string(),
+                        queue: mailbox
+                            .queue
+                            .iter()
+                            .map(|q| SavedQueued {
+                                class: match q.class {
+                                    QueueClass::Message => 0,
+                                    QueueClass::Receipt => 1,
+                                    QueueClass::Notification => 2,
+                                },
+                                id: q.id.clone(),
+                                node: crate::wa::binary::encode(&q.node),
+                            })
+                            .collect(),
+                    }),
+            );
+        }
+        saved.sort_by(|a, b| a.device.cmp(&b.device));
+        saved
+    }
+
+    /// Queues from the state file.
+    pub(crate) fn restore(saved: &[SavedMailbox]) -> Result<Self, InvalidState> {
+        let mailboxes = Self::default();
+        for mailbox in saved {
+            let device: Jid = mailbox.device.parse().map_err(|err| {
+                InvalidState::field(format_args!("mailbox of {:?}: {err}", mailbox.device))
+            })?;
+            let skip = mailbox.queue.len().saturating_sub(MAX_QUEUED);
+            let queue = mailbox
+                .queue
+                .iter()
+                .skip(skip)
+                .map(|q| {
+                    let class = match q.class {
+                        0 => QueueClass::Message,
+                        1 => QueueClass::Receipt,
+                        2 => QueueClass::Notification,
+                        other => {
+                            return Err(InvalidState::field(format_args!(
+                                "queued stanza {} for {device}: class {other}",
+                                q.id
+                            )))
+                        }
+                    };
+                    let node = crate::wa::binary::decode(&q.node).map_err(|err| {
+                        InvalidState::field(format_args!(
+                            "queued stanza {} for {device}: {err}",
+                            q.id
+                        ))
+                    })?;
+                    Ok(Queued {
+                        class,
+                        id: q.id.clone(),
+                        node: Arc::new(node),
+                    })
+                })
+                .collect::<Result<VecDeque<Queued>, InvalidState>>()?;
+            if !queue.is_empty() {
+                mailboxes.shard(&device).insert(
+                    device.clone(),
+                    Mailbox {
+                        queue,
+                        ..Mailbox::default()
+                    },
+                );
+            }
+        }
+        Ok(mailboxes)
+    }
+
     /// Whether a device has a mailbox at all.
     #[cfg(test)]
     pub(crate) fn holds(&self, device: &Jid) -> bool {
@@ -263,6 +349,39 @@ impl Mailboxes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_queues_come_back_in_order() {
+        let mailboxes = Mailboxes::default();
+        let device: Jid = "15550001111:1@s.whatsapp.net".parse().expect("jid");
+        let message = Node::new("message").attr("id", "M1").attr(
+            "from",
+            "15550002222@s.whatsapp.net".parse::<Jid>().expect("jid"),
+        );
+        mailboxes.enqueue(&device, QueueClass::Message, "M1", Arc::new(message));
+        mailboxes.enqueue(
+            &device,
+            QueueClass::Receipt,
+            "M0",
+            Arc::new(Node::new("receipt")),
+        );
+        let saved = mailboxes.saved();
+        let again = Mailboxes::restore(&saved).expect("restores");
+        assert_eq!(again.saved(), saved);
+        let (tx, _rx) = mpsc::channel(1);
+        let waiting = again.attach(&device, ConnId(1), tx);
+        assert_eq!(waiting.len(), 2);
+        assert_eq!(waiting[0].attr_str("id"), Some("M1"));
+        assert_eq!(waiting[0].attr_str("offline"), Some("1"));
+        assert_eq!(waiting[1].tag, "receipt");
+
+        let mut bad = saved.clone();
+        bad[0].queue[0].node = vec![0xF8];
+        assert!(Mailboxes::restore(&bad).is_err());
+        let mut bad = saved;
+        bad[0].queue[0].class = 9;
+        assert!(Mailboxes::restore(&bad).is_err());
+    }
 
     #[test]
     fn accepted_ids_are_bounded_per_device() {

@@ -22,11 +22,13 @@ mod presence_routing;
 mod registry;
 mod routing;
 mod sender_keys;
+mod snapshot;
 mod stanza;
 mod usync;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -59,6 +61,7 @@ use registry::{
     Command, CompanionBundle, Device, NewAccount, PairRefusal, Registry, Reservation, ReserveError,
     SignedPreKey, Termination,
 };
+pub use snapshot::{InvalidState, StateError};
 
 /// Most texts one `send_texts` call sends: the ids are answered in one
 /// response, which must stay well under gRPC's default 4 MiB limit.
@@ -90,6 +93,9 @@ pub struct SimConfig {
     /// Seed for every key the simulator makes (root key included); random
     /// when `None`.
     pub seed: Option<u64>,
+    /// Where accounts, devices, groups and queued stanzas are kept across
+    /// restarts (see the `snapshot` module); in memory only when `None`.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Errors of the simulator's in-process and control APIs.
@@ -148,6 +154,8 @@ pub enum SimError {
     InvalidMedia(String),
     #[error("cannot store media: {0}")]
     MediaStore(String),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// The running simulator; cheap to clone (shared inside).
@@ -172,6 +180,10 @@ pub(crate) struct Inner {
     presence: presence::Presences,
     /// Lifetime of link codes issued from now on, in milliseconds.
     link_code_ttl_ms: std::sync::atomic::AtomicU64,
+    /// Where the state is saved, with a data dir.
+    persistence: Option<snapshot::Persistence>,
+    /// The task saving the state when it changed.
+    save_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Inner {
@@ -193,6 +205,19 @@ impl Inner {
     pub(crate) fn link_code_ttl_ms(&self) -> u64 {
         self.link_code_ttl_ms
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The state worth keeping across a restart, copied one lock at a time.
+    pub(crate) fn snapshot(&self, starts: u64) -> snapshot::Snapshot {
+        let (groups, revoked_invites) = self.groups.saved();
+        snapshot::Snapshot {
+            keys: Some(self.keys.saved()),
+            starts,
+            accounts: self.registry.saved_accounts(),
+            groups,
+            revoked_invites,
+            mailboxes: self.registry.saved_mailboxes(),
+        }
     }
 
     /// An id for an iq the server sends.
@@ -235,16 +260,55 @@ impl Simulator {
             addr: config.listen,
             source,
         })?;
+        let restored = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| StateError::Write {
+                    path: dir.clone(),
+                    source,
+                })?;
+                snapshot::read(dir)?
+            }
+            None => None,
+        };
+        // A restarted seeded simulator must not repeat the ids and keys of
+        // its previous run: the seed moves on with every start.
+        let starts = restored.as_ref().map_or(0, |s| s.starts.saturating_add(1));
         let mut rng = match config.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
+            Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(starts)),
             None => StdRng::from_entropy(),
         };
-        let keys = keys::ServerKeys::generate(&mut rng, unix_now());
+        let corrupt = |reason| {
+            let path = config
+                .data_dir
+                .clone()
+                .unwrap_or_default()
+                .join(snapshot::FILE_NAME);
+            SimError::State(StateError::Corrupt { path, reason })
+        };
+        let (keys, registry, groups) = match &restored {
+            Some(state) => {
+                let keys = state
+                    .keys
+                    .as_ref()
+                    .ok_or_else(|| corrupt(InvalidState::field("no server keys")))
+                    .and_then(|k| keys::ServerKeys::restore(k).map_err(corrupt))?;
+                let registry =
+                    Registry::restore(&state.accounts, &state.mailboxes).map_err(corrupt)?;
+                let groups = groups::Groups::restore(&state.groups, &state.revoked_invites)
+                    .map_err(corrupt)?;
+                (keys, registry, groups)
+            }
+            None => (
+                keys::ServerKeys::generate(&mut rng, unix_now()),
+                Registry::default(),
+                groups::Groups::default(),
+            ),
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let media = media::MediaServer::start(media, rng.next_u64(), shutdown_rx.clone()).await?;
         let inner = Arc::new(Inner {
-            registry: Registry::default(),
-            groups: groups::Groups::default(),
+            registry,
+            groups,
             keys,
             rng: Mutex::new(rng),
             addr,
@@ -255,7 +319,22 @@ impl Simulator {
             link_code_ttl_ms: std::sync::atomic::AtomicU64::new(
                 u64::try_from(DEFAULT_LINK_CODE_TTL.as_millis()).unwrap_or(u64::MAX),
             ),
+            persistence: config
+                .data_dir
+                .map(|dir| snapshot::Persistence::new(dir, starts)),
+            save_task: Mutex::new(None),
         });
+        if let Some(persistence) = &inner.persistence {
+            // Saved at once: the root key clients are told to trust holds
+            // from the first start on.
+            snapshot::save(&inner).await?;
+            debug!(dir = %persistence.dir().display(), starts, "simulator state kept on disk");
+            let saver = tokio::spawn(snapshot::keep_saved(
+                Arc::clone(&inner),
+                shutdown_rx.clone(),
+            ));
+            *lock(&inner.save_task) = Some(saver);
+        }
         let task = tokio::spawn(accept_loop(Arc::clone(&inner), listener, shutdown_rx));
         *lock(&inner.accept_task) = Some(task);
         Ok(Self { inner })
@@ -780,6 +859,16 @@ impl Simulator {
             }
         }
         self.inner.media.stopped().await;
+        let saver = lock(&self.inner.save_task).take();
+        if let Some(saver) = saver {
+            if let Err(err) = saver.await {
+                warn!(%err, "simulator state saver failed");
+            }
+        }
+        // Every connection has ended: this is the final state.
+        if let Err(err) = snapshot::save(&self.inner).await {
+            warn!(%err, "simulator state not saved at shutdown");
+        }
     }
 
     async fn terminate(&self, jid: &Jid, how: Termination) -> usize {

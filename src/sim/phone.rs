@@ -11,6 +11,10 @@ use rand::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
 use super::sender_keys::SenderKeys;
+use super::snapshot::{
+    key32, key_pair, InvalidState, SavedAppStateKey, SavedInbox, SavedInboxMedia, SavedPhone,
+    SavedPreKey, SavedSession, SavedSignedPreKey,
+};
 use super::usync::BundleKeys;
 use crate::proto::wa::message::{
     AppStateSyncKey, AppStateSyncKeyData, AppStateSyncKeyFingerprint, AppStateSyncKeyId,
@@ -362,6 +366,208 @@ impl Phone {
     }
 }
 
+impl Phone {
+    /// The phone's state as the state file keeps it (sorted, so an
+    /// unchanged phone encodes the same). Its identity is the account's,
+    /// kept with the account.
+    pub(crate) fn saved(&self) -> SavedPhone {
+        let mut sessions: Vec<SavedSession> = self
+            .sessions
+            .iter()
+            .map(|(address, record)| SavedSession {
+                name: address.name.clone(),
+                device: address.device,
+                record: record.serialize().to_vec(),
+            })
+            .collect();
+        sessions.sort_by(|a, b| (&a.name, a.device).cmp(&(&b.name, b.device)));
+        let (own_sender_keys, received_sender_keys) = self.sender_keys.saved();
+        SavedPhone {
+            registration_id: self.registration_id,
+            signed_prekey: Some(SavedSignedPreKey {
+                id: self.signed_prekey.id,
+                key: self.signed_prekey.key.private_bytes().to_vec(),
+                signature: self.signed_prekey.signature.to_vec(),
+            }),
+            prekeys: self
+                .prekeys
+                .values()
+                .map(|key| SavedPreKey {
+                    id: key.id,
+                    key: key.key.private_bytes().to_vec(),
+                })
+                .collect(),
+            unclaimed: self.unclaimed.iter().copied().collect(),
+            sessions,
+            inbox: self.inbox.iter().map(saved_inbox).collect(),
+            own_sender_keys,
+            received_sender_keys,
+            app_state_key: self.app_state_key.as_ref().map(|key| SavedAppStateKey {
+                id: key.id.to_vec(),
+                data: key.data.to_vec(),
+                raw_id: key.raw_id,
+                timestamp_ms: key.timestamp_ms,
+            }),
+        }
+    }
+
+    /// A phone from the state file, with the account's identity key.
+    pub(crate) fn restore(identity: KeyPair, saved: &SavedPhone) -> Result<Self, InvalidState> {
+        let signed = saved
+            .signed_prekey
+            .as_ref()
+            .ok_or_else(|| InvalidState::field("phone without a signed prekey"))?;
+        let signed_prekey = signal::SignedPreKey {
+            id: signed.id,
+            key: key_pair(&signed.key, "phone signed prekey")?,
+            signature: signed.signature.as_slice().try_into().map_err(|_| {
+                InvalidState::field(format_args!(
+                    "phone signed prekey signature: {} bytes, not 64",
+                    signed.signature.len()
+                ))
+            })?,
+        };
+        let prekeys = saved
+            .prekeys
+            .iter()
+            .map(|saved| {
+                let key = PreKey::new(saved.id, key_pair(&saved.key, "phone prekey")?)
+                    .map_err(|err| InvalidState::field(format_args!("phone prekey: {err}")))?;
+                Ok((saved.id, key))
+            })
+            .collect::<Result<BTreeMap<u32, PreKey>, InvalidState>>()?;
+        let sessions = saved
+            .sessions
+            .iter()
+            .map(|saved| {
+                let record = SessionRecord::deserialize(&saved.record).map_err(|err| {
+                    InvalidState::field(format_args!(
+                        "phone session with {}.{}: {err}",
+                        saved.name, saved.device
+                    ))
+                })?;
+                Ok((
+                    ProtocolAddress::new(saved.name.clone(), saved.device),
+                    record,
+                ))
+            })
+            .collect::<Result<HashMap<_, _>, InvalidState>>()?;
+        let inbox = saved
+            .inbox
+            .iter()
+            .map(restored_inbox)
+            .collect::<Result<VecDeque<_>, InvalidState>>()?;
+        let received = inbox
+            .iter()
+            .map(|m: &InboxMessage| (m.from.clone(), m.id.clone()))
+            .collect();
+        let app_state_key = match &saved.app_state_key {
+            None => None,
+            Some(key) => Some(AppStateKey {
+                id: key.id.as_slice().try_into().map_err(|_| {
+                    InvalidState::field(format_args!(
+                        "app state key id: {} bytes, not {APP_STATE_KEY_ID_LEN}",
+                        key.id.len()
+                    ))
+                })?,
+                data: Zeroizing::new(key32(&key.data, "app state key")?),
+                raw_id: key.raw_id,
+                timestamp_ms: key.timestamp_ms,
+            }),
+        };
+        Ok(Self {
+            identity,
+            registration_id: saved.registration_id,
+            signed_prekey,
+            // Only ids whose private key is kept can be handed out.
+            unclaimed: saved
+                .unclaimed
+                .iter()
+                .copied()
+                .filter(|id| prekeys.contains_key(id))
+                .collect(),
+            prekeys,
+            sessions,
+            inbox,
+            received,
+            sender_keys: SenderKeys::restore(&saved.own_sender_keys, &saved.received_sender_keys)?,
+            app_state_key,
+        })
+    }
+}
+
+fn saved_inbox(message: &InboxMessage) -> SavedInbox {
+    SavedInbox {
+        from: message.from.clone(),
+        chat: message.chat.clone(),
+        id: message.id.clone(),
+        text: message.text.clone(),
+        timestamp: message.timestamp,
+        media: message.media.as_ref().map(|media| SavedInboxMedia {
+            kind: media_kind_name(media.kind).to_owned(),
+            mimetype: media.mimetype.clone(),
+            caption: media.caption.clone(),
+            file_name: media.file_name.clone(),
+            file_length: media.file_length,
+            error: media.verified.clone().err(),
+        }),
+    }
+}
+
+fn restored_inbox(saved: &SavedInbox) -> Result<InboxMessage, InvalidState> {
+    let media = match &saved.media {
+        None => None,
+        Some(media) => Some(InboxMedia {
+            kind: media_kind(&media.kind)
+                .ok_or_else(|| InvalidState::field(format_args!("media kind {:?}", media.kind)))?,
+            mimetype: media.mimetype.clone(),
+            caption: media.caption.clone(),
+            file_name: media.file_name.clone(),
+            file_length: media.file_length,
+            verified: media.error.clone().map_or(Ok(()), Err),
+        }),
+    };
+    Ok(InboxMessage {
+        from: saved.from.clone(),
+        chat: saved.chat.clone(),
+        id: saved.id.clone(),
+        text: saved.text.clone(),
+        timestamp: saved.timestamp,
+        media,
+    })
+}
+
+/// A media kind's name in the state file.
+fn media_kind_name(kind: MediaType) -> &'static str {
+    match kind {
+        MediaType::Image => "image",
+        MediaType::Video => "video",
+        MediaType::Audio => "audio",
+        MediaType::VoiceNote => "ptt",
+        MediaType::Document => "document",
+        MediaType::Sticker => "sticker",
+        MediaType::History => "history",
+        MediaType::AppState => "app-state",
+        MediaType::LinkThumbnail => "link-thumbnail",
+    }
+}
+
+fn media_kind(name: &str) -> Option<MediaType> {
+    [
+        MediaType::Image,
+        MediaType::Video,
+        MediaType::Audio,
+        MediaType::VoiceNote,
+        MediaType::Document,
+        MediaType::Sticker,
+        MediaType::History,
+        MediaType::AppState,
+        MediaType::LinkThumbnail,
+    ]
+    .into_iter()
+    .find(|kind| media_kind_name(*kind) == name)
+}
+
 /// A text as a `Message{conversation}`.
 pub(crate) fn text_message(text: &str) -> Message {
     Message {
@@ -493,6 +699,59 @@ mod tests {
             alice.encrypt(&ProtocolAddress::new("carol", 0), None, &reply, &mut rng),
             Err(PhoneError::NoSession(_))
         ));
+    }
+
+    #[test]
+    fn a_restored_phone_goes_on_decrypting_and_encrypting() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut alice = phone(12);
+        let mut bob = phone(13);
+        let to_bob = ProtocolAddress::new("bob", 0);
+        let to_alice = ProtocolAddress::new("alice", 0);
+        let bundle = bob.take_bundle();
+        let first = alice
+            .encrypt(&to_bob, Some(&bundle), &text_message("one"), &mut rng)
+            .expect("encrypts");
+        bob.decrypt(&to_alice, first.kind(), first.bytes(), &mut rng)
+            .expect("decrypts");
+        bob.record(InboxMessage {
+            from: "alice".into(),
+            chat: "alice".into(),
+            id: "M1".into(),
+            text: "one".into(),
+            timestamp: 1,
+            media: None,
+        });
+        bob.app_state_key(5, &mut rng);
+
+        let saved = bob.saved();
+        let mut bob = Phone::restore(bob.identity.clone(), &saved).expect("restores");
+        assert_eq!(bob.saved(), saved, "the same state encodes the same");
+        assert!(bob.has_received("alice", "M1"));
+        let second = alice
+            .encrypt(&to_bob, None, &text_message("two"), &mut rng)
+            .expect("encrypts");
+        assert_eq!(
+            bob.decrypt(&to_alice, second.kind(), second.bytes(), &mut rng)
+                .expect("the restored session decrypts"),
+            Content::Text("two".into())
+        );
+        let answer = bob
+            .encrypt(&to_alice, None, &text_message("three"), &mut rng)
+            .expect("encrypts");
+        assert_eq!(
+            alice
+                .decrypt(&to_bob, answer.kind(), answer.bytes(), &mut rng)
+                .expect("decrypts"),
+            Content::Text("three".into())
+        );
+
+        let mut bad = saved.clone();
+        bad.sessions[0].record = vec![0xFF; 3];
+        assert!(Phone::restore(bob.identity.clone(), &bad).is_err());
+        let mut bad = saved;
+        bad.signed_prekey = None;
+        assert!(Phone::restore(bob.identity.clone(), &bad).is_err());
     }
 
     #[test]

@@ -26,6 +26,10 @@ use rand::{CryptoRng, RngCore};
 use super::mailbox::Mailboxes;
 pub(crate) use super::mailbox::{Acceptance, QueueClass};
 use super::phone::Phone;
+use super::snapshot::{
+    key32, key_pair, InvalidState, SavedAccount, SavedDevice, SavedMailbox, SavedPreKey,
+    SavedSignedPreKey,
+};
 use super::usync::BundleKeys;
 use crate::wa::binary::Node;
 use crate::wa::crypto::KeyPair;
@@ -894,6 +898,161 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Every account with its phone and devices, as the state file keeps
+    /// them. Each account is copied under its own locks, one at a time.
+    pub(crate) fn saved_accounts(&self) -> Vec<SavedAccount> {
+        let accounts: Vec<Arc<Account>> = self.directory().values().cloned().collect();
+        accounts.iter().map(|account| account.saved()).collect()
+    }
+
+    /// Every device's queue of unacknowledged stanzas.
+    pub(crate) fn saved_mailboxes(&self) -> Vec<SavedMailbox> {
+        self.mailboxes.saved()
+    }
+
+    /// A registry with the accounts and queues of the state file.
+    pub(crate) fn restore(
+        accounts: &[SavedAccount],
+        mailboxes: &[SavedMailbox],
+    ) -> Result<Self, InvalidState> {
+        let mut directory = BTreeMap::new();
+        for saved in accounts {
+            let account = Account::restore(saved)?;
+            directory.insert(account.phone.as_str().to_owned(), Arc::new(account));
+        }
+        Ok(Self {
+            accounts: RwLock::new(directory),
+            mailboxes: Mailboxes::restore(mailboxes)?,
+            ..Self::default()
+        })
+    }
+}
+
+impl Account {
+    fn saved(&self) -> SavedAccount {
+        let handset = lock(&self.handset).saved();
+        let devices = lock(&self.devices);
+        SavedAccount {
+            phone: self.phone.as_str().to_owned(),
+            push_name: self.push_name.clone(),
+            identity_private: self.identity.private_bytes().to_vec(),
+            raw_id: self.raw_id,
+            created: self.created,
+            next_device: u32::from(devices.next_device),
+            next_key_index: devices.next_key_index,
+            devices: devices.by_id.values().map(Device::saved).collect(),
+            handset: Some(handset),
+        }
+    }
+
+    fn restore(saved: &SavedAccount) -> Result<Self, InvalidState> {
+        let phone: PhoneNumber = saved
+            .phone
+            .parse()
+            .map_err(|err| InvalidState::field(format_args!("account {:?}: {err}", saved.phone)))?;
+        let what = |field: &str| format!("account {phone}: {field}");
+        let identity = key_pair(&saved.identity_private, &what("identity key"))?;
+        let handset = saved
+            .handset
+            .as_ref()
+            .ok_or_else(|| InvalidState::field(what("no phone state")))?;
+        let handset = Phone::restore(identity.clone(), handset)?;
+        let by_id = saved
+            .devices
+            .iter()
+            .map(|device| {
+                let device = Device::restore(device, &phone)?;
+                Ok((device.id, device))
+            })
+            .collect::<Result<BTreeMap<u16, Device>, InvalidState>>()?;
+        let next_device = u16::try_from(saved.next_device)
+            .map_err(|_| InvalidState::field(what("next device id out of range")))?;
+        if by_id.keys().any(|id| *id == 0 || *id >= next_device) {
+            return Err(InvalidState::field(what(
+                "device id not below the next one",
+            )));
+        }
+        Ok(Self {
+            phone,
+            push_name: saved.push_name.clone(),
+            identity,
+            raw_id: saved.raw_id,
+            created: saved.created,
+            handset: Mutex::new(handset),
+            devices: Mutex::new(Devices {
+                next_device,
+                next_key_index: saved.next_key_index,
+                by_id,
+            }),
+        })
+    }
+}
+
+impl Device {
+    fn saved(&self) -> SavedDevice {
+        SavedDevice {
+            id: u32::from(self.id),
+            noise_key: self.noise_key.to_vec(),
+            registration_id: self.bundle.registration_id,
+            identity: self.bundle.identity.to_vec(),
+            signed_prekey: Some(SavedSignedPreKey {
+                id: self.bundle.signed_prekey.id,
+                key: self.bundle.signed_prekey.public.to_vec(),
+                signature: self.bundle.signed_prekey.signature.to_vec(),
+            }),
+            platform: self.platform.clone(),
+            key_index: self.key_index,
+            signed_identity: self.signed_identity.clone(),
+            prekeys: self
+                .prekeys
+                .iter()
+                .map(|(id, key)| SavedPreKey {
+                    id: *id,
+                    key: key.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    fn restore(saved: &SavedDevice, phone: &PhoneNumber) -> Result<Self, InvalidState> {
+        let what = |field: &str| format!("device {phone}:{}: {field}", saved.id);
+        let id =
+            u16::try_from(saved.id).map_err(|_| InvalidState::field(what("id out of range")))?;
+        let signed = saved
+            .signed_prekey
+            .as_ref()
+            .ok_or_else(|| InvalidState::field(what("no signed prekey")))?;
+        let signature: [u8; 64] =
+            signed.signature.as_slice().try_into().map_err(|_| {
+                InvalidState::field(what("signed prekey signature is not 64 bytes"))
+            })?;
+        let prekeys = saved
+            .prekeys
+            .iter()
+            .take(MAX_STORED_PREKEYS)
+            .map(|key| Ok((key.id, key32(&key.key, &what("prekey"))?)))
+            .collect::<Result<BTreeMap<u32, [u8; 32]>, InvalidState>>()?;
+        Ok(Self {
+            id,
+            noise_key: key32(&saved.noise_key, &what("noise key"))?,
+            bundle: CompanionBundle {
+                registration_id: saved.registration_id,
+                identity: key32(&saved.identity, &what("identity key"))?,
+                signed_prekey: SignedPreKey {
+                    id: signed.id,
+                    public: key32(&signed.key, &what("signed prekey"))?,
+                    signature,
+                },
+            },
+            platform: saved.platform.clone(),
+            key_index: saved.key_index,
+            signed_identity: saved.signed_identity.clone(),
+            prekeys,
+        })
+    }
+}
+
 impl Account {
     fn new(phone: &PhoneNumber, push_name: &str, now: u64, keys: NewAccount) -> Self {
         Self {
@@ -1164,6 +1323,46 @@ mod tests {
             !registry.mailboxes.holds(&jid),
             "an idle mailbox is dropped"
         );
+    }
+
+    #[test]
+    fn saved_accounts_and_queues_come_back() {
+        let registry = Registry::default();
+        let _conn = pending(&registry, [1; 32]);
+        let jid = registry
+            .reserve_device(&phone(), "Alice", &[1; 32], "ref-a", 9, new_account_keys())
+            .expect("reserved")
+            .jid;
+        registry.add_device(device(1, [1; 32]), &jid);
+        registry.store_prekeys(&jid, &[(5, [5; 32])], None);
+        registry.enqueue(
+            &jid,
+            QueueClass::Message,
+            "M0",
+            Arc::new(Node::new("message")),
+        );
+        let accounts = registry.saved_accounts();
+        let mailboxes = registry.saved_mailboxes();
+
+        let again = Registry::restore(&accounts, &mailboxes).expect("restores");
+        assert_eq!(again.saved_accounts(), accounts);
+        assert_eq!(again.saved_mailboxes(), mailboxes);
+        assert!(matches!(
+            again.check_login(&jid, &[1; 32]),
+            LoginCheck::Accepted { created: 9, .. }
+        ));
+        assert_eq!(again.prekey_count(&jid), 1);
+        assert_eq!(again.accounts()[0].push_name, "Alice");
+        let (id, delay) = again.open_connection();
+        let (tx, _rx) = mpsc::channel(4);
+        assert_eq!(again.attach_device(id, &jid, tx, delay).len(), 1);
+
+        let mut bad = accounts.clone();
+        bad[0].devices[0].noise_key.pop();
+        assert!(Registry::restore(&bad, &mailboxes).is_err());
+        let mut bad = accounts;
+        bad[0].next_device = 1;
+        assert!(Registry::restore(&bad, &mailboxes).is_err());
     }
 
     #[test]

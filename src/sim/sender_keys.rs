@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use rand::{CryptoRng, RngCore};
 
+use super::snapshot::{InvalidState, SavedOwnSenderKey, SavedSenderKey};
 use crate::proto::wa::message::SenderKeyDistributionMessage;
 use crate::proto::wa::Message;
 use crate::wa::jid::Jid;
@@ -134,6 +135,80 @@ impl SenderKeys {
         let count = self.retries.entry(key).or_insert(0);
         *count += 1;
         (*count <= MAX_RETRIES).then_some(*count)
+    }
+}
+
+impl SenderKeys {
+    /// The phone's own keys and the ones it received, as the state file
+    /// keeps them (sorted, so an unchanged state encodes the same). Retry
+    /// counts are not kept.
+    pub(crate) fn saved(&self) -> (Vec<SavedOwnSenderKey>, Vec<SavedSenderKey>) {
+        let mut own: Vec<SavedOwnSenderKey> = self
+            .own
+            .iter()
+            .map(|(group, key)| {
+                let mut shared_with: Vec<String> =
+                    key.shared_with.iter().map(Jid::to_string).collect();
+                shared_with.sort();
+                SavedOwnSenderKey {
+                    group: group.clone(),
+                    record: key.record.serialize().to_vec(),
+                    shared_with,
+                }
+            })
+            .collect();
+        own.sort_by(|a, b| a.group.cmp(&b.group));
+        let mut received: Vec<SavedSenderKey> = self
+            .received
+            .iter()
+            .map(|(name, record)| SavedSenderKey {
+                group_id: name.group_id.clone(),
+                name: name.sender.name.clone(),
+                device: name.sender.device,
+                record: record.serialize().to_vec(),
+            })
+            .collect();
+        received.sort_by(|a, b| {
+            (&a.group_id, &a.name, a.device).cmp(&(&b.group_id, &b.name, b.device))
+        });
+        (own, received)
+    }
+
+    /// Sender keys from the state file.
+    pub(crate) fn restore(
+        own: &[SavedOwnSenderKey],
+        received: &[SavedSenderKey],
+    ) -> Result<Self, InvalidState> {
+        let mut keys = Self::default();
+        for saved in own {
+            let record = SenderKeyRecord::deserialize(&saved.record).map_err(|err| {
+                InvalidState::field(format_args!("own sender key of {}: {err}", saved.group))
+            })?;
+            let shared_with = saved
+                .shared_with
+                .iter()
+                .map(|jid| {
+                    jid.parse::<Jid>().map_err(|err| {
+                        InvalidState::field(format_args!("sender key holder {jid}: {err}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            keys.own.insert(
+                saved.group.clone(),
+                OwnKey {
+                    record,
+                    shared_with,
+                },
+            );
+        }
+        for saved in received {
+            let record = SenderKeyRecord::deserialize(&saved.record).map_err(|err| {
+                InvalidState::field(format_args!("sender key in {}: {err}", saved.group_id))
+            })?;
+            let sender = ProtocolAddress::new(saved.name.clone(), saved.device);
+            keys.received.insert(name(&saved.group_id, &sender), record);
+        }
+        Ok(keys)
     }
 }
 

@@ -30,16 +30,21 @@ pub struct Sim {
 
 /// A simulator on loopback with its control API served on another port.
 pub async fn start_sim() -> Sim {
+    start_sim_with(SimConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        seed: Some(7),
+        data_dir: None,
+    })
+    .await
+}
+
+/// [`start_sim`] with the given configuration.
+pub async fn start_sim_with(config: SimConfig) -> Sim {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let sim = Simulator::start(SimConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        seed: Some(7),
-    })
-    .await
-    .expect("simulator starts");
+    let sim = Simulator::start(config).await.expect("simulator starts");
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind control");
@@ -67,6 +72,20 @@ pub fn options(dir: &Path, sim: &Simulator) -> ServeOptions {
     opts.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     opts.wa_url = Some(sim.ws_url());
     opts.wa_root_key = Some(sim.root_public_key());
+    opts.store_key = Some("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned());
+    opts.backoff = Backoff {
+        base: Duration::from_millis(50),
+        cap: Duration::from_millis(500),
+    };
+    opts.handshakes_per_second = 1000;
+    opts
+}
+
+/// Options of a sandbox (`serve --sim`) storing in `dir`, fast reconnects.
+pub fn sandbox_options(dir: &Path) -> ServeOptions {
+    let mut opts = ServeOptions::local(dir.to_path_buf());
+    opts.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    opts.sim = true;
     opts.store_key = Some("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned());
     opts.backoff = Backoff {
         base: Duration::from_millis(50),

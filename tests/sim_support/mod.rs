@@ -48,6 +48,7 @@ impl Harness {
         let sim = Simulator::start(SimConfig {
             listen: "127.0.0.1:0".parse().expect("valid address"),
             seed: Some(0x5EED),
+            data_dir: None,
         })
         .await
         .expect("simulator starts");
