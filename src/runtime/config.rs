@@ -7,6 +7,7 @@ use crate::wa::conn::ClientConfig;
 use super::backoff::{Backoff, Pacer};
 use super::events::EventLog;
 use super::media::{Media, MediaSettings};
+use super::ownership::{Leases, Ownership};
 use super::pipeline::Pipeline;
 
 /// Runtime settings.
@@ -25,6 +26,8 @@ pub struct RuntimeConfig {
     pub handshakes_per_second: u32,
     /// Media limits, temporary files, media host scheme.
     pub media: MediaSettings,
+    /// Leases, when the store is shared with other gateways.
+    pub leases: Leases,
 }
 
 impl Default for RuntimeConfig {
@@ -37,6 +40,7 @@ impl Default for RuntimeConfig {
             backoff: Backoff::default(),
             handshakes_per_second: 50,
             media: MediaSettings::default(),
+            leases: Leases::default(),
         }
     }
 }
@@ -48,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) pacer: Pacer,
     pub(crate) pipeline: Pipeline,
     pub(crate) media: Media,
+    /// Set when the store is shared: sessions are served under leases.
+    pub(crate) ownership: Option<std::sync::Arc<Ownership>>,
 }
 
 impl Shared {
@@ -55,11 +61,13 @@ impl Shared {
         let pacer = Pacer::new(config.handshakes_per_second);
         let pipeline = Pipeline::start(events);
         let media = Media::new(config.media.clone());
+        let ownership = Ownership::for_store(events.store(), &config.leases);
         Self {
             config,
             pacer,
             pipeline,
             media,
+            ownership,
         }
     }
 }

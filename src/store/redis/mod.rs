@@ -1313,6 +1313,49 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    fn event_heads(
+        &self,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let cmd = Cmd::new("XREAD")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .arg("BLOCK")
+            .arg(millis(wait))
+            .arg("STREAMS")
+            .arg(self.names.log())
+            .arg(format!("{after}-0"));
+        // [[log, [[id, [field, value, ...]], ...]]] or nil on timeout.
+        let streams = self.pool.run(cmd)?.into_array()?;
+        let mut out = Vec::new();
+        for stream in streams {
+            let mut parts = stream.into_array()?.into_iter();
+            let entries = parts.nth(1).map(Value::into_array).transpose()?;
+            for entry in entries.unwrap_or_default() {
+                let mut entry = entry.into_array()?.into_iter();
+                let (Some(id), Some(fields)) = (entry.next(), entry.next()) else {
+                    return Err(StoreError::Corrupt("redis: malformed stream entry".into()));
+                };
+                let id = id.into_bytes()?.unwrap_or_default();
+                let cursor = std::str::from_utf8(&id)
+                    .ok()
+                    .and_then(|s| s.split('-').next())
+                    .map(|c| Value::Bulk(c.as_bytes().to_vec()));
+                let mut fields = fields.into_array()?;
+                // field, value pairs: s, q, k, t — then an empty payload.
+                let values: Vec<Value> = fields.drain(..).skip(1).step_by(2).collect();
+                let mut row = Vec::with_capacity(6);
+                row.extend(cursor);
+                row.extend(values);
+                row.push(Value::Bulk(Vec::new()));
+                out.push(parse_event(Value::Array(row))?.record);
+            }
+        }
+        Ok(out)
+    }
+
     fn release(&self, id: &SessionId, owner: &str) -> Result<(), StoreError> {
         check_owner(owner)?;
         let Some(token) = self.token_map().remove(id) else {

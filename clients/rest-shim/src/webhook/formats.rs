@@ -110,10 +110,7 @@ pub(crate) fn deliveries(
         // None of the seed gateways documents a group webhook.
         // The peers' webhook documents have no place for a link code.
         Some(
-            Payload::Group(_)
-            | Payload::ChatState(_)
-            | Payload::Presence(_)
-            | Payload::LinkCode(_),
+            Payload::Group(_) | Payload::ChatState(_) | Payload::Presence(_) | Payload::LinkCode(_),
         )
         | None => {}
     }
