@@ -251,23 +251,37 @@ impl Ownership {
             return Ok(());
         }
         let store = Arc::clone(&self.store);
-        let records = tokio::task::spawn_blocking(move || store.sessions())
+        let unserved = tokio::task::spawn_blocking(move || store.unserved())
             .await
             .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))??;
-        for record in records {
+        for id in unserved {
             if room == 0 {
                 break;
             }
-            if !record.desired_online || record.logged_out || self.holds(&record.id) {
+            if self.holds(&id) || host.serves(&id) {
                 continue;
             }
-            if host.serves(&record.id) {
-                continue;
-            }
-            if let Verdict::Serve = self.claim(&record.id).await? {
-                info!(session = %record.id, "taking over a session no gateway serves");
-                host.adopt(record).await;
-                room -= 1;
+            if let Verdict::Serve = self.claim(&id).await? {
+                let store = Arc::clone(&self.store);
+                let session = id.clone();
+                let record = tokio::task::spawn_blocking(move || store.session(&session))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))??;
+                match record {
+                    Some(record) if record.desired_online && !record.logged_out => {
+                        info!(session = %id, "taking over a session no gateway serves");
+                        host.adopt(record).await;
+                        room -= 1;
+                    }
+                    // Changed or deleted meanwhile: not ours to serve.
+                    _ => {
+                        let store = Arc::clone(&self.store);
+                        let owner = self.owner.clone();
+                        self.held().remove(&id);
+                        let _ =
+                            tokio::task::spawn_blocking(move || store.release(&id, &owner)).await;
+                    }
+                }
             }
         }
         Ok(())

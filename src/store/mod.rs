@@ -185,6 +185,14 @@ pub trait Store: Send + Sync {
         Ok(page)
     }
 
+    /// Of the sessions that should be online (desired online, not logged out), those no
+    /// process holds a lease on: what a gateway sharing the store may take over. Cheap enough
+    /// to ask every few seconds (no profile is opened). A store only one process opens has
+    /// nothing to take over.
+    fn unserved(&self) -> Result<Vec<SessionId>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Gives up `owner`'s lease of `id` (a clean stop), so another gateway can take the session
     /// without waiting for it to lapse.
     fn release(&self, id: &SessionId, owner: &str) -> Result<(), StoreError> {

@@ -1356,6 +1356,39 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    fn unserved(&self) -> Result<Vec<SessionId>, StoreError> {
+        let all = self
+            .pool
+            .run(Cmd::new("HGETALL").arg(self.names.sessions()))?
+            .into_array()?;
+        let mut wanted = Vec::new();
+        for pair in all.chunks(2) {
+            let (Some(id), Some(row)) = (pair.first().and_then(text), pair.get(1).and_then(text))
+            else {
+                return Err(StoreError::Corrupt("redis: odd HGETALL reply".into()));
+            };
+            let id: SessionId = String::from_utf8_lossy(id).parse()?;
+            let (record, _) = codec::decode_row(&id, row)?;
+            if record.desired_online && !record.logged_out {
+                wanted.push(id);
+            }
+        }
+        let mut free = Vec::new();
+        for chunk in wanted.chunks(SCAN_PAGE) {
+            let cmds: Vec<Cmd> = chunk
+                .iter()
+                .map(|id| Cmd::new("EXISTS").arg(self.names.lease(id)))
+                .collect();
+            let replies = self.pool.with(|conn| conn.pipeline(&cmds))?;
+            for (id, reply) in chunk.iter().zip(replies) {
+                if reply.into_int()? == 0 {
+                    free.push(id.clone());
+                }
+            }
+        }
+        Ok(free)
+    }
+
     fn release(&self, id: &SessionId, owner: &str) -> Result<(), StoreError> {
         check_owner(owner)?;
         let Some(token) = self.token_map().remove(id) else {

@@ -520,3 +520,23 @@ fn event_heads_wait_for_what_others_commit() {
     assert_eq!(heads[0].cursor, second[0].cursor);
     assert_eq!(heads[0].session_id, id);
 }
+
+#[test]
+fn unserved_sessions_are_the_wanted_ones_without_a_lease() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let store = open(&server);
+    let wanted = session(&store, "wanted");
+    let held = session(&store, "held");
+    let mut offline = SessionRecord::new("offline".parse().expect("id"), 1);
+    offline.desired_online = false;
+    store.put_session(&offline).expect("put");
+    let mut gone = SessionRecord::new("gone".parse().expect("id"), 1);
+    gone.logged_out = true;
+    store.put_session(&gone).expect("put");
+    store
+        .claim(&held, "gw", Duration::from_secs(30))
+        .expect("claim");
+    assert_eq!(store.unserved().expect("unserved"), [wanted]);
+}
