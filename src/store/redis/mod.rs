@@ -64,7 +64,7 @@ use resp::{Cmd, Conn, Pool, Target, Value};
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at a commit whose seq moved under it before giving up (each attempt follows a
 /// commit by another writer, so they only run out under a fight over one session).
-const COMMIT_ATTEMPTS: usize = 16;
+const COMMIT_ATTEMPTS: usize = 64;
 /// Events read from the log per request when scanning it.
 const SCAN_PAGE: usize = 512;
 
@@ -106,6 +106,9 @@ pub struct RedisStore {
     tokens: Mutex<HashMap<SessionId, u64>>,
     /// Commits refused because another gateway had claimed the session since.
     fenced: AtomicU64,
+    /// Held by a commit round retrying batches whose seq moved: threads of this process then
+    /// retry one at a time, so they cannot keep beating each other to the same session.
+    retrying: Mutex<()>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -337,6 +340,7 @@ impl RedisStore {
             seqs: Mutex::default(),
             tokens: Mutex::default(),
             fenced: AtomicU64::new(0),
+            retrying: Mutex::new(()),
         };
         store.check_keys()?;
         Ok(store)
@@ -535,12 +539,18 @@ impl RedisStore {
             }
         }
         let sent_all = self.pool.with(|conn| {
-            for _ in 0..COMMIT_ATTEMPTS {
+            // Held from the first retry to the end of the round.
+            let mut _retry_guard = None;
+            for attempt in 0..COMMIT_ATTEMPTS {
                 let pending: Vec<usize> = (0..batches.len())
                     .filter(|&i| results[i].is_none())
                     .collect();
                 if pending.is_empty() {
                     break;
+                }
+                if attempt == 1 {
+                    _retry_guard =
+                        Some(self.retrying.lock().unwrap_or_else(PoisonError::into_inner));
                 }
                 let mut calls = Vec::with_capacity(pending.len());
                 let mut sent = Vec::with_capacity(pending.len());
