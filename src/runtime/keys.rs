@@ -19,9 +19,10 @@ use zeroize::Zeroizing;
 use crate::store::{Batch, SecretOp, SessionId, Store, StoreError};
 use crate::wa::creds::Credentials;
 use crate::wa::crypto::{hkdf_sha256, hmac_sha256, KeyPair};
+use crate::wa::appstate::{CollectionRecord, SharedKey};
 use crate::wa::messaging::{
-    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, MediaRecord, SenderKeyMemory,
-    SentRecord,
+    Change, ChatRecord, ContactRecord, DedupeKey, IdempotencyRecord, KeyError, KeyStore,
+    MediaRecord, SenderKeyMemory, SentRecord,
 };
 use crate::wa::signal::{PreKey, ProtocolAddress, SenderKeyName, SenderKeyRecord, SessionRecord};
 
@@ -56,6 +57,12 @@ const LID: &str = "lid";
 const SENDER_KEY_MEMORY: &str = "sender-key-memory";
 /// What downloading a received message's media needs, by message id.
 const MEDIA: &str = "media";
+/// App-state: sync keys by id, contacts by JID, chat settings by chat JID;
+/// collections by their (public) names.
+const APP_STATE_KEY: &str = "appstate-key";
+const CONTACT: &str = "contact";
+const CHAT: &str = "chat";
+const COLLECTION: &str = "appstate/collection/";
 
 /// Where older versions kept records under identifiers in clear, and the
 /// hashed kind each moves to.
@@ -285,6 +292,22 @@ impl StoreKeys {
                     self.names.of(MEDIA, message_id),
                     Zeroizing::new(record.encode_to_vec()),
                 ),
+                Change::AppStateKey(key) => (
+                    self.names.of(APP_STATE_KEY, &hex::encode(&key.id)),
+                    key.data.clone(),
+                ),
+                Change::AppStateCollection(name, record) => (
+                    format!("{COLLECTION}{name}"),
+                    Zeroizing::new(record.encode_to_vec()),
+                ),
+                Change::Contact(jid, record) => (
+                    self.names.of(CONTACT, jid),
+                    Zeroizing::new(record.encode_to_vec()),
+                ),
+                Change::ChatSettings(chat, record) => (
+                    self.names.of(CHAT, chat),
+                    Zeroizing::new(record.encode_to_vec()),
+                ),
             };
             batch.secrets.push(SecretOp::Put { key, value });
         }
@@ -327,7 +350,11 @@ impl StoreKeys {
                 Change::Sent(..)
                 | Change::Idempotency(..)
                 | Change::SenderKeyMemory(..)
-                | Change::Media(..) => {}
+                | Change::Media(..)
+                | Change::AppStateKey(..)
+                | Change::AppStateCollection(..)
+                | Change::Contact(..)
+                | Change::ChatSettings(..) => {}
             }
         }
         // Lookups that led to no write (duplicates, retries) end here.
@@ -503,6 +530,37 @@ impl KeyStore for StoreKeys {
         // to a group, next to that send's commit).
         let stored = self.read(&self.names.of(SENDER_KEY_MEMORY, group))?;
         Ok(stored.and_then(|b| SenderKeyMemory::decode(b.as_slice()).ok()))
+    }
+
+    // App-state records are read only while a sync is applied (not
+    // cached: syncs are rare next to messages).
+    fn app_state_key(&mut self, id: &[u8]) -> Result<Option<SharedKey>, KeyError> {
+        let stored = self.read(&self.names.of(APP_STATE_KEY, &hex::encode(id)))?;
+        Ok(stored.map(|data| SharedKey {
+            id: id.to_vec(),
+            data,
+        }))
+    }
+
+    fn app_state_collection(&mut self, name: &str) -> Result<Option<CollectionRecord>, KeyError> {
+        let Some(bytes) = self.read(&format!("{COLLECTION}{name}"))? else {
+            return Ok(None);
+        };
+        // An unreadable state is an empty one: the collection syncs again
+        // from its start.
+        Ok(Some(
+            CollectionRecord::decode(bytes.as_slice()).unwrap_or_default(),
+        ))
+    }
+
+    fn contact(&mut self, jid: &str) -> Result<Option<ContactRecord>, KeyError> {
+        let stored = self.read(&self.names.of(CONTACT, jid))?;
+        Ok(stored.and_then(|b| ContactRecord::decode(b.as_slice()).ok()))
+    }
+
+    fn chat_settings(&mut self, chat: &str) -> Result<Option<ChatRecord>, KeyError> {
+        let stored = self.read(&self.names.of(CHAT, chat))?;
+        Ok(stored.and_then(|b| ChatRecord::decode(b.as_slice()).ok()))
     }
 }
 

@@ -116,7 +116,7 @@ impl Engine {
             (Some(content), _) => {
                 // Only the account's own phone shares app-state keys.
                 if msg.from_me(&own) && !content.app_state_keys.is_empty() {
-                    self.on_app_state_keys(&content.app_state_keys, &mut cx.step);
+                    self.on_app_state_keys(&content.app_state_keys, cx)?;
                 }
                 self.message_event(&msg, &own, content, &mut cx.txn)?
             }
