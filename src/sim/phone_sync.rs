@@ -65,8 +65,8 @@ impl Inner {
 
     /// Answers a companion's app-state sync: once the account's phone has
     /// made its app-state key, `critical_block` is at version 1, one patch
-    /// that sets the account's push name (`setting_pushName`); every other
-    /// collection is empty.
+    /// that sets the account's push name (`setting_pushName`); the other
+    /// collections are the phone's (`app_state`).
     pub(crate) fn app_state_sync_answer(&self, companion: &Jid, id: &str, iq: &Node) -> Node {
         let user = &companion.user;
         let name = self.registry.push_name(user).filter(|n| !n.is_empty());
@@ -91,7 +91,14 @@ impl Inner {
         });
         stanza::app_state_sync_result(id, iq, |collection, asked| match &critical {
             Some(patch) if collection == CRITICAL_BLOCK && asked < 1 => (1, vec![patch.clone()]),
-            _ => (asked, Vec::new()),
+            _ if collection == CRITICAL_BLOCK => (asked, Vec::new()),
+            // The collections the phone keeps (see `app_state`).
+            _ => self
+                .registry
+                .with_handset(user, |handset| {
+                    handset.app_state.patches_after(collection, asked)
+                })
+                .unwrap_or((asked, Vec::new())),
         })
     }
 
