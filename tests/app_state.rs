@@ -39,7 +39,12 @@ fn chat_of(event: &Event) -> Option<&ChatSettingsEvent> {
     }
 }
 
-async fn set_contact(control: &mut SimulatorClient<Channel>, contact: &str, full: &str, first: &str) {
+async fn set_contact(
+    control: &mut SimulatorClient<Channel>,
+    contact: &str,
+    full: &str,
+    first: &str,
+) {
     control
         .set_contact(SetContactRequest {
             phone: ALICE.into(),

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use crate::store::{Batch, SecretOp, SessionId, Store, StoreError};
+use crate::wa::appstate::{CollectionRecord, SharedKey};
 use crate::wa::creds::Credentials;
 use crate::wa::crypto::{hkdf_sha256, hmac_sha256, KeyPair};
-use crate::wa::appstate::{CollectionRecord, SharedKey};
 use crate::wa::messaging::{
     Change, ChatRecord, ContactRecord, DedupeKey, IdempotencyRecord, KeyError, KeyStore,
     MediaRecord, SenderKeyMemory, SentRecord,

@@ -155,7 +155,9 @@ impl Inner {
         let mut rng = self.fork_rng();
         let moved = self
             .registry
-            .with_handset(user, |phone| phone.change_app_state(actions, now_ms, &mut rng))
+            .with_handset(user, |phone| {
+                phone.change_app_state(actions, now_ms, &mut rng)
+            })
             .ok_or_else(|| SimError::NotFound(format!("no account {user}")))??;
         if moved.is_empty() {
             return Ok(());
@@ -299,8 +301,14 @@ mod tests {
         let m = appstate::decode_patch(appstate::REGULAR_LOW, &mut state, &patches[0], found)
             .expect("valid");
         assert_eq!(m.len(), 2);
-        assert_eq!(phone.app_state.patches_after(appstate::REGULAR_LOW, 1).1, []);
-        assert_eq!(phone.app_state.patches_after(appstate::REGULAR, 0), (0, vec![]));
+        assert_eq!(
+            phone.app_state.patches_after(appstate::REGULAR_LOW, 1).1,
+            []
+        );
+        assert_eq!(
+            phone.app_state.patches_after(appstate::REGULAR, 0),
+            (0, vec![])
+        );
         // Kept across a restart.
         let back = PhoneAppState::restore(&phone.app_state.saved()).expect("restored");
         assert_eq!(

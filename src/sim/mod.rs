@@ -3,8 +3,8 @@
 //! keepalive), virtual phones that scan QR codes, and a control API for
 //! tests and demos (faults, delays, listings). May import `wa` only.
 
-pub mod cli;
 mod app_state;
+pub mod cli;
 mod conn;
 mod control;
 mod group_message;

@@ -312,11 +312,23 @@ pub enum Action {
         first_name: Option<String>,
     },
     /// `until_ms`: unix milliseconds, or -1 for good; `None`: not muted.
-    Mute { chat: String, until_ms: Option<i64> },
-    Pin { chat: String, pinned: bool },
-    Archive { chat: String, archived: bool },
+    Mute {
+        chat: String,
+        until_ms: Option<i64>,
+    },
+    Pin {
+        chat: String,
+        pinned: bool,
+    },
+    Archive {
+        chat: String,
+        archived: bool,
+    },
     /// `read: false` is a chat marked unread.
-    MarkRead { chat: String, read: bool },
+    MarkRead {
+        chat: String,
+        read: bool,
+    },
 }
 
 impl Action {
@@ -420,15 +432,27 @@ impl Mutation {
             }
             (PIN_INDEX, Some(chat)) => Action::Pin {
                 chat,
-                pinned: set && v.pin_action.as_ref().and_then(|a| a.pinned).unwrap_or(false),
+                pinned: set
+                    && v.pin_action
+                        .as_ref()
+                        .and_then(|a| a.pinned)
+                        .unwrap_or(false),
             },
             (ARCHIVE_INDEX, Some(chat)) => Action::Archive {
                 chat,
-                archived: set && v.archive_chat_action.as_ref().and_then(|a| a.archived).unwrap_or(false),
+                archived: set
+                    && v.archive_chat_action
+                        .as_ref()
+                        .and_then(|a| a.archived)
+                        .unwrap_or(false),
             },
             (MARK_READ_INDEX, Some(chat)) => Action::MarkRead {
                 chat,
-                read: !set || v.mark_chat_as_read_action.as_ref().and_then(|a| a.read).unwrap_or(true),
+                read: !set
+                    || v.mark_chat_as_read_action
+                        .as_ref()
+                        .and_then(|a| a.read)
+                        .unwrap_or(true),
             },
             _ => return None,
         })

@@ -14,8 +14,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::proto::wa::SyncdPatch;
 use crate::wa::appstate::{
-    self, Action, AppStateError, CollectionRecord, CollectionState, MutationKeys, SharedKey,
-    COLLECTIONS,
+    self, Action, AppStateError, CollectionState, MutationKeys, SharedKey, COLLECTIONS,
 };
 use crate::wa::binary::Node;
 use crate::wa::jid::Jid;
@@ -98,7 +97,11 @@ impl Engine {
 
     /// `<notification type="server_sync"><collection name version/>…`: the
     /// collections named (all when none is) changed on the server.
-    pub(super) fn on_server_sync(&mut self, node: &Node, cx: &mut Cx<'_, '_>) -> Result<(), KeyError> {
+    pub(super) fn on_server_sync(
+        &mut self,
+        node: &Node,
+        cx: &mut Cx<'_, '_>,
+    ) -> Result<(), KeyError> {
         let named: Vec<&'static str> = node
             .children_by_tag("collection")
             .filter_map(|c| c.attr_str("name").and_then(known))
@@ -140,7 +143,11 @@ impl Engine {
             collections.push((name, version));
         }
         self.app_state.syncing = true;
-        self.issue(AppStateQuery { collections }, Awaiting::AppState, &mut cx.step);
+        self.issue(
+            AppStateQuery { collections },
+            Awaiting::AppState,
+            &mut cx.step,
+        );
         Ok(())
     }
 
@@ -222,7 +229,7 @@ impl Engine {
         cx: &mut Cx<'_, '_>,
     ) -> Result<bool, KeyError> {
         cx.txn
-            .put_app_state_collection(name.to_owned(), CollectionRecord::default());
+            .put_app_state_collection(name.to_owned(), CollectionState::default().to_record());
         if self.app_state.resyncing.insert(name) {
             tracing::warn!("app-state collection {name} syncs again from its start: {why}");
             Ok(false)
@@ -238,7 +245,12 @@ impl Engine {
         let ids = patch
             .key_id
             .iter()
-            .chain(patch.mutations.iter().filter_map(|m| m.record.as_ref()?.key_id.as_ref()))
+            .chain(
+                patch
+                    .mutations
+                    .iter()
+                    .filter_map(|m| m.record.as_ref()?.key_id.as_ref()),
+            )
             .filter_map(|k| k.id.as_deref());
         let mut missing: Vec<Vec<u8>> = Vec::new();
         for id in ids {

@@ -857,4 +857,5 @@ fn hostile_stanzas_are_refused_without_panicking() {
     assert!(device.events.is_empty());
 }
 
+mod app_state;
 mod media;
