@@ -21,6 +21,9 @@ const CAROL: &str = "15550008003";
 const DAVE: &str = "15550008004";
 const MUTE_END_MS: i64 = 1_900_000_000_000;
 
+/// What a chat's reported settings must satisfy.
+type ChatCheck = fn(&ChatSettingsEvent) -> bool;
+
 fn jid(phone: &str) -> String {
     format!("{phone}@s.whatsapp.net")
 }
@@ -72,13 +75,13 @@ async fn set_chat(control: &mut SimulatorClient<Channel>, request: SetChatSettin
 async fn until_reported(
     events: &mut Streaming<Event>,
     contacts: &[(&str, &str)],
-    chats: &[(&str, fn(&ChatSettingsEvent) -> bool)],
+    chats: &[(&str, ChatCheck)],
 ) -> Vec<Event> {
     let mut want_contacts: HashMap<String, String> = contacts
         .iter()
         .map(|(j, n)| (j.to_string(), n.to_string()))
         .collect();
-    let mut want_chats: HashMap<String, fn(&ChatSettingsEvent) -> bool> =
+    let mut want_chats: HashMap<String, ChatCheck> =
         chats.iter().map(|(j, f)| (j.to_string(), *f)).collect();
     let (last, mut seen) = wait_for(events, "contact and chat-settings events", |e| {
         if let Some(c) = contact_of(e) {
