@@ -5,11 +5,15 @@
 //! account's app-state key when it is made (so every companion reads the
 //! same bytes and LTHash), and the `server_sync` notification that tells
 //! the companions a collection moved. The push name (`critical_block`) is
-//! answered from the account itself (see `phone_sync`). Never holds a
-//! registry lock across an `.await`. Imports `wa` only.
+//! answered from the account itself (see `phone_sync`). A client that asks
+//! for a collection from its start with `return_snapshot="true"` gets a
+//! snapshot (its current entries) as a blob on the media host, as from
+//! WhatsApp; otherwise every patch after the version it names. Never holds
+//! a registry lock across an `.await`. Imports `wa` only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use bytes::Bytes;
 use prost::Message as _;
 use rand::{CryptoRng, RngCore};
 
@@ -17,14 +21,22 @@ use super::mailbox::QueueClass;
 use super::phone::Phone;
 use super::snapshot::{InvalidState, SavedCollection};
 use super::{unix_now, Inner, SimError, Simulator};
-use crate::proto::wa::SyncdPatch;
+use crate::proto::wa::{ExternalBlobReference, SyncdPatch, SyncdSnapshot};
 use crate::wa::appstate::{self, Action, CollectionRecord, CollectionState, MutationKeys};
 use crate::wa::binary::Node;
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
+use crate::wa::media::{body_len, Encryptor, MediaKey, MediaType};
 
 /// Most patches a collection keeps; past it a change is refused (a real
 /// server would compact them into a snapshot).
 const MAX_PATCHES: usize = 10_000;
+
+/// Most snapshots made for one sync query (WhatsApp has five collections).
+const MAX_SNAPSHOTS: usize = 8;
+
+/// A collection's snapshot on the media host: its version and the encoded
+/// `ExternalBlobReference`, by collection name.
+pub(crate) type Snapshots = HashMap<String, (u64, Vec<u8>)>;
 
 /// One collection: its state after its last patch, and every patch.
 #[derive(Default)]
@@ -104,6 +116,23 @@ impl PhoneAppState {
 }
 
 impl Phone {
+    /// A snapshot of collection `name` at its version, once it holds
+    /// anything and the account has its app-state key.
+    fn app_state_snapshot(&self, name: &str) -> Option<(u64, SyncdSnapshot)> {
+        let key = self.shared_app_state_key()?;
+        let collection = self
+            .app_state
+            .collections
+            .get(name)
+            .filter(|c| !c.patches.is_empty())?;
+        let keys = MutationKeys::expand(key.data.as_ref());
+        let records = appstate::current_records(&collection.patches);
+        Some((
+            collection.state.version,
+            appstate::encode_snapshot(name, &collection.state, records, &key.id, &keys),
+        ))
+    }
+
     /// The phone makes `actions` (on itself: nothing is checked against
     /// its chats): one patch per collection they touch, encoded with the
     /// account's app-state key (made now if it has none yet). Returns the
@@ -159,43 +188,120 @@ impl Inner {
                 phone.change_app_state(actions, now_ms, &mut rng)
             })
             .ok_or_else(|| SimError::NotFound(format!("no account {user}")))??;
-        if moved.is_empty() {
-            return Ok(());
-        }
-        let id = self.new_iq_id();
-        let node = server_sync(&id, unix_now(), &moved);
-        let companions = self
+        let companions: Vec<Jid> = self
             .registry
             .user_devices(user)
             .into_iter()
             .filter(|(device, _)| *device != 0)
-            .map(|(device, _)| Jid::with_device(user, device, DEFAULT_USER_SERVER));
-        for device in companions {
-            self.to_companion(&device, QueueClass::Notification, &id, node.clone())
-                .await;
+            .map(|(device, _)| Jid::with_device(user, device, DEFAULT_USER_SERVER))
+            .collect();
+        // One notification per collection: clients such as Baileys read
+        // only the first `<collection>` of one.
+        for (name, version) in moved {
+            let id = self.new_iq_id();
+            let node = server_sync(&id, unix_now(), name, version);
+            for device in &companions {
+                self.to_companion(device, QueueClass::Notification, &id, node.clone())
+                    .await;
+            }
         }
         Ok(())
     }
 }
 
+impl Inner {
+    /// Snapshots of the collections `iq` asks for from their start with
+    /// `return_snapshot="true"`, put on the media host. A collection that
+    /// holds nothing, or whose blob cannot be stored, comes as patches.
+    pub(crate) async fn app_state_snapshots(&self, user: &str, iq: &Node) -> Snapshots {
+        let wanted: Vec<String> = iq
+            .child("sync")
+            .into_iter()
+            .flat_map(|sync| sync.children_by_tag("collection"))
+            .filter(|c| {
+                c.attr_u64("version").unwrap_or(0) == 0
+                    && c.attr_str("return_snapshot") == Some("true")
+            })
+            .filter_map(|c| c.attr_string("name"))
+            .take(MAX_SNAPSHOTS)
+            .collect();
+        let mut out = Snapshots::new();
+        for name in wanted {
+            let Some(Some((version, snapshot))) = self
+                .registry
+                .with_handset(user, |phone| phone.app_state_snapshot(&name))
+            else {
+                continue;
+            };
+            match self.upload_app_state_blob(&snapshot.encode_to_vec()).await {
+                Ok(reference) => {
+                    out.insert(name, (version, reference.encode_to_vec()));
+                }
+                Err(err) => {
+                    tracing::warn!(%err, collection = %name, "app-state snapshot not stored; answering with patches");
+                }
+            }
+        }
+        out
+    }
+
+    /// What a sync of `collection` after `asked` gets from the phone of
+    /// `user`: its snapshot if one was made for this query, otherwise its
+    /// patches after `asked`.
+    pub(crate) fn kept_app_state(
+        &self,
+        user: &str,
+        collection: &str,
+        asked: u64,
+        snapshots: &Snapshots,
+    ) -> (u64, Option<Vec<u8>>, Vec<SyncdPatch>) {
+        if let Some((version, reference)) = snapshots.get(collection) {
+            return (*version, Some(reference.clone()), Vec::new());
+        }
+        let (version, patches) = self
+            .registry
+            .with_handset(user, |phone| {
+                phone.app_state.patches_after(collection, asked)
+            })
+            .unwrap_or((asked, Vec::new()));
+        (version, None, patches)
+    }
+
+    /// Encrypts `plain` as app-state media and puts it on the media host.
+    async fn upload_app_state_blob(&self, plain: &[u8]) -> Result<ExternalBlobReference, SimError> {
+        let media_key = self.with_rng(MediaKey::generate);
+        let mut encryptor = Encryptor::new(&media_key.keys(MediaType::AppState));
+        let mut body =
+            Vec::with_capacity(usize::try_from(body_len(plain.len() as u64)).unwrap_or_default());
+        encryptor.update(plain, &mut body);
+        let encrypted = encryptor.finish(&mut body);
+        let upload = self
+            .media
+            .put(Bytes::from(body))
+            .await
+            .map_err(|err| SimError::MediaStore(err.to_string()))?;
+        Ok(ExternalBlobReference {
+            media_key: Some(media_key.as_bytes().to_vec()),
+            direct_path: Some(upload.direct_path),
+            handle: None,
+            file_size_bytes: Some(encrypted.file_length),
+            file_sha256: Some(encrypted.file_sha256.to_vec()),
+            file_enc_sha256: Some(encrypted.file_enc_sha256.to_vec()),
+        })
+    }
+}
+
 /// `<notification from="s.whatsapp.net" type="server_sync" id t>
-/// <collection name version/>…</notification>`.
-fn server_sync(id: &str, t: u64, moved: &[(&'static str, u64)]) -> Node {
+/// <collection name version/></notification>`.
+fn server_sync(id: &str, t: u64, name: &str, version: u64) -> Node {
     Node::new("notification")
         .attr("from", Jid::server_jid())
         .attr("type", "server_sync")
         .attr("id", id.to_owned())
         .attr("t", t.to_string())
-        .children(
-            moved
-                .iter()
-                .map(|(name, version)| {
-                    Node::new("collection")
-                        .attr("name", (*name).to_owned())
-                        .attr("version", version.to_string())
-                })
-                .collect(),
-        )
+        .children(vec![Node::new("collection")
+            .attr("name", name.to_owned())
+            .attr("version", version.to_string())])
 }
 
 impl Simulator {
@@ -305,6 +411,15 @@ mod tests {
             phone.app_state.patches_after(appstate::REGULAR_LOW, 1).1,
             []
         );
+        // Its snapshot: the current entries, with the same LTHash.
+        let (at, snapshot) = phone
+            .app_state_snapshot(appstate::REGULAR_LOW)
+            .expect("a snapshot");
+        let (snap_state, entries) =
+            appstate::decode_snapshot(appstate::REGULAR_LOW, &snapshot, found).expect("valid");
+        assert_eq!((at, entries.len()), (1, 2));
+        assert_eq!(snap_state, state);
+        assert!(phone.app_state_snapshot(appstate::REGULAR).is_none());
         assert_eq!(
             phone.app_state.patches_after(appstate::REGULAR, 0),
             (0, vec![])

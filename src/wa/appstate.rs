@@ -24,7 +24,7 @@ use crate::proto::wa::sync_action_value::{
 use crate::proto::wa::syncd_mutation::SyncdOperation;
 use crate::proto::wa::{
     KeyId, SyncActionData, SyncActionValue, SyncdIndex, SyncdMutation, SyncdPatch, SyncdRecord,
-    SyncdValue, SyncdVersion,
+    SyncdSnapshot, SyncdValue, SyncdVersion,
 };
 use crate::wa::binary::Node;
 use crate::wa::crypto::{hkdf_sha256, hmac_sha256};
@@ -567,6 +567,7 @@ pub fn decode_patch<'k>(
         .as_deref()
         .ok_or(AppStateError::Missing("a snapshot MAC"))?;
     let mut parsed = Vec::with_capacity(patch.mutations.len());
+    let mut macs: Vec<[u8; MAC_LEN]> = Vec::with_capacity(patch.mutations.len());
     for m in &patch.mutations {
         let op = m
             .operation
@@ -576,65 +577,26 @@ pub fn decode_patch<'k>(
             .record
             .as_ref()
             .ok_or(AppStateError::Missing("a record"))?;
-        let blob = record
+        let mac = record
             .value
             .as_ref()
             .and_then(|v| v.blob.as_deref())
-            .ok_or(AppStateError::Missing("a value"))?;
-        let index_mac: [u8; MAC_LEN] = record
-            .index
-            .as_ref()
-            .and_then(|i| i.blob.as_deref())
-            .and_then(|b| b.try_into().ok())
-            .ok_or(AppStateError::Missing("an index MAC"))?;
-        let key_id = record
-            .key_id
-            .as_ref()
-            .and_then(|k| k.id.as_deref())
-            .ok_or(AppStateError::Missing("a record key id"))?;
-        let Some(split) = blob.len().checked_sub(MAC_LEN) else {
-            return Err(AppStateError::Missing("a value MAC"));
-        };
-        let (encrypted, mac) = blob.split_at(split);
-        let mac: [u8; MAC_LEN] = mac.try_into().map_err(|_| AppStateError::ValueMac)?;
-        parsed.push((op, index_mac, key_id, encrypted, mac));
+            .and_then(|b| b.get(b.len().checked_sub(MAC_LEN)?..))
+            .and_then(|m| <[u8; MAC_LEN]>::try_from(m).ok())
+            .ok_or(AppStateError::Missing("a value MAC"))?;
+        macs.push(mac);
+        parsed.push((op, record));
     }
-    let macs: Vec<[u8; MAC_LEN]> = parsed.iter().map(|p| p.4).collect();
     let expected = patch_mac(snapshot_mac, &macs, version, name, patch_keys);
     if patch.patch_mac.as_deref() != Some(expected.as_slice()) {
         return Err(AppStateError::PatchMac);
     }
     let mut next = state.clone();
     let mut mutations = Vec::with_capacity(parsed.len());
-    for (op, index_mac, key_id, encrypted, mac) in parsed {
-        let keys = key_of(key_id)?;
-        if value_mac(op, encrypted, key_id, keys) != mac {
-            return Err(AppStateError::ValueMac);
-        }
-        let (iv, ciphertext) = encrypted
-            .split_at_checked(IV_LEN)
-            .ok_or(AppStateError::Decrypt)?;
-        if ciphertext.is_empty() || ciphertext.len() % 16 != 0 || ciphertext.len() > MAX_ACTION {
-            return Err(AppStateError::Decrypt);
-        }
-        let iv: [u8; IV_LEN] = iv.try_into().map_err(|_| AppStateError::Decrypt)?;
-        let plain =
-            cbc::Decryptor::<Aes256>::new(keys.value_encryption.as_ref().into(), (&iv).into())
-                .decrypt_padded_vec_mut::<Pkcs7>(ciphertext)
-                .map_err(|_| AppStateError::Decrypt)?;
-        let action = SyncActionData::decode(plain.as_slice())
-            .map_err(|e| AppStateError::Decode(e.to_string()))?;
-        let index = action.index.ok_or(AppStateError::Missing("an index"))?;
-        if hmac_sha256(keys.index.as_ref(), &[&index]) != index_mac {
-            return Err(AppStateError::IndexMac);
-        }
+    for (op, record) in parsed {
+        let (index_mac, mac, mutation) = open_record(op, record, &keys)?;
         next.mix(op, index_mac, mac)?;
-        mutations.push(Mutation {
-            operation: op,
-            index: parse_json_array(&index)?,
-            value: action.value.unwrap_or_default(),
-            version: action.version.unwrap_or_default(),
-        });
+        mutations.push(mutation);
     }
     next.version = version;
     if next.snapshot_mac(name, patch_keys) != snapshot_mac {
@@ -642,6 +604,153 @@ pub fn decode_patch<'k>(
     }
     *state = next;
     Ok(mutations)
+}
+
+/// The entries a collection holds after `patches` (its whole history, in
+/// order): for each index, the record that last set it.
+pub fn current_records(patches: &[SyncdPatch]) -> Vec<SyncdRecord> {
+    let mut order: Vec<Vec<u8>> = Vec::new();
+    let mut latest: HashMap<Vec<u8>, SyncdRecord> = HashMap::new();
+    for m in patches.iter().flat_map(|p| &p.mutations) {
+        let Some(record) = &m.record else { continue };
+        let Some(index) = record.index.as_ref().and_then(|i| i.blob.clone()) else {
+            continue;
+        };
+        let op = m
+            .operation
+            .and_then(|o| SyncdOperation::try_from(o).ok())
+            .unwrap_or(SyncdOperation::Set);
+        match op {
+            SyncdOperation::Remove => {
+                latest.remove(&index);
+            }
+            SyncdOperation::Set => {
+                if latest.insert(index.clone(), record.clone()).is_none() {
+                    order.push(index);
+                }
+            }
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|index| latest.remove(&index))
+        .collect()
+}
+
+/// A snapshot of collection `name` at `state` (the simulator's side):
+/// `records` are its current entries as first encoded (see
+/// [`current_records`]), so their value MACs make up `state`'s LTHash.
+pub fn encode_snapshot(
+    name: &str,
+    state: &CollectionState,
+    records: Vec<SyncdRecord>,
+    key_id: &[u8],
+    keys: &MutationKeys,
+) -> SyncdSnapshot {
+    SyncdSnapshot {
+        version: Some(SyncdVersion {
+            version: Some(state.version),
+        }),
+        records,
+        mac: Some(state.snapshot_mac(name, keys).to_vec()),
+        key_id: Some(KeyId {
+            id: Some(key_id.to_vec()),
+        }),
+    }
+}
+
+/// Decodes a snapshot of collection `name` with every MAC checked (each
+/// value's and index's, then the snapshot's over the LTHash of all of
+/// them): the collection's state at the snapshot's version, and its
+/// entries as SET mutations.
+pub fn decode_snapshot<'k>(
+    name: &str,
+    snapshot: &SyncdSnapshot,
+    keys: impl Fn(&[u8]) -> Option<&'k MutationKeys>,
+) -> Result<(CollectionState, Vec<Mutation>), AppStateError> {
+    let version = snapshot
+        .version
+        .as_ref()
+        .and_then(|v| v.version)
+        .ok_or(AppStateError::Missing("a version"))?;
+    if snapshot.records.len() > MAX_MUTATIONS {
+        return Err(AppStateError::TooManyMutations);
+    }
+    let snapshot_keys = snapshot
+        .key_id
+        .as_ref()
+        .and_then(|k| k.id.as_deref())
+        .ok_or(AppStateError::Missing("a key id"))
+        .and_then(|id| keys(id).ok_or_else(|| AppStateError::UnknownKey(hex::encode(id))))?;
+    let mut state = CollectionState::default();
+    let mut mutations = Vec::with_capacity(snapshot.records.len());
+    for record in &snapshot.records {
+        let (index_mac, mac, mutation) = open_record(SyncdOperation::Set, record, &keys)?;
+        state.mix(SyncdOperation::Set, index_mac, mac)?;
+        mutations.push(mutation);
+    }
+    state.version = version;
+    if snapshot.mac.as_deref() != Some(state.snapshot_mac(name, snapshot_keys).as_slice()) {
+        return Err(AppStateError::SnapshotMac(version));
+    }
+    Ok((state, mutations))
+}
+
+/// Checks one record's value and index MACs and decrypts it: its index MAC,
+/// value MAC and mutation.
+fn open_record<'k>(
+    op: SyncdOperation,
+    record: &SyncdRecord,
+    keys: &impl Fn(&[u8]) -> Option<&'k MutationKeys>,
+) -> Result<([u8; MAC_LEN], [u8; MAC_LEN], Mutation), AppStateError> {
+    let blob = record
+        .value
+        .as_ref()
+        .and_then(|v| v.blob.as_deref())
+        .ok_or(AppStateError::Missing("a value"))?;
+    let index_mac: [u8; MAC_LEN] = record
+        .index
+        .as_ref()
+        .and_then(|i| i.blob.as_deref())
+        .and_then(|b| b.try_into().ok())
+        .ok_or(AppStateError::Missing("an index MAC"))?;
+    let key_id = record
+        .key_id
+        .as_ref()
+        .and_then(|k| k.id.as_deref())
+        .ok_or(AppStateError::Missing("a record key id"))?;
+    let keys = keys(key_id).ok_or_else(|| AppStateError::UnknownKey(hex::encode(key_id)))?;
+    let Some(split) = blob.len().checked_sub(MAC_LEN) else {
+        return Err(AppStateError::Missing("a value MAC"));
+    };
+    let (encrypted, mac) = blob.split_at(split);
+    let mac: [u8; MAC_LEN] = mac.try_into().map_err(|_| AppStateError::ValueMac)?;
+    if value_mac(op, encrypted, key_id, keys) != mac {
+        return Err(AppStateError::ValueMac);
+    }
+    let (iv, ciphertext) = encrypted
+        .split_at_checked(IV_LEN)
+        .ok_or(AppStateError::Decrypt)?;
+    if ciphertext.is_empty() || ciphertext.len() % 16 != 0 || ciphertext.len() > MAX_ACTION {
+        return Err(AppStateError::Decrypt);
+    }
+    let iv: [u8; IV_LEN] = iv.try_into().map_err(|_| AppStateError::Decrypt)?;
+    let plain = cbc::Decryptor::<Aes256>::new(keys.value_encryption.as_ref().into(), (&iv).into())
+        .decrypt_padded_vec_mut::<Pkcs7>(ciphertext)
+        .map_err(|_| AppStateError::Decrypt)?;
+    let action = SyncActionData::decode(plain.as_slice())
+        .map_err(|e| AppStateError::Decode(e.to_string()))?;
+    let index = action.index.ok_or(AppStateError::Missing("an index"))?;
+    if hmac_sha256(keys.index.as_ref(), &[&index]) != index_mac {
+        return Err(AppStateError::IndexMac);
+    }
+    let mutation = Mutation {
+        operation: op,
+        index: parse_json_array(&index)?,
+        value: action.value.unwrap_or_default(),
+        version: action.version.unwrap_or_default(),
+    };
+    Ok((index_mac, mac, mutation))
 }
 
 /// An app-state sync key as the phone shares it (`AppStateSyncKeyShare`).
@@ -775,18 +884,39 @@ pub fn parse_sync(node: &Node) -> Result<Vec<CollectionPatches>, AppStateError> 
 /// Patches of one collection as the server answers a sync (the
 /// simulator's side).
 pub fn sync_answer_collection(name: &str, version: u64, patches: &[SyncdPatch]) -> Node {
+    sync_answer_with_snapshot(name, version, None, patches)
+}
+
+/// [`sync_answer_collection`] with a `<snapshot>` first: the encoded
+/// `ExternalBlobReference` of the collection's snapshot on the media host.
+pub fn sync_answer_with_snapshot(
+    name: &str,
+    version: u64,
+    snapshot: Option<Vec<u8>>,
+    patches: &[SyncdPatch],
+) -> Node {
     let node = Node::new("collection")
         .attr("name", name.to_owned())
         .attr("version", version.to_string());
-    if patches.is_empty() {
-        return node;
+    let mut children = Vec::new();
+    if let Some(reference) = snapshot {
+        children.push(Node::new("snapshot").bytes(reference));
     }
-    node.children(vec![Node::new("patches").children(
-        patches
-            .iter()
-            .map(|p| Node::new("patch").bytes(p.encode_to_vec()))
-            .collect(),
-    )])
+    if !patches.is_empty() {
+        children.push(
+            Node::new("patches").children(
+                patches
+                    .iter()
+                    .map(|p| Node::new("patch").bytes(p.encode_to_vec()))
+                    .collect(),
+            ),
+        );
+    }
+    if children.is_empty() {
+        node
+    } else {
+        node.children(children)
+    }
 }
 
 /// `["a","b"]` as WhatsApp writes indexes (JSON, no spaces).
