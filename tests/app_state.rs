@@ -1,7 +1,8 @@
 //! App state end to end: the virtual phone keeps contacts and chat settings
 //! before a gateway session pairs with it; after pairing the session reports
 //! each as a contact or chat-settings event; a change made on the phone
-//! meanwhile reaches the session live (`server_sync`); and a restarted
+//! meanwhile reaches the session live (`server_sync`); a contact's push
+//! name joins its contact when a message carries it; and a restarted
 //! gateway resumes from the versions it stored, reporting only what is new.
 
 mod common;
@@ -13,7 +14,7 @@ use tonic::transport::Channel;
 use tonic::Streaming;
 use wagate::proto::gateway::{event, ChatSettingsEvent, ContactEvent, Event, SessionState};
 use wagate::proto::sim::simulator_client::SimulatorClient;
-use wagate::proto::sim::{SetChatSettingsRequest, SetContactRequest};
+use wagate::proto::sim::{SendTextRequest, SetChatSettingsRequest, SetContactRequest};
 
 const ALICE: &str = "+15550008001";
 const BOB: &str = "15550008002";
@@ -178,6 +179,34 @@ async fn contacts_and_chat_settings_reach_the_gateway_and_survive_a_restart() {
         })],
     )
     .await;
+
+    // A message from Bob names him: his push name joins his contact, once.
+    for text in ["hi", "again"] {
+        control
+            .send_text(SendTextRequest {
+                from_phone: BOB.into(),
+                to: ALICE.into(),
+                text: text.into(),
+            })
+            .await
+            .expect("SendText");
+    }
+    let (named, _) = wait_for(&mut events, "Bob's push name", |e| {
+        contact_of(e).is_some_and(|c| c.jid == jid(BOB) && c.push_name == "Bob")
+    })
+    .await;
+    assert_eq!(
+        contact_of(&named).expect("contact").full_name,
+        "Bob Builder"
+    );
+    let (_, between) = wait_for(&mut events, "the second text", |e| {
+        message_of(e).is_some_and(|m| m.text == "again")
+    })
+    .await;
+    assert!(
+        between.iter().all(|e| contact_of(e).is_none()),
+        "the same push name is reported once: {between:#?}"
+    );
 
     // Restart: the stored versions hold, so only what changes after it is
     // reported.

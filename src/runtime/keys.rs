@@ -34,6 +34,9 @@ const MAX_CACHED_RECORDS: usize = 256;
 const MAX_CACHED_PREKEYS: usize = 64;
 /// LID mappings kept in memory per session.
 const MAX_CACHED_LIDS: usize = 1024;
+/// Contacts kept in memory per session (each incoming message looks up its
+/// sender's, for its push name).
+const MAX_CACHED_CONTACTS: usize = 256;
 /// Deduplication keys kept in memory per session; older ones are asked of
 /// the store.
 const MAX_SEEN_IN_MEMORY: usize = 16_384;
@@ -141,6 +144,7 @@ pub(crate) struct StoreKeys {
     sessions: HashMap<ProtocolAddress, Option<SessionRecord>>,
     sender_keys: HashMap<SenderKeyName, Option<SenderKeyRecord>>,
     lids: HashMap<String, Option<String>>,
+    contacts: HashMap<String, Option<ContactRecord>>,
     /// One-time prekeys looked up, including used (deleted) ones: a peer
     /// keeps naming the prekey in every message until we answer it.
     prekeys: HashMap<u32, Option<PreKey>>,
@@ -160,6 +164,7 @@ impl StoreKeys {
             sessions: HashMap::new(),
             sender_keys: HashMap::new(),
             lids: HashMap::new(),
+            contacts: HashMap::new(),
             prekeys: HashMap::new(),
             seen: SeenWindow {
                 since_s: u64::MAX,
@@ -347,13 +352,15 @@ impl StoreKeys {
                 Change::PrekeyUsed(id) => {
                     bounded_insert(&mut self.prekeys, id, None, MAX_CACHED_PREKEYS)
                 }
+                Change::Contact(jid, record) => {
+                    bounded_insert(&mut self.contacts, jid, Some(record), MAX_CACHED_CONTACTS)
+                }
                 Change::Sent(..)
                 | Change::Idempotency(..)
                 | Change::SenderKeyMemory(..)
                 | Change::Media(..)
                 | Change::AppStateKey(..)
                 | Change::AppStateCollection(..)
-                | Change::Contact(..)
                 | Change::ChatSettings(..) => {}
             }
         }
@@ -390,6 +397,7 @@ impl StoreKeys {
         self.sessions.clear();
         self.prekeys.clear();
         self.sender_keys.clear();
+        self.contacts.clear();
         self.next_prekey = None;
     }
 }
@@ -532,7 +540,7 @@ impl KeyStore for StoreKeys {
         Ok(stored.and_then(|b| SenderKeyMemory::decode(b.as_slice()).ok()))
     }
 
-    // App-state records are read only while a sync is applied (not
+    // Other app-state records are read only while a sync is applied (not
     // cached: syncs are rare next to messages).
     fn app_state_key(&mut self, id: &[u8]) -> Result<Option<SharedKey>, KeyError> {
         let stored = self.read(&self.names.of(APP_STATE_KEY, &hex::encode(id)))?;
@@ -554,8 +562,18 @@ impl KeyStore for StoreKeys {
     }
 
     fn contact(&mut self, jid: &str) -> Result<Option<ContactRecord>, KeyError> {
+        if let Some(cached) = self.contacts.get(jid) {
+            return Ok(cached.clone());
+        }
         let stored = self.read(&self.names.of(CONTACT, jid))?;
-        Ok(stored.and_then(|b| ContactRecord::decode(b.as_slice()).ok()))
+        let record = stored.and_then(|b| ContactRecord::decode(b.as_slice()).ok());
+        bounded_insert(
+            &mut self.contacts,
+            jid.to_owned(),
+            record.clone(),
+            MAX_CACHED_CONTACTS,
+        );
+        Ok(record)
     }
 
     fn chat_settings(&mut self, chat: &str) -> Result<Option<ChatRecord>, KeyError> {

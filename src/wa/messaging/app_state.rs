@@ -3,7 +3,8 @@
 //! when the server says a collection changed, `server_sync`), each patch
 //! checked before anything of it is taken. Read from them: the account's
 //! push name, contacts' names and chats' archive, pin, mute and read marks,
-//! reported as events when they change. Keys, each collection's state
+//! reported as events when they change; and contacts' push names, as
+//! their messages carry them. Keys, each collection's state
 //! (version, LTHash, entries) and what was reported are committed with the
 //! events, so a restarted session resumes from the version it had and
 //! reports nothing twice. A patch that fails a MAC or hash check resets its
@@ -265,6 +266,33 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// A message from `sender` named it `name`: kept with the contact, and
+/// reported when it is new or changed.
+pub(super) fn learn_push_name(
+    sender: Jid,
+    name: String,
+    cx: &mut Cx<'_, '_>,
+) -> Result<(), KeyError> {
+    if name.trim().is_empty() {
+        return Ok(());
+    }
+    let key = sender.to_string();
+    let stored = cx.txn.contact(&key)?;
+    if stored.as_ref().and_then(|c| c.push_name.as_deref()) == Some(name.as_str()) {
+        return Ok(());
+    }
+    let mut new = stored.unwrap_or_default();
+    new.push_name = Some(name);
+    cx.step.events.push(Event::Contact(ContactUpdate {
+        jid: sender,
+        full_name: new.full_name.clone(),
+        first_name: new.first_name.clone(),
+        push_name: new.push_name.clone(),
+    }));
+    cx.txn.put_contact(key, new);
+    Ok(())
 }
 
 /// Takes one action into the stored contacts and chats, reporting it when
