@@ -659,6 +659,11 @@ pub fn encode_snapshot(
     }
 }
 
+/// Reads a snapshot blob (decrypted from the media host).
+pub fn parse_snapshot(bytes: &[u8]) -> Result<SyncdSnapshot, AppStateError> {
+    SyncdSnapshot::decode(bytes).map_err(|e| AppStateError::Decode(e.to_string()))
+}
+
 /// Decodes a snapshot of collection `name` with every MAC checked (each
 /// value's and index's, then the snapshot's over the LTHash of all of
 /// them): the collection's state at the snapshot's version, and its

@@ -68,6 +68,16 @@ impl AppState {
     }
 }
 
+/// What applying one collection's patches came to.
+enum Applied {
+    /// Its version moved.
+    Moved,
+    /// Nothing of it was taken (no patches, or none that applies).
+    Still,
+    /// It was reset, to sync again from its start.
+    Resync,
+}
+
 /// The collection of that name, as a known constant.
 fn known(name: &str) -> Option<&'static str> {
     COLLECTIONS.iter().copied().find(|c| *c == name)
@@ -170,25 +180,31 @@ impl Engine {
             let Some(name) = known(&collection.name) else {
                 continue;
             };
-            let finished = self.apply_patches(name, &collection.patches, cx)?;
-            if !finished || (collection.has_more && !collection.patches.is_empty()) {
-                self.app_state.pending.insert(name);
-            } else {
-                self.app_state.resyncing.remove(name);
+            match self.apply_patches(name, &collection.patches, cx)? {
+                Applied::Resync => {
+                    self.app_state.pending.insert(name);
+                }
+                // More only while it moves: a server repeating itself is
+                // not asked again.
+                Applied::Moved if collection.has_more => {
+                    self.app_state.pending.insert(name);
+                }
+                Applied::Moved | Applied::Still => {
+                    self.app_state.resyncing.remove(name);
+                }
             }
         }
         self.sync_collections(std::iter::empty(), cx)
     }
 
     /// Applies `patches` to collection `name` in order, stopping at the
-    /// first that fails. `false`: the collection was reset to sync again
-    /// from its start.
+    /// first that fails.
     fn apply_patches(
         &mut self,
         name: &'static str,
         patches: &[SyncdPatch],
         cx: &mut Cx<'_, '_>,
-    ) -> Result<bool, KeyError> {
+    ) -> Result<Applied, KeyError> {
         let stored = cx.txn.app_state_collection(name)?;
         let mut state = match stored.as_ref().map(CollectionState::from_record) {
             None => CollectionState::default(),
@@ -218,7 +234,11 @@ impl Engine {
             cx.txn
                 .put_app_state_collection(name.to_owned(), state.to_record());
         }
-        Ok(true)
+        Ok(if state.version == before {
+            Applied::Still
+        } else {
+            Applied::Moved
+        })
     }
 
     /// Resets `name` to empty and asks for it from its start, unless that
@@ -228,16 +248,16 @@ impl Engine {
         name: &'static str,
         why: &str,
         cx: &mut Cx<'_, '_>,
-    ) -> Result<bool, KeyError> {
+    ) -> Result<Applied, KeyError> {
         cx.txn
             .put_app_state_collection(name.to_owned(), CollectionState::default().to_record());
         if self.app_state.resyncing.insert(name) {
             tracing::warn!("app-state collection {name} syncs again from its start: {why}");
-            Ok(false)
+            Ok(Applied::Resync)
         } else {
             tracing::warn!("app-state collection {name} failed again from its start: {why}");
             self.app_state.resyncing.remove(name);
-            Ok(true)
+            Ok(Applied::Still)
         }
     }
 

@@ -2,7 +2,8 @@
 //! the collection after its stored version, patches are applied to the
 //! stored chat settings (reported only when they change), the collection's
 //! state is committed, and a patch that fails its MAC resets the collection
-//! and syncs it from its start — once.
+//! and syncs it from its start — once; a server repeating itself is not
+//! asked again.
 
 use super::*;
 use crate::proto::wa::SyncdPatch;
@@ -38,17 +39,25 @@ impl Server {
     }
 
     fn answer(&self, id: &str, after: u64) -> Node {
+        self.answer_more(id, after, false)
+    }
+
+    fn answer_more(&self, id: &str, after: u64, more: bool) -> Node {
         let from = usize::try_from(after).expect("small");
+        let collection = sync_answer_collection(
+            REGULAR_LOW,
+            self.state.version,
+            self.patches.get(from..).unwrap_or_default(),
+        );
+        let collection = if more {
+            collection.attr("has_more_patches", "true")
+        } else {
+            collection
+        };
         Node::new("iq")
             .attr("id", id.to_owned())
             .attr("type", "result")
-            .children(vec![Node::new("sync").children(vec![
-                sync_answer_collection(
-                    REGULAR_LOW,
-                    self.state.version,
-                    self.patches.get(from..).unwrap_or_default(),
-                ),
-            ])])
+            .children(vec![Node::new("sync").children(vec![collection])])
     }
 }
 
@@ -131,6 +140,13 @@ fn patches_apply_once_and_a_bad_mac_resyncs_from_the_start() {
     assert!(reported[1].archived && reported[1].pinned && reported[1].chat.to_string() == CHAT);
     assert_eq!(device.keys.collections[REGULAR_LOW].version, 2);
     assert!(sync_asked(&step).is_none());
+
+    // A server that repeats patches already applied and says there are
+    // more is not asked again: nothing moved.
+    let (id, _) = sync_asked(&feed(&mut device, server_sync())).expect("a sync");
+    let step = feed(&mut device, server.answer_more(&id, 0, true));
+    assert!(settings(&step).is_empty() && sync_asked(&step).is_none());
+    assert_eq!(device.keys.collections[REGULAR_LOW].version, 2);
 
     // The next sync asks after the stored version.
     server.change(Action::Mute {
