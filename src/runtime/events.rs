@@ -55,6 +55,8 @@ impl EventKind {
             Payload::ChatState(_) => EventType::ChatState,
             Payload::Presence(_) => EventType::Presence,
             Payload::LinkCode(_) => EventType::LinkCode,
+            Payload::Contact(_) => EventType::Contact,
+            Payload::ChatSettings(_) => EventType::ChatSettings,
         }
     }
 }
@@ -475,6 +477,8 @@ fn empty_payload(kind: u8) -> Option<Payload> {
         EventType::ChatState => Some(Payload::ChatState(Default::default())),
         EventType::Presence => Some(Payload::Presence(Default::default())),
         EventType::LinkCode => Some(Payload::LinkCode(Default::default())),
+        EventType::Contact => Some(Payload::Contact(Default::default())),
+        EventType::ChatSettings => Some(Payload::ChatSettings(Default::default())),
         EventType::Unspecified => None,
     }
 }

@@ -119,6 +119,8 @@ enum Kind {
     Group,
     ChatState,
     Presence,
+    Contact,
+    ChatSettings,
 }
 
 impl From<Kind> for EventType {
@@ -131,6 +133,8 @@ impl From<Kind> for EventType {
             Kind::Group => EventType::Group,
             Kind::ChatState => EventType::ChatState,
             Kind::Presence => EventType::Presence,
+            Kind::Contact => EventType::Contact,
+            Kind::ChatSettings => EventType::ChatSettings,
         }
     }
 }
@@ -394,7 +398,9 @@ async fn show_qr(gw: &mut Gateway, id: String, ink: Ink, json: bool) -> Result<(
                 | Payload::Group(_)
                 | Payload::ChatState(_)
                 | Payload::Presence(_)
-                | Payload::LinkCode(_),
+                | Payload::LinkCode(_)
+                | Payload::Contact(_)
+                | Payload::ChatSettings(_),
             )
             | None => {}
         }

@@ -27,6 +27,10 @@ struct MemKeys {
     lids: HashMap<String, String>,
     sender_key_memory: HashMap<String, SenderKeyMemory>,
     media: HashMap<String, MediaRecord>,
+    app_state_keys: HashMap<Vec<u8>, crate::wa::appstate::SharedKey>,
+    collections: HashMap<String, crate::wa::appstate::CollectionRecord>,
+    contacts: HashMap<String, ContactRecord>,
+    chats: HashMap<String, ChatRecord>,
     /// Reads fail while set.
     broken: bool,
 }
@@ -76,6 +80,18 @@ impl MemKeys {
                 Change::Media(id, r) => {
                     self.media.insert(id, r);
                 }
+                Change::AppStateKey(key) => {
+                    self.app_state_keys.insert(key.id.clone(), key);
+                }
+                Change::AppStateCollection(name, r) => {
+                    self.collections.insert(name, r);
+                }
+                Change::Contact(jid, r) => {
+                    self.contacts.insert(jid, r);
+                }
+                Change::ChatSettings(chat, r) => {
+                    self.chats.insert(chat, r);
+                }
             }
         }
     }
@@ -117,6 +133,28 @@ impl KeyStore for MemKeys {
     fn sender_key_memory(&mut self, group: &str) -> Result<Option<SenderKeyMemory>, KeyError> {
         self.check()?;
         Ok(self.sender_key_memory.get(group).cloned())
+    }
+    fn app_state_key(
+        &mut self,
+        id: &[u8],
+    ) -> Result<Option<crate::wa::appstate::SharedKey>, KeyError> {
+        self.check()?;
+        Ok(self.app_state_keys.get(id).cloned())
+    }
+    fn app_state_collection(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<crate::wa::appstate::CollectionRecord>, KeyError> {
+        self.check()?;
+        Ok(self.collections.get(name).cloned())
+    }
+    fn contact(&mut self, jid: &str) -> Result<Option<ContactRecord>, KeyError> {
+        self.check()?;
+        Ok(self.contacts.get(jid).cloned())
+    }
+    fn chat_settings(&mut self, chat: &str) -> Result<Option<ChatRecord>, KeyError> {
+        self.check()?;
+        Ok(self.chats.get(chat).cloned())
     }
 }
 
@@ -819,4 +857,5 @@ fn hostile_stanzas_are_refused_without_panicking() {
     assert!(device.events.is_empty());
 }
 
+mod app_state;
 mod media;
