@@ -405,3 +405,40 @@ async fn unanswered_keepalive_reconnects() {
     .await;
     gateway.shutdown().await;
 }
+
+/// The reconnect limit counts consecutive failures: a session that logs in
+/// again after each drop keeps reconnecting however many drops it lives
+/// through.
+#[tokio::test]
+async fn reconnect_limit_counts_consecutive_failures_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = start_sim().await;
+    let mut opts = options(dir.path(), &sim.sim);
+    opts.max_reconnect_attempts = 2;
+    let gateway = start_gateway(opts).await;
+    let mut client = client(gateway.addr).await;
+    let (device, mut events) = pair_with(&mut sim.control, &mut client, "s", "15550001111").await;
+    for drop in 0..6 {
+        let kicked = sim
+            .control
+            .kick(KickRequest {
+                jid: device.clone(),
+                code: 0,
+            })
+            .await
+            .expect("kick")
+            .into_inner();
+        assert_eq!(kicked.connections, 1, "drop {drop}: still connected");
+        let (_, before) = wait_for(&mut events, "reconnected", |e| {
+            is_state(e, SessionState::Connected)
+        })
+        .await;
+        assert!(
+            !before
+                .iter()
+                .any(|e| is_state(e, SessionState::Disconnected)),
+            "drop {drop}: gave up: {before:#?}"
+        );
+    }
+    gateway.shutdown().await;
+}

@@ -310,6 +310,7 @@ impl SessionActor {
                     s.last_connected_at_ms = Some(now);
                     s.reconnect_attempts = 0;
                 });
+                self.logged_in = true;
                 self.events
                     .commit(
                         &self.id,

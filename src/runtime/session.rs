@@ -102,6 +102,10 @@ pub(crate) struct SessionActor {
     /// after a restart an unpaired session shows QR codes until an Init
     /// asks otherwise).
     pub(super) pairing: Pairing,
+    /// Set when a connection logged in: the reconnect count starts over
+    /// after it ends (the limit is for consecutive failures, not for a
+    /// session's lifetime).
+    pub(super) logged_in: bool,
 }
 
 impl SessionActor {
@@ -133,6 +137,7 @@ impl SessionActor {
             messenger,
             deferred: None,
             pairing: Pairing::Qr,
+            logged_in: false,
         };
         let handle = SessionHandle {
             commands: tx,
@@ -187,6 +192,9 @@ impl SessionActor {
         loop {
             self.set_state(SessionState::Connecting, |_| {});
             let ended = self.connect_once().await;
+            if std::mem::take(&mut self.logged_in) {
+                attempts = 0;
+            }
             match ended {
                 Ended::Shutdown | Ended::Lost => return true,
                 Ended::Requested {
