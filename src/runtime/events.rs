@@ -50,6 +50,7 @@ impl EventKind {
             Payload::ChatState(_) => EventType::ChatState,
             Payload::Presence(_) => EventType::Presence,
             Payload::LinkCode(_) => EventType::LinkCode,
+            Payload::History(_) => EventType::History,
         }
     }
 }
@@ -421,6 +422,7 @@ fn empty_payload(kind: u8) -> Option<Payload> {
         EventType::ChatState => Some(Payload::ChatState(Default::default())),
         EventType::Presence => Some(Payload::Presence(Default::default())),
         EventType::LinkCode => Some(Payload::LinkCode(Default::default())),
+        EventType::History => Some(Payload::History(Default::default())),
         EventType::Unspecified => None,
     }
 }

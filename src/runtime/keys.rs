@@ -20,8 +20,8 @@ use crate::store::{Batch, SecretOp, SessionId, Store, StoreError};
 use crate::wa::creds::Credentials;
 use crate::wa::crypto::{hkdf_sha256, hmac_sha256, KeyPair};
 use crate::wa::messaging::{
-    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, MediaRecord, SenderKeyMemory,
-    SentRecord,
+    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, MediaRecord, PendingHistory,
+    SenderKeyMemory, SentRecord,
 };
 use crate::wa::signal::{PreKey, ProtocolAddress, SenderKeyName, SenderKeyRecord, SessionRecord};
 
@@ -56,6 +56,8 @@ const LID: &str = "lid";
 const SENDER_KEY_MEMORY: &str = "sender-key-memory";
 /// What downloading a received message's media needs, by message id.
 const MEDIA: &str = "media";
+/// History chunks not yet committed, by their notification's dedupe key.
+const HISTORY: &str = "history";
 
 /// Where older versions kept records under identifiers in clear, and the
 /// hashed kind each moves to.
@@ -66,6 +68,31 @@ const LEGACY: [(&str, &str); 5] = [
     ("idem/", IDEMPOTENCY),
     ("lid/", LID),
 ];
+
+/// The write recording a history chunk's progress (its deletion once
+/// complete).
+fn history_op(names: &Names, key: &DedupeKey, record: Option<&PendingHistory>) -> SecretOp {
+    let name = names.of(HISTORY, &key.0);
+    match record {
+        Some(record) => SecretOp::Put {
+            key: name,
+            value: Zeroizing::new(record.encode_to_vec()),
+        },
+        None => SecretOp::Delete { key: name },
+    }
+}
+
+/// The store write of a history chunk's progress, committed with one of
+/// its pages outside a message step (`change` is a [`Change::History`];
+/// anything else gives an empty batch).
+pub(crate) fn history_batch(creds: &Credentials, change: &Change) -> Batch {
+    let mut batch = Batch::default();
+    if let Change::History(key, record) = change {
+        let names = Names::new(&creds.identity_key);
+        batch.secrets.push(history_op(&names, key, record.as_ref()));
+    }
+    batch
+}
 
 fn key_error(e: StoreError) -> KeyError {
     KeyError {
@@ -285,6 +312,10 @@ impl StoreKeys {
                     self.names.of(MEDIA, message_id),
                     Zeroizing::new(record.encode_to_vec()),
                 ),
+                Change::History(key, record) => {
+                    batch.secrets.push(history_op(&self.names, key, record.as_ref()));
+                    continue;
+                }
             };
             batch.secrets.push(SecretOp::Put { key, value });
         }
@@ -327,7 +358,8 @@ impl StoreKeys {
                 Change::Sent(..)
                 | Change::Idempotency(..)
                 | Change::SenderKeyMemory(..)
-                | Change::Media(..) => {}
+                | Change::Media(..)
+                | Change::History(..) => {}
             }
         }
         // Lookups that led to no write (duplicates, retries) end here.
@@ -503,6 +535,12 @@ impl KeyStore for StoreKeys {
         // to a group, next to that send's commit).
         let stored = self.read(&self.names.of(SENDER_KEY_MEMORY, group))?;
         Ok(stored.and_then(|b| SenderKeyMemory::decode(b.as_slice()).ok()))
+    }
+
+    fn pending_history(&mut self, key: &DedupeKey) -> Result<Option<PendingHistory>, KeyError> {
+        // Read only for redelivered messages of the account's own devices.
+        let stored = self.read(&self.names.of(HISTORY, &key.0))?;
+        Ok(stored.and_then(|b| PendingHistory::decode(b.as_slice()).ok()))
     }
 }
 

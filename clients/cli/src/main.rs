@@ -119,6 +119,7 @@ enum Kind {
     Group,
     ChatState,
     Presence,
+    History,
 }
 
 impl From<Kind> for EventType {
@@ -131,6 +132,7 @@ impl From<Kind> for EventType {
             Kind::Group => EventType::Group,
             Kind::ChatState => EventType::ChatState,
             Kind::Presence => EventType::Presence,
+            Kind::History => EventType::History,
         }
     }
 }
@@ -394,7 +396,8 @@ async fn show_qr(gw: &mut Gateway, id: String, ink: Ink, json: bool) -> Result<(
                 | Payload::Group(_)
                 | Payload::ChatState(_)
                 | Payload::Presence(_)
-                | Payload::LinkCode(_),
+                | Payload::LinkCode(_)
+                | Payload::History(_),
             )
             | None => {}
         }

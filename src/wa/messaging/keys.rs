@@ -91,6 +91,29 @@ impl std::fmt::Debug for MediaRecord {
     }
 }
 
+/// A history chunk announced by the account's phone whose pages are not
+/// all committed yet, kept (with the ratchet step that decrypted its
+/// notification) until they are: a redelivered notification resumes it
+/// after the pages already committed. The media key makes it a secret.
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
+pub struct PendingHistory {
+    /// The `HistorySyncNotification` as received.
+    #[prost(bytes = "vec", tag = "1")]
+    pub notification: Vec<u8>,
+    /// Pages of the chunk already committed.
+    #[prost(uint32, tag = "2")]
+    pub pages_done: u32,
+}
+
+impl std::fmt::Debug for PendingHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingHistory")
+            .field("pages_done", &self.pages_done)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Keys the engine reads. Every call may hit a store; implementations cache.
 pub trait KeyStore {
     fn session(&mut self, address: &ProtocolAddress) -> Result<Option<SessionRecord>, KeyError>;
@@ -107,6 +130,8 @@ pub trait KeyStore {
     fn phone_of_lid(&mut self, lid_user: &str) -> Result<Option<String>, KeyError>;
     /// The devices that hold our current sender key of `group`.
     fn sender_key_memory(&mut self, group: &str) -> Result<Option<SenderKeyMemory>, KeyError>;
+    /// The pending history chunk of a notification (by its dedupe key).
+    fn pending_history(&mut self, key: &DedupeKey) -> Result<Option<PendingHistory>, KeyError>;
 }
 
 /// Which devices (JIDs with device ids) were given our current sender key
@@ -140,6 +165,9 @@ pub enum Change {
     SenderKeyMemory(String, SenderKeyMemory),
     /// A received message's media, by message id (see [`MediaRecord`]).
     Media(String, MediaRecord),
+    /// A history notification's chunk to fetch (see [`PendingHistory`]);
+    /// `None` once all its pages are committed.
+    History(DedupeKey, Option<PendingHistory>),
 }
 
 /// Reads through to a [`KeyStore`] with the step's own writes on top.
@@ -336,6 +364,21 @@ impl<'a> Txn<'a> {
 
     pub fn put_media(&mut self, message_id: String, record: MediaRecord) {
         self.log.push(Change::Media(message_id, record));
+    }
+
+    pub fn pending_history(&mut self, key: &DedupeKey) -> Result<Option<PendingHistory>, KeyError> {
+        let pending = self.log.iter().rev().find_map(|c| match c {
+            Change::History(k, record) if k == key => Some(record.clone()),
+            _ => None,
+        });
+        match pending {
+            Some(record) => Ok(record),
+            None => self.keys.pending_history(key),
+        }
+    }
+
+    pub fn put_pending_history(&mut self, key: DedupeKey, record: PendingHistory) {
+        self.log.push(Change::History(key, Some(record)));
     }
 
     pub fn put_lid(&mut self, lid_user: String, phone: String) {

@@ -27,6 +27,7 @@ struct MemKeys {
     lids: HashMap<String, String>,
     sender_key_memory: HashMap<String, SenderKeyMemory>,
     media: HashMap<String, MediaRecord>,
+    history: HashMap<DedupeKey, PendingHistory>,
     /// Reads fail while set.
     broken: bool,
 }
@@ -76,6 +77,12 @@ impl MemKeys {
                 Change::Media(id, r) => {
                     self.media.insert(id, r);
                 }
+                Change::History(key, Some(r)) => {
+                    self.history.insert(key, r);
+                }
+                Change::History(key, None) => {
+                    self.history.remove(&key);
+                }
             }
         }
     }
@@ -117,6 +124,10 @@ impl KeyStore for MemKeys {
     fn sender_key_memory(&mut self, group: &str) -> Result<Option<SenderKeyMemory>, KeyError> {
         self.check()?;
         Ok(self.sender_key_memory.get(group).cloned())
+    }
+    fn pending_history(&mut self, key: &DedupeKey) -> Result<Option<PendingHistory>, KeyError> {
+        self.check()?;
+        Ok(self.history.get(key).cloned())
     }
 }
 

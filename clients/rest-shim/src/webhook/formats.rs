@@ -113,7 +113,8 @@ pub(crate) fn deliveries(
             Payload::Group(_)
             | Payload::ChatState(_)
             | Payload::Presence(_)
-            | Payload::LinkCode(_),
+            | Payload::LinkCode(_)
+            | Payload::History(_),
         )
         | None => {}
     }
