@@ -257,3 +257,31 @@ fn rss_bytes() -> u64 {
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4096)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restart_in_the_middle_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = start_sim().await;
+    let mut opts = options(dir.path(), &sim.sim);
+    opts.full_history = true;
+    let gateway = start_gateway(opts.clone()).await;
+    let mut client = client(gateway.addr).await;
+    create_account(&mut sim.control, OWN, "Own").await;
+    seed(&mut sim, 10, 600).await;
+
+    let (_, mut events) = pair_with(&mut sim.control, &mut client, "hist", OWN).await;
+    // Stop as soon as the first page is in: the rest of the history (the
+    // chunk in progress, and the chunks not started) is still to come.
+    let (first, _) = wait_for(&mut events, "a history page", |e| history_of(e).is_some()).await;
+    gateway.shutdown().await;
+    let mut pages = vec![history_of(&first).cloned().expect("history")];
+
+    let gateway = start_gateway(opts).await;
+    let mut client = common::client(gateway.addr).await;
+    let mut events = events_after(&mut client, "hist", first.cursor).await;
+    let (rest, _) = history_until(&mut events, "FULL").await;
+    pages.extend(rest);
+    let by_id = check_pages(&pages);
+    assert_eq!(by_id.len(), 6_000);
+    gateway.shutdown().await;
+}
