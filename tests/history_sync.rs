@@ -150,7 +150,11 @@ async fn the_recent_history_reaches_the_backend_in_pages() {
             assert_eq!(chat, &format!("1555900{c:05}@s.whatsapp.net"));
             assert_eq!((got_text, *got_from_me), (&text, from_me));
             assert_eq!(*t as u64, base_time - u64::from(150 - n) * 60);
-            let expected_type = if n >= 130 { "INITIAL_BOOTSTRAP" } else { "RECENT" };
+            let expected_type = if n >= 130 {
+                "INITIAL_BOOTSTRAP"
+            } else {
+                "RECENT"
+            };
             assert_eq!(ty, expected_type, "{c}/{n}");
         }
     }
@@ -167,9 +171,7 @@ async fn the_recent_history_reaches_the_backend_in_pages() {
         .collect();
     assert_eq!(names.get(BOB_JID).map(String::as_str), Some("Bob"));
     assert_eq!(
-        names
-            .get("155590000002@s.whatsapp.net")
-            .map(String::as_str),
+        names.get("155590000002@s.whatsapp.net").map(String::as_str),
         Some("Contact 2")
     );
     assert!(pages.iter().all(|p| p.sync_type != "FULL"));
@@ -270,11 +272,15 @@ async fn a_gateway_restart_in_the_middle_loses_and_repeats_nothing() {
     seed(&mut sim, 10, 600).await;
 
     let (_, mut events) = pair_with(&mut sim.control, &mut client, "hist", OWN).await;
-    // Stop as soon as the first page is in: the rest of the history (the
-    // chunk in progress, and the chunks not started) is still to come.
-    let (first, _) = wait_for(&mut events, "a history page", |e| history_of(e).is_some()).await;
+    // Stop as soon as the first page of a chunk of several pages is in:
+    // the rest of that chunk, and the chunks not started, are still to come.
+    let (first, before) = wait_for(&mut events, "a first page", |e| {
+        history_of(e).is_some_and(|h| h.page == 0 && !h.last_page)
+    })
+    .await;
     gateway.shutdown().await;
-    let mut pages = vec![history_of(&first).cloned().expect("history")];
+    let mut pages: Vec<HistoryEvent> = before.iter().filter_map(history_of).cloned().collect();
+    pages.push(history_of(&first).cloned().expect("history"));
 
     let gateway = start_gateway(opts).await;
     let mut client = common::client(gateway.addr).await;
@@ -283,5 +289,77 @@ async fn a_gateway_restart_in_the_middle_loses_and_repeats_nothing() {
     pages.extend(rest);
     let by_id = check_pages(&pages);
     assert_eq!(by_id.len(), 6_000);
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_over_the_size_cap_is_reported_and_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = start_sim().await;
+    let mut opts = options(dir.path(), &sim.sim);
+    // The bootstrap and recent chunks of 3 chats inflate to several KiB;
+    // the push names fit.
+    opts.max_history_chunk_bytes = 2048;
+    let gateway = start_gateway(opts.clone()).await;
+    let mut client = client(gateway.addr).await;
+    create_account(&mut sim.control, OWN, "Own").await;
+    seed(&mut sim, 3, 150).await;
+
+    let (_, mut events) = pair_with(&mut sim.control, &mut client, "hist", OWN).await;
+    let mut pages = Vec::new();
+    let last_cursor = loop {
+        let (event, _) = wait_for(&mut events, "a history page", |e| history_of(e).is_some()).await;
+        let page = history_of(&event).cloned().expect("history");
+        let done = page.sync_type == "RECENT" && page.last_page;
+        pages.push(page);
+        if done {
+            break event.cursor;
+        }
+    };
+    let summary: Vec<(&str, bool, bool)> = pages
+        .iter()
+        .map(|p| (p.sync_type.as_str(), p.last_page, p.error.is_empty()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("INITIAL_BOOTSTRAP", true, false),
+            ("PUSH_NAME", true, true),
+            ("RECENT", true, false)
+        ]
+    );
+    for page in pages.iter().filter(|p| !p.error.is_empty()) {
+        assert!(
+            page.error.contains("more than 2048 bytes"),
+            "{}",
+            page.error
+        );
+        assert!(page.chats.is_empty());
+    }
+    assert_eq!(pages[1].push_names.len(), 3);
+
+    // Given up for good: the notifications were acknowledged, and a
+    // restarted gateway reports nothing of them again.
+    gateway.shutdown().await;
+    let gateway = start_gateway(opts).await;
+    let mut client = common::client(gateway.addr).await;
+    let mut events = events_after(&mut client, "hist", last_cursor).await;
+    create_account(&mut sim.control, BOB, "Bob").await;
+    let id = sim
+        .control
+        .send_text(SendTextRequest {
+            from_phone: BOB.into(),
+            to: OWN.into(),
+            text: "still here".into(),
+        })
+        .await
+        .expect("SendText")
+        .into_inner()
+        .message_id;
+    let (_, before) = wait_for(&mut events, "the new text", |e| {
+        message_of(e).is_some_and(|m| m.id == id)
+    })
+    .await;
+    assert!(before.iter().all(|e| history_of(e).is_none()));
     gateway.shutdown().await;
 }

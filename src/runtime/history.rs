@@ -145,6 +145,9 @@ async fn fetch(
         .map_err(|_| HistoryFailure::Retry("the connection closed".into()))?
         .map_err(|e| HistoryFailure::Retry(format!("no media hosts: {e}")))?;
     let mut pages = job.pages_done;
+    if pages > 0 {
+        tracing::info!(session = %ctx.id, chunk = job.notice.chunk_order, pages, "resuming a history chunk");
+    }
     let outcome = match download_and_inflate(&job, &conn, &ctx).await? {
         Ok(inflated) => commit_pages(&job, &inflated, &ctx, &mut pages).await?,
         Err(unreadable) => Err(unreadable),
@@ -184,9 +187,9 @@ async fn download_and_inflate(
             )))
         }
         Err(Download::Corrupt(e)) => return Ok(Err(Unreadable::Download(e.to_string()))),
-        Err(Download::Failed(
-            e @ (MediaFailure::TooLarge { .. } | MediaFailure::DataLoss(_)),
-        )) => return Ok(Err(Unreadable::Download(e.to_string()))),
+        Err(Download::Failed(e @ (MediaFailure::TooLarge { .. } | MediaFailure::DataLoss(_)))) => {
+            return Ok(Err(Unreadable::Download(e.to_string())))
+        }
         Err(Download::Failed(e)) => return Err(HistoryFailure::Retry(e.to_string())),
     };
     let (tx, mut rx) = mpsc::channel(PLAINTEXT_QUEUE);
@@ -241,7 +244,14 @@ async fn commit_pages(
         }
         let last = page.last;
         let index = page.index;
-        commit(ctx, job, vec![payloads::history_page(page)], index + 1, last).await?;
+        commit(
+            ctx,
+            job,
+            vec![payloads::history_page(page)],
+            index + 1,
+            last,
+        )
+        .await?;
         *pages = index + 1;
     }
     Ok(Ok(()))

@@ -313,7 +313,9 @@ impl StoreKeys {
                     Zeroizing::new(record.encode_to_vec()),
                 ),
                 Change::History(key, record) => {
-                    batch.secrets.push(history_op(&self.names, key, record.as_ref()));
+                    batch
+                        .secrets
+                        .push(history_op(&self.names, key, record.as_ref()));
                     continue;
                 }
             };

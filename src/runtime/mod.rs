@@ -28,8 +28,8 @@ pub use config::RuntimeConfig;
 pub use error::RuntimeError;
 pub use events::{timestamp as timestamp_ms, EventKind, EventLog};
 pub use fetch_policy::FetchPolicy;
-pub use manager::{Manager, PairingCode};
 pub use history::HistorySettings;
+pub use manager::{Manager, PairingCode};
 pub use media::{MediaFailure, MediaSettings};
 pub use media_flow::{
     MediaDownload, MediaSource, MediaSpec, MediaUpload, OutgoingMedia, UploadedMedia,

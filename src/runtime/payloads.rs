@@ -3,12 +3,12 @@
 
 use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{
-    ChatState, ChatStateEvent, ConnectionEvent, GroupChange, GroupEvent, HistoryChat,
-    HistoryEvent, HistoryMessage, HistoryPushName, LinkCodeEvent, MediaInfo, MediaKind,
-    MessageEvent, PresenceEvent, QrEvent, ReceiptEvent, ReceiptType,
+    ChatState, ChatStateEvent, ConnectionEvent, GroupChange, GroupEvent, HistoryChat, HistoryEvent,
+    HistoryMessage, HistoryPushName, LinkCodeEvent, MediaInfo, MediaKind, MessageEvent,
+    PresenceEvent, QrEvent, ReceiptEvent, ReceiptType,
 };
-use crate::wa::history::{HistoryNotice, HistoryPage};
 use crate::wa::groups::{GroupChange as GroupChangeKindOf, GroupChangeKind};
+use crate::wa::history::{HistoryNotice, HistoryPage};
 use crate::wa::media::MediaType;
 use crate::wa::message::phone_of;
 use crate::wa::messaging::{Event, ReceiptKind, ReceivedMedia, ReceivedMessage, ReceivedReceipt};

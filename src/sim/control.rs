@@ -24,8 +24,8 @@ use crate::proto::sim::{
     UpdateGroupParticipantsResponse,
 };
 use crate::proto::sim::{
-    SendChatStateRequest, SendChatStateResponse, SendGroupTextsRequest, SendGroupTextsResponse,
-    SeedHistoryRequest, SeedHistoryResponse, SetPresenceRequest, SetPresenceResponse,
+    SeedHistoryRequest, SeedHistoryResponse, SendChatStateRequest, SendChatStateResponse,
+    SendGroupTextsRequest, SendGroupTextsResponse, SetPresenceRequest, SetPresenceResponse,
     SetReadReceiptsRequest, SetReadReceiptsResponse,
 };
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
@@ -650,9 +650,9 @@ impl SimulatorService for Control {
     ) -> Result<Response<SeedHistoryResponse>, Status> {
         let request = request.into_inner();
         let phone = parse_phone(&request.phone)?;
-        let base_time =
-            self.sim
-                .seed_history(&phone, request.chats, request.messages_per_chat)?;
+        let base_time = self
+            .sim
+            .seed_history(&phone, request.chats, request.messages_per_chat)?;
         Ok(Response::new(SeedHistoryResponse { base_time }))
     }
 }

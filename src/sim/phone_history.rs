@@ -78,7 +78,10 @@ impl HistorySeed {
 /// A chat of the phone's history: where its messages come from.
 enum Chat {
     Seeded(u32),
-    Inbox { jid: String, texts: Vec<InboxMessage> },
+    Inbox {
+        jid: String,
+        texts: Vec<InboxMessage>,
+    },
 }
 
 /// What the phone's history holds, in chat order.
@@ -115,10 +118,10 @@ impl History {
             }
             Chat::Inbox { jid, texts } => {
                 let text = texts.get(n)?;
-                let sender = text.from.parse::<Jid>().map_or_else(
-                    |_| text.from.clone(),
-                    |j| j.to_non_ad().to_string(),
-                );
+                let sender = text
+                    .from
+                    .parse::<Jid>()
+                    .map_or_else(|_| text.from.clone(), |j| j.to_non_ad().to_string());
                 Some(stored(
                     jid,
                     text.id.clone(),
@@ -432,8 +435,14 @@ mod tests {
         let full = history.range(chat, HistorySyncType::Full);
         let recent = history.range(chat, HistorySyncType::Recent);
         let bootstrap = history.range(chat, HistorySyncType::InitialBootstrap);
-        assert_eq!((full.clone(), recent.clone(), bootstrap.clone()), (0..50, 50..130, 130..150));
-        let first = history.message(chat, 0).and_then(|m| m.message).unwrap();
+        assert_eq!(
+            (full.clone(), recent.clone(), bootstrap.clone()),
+            (0..50, 50..130, 130..150)
+        );
+        let first = history
+            .message(chat, 0)
+            .and_then(|m| m.message)
+            .expect("message");
         assert_eq!(first.key.id.as_deref(), Some("HIST000000000000"));
         assert_eq!(first.message_timestamp, Some(1_000_000 - 150 * 60));
         assert_eq!(first.key.from_me, Some(true));

@@ -9,8 +9,8 @@ use crate::proto::wa::{HistorySync, MessageKey, WebMessageInfo};
 
 fn zlib(bytes: &[u8]) -> Vec<u8> {
     let mut z = ZlibEncoder::new(Vec::new(), Compression::default());
-    z.write_all(bytes).unwrap();
-    z.finish().unwrap()
+    z.write_all(bytes).expect("valid");
+    z.finish().expect("valid")
 }
 
 fn text(chat: &str, id: &str, t: u64, from_me: bool, text: &str) -> HistorySyncMsg {
@@ -42,7 +42,15 @@ fn chunk(chats: usize, per_chat: usize) -> HistorySync {
                 let jid = format!("1555000{c:04}@s.whatsapp.net");
                 Conversation {
                     messages: (0..per_chat)
-                        .map(|n| text(&jid, &format!("ID{c}-{n}"), n as u64, n % 3 == 0, &format!("t{c}/{n}")))
+                        .map(|n| {
+                            text(
+                                &jid,
+                                &format!("ID{c}-{n}"),
+                                n as u64,
+                                n % 3 == 0,
+                                &format!("t{c}/{n}"),
+                            )
+                        })
                         .collect(),
                     id: jid,
                     last_msg_timestamp: None,
@@ -61,10 +69,12 @@ fn chunk(chats: usize, per_chat: usize) -> HistorySync {
 }
 
 fn pages(bytes: &[u8], max_messages: usize, max_bytes: usize) -> Vec<HistoryPage> {
-    let mut reader = PageReader::new(bytes).unwrap().with_limits(max_messages, max_bytes);
+    let mut reader = PageReader::new(bytes)
+        .expect("valid")
+        .with_limits(max_messages, max_bytes);
     let mut out = Vec::new();
     while let Some(page) = reader.next_page() {
-        out.push(page.unwrap());
+        out.push(page.expect("valid"));
     }
     out
 }
@@ -72,7 +82,7 @@ fn pages(bytes: &[u8], max_messages: usize, max_bytes: usize) -> Vec<HistoryPage
 #[test]
 fn pages_keep_order_and_bounds() {
     let encoded = chunk(3, 10).encode_to_vec();
-    let inflated = inflate(&zlib(&encoded), 1 << 20).unwrap();
+    let inflated = inflate(&zlib(&encoded), 1 << 20).expect("valid");
     assert_eq!(inflated, encoded);
     let pages = pages(&inflated, 4, 1 << 20);
     assert_eq!(pages.len(), 8);
@@ -96,14 +106,22 @@ fn pages_keep_order_and_bounds() {
         .collect();
     assert_eq!(ids, expected);
     let names: Vec<_> = pages.iter().flat_map(|p| p.push_names.clone()).collect();
-    assert_eq!(names, vec![("15550000001@s.whatsapp.net".to_owned(), "Ann".to_owned())]);
+    assert_eq!(
+        names,
+        vec![("15550000001@s.whatsapp.net".to_owned(), "Ann".to_owned())]
+    );
 }
 
 #[test]
 fn byte_limit_splits_pages() {
     let encoded = chunk(1, 100).encode_to_vec();
     for page in pages(&encoded, 1000, 1000) {
-        let size: usize = page.chats.iter().flat_map(|c| &c.messages).map(message_size).sum();
+        let size: usize = page
+            .chats
+            .iter()
+            .flat_map(|c| &c.messages)
+            .map(message_size)
+            .sum();
         assert!(size <= 1000, "{size}");
     }
 }
@@ -135,7 +153,7 @@ fn oversized_inflate_is_refused() {
     assert_eq!(result, Err(HistoryError::TooLarge { limit: 1 << 20 }));
     // Exactly at the limit is fine.
     let exact = zlib(&vec![7u8; 1 << 20]);
-    assert_eq!(inflate(&exact, 1 << 20).unwrap().len(), 1 << 20);
+    assert_eq!(inflate(&exact, 1 << 20).expect("valid").len(), 1 << 20);
 }
 
 #[test]
@@ -147,7 +165,10 @@ fn truncated_and_trailing_streams_are_refused() {
     let mut trailing = full.clone();
     trailing.extend_from_slice(b"junk");
     assert_eq!(inflate(&trailing, 1 << 20), Err(HistoryError::TrailingData));
-    assert!(matches!(inflate(b"not zlib at all", 1 << 20), Err(HistoryError::Inflate(_))));
+    assert!(matches!(
+        inflate(b"not zlib at all", 1 << 20),
+        Err(HistoryError::Inflate(_))
+    ));
 }
 
 #[test]
@@ -195,7 +216,10 @@ fn notices_round_trip_and_need_their_fields() {
         chunk_order: 1,
         progress: 50,
     };
-    assert_eq!(HistoryNotice::from_proto(&notice.to_proto()).unwrap(), notice);
+    assert_eq!(
+        HistoryNotice::from_proto(&notice.to_proto()).expect("valid"),
+        notice
+    );
     let mut bad = notice.to_proto();
     bad.media_key = Some(vec![1; 5]);
     assert!(HistoryNotice::from_proto(&bad).is_err());

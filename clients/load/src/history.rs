@@ -131,7 +131,10 @@ pub(crate) async fn measure(
                 }
                 Some(event::Payload::History(h)) => {
                     if !h.error.is_empty() {
-                        return Err(LoadError::Setup(format!("history chunk failed: {}", h.error)));
+                        return Err(LoadError::Setup(format!(
+                            "history chunk failed: {}",
+                            h.error
+                        )));
                     }
                     let n: u64 = h.chats.iter().map(|c| c.messages.len() as u64).sum();
                     received += n;

@@ -275,10 +275,11 @@ pub struct HistoryJob {
 impl HistoryJob {
     /// A chunk left pending by an earlier connection.
     fn resume(key: DedupeKey, pending: &PendingHistory, receipt: Node) -> Option<Self> {
-        let notification = <crate::proto::wa::message::HistorySyncNotification as prost::Message>::decode(
-            pending.notification.as_slice(),
-        )
-        .ok()?;
+        let notification =
+            <crate::proto::wa::message::HistorySyncNotification as prost::Message>::decode(
+                pending.notification.as_slice(),
+            )
+            .ok()?;
         let notice = crate::wa::history::HistoryNotice::from_proto(&notification).ok()?;
         Some(Self {
             key,
