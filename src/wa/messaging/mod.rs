@@ -259,7 +259,7 @@ impl Step {
 }
 
 /// A history chunk for the owner to fetch, page and commit (see
-/// [`crate::wa::history`]); then it commits [`HistoryJob::done`] with the
+/// [`crate::wa::history`]); then it commits [`HistoryJob::progress`] with its
 /// last page and sends `receipt`.
 #[derive(Debug, Clone)]
 pub struct HistoryJob {
