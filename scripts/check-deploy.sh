@@ -21,16 +21,20 @@ hadolint Dockerfile
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# The manifests, without kustomization.yaml (a kustomize file, not an API
-# object).
-manifests=$(find k8s -name '*.yaml' ! -name kustomization.yaml | sort)
+# The manifests, without kustomization.yaml files and overlay patches
+# (*.patch.yaml): kustomize inputs, not whole API objects.
+manifests=$(find k8s -name '*.yaml' ! -name kustomization.yaml ! -name '*.patch.yaml' | sort)
 rendered=""
 if command -v kubectl >/dev/null 2>&1; then
-    kubectl kustomize k8s/base >"$tmp/rendered.yaml"
-    rendered="$tmp/rendered.yaml"
+    for dir in base redis; do
+        kubectl kustomize "k8s/$dir" >"$tmp/rendered-$dir.yaml"
+        rendered="$rendered $tmp/rendered-$dir.yaml"
+    done
 elif command -v kustomize >/dev/null 2>&1; then
-    kustomize build k8s/base >"$tmp/rendered.yaml"
-    rendered="$tmp/rendered.yaml"
+    for dir in base redis; do
+        kustomize build "k8s/$dir" >"$tmp/rendered-$dir.yaml"
+        rendered="$rendered $tmp/rendered-$dir.yaml"
+    done
 else
     echo "note: neither kubectl nor kustomize found; kustomize output not checked"
 fi
@@ -47,7 +51,7 @@ YAML
 
 for version in $K8S_VERSIONS; do
     echo "kubernetes-validate --strict (Kubernetes $version)"
-    # shellcheck disable=SC2086 # one argument per manifest path
+    # shellcheck disable=SC2086 # one argument per manifest and rendered file
     kubernetes-validate --strict --quiet -k "$version" $manifests $rendered
     if kubernetes-validate --strict --quiet -k "$version" "$tmp/broken.yaml" >/dev/null 2>&1; then
         echo "kubernetes-validate accepted an invalid manifest" >&2

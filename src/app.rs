@@ -39,6 +39,11 @@ pub struct ServeOptions {
     pub store_key_file: Option<PathBuf>,
     /// Keep sessions, secrets and events in this Redis instead of SQLite in the data dir.
     pub redis: Option<RedisOptions>,
+    /// With a shared store: how long a session's lease lasts unless renewed.
+    pub lease_ttl: Duration,
+    /// With a shared store: the address other gateways and clients reach this one at
+    /// (default: the listen address).
+    pub advertise: Option<String>,
     pub retention: Retention,
     /// Time between health turning NOT_SERVING and the listener closing.
     pub drain_delay: Duration,
@@ -79,6 +84,8 @@ impl ServeOptions {
             store_key: None,
             store_key_file: None,
             redis: None,
+            lease_ttl: Duration::from_secs(8),
+            advertise: None,
             retention: Retention {
                 max_age_ms: Some(7 * 24 * 3600 * 1000),
                 max_per_session: Some(100_000),
@@ -263,6 +270,12 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         client.root_key = root;
     }
     let plain_media = wa_url.starts_with("ws://");
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| StartError::Bind(opts.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(opts.listen, e))?;
     let config = RuntimeConfig {
         wa_url,
         client,
@@ -286,16 +299,15 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         history: crate::runtime::HistorySettings {
             max_inflated_bytes: opts.max_history_chunk_bytes,
         },
+        leases: crate::runtime::Leases {
+            ttl: opts.lease_ttl,
+            advertise: opts.advertise.clone().unwrap_or_else(|| addr.to_string()),
+        },
     };
     let events = EventLog::new(store.clone())?;
+    events.follow_other_writers();
     let manager = Arc::new(Manager::new(config, events));
-
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| StartError::Bind(opts.listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Bind(opts.listen, e))?;
+    manager.keep_leases();
 
     let metrics_addr = match opts.metrics_listen {
         Some(addr) => Some(

@@ -115,6 +115,15 @@ struct ServeArgs {
     /// AOF alone.
     #[arg(long, env = "WAGATE_REDIS_WAIT_REPLICAS", default_value_t = 0)]
     redis_wait_replicas: u32,
+    /// With Redis: seconds a session's lease lasts unless renewed; a dead
+    /// gateway's sessions move to another one after at most this long.
+    #[arg(long, env = "WAGATE_LEASE_SECONDS", default_value_t = 8)]
+    lease_seconds: u64,
+    /// With Redis: the gRPC address clients and other gateways reach this one
+    /// at (e.g. the pod IP and port); told to callers that reach another
+    /// gateway for a session this one serves [default: the listen address].
+    #[arg(long, env = "WAGATE_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
     /// Event log retention: maximum age in hours (0 = keep forever).
     #[arg(long, env = "WAGATE_EVENT_RETENTION_HOURS", default_value_t = 168)]
     event_retention_hours: u64,
@@ -192,6 +201,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .ok()
         .filter(|k| !k.is_empty());
     opts.store_key_file = args.store_key_file;
+    opts.lease_ttl = Duration::from_secs(args.lease_seconds.max(2));
+    opts.advertise = args.advertise_addr;
     opts.redis = args.redis_url.map(|url| {
         let mut redis = wagate::store::RedisOptions::new(url);
         redis.prefix = args.redis_prefix;

@@ -1,12 +1,15 @@
 //! Arbitrary bytes as app-state input: as the bytes of one patch in a
-//! `w:sync:app:state` answer, and as a whole answer node; every patch read
-//! is decoded against a known key with every MAC checked. Nothing may panic.
+//! `w:sync:app:state` answer, as a whole answer node, and as a snapshot
+//! blob; every patch and snapshot read is decoded against a known key with
+//! every MAC checked, and every mutation read as an action. Nothing may
+//! panic.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use wagate::wa::appstate::{
-    decode_patch, parse_sync, CollectionState, MutationKeys, CRITICAL_BLOCK,
+    decode_patch, decode_snapshot, parse_snapshot, parse_sync, CollectionState, MutationKeys,
+    CRITICAL_BLOCK,
 };
 use wagate::wa::binary::{Node, TokenDict};
 
@@ -15,7 +18,11 @@ fn decode_all(node: &Node, keys: &MutationKeys) {
         let mut state = CollectionState::default();
         for c in &collections {
             for patch in &c.patches {
-                let _ = decode_patch(&c.name, &mut state, patch, |_| Some(keys));
+                if let Ok(mutations) = decode_patch(&c.name, &mut state, patch, |_| Some(keys)) {
+                    for m in &mutations {
+                        let _ = m.action();
+                    }
+                }
             }
         }
     }
@@ -34,5 +41,12 @@ fuzz_target!(|data: &[u8]| {
     decode_all(&answer, &keys);
     if let Ok(node) = TokenDict::V3.decode(data) {
         decode_all(&node, &keys);
+    }
+    if let Ok(snapshot) = parse_snapshot(data) {
+        if let Ok((_, mutations)) = decode_snapshot(CRITICAL_BLOCK, &snapshot, |_| Some(&keys)) {
+            for m in &mutations {
+                let _ = m.action();
+            }
+        }
     }
 });

@@ -29,6 +29,13 @@ impl From<RuntimeError> for Status {
             RuntimeError::Reconnecting(_) | RuntimeError::ShuttingDown => {
                 Status::unavailable(e.to_string())
             }
+            RuntimeError::OwnedElsewhere { address, .. } => {
+                let mut status = Status::unavailable(e.to_string());
+                if let Ok(value) = address.parse() {
+                    status.metadata_mut().insert("wagate-owner", value);
+                }
+                status
+            }
             RuntimeError::Store(inner) => store_status(inner),
             RuntimeError::Send(inner) => send_status(inner),
             RuntimeError::QueryTimeout => Status::deadline_exceeded(e.to_string()),

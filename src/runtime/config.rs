@@ -8,6 +8,7 @@ use super::backoff::{Backoff, Pacer};
 use super::events::EventLog;
 use super::history::HistorySettings;
 use super::media::{Media, MediaSettings};
+use super::ownership::{Leases, Ownership};
 use super::pipeline::Pipeline;
 
 /// Runtime settings.
@@ -29,6 +30,8 @@ pub struct RuntimeConfig {
     /// History sync limits (whether the phone sends its whole history is
     /// `client.device.full_history`).
     pub history: HistorySettings,
+    /// Leases, when the store is shared with other gateways.
+    pub leases: Leases,
 }
 
 impl Default for RuntimeConfig {
@@ -42,6 +45,7 @@ impl Default for RuntimeConfig {
             handshakes_per_second: 50,
             media: MediaSettings::default(),
             history: HistorySettings::default(),
+            leases: Leases::default(),
         }
     }
 }
@@ -53,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) pacer: Pacer,
     pub(crate) pipeline: Pipeline,
     pub(crate) media: Media,
+    /// Set when the store is shared: sessions are served under leases.
+    pub(crate) ownership: Option<std::sync::Arc<Ownership>>,
 }
 
 impl Shared {
@@ -60,11 +66,13 @@ impl Shared {
         let pacer = Pacer::new(config.handshakes_per_second);
         let pipeline = Pipeline::start(events);
         let media = Media::new(config.media.clone());
+        let ownership = Ownership::for_store(events.store(), &config.leases);
         Self {
             config,
             pacer,
             pipeline,
             media,
+            ownership,
         }
     }
 }

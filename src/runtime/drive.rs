@@ -39,7 +39,14 @@ impl SessionActor {
         let mut pending_disconnect: Option<(bool, oneshot::Sender<()>)> = None;
         let mut shutting_down = false;
         let mut history = HistoryQueue::default();
+        // A Send or media step that failed (e.g. the store was unreachable):
+        // the connection closes and the session reconnects, as for a failed
+        // inbound step; it is not a stop the caller asked for.
+        let mut step_failed: Option<String> = None;
         let ended = loop {
+            if let Some(reason) = step_failed.take() {
+                break CloseReason::Protocol(reason);
+            }
             // Events first: persistence must precede the frames queued with
             // them. Consecutive stanzas go to the messenger together, so
             // everything read at once is committed at once.
@@ -171,6 +178,7 @@ impl SessionActor {
                         if let Err(e) = self.messenger.send(texts, &mut conn, now_ms()).await {
                             warn!(session = %self.id, "closing: {e}");
                             conn.shutdown();
+                            step_failed = Some(e.to_string());
                         }
                     }
                     Some(Command::Query { iq, reply }) => {
@@ -183,6 +191,7 @@ impl SessionActor {
                         if let Err(e) = self.messenger.media(command, &mut conn, now_ms()).await {
                             warn!(session = %self.id, "closing: {e}");
                             conn.shutdown();
+                            step_failed = Some(e.to_string());
                         }
                     }
                     Some(Command::Disconnect { logout, done }) => {

@@ -42,6 +42,9 @@ pub enum RuntimeError {
     Reconnecting(SessionId),
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// Gateways share the store and another one serves the session.
+    #[error("session {id} is served by the gateway at {address}; call that one")]
+    OwnedElsewhere { id: SessionId, address: String },
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]

@@ -17,6 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use prost::Message;
 use tokio::sync::Notify;
@@ -31,6 +32,10 @@ use crate::store::{
 const PAGE_EVENTS: usize = 256;
 /// Payload bytes read from the log per page while following.
 const PAGE_BYTES: usize = 64 * 1024;
+/// Events the tail of a shared store takes per read.
+const TAIL_BATCH: usize = 1024;
+/// How long one read of a shared store's tail waits for an event.
+const TAIL_WAIT: Duration = Duration::from_secs(1);
 
 /// Event kinds as stored (the `EventType` numbers of the public API).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +56,8 @@ impl EventKind {
             Payload::Presence(_) => EventType::Presence,
             Payload::LinkCode(_) => EventType::LinkCode,
             Payload::History(_) => EventType::History,
+            Payload::Contact(_) => EventType::Contact,
+            Payload::ChatSettings(_) => EventType::ChatSettings,
         }
     }
 }
@@ -139,6 +146,55 @@ impl EventLog {
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         if let Some(last) = records.last() {
             self.hub.announce(session, kinds, last.cursor);
+        }
+    }
+
+    /// With a store shared by several gateways, starts a thread that learns
+    /// of the events the others commit (the store's blocking tail) and wakes
+    /// the subscribers they match, as local commits do. It ends with the
+    /// log. Nothing to do for a store only this process writes.
+    pub fn follow_other_writers(&self) {
+        if !self.store.is_shared() {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let hub = Arc::downgrade(&self.hub);
+        let mut after = self.last_cursor();
+        let spawned = std::thread::Builder::new()
+            .name("event-tail".into())
+            .spawn(move || {
+                let mut failures = 0u32;
+                loop {
+                    if hub.strong_count() == 0 {
+                        return;
+                    }
+                    match store.event_heads(after, TAIL_BATCH, TAIL_WAIT) {
+                        Ok(heads) => {
+                            failures = 0;
+                            let Some(hub) = hub.upgrade() else { return };
+                            for head in heads {
+                                after = after.max(head.cursor);
+                                let mut kinds = KindSet::EMPTY;
+                                kinds.insert(head.kind);
+                                hub.announce(&head.session_id, kinds, head.cursor);
+                            }
+                        }
+                        Err(e) => {
+                            // Backs off while the store is unreachable (a
+                            // background thread, not a wait for an event).
+                            failures = failures.saturating_add(1);
+                            if failures == 1 {
+                                tracing::warn!("cannot follow other gateways' events: {e}");
+                            }
+                            std::thread::sleep(
+                                TAIL_WAIT.min(Duration::from_millis(50).saturating_mul(failures)),
+                            );
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the event tail: {e}");
         }
     }
 
@@ -423,6 +479,8 @@ fn empty_payload(kind: u8) -> Option<Payload> {
         EventType::Presence => Some(Payload::Presence(Default::default())),
         EventType::LinkCode => Some(Payload::LinkCode(Default::default())),
         EventType::History => Some(Payload::History(Default::default())),
+        EventType::Contact => Some(Payload::Contact(Default::default())),
+        EventType::ChatSettings => Some(Payload::ChatSettings(Default::default())),
         EventType::Unspecified => None,
     }
 }

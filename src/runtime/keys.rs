@@ -17,11 +17,12 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use crate::store::{Batch, SecretOp, SessionId, Store, StoreError};
+use crate::wa::appstate::{CollectionRecord, SharedKey};
 use crate::wa::creds::Credentials;
 use crate::wa::crypto::{hkdf_sha256, hmac_sha256, KeyPair};
 use crate::wa::messaging::{
-    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, MediaRecord, PendingHistory,
-    SenderKeyMemory, SentRecord,
+    Change, ChatRecord, ContactRecord, DedupeKey, IdempotencyRecord, KeyError, KeyStore,
+    MediaRecord, PendingHistory, SenderKeyMemory, SentRecord,
 };
 use crate::wa::signal::{PreKey, ProtocolAddress, SenderKeyName, SenderKeyRecord, SessionRecord};
 
@@ -33,6 +34,9 @@ const MAX_CACHED_RECORDS: usize = 256;
 const MAX_CACHED_PREKEYS: usize = 64;
 /// LID mappings kept in memory per session.
 const MAX_CACHED_LIDS: usize = 1024;
+/// Contacts kept in memory per session (each incoming message looks up its
+/// sender's, for its push name).
+const MAX_CACHED_CONTACTS: usize = 256;
 /// Deduplication keys kept in memory per session; older ones are asked of
 /// the store.
 const MAX_SEEN_IN_MEMORY: usize = 16_384;
@@ -58,6 +62,12 @@ const SENDER_KEY_MEMORY: &str = "sender-key-memory";
 const MEDIA: &str = "media";
 /// History chunks not yet committed, by their notification's dedupe key.
 const HISTORY: &str = "history";
+/// App-state: sync keys by id, contacts by JID, chat settings by chat JID;
+/// collections by their (public) names.
+const APP_STATE_KEY: &str = "appstate-key";
+const CONTACT: &str = "contact";
+const CHAT: &str = "chat";
+const COLLECTION: &str = "appstate/collection/";
 
 /// Where older versions kept records under identifiers in clear, and the
 /// hashed kind each moves to.
@@ -161,6 +171,7 @@ pub(crate) struct StoreKeys {
     sessions: HashMap<ProtocolAddress, Option<SessionRecord>>,
     sender_keys: HashMap<SenderKeyName, Option<SenderKeyRecord>>,
     lids: HashMap<String, Option<String>>,
+    contacts: HashMap<String, Option<ContactRecord>>,
     /// One-time prekeys looked up, including used (deleted) ones: a peer
     /// keeps naming the prekey in every message until we answer it.
     prekeys: HashMap<u32, Option<PreKey>>,
@@ -180,6 +191,7 @@ impl StoreKeys {
             sessions: HashMap::new(),
             sender_keys: HashMap::new(),
             lids: HashMap::new(),
+            contacts: HashMap::new(),
             prekeys: HashMap::new(),
             seen: SeenWindow {
                 since_s: u64::MAX,
@@ -318,6 +330,22 @@ impl StoreKeys {
                         .push(history_op(&self.names, key, record.as_ref()));
                     continue;
                 }
+                Change::AppStateKey(key) => (
+                    self.names.of(APP_STATE_KEY, &hex::encode(&key.id)),
+                    key.data.clone(),
+                ),
+                Change::AppStateCollection(name, record) => (
+                    format!("{COLLECTION}{name}"),
+                    Zeroizing::new(record.encode_to_vec()),
+                ),
+                Change::Contact(jid, record) => (
+                    self.names.of(CONTACT, jid),
+                    Zeroizing::new(record.encode_to_vec()),
+                ),
+                Change::ChatSettings(chat, record) => (
+                    self.names.of(CHAT, chat),
+                    Zeroizing::new(record.encode_to_vec()),
+                ),
             };
             batch.secrets.push(SecretOp::Put { key, value });
         }
@@ -357,11 +385,17 @@ impl StoreKeys {
                 Change::PrekeyUsed(id) => {
                     bounded_insert(&mut self.prekeys, id, None, MAX_CACHED_PREKEYS)
                 }
+                Change::Contact(jid, record) => {
+                    bounded_insert(&mut self.contacts, jid, Some(record), MAX_CACHED_CONTACTS)
+                }
                 Change::Sent(..)
                 | Change::Idempotency(..)
                 | Change::SenderKeyMemory(..)
                 | Change::Media(..)
-                | Change::History(..) => {}
+                | Change::History(..)
+                | Change::AppStateKey(..)
+                | Change::AppStateCollection(..)
+                | Change::ChatSettings(..) => {}
             }
         }
         // Lookups that led to no write (duplicates, retries) end here.
@@ -397,6 +431,7 @@ impl StoreKeys {
         self.sessions.clear();
         self.prekeys.clear();
         self.sender_keys.clear();
+        self.contacts.clear();
         self.next_prekey = None;
     }
 }
@@ -543,6 +578,47 @@ impl KeyStore for StoreKeys {
         // Read only for redelivered messages of the account's own devices.
         let stored = self.read(&self.names.of(HISTORY, &key.0))?;
         Ok(stored.and_then(|b| PendingHistory::decode(b.as_slice()).ok()))
+    }
+
+    // Other app-state records are read only while a sync is applied (not
+    // cached: syncs are rare next to messages).
+    fn app_state_key(&mut self, id: &[u8]) -> Result<Option<SharedKey>, KeyError> {
+        let stored = self.read(&self.names.of(APP_STATE_KEY, &hex::encode(id)))?;
+        Ok(stored.map(|data| SharedKey {
+            id: id.to_vec(),
+            data,
+        }))
+    }
+
+    fn app_state_collection(&mut self, name: &str) -> Result<Option<CollectionRecord>, KeyError> {
+        let Some(bytes) = self.read(&format!("{COLLECTION}{name}"))? else {
+            return Ok(None);
+        };
+        // An unreadable state is an empty one: the collection syncs again
+        // from its start.
+        Ok(Some(
+            CollectionRecord::decode(bytes.as_slice()).unwrap_or_default(),
+        ))
+    }
+
+    fn contact(&mut self, jid: &str) -> Result<Option<ContactRecord>, KeyError> {
+        if let Some(cached) = self.contacts.get(jid) {
+            return Ok(cached.clone());
+        }
+        let stored = self.read(&self.names.of(CONTACT, jid))?;
+        let record = stored.and_then(|b| ContactRecord::decode(b.as_slice()).ok());
+        bounded_insert(
+            &mut self.contacts,
+            jid.to_owned(),
+            record.clone(),
+            MAX_CACHED_CONTACTS,
+        );
+        Ok(record)
+    }
+
+    fn chat_settings(&mut self, chat: &str) -> Result<Option<ChatRecord>, KeyError> {
+        let stored = self.read(&self.names.of(CHAT, chat))?;
+        Ok(stored.and_then(|b| ChatRecord::decode(b.as_slice()).ok()))
     }
 }
 

@@ -23,6 +23,7 @@ use super::error::RuntimeError;
 use super::events::EventLog;
 use super::messaging::{OutgoingText, SendError, Sent};
 use super::now_ms;
+use super::ownership::{Host, HostFuture, Verdict};
 use super::registry::{is_online, lock, Entry, InitStep, Registry, Reservation};
 use super::session::{Command, SessionActor, SessionHandle};
 use super::status::{LinkCodeInfo, QrInfo, SessionState, SessionStatus};
@@ -118,7 +119,25 @@ impl Manager {
     /// Runs before the API serves, so no Init can race it; sessions restored
     /// online count against the limit even if it was lowered since.
     pub async fn restore(&self) -> Result<usize, RuntimeError> {
-        let records = blocking(self.events.store(), |s| s.sessions()).await?;
+        let mut records = blocking(self.events.store(), |s| s.sessions()).await?;
+        if let Some(ownership) = &self.shared.ownership {
+            // Gateways share the store: only what this one claims is served
+            // here (the keeper takes over more as leases of dead gateways
+            // lapse), and sessions nobody wants online wait for an Init.
+            let mut mine = Vec::new();
+            for record in records {
+                if !record.desired_online || record.logged_out {
+                    continue;
+                }
+                if self.lock().claimed >= self.shared.config.max_sessions {
+                    break;
+                }
+                if let Verdict::Serve = ownership.claim(&record.id).await? {
+                    mine.push(record);
+                }
+            }
+            records = mine;
+        }
         let mut connect = Vec::new();
         {
             let mut reg = self.lock();
@@ -166,6 +185,9 @@ impl Manager {
         metadata: BTreeMap<String, String>,
         pairing: Pairing,
     ) -> Result<SessionStatus, RuntimeError> {
+        if let Some(ownership) = &self.shared.ownership {
+            ownership.claim_for_call(&id).await?;
+        }
         let max = self.shared.config.max_sessions;
         let handle = loop {
             let step = self.lock().init_step(&id, max)?;
@@ -428,6 +450,69 @@ impl Manager {
             );
             actors.shutdown().await;
         }
+        // Every session is closed: other gateways may take them at once.
+        if let Some(ownership) = &self.shared.ownership {
+            ownership.release_all().await;
+        }
+    }
+
+    /// With a shared store, keeps this gateway's leases (renewals, eviction
+    /// of sessions another gateway took, takeover of sessions nobody
+    /// serves) until the manager is dropped; nothing otherwise.
+    pub fn keep_leases(self: &Arc<Self>) {
+        if let Some(ownership) = self.shared.ownership.clone() {
+            let weak = Arc::downgrade(self);
+            let host: std::sync::Weak<dyn Host> = weak;
+            tokio::spawn(ownership.keep(host));
+        }
+    }
+}
+
+impl Host for Manager {
+    fn room(&self) -> usize {
+        let mut reg = self.lock();
+        if reg.closing {
+            return 0;
+        }
+        reg.sync_all();
+        self.shared.config.max_sessions.saturating_sub(reg.claimed)
+    }
+
+    fn serves(&self, id: &SessionId) -> bool {
+        self.lock().slots.contains_key(id)
+    }
+
+    fn adopt(&self, record: SessionRecord) -> HostFuture<'_> {
+        Box::pin(async move {
+            let handle = {
+                let mut reg = self.lock();
+                if reg.closing || reg.slots.contains_key(&record.id) {
+                    return;
+                }
+                let (handle, actor) =
+                    SessionActor::spawn(self.shared.clone(), self.events.clone(), record);
+                reg.start(Arc::downgrade(&self.registry), handle.clone(), actor, true);
+                handle
+            };
+            let _ = handle
+                .commands
+                .send(Command::Connect {
+                    pairing: None,
+                    applied: None,
+                })
+                .await;
+        })
+    }
+
+    fn evict<'a>(&'a self, id: &'a SessionId) -> HostFuture<'a> {
+        Box::pin(async move {
+            let handle = self.lock().forget(id);
+            if let Some(handle) = handle {
+                // Its socket closes; anything it still tries to write is
+                // fenced off by the store.
+                let _ = handle.commands.send(Command::Shutdown).await;
+            }
+        })
     }
 }
 

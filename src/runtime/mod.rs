@@ -15,6 +15,7 @@ mod manager;
 mod media;
 mod media_flow;
 mod messaging;
+mod ownership;
 mod payloads;
 mod pipeline;
 mod registry;
@@ -35,6 +36,7 @@ pub use media_flow::{
     MediaDownload, MediaSource, MediaSpec, MediaUpload, OutgoingMedia, UploadedMedia,
 };
 pub use messaging::{OutgoingText, SendError, Sent};
+pub use ownership::Leases;
 pub use status::{LinkCodeInfo, PairingMethod, QrInfo, SessionState, SessionStatus};
 
 /// Milliseconds since the Unix epoch: the one place the runtime reads the clock.

@@ -3,15 +3,18 @@
 
 use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{
-    ChatState, ChatStateEvent, ConnectionEvent, GroupChange, GroupEvent, HistoryChat, HistoryEvent,
-    HistoryMessage, HistoryPushName, LinkCodeEvent, MediaInfo, MediaKind, MessageEvent,
-    PresenceEvent, QrEvent, ReceiptEvent, ReceiptType,
+    ChatSettingsEvent, ChatState, ChatStateEvent, ConnectionEvent, ContactEvent, GroupChange,
+    GroupEvent, HistoryChat, HistoryEvent, HistoryMessage, HistoryPushName, LinkCodeEvent,
+    MediaInfo, MediaKind, MessageEvent, PresenceEvent, QrEvent, ReceiptEvent, ReceiptType,
 };
 use crate::wa::groups::{GroupChange as GroupChangeKindOf, GroupChangeKind};
 use crate::wa::history::{HistoryNotice, HistoryPage};
 use crate::wa::media::MediaType;
 use crate::wa::message::phone_of;
-use crate::wa::messaging::{Event, ReceiptKind, ReceivedMedia, ReceivedMessage, ReceivedReceipt};
+use crate::wa::messaging::{
+    ChatSettings, ContactUpdate, Event, ReceiptKind, ReceivedMedia, ReceivedMessage,
+    ReceivedReceipt,
+};
 use crate::wa::presence::{ChatState as ChatStateKind, IncomingChatState, IncomingPresence};
 
 use super::events::timestamp;
@@ -39,6 +42,8 @@ pub(crate) fn engine_event(event: &Event) -> Payload {
         Event::Group(g) => group(g),
         Event::ChatState(c) => chat_state(c),
         Event::Presence(p) => presence(p),
+        Event::Contact(c) => contact(c),
+        Event::ChatSettings(c) => chat_settings(c),
     }
 }
 
@@ -91,6 +96,30 @@ pub(crate) fn history_failed(notice: &HistoryNotice, page: u32, error: String) -
         last_page: true,
         error,
         ..Default::default()
+    })
+}
+
+fn contact(c: &ContactUpdate) -> Payload {
+    Payload::Contact(ContactEvent {
+        jid: c.jid.to_string(),
+        phone: phone_of(&c.jid).unwrap_or_default(),
+        full_name: c.full_name.clone().unwrap_or_default(),
+        first_name: c.first_name.clone().unwrap_or_default(),
+        push_name: c.push_name.clone().unwrap_or_default(),
+    })
+}
+
+fn chat_settings(c: &ChatSettings) -> Payload {
+    Payload::ChatSettings(ChatSettingsEvent {
+        chat: c.chat.to_string(),
+        archived: c.archived,
+        pinned: c.pinned,
+        muted: c.muted_until_ms.is_some(),
+        muted_until: c
+            .muted_until_ms
+            .filter(|ms| *ms >= 0)
+            .map(|ms| millis(ms.unsigned_abs())),
+        unread: c.unread,
     })
 }
 

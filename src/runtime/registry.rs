@@ -126,6 +126,18 @@ impl Registry {
         }
     }
 
+    /// Removes a session's slot (its actor is told to stop by the caller).
+    pub(super) fn forget(&mut self, id: &SessionId) -> Option<SessionHandle> {
+        let slot = self.slots.remove(id)?;
+        if slot.claimed {
+            self.claimed -= 1;
+        }
+        match slot.entry {
+            Entry::Running(handle) => Some(handle),
+            Entry::Creating(_) => None,
+        }
+    }
+
     /// The one decision of Init.
     pub(super) fn init_step(
         &mut self,

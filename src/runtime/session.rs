@@ -22,6 +22,7 @@ use super::events::EventLog;
 use super::messaging::{
     MediaCommand, Messenger, OutgoingText, QueryReply, SendError, SendReply, TransmitReply,
 };
+use super::ownership::Confirmed;
 use super::status::{PairingMethod, SessionState, SessionStatus};
 use super::{now_ms, payloads, socket};
 
@@ -80,6 +81,8 @@ pub(super) enum Ended {
         reason: CloseReason,
     },
     Shutdown,
+    /// Another gateway serves the session now: stop without writing anything.
+    Lost,
 }
 
 pub(crate) struct SessionActor {
@@ -185,7 +188,7 @@ impl SessionActor {
             self.set_state(SessionState::Connecting, |_| {});
             let ended = self.connect_once().await;
             match ended {
-                Ended::Shutdown => return true,
+                Ended::Shutdown | Ended::Lost => return true,
                 Ended::Requested {
                     logout,
                     done,
@@ -341,6 +344,17 @@ impl SessionActor {
                 return Ended::Closed(CloseReason::Protocol(why));
             }
         };
+        // With gateways sharing the store, only the lease holder connects: a
+        // former owner connecting would kick the new one off (`replaced`).
+        if let Some(ownership) = self.shared.ownership.clone() {
+            match ownership.confirm(&self.id).await {
+                Confirmed::Owned => {}
+                Confirmed::Lost => return Ended::Lost,
+                Confirmed::Unknown(why) => {
+                    return Ended::Closed(CloseReason::SocketClosed(why));
+                }
+            }
+        }
         // Global pacing of handshakes; commands still get through.
         let shared = Arc::clone(&self.shared);
         tokio::select! {

@@ -797,7 +797,7 @@ impl Session {
                 stanza::iq_result(id, Vec::new())
             }
             ("w:sync:app:state", "set", Some("sync")) => {
-                self.inner.app_state_sync_answer(jid, id, iq)
+                self.inner.app_state_sync_answer(jid, id, iq).await
             }
             ("md", "set", Some("remove-companion-device")) => {
                 return self.on_remove_companion(link, jid, id, iq).await;

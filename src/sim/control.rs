@@ -25,7 +25,8 @@ use crate::proto::sim::{
 };
 use crate::proto::sim::{
     SeedHistoryRequest, SeedHistoryResponse, SendChatStateRequest, SendChatStateResponse,
-    SendGroupTextsRequest, SendGroupTextsResponse, SetPresenceRequest, SetPresenceResponse,
+    SendGroupTextsRequest, SendGroupTextsResponse, SetChatSettingsRequest, SetChatSettingsResponse,
+    SetContactRequest, SetContactResponse, SetPresenceRequest, SetPresenceResponse,
     SetReadReceiptsRequest, SetReadReceiptsResponse,
 };
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
@@ -103,6 +104,17 @@ fn parse_phone(text: &str) -> Result<PhoneNumber, SimError> {
         .map_err(|err| SimError::InvalidPhone(format!("{text:?}: {err}")))
 }
 
+/// Parses a chat: a phone number, an account JID or a group JID.
+fn parse_chat(text: &str) -> Result<Jid, SimError> {
+    let text = text.trim();
+    if text.ends_with("@g.us") {
+        return text
+            .parse()
+            .map_err(|err| SimError::InvalidJid(format!("{text:?}: {err}")));
+    }
+    Ok(parse_target(text)?.to_non_ad())
+}
+
 /// Parses `phone`, `phone@s.whatsapp.net` or `phone:device@s.whatsapp.net`.
 fn parse_target(text: &str) -> Result<Jid, SimError> {
     let text = text.trim();
@@ -146,6 +158,7 @@ impl From<SimError> for Status {
             | SimError::UnknownRef
             | SimError::NotFound(_) => Status::not_found(message),
             SimError::IdentityMismatch
+            | SimError::AppState(_)
             | SimError::LinkCodeExpired
             | SimError::PairRefused { .. }
             | SimError::InvalidPairConfirmation(_) => Status::failed_precondition(message),
@@ -606,6 +619,38 @@ impl SimulatorService for Control {
         let phone = parse_phone(&request.phone)?;
         self.sim.set_presence(&phone, request.available).await?;
         Ok(Response::new(SetPresenceResponse {}))
+    }
+
+    async fn set_chat_settings(
+        &self,
+        request: Request<SetChatSettingsRequest>,
+    ) -> Result<Response<SetChatSettingsResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.phone)?;
+        let chat = parse_chat(&request.chat)?;
+        let change = super::ChatSettingsChange {
+            archived: request.archived,
+            pinned: request.pinned,
+            muted_until_ms: request
+                .muted_until_ms
+                .map(|ms| Some(ms).filter(|ms| *ms != 0)),
+            unread: request.unread,
+        };
+        self.sim.set_chat_settings(&phone, &chat, change).await?;
+        Ok(Response::new(SetChatSettingsResponse {}))
+    }
+
+    async fn set_contact(
+        &self,
+        request: Request<SetContactRequest>,
+    ) -> Result<Response<SetContactResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.phone)?;
+        let contact = parse_target(&request.contact)?;
+        self.sim
+            .set_contact(&phone, &contact, &request.full_name, &request.first_name)
+            .await?;
+        Ok(Response::new(SetContactResponse {}))
     }
 
     async fn set_read_receipts(

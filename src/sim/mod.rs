@@ -3,6 +3,7 @@
 //! keepalive), virtual phones that scan QR codes, and a control API for
 //! tests and demos (faults, delays, listings). May import `wa` only.
 
+mod app_state;
 pub mod cli;
 mod conn;
 mod control;
@@ -51,6 +52,7 @@ use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 use crate::wa::qr::{QrData, QrError};
 use crate::wa::signal;
 
+pub use app_state::ChatSettingsChange;
 pub use control::Control;
 pub use groups::{Action as GroupAction, GroupError, GroupInfo, GroupMember};
 pub use link_code::DEFAULT_LINK_CODE_TTL;
@@ -159,6 +161,8 @@ pub enum SimError {
     MediaStore(String),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("app state: {0}")]
+    AppState(String),
 }
 
 /// The running simulator; cheap to clone (shared inside).

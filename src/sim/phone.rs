@@ -114,6 +114,8 @@ pub(crate) struct Phone {
     /// The app-state sync key it shares with every companion it links,
     /// made when the first one is linked.
     app_state_key: Option<AppStateKey>,
+    /// The app-state collections it keeps for the account's companions.
+    pub(crate) app_state: super::app_state::PhoneAppState,
 }
 
 /// An app-state sync key: the account's companions encrypt and decrypt
@@ -185,6 +187,7 @@ impl Phone {
             received: HashSet::new(),
             sender_keys: SenderKeys::default(),
             app_state_key: None,
+            app_state: Default::default(),
         }
     }
 
@@ -408,6 +411,7 @@ impl Phone {
                 raw_id: key.raw_id,
                 timestamp_ms: key.timestamp_ms,
             }),
+            app_state: self.app_state.saved(),
         }
     }
 
@@ -492,6 +496,7 @@ impl Phone {
             received,
             sender_keys: SenderKeys::restore(&saved.own_sender_keys, &saved.received_sender_keys)?,
             app_state_key,
+            app_state: super::app_state::PhoneAppState::restore(&saved.app_state)?,
         })
     }
 }

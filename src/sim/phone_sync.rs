@@ -50,9 +50,9 @@ impl Inner {
 
     /// Answers a companion's app-state sync: once the account's phone has
     /// made its app-state key, `critical_block` is at version 1, one patch
-    /// that sets the account's push name (`setting_pushName`); every other
-    /// collection is empty.
-    pub(crate) fn app_state_sync_answer(&self, companion: &Jid, id: &str, iq: &Node) -> Node {
+    /// that sets the account's push name (`setting_pushName`); the other
+    /// collections are the phone's (`app_state`).
+    pub(crate) async fn app_state_sync_answer(&self, companion: &Jid, id: &str, iq: &Node) -> Node {
         let user = &companion.user;
         let name = self.registry.push_name(user).filter(|n| !n.is_empty());
         let key = self
@@ -74,9 +74,14 @@ impl Inner {
             })
             .ok()
         });
+        // The collections the phone keeps (see `app_state`).
+        let snapshots = self.app_state_snapshots(user, iq).await;
         stanza::app_state_sync_result(id, iq, |collection, asked| match &critical {
-            Some(patch) if collection == CRITICAL_BLOCK && asked < 1 => (1, vec![patch.clone()]),
-            _ => (asked, Vec::new()),
+            Some(patch) if collection == CRITICAL_BLOCK && asked < 1 => {
+                (1, None, vec![patch.clone()])
+            }
+            _ if collection == CRITICAL_BLOCK => (asked, None, Vec::new()),
+            _ => self.kept_app_state(user, collection, asked, &snapshots),
         })
     }
 

@@ -207,6 +207,20 @@ pub(crate) struct SavedPhone {
     pub(crate) received_sender_keys: Vec<SavedSenderKey>,
     #[prost(message, optional, tag = "9")]
     pub(crate) app_state_key: Option<SavedAppStateKey>,
+    #[prost(message, repeated, tag = "10")]
+    pub(crate) app_state: Vec<SavedCollection>,
+}
+
+/// An app-state collection a phone keeps: its state (a `CollectionRecord`)
+/// and every patch (`SyncdPatch`), as first encoded.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SavedCollection {
+    #[prost(string, tag = "1")]
+    pub(crate) name: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub(crate) state: Vec<u8>,
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub(crate) patches: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -56,14 +56,15 @@ pub(crate) fn iq_result(id: &str, children: Vec<Node>) -> Node {
 const MAX_SYNC_COLLECTIONS: usize = 0x10;
 
 /// The answer to `<iq xmlns="w:sync:app:state"><sync><collection name
-/// version …/>…</sync></iq>`: for each collection named, `patches` gives
-/// the collection's version and its patches after the version asked for
-/// (none: the collection comes back as it was asked, so a client's sync of
-/// it ends).
+/// version …/>…</sync></iq>`: for each collection named, `answer` gives
+/// the collection's version, the encoded reference of its snapshot on the
+/// media host if it comes with one, and its patches after the version asked
+/// for (or after the snapshot). Neither: the collection comes back as it
+/// was asked, so a client's sync of it ends.
 pub(crate) fn app_state_sync_result(
     id: &str,
     iq: &Node,
-    patches: impl Fn(&str, u64) -> (u64, Vec<SyncdPatch>),
+    answer: impl Fn(&str, u64) -> (u64, Option<Vec<u8>>, Vec<SyncdPatch>),
 ) -> Node {
     let collections: Vec<Node> = iq
         .child("sync")
@@ -72,8 +73,10 @@ pub(crate) fn app_state_sync_result(
         .filter_map(|collection| {
             let name = collection.attr_string("name")?;
             let asked = collection.attr_u64("version").unwrap_or(0);
-            let (version, patches) = patches(&name, asked);
-            Some(appstate::sync_answer_collection(&name, version, &patches))
+            let (version, snapshot, patches) = answer(&name, asked);
+            Some(appstate::sync_answer_with_snapshot(
+                &name, version, snapshot, &patches,
+            ))
         })
         .take(MAX_SYNC_COLLECTIONS)
         .collect();
@@ -550,7 +553,7 @@ mod tests {
                 // No name: nothing to answer for it.
                 Node::new("collection").attr("version", "1"),
             ])]);
-        let answer = app_state_sync_result("q1", &iq, |_, v| (v, Vec::new()));
+        let answer = app_state_sync_result("q1", &iq, |_, v| (v, None, Vec::new()));
         assert_eq!(answer.attr_str("type"), Some("result"));
         assert_eq!(answer.attr_str("id"), Some("q1"));
         let sync = answer.child("sync").expect("sync");
@@ -575,7 +578,7 @@ mod tests {
             .children_by_tag("collection")
             .all(|c| c.attr_str("has_more_patches").is_none()));
         // A query without <sync> gets an empty <sync>, not an error.
-        let bare = app_state_sync_result("q2", &Node::new("iq"), |_, v| (v, Vec::new()));
+        let bare = app_state_sync_result("q2", &Node::new("iq"), |_, v| (v, None, Vec::new()));
         assert_eq!(bare.child("sync").map(|s| s.child_nodes().len()), Some(0));
     }
 

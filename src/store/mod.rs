@@ -166,6 +166,33 @@ pub trait Store: Send + Sync {
         Ok(vec![true; ids.len()])
     }
 
+    /// The events after `after` without their payloads (cursor, session, seq, kind, time),
+    /// at most `limit`, waiting up to `wait` for one when there is none yet: how a gateway
+    /// learns of events other gateways sharing the store committed. A store only one process
+    /// opens has no such events and answers at once.
+    fn event_heads(
+        &self,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let _ = wait;
+        let mut page = self.events_page(after, &EventFilter::all(), limit, 0)?;
+        page.truncate(limit);
+        for event in &mut page {
+            event.payload = Vec::new();
+        }
+        Ok(page)
+    }
+
+    /// Of the sessions that should be online (desired online, not logged out), those no
+    /// process holds a lease on: what a gateway sharing the store may take over. Cheap enough
+    /// to ask every few seconds (no profile is opened). A store only one process opens has
+    /// nothing to take over.
+    fn unserved(&self) -> Result<Vec<SessionId>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Gives up `owner`'s lease of `id` (a clean stop), so another gateway can take the session
     /// without waiting for it to lapse.
     fn release(&self, id: &SessionId, owner: &str) -> Result<(), StoreError> {

@@ -120,6 +120,8 @@ enum Kind {
     ChatState,
     Presence,
     History,
+    Contact,
+    ChatSettings,
 }
 
 impl From<Kind> for EventType {
@@ -133,6 +135,8 @@ impl From<Kind> for EventType {
             Kind::ChatState => EventType::ChatState,
             Kind::Presence => EventType::Presence,
             Kind::History => EventType::History,
+            Kind::Contact => EventType::Contact,
+            Kind::ChatSettings => EventType::ChatSettings,
         }
     }
 }
@@ -397,7 +401,9 @@ async fn show_qr(gw: &mut Gateway, id: String, ink: Ink, json: bool) -> Result<(
                 | Payload::ChatState(_)
                 | Payload::Presence(_)
                 | Payload::LinkCode(_)
-                | Payload::History(_),
+                | Payload::History(_)
+                | Payload::Contact(_)
+                | Payload::ChatSettings(_),
             )
             | None => {}
         }

@@ -237,6 +237,27 @@ pub fn event_json(e: &Event) -> Value {
                 "error": h.error,
             }),
         ),
+        Some(Payload::Contact(c)) => (
+            "contact",
+            json!({
+                "jid": c.jid,
+                "phone": c.phone,
+                "full_name": c.full_name,
+                "first_name": c.first_name,
+                "push_name": c.push_name,
+            }),
+        ),
+        Some(Payload::ChatSettings(c)) => (
+            "chat_settings",
+            json!({
+                "chat": c.chat,
+                "archived": c.archived,
+                "pinned": c.pinned,
+                "muted": c.muted,
+                "muted_until": opt_ts(c.muted_until.as_ref()),
+                "unread": c.unread,
+            }),
+        ),
         None => ("unknown", Value::Null),
     };
     if let Value::Object(map) = &mut v {
@@ -315,6 +336,19 @@ pub fn event_text(e: &Event) -> String {
             c.chat,
             c.sender
         ),
+        Some(Payload::Contact(c)) => format!("contact {} {:?}", c.jid, c.full_name),
+        Some(Payload::ChatSettings(c)) => {
+            let flags: Vec<&str> = [
+                (c.archived, "archived"),
+                (c.pinned, "pinned"),
+                (c.muted, "muted"),
+                (c.unread, "unread"),
+            ]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+            format!("chat_settings {} [{}]", c.chat, flags.join(" "))
+        }
         Some(Payload::Presence(p)) => {
             let state = if p.available {
                 "available"

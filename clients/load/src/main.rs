@@ -4,6 +4,7 @@
 //! process, event delivery latency, Send latency and rate, sends to a large
 //! group, restart time.
 
+mod chaos;
 mod clients;
 mod error;
 mod group_inbound;
@@ -96,6 +97,29 @@ struct Cli {
     /// with fsync on every write) instead of the gateway's SQLite.
     #[arg(long)]
     redis: bool,
+    /// Chaos instead of figures: gateways on one Redis, traffic both ways,
+    /// replicas killed and restarted, one stopped past its lease, Redis
+    /// restarted; fails on any lost or doubled message [sessions default:
+    /// 300; quick: 12].
+    #[arg(long)]
+    chaos: bool,
+    /// Chaos: gateway replicas.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Chaos: replicas killed (SIGKILL) and restarted, one after another
+    /// [default: 20; quick: 2].
+    #[arg(long)]
+    kills: Option<usize>,
+    /// Chaos: replicas stopped (SIGSTOP) past their lease, then resumed
+    /// [default: 1].
+    #[arg(long)]
+    stops: Option<usize>,
+    /// Chaos: Redis restarts [default: 5; quick: 1].
+    #[arg(long)]
+    redis_restarts: Option<usize>,
+    /// Chaos: the gateways' lease, seconds [default: 4; quick: 3].
+    #[arg(long)]
+    lease_seconds: Option<u64>,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -180,6 +204,9 @@ fn default_bin(quick: bool) -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.chaos {
+        return chaos_main(&cli);
+    }
     let plan = match cli.plan() {
         Ok(plan) => plan,
         Err(e) => {
@@ -256,4 +283,77 @@ async fn interrupted() -> LoadError {
         }
         (Err(e), _) | (_, Err(e)) => LoadError::Setup(format!("cannot watch for signals: {e}")),
     }
+}
+
+/// `--chaos`: runs the chaos plan and prints what it counted.
+fn chaos_main(cli: &Cli) -> ExitCode {
+    let q = cli.quick;
+    let bin = match &cli.wagate_bin {
+        Some(bin) => bin.clone(),
+        None => default_bin(q),
+    };
+    if !bin.is_file() {
+        eprintln!("wagate-load: no wagate binary at {}", bin.display());
+        return ExitCode::FAILURE;
+    }
+    let plan = chaos::ChaosPlan {
+        bin,
+        sessions: cli.sessions.unwrap_or(pick(q, 12, 300)).max(1),
+        replicas: cli.replicas.max(2),
+        kills: cli.kills.unwrap_or(pick(q, 2, 20)),
+        stops: cli.stops.unwrap_or(1),
+        redis_restarts: cli.redis_restarts.unwrap_or(pick(q, 1, 5)),
+        lease_seconds: cli.lease_seconds.unwrap_or(pick(q, 3, 4)).max(2),
+        pair_concurrency: cli.pair_concurrency.max(1),
+        stall: Duration::from_secs(cli.stall_seconds.max(1)),
+    };
+    let limit = Duration::from_secs(cli.timeout_seconds.unwrap_or(if q { 240 } else { 3600 }));
+    if let Err(e) = procstat::raise_open_files() {
+        eprintln!("wagate-load: keeping the open-file limit: {e}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wagate-load: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let procs = match Procs::new() {
+            Ok(procs) => procs,
+            Err(e) => {
+                eprintln!("wagate-load: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut cluster = chaos::Cluster::new(procs.dir.path(), &plan.bin);
+        let outcome = tokio::select! {
+            done = tokio::time::timeout(limit, chaos::run(&plan, &mut cluster)) => {
+                done.unwrap_or(Err(LoadError::Stalled { what: "the whole run".into(), after: limit }))
+            }
+            e = interrupted() => Err(e),
+        };
+        cluster.kill().await;
+        match outcome {
+            Ok(report) => {
+                println!("{}", report.table());
+                if report.clean() {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("wagate-load: chaos: messages were lost, doubled or fought over");
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("wagate-load: {e}");
+                eprintln!("(logs in {})", procs.dir.path().display());
+                // Kept for a look: the logs explain the failure.
+                let _ = procs.dir.keep();
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

@@ -123,20 +123,34 @@ pub(crate) async fn start_sim(bin: &Path, dir: &Path) -> Result<(Child, SimInfo)
 /// in `dir` with an append-only file fsynced on every write (what the
 /// gateway's durability rules require of it). Returns it and its URL.
 pub(crate) async fn start_redis(dir: &Path, log: &Path) -> Result<(Child, String), LoadError> {
+    let (child, url, _) = start_redis_on(dir, log, None).await?;
+    Ok((child, url))
+}
+
+/// [`start_redis`] on `port` (a restart on the same files and address), or
+/// an ephemeral one; also returns the port.
+pub(crate) async fn start_redis_on(
+    dir: &Path,
+    log: &Path,
+    port: Option<u16>,
+) -> Result<(Child, String, u16), LoadError> {
     let bin = Path::new("redis-server");
     std::fs::create_dir_all(dir).map_err(|source| LoadError::Spawn {
         what: "redis-server",
         bin: dir.to_owned(),
         source,
     })?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|source| LoadError::Spawn {
-            what: "redis-server",
-            bin: bin.to_owned(),
-            source,
-        })?
-        .port();
+    let port = match port {
+        Some(port) => port,
+        None => std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|source| LoadError::Spawn {
+                what: "redis-server",
+                bin: bin.to_owned(),
+                source,
+            })?
+            .port(),
+    };
     let mut command = command(bin, log, "redis-server")?;
     command
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
@@ -168,7 +182,7 @@ pub(crate) async fn start_redis(dir: &Path, log: &Path) -> Result<(Child, String
     };
     within(READY_WITHIN, "redis-server getting ready", ready).await??;
     drain(lines);
-    Ok((child, format!("redis://127.0.0.1:{port}")))
+    Ok((child, format!("redis://127.0.0.1:{port}"), port))
 }
 
 /// Options of one `wagate serve`.
@@ -180,6 +194,8 @@ pub(crate) struct GatewayOptions<'a> {
     pub(crate) handshakes_per_second: u32,
     /// Store in this Redis instead of SQLite in `data_dir`.
     pub(crate) redis_url: Option<&'a str>,
+    /// More `wagate serve` arguments.
+    pub(crate) extra: Vec<String>,
 }
 
 /// Starts `wagate serve` on an ephemeral loopback port with an SQLite store
@@ -207,6 +223,7 @@ pub(crate) async fn start_gateway(
     if let Some(url) = opts.redis_url {
         command.args(["--redis-url", url]);
     }
+    command.args(&opts.extra);
     let (child, stdout) = spawn(command, bin, "gateway")?;
     let mut lines = BufReader::new(stdout).lines();
     let ready = async {

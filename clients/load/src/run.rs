@@ -48,7 +48,7 @@ pub(crate) struct Plan {
 /// The child processes and files of a run. Dropping it kills the children
 /// and removes the temporary directory.
 pub(crate) struct Procs {
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     sim: Option<Child>,
     gateway: Option<Child>,
     redis: Option<(Child, String)>,
@@ -128,6 +128,7 @@ impl Procs {
                 max_sessions: plan.sessions + 16,
                 handshakes_per_second: plan.handshakes_per_second,
                 redis_url: self.redis.as_ref().map(|(_, url)| url.as_str()),
+                extra: Vec::new(),
             },
         )
         .await?;

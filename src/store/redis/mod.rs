@@ -64,7 +64,7 @@ use resp::{Cmd, Conn, Pool, Target, Value};
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at a commit whose seq moved under it before giving up (each attempt follows a
 /// commit by another writer, so they only run out under a fight over one session).
-const COMMIT_ATTEMPTS: usize = 16;
+const COMMIT_ATTEMPTS: usize = 64;
 /// Events read from the log per request when scanning it.
 const SCAN_PAGE: usize = 512;
 
@@ -106,6 +106,9 @@ pub struct RedisStore {
     tokens: Mutex<HashMap<SessionId, u64>>,
     /// Commits refused because another gateway had claimed the session since.
     fenced: AtomicU64,
+    /// Held by a commit round retrying batches whose seq moved: threads of this process then
+    /// retry one at a time, so they cannot keep beating each other to the same session.
+    retrying: Mutex<()>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -337,6 +340,7 @@ impl RedisStore {
             seqs: Mutex::default(),
             tokens: Mutex::default(),
             fenced: AtomicU64::new(0),
+            retrying: Mutex::new(()),
         };
         store.check_keys()?;
         Ok(store)
@@ -535,12 +539,18 @@ impl RedisStore {
             }
         }
         let sent_all = self.pool.with(|conn| {
-            for _ in 0..COMMIT_ATTEMPTS {
+            // Held from the first retry to the end of the round.
+            let mut _retry_guard = None;
+            for attempt in 0..COMMIT_ATTEMPTS {
                 let pending: Vec<usize> = (0..batches.len())
                     .filter(|&i| results[i].is_none())
                     .collect();
                 if pending.is_empty() {
                     break;
+                }
+                if attempt == 1 {
+                    _retry_guard =
+                        Some(self.retrying.lock().unwrap_or_else(PoisonError::into_inner));
                 }
                 let mut calls = Vec::with_capacity(pending.len());
                 let mut sent = Vec::with_capacity(pending.len());
@@ -1311,6 +1321,82 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
+    }
+
+    fn event_heads(
+        &self,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let cmd = Cmd::new("XREAD")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .arg("BLOCK")
+            .arg(millis(wait))
+            .arg("STREAMS")
+            .arg(self.names.log())
+            .arg(format!("{after}-0"));
+        // [[log, [[id, [field, value, ...]], ...]]] or nil on timeout.
+        let streams = self.pool.run(cmd)?.into_array()?;
+        let mut out = Vec::new();
+        for stream in streams {
+            let mut parts = stream.into_array()?.into_iter();
+            let entries = parts.nth(1).map(Value::into_array).transpose()?;
+            for entry in entries.unwrap_or_default() {
+                let mut entry = entry.into_array()?.into_iter();
+                let (Some(id), Some(fields)) = (entry.next(), entry.next()) else {
+                    return Err(StoreError::Corrupt("redis: malformed stream entry".into()));
+                };
+                let id = id.into_bytes()?.unwrap_or_default();
+                let cursor = std::str::from_utf8(&id)
+                    .ok()
+                    .and_then(|s| s.split('-').next())
+                    .map(|c| Value::Bulk(c.as_bytes().to_vec()));
+                let mut fields = fields.into_array()?;
+                // field, value pairs: s, q, k, t — then an empty payload.
+                let values: Vec<Value> = fields.drain(..).skip(1).step_by(2).collect();
+                let mut row = Vec::with_capacity(6);
+                row.extend(cursor);
+                row.extend(values);
+                row.push(Value::Bulk(Vec::new()));
+                out.push(parse_event(Value::Array(row))?.record);
+            }
+        }
+        Ok(out)
+    }
+
+    fn unserved(&self) -> Result<Vec<SessionId>, StoreError> {
+        let all = self
+            .pool
+            .run(Cmd::new("HGETALL").arg(self.names.sessions()))?
+            .into_array()?;
+        let mut wanted = Vec::new();
+        for pair in all.chunks(2) {
+            let (Some(id), Some(row)) = (pair.first().and_then(text), pair.get(1).and_then(text))
+            else {
+                return Err(StoreError::Corrupt("redis: odd HGETALL reply".into()));
+            };
+            let id: SessionId = String::from_utf8_lossy(id).parse()?;
+            let (record, _) = codec::decode_row(&id, row)?;
+            if record.desired_online && !record.logged_out {
+                wanted.push(id);
+            }
+        }
+        let mut free = Vec::new();
+        for chunk in wanted.chunks(SCAN_PAGE) {
+            let cmds: Vec<Cmd> = chunk
+                .iter()
+                .map(|id| Cmd::new("EXISTS").arg(self.names.lease(id)))
+                .collect();
+            let replies = self.pool.with(|conn| conn.pipeline(&cmds))?;
+            for (id, reply) in chunk.iter().zip(replies) {
+                if reply.into_int()? == 0 {
+                    free.push(id.clone());
+                }
+            }
+        }
+        Ok(free)
     }
 
     fn release(&self, id: &SessionId, owner: &str) -> Result<(), StoreError> {

@@ -480,3 +480,63 @@ fn one_owner_per_session_and_former_owners_are_fenced() {
     ));
     assert!(a.claim(&id, "bad|owner", ttl).is_err());
 }
+
+#[test]
+fn event_heads_wait_for_what_others_commit() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let a = open(&server);
+    let b = Arc::new(open(&server));
+    let id = session(&a, "s");
+    let first = a
+        .commit(&id, Batch::new().event(4, 7, b"secret text".to_vec()))
+        .expect("commit");
+    let heads = b
+        .event_heads(0, 10, Duration::from_millis(1))
+        .expect("heads");
+    assert_eq!(heads.len(), 1);
+    assert_eq!(
+        (
+            heads[0].cursor,
+            heads[0].seq,
+            heads[0].kind,
+            heads[0].timestamp_ms
+        ),
+        (first[0].cursor, 1, 4, 7)
+    );
+    assert!(heads[0].payload.is_empty(), "heads carry no payload");
+    // A reader caught up blocks until another process commits.
+    let waiting = {
+        let b = Arc::clone(&b);
+        let after = first[0].cursor;
+        std::thread::spawn(move || b.event_heads(after, 10, Duration::from_secs(20)))
+    };
+    let second = a
+        .commit(&id, Batch::new().event(5, 8, vec![]))
+        .expect("commit");
+    let heads = waiting.join().expect("thread").expect("heads");
+    assert_eq!(heads.len(), 1);
+    assert_eq!(heads[0].cursor, second[0].cursor);
+    assert_eq!(heads[0].session_id, id);
+}
+
+#[test]
+fn unserved_sessions_are_the_wanted_ones_without_a_lease() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let store = open(&server);
+    let wanted = session(&store, "wanted");
+    let held = session(&store, "held");
+    let mut offline = SessionRecord::new("offline".parse().expect("id"), 1);
+    offline.desired_online = false;
+    store.put_session(&offline).expect("put");
+    let mut gone = SessionRecord::new("gone".parse().expect("id"), 1);
+    gone.logged_out = true;
+    store.put_session(&gone).expect("put");
+    store
+        .claim(&held, "gw", Duration::from_secs(30))
+        .expect("claim");
+    assert_eq!(store.unserved().expect("unserved"), [wanted]);
+}

@@ -127,7 +127,7 @@ impl Engine {
             (Some(content), _) => {
                 // Only the account's own phone shares app-state keys.
                 if msg.from_me(&own) && !content.app_state_keys.is_empty() {
-                    self.on_app_state_keys(&content.app_state_keys, &mut cx.step);
+                    self.on_app_state_keys(&content.app_state_keys, cx)?;
                 }
                 // ... and history: kept pending with this step, fetched by
                 // the owner, receipted once its pages are committed.
@@ -190,7 +190,14 @@ impl Engine {
         if event.is_some() {
             cx.step.messages_in += 1;
         }
+        let named = event
+            .as_ref()
+            .filter(|m| !m.from_me)
+            .and_then(|m| Some((m.sender.to_non_ad(), m.push_name.clone()?)));
         cx.step.events.extend(event.map(Event::Message));
+        if let Some((sender, name)) = named {
+            super::app_state::learn_push_name(sender, name, cx)?;
+        }
         match history {
             Some(job) => cx.step.history.push(job),
             // Durability rule 1: the receipt leaves after the commit.

@@ -154,14 +154,14 @@ impl IqSpec for MediaConnQuery {
 
 /// Patches of an app-state collection after a version.
 pub(super) struct AppStateQuery {
-    pub(super) collection: &'static str,
-    pub(super) version: u64,
+    /// Each collection and the version it is at.
+    pub(super) collections: Vec<(&'static str, u64)>,
 }
 
 impl IqSpec for AppStateQuery {
     type Answer = Vec<appstate::CollectionPatches>;
     fn request(&self, id: &str) -> Node {
-        addressed(appstate::sync_query(self.collection, self.version), id)
+        addressed(appstate::sync_query_many(&self.collections), id)
     }
     fn parse(node: &Node) -> Result<Vec<appstate::CollectionPatches>, IqError> {
         Ok(appstate::parse_sync(node)?)
@@ -188,7 +188,7 @@ pub(super) enum Awaiting {
     RetryBundle(RetryTarget),
     /// Callers waiting for the media hosts.
     MediaConn(Vec<ReplyTo>),
-    /// The account's `critical_block` app-state (its push name).
+    /// The account's app-state collections.
     AppState,
 }
 

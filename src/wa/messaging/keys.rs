@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::wa::appstate::{CollectionRecord, SharedKey};
 use crate::wa::signal::{PreKey, ProtocolAddress, SenderKeyName, SenderKeyRecord, SessionRecord};
 
 /// A store read failed. `retryable` says whether the same read may work
@@ -114,6 +115,33 @@ impl std::fmt::Debug for PendingHistory {
     }
 }
 
+/// A contact as the account's app-state names it (the phone's address
+/// book), by user JID.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ContactRecord {
+    #[prost(string, optional, tag = "1")]
+    pub full_name: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    pub first_name: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    pub push_name: Option<String>,
+}
+
+/// A chat's settings as the account's app-state keeps them, by chat JID.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ChatRecord {
+    #[prost(bool, tag = "1")]
+    pub archived: bool,
+    #[prost(bool, tag = "2")]
+    pub pinned: bool,
+    /// Unix milliseconds the mute ends, -1 for good; unset: not muted.
+    #[prost(int64, optional, tag = "3")]
+    pub muted_until_ms: Option<i64>,
+    /// Marked unread on a device.
+    #[prost(bool, tag = "4")]
+    pub unread: bool,
+}
+
 /// Keys the engine reads. Every call may hit a store; implementations cache.
 pub trait KeyStore {
     fn session(&mut self, address: &ProtocolAddress) -> Result<Option<SessionRecord>, KeyError>;
@@ -132,6 +160,12 @@ pub trait KeyStore {
     fn sender_key_memory(&mut self, group: &str) -> Result<Option<SenderKeyMemory>, KeyError>;
     /// The pending history chunk of a notification (by its dedupe key).
     fn pending_history(&mut self, key: &DedupeKey) -> Result<Option<PendingHistory>, KeyError>;
+    /// An app-state sync key the phone shared, by id.
+    fn app_state_key(&mut self, id: &[u8]) -> Result<Option<SharedKey>, KeyError>;
+    /// An app-state collection's state (version, LTHash, entries).
+    fn app_state_collection(&mut self, name: &str) -> Result<Option<CollectionRecord>, KeyError>;
+    fn contact(&mut self, jid: &str) -> Result<Option<ContactRecord>, KeyError>;
+    fn chat_settings(&mut self, chat: &str) -> Result<Option<ChatRecord>, KeyError>;
 }
 
 /// Which devices (JIDs with device ids) were given our current sender key
@@ -168,6 +202,12 @@ pub enum Change {
     /// A history notification's chunk to fetch (see [`PendingHistory`]);
     /// `None` once all its pages are committed.
     History(DedupeKey, Option<PendingHistory>),
+    /// An app-state sync key the phone shared.
+    AppStateKey(SharedKey),
+    /// An app-state collection's state, by collection name.
+    AppStateCollection(String, CollectionRecord),
+    Contact(String, ContactRecord),
+    ChatSettings(String, ChatRecord),
 }
 
 /// Reads through to a [`KeyStore`] with the step's own writes on top.
@@ -181,6 +221,10 @@ pub struct Txn<'a> {
     idempotency: HashMap<String, IdempotencyRecord>,
     sender_key_memory: HashMap<String, SenderKeyMemory>,
     next_prekey: Option<u32>,
+    app_state_keys: HashMap<Vec<u8>, SharedKey>,
+    collections: HashMap<String, CollectionRecord>,
+    contacts: HashMap<String, ContactRecord>,
+    chats: HashMap<String, ChatRecord>,
     /// Writes in order; the maps above are their latest values.
     log: Vec<Change>,
 }
@@ -197,6 +241,10 @@ impl<'a> Txn<'a> {
             idempotency: HashMap::new(),
             sender_key_memory: HashMap::new(),
             next_prekey: None,
+            app_state_keys: HashMap::new(),
+            collections: HashMap::new(),
+            contacts: HashMap::new(),
+            chats: HashMap::new(),
             log: Vec::new(),
         }
     }
@@ -208,6 +256,9 @@ impl<'a> Txn<'a> {
         let mut sender_keys = self.sender_keys;
         let mut idempotency = self.idempotency;
         let mut memory = self.sender_key_memory;
+        let mut collections = self.collections;
+        let mut contacts = self.contacts;
+        let mut chats = self.chats;
         for change in self.log {
             match change {
                 Change::Session(address, _) => {
@@ -228,6 +279,21 @@ impl<'a> Txn<'a> {
                 Change::SenderKeyMemory(group, _) => {
                     if let Some(record) = memory.remove(&group) {
                         out.push(Change::SenderKeyMemory(group, record));
+                    }
+                }
+                Change::AppStateCollection(name, _) => {
+                    if let Some(record) = collections.remove(&name) {
+                        out.push(Change::AppStateCollection(name, record));
+                    }
+                }
+                Change::Contact(jid, _) => {
+                    if let Some(record) = contacts.remove(&jid) {
+                        out.push(Change::Contact(jid, record));
+                    }
+                }
+                Change::ChatSettings(chat, _) => {
+                    if let Some(record) = chats.remove(&chat) {
+                        out.push(Change::ChatSettings(chat, record));
                     }
                 }
                 other => out.push(other),
@@ -379,6 +445,65 @@ impl<'a> Txn<'a> {
 
     pub fn put_pending_history(&mut self, key: DedupeKey, record: PendingHistory) {
         self.log.push(Change::History(key, Some(record)));
+    }
+
+    pub fn app_state_key(&mut self, id: &[u8]) -> Result<Option<SharedKey>, KeyError> {
+        match self.app_state_keys.get(id) {
+            Some(key) => Ok(Some(key.clone())),
+            None => self.keys.app_state_key(id),
+        }
+    }
+
+    pub fn put_app_state_key(&mut self, key: SharedKey) {
+        self.app_state_keys.insert(key.id.clone(), key.clone());
+        self.log.push(Change::AppStateKey(key));
+    }
+
+    pub fn app_state_collection(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<CollectionRecord>, KeyError> {
+        match self.collections.get(name) {
+            Some(record) => Ok(Some(record.clone())),
+            None => self.keys.app_state_collection(name),
+        }
+    }
+
+    pub fn put_app_state_collection(&mut self, name: String, record: CollectionRecord) {
+        if self.collections.insert(name.clone(), record).is_none() {
+            self.log.push(Change::AppStateCollection(
+                name,
+                CollectionRecord::default(),
+            ));
+        }
+    }
+
+    pub fn contact(&mut self, jid: &str) -> Result<Option<ContactRecord>, KeyError> {
+        match self.contacts.get(jid) {
+            Some(record) => Ok(Some(record.clone())),
+            None => self.keys.contact(jid),
+        }
+    }
+
+    pub fn put_contact(&mut self, jid: String, record: ContactRecord) {
+        if self.contacts.insert(jid.clone(), record).is_none() {
+            self.log
+                .push(Change::Contact(jid, ContactRecord::default()));
+        }
+    }
+
+    pub fn chat_settings(&mut self, chat: &str) -> Result<Option<ChatRecord>, KeyError> {
+        match self.chats.get(chat) {
+            Some(record) => Ok(Some(record.clone())),
+            None => self.keys.chat_settings(chat),
+        }
+    }
+
+    pub fn put_chat_settings(&mut self, chat: String, record: ChatRecord) {
+        if self.chats.insert(chat.clone(), record).is_none() {
+            self.log
+                .push(Change::ChatSettings(chat, ChatRecord::default()));
+        }
     }
 
     pub fn put_lid(&mut self, lid_user: String, phone: String) {

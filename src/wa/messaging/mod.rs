@@ -36,9 +36,10 @@ use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
 use crate::wa::signal::ProtocolAddress;
 
+pub use app_state::{ChatSettings, ContactUpdate};
 pub use keys::{
-    Change, DedupeKey, IdempotencyRecord, KeyError, KeyStore, MediaRecord, PendingHistory,
-    SenderKeyMemory, SentRecord, Txn,
+    Change, ChatRecord, ContactRecord, DedupeKey, IdempotencyRecord, KeyError, KeyStore,
+    MediaRecord, PendingHistory, SenderKeyMemory, SentRecord, Txn,
 };
 
 use crate::wa::media::{MediaConn, MediaRetry};
@@ -129,6 +130,10 @@ pub enum Event {
     Group(crate::wa::groups::GroupChange),
     ChatState(crate::wa::presence::IncomingChatState),
     Presence(crate::wa::presence::IncomingPresence),
+    /// A contact's names changed (app-state `contact`).
+    Contact(ContactUpdate),
+    /// A chat's archive, pin, mute or read mark changed (app-state).
+    ChatSettings(ChatSettings),
 }
 
 /// A message that arrived (or could not be read).
@@ -410,6 +415,8 @@ impl Engine {
         for (_, send) in self.in_flight.drain() {
             step.fail(send, error.clone());
         }
+        // The app-state answer awaited is gone with its iq.
+        self.app_state.disconnected();
         step
     }
 

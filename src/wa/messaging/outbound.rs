@@ -485,7 +485,7 @@ impl Engine {
                     cx.step.media_conns.push((waiter, answer.clone()));
                 }
             }
-            Awaiting::AppState => self.on_app_state_answer(&node, &mut cx.step),
+            Awaiting::AppState => self.on_app_state_answer(&node, cx)?,
             Awaiting::PrekeyUpload => {
                 // A refused upload is retried at the next login or low-count
                 // notification.

@@ -246,6 +246,9 @@ impl Engine {
                 cx.step.media_retries.push(retry);
             }
         }
+        if node.attr_str("type") == Some("server_sync") {
+            self.on_server_sync(node, cx)?;
+        }
         if let Some(changes) = crate::wa::groups::parse_notification(node) {
             for change in changes {
                 self.on_group_change(&change, cx);

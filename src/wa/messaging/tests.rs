@@ -28,6 +28,10 @@ struct MemKeys {
     sender_key_memory: HashMap<String, SenderKeyMemory>,
     media: HashMap<String, MediaRecord>,
     history: HashMap<DedupeKey, PendingHistory>,
+    app_state_keys: HashMap<Vec<u8>, crate::wa::appstate::SharedKey>,
+    collections: HashMap<String, crate::wa::appstate::CollectionRecord>,
+    contacts: HashMap<String, ContactRecord>,
+    chats: HashMap<String, ChatRecord>,
     /// Reads fail while set.
     broken: bool,
 }
@@ -83,6 +87,18 @@ impl MemKeys {
                 Change::History(key, None) => {
                     self.history.remove(&key);
                 }
+                Change::AppStateKey(key) => {
+                    self.app_state_keys.insert(key.id.clone(), key);
+                }
+                Change::AppStateCollection(name, r) => {
+                    self.collections.insert(name, r);
+                }
+                Change::Contact(jid, r) => {
+                    self.contacts.insert(jid, r);
+                }
+                Change::ChatSettings(chat, r) => {
+                    self.chats.insert(chat, r);
+                }
             }
         }
     }
@@ -128,6 +144,28 @@ impl KeyStore for MemKeys {
     fn pending_history(&mut self, key: &DedupeKey) -> Result<Option<PendingHistory>, KeyError> {
         self.check()?;
         Ok(self.history.get(key).cloned())
+    }
+    fn app_state_key(
+        &mut self,
+        id: &[u8],
+    ) -> Result<Option<crate::wa::appstate::SharedKey>, KeyError> {
+        self.check()?;
+        Ok(self.app_state_keys.get(id).cloned())
+    }
+    fn app_state_collection(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<crate::wa::appstate::CollectionRecord>, KeyError> {
+        self.check()?;
+        Ok(self.collections.get(name).cloned())
+    }
+    fn contact(&mut self, jid: &str) -> Result<Option<ContactRecord>, KeyError> {
+        self.check()?;
+        Ok(self.contacts.get(jid).cloned())
+    }
+    fn chat_settings(&mut self, chat: &str) -> Result<Option<ChatRecord>, KeyError> {
+        self.check()?;
+        Ok(self.chats.get(chat).cloned())
     }
 }
 
@@ -830,6 +868,7 @@ fn hostile_stanzas_are_refused_without_panicking() {
     assert!(device.events.is_empty());
 }
 
+mod app_state;
 mod media;
 
 /// A `historySyncNotification` from our own phone, encrypted to `device`

@@ -182,7 +182,11 @@ pub(crate) fn event_json(event: &Event) -> Option<(&'static str, Value)> {
             }),
         ),
         Payload::LinkCode(c) => ("link_code", json!({ "code": c.code })),
-        Payload::ChatState(_) | Payload::Presence(_) | Payload::History(_) => return None,
+        Payload::ChatState(_)
+        | Payload::Presence(_)
+        | Payload::History(_)
+        | Payload::Contact(_)
+        | Payload::ChatSettings(_) => return None,
         Payload::Group(g) => (
             "group",
             json!({

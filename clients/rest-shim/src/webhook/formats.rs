@@ -108,13 +108,16 @@ pub(crate) fn deliveries(
         Some(Payload::Message(msg)) => message(event, msg, targets, media, &mut out),
         Some(Payload::Receipt(receipt)) => receipts(event, receipt, targets, &mut out),
         // None of the seed gateways documents a group webhook.
-        // The peers' webhook documents have no place for a link code.
+        // The peers' webhook documents have no place for a link code,
+        // nor for contacts or chat settings synced from the phone.
         Some(
             Payload::Group(_)
             | Payload::ChatState(_)
             | Payload::Presence(_)
             | Payload::LinkCode(_)
-            | Payload::History(_),
+            | Payload::History(_)
+            | Payload::Contact(_)
+            | Payload::ChatSettings(_),
         )
         | None => {}
     }
