@@ -59,6 +59,11 @@ pub struct ServeOptions {
     pub api_limits: api::hygiene::Hygiene,
     /// Largest media file sent, uploaded or downloaded.
     pub max_media_bytes: u64,
+    /// Ask the phone for its whole history when a device pairs (instead of
+    /// the recent part it sends by default).
+    pub full_history: bool,
+    /// Largest inflated history chunk accepted.
+    pub max_history_chunk_bytes: usize,
     /// Which addresses media URLs given to Send may point to.
     pub media_fetch_policy: crate::runtime::FetchPolicy,
 }
@@ -92,6 +97,8 @@ impl ServeOptions {
             metrics_listen: None,
             api_limits: api::hygiene::Hygiene::default(),
             max_media_bytes: 100 * 1024 * 1024,
+            full_history: false,
+            max_history_chunk_bytes: crate::wa::history::DEFAULT_MAX_INFLATED,
             media_fetch_policy: crate::runtime::FetchPolicy::default(),
         }
     }
@@ -250,6 +257,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         timeouts: opts.timeouts.clone(),
         ..ClientConfig::default()
     };
+    client.device.full_history = opts.full_history;
     let mut wa_url = "wss://web.whatsapp.com/ws/chat".to_owned();
     if let Some(sim) = &sim {
         wa_url = sim.ws_url();
@@ -287,6 +295,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
                 crate::wa::media::Scheme::Https
             },
             ..Default::default()
+        },
+        history: crate::runtime::HistorySettings {
+            max_inflated_bytes: opts.max_history_chunk_bytes,
         },
         leases: crate::runtime::Leases {
             ttl: opts.lease_ttl,

@@ -69,6 +69,15 @@ struct ServeArgs {
     /// by URL or downloaded.
     #[arg(long, env = "WAGATE_MAX_MEDIA_BYTES", default_value_t = 100 * 1024 * 1024)]
     max_media_bytes: u64,
+    /// Ask the account's phone for its whole chat history when a device
+    /// pairs (`requireFullSync`); by default the phone sends its recent
+    /// history. Applies to devices paired afterwards.
+    #[arg(long, env = "WAGATE_FULL_HISTORY")]
+    full_history: bool,
+    /// Largest history chunk (bytes, inflated) read; a larger one is
+    /// reported as unreadable in its HISTORY event.
+    #[arg(long, env = "WAGATE_MAX_HISTORY_CHUNK_BYTES", default_value_t = 32 * 1024 * 1024)]
+    max_history_chunk_bytes: usize,
     /// Let media URLs given to Send point to loopback, private and
     /// link-local addresses (refused by default: the URL comes from an API
     /// caller and would otherwise reach the gateway's own network).
@@ -170,6 +179,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     opts.max_reconnect_attempts = args.max_reconnect_attempts;
     opts.handshakes_per_second = args.handshakes_per_second;
     opts.max_media_bytes = args.max_media_bytes;
+    opts.full_history = args.full_history;
+    opts.max_history_chunk_bytes = args.max_history_chunk_bytes;
     opts.media_fetch_policy = wagate::runtime::FetchPolicy {
         allow_private: args.media_url_allow_private,
         allow_hosts: args

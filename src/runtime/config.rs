@@ -6,6 +6,7 @@ use crate::wa::conn::ClientConfig;
 
 use super::backoff::{Backoff, Pacer};
 use super::events::EventLog;
+use super::history::HistorySettings;
 use super::media::{Media, MediaSettings};
 use super::ownership::{Leases, Ownership};
 use super::pipeline::Pipeline;
@@ -26,6 +27,9 @@ pub struct RuntimeConfig {
     pub handshakes_per_second: u32,
     /// Media limits, temporary files, media host scheme.
     pub media: MediaSettings,
+    /// History sync limits (whether the phone sends its whole history is
+    /// `client.device.full_history`).
+    pub history: HistorySettings,
     /// Leases, when the store is shared with other gateways.
     pub leases: Leases,
 }
@@ -40,6 +44,7 @@ impl Default for RuntimeConfig {
             backoff: Backoff::default(),
             handshakes_per_second: 50,
             media: MediaSettings::default(),
+            history: HistorySettings::default(),
             leases: Leases::default(),
         }
     }

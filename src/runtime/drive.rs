@@ -4,6 +4,7 @@
 //! and takes commands meanwhile; and what the actor does with each event
 //! of the connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -14,6 +15,8 @@ use tracing::{info, warn};
 use crate::store::Batch;
 use crate::wa::conn::{CloseReason, Connection, Event};
 
+use super::history::{HistoryContext, HistoryQueue};
+use super::messaging::MediaCommand;
 use super::payloads;
 use super::session::{next_or_deferred, Command, Ended, SessionActor};
 use super::status::{phone_of, LinkCodeInfo, QrInfo, SessionState};
@@ -35,6 +38,7 @@ impl SessionActor {
         let (mut sink, mut stream) = socket.split();
         let mut pending_disconnect: Option<(bool, oneshot::Sender<()>)> = None;
         let mut shutting_down = false;
+        let mut history = HistoryQueue::default();
         // A Send or media step that failed (e.g. the store was unreachable):
         // the connection closes and the session reconnects, as for a failed
         // inbound step; it is not a stop the caller asked for.
@@ -57,6 +61,7 @@ impl SessionActor {
                         failed = Some(e.to_string());
                         break;
                     }
+                    history.extend(self.messenger.take_history());
                     if let Some(name) = self.messenger.take_push_name() {
                         if let Err(e) = self.save_push_name(name).await {
                             failed = Some(e);
@@ -79,6 +84,10 @@ impl SessionActor {
                 warn!(session = %self.id, "closing: {reason}");
                 conn.shutdown();
                 break CloseReason::Protocol(reason);
+            }
+            if let Err(e) = self.start_history(&mut history, &mut conn).await {
+                warn!(session = %self.id, "closing: {e}");
+                conn.shutdown();
             }
             let mut socket_error = None;
             while let Some(frame) = conn.poll_transmit() {
@@ -131,6 +140,13 @@ impl SessionActor {
                         }
                     }
                 }
+                done = history.finished() => match done {
+                    // Its pages are committed: the notification may be receipted.
+                    Ok(receipt) => {
+                        let _ = conn.send_node(&receipt);
+                    }
+                    Err(e) => warn!(session = %self.id, "{e}"),
+                },
                 _ = sleep => {
                     let now = now_ms();
                     self.messenger.handle_timeout(now);
@@ -189,6 +205,7 @@ impl SessionActor {
                 },
             }
         };
+        history.stop();
         self.messenger.connection_lost(&ended.to_string());
         // Close the websocket cleanly; the server may already be gone.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -210,6 +227,38 @@ impl SessionActor {
             },
             None => Ended::Closed(ended),
         }
+    }
+
+    /// Starts the next history chunk, when none is being fetched: its
+    /// media hosts are asked for now, the rest runs on its own task.
+    async fn start_history(
+        &mut self,
+        history: &mut HistoryQueue,
+        conn: &mut Connection,
+    ) -> Result<(), String> {
+        let Some(creds) = self.messenger.credentials() else {
+            return Ok(());
+        };
+        let Some(job) = history.next_job() else {
+            return Ok(());
+        };
+        let (reply, answer) = oneshot::channel();
+        let command = MediaCommand::Conn {
+            refresh: false,
+            reply,
+        };
+        self.messenger
+            .media(command, conn, now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ctx = HistoryContext {
+            shared: Arc::clone(&self.shared),
+            log: self.events.clone(),
+            id: self.id.clone(),
+            creds,
+        };
+        history.start(job, answer, ctx);
+        Ok(())
     }
 
     /// The account's push name, as its app-state says: kept in the

@@ -55,6 +55,7 @@ impl EventKind {
             Payload::ChatState(_) => EventType::ChatState,
             Payload::Presence(_) => EventType::Presence,
             Payload::LinkCode(_) => EventType::LinkCode,
+            Payload::History(_) => EventType::History,
             Payload::Contact(_) => EventType::Contact,
             Payload::ChatSettings(_) => EventType::ChatSettings,
         }
@@ -477,6 +478,7 @@ fn empty_payload(kind: u8) -> Option<Payload> {
         EventType::ChatState => Some(Payload::ChatState(Default::default())),
         EventType::Presence => Some(Payload::Presence(Default::default())),
         EventType::LinkCode => Some(Payload::LinkCode(Default::default())),
+        EventType::History => Some(Payload::History(Default::default())),
         EventType::Contact => Some(Payload::Contact(Default::default())),
         EventType::ChatSettings => Some(Payload::ChatSettings(Default::default())),
         EventType::Unspecified => None,

@@ -22,7 +22,7 @@ use crate::wa::creds::Credentials;
 use crate::wa::crypto::{hkdf_sha256, hmac_sha256, KeyPair};
 use crate::wa::messaging::{
     Change, ChatRecord, ContactRecord, DedupeKey, IdempotencyRecord, KeyError, KeyStore,
-    MediaRecord, SenderKeyMemory, SentRecord,
+    MediaRecord, PendingHistory, SenderKeyMemory, SentRecord,
 };
 use crate::wa::signal::{PreKey, ProtocolAddress, SenderKeyName, SenderKeyRecord, SessionRecord};
 
@@ -60,6 +60,8 @@ const LID: &str = "lid";
 const SENDER_KEY_MEMORY: &str = "sender-key-memory";
 /// What downloading a received message's media needs, by message id.
 const MEDIA: &str = "media";
+/// History chunks not yet committed, by their notification's dedupe key.
+const HISTORY: &str = "history";
 /// App-state: sync keys by id, contacts by JID, chat settings by chat JID;
 /// collections by their (public) names.
 const APP_STATE_KEY: &str = "appstate-key";
@@ -76,6 +78,31 @@ const LEGACY: [(&str, &str); 5] = [
     ("idem/", IDEMPOTENCY),
     ("lid/", LID),
 ];
+
+/// The write recording a history chunk's progress (its deletion once
+/// complete).
+fn history_op(names: &Names, key: &DedupeKey, record: Option<&PendingHistory>) -> SecretOp {
+    let name = names.of(HISTORY, &key.0);
+    match record {
+        Some(record) => SecretOp::Put {
+            key: name,
+            value: Zeroizing::new(record.encode_to_vec()),
+        },
+        None => SecretOp::Delete { key: name },
+    }
+}
+
+/// The store write of a history chunk's progress, committed with one of
+/// its pages outside a message step (`change` is a [`Change::History`];
+/// anything else gives an empty batch).
+pub(crate) fn history_batch(creds: &Credentials, change: &Change) -> Batch {
+    let mut batch = Batch::default();
+    if let Change::History(key, record) = change {
+        let names = Names::new(&creds.identity_key);
+        batch.secrets.push(history_op(&names, key, record.as_ref()));
+    }
+    batch
+}
 
 fn key_error(e: StoreError) -> KeyError {
     KeyError {
@@ -297,6 +324,12 @@ impl StoreKeys {
                     self.names.of(MEDIA, message_id),
                     Zeroizing::new(record.encode_to_vec()),
                 ),
+                Change::History(key, record) => {
+                    batch
+                        .secrets
+                        .push(history_op(&self.names, key, record.as_ref()));
+                    continue;
+                }
                 Change::AppStateKey(key) => (
                     self.names.of(APP_STATE_KEY, &hex::encode(&key.id)),
                     key.data.clone(),
@@ -359,6 +392,7 @@ impl StoreKeys {
                 | Change::Idempotency(..)
                 | Change::SenderKeyMemory(..)
                 | Change::Media(..)
+                | Change::History(..)
                 | Change::AppStateKey(..)
                 | Change::AppStateCollection(..)
                 | Change::ChatSettings(..) => {}
@@ -538,6 +572,12 @@ impl KeyStore for StoreKeys {
         // to a group, next to that send's commit).
         let stored = self.read(&self.names.of(SENDER_KEY_MEMORY, group))?;
         Ok(stored.and_then(|b| SenderKeyMemory::decode(b.as_slice()).ok()))
+    }
+
+    fn pending_history(&mut self, key: &DedupeKey) -> Result<Option<PendingHistory>, KeyError> {
+        // Read only for redelivered messages of the account's own devices.
+        let stored = self.read(&self.names.of(HISTORY, &key.0))?;
+        Ok(stored.and_then(|b| PendingHistory::decode(b.as_slice()).ok()))
     }
 
     // Other app-state records are read only while a sync is applied (not

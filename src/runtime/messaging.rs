@@ -23,7 +23,7 @@ use crate::wa::conn::Connection;
 use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
 use crate::wa::media::MediaRetry;
-use crate::wa::messaging::{Engine, KeyError, ReplyTo, SendRequest, Step};
+use crate::wa::messaging::{Engine, HistoryJob, KeyError, ReplyTo, SendRequest, Step};
 
 pub use crate::wa::messaging::{SendError, Sent};
 
@@ -85,6 +85,7 @@ pub(super) struct Output {
     messages_in: u32,
     messages_out: u32,
     push_name: Option<String>,
+    history: Vec<HistoryJob>,
 }
 
 /// The engine with its keys and waiting callers: moved into each step's job
@@ -217,6 +218,7 @@ impl Core {
                 messages_in: step.messages_in,
                 messages_out: step.messages_out,
                 push_name: step.push_name,
+                history: step.history,
             },
         })
     }
@@ -267,6 +269,8 @@ pub(crate) struct Messenger {
     next_reply: ReplyTo,
     /// The account's push name from its app-state, for the actor to keep.
     push_name: Option<String>,
+    /// History chunks committed steps announced, for the actor to fetch.
+    history: Vec<HistoryJob>,
 }
 
 impl Messenger {
@@ -279,12 +283,23 @@ impl Messenger {
             creds: None,
             next_reply: 0,
             push_name: None,
+            history: Vec::new(),
         }
     }
 
     /// The account's push name, once a step learned it (taken once).
     pub(crate) fn take_push_name(&mut self) -> Option<String> {
         self.push_name.take()
+    }
+
+    /// History chunks to fetch, announced by the steps since the last call.
+    pub(crate) fn take_history(&mut self) -> Vec<HistoryJob> {
+        std::mem::take(&mut self.history)
+    }
+
+    /// The credentials of the current connection.
+    pub(crate) fn credentials(&self) -> Option<Arc<Credentials>> {
+        self.creds.clone()
     }
 
     /// Forgets everything cached for the connection (the engine and its
@@ -295,6 +310,7 @@ impl Messenger {
         }
         self.core = Some(Core::new());
         self.creds = None;
+        self.history.clear();
     }
 
     /// The credentials of the current connection (after login or a change).
@@ -582,6 +598,7 @@ impl Messenger {
         if output.push_name.is_some() {
             self.push_name = output.push_name;
         }
+        self.history.extend(output.history);
         for node in output.transmit {
             // A closed connection loses these; the server redelivers what
             // was not receipted and callers retry what was not acked.

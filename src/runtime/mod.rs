@@ -8,6 +8,7 @@ mod drive;
 mod error;
 mod events;
 mod fetch_policy;
+mod history;
 mod http;
 mod keys;
 mod manager;
@@ -28,6 +29,7 @@ pub use config::RuntimeConfig;
 pub use error::RuntimeError;
 pub use events::{timestamp as timestamp_ms, EventKind, EventLog};
 pub use fetch_policy::FetchPolicy;
+pub use history::HistorySettings;
 pub use manager::{Manager, PairingCode};
 pub use media::{MediaFailure, MediaSettings};
 pub use media_flow::{

@@ -4,10 +4,11 @@
 use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{
     ChatSettingsEvent, ChatState, ChatStateEvent, ConnectionEvent, ContactEvent, GroupChange,
-    GroupEvent, LinkCodeEvent, MediaInfo, MediaKind, MessageEvent, PresenceEvent, QrEvent,
-    ReceiptEvent, ReceiptType,
+    GroupEvent, HistoryChat, HistoryEvent, HistoryMessage, HistoryPushName, LinkCodeEvent,
+    MediaInfo, MediaKind, MessageEvent, PresenceEvent, QrEvent, ReceiptEvent, ReceiptType,
 };
 use crate::wa::groups::{GroupChange as GroupChangeKindOf, GroupChangeKind};
+use crate::wa::history::{HistoryNotice, HistoryPage};
 use crate::wa::media::MediaType;
 use crate::wa::message::phone_of;
 use crate::wa::messaging::{
@@ -44,6 +45,58 @@ pub(crate) fn engine_event(event: &Event) -> Payload {
         Event::Contact(c) => contact(c),
         Event::ChatSettings(c) => chat_settings(c),
     }
+}
+
+/// One page of a history chunk.
+pub(crate) fn history_page(page: HistoryPage) -> Payload {
+    Payload::History(HistoryEvent {
+        sync_type: page.sync_type.as_str_name().to_owned(),
+        chunk_order: page.chunk_order,
+        progress: page.progress,
+        page: page.index,
+        last_page: page.last,
+        chats: page
+            .chats
+            .into_iter()
+            .map(|c| HistoryChat {
+                chat: c.chat,
+                name: c.name.unwrap_or_default(),
+                unread_count: c.unread_count,
+                messages: c
+                    .messages
+                    .into_iter()
+                    .map(|m| HistoryMessage {
+                        id: m.id,
+                        sender: m.sender,
+                        timestamp: Some(seconds(m.timestamp_s)),
+                        from_me: m.from_me,
+                        text: m.text.unwrap_or_default(),
+                        r#type: m.kind,
+                        push_name: m.push_name.unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        push_names: page
+            .push_names
+            .into_iter()
+            .map(|(jid, push_name)| HistoryPushName { jid, push_name })
+            .collect(),
+        error: String::new(),
+    })
+}
+
+/// A chunk that could not be read: its last page says why.
+pub(crate) fn history_failed(notice: &HistoryNotice, page: u32, error: String) -> Payload {
+    Payload::History(HistoryEvent {
+        sync_type: notice.sync_type.as_str_name().to_owned(),
+        chunk_order: notice.chunk_order,
+        progress: notice.progress,
+        page,
+        last_page: true,
+        error,
+        ..Default::default()
+    })
 }
 
 fn contact(c: &ContactUpdate) -> Payload {

@@ -485,6 +485,7 @@ impl Session {
                 refs: refs.clone(),
                 bundle,
                 platform: stanza::platform_name(data),
+                full_sync: stanza::requires_full_sync(data),
                 commands,
                 link_code: None,
             },

@@ -24,9 +24,10 @@ use crate::proto::sim::{
     UpdateGroupParticipantsResponse,
 };
 use crate::proto::sim::{
-    SendChatStateRequest, SendChatStateResponse, SendGroupTextsRequest, SendGroupTextsResponse,
-    SetChatSettingsRequest, SetChatSettingsResponse, SetContactRequest, SetContactResponse,
-    SetPresenceRequest, SetPresenceResponse, SetReadReceiptsRequest, SetReadReceiptsResponse,
+    SeedHistoryRequest, SeedHistoryResponse, SendChatStateRequest, SendChatStateResponse,
+    SendGroupTextsRequest, SendGroupTextsResponse, SetChatSettingsRequest, SetChatSettingsResponse,
+    SetContactRequest, SetContactResponse, SetPresenceRequest, SetPresenceResponse,
+    SetReadReceiptsRequest, SetReadReceiptsResponse,
 };
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 use crate::wa::media::MediaType;
@@ -149,6 +150,7 @@ impl From<SimError> for Status {
             | SimError::InvalidPhone(_)
             | SimError::InvalidJid(_)
             | SimError::TooManyTexts(_)
+            | SimError::InvalidHistorySeed(_)
             | SimError::InvalidPageToken
             | SimError::InvalidMedia(_) => Status::invalid_argument(message),
             SimError::NoPendingPairing
@@ -685,6 +687,18 @@ impl SimulatorService for Control {
         };
         self.sim.send_chat_state(&from, &chat, state).await?;
         Ok(Response::new(SendChatStateResponse {}))
+    }
+
+    async fn seed_history(
+        &self,
+        request: Request<SeedHistoryRequest>,
+    ) -> Result<Response<SeedHistoryResponse>, Status> {
+        let request = request.into_inner();
+        let phone = parse_phone(&request.phone)?;
+        let base_time = self
+            .sim
+            .seed_history(&phone, request.chats, request.messages_per_chat)?;
+        Ok(Response::new(SeedHistoryResponse { base_time }))
     }
 }
 

@@ -16,6 +16,7 @@ mod mailbox;
 mod media;
 mod messaging;
 mod phone;
+mod phone_history;
 mod phone_media;
 mod phone_sync;
 mod presence;
@@ -144,6 +145,8 @@ pub enum SimError {
     AccountExists(String),
     #[error("{0} texts asked for; at most {MAX_BULK_TEXTS} per call")]
     TooManyTexts(u32),
+    #[error("invalid history seed: {0}")]
+    InvalidHistorySeed(String),
     #[error("invalid page token; pass the next_page_token of the previous page")]
     InvalidPageToken,
     #[error("the phone cannot encrypt: {0}")]
@@ -531,7 +534,7 @@ impl Simulator {
         inner.registry.add_device(device, &jid);
         debug!(%jid, "companion paired");
         // Queued before the companion reconnects: it finds them at login.
-        if let Err(err) = inner.welcome_companion(&jid).await {
+        if let Err(err) = inner.welcome_companion(&jid, pending.full_sync).await {
             warn!(%jid, %err, "phone could not greet its new companion");
         }
         // Paired: the companion must reconnect and log in.

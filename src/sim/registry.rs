@@ -70,6 +70,9 @@ pub(crate) struct Account {
     /// on its own so that one phone's crypto never holds up another account.
     handset: Mutex<Phone>,
     devices: Mutex<Devices>,
+    /// The generated history its phone sends new companions, if seeded
+    /// (kept in memory only).
+    history_seed: Mutex<Option<super::phone_history::HistorySeed>>,
 }
 
 /// The companions of an account and the ids the next one gets.
@@ -101,6 +104,8 @@ pub(crate) struct Pending {
     pub(crate) refs: Vec<String>,
     pub(crate) bundle: CompanionBundle,
     pub(crate) platform: String,
+    /// The companion asked for the whole history (`requireFullSync`).
+    pub(crate) full_sync: bool,
     pub(crate) commands: mpsc::Sender<Command>,
     /// The link code the companion asked for (`companion_hello`), if any.
     pub(crate) link_code: Option<PendingLinkCode>,
@@ -726,6 +731,22 @@ impl Registry {
     }
 
     /// Runs `f` on an account's virtual phone (under that phone's lock only).
+    /// Gives `user`'s phone a generated history; false for an unknown
+    /// account.
+    pub(crate) fn seed_history(&self, user: &str, seed: super::phone_history::HistorySeed) -> bool {
+        let Some(account) = self.account(user) else {
+            return false;
+        };
+        *lock(&account.history_seed) = Some(seed);
+        true
+    }
+
+    /// The generated history of `user`'s phone, if seeded.
+    pub(crate) fn history_seed(&self, user: &str) -> Option<super::phone_history::HistorySeed> {
+        self.account(user)
+            .and_then(|account| lock(&account.history_seed).clone())
+    }
+
     pub(crate) fn with_handset<T>(&self, user: &str, f: impl FnOnce(&mut Phone) -> T) -> Option<T> {
         let account = self.account(user)?;
         let mut handset = lock(&account.handset);
@@ -980,6 +1001,7 @@ impl Account {
             raw_id: saved.raw_id,
             created: saved.created,
             handset: Mutex::new(handset),
+            history_seed: Mutex::new(None),
             devices: Mutex::new(Devices {
                 next_device,
                 next_key_index: saved.next_key_index,
@@ -1062,6 +1084,7 @@ impl Account {
             raw_id: keys.raw_id,
             created: now,
             handset: Mutex::new(keys.handset),
+            history_seed: Mutex::new(None),
             devices: Mutex::new(Devices {
                 next_device: 1,
                 next_key_index: 1,
@@ -1114,6 +1137,7 @@ mod tests {
                 refs: vec!["ref-a".into(), "ref-b".into()],
                 bundle: bundle(),
                 platform: "CHROME".into(),
+                full_sync: false,
                 commands: tx,
                 link_code: None,
             },

@@ -286,6 +286,16 @@ pub(crate) fn platform_name(data: &DevicePairingRegistrationData) -> String {
     }
 }
 
+/// Whether the companion asked for the whole history at registration
+/// (`DeviceProps.requireFullSync`).
+pub(crate) fn requires_full_sync(data: &DevicePairingRegistrationData) -> bool {
+    data.device_props
+        .as_deref()
+        .and_then(|b| DeviceProps::decode(b).ok())
+        .and_then(|props| props.require_full_sync)
+        .unwrap_or(false)
+}
+
 /// A prekey upload (`<iq xmlns="encrypt" type="set">`).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct PreKeyUpload {

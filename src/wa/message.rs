@@ -227,6 +227,9 @@ pub struct Content {
     pub refs: Option<Box<crate::wa::compose::Refs>>,
     /// App-state sync keys the account's phone shared (`appStateSyncKeyShare`).
     pub app_state_keys: Vec<crate::wa::appstate::SharedKey>,
+    /// A history chunk the account's phone announced
+    /// (`historySyncNotification`), when its fields are usable.
+    pub history: Option<Box<crate::wa::history::HistoryNotice>>,
 }
 
 impl Content {
@@ -271,6 +274,7 @@ impl Content {
                 media: None,
                 refs: None,
                 app_state_keys: Vec::new(),
+                history: None,
             },
             (None, Some(kind)) => Self::named(kind),
             (None, None) => Self::named(&content_field_name(plaintext)),
@@ -289,6 +293,12 @@ impl Content {
             .and_then(|p| p.app_state_sync_key_share.as_ref())
             .map(crate::wa::appstate::shared_keys)
             .unwrap_or_default();
+        content.history = message
+            .protocol_message
+            .as_ref()
+            .and_then(|p| p.history_sync_notification.as_ref())
+            .and_then(|n| crate::wa::history::HistoryNotice::from_proto(n).ok())
+            .map(Box::new);
         Ok(content)
     }
 
@@ -308,6 +318,7 @@ impl Content {
             media: None,
             refs: None,
             app_state_keys: Vec::new(),
+            history: None,
         }
     }
 

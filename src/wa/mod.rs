@@ -10,6 +10,7 @@ pub mod conn;
 pub mod creds;
 pub mod crypto;
 pub mod groups;
+pub mod history;
 pub mod jid;
 pub mod link_code;
 pub mod media;

@@ -32,6 +32,9 @@ pub struct DeviceInfo {
     /// Shown on the phone's "Linked devices" list.
     pub os: String,
     pub platform_type: device_props::PlatformType,
+    /// Asks the phone, at pairing, for its whole history (`requireFullSync`
+    /// in `DeviceProps`) instead of the recent part it sends by default.
+    pub full_history: bool,
 }
 
 impl Default for DeviceInfo {
@@ -40,6 +43,7 @@ impl Default for DeviceInfo {
             version: WaVersion::CURRENT,
             os: "wagate".to_owned(),
             platform_type: device_props::PlatformType::Chrome,
+            full_history: false,
         }
     }
 }
@@ -87,7 +91,8 @@ pub fn registration_payload(creds: &Credentials, info: &DeviceInfo) -> Vec<u8> {
             ..Default::default()
         }),
         platform_type: Some(info.platform_type as i32),
-        require_full_sync: Some(false),
+        require_full_sync: Some(info.full_history),
+        history_sync_config: None,
     };
     let build_hash = Md5::digest(info.version.to_string().as_bytes());
     let spk_id = creds.signed_prekey.id.to_be_bytes();

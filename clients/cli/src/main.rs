@@ -119,6 +119,7 @@ enum Kind {
     Group,
     ChatState,
     Presence,
+    History,
     Contact,
     ChatSettings,
 }
@@ -133,6 +134,7 @@ impl From<Kind> for EventType {
             Kind::Group => EventType::Group,
             Kind::ChatState => EventType::ChatState,
             Kind::Presence => EventType::Presence,
+            Kind::History => EventType::History,
             Kind::Contact => EventType::Contact,
             Kind::ChatSettings => EventType::ChatSettings,
         }
@@ -399,6 +401,7 @@ async fn show_qr(gw: &mut Gateway, id: String, ink: Ink, json: bool) -> Result<(
                 | Payload::ChatState(_)
                 | Payload::Presence(_)
                 | Payload::LinkCode(_)
+                | Payload::History(_)
                 | Payload::Contact(_)
                 | Payload::ChatSettings(_),
             )

@@ -210,6 +210,33 @@ pub fn event_json(e: &Event) -> Value {
                 "last_seen": opt_ts(p.last_seen.as_ref()),
             }),
         ),
+        Some(Payload::History(h)) => (
+            "history",
+            json!({
+                "sync_type": h.sync_type,
+                "chunk_order": h.chunk_order,
+                "progress": h.progress,
+                "page": h.page,
+                "last_page": h.last_page,
+                "chats": h.chats.iter().map(|c| json!({
+                    "chat": c.chat,
+                    "name": c.name,
+                    "messages": c.messages.iter().map(|m| json!({
+                        "id": m.id,
+                        "sender": m.sender,
+                        "timestamp": opt_ts(m.timestamp.as_ref()),
+                        "from_me": m.from_me,
+                        "text": m.text,
+                        "type": m.r#type,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "push_names": h.push_names.iter().map(|p| json!({
+                    "jid": p.jid,
+                    "push_name": p.push_name,
+                })).collect::<Vec<_>>(),
+                "error": h.error,
+            }),
+        ),
         Some(Payload::Contact(c)) => (
             "contact",
             json!({
@@ -329,6 +356,21 @@ pub fn event_text(e: &Event) -> String {
                 "unavailable"
             };
             format!("presence {} {state}", p.from)
+        }
+        Some(Payload::History(h)) => {
+            let messages: usize = h.chats.iter().map(|c| c.messages.len()).sum();
+            let mut d = format!(
+                "history {} chunk {} page {} ({} chats, {messages} messages, {}%)",
+                h.sync_type,
+                h.chunk_order,
+                h.page,
+                h.chats.len(),
+                h.progress
+            );
+            if !h.error.is_empty() {
+                d.push_str(&format!(": {}", h.error));
+            }
+            d
         }
         Some(Payload::Group(g)) => {
             let mut d = format!("group {} {}", group_change_name(g.change), g.group);

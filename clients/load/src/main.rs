@@ -9,6 +9,7 @@ mod clients;
 mod error;
 mod group_inbound;
 mod groups;
+mod history;
 mod inbound;
 mod media;
 mod pairing;
@@ -74,6 +75,10 @@ struct Cli {
     /// figure, in MB (10^6 bytes) [default: 100; quick: 8]; 0 skips it.
     #[arg(long)]
     media_mb: Option<u64>,
+    /// Messages of the seeded history a newly paired session receives for
+    /// the history memory figure [default: 10000; quick: 1000]; 0 skips it.
+    #[arg(long)]
+    history_messages: Option<u32>,
     /// Virtual members (two devices each) of the group session 0 sends to;
     /// 0 skips the group step [default: 256; quick: 8].
     #[arg(long)]
@@ -154,6 +159,7 @@ impl Cli {
             latency_messages: self.latency_messages.unwrap_or(pick(q, 100, 5000)).max(1),
             sends: self.sends.unwrap_or(pick(q, 64, 2000)).max(1),
             media_bytes: self.media_mb.unwrap_or(pick(q, 8, 100)) * 1_000_000,
+            history_messages: self.history_messages.unwrap_or(pick(q, 1000, 10_000)),
             group_members: self.group_members.unwrap_or(pick(q, 8, 256)),
             group_sends: self.group_sends.unwrap_or(pick(q, 10, 200)),
             stall: Duration::from_secs(self.stall_seconds.max(1)),

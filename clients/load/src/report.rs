@@ -2,6 +2,7 @@
 //! paste into the README) or as JSON.
 
 use crate::groups::GroupFigures;
+use crate::history::HistoryFigures;
 use crate::inbound::{Latency, Throughput};
 use crate::media::MediaFigures;
 use crate::procstat::Memory;
@@ -41,6 +42,7 @@ pub(crate) struct Report {
     pub(crate) latency: Latency,
     pub(crate) sends: Vec<SendFigures>,
     pub(crate) media: Option<MediaFigures>,
+    pub(crate) history: Option<HistoryFigures>,
     pub(crate) group: Option<GroupFigures>,
     pub(crate) restart: Restart,
     pub(crate) released: Released,
@@ -164,6 +166,22 @@ impl Report {
                 ),
             ));
         }
+        if let Some(h) = &self.history {
+            rows.push((
+                format!(
+                    "History sync: {} messages in (HISTORY events): time / pages (largest) / gateway RssAnon growth / VmRSS growth",
+                    h.messages
+                ),
+                format!(
+                    "{:.1} s / {} ({} messages) / {} / {}",
+                    h.seconds,
+                    h.pages,
+                    h.largest_page,
+                    mib(h.anon_peak_kib.saturating_sub(h.anon_before_kib)),
+                    mib(h.rss_growth_kib)
+                ),
+            ));
+        }
         if let Some(g) = &self.group {
             rows.extend([
                 (
@@ -273,6 +291,13 @@ impl Report {
                 "gateway_rss_anon_peak_kib": m.anon_peak_kib,
                 "gateway_rss_anon_growth_kib": m.anon_peak_kib.saturating_sub(m.anon_before_kib),
                 "gateway_rss_growth_kib": m.rss_growth_kib })),
+            "history": self.history.as_ref().map(|h| serde_json::json!({
+                "messages": h.messages, "pages": h.pages, "largest_page": h.largest_page,
+                "seconds": h.seconds,
+                "gateway_rss_anon_before_kib": h.anon_before_kib,
+                "gateway_rss_anon_peak_kib": h.anon_peak_kib,
+                "gateway_rss_anon_growth_kib": h.anon_peak_kib.saturating_sub(h.anon_before_kib),
+                "gateway_rss_growth_kib": h.rss_growth_kib })),
             "group": self.group.as_ref().map(|g| serde_json::json!({
                 "members": g.members, "devices": g.devices, "first_send_ms": g.first_ms,
                 "first_stanza_bytes": g.first_bytes, "steady_sends": g.steady_sends,

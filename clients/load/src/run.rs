@@ -10,6 +10,7 @@ use crate::clients;
 use crate::error::LoadError;
 use crate::group_inbound;
 use crate::groups;
+use crate::history;
 use crate::inbound::{self, Pids};
 use crate::media;
 use crate::pairing;
@@ -36,6 +37,7 @@ pub(crate) struct Plan {
     pub(crate) sends: usize,
     /// Size of the video of the media step; 0 = no media step.
     pub(crate) media_bytes: u64,
+    pub(crate) history_messages: u32,
     pub(crate) group_members: usize,
     pub(crate) group_sends: usize,
     pub(crate) stall: Duration,
@@ -265,6 +267,25 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
         None
     };
 
+    let history = if plan.history_messages > 0 {
+        step(&format!(
+            "history: a session paired to a phone with {} messages of history",
+            plan.history_messages
+        ));
+        Some(
+            history::measure(
+                &gateway,
+                &sim,
+                gateway_pid,
+                plan.history_messages,
+                plan.stall,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
     let group = if plan.group_members > 0 {
         step(&format!(
             "group: {} members with two devices each, 1 + {} sends",
@@ -323,6 +344,7 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
         latency,
         sends: send_figures,
         media,
+        history,
         group,
         restart,
         released,

@@ -10,9 +10,9 @@ use crate::wa::signal::{
     self, LocalKeys, PreKeySignalMessage, ProtocolAddress, SenderKeyName, SignalError,
 };
 
-use super::keys::{DedupeKey, KeyError, MediaRecord, Txn};
+use super::keys::{DedupeKey, KeyError, MediaRecord, PendingHistory, Txn};
 use super::{
-    address_of, learn_lid, phone_for, Cx, Engine, Event, ReceiptKind, ReceivedMedia,
+    address_of, learn_lid, phone_for, Cx, Engine, Event, HistoryJob, ReceiptKind, ReceivedMedia,
     ReceivedMessage, ReceivedReceipt, MAX_RETRIES, MAX_TEXT_BYTES,
 };
 
@@ -52,6 +52,16 @@ impl Engine {
         };
         let dedupe = DedupeKey(msg.dedupe_key(&own));
         if cx.txn.seen(&dedupe, msg.t)? {
+            // A history notification whose pages are not all committed:
+            // its chunk resumes, and the receipt waits for it again.
+            if msg.from_me(&own) {
+                if let Some(pending) = cx.txn.pending_history(&dedupe)? {
+                    if let Some(job) = HistoryJob::resume(dedupe, &pending, msg.receipt(&own)) {
+                        cx.step.history.push(job);
+                        return Ok(());
+                    }
+                }
+            }
             cx.step.transmit.push(msg.receipt(&own));
             return Ok(());
         }
@@ -112,11 +122,27 @@ impl Engine {
             learn_lid(&sender.to_non_ad(), &alt.to_non_ad(), &mut cx.txn)?;
         }
 
+        let mut history = None;
         let event = match (content, failure) {
             (Some(content), _) => {
                 // Only the account's own phone shares app-state keys.
                 if msg.from_me(&own) && !content.app_state_keys.is_empty() {
                     self.on_app_state_keys(&content.app_state_keys, cx)?;
+                }
+                // ... and history: kept pending with this step, fetched by
+                // the owner, receipted once its pages are committed.
+                if let Some(notice) = content.history.as_deref().filter(|_| msg.from_me(&own)) {
+                    let pending = PendingHistory {
+                        notification: prost::Message::encode_to_vec(&notice.to_proto()),
+                        pages_done: 0,
+                    };
+                    cx.txn.put_pending_history(dedupe.clone(), pending);
+                    history = Some(HistoryJob {
+                        key: dedupe.clone(),
+                        notice: notice.clone(),
+                        pages_done: 0,
+                        receipt: msg.receipt(&own),
+                    });
                 }
                 self.message_event(&msg, &own, content, &mut cx.txn)?
             }
@@ -172,8 +198,11 @@ impl Engine {
         if let Some((sender, name)) = named {
             super::app_state::learn_push_name(sender, name, cx)?;
         }
-        // Durability rule 1: the receipt leaves after the commit.
-        cx.step.transmit.push(msg.receipt(&own));
+        match history {
+            Some(job) => cx.step.history.push(job),
+            // Durability rule 1: the receipt leaves after the commit.
+            None => cx.step.transmit.push(msg.receipt(&own)),
+        }
         Ok(())
     }
 

@@ -92,6 +92,29 @@ impl std::fmt::Debug for MediaRecord {
     }
 }
 
+/// A history chunk announced by the account's phone whose pages are not
+/// all committed yet, kept (with the ratchet step that decrypted its
+/// notification) until they are: a redelivered notification resumes it
+/// after the pages already committed. The media key makes it a secret.
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
+pub struct PendingHistory {
+    /// The `HistorySyncNotification` as received.
+    #[prost(bytes = "vec", tag = "1")]
+    pub notification: Vec<u8>,
+    /// Pages of the chunk already committed.
+    #[prost(uint32, tag = "2")]
+    pub pages_done: u32,
+}
+
+impl std::fmt::Debug for PendingHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingHistory")
+            .field("pages_done", &self.pages_done)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A contact as the account's app-state names it (the phone's address
 /// book), by user JID.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -135,6 +158,8 @@ pub trait KeyStore {
     fn phone_of_lid(&mut self, lid_user: &str) -> Result<Option<String>, KeyError>;
     /// The devices that hold our current sender key of `group`.
     fn sender_key_memory(&mut self, group: &str) -> Result<Option<SenderKeyMemory>, KeyError>;
+    /// The pending history chunk of a notification (by its dedupe key).
+    fn pending_history(&mut self, key: &DedupeKey) -> Result<Option<PendingHistory>, KeyError>;
     /// An app-state sync key the phone shared, by id.
     fn app_state_key(&mut self, id: &[u8]) -> Result<Option<SharedKey>, KeyError>;
     /// An app-state collection's state (version, LTHash, entries).
@@ -174,6 +199,9 @@ pub enum Change {
     SenderKeyMemory(String, SenderKeyMemory),
     /// A received message's media, by message id (see [`MediaRecord`]).
     Media(String, MediaRecord),
+    /// A history notification's chunk to fetch (see [`PendingHistory`]);
+    /// `None` once all its pages are committed.
+    History(DedupeKey, Option<PendingHistory>),
     /// An app-state sync key the phone shared.
     AppStateKey(SharedKey),
     /// An app-state collection's state, by collection name.
@@ -402,6 +430,21 @@ impl<'a> Txn<'a> {
 
     pub fn put_media(&mut self, message_id: String, record: MediaRecord) {
         self.log.push(Change::Media(message_id, record));
+    }
+
+    pub fn pending_history(&mut self, key: &DedupeKey) -> Result<Option<PendingHistory>, KeyError> {
+        let pending = self.log.iter().rev().find_map(|c| match c {
+            Change::History(k, record) if k == key => Some(record.clone()),
+            _ => None,
+        });
+        match pending {
+            Some(record) => Ok(record),
+            None => self.keys.pending_history(key),
+        }
+    }
+
+    pub fn put_pending_history(&mut self, key: DedupeKey, record: PendingHistory) {
+        self.log.push(Change::History(key, Some(record)));
     }
 
     pub fn app_state_key(&mut self, id: &[u8]) -> Result<Option<SharedKey>, KeyError> {

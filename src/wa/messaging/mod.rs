@@ -39,7 +39,7 @@ use crate::wa::signal::ProtocolAddress;
 pub use app_state::{ChatSettings, ContactUpdate};
 pub use keys::{
     Change, ChatRecord, ContactRecord, DedupeKey, IdempotencyRecord, KeyError, KeyStore,
-    MediaRecord, SenderKeyMemory, SentRecord, Txn,
+    MediaRecord, PendingHistory, SenderKeyMemory, SentRecord, Txn,
 };
 
 use crate::wa::media::{MediaConn, MediaRetry};
@@ -237,6 +237,9 @@ pub struct Step {
     pub messages_out: u32,
     /// The account's push name, when its app-state just told it.
     pub push_name: Option<String>,
+    /// History chunks to fetch once the step is committed; each carries
+    /// the receipt that may go out only after its pages are committed.
+    pub history: Vec<HistoryJob>,
 }
 
 impl Step {
@@ -257,6 +260,48 @@ impl Step {
     /// (unreceipted stanzas come back later).
     fn abandoned(error: KeyError) -> StepError {
         StepError(error)
+    }
+}
+
+/// A history chunk for the owner to fetch, page and commit (see
+/// [`crate::wa::history`]); then it commits [`HistoryJob::progress`] with its
+/// last page and sends `receipt`.
+#[derive(Debug, Clone)]
+pub struct HistoryJob {
+    /// The notification's dedupe key: its pending record's key.
+    pub key: DedupeKey,
+    pub notice: crate::wa::history::HistoryNotice,
+    /// Pages committed before (a resumed chunk skips them).
+    pub pages_done: u32,
+    /// The notification's receipt.
+    pub receipt: Node,
+}
+
+impl HistoryJob {
+    /// A chunk left pending by an earlier connection.
+    fn resume(key: DedupeKey, pending: &PendingHistory, receipt: Node) -> Option<Self> {
+        let notification =
+            <crate::proto::wa::message::HistorySyncNotification as prost::Message>::decode(
+                pending.notification.as_slice(),
+            )
+            .ok()?;
+        let notice = crate::wa::history::HistoryNotice::from_proto(&notification).ok()?;
+        Some(Self {
+            key,
+            notice,
+            pages_done: pending.pages_done,
+            receipt,
+        })
+    }
+
+    /// The change that records `pages` committed pages of this chunk, or
+    /// (`complete`) that it needs nothing more.
+    pub fn progress(&self, pages: u32, complete: bool) -> Change {
+        let record = (!complete).then(|| PendingHistory {
+            notification: prost::Message::encode_to_vec(&self.notice.to_proto()),
+            pages_done: pages,
+        });
+        Change::History(self.key.clone(), record)
     }
 }
 

@@ -27,6 +27,7 @@ struct MemKeys {
     lids: HashMap<String, String>,
     sender_key_memory: HashMap<String, SenderKeyMemory>,
     media: HashMap<String, MediaRecord>,
+    history: HashMap<DedupeKey, PendingHistory>,
     app_state_keys: HashMap<Vec<u8>, crate::wa::appstate::SharedKey>,
     collections: HashMap<String, crate::wa::appstate::CollectionRecord>,
     contacts: HashMap<String, ContactRecord>,
@@ -79,6 +80,12 @@ impl MemKeys {
                 }
                 Change::Media(id, r) => {
                     self.media.insert(id, r);
+                }
+                Change::History(key, Some(r)) => {
+                    self.history.insert(key, r);
+                }
+                Change::History(key, None) => {
+                    self.history.remove(&key);
                 }
                 Change::AppStateKey(key) => {
                     self.app_state_keys.insert(key.id.clone(), key);
@@ -133,6 +140,10 @@ impl KeyStore for MemKeys {
     fn sender_key_memory(&mut self, group: &str) -> Result<Option<SenderKeyMemory>, KeyError> {
         self.check()?;
         Ok(self.sender_key_memory.get(group).cloned())
+    }
+    fn pending_history(&mut self, key: &DedupeKey) -> Result<Option<PendingHistory>, KeyError> {
+        self.check()?;
+        Ok(self.history.get(key).cloned())
     }
     fn app_state_key(
         &mut self,
@@ -859,3 +870,107 @@ fn hostile_stanzas_are_refused_without_panicking() {
 
 mod app_state;
 mod media;
+
+/// A `historySyncNotification` from our own phone, encrypted to `device`
+/// as a `pkmsg` (a fresh session each time: only the first copy decrypts).
+fn history_notification(device: &Device, id: &str) -> Node {
+    use crate::proto::wa::message::history_sync_notification::HistorySyncType;
+    use crate::proto::wa::message::protocol_message::Type;
+    use crate::wa::history::HistoryNotice;
+    use crate::wa::signal::PreKeyBundle;
+
+    let mut rng = StdRng::seed_from_u64(99);
+    let phone = crate::wa::crypto::KeyPair::generate(&mut rng);
+    let prekey = device.keys.prekeys.get(&1).expect("prekey 1");
+    let bundle = PreKeyBundle {
+        registration_id: device.creds.registration_id,
+        device_id: 0,
+        pre_key: Some((prekey.id, prekey.key.public)),
+        signed_pre_key: (
+            device.creds.signed_prekey.id,
+            device.creds.signed_prekey.key.public,
+            device.creds.signed_prekey.signature,
+        ),
+        identity_key: device.creds.identity_key.public,
+    };
+    let mut record =
+        crate::wa::signal::process_bundle(&bundle, &phone, 77, None, &mut rng).expect("bundle");
+    let notice = HistoryNotice {
+        direct_path: "/v/t62.1/history".into(),
+        media_key: [5; 32],
+        file_sha256: [6; 32],
+        file_enc_sha256: None,
+        file_length: 1000,
+        sync_type: HistorySyncType::InitialBootstrap,
+        chunk_order: 0,
+        progress: 100,
+    };
+    let message = Message {
+        protocol_message: Some(Box::new(crate::proto::wa::message::ProtocolMessage {
+            r#type: Some(Type::HistorySyncNotification.into()),
+            history_sync_notification: Some(notice.to_proto()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let padded = crate::wa::signal::pad(&mut rng, &prost::Message::encode_to_vec(&message));
+    let ct = crate::wa::signal::encrypt(&mut record, &phone, &padded).expect("encrypt");
+    Node::new("message")
+        .attr("from", device.jid().to_non_ad())
+        .attr("id", id)
+        .attr("t", "1700000000")
+        .attr("type", "text")
+        .children(vec![Node::new("enc")
+            .attr("v", "2")
+            .attr("type", ct.kind())
+            .bytes(ct.bytes().to_vec())])
+}
+
+#[test]
+fn a_history_notification_is_receipted_only_once_its_chunk_is_committed() {
+    let mut device = Device::new("15550000009", 9);
+    let stanza = history_notification(&device, "HN1");
+    let receipts = |step: &Step| {
+        step.transmit
+            .iter()
+            .filter(|n| n.tag() == "receipt")
+            .count()
+    };
+    let handle = |device: &mut Device| {
+        let step = device
+            .engine
+            .handle_stanzas(vec![stanza.clone()], &mut device.keys, &device.creds, 1)
+            .expect("step");
+        let receipted = receipts(&step) > 0;
+        let jobs = step.history.clone();
+        device.keys.commit(step.changes);
+        (jobs, receipted)
+    };
+
+    // First delivery: a job to fetch, kept pending, no receipt yet.
+    let (jobs, receipted) = handle(&mut device);
+    assert!(!receipted);
+    let [job] = jobs.as_slice() else {
+        panic!("one job, got {jobs:?}")
+    };
+    assert_eq!(job.pages_done, 0);
+    assert_eq!(job.notice.direct_path, "/v/t62.1/history");
+    assert!(device.events.is_empty());
+
+    // Redelivered before its pages were committed: the chunk resumes.
+    let (jobs, receipted) = handle(&mut device);
+    assert!(!receipted);
+    assert_eq!(jobs.len(), 1);
+
+    // Three pages committed: a redelivery resumes after them.
+    device.keys.commit(vec![job.progress(3, false)]);
+    let (jobs, receipted) = handle(&mut device);
+    assert!(!receipted);
+    assert_eq!(jobs.first().map(|j| j.pages_done), Some(3));
+
+    // Complete: a redelivery is only receipted.
+    device.keys.commit(vec![job.progress(4, true)]);
+    let (jobs, receipted) = handle(&mut device);
+    assert!(receipted);
+    assert!(jobs.is_empty());
+}

@@ -184,6 +184,7 @@ pub(crate) fn event_json(event: &Event) -> Option<(&'static str, Value)> {
         Payload::LinkCode(c) => ("link_code", json!({ "code": c.code })),
         Payload::ChatState(_)
         | Payload::Presence(_)
+        | Payload::History(_)
         | Payload::Contact(_)
         | Payload::ChatSettings(_) => return None,
         Payload::Group(g) => (

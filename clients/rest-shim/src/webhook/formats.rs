@@ -115,6 +115,7 @@ pub(crate) fn deliveries(
             | Payload::ChatState(_)
             | Payload::Presence(_)
             | Payload::LinkCode(_)
+            | Payload::History(_)
             | Payload::Contact(_)
             | Payload::ChatSettings(_),
         )
