@@ -24,7 +24,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 /// newest 100 of each chat.
 const PER_CHAT: u32 = 100;
 const SESSION: &str = "load-history";
-const PHONE: &str = "17770000001";
+/// Its own range: the group step's members are 1777…, sessions 1555…, peers 1666….
+const PHONE: &str = "18880000001";
 
 /// What one history sync cost.
 #[derive(Debug, Clone)]
