@@ -184,6 +184,14 @@ async fn pairs_by_link_code_then_chats() {
         .expect("Send")
         .into_inner();
     assert!(!sent.message_id.is_empty());
+    // The server's ack comes before the phone has read it: its delivery
+    // receipt says it has.
+    delivered_to(
+        &mut events,
+        &sent.message_id,
+        &[BOB.trim_start_matches('+')],
+    )
+    .await;
     let own_jid = "15550004444@s.whatsapp.net";
     let texts = chat_texts(&mut sim.control, BOB, own_jid).await;
     assert_eq!(texts, vec!["linked by code".to_owned()]);
