@@ -879,6 +879,24 @@ impl RedisStore {
         Ok(u64::try_from(deleted).unwrap_or(0))
     }
 
+    /// Every session row as stored (clear columns and sealed profile), ordered by id.
+    fn stored_rows(&self) -> Result<BTreeMap<SessionId, Vec<u8>>, StoreError> {
+        let all = self
+            .pool
+            .run(Cmd::new("HGETALL").arg(self.names.sessions()))?
+            .into_array()?;
+        let mut rows = BTreeMap::new();
+        for pair in all.chunks(2) {
+            let (Some(id), Some(row)) = (pair.first().and_then(text), pair.get(1).and_then(text))
+            else {
+                return Err(StoreError::Corrupt("redis: odd HGETALL reply".into()));
+            };
+            let id: SessionId = String::from_utf8_lossy(id).parse()?;
+            rows.insert(id, row.to_vec());
+        }
+        Ok(rows)
+    }
+
     fn secret_read(
         &self,
         id: &SessionId,
@@ -945,20 +963,8 @@ impl Store for RedisStore {
     }
 
     fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        let all = self
-            .pool
-            .run(Cmd::new("HGETALL").arg(self.names.sessions()))?
-            .into_array()?;
-        let mut rows = BTreeMap::new();
-        for pair in all.chunks(2) {
-            let (Some(id), Some(row)) = (pair.first().and_then(text), pair.get(1).and_then(text))
-            else {
-                return Err(StoreError::Corrupt("redis: odd HGETALL reply".into()));
-            };
-            let id: SessionId = String::from_utf8_lossy(id).parse()?;
-            rows.insert(id, row.to_vec());
-        }
-        rows.iter()
+        self.stored_rows()?
+            .iter()
             .map(|(id, row)| self.open_row(id, row))
             .collect()
     }
@@ -1199,16 +1205,8 @@ impl Store for RedisStore {
             }
             Ok(())
         })?;
-        let all = self
-            .pool
-            .run(Cmd::new("HGETALL").arg(self.names.sessions()))?
-            .into_array()?;
-        for pair in all.chunks(2) {
-            let (Some(id), Some(row)) = (pair.first().and_then(text), pair.get(1).and_then(text))
-            else {
-                continue;
-            };
-            let id: SessionId = String::from_utf8_lossy(id).parse()?;
+        for (id, row) in self.stored_rows()? {
+            let row = row.as_slice();
             let (clear, sealed) = codec::decode_row(&id, row)?;
             let Some(sealed) = sealed else { continue };
             match profile::reseal(&self.keys, &mut OsRng, &id, &sealed)? {
@@ -1367,18 +1365,9 @@ impl Store for RedisStore {
     }
 
     fn unserved(&self) -> Result<Vec<SessionId>, StoreError> {
-        let all = self
-            .pool
-            .run(Cmd::new("HGETALL").arg(self.names.sessions()))?
-            .into_array()?;
         let mut wanted = Vec::new();
-        for pair in all.chunks(2) {
-            let (Some(id), Some(row)) = (pair.first().and_then(text), pair.get(1).and_then(text))
-            else {
-                return Err(StoreError::Corrupt("redis: odd HGETALL reply".into()));
-            };
-            let id: SessionId = String::from_utf8_lossy(id).parse()?;
-            let (record, _) = codec::decode_row(&id, row)?;
+        for (id, row) in self.stored_rows()? {
+            let (record, _) = codec::decode_row(&id, &row)?;
             if record.desired_online && !record.logged_out {
                 wanted.push(id);
             }
