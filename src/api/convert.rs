@@ -70,6 +70,12 @@ pub(crate) fn sent(sent: Sent) -> SendResponse {
     SendResponse {
         message_id: sent.message_id,
         timestamp: Some(timestamp_ms(seconds_to_millis(sent.timestamp_s))),
+        recipient_phone: sent.recipient_phone.unwrap_or_default(),
+        recipient_lid: sent
+            .recipient_lid
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 
@@ -96,6 +102,8 @@ mod tests {
         let response = sent(Sent {
             message_id: "m".into(),
             timestamp_s: u64::MAX,
+            recipient_phone: None,
+            recipient_lid: None,
         });
         assert!(response.timestamp.expect("timestamp").seconds > 0);
     }

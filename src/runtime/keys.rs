@@ -57,6 +57,8 @@ const SENDER_KEY: &str = "sender-key";
 const SEEN: &str = "seen";
 const IDEMPOTENCY: &str = "idem";
 const LID: &str = "lid";
+/// The reverse: LID users by phone number.
+const PHONE_LID: &str = "phone-lid";
 const SENDER_KEY_MEMORY: &str = "sender-key-memory";
 /// What downloading a received message's media needs, by message id.
 const MEDIA: &str = "media";
@@ -171,6 +173,7 @@ pub(crate) struct StoreKeys {
     sessions: HashMap<ProtocolAddress, Option<SessionRecord>>,
     sender_keys: HashMap<SenderKeyName, Option<SenderKeyRecord>>,
     lids: HashMap<String, Option<String>>,
+    phone_lids: HashMap<String, Option<String>>,
     contacts: HashMap<String, Option<ContactRecord>>,
     /// One-time prekeys looked up, including used (deleted) ones: a peer
     /// keeps naming the prekey in every message until we answer it.
@@ -191,6 +194,7 @@ impl StoreKeys {
             sessions: HashMap::new(),
             sender_keys: HashMap::new(),
             lids: HashMap::new(),
+            phone_lids: HashMap::new(),
             contacts: HashMap::new(),
             prekeys: HashMap::new(),
             seen: SeenWindow {
@@ -206,6 +210,12 @@ impl StoreKeys {
 
     fn read(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
         self.store.secret(&self.id, name).map_err(key_error)
+    }
+
+    fn read_text(&self, name: &str) -> Result<Option<String>, KeyError> {
+        Ok(self
+            .read(name)?
+            .and_then(|b| String::from_utf8(b.to_vec()).ok()))
     }
 
     /// Once per process, at the first login: records of older versions move
@@ -312,10 +322,16 @@ impl StoreKeys {
                     self.names.of(IDEMPOTENCY, key),
                     Zeroizing::new(record.encode_to_vec()),
                 ),
-                Change::Lid { lid_user, phone } => (
-                    self.names.of(LID, lid_user),
-                    Zeroizing::new(phone.clone().into_bytes()),
-                ),
+                Change::Lid { lid_user, phone } => {
+                    batch.secrets.push(SecretOp::Put {
+                        key: self.names.of(PHONE_LID, phone),
+                        value: Zeroizing::new(lid_user.clone().into_bytes()),
+                    });
+                    (
+                        self.names.of(LID, lid_user),
+                        Zeroizing::new(phone.clone().into_bytes()),
+                    )
+                }
                 Change::SenderKeyMemory(group, record) => (
                     self.names.of(SENDER_KEY_MEMORY, group),
                     Zeroizing::new(record.encode_to_vec()),
@@ -377,7 +393,9 @@ impl StoreKeys {
                     self.seen.insert(name, t_s);
                 }
                 Change::Lid { lid_user, phone } => {
-                    bounded_insert(&mut self.lids, lid_user, Some(phone), MAX_CACHED_LIDS)
+                    let (lid, number) = (lid_user.clone(), phone.clone());
+                    bounded_insert(&mut self.lids, lid_user, Some(phone), MAX_CACHED_LIDS);
+                    bounded_insert(&mut self.phone_lids, number, Some(lid), MAX_CACHED_LIDS);
                 }
                 Change::Prekey(key) => {
                     bounded_insert(&mut self.prekeys, key.id, Some(*key), MAX_CACHED_PREKEYS)
@@ -556,8 +574,7 @@ impl KeyStore for StoreKeys {
         if let Some(cached) = self.lids.get(lid_user) {
             return Ok(cached.clone());
         }
-        let stored = self.read(&self.names.of(LID, lid_user))?;
-        let phone = stored.and_then(|b| String::from_utf8(b.to_vec()).ok());
+        let phone = self.read_text(&self.names.of(LID, lid_user))?;
         bounded_insert(
             &mut self.lids,
             lid_user.to_owned(),
@@ -565,6 +582,20 @@ impl KeyStore for StoreKeys {
             MAX_CACHED_LIDS,
         );
         Ok(phone)
+    }
+
+    fn lid_of_phone(&mut self, phone: &str) -> Result<Option<String>, KeyError> {
+        if let Some(cached) = self.phone_lids.get(phone) {
+            return Ok(cached.clone());
+        }
+        let lid = self.read_text(&self.names.of(PHONE_LID, phone))?;
+        bounded_insert(
+            &mut self.phone_lids,
+            phone.to_owned(),
+            lid.clone(),
+            MAX_CACHED_LIDS,
+        );
+        Ok(lid)
     }
 
     fn sender_key_memory(&mut self, group: &str) -> Result<Option<SenderKeyMemory>, KeyError> {

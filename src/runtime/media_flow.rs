@@ -189,6 +189,7 @@ impl Manager {
                 .ask(&handle, |reply| MediaCommand::Idempotency {
                     key: key.clone(),
                     fingerprint: fingerprint.clone(),
+                    to: request.to.clone(),
                     reply,
                 })
                 .await?;

@@ -187,9 +187,10 @@ impl Core {
                     MediaCommand::Idempotency {
                         key,
                         fingerprint,
+                        to,
                         reply,
                     } => {
-                        let answer = self.engine.idempotency_of(&key, &fingerprint, keys);
+                        let answer = self.engine.idempotency_of(&key, &fingerprint, &to, keys);
                         let _ = reply.send(answer.unwrap_or_else(|e| Err(store(e.0))));
                     }
                     MediaCommand::Record { message_id, reply } => {

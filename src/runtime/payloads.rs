@@ -9,6 +9,7 @@ use crate::proto::gateway::{
 };
 use crate::wa::groups::{GroupChange as GroupChangeKindOf, GroupChangeKind};
 use crate::wa::history::{HistoryNotice, HistoryPage};
+use crate::wa::jid::Jid;
 use crate::wa::media::MediaType;
 use crate::wa::message::phone_of;
 use crate::wa::messaging::{
@@ -179,6 +180,9 @@ fn message(m: &ReceivedMessage) -> Payload {
         chat: m.chat.to_string(),
         sender: m.sender.to_string(),
         sender_phone: m.sender_phone.clone().unwrap_or_default(),
+        sender_lid: jid_text(m.sender_lid.as_ref()),
+        chat_phone: m.chat_phone.clone().unwrap_or_default(),
+        chat_lid: jid_text(m.chat_lid.as_ref()),
         push_name: m.push_name.clone().unwrap_or_default(),
         timestamp: Some(seconds(m.timestamp_s)),
         from_me: m.from_me,
@@ -252,6 +256,7 @@ fn receipt(r: &ReceivedReceipt) -> Payload {
         chat: r.chat.to_string(),
         from: r.from.to_string(),
         from_phone: r.from_phone.clone().unwrap_or_default(),
+        from_lid: jid_text(r.from_lid.as_ref()),
         timestamp: r.timestamp_s.map(seconds),
     })
 }
@@ -276,6 +281,11 @@ pub(crate) fn connection(state: SessionState, reason: String, jid: String) -> Pa
         reason,
         jid,
     })
+}
+
+/// A JID as text, empty when absent.
+fn jid_text(jid: Option<&Jid>) -> String {
+    jid.map(ToString::to_string).unwrap_or_default()
 }
 
 #[cfg(test)]

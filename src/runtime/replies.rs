@@ -30,6 +30,8 @@ pub(crate) enum MediaCommand {
     Idempotency {
         key: String,
         fingerprint: Vec<u8>,
+        /// The request's recipient (named in the answer).
+        to: crate::wa::jid::Jid,
         reply: oneshot::Sender<Result<IdempotencyState, SendError>>,
     },
     /// The media record of a received message.

@@ -229,6 +229,10 @@ pub fn invite_code(link_or_code: &str) -> &str {
 pub struct Participant {
     /// The member's user JID (no device).
     pub jid: Jid,
+    /// The member's other address, when the server names it: its phone
+    /// number JID in a LID-addressed group (`phone_number`), its LID in a
+    /// phone-number one (`lid`).
+    pub alt: Option<Jid>,
     pub admin: bool,
     pub superadmin: bool,
 }
@@ -259,8 +263,13 @@ impl GroupInfo {
             .filter_map(|p| {
                 let jid = p.attr_jid("jid")?.to_non_ad();
                 let role = p.attr_str("type").unwrap_or_default();
+                let alt = p
+                    .attr_jid("phone_number")
+                    .or_else(|| p.attr_jid("lid"))
+                    .map(|j| j.to_non_ad());
                 Some(Participant {
                     jid,
+                    alt,
                     admin: role == "admin" || role == "superadmin",
                     superadmin: role == "superadmin",
                 })

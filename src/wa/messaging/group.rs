@@ -74,7 +74,10 @@ impl Engine {
             cx.step.fail(send, SendError::NotConnected);
             return Ok(());
         };
-        if !members.iter().any(|m| m.user == own.user) {
+        let own_lid = cx.creds.account.as_ref().and_then(|a| a.lid.clone());
+        let is_own =
+            |m: &Jid| m.user == own.user || own_lid.as_ref().is_some_and(|lid| lid.user == m.user);
+        if !members.iter().any(is_own) {
             let group = send.chat.to_string();
             cx.step.fail(send, SendError::NotAMember(group));
             return Ok(());
@@ -130,6 +133,7 @@ impl Engine {
             .map(|(m, _)| m.clone())
             .unwrap_or_default();
         let mut targets: Vec<Jid> = Vec::new();
+        let own_lid = cx.creds.account.as_ref().and_then(|a| a.lid.clone());
         for member in &members {
             let devices = self
                 .devices
@@ -137,7 +141,11 @@ impl Engine {
                 .map(|(d, _)| d.clone())
                 .unwrap_or_default();
             for device in devices {
-                let same_device = device.user == own.user && device.device == own.device;
+                // In a LID-addressed group this device is listed under the
+                // account's LID.
+                let own_user = device.user == own.user
+                    || own_lid.as_ref().is_some_and(|lid| lid.user == device.user);
+                let same_device = own_user && device.device == own.device;
                 if !same_device && !targets.contains(&device) {
                     targets.push(device);
                 }

@@ -12,7 +12,7 @@ use crate::wa::signal::{
 
 use super::keys::{DedupeKey, KeyError, MediaRecord, PendingHistory, Txn};
 use super::{
-    address_of, learn_lid, phone_for, Cx, Engine, Event, HistoryJob, ReceiptKind, ReceivedMedia,
+    address_of, identities, learn_lid, Cx, Engine, Event, HistoryJob, ReceiptKind, ReceivedMedia,
     ReceivedMessage, ReceivedReceipt, MAX_RETRIES, MAX_TEXT_BYTES,
 };
 
@@ -67,6 +67,12 @@ impl Engine {
         }
 
         let sender = msg.sender().clone();
+        // Learned before decrypting: a peer that moved to its LID sends
+        // from the LID with the session made under its phone number (see
+        // `Txn::session`).
+        if let Some(alt) = &msg.sender_alt {
+            learn_lid(&sender.to_non_ad(), &alt.to_non_ad(), &mut cx.txn)?;
+        }
         let address = address_of(&sender);
         let mut content: Option<Content> = None;
         let mut failure: Option<String> = None;
@@ -117,9 +123,6 @@ impl Engine {
                     failure.get_or_insert(e);
                 }
             }
-        }
-        if let Some(alt) = &msg.sender_alt {
-            learn_lid(&sender.to_non_ad(), &alt.to_non_ad(), &mut cx.txn)?;
         }
 
         let mut history = None;
@@ -279,12 +282,11 @@ impl Engine {
             _ => msg.chat(own),
         };
         let sender = msg.sender().clone();
-        let sender_phone = match phone_for(&sender, txn)? {
-            Some(phone) => Some(phone),
-            None => match &msg.sender_alt {
-                Some(alt) => phone_for(alt, txn)?,
-                None => None,
-            },
+        let (sender_phone, sender_lid) = identities(&sender, msg.sender_alt.as_ref(), txn)?;
+        let (chat_phone, chat_lid) = if chat.is_group() {
+            (None, None)
+        } else {
+            identities(&chat, None, txn)?
         };
         let (media, media_error) = match content.media {
             Some(Ok(info)) => {
@@ -329,6 +331,9 @@ impl Engine {
             chat,
             sender,
             sender_phone,
+            sender_lid,
+            chat_phone,
+            chat_lid,
             push_name: msg.push_name.clone(),
             timestamp_s: msg.t,
             from_me,
@@ -366,13 +371,14 @@ impl Engine {
                     .unwrap_or(&receipt.from)
                     .to_non_ad()
             };
-            let from_phone = phone_for(&from, &mut cx.txn)?;
+            let (from_phone, from_lid) = identities(&from, None, &mut cx.txn)?;
             cx.step.events.push(Event::Receipt(ReceivedReceipt {
                 message_ids: receipt.message_ids.clone(),
                 kind,
                 chat,
                 from,
                 from_phone,
+                from_lid,
                 timestamp_s: receipt.t,
             }));
         }
@@ -409,12 +415,21 @@ fn failed_event(
     txn: &mut Txn<'_>,
 ) -> Result<ReceivedMessage, KeyError> {
     let sender = msg.sender().clone();
-    let sender_phone = phone_for(&sender, txn)?;
+    let (sender_phone, sender_lid) = identities(&sender, msg.sender_alt.as_ref(), txn)?;
+    let chat = msg.chat(own);
+    let (chat_phone, chat_lid) = if chat.is_group() {
+        (None, None)
+    } else {
+        identities(&chat, None, txn)?
+    };
     Ok(ReceivedMessage {
         id: msg.id.clone(),
-        chat: msg.chat(own),
+        chat,
         sender,
         sender_phone,
+        sender_lid,
+        chat_phone,
+        chat_lid,
         push_name: msg.push_name.clone(),
         timestamp_s: msg.t,
         from_me: msg.from_me(own),

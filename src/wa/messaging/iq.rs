@@ -92,7 +92,7 @@ pub(super) struct Devices {
 impl IqSpec for Devices {
     type Answer = Vec<UserDevices>;
     fn request(&self, id: &str) -> Node {
-        addressed(usync::device_query(&self.users, &self.sid, false), id)
+        addressed(usync::device_query(&self.users, &self.sid, true), id)
     }
     fn parse(node: &Node) -> Result<Vec<UserDevices>, IqError> {
         Ok(usync::parse_devices(node)?)

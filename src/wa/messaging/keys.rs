@@ -156,6 +156,8 @@ pub trait KeyStore {
     fn sent(&mut self, message_id: &str) -> Result<Option<SentRecord>, KeyError>;
     fn idempotency(&mut self, key: &str) -> Result<Option<IdempotencyRecord>, KeyError>;
     fn phone_of_lid(&mut self, lid_user: &str) -> Result<Option<String>, KeyError>;
+    /// The LID user of a phone number (the reverse of [`KeyStore::phone_of_lid`]).
+    fn lid_of_phone(&mut self, phone: &str) -> Result<Option<String>, KeyError>;
     /// The devices that hold our current sender key of `group`.
     fn sender_key_memory(&mut self, group: &str) -> Result<Option<SenderKeyMemory>, KeyError>;
     /// The pending history chunk of a notification (by its dedupe key).
@@ -218,6 +220,8 @@ pub struct Txn<'a> {
     used_prekeys: HashSet<u32>,
     seen: HashSet<DedupeKey>,
     lids: HashMap<String, String>,
+    /// The reverse of `lids`: LID users by phone number.
+    phones: HashMap<String, String>,
     idempotency: HashMap<String, IdempotencyRecord>,
     sender_key_memory: HashMap<String, SenderKeyMemory>,
     next_prekey: Option<u32>,
@@ -238,6 +242,7 @@ impl<'a> Txn<'a> {
             used_prekeys: HashSet::new(),
             seen: HashSet::new(),
             lids: HashMap::new(),
+            phones: HashMap::new(),
             idempotency: HashMap::new(),
             sender_key_memory: HashMap::new(),
             next_prekey: None,
@@ -302,7 +307,37 @@ impl<'a> Txn<'a> {
         out
     }
 
+    /// The session of `address`. A phone number's device whose LID is
+    /// known keeps its session under the LID's address (`user_1`), as
+    /// WhatsApp clients do: one peer device, one session, whichever
+    /// address the wire uses. A session made before the LID was known is
+    /// still under the phone number's address; it is read from there
+    /// until the next write puts it under the LID's (the migration).
     pub fn session(
+        &mut self,
+        address: &ProtocolAddress,
+    ) -> Result<Option<SessionRecord>, KeyError> {
+        let home = self.home_of(address)?;
+        if let Some(record) = self.stored_session(&home)? {
+            return Ok(Some(record));
+        }
+        match self.phone_address_of(&home)? {
+            Some(legacy) => self.stored_session(&legacy),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes the session of `address` (under its LID's address, when known).
+    pub fn put_session(&mut self, address: ProtocolAddress, record: SessionRecord) {
+        // A failed read leaves the address as it is: the record is then
+        // found through the migration read above.
+        let home = self.home_of(&address).unwrap_or(address);
+        if self.sessions.insert(home.clone(), record).is_none() {
+            self.log.push(Change::Session(home, Box::default()));
+        }
+    }
+
+    fn stored_session(
         &mut self,
         address: &ProtocolAddress,
     ) -> Result<Option<SessionRecord>, KeyError> {
@@ -312,10 +347,30 @@ impl<'a> Txn<'a> {
         }
     }
 
-    pub fn put_session(&mut self, address: ProtocolAddress, record: SessionRecord) {
-        if self.sessions.insert(address.clone(), record).is_none() {
-            self.log.push(Change::Session(address, Box::default()));
+    /// The address a session is kept under: the LID's for a phone number
+    /// whose LID is known, else `address` itself.
+    fn home_of(&mut self, address: &ProtocolAddress) -> Result<ProtocolAddress, KeyError> {
+        if !is_phone_name(&address.name) {
+            return Ok(address.clone());
         }
+        Ok(match self.lid_of_phone(&address.name)? {
+            Some(lid) => ProtocolAddress::new(format!("{lid}{LID_SUFFIX}"), address.device),
+            None => address.clone(),
+        })
+    }
+
+    /// The phone number's address of a LID's address, when the phone
+    /// number is known.
+    fn phone_address_of(
+        &mut self,
+        address: &ProtocolAddress,
+    ) -> Result<Option<ProtocolAddress>, KeyError> {
+        let Some(lid) = address.name.strip_suffix(LID_SUFFIX) else {
+            return Ok(None);
+        };
+        Ok(self
+            .phone_of_lid(lid)?
+            .map(|phone| ProtocolAddress::new(phone, address.device)))
     }
 
     pub fn prekey(&mut self, id: u32) -> Result<Option<PreKey>, KeyError> {
@@ -407,6 +462,13 @@ impl<'a> Txn<'a> {
         match self.lids.get(lid_user) {
             Some(phone) => Ok(Some(phone.clone())),
             None => self.keys.phone_of_lid(lid_user),
+        }
+    }
+
+    pub fn lid_of_phone(&mut self, phone: &str) -> Result<Option<String>, KeyError> {
+        match self.phones.get(phone) {
+            Some(lid) => Ok(Some(lid.clone())),
+            None => self.keys.lid_of_phone(phone),
         }
     }
 
@@ -507,7 +569,17 @@ impl<'a> Txn<'a> {
     }
 
     pub fn put_lid(&mut self, lid_user: String, phone: String) {
+        self.phones.insert(phone.clone(), lid_user.clone());
         self.lids.insert(lid_user.clone(), phone.clone());
         self.log.push(Change::Lid { lid_user, phone });
     }
+}
+
+/// The suffix of a LID user's Signal address (its JID domain, 1).
+const LID_SUFFIX: &str = "_1";
+
+/// Whether a Signal address's name is a phone number (digits only; a LID's
+/// carries its suffix).
+fn is_phone_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())
 }

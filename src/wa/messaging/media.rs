@@ -5,6 +5,7 @@
 
 use crate::wa::binary::Node;
 use crate::wa::creds::Credentials;
+use crate::wa::jid::Jid;
 use crate::wa::media::{MediaInfo, MediaKey, MediaType, RetryTarget};
 
 use super::iq::{self, Awaiting};
@@ -124,6 +125,7 @@ impl Engine {
         &mut self,
         key: &str,
         fingerprint: &[u8],
+        to: &Jid,
         keys: &mut dyn KeyStore,
     ) -> Result<Result<IdempotencyState, SendError>, StepError> {
         let conflict = || Err(SendError::IdempotencyConflict(key.to_owned()));
@@ -140,10 +142,12 @@ impl Engine {
         Ok(match record {
             None => Ok(IdempotencyState::Unused),
             Some(r) if !r.fingerprint.is_empty() && r.fingerprint != fingerprint => conflict(),
-            Some(r) if r.acked_at_s > 0 => Ok(IdempotencyState::Sent(Sent {
-                message_id: r.message_id,
-                timestamp_s: r.acked_at_s,
-            })),
+            Some(r) if r.acked_at_s > 0 => Ok(IdempotencyState::Sent(Sent::to(
+                r.message_id,
+                r.acked_at_s,
+                &to.to_non_ad(),
+                &mut super::Txn::new(keys),
+            ))),
             // Only a stored stanza can be sent again without its message.
             Some(r) if !r.stanza.is_empty() => Ok(IdempotencyState::Pending),
             Some(_) => Ok(IdempotencyState::Unused),

@@ -91,6 +91,29 @@ pub struct Sent {
     pub message_id: String,
     /// Server timestamp, unix seconds.
     pub timestamp_s: u64,
+    /// A message to one person: the recipient's phone number and LID,
+    /// when known (`None` for a group).
+    pub recipient_phone: Option<String>,
+    pub recipient_lid: Option<Jid>,
+}
+
+impl Sent {
+    /// `message_id` sent to `to`, acknowledged at `timestamp_s`. A failed
+    /// read of the mapping leaves the recipient's addresses out: the
+    /// message went out all the same.
+    fn to(message_id: String, timestamp_s: u64, to: &Jid, txn: &mut Txn<'_>) -> Self {
+        let (recipient_phone, recipient_lid) = if to.is_group() {
+            (None, None)
+        } else {
+            identities(to, None, txn).unwrap_or_default()
+        };
+        Self {
+            message_id,
+            timestamp_s,
+            recipient_phone,
+            recipient_lid,
+        }
+    }
 }
 
 /// Why a send failed.
@@ -142,7 +165,14 @@ pub struct ReceivedMessage {
     pub id: String,
     pub chat: Jid,
     pub sender: Jid,
+    /// The sender's phone number (digits), when known.
     pub sender_phone: Option<String>,
+    /// The sender's LID (`…@lid`, without device), when known.
+    pub sender_lid: Option<Jid>,
+    /// A chat with one person: its phone number and LID, when known
+    /// (`None` in groups).
+    pub chat_phone: Option<String>,
+    pub chat_lid: Option<Jid>,
     pub push_name: Option<String>,
     /// Server timestamp, unix seconds.
     pub timestamp_s: u64,
@@ -206,6 +236,8 @@ pub struct ReceivedReceipt {
     pub chat: Jid,
     pub from: Jid,
     pub from_phone: Option<String>,
+    /// `from`'s LID (without device), when known.
+    pub from_lid: Option<Jid>,
     /// Unix seconds, when the server said.
     pub timestamp_s: Option<u64>,
 }
@@ -484,6 +516,10 @@ impl Engine {
         now_ms: u64,
     ) -> Result<Step, StepError> {
         let mut cx = Cx::new(keys, creds, now_ms);
+        // The account's own LID (from pair-success or success).
+        if let Some((jid, Some(lid))) = creds.account.as_ref().map(|a| (&a.jid, &a.lid)) {
+            learn_lid(&jid.to_non_ad(), &lid.to_non_ad(), &mut cx.txn).map_err(Step::abandoned)?;
+        }
         for node in nodes {
             self.handle_stanza(node, &mut cx).map_err(Step::abandoned)?;
         }
@@ -587,6 +623,44 @@ fn phone_for(jid: &Jid, txn: &mut Txn<'_>) -> Result<Option<String>, KeyError> {
     txn.phone_of_lid(&jid.user)
 }
 
+/// The LID (user JID) of a user, directly or through the LID mapping.
+fn lid_for(jid: &Jid, txn: &mut Txn<'_>) -> Result<Option<Jid>, KeyError> {
+    if jid.is_lid() {
+        return Ok(Some(jid.to_non_ad()));
+    }
+    if crate::wa::message::phone_of(jid).is_none() {
+        return Ok(None);
+    }
+    Ok(txn
+        .lid_of_phone(&jid.user)?
+        .map(|lid| Jid::new(lid, crate::wa::jid::LID_SERVER)))
+}
+
+/// The phone number and LID of `jid` (a device or user), each when known:
+/// from the JID itself, its alternate address on the wire (`alt`), or the
+/// mapping learned before.
+fn identities(
+    jid: &Jid,
+    alt: Option<&Jid>,
+    txn: &mut Txn<'_>,
+) -> Result<(Option<String>, Option<Jid>), KeyError> {
+    let phone = match phone_for(jid, txn)? {
+        Some(phone) => Some(phone),
+        None => match alt {
+            Some(alt) => phone_for(alt, txn)?,
+            None => None,
+        },
+    };
+    let lid = match lid_for(jid, txn)? {
+        Some(lid) => Some(lid),
+        None => match alt {
+            Some(alt) => lid_for(alt, txn)?,
+            None => None,
+        },
+    };
+    Ok((phone, lid))
+}
+
 /// Records a LID↔phone pair learned from the wire.
 fn learn_lid(a: &Jid, b: &Jid, txn: &mut Txn<'_>) -> Result<(), KeyError> {
     let (lid, pn) = match (a.is_lid(), b.is_lid()) {
@@ -597,7 +671,11 @@ fn learn_lid(a: &Jid, b: &Jid, txn: &mut Txn<'_>) -> Result<(), KeyError> {
     let Some(phone) = crate::wa::message::phone_of(pn) else {
         return Ok(());
     };
-    if txn.phone_of_lid(&lid.user)?.as_deref() == Some(phone.as_str()) {
+    // Both directions known already (mappings of older versions were
+    // kept one way only: they are written again).
+    if txn.phone_of_lid(&lid.user)?.as_deref() == Some(phone.as_str())
+        && txn.lid_of_phone(&phone)?.as_deref() == Some(lid.user.as_str())
+    {
         return Ok(());
     }
     txn.put_lid(lid.user.clone(), phone);

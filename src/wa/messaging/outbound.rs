@@ -60,6 +60,7 @@ fn own_send_event(
     send: &Outgoing,
     creds: &crate::wa::creds::Credentials,
     timestamp_s: u64,
+    sent: &Sent,
 ) -> ReceivedMessage {
     let mut content = wamsg::Content::decode(&send.message.encode_to_vec()).ok();
     let own = creds.account.as_ref().map(|a| a.jid.clone());
@@ -73,6 +74,13 @@ fn own_send_event(
         id: send.id.clone(),
         chat: send.chat.clone(),
         sender_phone: own.as_ref().and_then(wamsg::phone_of),
+        sender_lid: creds
+            .account
+            .as_ref()
+            .and_then(|a| a.lid.as_ref())
+            .map(Jid::to_non_ad),
+        chat_phone: sent.recipient_phone.clone(),
+        chat_lid: sent.recipient_lid.clone(),
         sender: own.unwrap_or_else(|| send.chat.clone()),
         push_name: Some(creds.push_name.clone()).filter(|n| !n.is_empty()),
         timestamp_s,
@@ -175,10 +183,12 @@ impl Engine {
                 if record.acked_at_s > 0 {
                     cx.step.replies.push((
                         reply,
-                        Ok(Sent {
-                            message_id: record.message_id,
-                            timestamp_s: record.acked_at_s,
-                        }),
+                        Ok(Sent::to(
+                            record.message_id,
+                            record.acked_at_s,
+                            &chat,
+                            &mut cx.txn,
+                        )),
                     ));
                     return Ok(());
                 }
@@ -444,17 +454,15 @@ impl Engine {
             );
         }
         cx.step.messages_out += 1;
-        cx.step
-            .events
-            .push(Event::Message(own_send_event(&send, cx.creds, timestamp_s)));
+        let sent = Sent::to(send.id.clone(), timestamp_s, &send.chat, &mut cx.txn);
+        cx.step.events.push(Event::Message(own_send_event(
+            &send,
+            cx.creds,
+            timestamp_s,
+            &sent,
+        )));
         for waiter in send.waiters {
-            cx.step.replies.push((
-                waiter,
-                Ok(Sent {
-                    message_id: send.id.clone(),
-                    timestamp_s,
-                }),
-            ));
+            cx.step.replies.push((waiter, Ok(sent.clone())));
         }
     }
 
@@ -493,6 +501,11 @@ impl Engine {
             }
             Awaiting::GroupMembers(send) => match GroupMembers::answer(&node) {
                 Ok(info) => {
+                    for participant in &info.participants {
+                        if let Some(alt) = &participant.alt {
+                            learn_lid(&participant.jid, alt, &mut cx.txn)?;
+                        }
+                    }
                     let members = info.member_jids();
                     self.remember_group(send.chat.clone(), members.clone(), now_ms);
                     self.group_devices(*send, members, cx)?;

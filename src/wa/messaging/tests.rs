@@ -25,6 +25,7 @@ struct MemKeys {
     sent: HashMap<String, SentRecord>,
     idempotency: HashMap<String, IdempotencyRecord>,
     lids: HashMap<String, String>,
+    phone_lids: HashMap<String, String>,
     sender_key_memory: HashMap<String, SenderKeyMemory>,
     media: HashMap<String, MediaRecord>,
     history: HashMap<DedupeKey, PendingHistory>,
@@ -73,6 +74,7 @@ impl MemKeys {
                     self.idempotency.insert(k, r);
                 }
                 Change::Lid { lid_user, phone } => {
+                    self.phone_lids.insert(phone.clone(), lid_user.clone());
                     self.lids.insert(lid_user, phone);
                 }
                 Change::SenderKeyMemory(group, r) => {
@@ -136,6 +138,10 @@ impl KeyStore for MemKeys {
     fn phone_of_lid(&mut self, lid: &str) -> Result<Option<String>, KeyError> {
         self.check()?;
         Ok(self.lids.get(lid).cloned())
+    }
+    fn lid_of_phone(&mut self, phone: &str) -> Result<Option<String>, KeyError> {
+        self.check()?;
+        Ok(self.phone_lids.get(phone).cloned())
     }
     fn sender_key_memory(&mut self, group: &str) -> Result<Option<SenderKeyMemory>, KeyError> {
         self.check()?;
@@ -282,6 +288,9 @@ struct Server {
     drop_acks_to: Option<usize>,
     /// Corrupt the next copy delivered to this device.
     corrupt_next_to: Option<usize>,
+    /// Devices whose messages the server delivers from their LID (this
+    /// LID user), with the phone number in `sender_pn`.
+    lid_senders: HashMap<usize, String>,
 }
 
 const ALICE: usize = 0;
@@ -296,11 +305,19 @@ impl Server {
             queue: VecDeque::new(),
             drop_acks_to: None,
             corrupt_next_to: None,
+            lid_senders: HashMap::new(),
         }
     }
 
     fn index_of(&self, user: &str) -> Option<usize> {
-        self.devices.iter().position(|d| d.jid().user == user)
+        self.devices
+            .iter()
+            .position(|d| d.jid().user == user)
+            .or_else(|| {
+                self.lid_senders
+                    .iter()
+                    .find_map(|(i, lid)| (lid == user).then_some(*i))
+            })
     }
 
     /// Handles what device `from` wrote; deliveries are queued.
@@ -424,13 +441,20 @@ impl Server {
                             .attr("type", enc.attr_string("type").expect("type"))
                             .bytes(bytes);
                     }
-                    let copy = Node::new("message")
-                        .attr("from", sender.to_non_ad())
+                    let from = match self.lid_senders.get(&from) {
+                        Some(lid) => Jid::new(lid.clone(), crate::wa::jid::LID_SERVER),
+                        None => sender.to_non_ad(),
+                    };
+                    let mut copy = Node::new("message")
+                        .attr("from", from.clone())
                         .attr("id", id.clone())
                         .attr("t", t.to_string())
                         .attr("type", "text")
                         .attr("notify", "Sender")
                         .children(vec![enc]);
+                    if from.is_lid() {
+                        copy.set_attr("sender_pn", sender.to_non_ad());
+                    }
                     self.queue.push_back((target, copy));
                 }
                 t
@@ -869,6 +893,7 @@ fn hostile_stanzas_are_refused_without_panicking() {
 }
 
 mod app_state;
+mod lid;
 mod media;
 
 /// A `historySyncNotification` from our own phone, encrypted to `device`

@@ -207,21 +207,22 @@ fn a_media_message_is_marked_recorded_and_deduplicated_by_fingerprint() {
 
     // Before uploading again, the record answers: same request (another
     // media key, same fingerprint) is the first send; another is refused.
+    let bob = server.devices[BOB].jid();
     let device = &mut server.devices[ALICE];
     let fingerprint = b"what the caller asked".to_vec();
     let state = device
         .engine
-        .idempotency_of("m1", &fingerprint, &mut device.keys)
+        .idempotency_of("m1", &fingerprint, &bob, &mut device.keys)
         .expect("read");
     assert_eq!(state.ok(), Some(IdempotencyState::Sent(sent.clone())));
     let other = device
         .engine
-        .idempotency_of("m1", b"something else", &mut device.keys)
+        .idempotency_of("m1", b"something else", &bob, &mut device.keys)
         .expect("read");
     assert!(matches!(other, Err(SendError::IdempotencyConflict(_))));
     let unused = device
         .engine
-        .idempotency_of("m2", &fingerprint, &mut device.keys)
+        .idempotency_of("m2", &fingerprint, &bob, &mut device.keys)
         .expect("read");
     assert_eq!(unused.ok(), Some(IdempotencyState::Unused));
     let now = server.clock;
@@ -257,6 +258,7 @@ fn an_unacknowledged_media_send_is_written_again_without_its_message() {
         thumbnail: None,
     };
     let fingerprint = b"doc for bob".to_vec();
+    let bob = server.devices[BOB].jid();
     let send = |message: Message| SendRequest {
         to: to.clone(),
         message,
@@ -286,7 +288,7 @@ fn an_unacknowledged_media_send_is_written_again_without_its_message() {
     let device = &mut server.devices[ALICE];
     let state = device
         .engine
-        .idempotency_of("d1", &fingerprint, &mut device.keys)
+        .idempotency_of("d1", &fingerprint, &bob, &mut device.keys)
         .expect("read");
     assert_eq!(state.ok(), Some(IdempotencyState::Pending));
     let step = device
