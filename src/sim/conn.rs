@@ -583,7 +583,12 @@ impl Session {
                 .registry
                 .attach_device(self.id, &jid, commands, Arc::clone(&self.delay));
         debug!(conn = self.id.0, %jid, queued = queued.len(), "logged in");
-        link.send_node(&stanza::success(unix_now(), created))
+        let lid = self
+            .inner
+            .registry
+            .lid_of(&jid.user)
+            .map(|lid| Jid::new(lid, crate::wa::jid::LID_SERVER));
+        link.send_node(&stanza::success(unix_now(), created, lid.as_ref()))
             .await?;
         let passive = payload.passive.unwrap_or(false);
         let offline_pending = if passive {
@@ -638,6 +643,7 @@ impl Session {
     ) -> Result<Flow, ConnError> {
         if node.tag() != "iq" {
             if let Role::Device { jid, router, .. } = role {
+                let node = self.inner.read_lids(node);
                 self.on_device_stanza(link, jid, router, &node).await?;
             } else {
                 debug!(tag = node.tag(), "stanza ignored before pairing");
@@ -686,7 +692,9 @@ impl Session {
                     router,
                 } => {
                     if node.attr_str("xmlns") == Some("w:g2") {
-                        let (reply, notices) = self.inner.group_iq(jid, &node);
+                        let node = self.inner.read_lids(node);
+                        let (mut reply, notices) = self.inner.group_iq(jid, &node);
+                        self.inner.groups_by_lid(&mut reply);
                         link.send_node(&reply).await?;
                         if !notices.is_empty() {
                             // The routing task ends only after this session.
@@ -733,9 +741,17 @@ impl Session {
                     let answers: Vec<usync::UserDevices> = query
                         .users
                         .iter()
-                        .map(|user| usync::UserDevices {
-                            user: user.clone(),
-                            devices: registry.user_devices(&user.user),
+                        .map(|user| {
+                            let phone = self.inner.phone_jid(user);
+                            let lid = (!user.is_lid())
+                                .then(|| registry.lid_of(&phone.user))
+                                .flatten()
+                                .map(|lid| Jid::new(lid, crate::wa::jid::LID_SERVER));
+                            usync::UserDevices {
+                                user: user.clone(),
+                                devices: registry.user_devices(&phone.user),
+                                lid,
+                            }
                         })
                         .collect();
                     usync::query_result(id, &query, &answers)

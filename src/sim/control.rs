@@ -300,6 +300,7 @@ impl SimulatorService for Control {
             .map(|a| Account {
                 phone: a.phone.to_string(),
                 jid: a.jid.to_string(),
+                lid: a.lid.to_string(),
                 push_name: a.push_name,
                 devices: a
                     .devices
@@ -399,10 +400,15 @@ impl SimulatorService for Control {
         let request = request.into_inner();
         let from = parse_phone(&request.from_phone)?;
         let to = self.target(&request.to)?;
-        let message_id = self
-            .sim
-            .send_text(&from, &to.to_non_ad(), &request.text)
-            .await?;
+        let message_id = if request.from_lid {
+            self.sim
+                .send_text_from_lid(&from, &to.to_non_ad(), &request.text)
+                .await?
+        } else {
+            self.sim
+                .send_text(&from, &to.to_non_ad(), &request.text)
+                .await?
+        };
         Ok(Response::new(SendTextResponse { message_id }))
     }
 
@@ -456,7 +462,12 @@ impl SimulatorService for Control {
         let participants = parse_accounts(&request.participants)?;
         let group = self
             .sim
-            .create_group(&phone, &request.subject, &participants)
+            .create_group_addressed(
+                &phone,
+                &request.subject,
+                &participants,
+                request.lid_addressed,
+            )
             .await?;
         Ok(Response::new(CreateGroupResponse {
             group_jid: group.to_string(),

@@ -98,6 +98,9 @@ impl Inner {
             if let Some(name) = actor.and_then(|a| self.registry.push_name(&a.user)) {
                 node.set_attr("notify", name);
             }
+            if let Some(group) = node.attr_jid("from") {
+                node = self.group_view(&group.user, node);
+            }
             for user in &notice.recipients {
                 for device in self.account_devices(user) {
                     if device.device != 0 {
@@ -130,6 +133,7 @@ impl Inner {
         };
         let t = unix_now();
         let notify = self.registry.push_name(&sender.user);
+        let by_lid = self.groups.is_lid_addressed(&message.group);
         let targets: Vec<Jid> = match message.only.take() {
             Some(device) if members.contains(&device.user) => vec![device],
             Some(_) => Vec::new(),
@@ -144,8 +148,11 @@ impl Inner {
             if pairwise.is_empty() && message.skmsg.is_none() {
                 continue;
             }
-            let node =
+            let mut node =
                 group_message::delivered_message(&message, sender, t, notify.as_deref(), pairwise);
+            if by_lid {
+                node = self.by_lid(node);
+            }
             self.deliver_to(&target, QueueClass::Message, &message.id, node)
                 .await;
         }
@@ -157,6 +164,7 @@ impl Inner {
     pub(crate) async fn route_group_receipt(&self, reader: &Jid, receipt: ClientReceipt) {
         let mut forwarded = routing::forwarded_receipt(&receipt, &receipt.to, unix_now());
         forwarded.set_attr("participant", reader.clone());
+        let forwarded = self.group_view(&receipt.to.user, forwarded);
         let targets: Vec<Jid> = match routing::receipt_audience(&receipt, reader) {
             None => return,
             Some(ReceiptAudience::Device(device)) => vec![device],
@@ -181,6 +189,9 @@ impl Inner {
         else {
             return;
         };
+        // The phone keeps its sessions and sender keys by phone number,
+        // whichever address the group uses.
+        let author = self.phone_jid(&author);
         let group_id = group.to_string();
         let id = node.attr_string("id").unwrap_or_default();
         let t = node.attr_u64("t").unwrap_or_else(unix_now);
@@ -275,6 +286,7 @@ impl Inner {
                             .attr("v", "1"),
                         Node::new("registration").bytes(registration.to_be_bytes().to_vec()),
                     ]);
+                let retry = self.group_view(&group.user, retry);
                 self.to_companion(&author, QueueClass::Receipt, &id, retry)
                     .await;
                 return;
@@ -283,6 +295,7 @@ impl Inner {
         }
         let receipt =
             routing::phone_receipt(&id, &group, unix_now()).attr("participant", phone.to_non_ad());
+        let receipt = self.group_view(&group.user, receipt);
         for device in self.account_devices(&author.user) {
             if device.device != 0 {
                 self.to_companion(&device, QueueClass::Receipt, &id, receipt.clone())

@@ -149,6 +149,9 @@ pub(crate) struct Group {
     /// Members by phone number (the user part of their JID).
     pub(crate) participants: BTreeMap<String, Role>,
     invite: String,
+    /// Members are named by LID on the wire (`addressing_mode="lid"`);
+    /// see `super::lid`.
+    pub(crate) lid_addressed: bool,
 }
 
 impl Group {
@@ -209,7 +212,10 @@ impl Group {
             .attr("s_o", self.subject_owner.clone())
             .attr("creation", self.creation.to_string())
             .attr("creator", self.creator.clone())
-            .attr("addressing_mode", "pn")
+            .attr(
+                "addressing_mode",
+                if self.lid_addressed { "lid" } else { "pn" },
+            )
             .children(children)
     }
 }
@@ -496,6 +502,7 @@ fn saved_group(group: &Group) -> SavedGroup {
             })
             .collect(),
         invite: group.invite.clone(),
+        lid_addressed: group.lid_addressed,
     }
 }
 
@@ -542,6 +549,7 @@ fn restored_group(saved: &SavedGroup) -> Result<Group, InvalidState> {
         creator: jid(&saved.creator)?,
         participants,
         invite: saved.invite.clone(),
+        lid_addressed: saved.lid_addressed,
     })
 }
 
@@ -564,6 +572,26 @@ impl Groups {
     }
 
     /// A copy of one group.
+    /// Makes members of `group` be named by LID from now on; false when
+    /// there is no such group.
+    pub(crate) fn address_by_lid(&self, group: &str) -> bool {
+        match self.state().groups.get_mut(group) {
+            Some(group) => {
+                group.lid_addressed = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `group` names its members by LID.
+    pub(crate) fn is_lid_addressed(&self, group: &str) -> bool {
+        self.state()
+            .groups
+            .get(group)
+            .is_some_and(|group| group.lid_addressed)
+    }
+
     pub(crate) fn get(&self, group: &str) -> Option<Group> {
         self.state().groups.get(group).cloned()
     }
@@ -655,6 +683,7 @@ impl Groups {
                     creator: actor.clone(),
                     participants: members,
                     invite: new_invite_code(rng),
+                    lid_addressed: false,
                 };
                 let node = group.node();
                 let mut create = Node::new("create").attr("type", "new");

@@ -17,7 +17,7 @@ use super::routing::{self, ClientMessage, ClientReceipt, Delivery, ReceiptAudien
 use super::{unix_now, Inner, SimError};
 use crate::proto::wa::Message;
 use crate::wa::binary::Node;
-use crate::wa::jid::{Jid, DEFAULT_USER_SERVER};
+use crate::wa::jid::{Jid, DEFAULT_USER_SERVER, LID_SERVER};
 use crate::wa::signal::ProtocolAddress;
 
 /// The Signal address of a device JID.
@@ -76,8 +76,20 @@ impl Inner {
                 encs,
                 device_identity: message.device_identity.clone(),
             });
+            let node = self.with_sender_lid(node, sender);
             self.deliver_to(&target, QueueClass::Message, &message.id, node)
                 .await;
+        }
+    }
+
+    /// A message from a phone number's device names the sender's LID too
+    /// (`sender_lid`), as WhatsApp's server does.
+    fn with_sender_lid(&self, node: Node, sender: &Jid) -> Node {
+        match self.registry.lid_of(&sender.user) {
+            Some(lid) if sender.server == DEFAULT_USER_SERVER => {
+                node.attr("sender_lid", Jid::new(lid, LID_SERVER))
+            }
+            _ => node,
         }
     }
 
@@ -190,6 +202,25 @@ impl Inner {
         self.phone_send_planned(&plan, text).await
     }
 
+    /// Like [`Inner::phone_send`], with the text delivered to the
+    /// recipient from the sender's LID (`from="LID@lid"`, its number in
+    /// `sender_pn`), as the server addresses an account that moved to LID
+    /// addressing. The sender's Signal sessions are the same ones.
+    pub(crate) async fn phone_send_from_lid(
+        &self,
+        from_user: &str,
+        to_user: &str,
+        text: &str,
+    ) -> Result<String, SimError> {
+        let mut plan = self.phone_plan(from_user, to_user)?;
+        let lid = self
+            .registry
+            .lid_of(from_user)
+            .ok_or_else(|| SimError::NotFound(format!("no account {from_user}")))?;
+        plan.from_lid = Some(Jid::new(lid, LID_SERVER));
+        self.phone_send_planned(&plan, text).await
+    }
+
     /// The phone of `from_user` sends `count` texts `<prefix><n>` to
     /// `to_user`, one after another through the same path as
     /// [`Inner::phone_send`] (each encrypted on its own), at most
@@ -248,6 +279,7 @@ impl Inner {
             notify: self.registry.push_name(from_user),
             targets,
             peer: false,
+            from_lid: None,
         })
     }
 
@@ -261,6 +293,7 @@ impl Inner {
             notify: self.registry.push_name(&companion.user),
             targets: vec![companion.clone()],
             peer: true,
+            from_lid: None,
         }
     }
 
@@ -313,10 +346,11 @@ impl Inner {
             if let Some(mediatype) = mediatype {
                 enc = enc.attr("mediatype", mediatype);
             }
+            let from_lid = plan.from_lid.as_ref().filter(|_| !own_device);
             let node = routing::delivered_message(Delivery {
                 id: &id,
                 kind: if mediatype.is_some() { "media" } else { "text" },
-                from: &plan.from,
+                from: from_lid.unwrap_or(&plan.from),
                 t,
                 notify: plan.notify.as_deref(),
                 recipient: (own_device && !plan.peer).then_some(&plan.chat),
@@ -325,8 +359,10 @@ impl Inner {
             });
             let node = if plan.peer {
                 node.attr("category", "peer")
+            } else if from_lid.is_some() {
+                node.attr("sender_pn", plan.from.clone())
             } else {
-                node
+                self.with_sender_lid(node, &plan.from)
             };
             self.deliver_to(&target, QueueClass::Message, &id, node)
                 .await;
@@ -347,4 +383,6 @@ pub(super) struct PhonePlan {
     targets: Vec<Jid>,
     /// A message between the account's own devices (`category="peer"`).
     peer: bool,
+    /// Deliver to the recipient from this LID instead of `from`.
+    from_lid: Option<Jid>,
 }

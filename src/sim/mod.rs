@@ -11,6 +11,7 @@ mod group_message;
 mod group_routing;
 mod groups;
 mod keys;
+mod lid;
 mod link_code;
 mod mailbox;
 mod media;
@@ -473,12 +474,17 @@ impl Simulator {
         }
         .encode_to_vec();
         let jid = reservation.jid;
+        let lid = inner
+            .registry
+            .lid_of(&jid.user)
+            .map(|lid| Jid::with_device(lid, jid.device, crate::wa::jid::LID_SERVER));
         let iq = stanza::pair_success(
             &inner.new_iq_id(),
             now,
             reservation.key_index,
             container,
             &jid,
+            lid.as_ref(),
         );
 
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -602,6 +608,29 @@ impl Simulator {
         self.inner.phone_send(from.as_str(), &to.user, text).await
     }
 
+    /// Like [`Simulator::send_text`], delivered from the sender's LID (see
+    /// [`Simulator::lid_of`]) with its number in `sender_pn`: how the
+    /// server addresses an account that moved to LID addressing.
+    pub async fn send_text_from_lid(
+        &self,
+        from: &PhoneNumber,
+        to: &Jid,
+        text: &str,
+    ) -> Result<String, SimError> {
+        let to = self.inner.phone_jid(to);
+        self.inner
+            .phone_send_from_lid(from.as_str(), &to.user, text)
+            .await
+    }
+
+    /// The LID of the account with this phone number (`lid@lid`).
+    pub fn lid_of(&self, phone: &PhoneNumber) -> Option<Jid> {
+        self.inner
+            .registry
+            .lid_of(phone.as_str())
+            .map(|lid| Jid::new(lid, crate::wa::jid::LID_SERVER))
+    }
+
     /// The virtual phone of `from` sends `count` texts `<prefix><n>` (n from
     /// 0) to the account `to`, each through the same path as
     /// [`Simulator::send_text`], at most `per_second` a second when non-zero.
@@ -652,13 +681,39 @@ impl Simulator {
         subject: &str,
         participants: &[Jid],
     ) -> Result<Jid, SimError> {
+        self.create_group_addressed(phone, subject, participants, false)
+            .await
+    }
+
+    /// Like [`Simulator::create_group`]; with `by_lid` the group names its
+    /// members by LID (`addressing_mode="lid"`): its metadata lists each
+    /// member's LID with `phone_number`, and its messages, receipts and
+    /// notifications name the author by LID with `participant_pn`.
+    /// Participants may be given by phone number or LID.
+    pub async fn create_group_addressed(
+        &self,
+        phone: &PhoneNumber,
+        subject: &str,
+        participants: &[Jid],
+        by_lid: bool,
+    ) -> Result<Jid, SimError> {
         let query = groups::GroupQuery::Create {
             subject: subject.to_owned(),
             key: None,
-            participants: participants.iter().map(|p| p.user.clone()).collect(),
+            participants: participants
+                .iter()
+                .map(|p| self.inner.phone_jid(p).user)
+                .collect(),
         };
-        let outcome = self.group_query(phone, None, query).await?;
-        let id = outcome.group.ok_or(SimError::Group(GroupError::NotFound))?;
+        let outcome = self.group_query_quiet(phone, None, query)?;
+        let id = outcome
+            .group
+            .clone()
+            .ok_or(SimError::Group(GroupError::NotFound))?;
+        if by_lid {
+            self.inner.groups.address_by_lid(&id);
+        }
+        self.inner.deliver_notices(outcome.notices).await;
         Ok(Jid::new(id, crate::wa::jid::GROUP_SERVER))
     }
 
@@ -781,6 +836,18 @@ impl Simulator {
         group: Option<&Jid>,
         query: groups::GroupQuery,
     ) -> Result<groups::Outcome, SimError> {
+        let outcome = self.group_query_quiet(phone, group, query)?;
+        self.inner.deliver_notices(outcome.notices.clone()).await;
+        Ok(outcome)
+    }
+
+    /// Runs a group query; its notifications are the caller's to deliver.
+    fn group_query_quiet(
+        &self,
+        phone: &PhoneNumber,
+        group: Option<&Jid>,
+        query: groups::GroupQuery,
+    ) -> Result<groups::Outcome, SimError> {
         if let Some(group) = group.filter(|g| !g.is_group()) {
             return Err(SimError::InvalidJid(format!("{group} is not a group JID")));
         }
@@ -791,7 +858,6 @@ impl Simulator {
             .inner
             .group_query(&phone.to_jid(), group.map(|g| g.user.as_str()), query)
             .map_err(SimError::Group)?;
-        self.inner.deliver_notices(outcome.notices.clone()).await;
         Ok(outcome)
     }
 

@@ -60,6 +60,8 @@ pub(crate) struct SignedPreKey {
 /// companions linked to it. What never changes is read without a lock.
 pub(crate) struct Account {
     pub(crate) phone: PhoneNumber,
+    /// The account's LID user (digits; `…@lid`), fixed for its lifetime.
+    pub(crate) lid: String,
     pub(crate) push_name: String,
     /// The phone's identity key: it signs the companions' device identities.
     pub(crate) identity: KeyPair,
@@ -254,6 +256,8 @@ pub struct AccountInfo {
     pub phone: PhoneNumber,
     /// `phone@s.whatsapp.net`.
     pub jid: Jid,
+    /// `lid@lid`.
+    pub lid: Jid,
     pub push_name: String,
     /// The virtual phone (device 0) first, then companions by device id.
     pub devices: Vec<DeviceInfo>,
@@ -280,6 +284,8 @@ pub struct DeviceInfo {
 pub(crate) struct Registry {
     /// Accounts by phone number, sorted for paged listings.
     accounts: RwLock<BTreeMap<String, Arc<Account>>>,
+    /// Phone numbers by LID user: every account's, never removed.
+    lids: RwLock<HashMap<String, String>>,
     /// Per-device delivery state, sharded by device JID.
     mailboxes: Mailboxes,
     conns: Mutex<Conns>,
@@ -294,6 +300,7 @@ impl Default for Registry {
     fn default() -> Self {
         Self {
             accounts: RwLock::default(),
+            lids: RwLock::default(),
             mailboxes: Mailboxes::default(),
             conns: Mutex::default(),
             next_conn: AtomicU64::new(1),
@@ -326,6 +333,27 @@ impl Registry {
 
     fn account(&self, user: &str) -> Option<Arc<Account>> {
         self.directory().get(user).cloned()
+    }
+
+    fn index_lid(&self, account: &Account) {
+        self.lids
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(account.lid.clone(), account.phone.as_str().to_owned());
+    }
+
+    /// The LID user of the account with phone number `user`.
+    pub(crate) fn lid_of(&self, user: &str) -> Option<String> {
+        self.account(user).map(|account| account.lid.clone())
+    }
+
+    /// The phone number of the account with LID user `lid`.
+    pub(crate) fn phone_of_lid(&self, lid: &str) -> Option<String> {
+        self.lids
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(lid)
+            .cloned()
     }
 
     /// Registers a new connection (kind decided later) and returns its id
@@ -430,6 +458,7 @@ impl Registry {
                 .entry(phone.as_str().to_owned())
                 .or_insert_with(|| Arc::new(Account::new(phone, push_name, now, new_account))),
         );
+        self.index_lid(&account);
         let reserved = {
             let mut devices = lock(&account.devices);
             let device = devices.next_device;
@@ -678,10 +707,10 @@ impl Registry {
         if accounts.contains_key(phone.as_str()) {
             return false;
         }
-        accounts.insert(
-            phone.as_str().to_owned(),
-            Arc::new(Account::new(phone, push_name, now, keys)),
-        );
+        let account = Arc::new(Account::new(phone, push_name, now, keys));
+        accounts.insert(phone.as_str().to_owned(), Arc::clone(&account));
+        drop(accounts);
+        self.index_lid(&account);
         true
     }
 
@@ -705,6 +734,13 @@ impl Registry {
             .map(|jid| {
                 let bundle = if jid.server == DEFAULT_USER_SERVER {
                     self.take_bundle(&jid)
+                } else if jid.is_lid() {
+                    // Asked by LID: the account's device, answered under
+                    // the JID as asked.
+                    let phone = self.phone_of_lid(&jid.user);
+                    phone.and_then(|phone| {
+                        self.take_bundle(&Jid::with_device(phone, jid.device, DEFAULT_USER_SERVER))
+                    })
                 } else {
                     None
                 };
@@ -913,6 +949,7 @@ impl Registry {
         AccountInfo {
             phone: account.phone.clone(),
             jid: phone_jid,
+            lid: Jid::new(account.lid.clone(), crate::wa::jid::LID_SERVER),
             push_name: account.push_name.clone(),
             devices: std::iter::once(phone).chain(companions).collect(),
         }
@@ -938,12 +975,21 @@ impl Registry {
         mailboxes: &[SavedMailbox],
     ) -> Result<Self, InvalidState> {
         let mut directory = BTreeMap::new();
+        let mut lids = HashMap::new();
         for saved in accounts {
             let account = Account::restore(saved)?;
-            directory.insert(account.phone.as_str().to_owned(), Arc::new(account));
+            let phone = account.phone.as_str().to_owned();
+            if let Some(other) = lids.insert(account.lid.clone(), phone.clone()) {
+                return Err(InvalidState::field(format_args!(
+                    "accounts {other} and {phone} share the LID {}",
+                    account.lid
+                )));
+            }
+            directory.insert(phone, Arc::new(account));
         }
         Ok(Self {
             accounts: RwLock::new(directory),
+            lids: RwLock::new(lids),
             mailboxes: Mailboxes::restore(mailboxes)?,
             ..Self::default()
         })
@@ -956,6 +1002,7 @@ impl Account {
         let devices = lock(&self.devices);
         SavedAccount {
             phone: self.phone.as_str().to_owned(),
+            lid: self.lid.clone(),
             push_name: self.push_name.clone(),
             identity_private: self.identity.private_bytes().to_vec(),
             raw_id: self.raw_id,
@@ -994,8 +1041,18 @@ impl Account {
                 "device id not below the next one",
             )));
         }
+        // Snapshots written before accounts had LIDs get the one the
+        // account would have been given.
+        let lid = if saved.lid.is_empty() {
+            super::lid::new_lid(&phone)
+        } else if super::lid::is_lid_user(&saved.lid) {
+            saved.lid.clone()
+        } else {
+            return Err(InvalidState::field(what("LID is not a number")));
+        };
         Ok(Self {
             phone,
+            lid,
             push_name: saved.push_name.clone(),
             identity,
             raw_id: saved.raw_id,
@@ -1079,6 +1136,7 @@ impl Account {
     fn new(phone: &PhoneNumber, push_name: &str, now: u64, keys: NewAccount) -> Self {
         Self {
             phone: phone.clone(),
+            lid: super::lid::new_lid(phone),
             push_name: push_name.to_owned(),
             identity: keys.identity,
             raw_id: keys.raw_id,

@@ -140,6 +140,10 @@ pub(crate) struct SavedAccount {
     pub(crate) devices: Vec<SavedDevice>,
     #[prost(message, optional, tag = "9")]
     pub(crate) handset: Option<SavedPhone>,
+    /// The account's LID user; empty in snapshots written before accounts
+    /// had LIDs (the account then gets the one it would have been given).
+    #[prost(string, tag = "10")]
+    pub(crate) lid: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -324,6 +328,9 @@ pub(crate) struct SavedGroup {
     pub(crate) participants: Vec<SavedParticipant>,
     #[prost(string, tag = "9")]
     pub(crate) invite: String,
+    /// Members named by LID (false in snapshots written before LIDs).
+    #[prost(bool, tag = "10")]
+    pub(crate) lid_addressed: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -108,15 +108,21 @@ pub(crate) fn pair_device(id: &str, refs: &[String]) -> Node {
         .children(vec![Node::new("pair-device").children(refs)])
 }
 
-/// The phone accepted the companion: its signed device identity and JID.
-/// No `lid` is revealed (Baileys 6 works with phone-number JIDs only).
+/// The phone accepted the companion: its signed device identity, its JID
+/// and, as WhatsApp's server does, the same device under the account's LID
+/// (`lid`, when the account has one).
 pub(crate) fn pair_success(
     id: &str,
     now: u64,
     key_index: u32,
     device_identity: Vec<u8>,
     device: &Jid,
+    lid: Option<&Jid>,
 ) -> Node {
+    let mut device_node = Node::new("device").attr("jid", device.clone());
+    if let Some(lid) = lid {
+        device_node = device_node.attr("lid", lid.clone());
+    }
     Node::new("iq")
         .attr("from", Jid::server_jid())
         .attr("type", "set")
@@ -128,15 +134,19 @@ pub(crate) fn pair_success(
                 .attr("key-index", key_index.to_string())
                 .bytes(device_identity),
             Node::new("platform").attr("name", "android"),
-            Node::new("device").attr("jid", device.clone()),
+            device_node,
         ])])
 }
 
-/// Login accepted.
-pub(crate) fn success(now: u64, creation: u64) -> Node {
-    Node::new("success")
+/// Login accepted; `lid` is the account's LID (user JID).
+pub(crate) fn success(now: u64, creation: u64, lid: Option<&Jid>) -> Node {
+    let node = Node::new("success")
         .attr("t", now.to_string())
-        .attr("creation", creation.to_string())
+        .attr("creation", creation.to_string());
+    match lid {
+        Some(lid) => node.attr("lid", lid.clone()),
+        None => node,
+    }
 }
 
 /// Login refused (`reason` as in WhatsApp's ConnectFailureReason).

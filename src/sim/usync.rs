@@ -22,10 +22,12 @@ pub(crate) enum UsyncError {
 /// A parsed usync query: the accounts asked about and what about them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct UsyncQuery {
-    /// Account JIDs (device 0), in the order asked.
+    /// Account JIDs (device 0), by phone number or LID, in the order asked.
     pub(crate) users: Vec<Jid>,
     pub(crate) devices: bool,
     pub(crate) contact: bool,
+    /// The `<lid/>` protocol: each phone number's LID.
+    pub(crate) lid: bool,
 }
 
 /// What the server knows of one queried account.
@@ -35,6 +37,8 @@ pub(crate) struct UserDevices {
     /// `(device id, key index)`, device 0 (key index 0) first; empty for
     /// an unregistered number.
     pub(crate) devices: Vec<(u16, u32)>,
+    /// The account's LID (user JID), for a user asked by phone number.
+    pub(crate) lid: Option<Jid>,
 }
 
 /// A device's published keys with at most one one-time prekey.
@@ -58,13 +62,14 @@ pub(crate) fn parse_query(iq: &Node) -> Result<UsyncQuery, UsyncError> {
     let users = list
         .children_by_tag("user")
         .filter_map(|user| user.attr_jid("jid"))
-        .filter(|jid| jid.server == DEFAULT_USER_SERVER && !jid.user.is_empty())
+        .filter(|jid| (jid.server == DEFAULT_USER_SERVER || jid.is_lid()) && !jid.user.is_empty())
         .map(|jid| jid.to_non_ad())
         .collect();
     Ok(UsyncQuery {
         users,
         devices: query.child("devices").is_some(),
         contact: query.child("contact").is_some(),
+        lid: query.child("lid").is_some(),
     })
 }
 
@@ -98,6 +103,9 @@ pub(crate) fn query_result(id: &str, query: &UsyncQuery, answers: &[UserDevices]
                     "in"
                 };
                 children.push(Node::new("contact").attr("type", kind));
+            }
+            if let Some(lid) = answer.lid.as_ref().filter(|_| query.lid) {
+                children.push(Node::new("lid").attr("val", lid.clone()));
             }
             let user = Node::new("user").attr("jid", answer.user.clone());
             if children.is_empty() {
@@ -209,10 +217,12 @@ mod tests {
             UserDevices {
                 user: jid("111@s.whatsapp.net"),
                 devices: vec![(0, 0), (2, 1)],
+                lid: Some(jid("100000000000111@lid")),
             },
             UserDevices {
                 user: jid("222@s.whatsapp.net"),
                 devices: Vec::new(),
+                lid: None,
             },
         ];
         let result = query_result("q1", &query, &answers);
@@ -237,6 +247,52 @@ mod tests {
             .and_then(|d| d.child("device-list"))
             .expect("device-list for unknown user");
         assert!(empty.child_nodes().is_empty());
+        // Not asked for: no LID revealed (Baileys 6 does not ask).
+        assert!(users[0].child("lid").is_none());
+    }
+
+    #[test]
+    fn usync_lid_protocol_and_users_asked_by_lid() {
+        let iq = usync_iq(
+            vec![Node::new("devices").attr("version", "2"), Node::new("lid")],
+            vec![
+                Node::new("user").attr("jid", jid("111@s.whatsapp.net")),
+                Node::new("user").attr("jid", jid("100000000000222@lid")),
+            ],
+        );
+        let query = parse_query(&iq).expect("valid");
+        assert!(query.lid && query.devices);
+        assert_eq!(
+            query.users,
+            vec![jid("111@s.whatsapp.net"), jid("100000000000222@lid")]
+        );
+        let answers = [
+            UserDevices {
+                user: jid("111@s.whatsapp.net"),
+                devices: vec![(0, 0)],
+                lid: Some(jid("100000000000111@lid")),
+            },
+            UserDevices {
+                user: jid("100000000000222@lid"),
+                devices: vec![(0, 0)],
+                lid: None,
+            },
+        ];
+        let result = query_result("q", &query, &answers);
+        let users: Vec<Node> = result
+            .child("usync")
+            .and_then(|u| u.child("list"))
+            .expect("list")
+            .children_by_tag("user")
+            .cloned()
+            .collect();
+        assert_eq!(
+            users[0].child("lid").and_then(|l| l.attr_jid("val")),
+            Some(jid("100000000000111@lid"))
+        );
+        // A user asked by LID is answered under the JID asked.
+        assert_eq!(users[1].attr_jid("jid"), Some(jid("100000000000222@lid")));
+        assert!(users[1].child("lid").is_none());
     }
 
     #[test]
@@ -252,6 +308,7 @@ mod tests {
             &[UserDevices {
                 user: jid("111@s.whatsapp.net"),
                 devices: Vec::new(),
+                lid: None,
             }],
         );
         let user = result
