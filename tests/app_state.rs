@@ -187,6 +187,7 @@ async fn contacts_and_chat_settings_reach_the_gateway_and_survive_a_restart() {
                 from_phone: BOB.into(),
                 to: ALICE.into(),
                 text: text.into(),
+                from_lid: false,
             })
             .await
             .expect("SendText");

@@ -148,6 +148,7 @@ async fn a_chat_leaves_nothing_personal_in_clear_in_the_data_dir() {
                 from_phone: from.into(),
                 to: to.into(),
                 text: text.into(),
+                from_lid: false,
             })
             .await
             .expect("SendText")

@@ -80,6 +80,7 @@ async fn peer_sends(sim: &mut Sim, text: String) -> String {
             from_phone: PEER.into(),
             to: OWN.into(),
             text,
+            from_lid: false,
         })
         .await
         .expect("SendText")

@@ -132,6 +132,7 @@ async fn a_stalled_subscriber_costs_little_and_resumes_gap_free() {
                         from_phone: BOB.into(),
                         to: OWN.into(),
                         text: format!("{label} {n} {padding}"),
+                        from_lid: false,
                     })
                     .await
                     .expect("SendText")

@@ -33,6 +33,7 @@ async fn unknown_group_not_a_member_and_not_an_admin() {
                     phone: ANN.into(),
                     subject: "Ann's".into(),
                     participants,
+                    lid_addressed: false,
                 })
                 .await
                 .expect("CreateGroup")

@@ -42,6 +42,7 @@ async fn group_texts_membership_and_restart() {
             phone: ANN.into(),
             subject: "Team".into(),
             participants: vec![OWN.into(), BEN.into()],
+            lid_addressed: false,
         })
         .await
         .expect("CreateGroup")

@@ -128,6 +128,7 @@ async fn sender_keys_reach_each_device_once_across_restart_add_and_remove() {
             phone: ANN.into(),
             subject: "Keys".into(),
             participants: vec![OWN.into(), BEN.into()],
+            lid_addressed: false,
         })
         .await
         .expect("CreateGroup")
@@ -293,6 +294,7 @@ async fn a_large_group_gets_the_key_on_every_device() {
                 .cloned()
                 .chain([OWN.to_owned()])
                 .collect(),
+            lid_addressed: false,
         })
         .await
         .expect("CreateGroup")

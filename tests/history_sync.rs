@@ -123,6 +123,7 @@ async fn the_recent_history_reaches_the_backend_in_pages() {
                 from_phone: BOB.into(),
                 to: OWN.into(),
                 text: text.into(),
+                from_lid: false,
             })
             .await
             .expect("SendText")
@@ -196,6 +197,7 @@ async fn the_recent_history_reaches_the_backend_in_pages() {
             from_phone: BOB.into(),
             to: OWN.into(),
             text: "after the restart".into(),
+            from_lid: false,
         })
         .await
         .expect("SendText")
@@ -351,6 +353,7 @@ async fn a_chunk_over_the_size_cap_is_reported_and_acknowledged() {
             from_phone: BOB.into(),
             to: OWN.into(),
             text: "still here".into(),
+            from_lid: false,
         })
         .await
         .expect("SendText")

@@ -201,6 +201,7 @@ async fn pairs_by_link_code_then_chats() {
             from_phone: BOB.into(),
             to: OWN.into(),
             text: "hi there".into(),
+            from_lid: false,
         })
         .await
         .expect("SendText")

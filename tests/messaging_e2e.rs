@@ -32,6 +32,7 @@ async fn phone_sends(sim: &mut Sim, from: &str, to: &str, text: &str) -> String 
             from_phone: from.into(),
             to: to.into(),
             text: text.into(),
+            from_lid: false,
         })
         .await
         .expect("SendText")

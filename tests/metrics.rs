@@ -95,6 +95,7 @@ async fn scrape_after_a_session_flow() {
             from_phone: "+15550007777".into(),
             to: "+15550006666".into(),
             text: "counted too".into(),
+            from_lid: false,
         })
         .await
         .expect("SendText")

@@ -102,6 +102,7 @@ async fn cats_group(control: &mut SimulatorClient<Channel>, subject: &str) -> St
             phone: CAT.into(),
             subject: subject.into(),
             participants: vec![ANN.into(), BOB.into()],
+            lid_addressed: false,
         })
         .await
         .expect("CreateGroup")

@@ -29,6 +29,7 @@ async fn bob_sends(sim: &mut Sim, text: &str) -> String {
             from_phone: BOB.into(),
             to: ALICE.into(),
             text: text.into(),
+            from_lid: false,
         })
         .await
         .expect("SendText")

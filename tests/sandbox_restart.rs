@@ -48,6 +48,7 @@ async fn phone_sends(control: &mut SimulatorClient<Channel>, to: &str, text: &st
             from_phone: BOB.into(),
             to: to.into(),
             text: text.into(),
+            from_lid: false,
         })
         .await
         .expect("SendText")
@@ -135,6 +136,7 @@ async fn sandbox_sessions_survive_a_restart_and_chat_on() {
             phone: BOB.into(),
             subject: "Restarts".into(),
             participants: vec![ALICE.into(), CAROL.into()],
+            lid_addressed: false,
         })
         .await
         .expect("CreateGroup")

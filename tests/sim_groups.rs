@@ -117,6 +117,7 @@ async fn virtual_phones_message_a_group_that_follows_its_membership() {
             phone: a.into(),
             subject: "Team".into(),
             participants: vec![b.into(), c.into(), "+15550409999".into()],
+            lid_addressed: false,
         })
         .await
         .expect("CreateGroup")
@@ -394,6 +395,7 @@ async fn baileys_creates_reads_and_messages_a_group_with_virtual_phones() {
             phone: a.into(),
             subject: "Ann's".into(),
             participants: vec!["15550500001@s.whatsapp.net".into()],
+            lid_addressed: false,
         })
         .await
         .expect("CreateGroup")

@@ -60,6 +60,7 @@ async fn baileys_and_a_virtual_phone_exchange_texts() {
             from_phone: "+15550200002".into(),
             to: "15550200001@s.whatsapp.net".into(),
             text: "hello baileys".into(),
+            from_lid: false,
         })
         .await
         .expect("SendText")
@@ -90,6 +91,7 @@ async fn baileys_and_a_virtual_phone_exchange_texts() {
             from_phone: "+15550200002".into(),
             to: "+15550200001".into(),
             text: "while you were away".into(),
+            from_lid: false,
         })
         .await
         .expect("SendText while offline")

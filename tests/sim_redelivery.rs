@@ -40,6 +40,7 @@ async fn texts_delayed_past_the_keepalive_deadline_arrive_exactly_once() {
             from_phone: BOB.into(),
             to: OWN.into(),
             text: "hello".into(),
+            from_lid: false,
         })
         .await
         .expect("SendText")
@@ -115,6 +116,7 @@ async fn texts_delayed_past_the_keepalive_deadline_arrive_exactly_once() {
             from_phone: BOB.into(),
             to: OWN.into(),
             text: "marker".into(),
+            from_lid: false,
         })
         .await
         .expect("SendText")

@@ -120,8 +120,19 @@ fn group_message(info: GroupInfo) -> Group {
                 } else {
                     ParticipantRole::Member
                 };
+                let addresses = [Some(&p.jid), p.alt.as_ref()];
                 GroupParticipant {
-                    phone: phone_of(&p.jid).unwrap_or_default(),
+                    phone: addresses
+                        .iter()
+                        .flatten()
+                        .find_map(|j| phone_of(j))
+                        .unwrap_or_default(),
+                    lid: addresses
+                        .iter()
+                        .flatten()
+                        .find(|j| j.is_lid())
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
                     jid: p.jid.to_string(),
                     role: role as i32,
                 }

@@ -167,7 +167,8 @@ fn group(g: &GroupChangeKindOf) -> Payload {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default(),
-        actor_phone: g.actor.as_ref().and_then(phone_of).unwrap_or_default(),
+        actor_phone: g.actor_phone.clone().unwrap_or_default(),
+        actor_lid: jid_text(g.actor_lid.as_ref()),
         participants: g.participants.iter().map(ToString::to_string).collect(),
         text: g.text.clone().unwrap_or_default(),
         timestamp: Some(seconds(g.timestamp_s)),

@@ -744,7 +744,7 @@ impl Session {
                         .map(|user| {
                             let phone = self.inner.phone_jid(user);
                             let lid = (!user.is_lid())
-                                .then(|| registry.lid_of(&phone.user))
+                                .then(|| registry.revealed_lid_of(&phone.user))
                                 .flatten()
                                 .map(|lid| Jid::new(lid, crate::wa::jid::LID_SERVER));
                             usync::UserDevices {

@@ -23,6 +23,7 @@ use crate::proto::sim::{
     SendGroupTextResponse, SendMediaRequest, SendMediaResponse, UpdateGroupParticipantsRequest,
     UpdateGroupParticipantsResponse,
 };
+use crate::proto::sim::{HideLidRequest, HideLidResponse};
 use crate::proto::sim::{
     SeedHistoryRequest, SeedHistoryResponse, SendChatStateRequest, SendChatStateResponse,
     SendGroupTextsRequest, SendGroupTextsResponse, SetChatSettingsRequest, SetChatSettingsResponse,
@@ -662,6 +663,15 @@ impl SimulatorService for Control {
             .set_contact(&phone, &contact, &request.full_name, &request.first_name)
             .await?;
         Ok(Response::new(SetContactResponse {}))
+    }
+
+    async fn hide_lid(
+        &self,
+        request: Request<HideLidRequest>,
+    ) -> Result<Response<HideLidResponse>, Status> {
+        let phone = parse_phone(&request.into_inner().phone)?;
+        self.sim.hide_lid(&phone)?;
+        Ok(Response::new(HideLidResponse {}))
     }
 
     async fn set_read_receipts(

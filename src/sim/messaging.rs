@@ -85,7 +85,7 @@ impl Inner {
     /// A message from a phone number's device names the sender's LID too
     /// (`sender_lid`), as WhatsApp's server does.
     fn with_sender_lid(&self, node: Node, sender: &Jid) -> Node {
-        match self.registry.lid_of(&sender.user) {
+        match self.registry.revealed_lid_of(&sender.user) {
             Some(lid) if sender.server == DEFAULT_USER_SERVER => {
                 node.attr("sender_lid", Jid::new(lid, LID_SERVER))
             }
@@ -217,6 +217,8 @@ impl Inner {
             .registry
             .lid_of(from_user)
             .ok_or_else(|| SimError::NotFound(format!("no account {from_user}")))?;
+        // Sent from it, the LID is no secret any more.
+        self.registry.set_lid_hidden(from_user, false);
         plan.from_lid = Some(Jid::new(lid, LID_SERVER));
         self.phone_send_planned(&plan, text).await
     }

@@ -623,6 +623,16 @@ impl Simulator {
             .await
     }
 
+    /// Keeps the LID of `phone`'s account from others until the account
+    /// sends from it (see [`Simulator::send_text_from_lid`]).
+    pub fn hide_lid(&self, phone: &PhoneNumber) -> Result<(), SimError> {
+        if self.inner.registry.set_lid_hidden(phone.as_str(), true) {
+            Ok(())
+        } else {
+            Err(SimError::NotFound(format!("no account {}", phone.as_str())))
+        }
+    }
+
     /// The LID of the account with this phone number (`lid@lid`).
     pub fn lid_of(&self, phone: &PhoneNumber) -> Option<Jid> {
         self.inner

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
@@ -62,6 +62,8 @@ pub(crate) struct Account {
     pub(crate) phone: PhoneNumber,
     /// The account's LID user (digits; `…@lid`), fixed for its lifetime.
     pub(crate) lid: String,
+    /// The LID is not revealed to others (see [`Registry::revealed_lid_of`]).
+    lid_hidden: AtomicBool,
     pub(crate) push_name: String,
     /// The phone's identity key: it signs the companions' device identities.
     pub(crate) identity: KeyPair,
@@ -345,6 +347,24 @@ impl Registry {
     /// The LID user of the account with phone number `user`.
     pub(crate) fn lid_of(&self, user: &str) -> Option<String> {
         self.account(user).map(|account| account.lid.clone())
+    }
+
+    /// The LID user of `user`'s account as others may learn it: `None`
+    /// while the account keeps it hidden (not moved to LID addressing).
+    pub(crate) fn revealed_lid_of(&self, user: &str) -> Option<String> {
+        let account = self.account(user)?;
+        (!account.lid_hidden.load(Ordering::Relaxed)).then(|| account.lid.clone())
+    }
+
+    /// Hides or reveals the LID of `user`'s account; false for no account.
+    pub(crate) fn set_lid_hidden(&self, user: &str, hidden: bool) -> bool {
+        match self.account(user) {
+            Some(account) => {
+                account.lid_hidden.store(hidden, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The phone number of the account with LID user `lid`.
@@ -1003,6 +1023,7 @@ impl Account {
         SavedAccount {
             phone: self.phone.as_str().to_owned(),
             lid: self.lid.clone(),
+            lid_hidden: self.lid_hidden.load(Ordering::Relaxed),
             push_name: self.push_name.clone(),
             identity_private: self.identity.private_bytes().to_vec(),
             raw_id: self.raw_id,
@@ -1053,6 +1074,7 @@ impl Account {
         Ok(Self {
             phone,
             lid,
+            lid_hidden: AtomicBool::new(saved.lid_hidden),
             push_name: saved.push_name.clone(),
             identity,
             raw_id: saved.raw_id,
@@ -1137,6 +1159,7 @@ impl Account {
         Self {
             phone: phone.clone(),
             lid: super::lid::new_lid(phone),
+            lid_hidden: AtomicBool::new(false),
             push_name: push_name.to_owned(),
             identity: keys.identity,
             raw_id: keys.raw_id,
@@ -1439,6 +1462,20 @@ mod tests {
         let (tx, _rx) = mpsc::channel(4);
         assert_eq!(again.attach_device(id, &jid, tx, delay).len(), 1);
 
+        // The LID is kept; a snapshot written before accounts had LIDs
+        // gives the account the same LID it was given at creation.
+        let lid = registry.lid_of(phone().as_str()).expect("a LID");
+        assert_eq!(accounts[0].lid, lid);
+        assert_eq!(again.phone_of_lid(&lid).as_deref(), Some(phone().as_str()));
+        let mut older = accounts.clone();
+        older[0].lid.clear();
+        let older = Registry::restore(&older, &mailboxes).expect("restores");
+        assert_eq!(older.lid_of(phone().as_str()), Some(lid.clone()));
+        assert_eq!(older.accounts()[0].lid.user, lid);
+
+        let mut bad = accounts.clone();
+        bad[0].lid = "not a number".into();
+        assert!(Registry::restore(&bad, &mailboxes).is_err());
         let mut bad = accounts.clone();
         bad[0].devices[0].noise_key.pop();
         assert!(Registry::restore(&bad, &mailboxes).is_err());

@@ -144,6 +144,9 @@ pub(crate) struct SavedAccount {
     /// had LIDs (the account then gets the one it would have been given).
     #[prost(string, tag = "10")]
     pub(crate) lid: String,
+    /// The LID is kept from others (`HideLid`).
+    #[prost(bool, tag = "11")]
+    pub(crate) lid_hidden: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -382,6 +382,11 @@ pub struct GroupChange {
     pub group: Jid,
     /// Who made the change.
     pub actor: Option<Jid>,
+    /// The actor's phone number and LID, each when known: from the
+    /// notification (`participant_pn` / `participant_lid`) and, in the
+    /// message engine, the mappings it learned.
+    pub actor_phone: Option<String>,
+    pub actor_lid: Option<Jid>,
     pub timestamp_s: u64,
     pub kind: GroupChangeKind,
     /// The members it concerns (added, removed, promoted, …).
@@ -425,6 +430,20 @@ pub fn parse_notification(node: &Node) -> Option<Vec<GroupChange>> {
     }
     let group = node.attr_jid("from").filter(Jid::is_group)?;
     let actor = node.attr_jid("participant").map(|j| j.to_non_ad());
+    let actor_alt = node
+        .attr_jid("participant_pn")
+        .or_else(|| node.attr_jid("participant_lid"))
+        .map(|j| j.to_non_ad());
+    let identities = [actor.as_ref(), actor_alt.as_ref()];
+    let actor_phone = identities
+        .iter()
+        .flatten()
+        .find_map(|j| super::message::phone_of(j));
+    let actor_lid = identities
+        .iter()
+        .flatten()
+        .find(|j| j.is_lid())
+        .map(|j| (*j).clone());
     let timestamp_s = node.attr_u64("t").unwrap_or(0);
     let changes = node
         .child_nodes()
@@ -468,6 +487,8 @@ pub fn parse_notification(node: &Node) -> Option<Vec<GroupChange>> {
             GroupChange {
                 group: group.to_non_ad(),
                 actor: actor.clone(),
+                actor_phone: actor_phone.clone(),
+                actor_lid: actor_lid.clone(),
                 timestamp_s,
                 kind,
                 participants,

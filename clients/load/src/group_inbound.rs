@@ -32,6 +32,7 @@ pub(crate) async fn prepare(
                     phone: peer_phone(n),
                     subject: format!("Load {n}"),
                     participants: vec![own_phone(n)],
+                    lid_addressed: false,
                 })
                 .await
                 .map_err(LoadError::rpc("simulator CreateGroup"))?

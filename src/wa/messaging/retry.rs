@@ -250,7 +250,32 @@ impl Engine {
             self.on_server_sync(node, cx)?;
         }
         if let Some(changes) = crate::wa::groups::parse_notification(node) {
-            for change in changes {
+            // Members named by LID come with their numbers (a LID-addressed
+            // group): learned for the sessions and events that follow.
+            for participant in node.child_nodes().iter().flat_map(|c| {
+                c.children_by_tag("participant").chain(
+                    c.child("group")
+                        .into_iter()
+                        .flat_map(|g| g.children_by_tag("participant")),
+                )
+            }) {
+                if let (Some(jid), Some(phone)) = (
+                    participant.attr_jid("jid"),
+                    participant.attr_jid("phone_number"),
+                ) {
+                    super::learn_lid(&jid.to_non_ad(), &phone.to_non_ad(), &mut cx.txn)?;
+                }
+            }
+            for mut change in changes {
+                if let (Some(lid), Some(phone)) = (&change.actor_lid, &change.actor_phone) {
+                    let pn = Jid::new(phone.clone(), crate::wa::jid::DEFAULT_USER_SERVER);
+                    super::learn_lid(lid, &pn, &mut cx.txn)?;
+                }
+                if let Some(actor) = change.actor.clone() {
+                    let (phone, lid) = super::identities(&actor, None, &mut cx.txn)?;
+                    change.actor_phone = change.actor_phone.or(phone);
+                    change.actor_lid = change.actor_lid.or(lid);
+                }
                 self.on_group_change(&change, cx);
                 cx.step.events.push(super::Event::Group(change));
             }

@@ -149,6 +149,7 @@ impl Gateway {
                 from_phone: from.to_owned(),
                 to: to.to_owned(),
                 text: text.to_owned(),
+                from_lid: false,
             })
             .await
             .expect("phone sends")

@@ -36,6 +36,7 @@ async fn every_dialect_sends_to_a_group() {
             phone: MEMBER.into(),
             subject: "Shim".into(),
             participants: vec![OWNER.into()],
+            lid_addressed: false,
         })
         .await
         .expect("CreateGroup")
