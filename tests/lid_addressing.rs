@@ -8,9 +8,10 @@
 mod common;
 
 use common::*;
+use wagate::proto::gateway::event::Payload;
 use wagate::proto::gateway::{ReceiptType, SendRequest};
 use wagate::proto::sim::{
-    CreateGroupRequest, HideLidRequest, SendGroupTextRequest, SendTextRequest,
+    CreateGroupRequest, HideLidRequest, SendChatStateRequest, SendGroupTextRequest, SendTextRequest,
 };
 use wagate::wa::jid::PhoneNumber;
 
@@ -130,6 +131,25 @@ async fn a_peer_moved_to_its_lid_is_read_with_the_same_session() {
     })
     .await;
     assert_eq!(message_of(&event).expect("message").text, "five");
+
+    // Other events name both addresses too: Bob typing.
+    sim.control
+        .send_chat_state(SendChatStateRequest {
+            from_phone: BOB.into(),
+            chat: OWN.into(),
+            state: "composing".into(),
+        })
+        .await
+        .expect("SendChatState");
+    let (event, _) = wait_for(&mut events, "Bob typing", |e| {
+        matches!(&e.payload, Some(Payload::ChatState(_)))
+    })
+    .await;
+    let Some(Payload::ChatState(typing)) = &event.payload else {
+        unreachable!("matched above");
+    };
+    assert_eq!(typing.sender_phone, "15550007002");
+    assert_eq!(typing.sender_lid, bob_lid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

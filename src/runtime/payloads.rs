@@ -133,16 +133,18 @@ fn chat_state(c: &IncomingChatState) -> Payload {
     Payload::ChatState(ChatStateEvent {
         chat: c.chat.to_string(),
         sender: c.sender.to_string(),
-        sender_phone: phone_of(&c.sender).unwrap_or_default(),
+        sender_phone: c.sender_phone.clone().unwrap_or_default(),
         state: state as i32,
+        sender_lid: jid_text(c.sender_lid.as_ref()),
     })
 }
 
 fn presence(p: &IncomingPresence) -> Payload {
     Payload::Presence(PresenceEvent {
         from: p.from.to_string(),
-        from_phone: phone_of(&p.from).unwrap_or_default(),
+        from_phone: p.from_phone.clone().unwrap_or_default(),
         available: p.available,
+        from_lid: jid_text(p.from_lid.as_ref()),
         last_seen: p.last_seen_s.map(seconds),
     })
 }

@@ -128,6 +128,10 @@ pub struct IncomingChatState {
     pub chat: Jid,
     /// Who is typing (the user, or the group member).
     pub sender: Jid,
+    /// The sender's phone number and LID, each when known (filled in by
+    /// the message engine from the mappings it learned).
+    pub sender_phone: Option<String>,
+    pub sender_lid: Option<Jid>,
     pub state: ChatState,
 }
 
@@ -153,9 +157,12 @@ impl IncomingChatState {
             "paused" => ChatState::Paused,
             other => return Err(PresenceError::UnknownState(other.to_owned())),
         };
+        let sender = sender.to_non_ad();
         Ok(Self {
             chat: from.to_non_ad(),
-            sender: sender.to_non_ad(),
+            sender_phone: crate::wa::message::phone_of(&sender),
+            sender_lid: sender.is_lid().then(|| sender.clone()),
+            sender,
             state,
         })
     }
@@ -165,6 +172,10 @@ impl IncomingChatState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IncomingPresence {
     pub from: Jid,
+    /// `from`'s phone number and LID, each when known (see
+    /// [`IncomingChatState::sender_phone`]).
+    pub from_phone: Option<String>,
+    pub from_lid: Option<Jid>,
     pub available: bool,
     /// Last seen, unix seconds, when the user shares it.
     pub last_seen_s: Option<u64>,
@@ -183,8 +194,11 @@ impl IncomingPresence {
             Some(_) => return Err(PresenceError::Malformed("presence type")),
         };
         let last_seen_s = node.attr_u64("last").filter(|t| *t > 0);
+        let from = from.to_non_ad();
         Ok(Self {
-            from: from.to_non_ad(),
+            from_phone: crate::wa::message::phone_of(&from),
+            from_lid: from.is_lid().then(|| from.clone()),
+            from,
             available,
             last_seen_s,
         })

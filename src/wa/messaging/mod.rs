@@ -539,13 +539,17 @@ impl Engine {
             // Ephemeral: reported, never acknowledged (the server does not
             // ask for it) and never redelivered.
             "chatstate" => {
-                if let Ok(state) = crate::wa::presence::IncomingChatState::parse(&node) {
+                if let Ok(mut state) = crate::wa::presence::IncomingChatState::parse(&node) {
+                    (state.sender_phone, state.sender_lid) =
+                        identities(&state.sender, None, &mut cx.txn)?;
                     cx.step.events.push(Event::ChatState(state));
                 }
                 Ok(())
             }
             "presence" => {
-                if let Ok(presence) = crate::wa::presence::IncomingPresence::parse(&node) {
+                if let Ok(mut presence) = crate::wa::presence::IncomingPresence::parse(&node) {
+                    (presence.from_phone, presence.from_lid) =
+                        identities(&presence.from, None, &mut cx.txn)?;
                     cx.step.events.push(Event::Presence(presence));
                 }
                 Ok(())
