@@ -74,6 +74,7 @@ pub(crate) async fn measure(
                 .map(member_phone)
                 .chain(std::iter::once(own_phone(0)))
                 .collect(),
+            lid_addressed: false,
         })
         .await
         .map_err(LoadError::rpc("simulator CreateGroup"))?
