@@ -200,6 +200,15 @@ async fn a_lid_addressed_group_carries_texts_both_ways_once() {
         .collect();
     members.sort();
     let own_lid = lid_of(&sim, OWN);
+    // The account's own LID, from pairing and login.
+    let status = client
+        .status(wagate::proto::gateway::StatusRequest {
+            session_id: "lgrp".into(),
+        })
+        .await
+        .expect("Status")
+        .into_inner();
+    assert_eq!(status.lid, own_lid);
     let mut expected = vec![
         (ann_lid.clone(), "15550007003".to_owned(), ann_lid.clone()),
         (ben_lid.clone(), "15550007004".to_owned(), ben_lid.clone()),

@@ -30,6 +30,7 @@ pub(crate) fn session(status: SessionStatus) -> Session {
         state: state(status.state) as i32,
         jid: status.jid.unwrap_or_default(),
         phone: status.phone.unwrap_or_default(),
+        lid: status.lid.unwrap_or_default(),
         push_name: status.push_name.unwrap_or_default(),
         platform: status.platform.unwrap_or_default(),
         created_at: Some(timestamp_ms(status.created_at_ms)),

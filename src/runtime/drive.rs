@@ -331,7 +331,7 @@ impl SessionActor {
                 });
             }
             Event::PairError(e) => warn!(session = %self.id, "pairing refused: {e}"),
-            Event::Connected { jid, .. } => {
+            Event::Connected { jid, lid, .. } => {
                 if let Some(started) = self.connect_started.take() {
                     crate::metrics::global()
                         .handshake
@@ -356,6 +356,7 @@ impl SessionActor {
                     s.qr = None;
                     s.phone = phone_of(&jid);
                     s.jid = Some(jid.clone());
+                    s.lid = lid.map(|l| l.to_non_ad().to_string());
                     s.last_connected_at_ms = Some(now);
                     s.reconnect_attempts = 0;
                 });

@@ -105,6 +105,8 @@ pub struct SessionStatus {
     pub state: SessionState,
     pub jid: Option<String>,
     pub phone: Option<String>,
+    /// The account's LID (`…@lid`), as the server named it at the last login.
+    pub lid: Option<String>,
     pub push_name: Option<String>,
     pub platform: Option<String>,
     pub metadata: std::collections::BTreeMap<String, String>,
@@ -129,6 +131,7 @@ impl SessionStatus {
             },
             jid: record.jid.clone(),
             phone: record.jid.as_deref().and_then(phone_of),
+            lid: None,
             push_name: record.push_name.clone(),
             platform: record.platform.clone(),
             metadata: record.metadata.clone(),
