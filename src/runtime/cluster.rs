@@ -55,13 +55,21 @@ impl Manager {
         if self.lock().slots.contains_key(id) {
             return Ok(Location::Here);
         }
+        let elsewhere = |owner: &str| {
+            let address = address_of(owner);
+            if address == address_of(ownership.owner()) {
+                Err(RuntimeError::Moving(id.clone()))
+            } else {
+                Ok(Location::At(address.to_owned()))
+            }
+        };
         if let Some(owner) = ownership.owner_of(id).await? {
             if owner != ownership.owner() {
-                return Ok(Location::At(address_of(&owner).to_owned()));
+                return elsewhere(&owner);
             }
         }
         if let Verdict::Elsewhere(owner) = ownership.claim(id).await? {
-            return Ok(Location::At(address_of(&owner).to_owned()));
+            return elsewhere(&owner);
         }
         let session = id.clone();
         let record = blocking(self.events.store(), move |s| s.session(&session)).await?;
