@@ -13,7 +13,7 @@
 //! every renewal; the announcements are how gateways see each other. With a store only one
 //! process opens, none of this runs.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -79,8 +79,8 @@ struct Group {
     /// The owners of `members`, and since when that set has not changed.
     owners: BTreeSet<String>,
     since: Instant,
-    /// Sessions the last scan found unserved.
-    waited: HashSet<SessionId>,
+    /// Sessions the last scan found unserved, with how many scans in a row did.
+    waited: HashMap<SessionId, u32>,
     /// Sessions this gateway handed to others, and when: not taken back for a while.
     shed: HashMap<SessionId, Instant>,
 }
@@ -124,7 +124,7 @@ impl Ownership {
                 members: Vec::new(),
                 owners: BTreeSet::new(),
                 since: Instant::now(),
-                waited: HashSet::new(),
+                waited: HashMap::new(),
                 shed: HashMap::new(),
             }),
             ready: watch::channel(false).0,
@@ -343,7 +343,7 @@ impl Ownership {
     }
 
     /// Claims sessions that should be online and that no gateway serves, as many as the
-    /// placement rules give this gateway; those that already waited a scan, while it has room.
+    /// placement rules give this gateway; those that waited longer, while it has room.
     async fn take_over(&self, host: &dyn Host) -> Result<(), StoreError> {
         let room = host.room();
         let store = Arc::clone(&self.store);
@@ -357,7 +357,11 @@ impl Ownership {
         }
         let (waited, fresh) = {
             let mut group = self.group();
-            let before = std::mem::replace(&mut group.waited, unserved.iter().cloned().collect());
+            let before = std::mem::take(&mut group.waited);
+            group.waited = unserved
+                .iter()
+                .map(|id| (id.clone(), before.get(id).map_or(1, |n| n + 1)))
+                .collect();
             let hold_back = self.ttl * 2;
             group.shed.retain(|_, at| at.elapsed() < hold_back);
             let mut waited = Vec::new();
@@ -366,7 +370,8 @@ impl Ownership {
                 if group.shed.contains_key(&id) || self.holds(&id) || host.serves(&id) {
                     continue;
                 }
-                if before.contains(&id) {
+                // Left for two scans by the gateways the rules chose: anyone takes it.
+                if group.waited.get(&id).is_some_and(|n| *n > LEFT_FOR) {
                     waited.push(id);
                 } else {
                     fresh.push(id);
@@ -484,6 +489,10 @@ impl Ownership {
         Ok(())
     }
 }
+
+/// Scans in a row a session may stay unserved, left to the gateways the placement rules
+/// choose, before any gateway with room takes it.
+const LEFT_FOR: u32 = 2;
 
 /// Runs a store call on the blocking pool.
 async fn blocking<T: Send + 'static>(

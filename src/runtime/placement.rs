@@ -15,7 +15,7 @@
 //!   its share, and at a bounded pace. During an update the membership keeps changing, so
 //!   nothing is rebalanced until it is over.
 //!
-//! Sessions nobody took for a whole scan are taken by any gateway with room, whatever the
+//! Sessions nobody took for two whole scans are taken by any gateway with room, whatever the
 //! shares say, so a session is never left waiting on a gateway that cannot take it.
 
 use std::time::Duration;
