@@ -253,10 +253,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // Blocking work is store calls, which the store serialises anyway:
-        // a few threads serve them, and a restart of thousands of sessions
-        // queues instead of starting hundreds of threads.
-        .max_blocking_threads(32)
+        // Blocking work is store calls, which the store serialises anyway,
+        // and file I/O: a few threads serve them, and a restart of thousands
+        // of sessions queues instead of starting hundreds of threads.
+        .max_blocking_threads(16)
         .build()
     {
         Ok(rt) => rt,
