@@ -44,6 +44,10 @@ pub struct ServeOptions {
     /// With a shared store: the address other gateways and clients reach this one at
     /// (default: the listen address).
     pub advertise: Option<String>,
+    /// With a shared store: calm needed before rebalancing (and the newcomer window).
+    pub rebalance_settle: Duration,
+    /// With a shared store: sessions handed over per second while rebalancing (0 = never).
+    pub rebalance_per_second: u32,
     pub retention: Retention,
     /// Time between health turning NOT_SERVING and the listener closing.
     pub drain_delay: Duration,
@@ -86,6 +90,8 @@ impl ServeOptions {
             redis: None,
             lease_ttl: Duration::from_secs(8),
             advertise: None,
+            rebalance_settle: Duration::from_secs(60),
+            rebalance_per_second: 20,
             retention: Retention {
                 max_age_ms: Some(7 * 24 * 3600 * 1000),
                 max_per_session: Some(100_000),
@@ -302,6 +308,8 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         leases: crate::runtime::Leases {
             ttl: opts.lease_ttl,
             advertise: opts.advertise.clone().unwrap_or_else(|| addr.to_string()),
+            settle: opts.rebalance_settle,
+            rebalance_per_second: opts.rebalance_per_second,
         },
     };
     let events = EventLog::new(store.clone())?;
@@ -337,6 +345,19 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     ));
     health.set(true).await;
     info!(%addr, "gateway listening");
+    // Gateways sharing a store are ready while they hold their leases and their place in the
+    // group; the process stays live either way.
+    let mut ready = manager.readiness();
+    let for_readiness = health.clone();
+    let readiness = tokio::spawn(async move {
+        loop {
+            let now = *ready.borrow_and_update();
+            for_readiness.set_ready(now).await;
+            if ready.changed().await.is_err() {
+                break;
+            }
+        }
+    });
 
     let events_log = manager.events().clone();
     let retention = opts.retention;
@@ -388,6 +409,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         let _ = stop_rx.await;
         // Probes see NOT_SERVING and open health watches end now, so they
         // do not hold the server open past the drain.
+        readiness.abort();
         health.drain().await;
         if !drain_delay.is_zero() {
             tokio::time::sleep(drain_delay).await;

@@ -35,7 +35,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the WhatsApp chat-server simulator alone.
     Sim(wagate::sim::cli::SimArgs),
 }
@@ -124,6 +124,16 @@ struct ServeArgs {
     /// gateway for a session this one serves [default: the listen address].
     #[arg(long, env = "WAGATE_ADVERTISE_ADDR")]
     advertise_addr: Option<String>,
+    /// With Redis: seconds the set of gateways must stay unchanged before
+    /// sessions are rebalanced; also how long a new gateway counts as the
+    /// newcomer that receives the sessions of gateways stopping during a
+    /// rolling update.
+    #[arg(long, env = "WAGATE_REBALANCE_SETTLE_SECONDS", default_value_t = 60)]
+    rebalance_settle_seconds: u64,
+    /// With Redis: sessions per second a gateway hands to less loaded ones
+    /// while rebalancing (0 = never rebalance).
+    #[arg(long, env = "WAGATE_REBALANCE_RATE", default_value_t = 20)]
+    rebalance_rate: u32,
     /// Event log retention: maximum age in hours (0 = keep forever).
     #[arg(long, env = "WAGATE_EVENT_RETENTION_HOURS", default_value_t = 168)]
     event_retention_hours: u64,
@@ -203,6 +213,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     opts.store_key_file = args.store_key_file;
     opts.lease_ttl = Duration::from_secs(args.lease_seconds.max(2));
     opts.advertise = args.advertise_addr;
+    opts.rebalance_settle = Duration::from_secs(args.rebalance_settle_seconds);
+    opts.rebalance_per_second = args.rebalance_rate;
     opts.redis = args.redis_url.map(|url| {
         let mut redis = wagate::store::RedisOptions::new(url);
         redis.prefix = args.redis_prefix;
@@ -241,10 +253,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // Blocking work is store calls, which the store serialises anyway:
-        // a few threads serve them, and a restart of thousands of sessions
-        // queues instead of starting hundreds of threads.
-        .max_blocking_threads(32)
+        // Blocking work is store calls, which the store serialises anyway,
+        // and file I/O: a few threads serve them, and a restart of thousands
+        // of sessions queues instead of starting hundreds of threads.
+        .max_blocking_threads(16)
         .build()
     {
         Ok(rt) => rt,
@@ -261,7 +273,7 @@ fn main() -> ExitCode {
         let _telemetry = wagate::telemetry::init(format, "wagate");
         raise_open_files();
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Sim(args) => wagate::sim::cli::run(args).await.map_err(|e| e.to_string()),
         }
     });

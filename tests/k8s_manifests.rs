@@ -168,6 +168,30 @@ fn grace_period_covers_the_shutdown() {
     );
 }
 
+#[test]
+fn the_redis_cluster_rolls_with_a_surge_and_probes_like_the_base() {
+    let deploy = Deploy::load();
+    let cluster = read("k8s/redis/deployment.yaml");
+    let lines: Vec<&str> = cluster.lines().collect();
+    let port = deploy.container_port().to_string();
+    // A new pod is ready before an old one stops: what moves each session once.
+    let rolling = block(&lines, "rollingUpdate");
+    assert_eq!(scalar(&rolling, "maxUnavailable"), "0");
+    assert!(scalar(&rolling, "maxSurge").parse::<u32>().expect("number") >= 1);
+    let readiness = block(&block(&lines, "readinessProbe"), "grpc");
+    assert_eq!(scalar(&readiness, "service"), wagate::api::GATEWAY_SERVICE);
+    assert_eq!(scalar(&readiness, "port"), port);
+    let liveness = block(&block(&lines, "livenessProbe"), "grpc");
+    assert_eq!(scalar(&liveness, "service"), "");
+    assert_eq!(scalar(&block(&lines, "ports"), "containerPort"), port);
+    assert_eq!(
+        scalar(&lines, "terminationGracePeriodSeconds"),
+        scalar(&deploy.sts(), "terminationGracePeriodSeconds")
+    );
+    // Forwarded calls reach the pod at the address it advertises.
+    assert!(cluster.contains(&format!("value: \"$(POD_IP):{port}\"")));
+}
+
 #[tokio::test]
 async fn the_secret_template_does_not_start_a_gateway() {
     let secret = read("k8s/base/secret.yaml");

@@ -26,9 +26,9 @@ impl From<RuntimeError> for Status {
             | RuntimeError::NotPaired(_)
             | RuntimeError::Stopped { .. }
             | RuntimeError::LoggedOut(_) => Status::failed_precondition(e.to_string()),
-            RuntimeError::Reconnecting(_) | RuntimeError::ShuttingDown => {
-                Status::unavailable(e.to_string())
-            }
+            RuntimeError::Reconnecting(_)
+            | RuntimeError::Moving(_)
+            | RuntimeError::ShuttingDown => Status::unavailable(e.to_string()),
             RuntimeError::OwnedElsewhere { address, .. } => {
                 let mut status = Status::unavailable(e.to_string());
                 if let Ok(value) = address.parse() {

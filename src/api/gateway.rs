@@ -27,6 +27,7 @@ use crate::wa::jid::{Jid, PhoneNumber};
 use super::compose;
 use super::convert;
 use super::errors::{invalid, quote};
+use super::forward::{self, Peers, Route};
 use super::groups;
 use super::media;
 use super::presence;
@@ -34,12 +35,34 @@ use super::qr_image;
 
 pub struct GatewayService {
     manager: Arc<Manager>,
+    peers: Peers,
 }
 
 impl GatewayService {
     pub fn new(manager: Arc<Manager>) -> Self {
-        Self { manager }
+        Self {
+            manager,
+            peers: Peers::default(),
+        }
     }
+}
+
+/// Answers the call at the gateway serving its session when that is another one (see
+/// `forward`); otherwise the handler goes on here.
+macro_rules! served_elsewhere {
+    ($self:ident, $request:ident, $method:ident) => {
+        if let Route::Peer(mut peer) = $self
+            .peers
+            .route(
+                &$self.manager,
+                &$request.get_ref().session_id,
+                $request.metadata(),
+            )
+            .await?
+        {
+            return peer.$method(forward::forwarded($request)).await;
+        }
+    };
 }
 
 pub(crate) fn session_id(raw: &str) -> Result<SessionId, Status> {
@@ -106,6 +129,7 @@ fn delivered(event: &Event) {
 #[tonic::async_trait]
 impl Gateway for GatewayService {
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<Session>, Status> {
+        served_elsewhere!(self, request, init);
         let req = request.into_inner();
         let id = session_id(&req.session_id)?;
         let pairing = if req.phone_number.is_empty() {
@@ -133,6 +157,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<QrCodeRequest>,
     ) -> Result<Response<QrCodeResponse>, Status> {
+        served_elsewhere!(self, request, qr_code);
         let id = session_id(&request.into_inner().session_id)?;
         match self.manager.qr(&id).await? {
             PairingCode::Qr(qr) => {
@@ -144,11 +169,13 @@ impl Gateway for GatewayService {
     }
 
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<Session>, Status> {
+        served_elsewhere!(self, request, status);
         let id = session_id(&request.into_inner().session_id)?;
         Ok(Response::new(convert::session(self.manager.status(&id)?)))
     }
 
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        served_elsewhere!(self, request, send);
         let mut req = request.into_inner();
         let id = session_id(&req.session_id)?;
         let to = recipient(&req.to)?;
@@ -187,6 +214,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<DisconnectRequest>,
     ) -> Result<Response<Session>, Status> {
+        served_elsewhere!(self, request, disconnect);
         let req = request.into_inner();
         let id = session_id(&req.session_id)?;
         let status = self.manager.disconnect(&id, req.logout).await?;
@@ -195,8 +223,17 @@ impl Gateway for GatewayService {
 
     async fn list_sessions(
         &self,
-        _request: Request<ListSessionsRequest>,
+        request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
+        // Gateways sharing a store: every session, wherever it is served (a forwarded call
+        // asks for this gateway's own).
+        if self.manager.is_shared() && !request.metadata().contains_key(forward::FORWARDED) {
+            let sessions = self
+                .peers
+                .list_everywhere(&self.manager, request.metadata())
+                .await?;
+            return Ok(Response::new(ListSessionsResponse { sessions }));
+        }
         let sessions = self
             .manager
             .list()
@@ -210,7 +247,19 @@ impl Gateway for GatewayService {
         &self,
         request: Request<tonic::Streaming<UploadMediaChunk>>,
     ) -> Result<Response<MediaHandle>, Status> {
-        let handle = media::upload(&self.manager, request.into_inner()).await?;
+        let (metadata, _, mut chunks) = request.into_parts();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| invalid("chunks", "the upload is empty"))?;
+        if let Route::Peer(peer) = self
+            .peers
+            .route(&self.manager, &first.session_id, &metadata)
+            .await?
+        {
+            return Peers::upload_elsewhere(peer, metadata, first, chunks).await;
+        }
+        let handle = media::upload(&self.manager, first, chunks).await?;
         Ok(Response::new(handle))
     }
 
@@ -220,6 +269,21 @@ impl Gateway for GatewayService {
         &self,
         request: Request<DownloadMediaRequest>,
     ) -> Result<Response<Self::DownloadMediaStream>, Status> {
+        if let Route::Peer(mut peer) = self
+            .peers
+            .route(
+                &self.manager,
+                &request.get_ref().session_id,
+                request.metadata(),
+            )
+            .await?
+        {
+            let stream = peer
+                .download_media(forward::forwarded(request))
+                .await?
+                .into_inner();
+            return Ok(Response::new(Box::pin(stream)));
+        }
         let stream = media::download(&self.manager, request.into_inner()).await?;
         Ok(Response::new(stream))
     }
@@ -297,10 +361,12 @@ impl Gateway for GatewayService {
         &self,
         request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
+        served_elsewhere!(self, request, list_groups);
         groups::list(&self.manager, request.into_inner()).await
     }
 
     async fn group_info(&self, request: Request<GroupRequest>) -> Result<Response<Group>, Status> {
+        served_elsewhere!(self, request, group_info);
         groups::info(&self.manager, request.into_inner()).await
     }
 
@@ -308,6 +374,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<CreateGroupRequest>,
     ) -> Result<Response<Group>, Status> {
+        served_elsewhere!(self, request, create_group);
         groups::create(&self.manager, request.into_inner()).await
     }
 
@@ -315,6 +382,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<UpdateParticipantsRequest>,
     ) -> Result<Response<UpdateParticipantsResponse>, Status> {
+        served_elsewhere!(self, request, update_participants);
         groups::update_participants(&self.manager, request.into_inner()).await
     }
 
@@ -322,6 +390,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<GroupRequest>,
     ) -> Result<Response<LeaveGroupResponse>, Status> {
+        served_elsewhere!(self, request, leave_group);
         groups::leave(&self.manager, request.into_inner()).await
     }
 
@@ -329,6 +398,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<SetGroupSubjectRequest>,
     ) -> Result<Response<SetGroupSubjectResponse>, Status> {
+        served_elsewhere!(self, request, set_group_subject);
         groups::set_subject(&self.manager, request.into_inner()).await
     }
 
@@ -336,6 +406,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<GroupInviteLinkRequest>,
     ) -> Result<Response<GroupInviteLinkResponse>, Status> {
+        served_elsewhere!(self, request, group_invite_link);
         groups::invite_link(&self.manager, request.into_inner()).await
     }
 
@@ -343,6 +414,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<JoinGroupRequest>,
     ) -> Result<Response<Group>, Status> {
+        served_elsewhere!(self, request, join_group);
         groups::join(&self.manager, request.into_inner()).await
     }
 
@@ -350,6 +422,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<MarkReadRequest>,
     ) -> Result<Response<MarkReadResponse>, Status> {
+        served_elsewhere!(self, request, mark_read);
         presence::mark_read(&self.manager, request.into_inner()).await
     }
 
@@ -357,6 +430,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<SendChatStateRequest>,
     ) -> Result<Response<SendChatStateResponse>, Status> {
+        served_elsewhere!(self, request, send_chat_state);
         presence::send_chat_state(&self.manager, request.into_inner()).await
     }
 
@@ -364,6 +438,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<SetPresenceRequest>,
     ) -> Result<Response<SetPresenceResponse>, Status> {
+        served_elsewhere!(self, request, set_presence);
         presence::set_presence(&self.manager, request.into_inner()).await
     }
 
@@ -371,6 +446,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<SubscribePresenceRequest>,
     ) -> Result<Response<SubscribePresenceResponse>, Status> {
+        served_elsewhere!(self, request, subscribe_presence);
         presence::subscribe_presence(&self.manager, request.into_inner()).await
     }
 }

@@ -40,6 +40,22 @@ impl Health {
             .await;
     }
 
+    /// Readiness alone: the status of `wagate.v1.Gateway`, which readiness probes ask for
+    /// (liveness asks for the overall status, untouched here). Ignored once draining.
+    pub async fn set_ready(&self, ready: bool) {
+        if *self.draining.borrow() {
+            return;
+        }
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter
+            .set_service_status(GATEWAY_SERVICE, status)
+            .await;
+    }
+
     /// NOT_SERVING from now on, and every open Watch ends after saying so.
     pub async fn drain(&self) {
         self.set(false).await;

@@ -165,12 +165,9 @@ pub(crate) fn outgoing(
 /// encrypted as they come. A failed or abandoned upload leaves nothing.
 pub(crate) async fn upload(
     manager: &Arc<Manager>,
+    first: UploadMediaChunk,
     mut chunks: Streaming<UploadMediaChunk>,
 ) -> Result<MediaHandle, Status> {
-    let first = chunks
-        .message()
-        .await?
-        .ok_or_else(|| invalid("chunks", "the upload is empty"))?;
     let id = first
         .session_id
         .parse::<SessionId>()

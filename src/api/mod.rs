@@ -7,6 +7,7 @@ mod auth;
 mod compose;
 mod convert;
 mod errors;
+mod forward;
 mod gateway;
 mod groups;
 mod health;

@@ -45,6 +45,10 @@ pub enum RuntimeError {
     /// Gateways share the store and another one serves the session.
     #[error("session {id} is served by the gateway at {address}; call that one")]
     OwnedElsewhere { id: SessionId, address: String },
+    /// Its lease is still held by an earlier run of this gateway (killed, then restarted at
+    /// the same address): the session is taken over once that lease lapses.
+    #[error("session {0} is moving to a gateway after a restart; retry shortly")]
+    Moving(SessionId),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]

@@ -23,7 +23,7 @@ use super::error::RuntimeError;
 use super::events::EventLog;
 use super::messaging::{OutgoingText, SendError, Sent};
 use super::now_ms;
-use super::ownership::{Host, HostFuture, Verdict};
+use super::ownership::{Host, Verdict};
 use super::registry::{is_online, lock, Entry, InitStep, Registry, Reservation};
 use super::session::{Command, SessionActor, SessionHandle};
 use super::status::{LinkCodeInfo, QrInfo, SessionState, SessionStatus};
@@ -47,13 +47,13 @@ const LINK_CODE_SETTLE: Duration = Duration::from_secs(15);
 /// Owns every session actor.
 pub struct Manager {
     pub(super) shared: Arc<Shared>,
-    events: EventLog,
-    registry: Arc<Mutex<Registry>>,
+    pub(super) events: EventLog,
+    pub(super) registry: Arc<Mutex<Registry>>,
     closing_signal: watch::Sender<bool>,
 }
 
 /// Runs a store call off the async runtime.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     store: &Arc<dyn Store>,
     call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
@@ -88,7 +88,7 @@ impl Manager {
         &self.events
     }
 
-    fn lock(&self) -> MutexGuard<'_, Registry> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Registry> {
         lock(&self.registry)
     }
 
@@ -465,54 +465,6 @@ impl Manager {
             let host: std::sync::Weak<dyn Host> = weak;
             tokio::spawn(ownership.keep(host));
         }
-    }
-}
-
-impl Host for Manager {
-    fn room(&self) -> usize {
-        let mut reg = self.lock();
-        if reg.closing {
-            return 0;
-        }
-        reg.sync_all();
-        self.shared.config.max_sessions.saturating_sub(reg.claimed)
-    }
-
-    fn serves(&self, id: &SessionId) -> bool {
-        self.lock().slots.contains_key(id)
-    }
-
-    fn adopt(&self, record: SessionRecord) -> HostFuture<'_> {
-        Box::pin(async move {
-            let handle = {
-                let mut reg = self.lock();
-                if reg.closing || reg.slots.contains_key(&record.id) {
-                    return;
-                }
-                let (handle, actor) =
-                    SessionActor::spawn(self.shared.clone(), self.events.clone(), record);
-                reg.start(Arc::downgrade(&self.registry), handle.clone(), actor, true);
-                handle
-            };
-            let _ = handle
-                .commands
-                .send(Command::Connect {
-                    pairing: None,
-                    applied: None,
-                })
-                .await;
-        })
-    }
-
-    fn evict<'a>(&'a self, id: &'a SessionId) -> HostFuture<'a> {
-        Box::pin(async move {
-            let handle = self.lock().forget(id);
-            if let Some(handle) = handle {
-                // Its socket closes; anything it still tries to write is
-                // fenced off by the store.
-                let _ = handle.commands.send(Command::Shutdown).await;
-            }
-        })
     }
 }
 

@@ -3,6 +3,7 @@
 //! the event log writer. May import `wa` and `store`, never `api` or `sim`.
 
 mod backoff;
+mod cluster;
 mod config;
 mod drive;
 mod error;
@@ -18,6 +19,7 @@ mod messaging;
 mod ownership;
 mod payloads;
 mod pipeline;
+mod placement;
 mod registry;
 mod replies;
 mod session;
@@ -25,6 +27,7 @@ mod socket;
 mod status;
 
 pub use backoff::Backoff;
+pub use cluster::Location;
 pub use config::RuntimeConfig;
 pub use error::RuntimeError;
 pub use events::{timestamp as timestamp_ms, EventKind, EventLog};

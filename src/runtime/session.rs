@@ -345,6 +345,14 @@ impl SessionActor {
     }
 
     async fn connect_once(&mut self) -> Ended {
+        // Global pacing of handshakes, before anything is read from the store: a restart of
+        // thousands of sessions reads their credentials at the handshake rate instead of all
+        // at once. Commands still get through.
+        let shared = Arc::clone(&self.shared);
+        tokio::select! {
+            _ = shared.pacer.acquire() => {}
+            cmd = self.next_command() => return self.command_while_offline(cmd),
+        }
         let creds = match self.load_credentials().await {
             Ok(c) => c,
             Err(why) => {
@@ -362,12 +370,6 @@ impl SessionActor {
                     return Ended::Closed(CloseReason::SocketClosed(why));
                 }
             }
-        }
-        // Global pacing of handshakes; commands still get through.
-        let shared = Arc::clone(&self.shared);
-        tokio::select! {
-            _ = shared.pacer.acquire() => {}
-            cmd = self.next_command() => return self.command_while_offline(cmd),
         }
         let url = self.shared.config.wa_url.clone();
         self.connect_started = Some(std::time::Instant::now());

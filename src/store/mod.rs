@@ -199,6 +199,38 @@ pub trait Store: Send + Sync {
         let _ = (id, owner);
         Ok(())
     }
+
+    /// Who serves each of `ids` now: the owner id holding its lease, `None` where nobody does.
+    /// A store only one process opens knows no owners.
+    fn lease_owners(&self, ids: &[SessionId]) -> Result<Vec<Option<String>>, StoreError> {
+        Ok(vec![None; ids.len()])
+    }
+
+    /// Announces `me` among the processes sharing the store for `ttl` (renewed by announcing
+    /// again) and returns every announcement that has not lapsed, `me` included, in no
+    /// particular order: how gateways learn of each other and of each other's load.
+    fn announce(&self, me: &Member, ttl: Duration) -> Result<Vec<Member>, StoreError> {
+        let _ = ttl;
+        Ok(vec![me.clone()])
+    }
+
+    /// Takes `owner`'s announcement back (a clean stop).
+    fn withdraw(&self, owner: &str) -> Result<(), StoreError> {
+        let _ = owner;
+        Ok(())
+    }
+}
+
+/// A gateway process sharing the store, as it announces itself ([`Store::announce`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its owner id (the one its leases carry).
+    pub owner: String,
+    /// When it started (Unix ms): the youngest gateway receives the sessions of one that
+    /// stops during a rolling update.
+    pub started_ms: u64,
+    /// How many sessions it serves online.
+    pub serving: u64,
 }
 
 /// The outcome of [`Store::claim`].

@@ -18,6 +18,8 @@ pub(crate) struct Restart {
     pub(crate) connected_seconds: f64,
     pub(crate) cpu_ms_per_session: f64,
     pub(crate) threads: u64,
+    /// The most threads seen from the start to all CONNECTED.
+    pub(crate) peak_threads: u64,
 }
 
 /// Everything a run measured.
@@ -216,8 +218,8 @@ impl Report {
                 format!("{:.2} ms", self.restart.cpu_ms_per_session),
             ),
             (
-                "Gateway threads after restart".into(),
-                self.restart.threads.to_string(),
+                "Gateway threads during restart: peak / after".into(),
+                format!("{} / {}", self.restart.peak_threads, self.restart.threads),
             ),
             (
                 format!(
@@ -306,7 +308,8 @@ impl Report {
             "restart": { "shutdown_seconds": self.restart.shutdown_seconds,
                          "all_connected_seconds": self.restart.connected_seconds,
                          "gateway_cpu_ms_per_session": self.restart.cpu_ms_per_session,
-                         "gateway_threads": self.restart.threads },
+                         "gateway_threads": self.restart.threads,
+                         "gateway_peak_threads": self.restart.peak_threads },
             "released": { "sessions_before": self.released.sessions_before,
                           "sessions_after": self.released.sessions_after,
                           "rss_anon_before_kib": self.released.before.anon_kib,

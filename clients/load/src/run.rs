@@ -313,13 +313,32 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
     };
     let restarted = Instant::now();
     let (gateway_pid, addr) = procs.start_gateway(plan, &info).await?;
+    // Threads sampled until every session is back: the peak of the restart.
+    let (stop_sampling, mut sampling_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Ok(now) = procstat::memory(gateway_pid) {
+                        peak = peak.max(now.threads);
+                    }
+                }
+                _ = &mut sampling_stopped => return peak,
+            }
+        }
+    });
     let gateway = clients::gateway(addr).await?;
     let connected = pairing::wait_all_connected(&gateway, n, restarted, plan.stall).await?;
+    let _ = stop_sampling.send(());
+    let threads = procstat::memory(gateway_pid)?.threads;
     let restart = Restart {
         shutdown_seconds: shutdown.as_secs_f64(),
         connected_seconds: connected.as_secs_f64(),
         cpu_ms_per_session: procstat::cpu_seconds(gateway_pid)? * 1e3 / n.max(1) as f64,
-        threads: procstat::memory(gateway_pid)?.threads,
+        threads,
+        peak_threads: sampler.await.unwrap_or(0).max(threads),
     };
     step("memory: 90 % of the sessions disconnect");
     let released = release::disconnect_most(&gateway, n, gateway_pid, plan.stall).await?;

@@ -55,7 +55,7 @@ use super::crypt::{EventPlace, Keyring, Unreadable};
 use super::model::check_secret_key;
 use super::profile::{self, PROFILE_KEY};
 use super::{
-    event_key, now_ms, Batch, Claim, EventFilter, EventRecord, QuarantineEntry, Retention,
+    event_key, now_ms, Batch, Claim, EventFilter, EventRecord, Member, QuarantineEntry, Retention,
     SecretOp, SessionId, SessionRecord, Store, StoreError,
 };
 use resp::{Cmd, Conn, Pool, Target, Value};
@@ -172,6 +172,9 @@ impl Names {
     fn fence(&self, id: &SessionId) -> String {
         format!("{}:fence:{id}", self.prefix)
     }
+    fn members(&self) -> String {
+        self.key("members")
+    }
 }
 
 /// A script and the digest Redis knows it by.
@@ -189,6 +192,7 @@ struct Scripts {
     claim: Script,
     renew: Script,
     release: Script,
+    announce: Script,
 }
 
 impl Script {
@@ -326,6 +330,7 @@ impl RedisStore {
                 claim: Script::load(conn, scripts::CLAIM)?,
                 renew: Script::load(conn, scripts::RENEW)?,
                 release: Script::load(conn, scripts::RELEASE)?,
+                announce: Script::load(conn, scripts::ANNOUNCE)?,
             })
         })?;
         let store = RedisStore {
@@ -1398,6 +1403,69 @@ impl Store for RedisStore {
             vec![format!("{owner}|{token}").into_bytes()],
         );
         self.pool.with(|conn| eval(conn, call))?.ok().map(drop)
+    }
+
+    fn lease_owners(&self, ids: &[SessionId]) -> Result<Vec<Option<String>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(SCAN_PAGE) {
+            let mut get = Cmd::new("MGET");
+            for id in chunk {
+                get = get.arg(self.names.lease(id));
+            }
+            let replies = self.pool.run(get)?.into_array()?;
+            if replies.len() != chunk.len() {
+                return Err(StoreError::Corrupt("unexpected MGET reply".into()));
+            }
+            for reply in replies {
+                out.push(reply.into_bytes()?.map(|lease| {
+                    let lease = String::from_utf8_lossy(&lease);
+                    // `"<owner>|<token>"`; owners never contain '|'.
+                    lease
+                        .rsplit_once('|')
+                        .map_or(lease.as_ref(), |(owner, _)| owner)
+                        .to_owned()
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    fn announce(&self, me: &Member, ttl: Duration) -> Result<Vec<Member>, StoreError> {
+        check_owner(&me.owner)?;
+        let call = self.scripts.announce.call(
+            &[self.names.members()],
+            vec![
+                me.owner.as_bytes().to_vec(),
+                me.started_ms.to_string().into_bytes(),
+                me.serving.to_string().into_bytes(),
+                millis(ttl).into_bytes(),
+            ],
+        );
+        let corrupt = || StoreError::Corrupt("unexpected announce reply".into());
+        self.pool
+            .with(|conn| eval(conn, call))?
+            .into_array()?
+            .into_iter()
+            .map(|entry| {
+                let entry = entry.into_array()?;
+                let owner = entry
+                    .first()
+                    .and_then(text)
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .ok_or_else(corrupt)?;
+                Ok(Member {
+                    owner,
+                    started_ms: number(entry.get(1)).ok_or_else(corrupt)?,
+                    serving: number(entry.get(2)).ok_or_else(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    fn withdraw(&self, owner: &str) -> Result<(), StoreError> {
+        self.pool
+            .run(Cmd::new("HDEL").arg(self.names.members()).arg(owner))
+            .map(drop)
     }
 
     fn quarantined(&self) -> Result<Vec<QuarantineEntry>, StoreError> {

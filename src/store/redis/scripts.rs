@@ -202,3 +202,26 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+
+/// Announces a gateway among those sharing the store, drops lapsed announcements, and lists the
+/// live ones. An announcement is `"<started ms>|<serving>|<expiry ms>"`, by Redis' clock.
+///
+/// KEYS: 1 members hash. ARGV: 1 owner, 2 started ms, 3 sessions served, 4 TTL in ms.
+/// Replies `{owner, started ms, serving}` per live member.
+pub(super) const ANNOUNCE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expiry = string.format('%d', now + tonumber(ARGV[4]))
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. expiry)
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local started, serving, until_ms = string.match(all[i + 1], '^(%d+)|(%d+)|(%d+)$')
+  if until_ms and tonumber(until_ms) > now then
+    out[#out + 1] = {all[i], started, serving}
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out
+";

@@ -540,3 +540,77 @@ fn unserved_sessions_are_the_wanted_ones_without_a_lease() {
         .expect("claim");
     assert_eq!(store.unserved().expect("unserved"), [wanted]);
 }
+
+#[test]
+fn gateways_announce_themselves_and_leases_name_their_owners() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let store = open(&server);
+    let a = Member {
+        owner: "10.0.0.1:50051#aa".into(),
+        started_ms: 100,
+        serving: 3,
+    };
+    let b = Member {
+        owner: "10.0.0.2:50051#bb".into(),
+        started_ms: 200,
+        serving: 0,
+    };
+    assert_eq!(
+        store.announce(&a, Duration::from_secs(30)).expect("a"),
+        std::slice::from_ref(&a)
+    );
+    let mut both = store.announce(&b, Duration::from_millis(300)).expect("b");
+    both.sort_by(|x, y| x.owner.cmp(&y.owner));
+    assert_eq!(both, [a.clone(), b.clone()]);
+    // A new announcement replaces the old one.
+    let a2 = Member {
+        serving: 7,
+        ..a.clone()
+    };
+    let mut again = store
+        .announce(&a2, Duration::from_secs(30))
+        .expect("a again");
+    again.sort_by(|x, y| x.owner.cmp(&y.owner));
+    assert_eq!(again, [a2.clone(), b.clone()]);
+    // A withdrawn one is gone at once; a lapsed one at the next announcement.
+    store.withdraw(&a.owner).expect("withdraw");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = store.announce(&b, Duration::from_millis(1)).expect("b");
+        assert!(!seen.contains(&a2), "withdrawn: {seen:?}");
+        let alone = store.announce(&a2, Duration::from_secs(30)).expect("a");
+        if alone == [a2.clone()] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "b never lapsed: {alone:?}"
+        );
+        std::thread::yield_now();
+    }
+    // An owner id with the lease separator is refused.
+    let bad = Member {
+        owner: "x|1".into(),
+        ..a.clone()
+    };
+    assert!(store.announce(&bad, Duration::from_secs(1)).is_err());
+
+    let served = session(&store, "served");
+    let free = session(&store, "free");
+    store
+        .claim(&served, &a.owner, Duration::from_secs(30))
+        .expect("claim");
+    assert_eq!(
+        store
+            .lease_owners(&[served.clone(), free.clone()])
+            .expect("owners"),
+        [Some(a.owner.clone()), None]
+    );
+    store.release(&served, &a.owner).expect("release");
+    assert_eq!(
+        store.lease_owners(&[served, free]).expect("owners"),
+        [None, None]
+    );
+}
