@@ -32,7 +32,8 @@ use super::keys::StoreKeys;
 use super::payloads;
 use super::pipeline::{Commit, Job, Lane};
 
-/// A text (or reaction, edit, revoke) to send.
+/// A text (or reaction, edit, revoke, vote, location, contact cards, poll)
+/// to send.
 #[derive(Debug, Clone)]
 pub struct OutgoingText {
     pub to: Jid,
@@ -361,11 +362,12 @@ impl Messenger {
         let requests = texts
             .into_iter()
             .map(|(text, reply)| {
-                // Reactions and edits carry the time they were made: a
-                // retry is recognised by the message built at time zero.
+                // Reactions, edits and votes carry the time they were
+                // made: a retry is recognised by the message built at time
+                // zero.
                 let fingerprint = matches!(
                     text.content,
-                    Compose::Reaction { .. } | Compose::Edit { .. }
+                    Compose::Reaction { .. } | Compose::Edit { .. } | Compose::PollVote { .. }
                 )
                 .then(|| {
                     let zero = text.content.message(&text.to, &own, 0);

@@ -250,6 +250,7 @@ impl Inner {
                     text,
                     timestamp: t,
                     media: None,
+                    content: None,
                 });
                 Read::Text
             } else {

@@ -21,6 +21,7 @@ mod iq;
 mod keys;
 mod media;
 mod outbound;
+mod polls;
 mod retry;
 #[cfg(test)]
 mod tests;
@@ -39,7 +40,7 @@ use crate::wa::signal::ProtocolAddress;
 pub use app_state::{ChatSettings, ContactUpdate};
 pub use keys::{
     Change, ChatRecord, ContactRecord, DedupeKey, IdempotencyRecord, KeyError, KeyStore,
-    MediaRecord, PendingHistory, SenderKeyMemory, SentRecord, Txn,
+    MediaRecord, PendingHistory, PollRecord, SenderKeyMemory, SentRecord, Txn,
 };
 
 use crate::wa::media::{MediaConn, MediaRetry};
@@ -120,6 +121,10 @@ pub enum SendError {
     IdempotencyConflict(String),
     #[error("store: {0}")]
     Store(String),
+    #[error("poll {0} is unknown to this session (it neither made nor received it): a vote needs the poll's secret")]
+    UnknownPoll(String),
+    #[error("{0}")]
+    InvalidVote(String),
 }
 
 /// Something to report to the session's backend.
@@ -157,6 +162,23 @@ pub struct ReceivedMessage {
     pub media: Option<Box<ReceivedMedia>>,
     /// What it says about other messages, if anything.
     pub refs: Option<Box<ReceivedRefs>>,
+    /// A location, contact cards, a poll or a vote.
+    pub content: Option<Box<ReceivedContent>>,
+}
+
+/// Locations, contact cards, polls and votes, from this account's point of
+/// view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceivedContent {
+    Location(crate::wa::content::Location),
+    Contacts(crate::wa::content::Contacts),
+    Poll(crate::wa::content::Poll),
+    /// A vote on `poll`: the options chosen, by name (none: the vote taken
+    /// back), or why they cannot be known.
+    Vote {
+        poll: crate::wa::compose::MessageRef,
+        options: Result<Vec<String>, String>,
+    },
 }
 
 /// A reply's quote, mentions, or a reaction's, edit's or revoke's target,
