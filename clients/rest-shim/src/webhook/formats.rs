@@ -431,7 +431,7 @@ fn baileys_content(msg: &MessageEvent) -> Option<(Value, String)> {
 
 /// The whatsapp-web.js `body` of a message: its text; a contact card's
 /// vCard and a poll's question, as whatsapp-web.js puts them there.
-fn wwebjs_body(msg: &MessageEvent) -> String {
+pub(crate) fn wwebjs_body(msg: &MessageEvent) -> String {
     match (&msg.contacts, &msg.poll) {
         (Some(c), _) if msg.r#type == "contactMessage" => {
             c.cards.first().map(|c| c.vcard.clone()).unwrap_or_default()
