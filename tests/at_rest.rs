@@ -145,7 +145,6 @@ async fn a_chat_leaves_nothing_personal_in_clear_in_the_data_dir() {
         })
     })
     .await;
-    let mut cursor = 0;
     for (from, to, text) in [(BOB, OWN, TEXT_IN), (OWN, BOB, TEXT_COPY)] {
         let id = sim
             .control
@@ -163,7 +162,6 @@ async fn a_chat_leaves_nothing_personal_in_clear_in_the_data_dir() {
         })
         .await;
         assert_eq!(message_of(&event).expect("message").text, text);
-        cursor = event.cursor;
     }
     let place = sim
         .control
@@ -228,7 +226,7 @@ async fn a_chat_leaves_nothing_personal_in_clear_in_the_data_dir() {
         message_of(e).is_some_and(|m| m.id == vote)
     })
     .await;
-    cursor = event.cursor;
+    let cursor = event.cursor;
 
     // A second session shows a QR nobody scans.
     let mut waiting = events_after(&mut client, WAITING, 0).await;

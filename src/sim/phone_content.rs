@@ -253,3 +253,127 @@ pub(crate) fn restored_content(saved: &SavedInboxContent) -> Option<InboxContent
         Rich::Vote { .. } => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn jid(s: &str) -> Jid {
+        s.parse().expect("jid")
+    }
+
+    #[test]
+    fn polls_and_inbox_content_survive_the_state_file() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let secret = MessageSecret::generate(&mut rng);
+        let creator = jid("15550001111:2@s.whatsapp.net");
+        let mut polls = PhonePolls::default();
+        polls.remember(
+            "3EB0P1".into(),
+            secret.clone(),
+            creator.clone(),
+            vec!["a".into(), "b".into()],
+        );
+        let saved = polls.saved();
+        assert_eq!(saved[0].creator, "15550001111@s.whatsapp.net");
+        let restored = PhonePolls::restore(&saved);
+        let poll = restored.polls.get("3EB0P1").expect("kept");
+        assert_eq!((&poll.secret, &poll.options), (&secret, &saved[0].options));
+        // An unusable entry is left out, not fatal.
+        let mut bad = saved;
+        bad[0].secret = vec![1, 2];
+        assert!(PhonePolls::restore(&bad).polls.is_empty());
+
+        let contents = [
+            InboxContent::Location(Location {
+                latitude: 1.5,
+                longitude: -2.5,
+                name: Some("here".into()),
+                ..Default::default()
+            }),
+            InboxContent::Contacts(Contacts {
+                display_name: Some("two".into()),
+                cards: vec![
+                    content::ContactCard {
+                        display_name: "A".into(),
+                        vcard: "BEGIN:VCARD\nFN:A\nEND:VCARD".into(),
+                    },
+                    content::ContactCard {
+                        display_name: "B".into(),
+                        vcard: "BEGIN:VCARD\nFN:B\nEND:VCARD".into(),
+                    },
+                ],
+            }),
+            InboxContent::Poll(Poll {
+                name: "q".into(),
+                options: vec!["x".into(), "y".into()],
+                selectable: 1,
+            }),
+            InboxContent::Vote {
+                poll_id: "3EB0P1".into(),
+                options: Ok(vec!["b".into()]),
+            },
+            InboxContent::Vote {
+                poll_id: "3EB0P2".into(),
+                options: Err("unknown".into()),
+            },
+        ];
+        for content in contents {
+            assert_eq!(
+                restored_content(&saved_content(&content)),
+                Some(content.clone()),
+                "{content:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_phone_opens_votes_on_its_polls_only() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let identity = crate::wa::crypto::KeyPair::generate(&mut rng);
+        let mut phone = Phone::generate(identity, &mut rng);
+        let secret = MessageSecret::generate(&mut rng);
+        let creator = jid("15550009999@s.whatsapp.net");
+        let voter = jid("15550001111:1@s.whatsapp.net");
+        let poll = Poll {
+            name: "q".into(),
+            options: vec!["x".into(), "y".into()],
+            selectable: 0,
+        };
+        let shown = phone.receive_rich(
+            Rich::Poll {
+                poll: poll.clone(),
+                secret: Some(secret.clone()),
+            },
+            "3EB0P",
+            &creator,
+        );
+        assert_eq!(shown, InboxContent::Poll(poll));
+        let key = MessageKey {
+            remote_jid: Some(creator.to_string()),
+            from_me: Some(false),
+            id: Some("3EB0P".into()),
+            participant: None,
+        };
+        let mut vote = content::unsealed_vote(key, &["y".into()], 1);
+        content::seal_vote_in(&mut vote, &secret, &creator, &voter, &mut rng);
+        let rich = Rich::read(&vote).expect("a vote");
+        assert_eq!(
+            phone.receive_rich(rich.clone(), "3EB0V", &voter.to_non_ad()),
+            InboxContent::Vote {
+                poll_id: "3EB0P".into(),
+                options: Ok(vec!["y".into()])
+            }
+        );
+        let other = jid("15550002222@s.whatsapp.net");
+        assert!(matches!(
+            phone.receive_rich(rich, "3EB0W", &other),
+            InboxContent::Vote {
+                options: Err(_),
+                ..
+            }
+        ));
+    }
+}
