@@ -23,7 +23,7 @@ use crate::wa::conn::Connection;
 use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
 use crate::wa::media::MediaRetry;
-use crate::wa::messaging::{Engine, HistoryJob, KeyError, ReplyTo, SendRequest, Step};
+use crate::wa::messaging::{Engine, HistoryJob, KeyError, ReplyTo, SendRequest, SnapshotJob, Step};
 
 pub use crate::wa::messaging::{SendError, Sent};
 
@@ -78,6 +78,8 @@ pub(super) enum Input {
     Sends(Vec<(SendRequest, ReplyTo)>),
     /// Lookups that read the store and change nothing.
     Lookup(MediaCommand),
+    /// An app-state snapshot fetched (or why not).
+    Snapshot(Box<SnapshotJob>, Result<Vec<u8>, String>),
 }
 
 /// What goes back to the actor after a step.
@@ -87,6 +89,7 @@ pub(super) struct Output {
     messages_out: u32,
     push_name: Option<String>,
     history: Vec<HistoryJob>,
+    snapshots: Vec<SnapshotJob>,
 }
 
 /// The engine with its keys and waiting callers: moved into each step's job
@@ -180,6 +183,10 @@ impl Core {
                 .engine
                 .handle_sends(requests, keys, creds, now_ms)
                 .map_err(|e| e.0)?,
+            Input::Snapshot(job, blob) => self
+                .engine
+                .handle_app_state_snapshot(*job, blob, keys, creds, now_ms)
+                .map_err(|e| e.0)?,
             Input::Lookup(command) => {
                 // A failed read fails the lookup, not the connection.
                 let store = |e: KeyError| SendError::Store(e.message);
@@ -220,6 +227,7 @@ impl Core {
                 messages_out: step.messages_out,
                 push_name: step.push_name,
                 history: step.history,
+                snapshots: step.app_state_snapshots,
             },
         })
     }
@@ -272,6 +280,8 @@ pub(crate) struct Messenger {
     push_name: Option<String>,
     /// History chunks committed steps announced, for the actor to fetch.
     history: Vec<HistoryJob>,
+    /// App-state snapshots committed steps asked for, for the actor to fetch.
+    snapshots: Vec<SnapshotJob>,
 }
 
 impl Messenger {
@@ -285,6 +295,7 @@ impl Messenger {
             next_reply: 0,
             push_name: None,
             history: Vec::new(),
+            snapshots: Vec::new(),
         }
     }
 
@@ -296,6 +307,23 @@ impl Messenger {
     /// History chunks to fetch, announced by the steps since the last call.
     pub(crate) fn take_history(&mut self) -> Vec<HistoryJob> {
         std::mem::take(&mut self.history)
+    }
+
+    /// App-state snapshots to fetch, asked for since the last call.
+    pub(crate) fn take_snapshots(&mut self) -> Vec<SnapshotJob> {
+        std::mem::take(&mut self.snapshots)
+    }
+
+    /// A snapshot fetched (or why not): one step, one commit.
+    pub(crate) async fn on_snapshot(
+        &mut self,
+        job: SnapshotJob,
+        blob: Result<Vec<u8>, String>,
+        conn: &mut Connection,
+        now_ms: u64,
+    ) -> Result<(), StepFailure> {
+        self.run(Input::Snapshot(Box::new(job), blob), conn, now_ms)
+            .await
     }
 
     /// The credentials of the current connection.
@@ -312,6 +340,7 @@ impl Messenger {
         self.core = Some(Core::new());
         self.creds = None;
         self.history.clear();
+        self.snapshots.clear();
     }
 
     /// The credentials of the current connection (after login or a change).
@@ -601,6 +630,7 @@ impl Messenger {
             self.push_name = output.push_name;
         }
         self.history.extend(output.history);
+        self.snapshots.extend(output.snapshots);
         for node in output.transmit {
             // A closed connection loses these; the server redelivers what
             // was not receipted and callers retry what was not acked.

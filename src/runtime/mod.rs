@@ -2,6 +2,7 @@
 //! protocol core; the registry that starts, limits, restores and stops them;
 //! the event log writer. May import `wa` and `store`, never `api` or `sim`.
 
+mod app_state;
 mod backoff;
 mod config;
 mod drive;

@@ -37,7 +37,7 @@ use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
 use crate::wa::signal::ProtocolAddress;
 
-pub use app_state::{ChatSettings, ContactUpdate};
+pub use app_state::{ChatSettings, ContactUpdate, SnapshotJob};
 pub use keys::{
     Change, ChatRecord, ContactRecord, DedupeKey, IdempotencyRecord, KeyError, KeyStore,
     MediaRecord, PendingHistory, PollRecord, SenderKeyMemory, SentRecord, Txn,
@@ -262,6 +262,9 @@ pub struct Step {
     /// History chunks to fetch once the step is committed; each carries
     /// the receipt that may go out only after its pages are committed.
     pub history: Vec<HistoryJob>,
+    /// App-state snapshots to fetch once the step is committed, each to
+    /// hand back to [`Engine::handle_app_state_snapshot`].
+    pub app_state_snapshots: Vec<SnapshotJob>,
 }
 
 impl Step {
@@ -547,6 +550,23 @@ impl Engine {
     }
 
     /// Sends requested together (each waits on its own reply).
+    /// An app-state snapshot fetched for a [`SnapshotJob`] of an earlier
+    /// step, or why it could not be: checked and applied, then the patches
+    /// after it (the step's changes and events to commit as any other).
+    pub fn handle_app_state_snapshot(
+        &mut self,
+        job: SnapshotJob,
+        blob: Result<Vec<u8>, String>,
+        keys: &mut dyn KeyStore,
+        creds: &Credentials,
+        now_ms: u64,
+    ) -> Result<Step, StepError> {
+        let mut cx = Cx::new(keys, creds, now_ms);
+        self.on_app_state_snapshot(job, blob, &mut cx)
+            .map_err(Step::abandoned)?;
+        Ok(cx.into_step())
+    }
+
     pub fn handle_sends(
         &mut self,
         requests: Vec<(SendRequest, ReplyTo)>,
