@@ -2,8 +2,9 @@
 //! way: between two wagate sessions (Ann and Bob), and between a session
 //! and a virtual phone (Cy) that sends them through its control RPCs and
 //! shows in its inbox what it received, decoded. A vote is sealed with its
-//! poll's secret, which survives a restart of the gateway. Bad requests
-//! are refused with the field named.
+//! poll's secret, which survives a restart of the gateway. In a group, a
+//! poll and the votes on it (the poll's author named by the vote) work
+//! between sessions too. Bad requests are refused with the field named.
 
 mod common;
 
@@ -596,5 +597,108 @@ async fn bad_content_is_refused_with_the_field_named() {
         "{}",
         e.message()
     );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_poll_and_its_votes_between_sessions() {
+    use wagate::proto::gateway::CreateGroupRequest;
+    const DEE: &str = "+15550002011";
+    const EVE: &str = "+15550002012";
+    const DEE_JID: &str = "15550002011@s.whatsapp.net";
+    let mut sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = start_gateway(options(dir.path(), &sim.sim)).await;
+    let mut client = client(running.addr).await;
+    let (_, mut dee) = pair_with(&mut sim.control, &mut client, "dee", DEE).await;
+    let (_, mut eve) = pair_with(&mut sim.control, &mut client, "eve", EVE).await;
+    let group = client
+        .create_group(CreateGroupRequest {
+            session_id: "dee".into(),
+            subject: "Lunch club".into(),
+            participants: vec![EVE.into()],
+        })
+        .await
+        .expect("CreateGroup")
+        .into_inner()
+        .jid;
+
+    let poll_id = send(
+        &mut client,
+        SendRequest {
+            content: Some(Content::Poll(lunch_poll(2))),
+            ..to("dee", &group)
+        },
+    )
+    .await;
+    let got = message_with_id(&mut eve, &poll_id).await;
+    assert_eq!(
+        (got.r#type.as_str(), got.chat.as_str()),
+        ("poll", group.as_str())
+    );
+    assert_eq!(got.poll, Some(lunch_poll(2)));
+
+    // Eve votes, naming the poll's author; Dee reads the vote.
+    let vote = send(
+        &mut client,
+        SendRequest {
+            action: Some(Action::PollVote(PollVote {
+                poll: Some(MessageRef {
+                    id: poll_id.clone(),
+                    from_me: false,
+                    sender: DEE_JID.into(),
+                }),
+                options: vec!["salad".into(), "pizza".into()],
+            })),
+            ..to("eve", &group)
+        },
+    )
+    .await;
+    let got = message_with_id(&mut dee, &vote).await;
+    assert_eq!(
+        (got.r#type.as_str(), got.chat.as_str()),
+        ("poll_vote", group.as_str())
+    );
+    assert!(got.sender.starts_with("15550002012"), "{}", got.sender);
+    let v = got.poll_vote.expect("vote");
+    assert_eq!(v.options, vec!["pizza", "salad"]);
+    assert_eq!(
+        v.poll.map(|p| (p.id, p.from_me)),
+        Some((poll_id.clone(), true))
+    );
+
+    // Dee votes on her own poll; Eve reads it with Dee as the poll's author.
+    let vote = send(
+        &mut client,
+        SendRequest {
+            action: Some(Action::PollVote(PollVote {
+                poll: Some(poll_ref(&poll_id, true)),
+                options: vec!["soup".into()],
+            })),
+            ..to("dee", &group)
+        },
+    )
+    .await;
+    let got = message_with_id(&mut eve, &vote).await;
+    let v = got.poll_vote.expect("vote");
+    assert_eq!(v.options, vec!["soup"]);
+    let on = v.poll.expect("the poll");
+    assert_eq!(
+        (on.id.as_str(), on.from_me, on.sender.as_str()),
+        (poll_id.as_str(), false, DEE_JID)
+    );
+
+    // More options than the poll allows are refused.
+    let e = client
+        .send(SendRequest {
+            action: Some(Action::PollVote(PollVote {
+                poll: Some(poll_ref(&poll_id, true)),
+                options: vec!["soup".into(), "salad".into(), "pizza".into()],
+            })),
+            ..to("dee", &group)
+        })
+        .await
+        .expect_err("three options on a poll allowing two");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
     running.shutdown().await;
 }
