@@ -18,7 +18,6 @@ use tracing::warn;
 use crate::proto::gateway::event::Payload;
 use crate::store::{Batch, EventRecord, SessionId, StoreError};
 use crate::wa::binary::Node;
-use crate::wa::compose::Compose;
 use crate::wa::conn::Connection;
 use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
@@ -32,29 +31,7 @@ use super::keys::StoreKeys;
 use super::payloads;
 use super::pipeline::{Commit, Job, Lane};
 
-/// A text (or reaction, edit, revoke, vote, location, contact cards, poll)
-/// to send.
-#[derive(Debug, Clone)]
-pub struct OutgoingText {
-    pub to: Jid,
-    pub content: Compose,
-    pub idempotency_key: Option<String>,
-}
-
-impl OutgoingText {
-    /// A plain text.
-    pub fn text(to: Jid, text: impl Into<String>, idempotency_key: Option<String>) -> Self {
-        Self {
-            to,
-            content: Compose::Text {
-                text: text.into(),
-                quote: None,
-                mentions: Vec::new(),
-            },
-            idempotency_key,
-        }
-    }
-}
+pub use super::outgoing::OutgoingText;
 
 pub(crate) use super::replies::{
     MediaCommand, MediaConnReply, QueryReply, SendReply, TransmitReply,
@@ -390,28 +367,7 @@ impl Messenger {
             .unwrap_or_else(Jid::server_jid);
         let requests = texts
             .into_iter()
-            .map(|(text, reply)| {
-                // Reactions, edits and votes carry the time they were
-                // made: a retry is recognised by the message built at time
-                // zero.
-                let fingerprint = matches!(
-                    text.content,
-                    Compose::Reaction { .. } | Compose::Edit { .. } | Compose::PollVote { .. }
-                )
-                .then(|| {
-                    let zero = text.content.message(&text.to, &own, 0);
-                    let encoded = prost::Message::encode_to_vec(&zero);
-                    crate::wa::crypto::sha256(&[text.to.to_string().as_bytes(), &[0], &encoded])
-                        .to_vec()
-                });
-                let request = SendRequest {
-                    message: text.content.message(&text.to, &own, now_ms),
-                    to: text.to,
-                    idempotency_key: text.idempotency_key,
-                    fingerprint,
-                };
-                (request, reply)
-            })
+            .map(|(text, reply)| (text.request(&own, now_ms), reply))
             .collect();
         self.send_requests(requests, conn, now_ms).await
     }

@@ -16,6 +16,7 @@ mod manager;
 mod media;
 mod media_flow;
 mod messaging;
+mod outgoing;
 mod ownership;
 mod payloads;
 mod pipeline;
