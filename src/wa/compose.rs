@@ -174,6 +174,8 @@ pub fn stanza_marks(message: &Message) -> (&'static str, Option<&'static str>) {
     let poll = message.poll_creation_message.is_some()
         || message.poll_creation_message_v2.is_some()
         || message.poll_creation_message_v3.is_some()
+        || message.poll_creation_message_v5.is_some()
+        || message.poll_creation_message_v6.is_some()
         || message.poll_update_message.is_some();
     if poll {
         return ("poll", None);

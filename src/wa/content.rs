@@ -183,7 +183,9 @@ impl Rich {
             .poll_creation_message_v3
             .as_ref()
             .or(message.poll_creation_message.as_ref())
-            .or(message.poll_creation_message_v2.as_ref());
+            .or(message.poll_creation_message_v2.as_ref())
+            .or(message.poll_creation_message_v5.as_ref())
+            .or(message.poll_creation_message_v6.as_ref());
         if let Some(p) = creation {
             let options: Vec<String> = p
                 .options
@@ -680,6 +682,37 @@ mod tests {
             &plain.encode_to_vec(),
         );
         assert_eq!(ours, bytes("payload"), "the same bytes as Baileys'");
+    }
+
+    #[test]
+    fn every_poll_version_reads_as_a_poll() {
+        let creation = PollCreationMessage {
+            name: Some("q".into()),
+            options: vec![PollOption {
+                option_name: Some("a".into()),
+            }],
+            selectable_options_count: Some(0),
+        };
+        let versions = [
+            Message {
+                poll_creation_message_v2: Some(creation.clone()),
+                ..Default::default()
+            },
+            Message {
+                poll_creation_message_v5: Some(creation.clone()),
+                ..Default::default()
+            },
+            Message {
+                poll_creation_message_v6: Some(creation),
+                ..Default::default()
+            },
+        ];
+        for message in versions {
+            let message = round_trip(&message);
+            let rich = Rich::read(&message).expect("a poll");
+            assert_eq!(rich.kind(&message), "poll");
+            assert_eq!(crate::wa::compose::stanza_marks(&message), ("poll", None));
+        }
     }
 
     #[test]

@@ -442,6 +442,10 @@ fn field_name(field: u64) -> String {
         49 => "pollCreationMessage",
         50 => "pollUpdateMessage",
         58 => "editedMessage",
+        60 => "pollCreationMessageV2",
+        64 => "pollCreationMessageV3",
+        111 => "pollCreationMessageV5",
+        119 => "pollCreationMessageV6",
         other => return format!("unknown:{other}"),
     };
     name.to_owned()
