@@ -4,7 +4,8 @@
 //! shows in its inbox what it received, decoded. A vote is sealed with its
 //! poll's secret, which survives a restart of the gateway. In a group, a
 //! poll and the votes on it (the poll's author named by the vote) work
-//! between sessions too. Bad requests are refused with the field named.
+//! between sessions too, and a member's phone shows both decoded. Bad
+//! requests are refused with the field named.
 
 mod common;
 
@@ -605,6 +606,7 @@ async fn a_group_poll_and_its_votes_between_sessions() {
     use wagate::proto::gateway::CreateGroupRequest;
     const DEE: &str = "+15550002011";
     const EVE: &str = "+15550002012";
+    const FAY: &str = "+15550002013";
     const DEE_JID: &str = "15550002011@s.whatsapp.net";
     let mut sim = start_sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -612,11 +614,12 @@ async fn a_group_poll_and_its_votes_between_sessions() {
     let mut client = client(running.addr).await;
     let (_, mut dee) = pair_with(&mut sim.control, &mut client, "dee", DEE).await;
     let (_, mut eve) = pair_with(&mut sim.control, &mut client, "eve", EVE).await;
+    create_account(&mut sim.control, FAY, "Fay").await;
     let group = client
         .create_group(CreateGroupRequest {
             session_id: "dee".into(),
             subject: "Lunch club".into(),
-            participants: vec![EVE.into()],
+            participants: vec![EVE.into(), FAY.into()],
         })
         .await
         .expect("CreateGroup")
@@ -637,6 +640,19 @@ async fn a_group_poll_and_its_votes_between_sessions() {
         ("poll", group.as_str())
     );
     assert_eq!(got.poll, Some(lunch_poll(2)));
+    delivered_to(&mut dee, &poll_id, &["15550002013"]).await;
+    let fay_sees = |inbox: Vec<sim::InboxMessage>, id: &str| {
+        inbox
+            .into_iter()
+            .find(|m| m.id == id)
+            .map(|m| (m.chat, m.content))
+    };
+    let Some((chat, Some(InboxContent::Poll(seen)))) =
+        fay_sees(inbox(&mut sim.control, FAY).await, &poll_id)
+    else {
+        panic!("Fay's phone shows the poll");
+    };
+    assert_eq!((chat.as_str(), seen.options.len()), (group.as_str(), 3));
 
     // Eve votes, naming the poll's author; Dee reads the vote.
     let vote = send(
@@ -654,6 +670,24 @@ async fn a_group_poll_and_its_votes_between_sessions() {
         },
     )
     .await;
+    delivered_to(&mut eve, &vote, &["15550002013"]).await;
+    let Some((_, Some(InboxContent::PollVote(seen)))) =
+        fay_sees(inbox(&mut sim.control, FAY).await, &vote)
+    else {
+        panic!("Fay's phone shows Eve's vote");
+    };
+    assert_eq!(
+        (
+            seen.poll_id.as_str(),
+            seen.options.clone(),
+            seen.error.as_str()
+        ),
+        (
+            poll_id.as_str(),
+            vec!["pizza".to_owned(), "salad".to_owned()],
+            ""
+        )
+    );
     let got = message_with_id(&mut dee, &vote).await;
     assert_eq!(
         (got.r#type.as_str(), got.chat.as_str()),
