@@ -1,9 +1,8 @@
 //! Virtual phones and locations, contact cards and polls: a phone sends
 //! them (1:1 chats), keeps the secret of every poll it sends or receives
-//! (groups too),
-//! votes on a poll (sealed with that secret, as WhatsApp's apps do), and
-//! its inbox shows what it received, decoded — a vote opened and named by
-//! the poll's options. Imports `wa` only.
+//! (groups too), votes on a poll (sealed with that secret, as WhatsApp's
+//! apps do), and its inbox shows what it received, decoded — a vote opened
+//! and named by the poll's options. Imports `wa` only.
 
 use std::collections::HashMap;
 
