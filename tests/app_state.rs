@@ -4,6 +4,8 @@
 //! meanwhile reaches the session live (`server_sync`); a contact's push
 //! name joins its contact when a message carries it; and a restarted
 //! gateway resumes from the versions it stored, reporting only what is new.
+//! A first sync takes each collection's snapshot (its current entries) from
+//! the media host rather than every patch since the collection began.
 
 mod common;
 
@@ -251,5 +253,45 @@ async fn contacts_and_chat_settings_reach_the_gateway_and_survive_a_restart() {
         HashSet::from([jid(DAVE).as_str()]),
         "nothing reported twice: {after:#?}"
     );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_first_sync_takes_the_snapshot_not_the_history_of_patches() {
+    let mut sim = start_sim().await;
+    let control = &mut sim.control;
+    create_account(control, ALICE, "Alice").await;
+    create_account(control, DAVE, "Dave").await;
+    // Renamed twice before any companion exists: the patches hold every
+    // name, the snapshot only the last.
+    set_contact(control, DAVE, "Dave First", "Dave").await;
+    set_contact(control, DAVE, "Dave Second", "Dave").await;
+    set_contact(control, DAVE, "Dave Third", "Dave").await;
+    set_chat(
+        control,
+        SetChatSettingsRequest {
+            chat: DAVE.into(),
+            pinned: Some(true),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
+    let mut gw = client(gateway.addr).await;
+    let (_, mut events) = pair_with(&mut sim.control, &mut gw, "alice", ALICE).await;
+    let seen = until_reported(
+        &mut events,
+        &[(&jid(DAVE), "Dave Third")],
+        &[(&jid(DAVE), |c: &ChatSettingsEvent| c.pinned)],
+    )
+    .await;
+    let names: Vec<&str> = seen
+        .iter()
+        .filter_map(contact_of)
+        .map(|c| c.full_name.as_str())
+        .collect();
+    assert_eq!(names, ["Dave Third"], "only the snapshot's entry");
     gateway.shutdown().await;
 }

@@ -1,5 +1,7 @@
 //! Nothing personal at rest: after a real chat through the gateway (pairing
-//! by QR, texts both ways with a virtual phone, a QR left showing on a
+//! by QR, texts both ways with a virtual phone, a location and a poll from
+//! it with the gateway's vote (the poll's options and secret are kept for
+//! the votes), a QR left showing on a
 //! second session), every file in the data dir is scanned for the texts,
 //! both phone numbers, the push names, the caller's metadata and the QR
 //! strings — while the gateway runs (database, WAL and shared memory as they
@@ -28,6 +30,9 @@ const USER_ID: &str = "user-label-8d1f3c";
 const TEXT_OUT: &str = "outbound words about the harbour";
 const TEXT_IN: &str = "inbound words about the lighthouse";
 const TEXT_COPY: &str = "own phone words about the orchard";
+const PLACE: &str = "Quayside Bakery Marisol";
+const QUESTION: &str = "Which ferry to Wyvernholm?";
+const OPTIONS: [&str; 2] = ["dawn ferry Petrichor", "dusk ferry Sorrelwick"];
 
 /// Names of the files under `dir` (recursively) whose bytes contain `needle`.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
@@ -140,7 +145,6 @@ async fn a_chat_leaves_nothing_personal_in_clear_in_the_data_dir() {
         })
     })
     .await;
-    let mut cursor = 0;
     for (from, to, text) in [(BOB, OWN, TEXT_IN), (OWN, BOB, TEXT_COPY)] {
         let id = sim
             .control
@@ -159,8 +163,71 @@ async fn a_chat_leaves_nothing_personal_in_clear_in_the_data_dir() {
         })
         .await;
         assert_eq!(message_of(&event).expect("message").text, text);
-        cursor = event.cursor;
     }
+    let place = sim
+        .control
+        .send_location(wagate::proto::sim::SendLocationRequest {
+            from_phone: BOB.into(),
+            to: OWN.into(),
+            location: Some(wagate::proto::sim::Location {
+                latitude: 12.5,
+                longitude: -7.25,
+                name: PLACE.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("SendLocation")
+        .into_inner()
+        .message_id;
+    wait_for(&mut events, "the location", |e| {
+        message_of(e).is_some_and(|m| m.id == place)
+    })
+    .await;
+    let poll = sim
+        .control
+        .send_poll(wagate::proto::sim::SendPollRequest {
+            from_phone: BOB.into(),
+            to: OWN.into(),
+            poll: Some(wagate::proto::sim::Poll {
+                name: QUESTION.into(),
+                options: OPTIONS.iter().map(|o| (*o).to_owned()).collect(),
+                selectable_count: 1,
+            }),
+        })
+        .await
+        .expect("SendPoll")
+        .into_inner()
+        .message_id;
+    wait_for(&mut events, "the poll", |e| {
+        message_of(e).is_some_and(|m| m.id == poll)
+    })
+    .await;
+    let vote = client
+        .send(SendRequest {
+            session_id: CHAT.into(),
+            to: format!("+{BOB}"),
+            action: Some(wagate::proto::gateway::send_request::Action::PollVote(
+                wagate::proto::gateway::PollVote {
+                    poll: Some(wagate::proto::gateway::MessageRef {
+                        id: poll.clone(),
+                        from_me: false,
+                        sender: String::new(),
+                    }),
+                    options: vec![OPTIONS[1].into()],
+                },
+            )),
+            ..Default::default()
+        })
+        .await
+        .expect("vote")
+        .into_inner()
+        .message_id;
+    let (event, _) = wait_for(&mut events, "the own vote", |e| {
+        message_of(e).is_some_and(|m| m.id == vote)
+    })
+    .await;
+    let cursor = event.cursor;
 
     // A second session shows a QR nobody scans.
     let mut waiting = events_after(&mut client, WAITING, 0).await;
@@ -193,6 +260,10 @@ async fn a_chat_leaves_nothing_personal_in_clear_in_the_data_dir() {
         ("outbound text".into(), TEXT_OUT.into()),
         ("inbound text".into(), TEXT_IN.into()),
         ("own phone's text".into(), TEXT_COPY.into()),
+        ("location name".into(), PLACE.into()),
+        ("poll question".into(), QUESTION.into()),
+        ("poll option".into(), OPTIONS[0].into()),
+        ("voted option".into(), OPTIONS[1].into()),
     ];
     for qr in &qrs {
         needles.push((format!("QR {qr}"), qr.clone().into()));

@@ -1,7 +1,8 @@
 //! Interop with an independent client: an unmodified Baileys (npm) paired on
 //! the simulator and a wagate session exchange end-to-end encrypted texts in
 //! both directions, each side decrypting the other's, with delivery
-//! receipts both ways.
+//! receipts both ways; then replies, reactions, edits, revokes, locations,
+//! contact cards, polls and votes, each way.
 
 mod common;
 mod sim_support;
@@ -122,6 +123,7 @@ async fn baileys_and_wagate_exchange_texts() {
         &baileys_first,
     )
     .await;
+    content_both_ways(&mut client, &mut events, &mut baileys).await;
 
     baileys.command("quit");
     assert!(baileys.wait().await.success());
@@ -273,4 +275,172 @@ async fn from_baileys(
     })
     .await;
     message_of(&event).expect("message").clone()
+}
+
+/// Locations, contact cards and polls each way, and votes: Baileys reads
+/// wagate's (and decrypts wagate's vote on its poll itself); wagate reads
+/// Baileys' and opens Baileys' vote on a wagate poll.
+async fn content_both_ways(
+    client: &mut wagate::proto::gateway::gateway_client::GatewayClient<tonic::transport::Channel>,
+    events: &mut tonic::Streaming<wagate::proto::gateway::Event>,
+    baileys: &mut NodeScript,
+) {
+    use wagate::proto::gateway::send_request::{Action, Content};
+    use wagate::proto::gateway::{ContactCard, Contacts, Location, MessageRef, Poll, PollVote};
+    const WAGATE: &str = "15550300002@s.whatsapp.net";
+    let send = |content: Option<Content>, action: Option<Action>| SendRequest {
+        session_id: "interop".into(),
+        to: "+15550300001".into(),
+        content,
+        action,
+        ..Default::default()
+    };
+    let hash = |o: &str| hex::encode(wagate::wa::content::option_hash(o));
+
+    // wagate → Baileys.
+    let place = Location {
+        latitude: 40.689_247,
+        longitude: -74.044_502,
+        name: "Liberty Island".into(),
+        address: "New York".into(),
+        ..Default::default()
+    };
+    let id = client
+        .send(send(Some(Content::Location(place)), None))
+        .await
+        .expect("location")
+        .into_inner()
+        .message_id;
+    let got = baileys
+        .wait_for("message", |v| v["id"] == id.as_str())
+        .await;
+    assert_eq!(got["kind"], "locationMessage");
+    assert_eq!(got["location"]["lat"], 40.689_247);
+    assert_eq!(got["location"]["long"], -74.044_502);
+    assert_eq!(got["location"]["name"], "Liberty Island");
+    assert_eq!(got["location"]["address"], "New York");
+
+    let card = |name: &str| ContactCard {
+        display_name: name.into(),
+        vcard: format!("BEGIN:VCARD\nVERSION:3.0\nFN:{name}\nEND:VCARD"),
+    };
+    let id = client
+        .send(send(
+            Some(Content::Contacts(Contacts {
+                display_name: "Two".into(),
+                cards: vec![card("Ada"), card("Bo")],
+            })),
+            None,
+        ))
+        .await
+        .expect("contacts")
+        .into_inner()
+        .message_id;
+    let got = baileys
+        .wait_for("message", |v| v["id"] == id.as_str())
+        .await;
+    assert_eq!(got["kind"], "contactsArrayMessage");
+    assert_eq!(got["contacts"]["displayName"], "Two");
+    assert_eq!(got["contacts"]["cards"][1]["displayName"], "Bo");
+    assert_eq!(
+        got["contacts"]["cards"][1]["vcard"],
+        card("Bo").vcard.as_str()
+    );
+
+    let poll = Poll {
+        name: "Tea or coffee?".into(),
+        options: vec!["tea".into(), "coffee".into(), "both".into()],
+        selectable_count: 0,
+    };
+    let our_poll = client
+        .send(send(Some(Content::Poll(poll)), None))
+        .await
+        .expect("poll")
+        .into_inner()
+        .message_id;
+    let got = baileys
+        .wait_for("message", |v| v["id"] == our_poll.as_str())
+        .await;
+    assert_eq!(got["poll"]["name"], "Tea or coffee?");
+    assert_eq!(got["poll"]["options"][2], "both");
+    assert_eq!(got["poll"]["secret"], true, "the message secret travels");
+
+    // Baileys votes on it; wagate opens the vote.
+    let got = from_baileys(
+        baileys,
+        events,
+        &format!("vote {WAGATE} {our_poll} 0 coffee|tea"),
+    )
+    .await;
+    assert_eq!(got.r#type, "poll_vote");
+    assert_eq!(got.error, "");
+    let vote = got.poll_vote.expect("vote");
+    assert_eq!(vote.options, vec!["tea", "coffee"]);
+    assert_eq!(
+        vote.poll.map(|p| (p.id, p.from_me)),
+        Some((our_poll.clone(), true))
+    );
+
+    // Baileys → wagate.
+    let got = from_baileys(
+        baileys,
+        events,
+        &format!("location {WAGATE} -22.951916 -43.210487 Cristo Redentor"),
+    )
+    .await;
+    assert_eq!(got.r#type, "locationMessage");
+    let l = got.location.expect("location");
+    assert_eq!(
+        (l.latitude, l.longitude, l.name.as_str()),
+        (-22.951_916, -43.210_487, "Cristo Redentor")
+    );
+    // Baileys sends one card as a contactMessage, several as an array.
+    let got = from_baileys(baileys, events, &format!("contacts {WAGATE} Cleo")).await;
+    assert_eq!(got.r#type, "contactMessage");
+    let cards = got.contacts.expect("cards").cards;
+    assert_eq!(cards.len(), 1);
+    assert!(cards[0].vcard.contains("FN:Cleo"), "{:?}", cards[0].vcard);
+    let got = from_baileys(baileys, events, &format!("contacts {WAGATE} Dan|Eli")).await;
+    assert_eq!(got.r#type, "contactsArrayMessage");
+    let cards = got.contacts.expect("cards");
+    assert_eq!(cards.display_name, "2 contacts");
+    assert_eq!(cards.cards.len(), 2);
+    assert!(cards.cards[0].vcard.contains("FN:Dan"), "{cards:?}");
+    assert!(cards.cards[1].vcard.contains("FN:Eli"), "{cards:?}");
+    let got = from_baileys(
+        baileys,
+        events,
+        &format!("poll {WAGATE} 1 Which day?|Mon|Tue|Wed"),
+    )
+    .await;
+    assert_eq!(got.r#type, "poll");
+    let their_poll = got.id.clone();
+    assert_eq!(
+        got.poll,
+        Some(Poll {
+            name: "Which day?".into(),
+            options: vec!["Mon".into(), "Tue".into(), "Wed".into()],
+            selectable_count: 1,
+        })
+    );
+
+    // wagate votes on Baileys' poll; Baileys decrypts the vote itself.
+    client
+        .send(send(
+            None,
+            Some(Action::PollVote(PollVote {
+                poll: Some(MessageRef {
+                    id: their_poll.clone(),
+                    from_me: false,
+                    sender: String::new(),
+                }),
+                options: vec!["Tue".into()],
+            })),
+        ))
+        .await
+        .expect("vote");
+    let got = baileys
+        .wait_for("vote", |v| v["pollId"] == their_poll.as_str())
+        .await;
+    assert_eq!(got["options"], serde_json::json!([hash("Tue")]), "{got}");
 }

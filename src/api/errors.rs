@@ -78,6 +78,8 @@ fn send_status(e: &SendError) -> Status {
         SendError::Encryption(_) => Status::failed_precondition(message),
         SendError::Store(_) => Status::unavailable(message),
         SendError::IdempotencyConflict(_) => Status::invalid_argument(message),
+        SendError::UnknownPoll(_) => Status::failed_precondition(message),
+        SendError::InvalidVote(_) => Status::invalid_argument(message),
     }
 }
 

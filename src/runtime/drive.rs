@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::store::Batch;
 use crate::wa::conn::{CloseReason, Connection, Event};
 
+use super::app_state::SnapshotQueue;
 use super::history::{HistoryContext, HistoryQueue};
 use super::messaging::MediaCommand;
 use super::payloads;
@@ -39,6 +40,7 @@ impl SessionActor {
         let mut pending_disconnect: Option<(bool, oneshot::Sender<()>)> = None;
         let mut shutting_down = false;
         let mut history = HistoryQueue::default();
+        let mut snapshots = SnapshotQueue::default();
         // A Send or media step that failed (e.g. the store was unreachable):
         // the connection closes and the session reconnects, as for a failed
         // inbound step; it is not a stop the caller asked for.
@@ -62,6 +64,7 @@ impl SessionActor {
                         break;
                     }
                     history.extend(self.messenger.take_history());
+                    snapshots.extend(self.messenger.take_snapshots());
                     if let Some(name) = self.messenger.take_push_name() {
                         if let Err(e) = self.save_push_name(name).await {
                             failed = Some(e);
@@ -86,6 +89,10 @@ impl SessionActor {
                 break CloseReason::Protocol(reason);
             }
             if let Err(e) = self.start_history(&mut history, &mut conn).await {
+                warn!(session = %self.id, "closing: {e}");
+                conn.shutdown();
+            }
+            if let Err(e) = self.start_snapshot(&mut snapshots, &mut conn).await {
                 warn!(session = %self.id, "closing: {e}");
                 conn.shutdown();
             }
@@ -147,6 +154,15 @@ impl SessionActor {
                     }
                     Err(e) => warn!(session = %self.id, "{e}"),
                 },
+                (job, blob) = snapshots.finished() => {
+                    if let Err(e) = self.messenger.on_snapshot(job, blob, &mut conn, now_ms()).await {
+                        warn!(session = %self.id, "closing: {e}");
+                        conn.shutdown();
+                        step_failed = Some(e.to_string());
+                    }
+                    history.extend(self.messenger.take_history());
+                    snapshots.extend(self.messenger.take_snapshots());
+                },
                 _ = sleep => {
                     let now = now_ms();
                     self.messenger.handle_timeout(now);
@@ -206,6 +222,7 @@ impl SessionActor {
             }
         };
         history.stop();
+        snapshots.stop();
         self.messenger.connection_lost(&ended.to_string());
         // Close the websocket cleanly; the server may already be gone.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -258,6 +275,30 @@ impl SessionActor {
             creds,
         };
         history.start(job, answer, ctx);
+        Ok(())
+    }
+
+    /// Starts fetching the next app-state snapshot, when none is being
+    /// fetched: its media hosts are asked for now, the download runs on
+    /// its own task.
+    async fn start_snapshot(
+        &mut self,
+        snapshots: &mut SnapshotQueue,
+        conn: &mut Connection,
+    ) -> Result<(), String> {
+        let Some(job) = snapshots.next_job() else {
+            return Ok(());
+        };
+        let (reply, answer) = oneshot::channel();
+        let command = MediaCommand::Conn {
+            refresh: false,
+            reply,
+        };
+        self.messenger
+            .media(command, conn, now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        snapshots.start(job, answer, Arc::clone(&self.shared));
         Ok(())
     }
 

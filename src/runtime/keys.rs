@@ -22,7 +22,7 @@ use crate::wa::creds::Credentials;
 use crate::wa::crypto::{hkdf_sha256, hmac_sha256, KeyPair};
 use crate::wa::messaging::{
     Change, ChatRecord, ContactRecord, DedupeKey, IdempotencyRecord, KeyError, KeyStore,
-    MediaRecord, PendingHistory, SenderKeyMemory, SentRecord,
+    MediaRecord, PendingHistory, PollRecord, SenderKeyMemory, SentRecord,
 };
 use crate::wa::signal::{PreKey, ProtocolAddress, SenderKeyName, SenderKeyRecord, SessionRecord};
 
@@ -70,6 +70,8 @@ const APP_STATE_KEY: &str = "appstate-key";
 const CONTACT: &str = "contact";
 const CHAT: &str = "chat";
 const COLLECTION: &str = "appstate/collection/";
+/// Polls' secrets and options, by message id.
+const POLL: &str = "poll";
 
 /// Where older versions kept records under identifiers in clear, and the
 /// hashed kind each moves to.
@@ -362,6 +364,10 @@ impl StoreKeys {
                     self.names.of(CHAT, chat),
                     Zeroizing::new(record.encode_to_vec()),
                 ),
+                Change::Poll(id, record) => (
+                    self.names.of(POLL, id),
+                    Zeroizing::new(record.encode_to_vec()),
+                ),
             };
             batch.secrets.push(SecretOp::Put { key, value });
         }
@@ -413,7 +419,8 @@ impl StoreKeys {
                 | Change::History(..)
                 | Change::AppStateKey(..)
                 | Change::AppStateCollection(..)
-                | Change::ChatSettings(..) => {}
+                | Change::ChatSettings(..)
+                | Change::Poll(..) => {}
             }
         }
         // Lookups that led to no write (duplicates, retries) end here.
@@ -650,6 +657,12 @@ impl KeyStore for StoreKeys {
     fn chat_settings(&mut self, chat: &str) -> Result<Option<ChatRecord>, KeyError> {
         let stored = self.read(&self.names.of(CHAT, chat))?;
         Ok(stored.and_then(|b| ChatRecord::decode(b.as_slice()).ok()))
+    }
+
+    // Read only for votes (not cached: one read per vote).
+    fn poll(&mut self, id: &str) -> Result<Option<PollRecord>, KeyError> {
+        let stored = self.read(&self.names.of(POLL, id))?;
+        Ok(stored.and_then(|b| PollRecord::decode(b.as_slice()).ok()))
     }
 }
 

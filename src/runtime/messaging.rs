@@ -18,12 +18,11 @@ use tracing::warn;
 use crate::proto::gateway::event::Payload;
 use crate::store::{Batch, EventRecord, SessionId, StoreError};
 use crate::wa::binary::Node;
-use crate::wa::compose::Compose;
 use crate::wa::conn::Connection;
 use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
 use crate::wa::media::MediaRetry;
-use crate::wa::messaging::{Engine, HistoryJob, KeyError, ReplyTo, SendRequest, Step};
+use crate::wa::messaging::{Engine, HistoryJob, KeyError, ReplyTo, SendRequest, SnapshotJob, Step};
 
 pub use crate::wa::messaging::{SendError, Sent};
 
@@ -32,28 +31,7 @@ use super::keys::StoreKeys;
 use super::payloads;
 use super::pipeline::{Commit, Job, Lane};
 
-/// A text (or reaction, edit, revoke) to send.
-#[derive(Debug, Clone)]
-pub struct OutgoingText {
-    pub to: Jid,
-    pub content: Compose,
-    pub idempotency_key: Option<String>,
-}
-
-impl OutgoingText {
-    /// A plain text.
-    pub fn text(to: Jid, text: impl Into<String>, idempotency_key: Option<String>) -> Self {
-        Self {
-            to,
-            content: Compose::Text {
-                text: text.into(),
-                quote: None,
-                mentions: Vec::new(),
-            },
-            idempotency_key,
-        }
-    }
-}
+pub use super::outgoing::OutgoingText;
 
 pub(crate) use super::replies::{
     MediaCommand, MediaConnReply, QueryReply, SendReply, TransmitReply,
@@ -77,6 +55,8 @@ pub(super) enum Input {
     Sends(Vec<(SendRequest, ReplyTo)>),
     /// Lookups that read the store and change nothing.
     Lookup(MediaCommand),
+    /// An app-state snapshot fetched (or why not).
+    Snapshot(Box<SnapshotJob>, Result<Vec<u8>, String>),
 }
 
 /// What goes back to the actor after a step.
@@ -86,6 +66,7 @@ pub(super) struct Output {
     messages_out: u32,
     push_name: Option<String>,
     history: Vec<HistoryJob>,
+    snapshots: Vec<SnapshotJob>,
 }
 
 /// The engine with its keys and waiting callers: moved into each step's job
@@ -179,6 +160,10 @@ impl Core {
                 .engine
                 .handle_sends(requests, keys, creds, now_ms)
                 .map_err(|e| e.0)?,
+            Input::Snapshot(job, blob) => self
+                .engine
+                .handle_app_state_snapshot(*job, blob, keys, creds, now_ms)
+                .map_err(|e| e.0)?,
             Input::Lookup(command) => {
                 // A failed read fails the lookup, not the connection.
                 let store = |e: KeyError| SendError::Store(e.message);
@@ -220,6 +205,7 @@ impl Core {
                 messages_out: step.messages_out,
                 push_name: step.push_name,
                 history: step.history,
+                snapshots: step.app_state_snapshots,
             },
         })
     }
@@ -272,6 +258,8 @@ pub(crate) struct Messenger {
     push_name: Option<String>,
     /// History chunks committed steps announced, for the actor to fetch.
     history: Vec<HistoryJob>,
+    /// App-state snapshots committed steps asked for, for the actor to fetch.
+    snapshots: Vec<SnapshotJob>,
 }
 
 impl Messenger {
@@ -285,6 +273,7 @@ impl Messenger {
             next_reply: 0,
             push_name: None,
             history: Vec::new(),
+            snapshots: Vec::new(),
         }
     }
 
@@ -296,6 +285,23 @@ impl Messenger {
     /// History chunks to fetch, announced by the steps since the last call.
     pub(crate) fn take_history(&mut self) -> Vec<HistoryJob> {
         std::mem::take(&mut self.history)
+    }
+
+    /// App-state snapshots to fetch, asked for since the last call.
+    pub(crate) fn take_snapshots(&mut self) -> Vec<SnapshotJob> {
+        std::mem::take(&mut self.snapshots)
+    }
+
+    /// A snapshot fetched (or why not): one step, one commit.
+    pub(crate) async fn on_snapshot(
+        &mut self,
+        job: SnapshotJob,
+        blob: Result<Vec<u8>, String>,
+        conn: &mut Connection,
+        now_ms: u64,
+    ) -> Result<(), StepFailure> {
+        self.run(Input::Snapshot(Box::new(job), blob), conn, now_ms)
+            .await
     }
 
     /// The credentials of the current connection.
@@ -312,6 +318,7 @@ impl Messenger {
         self.core = Some(Core::new());
         self.creds = None;
         self.history.clear();
+        self.snapshots.clear();
     }
 
     /// The credentials of the current connection (after login or a change).
@@ -361,27 +368,7 @@ impl Messenger {
             .unwrap_or_else(Jid::server_jid);
         let requests = texts
             .into_iter()
-            .map(|(text, reply)| {
-                // Reactions and edits carry the time they were made: a
-                // retry is recognised by the message built at time zero.
-                let fingerprint = matches!(
-                    text.content,
-                    Compose::Reaction { .. } | Compose::Edit { .. }
-                )
-                .then(|| {
-                    let zero = text.content.message(&text.to, &own, 0);
-                    let encoded = prost::Message::encode_to_vec(&zero);
-                    crate::wa::crypto::sha256(&[text.to.to_string().as_bytes(), &[0], &encoded])
-                        .to_vec()
-                });
-                let request = SendRequest {
-                    message: text.content.message(&text.to, &own, now_ms),
-                    to: text.to,
-                    idempotency_key: text.idempotency_key,
-                    fingerprint,
-                };
-                (request, reply)
-            })
+            .map(|(text, reply)| (text.request(&own, now_ms), reply))
             .collect();
         self.send_requests(requests, conn, now_ms).await
     }
@@ -600,6 +587,7 @@ impl Messenger {
             self.push_name = output.push_name;
         }
         self.history.extend(output.history);
+        self.snapshots.extend(output.snapshots);
         for node in output.transmit {
             // A closed connection loses these; the server redelivers what
             // was not receipted and callers retry what was not acked.

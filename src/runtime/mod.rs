@@ -2,6 +2,7 @@
 //! protocol core; the registry that starts, limits, restores and stops them;
 //! the event log writer. May import `wa` and `store`, never `api` or `sim`.
 
+mod app_state;
 mod backoff;
 mod cluster;
 mod config;
@@ -16,6 +17,7 @@ mod manager;
 mod media;
 mod media_flow;
 mod messaging;
+mod outgoing;
 mod ownership;
 mod payloads;
 mod pipeline;

@@ -3,9 +3,10 @@
 
 use crate::proto::gateway::event::Payload;
 use crate::proto::gateway::{
-    ChatSettingsEvent, ChatState, ChatStateEvent, ConnectionEvent, ContactEvent, GroupChange,
-    GroupEvent, HistoryChat, HistoryEvent, HistoryMessage, HistoryPushName, LinkCodeEvent,
-    MediaInfo, MediaKind, MessageEvent, PresenceEvent, QrEvent, ReceiptEvent, ReceiptType,
+    ChatSettingsEvent, ChatState, ChatStateEvent, ConnectionEvent, ContactCard, ContactEvent,
+    Contacts, GroupChange, GroupEvent, HistoryChat, HistoryEvent, HistoryMessage, HistoryPushName,
+    LinkCodeEvent, Location, MediaInfo, MediaKind, MessageEvent, Poll, PollVote, PresenceEvent,
+    QrEvent, ReceiptEvent, ReceiptType,
 };
 use crate::wa::groups::{GroupChange as GroupChangeKindOf, GroupChangeKind};
 use crate::wa::history::{HistoryNotice, HistoryPage};
@@ -13,8 +14,8 @@ use crate::wa::jid::Jid;
 use crate::wa::media::MediaType;
 use crate::wa::message::phone_of;
 use crate::wa::messaging::{
-    ChatSettings, ContactUpdate, Event, ReceiptKind, ReceivedMedia, ReceivedMessage,
-    ReceivedReceipt,
+    ChatSettings, ContactUpdate, Event, ReceiptKind, ReceivedContent, ReceivedMedia,
+    ReceivedMessage, ReceivedReceipt,
 };
 use crate::wa::presence::{ChatState as ChatStateKind, IncomingChatState, IncomingPresence};
 
@@ -192,19 +193,17 @@ fn message(m: &ReceivedMessage) -> Payload {
         text: m.text.clone().unwrap_or_default(),
         r#type: m.kind.clone(),
         offline: m.offline,
-        error: m.error.clone().unwrap_or_default(),
+        error: message_error(m),
         media: m.media.as_deref().map(media_info),
-        target: m.refs.as_ref().and_then(|r| r.target.as_ref()).map(|t| {
-            crate::proto::gateway::MessageRef {
-                id: t.id.clone(),
-                from_me: t.from_me,
-                sender: t
-                    .sender
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-            }
-        }),
+        target: m
+            .refs
+            .as_ref()
+            .and_then(|r| r.target.as_ref())
+            .or(match m.content.as_deref() {
+                Some(ReceivedContent::Vote { poll, .. }) => Some(poll),
+                _ => None,
+            })
+            .map(message_ref),
         quoted_text: m
             .refs
             .as_ref()
@@ -215,7 +214,83 @@ fn message(m: &ReceivedMessage) -> Payload {
             .as_ref()
             .map(|r| r.mentions.clone())
             .unwrap_or_default(),
+        location: match m.content.as_deref() {
+            Some(ReceivedContent::Location(l)) => Some(location(l)),
+            _ => None,
+        },
+        contacts: match m.content.as_deref() {
+            Some(ReceivedContent::Contacts(c)) => Some(contacts(c)),
+            _ => None,
+        },
+        poll: match m.content.as_deref() {
+            Some(ReceivedContent::Poll(p)) => Some(Poll {
+                name: p.name.clone(),
+                options: p.options.clone(),
+                selectable_count: p.selectable,
+            }),
+            _ => None,
+        },
+        poll_vote: match m.content.as_deref() {
+            Some(ReceivedContent::Vote { poll, options }) => Some(PollVote {
+                poll: Some(message_ref(poll)),
+                options: options.clone().unwrap_or_default(),
+            }),
+            _ => None,
+        },
     })
+}
+
+/// A message error, or why a vote cannot be read.
+fn message_error(m: &ReceivedMessage) -> String {
+    match (&m.error, m.content.as_deref()) {
+        (Some(error), _) => error.clone(),
+        (
+            None,
+            Some(ReceivedContent::Vote {
+                options: Err(e), ..
+            }),
+        ) => e.clone(),
+        (None, _) => String::new(),
+    }
+}
+
+fn message_ref(t: &crate::wa::compose::MessageRef) -> crate::proto::gateway::MessageRef {
+    crate::proto::gateway::MessageRef {
+        id: t.id.clone(),
+        from_me: t.from_me,
+        sender: t
+            .sender
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+    }
+}
+
+fn location(l: &crate::wa::content::Location) -> Location {
+    Location {
+        latitude: l.latitude,
+        longitude: l.longitude,
+        name: l.name.clone().unwrap_or_default(),
+        address: l.address.clone().unwrap_or_default(),
+        url: l.url.clone().unwrap_or_default(),
+        live: l.live,
+        caption: l.caption.clone().unwrap_or_default(),
+        accuracy_meters: l.accuracy_meters.unwrap_or_default(),
+    }
+}
+
+fn contacts(c: &crate::wa::content::Contacts) -> Contacts {
+    Contacts {
+        display_name: c.display_name.clone().unwrap_or_default(),
+        cards: c
+            .cards
+            .iter()
+            .map(|card| ContactCard {
+                display_name: card.display_name.clone(),
+                vcard: card.vcard.clone(),
+            })
+            .collect(),
+    }
 }
 
 fn media_info(m: &ReceivedMedia) -> MediaInfo {

@@ -30,6 +30,10 @@ use crate::proto::sim::{
     SetContactRequest, SetContactResponse, SetPresenceRequest, SetPresenceResponse,
     SetReadReceiptsRequest, SetReadReceiptsResponse,
 };
+use crate::proto::sim::{
+    SendContactsRequest, SendContentResponse, SendLocationRequest, SendPollRequest,
+    SendPollVoteRequest,
+};
 use crate::wa::jid::{Jid, PhoneNumber, DEFAULT_USER_SERVER};
 use crate::wa::media::MediaType;
 use crate::wa::presence::ChatState;
@@ -46,6 +50,22 @@ impl Control {
     }
 
     /// A request's target: a device or account JID, or a phone number.
+    /// A phone's location, cards, poll or vote to `to`.
+    async fn send_content(
+        &self,
+        from_phone: &str,
+        to: &str,
+        content: super::PhoneContent,
+    ) -> Result<Response<SendContentResponse>, Status> {
+        let from = parse_phone(from_phone)?;
+        let to = self.target(to)?;
+        let message_id = self
+            .sim
+            .send_content(&from, &to.to_non_ad(), content)
+            .await?;
+        Ok(Response::new(SendContentResponse { message_id }))
+    }
+
     fn target(&self, text: &str) -> Result<Jid, SimError> {
         let jid = parse_target(text)?;
         if self.sim.knows(&jid) {
@@ -153,7 +173,8 @@ impl From<SimError> for Status {
             | SimError::TooManyTexts(_)
             | SimError::InvalidHistorySeed(_)
             | SimError::InvalidPageToken
-            | SimError::InvalidMedia(_) => Status::invalid_argument(message),
+            | SimError::InvalidMedia(_)
+            | SimError::InvalidContent(_) => Status::invalid_argument(message),
             SimError::NoPendingPairing
             | SimError::NoPendingLinkCode
             | SimError::UnknownRef
@@ -449,6 +470,7 @@ impl SimulatorService for Control {
                 text: m.text,
                 timestamp: m.timestamp,
                 media: m.media.map(inbox_media),
+                content: m.content.map(super::control_content::inbox),
             })
             .collect();
         Ok(Response::new(InboxResponse { messages }))
@@ -650,6 +672,46 @@ impl SimulatorService for Control {
         };
         self.sim.set_chat_settings(&phone, &chat, change).await?;
         Ok(Response::new(SetChatSettingsResponse {}))
+    }
+
+    async fn send_location(
+        &self,
+        request: Request<SendLocationRequest>,
+    ) -> Result<Response<SendContentResponse>, Status> {
+        let request = request.into_inner();
+        let content = super::control_content::location(request.location)?;
+        self.send_content(&request.from_phone, &request.to, content)
+            .await
+    }
+
+    async fn send_contacts(
+        &self,
+        request: Request<SendContactsRequest>,
+    ) -> Result<Response<SendContentResponse>, Status> {
+        let request = request.into_inner();
+        let content = super::control_content::contacts(request.contacts)?;
+        self.send_content(&request.from_phone, &request.to, content)
+            .await
+    }
+
+    async fn send_poll(
+        &self,
+        request: Request<SendPollRequest>,
+    ) -> Result<Response<SendContentResponse>, Status> {
+        let request = request.into_inner();
+        let content = super::control_content::poll(request.poll)?;
+        self.send_content(&request.from_phone, &request.to, content)
+            .await
+    }
+
+    async fn send_poll_vote(
+        &self,
+        request: Request<SendPollVoteRequest>,
+    ) -> Result<Response<SendContentResponse>, Status> {
+        let request = request.into_inner();
+        let content = super::control_content::vote(request.vote)?;
+        self.send_content(&request.from_phone, &request.to, content)
+            .await
     }
 
     async fn set_contact(

@@ -181,9 +181,10 @@ impl Inner {
     }
 
     /// A virtual phone reads a group message: the sender key distribution
-    /// in its pairwise `<enc>` first, then the `skmsg`; a text lands in its
-    /// inbox with the group as chat, and the author's companions get a
-    /// delivery receipt.
+    /// in its pairwise `<enc>` first, then the `skmsg`; a text (or a
+    /// location, cards, a poll or a vote, decoded) lands in its inbox with
+    /// the group as chat, and the author's companions get a delivery
+    /// receipt.
     pub(crate) async fn phone_receive_group(&self, phone: &Jid, node: Node) {
         let (Some(group), Some(author)) = (node.attr_jid("from"), node.attr_jid("participant"))
         else {
@@ -202,6 +203,7 @@ impl Inner {
                 return Read::Nothing;
             }
             let mut text = None;
+            let mut rich = None;
             let mut failed = false;
             for enc in node.children_by_tag("enc") {
                 let Some(bytes) = enc.content_bytes() else {
@@ -235,6 +237,10 @@ impl Inner {
                 };
                 match outcome {
                     Ok(Content::Text(received)) => text = Some(received),
+                    Ok(Content::Rich(content)) if author.user != phone.user => {
+                        rich = Some(handset.receive_rich(*content, &id, &author.to_non_ad()));
+                        text = Some(String::new());
+                    }
                     Ok(_) => {}
                     Err(err) => {
                         failed = true;
@@ -261,6 +267,7 @@ impl Inner {
                     text,
                     timestamp: t,
                     media: None,
+                    content: rich,
                 });
                 Read::Text
             } else {

@@ -155,14 +155,23 @@ impl Inner {
                     Ok(content @ (Content::Text(_) | Content::Media { .. })) => {
                         found = Some(content)
                     }
-                    Ok(Content::SentByMe { .. } | Content::Other) => {}
+                    Ok(Content::Rich(rich)) => {
+                        let content = handset.receive_rich(*rich, &id, &from.to_non_ad());
+                        found = Some(Content::Received(Box::new(content)));
+                    }
+                    Ok(Content::SentByMe { .. } | Content::Received(_) | Content::Other) => {}
                     Err(err) => debug!(%from, %err, "phone cannot decrypt"),
                 }
             }
             found
         });
+        let mut rich = None;
         let (text, media) = match decrypted.flatten() {
             Some(Content::Text(text)) => (text, None),
+            Some(Content::Received(content)) => {
+                rich = Some(*content);
+                (String::new(), None)
+            }
             // Downloaded and checked outside the registry lock.
             Some(Content::Media { kind, info }) => self.receive_media(kind, info).await,
             _ => return,
@@ -175,6 +184,7 @@ impl Inner {
                 text,
                 timestamp: t,
                 media,
+                content: rich,
             })
         });
         if from.user == phone.user {

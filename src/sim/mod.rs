@@ -7,6 +7,7 @@ mod app_state;
 pub mod cli;
 mod conn;
 mod control;
+mod control_content;
 mod group_message;
 mod group_routing;
 mod groups;
@@ -17,6 +18,7 @@ mod mailbox;
 mod media;
 mod messaging;
 mod phone;
+mod phone_content;
 mod phone_history;
 mod phone_media;
 mod phone_sync;
@@ -59,6 +61,7 @@ pub use groups::{Action as GroupAction, GroupError, GroupInfo, GroupMember};
 pub use link_code::DEFAULT_LINK_CODE_TTL;
 pub use media::{MediaConfig, MediaHostError, DEFAULT_MAX_UPLOAD};
 pub use phone::{InboxMedia, InboxMessage};
+pub use phone_content::{InboxContent, PhoneContent};
 pub use phone_media::MediaSend;
 pub use registry::{AccountInfo, DeviceInfo};
 use registry::{
@@ -158,6 +161,8 @@ pub enum SimError {
     MediaHost(#[from] MediaHostError),
     #[error("invalid media: {0}")]
     InvalidMedia(String),
+    #[error("invalid content: {0}")]
+    InvalidContent(String),
     #[error("cannot store media: {0}")]
     MediaStore(String),
     #[error(transparent)]
@@ -671,6 +676,20 @@ impl Simulator {
     ) -> Result<(String, crate::wa::media::MediaInfo), SimError> {
         self.inner
             .phone_send_media(from.as_str(), &to.user, media)
+            .await
+    }
+
+    /// The virtual phone of `from` sends a location, contact cards, a poll
+    /// or a vote on a poll it knows to the account `to`, as
+    /// [`Simulator::send_text`] sends a text. Returns the message id.
+    pub async fn send_content(
+        &self,
+        from: &PhoneNumber,
+        to: &Jid,
+        content: PhoneContent,
+    ) -> Result<String, SimError> {
+        self.inner
+            .phone_send_content(from.as_str(), &to.user, content)
             .await
     }
 

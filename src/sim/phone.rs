@@ -64,6 +64,8 @@ pub struct InboxMessage {
     pub timestamp: u64,
     /// What a media message carried, and whether it checked out.
     pub media: Option<InboxMedia>,
+    /// A location, contact cards, a poll or a vote, decoded.
+    pub content: Option<super::phone_content::InboxContent>,
 }
 
 /// A media file a phone received: what the message said, and whether the
@@ -92,6 +94,11 @@ pub(crate) enum Content {
         kind: MediaType,
         info: Result<Box<MediaInfo>, MediaError>,
     },
+    /// A location, contact cards, a poll or a vote for this account.
+    Rich(Box<crate::wa::content::Rich>),
+    /// The same, as the inbox shows it (a poll's secret kept, a vote
+    /// opened).
+    Received(Box<super::phone_content::InboxContent>),
     /// Anything else (sender keys, protocol messages): no text.
     Other,
 }
@@ -116,6 +123,8 @@ pub(crate) struct Phone {
     app_state_key: Option<AppStateKey>,
     /// The app-state collections it keeps for the account's companions.
     pub(crate) app_state: super::app_state::PhoneAppState,
+    /// The polls it sent or received (their secrets open the votes).
+    pub(crate) polls: super::phone_content::PhonePolls,
 }
 
 /// An app-state sync key: the account's companions encrypt and decrypt
@@ -188,6 +197,7 @@ impl Phone {
             sender_keys: SenderKeys::default(),
             app_state_key: None,
             app_state: Default::default(),
+            polls: Default::default(),
         }
     }
 
@@ -412,6 +422,7 @@ impl Phone {
                 timestamp_ms: key.timestamp_ms,
             }),
             app_state: self.app_state.saved(),
+            polls: self.polls.saved(),
         }
     }
 
@@ -497,6 +508,7 @@ impl Phone {
             sender_keys: SenderKeys::restore(&saved.own_sender_keys, &saved.received_sender_keys)?,
             app_state_key,
             app_state: super::app_state::PhoneAppState::restore(&saved.app_state)?,
+            polls: super::phone_content::PhonePolls::restore(&saved.polls),
         })
     }
 }
@@ -516,6 +528,10 @@ fn saved_inbox(message: &InboxMessage) -> SavedInbox {
             file_length: media.file_length,
             error: media.verified.clone().err(),
         }),
+        content: message
+            .content
+            .as_ref()
+            .map(super::phone_content::saved_content),
     }
 }
 
@@ -539,6 +555,10 @@ fn restored_inbox(saved: &SavedInbox) -> Result<InboxMessage, InvalidState> {
         text: saved.text.clone(),
         timestamp: saved.timestamp,
         media,
+        content: saved
+            .content
+            .as_ref()
+            .and_then(super::phone_content::restored_content),
     })
 }
 
@@ -619,6 +639,9 @@ pub(crate) fn content(bytes: &[u8]) -> Result<Content, prost::DecodeError> {
             kind,
             info: info.map(Box::new),
         });
+    }
+    if let Some(rich) = crate::wa::content::Rich::read(&message) {
+        return Ok(Content::Rich(Box::new(rich)));
     }
     Ok(text_of(&message).map_or(Content::Other, Content::Text))
 }
@@ -726,6 +749,7 @@ mod tests {
             text: "one".into(),
             timestamp: 1,
             media: None,
+            content: None,
         });
         bob.app_state_key(5, &mut rng);
 
@@ -764,6 +788,7 @@ mod tests {
         let mut alice = phone(4);
         let text = |from: &str, id: &str, text: &str| InboxMessage {
             media: None,
+            content: None,
             from: from.into(),
             chat: "1@s.whatsapp.net".into(),
             id: id.into(),
@@ -810,7 +835,7 @@ mod tests {
             }
         );
         let other = Message {
-            message_context_info: Some(vec![1]),
+            message_context_info: Some(crate::proto::wa::MessageContextInfo::default()),
             ..Default::default()
         };
         assert_eq!(

@@ -216,6 +216,36 @@ pub(crate) struct SavedPhone {
     pub(crate) app_state_key: Option<SavedAppStateKey>,
     #[prost(message, repeated, tag = "10")]
     pub(crate) app_state: Vec<SavedCollection>,
+    /// Polls it sent or received, oldest first.
+    #[prost(message, repeated, tag = "11")]
+    pub(crate) polls: Vec<SavedPoll>,
+}
+
+/// A poll a phone knows: its secret, creator and options.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SavedPoll {
+    #[prost(string, tag = "1")]
+    pub(crate) id: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub(crate) secret: Vec<u8>,
+    #[prost(string, tag = "3")]
+    pub(crate) creator: String,
+    #[prost(string, repeated, tag = "4")]
+    pub(crate) options: Vec<String>,
+}
+
+/// A location, cards or poll an inbox entry shows (its `Message`, no
+/// secret), or a vote (the poll, and the options or why none).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SavedInboxContent {
+    #[prost(bytes = "vec", tag = "1")]
+    pub(crate) message: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub(crate) vote_poll: String,
+    #[prost(string, repeated, tag = "3")]
+    pub(crate) vote_options: Vec<String>,
+    #[prost(string, optional, tag = "4")]
+    pub(crate) vote_error: Option<String>,
 }
 
 /// An app-state collection a phone keeps: its state (a `CollectionRecord`)
@@ -255,6 +285,8 @@ pub(crate) struct SavedInbox {
     pub(crate) timestamp: u64,
     #[prost(message, optional, tag = "6")]
     pub(crate) media: Option<SavedInboxMedia>,
+    #[prost(message, optional, tag = "7")]
+    pub(crate) content: Option<SavedInboxContent>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -23,8 +23,8 @@ use crate::proto::wa::sync_action_value::{
 };
 use crate::proto::wa::syncd_mutation::SyncdOperation;
 use crate::proto::wa::{
-    KeyId, SyncActionData, SyncActionValue, SyncdIndex, SyncdMutation, SyncdPatch, SyncdRecord,
-    SyncdSnapshot, SyncdValue, SyncdVersion,
+    ExternalBlobReference, KeyId, SyncActionData, SyncActionValue, SyncdIndex, SyncdMutation,
+    SyncdPatch, SyncdRecord, SyncdSnapshot, SyncdValue, SyncdVersion,
 };
 use crate::wa::binary::Node;
 use crate::wa::crypto::{hkdf_sha256, hmac_sha256};
@@ -787,8 +787,11 @@ pub fn shared_keys(share: &crate::proto::wa::message::AppStateSyncKeyShare) -> V
 }
 
 /// `<iq xmlns="w:sync:app:state" type="set"><sync><collection name version
-/// return_snapshot="false"/></sync></iq>`: the patches after `version`
-/// (no snapshot: it would come as a blob on the media host).
+/// return_snapshot/></sync></iq>`: the patches after `version`. From
+/// version 0 (a first sync, or a sync from the start after a failed check)
+/// it asks for the snapshot too (`return_snapshot="true"`), as WhatsApp
+/// Web does: the collection's entries at once, as a blob on the media
+/// host, rather than every patch since the collection began.
 pub fn sync_query(collection: &str, version: u64) -> Node {
     sync_query_many(&[(collection, version)])
 }
@@ -805,7 +808,10 @@ pub fn sync_query_many(collections: &[(&str, u64)]) -> Node {
                     Node::new("collection")
                         .attr("name", (*name).to_owned())
                         .attr("version", version.to_string())
-                        .attr("return_snapshot", "false")
+                        .attr(
+                            "return_snapshot",
+                            if *version == 0 { "true" } else { "false" },
+                        )
                 })
                 .collect(),
         )])
@@ -837,6 +843,9 @@ impl AppStateError {
 #[derive(Debug)]
 pub struct CollectionPatches {
     pub name: String,
+    /// Where the collection's snapshot is on the media host, when the
+    /// server sent one (the patches then follow the snapshot's version).
+    pub snapshot: Option<ExternalBlobReference>,
     pub patches: Vec<SyncdPatch>,
     /// The server has more patches after these.
     pub has_more: bool,
@@ -856,6 +865,16 @@ pub fn parse_sync(node: &Node) -> Result<Vec<CollectionPatches>, AppStateError> 
             .attr_string("name")
             .ok_or(AppStateError::Missing("a collection name"))?;
         let version = collection.attr_u64("version").unwrap_or(0);
+        let snapshot = match collection.child("snapshot") {
+            Some(node) => Some(
+                ExternalBlobReference::decode(
+                    node.content_bytes()
+                        .ok_or(AppStateError::Missing("snapshot bytes"))?,
+                )
+                .map_err(|e| AppStateError::Decode(e.to_string()))?,
+            ),
+            None => None,
+        };
         let mut patches = Vec::new();
         let nodes = collection
             .child("patches")
@@ -879,6 +898,7 @@ pub fn parse_sync(node: &Node) -> Result<Vec<CollectionPatches>, AppStateError> 
         }
         out.push(CollectionPatches {
             name,
+            snapshot,
             patches,
             has_more: collection.attr_str("has_more_patches") == Some("true"),
         });

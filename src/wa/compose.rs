@@ -48,6 +48,19 @@ pub enum Compose {
     /// Delete for everyone: this account's message, or as a group admin
     /// another member's.
     Revoke { target: MessageRef },
+    /// A place on the map.
+    Location(crate::wa::content::Location),
+    /// One contact card or several.
+    Contacts(crate::wa::content::Contacts),
+    /// A poll. The message built here has no secret yet: the engine adds a
+    /// fresh one when it sends it, and keeps it for the votes.
+    Poll(crate::wa::content::Poll),
+    /// A vote on a poll: the options chosen (none takes the vote back).
+    /// Built unsealed; the engine seals it with the poll's secret.
+    PollVote {
+        poll: MessageRef,
+        options: Vec<String>,
+    },
 }
 
 impl Compose {
@@ -101,6 +114,12 @@ impl Compose {
                 })),
                 ..Default::default()
             },
+            Self::Location(location) => crate::wa::content::location_message(location),
+            Self::Contacts(contacts) => crate::wa::content::contacts_message(contacts),
+            Self::Poll(poll) => crate::wa::content::poll_message(poll, None),
+            Self::PollVote { poll, options } => {
+                crate::wa::content::unsealed_vote(key(poll, chat), options, now_ms)
+            }
             Self::Edit { target, text } => {
                 let edit = Message {
                     protocol_message: Some(Box::new(ProtocolMessage {
@@ -151,6 +170,15 @@ pub fn stanza_marks(message: &Message) -> (&'static str, Option<&'static str>) {
     if let Some(reaction) = &message.reaction_message {
         let taken_back = reaction.text.as_deref().unwrap_or_default().is_empty();
         return ("reaction", taken_back.then_some("7"));
+    }
+    let poll = message.poll_creation_message.is_some()
+        || message.poll_creation_message_v2.is_some()
+        || message.poll_creation_message_v3.is_some()
+        || message.poll_creation_message_v5.is_some()
+        || message.poll_creation_message_v6.is_some()
+        || message.poll_update_message.is_some();
+    if poll {
+        return ("poll", None);
     }
     let protocol = message.protocol_message.as_deref().or_else(|| {
         message

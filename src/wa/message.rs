@@ -230,6 +230,8 @@ pub struct Content {
     /// A history chunk the account's phone announced
     /// (`historySyncNotification`), when its fields are usable.
     pub history: Option<Box<crate::wa::history::HistoryNotice>>,
+    /// A location, contact cards, a poll or a vote.
+    pub rich: Option<Box<crate::wa::content::Rich>>,
 }
 
 impl Content {
@@ -275,6 +277,7 @@ impl Content {
                 refs: None,
                 app_state_keys: Vec::new(),
                 history: None,
+                rich: None,
             },
             (None, Some(kind)) => Self::named(kind),
             (None, None) => Self::named(&content_field_name(plaintext)),
@@ -287,6 +290,10 @@ impl Content {
             content.text = text.clone();
         }
         content.refs = (!refs.is_empty()).then(|| Box::new(refs));
+        if let Some(rich) = crate::wa::content::Rich::read(&message) {
+            content.kind = rich.kind(&message).to_owned();
+            content.rich = Some(Box::new(rich));
+        }
         content.app_state_keys = message
             .protocol_message
             .as_ref()
@@ -319,6 +326,7 @@ impl Content {
             refs: None,
             app_state_keys: Vec::new(),
             history: None,
+            rich: None,
         }
     }
 
@@ -434,6 +442,10 @@ fn field_name(field: u64) -> String {
         49 => "pollCreationMessage",
         50 => "pollUpdateMessage",
         58 => "editedMessage",
+        60 => "pollCreationMessageV2",
+        64 => "pollCreationMessageV3",
+        111 => "pollCreationMessageV5",
+        119 => "pollCreationMessageV6",
         other => return format!("unknown:{other}"),
     };
     name.to_owned()

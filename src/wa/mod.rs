@@ -7,6 +7,7 @@ pub mod appstate;
 pub mod binary;
 pub mod compose;
 pub mod conn;
+pub mod content;
 pub mod creds;
 pub mod crypto;
 pub mod groups;

@@ -9,11 +9,16 @@
 //! events, so a restarted session resumes from the version it had and
 //! reports nothing twice. A patch that fails a MAC or hash check resets its
 //! collection to empty and syncs it from the start (once; a second failure
-//! waits for the next `server_sync`).
+//! waits for the next `server_sync`). A sync from the start (the first, or
+//! after such a reset) asks for the collection's snapshot: the server then
+//! answers with a blob on the media host, which the owner fetches
+//! ([`SnapshotJob`]) and hands back; it is checked (every MAC, and the
+//! snapshot MAC over the LTHash of all its entries) and applied, then the
+//! patches after it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::proto::wa::SyncdPatch;
+use crate::proto::wa::{ExternalBlobReference, SyncdPatch};
 use crate::wa::appstate::{
     self, Action, AppStateError, CollectionState, MutationKeys, SharedKey, COLLECTIONS,
 };
@@ -60,12 +65,29 @@ pub(super) struct AppState {
     pending: BTreeSet<&'static str>,
     /// Collections syncing from their start after a failed check.
     resyncing: HashSet<&'static str>,
+    /// Collections whose snapshot the owner is fetching: not asked for
+    /// again until it is applied.
+    fetching: HashSet<&'static str>,
 }
 
 impl AppState {
     pub(super) fn disconnected(&mut self) {
         self.syncing = false;
+        self.fetching.clear();
     }
+}
+
+/// A collection's snapshot for the owner to fetch from the media host (as
+/// app-state media, checked against the reference's hashes) and hand back
+/// to [`Engine::handle_app_state_snapshot`], with the patches the server
+/// sent after it.
+#[derive(Clone, Debug)]
+pub struct SnapshotJob {
+    pub collection: &'static str,
+    pub reference: ExternalBlobReference,
+    pub patches: Vec<SyncdPatch>,
+    /// The server has more patches after these.
+    pub has_more: bool,
 }
 
 /// What applying one collection's patches came to.
@@ -141,10 +163,24 @@ impl Engine {
         cx: &mut Cx<'_, '_>,
     ) -> Result<(), KeyError> {
         self.app_state.pending.extend(names);
-        if self.app_state.syncing || self.app_state.pending.is_empty() {
+        if self.app_state.syncing {
             return Ok(());
         }
-        let names = std::mem::take(&mut self.app_state.pending);
+        // A collection whose snapshot is being fetched waits for it.
+        let fetching = &self.app_state.fetching;
+        let names: Vec<&'static str> = self
+            .app_state
+            .pending
+            .iter()
+            .copied()
+            .filter(|n| !fetching.contains(n))
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        for name in &names {
+            self.app_state.pending.remove(name);
+        }
         let mut collections = Vec::with_capacity(names.len());
         for name in names {
             let version = cx
@@ -180,21 +216,99 @@ impl Engine {
             let Some(name) = known(&collection.name) else {
                 continue;
             };
-            match self.apply_patches(name, &collection.patches, cx)? {
-                Applied::Resync => {
-                    self.app_state.pending.insert(name);
-                }
-                // More only while it moves: a server repeating itself is
-                // not asked again.
-                Applied::Moved if collection.has_more => {
-                    self.app_state.pending.insert(name);
-                }
-                Applied::Moved | Applied::Still => {
-                    self.app_state.resyncing.remove(name);
-                }
+            if let Some(reference) = collection.snapshot {
+                self.app_state.fetching.insert(name);
+                cx.step.app_state_snapshots.push(SnapshotJob {
+                    collection: name,
+                    reference,
+                    patches: collection.patches,
+                    has_more: collection.has_more,
+                });
+                continue;
             }
+            let applied = self.apply_patches(name, &collection.patches, cx)?;
+            self.after_sync(name, applied, collection.has_more);
         }
         self.sync_collections(std::iter::empty(), cx)
+    }
+
+    /// What comes after a collection's sync: again from its start, more
+    /// patches, or done.
+    fn after_sync(&mut self, name: &'static str, applied: Applied, has_more: bool) {
+        match applied {
+            Applied::Resync => {
+                self.app_state.pending.insert(name);
+            }
+            // More only while it moves: a server repeating itself is not
+            // asked again.
+            Applied::Moved if has_more => {
+                self.app_state.pending.insert(name);
+            }
+            Applied::Moved | Applied::Still => {
+                self.app_state.resyncing.remove(name);
+            }
+        }
+    }
+
+    /// The snapshot of a [`SnapshotJob`] was fetched (or not): checked and
+    /// applied, then the patches after it. A snapshot that cannot be had
+    /// or fails a check resets the collection to sync from its start again
+    /// (once, as a failed patch does).
+    pub(super) fn on_app_state_snapshot(
+        &mut self,
+        job: SnapshotJob,
+        blob: Result<Vec<u8>, String>,
+        cx: &mut Cx<'_, '_>,
+    ) -> Result<(), KeyError> {
+        let name = job.collection;
+        self.app_state.fetching.remove(name);
+        let taken = match blob {
+            Ok(bytes) => self.apply_snapshot(name, &bytes, cx)?,
+            Err(e) => Err(format!("its snapshot could not be fetched: {e}")),
+        };
+        let applied = match taken {
+            Ok(()) => match self.apply_patches(name, &job.patches, cx)? {
+                // The snapshot itself moved the collection.
+                Applied::Still => Applied::Moved,
+                other => other,
+            },
+            Err(why) => self.resync(name, &why, cx)?,
+        };
+        self.after_sync(name, applied, job.has_more);
+        self.sync_collections(std::iter::empty(), cx)
+    }
+
+    /// Checks a snapshot blob of collection `name` and makes it the
+    /// collection's state, its entries applied; why not, if not.
+    fn apply_snapshot(
+        &mut self,
+        name: &'static str,
+        bytes: &[u8],
+        cx: &mut Cx<'_, '_>,
+    ) -> Result<Result<(), String>, KeyError> {
+        let snapshot = match appstate::parse_snapshot(bytes) {
+            Ok(snapshot) => snapshot,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let ids: Vec<Vec<u8>> = snapshot
+            .key_id
+            .iter()
+            .chain(snapshot.records.iter().filter_map(|r| r.key_id.as_ref()))
+            .filter_map(|k| k.id.clone())
+            .collect();
+        self.load_key_ids(ids.iter().map(Vec::as_slice), cx)?;
+        let keys = &self.app_state.keys;
+        let (state, mutations) = match appstate::decode_snapshot(name, &snapshot, |id| keys.get(id))
+        {
+            Ok(decoded) => decoded,
+            Err(e) => return Ok(Err(format!("its snapshot was refused: {e}"))),
+        };
+        for action in mutations.iter().filter_map(|m| m.action()) {
+            apply_action(action, cx)?;
+        }
+        cx.txn
+            .put_app_state_collection(name.to_owned(), state.to_record());
+        Ok(Ok(()))
     }
 
     /// Applies `patches` to collection `name` in order, stopping at the
@@ -273,6 +387,15 @@ impl Engine {
                     .filter_map(|m| m.record.as_ref()?.key_id.as_ref()),
             )
             .filter_map(|k| k.id.as_deref());
+        self.load_key_ids(ids, cx)
+    }
+
+    /// Expands the keys of `ids` that are not in memory yet.
+    fn load_key_ids<'i>(
+        &mut self,
+        ids: impl Iterator<Item = &'i [u8]>,
+        cx: &mut Cx<'_, '_>,
+    ) -> Result<(), KeyError> {
         let mut missing: Vec<Vec<u8>> = Vec::new();
         for id in ids {
             if !self.app_state.keys.contains_key(id) && !missing.iter().any(|m| m == id) {

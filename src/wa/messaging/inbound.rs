@@ -326,6 +326,12 @@ impl Engine {
             text => (text, media_error),
         };
         let refs = super::ReceivedRefs::of(content.refs, &sender, &chat, own);
+        let rich = match content.rich {
+            Some(rich) => Some(Box::new(super::polls::received(
+                *rich, &msg.id, &sender, &chat, own, txn,
+            )?)),
+            None => None,
+        };
         Ok(Some(ReceivedMessage {
             id: msg.id.clone(),
             chat,
@@ -343,6 +349,7 @@ impl Engine {
             error,
             media,
             refs,
+            content: rich,
         }))
     }
 
@@ -439,6 +446,7 @@ fn failed_event(
         error: Some(error),
         media: None,
         refs: None,
+        content: None,
     })
 }
 

@@ -115,6 +115,32 @@ impl std::fmt::Debug for PendingHistory {
     }
 }
 
+/// A poll's secret and options, kept by the poll's message id so the votes
+/// on it can be opened (and this account's own cast). The secret makes it
+/// a secret: `Debug` leaves it out.
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
+pub struct PollRecord {
+    /// The poll's `messageSecret` (32 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub secret: Vec<u8>,
+    /// Who made it: a user JID without device.
+    #[prost(string, tag = "2")]
+    pub creator: String,
+    #[prost(string, repeated, tag = "3")]
+    pub options: Vec<String>,
+    #[prost(uint32, tag = "4")]
+    pub selectable: u32,
+}
+
+impl std::fmt::Debug for PollRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollRecord")
+            .field("options", &self.options.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A contact as the account's app-state names it (the phone's address
 /// book), by user JID.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -168,6 +194,8 @@ pub trait KeyStore {
     fn app_state_collection(&mut self, name: &str) -> Result<Option<CollectionRecord>, KeyError>;
     fn contact(&mut self, jid: &str) -> Result<Option<ContactRecord>, KeyError>;
     fn chat_settings(&mut self, chat: &str) -> Result<Option<ChatRecord>, KeyError>;
+    /// A poll this account made or received, by its message id.
+    fn poll(&mut self, id: &str) -> Result<Option<PollRecord>, KeyError>;
 }
 
 /// Which devices (JIDs with device ids) were given our current sender key
@@ -210,6 +238,8 @@ pub enum Change {
     AppStateCollection(String, CollectionRecord),
     Contact(String, ContactRecord),
     ChatSettings(String, ChatRecord),
+    /// A poll's secret and options, by its message id.
+    Poll(String, PollRecord),
 }
 
 /// Reads through to a [`KeyStore`] with the step's own writes on top.
@@ -492,6 +522,21 @@ impl<'a> Txn<'a> {
 
     pub fn put_media(&mut self, message_id: String, record: MediaRecord) {
         self.log.push(Change::Media(message_id, record));
+    }
+
+    pub fn poll(&mut self, id: &str) -> Result<Option<PollRecord>, KeyError> {
+        let pending = self.log.iter().rev().find_map(|c| match c {
+            Change::Poll(poll, record) if poll == id => Some(record.clone()),
+            _ => None,
+        });
+        match pending {
+            Some(record) => Ok(Some(record)),
+            None => self.keys.poll(id),
+        }
+    }
+
+    pub fn put_poll(&mut self, id: String, record: PollRecord) {
+        self.log.push(Change::Poll(id, record));
     }
 
     pub fn pending_history(&mut self, key: &DedupeKey) -> Result<Option<PendingHistory>, KeyError> {

@@ -21,6 +21,7 @@ mod iq;
 mod keys;
 mod media;
 mod outbound;
+mod polls;
 mod retry;
 #[cfg(test)]
 mod tests;
@@ -36,10 +37,10 @@ use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
 use crate::wa::signal::ProtocolAddress;
 
-pub use app_state::{ChatSettings, ContactUpdate};
+pub use app_state::{ChatSettings, ContactUpdate, SnapshotJob};
 pub use keys::{
     Change, ChatRecord, ContactRecord, DedupeKey, IdempotencyRecord, KeyError, KeyStore,
-    MediaRecord, PendingHistory, SenderKeyMemory, SentRecord, Txn,
+    MediaRecord, PendingHistory, PollRecord, SenderKeyMemory, SentRecord, Txn,
 };
 
 use crate::wa::media::{MediaConn, MediaRetry};
@@ -143,6 +144,10 @@ pub enum SendError {
     IdempotencyConflict(String),
     #[error("store: {0}")]
     Store(String),
+    #[error("poll {0} is unknown to this session (it neither made nor received it): a vote needs the poll's secret")]
+    UnknownPoll(String),
+    #[error("{0}")]
+    InvalidVote(String),
 }
 
 /// Something to report to the session's backend.
@@ -187,6 +192,23 @@ pub struct ReceivedMessage {
     pub media: Option<Box<ReceivedMedia>>,
     /// What it says about other messages, if anything.
     pub refs: Option<Box<ReceivedRefs>>,
+    /// A location, contact cards, a poll or a vote.
+    pub content: Option<Box<ReceivedContent>>,
+}
+
+/// Locations, contact cards, polls and votes, from this account's point of
+/// view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceivedContent {
+    Location(crate::wa::content::Location),
+    Contacts(crate::wa::content::Contacts),
+    Poll(crate::wa::content::Poll),
+    /// A vote on `poll`: the options chosen, by name (none: the vote taken
+    /// back), or why they cannot be known.
+    Vote {
+        poll: crate::wa::compose::MessageRef,
+        options: Result<Vec<String>, String>,
+    },
 }
 
 /// A reply's quote, mentions, or a reaction's, edit's or revoke's target,
@@ -272,6 +294,9 @@ pub struct Step {
     /// History chunks to fetch once the step is committed; each carries
     /// the receipt that may go out only after its pages are committed.
     pub history: Vec<HistoryJob>,
+    /// App-state snapshots to fetch once the step is committed, each to
+    /// hand back to [`Engine::handle_app_state_snapshot`].
+    pub app_state_snapshots: Vec<SnapshotJob>,
 }
 
 impl Step {
@@ -565,6 +590,23 @@ impl Engine {
     }
 
     /// Sends requested together (each waits on its own reply).
+    /// An app-state snapshot fetched for a [`SnapshotJob`] of an earlier
+    /// step, or why it could not be: checked and applied, then the patches
+    /// after it (the step's changes and events to commit as any other).
+    pub fn handle_app_state_snapshot(
+        &mut self,
+        job: SnapshotJob,
+        blob: Result<Vec<u8>, String>,
+        keys: &mut dyn KeyStore,
+        creds: &Credentials,
+        now_ms: u64,
+    ) -> Result<Step, StepError> {
+        let mut cx = Cx::new(keys, creds, now_ms);
+        self.on_app_state_snapshot(job, blob, &mut cx)
+            .map_err(Step::abandoned)?;
+        Ok(cx.into_step())
+    }
+
     pub fn handle_sends(
         &mut self,
         requests: Vec<(SendRequest, ReplyTo)>,

@@ -61,12 +61,27 @@ fn own_send_event(
     creds: &crate::wa::creds::Credentials,
     timestamp_s: u64,
     sent: &Sent,
+    txn: &mut super::Txn<'_>,
 ) -> ReceivedMessage {
     let mut content = wamsg::Content::decode(&send.message.encode_to_vec()).ok();
     let own = creds.account.as_ref().map(|a| a.jid.clone());
     let refs = match (&own, content.as_mut()) {
         (Some(own), Some(content)) => {
             super::ReceivedRefs::of(content.refs.take(), own, &send.chat, own)
+        }
+        _ => None,
+    };
+    // The ack is not lost to a store that cannot be read now: the event
+    // then goes without the vote's options.
+    let rich = match (&own, content.as_mut().and_then(|c| c.rich.take())) {
+        (Some(own), Some(rich)) => {
+            match super::polls::received(*rich, &send.id, own, &send.chat, own, txn) {
+                Ok(rich) => Some(Box::new(rich)),
+                Err(e) => {
+                    tracing::warn!(id = %send.id, "poll of an own message unreadable: {e}");
+                    None
+                }
+            }
         }
         _ => None,
     };
@@ -93,6 +108,7 @@ fn own_send_event(
             .and_then(Result::ok)
             .map(|info| Box::new(ReceivedMedia::of(&info))),
         refs,
+        content: rich,
     }
 }
 
@@ -106,6 +122,17 @@ pub(super) fn mark_stanza(mut stanza: Node, message: &Message) -> Node {
         stanza = stanza.attr("type", kind);
         if let Some(edit) = edit {
             stanza = stanza.attr("edit", edit);
+        }
+        if kind == "poll" {
+            // As WhatsApp's clients say which poll stanza it is.
+            let polltype = if message.poll_update_message.is_some() {
+                "vote"
+            } else {
+                "creation"
+            };
+            if let binary::Content::Nodes(children) = &mut stanza.content {
+                children.push(Node::new("meta").attr("polltype", polltype));
+            }
         }
         return stanza;
     };
@@ -233,10 +260,17 @@ impl Engine {
         }
         let id =
             id.unwrap_or_else(|| wamsg::new_message_id(now_ms / 1000, &own.user, &mut self.rng));
+        let mut message = request.message;
+        if let Err(e) =
+            super::polls::prepare_send(&mut message, &id, &own, &mut self.rng, &mut cx.txn)?
+        {
+            cx.step.replies.push((reply, Err(e)));
+            return Ok(());
+        }
         let send = Outgoing {
             id,
             chat,
-            message: request.message,
+            message,
             idempotency_key: request.idempotency_key,
             fingerprint,
             waiters: vec![reply],
@@ -460,6 +494,7 @@ impl Engine {
             cx.creds,
             timestamp_s,
             &sent,
+            &mut cx.txn,
         )));
         for waiter in send.waiters {
             cx.step.replies.push((waiter, Ok(sent.clone())));

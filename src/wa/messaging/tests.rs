@@ -33,6 +33,7 @@ struct MemKeys {
     collections: HashMap<String, crate::wa::appstate::CollectionRecord>,
     contacts: HashMap<String, ContactRecord>,
     chats: HashMap<String, ChatRecord>,
+    polls: HashMap<String, PollRecord>,
     /// Reads fail while set.
     broken: bool,
 }
@@ -100,6 +101,9 @@ impl MemKeys {
                 }
                 Change::ChatSettings(chat, r) => {
                     self.chats.insert(chat, r);
+                }
+                Change::Poll(id, r) => {
+                    self.polls.insert(id, r);
                 }
             }
         }
@@ -172,6 +176,11 @@ impl KeyStore for MemKeys {
     fn chat_settings(&mut self, chat: &str) -> Result<Option<ChatRecord>, KeyError> {
         self.check()?;
         Ok(self.chats.get(chat).cloned())
+    }
+
+    fn poll(&mut self, id: &str) -> Result<Option<PollRecord>, KeyError> {
+        self.check()?;
+        Ok(self.polls.get(id).cloned())
     }
 }
 

@@ -24,7 +24,7 @@ use crate::proto::gateway::{
 };
 use crate::state::SessionHook;
 use crate::time::{ms_of, secs_of};
-use crate::webhook::{c_us, sender_number, wwebjs_type};
+use crate::webhook::{c_us, sender_number, wwebjs_body, wwebjs_type};
 
 /// Events a per-session webhook can filter on.
 pub(crate) const HOOK_EVENTS: [&str; 4] = [
@@ -396,7 +396,7 @@ pub(crate) fn message_json(msg: &MessageEvent) -> Value {
         "chat": c_us(&msg.chat),
         "from": from,
         "fromMe": msg.from_me,
-        "body": msg.text,
+        "body": wwebjs_body(msg),
         "type": wwebjs_type(&msg.r#type),
         "timestamp": secs_of(msg.timestamp.as_ref()),
         "contact": { "name": msg.push_name, "number": sender_number(msg) },

@@ -208,7 +208,7 @@ fn message(
                 "conversation".to_owned(),
             )
         } else {
-            (json!({}), msg.r#type.clone())
+            baileys_content(msg).unwrap_or_else(|| (json!({}), msg.r#type.clone()))
         };
         out.push(venom(
             url,
@@ -369,13 +369,85 @@ fn baileys(url: &str, name: &'static str, event: &Event, data: Value) -> Deliver
     }
 }
 
+/// A location, contact cards or poll as Baileys' `message` object holds it
+/// (WhatsApp's field names, as S1's `message.conversation` is), and the
+/// field's name; `None` for other messages.
+fn baileys_content(msg: &MessageEvent) -> Option<(Value, String)> {
+    if let Some(l) = &msg.location {
+        let field = if msg.r#type == "liveLocationMessage" {
+            "liveLocationMessage"
+        } else {
+            "locationMessage"
+        };
+        let mut body = json!({
+            "degreesLatitude": l.latitude,
+            "degreesLongitude": l.longitude,
+        });
+        if let Some(map) = body.as_object_mut() {
+            for (key, value) in [
+                ("name", &l.name),
+                ("address", &l.address),
+                ("url", &l.url),
+                ("comment", &l.caption),
+            ] {
+                if !value.is_empty() {
+                    map.insert(key.into(), json!(value));
+                }
+            }
+        }
+        return Some((json!({ field: body }), field.to_owned()));
+    }
+    if let Some(c) = &msg.contacts {
+        let card = |card: &crate::proto::gateway::ContactCard| json!({ "displayName": card.display_name, "vcard": card.vcard });
+        if msg.r#type == "contactMessage" {
+            let first = c.cards.first().map(card).unwrap_or_else(|| json!({}));
+            return Some((json!({ "contactMessage": first }), "contactMessage".into()));
+        }
+        let array = json!({
+            "displayName": c.display_name,
+            "contacts": c.cards.iter().map(card).collect::<Vec<_>>(),
+        });
+        return Some((
+            json!({ "contactsArrayMessage": array }),
+            "contactsArrayMessage".into(),
+        ));
+    }
+    if let Some(p) = &msg.poll {
+        // Baileys sends a single-choice poll as V3.
+        let field = if p.selectable_count == 1 {
+            "pollCreationMessageV3"
+        } else {
+            "pollCreationMessage"
+        };
+        let poll = json!({
+            "name": p.name,
+            "options": p.options.iter().map(|o| json!({ "optionName": o })).collect::<Vec<_>>(),
+            "selectableOptionsCount": p.selectable_count,
+        });
+        return Some((json!({ field: poll }), field.to_owned()));
+    }
+    None
+}
+
+/// The whatsapp-web.js `body` of a message: its text; a contact card's
+/// vCard and a poll's question, as whatsapp-web.js puts them there.
+pub(crate) fn wwebjs_body(msg: &MessageEvent) -> String {
+    match (&msg.contacts, &msg.poll) {
+        (Some(c), _) if msg.r#type == "contactMessage" => {
+            c.cards.first().map(|c| c.vcard.clone()).unwrap_or_default()
+        }
+        (_, Some(p)) => p.name.clone(),
+        _ => msg.text.clone(),
+    }
+}
+
 /// The flat message body of the whatsapp-web.js API.
 fn wwebjs_message(session: &str, msg: &MessageEvent, media: &Value) -> Value {
     json!({
         "id": msg.id,
         "sessionId": session,
         "from": c_us(&msg.chat),
-        "body": msg.text,
+        "body": wwebjs_body(msg),
         "type": wwebjs_type(&msg.r#type),
         "timestamp": secs_of(msg.timestamp.as_ref()),
         "contact": { "name": msg.push_name, "number": sender_number(msg) },
@@ -392,8 +464,10 @@ pub(crate) fn wwebjs_type(kind: &str) -> String {
         "audioMessage" => "audio",
         "documentMessage" => "document",
         "stickerMessage" => "sticker",
-        "locationMessage" => "location",
+        "locationMessage" | "liveLocationMessage" => "location",
         "contactMessage" => "vcard",
+        "contactsArrayMessage" => "multi_vcard",
+        "poll" => "poll_creation",
         "undecryptable" => "ciphertext",
         other => other,
     }
@@ -652,6 +726,74 @@ mod tests {
         let out = deliveries(&open, &targets, &WwebjsMedia::default(), &mut flag);
         assert_eq!(out[0].body["data"], json!({"state": "open"}));
         assert!(!flag);
+    }
+
+    #[test]
+    fn locations_cards_and_polls_in_the_documented_places() {
+        use crate::proto::gateway::{ContactCard, Contacts, Location, Poll};
+        let with = |kind: &str, fill: &dyn Fn(&mut MessageEvent)| {
+            let mut event = incoming();
+            if let Some(Payload::Message(m)) = event.payload.as_mut() {
+                m.r#type = kind.into();
+                m.text = String::new();
+                fill(m);
+            }
+            let mut flag = false;
+            deliveries(&event, &all_targets(), &WwebjsMedia::default(), &mut flag)
+        };
+        let out = with("locationMessage", &|m| {
+            m.location = Some(Location {
+                latitude: 19.43,
+                longitude: -99.13,
+                name: "Zócalo".into(),
+                ..Default::default()
+            });
+        });
+        assert_eq!(out[0].body["data"]["messageType"], "locationMessage");
+        assert_eq!(
+            out[0].body["data"]["message"],
+            json!({"locationMessage":{"degreesLatitude":19.43,"degreesLongitude":-99.13,"name":"Zócalo"}})
+        );
+        assert_eq!(
+            (&out[1].body["type"], &out[1].body["body"]),
+            (&json!("location"), &json!(""))
+        );
+        let vcard = "BEGIN:VCARD\nVERSION:3.0\nFN:Ana\nEND:VCARD";
+        let out = with("contactMessage", &|m| {
+            m.contacts = Some(Contacts {
+                display_name: String::new(),
+                cards: vec![ContactCard {
+                    display_name: "Ana".into(),
+                    vcard: vcard.into(),
+                }],
+            });
+        });
+        assert_eq!(
+            out[0].body["data"]["message"],
+            json!({"contactMessage":{"displayName":"Ana","vcard":vcard}})
+        );
+        assert_eq!(
+            (&out[1].body["type"], &out[1].body["body"]),
+            (&json!("vcard"), &json!(vcard))
+        );
+        let out = with("poll", &|m| {
+            m.poll = Some(Poll {
+                name: "¿Comida?".into(),
+                options: vec!["tacos".into(), "sopa".into()],
+                selectable_count: 1,
+            });
+        });
+        assert_eq!(out[0].body["data"]["messageType"], "pollCreationMessageV3");
+        assert_eq!(
+            out[0].body["data"]["message"]["pollCreationMessageV3"]["options"][1],
+            json!({"optionName":"sopa"})
+        );
+        assert_eq!(
+            (&out[1].body["type"], &out[1].body["body"]),
+            (&json!("poll_creation"), &json!("¿Comida?"))
+        );
+        // The QR Service's /incoming carries texts only.
+        assert!(out.iter().all(|d| !d.url.ends_with("/incoming")));
     }
 
     #[test]

@@ -3,14 +3,17 @@
 //! stored chat settings (reported only when they change), the collection's
 //! state is committed, and a patch that fails its MAC resets the collection
 //! and syncs it from its start — once; a server repeating itself is not
-//! asked again.
+//! asked again. A sync from the start asks for the snapshot; a snapshot the
+//! server sends is handed to the owner to fetch, then checked and applied
+//! before the patches after it, and one that fails resyncs as a patch does.
 
 use super::*;
 use crate::proto::wa::SyncdPatch;
 use crate::wa::appstate::{
-    encode_patch, sync_answer_collection, Action, CollectionState, MutationKeys, SharedKey,
-    REGULAR_LOW,
+    current_records, encode_patch, encode_snapshot, sync_answer_collection,
+    sync_answer_with_snapshot, Action, CollectionState, MutationKeys, SharedKey, REGULAR_LOW,
 };
+use prost::Message as _;
 use zeroize::Zeroizing;
 
 const CHAT: &str = "15550001111@s.whatsapp.net";
@@ -78,6 +81,12 @@ fn sync_asked(step: &Step) -> Option<(String, u64)> {
         .find(|n| n.attr_str("xmlns") == Some("w:sync:app:state"))?;
     let collection = iq.child("sync")?.child("collection")?;
     assert_eq!(collection.attr_str("name"), Some(REGULAR_LOW));
+    // The snapshot is asked for exactly when syncing from the start.
+    let from_start = collection.attr_u64("version") == Some(0);
+    assert_eq!(
+        collection.attr_str("return_snapshot"),
+        Some(if from_start { "true" } else { "false" })
+    );
     Some((
         iq.attr_str("id")?.to_owned(),
         collection.attr_u64("version")?,
@@ -206,4 +215,122 @@ fn patches_apply_once_and_a_bad_mac_resyncs_from_the_start() {
     assert_eq!(reported.len(), 1);
     assert!(!reported[0].pinned && reported[0].archived);
     assert_eq!(device.keys.collections[REGULAR_LOW].version, 4);
+}
+
+#[test]
+fn a_snapshot_is_fetched_checked_and_applied_before_the_patches_after_it() {
+    let mut device = Device::new("15550000002", 1);
+    let key_data = [6u8; 32];
+    device.keys.app_state_keys.insert(
+        KEY_ID.to_vec(),
+        SharedKey {
+            id: KEY_ID.to_vec(),
+            data: Zeroizing::new(key_data.to_vec()),
+        },
+    );
+    let mut server = Server {
+        keys: MutationKeys::expand(&key_data),
+        state: CollectionState::default(),
+        patches: Vec::new(),
+        rng: StdRng::seed_from_u64(10),
+    };
+    let chat = || CHAT.to_owned();
+    server.change(Action::Archive {
+        chat: chat(),
+        archived: true,
+    });
+    server.change(Action::Pin {
+        chat: chat(),
+        pinned: true,
+    });
+    // The snapshot at version 2, then one patch after it.
+    let snapshot = encode_snapshot(
+        REGULAR_LOW,
+        &server.state,
+        current_records(&server.patches),
+        KEY_ID,
+        &server.keys,
+    );
+    server.change(Action::Mute {
+        chat: chat(),
+        until_ms: Some(-1),
+    });
+    let reference = crate::proto::wa::ExternalBlobReference {
+        direct_path: Some("/mms/md-app-state/x".into()),
+        ..Default::default()
+    };
+    let answer = |id: &str| {
+        let collection = sync_answer_with_snapshot(
+            REGULAR_LOW,
+            server.state.version,
+            Some(reference.encode_to_vec()),
+            &server.patches[2..],
+        );
+        Node::new("iq")
+            .attr("id", id.to_owned())
+            .attr("type", "result")
+            .children(vec![Node::new("sync").children(vec![collection])])
+    };
+    let snapshot_step = |device: &mut Device, job: SnapshotJob, blob: Result<Vec<u8>, String>| {
+        let step = device
+            .engine
+            .handle_app_state_snapshot(job, blob, &mut device.keys, &device.creds, 1_000)
+            .expect("step");
+        device.keys.commit(step.changes.clone());
+        step
+    };
+
+    let (id, from) = sync_asked(&feed(&mut device, server_sync())).expect("a sync");
+    assert_eq!(from, 0);
+    let mut step = feed(&mut device, answer(&id));
+    assert!(settings(&step).is_empty(), "nothing before the snapshot");
+    let job = step.app_state_snapshots.pop().expect("a snapshot to fetch");
+    assert_eq!(job.collection, REGULAR_LOW);
+    assert_eq!(job.reference, reference);
+    assert_eq!(job.patches.len(), 1);
+    // While it is fetched the collection is not asked for again.
+    assert!(sync_asked(&feed(&mut device, server_sync())).is_none());
+
+    // A snapshot that fails its MAC resets the collection and syncs it
+    // from the start again, asking for the snapshot again.
+    let mut tampered = snapshot.clone();
+    if let Some(mac) = tampered.mac.as_mut() {
+        mac[0] ^= 1;
+    }
+    let step = snapshot_step(&mut device, job.clone(), Ok(tampered.encode_to_vec()));
+    assert!(settings(&step).is_empty());
+    assert_eq!(device.keys.collections[REGULAR_LOW].version, 0);
+    let (id, from) = sync_asked(&step).expect("a resync");
+    assert_eq!(from, 0);
+    let mut step = feed(&mut device, answer(&id));
+    let job = step.app_state_snapshots.pop().expect("the snapshot again");
+
+    // The good snapshot: its entries, then the patch after it.
+    let step = snapshot_step(&mut device, job, Ok(snapshot.encode_to_vec()));
+    let reported = settings(&step);
+    let last = reported.last().expect("settings reported");
+    assert!(last.archived && last.pinned, "{reported:?}");
+    assert_eq!(last.muted_until_ms, Some(-1), "{reported:?}");
+    assert_eq!(device.keys.collections[REGULAR_LOW].version, 3);
+    assert!(sync_asked(&step).is_none(), "in step with the server");
+
+    // A snapshot that cannot be fetched resyncs too, once: a second
+    // failure waits for the next server_sync.
+    let mut other = Device::new("15550000003", 1);
+    other.keys.app_state_keys = device.keys.app_state_keys.clone();
+    let (id, _) = sync_asked(&feed(&mut other, server_sync())).expect("a sync");
+    let job = feed(&mut other, answer(&id))
+        .app_state_snapshots
+        .pop()
+        .expect("a snapshot");
+    let step = snapshot_step(&mut other, job, Err("gone".into()));
+    let (id, from) = sync_asked(&step).expect("a resync");
+    assert_eq!(from, 0);
+    let job = feed(&mut other, answer(&id))
+        .app_state_snapshots
+        .pop()
+        .expect("a snapshot");
+    let step = snapshot_step(&mut other, job, Err("gone again".into()));
+    assert!(sync_asked(&step).is_none(), "no loop");
+    assert!(settings(&step).is_empty());
 }
