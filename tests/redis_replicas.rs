@@ -385,3 +385,48 @@ async fn a_rolling_update_moves_each_session_once() {
     new_c.shutdown().await;
     new_d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_leases() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let Some(redis) = Redis::start() else { return };
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let gateway = start_gateway(on_redis(dir.path(), &sim, &redis)).await;
+    ready(gateway.addr).await;
+    let channel = Channel::from_shared(format!("http://{}", gateway.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut readiness = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "wagate.v1.Gateway".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    // Redis goes away: renewals fail, and the gateway stops being ready.
+    drop(redis);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(status) = readiness.message().await.expect("watch stream") {
+            if status.status == ServingStatus::NotServing as i32 {
+                return;
+            }
+        }
+        panic!("watch ended before NOT_SERVING");
+    })
+    .await
+    .expect("NOT_SERVING once the leases cannot be renewed");
+    // The process itself stays live.
+    let live = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(live.status, ServingStatus::Serving as i32);
+    gateway.shutdown().await;
+}
