@@ -3,10 +3,10 @@
 //! and the registry both import it and never each other.
 
 use crate::wa::conn::ClientConfig;
+use crate::wa::history::DEFAULT_MAX_INFLATED;
 
 use super::backoff::{Backoff, Pacer};
 use super::events::EventLog;
-use super::history::HistorySettings;
 use super::media::{Media, MediaSettings};
 use super::ownership::{Leases, Ownership};
 use super::pipeline::Pipeline;
@@ -46,6 +46,22 @@ impl Default for RuntimeConfig {
             media: MediaSettings::default(),
             history: HistorySettings::default(),
             leases: Leases::default(),
+        }
+    }
+}
+
+/// History settings.
+#[derive(Clone, Debug)]
+pub struct HistorySettings {
+    /// Largest inflated chunk accepted; a larger one is reported as
+    /// unreadable (its last page carries the error) and receipted.
+    pub max_inflated_bytes: usize,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self {
+            max_inflated_bytes: DEFAULT_MAX_INFLATED,
         }
     }
 }

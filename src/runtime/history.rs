@@ -25,22 +25,6 @@ use super::keys::history_batch;
 use super::media::{stream_plaintext, Download, MediaFailure};
 use super::{now_ms, payloads};
 
-/// History settings.
-#[derive(Clone, Debug)]
-pub struct HistorySettings {
-    /// Largest inflated chunk accepted; a larger one is reported as
-    /// unreadable (its last page carries the error) and receipted.
-    pub max_inflated_bytes: usize,
-}
-
-impl Default for HistorySettings {
-    fn default() -> Self {
-        Self {
-            max_inflated_bytes: crate::wa::history::DEFAULT_MAX_INFLATED,
-        }
-    }
-}
-
 /// Plaintext chunks buffered between the file reader and the inflater.
 const PLAINTEXT_QUEUE: usize = 4;
 

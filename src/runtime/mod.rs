@@ -30,11 +30,10 @@ mod status;
 
 pub use backoff::Backoff;
 pub use cluster::Location;
-pub use config::RuntimeConfig;
+pub use config::{HistorySettings, RuntimeConfig};
 pub use error::RuntimeError;
 pub use events::{timestamp as timestamp_ms, EventKind, EventLog};
 pub use fetch_policy::FetchPolicy;
-pub use history::HistorySettings;
 pub use manager::{Manager, PairingCode};
 pub use media::{MediaFailure, MediaSettings};
 pub use media_flow::{
