@@ -21,7 +21,7 @@ use crate::wa::messaging::{DedupeKey, HistoryJob, SendError};
 
 use super::config::Shared;
 use super::events::EventLog;
-use super::keys::history_batch;
+use super::key_records::history_batch;
 use super::media::{stream_plaintext, Download, MediaFailure};
 use super::{now_ms, payloads};
 

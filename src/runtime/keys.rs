@@ -1,15 +1,11 @@
 //! The message engine's keys over the store: the [`KeyStore`] the engine
-//! reads through, with caches in front of the store, the secret names
-//! engine changes are written under, and the upkeep done once per process
-//! (moving records of older versions to hashed names, pruning old
-//! bookkeeping, loading the recent deduplication window).
+//! reads through, with caches in front of the store, and the upkeep done
+//! once per process (moving records of older versions to hashed names,
+//! pruning old bookkeeping, loading the recent deduplication window). The
+//! names and layout of the records are `key_records`.
 //!
 //! Every call here blocks on the store: it runs on a blocking thread, inside
 //! the one hop per step that the messenger makes.
-//!
-//! Secret names carry no identifier in clear: phone numbers, LIDs, group
-//! ids, idempotency keys and message keys become an HMAC under a key derived
-//! from the device's identity key (the values are encrypted by the store).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +15,7 @@ use zeroize::Zeroizing;
 use crate::store::{Batch, SecretOp, SessionId, Store, StoreError};
 use crate::wa::appstate::{CollectionRecord, SharedKey};
 use crate::wa::creds::Credentials;
-use crate::wa::crypto::{hkdf_sha256, hmac_sha256, KeyPair};
+use crate::wa::crypto::KeyPair;
 use crate::wa::messaging::{
     Change, ChatRecord, ContactRecord, DedupeKey, IdempotencyRecord, KeyError, KeyStore,
     MediaRecord, PendingHistory, PollRecord, SenderKeyMemory, SentRecord,
@@ -27,6 +23,12 @@ use crate::wa::messaging::{
 use crate::wa::signal::{PreKey, ProtocolAddress, SenderKeyName, SenderKeyRecord, SessionRecord};
 
 use prost::Message as _;
+
+use super::key_records::{
+    self, prekey_name, seen_bytes, seen_value, Names, APP_STATE_KEY, CHAT, COLLECTION, CONTACT,
+    HISTORY, IDEMPOTENCY, LEGACY, LID, MEDIA, PHONE_LID, POLL, PREKEY_NEXT, SEEN, SENDER_KEY,
+    SENDER_KEY_MEMORY, SENT, SESSION,
+};
 
 /// Signal sessions (and sender keys) kept in memory per session.
 const MAX_CACHED_RECORDS: usize = 256;
@@ -47,95 +49,10 @@ const SEEN_WINDOW_S: u64 = 24 * 3600;
 const SENT_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
 const SEEN_RETENTION_MS: u64 = 30 * 24 * 3_600_000;
 
-/// Names of records that carry no identifier.
-const PREKEY: &str = "signal/prekey/";
-const PREKEY_NEXT: &str = "signal/prekey-next";
-const SENT: &str = "sent/";
-/// Hashed names: `k/<kind>/<hex>`.
-const SESSION: &str = "session";
-const SENDER_KEY: &str = "sender-key";
-const SEEN: &str = "seen";
-const IDEMPOTENCY: &str = "idem";
-const LID: &str = "lid";
-/// The reverse: LID users by phone number.
-const PHONE_LID: &str = "phone-lid";
-const SENDER_KEY_MEMORY: &str = "sender-key-memory";
-/// What downloading a received message's media needs, by message id.
-const MEDIA: &str = "media";
-/// History chunks not yet committed, by their notification's dedupe key.
-const HISTORY: &str = "history";
-/// App-state: sync keys by id, contacts by JID, chat settings by chat JID;
-/// collections by their (public) names.
-const APP_STATE_KEY: &str = "appstate-key";
-const CONTACT: &str = "contact";
-const CHAT: &str = "chat";
-const COLLECTION: &str = "appstate/collection/";
-/// Polls' secrets and options, by message id.
-const POLL: &str = "poll";
-
-/// Where older versions kept records under identifiers in clear, and the
-/// hashed kind each moves to.
-const LEGACY: [(&str, &str); 5] = [
-    ("signal/session/", SESSION),
-    ("signal/sender-key/", SENDER_KEY),
-    ("seen/", SEEN),
-    ("idem/", IDEMPOTENCY),
-    ("lid/", LID),
-];
-
-/// The write recording a history chunk's progress (its deletion once
-/// complete).
-fn history_op(names: &Names, key: &DedupeKey, record: Option<&PendingHistory>) -> SecretOp {
-    let name = names.of(HISTORY, &key.0);
-    match record {
-        Some(record) => SecretOp::Put {
-            key: name,
-            value: Zeroizing::new(record.encode_to_vec()),
-        },
-        None => SecretOp::Delete { key: name },
-    }
-}
-
-/// The store write of a history chunk's progress, committed with one of
-/// its pages outside a message step (`change` is a [`Change::History`];
-/// anything else gives an empty batch).
-pub(crate) fn history_batch(creds: &Credentials, change: &Change) -> Batch {
-    let mut batch = Batch::default();
-    if let Change::History(key, record) = change {
-        let names = Names::new(&creds.identity_key);
-        batch.secrets.push(history_op(&names, key, record.as_ref()));
-    }
-    batch
-}
-
 fn key_error(e: StoreError) -> KeyError {
     KeyError {
         retryable: e.is_retryable(),
         message: e.to_string(),
-    }
-}
-
-/// The name of a secret of `kind` for identifier `ident`.
-struct Names(Zeroizing<[u8; 32]>);
-
-impl Names {
-    fn new(identity: &KeyPair) -> Self {
-        let mut key = Zeroizing::new([0u8; 32]);
-        hkdf_sha256(
-            identity.private_bytes(),
-            &[],
-            b"wagate secret names",
-            key.as_mut(),
-        );
-        Self(key)
-    }
-
-    fn of(&self, kind: &str, ident: &str) -> String {
-        let mac = hmac_sha256(self.0.as_ref(), &[kind.as_bytes(), &[0], ident.as_bytes()]);
-        format!(
-            "k/{kind}/{}",
-            hex::encode(mac.get(..16).unwrap_or_default())
-        )
     }
 }
 
@@ -290,88 +207,7 @@ impl StoreKeys {
 
     /// The store writes for `changes`.
     pub(crate) fn batch(&self, changes: &[Change]) -> Batch {
-        let mut batch = Batch::default();
-        for change in changes {
-            let (key, value) = match change {
-                Change::Session(address, record) => (
-                    self.names.of(SESSION, &address.to_string()),
-                    record.serialize(),
-                ),
-                Change::Prekey(key) => (
-                    prekey_name(key.id),
-                    Zeroizing::new(key.key.private_bytes().to_vec()),
-                ),
-                Change::PrekeyUsed(id) => {
-                    batch.secrets.push(SecretOp::Delete {
-                        key: prekey_name(*id),
-                    });
-                    continue;
-                }
-                Change::NextPrekeyId(next) => (
-                    PREKEY_NEXT.to_owned(),
-                    Zeroizing::new(next.to_be_bytes().to_vec()),
-                ),
-                Change::SenderKey(name, record) => (
-                    self.names.of(SENDER_KEY, &name.to_string()),
-                    record.serialize(),
-                ),
-                Change::Seen { key, t_s, at_ms } => (self.seen_name(key), seen_bytes(*at_ms, *t_s)),
-                Change::Sent(id, record) => (
-                    format!("{SENT}{id}"),
-                    Zeroizing::new(record.encode_to_vec()),
-                ),
-                Change::Idempotency(key, record) => (
-                    self.names.of(IDEMPOTENCY, key),
-                    Zeroizing::new(record.encode_to_vec()),
-                ),
-                Change::Lid { lid_user, phone } => {
-                    batch.secrets.push(SecretOp::Put {
-                        key: self.names.of(PHONE_LID, phone),
-                        value: Zeroizing::new(lid_user.clone().into_bytes()),
-                    });
-                    (
-                        self.names.of(LID, lid_user),
-                        Zeroizing::new(phone.clone().into_bytes()),
-                    )
-                }
-                Change::SenderKeyMemory(group, record) => (
-                    self.names.of(SENDER_KEY_MEMORY, group),
-                    Zeroizing::new(record.encode_to_vec()),
-                ),
-                Change::Media(message_id, record) => (
-                    self.names.of(MEDIA, message_id),
-                    Zeroizing::new(record.encode_to_vec()),
-                ),
-                Change::History(key, record) => {
-                    batch
-                        .secrets
-                        .push(history_op(&self.names, key, record.as_ref()));
-                    continue;
-                }
-                Change::AppStateKey(key) => (
-                    self.names.of(APP_STATE_KEY, &hex::encode(&key.id)),
-                    key.data.clone(),
-                ),
-                Change::AppStateCollection(name, record) => (
-                    format!("{COLLECTION}{name}"),
-                    Zeroizing::new(record.encode_to_vec()),
-                ),
-                Change::Contact(jid, record) => (
-                    self.names.of(CONTACT, jid),
-                    Zeroizing::new(record.encode_to_vec()),
-                ),
-                Change::ChatSettings(chat, record) => (
-                    self.names.of(CHAT, chat),
-                    Zeroizing::new(record.encode_to_vec()),
-                ),
-                Change::Poll(id, record) => (
-                    self.names.of(POLL, id),
-                    Zeroizing::new(record.encode_to_vec()),
-                ),
-            };
-            batch.secrets.push(SecretOp::Put { key, value });
-        }
-        batch
+        key_records::batch(&self.names, &self.seen_names, changes)
     }
 
     /// `changes` were committed: the caches follow.
@@ -427,15 +263,6 @@ impl StoreKeys {
         self.seen_names.clear();
     }
 
-    /// The secret name of a dedupe key, from this step's lookups if it was
-    /// looked up.
-    fn seen_name(&self, key: &DedupeKey) -> String {
-        match self.seen_names.get(key) {
-            Some(name) => name.clone(),
-            None => self.names.of(SEEN, &key.0),
-        }
-    }
-
     /// The media record of a received message (never cached: downloads
     /// are rare next to messages).
     pub(crate) fn media(&self, message_id: &str) -> Result<Option<MediaRecord>, KeyError> {
@@ -471,30 +298,6 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(
         map.clear();
     }
     map.insert(key, value);
-}
-
-fn prekey_name(id: u32) -> String {
-    format!("{PREKEY}{id:06x}")
-}
-
-/// A seen record: when it was committed (ms) and the message's server
-/// time (s).
-fn seen_bytes(at_ms: u64, t_s: u64) -> Zeroizing<Vec<u8>> {
-    let mut out = Vec::with_capacity(16);
-    out.extend_from_slice(&at_ms.to_be_bytes());
-    out.extend_from_slice(&t_s.to_be_bytes());
-    Zeroizing::new(out)
-}
-
-fn seen_value(value: &[u8]) -> (u64, u64) {
-    let read = |range: std::ops::Range<usize>| {
-        value
-            .get(range)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)
-    };
-    let at_ms = read(0..8).unwrap_or(0);
-    (at_ms, read(8..16).unwrap_or(at_ms / 1000))
 }
 
 impl KeyStore for StoreKeys {

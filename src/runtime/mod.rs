@@ -12,6 +12,7 @@ mod events;
 mod fetch_policy;
 mod history;
 mod http;
+mod key_records;
 mod keys;
 mod manager;
 mod media;
