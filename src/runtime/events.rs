@@ -1,20 +1,12 @@
 //! The event log: every event is committed to the store (with whatever state
 //! must change atomically with it) and then announced to the subscribers
 //! whose filter it matches, who read it back from the store. A slow
-//! subscriber never slows a session.
-//!
-//! What a subscriber costs the gateway: one [`Subscription`] in the registry
-//! (a `Notify` and its kind set, under 200 bytes) and, while it follows, one
-//! page of stored events (at most [`PAGE_BYTES`] of payload plus the event
-//! that crosses it, and at most [`PAGE_EVENTS`] events). Nothing is buffered
-//! for it elsewhere: a [`Follower`] reads the next page only when the
-//! previous one is handed on, and the gRPC stream pulls the next event only
-//! when HTTP/2 flow control lets it send, so a subscriber that stops reading
-//! stops costing more (the transport adds its own send buffer, bounded by
-//! the client's window). When it reads again it goes on from its cursor in
-//! the log, gap-free.
+//! subscriber never slows a session. This module writes, registers
+//! subscribers and wakes them; following the log for one subscriber
+//! ([`EventLog::follow`] and its follower) is `event_follower`, the stored
+//! form of events `event_records`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -28,39 +20,12 @@ use crate::store::{
     Batch, EventFilter, EventRecord, NewEvent, Retention, SessionId, Store, StoreError,
 };
 
-/// Events read from the log per page while following.
-const PAGE_EVENTS: usize = 256;
-/// Payload bytes read from the log per page while following.
-const PAGE_BYTES: usize = 64 * 1024;
+use super::event_records::{to_api_event, EventKind};
+
 /// Events the tail of a shared store takes per read.
 const TAIL_BATCH: usize = 1024;
 /// How long one read of a shared store's tail waits for an event.
 const TAIL_WAIT: Duration = Duration::from_secs(1);
-
-/// Event kinds as stored (the `EventType` numbers of the public API).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    Qr,
-    Connection,
-}
-
-impl EventKind {
-    pub fn of(payload: &Payload) -> EventType {
-        match payload {
-            Payload::Qr(_) => EventType::Qr,
-            Payload::Connection(_) => EventType::Connection,
-            Payload::Message(_) => EventType::Message,
-            Payload::Receipt(_) => EventType::Receipt,
-            Payload::Group(_) => EventType::Group,
-            Payload::ChatState(_) => EventType::ChatState,
-            Payload::Presence(_) => EventType::Presence,
-            Payload::LinkCode(_) => EventType::LinkCode,
-            Payload::History(_) => EventType::History,
-            Payload::Contact(_) => EventType::Contact,
-            Payload::ChatSettings(_) => EventType::ChatSettings,
-        }
-    }
-}
 
 /// Writes events and wakes the subscribers they concern.
 #[derive(Clone)]
@@ -227,17 +192,6 @@ impl EventLog {
         }
     }
 
-    /// Follows the log after `cursor` for the events `filter` matches.
-    pub fn follow(&self, cursor: u64, filter: EventFilter) -> Follower {
-        Follower {
-            log: self.clone(),
-            subscription: self.subscribe(filter.clone()),
-            filter,
-            cursor,
-            page: VecDeque::new(),
-        }
-    }
-
     /// Applies retention (age and count) and takes the payload out of every QR
     /// event whose code has expired: it carries the ADV secret, which must not
     /// outlive the code. `qr_lifetime_ms` is the longest a code lives (the
@@ -290,44 +244,6 @@ impl EventLog {
     ) -> Result<Vec<gateway::Event>, StoreError> {
         let records = self.read_page(cursor, filter, limit, usize::MAX).await?;
         Ok(records.into_iter().map(to_api_event).collect())
-    }
-}
-
-/// Reads the log for one subscriber, page by page, waiting for a matching
-/// commit when it has caught up.
-pub struct Follower {
-    log: EventLog,
-    subscription: Subscription,
-    filter: EventFilter,
-    /// The last event handed on.
-    cursor: u64,
-    page: VecDeque<EventRecord>,
-}
-
-impl Follower {
-    /// The next event after the cursor, waiting for one if the log has none
-    /// yet. Cancel-safe: an event counts as handed on only once returned.
-    pub async fn next(&mut self) -> Result<gateway::Event, StoreError> {
-        loop {
-            if let Some(record) = self.page.pop_front() {
-                self.cursor = record.cursor;
-                return Ok(to_api_event(record));
-            }
-            let page = self
-                .log
-                .read_page(self.cursor, self.filter.clone(), PAGE_EVENTS, PAGE_BYTES)
-                .await?;
-            if page.is_empty() {
-                self.subscription.changed().await;
-            } else {
-                self.page = page.into();
-            }
-        }
-    }
-
-    /// The cursor of the last event handed on.
-    pub fn cursor(&self) -> u64 {
-        self.cursor
     }
 }
 
@@ -442,54 +358,6 @@ impl KindSet {
 
     fn meets(&self, other: KindSet) -> bool {
         self.0.iter().zip(other.0).any(|(a, b)| a & b != 0)
-    }
-}
-
-/// Rebuilds the public event from a stored record.
-fn to_api_event(record: EventRecord) -> gateway::Event {
-    // A record this build cannot parse still reaches the subscriber, with its
-    // position, so nothing is silently skipped. A withheld payload (an expired
-    // QR code, or a record that failed authentication and was quarantined)
-    // reads back empty: the subscriber gets an empty payload of the event's
-    // type at its place.
-    let mut event = if record.payload.is_empty() {
-        gateway::Event {
-            payload: empty_payload(record.kind),
-            ..Default::default()
-        }
-    } else {
-        gateway::Event::decode(record.payload.as_slice()).unwrap_or_default()
-    };
-    event.cursor = record.cursor;
-    event.session_id = record.session_id.as_str().to_owned();
-    event.seq = record.seq;
-    event.timestamp = Some(timestamp(record.timestamp_ms));
-    event
-}
-
-/// An empty payload of the stored kind, if it is one this build knows.
-fn empty_payload(kind: u8) -> Option<Payload> {
-    match EventType::try_from(i32::from(kind)).ok()? {
-        EventType::Qr => Some(Payload::Qr(Default::default())),
-        EventType::Connection => Some(Payload::Connection(Default::default())),
-        EventType::Message => Some(Payload::Message(Default::default())),
-        EventType::Receipt => Some(Payload::Receipt(Default::default())),
-        EventType::Group => Some(Payload::Group(Default::default())),
-        EventType::ChatState => Some(Payload::ChatState(Default::default())),
-        EventType::Presence => Some(Payload::Presence(Default::default())),
-        EventType::LinkCode => Some(Payload::LinkCode(Default::default())),
-        EventType::History => Some(Payload::History(Default::default())),
-        EventType::Contact => Some(Payload::Contact(Default::default())),
-        EventType::ChatSettings => Some(Payload::ChatSettings(Default::default())),
-        EventType::Unspecified => None,
-    }
-}
-
-/// Milliseconds since the epoch as a protobuf timestamp.
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
 }
 
@@ -617,49 +485,5 @@ mod tests {
         );
         assert!(matches!(events[1].payload, Some(Payload::Connection(_))));
         assert!(matches!(&events[2].payload, Some(Payload::Qr(q)) if q.qr == "2@abc"));
-    }
-
-    #[tokio::test]
-    async fn a_follower_reads_pages_then_waits_for_its_sessions() {
-        let log = EventLog::new(Arc::new(MemoryStore::new())).expect("log");
-        let (a, b) = (sid("a"), sid("b"));
-        // More than a page of backlog.
-        let backlog: Vec<Payload> = (0..PAGE_EVENTS + 10).map(|_| connection()).collect();
-        log.commit(&a, Batch::new(), backlog, 1)
-            .await
-            .expect("commit");
-        let mut follower = log.follow(
-            0,
-            EventFilter {
-                sessions: vec![a.clone()],
-                kinds: vec![],
-            },
-        );
-        for seq in 1..=(PAGE_EVENTS + 10) as u64 {
-            let event = follower.next().await.expect("event");
-            assert_eq!(event.seq, seq);
-            assert_eq!(event.session_id, "a");
-        }
-        assert!(follower.page.len() <= PAGE_EVENTS);
-
-        // Caught up: it waits, and a commit for another session does not
-        // end the wait.
-        let pending = tokio::time::timeout(Duration::from_millis(20), follower.next()).await;
-        assert!(pending.is_err(), "nothing to read yet");
-        log.commit(&b, Batch::new(), vec![qr()], 2)
-            .await
-            .expect("commit");
-        let log2 = log.clone();
-        let a2 = a.clone();
-        let writer = tokio::spawn(async move {
-            log2.commit(&a2, Batch::new(), vec![qr()], 3)
-                .await
-                .expect("commit")
-        });
-        let event = follower.next().await.expect("event");
-        assert_eq!((event.session_id.as_str(), event.seq), ("a", 267));
-        assert!(matches!(event.payload, Some(Payload::Qr(_))));
-        assert_eq!(follower.cursor(), event.cursor);
-        writer.await.expect("writer");
     }
 }

@@ -19,7 +19,7 @@ use crate::wa::messaging::{
 };
 use crate::wa::presence::{ChatState as ChatStateKind, IncomingChatState, IncomingPresence};
 
-use super::events::timestamp;
+use super::event_records::timestamp;
 use super::status::SessionState;
 
 /// Unix seconds as a protobuf timestamp; times past what it can hold are

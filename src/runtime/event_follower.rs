@@ -1,0 +1,148 @@
+//! Following the event log for one subscriber: a [`Follower`] reads the log
+//! page by page from its cursor and, once caught up, waits for a commit its
+//! filter matches. Built on the writer's reads and wake-ups (`events`),
+//! which never import this module.
+//!
+//! What a subscriber costs the gateway: one [`Subscription`] in the registry
+//! (a `Notify` and its kind set, under 200 bytes) and, while it follows, one
+//! page of stored events (at most [`PAGE_BYTES`] of payload plus the event
+//! that crosses it, and at most [`PAGE_EVENTS`] events). Nothing is buffered
+//! for it elsewhere: a [`Follower`] reads the next page only when the
+//! previous one is handed on, and the gRPC stream pulls the next event only
+//! when HTTP/2 flow control lets it send, so a subscriber that stops reading
+//! stops costing more (the transport adds its own send buffer, bounded by
+//! the client's window). When it reads again it goes on from its cursor in
+//! the log, gap-free.
+
+use std::collections::VecDeque;
+
+use crate::proto::gateway;
+use crate::store::{EventFilter, EventRecord, StoreError};
+
+use super::event_records::to_api_event;
+use super::events::{EventLog, Subscription};
+
+/// Events read from the log per page while following.
+const PAGE_EVENTS: usize = 256;
+/// Payload bytes read from the log per page while following.
+const PAGE_BYTES: usize = 64 * 1024;
+
+impl EventLog {
+    /// Follows the log after `cursor` for the events `filter` matches.
+    pub fn follow(&self, cursor: u64, filter: EventFilter) -> Follower {
+        Follower {
+            log: self.clone(),
+            subscription: self.subscribe(filter.clone()),
+            filter,
+            cursor,
+            page: VecDeque::new(),
+        }
+    }
+}
+
+/// Reads the log for one subscriber, page by page, waiting for a matching
+/// commit when it has caught up.
+pub struct Follower {
+    log: EventLog,
+    subscription: Subscription,
+    filter: EventFilter,
+    /// The last event handed on.
+    cursor: u64,
+    page: VecDeque<EventRecord>,
+}
+
+impl Follower {
+    /// The next event after the cursor, waiting for one if the log has none
+    /// yet. Cancel-safe: an event counts as handed on only once returned.
+    pub async fn next(&mut self) -> Result<gateway::Event, StoreError> {
+        loop {
+            if let Some(record) = self.page.pop_front() {
+                self.cursor = record.cursor;
+                return Ok(to_api_event(record));
+            }
+            let page = self
+                .log
+                .read_page(self.cursor, self.filter.clone(), PAGE_EVENTS, PAGE_BYTES)
+                .await?;
+            if page.is_empty() {
+                self.subscription.changed().await;
+            } else {
+                self.page = page.into();
+            }
+        }
+    }
+
+    /// The cursor of the last event handed on.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::gateway::event::Payload;
+    use crate::proto::gateway::{ConnectionEvent, QrEvent};
+    use crate::store::{Batch, MemoryStore, SessionId};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn sid(s: &str) -> SessionId {
+        s.parse().expect("valid id")
+    }
+
+    fn qr() -> Payload {
+        Payload::Qr(QrEvent {
+            qr: "2@abc".into(),
+            expires_at: None,
+        })
+    }
+
+    fn connection() -> Payload {
+        Payload::Connection(ConnectionEvent::default())
+    }
+
+    #[tokio::test]
+    async fn a_follower_reads_pages_then_waits_for_its_sessions() {
+        let log = EventLog::new(Arc::new(MemoryStore::new())).expect("log");
+        let (a, b) = (sid("a"), sid("b"));
+        // More than a page of backlog.
+        let backlog: Vec<Payload> = (0..PAGE_EVENTS + 10).map(|_| connection()).collect();
+        log.commit(&a, Batch::new(), backlog, 1)
+            .await
+            .expect("commit");
+        let mut follower = log.follow(
+            0,
+            EventFilter {
+                sessions: vec![a.clone()],
+                kinds: vec![],
+            },
+        );
+        for seq in 1..=(PAGE_EVENTS + 10) as u64 {
+            let event = follower.next().await.expect("event");
+            assert_eq!(event.seq, seq);
+            assert_eq!(event.session_id, "a");
+        }
+        assert!(follower.page.len() <= PAGE_EVENTS);
+
+        // Caught up: it waits, and a commit for another session does not
+        // end the wait.
+        let pending = tokio::time::timeout(Duration::from_millis(20), follower.next()).await;
+        assert!(pending.is_err(), "nothing to read yet");
+        log.commit(&b, Batch::new(), vec![qr()], 2)
+            .await
+            .expect("commit");
+        let log2 = log.clone();
+        let a2 = a.clone();
+        let writer = tokio::spawn(async move {
+            log2.commit(&a2, Batch::new(), vec![qr()], 3)
+                .await
+                .expect("commit")
+        });
+        let event = follower.next().await.expect("event");
+        assert_eq!((event.session_id.as_str(), event.seq), ("a", 267));
+        assert!(matches!(event.payload, Some(Payload::Qr(_))));
+        assert_eq!(follower.cursor(), event.cursor);
+        writer.await.expect("writer");
+    }
+}
