@@ -6,245 +6,32 @@
 //! committed together with other sessions' steps; back on the actor, the
 //! stanzas the step produced go to the wire. Nothing reaches the wire before
 //! its commit (DESIGN §8).
+//!
+//! Here: the messenger's commands and the hand-off of each step to the
+//! pipeline or the blocking pool; the step itself is `step`.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use rand::RngCore;
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use crate::proto::gateway::event::Payload;
-use crate::store::{Batch, EventRecord, SessionId, StoreError};
+use crate::store::SessionId;
 use crate::wa::binary::Node;
 use crate::wa::conn::Connection;
 use crate::wa::creds::Credentials;
 use crate::wa::jid::Jid;
-use crate::wa::media::MediaRetry;
-use crate::wa::messaging::{Engine, HistoryJob, KeyError, ReplyTo, SendRequest, SnapshotJob, Step};
+use crate::wa::messaging::{HistoryJob, ReplyTo, SendRequest, SnapshotJob};
 
 pub use crate::wa::messaging::{SendError, Sent};
 
 use super::events::EventLog;
-use super::keys::StoreKeys;
-use super::payloads;
-use super::pipeline::{Commit, Job, Lane};
+use super::pipeline::{Job, Lane};
+use super::step::{Core, Input, Output, SessionStep, StepFailure};
 
 pub use super::outgoing::OutgoingText;
 
-pub(crate) use super::replies::{
-    MediaCommand, MediaConnReply, QueryReply, SendReply, TransmitReply,
-};
-
-/// Why a step could not complete. The connection then closes without
-/// acknowledging anything of it; the server delivers it again.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum StepFailure {
-    #[error("cannot commit message state: {0}")]
-    Store(#[from] StoreError),
-    #[error("cannot read keys: {0}")]
-    Keys(#[from] KeyError),
-    #[error("the message engine failed: {0}")]
-    Crashed(String),
-}
-
-pub(super) enum Input {
-    Connected,
-    Stanzas(Vec<Node>),
-    Sends(Vec<(SendRequest, ReplyTo)>),
-    /// Lookups that read the store and change nothing.
-    Lookup(MediaCommand),
-    /// An app-state snapshot fetched (or why not).
-    Snapshot(Box<SnapshotJob>, Result<Vec<u8>, String>),
-}
-
-/// What goes back to the actor after a step.
-pub(super) struct Output {
-    transmit: Vec<Node>,
-    messages_in: u32,
-    messages_out: u32,
-    push_name: Option<String>,
-    history: Vec<HistoryJob>,
-    snapshots: Vec<SnapshotJob>,
-}
-
-/// The engine with its keys and waiting callers: moved into each step's job
-/// and back.
-pub(super) struct Core {
-    engine: Engine,
-    keys: Option<StoreKeys>,
-    replies: HashMap<ReplyTo, SendReply>,
-    queries: HashMap<ReplyTo, QueryReply>,
-    media_conns: HashMap<ReplyTo, MediaConnReply>,
-    /// Downloads waiting for a `mediaretry` notification, by message id.
-    media_retries: HashMap<String, oneshot::Sender<Result<MediaRetry, SendError>>>,
-}
-
-impl Core {
-    fn new() -> Box<Self> {
-        let mut seed = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut seed);
-        Box::new(Self {
-            engine: Engine::new(seed),
-            keys: None,
-            replies: HashMap::new(),
-            queries: HashMap::new(),
-            media_conns: HashMap::new(),
-            media_retries: HashMap::new(),
-        })
-    }
-
-    fn deliver(&mut self, step: &mut Step) {
-        for (to, result) in step.replies.drain(..) {
-            if let Some(reply) = self.replies.remove(&to) {
-                let _ = reply.send(result);
-            }
-        }
-        for (to, result) in step.answers.drain(..) {
-            if let Some(reply) = self.queries.remove(&to) {
-                let _ = reply.send(result);
-            }
-        }
-        for (to, result) in step.media_conns.drain(..) {
-            if let Some(reply) = self.media_conns.remove(&to) {
-                let _ = reply.send(result);
-            }
-        }
-        for retry in step.media_retries.drain(..) {
-            if let Some(reply) = self.media_retries.remove(&retry.target.message_id) {
-                let _ = reply.send(Ok(retry));
-            }
-        }
-    }
-
-    /// Every waiting caller learns the connection is going away.
-    fn fail_all(&mut self, why: &str) {
-        for (_, reply) in self.replies.drain() {
-            let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
-        }
-        for (_, reply) in self.queries.drain() {
-            let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
-        }
-        for (_, reply) in self.media_conns.drain() {
-            let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
-        }
-        for (_, reply) in self.media_retries.drain() {
-            let _ = reply.send(Err(SendError::ConnectionLost(why.to_owned())));
-        }
-    }
-
-    /// The engine's part of a step: its replies are delivered; what it
-    /// must commit is handed back.
-    pub(super) fn prepare(
-        &mut self,
-        input: Input,
-        creds: &Credentials,
-        log: &EventLog,
-        id: &SessionId,
-        now_ms: u64,
-    ) -> Result<Prepared, StepFailure> {
-        let keys = self
-            .keys
-            .get_or_insert_with(|| StoreKeys::new(id.clone(), log.store().clone(), creds));
-        let mut step = match input {
-            Input::Connected => {
-                keys.load(now_ms)?;
-                self.engine.handle_connected(creds, now_ms)
-            }
-            Input::Stanzas(nodes) => self
-                .engine
-                .handle_stanzas(nodes, keys, creds, now_ms)
-                .map_err(|e| e.0)?,
-            Input::Sends(requests) => self
-                .engine
-                .handle_sends(requests, keys, creds, now_ms)
-                .map_err(|e| e.0)?,
-            Input::Snapshot(job, blob) => self
-                .engine
-                .handle_app_state_snapshot(*job, blob, keys, creds, now_ms)
-                .map_err(|e| e.0)?,
-            Input::Lookup(command) => {
-                // A failed read fails the lookup, not the connection.
-                let store = |e: KeyError| SendError::Store(e.message);
-                let mut step = Step::default();
-                match command {
-                    MediaCommand::Idempotency {
-                        key,
-                        fingerprint,
-                        to,
-                        reply,
-                    } => {
-                        let answer = self.engine.idempotency_of(&key, &fingerprint, &to, keys);
-                        let _ = reply.send(answer.unwrap_or_else(|e| Err(store(e.0))));
-                    }
-                    MediaCommand::Record { message_id, reply } => {
-                        let _ = reply.send(keys.media(&message_id).map_err(store));
-                    }
-                    MediaCommand::Remember { message_id, record } => {
-                        let change = crate::wa::messaging::Change::Media(message_id, *record);
-                        step.changes.push(change);
-                    }
-                    other => other.refuse(),
-                }
-                step
-            }
-        };
-        let commit = step.needs_commit().then(|| {
-            let batch = keys.batch(&step.changes);
-            let events = step.events.iter().map(payloads::engine_event).collect();
-            (batch, events)
-        });
-        self.deliver(&mut step);
-        Ok(Prepared {
-            changes: std::mem::take(&mut step.changes),
-            commit,
-            output: Output {
-                transmit: step.transmit,
-                messages_in: step.messages_in,
-                messages_out: step.messages_out,
-                push_name: step.push_name,
-                history: step.history,
-                snapshots: step.app_state_snapshots,
-            },
-        })
-    }
-
-    /// After the commit (if the step had one): the caches follow it, or
-    /// everything of the step is abandoned.
-    pub(super) fn finish(
-        &mut self,
-        prepared: Prepared,
-        committed: Option<Result<Vec<EventRecord>, StoreError>>,
-    ) -> Result<Output, StepFailure> {
-        if let Some(Err(e)) = committed {
-            let failure = StepFailure::Store(e);
-            self.abandon(&failure);
-            return Err(failure);
-        }
-        if let Some(keys) = &mut self.keys {
-            keys.apply(prepared.changes);
-        }
-        Ok(prepared.output)
-    }
-
-    /// A step failed: cached keys may be ahead of the store, and every
-    /// waiting caller learns the connection is going away.
-    pub(super) fn abandon(&mut self, failure: &StepFailure) {
-        if let Some(keys) = &mut self.keys {
-            keys.forget();
-        }
-        self.fail_all(&failure.to_string());
-    }
-}
-
-/// A step whose engine part ran, waiting for its commit.
-pub(super) struct Prepared {
-    changes: Vec<crate::wa::messaging::Change>,
-    /// The batch and events to commit, if any.
-    pub(super) commit: Option<(Batch, Vec<Payload>)>,
-    output: Output,
-}
+pub(crate) use super::replies::{MediaCommand, QueryReply, SendReply, TransmitReply};
 
 pub(crate) struct Messenger {
     id: SessionId,
@@ -529,15 +316,7 @@ impl Messenger {
         // job and answers on the same channel.
         let on_pipeline = !matches!(input, Input::Connected) && self.pipeline.is_running();
         let (done, answer) = oneshot::channel();
-        let mut job = Box::new(SessionStep {
-            core: Some(core),
-            input: Some(input),
-            creds,
-            id: self.id.clone(),
-            now_ms,
-            prepared: None,
-            done,
-        });
+        let mut job = SessionStep::new(core, input, creds, self.id.clone(), now_ms, done);
         if on_pipeline {
             // The pipeline thread catches the panics of its rounds, so a
             // refused job (the engine with it) does not happen in practice.
@@ -594,55 +373,5 @@ impl Messenger {
             let _ = conn.send_node(&node);
         }
         Ok(())
-    }
-}
-
-/// A session's step as the pipeline runs it.
-struct SessionStep {
-    core: Option<Box<Core>>,
-    input: Option<Input>,
-    creds: Arc<Credentials>,
-    id: SessionId,
-    now_ms: u64,
-    prepared: Option<Result<Prepared, StepFailure>>,
-    done: oneshot::Sender<(Box<Core>, Result<Output, StepFailure>)>,
-}
-
-impl Job for SessionStep {
-    fn prepare(&mut self, log: &EventLog) -> Option<Commit> {
-        let (Some(core), Some(input)) = (self.core.as_mut(), self.input.take()) else {
-            return None;
-        };
-        let _span = tracing::info_span!("session", id = %self.id).entered();
-        let mut prepared = core.prepare(input, &self.creds, log, &self.id, self.now_ms);
-        let commit = match &mut prepared {
-            Ok(p) => p
-                .commit
-                .take()
-                .map(|(batch, events)| (self.id.clone(), batch, events, self.now_ms)),
-            Err(_) => None,
-        };
-        self.prepared = Some(prepared);
-        commit
-    }
-
-    fn finish(self: Box<Self>, committed: Option<Result<Vec<EventRecord>, StoreError>>) {
-        let SessionStep {
-            core,
-            prepared,
-            done,
-            ..
-        } = *self;
-        let (Some(mut core), Some(prepared)) = (core, prepared) else {
-            return;
-        };
-        let output = match prepared {
-            Ok(prepared) => core.finish(prepared, committed),
-            Err(e) => {
-                core.abandon(&e);
-                Err(e)
-            }
-        };
-        let _ = done.send((core, output));
     }
 }

@@ -30,6 +30,7 @@ mod replies;
 mod session;
 mod socket;
 mod status;
+mod step;
 
 pub use backoff::Backoff;
 pub use cluster::Location;
