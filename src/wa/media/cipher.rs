@@ -4,8 +4,8 @@
 //! hashes and MAC are computed along the way.
 
 use aes::Aes256;
-use cbc::cipher::inout::InOutBuf;
 use cbc::cipher::consts::{U16, U32};
+use cbc::cipher::inout::InOutBuf;
 use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use subtle::ConstantTimeEq;
 
@@ -30,23 +30,21 @@ pub(super) enum Engine {
     /// The fused x86-64 loop where the CPU has it, else the portable one.
     Best,
     /// The `aes`/`cbc` crates beside `sha2`'s compression, a block at a
-    /// time: any CPU.
+    /// time: any CPU. Tests compare the two.
+    #[cfg(test)]
     Portable,
 }
 
 /// AES-256-CBC in one direction, portable or fused.
 enum Cbc<Portable> {
     Portable(Portable),
+    /// Boxed: round keys for the kernel's loads, 256 bytes.
     #[cfg(target_arch = "x86_64")]
-    Fused(fused::Cbc),
+    Fused(Box<fused::Cbc>),
 }
 
 impl<Portable> Cbc<Portable> {
-    fn new(
-        keys: &MediaKeys,
-        engine: Engine,
-        direction: Direction,
-    ) -> Self
+    fn new(keys: &MediaKeys, engine: Engine, direction: Direction) -> Self
     where
         Portable: KeyIvInit<KeySize = U32, IvSize = U16>,
     {
@@ -57,7 +55,7 @@ impl<Portable> Cbc<Portable> {
                 Direction::Decrypt => fused::Direction::Decrypt,
             };
             if let Some(cbc) = fused::Cbc::new(keys.cipher_key(), keys.iv(), direction) {
-                return Cbc::Fused(cbc);
+                return Cbc::Fused(Box::new(cbc));
             }
         }
         let _ = (engine, direction);
@@ -269,6 +267,7 @@ impl Encryptor {
     }
 
     /// Whether the fused x86-64 loop runs this encryption.
+    #[cfg(test)]
     pub(super) fn is_fused(&self) -> bool {
         self.cipher.is_fused()
     }
@@ -326,7 +325,6 @@ impl Encryptor {
         self.mac.update(&buf[mac..]);
         self.body_hash.update(&buf[body..]);
     }
-
 }
 
 /// What the decryptor checks at the end, besides the MAC (always checked).
@@ -486,6 +484,7 @@ impl Decryptor {
     }
 
     /// Whether the fused x86-64 loop runs this decryption.
+    #[cfg(test)]
     pub(super) fn is_fused(&self) -> bool {
         self.cipher.is_fused()
     }

@@ -188,9 +188,20 @@ fn round_trip(
 fn the_fused_loop_matches_the_portable_path() {
     let keys = key(9).keys(MediaType::Video);
     let mut rng = StdRng::seed_from_u64(9);
-    let irregular: Vec<usize> = (0..97).map(|_| 1 + (rng.next_u32() % 300) as usize).collect();
+    let irregular: Vec<usize> = (0..97)
+        .map(|_| 1 + (rng.next_u32() % 300) as usize)
+        .collect();
     let mut lengths: Vec<usize> = (0..=260).collect();
-    lengths.extend([1000, 4095, 4096, 4097, 65_535, 65_536, 65_537, (1 << 20) + 13]);
+    lengths.extend([
+        1000,
+        4095,
+        4096,
+        4097,
+        65_535,
+        65_536,
+        65_537,
+        (1 << 20) + 13,
+    ]);
     for len in lengths {
         let plain = data(len, len as u64 + 100);
         let reference = round_trip(&keys, &plain, &[len.max(1)], Engine::Portable);
