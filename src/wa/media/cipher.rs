@@ -38,7 +38,8 @@ pub(super) enum Engine {
 /// AES-256-CBC in one direction, portable or fused.
 enum Cbc<Portable> {
     Portable(Portable),
-    /// Boxed: round keys for the kernel's loads, 256 bytes.
+    /// Boxed: its 256 bytes of round keys would otherwise size every
+    /// encryptor and decryptor.
     #[cfg(target_arch = "x86_64")]
     Fused(Box<fused::Cbc>),
 }

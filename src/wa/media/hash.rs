@@ -7,7 +7,8 @@
 //! 64 bytes at a time in one loop, the chains are independent neighbours in
 //! the instruction stream and their rounds overlap. The compression function
 //! is `sha2`'s (with its SHA-NI path); only the buffering and padding are
-//! here.
+//! here. Where the fused x86-64 loop runs (`fused`), it takes the chaining
+//! state, compresses whole blocks itself and hands it back.
 
 use sha2::compress256;
 use sha2::digest::generic_array::GenericArray;
