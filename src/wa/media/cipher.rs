@@ -4,10 +4,13 @@
 //! hashes and MAC are computed along the way.
 
 use aes::Aes256;
+use cbc::cipher::consts::{U16, U32};
 use cbc::cipher::inout::InOutBuf;
 use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use subtle::ConstantTimeEq;
 
+#[cfg(target_arch = "x86_64")]
+use super::fused;
 use super::hash::{HmacSha256Blocks, Sha256Blocks, BLOCK as HASH_BLOCK};
 use super::{MediaKeys, BLOCK_LEN, MAC_LEN};
 
@@ -20,6 +23,100 @@ const UNIT: usize = HASH_BLOCK;
 /// the last ciphertext block (its padding is only checked at the end) and
 /// the MAC.
 const HOLD: usize = BLOCK_LEN + MAC_LEN;
+
+/// Which implementation runs the cipher and the hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Engine {
+    /// The fused x86-64 loop where the CPU has it, else the portable one.
+    Best,
+    /// The `aes`/`cbc` crates beside `sha2`'s compression, a block at a
+    /// time: any CPU. Tests compare the two.
+    #[cfg(test)]
+    Portable,
+}
+
+/// AES-256-CBC in one direction, portable or fused.
+enum Cbc<Portable> {
+    Portable(Portable),
+    /// Boxed: its 256 bytes of round keys would otherwise size every
+    /// encryptor and decryptor.
+    #[cfg(target_arch = "x86_64")]
+    Fused(Box<fused::Cbc>),
+}
+
+impl<Portable> Cbc<Portable> {
+    fn new(keys: &MediaKeys, engine: Engine, direction: Direction) -> Self
+    where
+        Portable: KeyIvInit<KeySize = U32, IvSize = U16>,
+    {
+        #[cfg(target_arch = "x86_64")]
+        if engine == Engine::Best {
+            let direction = match direction {
+                Direction::Encrypt => fused::Direction::Encrypt,
+                Direction::Decrypt => fused::Direction::Decrypt,
+            };
+            if let Some(cbc) = fused::Cbc::new(keys.cipher_key(), keys.iv(), direction) {
+                return Cbc::Fused(Box::new(cbc));
+            }
+        }
+        let _ = (engine, direction);
+        Cbc::Portable(Portable::new(keys.cipher_key().into(), keys.iv().into()))
+    }
+
+    fn is_fused(&self) -> bool {
+        match self {
+            Cbc::Portable(_) => false,
+            #[cfg(target_arch = "x86_64")]
+            Cbc::Fused(_) => true,
+        }
+    }
+}
+
+impl Cbc<cbc::Encryptor<Aes256>> {
+    /// Encrypts whole blocks in place, one after the other.
+    fn encrypt(&mut self, blocks: &mut [u8]) {
+        match self {
+            Cbc::Portable(cipher) => {
+                let (blocks, _) = InOutBuf::from(blocks).into_chunks();
+                cipher.encrypt_blocks_inout_mut(blocks);
+            }
+            #[cfg(target_arch = "x86_64")]
+            Cbc::Fused(cbc) => cbc.encrypt_blocks(blocks),
+        }
+    }
+}
+
+impl Cbc<cbc::Decryptor<Aes256>> {
+    /// Decrypts whole blocks in place.
+    fn decrypt(&mut self, blocks: &mut [u8]) {
+        match self {
+            Cbc::Portable(cipher) => {
+                let (blocks, _) = InOutBuf::from(blocks).into_chunks();
+                cipher.decrypt_blocks_inout_mut(blocks);
+            }
+            #[cfg(target_arch = "x86_64")]
+            Cbc::Fused(cbc) => cbc.decrypt_blocks(blocks),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Encrypt,
+    Decrypt,
+}
+
+/// How a run of whole blocks splits for the fused loop: blocks that bring
+/// the hashes to a block boundary, then whole hash blocks; the rest is
+/// taken a block at a time. `pending` is what the plaintext hash holds
+/// (so does the body hash; the MAC holds 16 bytes more).
+fn fused_span(is_fused: bool, pending: usize, len: usize) -> (usize, usize) {
+    if !is_fused {
+        return (len, 0);
+    }
+    let head = ((HASH_BLOCK - pending) % HASH_BLOCK).min(len);
+    (head, (len - head) / HASH_BLOCK * HASH_BLOCK)
+}
 
 /// Why a media body could not be turned into the file it claims to be.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -92,7 +189,7 @@ pub struct EncryptedMedia {
 /// order, is the body to upload; its length is known in advance
 /// ([`body_len`]), its hash (the upload token) only at the end.
 pub struct Encryptor {
-    cipher: cbc::Encryptor<Aes256>,
+    cipher: Cbc<cbc::Encryptor<Aes256>>,
     mac: HmacSha256Blocks,
     plain_hash: Sha256Blocks,
     body_hash: Sha256Blocks,
@@ -104,10 +201,14 @@ pub struct Encryptor {
 
 impl Encryptor {
     pub fn new(keys: &MediaKeys) -> Self {
+        Self::with_engine(keys, Engine::Best)
+    }
+
+    pub(super) fn with_engine(keys: &MediaKeys, engine: Engine) -> Self {
         let mut mac = hmac_for(keys);
         mac.update(keys.iv());
         Self {
-            cipher: cbc::Encryptor::new(keys.cipher_key().into(), keys.iv().into()),
+            cipher: Cbc::new(keys, engine, Direction::Encrypt),
             mac,
             plain_hash: Sha256Blocks::new(),
             body_hash: Sha256Blocks::new(),
@@ -152,7 +253,7 @@ impl Encryptor {
         self.plain_hash.update(&self.partial[..self.partial_len]);
         self.partial[self.partial_len..].fill(pad);
         out.extend_from_slice(&self.partial);
-        self.encrypt(&mut out[start..]);
+        self.cipher.encrypt(&mut out[start..]);
         self.mac.update(&out[start..]);
         self.body_hash.update(&out[start..]);
         let tag = self.mac.finish();
@@ -166,28 +267,64 @@ impl Encryptor {
         }
     }
 
+    /// Whether the fused x86-64 loop runs this encryption.
+    #[cfg(test)]
+    pub(super) fn is_fused(&self) -> bool {
+        self.cipher.is_fused()
+    }
+
     /// Hashes whole plaintext blocks, encrypts them in place and feeds the
-    /// ciphertext to the MAC and the body hash. The buffer goes by in hash
-    /// blocks; the MAC and body hash trail the cipher by one, so their
-    /// rounds run while AES chains through the next one.
+    /// ciphertext to the MAC and the body hash: whole hash blocks through
+    /// the fused loop where there is one, the rest a block at a time.
     fn seal(&mut self, buf: &mut [u8]) {
+        let pending = self.plain_hash.pending().len();
+        let (head, units) = fused_span(self.cipher.is_fused(), pending, buf.len());
+        let (head_blocks, rest) = buf.split_at_mut(head);
+        self.seal_blocks(head_blocks);
+        let (unit_blocks, tail_blocks) = rest.split_at_mut(units);
+        self.seal_units(unit_blocks);
+        self.seal_blocks(tail_blocks);
+    }
+
+    fn seal_units(&mut self, units: &mut [u8]) {
+        if units.is_empty() {
+            return;
+        }
+        match &mut self.cipher {
+            Cbc::Portable(_) => self.seal_blocks(units),
+            #[cfg(target_arch = "x86_64")]
+            Cbc::Fused(cbc) => {
+                let mac = self.mac.inner_mut();
+                debug_assert_eq!(mac.pending(), cbc.chain());
+                cbc.seal(
+                    units,
+                    self.plain_hash.state_mut(),
+                    mac.state_mut(),
+                    self.body_hash.state_mut(),
+                );
+                self.plain_hash.absorbed(units.len(), &[]);
+                self.body_hash.absorbed(units.len(), &[]);
+                mac.absorbed(units.len(), cbc.chain());
+            }
+        }
+    }
+
+    /// The portable way: the buffer goes by in hash blocks; the MAC and
+    /// body hash trail the cipher by one, so their rounds run while AES
+    /// chains through the next one.
+    fn seal_blocks(&mut self, buf: &mut [u8]) {
         let (mut plain, mut mac, mut body) = (0, 0, 0);
         let mut start = 0;
         while start < buf.len() {
             let end = (start + UNIT).min(buf.len());
             self.plain_hash.absorb_through(buf, &mut plain, end);
-            self.encrypt(&mut buf[start..end]);
+            self.cipher.encrypt(&mut buf[start..end]);
             self.mac.absorb_within(buf, &mut mac, start);
             self.body_hash.absorb_within(buf, &mut body, start);
             start = end;
         }
         self.mac.update(&buf[mac..]);
         self.body_hash.update(&buf[body..]);
-    }
-
-    fn encrypt(&mut self, blocks: &mut [u8]) {
-        let (blocks, _) = InOutBuf::from(blocks).into_chunks();
-        self.cipher.encrypt_blocks_inout_mut(blocks);
     }
 }
 
@@ -222,7 +359,7 @@ pub struct DecryptedMedia {
 /// before [`Decryptor::finish`] returns `Ok` is unverified: callers write it
 /// somewhere temporary and keep it only on success.
 pub struct Decryptor {
-    cipher: cbc::Decryptor<Aes256>,
+    cipher: Cbc<cbc::Decryptor<Aes256>>,
     mac: HmacSha256Blocks,
     plain_hash: Sha256Blocks,
     /// Only when the body's hash is to be checked.
@@ -237,10 +374,14 @@ pub struct Decryptor {
 
 impl Decryptor {
     pub fn new(keys: &MediaKeys, expected: Expected) -> Self {
+        Self::with_engine(keys, expected, Engine::Best)
+    }
+
+    pub(super) fn with_engine(keys: &MediaKeys, expected: Expected, engine: Engine) -> Self {
         let mut mac = hmac_for(keys);
         mac.update(keys.iv());
         Self {
-            cipher: cbc::Decryptor::new(keys.cipher_key().into(), keys.iv().into()),
+            cipher: Cbc::new(keys, engine, Direction::Decrypt),
             mac,
             plain_hash: Sha256Blocks::new(),
             body_hash: expected.file_enc_sha256.map(|_| Sha256Blocks::new()),
@@ -310,7 +451,7 @@ impl Decryptor {
         // are exactly one block.
         let mut block = [0u8; BLOCK_LEN];
         block.copy_from_slice(last);
-        self.cipher.decrypt_block_mut((&mut block).into());
+        self.cipher.decrypt(&mut block);
         let pad = block[BLOCK_LEN - 1];
         if pad == 0
             || pad as usize > BLOCK_LEN
@@ -343,10 +484,54 @@ impl Decryptor {
         })
     }
 
+    /// Whether the fused x86-64 loop runs this decryption.
+    #[cfg(test)]
+    pub(super) fn is_fused(&self) -> bool {
+        self.cipher.is_fused()
+    }
+
     /// Feeds whole ciphertext blocks to the MAC (and the body hash, when
-    /// checked), decrypts them in place and hashes the plaintext, a hash
-    /// block at a time, the plaintext hash trailing the cipher by one.
+    /// checked), decrypts them in place and hashes the plaintext: whole
+    /// hash blocks through the fused loop where there is one, the rest a
+    /// block at a time.
     fn open(&mut self, buf: &mut [u8]) {
+        let pending = self.plain_hash.pending().len();
+        let (head, units) = fused_span(self.cipher.is_fused(), pending, buf.len());
+        let (head_blocks, rest) = buf.split_at_mut(head);
+        self.open_blocks(head_blocks);
+        let (unit_blocks, tail_blocks) = rest.split_at_mut(units);
+        self.open_units(unit_blocks);
+        self.open_blocks(tail_blocks);
+    }
+
+    fn open_units(&mut self, units: &mut [u8]) {
+        if units.is_empty() {
+            return;
+        }
+        match &mut self.cipher {
+            Cbc::Portable(_) => self.open_blocks(units),
+            #[cfg(target_arch = "x86_64")]
+            Cbc::Fused(cbc) => {
+                let mac = self.mac.inner_mut();
+                debug_assert_eq!(mac.pending(), cbc.chain());
+                cbc.open(
+                    units,
+                    mac.state_mut(),
+                    self.body_hash.as_mut().map(Sha256Blocks::state_mut),
+                    self.plain_hash.state_mut(),
+                );
+                mac.absorbed(units.len(), cbc.chain());
+                if let Some(body) = self.body_hash.as_mut() {
+                    body.absorbed(units.len(), &[]);
+                }
+                self.plain_hash.absorbed(units.len(), &[]);
+            }
+        }
+    }
+
+    /// The portable way: a hash block at a time, the plaintext hash
+    /// trailing the cipher by one.
+    fn open_blocks(&mut self, buf: &mut [u8]) {
         let (mut mac, mut body, mut plain) = (0, 0, 0);
         let mut start = 0;
         while start < buf.len() {
@@ -355,8 +540,7 @@ impl Decryptor {
             if let Some(hash) = self.body_hash.as_mut() {
                 hash.absorb_through(buf, &mut body, end);
             }
-            let (blocks, _) = InOutBuf::from(&mut buf[start..end]).into_chunks();
-            self.cipher.decrypt_blocks_inout_mut(blocks);
+            self.cipher.decrypt(&mut buf[start..end]);
             self.plain_hash.absorb_within(buf, &mut plain, start);
             start = end;
         }

@@ -7,7 +7,8 @@
 //! 64 bytes at a time in one loop, the chains are independent neighbours in
 //! the instruction stream and their rounds overlap. The compression function
 //! is `sha2`'s (with its SHA-NI path); only the buffering and padding are
-//! here.
+//! here. Where the fused x86-64 loop runs (`fused`), it takes the chaining
+//! state, compresses whole blocks itself and hands it back.
 
 use sha2::compress256;
 use sha2::digest::generic_array::GenericArray;
@@ -99,6 +100,27 @@ impl Sha256Blocks {
         }
     }
 
+    /// Bytes waiting for the next block.
+    pub(super) fn pending(&self) -> &[u8] {
+        &self.pending[..self.pending_len]
+    }
+
+    /// The chaining state, for a kernel that compresses whole blocks
+    /// itself; [`Sha256Blocks::absorbed`] then accounts for them.
+    pub(super) fn state_mut(&mut self) -> &mut [u32; 8] {
+        &mut self.state
+    }
+
+    /// Records that `len` bytes went through [`Sha256Blocks::state_mut`]
+    /// in whole blocks, leaving `pending` (as many bytes as waited before)
+    /// for the next block.
+    pub(super) fn absorbed(&mut self, len: usize, pending: &[u8]) {
+        debug_assert_eq!(pending.len(), self.pending_len);
+        debug_assert_eq!(len % BLOCK, 0);
+        self.total += len as u64;
+        self.pending[..pending.len()].copy_from_slice(pending);
+    }
+
     /// The digest: padding with the message length in bits (FIPS 180-4,
     /// 5.1.1).
     pub(super) fn finish(mut self) -> [u8; 32] {
@@ -163,6 +185,11 @@ impl HmacSha256Blocks {
     #[inline]
     pub(super) fn absorb_within(&mut self, buf: &[u8], at: &mut usize, ready: usize) {
         self.inner.absorb_within(buf, at, ready);
+    }
+
+    /// The inner hash, where the message goes.
+    pub(super) fn inner_mut(&mut self) -> &mut Sha256Blocks {
+        &mut self.inner
     }
 
     pub(super) fn finish(self) -> [u8; 32] {

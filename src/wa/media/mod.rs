@@ -29,6 +29,8 @@
 
 mod cipher;
 mod conn;
+#[cfg(target_arch = "x86_64")]
+mod fused;
 mod hash;
 mod message;
 mod retry;

@@ -1,6 +1,7 @@
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
+use super::cipher::Engine;
 use super::*;
 use crate::wa::binary::{self, Node};
 use crate::wa::crypto::{hkdf_sha256, hmac_sha256, sha256};
@@ -130,6 +131,124 @@ fn streaming_matches_the_one_shot_format_for_every_size_and_chunking() {
             assert_eq!(got.file_length, len as u64);
         }
     }
+}
+
+/// Encrypts with `engine`, cutting the plaintext into the given pieces
+/// (cycled), and decrypts the body cut the same way, with and without the
+/// body hash; returns the body, both results and the plaintext back.
+fn round_trip(
+    keys: &MediaKeys,
+    plain: &[u8],
+    pieces: &[usize],
+    engine: Engine,
+) -> (Vec<u8>, EncryptedMedia, DecryptedMedia, DecryptedMedia) {
+    let mut enc = Encryptor::with_engine(keys, engine);
+    assert!(engine == Engine::Best || !enc.is_fused());
+    let mut body = Vec::new();
+    let mut rest = plain;
+    for &piece in pieces.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (part, after) = rest.split_at(piece.min(rest.len()));
+        enc.update(part, &mut body);
+        rest = after;
+    }
+    let meta = enc.finish(&mut body);
+    let mut opened = Vec::new();
+    for with_body_hash in [true, false] {
+        let expected = Expected {
+            file_enc_sha256: with_body_hash.then_some(meta.file_enc_sha256),
+            ..Expected::default()
+        };
+        let mut dec = Decryptor::with_engine(keys, expected, engine);
+        let mut back = Vec::new();
+        let mut rest = &body[..];
+        for &piece in pieces.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (part, after) = rest.split_at(piece.min(rest.len()));
+            dec.update(part, &mut back).expect("the body decrypts");
+            rest = after;
+        }
+        opened.push(dec.finish(&mut back).expect("the body verifies"));
+        assert!(back == plain, "{} bytes back", back.len());
+    }
+    let without = opened.pop().expect("two decryptions");
+    let with = opened.pop().expect("two decryptions");
+    (body, meta, with, without)
+}
+
+/// The fused x86-64 loop writes the same body, hashes and plaintext as the
+/// portable path, for lengths around every block and hash-block boundary
+/// and a file of a megabyte and some, fed in pieces that leave the hashes
+/// at every alignment (regular, irregular, one byte, whole).
+#[test]
+fn the_fused_loop_matches_the_portable_path() {
+    let keys = key(9).keys(MediaType::Video);
+    let mut rng = StdRng::seed_from_u64(9);
+    let irregular: Vec<usize> = (0..97)
+        .map(|_| 1 + (rng.next_u32() % 300) as usize)
+        .collect();
+    let mut lengths: Vec<usize> = (0..=260).collect();
+    lengths.extend([
+        1000,
+        4095,
+        4096,
+        4097,
+        65_535,
+        65_536,
+        65_537,
+        (1 << 20) + 13,
+    ]);
+    for len in lengths {
+        let plain = data(len, len as u64 + 100);
+        let reference = round_trip(&keys, &plain, &[len.max(1)], Engine::Portable);
+        assert_eq!(reference.0, one_shot(&keys, &plain), "len {len}");
+        let mut splits: Vec<Vec<usize>> = vec![
+            vec![len.max(1)],
+            vec![16],
+            vec![17],
+            vec![48, 80],
+            vec![63],
+            vec![64],
+            vec![65],
+            vec![4096 + 5],
+            vec![65_536],
+            irregular.clone(),
+        ];
+        if len <= 4096 {
+            splits.extend([vec![1], vec![3, 13], vec![7]]);
+        }
+        for pieces in &splits {
+            let fused = round_trip(&keys, &plain, pieces, Engine::Best);
+            assert!(fused.0 == reference.0, "body: len {len}, pieces {pieces:?}");
+            assert_eq!(fused.1, reference.1, "len {len}, pieces {pieces:?}");
+            assert_eq!(fused.2, reference.2, "len {len}, pieces {pieces:?}");
+            assert_eq!(fused.3, reference.3, "len {len}, pieces {pieces:?}");
+        }
+        assert_eq!(reference.1.file_sha256, sha256(&[&plain]));
+        assert_eq!(reference.1.file_enc_sha256, sha256(&[&reference.0]));
+    }
+}
+
+/// On a CPU with AES-NI and the SHA extensions the fused loop is the one
+/// that runs, both ways; asking for the portable path gets it.
+#[test]
+fn the_fused_loop_runs_where_the_cpu_has_it() {
+    let keys = key(10).keys(MediaType::Image);
+    #[cfg(target_arch = "x86_64")]
+    let has = is_x86_feature_detected!("aes")
+        && is_x86_feature_detected!("sha")
+        && is_x86_feature_detected!("sse4.1")
+        && is_x86_feature_detected!("ssse3");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = false;
+    assert_eq!(Encryptor::new(&keys).is_fused(), has);
+    assert_eq!(Decryptor::new(&keys, Expected::default()).is_fused(), has);
+    assert!(!Encryptor::with_engine(&keys, Engine::Portable).is_fused());
+    assert!(!Decryptor::with_engine(&keys, Expected::default(), Engine::Portable).is_fused());
 }
 
 fn expected_again(len: u64, file_sha256: [u8; 32]) -> Expected {
