@@ -97,7 +97,9 @@ check_example() {
     local out1="$tmp/$name.1.out" out2="$tmp/$name.2.out" out3="$tmp/$name.3.out"
     local common=(--addr "$addr" --session "$session" --cursor-file "$cursor_file")
 
-    # 1. Pair: wait for the QR, scan it, wait for CONNECTED.
+    # 1. Pair: wait for the QR, scan it, wait for CONNECTED. The output
+    # file exists before the client starts: the loop below reads it at once.
+    : >"$out1"
     timeout "$step_timeout" "$@" "${common[@]}" --api-key "$key" --until CONNECTED >"$out1" 2>&1 &
     local pid=$!
     pids+=("$pid")
