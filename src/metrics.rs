@@ -66,6 +66,10 @@ pub struct Metrics {
     pub event_lag_ms_sum: AtomicU64,
     pub event_lag_count: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Commits the store refused because another gateway had claimed the
+    /// session since (its fencing token moved on): writes of a former
+    /// owner, none of which reached the store.
+    pub fenced_writes: AtomicU64,
     pub handshake: Histogram,
 }
 
@@ -115,7 +119,7 @@ impl Metrics {
                 self.sessions_in(i)
             );
         }
-        let counters: [(&str, &str, u64); 5] = [
+        let counters: [(&str, &str, u64); 6] = [
             (
                 "wagate_messages_received_total",
                 "Messages received from WhatsApp.",
@@ -140,6 +144,11 @@ impl Metrics {
                 "wagate_reconnects_total",
                 "Reconnects after a connection ended.",
                 get(&self.reconnects),
+            ),
+            (
+                "wagate_fenced_writes_total",
+                "Commits refused because another gateway owns the session now.",
+                get(&self.fenced_writes),
             ),
         ];
         for (name, help, value) in counters {
@@ -254,6 +263,11 @@ pub fn register_otel(meter: &opentelemetry::metrics::Meter) {
     counter("wagate.reconnects", "Reconnects", |m| {
         m.reconnects.load(Ordering::Relaxed)
     });
+    counter(
+        "wagate.store.fenced_writes",
+        "Commits refused to a former owner",
+        |m| m.fenced_writes.load(Ordering::Relaxed),
+    );
     counter("wagate.handshakes", "Completed logins", |m| {
         m.handshake.count()
     });
@@ -315,6 +329,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("wagate_events_streamed_total 1"), "{text}");
+        assert!(text.contains("wagate_fenced_writes_total 0"), "{text}");
         assert!(
             text.contains("wagate_event_lag_seconds_sum 0.004"),
             "{text}"

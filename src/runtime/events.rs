@@ -34,6 +34,15 @@ pub struct EventLog {
     hub: Arc<Hub>,
 }
 
+/// Counts a commit the store refused to a former owner of its session.
+pub(super) fn count_fenced(e: &StoreError) {
+    if matches!(e, StoreError::Fenced(_)) {
+        crate::metrics::global()
+            .fenced_writes
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl EventLog {
     pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let last = store.last_cursor()?;
@@ -76,7 +85,10 @@ impl EventLog {
         now_ms: u64,
     ) -> Result<Vec<EventRecord>, StoreError> {
         let (batch, kinds) = with_events(batch, events, now_ms);
-        let records = self.store.commit(session, batch)?;
+        let records = self
+            .store
+            .commit(session, batch)
+            .inspect_err(count_fenced)?;
         self.announce(session, kinds, &records);
         Ok(records)
     }
@@ -98,8 +110,9 @@ impl EventLog {
             .collect();
         let results = self.store.commit_many(batches);
         for ((id, k), result) in kinds.into_iter().zip(&results) {
-            if let Ok(records) = result {
-                self.announce(&id, k, records);
+            match result {
+                Ok(records) => self.announce(&id, k, records),
+                Err(e) => count_fenced(e),
             }
         }
         results

@@ -163,7 +163,9 @@ impl StoreKeys {
             }
         }
         if !batch.secrets.is_empty() {
-            self.store.commit(&self.id, batch)?;
+            self.store
+                .commit(&self.id, batch)
+                .inspect_err(super::events::count_fenced)?;
         }
         self.seen = SeenWindow {
             since_s,
@@ -202,7 +204,10 @@ impl StoreKeys {
         }
         tracing::info!(session = %self.id, records = batch.secrets.len() / 2, "secret names moved to the hashed form");
         let _ = now_ms;
-        self.store.commit(&self.id, batch).map(|_| ())
+        self.store
+            .commit(&self.id, batch)
+            .inspect_err(super::events::count_fenced)
+            .map(|_| ())
     }
 
     /// The store writes for `changes`.

@@ -52,6 +52,10 @@ pub(crate) struct ChaosReport {
     sends_duplicated: usize,
     replaced: usize,
     stream_resumes: usize,
+    /// Commits the store refused to a former owner, read from each
+    /// gateway's metrics before it is killed and at the end. None of them
+    /// was written: the check is inside the store's commit script.
+    fenced_refused: u64,
 }
 
 impl ChaosReport {
@@ -118,6 +122,10 @@ impl ChaosReport {
                 "`replaced` disconnects (two gateways on one device)".to_owned(),
                 self.replaced.to_string(),
             ),
+            (
+                "Commits of a former owner refused by fencing".to_owned(),
+                self.fenced_refused.to_string(),
+            ),
         ];
         for (what, took) in &self.faults {
             rows.push((
@@ -138,6 +146,8 @@ impl ChaosReport {
 struct Replica {
     child: Option<Child>,
     addr: SocketAddr,
+    /// Its Prometheus endpoint, read for the commits fencing refused.
+    metrics: Option<SocketAddr>,
     data_dir: PathBuf,
     log: usize,
 }
@@ -205,7 +215,7 @@ impl Cluster {
         let replica = &mut self.replicas[i];
         let log = self.dir.join(format!("gateway-{i}-{}.log", replica.log));
         replica.log += 1;
-        let (child, addr) = procs::start_gateway(
+        let started = procs::start_gateway(
             &self.bin,
             GatewayOptions {
                 data_dir: &replica.data_dir,
@@ -214,13 +224,30 @@ impl Cluster {
                 max_sessions: self.max_sessions,
                 handshakes_per_second: 1000,
                 redis_url: Some(&self.redis_url),
-                extra: vec!["--lease-seconds".into(), self.lease_seconds.to_string()],
+                extra: vec![
+                    "--lease-seconds".into(),
+                    self.lease_seconds.to_string(),
+                    "--metrics-listen".into(),
+                    "127.0.0.1:0".into(),
+                ],
             },
         )
         .await?;
-        replica.child = Some(child);
-        replica.addr = addr;
+        replica.child = Some(started.child);
+        replica.addr = started.addr;
+        replica.metrics = started.metrics;
         Ok(())
+    }
+
+    /// Commits refused by fencing on replica `i` since it started (0 when
+    /// its endpoint does not answer).
+    async fn fenced_writes(&self, i: usize) -> u64 {
+        match self.replicas.get(i).and_then(|r| r.metrics) {
+            Some(metrics) => procs::scrape_counter(metrics, "wagate_fenced_writes_total")
+                .await
+                .unwrap_or(0),
+            None => 0,
+        }
     }
 
     fn live(&self) -> Vec<SocketAddr> {
@@ -478,6 +505,7 @@ pub(crate) async fn run(plan: &ChaosPlan, cluster: &mut Cluster) -> Result<Chaos
         cluster.replicas.push(Replica {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: None,
             data_dir: cluster.dir.join(format!("data-{i}")),
             log: 0,
         });
@@ -533,6 +561,7 @@ pub(crate) async fn run(plan: &ChaosPlan, cluster: &mut Cluster) -> Result<Chaos
             k + 1,
             plan.kills
         ));
+        report.fenced_refused += cluster.fenced_writes(i).await;
         if let Some(child) = cluster.replicas[i].child.take() {
             signal(&child, libc::SIGKILL)?;
             child.kill().await;
@@ -612,6 +641,9 @@ pub(crate) async fn run(plan: &ChaosPlan, cluster: &mut Cluster) -> Result<Chaos
     }
     unfollow_tx.send_replace(true);
     let _ = follower.await;
+    for i in 0..cluster.replicas.len() {
+        report.fenced_refused += cluster.fenced_writes(i).await;
+    }
     {
         let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
         report.inbound_sent = sent_in.len();

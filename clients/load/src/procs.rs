@@ -198,12 +198,21 @@ pub(crate) struct GatewayOptions<'a> {
     pub(crate) extra: Vec<String>,
 }
 
+/// A started `wagate serve`: the process, its API address, and its
+/// Prometheus endpoint when `--metrics-listen` was among the arguments.
+pub(crate) struct StartedGateway {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) metrics: Option<SocketAddr>,
+}
+
 /// Starts `wagate serve` on an ephemeral loopback port with an SQLite store
 /// (the default, with fsync) in `data_dir`, or storing in the given Redis.
 pub(crate) async fn start_gateway(
     bin: &Path,
     opts: GatewayOptions<'_>,
-) -> Result<(Child, SocketAddr), LoadError> {
+) -> Result<StartedGateway, LoadError> {
+    let wants_metrics = opts.extra.iter().any(|a| a == "--metrics-listen");
     let mut command = command(bin, &opts.log, "gateway")?;
     command
         .env("WAGATE_STORE_KEY", STORE_KEY)
@@ -227,21 +236,54 @@ pub(crate) async fn start_gateway(
     let (child, stdout) = spawn(command, bin, "gateway")?;
     let mut lines = BufReader::new(stdout).lines();
     let ready = async {
-        loop {
+        let (mut addr, mut metrics) = (None, None);
+        while addr.is_none() || (wants_metrics && metrics.is_none()) {
             let Ok(Some(line)) = lines.next_line().await else {
                 return Err(LoadError::NotReady { what: "gateway" });
             };
-            if let Some(addr) = line
+            if let Some(a) = line
                 .strip_prefix("wagate listening on ")
                 .and_then(|a| a.trim().parse::<SocketAddr>().ok())
             {
-                return Ok(addr);
+                addr = Some(a);
+            } else if let Some(a) = line
+                .strip_prefix("metrics at http://")
+                .and_then(|a| a.trim().strip_suffix("/metrics"))
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+            {
+                metrics = Some(a);
             }
         }
+        Ok((addr, metrics))
     };
-    let addr = within(READY_WITHIN, "the gateway printing its address", ready).await??;
+    let (addr, metrics) = within(READY_WITHIN, "the gateway printing its address", ready).await??;
     drain(lines);
-    Ok((child, addr))
+    Ok(StartedGateway {
+        child,
+        addr: addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        metrics,
+    })
+}
+
+/// The value of counter `name` on a gateway's Prometheus endpoint; `None`
+/// when the endpoint does not answer within a second or lacks it.
+pub(crate) async fn scrape_counter(metrics: SocketAddr, name: &str) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let scrape = async {
+        let mut socket = tokio::net::TcpStream::connect(metrics).await.ok()?;
+        socket
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .ok()?;
+        let mut text = String::new();
+        socket.read_to_string(&mut text).await.ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    tokio::time::timeout(Duration::from_secs(1), scrape)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The last `n` lines of a child's log, for an error report.

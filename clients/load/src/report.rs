@@ -154,6 +154,17 @@ impl Report {
                 ),
             ));
         }
+        if let Some(s) = self.sends.last() {
+            let (gateway, sim, tool) = s.micros_per_send();
+            rows.push((
+                cpu_label(&format!("sends at concurrency {}", s.concurrency), &s.cpu),
+                cpu_figures(&s.cpu),
+            ));
+            rows.push((
+                "CPU per Send: gateway / simulator / tool".to_owned(),
+                format!("{gateway:.0} µs / {sim:.0} µs / {tool:.0} µs"),
+            ));
+        }
         if let Some(m) = &self.media {
             rows.push((
                 format!(
@@ -286,7 +297,10 @@ impl Report {
                                "max_ms": self.latency.max_ms },
             "send": self.sends.iter().map(|s| serde_json::json!({
                 "concurrency": s.concurrency, "sends": s.sends, "p50_ms": s.p50_ms,
-                "p99_ms": s.p99_ms, "sends_per_second": s.per_second })).collect::<Vec<_>>(),
+                "p99_ms": s.p99_ms, "sends_per_second": s.per_second,
+                "gateway_cpu_percent": s.cpu.gateway_cpu, "sim_cpu_percent": s.cpu.sim_cpu,
+                "tool_cpu_percent": s.cpu.tool_cpu,
+                "gateway_cpu_us_per_send": s.micros_per_send().0 })).collect::<Vec<_>>(),
             "media": self.media.as_ref().map(|m| serde_json::json!({
                 "bytes": m.bytes, "seconds": m.seconds,
                 "gateway_rss_anon_before_kib": m.anon_before_kib,

@@ -119,7 +119,7 @@ impl Procs {
             .path()
             .join(format!("gateway-{}.log", self.logs.len()));
         self.logs.push(log.clone());
-        let (child, addr) = procs::start_gateway(
+        let procs::StartedGateway { child, addr, .. } = procs::start_gateway(
             &plan.bin,
             GatewayOptions {
                 data_dir: &data_dir,
@@ -247,14 +247,15 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
 
     let run_id = format!("{}", std::process::id());
     step("send: warm-up, one per session");
-    sends::warm_up(&gateway, n, &run_id).await?;
+    sends::warm_up(&gateway, n, pids, &run_id).await?;
     let mut send_figures = Vec::new();
     for concurrency in [1, 8, 64] {
         step(&format!(
             "send: {} at concurrency {concurrency}",
             plan.sends
         ));
-        send_figures.push(sends::measure(&gateway, n, concurrency, plan.sends, &run_id).await?);
+        send_figures
+            .push(sends::measure(&gateway, n, pids, concurrency, plan.sends, &run_id).await?);
     }
 
     let media = if plan.media_bytes > 0 {
