@@ -71,6 +71,9 @@ struct Cli {
     /// Sends at each concurrency (1, 8, 64) [default: 2000; quick: 64].
     #[arg(long)]
     sends: Option<usize>,
+    /// The concurrencies of the Send figures, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 64])]
+    send_concurrency: Vec<usize>,
     /// Size of the video sent through the gateway for the media memory
     /// figure, in MB (10^6 bytes) [default: 100; quick: 8]; 0 skips it.
     #[arg(long)]
@@ -158,6 +161,7 @@ impl Cli {
             latency_rate,
             latency_messages: self.latency_messages.unwrap_or(pick(q, 100, 5000)).max(1),
             sends: self.sends.unwrap_or(pick(q, 64, 2000)).max(1),
+            send_concurrency: self.send_concurrency.iter().map(|c| (*c).max(1)).collect(),
             media_bytes: self.media_mb.unwrap_or(pick(q, 8, 100)) * 1_000_000,
             history_messages: self.history_messages.unwrap_or(pick(q, 1000, 10_000)),
             group_members: self.group_members.unwrap_or(pick(q, 8, 256)),

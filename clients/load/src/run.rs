@@ -35,6 +35,8 @@ pub(crate) struct Plan {
     pub(crate) latency_rate: f64,
     pub(crate) latency_messages: usize,
     pub(crate) sends: usize,
+    /// Concurrencies of the Send figures.
+    pub(crate) send_concurrency: Vec<usize>,
     /// Size of the video of the media step; 0 = no media step.
     pub(crate) media_bytes: u64,
     pub(crate) history_messages: u32,
@@ -249,7 +251,7 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
     step("send: warm-up, one per session");
     sends::warm_up(&gateway, n, pids, &run_id).await?;
     let mut send_figures = Vec::new();
-    for concurrency in [1, 8, 64] {
+    for &concurrency in &plan.send_concurrency {
         step(&format!(
             "send: {} at concurrency {concurrency}",
             plan.sends
