@@ -204,7 +204,7 @@ impl SessionActor {
                         self.messenger.transmit(nodes, reply, &mut conn);
                     }
                     Some(Command::Media(command)) => {
-                        if let Err(e) = self.messenger.media(command, &mut conn, now_ms()).await {
+                        if let Err(e) = self.messenger.media(*command, &mut conn, now_ms()).await {
                             warn!(session = %self.id, "closing: {e}");
                             conn.shutdown();
                             step_failed = Some(e.to_string());

@@ -58,8 +58,9 @@ pub(crate) enum Command {
         nodes: Vec<Node>,
         reply: TransmitReply,
     },
-    /// A media flow's request (hosts, lookups, a built message).
-    Media(MediaCommand),
+    /// A media flow's request (hosts, lookups, a built message). Boxed:
+    /// the largest variant, it would set the size of every slot.
+    Media(Box<MediaCommand>),
     /// Process shutdown: close cleanly and exit the task.
     Shutdown,
 }
@@ -175,7 +176,10 @@ impl SessionActor {
                     self.apply_pairing(pairing, applied);
                 }
             }
-            let shutdown = self.online_loop().await;
+            // Boxed: the online loop's future (connect, drive, steps) is
+            // most of the actor's; inline, every offline session's task
+            // would keep room for it.
+            let shutdown = Box::pin(self.online_loop()).await;
             // Offline until told otherwise: the engine's caches (sessions,
             // sender keys, device lists) are dropped, and come back from
             // the store at the next connect.
