@@ -483,8 +483,9 @@ pub(super) fn ready_to_send(status: &SessionStatus) -> Result<(), RuntimeError> 
             id,
             reason: status
                 .last_disconnect_reason
-                .clone()
-                .unwrap_or_else(|| "disconnected".to_owned()),
+                .as_deref()
+                .unwrap_or("disconnected")
+                .to_owned(),
         }),
         SessionState::LoggedOut => Err(RuntimeError::LoggedOut(id)),
     }

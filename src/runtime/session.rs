@@ -463,11 +463,11 @@ impl SessionActor {
 
     /// A retryable end: report it and keep the session online.
     pub(super) async fn note_disconnect(&mut self, reason: &CloseReason, attempts: u32) {
-        let text = reason.to_string();
+        let text = reason.text();
         let _ = self
             .commit_events(vec![payloads::connection(
                 SessionState::Connecting,
-                text.clone(),
+                text.to_string(),
                 self.record.jid.clone().unwrap_or_default(),
             )])
             .await;
@@ -498,7 +498,7 @@ impl SessionActor {
     /// Records a final state (session row, secret changes and the connection
     /// event in one commit) and publishes it.
     async fn settle(&mut self, state: SessionState, reason: &CloseReason, secrets: Vec<SecretOp>) {
-        let text = reason.to_string();
+        let text = reason.text();
         let batch = Batch {
             secrets,
             session: Some(self.record.clone()),
@@ -506,7 +506,7 @@ impl SessionActor {
         };
         let event = payloads::connection(
             state,
-            text.clone(),
+            text.to_string(),
             self.record.jid.clone().unwrap_or_default(),
         );
         // The live status first: a backend that sees the event and asks
