@@ -201,7 +201,7 @@ impl SessionActor {
                         self.messenger.query(*iq, reply, &mut conn, now_ms());
                     }
                     Some(Command::Transmit { nodes, reply }) => {
-                        self.messenger.transmit(nodes, reply, &mut conn);
+                        self.messenger.transmit(*nodes, reply, &mut conn);
                     }
                     Some(Command::Media(command)) => {
                         if let Err(e) = self.messenger.media(*command, &mut conn, now_ms()).await {

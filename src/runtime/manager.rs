@@ -210,7 +210,7 @@ impl Manager {
         handle
             .commands
             .send(Command::Connect {
-                pairing: Some(pairing),
+                pairing: Some(Box::new(pairing)),
                 applied: Some(applied),
             })
             .await
@@ -366,7 +366,10 @@ impl Manager {
         let (reply, answer) = oneshot::channel();
         handle
             .commands
-            .send(Command::Transmit { nodes, reply })
+            .send(Command::Transmit {
+                nodes: Box::new(nodes),
+                reply,
+            })
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
         answer
