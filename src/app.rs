@@ -383,6 +383,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
 
     // Freed heap goes back to the system after waves of disconnects.
     let for_memory = manager.clone();
+    let store = manager.events().store().clone();
     let releaser = tokio::spawn(async move {
         let mut releaser = crate::memory::Releaser::default();
         let mut tick = tokio::time::interval(crate::memory::CHECK_EVERY);
@@ -390,8 +391,13 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
             tick.tick().await;
             let online = for_memory.online_sessions();
             if releaser.check(online, crate::memory::CHECK_EVERY) {
-                let released =
-                    tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
+                let store = store.clone();
+                // The store's caches first: what they free is then returned too.
+                let released = tokio::task::spawn_blocking(move || {
+                    store.release_memory();
+                    crate::memory::release_free_memory()
+                })
+                .await;
                 tracing::debug!(
                     online,
                     released = released.unwrap_or(false),

@@ -1,5 +1,7 @@
 //! The one place runtime types become messages of the public API.
 
+use std::borrow::Cow;
+
 use crate::proto::gateway::{
     PairingMethod as ApiPairing, QrCodeResponse, SendResponse, Session, SessionState as ApiState,
 };
@@ -36,7 +38,10 @@ pub(crate) fn session(status: SessionStatus) -> Session {
         created_at: Some(timestamp_ms(status.created_at_ms)),
         last_connected_at: status.last_connected_at_ms.map(timestamp_ms),
         reconnect_attempts: status.reconnect_attempts,
-        last_disconnect_reason: status.last_disconnect_reason.unwrap_or_default(),
+        last_disconnect_reason: status
+            .last_disconnect_reason
+            .map(Cow::into_owned)
+            .unwrap_or_default(),
         metadata: status.metadata.into_iter().collect(),
         pairing: pairing(status.pairing) as i32,
         link_code_expires_at: status

@@ -201,10 +201,10 @@ impl SessionActor {
                         self.messenger.query(*iq, reply, &mut conn, now_ms());
                     }
                     Some(Command::Transmit { nodes, reply }) => {
-                        self.messenger.transmit(nodes, reply, &mut conn);
+                        self.messenger.transmit(*nodes, reply, &mut conn);
                     }
                     Some(Command::Media(command)) => {
-                        if let Err(e) = self.messenger.media(command, &mut conn, now_ms()).await {
+                        if let Err(e) = self.messenger.media(*command, &mut conn, now_ms()).await {
                             warn!(session = %self.id, "closing: {e}");
                             conn.shutdown();
                             step_failed = Some(e.to_string());
@@ -382,7 +382,13 @@ impl SessionActor {
                 let jid = jid.to_string();
                 self.record.desired_online = true;
                 self.record.logged_out = false;
-                self.record.jid = Some(jid.clone());
+                // Replaced only when changed, here and in the status: the
+                // strings of a restored session stay where the restore put
+                // them, not among this connection's memory, where after it
+                // ends they would keep pages from going back to the system.
+                if self.record.jid.as_deref() != Some(jid.as_str()) {
+                    self.record.jid = Some(jid.clone());
+                }
                 self.record.last_connected_at_ms = Some(now);
                 let record = self.record.clone();
                 let batch = Batch {
@@ -395,9 +401,14 @@ impl SessionActor {
                 // status follows.)
                 self.set_state(SessionState::Connected, |s| {
                     s.qr = None;
-                    s.phone = phone_of(&jid);
-                    s.jid = Some(jid.clone());
-                    s.lid = lid.map(|l| l.to_non_ad().to_string());
+                    if s.jid.as_deref() != Some(jid.as_str()) {
+                        s.phone = phone_of(&jid);
+                        s.jid = Some(jid.clone());
+                    }
+                    let lid = lid.map(|l| l.to_non_ad().to_string());
+                    if s.lid != lid {
+                        s.lid = lid;
+                    }
                     s.last_connected_at_ms = Some(now);
                     s.reconnect_attempts = 0;
                 });

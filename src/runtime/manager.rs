@@ -210,7 +210,7 @@ impl Manager {
         handle
             .commands
             .send(Command::Connect {
-                pairing: Some(pairing),
+                pairing: Some(Box::new(pairing)),
                 applied: Some(applied),
             })
             .await
@@ -366,7 +366,10 @@ impl Manager {
         let (reply, answer) = oneshot::channel();
         handle
             .commands
-            .send(Command::Transmit { nodes, reply })
+            .send(Command::Transmit {
+                nodes: Box::new(nodes),
+                reply,
+            })
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
         answer
@@ -483,8 +486,9 @@ pub(super) fn ready_to_send(status: &SessionStatus) -> Result<(), RuntimeError> 
             id,
             reason: status
                 .last_disconnect_reason
-                .clone()
-                .unwrap_or_else(|| "disconnected".to_owned()),
+                .as_deref()
+                .unwrap_or("disconnected")
+                .to_owned(),
         }),
         SessionState::LoggedOut => Err(RuntimeError::LoggedOut(id)),
     }

@@ -232,10 +232,10 @@ impl Manager {
         };
         handle
             .commands
-            .send(Command::Media(MediaCommand::Send {
+            .send(Command::Media(Box::new(MediaCommand::Send {
                 request: Box::new(send),
                 reply,
-            }))
+            })))
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
         let answer = answer.await.map_err(|_| RuntimeError::ShuttingDown)?;
@@ -285,7 +285,7 @@ impl Manager {
         let (reply, answer) = oneshot::channel();
         handle
             .commands
-            .send(Command::Media(make(reply)))
+            .send(Command::Media(Box::new(make(reply))))
             .await
             .map_err(|_| RuntimeError::ShuttingDown)?;
         let answer = tokio::time::timeout(ACTOR_WITHIN, answer)
@@ -352,10 +352,10 @@ impl Manager {
                 };
                 let _ = handle
                     .commands
-                    .send(Command::Media(MediaCommand::Remember {
+                    .send(Command::Media(Box::new(MediaCommand::Remember {
                         message_id: message_id.to_owned(),
                         record: Box::new(record),
-                    }))
+                    })))
                     .await;
             }
         }

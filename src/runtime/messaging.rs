@@ -37,7 +37,9 @@ pub(crate) struct Messenger {
     id: SessionId,
     log: EventLog,
     pipeline: Lane,
-    /// `None` only while a step runs.
+    /// The engine and its caches, from the connection's credentials on;
+    /// `None` while offline (an offline session keeps nothing of it) and
+    /// while a step runs.
     core: Option<Box<Core>>,
     creds: Option<Arc<Credentials>>,
     next_reply: ReplyTo,
@@ -55,7 +57,7 @@ impl Messenger {
             id,
             log,
             pipeline,
-            core: Some(Core::new()),
+            core: None,
             creds: None,
             next_reply: 0,
             push_name: None,
@@ -102,15 +104,17 @@ impl Messenger {
         if let Some(core) = &mut self.core {
             core.fail_all("the session went offline");
         }
-        self.core = Some(Core::new());
+        self.core = None;
         self.creds = None;
         self.history.clear();
         self.snapshots.clear();
     }
 
     /// The credentials of the current connection (after login or a change).
+    /// The engine starts with them.
     pub(crate) fn set_credentials(&mut self, creds: &Credentials) {
         self.creds = Some(Arc::new(creds.clone()));
+        self.core.get_or_insert_with(Core::new);
     }
 
     /// Logged in: prune and load bookkeeping once, check the prekey stock.

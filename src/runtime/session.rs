@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
+use rand::rngs::OsRng;
+use rand::RngCore;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -29,12 +29,14 @@ use super::{now_ms, payloads, socket};
 /// Secret key under which a session's credentials are stored.
 pub(crate) const CREDS_KEY: &str = "creds";
 
-/// Requests to a session actor.
+/// Requests to a session actor. Kept to three words (boxing what is
+/// larger): a command is one slot of the actor's channel, whose blocks hold
+/// 32 slots each, the first allocated with the channel for every session.
 pub(crate) enum Command {
     /// Start (or keep) connecting; with a pairing method (and an answer
     /// once the actor applied it), a device not paired yet pairs that way.
     Connect {
-        pairing: Option<Pairing>,
+        pairing: Option<Box<Pairing>>,
         applied: Option<oneshot::Sender<()>>,
     },
     /// Close the connection; with `logout`, unlink the device and erase keys.
@@ -43,8 +45,6 @@ pub(crate) enum Command {
         done: oneshot::Sender<()>,
     },
     /// Send a text; answered after the server's ack.
-    /// (Boxed, as the query's node: a command is one slot of the actor's
-    /// channel, whose blocks hold 32 slots each for every session.)
     Send {
         text: Box<OutgoingText>,
         reply: SendReply,
@@ -55,11 +55,13 @@ pub(crate) enum Command {
     /// Stanzas without an answer (read receipts, chat states, presence),
     /// answered once written to the connection.
     Transmit {
-        nodes: Vec<Node>,
+        // One word where a `Vec` would be three (see above).
+        #[allow(clippy::box_collection)]
+        nodes: Box<Vec<Node>>,
         reply: TransmitReply,
     },
     /// A media flow's request (hosts, lookups, a built message).
-    Media(MediaCommand),
+    Media(Box<MediaCommand>),
     /// Process shutdown: close cleanly and exit the task.
     Shutdown,
 }
@@ -92,7 +94,6 @@ pub(crate) struct SessionActor {
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) status: watch::Sender<SessionStatus>,
     pub(super) record: SessionRecord,
-    pub(super) rng: StdRng,
     /// When the current connection attempt opened its socket.
     pub(super) connect_started: Option<std::time::Instant>,
     pub(super) messenger: Messenger,
@@ -132,7 +133,6 @@ impl SessionActor {
             commands: rx,
             status: status_tx,
             record,
-            rng: StdRng::from_entropy(),
             connect_started: None,
             messenger,
             deferred: None,
@@ -175,7 +175,10 @@ impl SessionActor {
                     self.apply_pairing(pairing, applied);
                 }
             }
-            let shutdown = self.online_loop().await;
+            // Boxed: the online loop's future (connect, drive, steps) is
+            // most of the actor's; inline, every offline session's task
+            // would keep room for it.
+            let shutdown = Box::pin(self.online_loop()).await;
             // Offline until told otherwise: the engine's caches (sessions,
             // sender keys, device lists) are dropped, and come back from
             // the store at the next connect.
@@ -244,11 +247,7 @@ impl SessionActor {
                                 return false;
                             }
                             self.note_disconnect(&reason, attempts).await;
-                            let delay = self
-                                .shared
-                                .config
-                                .backoff
-                                .delay(attempts - 1, &mut self.rng);
+                            let delay = self.shared.config.backoff.delay(attempts - 1, &mut OsRng);
                             if let Some(stop) = self.wait_or_command(delay).await {
                                 return stop;
                             }
@@ -312,7 +311,7 @@ impl SessionActor {
                 format!("stored credentials are unreadable ({e}); quarantine them or log out")
             }),
             Ok(None) => {
-                let mut creds = Credentials::generate(&mut self.rng);
+                let mut creds = Credentials::generate(&mut OsRng);
                 creds.push_name = self.record.push_name.clone().unwrap_or_default();
                 self.persist_credentials(&creds, Vec::new())
                     .await
@@ -386,7 +385,7 @@ impl SessionActor {
             Err(_) => return Ended::Closed(CloseReason::Timeout("websocket connect")),
         };
         let mut seed = [0u8; 32];
-        self.rng.fill_bytes(&mut seed);
+        OsRng.fill_bytes(&mut seed);
         let conn = Connection::new(self.shared.config.client.clone(), creds, seed, now_ms())
             .with_pairing(self.pairing.clone());
         self.drive(socket, Box::new(conn)).await
@@ -459,11 +458,11 @@ impl SessionActor {
 
     /// A retryable end: report it and keep the session online.
     pub(super) async fn note_disconnect(&mut self, reason: &CloseReason, attempts: u32) {
-        let text = reason.to_string();
+        let text = reason.text();
         let _ = self
             .commit_events(vec![payloads::connection(
                 SessionState::Connecting,
-                text.clone(),
+                text.to_string(),
                 self.record.jid.clone().unwrap_or_default(),
             )])
             .await;
@@ -494,7 +493,7 @@ impl SessionActor {
     /// Records a final state (session row, secret changes and the connection
     /// event in one commit) and publishes it.
     async fn settle(&mut self, state: SessionState, reason: &CloseReason, secrets: Vec<SecretOp>) {
-        let text = reason.to_string();
+        let text = reason.text();
         let batch = Batch {
             secrets,
             session: Some(self.record.clone()),
@@ -502,7 +501,7 @@ impl SessionActor {
         };
         let event = payloads::connection(
             state,
-            text.clone(),
+            text.to_string(),
             self.record.jid.clone().unwrap_or_default(),
         );
         // The live status first: a backend that sees the event and asks
@@ -524,10 +523,10 @@ impl SessionActor {
     /// another method or number is withdrawn at once.
     pub(super) fn apply_pairing(
         &mut self,
-        pairing: Option<Pairing>,
+        pairing: Option<Box<Pairing>>,
         applied: Option<oneshot::Sender<()>>,
     ) -> bool {
-        let changed = match pairing {
+        let changed = match pairing.map(|p| *p) {
             Some(pairing) if pairing != self.pairing => {
                 let method = match &pairing {
                     Pairing::Qr => PairingMethod::Qr,
@@ -569,5 +568,16 @@ pub(super) async fn next_or_deferred(
     match deferred.take() {
         Some(cmd) => Some(cmd),
         None => commands.recv().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Command;
+
+    #[test]
+    fn a_command_is_three_words() {
+        // Every session's channel allocates a block of 32 commands at once.
+        assert!(size_of::<Command>() <= 3 * size_of::<usize>());
     }
 }

@@ -1,6 +1,8 @@
 //! What a session reports: its lifecycle state, the QR it shows, and the
 //! status the actor publishes on every change.
 
+use std::borrow::Cow;
+
 use crate::proto::gateway::SessionState as ApiState;
 use crate::store::{SessionId, SessionRecord};
 
@@ -113,7 +115,8 @@ pub struct SessionStatus {
     pub created_at_ms: i64,
     pub last_connected_at_ms: Option<i64>,
     pub reconnect_attempts: u32,
-    pub last_disconnect_reason: Option<String>,
+    /// Borrowed when fixed (see [`CloseReason::text`](crate::wa::conn::CloseReason::text)).
+    pub last_disconnect_reason: Option<Cow<'static, str>>,
     pub qr: Option<QrInfo>,
     /// The pairing method asked for by the last Init.
     pub pairing: PairingMethod,

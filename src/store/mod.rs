@@ -219,6 +219,11 @@ pub trait Store: Send + Sync {
         let _ = owner;
         Ok(())
     }
+
+    /// Drops what the store caches in memory and can read again (SQLite's page caches), after
+    /// a wave of disconnects left it sized for sessions that are gone. A store that caches
+    /// nothing of the kind does nothing.
+    fn release_memory(&self) {}
 }
 
 /// A gateway process sharing the store, as it announces itself ([`Store::announce`]).

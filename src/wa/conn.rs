@@ -9,6 +9,7 @@
 //! must be persisted before the reply that follows it reaches the server.
 //! Must not import tokio, the store or the clock.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
 use rand::rngs::StdRng;
@@ -159,25 +160,57 @@ impl CloseReason {
     }
 }
 
+impl CloseReason {
+    /// The text of a reason without detail; `None` for one with detail.
+    fn fixed_text(&self) -> Option<&'static str> {
+        match self {
+            CloseReason::RestartRequired => Some("stream error 515 (restart required)"),
+            CloseReason::Replaced => Some("replaced by another connection"),
+            CloseReason::QrTimeout => Some("QR code not scanned in time"),
+            CloseReason::LinkCodeTimeout => Some("link code not entered in time"),
+            CloseReason::ServerClosed => Some("server closed the stream"),
+            CloseReason::ClientClosed => Some("closed by client"),
+            CloseReason::LoggedOut(_)
+            | CloseReason::StreamError(_)
+            | CloseReason::ConnectFailure(_)
+            | CloseReason::LinkCodeRefused(_)
+            | CloseReason::Timeout(_)
+            | CloseReason::CertificateRejected(_)
+            | CloseReason::Protocol(_)
+            | CloseReason::SocketClosed(_) => None,
+        }
+    }
+
+    /// What [`Display`](std::fmt::Display) writes, borrowed when it is fixed: an offline
+    /// session keeps its last reason, and a string allocated when it disconnected would sit
+    /// among the connection's freed memory and keep that page from going back to the system.
+    pub fn text(&self) -> Cow<'static, str> {
+        match self.fixed_text() {
+            Some(text) => Cow::Borrowed(text),
+            None => Cow::Owned(self.to_string()),
+        }
+    }
+}
+
 impl std::fmt::Display for CloseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CloseReason::RestartRequired => f.write_str("stream error 515 (restart required)"),
             CloseReason::LoggedOut(why) => write!(f, "logged out ({why})"),
-            CloseReason::Replaced => f.write_str("replaced by another connection"),
             CloseReason::StreamError(code) => write!(f, "stream error {code}"),
             CloseReason::ConnectFailure(code) => write!(f, "connect failure {code}"),
-            CloseReason::QrTimeout => f.write_str("QR code not scanned in time"),
-            CloseReason::LinkCodeTimeout => f.write_str("link code not entered in time"),
             CloseReason::LinkCodeRefused(why) => write!(f, "link code refused: {why}"),
             CloseReason::Timeout(what) => write!(f, "{what} timed out"),
             CloseReason::CertificateRejected(why) => {
                 write!(f, "server certificate rejected: {why}")
             }
             CloseReason::Protocol(why) => write!(f, "protocol error: {why}"),
-            CloseReason::ServerClosed => f.write_str("server closed the stream"),
             CloseReason::SocketClosed(why) => write!(f, "socket closed: {why}"),
-            CloseReason::ClientClosed => f.write_str("closed by client"),
+            CloseReason::RestartRequired
+            | CloseReason::Replaced
+            | CloseReason::QrTimeout
+            | CloseReason::LinkCodeTimeout
+            | CloseReason::ServerClosed
+            | CloseReason::ClientClosed => f.write_str(self.fixed_text().unwrap_or_default()),
         }
     }
 }
@@ -1197,5 +1230,41 @@ fn classify_stream_error(node: &Node) -> CloseReason {
             CloseReason::StreamError(child)
         }
         other => CloseReason::StreamError(other.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::CloseReason;
+
+    #[test]
+    fn a_reason_text_is_its_display_and_borrowed_when_fixed() {
+        let fixed = [
+            CloseReason::RestartRequired,
+            CloseReason::Replaced,
+            CloseReason::QrTimeout,
+            CloseReason::LinkCodeTimeout,
+            CloseReason::ServerClosed,
+            CloseReason::ClientClosed,
+        ];
+        for reason in fixed {
+            assert!(matches!(reason.text(), Cow::Borrowed(_)), "{reason}");
+            assert_eq!(reason.text(), reason.to_string());
+        }
+        let detailed = [
+            CloseReason::LoggedOut("401".into()),
+            CloseReason::StreamError("503".into()),
+            CloseReason::ConnectFailure(405),
+            CloseReason::LinkCodeRefused("unknown number".into()),
+            CloseReason::Timeout("login"),
+            CloseReason::CertificateRejected("expired".into()),
+            CloseReason::Protocol("bad frame".into()),
+            CloseReason::SocketClosed("reset".into()),
+        ];
+        for reason in detailed {
+            assert_eq!(reason.text(), reason.to_string());
+        }
     }
 }
