@@ -251,10 +251,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Serve(_)) {
-        // Before any thread starts: the process is replaced.
-        wagate::memory::restart_without_thread_caches();
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Blocking work is store calls, which the store serialises anyway,
