@@ -2,6 +2,14 @@
 //! one (for the simulator) and verifying one (for the client). Verification
 //! makes exactly whatsmeow's checks, in its order. Must not import the clock:
 //! the current time is an argument.
+//!
+//! Every session of a process meets the same chain at every connect, and its
+//! two signature checks were a tenth of the gateway's CPU while thousands of
+//! sessions reconnect. A signature that verified once verifies again (the
+//! check is a pure function of key, message and signature), so the few
+//! recently verified ones are remembered by a digest of all three; the
+//! decoding, serials, validity window and server key are checked every
+//! time.
 
 use prost::Message;
 use rand::{CryptoRng, RngCore};
@@ -10,7 +18,38 @@ use subtle::ConstantTimeEq;
 use crate::proto::wa::cert_chain::noise_certificate::Details;
 use crate::proto::wa::cert_chain::NoiseCertificate;
 use crate::proto::wa::CertChain;
-use crate::wa::crypto::{verify, KeyPair};
+use crate::wa::crypto::{sha256, verify, KeyPair};
+
+/// Signatures remembered as verified: a chain has two, and a process meets
+/// one chain at a time (two around a rotation).
+const VERIFIED_KEPT: usize = 8;
+
+/// Digests of (key, message, signature) that verified, newest last.
+static VERIFIED: std::sync::Mutex<Vec<[u8; 32]>> = std::sync::Mutex::new(Vec::new());
+
+/// [`verify`], remembering signatures that verified.
+fn verify_remembered(key: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bool {
+    let len = u64::try_from(message.len())
+        .unwrap_or(u64::MAX)
+        .to_be_bytes();
+    let digest = sha256(&[key, &len, message, signature]);
+    let known = |kept: &Vec<[u8; 32]>| kept.iter().any(|d| d == &digest);
+    if VERIFIED.lock().is_ok_and(|kept| known(&kept)) {
+        return true;
+    }
+    if !verify(key, message, signature) {
+        return false;
+    }
+    if let Ok(mut kept) = VERIFIED.lock() {
+        if !known(&kept) {
+            if kept.len() == VERIFIED_KEPT {
+                kept.remove(0);
+            }
+            kept.push(digest);
+        }
+    }
+    true
+}
 
 /// The issuer serial every intermediate certificate must name: the root.
 const ROOT_SERIAL: u32 = 0x0;
@@ -169,7 +208,7 @@ pub fn verify_cert_chain(
     let intermediate_signature = signature(&intermediate.1, CertRole::Intermediate)?;
     let leaf_signature = signature(&leaf.1, CertRole::Leaf)?;
 
-    if !verify(root, &intermediate.0, &intermediate_signature) {
+    if !verify_remembered(root, &intermediate.0, &intermediate_signature) {
         return Err(CertError::BadSignature(CertRole::Intermediate));
     }
     let intermediate_details =
@@ -186,7 +225,7 @@ pub fn verify_cert_chain(
         .key()
         .try_into()
         .map_err(|_| CertError::KeyLength(intermediate_details.key().len()))?;
-    if !verify(&intermediate_key, &leaf.0, &leaf_signature) {
+    if !verify_remembered(&intermediate_key, &leaf.0, &leaf_signature) {
         return Err(CertError::BadSignature(CertRole::Leaf));
     }
     check_validity(&intermediate_details, CertRole::Intermediate, now_unix)?;
@@ -384,6 +423,41 @@ mod tests {
                 &f.server.public,
                 NOW
             ),
+            Err(CertError::BadSignature(CertRole::Intermediate))
+        );
+    }
+
+    #[test]
+    fn a_remembered_signature_vouches_for_nothing_else() {
+        let mut f = fixture();
+        let chain = f.chain();
+        assert_eq!(f.verify(&chain, NOW), Ok(()));
+        // Once more from memory: the same answer, and the window and the
+        // server key are still checked.
+        assert_eq!(f.verify(&chain, NOW), Ok(()));
+        assert!(matches!(
+            f.verify(&chain, NOT_AFTER + 1),
+            Err(CertError::Expired { .. })
+        ));
+        let other_server = KeyPair::generate(&mut f.rng);
+        assert!(verify_cert_chain(&chain, &f.root.public, &other_server.public, NOW).is_err());
+        // The same details under a signature with one bit flipped, and the
+        // same signature under another key, verify afresh and fail.
+        let mut tampered = CertChain::decode(chain.as_slice()).expect("own chain decodes");
+        if let Some(sig) = tampered
+            .leaf
+            .as_mut()
+            .and_then(|leaf| leaf.signature.as_mut())
+        {
+            sig[5] ^= 1;
+        }
+        assert_eq!(
+            f.verify(&tampered.encode_to_vec(), NOW),
+            Err(CertError::BadSignature(CertRole::Leaf))
+        );
+        let other_root = KeyPair::generate(&mut f.rng);
+        assert_eq!(
+            verify_cert_chain(&chain, &other_root.public, &f.server.public, NOW),
             Err(CertError::BadSignature(CertRole::Intermediate))
         );
     }
