@@ -450,19 +450,7 @@ async fn health_turns_not_serving_before_the_listener_closes() {
     let mut opts = options(dir.path(), &sim.sim);
     opts.drain_delay = std::time::Duration::from_millis(500);
     let gateway = start_gateway(opts).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let mut watch = health
-        .watch(tonic_health::pb::HealthCheckRequest {
-            service: "wagate.v1.Gateway".into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut watch = health_watch(gateway.addr, "wagate.v1.Gateway").await;
     use tonic_health::pb::health_check_response::ServingStatus;
     let first = watch.message().await.expect("ok").expect("status");
     assert_eq!(first.status, ServingStatus::Serving as i32);

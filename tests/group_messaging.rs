@@ -7,9 +7,7 @@ mod common;
 
 use common::*;
 use wagate::proto::gateway::{GroupChange, SendRequest};
-use wagate::proto::sim::{
-    CreateGroupRequest, SendGroupTextRequest, UpdateGroupParticipantsRequest,
-};
+use wagate::proto::sim::{SendGroupTextRequest, UpdateGroupParticipantsRequest};
 
 const OWN: &str = "+15550005001";
 const ANN: &str = "+15550005002";
@@ -36,23 +34,15 @@ async fn group_texts_membership_and_restart() {
     create_account(&mut sim.control, BEN, "Ben").await;
 
     // Ann creates a group with us and Ben: we see it created.
-    let group = sim
-        .control
-        .create_group(CreateGroupRequest {
-            phone: ANN.into(),
-            subject: "Team".into(),
-            participants: vec![OWN.into(), BEN.into()],
-            lid_addressed: false,
-        })
-        .await
-        .expect("CreateGroup")
-        .into_inner()
-        .group_jid;
-    let (created, _) = wait_for(&mut events, "the group's creation", |e| {
-        group_of(e).is_some_and(|g| g.group == group)
-    })
+    let (group, created) = phone_creates_group(
+        &mut sim.control,
+        &mut events,
+        ANN,
+        "Team",
+        &[OWN, BEN],
+        false,
+    )
     .await;
-    let created = group_of(&created).expect("group event");
     assert_eq!(created.change, GroupChange::GroupCreated as i32);
     assert_eq!(created.text, "Team");
 

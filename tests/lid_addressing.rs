@@ -11,7 +11,7 @@ use common::*;
 use wagate::proto::gateway::event::Payload;
 use wagate::proto::gateway::{ReceiptType, SendRequest};
 use wagate::proto::sim::{
-    CreateGroupRequest, HideLidRequest, SendChatStateRequest, SendGroupTextRequest, SendTextRequest,
+    HideLidRequest, SendChatStateRequest, SendGroupTextRequest, SendTextRequest,
 };
 use wagate::wa::jid::PhoneNumber;
 
@@ -164,23 +164,15 @@ async fn a_lid_addressed_group_carries_texts_both_ways_once() {
     let ann_lid = lid_of(&sim, ANN);
     let ben_lid = lid_of(&sim, BEN);
 
-    let group = sim
-        .control
-        .create_group(CreateGroupRequest {
-            phone: ANN.into(),
-            subject: "By LID".into(),
-            participants: vec![OWN.into(), BEN.into()],
-            lid_addressed: true,
-        })
-        .await
-        .expect("CreateGroup")
-        .into_inner()
-        .group_jid;
-    let (created, _) = wait_for(&mut events, "the group's creation", |e| {
-        group_of(e).is_some_and(|g| g.group == group)
-    })
+    let (group, created) = phone_creates_group(
+        &mut sim.control,
+        &mut events,
+        ANN,
+        "By LID",
+        &[OWN, BEN],
+        true,
+    )
     .await;
-    let created = group_of(&created).expect("group event");
     assert_eq!(created.actor, ann_lid);
     assert_eq!(created.actor_phone, "15550007003");
 

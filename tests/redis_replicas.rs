@@ -242,19 +242,7 @@ fn settled(
 /// Waits until the gateway at `client`'s address is ready: it announced itself in the group
 /// (what a rolling update waits for before stopping an old gateway).
 async fn ready(addr: std::net::SocketAddr) {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let mut watch = health
-        .watch(tonic_health::pb::HealthCheckRequest {
-            service: "wagate.v1.Gateway".into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut watch = health_watch(addr, "wagate.v1.Gateway").await;
     tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(status) = watch.message().await.expect("watch stream") {
             if status.status
@@ -394,19 +382,7 @@ async fn readiness_follows_the_leases() {
     let dir = tempfile::tempdir().expect("dir");
     let gateway = start_gateway(on_redis(dir.path(), &sim, &redis)).await;
     ready(gateway.addr).await;
-    let channel = Channel::from_shared(format!("http://{}", gateway.addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let mut readiness = health
-        .watch(tonic_health::pb::HealthCheckRequest {
-            service: "wagate.v1.Gateway".into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut readiness = health_watch(gateway.addr, "wagate.v1.Gateway").await;
     // Redis goes away: renewals fail, and the gateway stops being ready.
     drop(redis);
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -420,7 +396,12 @@ async fn readiness_follows_the_leases() {
     .await
     .expect("NOT_SERVING once the leases cannot be renewed");
     // The process itself stays live.
-    let live = health
+    let channel = Channel::from_shared(format!("http://{}", gateway.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let live = tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
         })

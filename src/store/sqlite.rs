@@ -2152,9 +2152,8 @@ mod tests {
         assert_eq!(store.sessions().expect("list"), [bare_row(), old_row()]);
     }
 
-    #[test]
-    fn files_are_private_and_pragmas_are_set() {
-        let b = Sqlite::new();
+    /// A store in `b` with session `s`, holding secret `k` = `v`.
+    fn one_session(b: &Sqlite) -> (SqliteStore, SessionId) {
         let store = SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open");
         let s = sid("s");
         store
@@ -2165,6 +2164,13 @@ mod tests {
                     .put_secret("k", b"v".to_vec()),
             )
             .expect("commit");
+        (store, s)
+    }
+
+    #[test]
+    fn files_are_private_and_pragmas_are_set() {
+        let b = Sqlite::new();
+        let (store, _) = one_session(&b);
         for suffix in ["", "-wal", "-shm"] {
             let file = PathBuf::from(format!("{}{suffix}", b.path().display()));
             let mode = fs::metadata(&file).expect("stat").permissions().mode() & 0o777;
@@ -2191,16 +2197,7 @@ mod tests {
     #[test]
     fn released_caches_are_read_again() {
         let b = Sqlite::new();
-        let store = SqliteStore::open(&b.path(), keyring(&[("k1", 1)])).expect("open");
-        let s = sid("s");
-        store
-            .commit(
-                &s,
-                Batch::new()
-                    .session(SessionRecord::new(s.clone(), 1))
-                    .put_secret("k", b"v".to_vec()),
-            )
-            .expect("commit");
+        let (store, s) = one_session(&b);
         let before = store.sessions().expect("list");
         store.release_memory();
         assert_eq!(store.sessions().expect("list again"), before);

@@ -249,6 +249,55 @@ pub fn group_of(event: &Event) -> Option<&wagate::proto::gateway::GroupEvent> {
     }
 }
 
+/// The virtual phone of `phone` creates a group of `participants` (phone
+/// numbers); returns its JID and the `group` event that reported its
+/// creation on `events`.
+pub async fn phone_creates_group(
+    control: &mut SimulatorClient<Channel>,
+    events: &mut Streaming<Event>,
+    phone: &str,
+    subject: &str,
+    participants: &[&str],
+    lid_addressed: bool,
+) -> (String, wagate::proto::gateway::GroupEvent) {
+    let group = control
+        .create_group(wagate::proto::sim::CreateGroupRequest {
+            phone: phone.into(),
+            subject: subject.into(),
+            participants: participants.iter().map(|p| (*p).to_owned()).collect(),
+            lid_addressed,
+        })
+        .await
+        .expect("CreateGroup")
+        .into_inner()
+        .group_jid;
+    let (created, _) = wait_for(events, "the group's creation", |e| {
+        group_of(e).is_some_and(|g| g.group == group)
+    })
+    .await;
+    let created = group_of(&created).expect("group event").clone();
+    (group, created)
+}
+
+/// A `Watch` of the health of `service` on the gateway at `addr`.
+pub async fn health_watch(
+    addr: SocketAddr,
+    service: &str,
+) -> Streaming<tonic_health::pb::HealthCheckResponse> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
 /// What the virtual phone of `phone` received, in order.
 pub async fn inbox(
     control: &mut SimulatorClient<Channel>,

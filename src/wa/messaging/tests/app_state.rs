@@ -111,11 +111,11 @@ fn server_sync() -> Node {
         .children(vec![Node::new("collection").attr("name", REGULAR_LOW)])
 }
 
-#[test]
-fn patches_apply_once_and_a_bad_mac_resyncs_from_the_start() {
-    let mut device = Device::new("15550000001", 1);
-    let key_data = [5u8; 32];
-    // A key the phone shared before (as after a restart: only in the store).
+/// A device holding the app-state key `[key_byte; 32]` (as the phone shared
+/// it), and a server whose patches are sealed with it.
+fn sharing_a_key(phone: &str, key_byte: u8, seed: u64) -> (Device, Server) {
+    let mut device = Device::new(phone, 1);
+    let key_data = [key_byte; 32];
     device.keys.app_state_keys.insert(
         KEY_ID.to_vec(),
         SharedKey {
@@ -123,12 +123,19 @@ fn patches_apply_once_and_a_bad_mac_resyncs_from_the_start() {
             data: Zeroizing::new(key_data.to_vec()),
         },
     );
-    let mut server = Server {
+    let server = Server {
         keys: MutationKeys::expand(&key_data),
         state: CollectionState::default(),
         patches: Vec::new(),
-        rng: StdRng::seed_from_u64(9),
+        rng: StdRng::seed_from_u64(seed),
     };
+    (device, server)
+}
+
+#[test]
+fn patches_apply_once_and_a_bad_mac_resyncs_from_the_start() {
+    // A key the phone shared before (as after a restart: only in the store).
+    let (mut device, mut server) = sharing_a_key("15550000001", 5, 9);
     let chat = || CHAT.to_owned();
     server.change(Action::Archive {
         chat: chat(),
@@ -219,21 +226,7 @@ fn patches_apply_once_and_a_bad_mac_resyncs_from_the_start() {
 
 #[test]
 fn a_snapshot_is_fetched_checked_and_applied_before_the_patches_after_it() {
-    let mut device = Device::new("15550000002", 1);
-    let key_data = [6u8; 32];
-    device.keys.app_state_keys.insert(
-        KEY_ID.to_vec(),
-        SharedKey {
-            id: KEY_ID.to_vec(),
-            data: Zeroizing::new(key_data.to_vec()),
-        },
-    );
-    let mut server = Server {
-        keys: MutationKeys::expand(&key_data),
-        state: CollectionState::default(),
-        patches: Vec::new(),
-        rng: StdRng::seed_from_u64(10),
-    };
+    let (mut device, mut server) = sharing_a_key("15550000002", 6, 10);
     let chat = || CHAT.to_owned();
     server.change(Action::Archive {
         chat: chat(),
