@@ -96,11 +96,20 @@ impl SessionActor {
                 warn!(session = %self.id, "closing: {e}");
                 conn.shutdown();
             }
+            // Every frame of this turn is queued, then written with one
+            // flush: a step's receipts and acks leave in one system call.
             let mut socket_error = None;
+            let mut queued = false;
             while let Some(frame) = conn.poll_transmit() {
-                if let Err(e) = sink.send(WsMessage::Binary(frame.into())).await {
+                if let Err(e) = sink.feed(WsMessage::Binary(frame.into())).await {
                     socket_error = Some(e.to_string());
                     break;
+                }
+                queued = true;
+            }
+            if queued && socket_error.is_none() {
+                if let Err(e) = sink.flush().await {
+                    socket_error = Some(e.to_string());
                 }
             }
             if let Some(e) = socket_error {

@@ -45,6 +45,10 @@ pub(super) const COLLECTION: &str = "appstate/collection/";
 /// Polls' secrets and options, by message id.
 pub(super) const POLL: &str = "poll";
 
+/// Present once a session's records of older versions were moved to
+/// hashed names (its value: when, in ms).
+pub(super) const NAMES_HASHED: &str = "names/hashed";
+
 /// Where older versions kept records under identifiers in clear, and the
 /// hashed kind each moves to.
 pub(super) const LEGACY: [(&str, &str); 5] = [

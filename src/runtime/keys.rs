@@ -26,8 +26,8 @@ use prost::Message as _;
 
 use super::key_records::{
     self, prekey_name, seen_bytes, seen_value, Names, APP_STATE_KEY, CHAT, COLLECTION, CONTACT,
-    HISTORY, IDEMPOTENCY, LEGACY, LID, MEDIA, PHONE_LID, POLL, PREKEY_NEXT, SEEN, SENDER_KEY,
-    SENDER_KEY_MEMORY, SENT, SESSION,
+    HISTORY, IDEMPOTENCY, LEGACY, LID, MEDIA, NAMES_HASHED, PHONE_LID, POLL, PREKEY_NEXT, SEEN,
+    SENDER_KEY, SENDER_KEY_MEMORY, SENT, SESSION,
 };
 
 /// Signal sessions (and sender keys) kept in memory per session.
@@ -106,7 +106,7 @@ pub(crate) struct StoreKeys {
 
 impl StoreKeys {
     pub(crate) fn new(id: SessionId, store: Arc<dyn Store>, creds: &Credentials) -> Self {
-        Self {
+        let mut keys = Self {
             id,
             store,
             names: Names::new(&creds.identity_key),
@@ -124,7 +124,19 @@ impl StoreKeys {
             },
             seen_names: HashMap::new(),
             next_prekey: None,
+        };
+        // The account's own LID is in its credentials: every step checks
+        // it is known (see `learn_lid`), which would otherwise cost two
+        // store reads at each session's first step after a restart.
+        if let Some(account) = &creds.account {
+            let phone = crate::wa::message::phone_of(&account.jid.to_non_ad());
+            if let (Some(phone), Some(lid)) = (phone, &account.lid) {
+                let lid = lid.to_non_ad().user;
+                keys.lids.insert(lid.clone(), Some(phone.clone()));
+                keys.phone_lids.insert(phone, Some(lid));
+            }
         }
+        keys
     }
 
     fn read(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
@@ -180,7 +192,12 @@ impl StoreKeys {
     }
 
     /// Moves records kept under identifiers in clear by older versions.
+    /// A session whose records were moved once carries a marker, so later
+    /// loads read one record instead of scanning each old prefix.
     fn migrate(&mut self, now_ms: u64) -> Result<(), StoreError> {
+        if self.store.secret(&self.id, NAMES_HASHED)?.is_some() {
+            return Ok(());
+        }
         let mut batch = Batch::default();
         for (prefix, kind) in LEGACY {
             for (name, value) in self.store.secrets_with_prefix(&self.id, prefix)? {
@@ -199,11 +216,13 @@ impl StoreKeys {
                 batch.secrets.push(SecretOp::Delete { key: name });
             }
         }
-        if batch.secrets.is_empty() {
-            return Ok(());
+        if !batch.secrets.is_empty() {
+            tracing::info!(session = %self.id, records = batch.secrets.len() / 2, "secret names moved to the hashed form");
         }
-        tracing::info!(session = %self.id, records = batch.secrets.len() / 2, "secret names moved to the hashed form");
-        let _ = now_ms;
+        batch.secrets.push(SecretOp::Put {
+            key: NAMES_HASHED.to_owned(),
+            value: Zeroizing::new(now_ms.to_be_bytes().to_vec()),
+        });
         self.store
             .commit(&self.id, batch)
             .inspect_err(super::events::count_fenced)

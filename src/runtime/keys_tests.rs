@@ -52,6 +52,26 @@ fn legacy_records_move_to_hashed_names() {
     let dedupe = DedupeKey("a@s.whatsapp.net/b@s.whatsapp.net/ID1".into());
     assert!(k.seen(&dedupe, 5).expect("seen"));
     assert!(!k.seen(&DedupeKey("other".into()), 5).expect("seen"));
+    // Moved once: the marker says so, and a later load scans nothing.
+    assert!(store
+        .secret(&session(), NAMES_HASHED)
+        .expect("read")
+        .is_some());
+    store
+        .commit(
+            &session(),
+            Batch::default().put_secret("lid/777", b"15550000000".to_vec()),
+        )
+        .expect("commit");
+    let mut again = keys(&store);
+    again.load(20_000).expect("load");
+    assert_eq!(
+        store
+            .secrets_with_prefix(&session(), "lid/")
+            .expect("read")
+            .len(),
+        1
+    );
 }
 
 #[test]

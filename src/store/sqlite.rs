@@ -134,10 +134,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_CACHE: usize = 64;
 /// Read-only connections beside the writer.
 const READERS: usize = 2;
-/// Pages of the database file are read through a shared mapping, not a
-/// `pread` copy each (7 % of the commit thread's CPU under load); they are
-/// the kernel's page cache, shared and reclaimable, not the process's heap.
-/// WAL frames are still read with `pread`.
+/// The writer reads pages of the database file through a shared mapping,
+/// not a `pread` copy each (7 % of the commit thread's CPU under load); they
+/// are the kernel's page cache, shared and reclaimable, not the process's
+/// heap. WAL frames are still read with `pread`, and readers use `pread`
+/// (see `open`).
 const MMAP_SIZE: i64 = 1 << 30;
 
 /// How often the background checkpointer copies the WAL into the database
@@ -267,7 +268,12 @@ impl SqliteStore {
             reader.busy_timeout(BUSY_TIMEOUT)?;
             reader.pragma_update(None, "query_only", true)?;
             reader.pragma_update(None, "trusted_schema", false)?;
-            reader.pragma_update(None, "mmap_size", MMAP_SIZE)?;
+            // No mapping for readers: a read transaction that starts after
+            // any commit unmaps the whole file and faults its pages back in
+            // (SQLite resets a reader's view when the WAL changed), which
+            // under a stream of Sends was every read; `pread` of the few
+            // pages a lookup needs costs less.
+            reader.pragma_update(None, "mmap_size", 0)?;
             reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             readers.push(Mutex::new(reader));
         }

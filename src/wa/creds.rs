@@ -91,6 +91,9 @@ impl Credentials {
             registration_id: self.registration_id,
             adv_secret: self.adv_secret.to_vec(),
             push_name: self.push_name.clone(),
+            noise_public: self.noise_key.public.to_vec(),
+            identity_public: self.identity_key.public.to_vec(),
+            signed_prekey_public: self.signed_prekey.key.public.to_vec(),
             account: self.account.as_ref().map(|a| StoredAccount {
                 jid: a.jid.to_string(),
                 lid: a.lid.as_ref().map(ToString::to_string).unwrap_or_default(),
@@ -137,15 +140,28 @@ impl Credentials {
             .as_slice()
             .try_into()
             .map_err(|_| CredentialsError::Field("signed_prekey_signature"))?;
+        // Records written before the public keys were kept derive them.
+        let pair = |private: &[u8], public: &[u8], what| -> Result<KeyPair, CredentialsError> {
+            let private = key(private, what)?;
+            Ok(match <[u8; 32]>::try_from(public) {
+                Ok(public) => KeyPair::from_stored(private, public),
+                Err(_) => KeyPair::from_private(private),
+            })
+        };
         let creds = Self {
-            noise_key: KeyPair::from_private(key(&stored.noise_private, "noise_private")?),
-            identity_key: KeyPair::from_private(key(&stored.identity_private, "identity_private")?),
+            noise_key: pair(&stored.noise_private, &stored.noise_public, "noise_private")?,
+            identity_key: pair(
+                &stored.identity_private,
+                &stored.identity_public,
+                "identity_private",
+            )?,
             signed_prekey: SignedPreKey {
                 id: stored.signed_prekey_id,
-                key: KeyPair::from_private(key(
+                key: pair(
                     &stored.signed_prekey_private,
+                    &stored.signed_prekey_public,
                     "signed_prekey_private",
-                )?),
+                )?,
                 signature,
             },
             registration_id: stored.registration_id,
@@ -199,6 +215,14 @@ struct StoredCredentials {
     push_name: String,
     #[prost(message, optional, tag = "10")]
     account: Option<StoredAccount>,
+    /// The public halves of the three key pairs, so reading credentials
+    /// needs no scalar multiplication (empty in older records).
+    #[prost(bytes = "vec", tag = "11")]
+    noise_public: Vec<u8>,
+    #[prost(bytes = "vec", tag = "12")]
+    identity_public: Vec<u8>,
+    #[prost(bytes = "vec", tag = "13")]
+    signed_prekey_public: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -246,6 +270,24 @@ mod tests {
         });
         let back = Credentials::decode(&creds.encode()).expect("decodes");
         assert_eq!(back.account, creds.account);
+    }
+
+    #[test]
+    fn records_without_public_keys_derive_them() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let creds = Credentials::generate(&mut rng);
+        let mut older = StoredCredentials::decode(creds.encode().as_slice()).expect("decodes");
+        assert_eq!(older.identity_public, creds.identity_key.public.to_vec());
+        older.noise_public.clear();
+        older.identity_public.clear();
+        older.signed_prekey_public.clear();
+        let back = Credentials::decode(&older.encode_to_vec()).expect("decodes");
+        assert_eq!(back.noise_key.public, creds.noise_key.public);
+        assert_eq!(back.identity_key.public, creds.identity_key.public);
+        assert_eq!(
+            back.signed_prekey.key.public,
+            creds.signed_prekey.key.public
+        );
     }
 
     #[test]

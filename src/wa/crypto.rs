@@ -46,6 +46,18 @@ impl KeyPair {
         }
     }
 
+    /// A key pair whose public key was stored beside its private key by
+    /// [`KeyPair::public`] of the same pair, read back from a record whose
+    /// integrity the store guarantees (it is sealed). Skips the scalar
+    /// multiplication of [`KeyPair::from_private`], which a restart would
+    /// otherwise pay three times per session.
+    pub fn from_stored(private: [u8; 32], public: [u8; 32]) -> Self {
+        Self {
+            public,
+            private: Zeroizing::new(private),
+        }
+    }
+
     /// The private key bytes, for persistence.
     pub fn private_bytes(&self) -> &[u8; 32] {
         &self.private
