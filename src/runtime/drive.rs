@@ -422,24 +422,14 @@ impl SessionActor {
                     s.reconnect_attempts = 0;
                 });
                 self.logged_in = true;
-                self.events
-                    .commit(
-                        &self.id,
-                        batch,
-                        vec![payloads::connection(
-                            SessionState::Connected,
-                            String::new(),
-                            jid.clone(),
-                        )],
-                        now as u64,
-                    )
+                // The session row and the CONNECTED event commit with the
+                // login's first step (its keys' upkeep): one transaction.
+                let event = payloads::connection(SessionState::Connected, String::new(), jid);
+                self.messenger
+                    .on_connected(conn, now as u64, batch, event)
                     .await
                     .map_err(|e| format!("cannot record connection: {e}"))?;
                 info!(session = %self.id, "connected");
-                self.messenger
-                    .on_connected(conn, now as u64)
-                    .await
-                    .map_err(|e| e.to_string())?;
             }
             Event::Stanza(node) => {
                 self.messenger

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use crate::store::SessionId;
+use crate::proto::gateway::event::Payload;
+use crate::store::{Batch, SessionId};
 use crate::wa::binary::Node;
 use crate::wa::conn::Connection;
 use crate::wa::creds::Credentials;
@@ -117,14 +118,19 @@ impl Messenger {
         self.core.get_or_insert_with(Core::new);
     }
 
-    /// Logged in: prune and load bookkeeping once, check the prekey stock.
+    /// Logged in: prune and load bookkeeping once, check the prekey stock,
+    /// and commit that with `batch` and `event` (the session's row and its
+    /// CONNECTED event) in one transaction.
     pub(crate) async fn on_connected(
         &mut self,
         conn: &mut Connection,
         now_ms: u64,
+        batch: Batch,
+        event: Payload,
     ) -> Result<(), StepFailure> {
         self.set_credentials(conn.credentials());
-        self.run(Input::Connected, conn, now_ms).await
+        self.run(Input::Connected(Box::new((batch, event))), conn, now_ms)
+            .await
     }
 
     /// Stanzas read from the socket at once: one step, one commit.
@@ -318,7 +324,7 @@ impl Messenger {
         // many sessions); a login's upkeep reads and prunes at length, so it
         // runs on the blocking pool instead. Either way the step is the same
         // job and answers on the same channel.
-        let on_pipeline = !matches!(input, Input::Connected) && self.pipeline.is_running();
+        let on_pipeline = !matches!(input, Input::Connected(_)) && self.pipeline.is_running();
         let (done, answer) = oneshot::channel();
         let mut job = SessionStep::new(core, input, creds, self.id.clone(), now_ms, done);
         if on_pipeline {

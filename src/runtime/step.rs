@@ -40,7 +40,9 @@ pub(super) enum StepFailure {
 }
 
 pub(super) enum Input {
-    Connected,
+    /// A login, with what must commit with its first step: the session's
+    /// row and its CONNECTED event.
+    Connected(Box<(Batch, Payload)>),
     Stanzas(Vec<Node>),
     Sends(Vec<(SendRequest, ReplyTo)>),
     /// Lookups that read the store and change nothing.
@@ -137,8 +139,10 @@ impl Core {
         let keys = self
             .keys
             .get_or_insert_with(|| StoreKeys::new(id.clone(), log.store().clone(), creds));
+        let mut login = None;
         let mut step = match input {
-            Input::Connected => {
+            Input::Connected(with) => {
+                login = Some(*with);
                 keys.load(now_ms)?;
                 self.engine.handle_connected(creds, now_ms)
             }
@@ -180,9 +184,16 @@ impl Core {
                 step
             }
         };
-        let commit = step.needs_commit().then(|| {
-            let batch = keys.batch(&step.changes);
-            let events = step.events.iter().map(payloads::engine_event).collect();
+        let commit = (step.needs_commit() || login.is_some()).then(|| {
+            let mut batch = keys.batch(&step.changes);
+            let mut events = Vec::with_capacity(step.events.len() + 1);
+            if let Some((session, event)) = login {
+                batch.secrets.extend(session.secrets);
+                batch.events.extend(session.events);
+                batch.session = session.session;
+                events.push(event);
+            }
+            events.extend(step.events.iter().map(payloads::engine_event));
             (batch, events)
         });
         self.deliver(&mut step);
