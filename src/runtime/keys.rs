@@ -131,9 +131,8 @@ impl StoreKeys {
         if let Some(account) = &creds.account {
             let phone = crate::wa::message::phone_of(&account.jid.to_non_ad());
             if let (Some(phone), Some(lid)) = (phone, &account.lid) {
-                let lid = lid.to_non_ad().user;
-                keys.lids.insert(lid.clone(), Some(phone.clone()));
-                keys.phone_lids.insert(phone, Some(lid));
+                let lid_user = lid.to_non_ad().user;
+                keys.apply(vec![Change::Lid { lid_user, phone }]);
             }
         }
         keys
