@@ -619,7 +619,7 @@ impl Connection {
                 ..
             } = &mut self.phase
             {
-                *next_ping = now_ms + interval;
+                *next_ping = ping_slot(now_ms + interval, &timeouts);
                 *ping_deadline = Some(now_ms + timeouts.keepalive_deadline_ms);
             }
             let ping = Node::new("iq")
@@ -841,7 +841,10 @@ impl Connection {
             // WhatsApp Web does.
             return;
         }
-        let next_ping = now_ms + self.config.timeouts.keepalive_min_ms;
+        let next_ping = ping_slot(
+            now_ms + self.config.timeouts.keepalive_min_ms,
+            &self.config.timeouts,
+        );
         *stage = Stage::Connected {
             last_recv: now_ms,
             next_ping,
@@ -1192,6 +1195,16 @@ impl Connection {
 }
 
 /// `code text` of an iq error, for reports.
+/// Keepalive pings are due on whole slots of a twentieth of the shortest
+/// interval (1 s by default): the pings of thousands of idle sessions then
+/// fall due together, a few hundred per wake-up of the process instead of
+/// one each. The interval stays random within WhatsApp Web's range, rounded
+/// up by at most one slot.
+fn ping_slot(at_ms: u64, timeouts: &Timeouts) -> u64 {
+    let slot = (timeouts.keepalive_min_ms / 20).clamp(1, 1_000);
+    at_ms.div_ceil(slot).saturating_mul(slot)
+}
+
 fn iq_error_text(node: &Node) -> String {
     node.child("error")
         .map(|e| {
@@ -1237,7 +1250,31 @@ fn classify_stream_error(node: &Node) -> CloseReason {
 mod tests {
     use std::borrow::Cow;
 
-    use super::CloseReason;
+    use super::{ping_slot, CloseReason, Timeouts};
+
+    #[test]
+    fn pings_fall_due_on_shared_slots_within_the_range() {
+        let defaults = Timeouts::default();
+        // Two sessions whose pings were drawn a few hundred ms apart wake
+        // together, at most one slot later than drawn.
+        for at in [1_700_000_020_001, 1_700_000_020_400, 1_700_000_021_000] {
+            let due = ping_slot(at, &defaults);
+            assert_eq!(due, 1_700_000_021_000, "{at}");
+        }
+        // Short test intervals get short slots (a twentieth of the minimum).
+        let quick = Timeouts {
+            keepalive_min_ms: 100,
+            keepalive_max_ms: 150,
+            ..Timeouts::default()
+        };
+        assert_eq!(ping_slot(1_001, &quick), 1_005);
+        let tiny = Timeouts {
+            keepalive_min_ms: 0,
+            ..Timeouts::default()
+        };
+        assert_eq!(ping_slot(1_001, &tiny), 1_001);
+        assert_eq!(ping_slot(u64::MAX - 3, &defaults), u64::MAX);
+    }
 
     #[test]
     fn a_reason_text_is_its_display_and_borrowed_when_fixed() {

@@ -1,6 +1,9 @@
 //! Memory given back: 90 % of the sessions disconnect, and the gateway's
 //! RssAnon is watched until it stops falling (the gateway releases freed
-//! heap after a wave of disconnects).
+//! heap after a wave of disconnects). What the remaining sessions need is
+//! then measured, not only computed: a new gateway process started on the
+//! same data dir holds exactly them (the disconnected ones restored
+//! offline), without the history of the departed ones.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +27,9 @@ pub(crate) struct Released {
     pub(crate) before: Memory,
     /// The lowest RssAnon seen while watching.
     pub(crate) after: Memory,
+    /// A new gateway process with the same sessions, once the online ones
+    /// are CONNECTED (the lowest RssAnon seen while watching it).
+    pub(crate) fresh: Option<Memory>,
 }
 
 /// Disconnects sessions `0..n*9/10`, then watches the gateway's memory.
@@ -53,19 +59,26 @@ pub(crate) async fn disconnect_most(
         }
     })
     .await?;
-    let started = Instant::now();
-    let mut after = procstat::memory(gateway_pid)?;
-    while started.elapsed() < WATCH {
-        tokio::time::sleep(LOOK_EVERY).await;
-        let now = procstat::memory(gateway_pid)?;
-        if now.anon_kib < after.anon_kib {
-            after = now;
-        }
-    }
+    let after = watch(gateway_pid).await?;
     Ok(Released {
         sessions_before: n,
         sessions_after: n - leaving,
         before,
         after,
+        fresh: None,
     })
+}
+
+/// The lowest RssAnon of the gateway over the watching window.
+pub(crate) async fn watch(gateway_pid: u32) -> Result<Memory, LoadError> {
+    let started = Instant::now();
+    let mut lowest = procstat::memory(gateway_pid)?;
+    while started.elapsed() < WATCH {
+        tokio::time::sleep(LOOK_EVERY).await;
+        let now = procstat::memory(gateway_pid)?;
+        if now.anon_kib < lowest.anon_kib {
+            lowest = now;
+        }
+    }
+    Ok(lowest)
 }

@@ -244,6 +244,20 @@ impl Report {
                     mib(self.needed_kib(self.released.sessions_after))
                 ),
             ),
+            (
+                format!(
+                    "RssAnon of a new gateway with those sessions ({} online)",
+                    self.released.sessions_after
+                ),
+                match self.released.fresh {
+                    Some(fresh) => format!(
+                        "{} (after the wave: {:.2}×)",
+                        mib(fresh.anon_kib),
+                        self.released.after.anon_kib as f64 / fresh.anon_kib.max(1) as f64
+                    ),
+                    None => "not measured".to_string(),
+                },
+            ),
         ]);
         let left = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(7);
         let right = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(5);

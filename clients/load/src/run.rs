@@ -344,7 +344,18 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
         peak_threads: sampler.await.unwrap_or(0).max(threads),
     };
     step("memory: 90 % of the sessions disconnect");
-    let released = release::disconnect_most(&gateway, n, gateway_pid, plan.stall).await?;
+    let mut released = release::disconnect_most(&gateway, n, gateway_pid, plan.stall).await?;
+    step("memory: a new gateway process with the sessions as they are now");
+    drop(gateway);
+    if let Some(mut child) = procs.gateway.take() {
+        child.terminate(plan.stall).await?;
+    }
+    let restarted = Instant::now();
+    let (gateway_pid, addr) = procs.start_gateway(plan, &info).await?;
+    let gateway = clients::gateway(addr).await?;
+    pairing::wait_all_connected(&gateway, released.sessions_after, restarted, plan.stall).await?;
+    released.fresh = Some(release::watch(gateway_pid).await?);
+    drop(gateway);
     step("done");
 
     Ok(Report {
