@@ -1195,13 +1195,14 @@ impl Connection {
 }
 
 /// `code text` of an iq error, for reports.
-/// Keepalive pings are due on whole slots of a twentieth of the shortest
-/// interval (1 s by default): the pings of thousands of idle sessions then
-/// fall due together, a few hundred per wake-up of the process instead of
-/// one each. The interval stays random within WhatsApp Web's range, rounded
-/// up by at most one slot.
+/// Keepalive pings are due on whole slots of a two-hundredth of the
+/// shortest interval (100 ms by default): the pings of thousands of idle
+/// sessions then fall due together, tens per wake-up of the process
+/// instead of one each, and a slot's burst stays short enough not to delay
+/// the messages behind it. The interval stays random within WhatsApp Web's
+/// range, rounded up by at most one slot.
 fn ping_slot(at_ms: u64, timeouts: &Timeouts) -> u64 {
-    let slot = (timeouts.keepalive_min_ms / 20).clamp(1, 1_000);
+    let slot = (timeouts.keepalive_min_ms / 200).clamp(1, 100);
     at_ms.div_ceil(slot).saturating_mul(slot)
 }
 
@@ -1255,21 +1256,22 @@ mod tests {
     #[test]
     fn pings_fall_due_on_shared_slots_within_the_range() {
         let defaults = Timeouts::default();
-        // Two sessions whose pings were drawn a few hundred ms apart wake
-        // together, at most one slot later than drawn.
-        for at in [1_700_000_020_001, 1_700_000_020_400, 1_700_000_021_000] {
+        // Sessions whose pings were drawn tens of ms apart wake together, at
+        // most one slot later than drawn.
+        for at in [1_700_000_020_001, 1_700_000_020_040, 1_700_000_020_100] {
             let due = ping_slot(at, &defaults);
-            assert_eq!(due, 1_700_000_021_000, "{at}");
+            assert_eq!(due, 1_700_000_020_100, "{at}");
         }
-        // Short test intervals get short slots (a twentieth of the minimum).
+        assert_eq!(ping_slot(1_700_000_020_101, &defaults), 1_700_000_020_200);
+        // Short test intervals get short slots.
         let quick = Timeouts {
-            keepalive_min_ms: 100,
-            keepalive_max_ms: 150,
+            keepalive_min_ms: 1_000,
+            keepalive_max_ms: 1_500,
             ..Timeouts::default()
         };
         assert_eq!(ping_slot(1_001, &quick), 1_005);
         let tiny = Timeouts {
-            keepalive_min_ms: 0,
+            keepalive_min_ms: 100,
             ..Timeouts::default()
         };
         assert_eq!(ping_slot(1_001, &tiny), 1_001);
