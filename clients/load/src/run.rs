@@ -251,13 +251,15 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
     step("send: warm-up, one per session");
     sends::warm_up(&gateway, n, pids, &run_id).await?;
     let mut send_figures = Vec::new();
-    for &concurrency in &plan.send_concurrency {
+    for (k, &concurrency) in plan.send_concurrency.iter().enumerate() {
         step(&format!(
             "send: {} at concurrency {concurrency}",
             plan.sends
         ));
-        send_figures
-            .push(sends::measure(&gateway, n, pids, concurrency, plan.sends, &run_id).await?);
+        // Keys of their own per step: a concurrency listed twice must send
+        // again, not be answered from the first step's records.
+        let keys = format!("{run_id}-{k}");
+        send_figures.push(sends::measure(&gateway, n, pids, concurrency, plan.sends, &keys).await?);
     }
 
     let media = if plan.media_bytes > 0 {
