@@ -131,6 +131,8 @@ pub enum StartError {
     RedisNeedsSharedKey,
     #[error("simulator: {0}")]
     Sim(String),
+    #[error("--wa-url: {0}")]
+    WaUrl(String),
     #[error("runtime: {0}")]
     Runtime(#[from] crate::runtime::RuntimeError),
 }
@@ -264,18 +266,18 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         ..ClientConfig::default()
     };
     client.device.full_history = opts.full_history;
-    let mut wa_url = "wss://web.whatsapp.com/ws/chat".to_owned();
+    let mut wa_urls = vec!["wss://web.whatsapp.com/ws/chat".to_owned()];
     if let Some(sim) = &sim {
-        wa_url = sim.ws_url();
+        wa_urls = vec![sim.ws_url()];
         client.root_key = sim.root_public_key();
     }
-    if let Some(url) = &opts.wa_url {
-        wa_url = url.clone();
+    if let Some(urls) = &opts.wa_url {
+        wa_urls = parse_wa_urls(urls)?;
     }
     if let Some(root) = opts.wa_root_key {
         client.root_key = root;
     }
-    let plain_media = wa_url.starts_with("ws://");
+    let plain_media = wa_urls.iter().all(|url| url.starts_with("ws://"));
     let listener = TcpListener::bind(opts.listen)
         .await
         .map_err(|e| StartError::Bind(opts.listen, e))?;
@@ -283,7 +285,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|e| StartError::Bind(opts.listen, e))?;
     let config = RuntimeConfig {
-        wa_url,
+        wa_urls,
         client,
         max_sessions: opts.max_sessions,
         max_reconnect_attempts: opts.max_reconnect_attempts,
@@ -447,4 +449,51 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// `--wa-url`: one websocket URL, or several separated by commas (sessions
+/// spread over them by id).
+fn parse_wa_urls(list: &str) -> Result<Vec<String>, StartError> {
+    let urls: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        return Err(StartError::WaUrl("no URL given".into()));
+    }
+    if let Some(bad) = urls
+        .iter()
+        .find(|url| !(url.starts_with("ws://") || url.starts_with("wss://")))
+    {
+        let shown: String = bad.chars().take(80).collect();
+        return Err(StartError::WaUrl(format!(
+            "{shown:?} is not a ws:// or wss:// URL"
+        )));
+    }
+    Ok(urls)
+}
+
+#[cfg(test)]
+mod wa_url_tests {
+    use super::parse_wa_urls;
+
+    #[test]
+    fn one_or_several_websocket_urls() {
+        assert_eq!(
+            parse_wa_urls("ws://127.0.0.1:1/ws/chat").expect("one"),
+            ["ws://127.0.0.1:1/ws/chat"]
+        );
+        assert_eq!(
+            parse_wa_urls(" ws://a/ws/chat, wss://b/ws/chat ,").expect("two"),
+            ["ws://a/ws/chat", "wss://b/ws/chat"]
+        );
+        assert!(parse_wa_urls(" , ").is_err());
+        let long = format!("http://{}", "x".repeat(10_000));
+        let err = parse_wa_urls(&long)
+            .expect_err("not a websocket URL")
+            .to_string();
+        assert!(err.len() < 200, "{err}");
+    }
 }

@@ -37,7 +37,7 @@ enum Command {
     /// Run the gateway.
     Serve(Box<ServeArgs>),
     /// Run the WhatsApp chat-server simulator alone.
-    Sim(wagate::sim::cli::SimArgs),
+    Sim(Box<wagate::sim::cli::SimArgs>),
 }
 
 #[derive(Args)]
@@ -88,6 +88,8 @@ struct ServeArgs {
     #[arg(long, env = "WAGATE_MEDIA_URL_ALLOW_HOSTS", value_delimiter = ',')]
     media_url_allow_host: Vec<String>,
     /// Chat server websocket URL (default: WhatsApp; the sandbox with --sim).
+    /// Several, comma-separated, spread the sessions over them by id (e.g.
+    /// the ports of `wagate sim --also-listen`).
     #[arg(long, env = "WAGATE_WA_URL")]
     wa_url: Option<String>,
     /// Hex root public key the server certificates must chain to (default: WhatsApp's).
@@ -274,7 +276,9 @@ fn main() -> ExitCode {
         raise_open_files();
         match cli.command {
             Command::Serve(args) => serve(*args).await,
-            Command::Sim(args) => wagate::sim::cli::run(args).await.map_err(|e| e.to_string()),
+            Command::Sim(args) => wagate::sim::cli::run(*args)
+                .await
+                .map_err(|e| e.to_string()),
         }
     });
     match result {

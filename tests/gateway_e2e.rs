@@ -76,6 +76,40 @@ async fn pair(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_spread_over_several_chat_urls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = start_sim().await;
+    sim.sim
+        .listen_also(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("a second chat port");
+    let urls = sim.sim.ws_urls();
+    assert_eq!(urls.len(), 2);
+    assert_ne!(urls[0], urls[1]);
+    let mut opts = options(dir.path(), &sim.sim);
+    opts.wa_url = Some(urls.join(", "));
+    // One session whose id picks each port: each connects only if the
+    // port it picked serves the chat.
+    let spread = wagate::runtime::RuntimeConfig {
+        wa_urls: urls.clone(),
+        ..wagate::runtime::RuntimeConfig::default()
+    };
+    let on = |url: &str| {
+        (0..)
+            .map(|i| format!("spread{i}"))
+            .find(|id| spread.wa_url_for(id) == url)
+            .expect("an id")
+    };
+    let (first, second) = (on(&urls[0]), on(&urls[1]));
+    let gateway = start_gateway(opts).await;
+    let mut client = client(gateway.addr).await;
+    pair(&mut sim, &mut client, &first, "+1 555 000 2001").await;
+    pair(&mut sim, &mut client, &second, "+1 555 000 2002").await;
+    gateway.shutdown().await;
+    sim.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pair_restart_kick_disconnect_logout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sim = start_sim().await;

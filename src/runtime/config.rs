@@ -14,8 +14,9 @@ use super::pipeline::Pipeline;
 /// Runtime settings.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
-    /// Websocket URL of the chat server.
-    pub wa_url: String,
+    /// Websocket URLs of the chat server; each session uses one of them,
+    /// chosen by its id (see [`RuntimeConfig::wa_url_for`]). Never empty.
+    pub wa_urls: Vec<String>,
     /// Protocol settings (root key, device info, timers).
     pub client: ClientConfig,
     /// Sessions that may be online at once.
@@ -37,7 +38,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            wa_url: "wss://web.whatsapp.com/ws/chat".to_owned(),
+            wa_urls: vec!["wss://web.whatsapp.com/ws/chat".to_owned()],
             client: ClientConfig::default(),
             max_sessions: 1000,
             max_reconnect_attempts: 10,
@@ -47,6 +48,21 @@ impl Default for RuntimeConfig {
             history: HistorySettings::default(),
             leases: Leases::default(),
         }
+    }
+}
+
+impl RuntimeConfig {
+    /// The chat server URL session `id` connects to: always the same one
+    /// for a session, the sessions spread evenly over the list (FNV-1a of
+    /// the id, stable across builds and restarts).
+    pub fn wa_url_for(&self, id: &str) -> &str {
+        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let n = self.wa_urls.len().max(1) as u64;
+        self.wa_urls
+            .get((hash % n) as usize)
+            .map_or("wss://web.whatsapp.com/ws/chat", String::as_str)
     }
 }
 
@@ -90,5 +106,40 @@ impl Shared {
             media,
             ownership,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RuntimeConfig;
+
+    #[test]
+    fn sessions_spread_evenly_and_stay_on_their_url() {
+        let config = RuntimeConfig {
+            wa_urls: vec!["ws://a".into(), "ws://b".into(), "ws://c".into()],
+            ..RuntimeConfig::default()
+        };
+        let mut counts = [0usize; 3];
+        for i in 0..3_000 {
+            let id = format!("session-{i}");
+            let url = config.wa_url_for(&id);
+            assert_eq!(url, config.wa_url_for(&id), "always the same URL");
+            let k = config
+                .wa_urls
+                .iter()
+                .position(|u| u == url)
+                .expect("one of them");
+            counts[k] += 1;
+        }
+        for count in counts {
+            assert!((800..=1_200).contains(&count), "{counts:?}");
+        }
+        let one = RuntimeConfig::default();
+        assert_eq!(one.wa_url_for("x"), "wss://web.whatsapp.com/ws/chat");
+        let none = RuntimeConfig {
+            wa_urls: Vec::new(),
+            ..RuntimeConfig::default()
+        };
+        assert_eq!(none.wa_url_for("x"), "wss://web.whatsapp.com/ws/chat");
     }
 }

@@ -370,7 +370,7 @@ impl SessionActor {
                 }
             }
         }
-        let url = self.shared.config.wa_url.clone();
+        let url = self.shared.config.wa_url_for(self.id.as_str()).to_owned();
         self.connect_started = Some(std::time::Instant::now());
         // Boxed: the connect future (TLS, websocket handshake) is large and
         // lives only until the socket is open; inline it would size every

@@ -19,6 +19,11 @@ pub struct SimArgs {
     /// Address of the chat websocket (clients connect to ws://ADDR/ws/chat).
     #[arg(long, default_value = "127.0.0.1:5290", env = "WAGATE_SIM_LISTEN")]
     pub listen: SocketAddr,
+    /// Another address of the chat websocket (repeatable): one loopback
+    /// address pair gives clients about 28,000 connections, so tens of
+    /// thousands of sessions need several. Printed as `ws_urls=`.
+    #[arg(long, value_name = "ADDR")]
+    pub also_listen: Vec<SocketAddr>,
     /// Address of the gRPC control API (plaintext; health and reflection too).
     #[arg(long, default_value = "127.0.0.1:5291", env = "WAGATE_SIM_CONTROL")]
     pub control: SocketAddr,
@@ -89,6 +94,9 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
         media,
     )
     .await?;
+    for addr in &args.also_listen {
+        sim.listen_also(*addr).await?;
+    }
     let listener = TcpListener::bind(args.control)
         .await
         .map_err(|source| CliError::Control {
@@ -101,6 +109,10 @@ pub async fn run(args: SimArgs) -> Result<(), CliError> {
     })?;
 
     println!("ws_url={}", sim.ws_url());
+    if !args.also_listen.is_empty() {
+        // All of them, for `wagate serve --wa-url`.
+        println!("ws_urls={}", sim.ws_urls().join(","));
+    }
     println!("control={control_addr}");
     println!("media_url={}", sim.media_url());
     println!("root_public_key={}", hex::encode(sim.root_public_key()));

@@ -187,6 +187,9 @@ pub(crate) struct Inner {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    /// Further chat listeners ([`Simulator::listen_also`]) and their
+    /// accept loops.
+    also: Mutex<Vec<(SocketAddr, JoinHandle<()>)>>,
     /// The HTTP host media is uploaded to and downloaded from.
     media: media::MediaServer,
     /// Who is online, who follows whom, and read-receipt privacy.
@@ -327,6 +330,7 @@ impl Simulator {
             addr,
             shutdown,
             accept_task: Mutex::new(None),
+            also: Mutex::new(Vec::new()),
             media,
             presence: presence::Presences::default(),
             link_code_ttl_ms: std::sync::atomic::AtomicU64::new(
@@ -356,6 +360,41 @@ impl Simulator {
     /// The chat endpoint, `ws://127.0.0.1:PORT/ws/chat`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}{}", self.inner.addr, conn::CHAT_PATH)
+    }
+
+    /// Serves the chat websocket on one more address too, and returns it.
+    /// Clients on one loopback address pair run out of ephemeral ports
+    /// (about 28,000 by default) before a box runs out of anything else, so
+    /// tens of thousands of connections need several listening ports.
+    pub async fn listen_also(&self, addr: SocketAddr) -> Result<SocketAddr, SimError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| SimError::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| SimError::Bind { addr, source })?;
+        let shutdown = self.inner.shutdown.subscribe();
+        if *shutdown.borrow() {
+            return Err(SimError::Bind {
+                addr,
+                source: std::io::Error::other("the simulator is shutting down"),
+            });
+        }
+        let task = tokio::spawn(accept_loop(Arc::clone(&self.inner), listener, shutdown));
+        lock(&self.inner.also).push((bound, task));
+        Ok(bound)
+    }
+
+    /// Every chat endpoint: [`Simulator::ws_url`] first, then those of
+    /// [`Simulator::listen_also`].
+    pub fn ws_urls(&self) -> Vec<String> {
+        let mut urls = vec![self.ws_url()];
+        urls.extend(
+            lock(&self.inner.also)
+                .iter()
+                .map(|(addr, _)| format!("ws://{addr}{}", conn::CHAT_PATH)),
+        );
+        urls
     }
 
     /// Base URL of the media host, e.g. `http://127.0.0.1:PORT`.
@@ -955,7 +994,11 @@ impl Simulator {
         // Nobody listening only means every task already ended.
         let _ = self.inner.shutdown.send(true);
         let task = lock(&self.inner.accept_task).take();
-        if let Some(task) = task {
+        let also = std::mem::take(&mut *lock(&self.inner.also));
+        for task in task
+            .into_iter()
+            .chain(also.into_iter().map(|(_, task)| task))
+        {
             if let Err(err) = task.await {
                 warn!(%err, "simulator accept loop failed");
             }

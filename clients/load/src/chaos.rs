@@ -497,7 +497,8 @@ pub(crate) async fn run(plan: &ChaosPlan, cluster: &mut Cluster) -> Result<Chaos
     cluster.max_sessions = plan.sessions + 16;
     step("starting redis-server, the simulator and the gateways");
     cluster.start_redis().await?;
-    let (sim_child, info) = procs::start_sim(&plan.bin, &cluster.dir).await?;
+    let (sim_child, info) =
+        procs::start_sim(&plan.bin, &cluster.dir, procs::sim_ports_for(plan.sessions)).await?;
     cluster.sim = Some(sim_child);
     let sim = clients::sim(info.control).await?;
     cluster.sim_info = Some(info);

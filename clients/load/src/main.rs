@@ -52,6 +52,11 @@ struct Cli {
     /// Pairings in progress at once.
     #[arg(long, default_value_t = 16)]
     pair_concurrency: usize,
+    /// Chat ports of the simulator, the gateway's sessions spread over
+    /// them (one loopback address pair holds about 28,000 connections)
+    /// [default: one per 20,000 sessions; quick: 2].
+    #[arg(long)]
+    sim_ports: Option<usize>,
     /// The gateway's handshake pacer (also paces the restart).
     #[arg(long, default_value_t = 1000)]
     handshakes_per_second: u32,
@@ -155,6 +160,10 @@ impl Cli {
             bin,
             sessions,
             pair_concurrency: self.pair_concurrency.max(1),
+            sim_ports: self
+                .sim_ports
+                .unwrap_or(if q { 2 } else { procs::sim_ports_for(sessions) })
+                .max(1),
             handshakes_per_second: self.handshakes_per_second.max(1),
             idle: Duration::from_secs_f64(self.idle_seconds.unwrap_or(pick(q, 1.0, 10.0)).max(0.0)),
             messages_per_session: self.messages_per_session.unwrap_or(pick(q, 5, 50)).max(1),

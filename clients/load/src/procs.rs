@@ -74,13 +74,28 @@ impl Child {
 /// Where a simulator listens, as `wagate sim` prints it.
 #[derive(Debug, Clone)]
 pub(crate) struct SimInfo {
+    /// Its chat URL, or URLs separated by commas (what `--wa-url` takes).
     pub(crate) ws_url: String,
     pub(crate) control: SocketAddr,
     pub(crate) root_key: String,
 }
 
-/// Starts `wagate sim` on ephemeral loopback ports.
-pub(crate) async fn start_sim(bin: &Path, dir: &Path) -> Result<(Child, SimInfo), LoadError> {
+/// Sessions per chat port of the simulator: one loopback address pair
+/// gives a client about 28,000 ephemeral ports.
+const SESSIONS_PER_SIM_PORT: usize = 20_000;
+
+/// Chat ports the simulator needs for `sessions`.
+pub(crate) fn sim_ports_for(sessions: usize) -> usize {
+    sessions.div_ceil(SESSIONS_PER_SIM_PORT).max(1)
+}
+
+/// Starts `wagate sim` on ephemeral loopback ports, its chat on `ports`
+/// of them (the gateway spreads its sessions over them).
+pub(crate) async fn start_sim(
+    bin: &Path,
+    dir: &Path,
+    ports: usize,
+) -> Result<(Child, SimInfo), LoadError> {
     let mut command = command(bin, &dir.join("sim.log"), "simulator")?;
     command.args([
         "sim",
@@ -91,6 +106,9 @@ pub(crate) async fn start_sim(bin: &Path, dir: &Path) -> Result<(Child, SimInfo)
         "--seed",
         "1",
     ]);
+    for _ in 1..ports {
+        command.args(["--also-listen", "127.0.0.1:0"]);
+    }
     let (child, stdout) = spawn(command, bin, "simulator")?;
     let mut lines = BufReader::new(stdout).lines();
     let (mut ws_url, mut control, mut root_key) = (None, None, None);
@@ -100,6 +118,9 @@ pub(crate) async fn start_sim(bin: &Path, dir: &Path) -> Result<(Child, SimInfo)
                 return Err(LoadError::NotReady { what: "simulator" });
             };
             if let Some(v) = line.strip_prefix("ws_url=") {
+                // `ws_urls=` (every port, printed next) replaces it.
+                ws_url.get_or_insert_with(|| v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("ws_urls=") {
                 ws_url = Some(v.trim().to_owned());
             } else if let Some(v) = line.strip_prefix("control=") {
                 control = v.trim().parse().ok();

@@ -29,6 +29,8 @@ pub(crate) struct Plan {
     pub(crate) bin: PathBuf,
     pub(crate) sessions: usize,
     pub(crate) pair_concurrency: usize,
+    /// Chat ports of the simulator, the sessions spread over them.
+    pub(crate) sim_ports: usize,
     pub(crate) handshakes_per_second: u32,
     pub(crate) idle: Duration,
     pub(crate) messages_per_session: u32,
@@ -148,7 +150,7 @@ pub(crate) async fn run(plan: &Plan, procs: &mut Procs) -> Result<Report, LoadEr
 
     step("starting the simulator and the gateway");
     procs.logs.push(procs.dir.path().join("sim.log"));
-    let (sim_child, info) = procs::start_sim(&plan.bin, procs.dir.path()).await?;
+    let (sim_child, info) = procs::start_sim(&plan.bin, procs.dir.path(), plan.sim_ports).await?;
     let sim_pid = sim_child.pid();
     procs.sim = Some(sim_child);
     let redis_pid = if plan.redis {
