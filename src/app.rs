@@ -266,7 +266,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         ..ClientConfig::default()
     };
     client.device.full_history = opts.full_history;
-    let mut wa_urls = vec!["wss://web.whatsapp.com/ws/chat".to_owned()];
+    let mut wa_urls = vec![crate::runtime::WHATSAPP_URL.to_owned()];
     if let Some(sim) = &sim {
         wa_urls = vec![sim.ws_url()];
         client.root_key = sim.root_public_key();

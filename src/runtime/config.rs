@@ -11,6 +11,9 @@ use super::media::{Media, MediaSettings};
 use super::ownership::{Leases, Ownership};
 use super::pipeline::Pipeline;
 
+/// WhatsApp's chat websocket, where sessions connect unless told otherwise.
+pub const WHATSAPP_URL: &str = "wss://web.whatsapp.com/ws/chat";
+
 /// Runtime settings.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
@@ -38,7 +41,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            wa_urls: vec!["wss://web.whatsapp.com/ws/chat".to_owned()],
+            wa_urls: vec![WHATSAPP_URL.to_owned()],
             client: ClientConfig::default(),
             max_sessions: 1000,
             max_reconnect_attempts: 10,
@@ -62,7 +65,7 @@ impl RuntimeConfig {
         let n = self.wa_urls.len().max(1) as u64;
         self.wa_urls
             .get((hash % n) as usize)
-            .map_or("wss://web.whatsapp.com/ws/chat", String::as_str)
+            .map_or(WHATSAPP_URL, String::as_str)
     }
 }
 
@@ -111,7 +114,7 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
-    use super::RuntimeConfig;
+    use super::{RuntimeConfig, WHATSAPP_URL};
 
     #[test]
     fn sessions_spread_evenly_and_stay_on_their_url() {
@@ -135,11 +138,11 @@ mod tests {
             assert!((800..=1_200).contains(&count), "{counts:?}");
         }
         let one = RuntimeConfig::default();
-        assert_eq!(one.wa_url_for("x"), "wss://web.whatsapp.com/ws/chat");
+        assert_eq!(one.wa_url_for("x"), WHATSAPP_URL);
         let none = RuntimeConfig {
             wa_urls: Vec::new(),
             ..RuntimeConfig::default()
         };
-        assert_eq!(none.wa_url_for("x"), "wss://web.whatsapp.com/ws/chat");
+        assert_eq!(none.wa_url_for("x"), WHATSAPP_URL);
     }
 }

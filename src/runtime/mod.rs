@@ -34,7 +34,7 @@ mod step;
 
 pub use backoff::Backoff;
 pub use cluster::Location;
-pub use config::{HistorySettings, RuntimeConfig};
+pub use config::{HistorySettings, RuntimeConfig, WHATSAPP_URL};
 pub use error::RuntimeError;
 pub use event_records::{timestamp as timestamp_ms, EventKind};
 pub use events::EventLog;

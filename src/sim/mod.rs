@@ -186,10 +186,9 @@ pub(crate) struct Inner {
     rng: Mutex<StdRng>,
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    accept_task: Mutex<Option<JoinHandle<()>>>,
-    /// Further chat listeners ([`Simulator::listen_also`]) and their
-    /// accept loops.
-    also: Mutex<Vec<(SocketAddr, JoinHandle<()>)>>,
+    /// Every chat listener's address and accept loop: the first at `addr`,
+    /// then those of [`Simulator::listen_also`].
+    listeners: Mutex<Vec<(SocketAddr, JoinHandle<()>)>>,
     /// The HTTP host media is uploaded to and downloaded from.
     media: media::MediaServer,
     /// Who is online, who follows whom, and read-receipt privacy.
@@ -241,6 +240,11 @@ impl Inner {
         let n = self.with_rng(|rng| rng.next_u64());
         format!("{n:016x}")
     }
+}
+
+/// The chat websocket's URL at `addr`.
+fn chat_url(addr: SocketAddr) -> String {
+    format!("ws://{addr}{}", conn::CHAT_PATH)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -329,8 +333,7 @@ impl Simulator {
             rng: Mutex::new(rng),
             addr,
             shutdown,
-            accept_task: Mutex::new(None),
-            also: Mutex::new(Vec::new()),
+            listeners: Mutex::new(Vec::new()),
             media,
             presence: presence::Presences::default(),
             link_code_ttl_ms: std::sync::atomic::AtomicU64::new(
@@ -353,13 +356,13 @@ impl Simulator {
             *lock(&inner.save_task) = Some(saver);
         }
         let task = tokio::spawn(accept_loop(Arc::clone(&inner), listener, shutdown_rx));
-        *lock(&inner.accept_task) = Some(task);
+        lock(&inner.listeners).push((addr, task));
         Ok(Self { inner })
     }
 
     /// The chat endpoint, `ws://127.0.0.1:PORT/ws/chat`.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}{}", self.inner.addr, conn::CHAT_PATH)
+        chat_url(self.inner.addr)
     }
 
     /// Serves the chat websocket on one more address too, and returns it.
@@ -381,20 +384,17 @@ impl Simulator {
             });
         }
         let task = tokio::spawn(accept_loop(Arc::clone(&self.inner), listener, shutdown));
-        lock(&self.inner.also).push((bound, task));
+        lock(&self.inner.listeners).push((bound, task));
         Ok(bound)
     }
 
     /// Every chat endpoint: [`Simulator::ws_url`] first, then those of
     /// [`Simulator::listen_also`].
     pub fn ws_urls(&self) -> Vec<String> {
-        let mut urls = vec![self.ws_url()];
-        urls.extend(
-            lock(&self.inner.also)
-                .iter()
-                .map(|(addr, _)| format!("ws://{addr}{}", conn::CHAT_PATH)),
-        );
-        urls
+        lock(&self.inner.listeners)
+            .iter()
+            .map(|(addr, _)| chat_url(*addr))
+            .collect()
     }
 
     /// Base URL of the media host, e.g. `http://127.0.0.1:PORT`.
@@ -993,12 +993,8 @@ impl Simulator {
     pub async fn shutdown(&self) {
         // Nobody listening only means every task already ended.
         let _ = self.inner.shutdown.send(true);
-        let task = lock(&self.inner.accept_task).take();
-        let also = std::mem::take(&mut *lock(&self.inner.also));
-        for task in task
-            .into_iter()
-            .chain(also.into_iter().map(|(_, task)| task))
-        {
+        let listeners = std::mem::take(&mut *lock(&self.inner.listeners));
+        for (_, task) in listeners {
             if let Err(err) = task.await {
                 warn!(%err, "simulator accept loop failed");
             }

@@ -1194,7 +1194,6 @@ impl Connection {
     }
 }
 
-/// `code text` of an iq error, for reports.
 /// Keepalive pings are due on whole slots of a two-hundredth of the
 /// shortest interval (100 ms by default): the pings of thousands of idle
 /// sessions then fall due together, tens per wake-up of the process
@@ -1206,6 +1205,7 @@ fn ping_slot(at_ms: u64, timeouts: &Timeouts) -> u64 {
     at_ms.div_ceil(slot).saturating_mul(slot)
 }
 
+/// `code text` of an iq error, for reports.
 fn iq_error_text(node: &Node) -> String {
     node.child("error")
         .map(|e| {
