@@ -35,7 +35,9 @@ impl EventLog {
             subscription: self.subscribe(filter.clone()),
             filter,
             cursor,
+            scanned: cursor,
             page: VecDeque::new(),
+            caught_up: false,
         }
     }
 }
@@ -48,7 +50,13 @@ pub struct Follower {
     filter: EventFilter,
     /// The last event handed on.
     cursor: u64,
+    /// How far the log has been read: the last event handed on or queued,
+    /// or beyond it past events the filter does not match.
+    scanned: u64,
     page: VecDeque<EventRecord>,
+    /// The last read returned every matching event the log had (a page
+    /// under both bounds): the next read waits for a matching commit.
+    caught_up: bool,
 }
 
 impl Follower {
@@ -60,15 +68,37 @@ impl Follower {
                 self.cursor = record.cursor;
                 return Ok(to_api_event(record));
             }
+            if self.caught_up {
+                // Nothing matched after the last read's snapshot then; a
+                // commit since has left a wake-up (it announces after it is
+                // visible, and the subscription was registered before the
+                // first read), so this does not miss one. Without it every
+                // event would cost a second read that finds nothing.
+                self.subscription.changed().await;
+            }
+            let after = self.cursor.max(self.scanned);
+            if let Some(recent) =
+                self.log
+                    .recent_after(after, &self.filter, PAGE_EVENTS, PAGE_BYTES)
+            {
+                // Caught up if memory held everything announced so far; a
+                // commit announced since read `last` after keeping its
+                // events, and its wake-up comes after that.
+                self.caught_up = !recent.full && recent.scanned >= self.log.last_cursor();
+                self.scanned = recent.scanned;
+                self.page = recent.events.into();
+                continue;
+            }
             let page = self
                 .log
-                .read_page(self.cursor, self.filter.clone(), PAGE_EVENTS, PAGE_BYTES)
+                .read_page(after, self.filter.clone(), PAGE_EVENTS, PAGE_BYTES)
                 .await?;
-            if page.is_empty() {
-                self.subscription.changed().await;
-            } else {
-                self.page = page.into();
+            let bytes: usize = page.iter().map(|e| e.payload.len()).sum();
+            self.caught_up = page.len() < PAGE_EVENTS && bytes < PAGE_BYTES;
+            if let Some(last) = page.last() {
+                self.scanned = last.cursor;
             }
+            self.page = page.into();
         }
     }
 
@@ -144,5 +174,47 @@ mod tests {
         assert!(matches!(event.payload, Some(Payload::Qr(_))));
         assert_eq!(follower.cursor(), event.cursor);
         writer.await.expect("writer");
+    }
+
+    #[tokio::test]
+    async fn a_follower_goes_from_the_store_to_recent_events_and_back_gap_free() {
+        let log = EventLog::new(Arc::new(MemoryStore::new())).expect("log");
+        let (a, b) = (sid("a"), sid("b"));
+        // More events than memory keeps: the first ones come from the store.
+        let backlog: Vec<Payload> = (0..1500).map(|_| connection()).collect();
+        log.commit(&a, Batch::new(), backlog, 1)
+            .await
+            .expect("commit");
+        let mut follower = log.follow(
+            0,
+            EventFilter {
+                sessions: vec![a.clone()],
+                kinds: vec![],
+            },
+        );
+        for seq in 1..=1500 {
+            assert_eq!(follower.next().await.expect("event").seq, seq);
+        }
+        // Other sessions' events in between are skipped, in memory or not;
+        // a QR event (never kept in memory) still arrives.
+        let commits = [
+            (&b, connection()),
+            (&a, qr()),
+            (&b, connection()),
+            (&a, connection()),
+        ];
+        for (n, (session, payload)) in commits.into_iter().enumerate() {
+            log.commit(session, Batch::new(), vec![payload], 2 + n as u64)
+                .await
+                .expect("commit");
+        }
+        let qr_event = follower.next().await.expect("event");
+        assert_eq!(qr_event.seq, 1501);
+        assert!(matches!(qr_event.payload, Some(Payload::Qr(_))));
+        let next = follower.next().await.expect("event");
+        assert_eq!((next.session_id.as_str(), next.seq), ("a", 1502));
+        assert_eq!(next.cursor, 1504);
+        let pending = tokio::time::timeout(Duration::from_millis(20), follower.next()).await;
+        assert!(pending.is_err(), "nothing more for a");
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use prost::Message;
@@ -21,6 +21,7 @@ use crate::store::{
 };
 
 use super::event_records::{to_api_event, EventKind};
+use super::recent_events::{RecentEvents, RecentPage};
 
 /// Events the tail of a shared store takes per read.
 const TAIL_BATCH: usize = 1024;
@@ -46,12 +47,16 @@ pub(super) fn count_fenced(e: &StoreError) {
 impl EventLog {
     pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let last = store.last_cursor()?;
+        // Other gateways' commits on a shared store are not seen here, so
+        // recent events are kept only when this process writes them all.
+        let recent = (!store.is_shared()).then(Mutex::default);
         Ok(Self {
             store,
             hub: Arc::new(Hub {
                 last: AtomicU64::new(last),
                 next_id: AtomicU64::new(0),
                 registry: RwLock::default(),
+                recent,
             }),
         })
     }
@@ -123,8 +128,33 @@ impl EventLog {
             .events_written
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         if let Some(last) = records.last() {
+            // Kept before the wake-up, so a woken subscriber finds them.
+            if let Some(recent) = &self.hub.recent {
+                recent
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(records);
+            }
             self.hub.announce(session, kinds, last.cursor);
         }
+    }
+
+    /// The committed events after `cursor` that `filter` matches, from the
+    /// recent ones kept in memory (see `recent_events`), if they reach back
+    /// to it; `None` means read the store.
+    pub(super) fn recent_after(
+        &self,
+        cursor: u64,
+        filter: &EventFilter,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Option<RecentPage> {
+        self.hub
+            .recent
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .after(cursor, filter, limit, max_bytes)
     }
 
     /// With a store shared by several gateways, starts a thread that learns
@@ -298,6 +328,9 @@ struct Hub {
     last: AtomicU64,
     next_id: AtomicU64,
     registry: RwLock<Registry>,
+    /// The latest events committed here, when this process is the only
+    /// writer.
+    recent: Option<Mutex<RecentEvents>>,
 }
 
 #[derive(Default)]

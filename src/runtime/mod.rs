@@ -25,6 +25,7 @@ mod ownership;
 mod payloads;
 mod pipeline;
 mod placement;
+mod recent_events;
 mod registry;
 mod replies;
 mod session;
