@@ -452,9 +452,11 @@ impl RedisStore {
         args.push(batch.secrets.len().to_string().into_bytes());
         for op in &batch.secrets {
             let (code, key, value): (&str, &str, Vec<u8>) = match op {
-                SecretOp::Put { key, value } => {
-                    ("put", key, self.keys.seal(&mut OsRng, id, key, value)?)
-                }
+                SecretOp::Put { key, value } => (
+                    "put",
+                    key,
+                    self.keys.seal(&mut rand::thread_rng(), id, key, value)?,
+                ),
                 SecretOp::Delete { key } => ("del", key, Vec::new()),
                 SecretOp::DeletePrefix { prefix } => ("prefix", prefix, Vec::new()),
                 SecretOp::DeleteAll => ("all", "", Vec::new()),
@@ -472,7 +474,10 @@ impl RedisStore {
             let at = place(next, event.kind, event.timestamp_ms);
             args.push(event.kind.to_string().into_bytes());
             args.push(event.timestamp_ms.to_string().into_bytes());
-            args.push(self.keys.seal_event(&mut OsRng, id, &at, &event.payload)?);
+            args.push(
+                self.keys
+                    .seal_event(&mut rand::thread_rng(), id, &at, &event.payload)?,
+            );
         }
         let token = self.token_map().get(id).copied().unwrap_or(0);
         args.push(token.to_string().into_bytes());
