@@ -50,8 +50,9 @@ pub struct Follower {
     filter: EventFilter,
     /// The last event handed on.
     cursor: u64,
-    /// How far the log has been read: the last event handed on or queued,
-    /// or beyond it past events the filter does not match.
+    /// How far the log has been read (never behind `cursor`): the last
+    /// event handed on or queued, or beyond it past events the filter does
+    /// not match.
     scanned: u64,
     page: VecDeque<EventRecord>,
     /// The last read returned every matching event the log had (a page
@@ -76,7 +77,7 @@ impl Follower {
                 // event would cost a second read that finds nothing.
                 self.subscription.changed().await;
             }
-            let after = self.cursor.max(self.scanned);
+            let after = self.scanned;
             if let Some(recent) =
                 self.log
                     .recent_after(after, &self.filter, PAGE_EVENTS, PAGE_BYTES)
@@ -132,22 +133,29 @@ mod tests {
         Payload::Connection(ConnectionEvent::default())
     }
 
-    #[tokio::test]
-    async fn a_follower_reads_pages_then_waits_for_its_sessions() {
+    /// A log with `backlog` events of session `a`, and a follower of `a`
+    /// from its start.
+    async fn follower_of_a_after(backlog: usize) -> (EventLog, Follower) {
         let log = EventLog::new(Arc::new(MemoryStore::new())).expect("log");
-        let (a, b) = (sid("a"), sid("b"));
-        // More than a page of backlog.
-        let backlog: Vec<Payload> = (0..PAGE_EVENTS + 10).map(|_| connection()).collect();
-        log.commit(&a, Batch::new(), backlog, 1)
+        let events: Vec<Payload> = (0..backlog).map(|_| connection()).collect();
+        log.commit(&sid("a"), Batch::new(), events, 1)
             .await
             .expect("commit");
-        let mut follower = log.follow(
+        let follower = log.follow(
             0,
             EventFilter {
-                sessions: vec![a.clone()],
+                sessions: vec![sid("a")],
                 kinds: vec![],
             },
         );
+        (log, follower)
+    }
+
+    #[tokio::test]
+    async fn a_follower_reads_pages_then_waits_for_its_sessions() {
+        let (a, b) = (sid("a"), sid("b"));
+        // More than a page of backlog.
+        let (log, mut follower) = follower_of_a_after(PAGE_EVENTS + 10).await;
         for seq in 1..=(PAGE_EVENTS + 10) as u64 {
             let event = follower.next().await.expect("event");
             assert_eq!(event.seq, seq);
@@ -178,20 +186,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_follower_goes_from_the_store_to_recent_events_and_back_gap_free() {
-        let log = EventLog::new(Arc::new(MemoryStore::new())).expect("log");
         let (a, b) = (sid("a"), sid("b"));
         // More events than memory keeps: the first ones come from the store.
-        let backlog: Vec<Payload> = (0..1500).map(|_| connection()).collect();
-        log.commit(&a, Batch::new(), backlog, 1)
-            .await
-            .expect("commit");
-        let mut follower = log.follow(
-            0,
-            EventFilter {
-                sessions: vec![a.clone()],
-                kinds: vec![],
-            },
-        );
+        let (log, mut follower) = follower_of_a_after(1500).await;
         for seq in 1..=1500 {
             assert_eq!(follower.next().await.expect("event").seq, seq);
         }
