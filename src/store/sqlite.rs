@@ -140,6 +140,16 @@ const READERS: usize = 2;
 /// heap. WAL frames are still read with `pread`, and readers use `pread`
 /// (see `open`).
 const MMAP_SIZE: i64 = 1 << 30;
+/// Page size of a new database. Every record is small (secrets and events
+/// are under 1 KiB, most under 256 bytes), and a commit writes each page it
+/// touched whole, to the WAL and again at the next checkpoint: a text
+/// received touches about eight. Pages of 2 KiB halve those bytes against
+/// SQLite's default 4 KiB, and the checkpoints, whose writes the commits'
+/// fsyncs queue behind, are shorter: event delivery p99 at 1,000 texts/s
+/// 3.3–3.8 ms against 4.2–5.1 ms (alternating runs, those without a stall
+/// of the disk), inbound and Send throughput unchanged.
+/// A database keeps the page size it was created with.
+const PAGE_SIZE: i64 = 2048;
 
 /// How often the background checkpointer copies the WAL into the database
 /// (often enough that the WAL stays a few MB at thousands of messages/s).
@@ -221,6 +231,8 @@ impl SqliteStore {
             })?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Only a database without tables yet takes it (before WAL mode).
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -2073,6 +2085,17 @@ mod tests {
         let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
         assert_eq!(payloads, [&b"clear-text-of-v1"[..], b""]);
         assert_eq!(events[1].seq, 2);
+        // The log goes on after the counters it kept, also once its events are gone.
+        assert_eq!(store.last_cursor().expect("cursor"), 2);
+        let every = Retention {
+            max_age_ms: None,
+            max_per_session: Some(0),
+        };
+        assert_eq!(store.prune_events(&every, 0).expect("prune"), 2);
+        let next = store
+            .commit(&sid("old"), Batch::new().event(3, 9, b"next".to_vec()))
+            .expect("append");
+        assert_eq!((next[0].seq, next[0].cursor), (3, 3));
         assert_eq!(store.sessions().expect("list"), [bare_row(), old_row()]);
         assert!(store.quarantined().expect("quarantined").is_empty());
         drop(store);
@@ -2081,6 +2104,11 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
+        // A database keeps the page size it was created with.
+        let page_size: i64 = raw
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .expect("page size");
+        assert_eq!(page_size, 4096);
         drop(raw);
         // The upgrade compacted the file: no copy left in freed pages or the WAL.
         for needle in [
@@ -2199,6 +2227,7 @@ mod tests {
         assert_eq!(pragma("synchronous"), "2", "FULL");
         assert_eq!(pragma("foreign_keys"), "1");
         assert_eq!(pragma("user_version"), SCHEMA_VERSION.to_string());
+        assert_eq!(pragma("page_size"), PAGE_SIZE.to_string());
         assert!(pragma("busy_timeout").parse::<u64>().expect("number") >= 1000);
     }
 

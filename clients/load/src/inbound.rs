@@ -40,6 +40,7 @@ pub(crate) struct Latency {
     pub(crate) rate: f64,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
     pub(crate) max_ms: f64,
 }
 
@@ -181,6 +182,7 @@ pub(crate) async fn latency(
         rate,
         p50_ms: workers::percentile(&millis, 50.0).unwrap_or(0.0),
         p99_ms: workers::percentile(&millis, 99.0).unwrap_or(0.0),
+        p999_ms: workers::percentile(&millis, 99.9).unwrap_or(0.0),
         max_ms: millis.last().copied().unwrap_or(0.0),
     })
 }
