@@ -168,10 +168,11 @@ const PAGE_SIZE: i64 = 2048;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// WAL frames (pages) past which the checkpointer, once it has copied the
 /// WAL without holding up commits, briefly holds the writer to copy the
-/// last few frames, so the next commit starts the WAL over (about 16 MiB).
+/// last few frames, so the next commit starts the WAL over (8 MiB of 2 KiB
+/// pages; 16 MiB in a database created with 4 KiB pages).
 const WAL_RESTART_FRAMES: i64 = 4_096;
 /// Most frames left to copy for the checkpointer to finish under the
-/// writer (1 MiB: a millisecond or two, fsync included).
+/// writer (512 KiB of 2 KiB pages: a few milliseconds, fsync included).
 const WAL_HOLD_MAX_FRAMES: i64 = 256;
 
 const SELECT_EVENTS: &str = "SELECT cursor, session_id, seq, timestamp_ms, kind, payload \
