@@ -1229,10 +1229,11 @@ impl Store for SqliteStore {
     fn redact_events(&self, kind: u8, before_ms: i64) -> Result<u64, StoreError> {
         let conn = self.lock();
         // Found through an index of only the events of `kind` that still have a payload (a
-        // handful: QR codes live a minute), not among every event older than `before_ms`: that
-        // read the whole log under the writer at each run, stalling every commit for as long
-        // (58 ms at 60,000 events, and it grows with the log). The kind is in the SQL text, not a parameter, so that SQLite can
-        // tell the partial index covers the statement; the index is made on first use.
+        // handful: QR codes live a minute), not among every event older than `before_ms`:
+        // that read the whole log under the writer at each run, stalling every commit for as
+        // long (58 ms at 60,000 events, and it grows with the log). The kind is in the SQL
+        // text, not a parameter, so that SQLite can tell the partial index covers the
+        // statement. The index is made on first use, with one read of the log.
         conn.execute_batch(&format!(
             "CREATE INDEX IF NOT EXISTS events_unredacted_{kind} ON events (timestamp_ms) \
              WHERE kind = {kind} AND length(payload) > 0"
