@@ -89,13 +89,7 @@ impl RecentEvents {
     ) -> Option<RecentPage> {
         let oldest = self.records.front()?.cursor;
         let newest = self.records.back()?.cursor;
-        if after == newest {
-            return Some(RecentPage {
-                events: Vec::new(),
-                scanned: after,
-                full: false,
-            });
-        }
+        // At the newest event the page is empty (`start` is the window's end).
         if after < oldest.checked_sub(1)? || after > newest {
             return None;
         }

@@ -151,7 +151,7 @@ const MMAP_SIZE: i64 = 1 << 30;
 /// Page size of a new database. Every record is small (secrets and events
 /// are under 1 KiB, most under 256 bytes), and a commit writes each page it
 /// touched whole, to the WAL and again at the next checkpoint: a text
-/// received touches about eight. Pages of 2 KiB halve those bytes against
+/// received touches eight to ten. Pages of 2 KiB halve those bytes against
 /// SQLite's default 4 KiB, and the checkpoints, whose writes the commits'
 /// fsyncs queue behind, are shorter: event delivery p99 at 1,000 texts/s
 /// 3.3–3.8 ms against 4.2–5.1 ms (alternating runs, those without a stall
