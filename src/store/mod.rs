@@ -13,6 +13,7 @@ mod model;
 mod profile;
 mod redis;
 mod sqlite;
+mod wal_vfs;
 
 #[cfg(test)]
 mod conformance;

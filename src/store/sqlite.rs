@@ -238,7 +238,7 @@ impl SqliteStore {
                 path: path.to_owned(),
                 source,
             })?;
-        let mut conn = Connection::open(path)?;
+        let mut conn = open_writer(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Only a database without tables yet takes it (before WAL mode).
         conn.pragma_update(None, "page_size", PAGE_SIZE)?;
@@ -907,6 +907,23 @@ impl Checkpointer {
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+}
+
+/// The writer's connection: through the VFS that writes each commit's WAL
+/// frames with one `pwrite` (see `wal_vfs`; every commit syncs, as that VFS
+/// requires), or SQLite's own VFS should that one not register.
+fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    match super::wal_vfs::register() {
+        Ok(()) => Connection::open_with_flags_and_vfs(
+            path,
+            rusqlite::OpenFlags::default(),
+            super::wal_vfs::NAME,
+        ),
+        Err(e) => {
+            tracing::warn!("WAL frames are written one by one: {e}");
+            Connection::open(path)
+        }
     }
 }
 
