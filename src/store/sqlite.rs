@@ -250,7 +250,7 @@ impl SqliteStore {
             )));
         }
         // FULL: a commit is on disk (WAL fsynced) before commit() returns — the durability
-        // rules ack to WhatsApp only after that.
+        // rules ack to WhatsApp only after that. The writer's VFS needs it too (`wal_vfs`).
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.pragma_update(None, "secure_delete", "FAST")?;
@@ -910,9 +910,10 @@ impl Checkpointer {
     }
 }
 
-/// The writer's connection: through the VFS that writes each commit's WAL
-/// frames with one `pwrite` (see `wal_vfs`; every commit syncs, as that VFS
-/// requires), or SQLite's own VFS should that one not register.
+/// The writer's connection: through the VFS that writes a commit's WAL
+/// frames with one `pwrite` per 64 KiB (see `wal_vfs`; it relies on every
+/// commit syncing, `synchronous = FULL`), or SQLite's own VFS should that
+/// one not register.
 fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     match super::wal_vfs::register() {
         Ok(()) => Connection::open_with_flags_and_vfs(
