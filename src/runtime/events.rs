@@ -44,6 +44,25 @@ pub(super) fn count_fenced(e: &StoreError) {
     }
 }
 
+/// Messages a commit records, for the metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) received: u32,
+    pub(crate) sent: u32,
+}
+
+impl Counts {
+    fn add_to_metrics(self) {
+        let metrics = crate::metrics::global();
+        metrics
+            .messages_in
+            .fetch_add(u64::from(self.received), Ordering::Relaxed);
+        metrics
+            .messages_out
+            .fetch_add(u64::from(self.sent), Ordering::Relaxed);
+    }
+}
+
 impl EventLog {
     pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let last = store.last_cursor()?;
@@ -99,24 +118,30 @@ impl EventLog {
     }
 
     /// Several sessions' commits at once (one transaction where the store
-    /// can), each woken subscribers as [`EventLog::commit_blocking`] does.
-    pub fn commit_many_blocking(
+    /// can), each woken subscribers as [`EventLog::commit_blocking`] does;
+    /// one result per commit, in their order. The messages each records are
+    /// counted before its events are announced, so whoever saw an event
+    /// finds its message in the metrics.
+    pub(crate) fn commit_many_blocking(
         &self,
-        commits: Vec<(SessionId, Batch, Vec<Payload>, u64)>,
+        commits: Vec<(SessionId, Batch, Vec<Payload>, u64, Counts)>,
     ) -> Vec<Result<Vec<EventRecord>, StoreError>> {
         let mut kinds = Vec::with_capacity(commits.len());
         let batches = commits
             .into_iter()
-            .map(|(id, batch, events, now_ms)| {
+            .map(|(id, batch, events, now_ms, counts)| {
                 let (batch, k) = with_events(batch, events, now_ms);
-                kinds.push((id.clone(), k));
+                kinds.push((id.clone(), k, counts));
                 (id, batch)
             })
             .collect();
         let results = self.store.commit_many(batches);
-        for ((id, k), result) in kinds.into_iter().zip(&results) {
+        for ((id, k, counts), result) in kinds.into_iter().zip(&results) {
             match result {
-                Ok(records) => self.announce(&id, k, records),
+                Ok(records) => {
+                    counts.add_to_metrics();
+                    self.announce(&id, k, records);
+                }
                 Err(e) => count_fenced(e),
             }
         }

@@ -10,7 +10,6 @@
 //! Here: the messenger's commands and the hand-off of each step to the
 //! pipeline or the blocking pool; the step itself is `step`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -336,9 +335,10 @@ impl Messenger {
         } else {
             let log = self.log.clone();
             tokio::task::spawn_blocking(move || {
-                let committed = job.prepare(&log).map(|(id, batch, events, now_ms)| {
-                    log.commit_blocking(&id, batch, events, now_ms)
-                });
+                // One commit, one result.
+                let committed = job
+                    .prepare(&log)
+                    .and_then(|commit| log.commit_many_blocking(vec![commit]).pop());
                 job.finish(committed);
             });
         }
@@ -365,13 +365,6 @@ impl Messenger {
                 return Err(StepFailure::Crashed(e));
             }
         };
-        let metrics = crate::metrics::global();
-        metrics
-            .messages_in
-            .fetch_add(u64::from(output.messages_in), Ordering::Relaxed);
-        metrics
-            .messages_out
-            .fetch_add(u64::from(output.messages_out), Ordering::Relaxed);
         if output.push_name.is_some() {
             self.push_name = output.push_name;
         }

@@ -25,13 +25,14 @@ use tracing::warn;
 use crate::proto::gateway::event::Payload;
 use crate::store::{Batch, EventRecord, SessionId, StoreError};
 
-use super::events::EventLog;
+use super::events::{Counts, EventLog};
 
 /// Steps taken from the queue for one transaction.
 const MAX_STEPS_PER_COMMIT: usize = 512;
 
-/// What a session's step must commit: its batch, events and time.
-pub(super) type Commit = (SessionId, Batch, Vec<Payload>, u64);
+/// What a session's step must commit: its batch, events, time and the
+/// messages it records.
+pub(super) type Commit = (SessionId, Batch, Vec<Payload>, u64, Counts);
 
 /// One session's step. The pipeline calls `prepare`, commits what it
 /// returns together with the other steps of the round, then calls

@@ -21,7 +21,7 @@ use crate::wa::messaging::{
     Engine, HistoryJob, KeyError, ReplyTo, SendError, SendRequest, SnapshotJob, Step,
 };
 
-use super::events::EventLog;
+use super::events::{Counts, EventLog};
 use super::keys::StoreKeys;
 use super::payloads;
 use super::pipeline::{Commit, Job};
@@ -54,8 +54,6 @@ pub(super) enum Input {
 /// What goes back to the actor after a step.
 pub(super) struct Output {
     pub(super) transmit: Vec<Node>,
-    pub(super) messages_in: u32,
-    pub(super) messages_out: u32,
     pub(super) push_name: Option<String>,
     pub(super) history: Vec<HistoryJob>,
     pub(super) snapshots: Vec<SnapshotJob>,
@@ -194,7 +192,11 @@ impl Core {
                 events.push(event);
             }
             events.extend(step.events.iter().map(payloads::engine_event));
-            (batch, events)
+            let counts = Counts {
+                received: step.messages_in,
+                sent: step.messages_out,
+            };
+            (batch, events, counts)
         });
         self.deliver(&mut step);
         Ok(Prepared {
@@ -202,8 +204,6 @@ impl Core {
             commit,
             output: Output {
                 transmit: step.transmit,
-                messages_in: step.messages_in,
-                messages_out: step.messages_out,
                 push_name: step.push_name,
                 history: step.history,
                 snapshots: step.app_state_snapshots,
@@ -242,8 +242,8 @@ impl Core {
 /// A step whose engine part ran, waiting for its commit.
 pub(super) struct Prepared {
     changes: Vec<crate::wa::messaging::Change>,
-    /// The batch and events to commit, if any.
-    pub(super) commit: Option<(Batch, Vec<Payload>)>,
+    /// The batch and events to commit, if any, and the messages they record.
+    pub(super) commit: Option<(Batch, Vec<Payload>, Counts)>,
     output: Output,
 }
 
@@ -289,10 +289,9 @@ impl Job for SessionStep {
         let _span = tracing::info_span!("session", id = %self.id).entered();
         let mut prepared = core.prepare(input, &self.creds, log, &self.id, self.now_ms);
         let commit = match &mut prepared {
-            Ok(p) => p
-                .commit
-                .take()
-                .map(|(batch, events)| (self.id.clone(), batch, events, self.now_ms)),
+            Ok(p) => p.commit.take().map(|(batch, events, counts)| {
+                (self.id.clone(), batch, events, self.now_ms, counts)
+            }),
             Err(_) => None,
         };
         self.prepared = Some(prepared);
