@@ -159,7 +159,7 @@ fn value(store: &dyn Store, id: &SessionId, key: &str) -> Option<Vec<u8>> {
         .map(|v| v.to_vec())
 }
 
-fn all_events(store: &dyn Store) -> Vec<EventRecord> {
+pub(super) fn all_events(store: &dyn Store) -> Vec<EventRecord> {
     store
         .events_after(0, &EventFilter::all(), usize::MAX)
         .expect("events_after")
