@@ -238,7 +238,10 @@ fn main() -> ExitCode {
         Ok(files) => eprintln!("wagate-load: open-file limit {files}"),
         Err(e) => eprintln!("wagate-load: keeping the open-file limit: {e}"),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: the tool stands for the backends and shares the cores
+    // with the processes it measures, so it should take as little of them
+    // as it can (no hand-offs between workers).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
