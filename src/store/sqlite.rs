@@ -830,8 +830,7 @@ impl Tallies {
     /// Writes the cursor to its row if events moved it.
     fn save_cursor(&mut self, tx: &Connection) -> Result<(), StoreError> {
         if let (true, Some(cursor)) = (self.cursor_unsaved, self.cursor) {
-            tx.prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'last_cursor'")?
-                .execute([to_i64(cursor)?])?;
+            write_counter(tx, cursor)?;
         }
         self.cursor_unsaved = false;
         if self.seqs.len() > Self::MAX_SESSIONS {
@@ -1750,10 +1749,7 @@ fn append_events(
             t.cursor_unsaved = true;
             t.seqs.insert(id.clone(), seq);
         }
-        None => {
-            tx.prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'last_cursor'")?
-                .execute([to_i64(cursor)?])?;
-        }
+        None => write_counter(tx, cursor)?,
     }
     Ok(appended)
 }
@@ -1784,6 +1780,12 @@ fn read_counter(conn: &Connection) -> Result<u64, StoreError> {
         .optional()?
         .ok_or_else(|| StoreError::Corrupt("the last_cursor counter is missing".into()))?;
     to_u64(value, "cursor")
+}
+
+fn write_counter(conn: &Connection, cursor: u64) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'last_cursor'")?
+        .execute([to_i64(cursor)?])?;
+    Ok(())
 }
 
 /// A session row as stored: the clear columns, and the personal part still sealed.
