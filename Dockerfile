@@ -5,6 +5,10 @@
 #   docker run -p 50051:50051 -v wagate-data:/data -e WAGATE_API_KEYS=... wagate
 
 FROM rust:1.95-slim-bookworm AS build
+# make: jemalloc, the binary's allocator, is built from source by its crate.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make=4.3-4.1 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # Cache mounts keep the crate registry and build outputs between builds; the

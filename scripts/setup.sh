@@ -1,8 +1,8 @@
 #!/bin/sh
-# Installs what the tests need beyond cargo: the npm packages of the interop
-# tests (Baileys, libsignal), grpcurl, Chromium (the REST shim's console test
-# drives it headless) and redis-server (the shim's Redis rate limit tests
-# start their own).
+# Installs what the tests need beyond cargo: make (jemalloc's build), the npm
+# packages of the interop tests (Baileys, libsignal), grpcurl, Chromium (the
+# REST shim's console test drives it headless) and redis-server (the shim's
+# Redis rate limit tests start their own).
 set -eu
 cd "$(dirname "$0")/.."
 command -v node >/dev/null || { echo "node is required for the interop tests" >&2; exit 1; }
@@ -11,6 +11,7 @@ scripts/ensure-grpcurl.sh >/dev/null
 
 # Debian package name, then the command it provides.
 missing=""
+command -v make >/dev/null || missing="$missing make"
 command -v chromium >/dev/null || missing="$missing chromium"
 command -v redis-server >/dev/null || missing="$missing redis-server"
 if [ -n "$missing" ]; then

@@ -355,17 +355,20 @@ impl Engine {
         cx: &mut Cx<'_, '_>,
     ) -> Result<(), KeyError> {
         let mut missing = Vec::new();
+        // The sessions found are handed on, so encrypting does not look
+        // them up (and copy them) a second time.
+        let mut found = HashMap::with_capacity(pairwise.len());
         for target in pairwise {
-            let has = cx
-                .txn
-                .session(&address_of(target))?
-                .is_some_and(|r| r.has_current_session());
-            if !has {
-                missing.push(target.clone());
+            let address = address_of(target);
+            match cx.txn.session(&address)? {
+                Some(record) if record.has_current_session() => {
+                    found.insert(address, record);
+                }
+                _ => missing.push(target.clone()),
             }
         }
         if missing.is_empty() {
-            return self.encrypt_and_send(send, targets, HashMap::new(), cx);
+            return self.encrypt_and_send(send, targets, found, cx);
         }
         self.issue(
             Bundles(missing),
