@@ -48,6 +48,10 @@ const SEEN_WINDOW_S: u64 = 24 * 3600;
 /// deduplication, by age.
 const SENT_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
 const SEEN_RETENTION_MS: u64 = 30 * 24 * 3_600_000;
+/// How long a Send's idempotency key is remembered, from its ack (or,
+/// unacknowledged, from its first write): a retry within it is answered
+/// from the first attempt, a key reused after it sends a new message.
+pub(crate) const IDEMPOTENCY_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
 
 fn key_error(e: StoreError) -> KeyError {
     KeyError {
@@ -170,6 +174,17 @@ impl StoreKeys {
         for (name, value) in self.store.secrets_with_prefix(&self.id, SENT)? {
             let at = SentRecord::decode(value.as_slice()).map_or(0, |r| r.sent_at_ms);
             if at.saturating_add(SENT_RETENTION_MS) < now_ms {
+                batch.secrets.push(SecretOp::Delete { key: name });
+            }
+        }
+        // A record that cannot be read or dated (an older version's,
+        // unacknowledged) stays: forgetting it could send a message twice.
+        let idempotency = format!("k/{IDEMPOTENCY}/");
+        for (name, value) in self.store.secrets_with_prefix(&self.id, &idempotency)? {
+            let written = IdempotencyRecord::decode(value.as_slice())
+                .ok()
+                .and_then(|r| r.written_at_ms());
+            if written.is_some_and(|at| at.saturating_add(IDEMPOTENCY_RETENTION_MS) < now_ms) {
                 batch.secrets.push(SecretOp::Delete { key: name });
             }
         }

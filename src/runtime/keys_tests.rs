@@ -120,3 +120,43 @@ fn the_window_stays_bounded() {
     let expected = (MAX_SEEN_IN_MEMORY as u64 * 3).saturating_sub(since);
     assert_eq!(window.keys.len() as u64, expected);
 }
+
+#[test]
+fn idempotency_keys_are_forgotten_after_their_retention() {
+    let store = store_with_session();
+    let k = keys(&store);
+    let now_ms = 100 * 24 * 3_600_000;
+    let record = |acked_at_s: u64, created_at_ms: u64| IdempotencyRecord {
+        message_id: "ID".into(),
+        acked_at_s,
+        fingerprint: vec![1],
+        stanza: if acked_at_s == 0 { vec![2] } else { Vec::new() },
+        created_at_ms,
+    };
+    let expired = now_ms - IDEMPOTENCY_RETENTION_MS - 1;
+    let kept = now_ms - IDEMPOTENCY_RETENTION_MS + 1_000;
+    let changes = vec![
+        Change::Idempotency("acked-long-ago".into(), record(expired / 1000, 0)),
+        Change::Idempotency("written-long-ago".into(), record(0, expired)),
+        Change::Idempotency("acked-lately".into(), record(kept / 1000, 0)),
+        Change::Idempotency("written-lately".into(), record(0, kept)),
+        // An older version's record, never acknowledged: no date to go by.
+        Change::Idempotency("undated".into(), record(0, 0)),
+    ];
+    store.commit(&session(), k.batch(&changes)).expect("commit");
+    let mut k = keys(&store);
+    k.load(now_ms).expect("load");
+    let found = |k: &mut StoreKeys, key: &str| k.idempotency(key).expect("read").is_some();
+    assert!(!found(&mut k, "acked-long-ago"));
+    assert!(!found(&mut k, "written-long-ago"));
+    assert!(found(&mut k, "acked-lately"));
+    assert!(found(&mut k, "written-lately"));
+    assert!(found(&mut k, "undated"));
+    assert_eq!(
+        store
+            .secrets_with_prefix(&session(), &format!("k/{IDEMPOTENCY}/"))
+            .expect("read")
+            .len(),
+        3
+    );
+}

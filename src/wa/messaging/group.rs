@@ -295,6 +295,7 @@ impl Engine {
                     acked_at_s: 0,
                     fingerprint: send.fingerprint.clone(),
                     stanza: crate::wa::binary::encode(&stanza),
+                    created_at_ms: cx.now_ms,
                 },
             );
         }

@@ -49,6 +49,20 @@ pub struct IdempotencyRecord {
     /// server acknowledges it so a retry sends the very same bytes.
     #[prost(bytes = "vec", tag = "4")]
     pub stanza: Vec<u8>,
+    /// When the stanza was first written, in ms, while the record keeps it
+    /// (0 once acknowledged: `acked_at_s` then dates it, and in records of
+    /// older versions).
+    #[prost(uint64, tag = "5")]
+    pub created_at_ms: u64,
+}
+
+impl IdempotencyRecord {
+    /// When the record was last written (its ack, else its first write),
+    /// in ms; `None` for a record of an older version not yet acknowledged.
+    pub fn written_at_ms(&self) -> Option<u64> {
+        let acked_ms = self.acked_at_s.saturating_mul(1000);
+        Some(acked_ms.max(self.created_at_ms)).filter(|&at| at > 0)
+    }
 }
 
 /// What downloading a received message's media needs, stored with the

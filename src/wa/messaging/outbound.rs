@@ -454,6 +454,7 @@ impl Engine {
                     acked_at_s: 0,
                     fingerprint: send.fingerprint.clone(),
                     stanza: binary::encode(&stanza),
+                    created_at_ms: cx.now_ms,
                 },
             );
         }
@@ -487,6 +488,7 @@ impl Engine {
                     acked_at_s: timestamp_s,
                     fingerprint: send.fingerprint.clone(),
                     stanza: Vec::new(),
+                    created_at_ms: 0,
                 },
             );
         }
