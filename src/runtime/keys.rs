@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use super::known_keys::KnownKeys;
 use crate::store::{Batch, SecretOp, SessionId, Store, StoreError};
 use crate::wa::appstate::{CollectionRecord, SharedKey};
 use crate::wa::creds::Credentials;
@@ -106,6 +107,8 @@ pub(crate) struct StoreKeys {
     /// runs once per message (lookup, write, cache); emptied by `apply`.
     seen_names: HashMap<DedupeKey, String>,
     next_prekey: Option<u32>,
+    /// The idempotency keys in the store, once `load` listed them.
+    idempotency: KnownKeys,
 }
 
 impl StoreKeys {
@@ -128,6 +131,7 @@ impl StoreKeys {
             },
             seen_names: HashMap::new(),
             next_prekey: None,
+            idempotency: KnownKeys::default(),
         };
         // The account's own LID is in its credentials: every step checks
         // it is known (see `learn_lid`), which would otherwise cost two
@@ -180,12 +184,15 @@ impl StoreKeys {
         // A record that cannot be read or dated (an older version's,
         // unacknowledged) stays: forgetting it could send a message twice.
         let idempotency = format!("k/{IDEMPOTENCY}/");
+        let mut idempotency_kept = Vec::new();
         for (name, value) in self.store.secrets_with_prefix(&self.id, &idempotency)? {
             let written = IdempotencyRecord::decode(value.as_slice())
                 .ok()
                 .and_then(|r| r.written_at_ms());
             if written.is_some_and(|at| at.saturating_add(IDEMPOTENCY_RETENTION_MS) < now_ms) {
                 batch.secrets.push(SecretOp::Delete { key: name });
+            } else {
+                idempotency_kept.push(name);
             }
         }
         if !batch.secrets.is_empty() {
@@ -193,6 +200,7 @@ impl StoreKeys {
                 .commit(&self.id, batch)
                 .inspect_err(super::events::count_fenced)?;
         }
+        self.idempotency = KnownKeys::listed(idempotency_kept.iter().map(String::as_str));
         self.seen = SeenWindow {
             since_s,
             keys: HashMap::new(),
@@ -286,8 +294,10 @@ impl StoreKeys {
                 Change::Contact(jid, record) => {
                     bounded_insert(&mut self.contacts, jid, Some(record), MAX_CACHED_CONTACTS)
                 }
+                Change::Idempotency(key, _) => {
+                    self.idempotency.insert(&self.names.of(IDEMPOTENCY, &key));
+                }
                 Change::Sent(..)
-                | Change::Idempotency(..)
                 | Change::SenderKeyMemory(..)
                 | Change::Media(..)
                 | Change::History(..)
@@ -323,6 +333,7 @@ impl StoreKeys {
         self.sender_keys.clear();
         self.contacts.clear();
         self.next_prekey = None;
+        self.idempotency.forget();
     }
 }
 
@@ -414,7 +425,11 @@ impl KeyStore for StoreKeys {
     }
 
     fn idempotency(&mut self, key: &str) -> Result<Option<IdempotencyRecord>, KeyError> {
-        let stored = self.read(&self.names.of(IDEMPOTENCY, key))?;
+        let name = self.names.of(IDEMPOTENCY, key);
+        if !self.idempotency.may_hold(&name) {
+            return Ok(None);
+        }
+        let stored = self.read(&name)?;
         Ok(stored.and_then(|b| IdempotencyRecord::decode(b.as_slice()).ok()))
     }
 

@@ -160,3 +160,33 @@ fn idempotency_keys_are_forgotten_after_their_retention() {
         3
     );
 }
+
+#[test]
+fn new_idempotency_keys_are_answered_from_memory_after_load() {
+    let store = store_with_session();
+    let mut k = keys(&store);
+    let record = IdempotencyRecord {
+        message_id: "ID1".into(),
+        fingerprint: vec![1],
+        stanza: vec![2],
+        created_at_ms: 1_000,
+        ..Default::default()
+    };
+    let before = vec![Change::Idempotency("before-load".into(), record.clone())];
+    store.commit(&session(), k.batch(&before)).expect("commit");
+    k.load(2_000).expect("load");
+    assert!(k.idempotency("before-load").expect("read").is_some());
+    // Committed through the engine's step: indexed as it is applied.
+    let after = vec![Change::Idempotency("after-load".into(), record.clone())];
+    store.commit(&session(), k.batch(&after)).expect("commit");
+    k.apply(after);
+    assert!(k.idempotency("after-load").expect("read").is_some());
+    // A write behind the index's back is not seen: the index answered
+    // for the key without reading the store...
+    let behind = vec![Change::Idempotency("behind".into(), record)];
+    store.commit(&session(), k.batch(&behind)).expect("commit");
+    assert!(k.idempotency("behind").expect("read").is_none());
+    // ...until a failed commit makes it ask the store again.
+    k.forget();
+    assert!(k.idempotency("behind").expect("read").is_some());
+}

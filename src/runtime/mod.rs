@@ -16,6 +16,7 @@ mod history;
 mod http;
 mod key_records;
 mod keys;
+mod known_keys;
 mod manager;
 mod media;
 mod media_flow;
