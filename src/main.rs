@@ -17,8 +17,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's options, read at its start (`_RJEM_MALLOC_CONF` in the
 /// environment overrides them). Pages freed are given back to the kernel
 /// after about a second instead of ten (jemalloc's default), in one step
-/// (no "muzzy" stage): after a wave of disconnects the gateway holds 1.4×
-/// what its remaining sessions need instead of 2.2×.
+/// (no "muzzy" stage): after a wave of disconnects the gateway holds
+/// 1.3–1.5× what its remaining sessions need instead of 2.2×.
 #[export_name = "_rjem_malloc_conf"]
 static MALLOC_CONF: MallocConf = MallocConf(c"dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
 

@@ -1,7 +1,8 @@
 //! The message engine's keys over the store: the [`KeyStore`] the engine
 //! reads through, with caches in front of the store, and the upkeep done
 //! once per process (moving records of older versions to hashed names,
-//! pruning old bookkeeping, loading the recent deduplication window). The
+//! pruning old bookkeeping, loading the recent deduplication window and
+//! the index of idempotency keys, `known_keys`). The
 //! names and layout of the records are `key_records`.
 //!
 //! Every call here blocks on the store: it runs on a blocking thread, inside

@@ -14,8 +14,8 @@
 
 use std::collections::HashSet;
 
-/// Keys indexed per session (about 10 bytes each); past it, lookups go
-/// to the store.
+/// Keys indexed per session (10 to 20 bytes each, with the hash table's
+/// spare room); past it, lookups go to the store.
 pub(super) const MAX_KNOWN_KEYS: usize = 16_384;
 
 /// The first 8 bytes of each key's hashed secret name. Two names that
