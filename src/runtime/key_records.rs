@@ -76,11 +76,15 @@ impl Names {
 
     pub(super) fn of(&self, kind: &str, ident: &str) -> String {
         let mac = hmac_sha256(self.0.as_ref(), &[kind.as_bytes(), &[0], ident.as_bytes()]);
-        format!(
-            "k/{kind}/{}",
-            hex::encode(mac.get(..16).unwrap_or_default())
-        )
+        let mut name = prefix_of(kind);
+        name.push_str(&hex::encode(mac.get(..16).unwrap_or_default()));
+        name
     }
+}
+
+/// What every name of `kind` starts with (to list them all).
+pub(super) fn prefix_of(kind: &str) -> String {
+    format!("k/{kind}/")
 }
 
 /// The store writes for `changes`; `looked_up` holds the secret names of

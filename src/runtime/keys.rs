@@ -27,9 +27,9 @@ use crate::wa::signal::{PreKey, ProtocolAddress, SenderKeyName, SenderKeyRecord,
 use prost::Message as _;
 
 use super::key_records::{
-    self, prekey_name, seen_bytes, seen_value, Names, APP_STATE_KEY, CHAT, COLLECTION, CONTACT,
-    HISTORY, IDEMPOTENCY, LEGACY, LID, MEDIA, NAMES_HASHED, PHONE_LID, POLL, PREKEY_NEXT, SEEN,
-    SENDER_KEY, SENDER_KEY_MEMORY, SENT, SESSION,
+    self, prefix_of, prekey_name, seen_bytes, seen_value, Names, APP_STATE_KEY, CHAT, COLLECTION,
+    CONTACT, HISTORY, IDEMPOTENCY, LEGACY, LID, MEDIA, NAMES_HASHED, PHONE_LID, POLL, PREKEY_NEXT,
+    SEEN, SENDER_KEY, SENDER_KEY_MEMORY, SENT, SESSION,
 };
 
 /// Signal sessions (and sender keys) kept in memory per session.
@@ -168,7 +168,7 @@ impl StoreKeys {
         let mut batch = Batch::default();
         let since_s = (now_ms / 1000).saturating_sub(SEEN_WINDOW_S);
         let mut recent = HashMap::new();
-        for (name, value) in self.store.secrets_with_prefix(&self.id, "k/seen/")? {
+        for (name, value) in self.store.secrets_with_prefix(&self.id, &prefix_of(SEEN))? {
             let (at_ms, t_s) = seen_value(&value);
             if at_ms.saturating_add(SEEN_RETENTION_MS) < now_ms {
                 batch.secrets.push(SecretOp::Delete { key: name });
@@ -184,7 +184,7 @@ impl StoreKeys {
         }
         // A record that cannot be read or dated (an older version's,
         // unacknowledged) stays: forgetting it could send a message twice.
-        let idempotency = format!("k/{IDEMPOTENCY}/");
+        let idempotency = prefix_of(IDEMPOTENCY);
         let mut idempotency_kept = Vec::new();
         for (name, value) in self.store.secrets_with_prefix(&self.id, &idempotency)? {
             let written = IdempotencyRecord::decode(value.as_slice())

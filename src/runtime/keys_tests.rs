@@ -154,7 +154,7 @@ fn idempotency_keys_are_forgotten_after_their_retention() {
     assert!(found(&mut k, "undated"));
     assert_eq!(
         store
-            .secrets_with_prefix(&session(), &format!("k/{IDEMPOTENCY}/"))
+            .secrets_with_prefix(&session(), &prefix_of(IDEMPOTENCY))
             .expect("read")
             .len(),
         3
