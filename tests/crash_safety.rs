@@ -3,7 +3,8 @@
 //! appear in `Events` exactly once: what was committed is never replayed as
 //! new, and what was not committed is redelivered by the server because no
 //! receipt went out for it. And Sends cut off by a kill, retried with their
-//! idempotency keys, reach the recipient exactly once.
+//! idempotency keys, reach the recipient exactly once; those never retried
+//! reach it at most once, and whatever reached it has its one event.
 
 mod common;
 
@@ -198,6 +199,8 @@ async fn sigkill_twenty_times_during_texts_and_retried_sends_loses_and_duplicate
     // Idempotency key → message id, once a Send answered.
     let mut confirmed: HashMap<String, String> = HashMap::new();
     let mut keys: Vec<String> = Vec::new();
+    // Keys sent once and never retried: left to the gateway's own resend.
+    let mut once: Vec<String> = Vec::new();
     let mut gateway = Some(gateway);
     // Sends whose answer a kill cut off: the ambiguous outcomes under test.
     let mut cut_off = 0;
@@ -216,11 +219,13 @@ async fn sigkill_twenty_times_during_texts_and_retried_sends_loses_and_duplicate
         for n in 0..PER_CYCLE {
             keys.push(format!("k{cycle}.{n}"));
         }
-        let pending: Vec<String> = keys
+        let mut pending: Vec<String> = keys
             .iter()
             .filter(|k| !confirmed.contains_key(*k))
             .cloned()
             .collect();
+        once.push(format!("o{cycle}"));
+        pending.extend(once.last().cloned());
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         for key in pending {
             let mut client = client.clone();
@@ -263,13 +268,19 @@ async fn sigkill_twenty_times_during_texts_and_retried_sends_loses_and_duplicate
         let first = confirmed.entry(key.clone()).or_insert_with(|| id.clone());
         assert_eq!(first, &id, "{key} answered two ids");
     }
-    // Every inbound text exactly once in the log, then a marker.
+    // Every inbound text exactly once in the log, then a marker. (The
+    // never-retried Sends written again at login went out before the
+    // retried ones, so their acks are in the log before the marker.)
     let marker = peer_sends(&mut sim, "marker".to_owned()).await;
     let mut events = events_after(&mut client, "loop", 0).await;
     let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut own: HashMap<String, usize> = HashMap::new();
     wait_for(&mut events, "the marker", |e| {
         if let Some(m) = message_of(e) {
             *counts.entry(m.id.clone()).or_default() += 1;
+            if m.from_me {
+                *own.entry(m.text.clone()).or_default() += 1;
+            }
             return m.id == marker;
         }
         false
@@ -300,6 +311,28 @@ async fn sigkill_twenty_times_during_texts_and_retried_sends_loses_and_duplicate
             copies.len()
         );
         assert_eq!(Some(&copies[0].id), confirmed.get(key), "{text}");
+        assert_eq!(own.get(&text), Some(&1), "the event of {text}");
     }
+    // Never retried: at most once, and once whenever a Send answered; each
+    // delivery has its event, though no caller waited for its ack.
+    let mut delivered = 0;
+    for key in &once {
+        let text = format!("out {key}");
+        let copies = inbox.iter().filter(|m| m.text == text).count();
+        assert!(copies <= 1, "{text} reached the peer {copies} times");
+        if confirmed.contains_key(key) {
+            assert_eq!(copies, 1, "{text} answered but not delivered");
+        }
+        assert_eq!(
+            own.get(&text).copied().unwrap_or(0),
+            copies,
+            "the event of {text}"
+        );
+        delivered += copies;
+    }
+    eprintln!(
+        "{delivered} of {} never-retried Sends delivered",
+        once.len()
+    );
     drop(gw);
 }

@@ -159,10 +159,12 @@ impl StoreKeys {
 
     /// Once per process, at the first login: records of older versions move
     /// to hashed names, bookkeeping past its retention goes, and the recent
-    /// deduplication window is loaded.
-    pub(crate) fn load(&mut self, now_ms: u64) -> Result<(), StoreError> {
+    /// deduplication window is loaded. Returns the sends written but never
+    /// acknowledged (their records keep the stanza and its key), oldest
+    /// first, for the engine to write again.
+    pub(crate) fn load(&mut self, now_ms: u64) -> Result<Vec<IdempotencyRecord>, StoreError> {
         if self.seen.loaded {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.migrate(now_ms)?;
         let mut batch = Batch::default();
@@ -186,16 +188,20 @@ impl StoreKeys {
         // unacknowledged) stays: forgetting it could send a message twice.
         let idempotency = prefix_of(IDEMPOTENCY);
         let mut idempotency_kept = Vec::new();
+        let mut unacked = Vec::new();
         for (name, value) in self.store.secrets_with_prefix(&self.id, &idempotency)? {
-            let written = IdempotencyRecord::decode(value.as_slice())
-                .ok()
-                .and_then(|r| r.written_at_ms());
+            let record = IdempotencyRecord::decode(value.as_slice()).ok();
+            let written = record.as_ref().and_then(IdempotencyRecord::written_at_ms);
             if written.is_some_and(|at| at.saturating_add(IDEMPOTENCY_RETENTION_MS) < now_ms) {
                 batch.secrets.push(SecretOp::Delete { key: name });
-            } else {
-                idempotency_kept.push(name);
+                continue;
+            }
+            idempotency_kept.push(name);
+            if let Some(record) = record.filter(IdempotencyRecord::awaits_ack) {
+                unacked.push(record);
             }
         }
+        unacked.sort_by_key(|r| r.created_at_ms);
         if !batch.secrets.is_empty() {
             self.store
                 .commit(&self.id, batch)
@@ -211,7 +217,7 @@ impl StoreKeys {
         for (name, t_s) in recent {
             self.seen.insert(name, t_s);
         }
-        Ok(())
+        Ok(unacked)
     }
 
     /// Moves records kept under identifiers in clear by older versions.

@@ -141,8 +141,10 @@ impl Core {
         let mut step = match input {
             Input::Connected(with) => {
                 login = Some(*with);
-                keys.load(now_ms)?;
-                self.engine.handle_connected(creds, now_ms)
+                let unacked = keys.load(now_ms)?;
+                self.engine
+                    .handle_connected(unacked, keys, creds, now_ms)
+                    .map_err(|e| e.0)?
             }
             Input::Stanzas(nodes) => self
                 .engine

@@ -296,6 +296,7 @@ impl Engine {
                     fingerprint: send.fingerprint.clone(),
                     stanza: crate::wa::binary::encode(&stanza),
                     created_at_ms: cx.now_ms,
+                    key: key.clone(),
                 },
             );
         }

@@ -54,6 +54,12 @@ pub struct IdempotencyRecord {
     /// older versions).
     #[prost(uint64, tag = "5")]
     pub created_at_ms: u64,
+    /// The idempotency key itself, while the record keeps the stanza (its
+    /// name is a hash of the key): with it a send an earlier connection
+    /// left unacknowledged is written again at the next login. Empty once
+    /// acknowledged, and in records of older versions.
+    #[prost(string, tag = "6")]
+    pub key: String,
 }
 
 impl IdempotencyRecord {
@@ -62,6 +68,12 @@ impl IdempotencyRecord {
     pub fn written_at_ms(&self) -> Option<u64> {
         let acked_ms = self.acked_at_s.saturating_mul(1000);
         Some(acked_ms.max(self.created_at_ms)).filter(|&at| at > 0)
+    }
+
+    /// Whether the record is of a send written but not acknowledged that
+    /// can be written again as it was (stanza and key kept).
+    pub fn awaits_ack(&self) -> bool {
+        self.acked_at_s == 0 && !self.stanza.is_empty() && !self.key.is_empty()
     }
 }
 

@@ -438,10 +438,26 @@ impl Engine {
     }
 
     /// Logged in: check the server's stock of our prekeys.
-    pub fn handle_connected(&mut self, _creds: &Credentials, _now_ms: u64) -> Step {
-        let mut step = Step::default();
-        self.issue(iq::PrekeyCount, Awaiting::PrekeyCount, &mut step);
-        step
+    ///
+    /// `unacked` are the sends an earlier connection wrote (or was about
+    /// to) and never saw acknowledged, as `KeyStore` implementations list
+    /// them at login: they are written again, byte for byte (see
+    /// `outbound`), so their delivery and their event do not depend on the
+    /// caller retrying.
+    pub fn handle_connected(
+        &mut self,
+        unacked: Vec<IdempotencyRecord>,
+        keys: &mut dyn KeyStore,
+        creds: &Credentials,
+        now_ms: u64,
+    ) -> Result<Step, StepError> {
+        let mut cx = Cx::new(keys, creds, now_ms);
+        self.issue(iq::PrekeyCount, Awaiting::PrekeyCount, &mut cx.step);
+        for record in unacked {
+            self.resend_unacked(record, &mut cx)
+                .map_err(Step::abandoned)?;
+        }
+        Ok(cx.into_step())
     }
 
     /// A caller's query (`iq` without id; `to` defaults to the server):

@@ -16,7 +16,10 @@
 //! that did receive the first copy drops the second — its ratchet already
 //! consumed that message key, and clients deduplicate by message id.
 //! Once acknowledged, the record keeps only id and time, and a retry is
-//! answered from it without touching the wire. A key reused for another
+//! answered from it without touching the wire. Until then the gateway does
+//! not wait for a retry either: at each login the stanzas of records never
+//! acknowledged are written again the same way (`resend_unacked`), so a
+//! stored send is delivered and has its event even if its caller gave up. A key reused for another
 //! request (other recipient or content) is refused.
 
 use std::collections::HashMap;
@@ -222,28 +225,16 @@ impl Engine {
                 // Encrypted and perhaps written before: the same bytes again
                 // (see the module documentation for why).
                 if let Ok(stanza) = binary::decode(&record.stanza) {
-                    cx.step.transmit.push(stanza);
-                    // The message as first sent (a media message built
-                    // again for a retry differs in its keys): it is what
-                    // the event of the ack reports.
-                    let message = cx
-                        .txn
-                        .sent(&record.message_id)?
-                        .and_then(|sent| Message::decode(sent.message.as_slice()).ok())
-                        .unwrap_or(request.message);
-                    self.in_flight.insert(
-                        record.message_id.clone(),
-                        Outgoing {
-                            id: record.message_id,
-                            chat,
-                            message,
-                            idempotency_key: Some(key.clone()),
-                            fingerprint,
-                            waiters: vec![reply],
-                            deadline: now_ms + SEND_TIMEOUT_MS,
-                        },
-                    );
-                    return Ok(());
+                    let send = Outgoing {
+                        id: record.message_id,
+                        chat,
+                        message: request.message,
+                        idempotency_key: Some(key.clone()),
+                        fingerprint,
+                        waiters: vec![reply],
+                        deadline: now_ms + SEND_TIMEOUT_MS,
+                    };
+                    return self.write_stored(stanza, send, cx);
                 }
                 // A record of an older version (no stanza kept): nothing of
                 // it is known to have been written; send it anew, same id.
@@ -295,6 +286,61 @@ impl Engine {
             &mut cx.step,
         );
         Ok(())
+    }
+
+    /// Writes the stanza stored for `send` again and waits for its ack.
+    /// The event of the ack reports the message as first sent (a media
+    /// message built again for a retry differs in its keys), so it is taken
+    /// from the sent record when there is one.
+    fn write_stored(
+        &mut self,
+        stanza: Node,
+        mut send: Outgoing,
+        cx: &mut Cx<'_, '_>,
+    ) -> Result<(), KeyError> {
+        if let Some(message) = cx
+            .txn
+            .sent(&send.id)?
+            .and_then(|sent| Message::decode(sent.message.as_slice()).ok())
+        {
+            send.message = message;
+        }
+        cx.step.transmit.push(stanza);
+        self.in_flight.insert(send.id.clone(), send);
+        Ok(())
+    }
+
+    /// At login: a send an earlier connection wrote (or was about to) and
+    /// never saw acknowledged — the process ended, the connection dropped,
+    /// or the ack's commit failed — is written again, the same bytes, with
+    /// no caller waiting. Its delivery and its event then do not depend on
+    /// the caller retrying, and a caller that does retry with its key
+    /// waits for this write's ack (`send_by_key`). The server acknowledges
+    /// a copy it already has without routing it again.
+    pub(super) fn resend_unacked(
+        &mut self,
+        record: IdempotencyRecord,
+        cx: &mut Cx<'_, '_>,
+    ) -> Result<(), KeyError> {
+        if !record.awaits_ack() || self.in_flight.contains_key(&record.message_id) {
+            return Ok(());
+        }
+        let Ok(stanza) = binary::decode(&record.stanza) else {
+            return Ok(());
+        };
+        let Some(chat) = stanza.attr_jid("to") else {
+            return Ok(());
+        };
+        let send = Outgoing {
+            id: record.message_id,
+            chat,
+            message: Message::default(),
+            idempotency_key: Some(record.key),
+            fingerprint: record.fingerprint,
+            waiters: Vec::new(),
+            deadline: cx.now_ms + SEND_TIMEOUT_MS,
+        };
+        self.write_stored(stanza, send, cx)
     }
 
     /// The send (waiting or in flight) made with idempotency key `key`.
@@ -455,6 +501,7 @@ impl Engine {
                     fingerprint: send.fingerprint.clone(),
                     stanza: binary::encode(&stanza),
                     created_at_ms: cx.now_ms,
+                    key: key.clone(),
                 },
             );
         }
@@ -477,10 +524,11 @@ impl Engine {
         }
         let timestamp_s = ack.t.unwrap_or(now_ms / 1000);
         if let Some(key) = &send.idempotency_key {
-            // Recording the ack only saves a retry the resend: until it is
-            // committed a retry writes the stored stanza again, which the
-            // server acknowledges without delivering twice. So the callers
-            // need not wait for this commit.
+            // Until this commit lands, the record says "not acknowledged":
+            // should it be lost, the next login (or a retry) writes the
+            // stored stanza again, which the server acknowledges without
+            // delivering twice, and that ack brings the event. So the
+            // callers need not wait for this commit.
             cx.txn.put_idempotency(
                 key.clone(),
                 IdempotencyRecord {
@@ -489,6 +537,7 @@ impl Engine {
                     fingerprint: send.fingerprint.clone(),
                     stanza: Vec::new(),
                     created_at_ms: 0,
+                    key: String::new(),
                 },
             );
         }

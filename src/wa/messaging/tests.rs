@@ -239,6 +239,24 @@ impl Device {
         step.transmit
     }
 
+    /// Logs in the way the runtime does: the sends the keys hold as
+    /// written but unacknowledged go to the engine, oldest first.
+    fn login(&mut self, now: u64) -> Vec<Node> {
+        let mut unacked: Vec<IdempotencyRecord> = self
+            .keys
+            .idempotency
+            .values()
+            .filter(|r| r.awaits_ack())
+            .cloned()
+            .collect();
+        unacked.sort_by_key(|r| r.created_at_ms);
+        let step = self
+            .engine
+            .handle_connected(unacked, &mut self.keys, &self.creds, now)
+            .expect("step");
+        self.apply(step)
+    }
+
     fn stanzas(&mut self, nodes: Vec<Node>, now: u64) -> Vec<Node> {
         let step = self
             .engine
@@ -727,6 +745,68 @@ fn a_send_cut_off_by_a_dropped_connection_is_retried_from_the_store() {
 }
 
 #[test]
+fn a_send_left_unacknowledged_is_written_again_at_the_next_login() {
+    let mut server = Server::new();
+    server.drop_acks_to = Some(ALICE);
+    server.send(ALICE, BOB, "no retry needed", Some("k"), 1);
+    server.run();
+    assert_eq!(server.devices[BOB].texts(), vec!["no retry needed"]);
+    // The process ends before the ack: no event of the send, no retry.
+    assert!(server.devices[ALICE].message_texts(true).is_empty());
+    server.devices[ALICE].engine = Engine::new([9; 32]);
+    server.drop_acks_to = None;
+    let now = server.clock;
+    let out = server.devices[ALICE].login(now);
+    let resent = out.iter().filter(|n| n.tag() == "message").count();
+    assert_eq!(resent, 1);
+    server.receive(ALICE, out);
+    server.run();
+    // The server knew the id: acknowledged, not delivered again; the ack
+    // brings the send's one event.
+    assert_eq!(server.devices[BOB].texts(), vec!["no retry needed"]);
+    assert_eq!(
+        server.devices[ALICE].message_texts(true),
+        vec!["no retry needed"]
+    );
+    // Acknowledged now: a later retry is answered from the record, and
+    // the next login writes nothing again.
+    let wrote = server.devices[ALICE].wrote.len();
+    server.send(ALICE, BOB, "no retry needed", Some("k"), 2);
+    assert!(server.reply(ALICE, 2).expect("answered").is_ok());
+    assert_eq!(server.devices[ALICE].wrote.len(), wrote);
+    server.devices[ALICE].engine = Engine::new([10; 32]);
+    let now = server.clock;
+    let out = server.devices[ALICE].login(now);
+    assert!(out.iter().all(|n| n.tag() != "message"));
+    assert_eq!(server.devices[ALICE].message_texts(true).len(), 1);
+}
+
+#[test]
+fn a_send_committed_but_never_written_is_delivered_at_the_next_login() {
+    let mut server = Server::new();
+    // Devices known and sessions made by a first exchange.
+    server.send(ALICE, BOB, "first", None, 1);
+    server.run();
+    let to = server.devices[BOB].jid().to_non_ad();
+    let now = server.clock;
+    // Committed, then the process ends before a byte reaches the wire.
+    let lost = server.devices[ALICE].send(&to, "second", Some("k2"), 2, now);
+    assert_eq!(lost.iter().filter(|n| n.tag() == "message").count(), 1);
+    server.devices[ALICE].engine = Engine::new([9; 32]);
+    let out = server.devices[ALICE].login(now + 1_000);
+    server.receive(ALICE, out);
+    // A caller retrying meanwhile waits for that same write.
+    server.send(ALICE, BOB, "second", Some("k2"), 3);
+    server.run();
+    assert_eq!(server.devices[BOB].texts(), vec!["first", "second"]);
+    assert!(server.reply(ALICE, 3).expect("answered").is_ok());
+    assert_eq!(
+        server.devices[ALICE].message_texts(true),
+        vec!["first", "second"]
+    );
+}
+
+#[test]
 fn concurrent_retries_share_one_send() {
     let mut server = Server::new();
     let to = server.devices[BOB].jid();
@@ -832,9 +912,7 @@ fn unknown_groups_and_long_texts_are_refused_clearly() {
 fn a_low_prekey_stock_is_topped_up_after_login() {
     let mut server = Server::new();
     let now = server.clock;
-    let device = &mut server.devices[ALICE];
-    let step = device.engine.handle_connected(&device.creds, now);
-    let out = device.apply(step);
+    let out = server.devices[ALICE].login(now);
     server.receive(ALICE, out);
     server.run();
     let uploads = server.devices[ALICE]
