@@ -176,6 +176,11 @@ impl SessionActor {
                     let now = now_ms();
                     self.messenger.handle_timeout(now);
                     conn.handle_timeout(now);
+                    if let Err(e) = self.messenger.upkeep(&mut conn, now).await {
+                        warn!(session = %self.id, "closing: {e}");
+                        conn.shutdown();
+                        step_failed = Some(e.to_string());
+                    }
                 }
                 cmd = next_or_deferred(&mut self.deferred, &mut self.commands), if pending_disconnect.is_none() && !shutting_down => match cmd {
                     None | Some(Command::Shutdown) => {

@@ -1,8 +1,9 @@
 //! The message engine's keys over the store: the [`KeyStore`] the engine
 //! reads through, with caches in front of the store, and the upkeep done
-//! once per process (moving records of older versions to hashed names,
+//! at each login (moving records of older versions to hashed names,
 //! pruning old bookkeeping, loading the recent deduplication window and
-//! the index of idempotency keys, `known_keys`). The
+//! the index of idempotency keys, `known_keys`) and daily while online
+//! (pruning). The
 //! names and layout of the records are `key_records`.
 //!
 //! Every call here blocks on the store: it runs on a blocking thread, inside
@@ -54,6 +55,18 @@ const SEEN_RETENTION_MS: u64 = 30 * 24 * 3_600_000;
 /// unacknowledged, from its first write): a retry within it is answered
 /// from the first attempt, a key reused after it sends a new message.
 pub(crate) const IDEMPOTENCY_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
+
+/// How often a session that stays online prunes its bookkeeping (a login
+/// always does).
+pub(crate) const UPKEEP_EVERY_MS: u64 = 24 * 3_600_000;
+
+/// What a prune found besides what it removed.
+pub(crate) struct Pruned {
+    /// Deduplication keys of the last day, with their server time.
+    recent: HashMap<String, u64>,
+    /// Sends written but never acknowledged, oldest first.
+    pub(crate) unacked: Vec<IdempotencyRecord>,
+}
 
 fn key_error(e: StoreError) -> KeyError {
     KeyError {
@@ -157,16 +170,37 @@ impl StoreKeys {
             .and_then(|b| String::from_utf8(b.to_vec()).ok()))
     }
 
-    /// Once per process, at the first login: records of older versions move
-    /// to hashed names, bookkeeping past its retention goes, and the recent
-    /// deduplication window is loaded. Returns the sends written but never
-    /// acknowledged (their records keep the stanza and its key), oldest
-    /// first, for the engine to write again.
+    /// Once per connection, at login: records of older versions move to
+    /// hashed names, bookkeeping past its retention goes (`prune`), and the
+    /// recent deduplication window is loaded. Returns the sends written but
+    /// never acknowledged (their records keep the stanza and its key),
+    /// oldest first, for the engine to write again.
     pub(crate) fn load(&mut self, now_ms: u64) -> Result<Vec<IdempotencyRecord>, StoreError> {
         if self.seen.loaded {
             return Ok(Vec::new());
         }
         self.migrate(now_ms)?;
+        let Pruned { recent, unacked } = self.prune(now_ms)?;
+        let since_s = (now_ms / 1000).saturating_sub(SEEN_WINDOW_S);
+        self.seen = SeenWindow {
+            since_s,
+            keys: HashMap::new(),
+            newest_s: since_s,
+            loaded: true,
+        };
+        for (name, t_s) in recent {
+            self.seen.insert(name, t_s);
+        }
+        Ok(unacked)
+    }
+
+    /// Removes the bookkeeping past its retention — deduplication keys,
+    /// sent messages, idempotency keys — in one commit, and lists the
+    /// idempotency keys left (`known_keys`). Run at each login and, for a
+    /// session that stays online, every [`UPKEEP_EVERY_MS`] (see
+    /// `Messenger::upkeep_due`), so the store does not grow with its
+    /// uptime.
+    pub(crate) fn prune(&mut self, now_ms: u64) -> Result<Pruned, StoreError> {
         let mut batch = Batch::default();
         let since_s = (now_ms / 1000).saturating_sub(SEEN_WINDOW_S);
         let mut recent = HashMap::new();
@@ -208,16 +242,7 @@ impl StoreKeys {
                 .inspect_err(super::events::count_fenced)?;
         }
         self.idempotency = KnownKeys::listed(idempotency_kept.iter().map(String::as_str));
-        self.seen = SeenWindow {
-            since_s,
-            keys: HashMap::new(),
-            newest_s: since_s,
-            loaded: true,
-        };
-        for (name, t_s) in recent {
-            self.seen.insert(name, t_s);
-        }
-        Ok(unacked)
+        Ok(Pruned { recent, unacked })
     }
 
     /// Moves records kept under identifiers in clear by older versions.

@@ -198,3 +198,58 @@ fn new_idempotency_keys_are_answered_from_memory_after_load() {
     k.forget();
     assert!(k.idempotency("behind").expect("read").is_some());
 }
+
+#[test]
+fn a_session_online_for_weeks_prunes_without_logging_in_again() {
+    let store = store_with_session();
+    let mut k = keys(&store);
+    let day = 24 * 3_600_000;
+    let start = 100 * day;
+    k.load(start).expect("load");
+    // Written as the connection goes on, through the engine's steps.
+    let changes = vec![
+        Change::Seen {
+            key: DedupeKey("a message".into()),
+            t_s: start / 1000,
+            at_ms: start,
+        },
+        Change::Sent(
+            "ID1".into(),
+            SentRecord {
+                chat: "15551234567@s.whatsapp.net".into(),
+                message: vec![1],
+                sent_at_ms: start,
+            },
+        ),
+        Change::Idempotency(
+            "key".into(),
+            IdempotencyRecord {
+                message_id: "ID1".into(),
+                acked_at_s: start / 1000,
+                fingerprint: vec![1],
+                ..Default::default()
+            },
+        ),
+    ];
+    store.commit(&session(), k.batch(&changes)).expect("commit");
+    k.apply(changes);
+    let count = |prefix: &str| {
+        store
+            .secrets_with_prefix(&session(), prefix)
+            .expect("read")
+            .len()
+    };
+    let (seen, sent, idem) = (prefix_of(SEEN), SENT.to_owned(), prefix_of(IDEMPOTENCY));
+    // Within every retention: all kept.
+    k.prune(start + day).expect("prune");
+    assert_eq!((count(&seen), count(&sent), count(&idem)), (1, 1, 1));
+    assert!(k.idempotency("key").expect("read").is_some());
+    // Past the sent messages' and the keys' week: those go, from the
+    // store and from the index of keys; the deduplication key stays.
+    k.prune(start + 8 * day).expect("prune");
+    assert_eq!((count(&seen), count(&sent), count(&idem)), (1, 0, 0));
+    assert!(k.idempotency("key").expect("read").is_none());
+    // Past the month of deduplication keys: that goes too.
+    k.prune(start + 31 * day).expect("prune");
+    assert_eq!(count(&seen), 0);
+}

@@ -26,6 +26,7 @@ use crate::wa::messaging::{HistoryJob, ReplyTo, SendRequest, SnapshotJob};
 pub use crate::wa::messaging::{SendError, Sent};
 
 use super::events::EventLog;
+use super::keys::UPKEEP_EVERY_MS;
 use super::pipeline::{Job, Lane};
 use super::step::{Core, Input, Output, SessionStep, StepFailure};
 
@@ -49,6 +50,8 @@ pub(crate) struct Messenger {
     history: Vec<HistoryJob>,
     /// App-state snapshots committed steps asked for, for the actor to fetch.
     snapshots: Vec<SnapshotJob>,
+    /// When the connection's bookkeeping is next pruned (`upkeep`).
+    upkeep_at: Option<u64>,
 }
 
 impl Messenger {
@@ -63,6 +66,7 @@ impl Messenger {
             push_name: None,
             history: Vec::new(),
             snapshots: Vec::new(),
+            upkeep_at: None,
         }
     }
 
@@ -108,6 +112,7 @@ impl Messenger {
         self.creds = None;
         self.history.clear();
         self.snapshots.clear();
+        self.upkeep_at = None;
     }
 
     /// The credentials of the current connection (after login or a change).
@@ -128,8 +133,26 @@ impl Messenger {
         event: Payload,
     ) -> Result<(), StepFailure> {
         self.set_credentials(conn.credentials());
+        self.upkeep_at = Some(now_ms.saturating_add(UPKEEP_EVERY_MS));
         self.run(Input::Connected(Box::new((batch, event))), conn, now_ms)
             .await
+    }
+
+    /// A session that stays online prunes its bookkeeping every
+    /// [`UPKEEP_EVERY_MS`], as a login does: otherwise the deduplication
+    /// keys, sent messages and idempotency keys of a connection that lasts
+    /// for months would all stay. Runs when due (see `poll_timeout`), on
+    /// the blocking pool like a login's upkeep.
+    pub(crate) async fn upkeep(
+        &mut self,
+        conn: &mut Connection,
+        now_ms: u64,
+    ) -> Result<(), StepFailure> {
+        if self.upkeep_at.is_none_or(|at| at > now_ms) {
+            return Ok(());
+        }
+        self.upkeep_at = Some(now_ms.saturating_add(UPKEEP_EVERY_MS));
+        self.run(Input::Upkeep, conn, now_ms).await
     }
 
     /// Stanzas read from the socket at once: one step, one commit.
@@ -294,9 +317,13 @@ impl Messenger {
         }
     }
 
-    /// The earliest send deadline.
+    /// The earliest send deadline, or the next upkeep.
     pub(crate) fn poll_timeout(&self) -> Option<u64> {
-        self.core.as_ref().and_then(|c| c.engine.poll_timeout())
+        let deadline = self.core.as_ref().and_then(|c| c.engine.poll_timeout());
+        match (deadline, self.upkeep_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub(crate) fn handle_timeout(&mut self, now_ms: u64) {
@@ -320,10 +347,11 @@ impl Messenger {
             return Err(StepFailure::Crashed("engine missing".into()));
         };
         // Messages and sends go through the shared pipeline (one commit for
-        // many sessions); a login's upkeep reads and prunes at length, so it
-        // runs on the blocking pool instead. Either way the step is the same
+        // many sessions); a login's upkeep (and the daily one) reads and
+        // prunes at length, so it runs on the blocking pool instead. Either way the step is the same
         // job and answers on the same channel.
-        let on_pipeline = !matches!(input, Input::Connected(_)) && self.pipeline.is_running();
+        let on_pipeline =
+            !matches!(input, Input::Connected(_) | Input::Upkeep) && self.pipeline.is_running();
         let (done, answer) = oneshot::channel();
         let mut job = SessionStep::new(core, input, creds, self.id.clone(), now_ms, done);
         if on_pipeline {

@@ -49,6 +49,8 @@ pub(super) enum Input {
     Lookup(MediaCommand),
     /// An app-state snapshot fetched (or why not).
     Snapshot(Box<SnapshotJob>, Result<Vec<u8>, String>),
+    /// A session online for a day: bookkeeping past its retention goes.
+    Upkeep,
 }
 
 /// What goes back to the actor after a step.
@@ -158,6 +160,12 @@ impl Core {
                 .engine
                 .handle_app_state_snapshot(*job, blob, keys, creds, now_ms)
                 .map_err(|e| e.0)?,
+            Input::Upkeep => {
+                // Sends not yet acknowledged are this connection's own, in
+                // flight: nothing to write again.
+                keys.prune(now_ms)?;
+                Step::default()
+            }
             Input::Lookup(command) => {
                 // A failed read fails the lookup, not the connection.
                 let store = |e: KeyError| SendError::Store(e.message);
