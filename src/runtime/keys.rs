@@ -198,8 +198,7 @@ impl StoreKeys {
     /// sent messages, idempotency keys — in one commit, and lists the
     /// idempotency keys left (`known_keys`). Run at each login and, for a
     /// session that stays online, every [`UPKEEP_EVERY_MS`] (see
-    /// `Messenger::upkeep_due`), so the store does not grow with its
-    /// uptime.
+    /// `Messenger::upkeep`), so the store does not grow with its uptime.
     pub(crate) fn prune(&mut self, now_ms: u64) -> Result<Pruned, StoreError> {
         let mut batch = Batch::default();
         let since_s = (now_ms / 1000).saturating_sub(SEEN_WINDOW_S);

@@ -34,6 +34,14 @@ pub use super::outgoing::OutgoingText;
 
 pub(crate) use super::replies::{MediaCommand, QueryReply, SendReply, TransmitReply};
 
+/// When a session online since `now_ms` next prunes: a day later, plus up
+/// to a quarter of a day at random, so the sessions a restart logged in
+/// together do not all prune in the same moment a day later.
+fn next_upkeep(now_ms: u64) -> u64 {
+    let spread = rand::Rng::gen_range(&mut rand::thread_rng(), 0..UPKEEP_EVERY_MS / 4);
+    now_ms.saturating_add(UPKEEP_EVERY_MS + spread)
+}
+
 pub(crate) struct Messenger {
     id: SessionId,
     log: EventLog,
@@ -133,13 +141,13 @@ impl Messenger {
         event: Payload,
     ) -> Result<(), StepFailure> {
         self.set_credentials(conn.credentials());
-        self.upkeep_at = Some(now_ms.saturating_add(UPKEEP_EVERY_MS));
+        self.upkeep_at = Some(next_upkeep(now_ms));
         self.run(Input::Connected(Box::new((batch, event))), conn, now_ms)
             .await
     }
 
-    /// A session that stays online prunes its bookkeeping every
-    /// [`UPKEEP_EVERY_MS`], as a login does: otherwise the deduplication
+    /// A session that stays online prunes its bookkeeping about every
+    /// [`UPKEEP_EVERY_MS`] (see `next_upkeep`), as a login does: otherwise the deduplication
     /// keys, sent messages and idempotency keys of a connection that lasts
     /// for months would all stay. Runs when due (see `poll_timeout`), on
     /// the blocking pool like a login's upkeep.
@@ -151,7 +159,7 @@ impl Messenger {
         if self.upkeep_at.is_none_or(|at| at > now_ms) {
             return Ok(());
         }
-        self.upkeep_at = Some(now_ms.saturating_add(UPKEEP_EVERY_MS));
+        self.upkeep_at = Some(next_upkeep(now_ms));
         self.run(Input::Upkeep, conn, now_ms).await
     }
 
@@ -348,8 +356,8 @@ impl Messenger {
         };
         // Messages and sends go through the shared pipeline (one commit for
         // many sessions); a login's upkeep (and the daily one) reads and
-        // prunes at length, so it runs on the blocking pool instead. Either way the step is the same
-        // job and answers on the same channel.
+        // prunes at length, so it runs on the blocking pool instead. Either
+        // way the step is the same job and answers on the same channel.
         let on_pipeline =
             !matches!(input, Input::Connected(_) | Input::Upkeep) && self.pipeline.is_running();
         let (done, answer) = oneshot::channel();

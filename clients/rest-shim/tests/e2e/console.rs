@@ -46,9 +46,13 @@ async fn the_console_pairs_a_session_and_chats_in_a_headless_browser() {
     .await;
     page.type_into("api-key", KEY).await;
     page.click("save-key").await;
+    // The list of sessions loads once the feed is open and then hides the
+    // notice, which moves the form up: only then is the page still enough
+    // to click where its button is.
     page.wait_for(
-        "the live feed",
-        "document.getElementById('live').textContent === 'live'",
+        "the live feed and the list of sessions",
+        "document.getElementById('live').textContent === 'live' \
+           && document.getElementById('notice').hidden",
     )
     .await;
 
