@@ -453,6 +453,12 @@ impl Engine {
     ) -> Result<Step, StepError> {
         let mut cx = Cx::new(keys, creds, now_ms);
         self.issue(iq::PrekeyCount, Awaiting::PrekeyCount, &mut cx.step);
+        if !unacked.is_empty() {
+            tracing::info!(
+                sends = unacked.len(),
+                "sends an earlier connection left unacknowledged are written again"
+            );
+        }
         for record in unacked {
             self.resend_unacked(record, &mut cx)
                 .map_err(Step::abandoned)?;
