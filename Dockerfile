@@ -12,12 +12,14 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 # Cache mounts keep the crate registry and build outputs between builds; the
-# binaries are copied out of the cached target dir in the same step.
+# binaries are copied out of the cached target dir in the same step. The
+# `dist` profile (Cargo.toml) is `release` with whole-program optimisation
+# and no debug info: smaller code, and less of it resident.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p wagate -p wagatectl \
-    && install -D -m 0755 target/release/wagate /out/wagate \
-    && install -D -m 0755 target/release/wagatectl /out/wagatectl
+    cargo build --profile dist --locked -p wagate -p wagatectl \
+    && install -D -m 0755 target/dist/wagate /out/wagate \
+    && install -D -m 0755 target/dist/wagatectl /out/wagatectl
 
 FROM debian:bookworm-slim
 # ca-certificates: trust roots for outgoing TLS connections. Pinned to the
