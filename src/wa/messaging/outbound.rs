@@ -19,8 +19,9 @@
 //! answered from it without touching the wire. Until then the gateway does
 //! not wait for a retry either: at each login the stanzas of records never
 //! acknowledged are written again the same way (`resend_unacked`), so a
-//! stored send is delivered and has its event even if its caller gave up. A key reused for another
-//! request (other recipient or content) is refused.
+//! stored send is delivered and has its event even if its caller gave up.
+//! A key reused for another request (other recipient or content) is
+//! refused.
 
 use std::collections::HashMap;
 
