@@ -57,7 +57,8 @@ pub struct IdempotencyRecord {
     /// The idempotency key itself, while the record keeps the stanza (its
     /// name is a hash of the key): with it a send an earlier connection
     /// left unacknowledged is written again at the next login. Empty once
-    /// acknowledged, and in records of older versions.
+    /// acknowledged or refused by the server, and in records of older
+    /// versions.
     #[prost(string, tag = "6")]
     pub key: String,
 }

@@ -577,10 +577,7 @@ impl Engine {
         match node.tag() {
             "message" => self.on_message(&node, cx),
             "receipt" => self.on_receipt(&node, cx),
-            "ack" => {
-                self.on_ack(&node, cx);
-                Ok(())
-            }
+            "ack" => self.on_ack(&node, cx),
             "iq" => self.on_iq_answer(node, cx),
             "notification" => self.on_notification(&node, cx),
             // Ephemeral: reported, never acknowledged (the server does not

@@ -511,17 +511,31 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) fn on_ack(&mut self, node: &Node, cx: &mut Cx<'_, '_>) {
+    pub(super) fn on_ack(&mut self, node: &Node, cx: &mut Cx<'_, '_>) -> Result<(), KeyError> {
         let now_ms = cx.now_ms;
         let Some(ack) = ServerAck::parse(node) else {
-            return;
+            return Ok(());
         };
         let Some(send) = self.in_flight.remove(&ack.id) else {
-            return;
+            return Ok(());
         };
         if let Some(error) = ack.error {
             tracing::warn!(id = %ack.id, %error, "the server refused a message");
-            return cx.step.fail(send, SendError::Refused(error));
+            if let Some(key) = &send.idempotency_key {
+                // The server does not have it and the callers learn so: the
+                // record no longer awaits an ack, or every login would
+                // write it again and might deliver, days later, a message
+                // its callers were told failed. It keeps its stanza: a
+                // caller retrying with the key tries the same bytes again.
+                if let Some(mut record) = cx.txn.idempotency(key)? {
+                    if record.awaits_ack() && record.message_id == send.id {
+                        record.key.clear();
+                        cx.txn.put_idempotency(key.clone(), record);
+                    }
+                }
+            }
+            cx.step.fail(send, SendError::Refused(error));
+            return Ok(());
         }
         let timestamp_s = ack.t.unwrap_or(now_ms / 1000);
         if let Some(key) = &send.idempotency_key {
@@ -554,6 +568,7 @@ impl Engine {
         for waiter in send.waiters {
             cx.step.replies.push((waiter, Ok(sent.clone())));
         }
+        Ok(())
     }
 
     pub(super) fn on_iq_answer(&mut self, node: Node, cx: &mut Cx<'_, '_>) -> Result<(), KeyError> {

@@ -313,6 +313,9 @@ struct Server {
     queue: VecDeque<(usize, Node)>,
     /// Drop acks to this device (an ack lost on the way).
     drop_acks_to: Option<usize>,
+    /// Refuse this device's messages (an ack with an error, nothing
+    /// routed).
+    refuse_from: Option<usize>,
     /// Corrupt the next copy delivered to this device.
     corrupt_next_to: Option<usize>,
     /// Devices whose messages the server delivers from their LID (this
@@ -331,6 +334,7 @@ impl Server {
             accepted: HashMap::new(),
             queue: VecDeque::new(),
             drop_acks_to: None,
+            refuse_from: None,
             corrupt_next_to: None,
             lid_senders: HashMap::new(),
         }
@@ -431,6 +435,15 @@ impl Server {
     fn route(&mut self, from: usize, message: &Node) {
         let id = message.attr_string("id").expect("id");
         let sender = self.devices[from].jid();
+        if self.refuse_from == Some(from) {
+            let ack = Node::new("ack")
+                .attr("class", "message")
+                .attr("id", id)
+                .attr("error", "479")
+                .attr("from", sender.to_non_ad());
+            self.queue.push_back((from, ack));
+            return;
+        }
         let key = (sender.to_string(), id.clone());
         // A resend answering a retry receipt reuses the id on purpose.
         let resend = message.attr_str("device_fanout") == Some("false");
@@ -804,6 +817,45 @@ fn a_send_committed_but_never_written_is_delivered_at_the_next_login() {
         server.devices[ALICE].message_texts(true),
         vec!["first", "second"]
     );
+}
+
+#[test]
+fn a_refused_send_is_not_written_again_at_the_next_login() {
+    let mut server = Server::new();
+    server.refuse_from = Some(ALICE);
+    server.send(ALICE, BOB, "refused", Some("k"), 1);
+    server.run();
+    assert!(matches!(
+        server.reply(ALICE, 1).expect("answered"),
+        Err(SendError::Refused(code)) if code == "479"
+    ));
+    let first = server.devices[ALICE]
+        .wrote
+        .iter()
+        .find(|n| n.tag() == "message")
+        .cloned()
+        .expect("written once");
+    // The caller was told it failed: a login writes nothing of it again.
+    server.refuse_from = None;
+    server.devices[ALICE].engine = Engine::new([9; 32]);
+    let now = server.clock;
+    let out = server.devices[ALICE].login(now);
+    assert!(out.iter().all(|n| n.tag() != "message"));
+    server.receive(ALICE, out);
+    server.run();
+    assert!(server.devices[BOB].texts().is_empty());
+    // A caller retrying with the key tries the same bytes again.
+    server.send(ALICE, BOB, "refused", Some("k"), 2);
+    server.run();
+    assert!(server.reply(ALICE, 2).expect("answered").is_ok());
+    let again: Vec<&Node> = server.devices[ALICE]
+        .wrote
+        .iter()
+        .filter(|n| n.tag() == "message")
+        .collect();
+    assert_eq!(again.len(), 2);
+    assert_eq!(binary::encode(again[1]), binary::encode(&first));
+    assert_eq!(server.devices[BOB].texts(), vec!["refused"]);
 }
 
 #[test]
