@@ -44,10 +44,10 @@ impl SessionActor {
         // A Send or media step that failed (e.g. the store was unreachable):
         // the connection closes and the session reconnects, as for a failed
         // inbound step; it is not a stop the caller asked for.
-        let mut step_failed: Option<String> = None;
+        let mut step_failed: Option<CloseReason> = None;
         let ended = loop {
             if let Some(reason) = step_failed.take() {
-                break CloseReason::Protocol(reason);
+                break reason;
             }
             // Events first: persistence must precede the frames queued with
             // them. Consecutive stanzas go to the messenger together, so
@@ -60,7 +60,7 @@ impl SessionActor {
                 if flush && !stanzas.is_empty() {
                     let nodes = std::mem::take(&mut stanzas);
                     if let Err(e) = self.messenger.on_stanzas(nodes, &mut conn, now_ms()).await {
-                        failed = Some(e.to_string());
+                        failed = Some(e.close_reason(""));
                         break;
                     }
                     history.extend(self.messenger.take_history());
@@ -86,15 +86,19 @@ impl SessionActor {
             if let Some(reason) = failed {
                 warn!(session = %self.id, "closing: {reason}");
                 conn.shutdown();
-                break CloseReason::Protocol(reason);
+                break reason;
             }
+            // A failure here ends the connection with its own reason (not
+            // as closed by us, which would stop the session).
             if let Err(e) = self.start_history(&mut history, &mut conn).await {
                 warn!(session = %self.id, "closing: {e}");
                 conn.shutdown();
+                break e;
             }
             if let Err(e) = self.start_snapshot(&mut snapshots, &mut conn).await {
                 warn!(session = %self.id, "closing: {e}");
                 conn.shutdown();
+                break e;
             }
             // Every frame of this turn is queued, then written with one
             // flush: a step's receipts and acks leave in one system call.
@@ -167,7 +171,7 @@ impl SessionActor {
                     if let Err(e) = self.messenger.on_snapshot(job, blob, &mut conn, now_ms()).await {
                         warn!(session = %self.id, "closing: {e}");
                         conn.shutdown();
-                        step_failed = Some(e.to_string());
+                        step_failed = Some(e.close_reason(""));
                     }
                     history.extend(self.messenger.take_history());
                     snapshots.extend(self.messenger.take_snapshots());
@@ -179,7 +183,7 @@ impl SessionActor {
                     if let Err(e) = self.messenger.upkeep(&mut conn, now).await {
                         warn!(session = %self.id, "closing: {e}");
                         conn.shutdown();
-                        step_failed = Some(e.to_string());
+                        step_failed = Some(e.close_reason(""));
                     }
                 }
                 cmd = next_or_deferred(&mut self.deferred, &mut self.commands), if pending_disconnect.is_none() && !shutting_down => match cmd {
@@ -208,7 +212,7 @@ impl SessionActor {
                         if let Err(e) = self.messenger.send(texts, &mut conn, now_ms()).await {
                             warn!(session = %self.id, "closing: {e}");
                             conn.shutdown();
-                            step_failed = Some(e.to_string());
+                            step_failed = Some(e.close_reason(""));
                         }
                     }
                     Some(Command::Query { iq, reply }) => {
@@ -221,7 +225,7 @@ impl SessionActor {
                         if let Err(e) = self.messenger.media(*command, &mut conn, now_ms()).await {
                             warn!(session = %self.id, "closing: {e}");
                             conn.shutdown();
-                            step_failed = Some(e.to_string());
+                            step_failed = Some(e.close_reason(""));
                         }
                     }
                     Some(Command::Disconnect { logout, done }) => {
@@ -266,7 +270,7 @@ impl SessionActor {
         &mut self,
         history: &mut HistoryQueue,
         conn: &mut Connection,
-    ) -> Result<(), String> {
+    ) -> Result<(), CloseReason> {
         let Some(creds) = self.messenger.credentials() else {
             return Ok(());
         };
@@ -281,7 +285,7 @@ impl SessionActor {
         self.messenger
             .media(command, conn, now_ms())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.close_reason(""))?;
         let ctx = HistoryContext {
             shared: Arc::clone(&self.shared),
             log: self.events.clone(),
@@ -299,7 +303,7 @@ impl SessionActor {
         &mut self,
         snapshots: &mut SnapshotQueue,
         conn: &mut Connection,
-    ) -> Result<(), String> {
+    ) -> Result<(), CloseReason> {
         let Some(job) = snapshots.next_job() else {
             return Ok(());
         };
@@ -311,7 +315,7 @@ impl SessionActor {
         self.messenger
             .media(command, conn, now_ms())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.close_reason(""))?;
         snapshots.start(job, answer, Arc::clone(&self.shared));
         Ok(())
     }
@@ -319,7 +323,7 @@ impl SessionActor {
     /// The account's push name, as its app-state says: kept in the
     /// session's record (sealed at rest with its other personal fields)
     /// and shown by `Status`.
-    async fn save_push_name(&mut self, name: String) -> Result<(), String> {
+    async fn save_push_name(&mut self, name: String) -> Result<(), CloseReason> {
         if self.record.push_name.as_deref() == Some(name.as_str()) {
             return Ok(());
         }
@@ -331,12 +335,16 @@ impl SessionActor {
         self.events
             .commit(&self.id, batch, Vec::new(), now_ms())
             .await
-            .map_err(|e| format!("cannot record the push name: {e}"))?;
+            .map_err(|e| CloseReason::StoreFailed(format!("cannot record the push name: {e}")))?;
         self.status.send_modify(|s| s.push_name = Some(name));
         Ok(())
     }
 
-    async fn handle_event(&mut self, event: Event, conn: &mut Connection) -> Result<(), String> {
+    async fn handle_event(
+        &mut self,
+        event: Event,
+        conn: &mut Connection,
+    ) -> Result<(), CloseReason> {
         match event {
             Event::Qr {
                 code,
@@ -347,7 +355,8 @@ impl SessionActor {
                     expires_at_ms,
                 };
                 self.commit_events(vec![payloads::qr(code, expires_at_ms)])
-                    .await?;
+                    .await
+                    .map_err(CloseReason::StoreFailed)?;
                 self.set_state(SessionState::QrReady, |s| {
                     s.qr = Some(qr);
                     s.link_code = None;
@@ -362,7 +371,8 @@ impl SessionActor {
                     expires_at_ms,
                 };
                 self.commit_events(vec![payloads::link_code(code, expires_at_ms)])
-                    .await?;
+                    .await
+                    .map_err(CloseReason::StoreFailed)?;
                 self.set_state(SessionState::QrReady, |s| {
                     s.qr = None;
                     s.link_code = Some(info);
@@ -373,7 +383,9 @@ impl SessionActor {
                 let creds = conn.credentials().clone();
                 self.persist_credentials(&creds, Vec::new())
                     .await
-                    .map_err(|e| format!("cannot persist credentials: {e}"))?;
+                    .map_err(|e| {
+                        CloseReason::StoreFailed(format!("cannot persist credentials: {e}"))
+                    })?;
             }
             Event::Paired { jid, platform, .. } => {
                 info!(session = %self.id, "paired");
@@ -426,21 +438,23 @@ impl SessionActor {
                     s.last_connected_at_ms = Some(now);
                     s.reconnect_attempts = 0;
                 });
-                self.logged_in = true;
                 // The session row and the CONNECTED event commit with the
                 // login's first step (its keys' upkeep): one transaction.
                 let event = payloads::connection(SessionState::Connected, String::new(), jid);
                 self.messenger
                     .on_connected(conn, now as u64, batch, event)
                     .await
-                    .map_err(|e| format!("cannot record connection: {e}"))?;
+                    .map_err(|e| e.close_reason("cannot record connection"))?;
+                // Only now does the connection count as a login that starts
+                // the reconnect attempts over (see `online_loop`).
+                self.logged_in = true;
                 info!(session = %self.id, "connected");
             }
             Event::Stanza(node) => {
                 self.messenger
                     .on_stanzas(vec![node], conn, now_ms())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.close_reason(""))?;
             }
             Event::Closed(_) => {}
         }

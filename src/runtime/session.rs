@@ -195,7 +195,13 @@ impl SessionActor {
         loop {
             self.set_state(SessionState::Connecting, |_| {});
             let ended = self.connect_once().await;
-            if std::mem::take(&mut self.logged_in) {
+            // A login starts the attempts over, unless the connection then
+            // ended because the store failed: with a full disk every login
+            // succeeds and its first commit fails, and the session must
+            // back off (and in the end give up) instead of reconnecting at
+            // the first step of the backoff forever.
+            let store_failed = matches!(ended, Ended::Closed(CloseReason::StoreFailed(_)));
+            if std::mem::take(&mut self.logged_in) && !store_failed {
                 attempts = 0;
             }
             match ended {
@@ -356,7 +362,7 @@ impl SessionActor {
             Ok(c) => c,
             Err(why) => {
                 warn!(session = %self.id, "{why}");
-                return Ended::Closed(CloseReason::Protocol(why));
+                return Ended::Closed(CloseReason::StoreFailed(why));
             }
         };
         // With gateways sharing the store, only the lease holder connects: a

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::proto::gateway::event::Payload;
 use crate::store::{Batch, EventRecord, SessionId, StoreError};
 use crate::wa::binary::Node;
+use crate::wa::conn::CloseReason;
 use crate::wa::creds::Credentials;
 use crate::wa::media::MediaRetry;
 use crate::wa::messaging::{
@@ -37,6 +38,23 @@ pub(super) enum StepFailure {
     Keys(#[from] KeyError),
     #[error("the message engine failed: {0}")]
     Crashed(String),
+}
+
+impl StepFailure {
+    /// Why the connection ends, with `context` (what was being done) in
+    /// front: a store failure is not the server's doing (see
+    /// [`CloseReason::StoreFailed`]).
+    pub(super) fn close_reason(&self, context: &str) -> CloseReason {
+        let why = if context.is_empty() {
+            self.to_string()
+        } else {
+            format!("{context}: {self}")
+        };
+        match self {
+            StepFailure::Store(_) | StepFailure::Keys(_) => CloseReason::StoreFailed(why),
+            StepFailure::Crashed(_) => CloseReason::Protocol(why),
+        }
+    }
 }
 
 pub(super) enum Input {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use super::Inner;
 use crate::wa::crypto::KeyPair;
@@ -519,14 +519,29 @@ pub(crate) async fn save(inner: &Arc<Inner>) -> Result<(), StateError> {
 /// (the final save is the shutdown's).
 pub(crate) async fn keep_saved(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     let mut interval = MIN_INTERVAL;
+    // Failed saves in a row: only the first is a warning (a full disk
+    // fails every round).
+    let mut failures = 0u64;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
         let started = Instant::now();
-        if let Err(err) = save(&inner).await {
-            warn!(%err, "simulator state not saved");
+        match save(&inner).await {
+            Ok(()) if failures > 0 => {
+                info!(failures, "simulator state saved again");
+                failures = 0;
+            }
+            Ok(()) => {}
+            Err(err) => {
+                if failures == 0 {
+                    warn!(%err, "simulator state not saved (repeats are not logged until a save works)");
+                } else {
+                    debug!(%err, "simulator state not saved");
+                }
+                failures += 1;
+            }
         }
         interval = MIN_INTERVAL.max(started.elapsed() * INTERVAL_FACTOR);
     }

@@ -944,27 +944,43 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("wagate-checkpoint".into())
             .spawn(move || {
+                // Failures in a row: only the first is a warning (a full
+                // disk fails every round, ten a second).
+                let mut failures = 0u64;
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(tuning.every)
                 {
-                    match passive_checkpoint(&conn) {
+                    let outcome = passive_checkpoint(&conn).and_then(|wal| {
                         // Only a copy that (almost) caught up is finished
                         // under the writer: what is left is a few commits'
                         // frames, not a backlog that would stall commits.
-                        Ok(wal)
-                            if wal.frames > tuning.restart_frames
-                                && wal.frames - wal.copied <= WAL_HOLD_MAX_FRAMES =>
+                        if wal.frames > tuning.restart_frames
+                            && wal.frames - wal.copied <= WAL_HOLD_MAX_FRAMES
                         {
-                            let Some(writer) = writer.upgrade() else {
-                                break;
-                            };
-                            let writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
-                            if let Err(e) = passive_checkpoint(&writer) {
-                                tracing::warn!("WAL checkpoint failed: {e}");
+                            if let Some(writer) = writer.upgrade() {
+                                let writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
+                                passive_checkpoint(&writer)?;
                             }
                         }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!("WAL checkpoint failed: {e}"),
+                        Ok(())
+                    });
+                    match outcome {
+                        Ok(()) if failures > 0 => {
+                            tracing::info!(failures, "WAL checkpoints work again");
+                            failures = 0;
+                        }
+                        Ok(()) => {}
+                        Err(e) if failures == 0 => {
+                            failures = 1;
+                            tracing::warn!("WAL checkpoint failed (repeats are not logged until it works again): {e}");
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            tracing::debug!("WAL checkpoint failed: {e}");
+                        }
+                    }
+                    if writer.strong_count() == 0 {
+                        break;
                     }
                 }
                 // A last full checkpoint leaves a short WAL behind.

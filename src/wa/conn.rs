@@ -131,6 +131,10 @@ pub enum CloseReason {
     ServerClosed,
     /// The socket closed under us (reported by the I/O layer).
     SocketClosed(String),
+    /// The owner could not keep or read what the connection needs (its
+    /// store failed, e.g. a full disk). Nothing of the failed step was
+    /// acknowledged, so the server delivers it again after a reconnect.
+    StoreFailed(String),
     /// We closed the connection.
     ClientClosed,
 }
@@ -155,6 +159,7 @@ impl CloseReason {
             CloseReason::Protocol(_) => Recovery::Reconnect,
             CloseReason::ServerClosed => Recovery::Reconnect,
             CloseReason::SocketClosed(_) => Recovery::Reconnect,
+            CloseReason::StoreFailed(_) => Recovery::Reconnect,
             CloseReason::ClientClosed => Recovery::Stop,
         }
     }
@@ -177,7 +182,8 @@ impl CloseReason {
             | CloseReason::Timeout(_)
             | CloseReason::CertificateRejected(_)
             | CloseReason::Protocol(_)
-            | CloseReason::SocketClosed(_) => None,
+            | CloseReason::SocketClosed(_)
+            | CloseReason::StoreFailed(_) => None,
         }
     }
 
@@ -205,6 +211,7 @@ impl std::fmt::Display for CloseReason {
             }
             CloseReason::Protocol(why) => write!(f, "protocol error: {why}"),
             CloseReason::SocketClosed(why) => write!(f, "socket closed: {why}"),
+            CloseReason::StoreFailed(why) => write!(f, "store failure: {why}"),
             CloseReason::RestartRequired
             | CloseReason::Replaced
             | CloseReason::QrTimeout
