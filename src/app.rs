@@ -123,6 +123,11 @@ pub enum StartError {
     DataDir(PathBuf, std::io::Error),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("cannot open the store {}: {source}{}", path.display(), file_hint(source))]
+    OpenStore {
+        path: PathBuf,
+        source: crate::store::StoreError,
+    },
     #[error(
         "a Redis store is shared by every replica, so they must share its key: set \
          WAGATE_STORE_KEY or --store-key-file (a key generated in one pod's data dir would \
@@ -135,6 +140,23 @@ pub enum StartError {
     WaUrl(String),
     #[error("runtime: {0}")]
     Runtime(#[from] crate::runtime::RuntimeError),
+}
+
+/// What to check when SQLite could not use the store's files.
+fn file_hint(e: &crate::store::StoreError) -> &'static str {
+    use rusqlite::ErrorCode;
+    match e {
+        crate::store::StoreError::Sqlite(e) => match e.sqlite_error_code() {
+            Some(ErrorCode::SystemIoFailure | ErrorCode::DiskFull) => {
+                " (is the disk full? SQLite needs room for its WAL files beside it)"
+            }
+            Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+                " (can this process write to the data dir?)"
+            }
+            _ => "",
+        },
+        _ => "",
+    }
 }
 
 /// A running gateway.
@@ -234,10 +256,14 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
             info!(store = ?store, "using the redis store");
             Arc::new(store)
         }
-        None => Arc::new(SqliteStore::open(
-            &opts.data_dir.join("wagate.db"),
-            open_keyring(&opts)?,
-        )?),
+        None => {
+            let path = opts.data_dir.join("wagate.db");
+            let keys = open_keyring(&opts)?;
+            Arc::new(
+                SqliteStore::open(&path, keys)
+                    .map_err(|source| StartError::OpenStore { path, source })?,
+            )
+        }
     };
 
     let sim = if opts.sim {
