@@ -80,7 +80,7 @@ impl ServeOptions {
             data_dir,
             api_keys: Vec::new(),
             max_sessions: 1000,
-            max_reconnect_attempts: 10,
+            max_reconnect_attempts: 0,
             handshakes_per_second: 50,
             wa_url: None,
             wa_root_key: None,

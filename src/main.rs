@@ -81,8 +81,9 @@ struct ServeArgs {
     /// Sessions that may be online at once.
     #[arg(long, env = "WAGATE_MAX_SESSIONS", default_value_t = 1000)]
     max_sessions: usize,
-    /// Consecutive failed reconnects before a session gives up.
-    #[arg(long, env = "WAGATE_MAX_RECONNECT_ATTEMPTS", default_value_t = 10)]
+    /// Consecutive failed reconnects before a session gives up (0 = never:
+    /// it retries at the backoff's cap, 60 s, for as long as it takes).
+    #[arg(long, env = "WAGATE_MAX_RECONNECT_ATTEMPTS", default_value_t = 0)]
     max_reconnect_attempts: u32,
     /// Handshakes per second across all sessions (reconnect storm guard).
     #[arg(long, env = "WAGATE_HANDSHAKES_PER_SECOND", default_value_t = 50)]

@@ -24,7 +24,7 @@ pub struct RuntimeConfig {
     pub client: ClientConfig,
     /// Sessions that may be online at once.
     pub max_sessions: usize,
-    /// Consecutive failed reconnects before a session gives up.
+    /// Consecutive failed reconnects before a session gives up; 0 = never.
     pub max_reconnect_attempts: u32,
     pub backoff: Backoff,
     /// Handshakes per second across all sessions.
@@ -44,7 +44,7 @@ impl Default for RuntimeConfig {
             wa_urls: vec![WHATSAPP_URL.to_owned()],
             client: ClientConfig::default(),
             max_sessions: 1000,
-            max_reconnect_attempts: 10,
+            max_reconnect_attempts: 0,
             backoff: Backoff::default(),
             handshakes_per_second: 50,
             media: MediaSettings::default(),

@@ -198,8 +198,8 @@ impl SessionActor {
             // A login starts the attempts over, unless the connection then
             // ended because the store failed: with a full disk every login
             // succeeds and its first commit fails, and the session must
-            // back off (and in the end give up) instead of reconnecting at
-            // the first step of the backoff forever.
+            // back off (and, with a limit, give up) instead of reconnecting
+            // at the first step of the backoff forever.
             let store_failed = matches!(ended, Ended::Closed(CloseReason::StoreFailed(_)));
             if std::mem::take(&mut self.logged_in) && !store_failed {
                 attempts = 0;
@@ -243,8 +243,9 @@ impl SessionActor {
                             crate::metrics::global()
                                 .reconnects
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            attempts += 1;
-                            if attempts > self.shared.config.max_reconnect_attempts {
+                            attempts = attempts.saturating_add(1);
+                            let max = self.shared.config.max_reconnect_attempts;
+                            if max > 0 && attempts > max {
                                 let reason = CloseReason::SocketClosed(format!(
                                     "{reason}; gave up after {} reconnect attempts",
                                     attempts - 1
