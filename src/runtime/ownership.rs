@@ -302,6 +302,10 @@ impl Ownership {
         let scan_every = self.ttl / 4;
         let mut scan = tokio::time::interval(scan_every);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // An unreachable store fails every round (every few seconds): the
+        // first failure of a streak is a warning, the rest are not logged
+        // until the store answers again.
+        let mut down = Streak::default();
         loop {
             tokio::select! {
                 _ = renew.tick() => {
@@ -309,19 +313,18 @@ impl Ownership {
                     let Some(host) = host.upgrade() else { return };
                     let announced = self.announce(host.serving()).await;
                     self.ready.send_replace(renewed.is_ok() && announced.is_ok());
-                    if let Err(e) = announced {
-                        warn!("cannot announce this gateway: {e}");
+                    match (&renewed, &announced) {
+                        (Err(e), _) => down.failed("cannot renew leases", e),
+                        (Ok(_), Err(e)) => down.failed("cannot announce this gateway", e),
+                        (Ok(_), Ok(())) => down.ended(),
                     }
-                    match renewed {
-                        Ok(lost) => {
-                            for id in lost {
-                                warn!(session = %id, "lease lost; the session stops here");
-                                host.evict(&id).await;
-                            }
+                    // Unreachable store: the sessions keep running on their leases; if
+                    // they lapse, the next renewal reports them lost.
+                    if let Ok(lost) = renewed {
+                        for id in lost {
+                            warn!(session = %id, "lease lost; the session stops here");
+                            host.evict(&id).await;
                         }
-                        // Unreachable store: the sessions keep running on their leases; if
-                        // they lapse, the next renewal reports them lost.
-                        Err(e) => warn!("cannot renew leases: {e}"),
                     }
                 }
                 Some(id) = lost_rx.recv() => {
@@ -332,7 +335,7 @@ impl Ownership {
                 _ = scan.tick() => {
                     let Some(host) = host.upgrade() else { return };
                     if let Err(e) = self.take_over(host.as_ref()).await {
-                        warn!("cannot look for sessions to take over: {e}");
+                        down.failed("cannot look for sessions to take over", &e);
                     }
                     if let Err(e) = self.rebalance(host.as_ref(), scan_every).await {
                         warn!("cannot hand sessions over: {e}");
@@ -526,6 +529,31 @@ pub(crate) trait Host: Send + Sync {
     fn adopt(&self, record: SessionRecord) -> HostFuture<'_>;
     /// Stops serving a session whose lease was lost, without writing anything.
     fn evict<'a>(&'a self, id: &'a SessionId) -> HostFuture<'a>;
+}
+
+/// Failures of the store in a row, so an outage is logged once, not at
+/// every round.
+#[derive(Default)]
+struct Streak {
+    failures: u64,
+}
+
+impl Streak {
+    fn failed(&mut self, what: &str, e: &StoreError) {
+        if self.failures == 0 {
+            warn!("{what}: {e} (repeats are not logged until the store answers again)");
+        } else {
+            tracing::debug!("{what}: {e}");
+        }
+        self.failures += 1;
+    }
+
+    fn ended(&mut self) {
+        if self.failures > 0 {
+            info!(failures = self.failures, "the store answers again");
+            self.failures = 0;
+        }
+    }
 }
 
 #[cfg(test)]
