@@ -110,3 +110,48 @@ async fn a_failing_store_backs_off_and_loses_nothing() {
     );
     gateway.shutdown().await;
 }
+
+/// Credentials that cannot be decoded do not heal by reconnecting: the
+/// session stops at once with a reason that says what to do, instead of
+/// retrying for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_credentials_stop_the_session_with_their_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sim = start_sim().await;
+    let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
+    let mut client = client(gateway.addr).await;
+    let (_, _) = pair_with(&mut sim.control, &mut client, "garbled", OWN).await;
+    let store = gateway.manager.events().store().clone();
+    let id = "garbled".parse().expect("id");
+    gateway.shutdown().await;
+    // Sealed as any record (so the store reads it), but not credentials.
+    store
+        .commit(
+            &id,
+            wagate::store::Batch::new().put_secret("creds", vec![0xff; 16]),
+        )
+        .expect("commit");
+    drop(store);
+
+    let gateway = start_gateway(options(dir.path(), &sim.sim)).await;
+    let mut client = common::client(gateway.addr).await;
+    let mut events = events_after(&mut client, "garbled", 0).await;
+    let (stopped, _) = wait_for(&mut events, "the session stopped", |e| {
+        connection(e).is_some_and(|c| {
+            c.state == SessionState::Disconnected as i32 && c.reason.contains("unreadable")
+        })
+    })
+    .await;
+    let reason = &connection(&stopped).expect("connection").reason;
+    assert!(reason.contains("quarantine them or log out"), "{reason}");
+    let status = client
+        .status(StatusRequest {
+            session_id: "garbled".into(),
+        })
+        .await
+        .expect("Status")
+        .into_inner();
+    assert_eq!(status.state, SessionState::Disconnected as i32);
+    assert_eq!(status.reconnect_attempts, 0, "{status:?}");
+    gateway.shutdown().await;
+}

@@ -307,25 +307,28 @@ impl SessionActor {
         }
     }
 
-    async fn load_credentials(&mut self) -> Result<Credentials, String> {
+    /// The session's credentials (new ones for a session never paired).
+    /// Unreadable ones stop the session; a store failure is retried.
+    async fn load_credentials(&mut self) -> Result<Credentials, CloseReason> {
         let store = self.events.store().clone();
         let id = self.id.clone();
         let loaded = tokio::task::spawn_blocking(move || store.secret(&id, CREDS_KEY))
             .await
-            .map_err(|e| format!("store task: {e}"))?;
+            .map_err(|e| CloseReason::StoreFailed(format!("store task: {e}")))?;
         match loaded {
-            Ok(Some(bytes)) => Credentials::decode(&bytes).map_err(|e| {
-                format!("stored credentials are unreadable ({e}); quarantine them or log out")
-            }),
+            Ok(Some(bytes)) => Credentials::decode(&bytes)
+                .map_err(|e| CloseReason::CredentialsUnreadable(e.to_string())),
             Ok(None) => {
                 let mut creds = Credentials::generate(&mut OsRng);
                 creds.push_name = self.record.push_name.clone().unwrap_or_default();
                 self.persist_credentials(&creds, Vec::new())
                     .await
-                    .map_err(|e| format!("cannot store new credentials: {e}"))?;
+                    .map_err(|e| {
+                        CloseReason::StoreFailed(format!("cannot store new credentials: {e}"))
+                    })?;
                 Ok(creds)
             }
-            Err(e) => Err(format!("credentials: {e}")),
+            Err(e) => Err(CloseReason::StoreFailed(format!("credentials: {e}"))),
         }
     }
 
@@ -363,7 +366,7 @@ impl SessionActor {
             Ok(c) => c,
             Err(why) => {
                 warn!(session = %self.id, "{why}");
-                return Ended::Closed(CloseReason::StoreFailed(why));
+                return Ended::Closed(why);
             }
         };
         // With gateways sharing the store, only the lease holder connects: a

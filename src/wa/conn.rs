@@ -135,6 +135,9 @@ pub enum CloseReason {
     /// store failed, e.g. a full disk). Nothing of the failed step was
     /// acknowledged, so the server delivers it again after a reconnect.
     StoreFailed(String),
+    /// The stored credentials cannot be decoded: connecting again cannot
+    /// help; someone must quarantine them or log the device out.
+    CredentialsUnreadable(String),
     /// We closed the connection.
     ClientClosed,
 }
@@ -160,6 +163,7 @@ impl CloseReason {
             CloseReason::ServerClosed => Recovery::Reconnect,
             CloseReason::SocketClosed(_) => Recovery::Reconnect,
             CloseReason::StoreFailed(_) => Recovery::Reconnect,
+            CloseReason::CredentialsUnreadable(_) => Recovery::Stop,
             CloseReason::ClientClosed => Recovery::Stop,
         }
     }
@@ -183,7 +187,8 @@ impl CloseReason {
             | CloseReason::CertificateRejected(_)
             | CloseReason::Protocol(_)
             | CloseReason::SocketClosed(_)
-            | CloseReason::StoreFailed(_) => None,
+            | CloseReason::StoreFailed(_)
+            | CloseReason::CredentialsUnreadable(_) => None,
         }
     }
 
@@ -212,6 +217,10 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Protocol(why) => write!(f, "protocol error: {why}"),
             CloseReason::SocketClosed(why) => write!(f, "socket closed: {why}"),
             CloseReason::StoreFailed(why) => write!(f, "store failure: {why}"),
+            CloseReason::CredentialsUnreadable(why) => write!(
+                f,
+                "stored credentials are unreadable ({why}); quarantine them or log out"
+            ),
             CloseReason::RestartRequired
             | CloseReason::Replaced
             | CloseReason::QrTimeout
