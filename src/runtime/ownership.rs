@@ -305,7 +305,7 @@ impl Ownership {
         // An unreachable store fails every round (every few seconds): the
         // first failure of a streak is a warning, the rest are not logged
         // until the store answers again.
-        let mut down = Streak::default();
+        let (mut renewals, mut scans) = (Streak::default(), Streak::default());
         loop {
             tokio::select! {
                 _ = renew.tick() => {
@@ -314,9 +314,9 @@ impl Ownership {
                     let announced = self.announce(host.serving()).await;
                     self.ready.send_replace(renewed.is_ok() && announced.is_ok());
                     match (&renewed, &announced) {
-                        (Err(e), _) => down.failed("cannot renew leases", e),
-                        (Ok(_), Err(e)) => down.failed("cannot announce this gateway", e),
-                        (Ok(_), Ok(())) => down.ended(),
+                        (Err(e), _) => renewals.failed("cannot renew leases", e),
+                        (Ok(_), Err(e)) => renewals.failed("cannot announce this gateway", e),
+                        (Ok(_), Ok(())) => renewals.ended("lease renewals"),
                     }
                     // Unreachable store: the sessions keep running on their leases; if
                     // they lapse, the next renewal reports them lost.
@@ -334,8 +334,9 @@ impl Ownership {
                 }
                 _ = scan.tick() => {
                     let Some(host) = host.upgrade() else { return };
-                    if let Err(e) = self.take_over(host.as_ref()).await {
-                        down.failed("cannot look for sessions to take over", &e);
+                    match self.take_over(host.as_ref()).await {
+                        Ok(()) => scans.ended("scans for sessions to take over"),
+                        Err(e) => scans.failed("cannot look for sessions to take over", &e),
                     }
                     if let Err(e) = self.rebalance(host.as_ref(), scan_every).await {
                         warn!("cannot hand sessions over: {e}");
@@ -541,16 +542,16 @@ struct Streak {
 impl Streak {
     fn failed(&mut self, what: &str, e: &StoreError) {
         if self.failures == 0 {
-            warn!("{what}: {e} (repeats are not logged until the store answers again)");
+            warn!("{what}: {e} (repeats are not logged until it works again)");
         } else {
             tracing::debug!("{what}: {e}");
         }
         self.failures += 1;
     }
 
-    fn ended(&mut self) {
+    fn ended(&mut self, what: &str) {
         if self.failures > 0 {
-            info!(failures = self.failures, "the store answers again");
+            info!(failures = self.failures, "{what} work again");
             self.failures = 0;
         }
     }
