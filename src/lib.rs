@@ -12,5 +12,6 @@ pub mod proto;
 pub mod runtime;
 pub mod sim;
 pub mod store;
+pub mod streak;
 pub mod telemetry;
 pub mod wa;

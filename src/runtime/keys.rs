@@ -62,8 +62,10 @@ pub(crate) const UPKEEP_EVERY_MS: u64 = 24 * 3_600_000;
 
 /// What a prune found besides what it removed.
 pub(crate) struct Pruned {
-    /// Deduplication keys of the last day, with their server time.
+    /// Deduplication keys of the last day (server time at or after
+    /// `since_s`), with their server time.
     recent: HashMap<String, u64>,
+    since_s: u64,
     /// Sends written but never acknowledged, oldest first.
     pub(crate) unacked: Vec<IdempotencyRecord>,
 }
@@ -180,8 +182,11 @@ impl StoreKeys {
             return Ok(Vec::new());
         }
         self.migrate(now_ms)?;
-        let Pruned { recent, unacked } = self.prune(now_ms)?;
-        let since_s = (now_ms / 1000).saturating_sub(SEEN_WINDOW_S);
+        let Pruned {
+            recent,
+            unacked,
+            since_s,
+        } = self.prune(now_ms)?;
         self.seen = SeenWindow {
             since_s,
             keys: HashMap::new(),
@@ -241,7 +246,11 @@ impl StoreKeys {
                 .inspect_err(super::events::count_fenced)?;
         }
         self.idempotency = KnownKeys::listed(idempotency_kept.iter().map(String::as_str));
-        Ok(Pruned { recent, unacked })
+        Ok(Pruned {
+            recent,
+            unacked,
+            since_s,
+        })
     }
 
     /// Moves records kept under identifiers in clear by older versions.

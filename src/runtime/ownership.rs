@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::store::{Claim, Member, SessionId, SessionRecord, Store, StoreError};
+use crate::streak::FailureStreak;
 
 use super::error::RuntimeError;
 use super::placement::{self, View};
@@ -305,7 +306,8 @@ impl Ownership {
         // An unreachable store fails every round (every few seconds): the
         // first failure of a streak is a warning, the rest are not logged
         // until the store answers again.
-        let (mut renewals, mut scans) = (Streak::default(), Streak::default());
+        let mut renewals = FailureStreak::default();
+        let mut scans = FailureStreak::default();
         loop {
             tokio::select! {
                 _ = renew.tick() => {
@@ -314,9 +316,9 @@ impl Ownership {
                     let announced = self.announce(host.serving()).await;
                     self.ready.send_replace(renewed.is_ok() && announced.is_ok());
                     match (&renewed, &announced) {
-                        (Err(e), _) => renewals.failed("cannot renew leases", e),
-                        (Ok(_), Err(e)) => renewals.failed("cannot announce this gateway", e),
-                        (Ok(_), Ok(())) => renewals.ended("lease renewals"),
+                        (Err(e), _) => failed(&mut renewals, "cannot renew leases", e),
+                        (Ok(_), Err(e)) => failed(&mut renewals, "cannot announce this gateway", e),
+                        (Ok(_), Ok(())) => recovered(&mut renewals, "lease renewals"),
                     }
                     // Unreachable store: the sessions keep running on their leases; if
                     // they lapse, the next renewal reports them lost.
@@ -335,8 +337,8 @@ impl Ownership {
                 _ = scan.tick() => {
                     let Some(host) = host.upgrade() else { return };
                     match self.take_over(host.as_ref()).await {
-                        Ok(()) => scans.ended("scans for sessions to take over"),
-                        Err(e) => scans.failed("cannot look for sessions to take over", &e),
+                        Ok(()) => recovered(&mut scans, "scans for sessions to take over"),
+                        Err(e) => failed(&mut scans, "cannot look for sessions to take over", &e),
                     }
                     if let Err(e) = self.rebalance(host.as_ref(), scan_every).await {
                         warn!("cannot hand sessions over: {e}");
@@ -532,28 +534,19 @@ pub(crate) trait Host: Send + Sync {
     fn evict<'a>(&'a self, id: &'a SessionId) -> HostFuture<'a>;
 }
 
-/// Failures of the store in a row, so an outage is logged once, not at
-/// every round.
-#[derive(Default)]
-struct Streak {
-    failures: u64,
+/// Logs a failure of `streak`: a warning when it starts one.
+fn failed(streak: &mut FailureStreak, what: &str, e: &StoreError) {
+    if streak.failed() {
+        warn!("{what}: {e} (repeats are not logged until it works again)");
+    } else {
+        tracing::debug!("{what}: {e}");
+    }
 }
 
-impl Streak {
-    fn failed(&mut self, what: &str, e: &StoreError) {
-        if self.failures == 0 {
-            warn!("{what}: {e} (repeats are not logged until it works again)");
-        } else {
-            tracing::debug!("{what}: {e}");
-        }
-        self.failures += 1;
-    }
-
-    fn ended(&mut self, what: &str) {
-        if self.failures > 0 {
-            info!(failures = self.failures, "{what} work again");
-            self.failures = 0;
-        }
+/// Logs the end of `streak`'s failures, if it had any.
+fn recovered(streak: &mut FailureStreak, what: &str) {
+    if let Some(failures) = streak.recovered() {
+        info!(failures, "{what} work again");
     }
 }
 

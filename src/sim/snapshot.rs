@@ -519,9 +519,8 @@ pub(crate) async fn save(inner: &Arc<Inner>) -> Result<(), StateError> {
 /// (the final save is the shutdown's).
 pub(crate) async fn keep_saved(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     let mut interval = MIN_INTERVAL;
-    // Failed saves in a row: only the first is a warning (a full disk
-    // fails every round).
-    let mut failures = 0u64;
+    // A full disk fails every round.
+    let mut streak = crate::streak::FailureStreak::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -529,18 +528,17 @@ pub(crate) async fn keep_saved(inner: Arc<Inner>, mut shutdown: watch::Receiver<
         }
         let started = Instant::now();
         match save(&inner).await {
-            Ok(()) if failures > 0 => {
-                info!(failures, "simulator state saved again");
-                failures = 0;
+            Ok(()) => {
+                if let Some(failures) = streak.recovered() {
+                    info!(failures, "simulator state saved again");
+                }
             }
-            Ok(()) => {}
             Err(err) => {
-                if failures == 0 {
+                if streak.failed() {
                     warn!(%err, "simulator state not saved (repeats are not logged until a save works)");
                 } else {
                     debug!(%err, "simulator state not saved");
                 }
-                failures += 1;
             }
         }
         interval = MIN_INTERVAL.max(started.elapsed() * INTERVAL_FACTOR);

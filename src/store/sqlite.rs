@@ -944,9 +944,8 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("wagate-checkpoint".into())
             .spawn(move || {
-                // Failures in a row: only the first is a warning (a full
-                // disk fails every round, ten a second).
-                let mut failures = 0u64;
+                // A full disk fails every round, ten a second.
+                let mut streak = crate::streak::FailureStreak::default();
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(tuning.every)
                 {
@@ -965,18 +964,17 @@ impl Checkpointer {
                         Ok(())
                     });
                     match outcome {
-                        Ok(()) if failures > 0 => {
-                            tracing::info!(failures, "WAL checkpoints work again");
-                            failures = 0;
-                        }
-                        Ok(()) => {}
-                        Err(e) if failures == 0 => {
-                            failures = 1;
-                            tracing::warn!("WAL checkpoint failed (repeats are not logged until it works again): {e}");
+                        Ok(()) => {
+                            if let Some(failures) = streak.recovered() {
+                                tracing::info!(failures, "WAL checkpoints work again");
+                            }
                         }
                         Err(e) => {
-                            failures += 1;
-                            tracing::debug!("WAL checkpoint failed: {e}");
+                            if streak.failed() {
+                                tracing::warn!("WAL checkpoint failed (repeats are not logged until it works again): {e}");
+                            } else {
+                                tracing::debug!("WAL checkpoint failed: {e}");
+                            }
                         }
                     }
                     if writer.strong_count() == 0 {
