@@ -10,6 +10,7 @@ pub mod crypt;
 mod error;
 mod memory;
 mod model;
+mod paced_db;
 mod profile;
 mod redis;
 mod sqlite;

@@ -938,7 +938,7 @@ impl Checkpointer {
         writer: Weak<Mutex<Connection>>,
         tuning: Checkpointing,
     ) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let conn = open_checkpointer(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -1009,6 +1009,23 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
         ),
         Err(e) => {
             tracing::warn!("WAL frames are written one by one: {e}");
+            Connection::open(path)
+        }
+    }
+}
+
+/// The checkpointer's connection: through the VFS that pushes its writes of
+/// the database file to the disk in small steps (see `paced_db`), or
+/// SQLite's own VFS should that one not register.
+fn open_checkpointer(path: &Path) -> rusqlite::Result<Connection> {
+    match super::wal_vfs::register() {
+        Ok(()) => Connection::open_with_flags_and_vfs(
+            path,
+            rusqlite::OpenFlags::default(),
+            super::wal_vfs::PACED_NAME,
+        ),
+        Err(e) => {
+            tracing::warn!("checkpoints write the database file unpaced: {e}");
             Connection::open(path)
         }
     }

@@ -1,5 +1,7 @@
-//! A SQLite VFS over the default one ("unix") that gathers a commit's WAL
-//! writes into one `pwrite` per 64 KiB.
+//! SQLite VFSes over the default one ("unix"): the writer's, which gathers
+//! a commit's WAL writes into one `pwrite` per 64 KiB, and the
+//! checkpointer's, which pushes its writes of the database file to the disk
+//! in small steps (see `paced_db`).
 //!
 //! SQLite appends each WAL frame with two writes, its 24-byte header and
 //! then its page, one system call each: a group commit of a few hundred
@@ -16,16 +18,21 @@
 //! (`synchronous = FULL`): other connections learn of new frames from the
 //! WAL index, which the writer updates after the commit's sync — after the
 //! flush. A commit without a sync would publish frames still in this
-//! buffer. Other files (the database, the WAL index) are the default VFS's
-//! own, untouched.
+//! buffer. The writer's other files (the database, the WAL index) are the
+//! default VFS's own, untouched; so are every file of the checkpointer's
+//! but its database file.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
 
 use rusqlite::ffi;
 
-/// The name connections open the VFS by.
+use super::paced_db::PacedFile;
+
+/// The name the writer's connection opens its VFS by.
 pub(super) const NAME: &CStr = c"wagate-wal";
+/// The name the checkpointer's connection opens its VFS by.
+pub(super) const PACED_NAME: &CStr = c"wagate-paced";
 
 /// Gathered bytes past which they are written out at once (a commit of
 /// more pages than that makes several writes). The default VFS writes at
@@ -33,52 +40,55 @@ pub(super) const NAME: &CStr = c"wagate-wal";
 /// this much is one `pwrite`.
 const MAX_PENDING: usize = 64 << 10;
 
-/// Registers the VFS (once per process); the error says why it cannot be.
+/// Registers both VFSes (once per process); the error says why they cannot be.
 pub(super) fn register() -> Result<(), String> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
             // SAFETY: `sqlite3_vfs_find(NULL)` returns the default VFS,
-            // which SQLite never frees; the VFS built from it is leaked, so
-            // it outlives every connection, as SQLite requires.
+            // which SQLite never frees; the VFSes built from it are leaked,
+            // so they outlive every connection, as SQLite requires.
             unsafe {
                 let base = ffi::sqlite3_vfs_find(std::ptr::null());
                 if base.is_null() {
                     return Err("SQLite has no default VFS".into());
                 }
-                let vfs = Box::leak(Box::new(ffi::sqlite3_vfs {
-                    iVersion: (*base).iVersion.min(3),
-                    szOsFile: c_int::try_from(INNER_AT)
-                        .ok()
-                        .and_then(|at| at.checked_add((*base).szOsFile))
-                        .ok_or("the default VFS's file is too large")?,
-                    mxPathname: (*base).mxPathname,
-                    pNext: std::ptr::null_mut(),
-                    zName: NAME.as_ptr(),
-                    pAppData: base.cast(),
-                    xOpen: Some(open),
-                    xDelete: Some(delete),
-                    xAccess: Some(access),
-                    xFullPathname: Some(full_pathname),
-                    // These ignore their VFS argument in the default VFS
-                    // (and are not used by the store).
-                    xDlOpen: (*base).xDlOpen,
-                    xDlError: (*base).xDlError,
-                    xDlSym: (*base).xDlSym,
-                    xDlClose: (*base).xDlClose,
-                    xRandomness: Some(randomness),
-                    xSleep: Some(sleep),
-                    xCurrentTime: Some(current_time),
-                    xGetLastError: Some(last_error),
-                    xCurrentTimeInt64: Some(current_time_int64),
-                    xSetSystemCall: None,
-                    xGetSystemCall: None,
-                    xNextSystemCall: None,
-                }));
-                match ffi::sqlite3_vfs_register(vfs, 0) {
-                    ffi::SQLITE_OK => Ok(()),
-                    rc => Err(format!("SQLite refused the VFS (code {rc})")),
+                for name in [NAME, PACED_NAME] {
+                    let vfs = Box::leak(Box::new(ffi::sqlite3_vfs {
+                        iVersion: (*base).iVersion.min(3),
+                        szOsFile: c_int::try_from(INNER_AT)
+                            .ok()
+                            .and_then(|at| at.checked_add((*base).szOsFile))
+                            .ok_or("the default VFS's file is too large")?,
+                        mxPathname: (*base).mxPathname,
+                        pNext: std::ptr::null_mut(),
+                        zName: name.as_ptr(),
+                        pAppData: base.cast(),
+                        xOpen: Some(open),
+                        xDelete: Some(delete),
+                        xAccess: Some(access),
+                        xFullPathname: Some(full_pathname),
+                        // These ignore their VFS argument in the default VFS
+                        // (and are not used by the store).
+                        xDlOpen: (*base).xDlOpen,
+                        xDlError: (*base).xDlError,
+                        xDlSym: (*base).xDlSym,
+                        xDlClose: (*base).xDlClose,
+                        xRandomness: Some(randomness),
+                        xSleep: Some(sleep),
+                        xCurrentTime: Some(current_time),
+                        xGetLastError: Some(last_error),
+                        xCurrentTimeInt64: Some(current_time_int64),
+                        xSetSystemCall: None,
+                        xGetSystemCall: None,
+                        xNextSystemCall: None,
+                    }));
+                    match ffi::sqlite3_vfs_register(vfs, 0) {
+                        ffi::SQLITE_OK => {}
+                        rc => return Err(format!("SQLite refused the VFS (code {rc})")),
+                    }
                 }
+                Ok(())
             }
         })
         .clone()
@@ -96,8 +106,14 @@ struct WalFile {
     inner: *mut ffi::sqlite3_file,
 }
 
-/// Where the default VFS's file starts in SQLite's allocation.
-const INNER_AT: usize = size_of::<WalFile>().next_multiple_of(16);
+/// Where the default VFS's file starts in SQLite's allocation (after the
+/// larger of our two parts).
+const INNER_AT: usize = if size_of::<WalFile>() > size_of::<PacedFile>() {
+    size_of::<WalFile>()
+} else {
+    size_of::<PacedFile>()
+}
+.next_multiple_of(16);
 
 #[cfg(test)]
 thread_local! {
@@ -154,8 +170,14 @@ unsafe extern "C" fn open(
     out_flags: *mut c_int,
 ) -> c_int {
     unsafe {
-        if flags & ffi::SQLITE_OPEN_WAL == 0 {
-            // Not a WAL: the default VFS's file as it is (ours is larger).
+        let paced = std::ptr::eq((*vfs).zName, PACED_NAME.as_ptr());
+        let ours = if paced {
+            flags & ffi::SQLITE_OPEN_MAIN_DB != 0
+        } else {
+            flags & ffi::SQLITE_OPEN_WAL != 0
+        };
+        if !ours {
+            // The default VFS's file as it is (ours is larger).
             return on_base!(vfs, xOpen, name, file, flags, out_flags);
         }
         let inner = file.cast::<u8>().add(INNER_AT).cast::<ffi::sqlite3_file>();
@@ -164,6 +186,10 @@ unsafe extern "C" fn open(
             // SQLite does not close a file whose methods are null.
             (*file).pMethods = std::ptr::null();
             return rc;
+        }
+        if paced {
+            super::paced_db::wrap(file, inner, name);
+            return ffi::SQLITE_OK;
         }
         file.cast::<WalFile>().write(WalFile {
             base: ffi::sqlite3_file {
@@ -387,7 +413,8 @@ unsafe extern "C" fn wal_device_characteristics(file: *mut ffi::sqlite3_file) ->
 mod tests {
     use rusqlite::{Connection, OpenFlags};
 
-    use super::{register, FLUSHES, MAX_PENDING, NAME};
+    use super::{register, FLUSHES, MAX_PENDING, NAME, PACED_NAME};
+    use crate::store::paced_db::PUSHES;
 
     /// A connection through the VFS, in WAL mode with a sync per commit.
     fn writer(path: &std::path::Path, page_size: u32) -> Connection {
@@ -519,5 +546,45 @@ mod tests {
         conn.execute_batch("COMMIT").expect("commit");
         insert(&conn, 50..60, 20_000);
         check(&path, 0..60, 20_000);
+    }
+
+    #[test]
+    fn a_paced_checkpoint_pushes_its_copy_in_steps_and_leaves_the_database_sound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        let conn = writer(&path, 2048);
+        // About 400 KiB of pages in the WAL.
+        conn.execute_batch("BEGIN").expect("begin");
+        insert(&conn, 0..400, 1000);
+        conn.execute_batch("COMMIT").expect("commit");
+        let checkpointer =
+            Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), PACED_NAME)
+                .expect("open");
+        let before = PUSHES.get();
+        let (busy, frames, copied): (i64, i64, i64) = checkpointer
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .expect("checkpoint");
+        assert_eq!((busy, copied), (0, frames), "everything copied");
+        assert!(frames > 200, "{frames} frames");
+        let pushes = PUSHES.get() - before;
+        assert!(
+            (4..=12).contains(&pushes),
+            "{pushes} pushes for about 400 KiB"
+        );
+        check(&path, 0..400, 1000);
+        // The writer goes on, the WAL starts over, and a checkpoint that
+        // truncates it leaves every row in the database file.
+        insert(&conn, 400..500, 1000);
+        let busy: i64 = checkpointer
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .expect("truncate");
+        assert_eq!(busy, 0, "nothing held the checkpoint up");
+        let wal = std::fs::metadata(dir.path().join("t.db-wal")).expect("wal");
+        assert_eq!(wal.len(), 0, "the WAL was emptied");
+        drop(conn);
+        drop(checkpointer);
+        check(&path, 0..500, 1000);
     }
 }
