@@ -229,6 +229,7 @@ impl Core {
         self.deliver(&mut step);
         Ok(Prepared {
             changes: std::mem::take(&mut step.changes),
+            committed_replies: std::mem::take(&mut step.committed_replies),
             commit,
             output: Output {
                 transmit: step.transmit,
@@ -254,6 +255,11 @@ impl Core {
         if let Some(keys) = &mut self.keys {
             keys.apply(prepared.changes);
         }
+        for (to, result) in prepared.committed_replies {
+            if let Some(reply) = self.replies.remove(&to) {
+                let _ = reply.send(result);
+            }
+        }
         Ok(prepared.output)
     }
 
@@ -270,6 +276,9 @@ impl Core {
 /// A step whose engine part ran, waiting for its commit.
 pub(super) struct Prepared {
     changes: Vec<crate::wa::messaging::Change>,
+    /// Answered once the commit landed (a failed one fails their callers
+    /// with the rest, see [`Core::abandon`]).
+    committed_replies: Vec<(ReplyTo, Result<crate::wa::messaging::Sent, SendError>)>,
     /// The batch and events to commit, if any, and the messages they record.
     pub(super) commit: Option<(Batch, Vec<Payload>, Counts)>,
     output: Output,

@@ -7,7 +7,8 @@
 //! `events` atomically *before* it writes any of `transmit` to the wire
 //! (DESIGN §8: nothing is receipted before it is committed, and a chain key
 //! never reaches the wire before its state is stored). `replies` may go out
-//! before the commit: they depend on nothing it carries.
+//! before the commit: they depend on nothing it carries; `committed_replies`
+//! only after it.
 //!
 //! Keys are read through the synchronous [`KeyStore`] the owner implements
 //! (over its store, with whatever cache it likes); writes never go there
@@ -273,9 +274,16 @@ pub struct Step {
     pub events: Vec<Event>,
     /// Stanzas to write once the commit succeeded.
     pub transmit: Vec<Node>,
-    /// Answers to callers. None depends on what the commit carries (see
-    /// [`outbound`] for acknowledged sends), so they may go out at once.
+    /// Answers to callers that do not depend on what the commit carries
+    /// (see [`outbound`] for acknowledged sends with a key), so they may
+    /// go out at once.
     pub replies: Vec<(ReplyTo, Result<Sent, SendError>)>,
+    /// Answers that may go out only once the commit landed: a send without
+    /// an idempotency key the server acknowledged. Nothing writes such a
+    /// send again, so should its ack's commit be lost its `from_me` event
+    /// would never be logged; its caller learns of the success with the
+    /// event in the log, or of a lost connection (outcome unknown).
+    pub committed_replies: Vec<(ReplyTo, Result<Sent, SendError>)>,
     /// Answers to callers' queries (the `<iq>` answer as received, also
     /// an error answer); like `replies`, not bound to the commit.
     pub answers: Vec<(ReplyTo, Result<Node, SendError>)>,

@@ -565,8 +565,13 @@ impl Engine {
             &sent,
             &mut cx.txn,
         )));
+        let replies = if send.idempotency_key.is_some() {
+            &mut cx.step.replies
+        } else {
+            &mut cx.step.committed_replies
+        };
         for waiter in send.waiters {
-            cx.step.replies.push((waiter, Ok(sent.clone())));
+            replies.push((waiter, Ok(sent.clone())));
         }
         Ok(())
     }

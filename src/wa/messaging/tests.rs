@@ -191,6 +191,8 @@ struct Device {
     keys: MemKeys,
     events: Vec<Event>,
     replies: Vec<(ReplyTo, Result<Sent, SendError>)>,
+    /// The replies that were to wait for their step's commit.
+    after_commit: Vec<ReplyTo>,
     /// Every stanza it wrote, in order.
     wrote: Vec<Node>,
 }
@@ -218,6 +220,7 @@ impl Device {
             keys,
             events: Vec::new(),
             replies: Vec::new(),
+            after_commit: Vec::new(),
             wrote: Vec::new(),
         }
     }
@@ -235,6 +238,9 @@ impl Device {
         self.replies.extend(step.replies);
         self.keys.commit(step.changes);
         self.events.extend(step.events);
+        self.after_commit
+            .extend(step.committed_replies.iter().map(|(to, _)| *to));
+        self.replies.extend(step.committed_replies);
         self.wrote.extend(step.transmit.iter().cloned());
         step.transmit
     }
@@ -562,6 +568,24 @@ impl Server {
             .find(|(r, _)| *r == reply)
             .map(|(_, result)| result)
     }
+}
+
+#[test]
+fn a_send_without_a_key_is_answered_only_with_its_event_committed() {
+    let mut server = Server::new();
+    server.send(ALICE, BOB, "no key", None, 1);
+    server.send(ALICE, BOB, "with a key", Some("k1"), 2);
+    server.run();
+    assert_eq!(server.devices[BOB].texts(), vec!["no key", "with a key"]);
+    assert!(matches!(server.reply(ALICE, 1), Some(Ok(_))));
+    assert!(matches!(server.reply(ALICE, 2), Some(Ok(_))));
+    // Nothing would write the first again to bring its event back, so its
+    // caller waits for the commit that logs it; the second's record does.
+    assert_eq!(server.devices[ALICE].after_commit, vec![1]);
+    assert_eq!(
+        server.devices[ALICE].message_texts(true),
+        vec!["no key", "with a key"]
+    );
 }
 
 #[test]
