@@ -17,6 +17,12 @@ impl FailureStreak {
         self.failures == 1
     }
 
+    /// Whether the streak goes on past its first failure (its repeats
+    /// are not worth more than a debug line).
+    pub fn repeated(&self) -> bool {
+        self.failures > 1
+    }
+
     /// An attempt worked: the failures of the streak it ends, if there
     /// was one (to log that it works again), and the count starts over.
     pub fn recovered(&mut self) -> Option<u64> {
@@ -33,9 +39,12 @@ mod tests {
         let mut streak = FailureStreak::default();
         assert_eq!(streak.recovered(), None);
         assert!(streak.failed());
+        assert!(!streak.repeated());
         assert!(!streak.failed());
+        assert!(streak.repeated());
         assert!(!streak.failed());
         assert_eq!(streak.recovered(), Some(3));
+        assert!(!streak.repeated());
         assert_eq!(streak.recovered(), None);
         assert!(streak.failed());
     }

@@ -10,10 +10,10 @@ use std::time::Duration;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::store::Batch;
-use crate::wa::conn::{CloseReason, Connection, Event};
+use crate::wa::conn::{CloseReason, Connection, Event, Recovery};
 
 use super::app_state::SnapshotQueue;
 use super::history::{HistoryContext, HistoryQueue};
@@ -84,19 +84,19 @@ impl SessionActor {
                 }
             }
             if let Some(reason) = failed {
-                warn!(session = %self.id, "closing: {reason}");
+                self.log_closing(&reason);
                 conn.shutdown();
                 break reason;
             }
             // A failure here ends the connection with its own reason (not
             // as closed by us, which would stop the session).
             if let Err(e) = self.start_history(&mut history, &mut conn).await {
-                warn!(session = %self.id, "closing: {e}");
+                self.log_closing(&e);
                 conn.shutdown();
                 break e;
             }
             if let Err(e) = self.start_snapshot(&mut snapshots, &mut conn).await {
-                warn!(session = %self.id, "closing: {e}");
+                self.log_closing(&e);
                 conn.shutdown();
                 break e;
             }
@@ -169,9 +169,10 @@ impl SessionActor {
                 },
                 (job, blob) = snapshots.finished() => {
                     if let Err(e) = self.messenger.on_snapshot(job, blob, &mut conn, now_ms()).await {
-                        warn!(session = %self.id, "closing: {e}");
+                        let reason = e.close_reason("");
+                        self.log_closing(&reason);
                         conn.shutdown();
-                        step_failed = Some(e.close_reason(""));
+                        step_failed = Some(reason);
                     }
                     history.extend(self.messenger.take_history());
                     snapshots.extend(self.messenger.take_snapshots());
@@ -181,9 +182,10 @@ impl SessionActor {
                     self.messenger.handle_timeout(now);
                     conn.handle_timeout(now);
                     if let Err(e) = self.messenger.upkeep(&mut conn, now).await {
-                        warn!(session = %self.id, "closing: {e}");
+                        let reason = e.close_reason("");
+                        self.log_closing(&reason);
                         conn.shutdown();
-                        step_failed = Some(e.close_reason(""));
+                        step_failed = Some(reason);
                     }
                 }
                 cmd = next_or_deferred(&mut self.deferred, &mut self.commands), if pending_disconnect.is_none() && !shutting_down => match cmd {
@@ -210,9 +212,10 @@ impl SessionActor {
                             }
                         }
                         if let Err(e) = self.messenger.send(texts, &mut conn, now_ms()).await {
-                            warn!(session = %self.id, "closing: {e}");
+                            let reason = e.close_reason("");
+                            self.log_closing(&reason);
                             conn.shutdown();
-                            step_failed = Some(e.close_reason(""));
+                            step_failed = Some(reason);
                         }
                     }
                     Some(Command::Query { iq, reply }) => {
@@ -223,9 +226,10 @@ impl SessionActor {
                     }
                     Some(Command::Media(command)) => {
                         if let Err(e) = self.messenger.media(*command, &mut conn, now_ms()).await {
-                            warn!(session = %self.id, "closing: {e}");
+                            let reason = e.close_reason("");
+                            self.log_closing(&reason);
                             conn.shutdown();
-                            step_failed = Some(e.close_reason(""));
+                            step_failed = Some(reason);
                         }
                     }
                     Some(Command::Disconnect { logout, done }) => {
@@ -448,6 +452,9 @@ impl SessionActor {
                 // Only now does the connection count as a login that starts
                 // the reconnect attempts over (see `online_loop`).
                 self.logged_in = true;
+                if let Some(failures) = self.store_failures.recovered() {
+                    info!(session = %self.id, failures, "the store works again");
+                }
                 info!(session = %self.id, "connected");
             }
             Event::Stanza(node) => {
@@ -459,6 +466,30 @@ impl SessionActor {
             Event::Closed(_) => {}
         }
         Ok(())
+    }
+}
+
+impl SessionActor {
+    /// Logs why the connection closes. A failure of the store is a warning
+    /// once per outage; its repeats (one at every reconnect of every session
+    /// until the store works again) are debug lines.
+    pub(super) fn log_closing(&mut self, reason: &CloseReason) {
+        if matches!(reason, CloseReason::StoreFailed(_)) && !self.store_failures.failed() {
+            debug!(session = %self.id, "closing: {reason}");
+        } else {
+            warn!(session = %self.id, "closing: {reason}");
+        }
+    }
+
+    /// Logs how a connection ended and what follows; like
+    /// [`Self::log_closing`], a failing store's repeats are debug lines.
+    pub(super) fn log_ended(&self, reason: &CloseReason, recovery: Recovery) {
+        let store_failed = matches!(reason, CloseReason::StoreFailed(_));
+        if store_failed && self.store_failures.repeated() {
+            debug!(session = %self.id, %reason, ?recovery, "connection ended");
+        } else {
+            info!(session = %self.id, %reason, ?recovery, "connection ended");
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::proto::gateway::event::Payload;
 use crate::store::{Batch, SecretOp, SessionId, SessionRecord, StoreError};
+use crate::streak::FailureStreak;
 use crate::wa::binary::Node;
 use crate::wa::conn::{CloseReason, Connection, Pairing, Recovery};
 use crate::wa::creds::Credentials;
@@ -107,6 +108,8 @@ pub(crate) struct SessionActor {
     /// after it ends (the limit is for consecutive failures, not for a
     /// session's lifetime).
     pub(super) logged_in: bool,
+    /// Connections in a row that ended because the store failed.
+    pub(super) store_failures: FailureStreak,
 }
 
 impl SessionActor {
@@ -138,6 +141,7 @@ impl SessionActor {
             deferred: None,
             pairing: Pairing::Qr,
             logged_in: false,
+            store_failures: FailureStreak::default(),
         };
         let handle = SessionHandle {
             commands: tx,
@@ -223,7 +227,7 @@ impl SessionActor {
                 }
                 Ended::Closed(reason) => {
                     let recovery = reason.recovery();
-                    info!(session = %self.id, %reason, ?recovery, "connection ended");
+                    self.log_ended(&reason, recovery);
                     match recovery {
                         Recovery::LoggedOut => {
                             self.logged_out(&reason).await;
@@ -365,7 +369,7 @@ impl SessionActor {
         let creds = match self.load_credentials().await {
             Ok(c) => c,
             Err(why) => {
-                warn!(session = %self.id, "{why}");
+                self.log_closing(&why);
                 return Ended::Closed(why);
             }
         };
