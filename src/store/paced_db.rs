@@ -8,12 +8,25 @@
 //! commit's WAL fsync made meanwhile waits behind it at the disk: texts
 //! and Sends committed during a checkpoint came 5–10 ms late, enough of
 //! them to make the event delivery and Send p99s. Here, every
-//! [`PUSH_BYTES`] written, the range is handed to the disk
-//! (`sync_file_range`) and the checkpointer waits until it is written
-//! before copying more; a commit then waits behind one such step at most.
-//! `sync_file_range` makes nothing durable (no cache flush, no metadata):
-//! the checkpoint's own sync still does that, and now finds little left to
-//! write.
+//! step of the file written (see below), the range is handed to the disk
+//! (`sync_file_range`) and the copy goes on once it is written: a commit
+//! then waits behind one such step at most. `sync_file_range` makes nothing durable (no cache flush, no
+//! metadata): the checkpoint's own sync still does that, and now finds
+//! little left to write.
+//!
+//! A step is a span of the file, not a count of bytes: the pages a
+//! checkpoint copies lie scattered over the file (in ascending order), and
+//! what a commit waits behind is the disk's separate writes, so a step
+//! where the pages are sparse holds one or two of them, and where they are
+//! dense (the tail of the event log) a run of neighbours written as one.
+//! Steps that small slow the copy down: under a heavy stream of commits
+//! (Sends at concurrency 64, tens of MB a second of WAL) checkpoints paced
+//! in 64 KiB spans no longer kept up, and the WAL grew to 55 MB where it
+//! had stayed under 20; stopping the pacing past some size instead brought
+//! the bursts back after a backlog (the first checkpoints after 50,000
+//! texts received at once). So the span grows with what the checkpoint
+//! has written: [`PUSH_SPAN`] more for every [`GROW_EVERY`], up to
+//! [`MAX_PUSH_SPAN`].
 //!
 //! Only the checkpointer's connection opens its database file this way;
 //! the writer's (which finishes a checkpoint under the write lock now and
@@ -24,8 +37,13 @@ use std::os::fd::AsRawFd;
 
 use rusqlite::ffi;
 
-/// Bytes written between two pushes (32 pages of 2 KiB).
-const PUSH_BYTES: i64 = 64 << 10;
+/// The span of the file a push covers at first.
+const PUSH_SPAN: i64 = 64 << 10;
+/// Bytes written by a checkpoint that widen its steps by one more
+/// [`PUSH_SPAN`].
+const GROW_EVERY: i64 = 1 << 20;
+/// The widest step.
+const MAX_PUSH_SPAN: i64 = 4 << 20;
 
 /// Our part of the database file.
 #[repr(C)]
@@ -36,9 +54,12 @@ pub(super) struct PacedFile {
     /// acts on the file's pages whatever descriptor names them). Without
     /// one, writes are not pushed.
     own: Option<std::fs::File>,
-    /// The range written since the last push.
+    /// The range written since the last push, and its bytes written.
     from: i64,
     to: i64,
+    written: i64,
+    /// Bytes the checkpoint under way pushed so far.
+    pushed: i64,
     /// The default VFS's file, in the same allocation after this struct.
     inner: *mut ffi::sqlite3_file,
 }
@@ -72,6 +93,8 @@ pub(super) unsafe fn wrap(
             own,
             from: i64::MAX,
             to: 0,
+            written: 0,
+            pushed: 0,
             inner,
         });
     }
@@ -84,32 +107,55 @@ thread_local! {
 }
 
 impl PacedFile {
+    /// Notes a write of `len` bytes at `offset`; pushes what was written
+    /// since the last push once it spans a step.
+    fn wrote(&mut self, offset: i64, len: i64) {
+        self.from = self.from.min(offset);
+        self.to = self.to.max(offset.saturating_add(len));
+        self.written = self.written.saturating_add(len);
+        let step = PUSH_SPAN
+            .saturating_mul(1 + self.pushed / GROW_EVERY)
+            .min(MAX_PUSH_SPAN);
+        if self.to - self.from < step {
+            return;
+        }
+        self.push();
+        self.pushed = self.pushed.saturating_add(self.written);
+        self.from = i64::MAX;
+        self.to = 0;
+        self.written = 0;
+    }
+
     /// Hands the range written since the last push to the disk and waits
     /// until it is written. A failure only ends the pacing of this range:
     /// the checkpoint's sync writes (and reports) what is left.
     fn push(&mut self) {
-        if self.to <= self.from {
+        let Some(own) = &self.own else {
             return;
+        };
+        #[cfg(test)]
+        PUSHES.set(PUSHES.get() + 1);
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: a plain system call on a descriptor we own.
+        let rc = unsafe {
+            libc::sync_file_range(own.as_raw_fd(), self.from, self.to - self.from, flags)
+        };
+        if rc != 0 {
+            tracing::debug!(
+                "pushing checkpointed pages: {}",
+                std::io::Error::last_os_error()
+            );
         }
-        if let Some(own) = &self.own {
-            #[cfg(test)]
-            PUSHES.set(PUSHES.get() + 1);
-            let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-            // SAFETY: a plain system call on a descriptor we own.
-            let rc = unsafe {
-                libc::sync_file_range(own.as_raw_fd(), self.from, self.to - self.from, flags)
-            };
-            if rc != 0 {
-                tracing::debug!(
-                    "pushing checkpointed pages: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
+    }
+
+    /// The checkpoint syncs the file: the next one starts afresh.
+    fn synced(&mut self) {
         self.from = i64::MAX;
         self.to = 0;
+        self.written = 0;
+        self.pushed = 0;
     }
 }
 
@@ -193,14 +239,7 @@ unsafe extern "C" fn write(
     unsafe {
         let rc = inner!(file, xWrite, buf, amount, offset);
         if rc == ffi::SQLITE_OK {
-            let paced = paced(file);
-            paced.from = paced.from.min(offset);
-            paced.to = paced.to.max(offset.saturating_add(i64::from(amount)));
-            // Pages are copied in ascending order; the span of the range
-            // since the last push bounds what the disk gets in one step.
-            if paced.to - paced.from >= PUSH_BYTES {
-                paced.push();
-            }
+            paced(file).wrote(offset, i64::from(amount));
         }
         rc
     }
@@ -213,9 +252,7 @@ unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int 
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
     unsafe {
         // What is left goes out with the sync itself.
-        let paced = paced(file);
-        paced.from = i64::MAX;
-        paced.to = 0;
+        paced(file).synced();
         inner!(file, xSync, flags)
     }
 }
@@ -319,5 +356,63 @@ unsafe extern "C" fn unfetch(file: *mut ffi::sqlite3_file, offset: i64, p: *mut 
             return ffi::SQLITE_OK;
         }
         inner!(file, xUnfetch, offset, p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::ffi;
+
+    use super::{PacedFile, PUSHES};
+
+    fn file() -> PacedFile {
+        PacedFile {
+            base: ffi::sqlite3_file {
+                pMethods: std::ptr::null(),
+            },
+            own: Some(tempfile::tempfile().expect("file")),
+            from: i64::MAX,
+            to: 0,
+            written: 0,
+            pushed: 0,
+            inner: std::ptr::null_mut(),
+        }
+    }
+
+    /// Writes every `every`th of `pages` pages of 2 KiB in ascending
+    /// order, then syncs.
+    fn checkpoint(file: &mut PacedFile, pages: i64, every: i64) -> u64 {
+        let before = PUSHES.get();
+        for page in 0..pages {
+            file.wrote(page * every * 2048, 2048);
+        }
+        file.synced();
+        PUSHES.get() - before
+    }
+
+    #[test]
+    fn a_checkpoint_is_pushed_in_spans_that_grow_with_it() {
+        let mut file = file();
+        // Neighbours: 32 pages a step.
+        assert_eq!(
+            checkpoint(&mut file, 100, 1),
+            3,
+            "200 KiB in spans of 64 KiB"
+        );
+        // Scattered: two or three pages a step.
+        assert_eq!(
+            checkpoint(&mut file, 100, 40),
+            50,
+            "every page 80 KiB apart"
+        );
+        assert_eq!(
+            checkpoint(&mut file, 100, 20),
+            33,
+            "every page 40 KiB apart"
+        );
+        // 40 MB: spans growing to 4 MiB (10 of those alone would do).
+        let pushes = checkpoint(&mut file, 20_000, 1);
+        assert!((20..100).contains(&pushes), "{pushes} pushes for 40 MB");
+        assert_eq!(checkpoint(&mut file, 100, 1), 3, "small again after a sync");
     }
 }
