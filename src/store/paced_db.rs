@@ -3,22 +3,23 @@
 //! are made instead of all at once by the checkpoint's closing fsync.
 //!
 //! A checkpoint copies the pages of the WAL's last ~100 ms into the
-//! database file (about 1.7 MB at 1,000 texts/s) and syncs it. Left to
-//! that sync, the whole copy goes to the disk in one burst, and every
-//! commit's WAL fsync made meanwhile waits behind it at the disk: texts
-//! and Sends committed during a checkpoint came 5–10 ms late, enough of
-//! them to make the event delivery and Send p99s. Here, every
-//! step of the file written (see below), the range is handed to the disk
-//! (`sync_file_range`) and the copy goes on once it is written: a commit
-//! then waits behind one such step at most. `sync_file_range` makes nothing durable (no cache flush, no
-//! metadata): the checkpoint's own sync still does that, and now finds
-//! little left to write.
+//! database file (about 250 pages at 1,000 texts/s, far more after a
+//! burst) and syncs it. Left to that sync, the whole copy goes to the disk
+//! at once, and every commit's WAL fsync made meanwhile waits behind it at
+//! the disk: texts and Sends committed during a checkpoint came 5–10 ms
+//! late, enough of them to make the event delivery and Send p99s. Here,
+//! every step of the file written (see below), the range is handed to the
+//! disk (`sync_file_range`) and the copy goes on once it is written: a
+//! commit then waits behind one such step at most. `sync_file_range`
+//! makes nothing durable (no cache flush, no metadata): the checkpoint's
+//! own sync still does that, and now finds little left to write.
 //!
 //! A step is a span of the file, not a count of bytes: the pages a
 //! checkpoint copies lie scattered over the file (in ascending order), and
 //! what a commit waits behind is the disk's separate writes, so a step
-//! where the pages are sparse holds one or two of them, and where they are
-//! dense (the tail of the event log) a run of neighbours written as one.
+//! where the pages are sparse holds two or three of them, and where they
+//! are dense (the tail of the event log) a run of neighbours written as
+//! one.
 //! Steps that small slow the copy down: under a heavy stream of commits
 //! (Sends at concurrency 64, tens of MB a second of WAL) checkpoints paced
 //! in 64 KiB spans no longer kept up, and the WAL grew to 55 MB where it
