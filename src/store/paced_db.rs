@@ -38,6 +38,10 @@ use std::os::fd::AsRawFd;
 
 use rusqlite::ffi;
 
+use super::wal_vfs::{
+    pass_check_reserved_lock, pass_device_characteristics, pass_lock, pass_sector_size, pass_unlock,
+};
+
 /// The span of the file a push covers at first.
 const PUSH_SPAN: i64 = 64 << 10;
 /// Bytes written by a checkpoint that widen its steps by one more
@@ -168,12 +172,12 @@ static PACED_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xTruncate: Some(truncate),
     xSync: Some(sync),
     xFileSize: Some(file_size),
-    xLock: Some(lock),
-    xUnlock: Some(unlock),
-    xCheckReservedLock: Some(check_reserved_lock),
+    xLock: Some(pass_lock),
+    xUnlock: Some(pass_unlock),
+    xCheckReservedLock: Some(pass_check_reserved_lock),
     xFileControl: Some(file_control),
-    xSectorSize: Some(sector_size),
-    xDeviceCharacteristics: Some(device_characteristics),
+    xSectorSize: Some(pass_sector_size),
+    xDeviceCharacteristics: Some(pass_device_characteristics),
     xShmMap: Some(shm_map),
     xShmLock: Some(shm_lock),
     xShmBarrier: Some(shm_barrier),
@@ -262,40 +266,12 @@ unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> 
     unsafe { inner!(file, xFileSize, size) }
 }
 
-unsafe extern "C" fn lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    unsafe { inner!(file, xLock, level) }
-}
-
-unsafe extern "C" fn unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    unsafe { inner!(file, xUnlock, level) }
-}
-
-unsafe extern "C" fn check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    unsafe { inner!(file, xCheckReservedLock, out) }
-}
-
 unsafe extern "C" fn file_control(
     file: *mut ffi::sqlite3_file,
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
     unsafe { inner!(file, xFileControl, op, arg) }
-}
-
-unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
-    unsafe {
-        let inner = paced(file).inner;
-        (*(*inner).pMethods).xSectorSize.map_or(0, |f| f(inner))
-    }
-}
-
-unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
-    unsafe {
-        let inner = paced(file).inner;
-        (*(*inner).pMethods)
-            .xDeviceCharacteristics
-            .map_or(0, |f| f(inner))
-    }
 }
 
 unsafe extern "C" fn shm_map(

@@ -998,34 +998,32 @@ impl Checkpointer {
 
 /// The writer's connection: through the VFS that writes a commit's WAL
 /// frames with one `pwrite` per 64 KiB (see `wal_vfs`; it relies on every
-/// commit syncing, `synchronous = FULL`), or SQLite's own VFS should that
-/// one not register.
+/// commit syncing, `synchronous = FULL`).
 fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
-    match super::wal_vfs::register() {
-        Ok(()) => Connection::open_with_flags_and_vfs(
-            path,
-            rusqlite::OpenFlags::default(),
-            super::wal_vfs::NAME,
-        ),
-        Err(e) => {
-            tracing::warn!("WAL frames are written one by one: {e}");
-            Connection::open(path)
-        }
-    }
+    open_through(
+        path,
+        super::wal_vfs::NAME,
+        "WAL frames are written one by one",
+    )
 }
 
 /// The checkpointer's connection: through the VFS that pushes its writes of
-/// the database file to the disk in small steps (see `paced_db`), or
-/// SQLite's own VFS should that one not register.
+/// the database file to the disk in small steps (see `paced_db`).
 fn open_checkpointer(path: &Path) -> rusqlite::Result<Connection> {
+    open_through(
+        path,
+        super::wal_vfs::PACED_NAME,
+        "checkpoints write the database file unpaced",
+    )
+}
+
+/// A connection through our VFS `vfs`, or SQLite's own should ours not
+/// register (`without` says what is then lost).
+fn open_through(path: &Path, vfs: &std::ffi::CStr, without: &str) -> rusqlite::Result<Connection> {
     match super::wal_vfs::register() {
-        Ok(()) => Connection::open_with_flags_and_vfs(
-            path,
-            rusqlite::OpenFlags::default(),
-            super::wal_vfs::PACED_NAME,
-        ),
+        Ok(()) => Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs),
         Err(e) => {
-            tracing::warn!("checkpoints write the database file unpaced: {e}");
+            tracing::warn!("{without}: {e}");
             Connection::open(path)
         }
     }

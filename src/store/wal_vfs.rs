@@ -129,12 +129,12 @@ static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xTruncate: Some(wal_truncate),
     xSync: Some(wal_sync),
     xFileSize: Some(wal_file_size),
-    xLock: Some(wal_lock),
-    xUnlock: Some(wal_unlock),
-    xCheckReservedLock: Some(wal_check_reserved_lock),
+    xLock: Some(pass_lock),
+    xUnlock: Some(pass_unlock),
+    xCheckReservedLock: Some(pass_check_reserved_lock),
     xFileControl: Some(wal_file_control),
-    xSectorSize: Some(wal_sector_size),
-    xDeviceCharacteristics: Some(wal_device_characteristics),
+    xSectorSize: Some(pass_sector_size),
+    xDeviceCharacteristics: Some(pass_device_characteristics),
     xShmMap: None,
     xShmLock: None,
     xShmBarrier: None,
@@ -370,21 +370,6 @@ unsafe extern "C" fn wal_file_size(file: *mut ffi::sqlite3_file, size: *mut i64)
     unsafe { flushed!(file, xFileSize, size) }
 }
 
-unsafe extern "C" fn wal_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    unsafe { on_inner!(wal(file).inner, xLock, level) }
-}
-
-unsafe extern "C" fn wal_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    unsafe { on_inner!(wal(file).inner, xUnlock, level) }
-}
-
-unsafe extern "C" fn wal_check_reserved_lock(
-    file: *mut ffi::sqlite3_file,
-    out: *mut c_int,
-) -> c_int {
-    unsafe { on_inner!(wal(file).inner, xCheckReservedLock, out) }
-}
-
 unsafe extern "C" fn wal_file_control(
     file: *mut ffi::sqlite3_file,
     op: c_int,
@@ -393,16 +378,42 @@ unsafe extern "C" fn wal_file_control(
     unsafe { flushed!(file, xFileControl, op, arg) }
 }
 
-unsafe extern "C" fn wal_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
+/// The default VFS's file within SQLite's allocation for one of ours
+/// (a WAL or a paced database file: both keep it at [`INNER_AT`]).
+///
+/// # Safety
+/// `file` was opened by `open` as one of ours and not yet closed.
+unsafe fn inner_of(file: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
+    unsafe { file.cast::<u8>().add(INNER_AT).cast() }
+}
+
+// The methods both kinds of file hand to the default VFS's file as they are.
+
+pub(super) unsafe extern "C" fn pass_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    unsafe { on_inner!(inner_of(file), xLock, level) }
+}
+
+pub(super) unsafe extern "C" fn pass_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    unsafe { on_inner!(inner_of(file), xUnlock, level) }
+}
+
+pub(super) unsafe extern "C" fn pass_check_reserved_lock(
+    file: *mut ffi::sqlite3_file,
+    out: *mut c_int,
+) -> c_int {
+    unsafe { on_inner!(inner_of(file), xCheckReservedLock, out) }
+}
+
+pub(super) unsafe extern "C" fn pass_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
     unsafe {
-        let inner = wal(file).inner;
+        let inner = inner_of(file);
         (*(*inner).pMethods).xSectorSize.map_or(0, |f| f(inner))
     }
 }
 
-unsafe extern "C" fn wal_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
+pub(super) unsafe extern "C" fn pass_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
     unsafe {
-        let inner = wal(file).inner;
+        let inner = inner_of(file);
         (*(*inner).pMethods)
             .xDeviceCharacteristics
             .map_or(0, |f| f(inner))
