@@ -84,21 +84,15 @@ impl SessionActor {
                 }
             }
             if let Some(reason) = failed {
-                self.log_closing(&reason);
-                conn.shutdown();
-                break reason;
+                break self.closing(&mut conn, reason);
             }
             // A failure here ends the connection with its own reason (not
             // as closed by us, which would stop the session).
             if let Err(e) = self.start_history(&mut history, &mut conn).await {
-                self.log_closing(&e);
-                conn.shutdown();
-                break e;
+                break self.closing(&mut conn, e);
             }
             if let Err(e) = self.start_snapshot(&mut snapshots, &mut conn).await {
-                self.log_closing(&e);
-                conn.shutdown();
-                break e;
+                break self.closing(&mut conn, e);
             }
             // Every frame of this turn is queued, then written with one
             // flush: a step's receipts and acks leave in one system call.
@@ -169,10 +163,7 @@ impl SessionActor {
                 },
                 (job, blob) = snapshots.finished() => {
                     if let Err(e) = self.messenger.on_snapshot(job, blob, &mut conn, now_ms()).await {
-                        let reason = e.close_reason("");
-                        self.log_closing(&reason);
-                        conn.shutdown();
-                        step_failed = Some(reason);
+                        step_failed = Some(self.closing(&mut conn, e.close_reason("")));
                     }
                     history.extend(self.messenger.take_history());
                     snapshots.extend(self.messenger.take_snapshots());
@@ -182,10 +173,7 @@ impl SessionActor {
                     self.messenger.handle_timeout(now);
                     conn.handle_timeout(now);
                     if let Err(e) = self.messenger.upkeep(&mut conn, now).await {
-                        let reason = e.close_reason("");
-                        self.log_closing(&reason);
-                        conn.shutdown();
-                        step_failed = Some(reason);
+                        step_failed = Some(self.closing(&mut conn, e.close_reason("")));
                     }
                 }
                 cmd = next_or_deferred(&mut self.deferred, &mut self.commands), if pending_disconnect.is_none() && !shutting_down => match cmd {
@@ -212,10 +200,7 @@ impl SessionActor {
                             }
                         }
                         if let Err(e) = self.messenger.send(texts, &mut conn, now_ms()).await {
-                            let reason = e.close_reason("");
-                            self.log_closing(&reason);
-                            conn.shutdown();
-                            step_failed = Some(reason);
+                            step_failed = Some(self.closing(&mut conn, e.close_reason("")));
                         }
                     }
                     Some(Command::Query { iq, reply }) => {
@@ -226,10 +211,7 @@ impl SessionActor {
                     }
                     Some(Command::Media(command)) => {
                         if let Err(e) = self.messenger.media(*command, &mut conn, now_ms()).await {
-                            let reason = e.close_reason("");
-                            self.log_closing(&reason);
-                            conn.shutdown();
-                            step_failed = Some(reason);
+                            step_failed = Some(self.closing(&mut conn, e.close_reason("")));
                         }
                     }
                     Some(Command::Disconnect { logout, done }) => {
@@ -470,6 +452,14 @@ impl SessionActor {
 }
 
 impl SessionActor {
+    /// Closes `conn` for `reason`, logged (see [`Self::log_closing`]);
+    /// gives the reason back.
+    fn closing(&mut self, conn: &mut Connection, reason: CloseReason) -> CloseReason {
+        self.log_closing(&reason);
+        conn.shutdown();
+        reason
+    }
+
     /// Logs why the connection closes. A failure of the store is a warning
     /// once per outage; its repeats (one at every reconnect of every session
     /// until the store works again) are debug lines.

@@ -106,11 +106,8 @@ impl Core {
     }
 
     pub(super) fn deliver(&mut self, step: &mut Step) {
-        for (to, result) in step.replies.drain(..) {
-            if let Some(reply) = self.replies.remove(&to) {
-                let _ = reply.send(result);
-            }
-        }
+        let replies = std::mem::take(&mut step.replies);
+        self.reply(replies);
         for (to, result) in step.answers.drain(..) {
             if let Some(reply) = self.queries.remove(&to) {
                 let _ = reply.send(result);
@@ -124,6 +121,15 @@ impl Core {
         for retry in step.media_retries.drain(..) {
             if let Some(reply) = self.media_retries.remove(&retry.target.message_id) {
                 let _ = reply.send(Ok(retry));
+            }
+        }
+    }
+
+    /// Answers the callers of `replies` still waiting.
+    fn reply(&mut self, replies: Vec<(ReplyTo, Result<crate::wa::messaging::Sent, SendError>)>) {
+        for (to, result) in replies {
+            if let Some(reply) = self.replies.remove(&to) {
+                let _ = reply.send(result);
             }
         }
     }
@@ -255,11 +261,7 @@ impl Core {
         if let Some(keys) = &mut self.keys {
             keys.apply(prepared.changes);
         }
-        for (to, result) in prepared.committed_replies {
-            if let Some(reply) = self.replies.remove(&to) {
-                let _ = reply.send(result);
-            }
-        }
+        self.reply(prepared.committed_replies);
         Ok(prepared.output)
     }
 

@@ -39,7 +39,8 @@ use std::os::fd::AsRawFd;
 use rusqlite::ffi;
 
 use super::wal_vfs::{
-    pass_check_reserved_lock, pass_device_characteristics, pass_lock, pass_sector_size, pass_unlock,
+    on_inner, pass_check_reserved_lock, pass_device_characteristics, pass_lock, pass_sector_size,
+    pass_unlock,
 };
 
 /// The span of the file a push covers at first.
@@ -196,13 +197,9 @@ unsafe fn paced<'a>(file: *mut ffi::sqlite3_file) -> &'a mut PacedFile {
 
 /// Calls method `$m` of the default VFS's file (an error if it has none).
 macro_rules! inner {
-    ($file:expr, $m:ident $(, $arg:expr)*) => {{
-        let inner = paced($file).inner;
-        match (*(*inner).pMethods).$m {
-            Some(f) => f(inner $(, $arg)*),
-            None => ffi::SQLITE_IOERR,
-        }
-    }};
+    ($file:expr, $m:ident $(, $arg:expr)*) => {
+        on_inner!(paced($file).inner, $m $(, $arg)*)
+    };
 }
 
 /// Like `inner!` for the methods of version 2 and 3 (shared memory,

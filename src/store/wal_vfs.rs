@@ -263,6 +263,7 @@ macro_rules! on_inner {
         }
     }};
 }
+pub(super) use on_inner;
 
 impl WalFile {
     /// Writes the gathered bytes out; they are dropped either way (a failed
