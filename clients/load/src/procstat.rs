@@ -1,6 +1,7 @@
 //! What the kernel knows about a process: resident memory and thread count
-//! from `/proc/<pid>/status`, CPU time from `/proc/<pid>/stat`; and the
-//! open-file limit this tool raises for itself and its children.
+//! from `/proc/<pid>/status`, CPU time from `/proc/<pid>/stat`, bytes
+//! written to storage from `/proc/<pid>/io`; and the open-file limit this
+//! tool raises for itself and its children.
 
 use std::time::Instant;
 
@@ -60,6 +61,28 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, LoadError> {
             source: std::io::Error::other("unexpected format"),
         }),
     }
+}
+
+/// Bytes `pid` has caused to be written to storage so far: the kernel's
+/// `write_bytes` (counted when the process dirties page-cache pages, so in
+/// whole pages, whatever later writes them out) less `cancelled_write_bytes`
+/// (dirty pages of files truncated before they reached the disk).
+pub(crate) fn disk_written(pid: u32) -> Result<u64, LoadError> {
+    let path = format!("/proc/{pid}/io");
+    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Proc {
+        path: path.clone(),
+        source,
+    })?;
+    let field = |name: &str| -> Result<u64, LoadError> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+            .ok_or_else(|| LoadError::Proc {
+                path: path.clone(),
+                source: std::io::Error::other(format!("no {name} line")),
+            })
+    };
+    Ok(field("write_bytes:")?.saturating_sub(field("cancelled_write_bytes:")?))
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -140,5 +163,35 @@ mod tests {
             assert!(spin.elapsed().as_secs() < 10, "no CPU time seen");
         }
         assert!(cpu_seconds(me).expect("own stat") < 3600.0);
+    }
+
+    #[test]
+    fn counts_own_writes_to_storage() {
+        let me = std::process::id();
+        let before = disk_written(me).expect("own io");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("written");
+        std::fs::write(&path, vec![7u8; 1 << 20]).expect("write");
+        let after = disk_written(me).expect("own io");
+        // Counted when the pages are dirtied, before any writeback; a
+        // temporary directory in memory (tmpfs) has no storage to count.
+        if on_storage(dir.path()) {
+            assert!(after >= before + (1 << 20), "{before} → {after}");
+        } else {
+            assert!(after >= before);
+        }
+        assert!(disk_written(u32::MAX).is_err());
+    }
+
+    /// Whether `dir` is on a file system with a backing store (not tmpfs).
+    fn on_storage(dir: &std::path::Path) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        const TMPFS_MAGIC: libc::c_long = 0x0102_1994;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("no NUL");
+        // SAFETY: statfs writes the struct passed in; the path is NUL-terminated.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statfs(path.as_ptr(), &mut fs) };
+        assert_eq!(rc, 0, "statfs: {}", std::io::Error::last_os_error());
+        fs.f_type as libc::c_long != TMPFS_MAGIC
     }
 }

@@ -117,6 +117,7 @@ impl Report {
                 cpu_label("inbound", &self.inbound),
                 cpu_figures(&self.inbound),
             ),
+            disk_row("text", &self.inbound),
             (
                 format!(
                     "Inbound group texts (skmsg), end to end ({} texts)",
@@ -167,6 +168,7 @@ impl Report {
                 "CPU per Send: gateway / simulator / tool".to_owned(),
                 format!("{gateway:.0} µs / {sim:.0} µs / {tool:.0} µs"),
             ));
+            rows.push(disk_row("Send", &s.cpu));
         }
         if let Some(m) = &self.media {
             rows.push((
@@ -301,7 +303,9 @@ impl Report {
                          "gateway_cpu_percent": self.inbound.gateway_cpu,
                          "simulator_cpu_percent": self.inbound.sim_cpu,
                          "tool_cpu_percent": self.inbound.tool_cpu,
-                         "redis_cpu_percent": self.inbound.redis_cpu },
+                         "redis_cpu_percent": self.inbound.redis_cpu,
+                         "gateway_disk_kib_per_message": self.inbound.disk_kib_per_message().0,
+                         "redis_disk_kib_per_message": self.inbound.disk_kib_per_message().1 },
             "group_inbound": { "messages": self.group_inbound.messages,
                                "seconds": self.group_inbound.seconds,
                                "messages_per_second": self.group_inbound.per_second,
@@ -317,7 +321,9 @@ impl Report {
                 "p99_ms": s.p99_ms, "sends_per_second": s.per_second,
                 "gateway_cpu_percent": s.cpu.gateway_cpu, "sim_cpu_percent": s.cpu.sim_cpu,
                 "tool_cpu_percent": s.cpu.tool_cpu,
-                "gateway_cpu_us_per_send": s.micros_per_send().0 })).collect::<Vec<_>>(),
+                "gateway_cpu_us_per_send": s.micros_per_send().0,
+                "gateway_disk_kib_per_send": s.cpu.disk_kib_per_message().0,
+                "redis_disk_kib_per_send": s.cpu.disk_kib_per_message().1 })).collect::<Vec<_>>(),
             "media": self.media.as_ref().map(|m| serde_json::json!({
                 "bytes": m.bytes, "seconds": m.seconds,
                 "gateway_rss_anon_before_kib": m.anon_before_kib,
@@ -366,6 +372,21 @@ fn cpu_label(what: &str, t: &Throughput) -> String {
         ""
     };
     format!("CPU during {what}: gateway / simulator / tool{redis}")
+}
+
+/// What a throughput's messages cost in writes to storage, per message.
+fn disk_row(what: &str, t: &Throughput) -> (String, String) {
+    let (gateway, redis) = t.disk_kib_per_message();
+    match redis {
+        Some(redis) => (
+            format!("Storage writes per {what}: gateway / redis"),
+            format!("{gateway:.1} KiB / {redis:.1} KiB"),
+        ),
+        None => (
+            format!("Storage writes per {what}: gateway"),
+            format!("{gateway:.1} KiB"),
+        ),
+    }
 }
 
 /// A throughput's CPU figures, per process.
