@@ -188,8 +188,9 @@ mod tests {
         use std::os::unix::ffi::OsStrExt;
         const TMPFS_MAGIC: libc::c_long = 0x0102_1994;
         let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("no NUL");
-        // SAFETY: statfs writes the struct passed in; the path is NUL-terminated.
+        // SAFETY: `statfs` is a plain C struct, for which all zeroes is a value.
         let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: the path is NUL-terminated; statfs writes only the struct passed in.
         let rc = unsafe { libc::statfs(path.as_ptr(), &mut fs) };
         assert_eq!(rc, 0, "statfs: {}", std::io::Error::last_os_error());
         fs.f_type as libc::c_long != TMPFS_MAGIC
