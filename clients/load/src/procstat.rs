@@ -17,49 +17,62 @@ pub(crate) struct Memory {
     pub(crate) threads: u64,
 }
 
-/// Reads `VmRSS`, `RssAnon` and `Threads` of `pid`.
-pub(crate) fn memory(pid: u32) -> Result<Memory, LoadError> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Proc {
-        path: path.clone(),
-        source,
-    })?;
-    let field = |name: &str| -> Result<u64, LoadError> {
-        text.lines()
+/// One file of `/proc/<pid>/`, read whole.
+struct ProcFile {
+    path: String,
+    text: String,
+}
+
+impl ProcFile {
+    fn read(pid: u32, name: &str) -> Result<Self, LoadError> {
+        let path = format!("/proc/{pid}/{name}");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(ProcFile { path, text }),
+            Err(source) => Err(LoadError::Proc { path, source }),
+        }
+    }
+
+    /// The number on the line `name` (e.g. `VmRSS:`), without its unit.
+    fn number(&self, name: &str) -> Result<u64, LoadError> {
+        self.text
+            .lines()
             .find_map(|line| line.strip_prefix(name))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| LoadError::Proc {
-                path: path.clone(),
-                source: std::io::Error::other(format!("no {name} line")),
-            })
-    };
+            .ok_or_else(|| self.error(format!("no {name} line")))
+    }
+
+    fn error(&self, what: String) -> LoadError {
+        LoadError::Proc {
+            path: self.path.clone(),
+            source: std::io::Error::other(what),
+        }
+    }
+}
+
+/// Reads `VmRSS`, `RssAnon` and `Threads` of `pid`.
+pub(crate) fn memory(pid: u32) -> Result<Memory, LoadError> {
+    let status = ProcFile::read(pid, "status")?;
     Ok(Memory {
-        rss_kib: field("VmRSS:")?,
-        anon_kib: field("RssAnon:")?,
-        threads: field("Threads:")?,
+        rss_kib: status.number("VmRSS:")?,
+        anon_kib: status.number("RssAnon:")?,
+        threads: status.number("Threads:")?,
     })
 }
 
 /// User plus system CPU time of `pid` so far, in seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, LoadError> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Proc {
-        path: path.clone(),
-        source,
-    })?;
+    let stat = ProcFile::read(pid, "stat")?;
     // The command name (field 2) is in parentheses and may hold spaces, so
     // count fields from the last ')': state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = text
+    let fields: Vec<&str> = stat
+        .text
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
     match (ticks(11), ticks(12)) {
         (Some(utime), Some(stime)) => Ok((utime + stime) as f64 / clock_ticks_per_second()),
-        _ => Err(LoadError::Proc {
-            path,
-            source: std::io::Error::other("unexpected format"),
-        }),
+        _ => Err(stat.error("unexpected format".to_owned())),
     }
 }
 
@@ -68,21 +81,10 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, LoadError> {
 /// whole pages, whatever later writes them out) less `cancelled_write_bytes`
 /// (dirty pages of files truncated before they reached the disk).
 pub(crate) fn disk_written(pid: u32) -> Result<u64, LoadError> {
-    let path = format!("/proc/{pid}/io");
-    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Proc {
-        path: path.clone(),
-        source,
-    })?;
-    let field = |name: &str| -> Result<u64, LoadError> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().parse().ok())
-            .ok_or_else(|| LoadError::Proc {
-                path: path.clone(),
-                source: std::io::Error::other(format!("no {name} line")),
-            })
-    };
-    Ok(field("write_bytes:")?.saturating_sub(field("cancelled_write_bytes:")?))
+    let io = ProcFile::read(pid, "io")?;
+    Ok(io
+        .number("write_bytes:")?
+        .saturating_sub(io.number("cancelled_write_bytes:")?))
 }
 
 fn clock_ticks_per_second() -> f64 {
