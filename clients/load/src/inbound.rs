@@ -11,7 +11,7 @@ use tonic::Streaming;
 
 use crate::clients::{own_phone, peer_phone, send_texts, Gateway, Sim};
 use crate::error::LoadError;
-use crate::procstat::{disk_written, CpuMeter};
+use crate::procstat::{CpuMeter, DiskMeter};
 use crate::proto::gateway::{event, events_request, Event, EventType, EventsRequest};
 use crate::workers;
 
@@ -32,7 +32,7 @@ pub(crate) struct Throughput {
     /// The redis-server's, when the gateway stores in Redis.
     pub(crate) redis_cpu: Option<f64>,
     /// Bytes the gateway caused to be written to storage meanwhile (see
-    /// `procstat::disk_written`).
+    /// `procstat::DiskMeter`).
     pub(crate) gateway_disk_bytes: u64,
     /// The redis-server's, when the gateway stores in Redis.
     pub(crate) redis_disk_bytes: Option<u64>,
@@ -68,25 +68,23 @@ pub(crate) struct Pids {
 
 /// CPU meters of every measured process, started together.
 pub(crate) struct Meters {
-    pids: Pids,
     gateway: CpuMeter,
     sim: CpuMeter,
     tool: CpuMeter,
     redis: Option<CpuMeter>,
-    gateway_disk: u64,
-    redis_disk: Option<u64>,
+    gateway_disk: DiskMeter,
+    redis_disk: Option<DiskMeter>,
 }
 
 impl Meters {
     pub(crate) fn start(pids: Pids) -> Result<Self, LoadError> {
         Ok(Meters {
-            pids,
             gateway: CpuMeter::start(pids.gateway)?,
             sim: CpuMeter::start(pids.sim)?,
             tool: CpuMeter::start(std::process::id())?,
             redis: pids.redis.map(CpuMeter::start).transpose()?,
-            gateway_disk: disk_written(pids.gateway)?,
-            redis_disk: pids.redis.map(disk_written).transpose()?,
+            gateway_disk: DiskMeter::start(pids.gateway)?,
+            redis_disk: pids.redis.map(DiskMeter::start).transpose()?,
         })
     }
 
@@ -104,11 +102,8 @@ impl Meters {
             sim_cpu: self.sim.percent()?,
             tool_cpu: self.tool.percent()?,
             redis_cpu: self.redis.as_ref().map(CpuMeter::percent).transpose()?,
-            gateway_disk_bytes: disk_written(self.pids.gateway)?.saturating_sub(self.gateway_disk),
-            redis_disk_bytes: match (self.pids.redis, self.redis_disk) {
-                (Some(pid), Some(start)) => Some(disk_written(pid)?.saturating_sub(start)),
-                _ => None,
-            },
+            gateway_disk_bytes: self.gateway_disk.bytes()?,
+            redis_disk_bytes: self.redis_disk.as_ref().map(DiskMeter::bytes).transpose()?,
         })
     }
 }

@@ -122,6 +122,26 @@ impl CpuMeter {
     }
 }
 
+/// Storage writes of one process over a window (see [`disk_written`]).
+pub(crate) struct DiskMeter {
+    pid: u32,
+    written: u64,
+}
+
+impl DiskMeter {
+    pub(crate) fn start(pid: u32) -> Result<Self, LoadError> {
+        Ok(Self {
+            pid,
+            written: disk_written(pid)?,
+        })
+    }
+
+    /// Bytes written since `start`.
+    pub(crate) fn bytes(&self) -> Result<u64, LoadError> {
+        Ok(disk_written(self.pid)?.saturating_sub(self.written))
+    }
+}
+
 /// Raises the soft open-file limit to the hard one; children inherit it.
 /// Each session holds a socket in the gateway and one in the simulator, so
 /// the usual soft limit of 1,024 stops a run near 1,000 sessions.

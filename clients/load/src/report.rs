@@ -284,6 +284,7 @@ impl Report {
 
     /// The same figures for machines; sizes in KiB, times in ms or s as named.
     pub(crate) fn json(&self) -> serde_json::Value {
+        let (inbound_disk, inbound_redis_disk) = self.inbound.disk_kib_per_message();
         let memory = |m: Memory| serde_json::json!({ "rss_kib": m.rss_kib, "rss_anon_kib": m.anon_kib, "threads": m.threads });
         serde_json::json!({
             "mode": self.mode,
@@ -304,8 +305,8 @@ impl Report {
                          "simulator_cpu_percent": self.inbound.sim_cpu,
                          "tool_cpu_percent": self.inbound.tool_cpu,
                          "redis_cpu_percent": self.inbound.redis_cpu,
-                         "gateway_disk_kib_per_message": self.inbound.disk_kib_per_message().0,
-                         "redis_disk_kib_per_message": self.inbound.disk_kib_per_message().1 },
+                         "gateway_disk_kib_per_message": inbound_disk,
+                         "redis_disk_kib_per_message": inbound_redis_disk },
             "group_inbound": { "messages": self.group_inbound.messages,
                                "seconds": self.group_inbound.seconds,
                                "messages_per_second": self.group_inbound.per_second,
@@ -316,14 +317,16 @@ impl Report {
             "event_latency": { "messages": self.latency.messages, "rate_per_second": self.latency.rate,
                                "p50_ms": self.latency.p50_ms, "p99_ms": self.latency.p99_ms,
                                "p999_ms": self.latency.p999_ms, "max_ms": self.latency.max_ms },
-            "send": self.sends.iter().map(|s| serde_json::json!({
+            "send": self.sends.iter().map(|s| {
+                let (disk, redis_disk) = s.cpu.disk_kib_per_message();
+                serde_json::json!({
                 "concurrency": s.concurrency, "sends": s.sends, "p50_ms": s.p50_ms,
                 "p99_ms": s.p99_ms, "sends_per_second": s.per_second,
                 "gateway_cpu_percent": s.cpu.gateway_cpu, "sim_cpu_percent": s.cpu.sim_cpu,
                 "tool_cpu_percent": s.cpu.tool_cpu,
                 "gateway_cpu_us_per_send": s.micros_per_send().0,
-                "gateway_disk_kib_per_send": s.cpu.disk_kib_per_message().0,
-                "redis_disk_kib_per_send": s.cpu.disk_kib_per_message().1 })).collect::<Vec<_>>(),
+                "gateway_disk_kib_per_send": disk,
+                "redis_disk_kib_per_send": redis_disk })}).collect::<Vec<_>>(),
             "media": self.media.as_ref().map(|m| serde_json::json!({
                 "bytes": m.bytes, "seconds": m.seconds,
                 "gateway_rss_anon_before_kib": m.anon_before_kib,
